@@ -1,0 +1,175 @@
+"""Command line of the backend: ``python -m backend …``. Contract: docs/backend-cli.md.
+
+Sub-commands parse their own flags here (one place documents every flag) and hand over to the package that
+does the work. stdout carries only protocol JSON lines; logs and tracebacks go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .protocol import BackendError, BadInputError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION
+
+PRESETS = ("draft", "standard", "high")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "models" / "builtin"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="MonoNPHM head tracking backend.")
+    parser.add_argument("--version", action="store_true", help="print versions, devices and models, then exit")
+    parser.add_argument("--json", action="store_true", help="with --version: one JSON object")
+    sub = parser.add_subparsers(dest="command")
+
+    track = sub.add_parser("track", help="track a clip and write a result package")
+    track.add_argument("input", help="video file (mp4, mov, mkv, webm, gif), image folder, or single image")
+    track.add_argument("--out", required=True, help="result package folder (created, or resumed if it exists)")
+    track.add_argument("--frames", default=None, metavar="A:B:STEP",
+                       help="Python slice of 0-based source frame indices (default: all)")
+    track.add_argument("--max-size", type=int, default=512, metavar="PX",
+                       help="downscale so the longer image side is at most PX (intrinsics follow); 0 = keep")
+    intr = track.add_argument_group("camera intrinsics (pixels of the source video); default: --fov")
+    for name in ("fx", "fy", "cx", "cy"):
+        intr.add_argument(f"--{name}", type=float, default=None)
+    intr.add_argument("--fov", type=float, default=None, metavar="DEG",
+                      help="horizontal field of view when fx is not given (default 50)")
+    track.add_argument("--preset", choices=PRESETS, default="standard", help="speed/quality trade-off")
+    track.add_argument("--output", choices=("shape_keys", "meshes", "both"), default="shape_keys",
+                       help="fixed-topology shape keys, per-frame meshes (USD), or both")
+    track.add_argument("--model", default=None,
+                       help="project model folder (default: the built-in model)")
+    track.add_argument("--official-checkpoint", default=None, metavar="EXP_DIR",
+                       help="official MonoNPHM experiment folder (configs.yaml + checkpoints/)")
+    track.add_argument("--checkpoint-epoch", type=int, default=None, help="epoch of the official checkpoint")
+    track.add_argument("--mean-anchors", default=None, metavar="NPY",
+                       help="official anchors_65.npy (required with --official-checkpoint)")
+    track.add_argument("--device", choices=DEVICES, default="auto")
+    track.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = all cores)")
+    track.add_argument("--overwrite", action="store_true",
+                       help="re-track frames already in the package (keeps the fitted identity)")
+    track.add_argument("--detector", choices=("mediapipe", "face-alignment"), default="mediapipe")
+    track.add_argument("--seed", type=int, default=0)
+
+    validate = sub.add_parser("validate", help="check a result package and print a summary")
+    validate.add_argument("package")
+
+    train = sub.add_parser("train", help="train a MonoNPHM model on synthetic heads (see backend/training)")
+    train.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def available_devices() -> list[str]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def version_info() -> dict:
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    builtin = BUILTIN_MODEL_DIR / "config.json"
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "backend": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch_version,
+        "devices": available_devices(),
+        "models": [{"name": "builtin", "path": str(BUILTIN_MODEL_DIR), "available": builtin.is_file()}],
+    }
+
+
+def resolve_device(name: str) -> str:
+    devices = available_devices()
+    if name == "auto":
+        return "cuda" if "cuda" in devices else ("mps" if "mps" in devices else "cpu")
+    if name not in devices:
+        raise BadInputError(f"device '{name}' is not available here (available: {', '.join(devices)})",
+                            "Choose 'auto' or 'cpu', or install a torch build with that accelerator.")
+    return name
+
+
+def _install_cancel_handler() -> None:
+    def on_term(signum, frame):  # noqa: ARG001 - signal API
+        raise Cancelled("cancelled", "Finished frames are kept; run the same command again to resume.")
+
+    signal.signal(signal.SIGTERM, on_term)
+    if hasattr(signal, "SIGBREAK"):  # Windows CTRL_BREAK_EVENT from the add-on's Cancel
+        signal.signal(signal.SIGBREAK, on_term)
+
+
+def _run_validate(args, events: EventWriter) -> None:
+    from .result_format import ResultPackage
+
+    package = ResultPackage(args.package)
+    arrays = package.frame_arrays()
+    mesh = package.canonical_mesh() if package.manifest.get("has_canonical_mesh") else None
+    summary = {"frames": len(package.frames), "state": package.manifest["state"],
+               "arrays": {k: list(v.shape) for k, v in arrays.items()},
+               "vertices": None if mesh is None else int(mesh.vertices.shape[0])}
+    events.emit("summary", **summary)
+    events.result(str(package.root), len(package.frames))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        info = version_info()
+        print(json.dumps(info) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+        return ExitCode.OK
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return ExitCode.BAD_INPUT
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    events = EventWriter()
+    _install_cancel_handler()
+    try:
+        if args.command == "train":
+            from .training.train import main as train_main
+
+            return int(train_main(args.rest) or 0)
+        events.hello(__version__)
+        if args.command == "validate":
+            _run_validate(args, events)
+        elif args.command == "track":
+            from .tracking import run_track
+
+            args.device = resolve_device(args.device)
+            path = run_track(args, events)
+            from .result_format import read_manifest
+
+            events.result(str(path), len(read_manifest(path)["frames"]))
+        return ExitCode.OK
+    except (Cancelled, KeyboardInterrupt):
+        events.error("Cancelled.", "Finished frames are kept; run the same command again to resume.",
+                     code="cancelled")
+        return ExitCode.CANCELLED
+    except BackendError as exc:
+        events.error(exc.message, exc.hint, code=exc.code)
+        return exc.exit_code
+    except MemoryError:
+        events.error("Out of memory.", "Lower --max-size or choose the draft preset.", code="internal")
+        return ExitCode.INTERNAL_ERROR
+    except Exception as exc:  # the add-on shows message + log path; the traceback goes to the log
+        traceback.print_exc(file=sys.stderr)
+        events.error(f"Internal error: {type(exc).__name__}: {exc}",
+                     "See the backend log for details and report it with the log attached.", code="internal")
+        return ExitCode.INTERNAL_ERROR

@@ -1,0 +1,105 @@
+"""Backward deformation network with hyper-dimensions and the identity compressor (reference §1.6).
+
+Posed x (B, N, 3) -> offset delta (B, N, 3) and hyper-coordinates h (B, N, n_hyper); the canonical query is
+q = [x + delta ; h].
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import MonoNPHMConfig
+from .ensemble import softplus
+
+
+class DeformationField(nn.Module):
+    """Official `DeformationNetwork` (mode 'compress'): lin0..lin{L}, skip [h ; h0]/sqrt(2) into lin{L//2}."""
+
+    def __init__(self, cfg: MonoNPHMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.compressor = nn.Linear(cfg.compressor_in_dim, cfg.lat_dim_id_compressed)
+        H, L, din = cfg.hidden_dim_ex, cfg.n_layers_ex, cfg.ex_in_dim
+        self.skip = cfg.ex_skip_layer
+        dims_in = [din] + [H] * (L - 1) + [H]
+        dims_in[self.skip] = H + din
+        dims_out = [H] * L + [3 + cfg.n_hyper]
+        self.lins = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+
+    def compress_id(self, z_geo: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """c_id (B, lat_dim_id_compressed) = W [z_geo ; vec(A)] + b, vec anchor-major."""
+        return self.compressor(torch.cat([z_geo, anchors.reshape(anchors.shape[0], -1)], dim=-1))
+
+    def _consts(self, cond: torch.Tensor, dtype=None):
+        """Per-batch constant parts of lin0 and of the skip layer (the code columns), (B, H) each."""
+        lin0, lins = self.lins[0], self.lins[self.skip]
+        H = self.cfg.hidden_dim_ex
+        c0 = F.linear(cond, lin0.weight[:, 3:], lin0.bias)
+        cs = F.linear(cond, lins.weight[:, H + 3 :]) / math.sqrt(2.0) + lins.bias
+        if dtype is not None:
+            c0, cs = c0.to(dtype), cs.to(dtype)
+        return c0, cs
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        z_geo: torch.Tensor,
+        z_exp: torch.Tensor,
+        anchors: torch.Tensor,
+        with_jacobian: bool = False,
+        compute_dtype: Optional[torch.dtype] = None,
+        c_id: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Offsets (B, N, 3), hyper (B, N, n_hyper) and optionally J = d(offset, hyper)/dx (B, N, 3+nh, 3).
+
+        The Jacobian is computed in forward mode (3 tangents carried through the MLP), which is cheaper than
+        three reverse passes and needs no autograd graph.
+        """
+        if c_id is None:
+            c_id = self.compress_id(z_geo, anchors)
+        cond = torch.cat([c_id, z_exp], dim=-1)                    # (B, ci + ze)
+        dt = compute_dtype
+        c0, cs = self._consts(cond, dt)
+        beta = self.cfg.softplus_beta
+        H = self.cfg.hidden_dim_ex
+        r2 = 1.0 / math.sqrt(2.0)
+        xin = x if dt is None else x.to(dt)
+
+        def W(lin, sl=slice(None)):
+            w = lin.weight[:, sl]
+            return w if dt is None else w.to(dt)
+
+        def bias(lin):
+            return lin.bias if dt is None else lin.bias.to(dt)
+
+        w0x = W(self.lins[0], slice(0, 3))
+        z = torch.matmul(xin, w0x.t()) + c0.unsqueeze(1)           # (B, N, H)
+        tan = None
+        if with_jacobian:
+            tan = w0x.t().expand(*x.shape[:-1], 3, H)              # (B, N, 3, H): d z / d x_j
+        n = len(self.lins)
+        for i in range(1, n):
+            a = softplus(z, beta)
+            if tan is not None:
+                da = torch.where(z * beta > 20.0, torch.ones_like(z), torch.sigmoid(z * beta))
+                tan = tan * da.unsqueeze(-2)
+            lin = self.lins[i]
+            if i == self.skip:
+                wh = W(lin, slice(0, H))
+                wx = W(lin, slice(H, H + 3))
+                z = (torch.matmul(a, wh.t()) + torch.matmul(xin, wx.t())) * r2 + cs.unsqueeze(1)
+                if tan is not None:
+                    tan = (torch.matmul(tan, wh.t()) + wx.t()) * r2
+            else:
+                z = F.linear(a, W(lin), bias(lin))
+                if tan is not None:
+                    tan = torch.matmul(tan, W(lin).t())
+        out = z.to(x.dtype)
+        jac = None
+        if tan is not None:
+            jac = tan.to(x.dtype).transpose(-1, -2)                # (B, N, 5, 3): d out_i / d x_j
+        return out[..., :3], out[..., 3:], jac

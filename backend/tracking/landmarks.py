@@ -1,0 +1,171 @@
+"""2D face landmarks per frame.
+
+Default: MediaPipe 0.10.21 face mesh (478 points incl. irises, the model bundled in the wheel; nothing is downloaded)
+in video mode, tracking up to ``max_faces`` faces and keeping the largest consistent one; when the video-mode graph
+loses the face, a fresh single-image detector is re-run on that frame.
+Optional: face-alignment (iBUG-68) when the package and its weights are present locally.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+from .errors import TrackingInputError
+
+MEDIAPIPE = "mediapipe478"
+IBUG68 = "ibug68"
+
+
+@dataclass
+class FaceLandmarks:
+    """Landmarks of the tracked face in one frame (pixel units of the image passed in)."""
+
+    scheme: str                      # MEDIAPIPE or IBUG68
+    points: Optional[np.ndarray]     # (L, 2) float32 pixels, None when no face was found
+    depth: Optional[np.ndarray]      # (L,) float32 relative depth in pixels (MediaPipe only), None otherwise
+    bbox: Optional[np.ndarray]       # (4,) x0, y0, x1, y1
+    n_faces: int = 0
+
+    @property
+    def found(self) -> bool:
+        return self.points is not None
+
+    @property
+    def size(self) -> float:
+        """Face size in pixels (bounding-box diagonal), 0 if not found."""
+        if self.bbox is None:
+            return 0.0
+        return float(np.hypot(self.bbox[2] - self.bbox[0], self.bbox[3] - self.bbox[1]))
+
+
+def _bbox(p: np.ndarray) -> np.ndarray:
+    return np.concatenate([p.min(0), p.max(0)]).astype(np.float32)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / ua) if ua > 0 else 0.0
+
+
+def choose_face(candidates: List[np.ndarray], previous_bbox: Optional[np.ndarray]) -> int:
+    """Index of the face to track: the one overlapping the previous choice, else the largest."""
+    boxes = [_bbox(c) for c in candidates]
+    if previous_bbox is not None:
+        ious = [_iou(b, previous_bbox) for b in boxes]
+        j = int(np.argmax(ious))
+        if ious[j] > 0.3:
+            return j
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+    return int(np.argmax(areas))
+
+
+class MediaPipeLandmarker:
+    """MediaPipe face mesh with refined (iris) landmarks: 478 points per face."""
+
+    scheme = MEDIAPIPE
+
+    def __init__(self, video_mode: bool = True, max_faces: int = 3, min_detection_confidence: float = 0.5,
+                 min_tracking_confidence: float = 0.5):
+        try:
+            from mediapipe.python.solutions import face_mesh as mp_face_mesh
+        except Exception as e:  # pragma: no cover
+            raise TrackingInputError(f"mediapipe is not installed or broken: {e}") from e
+        self._mp = mp_face_mesh
+        self.video_mode = video_mode
+        self.max_faces = max_faces
+        self._conf = (min_detection_confidence, min_tracking_confidence)
+        self._graph = mp_face_mesh.FaceMesh(static_image_mode=not video_mode, max_num_faces=max_faces,
+                                            refine_landmarks=True, min_detection_confidence=min_detection_confidence,
+                                            min_tracking_confidence=min_tracking_confidence)
+        self._static = None
+        self._prev_bbox: Optional[np.ndarray] = None
+
+    def _run(self, graph, image: np.ndarray):
+        res = graph.process(np.ascontiguousarray(image))
+        if not res.multi_face_landmarks:
+            return []
+        h, w = image.shape[:2]
+        out = []
+        for f in res.multi_face_landmarks:
+            a = np.array([(p.x, p.y, p.z) for p in f.landmark], dtype=np.float32)  # 478 protos, not a hot loop
+            out.append(a * np.array([w, h, w], np.float32))
+        return out
+
+    def __call__(self, image: np.ndarray) -> FaceLandmarks:
+        """image: (H, W, 3) uint8 RGB."""
+        faces = self._run(self._graph, image)
+        if not faces and self.video_mode:
+            # tracking lost: re-run the detector from scratch on this frame
+            if self._static is None:
+                self._static = self._mp.FaceMesh(static_image_mode=True, max_num_faces=self.max_faces,
+                                                 refine_landmarks=True, min_detection_confidence=self._conf[0] * 0.6)
+            faces = self._run(self._static, image)
+        if not faces:
+            return FaceLandmarks(self.scheme, None, None, None, 0)
+        j = choose_face([f[:, :2] for f in faces], self._prev_bbox)
+        pts = faces[j]
+        self._prev_bbox = _bbox(pts[:, :2])
+        return FaceLandmarks(self.scheme, pts[:, :2].copy(), pts[:, 2].copy(), self._prev_bbox, len(faces))
+
+    def close(self):
+        for g in (self._graph, self._static):
+            if g is not None:
+                g.close()
+
+
+def face_alignment_weights_present() -> bool:
+    hub = os.environ.get("TORCH_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "torch")
+    ck = os.path.join(hub, "hub", "checkpoints")
+    if not os.path.isdir(ck):
+        return False
+    names = os.listdir(ck)
+    return any(n.startswith("2DFAN4") for n in names) and any(n.startswith("s3fd") for n in names)
+
+
+class FaceAlignmentLandmarker:
+    """face-alignment (Bulat & Tzimiropoulos) 2D iBUG-68 landmarks; needs its weights in the torch hub cache."""
+
+    scheme = IBUG68
+
+    def __init__(self):
+        try:
+            import face_alignment  # noqa: F401
+        except Exception as e:
+            raise TrackingInputError("detector 'face-alignment' requested but the package is not installed "
+                                     "(pip install face-alignment), use --detector mediapipe") from e
+        if not face_alignment_weights_present():
+            raise TrackingInputError(
+                "detector 'face-alignment' needs its weights (2DFAN4*.zip and s3fd*.pth) in "
+                "$TORCH_HOME/hub/checkpoints; they are not downloaded at run time. Copy them there or use "
+                "--detector mediapipe")
+        import face_alignment
+        lt = getattr(face_alignment.LandmarksType, "TWO_D", None) or getattr(face_alignment.LandmarksType, "_2D")
+        self._fa = face_alignment.FaceAlignment(lt, device="cpu", flip_input=False)
+        self._prev_bbox = None
+
+    def __call__(self, image: np.ndarray) -> FaceLandmarks:
+        preds = self._fa.get_landmarks_from_image(image)
+        if not preds:
+            return FaceLandmarks(self.scheme, None, None, None, 0)
+        j = choose_face([p[:, :2] for p in preds], self._prev_bbox)
+        pts = np.asarray(preds[j][:, :2], np.float32)
+        self._prev_bbox = _bbox(pts)
+        return FaceLandmarks(self.scheme, pts, None, self._prev_bbox, len(preds))
+
+    def close(self):
+        pass
+
+
+def make_landmarker(name: str = "mediapipe", video_mode: bool = True):
+    name = (name or "mediapipe").lower().replace("_", "-")
+    if name == "mediapipe":
+        return MediaPipeLandmarker(video_mode=video_mode)
+    if name in ("face-alignment", "fan"):
+        return FaceAlignmentLandmarker()
+    raise TrackingInputError(f"unknown landmark detector {name!r} (choose mediapipe or face-alignment)")

@@ -1,0 +1,91 @@
+"""Per-frame head/background labels for the silhouette and colour losses.
+
+MediaPipe selfie segmentation (bundled in the wheel) separates person from background; the face-mesh landmarks give
+the face region (face oval) and the mouth interior (inner lip contour). The built-in model is bald and ends at the
+neck, so hair, neck, shoulders, ears and uncertain pixels are labelled IGNORE: they neither pull the surface nor count
+as misses.
+
+Labels (uint8):
+    BACKGROUND = 0   surely not the person: rendered opacity should be 0
+    FACE       = 1   skin inside the face oval: opacity 1, colour loss
+    MOUTH      = 2   mouth interior: opacity 1, colour loss down-weighted
+    IGNORE     = 3   hair, neck, body, uncertain: no loss
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+BACKGROUND, FACE, MOUTH, IGNORE = 0, 1, 2, 3
+
+# MediaPipe face-mesh contours, ordered (from mediapipe's FACEMESH_FACE_OVAL / FACEMESH_LIPS edge sets)
+FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
+                      148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109])
+INNER_LIPS = np.array([78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191])
+OUTER_LIPS = np.array([61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185])
+
+
+class SelfieSegmenter:
+    """Person probability map (H, W) float32 in [0, 1]."""
+
+    def __init__(self, model_selection: int = 0):
+        from mediapipe.python.solutions import selfie_segmentation as mp_ss
+        self._g = mp_ss.SelfieSegmentation(model_selection=model_selection)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        res = self._g.process(np.ascontiguousarray(image))
+        m = res.segmentation_mask
+        if m is None:
+            return np.zeros(image.shape[:2], np.float32)
+        return np.asarray(m, np.float32)
+
+    def close(self):
+        self._g.close()
+
+
+def _fill(shape, poly: np.ndarray) -> np.ndarray:
+    import cv2
+    m = np.zeros(shape, np.uint8)
+    cv2.fillPoly(m, [np.round(poly).astype(np.int32).reshape(-1, 1, 2)], 1)
+    return m.astype(bool)
+
+
+def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarray], shape,
+                bg_thresh: float = 0.15, margin_frac: float = 0.03) -> np.ndarray:
+    """Combine the segmentation and the face-mesh region into labels.
+
+    Args:
+        person_prob: (H, W) selfie-segmentation probability, or None (then everything outside a dilated face oval
+            counts as IGNORE, i.e. no background evidence).
+        landmarks: (478, 2) MediaPipe landmarks in pixels, or None (no face: everything IGNORE/BACKGROUND).
+        shape: (H, W).
+    Returns:
+        (H, W) uint8 labels.
+    """
+    import cv2
+    H, W = shape[:2]
+    lab = np.full((H, W), IGNORE, np.uint8)
+    if person_prob is not None:
+        lab[person_prob < bg_thresh] = BACKGROUND
+    if landmarks is None:
+        return lab
+    face = _fill((H, W), landmarks[FACE_OVAL])
+    # shrink the oval slightly: its border is where the model's skin meets hair/ears and the detector is least sure
+    size = float(np.ptp(landmarks[FACE_OVAL], axis=0).max())
+    r = max(1, int(round(margin_frac * size)))
+    face = cv2.erode(face.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
+    if person_prob is not None:
+        face &= person_prob >= 0.5
+    lab[face] = FACE
+    mouth = _fill((H, W), landmarks[INNER_LIPS])
+    lab[mouth & (lab != BACKGROUND)] = MOUTH
+    return lab
+
+
+def label_weights(labels: np.ndarray, mouth_color_weight: float = 1.0 / 25.0):
+    """Per-pixel (mask_target, mask_weight, colour_weight) float32 maps from labels."""
+    target = ((labels == FACE) | (labels == MOUTH)).astype(np.float32)
+    mask_w = (labels != IGNORE).astype(np.float32)
+    col_w = (labels == FACE).astype(np.float32) + mouth_color_weight * (labels == MOUTH)
+    return target, mask_w, col_w.astype(np.float32)

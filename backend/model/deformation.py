@@ -53,8 +53,12 @@ class DeformationField(nn.Module):
         with_jacobian: bool = False,
         compute_dtype: Optional[torch.dtype] = None,
         c_id: Optional[torch.Tensor] = None,
+        batch_index: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Offsets (B, N, 3), hyper (B, N, n_hyper) and optionally J = d(offset, hyper)/dx (B, N, 3+nh, 3).
+
+        With `batch_index` (P,) long, x is a flat (P, 3) list of points, point p using code set batch_index[p]
+        (used by the root finder to evaluate only its still-active points).
 
         The Jacobian is computed in forward mode (3 tangents carried through the MLP), which is cheaper than
         three reverse passes and needs no autograd graph.
@@ -76,11 +80,15 @@ class DeformationField(nn.Module):
         def bias(lin):
             return lin.bias if dt is None else lin.bias.to(dt)
 
+        if batch_index is not None:
+            c0 = c0.index_select(0, batch_index)                    # (P, H): broadcast like (B=P, N=1)
+            cs = cs.index_select(0, batch_index)
+            xin = xin.unsqueeze(1)
         w0x = W(self.lins[0], slice(0, 3))
         z = torch.matmul(xin, w0x.t()) + c0.unsqueeze(1)           # (B, N, H)
         tan = None
         if with_jacobian:
-            tan = w0x.t().expand(*x.shape[:-1], 3, H)              # (B, N, 3, H): d z / d x_j
+            tan = w0x.t().expand(*xin.shape[:-1], 3, H)              # (B, N, 3, H): d z / d x_j
         n = len(self.lins)
         for i in range(1, n):
             a = softplus(z, beta)
@@ -102,4 +110,7 @@ class DeformationField(nn.Module):
         jac = None
         if tan is not None:
             jac = tan.to(x.dtype).transpose(-1, -2)                # (B, N, 5, 3): d out_i / d x_j
+        if batch_index is not None:
+            out = out.squeeze(1)
+            jac = jac.squeeze(1) if jac is not None else None
         return out[..., :3], out[..., 3:], jac

@@ -1,0 +1,149 @@
+"""Forward warping: canonical -> posed by batched root finding of x + delta(x) = y (reference §4.7).
+
+Damped Newton with the exact 3x3 Jacobian (forward-mode through the deformation MLP, no autograd graph).
+Only still-active points are evaluated each iteration.  The result carries implicit-function gradients:
+x* = x_root + J^-1 [(y - F(x_root)) - stopgrad(y - F(x_root))], F(x) = x + delta(x; codes, params),
+so d x*/d y = J^-1 and d x*/d theta = -J^-1 dF/d theta, with the value of x_root unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .mononphm import _batch_codes
+
+
+@dataclass
+class WarpResult:
+    points: torch.Tensor      # (B, M, 3) posed points (with implicit gradients when grad is enabled)
+    converged: torch.Tensor   # (B, M) bool: residual < tol
+    residual: torch.Tensor    # (B, M) final ||x + delta(x) - y||
+    iterations: int
+
+
+def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, compute_dtype, coarse_tol):
+    """No-grad damped Newton on flattened points. Returns x (P,3), residual (P,)."""
+    B, M, _ = y.shape
+    ex = model.ex_model
+    c_id = ex.compress_id(z_geo, anchors)
+    bidx = torch.arange(B, device=y.device).repeat_interleave(M)
+    yf = y.reshape(-1, 3)
+    x = x0.reshape(-1, 3).clone()
+    P = x.shape[0]
+    eye = torch.eye(3, dtype=y.dtype, device=y.device)
+
+    def evaluate(idx, pts, dt):
+        off, _, J = ex(pts, z_geo, z_exp, anchors, with_jacobian=True, c_id=c_id, batch_index=bidx[idx],
+                       compute_dtype=dt)
+        r = pts + off - yf[idx]
+        return r, eye + J[:, :3, :]
+
+    dt = compute_dtype
+    idx = torch.arange(P, device=y.device)
+    r, Jf = evaluate(idx, x, dt)
+    rn = torch.linalg.vector_norm(r, dim=-1)
+    res = rn.clone()
+    alpha = torch.ones(P, dtype=y.dtype, device=y.device)
+    step = torch.linalg.solve(Jf, r.unsqueeze(-1)).squeeze(-1)
+    it = 0
+    for it in range(1, max_iter + 1):
+        # Active: not yet converged and not blown up.
+        thr = coarse_tol if dt is not None else tol
+        act = (res >= thr) & torch.isfinite(res) & (res < diverge)
+        if dt is not None and not bool(act.any()):
+            # Coarse (low-precision) phase done: re-evaluate everything at full precision and continue.
+            dt = None
+            r, Jf = evaluate(idx, x, None)
+            res = torch.linalg.vector_norm(r, dim=-1)
+            step = torch.linalg.solve(Jf, r.unsqueeze(-1)).squeeze(-1)
+            alpha.fill_(1.0)
+            act = (res >= tol) & torch.isfinite(res) & (res < diverge)
+        if not bool(act.any()):
+            break
+        a = act.nonzero().squeeze(1)
+        cand = x[a] - alpha[a].unsqueeze(-1) * step[a]
+        rc, Jc = evaluate(a, cand, dt)
+        rcn = torch.linalg.vector_norm(rc, dim=-1)
+        better = torch.isfinite(rcn) & (rcn < res[a])
+        acc = a[better]
+        x[acc] = cand[better]
+        res[acc] = rcn[better]
+        step[acc] = torch.linalg.solve(Jc[better], rc[better].unsqueeze(-1)).squeeze(-1)
+        alpha[acc] = 1.0
+        rej = a[~better]
+        alpha[rej] *= 0.5  # backtrack: halve the step from the last accepted point
+    if dt is not None:  # ran out of iterations inside the coarse phase: report full-precision residuals
+        r, _ = evaluate(idx, x, None)
+        res = torch.linalg.vector_norm(r, dim=-1)
+    return x.view(B, M, 3), res.view(B, M), it
+
+
+def forward_warp(
+    model,
+    x_canonical: torch.Tensor,
+    z_geo: torch.Tensor,
+    z_exp: torch.Tensor,
+    anchors: Optional[torch.Tensor] = None,
+    x_init: Optional[torch.Tensor] = None,
+    max_iter: int = 20,
+    tol: Optional[float] = None,
+    diverge: float = 0.5,
+    compute_dtype: Optional[torch.dtype] = None,
+    coarse_tol: float = 1e-3,
+    implicit_grad: Optional[bool] = None,
+) -> WarpResult:
+    """Solve x + delta(x; z_geo, z_exp, anchors) = x_canonical for posed x.
+
+    x_canonical: (B, M, 3) (or (M, 3)); z_geo (B, D_geo); z_exp (B, D_exp); anchors (B, A, 3) conditioning the
+    deformation net (default: predicted from z_geo).
+    x_init: (B, M, 3) start (e.g. the previous frame's solution); default y - delta(y).
+    tol: residual for convergence (default 1e-6 in float32, 1e-12 in float64).
+    compute_dtype: e.g. torch.bfloat16 for the first Newton steps (until residual < coarse_tol), then full
+        precision; only the final polish decides convergence.
+    implicit_grad: attach implicit-function gradients (default: torch.is_grad_enabled()).
+    """
+    y = x_canonical.unsqueeze(0) if x_canonical.dim() == 2 else x_canonical
+    B = y.shape[0]
+    z_geo = _batch_codes(z_geo, B)
+    z_exp = _batch_codes(z_exp, B)
+    if anchors is None:
+        anchors = model.id_model.anchors(z_geo)
+    if tol is None:
+        tol = 1e-6 if y.dtype != torch.float64 else 1e-12
+    if implicit_grad is None:
+        implicit_grad = torch.is_grad_enabled()
+    with torch.no_grad():
+        yd, zg, ze, ad = y.detach(), z_geo.detach(), z_exp.detach(), anchors.detach()
+        if x_init is None:
+            off0, _, _ = model.ex_model(yd, zg, ze, ad, compute_dtype=compute_dtype)
+            x_init = yd - off0
+        x, res, it = _newton_solve(model, yd, zg, ze, ad, x_init.detach(), max_iter, tol, diverge,
+                                   compute_dtype, coarse_tol)
+        converged = torch.isfinite(res) & (res < tol)
+    if not implicit_grad:
+        return WarpResult(points=x, converged=converged, residual=res, iterations=it)
+    # Implicit-function gradient (value unchanged): one differentiable deformation evaluation at the root.
+    with torch.no_grad():
+        _, _, J = model.ex_model(x, zg, ze, ad, with_jacobian=True)
+        Jf = torch.eye(3, dtype=x.dtype, device=x.device) + J[..., :3, :]
+    with torch.enable_grad():
+        off, _, _ = model.ex_model(x, z_geo, z_exp, anchors)
+        g = y - (x + off)
+        corr = g - g.detach()
+        xs = x + torch.linalg.solve(Jf, corr.unsqueeze(-1)).squeeze(-1)
+    return WarpResult(points=xs, converged=converged, residual=res, iterations=it)
+
+
+def posed_anchors(model, z_geo, z_exp, y_offsets: Optional[torch.Tensor] = None, **kw) -> WarpResult:
+    """Anchors posed by the expression (landmark loss, reference §4.7): roots of x + delta(x) = A_k.
+
+    y_offsets: optional (n_anchors, 3) tweak added to the anchors (e.g. the lip/eyelid y offsets); the
+    deformation net is then conditioned on the tweaked anchors as in the official tracker.
+    """
+    z_geo = _batch_codes(z_geo, 1)
+    A = model.id_model.anchors(z_geo)
+    if y_offsets is not None:
+        A = A + y_offsets.to(A.dtype)
+    return forward_warp(model, A, z_geo, z_exp, anchors=A, **kw)

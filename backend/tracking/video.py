@@ -160,6 +160,9 @@ class FrameSource:
             raise TrackingInputError(f"input file is empty (0 bytes): {self.path}")
         if self.kind == "video":
             self.info = self._probe()
+            needs_count = (self.range.start or 0) < 0 or (self.range.stop is not None and self.range.stop < 0)
+            if needs_count and not self.info.n_frames:
+                self.info.n_frames = self._count_frames()
             self.range = self.range.resolve(self.info.n_frames)
         else:
             self.range = self.range.resolve(len(self._files))
@@ -196,6 +199,14 @@ class FrameSource:
         sc = _cap_scale(w, h, self.max_size)
         fps = self.seq_fps if self.kind == "images" else 0.0
         return SourceInfo(self.kind, w, h, fps, len(self._files), sc, int(round(w * sc)), int(round(h * sc)))
+
+    def _count_frames(self) -> int:
+        """Count video packets by demuxing only (no decoding)."""
+        c = self._open(self.path)
+        try:
+            return sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+        finally:
+            c.close()
 
     def _first_frame_video(self, c, s) -> np.ndarray:
         try:

@@ -438,10 +438,10 @@ def albedo(ict: ICTModel, app: np.ndarray, tri: np.ndarray, bary: np.ndarray, no
 class SampleSizes:
     n_face: int = 500       # face-region surface points
     n_other: int = 200      # other surface points (head, neck, mouth socket, eyeballs)
-    n_near: int = 700       # near-surface points with signed-distance targets
+    n_near: int = 500       # near-surface points with signed-distance targets
     near_std: float = 0.006  # 1.5 mm
-    n_off: int = 200        # off-surface points (+N(0, 0.05^2)) with approximate signed distance
-    n_far: int = 100        # uniform in the box
+    n_off: int = 150        # off-surface points (+N(0, 0.05^2)) with approximate signed distance
+    n_far: int = 80         # uniform in the box
     n_corr: int = 250       # neutral<->posed correspondences
     n_kd: int = 12000       # dense surface samples for the KD-tree distance
 

@@ -1,0 +1,256 @@
+"""Held-out evaluation of a trained model (no images).
+
+For each held-out identity (fixed seed stream, never trained on) x its expressions (neutral, two held-out
+expression combos, one random expression, one wide jaw opening): fit codes to GT surface points with the networks
+frozen, then measure the distance from GT face-region (ICT region 0) surface points to the model's zero level set,
+found by Newton projection along the SDF gradient (x <- x - sdf * g / |g|^2), in mm.
+
+    python -m backend.training.evaluate CKPT [--ids 4] [--steps 150] [--json out.json] [--png recon.png]
+
+CKPT: a run checkpoint (ckpt_last.pt: EMA weights are used), a snapshot, or an exported model folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as D
+from .encoders import ArkitRegressor, CodeEncoders
+from .modelwrap import build_model
+from ..model import MonoNPHMConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def load_for_eval(path):
+    """-> (model, encoders, regressor, meta) from a run checkpoint, a snapshot or an exported model folder."""
+    path = Path(path)
+    if path.is_dir():
+        from .export import load_exported
+        return load_exported(path)
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = MonoNPHMConfig.from_dict(st["config"])
+    model = build_model(cfg, torch.tensor(st["mean_anchors"]), init=False)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)
+    reg = ArkitRegressor(cfg.dim_exp)
+    model.load_state_dict(st["model"])
+    enc.load_state_dict(st["encoders"])
+    reg.load_state_dict(st["arkit_regressor"])
+    if "ema" in st:  # full training checkpoint: evaluate the EMA weights
+        with torch.no_grad():
+            for dst, src in zip(list(model.parameters()) + list(enc.parameters()) + list(reg.parameters()),
+                                st["ema"]):
+                dst.copy_(src)
+    meta = {"step": st.get("step"), "elapsed": st.get("elapsed"), "anchor_vertices": st.get("anchor_vertices")}
+    return model.eval(), enc.eval(), reg.eval(), meta
+
+
+def gt_points(ict, w_id, w_ex, n, rng, face_only=True):
+    v = ict.vertices(w_id, w_ex)
+    nrm = ict.vertex_normals(v)
+    areas = ict.tri_areas(v)
+    mask = ict.tri_is_face if face_only else np.ones(len(ict.faces), bool)
+    tri, bary = D._sample_tris(rng, areas, mask, n)
+    p = D._interp(v, ict.faces, tri, bary)
+    nn = D._interp(nrm, ict.faces, tri, bary)
+    nn /= np.linalg.norm(nn, axis=1, keepdims=True)
+    return p.astype(np.float32), nn.astype(np.float32)
+
+
+def project_distance(model, z_geo, z_exp, x, iters=6, chunk=4096):
+    """Distance (N,) from points x (N,3) to the zero level set along the SDF gradient (NPHM units)."""
+    out = []
+    for s in range(0, len(x), chunk):
+        x0 = x[s:s + chunk][None]
+        xi = x0.clone()
+        for _ in range(iters):
+            o = model(xi, z_geo, None, z_exp, with_color=False, with_gradient=True, create_graph=False)
+            g = o.gradient
+            step = o.sdf * g / (g.pow(2).sum(-1, keepdim=True) + 1e-8)
+            step = step.clamp(-0.05, 0.05)
+            xi = (xi - step).detach()
+        o = model(xi, z_geo, None, z_exp, with_color=False, with_gradient=True, create_graph=False)
+        d = torch.linalg.vector_norm(xi - x0, dim=-1)[0]
+        # where Newton did not land on the surface, use the first-order estimate |sdf|/|g| at the start
+        bad = o.sdf[0, :, 0].abs() > 2e-4
+        if bad.any():
+            o0 = model(x0, z_geo, None, z_exp, with_color=False, with_gradient=True, create_graph=False)
+            est = o0.sdf[0, :, 0].abs() / (torch.linalg.vector_norm(o0.gradient[0], dim=-1) + 1e-8)
+            d = torch.where(bad, torch.maximum(est, d), d)
+        out.append(d.detach())
+    return torch.cat(out)
+
+
+def fit_identity(model, enc, pts_list, steps=150, n_pts=600, lr=0.05, reg_id=1e-3, reg_ex=1e-3, seed=0,
+                 refine_codes=True):
+    """Fit one identity (shared w_id) and per-shape w_ex to surface points (list of (N,3) arrays).
+
+    Parameterisation: ICT-coefficient space through the encoders (w_id 100-d, w_ex 53-d), then (refine_codes)
+    a free residual on z_geo / z_exp for the last third of the steps.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    S = len(pts_list)
+    P = [torch.from_numpy(p) for p in pts_list]
+    w_id = torch.zeros(1, enc.geo.in_features, requires_grad=True)
+    w_ex = torch.zeros(S, enc.exp.in_features, requires_grad=True)
+    dz_geo = torch.zeros(1, enc.geo.out_features, requires_grad=True)
+    dz_exp = torch.zeros(S, enc.exp.out_features, requires_grad=True)
+    opt = torch.optim.Adam([w_id, w_ex], lr=lr)
+    opt2 = torch.optim.Adam([dz_geo, dz_exp], lr=lr * 0.02)
+    t_ref = int(steps * 2 / 3) if refine_codes else steps + 1
+    for it in range(steps):
+        if it == steps // 2:
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.3
+        x = torch.stack([p[torch.randint(len(p), (n_pts,), generator=gen)] for p in P])
+        z_geo = enc.encode_geo(w_id) + dz_geo
+        z_exp = enc.encode_exp(w_ex) + dz_exp
+        o = model(x, z_geo.expand(S, -1), None, z_exp, with_color=False)
+        loss = o.sdf.abs().mean() + reg_id * (w_id ** 2).mean() + reg_ex * (w_ex ** 2).mean() \
+            + 1e-2 * ((dz_geo ** 2).sum() + (dz_exp ** 2).sum() / S)
+        opt.zero_grad()
+        opt2.zero_grad()
+        loss.backward()
+        opt.step()
+        if it >= t_ref:
+            opt2.step()
+    with torch.no_grad():
+        z_geo = enc.encode_geo(w_id) + dz_geo
+        z_exp = enc.encode_exp(w_ex) + dz_exp
+    return z_geo.detach(), z_exp.detach(), w_id.detach(), w_ex.detach()
+
+
+def mean_template_baseline(ict, pts):
+    """Distance (N,) from points to the ICT mean head (all weights 0), dense-sample approximation."""
+    from scipy.spatial import cKDTree
+    v = ict.vertices()
+    areas = ict.tri_areas(v)
+    tri, bary = D._sample_tris(np.random.default_rng(0), areas, np.ones(len(ict.faces), bool), 400_000)
+    dense = D._interp(v, ict.faces, tri, bary)
+    return cKDTree(dense).query(pts)[0]
+
+
+def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=True, threads=None):
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.time()
+    model, enc, reg, meta = load_for_eval(path)
+    for p in list(model.parameters()) + list(enc.parameters()) + list(reg.parameters()):
+        p.requires_grad_(False)
+    ict = ict or D.ICTModel()
+    vp = D.validation_params(n_ids=n_ids)
+    rng = np.random.default_rng(12345)
+    per_shape = []
+    ark_fit, ark_enc, ark_gt = [], [], []
+    recon_rows = []
+    for i in range(n_ids):
+        shapes = [p for p in vp if p[0] == i]
+        fit_pts = [gt_points(ict, w_id, w_ex, 6000, rng, face_only=False)[0] for (_, w_id, w_ex, _, _, _) in shapes]
+        z_geo, z_exp, w_id_f, w_ex_f = fit_identity(model, enc, fit_pts, steps=steps, seed=i)
+        for s, (_, w_id, w_ex, app, _, lab) in enumerate(shapes):
+            pts, _ = gt_points(ict, w_id, w_ex, n_eval, rng, face_only=True)
+            d = project_distance(model, z_geo, z_exp[s:s + 1], torch.from_numpy(pts)).numpy() * D.MM_PER_UNIT
+            base = mean_template_baseline(ict, pts) * D.MM_PER_UNIT
+            rec = {"id": i, "expr": lab, "mean_mm": float(d.mean()), "median_mm": float(np.median(d)),
+                   "p90_mm": float(np.percentile(d, 90)), "baseline_mean_mm": float(base.mean())}
+            per_shape.append(rec)
+            gt_ark = D.arkit.ict_to_arkit(w_ex)
+            with torch.no_grad():
+                ark_fit.append(reg(z_exp[s:s + 1])[0].numpy())
+                ark_enc.append(reg(enc.encode_exp(torch.from_numpy(w_ex)[None]))[0].numpy())
+            ark_gt.append(gt_ark)
+            if verbose:
+                print(f"[eval] id {i} {lab:10s} mean {rec['mean_mm']:.3f} mm  median {rec['median_mm']:.3f}  "
+                      f"p90 {rec['p90_mm']:.3f}  (mean template {rec['baseline_mean_mm']:.2f})",
+                      file=sys.stderr, flush=True)
+            if png and s in (0, 2, 4) and len(recon_rows) < 9:
+                recon_rows.append(_render_pair(model, ict, w_id, w_ex, z_geo, z_exp[s:s + 1], rec, lab, rng))
+    arr = lambda k: np.array([r[k] for r in per_shape])  # noqa: E731
+    ark_fit, ark_enc, ark_gt = map(np.array, (ark_fit, ark_enc, ark_gt))
+    active = [j for j, n in enumerate(D.arkit.ARKIT_NAMES) if not n.startswith("eyeLook") and n != "tongueOut"]
+    res = {
+        "checkpoint": str(path), "step": meta.get("step"), "train_minutes": (meta.get("elapsed") or 0) / 60,
+        "n_shapes": len(per_shape), "fit_steps": steps, "n_eval_points": n_eval,
+        "mean_mm": float(arr("mean_mm").mean()), "median_of_means_mm": float(np.median(arr("mean_mm"))),
+        "median_mm": float(arr("median_mm").mean()), "p90_mm": float(arr("p90_mm").mean()),
+        "max_shape_mean_mm": float(arr("mean_mm").max()),
+        "neutral_mean_mm": float(np.mean([r["mean_mm"] for r in per_shape if r["expr"] == "neutral"])),
+        "expr_mean_mm": float(np.mean([r["mean_mm"] for r in per_shape if r["expr"] != "neutral"])),
+        "heldout_combo_mean_mm": float(np.mean([r["mean_mm"] for r in per_shape if r["expr"].startswith("heldout")])),
+        "jaw_open_mean_mm": float(np.mean([r["mean_mm"] for r in per_shape if r["expr"] == "jawOpen"])),
+        "baseline_mean_mm": float(arr("baseline_mean_mm").mean()),
+        "arkit_mae_fitted": float(np.abs(ark_fit - ark_gt)[:, active].mean()),
+        "arkit_mae_encoded": float(np.abs(ark_enc - ark_gt)[:, active].mean()),
+        "arkit_mae_zero_baseline": float(np.abs(ark_gt)[:, active].mean()),
+        "per_shape": per_shape,
+        "eval_seconds": time.time() - t0,
+    }
+    if png and recon_rows:
+        from .plots import save_recon_grid
+        save_recon_grid([r[:3] for r in recon_rows], png, titles=[r[3] for r in recon_rows])
+    return res
+
+
+def _render_pair(model, ict, w_id, w_ex, z_geo, z_exp, rec, lab, rng, res=120):
+    from .plots import splat_points, shade
+    v = ict.vertices(w_id, w_ex)
+    nrm = ict.vertex_normals(v)
+    areas = ict.tri_areas(v)
+    tri, bary = D._sample_tris(rng, areas, np.ones(len(ict.faces), bool), 250_000)
+    p = D._interp(v, ict.faces, tri, bary)
+    n = D._interp(nrm, ict.faces, tri, bary)
+    gt = splat_points(p, n, res=res)
+    pred = sphere_trace_image(model, z_geo, z_exp, res=res)
+    return gt, pred, f"{rec['mean_mm']:.2f}mm", f"id{rec['id']} {lab}"
+
+
+def sphere_trace_image(model, z_geo, z_exp, res=120, box=((-0.45, -0.75), (0.45, 0.5)), z0=0.6, iters=40):
+    from .plots import shade
+    (x0, y0), (x1, y1) = box
+    ry = int(round(res * (y1 - y0) / (x1 - x0)))
+    xs = np.linspace(x0, x1, res)
+    ys = np.linspace(y1, y0, ry)
+    X, Y = np.meshgrid(xs, ys)
+    o = torch.from_numpy(np.stack([X, Y, np.full_like(X, z0)], -1).reshape(-1, 3).astype(np.float32))[None]
+    t = torch.zeros(o.shape[1])
+    with torch.no_grad():
+        for _ in range(iters):
+            p = o.clone()
+            p[0, :, 2] -= t
+            s = model(p, z_geo, None, z_exp, with_color=False).sdf[0, :, 0]
+            t = t + s.clamp(min=-0.02) * 0.9
+        p = o.clone()
+        p[0, :, 2] -= t
+        s = model(p, z_geo, None, z_exp, with_color=False).sdf[0, :, 0]
+    hit = (s.abs() < 3e-3) & (t < 1.6)
+    g = model(p, z_geo, None, z_exp, with_color=False, with_gradient=True, create_graph=False).gradient[0]
+    n = torch.nn.functional.normalize(g, dim=-1).numpy()
+    return shade(n.reshape(ry, res, 3), hit.numpy().reshape(ry, res))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m backend.training.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--ids", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--points", type=int, default=3000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--png", default=None)
+    a = ap.parse_args(argv)
+    res = evaluate(a.checkpoint, n_ids=a.ids, steps=a.steps, n_eval=a.points, png=a.png, threads=a.threads)
+    summary = {k: v for k, v in res.items() if k != "per_shape"}
+    print(json.dumps(summary, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

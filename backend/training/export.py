@@ -1,0 +1,116 @@
+"""Export a training checkpoint (EMA weights) to a project model folder, e.g. backend/models/builtin/.
+
+    python -m backend.training.export runs/builtin/ckpt_last.pt [--out backend/models/builtin] [--eval eval.json]
+
+Folder contents:
+* ``model.pt`` + ``config.json``: the model core's project format (``backend.model.save_model``). The JSON
+  ``extra`` holds the derived anchor table: ``anchor_ict_vertex`` (65 ICT-FaceKit vertex indices of the anchors on the
+  mean head, official anchor order/semantics), ``mean_anchors`` (65x3, NPHM units), the training summary and the
+  names of the files below.
+* ``encoders.pt``: state dicts of the conditioning encoders (ICT identity weights -> z_geo, appearance parameters ->
+  z_app, ICT expression weights -> z_exp) and of the z_exp -> ARKit regressor (plain tensors, weights_only-safe).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import arkit
+from .encoders import ArkitRegressor, CodeEncoders, N_APP, N_EX, N_ID
+
+ENCODERS_FILE = "encoders.pt"
+REPO_BUILTIN = Path(__file__).resolve().parents[1] / "models" / "builtin"
+
+
+def export(ckpt_path, out_dir=REPO_BUILTIN, extra_info=None):
+    from ..model import save_model
+    from .evaluate import load_for_eval
+
+    model, enc, reg, meta = load_for_eval(ckpt_path)
+    st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    out_dir = Path(out_dir)
+    extra = {
+        "name": "builtin",
+        "description": "Compact MonoNPHM trained on synthetic ICT-FaceKit heads (see MODEL_CARD.md)",
+        "coverage": "head, face and neck; bald scalp; static eyes; no teeth",
+        "anchor_ict_vertex": [int(v) for v in st["anchor_vertices"]],
+        "mean_anchors": [[round(float(c), 6) for c in a] for a in st["mean_anchors"]],
+        "anchor_semantics": "official MonoNPHM order: pairs (2i, 2i+1) for i<30 mirror in x, 60-64 midline",
+        "space": "NPHM: y up, z forward (out of the face), +x subject's left, 1 unit = 0.25 m",
+        "ict_to_model": "x_model = (v_cm + (0, -3, -6)) / 25",
+        "encoders_file": ENCODERS_FILE,
+        "encoders": {"geo_in": N_ID, "app_in": N_APP, "exp_in": N_EX,
+                     "exp_in_names": list(arkit.ICT_NAMES),
+                     "app_in_names": ["skin_r", "skin_g", "skin_b", "lip_r", "lip_g", "lip_b", "hair_r", "hair_g",
+                                      "hair_b", "iris_r", "iris_g", "iris_b", "stubble", "redness", "noise",
+                                      "brow_density"],
+                     "mean_codes": "encode_*(zeros); z_exp of zero weights is exactly 0 (neutral)"},
+        "arkit_regressor": {"in": "z_exp", "out": list(arkit.ARKIT_NAMES)},
+        "color_space": "albedo in [-1, 1] = (rgb - 0.5) * 2",
+        "training": {"step": int(st.get("step", 0)), "minutes": round(float(st.get("elapsed", 0.0)) / 60, 1),
+                     "ema_weights": "ema" in st},
+    }
+    if extra_info:
+        extra.update(extra_info)
+    save_model(out_dir, model, extra=extra)
+    enc_state = {"encoders": {k: v.detach().float().contiguous() for k, v in enc.state_dict().items()},
+                 "arkit_regressor": {k: v.detach().float().contiguous() for k, v in reg.state_dict().items()}}
+    tmp = out_dir / (ENCODERS_FILE + ".tmp")
+    torch.save(enc_state, tmp)
+    tmp.replace(out_dir / ENCODERS_FILE)
+    return out_dir
+
+
+def load_encoders(model_dir, model=None):
+    """(CodeEncoders, ArkitRegressor) of an exported model folder (or (None, None) if it has none)."""
+    from ..model.checkpoint import read_project_config, safe_torch_load
+
+    model_dir = Path(model_dir)
+    cfg, extra = read_project_config(model_dir)
+    f = model_dir / extra.get("encoders_file", ENCODERS_FILE)
+    if not f.exists():
+        return None, None
+    st = safe_torch_load(f)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)
+    enc.load_state_dict(st["encoders"])
+    reg = ArkitRegressor(cfg.dim_exp)
+    reg.load_state_dict(st["arkit_regressor"])
+    return enc.eval(), reg.eval()
+
+
+def load_exported(model_dir):
+    """-> (model, encoders, regressor, meta) like evaluate.load_for_eval, from an exported folder."""
+    from ..model import load_model
+
+    model = load_model(model_dir)
+    enc, reg = load_encoders(model_dir)
+    tr = model.extra.get("training", {})
+    meta = {"step": tr.get("step"), "elapsed": 60 * float(tr.get("minutes", 0)),
+            "anchor_vertices": model.extra.get("anchor_ict_vertex")}
+    return model.eval(), enc, reg, meta
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m backend.training.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--out", default=str(REPO_BUILTIN))
+    ap.add_argument("--eval", default=None, help="evaluation JSON to record in config.json extra")
+    a = ap.parse_args(argv)
+    info = None
+    if a.eval:
+        res = json.loads(Path(a.eval).read_text())
+        info = {"heldout_eval": {k: v for k, v in res.items() if k != "per_shape"}}
+    d = export(a.checkpoint, a.out, info)
+    size = sum(p.stat().st_size for p in Path(d).iterdir() if p.is_file())
+    print(f"exported to {d} ({size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

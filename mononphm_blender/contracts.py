@@ -1,0 +1,91 @@
+"""Where the backend's torch-free contract modules come from.
+
+The add-on imports the *same* modules the backend uses (``protocol``, ``result_format``, ``conventions`` and,
+when present, ``arkit``):
+
+- installed extension: bundled inside the zip as ``<addon>/backend`` and imported as ``<addon>.backend``;
+- development checkout: the repository's ``backend/`` next to ``mononphm_blender/``, imported as ``backend``.
+
+``backend_root()`` is the folder that holds the ``backend`` package, i.e. the working directory / PYTHONPATH
+entry for ``python -m backend``. ``MONONPHM_BACKEND_PATH`` overrides it for the subprocess only (tests point it
+at a fake backend); the contract modules are always the real ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ADDON_DIR = Path(__file__).resolve().parent
+_BUNDLED = ADDON_DIR / "backend"
+_REPO_ROOT = ADDON_DIR.parent
+
+
+def is_bundled() -> bool:
+    """True inside a built extension (the backend ships inside the add-on folder)."""
+    return (_BUNDLED / "__init__.py").is_file()
+
+
+def repo_root() -> Path | None:
+    """The development checkout's root, or None for an installed extension."""
+    if not is_bundled() and (_REPO_ROOT / "backend" / "__init__.py").is_file():
+        return _REPO_ROOT
+    return None
+
+
+def backend_root() -> Path:
+    """Folder containing the ``backend`` package that ``python -m backend`` runs."""
+    override = os.environ.get("MONONPHM_BACKEND_PATH")
+    if override:
+        return Path(override)
+    if is_bundled():
+        return ADDON_DIR
+    root = repo_root()
+    if root is None:
+        raise ImportError("the MonoNPHM backend package is missing: neither the bundled "
+                          f"{_BUNDLED} nor a repository backend/ next to {ADDON_DIR} exists")
+    return root
+
+
+def requirements_file() -> Path:
+    """The pinned backend requirements (bundled copy in the extension, the repo's file in development)."""
+    bundled = ADDON_DIR / "requirements.txt"
+    if bundled.is_file():
+        return bundled
+    return _REPO_ROOT / "requirements.txt"
+
+
+def _backend_package() -> ModuleType:
+    if is_bundled():
+        return importlib.import_module(f"{__package__}.backend")
+    root = repo_root()
+    if root is None:
+        raise ImportError(f"cannot find the MonoNPHM backend contract modules next to {ADDON_DIR}")
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    return importlib.import_module("backend")
+
+
+def contract(name: str) -> ModuleType:
+    """Import ``backend.<name>`` from wherever the backend package lives."""
+    package = _backend_package()
+    return importlib.import_module(f"{package.__name__}.{name}")
+
+
+protocol = contract("protocol")
+result_format = contract("result_format")
+conventions = contract("conventions")
+try:
+    arkit = contract("arkit")
+except ImportError:  # another engineer's module; optional for the add-on
+    arkit = None
+
+
+def arkit_names() -> tuple[str, ...]:
+    """The 52 ARKit channel names (from backend/arkit.py when present)."""
+    if arkit is not None and hasattr(arkit, "ARKIT_NAMES"):
+        return tuple(arkit.ARKIT_NAMES)
+    return tuple(f"arkit_{i:02d}" for i in range(52))

@@ -1,0 +1,372 @@
+"""Import a result package into the scene (the public API; headless-safe, no operator context needed).
+
+::
+
+    from mononphm_blender import importer
+    result = importer.import_package(bpy.context, "/path/to/RESULT")        # mode from the package
+    result = importer.import_package(bpy.context, path, mode="SHAPE_KEYS", clip=bpy.data.movieclips["take"])
+
+Fixed topology → one mesh object ("head") with a relative shape key per tracked frame (0→1→0 LINEAR keys,
+so strided tracking blends between tracked neighbours); per-frame meshes → the USD sequence through Blender's
+USD importer (MeshSequenceCache, colours kept). Both get the head pose as object animation
+(conventions.head_world_matrices; mesh data in Blender axes via MODEL_TO_BLENDER), the camera
+(camera_world_matrix + blender_camera_from_intrinsics) with the clip as background, scene fps/frame range,
+per-frame quality as animated custom properties, markers on frames whose landmark error exceeds a threshold,
+and ARKit weights (when present) as animated custom properties named by channel. Re-importing the same package
+updates the objects it created before (found by the package path stored on them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+from .blender import anim, mesh as meshes, scene as scenes
+from .contracts import arkit_names, conventions, result_format
+from .core.layout import (LINEAR, bad_frames, decompose_similarity, keyframe_co, pile_keyframes,
+                          rotations_to_euler_xyz)
+
+MODES = ("AUTO", "SHAPE_KEYS", "MESHES", "BOTH")
+USABLE_STATUSES = ("tracked", "interpolated")
+MARKER_PREFIX = "MNPHM "
+DEFAULT_ERROR_THRESHOLD_PX = 5.0
+PROP_PACKAGE = "mononphm_package"
+PROP_ROLE = "mononphm_role"
+PROP_CLIP_START = "mononphm_clip_start"
+QUALITY_PROPS = result_format.QUALITY_KEYS
+
+
+@dataclass
+class ImportResult:
+    package: str
+    head: object = None  # shape-key mesh object (or None)
+    usd_object: object = None  # MeshSequenceCache object (or None)
+    camera: object = None
+    clip: object = None
+    collection: object = None
+    source_indices: list = field(default_factory=list)
+    scene_frames: list = field(default_factory=list)
+    bad_frames: list = field(default_factory=list)  # (scene frame, landmark error px)
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# --- paths ------------------------------------------------------------------------------------------------------
+
+def _norm(path: str) -> str:
+    return os.path.normcase(os.path.realpath(bpy.path.abspath(path)))
+
+
+def stored_path(path: str) -> str:
+    """Relative to the .blend when it is saved (``//…``), absolute otherwise."""
+    path = os.path.abspath(bpy.path.abspath(path))
+    if bpy.data.filepath:
+        try:
+            return bpy.path.relpath(path)
+        except ValueError:  # other drive (Windows)
+            return path
+    return path
+
+
+def find_objects(package_path: str) -> dict[str, object]:
+    """Objects created by earlier imports of this package, by role."""
+    want = _norm(package_path)
+    out = {}
+    for obj in bpy.data.objects:
+        stored = obj.get(PROP_PACKAGE)
+        if stored and _norm(stored) == want:
+            out.setdefault(obj.get(PROP_ROLE, ""), obj)
+    return out
+
+
+def _tag(obj, package_path: str, role: str, clip_start: int) -> None:
+    obj[PROP_PACKAGE] = stored_path(package_path)
+    obj[PROP_ROLE] = role
+    obj[PROP_CLIP_START] = int(clip_start)
+
+
+def _collection(scene, name: str):
+    coll = bpy.data.collections.get(name)
+    if coll is None:
+        coll = bpy.data.collections.new(name)
+    if coll.name not in scene.collection.children and not any(
+            c == coll for c in scene.collection.children_recursive):
+        scene.collection.children.link(coll)
+    return coll
+
+
+def _link(obj, coll) -> None:
+    if obj.name not in coll.objects:
+        coll.objects.link(obj)
+
+
+# --- the import -------------------------------------------------------------------------------------------------
+
+def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip=None, clip_start: int | None = None,
+                   error_threshold: float | None = None, setup_camera: bool = True, setup_scene: bool = True,
+                   load_source_clip: bool = True) -> ImportResult:
+    """Import (or update) the result package at ``path``; see the module docstring.
+
+    Raises result_format.PackageError (message + hint) for packages that cannot be read.
+    """
+    t0 = time.perf_counter()
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    scene = context.scene
+    root = Path(bpy.path.abspath(str(path)))
+    package = result_format.ResultPackage(root)
+    manifest = package.manifest
+    result = ImportResult(package=str(root))
+    if mode == "AUTO":
+        mode = {"shape_keys": "SHAPE_KEYS", "meshes": "MESHES", "both": "BOTH"}.get(
+            manifest.get("output_mode", "shape_keys"), "SHAPE_KEYS")
+    existing = find_objects(str(root))
+
+    # which frames
+    records = package.frames
+    usable = [i for i, r in enumerate(records) if r["status"] in USABLE_STATUSES]
+    arrays = package.frame_arrays() if records else {}
+    arrays = {k: v[usable] for k, v in arrays.items()}
+    indices = np.array([records[i]["index"] for i in usable], dtype=np.int64)
+
+    # clip and frame mapping
+    if clip is None and load_source_clip:
+        clip = _source_clip(manifest, existing)
+    result.clip = clip
+    if clip_start is None:
+        head_like = existing.get("head") or existing.get("usd")
+        if clip is not None:
+            clip_start = int(clip.frame_start)
+        elif head_like is not None and PROP_CLIP_START in head_like:
+            clip_start = int(head_like[PROP_CLIP_START])
+        else:
+            clip_start = 1
+    frames = np.array([conventions.scene_frame(clip_start, i) for i in indices], dtype=np.int64)
+    result.source_indices = indices.tolist()
+    result.scene_frames = frames.tolist()
+
+    coll = _collection(scene, f"MonoNPHM {root.name}")
+    result.collection = coll
+
+    if mode in ("SHAPE_KEYS", "BOTH"):
+        result.head = _import_shape_keys(package, arrays, indices, frames, existing.get("head"), coll, root, result)
+        _tag(result.head, str(root), "head", clip_start)
+    if mode in ("MESHES", "BOTH"):
+        result.usd_object = _import_usd(context, package, existing.get("usd"), coll, clip_start, result)
+        if result.usd_object is not None:
+            _tag(result.usd_object, str(root), "usd", clip_start)
+            if result.head is not None:  # both: the shape-key head is the one shown by default
+                result.usd_object.hide_set(True) if result.usd_object.name in context.view_layer.objects else None
+                result.usd_object.hide_render = True
+
+    pose_objects = [o for o in (result.head, result.usd_object) if o is not None]
+    if len(indices) and pose_objects:
+        matrices = conventions.head_world_matrices(arrays["scale"], arrays["rotation"], arrays["translation"])
+        quality = {k: package.quality(k)[usable] for k in QUALITY_PROPS}
+        arkit = arrays.get("arkit")
+        carrier = pose_objects[0]
+        for obj in pose_objects:
+            _animate_object(obj, frames, matrices, quality if obj is carrier else None,
+                            arkit if obj is carrier else None)
+
+    if setup_camera:
+        intr = package.intrinsics()
+        cam = existing.get("camera")
+        cam = scenes.ensure_camera(coll, f"MonoNPHM Camera {root.name}", cam)
+        scenes.setup_camera(scene, cam, intr, clip)
+        _tag(cam, str(root), "camera", clip_start)
+        result.camera = cam
+
+    if setup_scene:
+        if clip is not None:
+            start, end = scenes.clip_frame_range(clip)
+        elif len(frames):
+            start, end = int(frames.min()), int(frames.max())
+        else:
+            start, end = scene.frame_start, scene.frame_end
+        scenes.set_scene_timing(scene, package.fps, start, end)
+
+    threshold = error_threshold
+    if threshold is None:
+        settings = getattr(scene, "mononphm", None)
+        threshold = float(settings.error_threshold) if settings is not None else DEFAULT_ERROR_THRESHOLD_PX
+    errors = package.quality("landmark_error_px")[usable] if len(usable) else np.zeros(0)
+    result.bad_frames = set_quality_markers(scene, frames, errors, threshold)
+    if result.head is not None or result.usd_object is not None:
+        settings = getattr(scene, "mononphm", None)
+        if settings is not None:
+            settings.last_package = stored_path(str(root))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _source_clip(manifest: dict, existing: dict):
+    source = manifest.get("source") or {}
+    src = source.get("path") if isinstance(source, dict) else None
+    cam = existing.get("camera")
+    if cam is not None and cam.type == "CAMERA":
+        for bg in cam.data.background_images:
+            if bg.source == "MOVIE_CLIP" and bg.clip is not None:
+                return bg.clip
+    if src and os.path.exists(src):
+        return scenes.load_clip(src)
+    return None
+
+
+def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path, result: ImportResult):
+    canon = package.canonical_mesh()
+    verts_b = conventions.model_to_blender_points(canon.vertices).astype(np.float32)
+    tris = canon.triangles
+    name = f"MonoNPHM Head {root.name}"
+    if head is not None and head.type == "MESH" and meshes.mesh_matches(head.data, verts_b, tris):
+        me = head.data
+        if me.shape_keys is not None:
+            me.shape_keys.key_blocks[0].data.foreach_set("co", verts_b.reshape(-1))
+        meshes.set_vertex_positions(me, verts_b)
+    else:
+        me = meshes.build_mesh(name, verts_b, tris)
+        if head is None or head.type != "MESH":
+            head = bpy.data.objects.new(name, me)
+        else:
+            old = head.data
+            head.data = me
+            if old.users == 0:
+                bpy.data.meshes.remove(old)
+    _link(head, coll)
+    meshes.set_point_colors(me, meshes.ALBEDO_ATTRIBUTE, canon.albedo)
+    meshes.assign_material(head, meshes.color_material("MonoNPHM Albedo", meshes.ALBEDO_ATTRIBUTE))
+    if "vertices" in arrays and len(indices):
+        coords = conventions.model_to_blender_points(arrays["vertices"]).astype(np.float32)
+        names = [meshes.key_name(i) for i in indices]
+        meshes.sync_frame_shape_keys(head, names, coords)
+        key = head.data.shape_keys
+        fcurves = anim.fresh_action(key, f"MonoNPHM Shapes {root.name}")
+        for name_, co in zip(names, pile_keyframes(frames)):
+            anim.add_fcurve(fcurves, f'key_blocks["{name_}"].value', co, interpolation=LINEAR)
+    elif len(indices):
+        result.warnings.append("the package has no per-frame vertices; only the head pose is animated")
+    return head
+
+
+def _import_usd(context, package, usd_obj, coll, clip_start: int, result: ImportResult):
+    usd = package.usd_path
+    if usd is None:
+        result.warnings.append("the package has no per-frame meshes (USD); re-track with output 'meshes' or 'both'")
+        return None
+    mod = None
+    if usd_obj is not None:
+        mod = next((m for m in usd_obj.modifiers if m.type == "MESH_SEQUENCE_CACHE"), None)
+    if mod is None or mod.cache_file is None:
+        before = set(bpy.data.objects)
+        before_cache = set(bpy.data.cache_files)
+        kwargs = dict(filepath=str(usd), set_frame_range=False, import_materials=False, read_mesh_colors=True,
+                      import_cameras=False, import_lights=False, relative_path=bool(bpy.data.filepath))
+        with context.temp_override(scene=context.scene) if hasattr(context, "temp_override") else _null():
+            bpy.ops.wm.usd_import(**kwargs)
+        new = [o for o in bpy.data.objects if o not in before]
+        mesh_objs = [o for o in new if any(m.type == "MESH_SEQUENCE_CACHE" for m in o.modifiers)]
+        if not mesh_objs:
+            for o in new:
+                bpy.data.objects.remove(o)
+            raise result_format.PackageError(f"{usd.name} holds no animated mesh",
+                                             "Re-track with the per-frame mesh output to rewrite it.")
+        obj = mesh_objs[0]
+        for o in new:  # drop wrapper empties etc.
+            if o is not obj:
+                bpy.data.objects.remove(o)
+        obj.parent = None
+        for c in list(obj.users_collection):
+            c.objects.unlink(obj)
+        if usd_obj is not None:  # replace a broken previous object
+            bpy.data.objects.remove(usd_obj)
+        obj.name = f"MonoNPHM Meshes {package.root.name}"
+        usd_obj = obj
+        mod = next(m for m in obj.modifiers if m.type == "MESH_SEQUENCE_CACHE")
+        del before_cache
+    cache = mod.cache_file
+    cache.filepath = stored_path(str(usd))  # also forces a reload when the file changed
+    cache.frame_offset = float(clip_start)  # USD time code = source index; scene frame = clip start + index
+    cache.scale = 1.0
+    mod.read_data = {"VERT", "POLY", "UV", "COLOR", "ATTRIBUTES"}
+    _link(usd_obj, coll)
+    meshes.assign_material(usd_obj, meshes.color_material("MonoNPHM Vertex Colour", meshes.USD_COLOR_ATTRIBUTE))
+    return usd_obj
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict | None, arkit: np.ndarray | None):
+    """Pose (location / Euler XYZ / scale), quality and ARKit custom properties as one object action."""
+    loc, rot, scale = decompose_similarity(matrices)
+    eul = rotations_to_euler_xyz(rot)
+    obj.rotation_mode = "XYZ"
+    obj.matrix_world = Matrix(matrices[0].tolist())
+    fcurves = anim.fresh_action(obj, f"MonoNPHM Pose {obj.name}")
+    for path, values in (("location", loc), ("rotation_euler", eul), ("scale", scale)):
+        for axis in range(3):
+            anim.add_fcurve(fcurves, path, keyframe_co(frames, values[:, axis]), index=axis)
+    if quality:
+        for key, values in quality.items():
+            if not np.isfinite(values).any():
+                continue
+            obj[key] = float(np.nanmean(values))
+            anim.add_fcurve(fcurves, f'["{key}"]', keyframe_co(frames, values))
+    if arkit is not None:
+        for name, column in zip(arkit_names(), np.asarray(arkit, dtype=np.float32).T):
+            obj[name] = float(column[0])
+            try:
+                obj.id_properties_ui(name).update(min=0.0, max=1.0, soft_min=0.0, soft_max=1.0)
+            except (AttributeError, TypeError):
+                pass
+            anim.add_fcurve(fcurves, f'["{name}"]', keyframe_co(frames, column))
+
+
+# --- quality markers --------------------------------------------------------------------------------------------
+
+def set_quality_markers(scene, frames: np.ndarray, errors: np.ndarray, threshold: float) -> list[tuple[int, float]]:
+    """Timeline markers (and the panel's list) on frames whose landmark error exceeds ``threshold`` px."""
+    for marker in list(scene.timeline_markers):
+        if marker.name.startswith(MARKER_PREFIX):
+            scene.timeline_markers.remove(marker)
+    bad = bad_frames(frames, errors, threshold)
+    for frame, err in bad:
+        scene.timeline_markers.new(f"{MARKER_PREFIX}{err:.1f}px", frame=frame)
+    settings = getattr(scene, "mononphm", None)
+    if settings is not None:
+        settings.bad_frames.clear()
+        for frame, err in bad:
+            item = settings.bad_frames.add()
+            item.frame = frame
+            item.error = err
+        settings.bad_frames_index = -1 if not bad else min(max(settings.bad_frames_index, 0), len(bad) - 1)
+    return bad
+
+
+def refresh_quality_markers(scene, threshold: float) -> list[tuple[int, float]]:
+    """Recompute markers for the package last imported into ``scene`` (threshold changed)."""
+    settings = getattr(scene, "mononphm", None)
+    path = settings.last_package if settings is not None else ""
+    if not path:
+        return []
+    try:
+        package = result_format.ResultPackage(bpy.path.abspath(path))
+    except result_format.PackageError:
+        return []
+    objs = find_objects(path)
+    holder = objs.get("head") or objs.get("usd")
+    clip_start = int(holder[PROP_CLIP_START]) if holder is not None and PROP_CLIP_START in holder else 1
+    usable = [i for i, r in enumerate(package.frames) if r["status"] in USABLE_STATUSES]
+    frames = np.array([conventions.scene_frame(clip_start, package.frames[i]["index"]) for i in usable])
+    return set_quality_markers(scene, frames, package.quality("landmark_error_px")[usable], threshold)

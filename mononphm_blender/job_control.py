@@ -1,0 +1,325 @@
+"""Blender side of tracking jobs: start, tick (main thread), cancel, re-attach after reopening a .blend.
+
+``tick()`` holds all job logic and is what the timer calls (every 0.2 s) — tests call it directly because
+timers never fire in background mode. Job identity (pid, log, events file, output folder) is persisted in
+``scene.mononphm.job`` so a reopened .blend finds a run that is still going, or has finished, again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import bpy
+from bpy.app.handlers import persistent
+
+from . import contracts, importer, prefs
+from .contracts import result_format
+from .core import command, jobs
+
+TICK_S = 0.2
+LIVE_IMPORT_MIN_S = 2.0
+
+_jobs: dict[str, object] = {}  # scene name → BackendJob | AttachedJob
+_last_import: dict[str, tuple[float, float, int]] = {}  # scene → (time, duration, frames imported)
+_messages: list[tuple[str, str]] = []  # (level, text) for the UI / tests
+
+
+def running_job(scene):
+    return _jobs.get(scene.name)
+
+
+def is_running(scene) -> bool:
+    job = _jobs.get(scene.name)
+    return job is not None and not job.status.finished
+
+
+def messages() -> list[tuple[str, str]]:
+    return list(_messages)
+
+
+def _say(level: str, text: str) -> None:
+    _messages.append((level, text))
+    del _messages[:-50]
+    print(f"MonoNPHM {level}: {text}")
+
+
+# --- starting ---------------------------------------------------------------------------------------------------
+
+def build_request(context, scene, *, frames: str | None = None, overwrite: bool = False) -> command.TrackRequest:
+    """A TrackRequest from the scene settings; raises ValueError with a user-facing message."""
+    from .blender import scene as scenes
+
+    s = scene.mononphm
+    intrinsics = None
+    if s.input_kind == "CLIP":
+        clip = s.clip
+        if clip is None:
+            raise ValueError("Choose a Movie Clip (or switch the input to a file)")
+        input_path = bpy.path.abspath(clip.filepath)
+        if clip.source == "SEQUENCE":
+            input_path = os.path.dirname(input_path)
+        intr = scenes.clip_intrinsics(clip)
+        intrinsics = {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy}
+        clip_start = int(clip.frame_start)
+    else:
+        input_path = bpy.path.abspath(s.input_path)
+        clip_start = int(s.clip_start)
+    if not input_path or not os.path.exists(input_path):
+        raise ValueError(f"Input not found: {input_path or '(empty)'}")
+    out_dir = bpy.path.abspath(s.output_dir)
+    if not out_dir or out_dir.startswith("//"):
+        raise ValueError("Save the .blend first, or choose an absolute output folder")
+    if frames is None and (s.use_frame_range or s.stride > 1):
+        if s.use_frame_range:
+            frames = command.frames_arg(s.frame_start - clip_start, s.frame_end - clip_start, s.stride)
+        else:
+            frames = command.frames_arg(None, None, s.stride)
+    req = command.TrackRequest(input_path=input_path, out_dir=out_dir, frames=frames, preset=s.preset,
+                               output=s.output_mode, device=prefs.get_prefs(context).device,
+                               intrinsics=intrinsics, overwrite=overwrite)
+    if s.model == "OFFICIAL":
+        req.official_checkpoint = bpy.path.abspath(s.official_dir)
+        req.mean_anchors = bpy.path.abspath(s.mean_anchors)
+        req.checkpoint_epoch = s.checkpoint_epoch or None
+        if not req.official_checkpoint or not os.path.isdir(req.official_checkpoint):
+            raise ValueError("Choose the official checkpoint folder")
+        if not req.mean_anchors or not os.path.isfile(req.mean_anchors):
+            raise ValueError("Choose the mean anchors file (anchors_65.npy) of the official checkpoint")
+    return req
+
+
+def start_track(context, scene=None, *, frames: str | None = None, overwrite: bool = False,
+                python: str | None = None) -> jobs.BackendJob:
+    """Start ``python -m backend track`` for the scene's settings; raises ValueError / RuntimeError."""
+    scene = scene or context.scene
+    if is_running(scene):
+        raise RuntimeError("A tracking job is already running for this scene")
+    python = python or prefs.backend_python(context)
+    if not python:
+        raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
+    req = build_request(context, scene, frames=frames, overwrite=overwrite)
+    argv = command.track_argv(python, req)
+    root = contracts.backend_root()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log = prefs.log_dir(context) / f"track-{stamp}-{os.getpid()}.log"
+    job = jobs.BackendJob(argv, log_path=log, cwd=str(root), env=command.backend_env(root),
+                          out_dir=req.out_dir).start()
+    st = scene.mononphm.job
+    st.kind, st.pid, st.log_path, st.out_path = "track", job.pid, str(log), importer.stored_path(req.out_dir)
+    st.state, st.stage, st.progress, st.done, st.total, st.frames_done = "RUNNING", "starting", 0.0, 0, 0, 0
+    st.eta_s, st.message, st.error, st.hint, st.imported_frames = -1.0, "", "", "", 0
+    _jobs[scene.name] = job
+    _last_import.pop(scene.name, None)
+    if job.status.finished:  # could not start
+        _finish(context, scene, job)
+    ensure_timer()
+    return job
+
+
+def cancel(scene) -> bool:
+    job = _jobs.get(scene.name)
+    if job is None or job.status.finished:
+        return False
+    job.cancel()
+    scene.mononphm.job.stage = "cancelling"
+    return True
+
+
+# --- ticking ----------------------------------------------------------------------------------------------------
+
+def tick(context=None) -> float | None:
+    """Process every job once (main thread). Returns the next timer interval, or None when idle."""
+    context = context or bpy.context
+    busy = prefs.poll_backend_state()
+    for scene_name, job in list(_jobs.items()):
+        scene = bpy.data.scenes.get(scene_name)
+        if scene is None:
+            _jobs.pop(scene_name, None)
+            continue
+        job.poll()
+        _sync(scene, job)
+        if job.status.finished:
+            _finish(context, scene, job)
+            _jobs.pop(scene_name, None)
+        else:
+            busy = True
+            _maybe_live_import(context, scene, job)
+    _status_bar(context)
+    _redraw(context)
+    return TICK_S if busy else None
+
+
+def _sync(scene, job) -> None:
+    st, js = scene.mononphm.job, job.status
+    st.stage = js.stage or st.stage
+    st.done, st.total = js.done, js.total
+    st.progress = js.fraction
+    st.frames_done = js.frames_done
+    st.eta_s = -1.0 if js.eta_s is None else float(js.eta_s)
+    st.message = js.message
+    st.state = js.state
+
+
+def _package_frames(out_dir: str) -> int:
+    try:
+        return len(result_format.read_manifest(bpy.path.abspath(out_dir))["frames"])
+    except result_format.PackageError:
+        return 0
+
+
+def _do_import(context, scene, out_path: str) -> bool:
+    with context.temp_override(scene=scene) if hasattr(context, "temp_override") else _Null():
+        try:
+            importer.import_package(context, bpy.path.abspath(out_path), error_threshold=None)
+        except result_format.PackageError as exc:
+            _say("WARNING", f"Import: {exc.message} {exc.hint}")
+            return False
+    return True
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _maybe_live_import(context, scene, job) -> None:
+    """Frames appear as they finish: re-import when new frames exist, throttled by the last import's cost."""
+    s = scene.mononphm
+    if not s.auto_import:
+        return
+    now = time.monotonic()
+    last_t, last_cost, last_n = _last_import.get(scene.name, (0.0, 0.0, 0))
+    if now - last_t < max(LIVE_IMPORT_MIN_S, 5.0 * last_cost):
+        return
+    n = _package_frames(s.job.out_path)
+    if n <= last_n:
+        return
+    t0 = time.monotonic()
+    if _do_import(context, scene, s.job.out_path):
+        s.job.imported_frames = n
+    _last_import[scene.name] = (time.monotonic(), time.monotonic() - t0, n)
+
+
+def _finish(context, scene, job) -> None:
+    st, js = scene.mononphm.job, job.status
+    st.state = js.state
+    st.error, st.hint = js.error, js.hint
+    if js.state == jobs.FINISHED:
+        st.progress = 1.0
+        n = _package_frames(st.out_path)
+        _say("INFO", f"Tracking finished: {n} frames in {bpy.path.abspath(st.out_path)}")
+        if scene.mononphm.auto_import and n and _do_import(context, scene, st.out_path):
+            st.imported_frames = n
+    elif js.state == jobs.CANCELLED:
+        n = _package_frames(st.out_path)
+        _say("INFO", f"Tracking cancelled; {n} finished frames are kept in {bpy.path.abspath(st.out_path)}")
+        if scene.mononphm.auto_import and n:
+            _do_import(context, scene, st.out_path)
+    else:
+        _say("ERROR", f"Tracking failed: {js.error} {js.hint} — log: {st.log_path}")
+    st.pid = 0
+
+
+def _status_bar(context) -> None:
+    wm = getattr(context, "window_manager", None)
+    if wm is None:
+        return
+    active = [(bpy.data.scenes.get(n), j) for n, j in _jobs.items() if not j.status.finished]
+    text = None
+    if active:
+        scene, job = active[0]
+        js = job.status
+        eta = f", ETA {format_eta(js.eta_s)}" if js.eta_s is not None else ""
+        text = f"MonoNPHM: {js.stage or 'tracking'} {js.done}/{js.total or '?'}{eta}"
+    for window in wm.windows:
+        try:
+            window.workspace.status_text_set(text)
+        except (AttributeError, RuntimeError):
+            pass
+
+
+def _redraw(context) -> None:
+    wm = getattr(context, "window_manager", None)
+    if wm is None:
+        return
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type in ("VIEW_3D", "PREFERENCES", "DOPESHEET_EDITOR", "GRAPH_EDITOR"):
+                area.tag_redraw()
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+# --- timer and re-attaching -------------------------------------------------------------------------------------
+
+def _timer():
+    try:
+        return tick()
+    except Exception as exc:  # never let the timer die silently with a job running
+        _say("ERROR", f"job tick failed: {exc}")
+        return 1.0
+
+
+def ensure_timer() -> None:
+    if not bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.register(_timer, first_interval=TICK_S, persistent=True)
+
+
+def reattach_all() -> list[str]:
+    """After loading a .blend: pick up runs that are still going (pid alive) or finished while it was closed."""
+    found = []
+    for scene in bpy.data.scenes:
+        settings = getattr(scene, "mononphm", None)
+        if settings is None:
+            continue
+        st = settings.job
+        if st.state != "RUNNING" or scene.name in _jobs:
+            continue
+        if not st.out_path:
+            st.state = "FAILED"
+            continue
+        out = bpy.path.abspath(st.out_path)
+        alive = st.pid > 0 and jobs.pid_alive(st.pid) and jobs.process_looks_like_backend(st.pid)
+        job = jobs.AttachedJob(st.pid if alive else 0, log_path=bpy.path.abspath(st.log_path), out_dir=out,
+                               total=st.total)
+        _jobs[scene.name] = job
+        found.append(scene.name)
+    if found:
+        ensure_timer()
+    return found
+
+
+@persistent
+def _on_load_post(*_args) -> None:
+    _jobs.clear()
+    _last_import.clear()
+    reattach_all()
+
+
+def register() -> None:
+    if _on_load_post not in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.append(_on_load_post)
+
+
+def unregister() -> None:
+    if _on_load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(_on_load_post)
+    if bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.unregister(_timer)
+    # Running backends keep going (own process group); reopening the .blend re-attaches to them.
+    _jobs.clear()
+    _last_import.clear()

@@ -1,0 +1,288 @@
+"""Add-on preferences: backend interpreter (auto-detected), set up / remove the backend environment, device."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+from . import contracts
+from .core import command
+
+ADDON_ID = __package__  # "mononphm_blender" in development, "bl_ext.<repo>.mononphm_blender" when installed
+
+DEVICE_ITEMS = [("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cpu", "CPU", ""),
+                ("cuda", "CUDA", "NVIDIA GPU"), ("mps", "MPS", "Apple Silicon GPU")]
+SOURCE_ITEMS = [("ONLINE", "Online", "Download the pinned packages from the Python package index"),
+                ("OFFLINE", "Offline", "Install from a folder of wheels (downloaded on another machine)")]
+TORCH_ITEMS = [("CPU", "CPU build", "The CPU build of torch (no NVIDIA GPU; smaller download)"),
+               ("DEFAULT", "Default build", "The package index's default torch build (CUDA on Linux/Windows)")]
+
+
+class _Defaults:
+    """Preference values when the add-on is registered without the preferences (scripts, tests)."""
+
+    python = ""
+    env_dir = ""
+    base_python = ""
+    install_source = "ONLINE"
+    wheels_dir = ""
+    torch_build = "CPU"
+    device = "auto"
+    log_dir = ""
+
+
+def get_prefs(context=None):
+    context = context or bpy.context
+    addon = context.preferences.addons.get(ADDON_ID)
+    return addon.preferences if addon is not None and addon.preferences is not None else _Defaults()
+
+
+def user_dir(*parts: str) -> Path:
+    """Writable per-user folder of the add-on (the extension folder itself may be read-only)."""
+    base = None
+    if ADDON_ID.startswith("bl_ext."):
+        try:
+            base = Path(bpy.utils.extension_path_user(ADDON_ID, path="", create=True))
+        except (ValueError, RuntimeError, TypeError):
+            base = None
+    if base is None:
+        base = Path(bpy.utils.user_resource("DATAFILES", path="mononphm_blender", create=True))
+    out = base.joinpath(*parts)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def default_env_dir(p=None) -> Path:
+    p = p or get_prefs()
+    return Path(bpy.path.abspath(p.env_dir)) if p.env_dir else user_dir() / "backend-env"
+
+
+def backend_python(context=None) -> str:
+    """The backend interpreter: preference > $MONONPHM_BACKEND_PYTHON > set-up env > the project's .venv."""
+    p = get_prefs(context)
+    if p.python:
+        return bpy.path.abspath(p.python)
+    env = os.environ.get("MONONPHM_BACKEND_PYTHON")
+    if env:
+        return env
+    managed = command.venv_python(default_env_dir(p))
+    if managed.is_file():
+        return str(managed)
+    project = command.find_project_python(contracts.repo_root())
+    return str(project) if project else ""
+
+
+def log_dir(context=None) -> Path:
+    p = get_prefs(context)
+    return Path(bpy.path.abspath(p.log_dir)) if p.log_dir else user_dir("logs")
+
+
+# --- backend status (handshake), set-up and removal; polled by job_control.tick() ------------------------------
+
+class BackendState:
+    info: dict | None = None
+    error: str = ""
+    checking = None  # jobs.Handshake
+    setup_job = None  # jobs.SequenceJob
+    setup_message: str = ""
+    removing: threading.Thread | None = None
+
+
+STATE = BackendState()
+
+
+def start_handshake(context=None) -> None:
+    from .core.jobs import Handshake
+
+    python = backend_python(context)
+    STATE.info, STATE.error = None, ""
+    if not python:
+        STATE.error = "No backend interpreter: set one, or run 'Set up backend'"
+        return
+    root = contracts.backend_root()
+    STATE.checking = Handshake(command.version_argv(python), cwd=str(root), env=command.backend_env(root))
+
+
+def poll_backend_state() -> bool:
+    """Main thread: collect handshake / set-up results. True while something is still running."""
+    busy = False
+    if STATE.checking is not None:
+        if STATE.checking.poll():
+            STATE.info, STATE.error = STATE.checking.result, STATE.checking.error
+            STATE.checking = None
+        else:
+            busy = True
+    if STATE.setup_job is not None:
+        STATE.setup_job.poll()
+        st = STATE.setup_job.status
+        if st.finished:
+            STATE.setup_message = ("Backend environment ready" if st.state == "FINISHED"
+                                   else f"{st.error} — log: {STATE.setup_job.log_path}")
+            STATE.setup_job = None
+            if st.state == "FINISHED":
+                start_handshake()
+                busy = True
+        else:
+            STATE.setup_message = f"{st.stage} ({st.done + 1}/{st.total}) — log: {STATE.setup_job.log_path}"
+            busy = True
+    if STATE.removing is not None:
+        if STATE.removing.is_alive():
+            busy = True
+        else:
+            STATE.removing = None
+    return busy
+
+
+def status_text() -> str:
+    if STATE.checking is not None:
+        return "Checking backend…"
+    if STATE.info:
+        info = STATE.info
+        devices = ", ".join(info.get("devices") or []) or "none"
+        return f"Backend {info.get('backend')} · torch {info.get('torch') or 'missing'} · devices: {devices}"
+    if STATE.error:
+        return STATE.error
+    return "Backend not checked yet"
+
+
+class MONONPHM_OT_check_backend(bpy.types.Operator):
+    bl_idname = "mononphm.check_backend"
+    bl_label = "Check Backend"
+    bl_description = "Run the backend's version handshake (python -m backend --version --json)"
+
+    def execute(self, context):
+        from . import job_control
+
+        start_handshake(context)
+        job_control.ensure_timer()
+        return {"FINISHED"}
+
+
+class MONONPHM_OT_setup_backend(bpy.types.Operator):
+    bl_idname = "mononphm.setup_backend"
+    bl_label = "Set Up Backend"
+    bl_description = ("Create the backend's Python environment from a Python 3.11 and install the pinned "
+                      "packages (online from the package index, or offline from a folder of wheels)")
+
+    def execute(self, context):
+        from . import job_control
+        from .core.jobs import SequenceJob
+
+        p = get_prefs(context)
+        base = bpy.path.abspath(p.base_python)
+        if not base:
+            self.report({"ERROR"}, "Point 'Python 3.11' at a Python 3.11 interpreter first")
+            return {"CANCELLED"}
+        try:
+            command.check_base_python(base)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        wheels = None
+        if p.install_source == "OFFLINE":
+            wheels = bpy.path.abspath(p.wheels_dir)
+            if not wheels or not os.path.isdir(wheels):
+                self.report({"ERROR"}, "Choose the folder of wheels for the offline install")
+                return {"CANCELLED"}
+        elif not getattr(bpy.app, "online_access", True):
+            self.report({"ERROR"}, "Online access is disabled in Blender (Preferences ▸ System ▸ Network); "
+                                   "enable it or use the offline install from a folder of wheels")
+            return {"CANCELLED"}
+        env_dir = default_env_dir(p)
+        if env_dir.exists() and any(env_dir.iterdir()) and not command.is_managed_env(env_dir):
+            self.report({"ERROR"}, f"{env_dir} exists and was not created by this add-on; choose another folder")
+            return {"CANCELLED"}
+        steps = command.setup_steps(base, env_dir, contracts.requirements_file(), wheel_dir=wheels,
+                                    cpu_torch=(p.torch_build == "CPU"))
+        log = log_dir(context) / "backend-setup.log"
+        STATE.setup_job = SequenceJob(steps, log_path=log).start()
+        STATE.setup_message = f"Setting up the backend — log: {log}"
+        job_control.ensure_timer()
+        self.report({"INFO"}, STATE.setup_message)
+        return {"FINISHED"}
+
+
+class MONONPHM_OT_remove_backend(bpy.types.Operator):
+    bl_idname = "mononphm.remove_backend"
+    bl_label = "Remove Backend"
+    bl_description = "Delete the backend environment created by 'Set up backend'"
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_confirm(self, event)
+
+    def execute(self, context):
+        from . import job_control
+
+        env_dir = default_env_dir(get_prefs(context))
+        if not env_dir.exists():
+            self.report({"INFO"}, "No backend environment to remove")
+            return {"CANCELLED"}
+        if not command.is_managed_env(env_dir):
+            self.report({"ERROR"}, f"{env_dir} was not created by this add-on; remove it yourself")
+            return {"CANCELLED"}
+        STATE.removing = threading.Thread(target=shutil.rmtree, args=(env_dir,), kwargs={"ignore_errors": True},
+                                          daemon=True)
+        STATE.removing.start()
+        STATE.info, STATE.error = None, "Backend removed"
+        job_control.ensure_timer()
+        return {"FINISHED"}
+
+
+def draw_backend_status(layout, context) -> None:
+    python = backend_python(context)
+    col = layout.column(align=True)
+    col.label(text=status_text(), icon="CHECKMARK" if STATE.info else ("ERROR" if STATE.error else "QUESTION"))
+    col.label(text=f"Interpreter: {python or 'not found'}")
+    if STATE.setup_job is not None or STATE.setup_message:
+        col.label(text=STATE.setup_message, icon="INFO")
+
+
+class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    python: StringProperty(name="Backend Python", subtype="FILE_PATH",
+                           description="Interpreter of the backend environment (empty: found automatically — "
+                                       "the environment made by 'Set up backend', or the project's .venv)")
+    env_dir: StringProperty(name="Environment Folder", subtype="DIR_PATH",
+                            description="Where 'Set up backend' creates the environment (short paths help on "
+                                        "Windows); empty: the add-on's user folder")
+    base_python: StringProperty(name="Python 3.11", subtype="FILE_PATH",
+                                description="A Python 3.11 interpreter to create the environment from")
+    install_source: EnumProperty(name="Install From", items=SOURCE_ITEMS, default="ONLINE")
+    wheels_dir: StringProperty(name="Wheels Folder", subtype="DIR_PATH")
+    torch_build: EnumProperty(name="torch", items=TORCH_ITEMS, default="CPU")
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")
+    log_dir: StringProperty(name="Log Folder", subtype="DIR_PATH", description="Empty: the add-on's user folder")
+
+    def draw(self, context):
+        layout = self.layout
+        box = layout.box()
+        box.label(text="Backend", icon="CONSOLE")
+        draw_backend_status(box, context)
+        row = box.row()
+        row.operator("mononphm.check_backend", icon="FILE_REFRESH")
+        box.prop(self, "python")
+        box.prop(self, "device")
+        box = layout.box()
+        box.label(text="Set up the backend environment (torch runs there, never in Blender's Python)")
+        box.prop(self, "base_python")
+        box.prop(self, "env_dir")
+        box.prop(self, "install_source", expand=True)
+        if self.install_source == "OFFLINE":
+            box.prop(self, "wheels_dir")
+        else:
+            box.prop(self, "torch_build")
+            box.label(text="The online install downloads packages (network use by the installer only)")
+        row = box.row()
+        row.operator("mononphm.setup_backend", icon="IMPORT")
+        row.operator("mononphm.remove_backend", icon="TRASH")
+        layout.prop(self, "log_dir")
+
+
+classes = (MONONPHM_OT_check_backend, MONONPHM_OT_setup_backend, MONONPHM_OT_remove_backend,
+           MONONPHM_AP_preferences)

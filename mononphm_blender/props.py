@@ -1,0 +1,100 @@
+"""Scene properties: track settings, the job (persisted, so a reopened .blend re-attaches) and bad frames."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
+                       PointerProperty, StringProperty)
+
+PRESET_ITEMS = [("draft", "Draft", "Fastest, lower detail"),
+                ("standard", "Standard", "Balanced speed and quality"),
+                ("high", "High", "Slowest, most detail")]
+OUTPUT_ITEMS = [("shape_keys", "Shape Keys", "One mesh with a shape key per tracked frame (fixed topology)"),
+                ("meshes", "Per-frame Meshes", "A USD mesh sequence (MeshSequenceCache), topology may change"),
+                ("both", "Both", "Shape keys and the per-frame meshes")]
+INPUT_ITEMS = [("CLIP", "Movie Clip", "A Movie Clip datablock; its camera settings become the intrinsics"),
+               ("FILE", "File", "A video file, an image sequence folder or a single image")]
+MODEL_ITEMS = [("BUILTIN", "Built-in", "The model shipped with the add-on"),
+               ("OFFICIAL", "Official checkpoint", "An official MonoNPHM experiment folder + mean anchors "
+                                                   "(the official weights carry their own licence)")]
+
+
+def _jump_to_bad_frame(self, context):
+    if 0 <= self.bad_frames_index < len(self.bad_frames):
+        context.scene.frame_set(self.bad_frames[self.bad_frames_index].frame)
+
+
+def _threshold_changed(self, context):
+    from . import importer
+
+    importer.refresh_quality_markers(context.scene, self.error_threshold)
+
+
+class MONONPHM_PG_bad_frame(bpy.types.PropertyGroup):
+    frame: IntProperty(name="Frame")
+    error: FloatProperty(name="Landmark error", subtype="NONE", precision=2)
+
+
+class MONONPHM_PG_job(bpy.types.PropertyGroup):
+    """Persisted in the .blend: enough to find a backend run again after reopening the file."""
+
+    kind: StringProperty(default="")  # "track"
+    state: StringProperty(default="")  # "", RUNNING, FINISHED, FAILED, CANCELLED
+    pid: IntProperty(default=0)
+    log_path: StringProperty(default="", subtype="FILE_PATH")
+    out_path: StringProperty(default="", subtype="DIR_PATH")
+    stage: StringProperty(default="")
+    progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    done: IntProperty(default=0)
+    total: IntProperty(default=0)
+    frames_done: IntProperty(default=0)
+    eta_s: FloatProperty(default=-1.0)
+    message: StringProperty(default="")
+    error: StringProperty(default="")
+    hint: StringProperty(default="")
+    imported_frames: IntProperty(default=0)
+
+
+class MONONPHM_PG_settings(bpy.types.PropertyGroup):
+    input_kind: EnumProperty(name="Input", items=INPUT_ITEMS, default="CLIP")
+    clip: PointerProperty(name="Clip", type=bpy.types.MovieClip)
+    input_path: StringProperty(name="Video", subtype="FILE_PATH",
+                               description="Video file, image sequence folder or single image")
+    clip_start: IntProperty(name="Start Frame", default=1,
+                            description="Scene frame of the first source frame (file input)")
+    use_frame_range: BoolProperty(name="Frame Range", default=False, description="Track only part of the clip")
+    frame_start: IntProperty(name="Start", default=1, description="First scene frame to track")
+    frame_end: IntProperty(name="End", default=250, description="Last scene frame to track")
+    stride: IntProperty(name="Stride", default=1, min=1, soft_max=10,
+                        description="Track every Nth frame; shape keys blend between tracked neighbours")
+    preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default="standard")
+    output_mode: EnumProperty(name="Output", items=OUTPUT_ITEMS, default="shape_keys")
+    output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH", default="//mononphm_result",
+                               description="Result package folder (resumed if it already holds a result)")
+    model: EnumProperty(name="Model", items=MODEL_ITEMS, default="BUILTIN")
+    official_dir: StringProperty(name="Checkpoint Folder", subtype="DIR_PATH",
+                                 description="Official experiment folder (configs.yaml + checkpoints/)")
+    mean_anchors: StringProperty(name="Mean Anchors", subtype="FILE_PATH", description="anchors_65.npy")
+    checkpoint_epoch: IntProperty(name="Epoch", default=0, min=0, description="0 = the latest checkpoint")
+    auto_import: BoolProperty(name="Import While Tracking", default=True,
+                              description="Import frames as they finish and when tracking ends")
+    error_threshold: FloatProperty(name="Error Threshold", default=5.0, min=0.0, soft_max=50.0, unit="NONE",
+                                   description="Mark frames whose landmark error exceeds this (pixels)",
+                                   update=_threshold_changed)
+    bad_frames: CollectionProperty(type=MONONPHM_PG_bad_frame)
+    bad_frames_index: IntProperty(default=-1, update=_jump_to_bad_frame)
+    last_package: StringProperty(name="Result", subtype="DIR_PATH", default="")
+    retrack_start: IntProperty(name="Start", default=1)
+    retrack_end: IntProperty(name="End", default=1)
+    job: PointerProperty(type=MONONPHM_PG_job)
+
+
+classes = (MONONPHM_PG_bad_frame, MONONPHM_PG_job, MONONPHM_PG_settings)
+
+
+def register_props() -> None:
+    bpy.types.Scene.mononphm = PointerProperty(type=MONONPHM_PG_settings)
+
+
+def unregister_props() -> None:
+    del bpy.types.Scene.mononphm

@@ -1,0 +1,142 @@
+"""View3D sidebar tab "MonoNPHM": backend, input, output/model, track (progress, cancel), result review."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import job_control, prefs
+
+
+class MONONPHM_UL_bad_frames(bpy.types.UIList):
+    bl_idname = "MONONPHM_UL_bad_frames"
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
+        row = layout.row()
+        row.label(text=f"Frame {item.frame}", icon="MARKER_HLT")
+        row.label(text=f"{item.error:.2f} px")
+
+
+class _Panel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "MonoNPHM"
+
+
+class MONONPHM_PT_main(_Panel, bpy.types.Panel):
+    bl_idname = "MONONPHM_PT_main"
+    bl_label = "MonoNPHM"
+
+    def draw(self, context):
+        layout = self.layout
+        prefs.draw_backend_status(layout, context)
+        layout.operator("mononphm.check_backend", icon="FILE_REFRESH")
+
+
+class MONONPHM_PT_input(_Panel, bpy.types.Panel):
+    bl_idname = "MONONPHM_PT_input"
+    bl_label = "Input"
+    bl_parent_id = "MONONPHM_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.mononphm
+        layout.prop(s, "input_kind", expand=True)
+        if s.input_kind == "CLIP":
+            layout.template_ID(s, "clip", open="clip.open")
+            if s.clip is not None:
+                cam = s.clip.tracking.camera
+                layout.label(text=f"{cam.focal_length:.1f} mm · sensor {cam.sensor_width:.1f} mm · "
+                                  f"{s.clip.size[0]}×{s.clip.size[1]}", icon="CAMERA_DATA")
+        else:
+            layout.prop(s, "input_path")
+            layout.prop(s, "clip_start")
+        row = layout.row(align=True)
+        row.prop(s, "use_frame_range", text="")
+        sub = row.row(align=True)
+        sub.active = s.use_frame_range
+        sub.prop(s, "frame_start")
+        sub.prop(s, "frame_end")
+        layout.prop(s, "stride")
+
+
+class MONONPHM_PT_output(_Panel, bpy.types.Panel):
+    bl_idname = "MONONPHM_PT_output"
+    bl_label = "Output and Model"
+    bl_parent_id = "MONONPHM_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.mononphm
+        layout.prop(s, "preset")
+        layout.prop(s, "output_mode")
+        layout.prop(s, "output_dir")
+        layout.prop(s, "model")
+        if s.model == "OFFICIAL":
+            layout.prop(s, "official_dir")
+            layout.prop(s, "mean_anchors")
+            layout.prop(s, "checkpoint_epoch")
+            layout.label(text="Official weights carry their own licence", icon="INFO")
+
+
+class MONONPHM_PT_track(_Panel, bpy.types.Panel):
+    bl_idname = "MONONPHM_PT_track"
+    bl_label = "Track"
+    bl_parent_id = "MONONPHM_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        scene = context.scene
+        s = scene.mononphm
+        st = s.job
+        running = job_control.is_running(scene)
+        if running:
+            text = f"{st.stage or 'tracking'}: {st.done}/{st.total or '?'}"
+            if st.eta_s >= 0:
+                text += f" · ETA {job_control.format_eta(st.eta_s)}"
+            if hasattr(layout, "progress"):
+                layout.progress(factor=st.progress, type="BAR", text=text)
+            else:
+                layout.label(text=text)
+            layout.label(text=f"Frames done: {st.frames_done}")
+            layout.operator("mononphm.cancel", icon="CANCEL")
+        else:
+            layout.prop(s, "auto_import")
+            layout.operator("mononphm.track", icon="PLAY")
+            if st.state in ("FAILED", "CANCELLED") and st.error:
+                box = layout.box()
+                box.label(text=st.error, icon="ERROR" if st.state == "FAILED" else "INFO")
+                if st.hint:
+                    box.label(text=st.hint)
+                if st.log_path:
+                    box.label(text=f"Log: {st.log_path}")
+                    box.operator("mononphm.open_log", icon="TEXT")
+            elif st.state == "FINISHED":
+                layout.label(text=f"Finished: {st.frames_done} frames", icon="CHECKMARK")
+            col = layout.column(align=True)
+            col.label(text="Re-track a range (overwrites those frames):")
+            row = col.row(align=True)
+            row.prop(s, "retrack_start")
+            row.prop(s, "retrack_end")
+            col.operator("mononphm.retrack", icon="FILE_REFRESH")
+
+
+class MONONPHM_PT_result(_Panel, bpy.types.Panel):
+    bl_idname = "MONONPHM_PT_result"
+    bl_label = "Result"
+    bl_parent_id = "MONONPHM_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.mononphm
+        layout.operator("mononphm.import_result", icon="IMPORT")
+        if s.last_package:
+            layout.label(text=f"Result: {s.last_package}")
+        row = layout.row(align=True)
+        row.prop(s, "error_threshold")
+        row.operator("mononphm.refresh_markers", text="", icon="FILE_REFRESH")
+        layout.label(text=f"Frames above threshold: {len(s.bad_frames)}")
+        layout.template_list(MONONPHM_UL_bad_frames.bl_idname, "", s, "bad_frames", s, "bad_frames_index", rows=4)
+
+
+classes = (MONONPHM_UL_bad_frames, MONONPHM_PT_main, MONONPHM_PT_input, MONONPHM_PT_output, MONONPHM_PT_track,
+           MONONPHM_PT_result)

@@ -1,0 +1,87 @@
+"""Fake ``python -m backend``: speaks the real protocol and writes a real result package.
+
+Behaviour from the environment: FAKE_BACKEND_MODE = ok (default) | fail | crash | slow;
+FAKE_FRAMES (default 10) source frames; FAKE_DELAY seconds per frame (default 0.01); FAKE_VERTICES (200).
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/ → fakes.packages
+
+import numpy as np  # noqa: E402
+
+from backend import __version__  # noqa: E402
+from backend import result_format as rf  # noqa: E402
+from backend.conventions import Intrinsics, parse_frame_slice  # noqa: E402
+from backend.protocol import PROTOCOL_VERSION, Cancelled, EventWriter, ExitCode  # noqa: E402
+from fakes.packages import frame_vertices, grid_head, landmark_error, pose  # noqa: E402
+
+
+def main() -> int:
+    if "--version" in sys.argv:
+        print(json.dumps({"protocol": PROTOCOL_VERSION, "backend": __version__, "python": sys.version.split()[0],
+                          "torch": None, "devices": ["cpu"], "models": []}))
+        return 0
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command")
+    parser.add_argument("input")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--frames")
+    parser.add_argument("--overwrite", action="store_true")
+    args, _unknown = parser.parse_known_args()
+    print("fake backend argv:", sys.argv, file=sys.stderr, flush=True)
+    mode = os.environ.get("FAKE_BACKEND_MODE", "ok")
+    n = int(os.environ.get("FAKE_FRAMES", "10"))
+    delay = float(os.environ.get("FAKE_DELAY", "0.01"))
+    events = EventWriter()
+    events.hello(__version__)
+
+    def on_term(signum, frame):
+        raise Cancelled("cancelled", "Finished frames are kept.")
+
+    signal.signal(signal.SIGTERM, on_term)
+    if mode == "crash":
+        print("Traceback: something broke badly", file=sys.stderr, flush=True)
+        return 1
+    indices = list(range(n))[parse_frame_slice(args.frames)]
+    header = {"source": {"path": os.path.abspath(args.input), "kind": "video"}, "fps": 25.0,
+              "image_size": [320, 240], "intrinsics": Intrinsics.from_fov(320, 240).to_dict(),
+              "model": {"name": "builtin"}, "output_mode": "shape_keys", "settings": {}}
+    writer = rf.ResultWriter(args.out, header)
+    canon, tris, albedo = grid_head(int(os.environ.get("FAKE_VERTICES", "200")))
+    if not writer.manifest.get("has_canonical_mesh"):
+        writer.write_canonical_mesh(canon, tris, albedo)
+    todo = [i for i in indices if args.overwrite or i not in writer.done_frames]
+    try:
+        for k, i in enumerate(todo):
+            time.sleep(delay if mode != "slow" else max(delay, 0.2))
+            if mode == "fail" and k == len(todo) // 2:
+                print("Traceback (most recent call last):\n  RuntimeError: tracker diverged", file=sys.stderr,
+                      flush=True)
+                writer.finish("failed")
+                events.error("Tracking failed at frame %d: the fit diverged" % i, "Try the draft preset.",
+                             code="internal")
+                return ExitCode.INTERNAL_ERROR
+            s, r, t = pose(i)
+            rec = rf.FrameRecord(i, i / 25.0, "tracked", landmark_error(i), 0.01, 0.9)
+            writer.write_frames([rec], {"scale": np.array([s], np.float32), "rotation": r[None],
+                                        "translation": t[None], "z_exp": np.zeros((1, 4), np.float32),
+                                        "vertices": frame_vertices(canon, i)[None]})
+            events.progress("track", k + 1, len(todo), frame=i, message=f"frame {i}")
+        writer.finish("complete")
+        events.result(args.out, len(writer.manifest["frames"]))
+        return ExitCode.OK
+    except Cancelled:
+        writer.finish("cancelled")
+        events.error("Cancelled.", "Finished frames are kept.", code="cancelled")
+        return ExitCode.CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

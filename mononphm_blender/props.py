@@ -6,6 +6,8 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
+REL = {"PATH_SUPPORTS_BLEND_RELATIVE"}  # paths may be stored relative to the .blend ("//…")
+
 PRESET_ITEMS = [("draft", "Draft", "Fastest, lower detail"),
                 ("standard", "Standard", "Balanced speed and quality"),
                 ("high", "High", "Slowest, most detail")]
@@ -41,8 +43,8 @@ class MONONPHM_PG_job(bpy.types.PropertyGroup):
     kind: StringProperty(default="")  # "track"
     state: StringProperty(default="")  # "", RUNNING, FINISHED, FAILED, CANCELLED
     pid: IntProperty(default=0)
-    log_path: StringProperty(default="", subtype="FILE_PATH")
-    out_path: StringProperty(default="", subtype="DIR_PATH")
+    log_path: StringProperty(default="", subtype="FILE_PATH", options=REL)
+    out_path: StringProperty(default="", subtype="DIR_PATH", options=REL)
     stage: StringProperty(default="")
     progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     done: IntProperty(default=0)
@@ -58,7 +60,7 @@ class MONONPHM_PG_job(bpy.types.PropertyGroup):
 class MONONPHM_PG_settings(bpy.types.PropertyGroup):
     input_kind: EnumProperty(name="Input", items=INPUT_ITEMS, default="CLIP")
     clip: PointerProperty(name="Clip", type=bpy.types.MovieClip)
-    input_path: StringProperty(name="Video", subtype="FILE_PATH",
+    input_path: StringProperty(name="Video", subtype="FILE_PATH", options=REL,
                                description="Video file, image sequence folder or single image")
     clip_start: IntProperty(name="Start Frame", default=1,
                             description="Scene frame of the first source frame (file input)")
@@ -69,12 +71,12 @@ class MONONPHM_PG_settings(bpy.types.PropertyGroup):
                         description="Track every Nth frame; shape keys blend between tracked neighbours")
     preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default="standard")
     output_mode: EnumProperty(name="Output", items=OUTPUT_ITEMS, default="shape_keys")
-    output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH", default="//mononphm_result",
+    output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH", options=REL, default="//mononphm_result",
                                description="Result package folder (resumed if it already holds a result)")
     model: EnumProperty(name="Model", items=MODEL_ITEMS, default="BUILTIN")
-    official_dir: StringProperty(name="Checkpoint Folder", subtype="DIR_PATH",
+    official_dir: StringProperty(name="Checkpoint Folder", subtype="DIR_PATH", options=REL,
                                  description="Official experiment folder (configs.yaml + checkpoints/)")
-    mean_anchors: StringProperty(name="Mean Anchors", subtype="FILE_PATH", description="anchors_65.npy")
+    mean_anchors: StringProperty(name="Mean Anchors", subtype="FILE_PATH", options=REL, description="anchors_65.npy")
     checkpoint_epoch: IntProperty(name="Epoch", default=0, min=0, description="0 = the latest checkpoint")
     auto_import: BoolProperty(name="Import While Tracking", default=True,
                               description="Import frames as they finish and when tracking ends")
@@ -83,7 +85,7 @@ class MONONPHM_PG_settings(bpy.types.PropertyGroup):
                                    update=_threshold_changed)
     bad_frames: CollectionProperty(type=MONONPHM_PG_bad_frame)
     bad_frames_index: IntProperty(default=-1, update=_jump_to_bad_frame)
-    last_package: StringProperty(name="Result", subtype="DIR_PATH", default="")
+    last_package: StringProperty(name="Result", subtype="DIR_PATH", options=REL, default="")
     retrack_start: IntProperty(name="Start", default=1)
     retrack_end: IntProperty(name="End", default=1)
     job: PointerProperty(type=MONONPHM_PG_job)

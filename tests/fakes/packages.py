@@ -63,7 +63,8 @@ def make_package(root, *, frames: int = 100, vertices: int = 2000, stride: int =
                  state: str = "complete") -> Path:
     root = Path(root)
     header = {"source": {"path": source_path, "kind": "video"}, "fps": fps, "image_size": [width, height],
-              "intrinsics": Intrinsics(300.0, 300.0, width / 2 + 5, height / 2 - 3, width, height).to_dict(),
+              "intrinsics": Intrinsics(0.9375 * width, 0.9375 * width, width / 2 + 5, height / 2 - 3, width,
+                                            height).to_dict(),
               "model": {"name": "builtin"}, "output_mode": output_mode, "settings": {"preset": "draft"}}
     writer = rf.ResultWriter(root, header)
     canon, tris, albedo = grid_head(vertices)

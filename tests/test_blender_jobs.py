@@ -1,0 +1,273 @@
+"""Job runner with fake backends: progress, failure, cancel, re-attach after reopening the .blend."""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from fakes.packages import make_package
+
+bpy = pytest.importorskip("bpy")
+
+from backend import result_format as rf  # noqa: E402
+
+
+def _configure(scene, tmp_path, frames_env=None):
+    s = scene.mononphm
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not really a video")
+    s.input_kind = "FILE"
+    s.input_path = str(clip)
+    s.output_dir = str(tmp_path / "out")
+    s.auto_import = True
+    return s
+
+
+def _tick_until(pred, timeout=30.0):
+    from mononphm_blender import job_control
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        job_control.tick()
+        if pred():
+            return True
+        time.sleep(0.02)
+    raise TimeoutError("condition not reached")
+
+
+def test_progress_job_imports_frames(scene, tmp_path, fake_backend, monkeypatch):
+    from mononphm_blender import job_control
+
+    monkeypatch.setenv("FAKE_FRAMES", "8")
+    s = _configure(scene, tmp_path)
+    s.preset, s.output_mode = "draft", "shape_keys"
+    assert bpy.ops.mononphm.track() == {"FINISHED"}
+    job = job_control.running_job(scene)
+    assert isinstance(job.argv, list) and job.argv[1:4] == ["-m", "backend", "track"]
+    assert "--preset" in job.argv and job.argv[job.argv.index("--preset") + 1] == "draft"
+    assert s.job.state == "RUNNING" and s.job.pid > 0
+    seen = set()
+
+    def done():
+        seen.add((s.job.done, s.job.total))
+        return s.job.state != "RUNNING"
+
+    _tick_until(done)
+    assert s.job.state == "FINISHED", (s.job.error, open(s.job.log_path).read())
+    assert s.job.frames_done == 8 and s.job.progress == 1.0
+    assert any(0 < d < 8 for d, _ in seen) or (8, 8) in seen
+    head = next(o for o in bpy.data.objects if o.get("mononphm_role") == "head")
+    assert len(head.data.shape_keys.key_blocks) == 9
+    assert not job_control.is_running(scene)
+    assert "fake backend argv" in open(s.job.log_path).read()  # stderr went to the log
+
+
+def test_failing_backend_reports_error_and_log(scene, tmp_path, fake_backend, monkeypatch):
+    from mononphm_blender import importer, job_control
+
+    monkeypatch.setenv("FAKE_BACKEND_MODE", "fail")
+    monkeypatch.setenv("FAKE_FRAMES", "6")
+    s = _configure(scene, tmp_path)
+    job_control.start_track(bpy.context)
+    _tick_until(lambda: s.job.state != "RUNNING")
+    assert s.job.state == "FAILED"
+    assert "diverged" in s.job.error and s.job.hint == "Try the draft preset."
+    assert os.path.isfile(s.job.log_path) and "tracker diverged" in open(s.job.log_path).read()
+    assert any("log:" in text and s.job.log_path in text for level, text in job_control.messages()
+               if level == "ERROR")
+    # nothing lost: the finished frames are still an importable package
+    pkg = rf.ResultPackage(tmp_path / "out")
+    assert pkg.manifest["state"] == "failed" and len(pkg.frames) == 3
+    res = importer.import_package(bpy.context, str(tmp_path / "out"))
+    assert len(res.head.data.shape_keys.key_blocks) == 4
+
+
+def test_crashing_backend_without_error_event(scene, tmp_path, fake_backend, monkeypatch):
+    from mononphm_blender import job_control
+
+    monkeypatch.setenv("FAKE_BACKEND_MODE", "crash")
+    s = _configure(scene, tmp_path)
+    job_control.start_track(bpy.context)
+    _tick_until(lambda: s.job.state != "RUNNING")
+    assert s.job.state == "FAILED" and "exited with code 1" in s.job.error
+
+
+def test_cancel_stops_the_process_group_and_keeps_frames(scene, tmp_path, fake_backend, monkeypatch):
+    from mononphm_blender import job_control
+
+    monkeypatch.setenv("FAKE_BACKEND_MODE", "slow")
+    monkeypatch.setenv("FAKE_FRAMES", "200")
+    s = _configure(scene, tmp_path)
+    job = job_control.start_track(bpy.context)
+    pid = job.pid
+    _tick_until(lambda: s.job.frames_done >= 2)
+    assert bpy.ops.mononphm.cancel() == {"FINISHED"}
+    _tick_until(lambda: s.job.state != "RUNNING", timeout=15)
+    assert s.job.state == "CANCELLED"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # the whole group is gone
+    pkg = rf.ResultPackage(tmp_path / "out")
+    assert pkg.manifest["state"] == "cancelled" and 2 <= len(pkg.frames) < 200
+    assert any(o.get("mononphm_role") == "head" for o in bpy.data.objects)  # kept frames imported
+
+
+def test_reopening_the_blend_reattaches(scene, tmp_path, fake_backend, monkeypatch):
+    from mononphm_blender import job_control
+
+    monkeypatch.setenv("FAKE_BACKEND_MODE", "slow")
+    monkeypatch.setenv("FAKE_FRAMES", "6")
+    s = _configure(scene, tmp_path)
+    job = job_control.start_track(bpy.context)
+    blend = tmp_path / "shot.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    # simulate closing Blender: forget the job object (the backend keeps running in its own session)
+    job_control._jobs.clear()
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.wm.open_mainfile(filepath=str(blend))  # load_post → reattach_all()
+    scene = bpy.context.scene
+    st = scene.mononphm.job
+    attached = job_control.running_job(scene)
+    assert attached is not None and attached.pid == job.pid
+    _tick_until(lambda: st.state != "RUNNING", timeout=30)
+    assert st.state == "FINISHED" and st.frames_done == 6
+    head = next(o for o in bpy.data.objects if o.get("mononphm_role") == "head")
+    assert len(head.data.shape_keys.key_blocks) == 7
+    job.proc.wait(5)
+
+
+def test_reopening_after_the_job_finished(scene, tmp_path):
+    from mononphm_blender import job_control
+
+    make_package(tmp_path / "out", frames=4, vertices=100)
+    st = scene.mononphm.job
+    st.state, st.pid, st.out_path, st.log_path = "RUNNING", 0, str(tmp_path / "out"), str(tmp_path / "x.log")
+    assert job_control.reattach_all() == [scene.name]
+    _tick_until(lambda: st.state != "RUNNING")
+    assert st.state == "FINISHED"
+
+
+def test_retrack_range_passes_frames_and_overwrite(scene, tmp_path, fake_backend, monkeypatch):
+    from mononphm_blender import job_control
+
+    monkeypatch.setenv("FAKE_FRAMES", "10")
+    s = _configure(scene, tmp_path)
+    s.clip_start = 1
+    job_control.start_track(bpy.context)
+    _tick_until(lambda: s.job.state != "RUNNING")
+    first = rf.ResultPackage(tmp_path / "out").manifest["updated"]
+    s.retrack_start, s.retrack_end = 3, 5
+    assert bpy.ops.mononphm.retrack() == {"FINISHED"}
+    job = job_control.running_job(scene)
+    assert job.argv[job.argv.index("--frames") + 1] == "2:5:1" and "--overwrite" in job.argv
+    _tick_until(lambda: s.job.state != "RUNNING")
+    assert s.job.state == "FINISHED"
+    assert len(rf.ResultPackage(tmp_path / "out").frames) == 10 and first
+
+
+def test_track_refuses_bad_settings(scene, tmp_path, fake_backend):
+    s = scene.mononphm
+    s.input_kind = "CLIP"
+    with pytest.raises(RuntimeError, match="Movie Clip"):
+        bpy.ops.mononphm.track()
+    s.input_kind = "FILE"
+    s.input_path = str(tmp_path / "missing.mp4")
+    with pytest.raises(RuntimeError, match="Input not found"):
+        bpy.ops.mononphm.track()
+
+
+def test_clip_intrinsics_reach_the_command(scene, tmp_path, fake_backend):
+    from mononphm_blender import job_control
+
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    img = bpy.data.images.new("f", 40, 30)
+    img.filepath_raw = str(seq / "f_0001.png")
+    img.file_format = "PNG"
+    img.save()
+    clip = bpy.data.movieclips.load(str(seq / "f_0001.png"))
+    clip.tracking.camera.sensor_width = 36.0
+    clip.tracking.camera.focal_length = 36.0
+    s = scene.mononphm
+    s.input_kind, s.clip, s.output_dir = "CLIP", clip, str(tmp_path / "out")
+    s.use_frame_range, s.frame_start, s.frame_end, s.stride = True, 1, 1, 2
+    req = job_control.build_request(bpy.context, scene)
+    assert req.intrinsics["fx"] == pytest.approx(40.0) and req.frames == "0:1:2"
+    assert req.input_path == str(seq)  # image sequences are passed as their folder
+
+
+# --- bpy-free job core ------------------------------------------------------------------------------------------
+
+def test_job_core_handshake_and_argv(tmp_path, fake_backend):
+    from mononphm_blender import contracts
+    from mononphm_blender.core import command, jobs
+
+    env = command.backend_env(contracts.backend_root())
+    info = jobs.run_handshake(command.version_argv(sys.executable), cwd=str(fake_backend), env=env)
+    assert info["protocol"] == 1 and info["devices"] == ["cpu"]
+    hs = jobs.Handshake(command.version_argv(sys.executable), cwd=str(fake_backend), env=env)
+    end = time.monotonic() + 20
+    while not hs.poll() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert hs.result and not hs.error
+    with pytest.raises(RuntimeError, match="not found"):
+        jobs.run_handshake(["/nonexistent/python", "-m", "backend"])
+    with pytest.raises(TypeError):
+        jobs.BackendJob("python -m backend", log_path=tmp_path / "x.log")
+    argv = command.track_argv("py", command.TrackRequest("in.mp4", "out", frames="0:10:2", preset="high",
+                                                         intrinsics={"fx": 1.0, "fy": 2.0, "cx": 3.0, "cy": 4.0},
+                                                         official_checkpoint="exp", mean_anchors="a.npy",
+                                                         overwrite=True))
+    assert argv[:5] == ["py", "-m", "backend", "track", "in.mp4"]
+    for flag in ("--frames", "--fx", "--official-checkpoint", "--mean-anchors", "--overwrite"):
+        assert flag in argv
+    with pytest.raises(ValueError):
+        command.track_argv("py", command.TrackRequest("a", "b", official_checkpoint="exp"))
+    assert command.frames_arg(None, None, 1) is None and command.frames_arg(0, 9, 3) == "0:10:3"
+
+
+def test_setup_steps_online_and_offline(tmp_path):
+    from mononphm_blender import contracts
+    from mononphm_blender.core import command
+
+    req = contracts.requirements_file()
+    online = command.setup_steps("/usr/bin/python3.11", tmp_path / "env", req, cpu_torch=True)
+    labels = [label for label, _ in online]
+    assert labels[0] == "Create environment" and "Install CPU torch" in labels
+    torch_step = dict(online)["Install CPU torch"]
+    assert "--index-url" in torch_step and any(a.startswith("torch==") for a in torch_step)
+    offline = command.setup_steps("/usr/bin/python3.11", tmp_path / "env", req, wheel_dir="/wheels")
+    install = dict(offline)["Install backend packages"]
+    assert "--no-index" in install and "/wheels" in install
+    assert command.check_base_python(sys.executable).startswith("3.11")
+    with pytest.raises(ValueError):
+        command.check_base_python("/nonexistent/python")
+
+
+def test_sequence_job_runs_steps_and_reports_failure(tmp_path):
+    from mononphm_blender.core import jobs
+
+    ok = jobs.SequenceJob([("one", [sys.executable, "-c", "print(1)"]), ("two", [sys.executable, "-c", "print(2)"])],
+                          log_path=tmp_path / "setup.log").start()
+    assert ok.wait(30).state == jobs.FINISHED
+    bad = jobs.SequenceJob([("boom", [sys.executable, "-c", "raise SystemExit(4)"])],
+                           log_path=tmp_path / "setup2.log").start()
+    st = bad.wait(30)
+    assert st.state == jobs.FAILED and "boom failed (exit code 4)" in st.error
+
+
+def test_remove_backend_only_removes_managed_envs(scene, tmp_path, monkeypatch):
+    from mononphm_blender import prefs
+    from mononphm_blender.core import command
+
+    env = tmp_path / "env"
+    env.mkdir()
+    (env / "something").write_text("x")
+    monkeypatch.setattr(prefs, "default_env_dir", lambda p=None: env)
+    with pytest.raises(RuntimeError, match="not created by this add-on"):
+        bpy.ops.mononphm.remove_backend()
+    (env / command.ENV_MARKER).write_text("mononphm")
+    assert bpy.ops.mononphm.remove_backend() == {"FINISHED"}
+    prefs.STATE.removing.join(10)
+    assert not env.exists()

@@ -441,7 +441,7 @@ class SampleSizes:
     n_near: int = 500       # near-surface points with signed-distance targets
     near_std: float = 0.006  # 1.5 mm
     n_off: int = 150        # off-surface points (+N(0, 0.05^2)) with approximate signed distance
-    n_far: int = 80         # uniform in the box
+    n_far: int = 160        # uniform in the box
     n_corr: int = 250       # neutral<->posed correspondences
     n_kd: int = 12000       # dense surface samples for the KD-tree distance
 

@@ -9,7 +9,7 @@ import torch
 LOSS_WEIGHTS = {
     "surf_sdf": 1.0,        # |SDF| on surface points (face + other)
     "near_sdf": 1.0,        # |SDF - target| on near-surface points (direct targets; |eps| <= 1.5 mm std)
-    "off_sdf": 0.1,         # |SDF - approx signed distance| on off-surface / far points (clamped)
+    "off_sdf": 0.3,         # |SDF - approx signed distance| on off-surface / far points (clamped)
     "normals": 0.3,         # ||grad - n|| on a surface subset
     "eikonal": 0.15,        # | ||grad|| - 1 | on surface, off and far subsets
     "space_sdf": 0.01,      # exp(-10 |SDF(far)|)

@@ -53,6 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--grad-sub", type=int, default=96, help="surface points per shape with normal/eikonal terms")
+    p.add_argument("--color-frac", type=float, default=0.45, help="fraction of surface points with colour loss")
     p.add_argument("--exact", action="store_true", help="no blend-weight pruning in training")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
     p.add_argument("--quiet", action="store_true")
@@ -210,15 +211,23 @@ class Trainer:
         L = {}
         neutral = b["is_neutral"].view(B, 1)
 
-        # --- first-order pass: surface (with colour), near, off, far
+        # --- first-order pass: surface (colour on a subset), near, off, far
         surf = b["surf"]
-        o = query(model, surf, z_geo, z_app, z_exp, anchors, with_color=True, exact=exact)
-        L["surf_sdf"] = o["sdf"].abs().mean()
-        L["color"] = (o["color"] - (b["surf_color"] * 2 - 1)).abs().mean()
-        xs = torch.cat([b["near"], b["off"], b["far"]], 1)
+        nf = int(b["surf_is_face"][0].sum())
+        ns = surf.shape[1]
+        nfc = max(1, int(round(self.args.color_frac * nf)))
+        noc = max(1, int(round(self.args.color_frac * (ns - nf))))
+        cidx = torch.cat([torch.arange(0, nfc), torch.arange(nf, nf + noc)])
+        ridx = torch.cat([torch.arange(nfc, nf), torch.arange(nf + noc, ns)])
+        o = query(model, surf[:, cidx], z_geo, z_app, z_exp, anchors, with_color=True, exact=exact)
+        L["color"] = (o["color"] - (b["surf_color"][:, cidx] * 2 - 1)).abs().mean()
+        xs = torch.cat([surf[:, ridx], b["near"], b["off"], b["far"]], 1)
         o2 = query(model, xs, z_geo, None, z_exp, anchors, with_color=False, exact=exact)
+        nr = len(ridx)
+        s_all = o2["sdf"][..., 0]
+        L["surf_sdf"] = torch.cat([o["sdf"][..., 0], s_all[:, :nr]], 1).abs().mean()
+        s2 = s_all[:, nr:]
         nn_, no = b["near"].shape[1], b["off"].shape[1]
-        s2 = o2["sdf"][..., 0]
         L["near_sdf"] = (s2[:, :nn_] - b["near_sdf"]).abs().mean()
         tgt = torch.cat([b["off_sdf"], b["far_sdf"]], 1)
         pred = s2[:, nn_:]
@@ -228,6 +237,10 @@ class Trainer:
                           torch.relu(OFF_CLAMP - pred * torch.sign(tgt)))
         L["off_sdf"] = err.mean()
         L["space_sdf"] = torch.exp(-10 * s2[:, nn_ + no:].abs()).mean()
+        surf_off = torch.cat([o["offsets"], o2["offsets"][:, :nr]], 1)
+        surf_hyp = torch.cat([o["hyper"], o2["hyper"][:, :nr]], 1)
+        off_o = o2["offsets"][:, nr + nn_:nr + nn_ + no]
+        hyp_o = o2["hyper"][:, nr + nn_:nr + nn_ + no]
 
         # --- gradient pass on subsets (normals, eikonal)
         k = min(self.args.grad_sub, surf.shape[1])
@@ -256,9 +269,8 @@ class Trainer:
         off_z, hyp_z = query(model, xz, z_geo, None, z_exp, anchors, deformation_only=True)
         L["reg_zero"] = (off_z ** 2).sum(-1).mean()
         # neutral samples: no deformation on their surface; all samples: none at the back of the head
-        off_s, hyp_s = o["offsets"], o["hyper"]
+        off_s, hyp_s = surf_off, surf_hyp
         back = (b["off"][..., 2] < -0.3).float()
-        off_o, hyp_o = o2["offsets"][:, nn_:nn_ + no], o2["hyper"][:, nn_:nn_ + no]
         L["neutral_zero"] = ((off_s ** 2).sum(-1) * neutral).mean() + ((off_o ** 2).sum(-1) * back).mean()
         L["hyper"] = (hyp_s.abs().mean() + hyp_z.abs().mean() + hyp_g.abs().mean()
                       + 10 * (hyp_s.abs().sum(-1) * neutral).mean() + 10 * (hyp_o.abs().sum(-1) * back).mean())

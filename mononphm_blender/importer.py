@@ -206,6 +206,22 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
     return result
 
 
+def to_blender(points: np.ndarray) -> np.ndarray:
+    """conventions.MODEL_TO_BLENDER applied in float32, column by column (a (N,3)@(3,3) matmul over millions of
+    points is ~10× slower)."""
+    p = np.asarray(points, dtype=np.float32)
+    m = np.asarray(conventions.MODEL_TO_BLENDER, dtype=np.float32)
+    out = np.empty(p.shape, dtype=np.float32)
+    for row in range(3):
+        acc = None
+        for col in range(3):
+            if m[row, col] != 0.0:
+                term = p[..., col] * m[row, col] if m[row, col] != 1.0 else p[..., col]
+                acc = term.copy() if acc is None else acc + term
+        out[..., row] = 0.0 if acc is None else acc
+    return out
+
+
 def _source_clip(manifest: dict, existing: dict):
     source = manifest.get("source") or {}
     src = source.get("path") if isinstance(source, dict) else None
@@ -221,13 +237,13 @@ def _source_clip(manifest: dict, existing: dict):
 
 def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path, result: ImportResult):
     canon = package.canonical_mesh()
-    verts_b = conventions.model_to_blender_points(canon.vertices).astype(np.float32)
+    verts_b = to_blender(canon.vertices)
     tris = canon.triangles
     name = f"MonoNPHM Head {root.name}"
     if head is not None and head.type == "MESH" and meshes.mesh_matches(head.data, verts_b, tris):
         me = head.data
         if me.shape_keys is not None:
-            me.shape_keys.key_blocks[0].data.foreach_set("co", verts_b.reshape(-1))
+            meshes.set_key_coords(me.shape_keys.key_blocks[0], verts_b)
         meshes.set_vertex_positions(me, verts_b)
     else:
         me = meshes.build_mesh(name, verts_b, tris)
@@ -242,13 +258,15 @@ def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path,
     meshes.set_point_colors(me, meshes.ALBEDO_ATTRIBUTE, canon.albedo)
     meshes.assign_material(head, meshes.color_material("MonoNPHM Albedo", meshes.ALBEDO_ATTRIBUTE))
     if "vertices" in arrays and len(indices):
-        coords = conventions.model_to_blender_points(arrays["vertices"]).astype(np.float32)
+        coords = to_blender(arrays["vertices"])
         names = [meshes.key_name(i) for i in indices]
         meshes.sync_frame_shape_keys(head, names, coords)
         key = head.data.shape_keys
         fcurves = anim.fresh_action(key, f"MonoNPHM Shapes {root.name}")
+        # Index paths (key_blocks[12]) instead of name paths: resolving 300 names per frame costs several ms
+        # (a linear string search per F-curve); indices are taken from the keys as they are now.
         for name_, co in zip(names, pile_keyframes(frames)):
-            anim.add_fcurve(fcurves, f'key_blocks["{name_}"].value', co, interpolation=LINEAR)
+            anim.add_fcurve(fcurves, f"key_blocks[{key.key_blocks.find(name_)}].value", co, interpolation=LINEAR)
     elif len(indices):
         result.warnings.append("the package has no per-frame vertices; only the head pose is animated")
     return head
@@ -350,7 +368,7 @@ def set_quality_markers(scene, frames: np.ndarray, errors: np.ndarray, threshold
             item = settings.bad_frames.add()
             item.frame = frame
             item.error = err
-        settings.bad_frames_index = -1 if not bad else min(max(settings.bad_frames_index, 0), len(bad) - 1)
+        settings.bad_frames_index = -1  # selecting a row jumps to its frame; importing must not
     return bad
 
 

@@ -20,7 +20,7 @@ from backend.conventions import Intrinsics  # noqa: E402
 def grid_head(vertices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A closed-ish sphere grid of about ``vertices`` vertices (metres, model axes, radius 0.1 m)."""
     n = max(4, int(math.sqrt(vertices)))
-    m = max(4, vertices // n)
+    m = max(4, -(-vertices // n))
     th = np.linspace(0.1, math.pi - 0.1, n)
     ph = np.linspace(0, 2 * math.pi, m, endpoint=False)
     T, P = np.meshgrid(th, ph, indexing="ij")

@@ -165,6 +165,8 @@ def stage_extension(stage: Path = STAGE) -> Path:
     _copy_tree(ADDON_DIR, stage, ["__pycache__", "*.pyc", ".*"])
     shutil.copy2(ROOT / "blender_manifest.toml", stage / "blender_manifest.toml")
     shutil.copy2(ROOT / "requirements.txt", stage / "requirements.txt")
+    if (ROOT / "LICENSE").is_file():
+        shutil.copy2(ROOT / "LICENSE", stage / "LICENSE")
     _copy_tree(BACKEND_DIR, stage / "backend", BACKEND_EXCLUDE + ["models"])
     builtin = BACKEND_DIR / "models" / "builtin"
     if builtin.is_dir():

@@ -351,6 +351,24 @@ def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict
             anim.add_fcurve(fcurves, f'["{name}"]', keyframe_co(frames, column))
 
 
+def scene_frame_of(scene, source_index: int, package_path: str | None = None) -> int:
+    """Scene frame that shows source frame ``source_index`` of the package last imported into ``scene``
+    (or of ``package_path``): clip start + source index."""
+    path = package_path
+    if path is None:
+        settings = getattr(scene, "mononphm", None)
+        path = settings.last_package if settings is not None else ""
+    holder = None
+    if path:
+        objs = find_objects(path)
+        holder = objs.get("head") or objs.get("usd")
+    if holder is None:
+        holder = next((o for o in scene.objects if PROP_CLIP_START in o and o.get(PROP_ROLE) in ("head", "usd")),
+                      None)
+    start = int(holder[PROP_CLIP_START]) if holder is not None else int(scene.frame_start)
+    return conventions.scene_frame(start, source_index)
+
+
 # --- quality markers --------------------------------------------------------------------------------------------
 
 def set_quality_markers(scene, frames: np.ndarray, errors: np.ndarray, threshold: float) -> list[tuple[int, float]]:

@@ -206,6 +206,9 @@ def test_clip_background_and_frame_range(scene, tmp_path):
     assert (scene.frame_start, scene.frame_end) == (11, 15)
     fc = _fcurve(res.head.data.shape_keys, "key_blocks[1].value")
     assert fc.keyframe_points[0].co[0] == 11
+    from mononphm_blender import importer
+
+    assert importer.scene_frame_of(scene, 3) == 14
     bg = scene.camera.data.background_images[0]
     assert scene.camera.data.show_background_images and bg.source == "MOVIE_CLIP" and bg.clip == clip
     # the source clip is found from the manifest when none is given

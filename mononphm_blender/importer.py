@@ -138,6 +138,8 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
     # clip and frame mapping
     if clip is None and load_source_clip:
         clip = _source_clip(manifest, existing)
+        if clip is not None and clip_start is not None:
+            clip.frame_start = int(clip_start)  # keep the background aligned with the requested mapping
     result.clip = clip
     if clip_start is None:
         head_like = existing.get("head") or existing.get("usd")
@@ -162,7 +164,8 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
         if result.usd_object is not None:
             _tag(result.usd_object, str(root), "usd", clip_start)
             if result.head is not None:  # both: the shape-key head is the one shown by default
-                result.usd_object.hide_set(True) if result.usd_object.name in context.view_layer.objects else None
+                if result.usd_object.name in context.view_layer.objects:
+                    result.usd_object.hide_set(True)
                 result.usd_object.hide_render = True
 
     pose_objects = [o for o in (result.head, result.usd_object) if o is not None]

@@ -171,8 +171,11 @@ def _package_frames(out_dir: str) -> int:
 
 def _do_import(context, scene, out_path: str) -> bool:
     with context.temp_override(scene=scene) if hasattr(context, "temp_override") else _Null():
+        s = scene.mononphm
+        clip = s.clip if s.input_kind == "CLIP" else None
+        clip_start = None if clip is not None else int(s.clip_start)
         try:
-            importer.import_package(context, bpy.path.abspath(out_path), error_threshold=None)
+            importer.import_package(context, bpy.path.abspath(out_path), clip=clip, clip_start=clip_start)
         except result_format.PackageError as exc:
             _say("WARNING", f"Import: {exc.message} {exc.hint}")
             return False
@@ -310,16 +313,27 @@ def _on_load_post(*_args) -> None:
     reattach_all()
 
 
+def _after_register():
+    """First timer after enabling: check the backend and pick up runs of the open file (UI sessions only)."""
+    prefs.start_handshake()
+    reattach_all()
+    ensure_timer()
+    return None
+
+
 def register() -> None:
     if _on_load_post not in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.append(_on_load_post)
+    if not bpy.app.background and not bpy.app.timers.is_registered(_after_register):
+        bpy.app.timers.register(_after_register, first_interval=1.0)
 
 
 def unregister() -> None:
     if _on_load_post in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_on_load_post)
-    if bpy.app.timers.is_registered(_timer):
-        bpy.app.timers.unregister(_timer)
+    for fn in (_timer, _after_register):
+        if bpy.app.timers.is_registered(fn):
+            bpy.app.timers.unregister(fn)
     # Running backends keep going (own process group); reopening the .blend re-attaches to them.
     _jobs.clear()
     _last_import.clear()

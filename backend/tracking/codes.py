@@ -1,0 +1,109 @@
+"""Latent parameterisation used by the tracker.
+
+Two modes:
+- ``encoder`` (the built-in model ships ``encoders.pt``): optimise the low-dimensional, semantic parameters the
+  model was trained with -- ICT identity weights w_id (100, prior N(0, 1)), appearance parameters (16, in [0, 1]),
+  ICT expression weights w_ex (53, in [0, 1], gaze channels frozen) -- and map them through the linear encoders.
+  A strong, well-conditioned prior for monocular fitting.
+- ``raw`` (official checkpoints): optimise z_geo / z_app / z_exp directly from zero with the reference's
+  regularisers (local codes held small, symmetric pairs alike).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import arkit
+
+
+class CodeSpace:
+    def __init__(self, model, encoders=None, arkit_regressor=None):
+        self.model = model
+        self.cfg = model.cfg
+        self.enc = encoders
+        self.reg = arkit_regressor
+        self.mode = "encoder" if encoders is not None else "raw"
+        if self.enc is not None:
+            for p in self.enc.parameters():
+                p.requires_grad_(False)
+            self.n_id = self.enc.geo.in_features
+            self.n_app = self.enc.app.in_features
+            self.n_ex = self.enc.exp.in_features
+            static = np.array([n.startswith("eyeLook") for n in arkit.ICT_NAMES[: self.n_ex]])
+            self.ex_mask = torch.as_tensor(~static, dtype=torch.float32)
+        else:
+            self.n_id, self.n_app, self.n_ex = self.cfg.dim_geo, self.cfg.dim_app, self.cfg.dim_exp
+            self.ex_mask = torch.ones(self.n_ex)
+        if self.reg is not None:
+            for p in self.reg.parameters():
+                p.requires_grad_(False)
+
+    # -- initial values ---------------------------------------------------------------------------------------
+    def init_identity(self):
+        """(p_geo, p_app) initial identity parameters (mean head)."""
+        if self.mode == "encoder":
+            return torch.zeros(self.n_id), self.enc.app_mean.detach().clone()
+        return torch.zeros(self.cfg.dim_geo), torch.zeros(self.cfg.dim_app)
+
+    def init_expression(self, n: int = 1) -> torch.Tensor:
+        return torch.zeros(n, self.n_ex)
+
+    # -- maps --------------------------------------------------------------------------------------------------
+    def z_geo(self, p_geo: torch.Tensor) -> torch.Tensor:
+        """(D,) or (n_id,) -> (1, D_geo)."""
+        return self.enc.encode_geo(p_geo[None]) if self.mode == "encoder" else p_geo[None]
+
+    def z_app(self, p_app: torch.Tensor) -> torch.Tensor:
+        return self.enc.encode_app(p_app[None]) if self.mode == "encoder" else p_app[None]
+
+    def z_exp(self, p_ex: torch.Tensor) -> torch.Tensor:
+        """(B, n_ex) -> (B, D_exp)."""
+        if self.mode == "encoder":
+            return self.enc.encode_exp(p_ex * self.ex_mask)
+        return p_ex
+
+    def project_expression_(self, p_ex: torch.Tensor) -> None:
+        """In-place projection onto the valid set (ICT weights in [0, 1], gaze channels 0)."""
+        if self.mode == "encoder":
+            with torch.no_grad():
+                p_ex.clamp_(0.0, 1.0).mul_(self.ex_mask)
+
+    def project_identity_(self, p_geo: torch.Tensor, p_app: torch.Tensor) -> None:
+        if self.mode == "encoder":
+            with torch.no_grad():
+                p_geo.clamp_(-3.0, 3.0)
+                p_app.clamp_(0.0, 1.0)
+
+    # -- priors --------------------------------------------------------------------------------------------------
+    def identity_prior(self, p_geo: torch.Tensor, p_app: torch.Tensor) -> torch.Tensor:
+        if self.mode == "encoder":
+            return (p_geo ** 2).mean() + 0.25 * ((p_app - self.enc.app_mean) ** 2).mean()
+        c = self.cfg
+        G = c.lat_dim_glob
+
+        def parts(z, L):
+            loc = z[G:].reshape(c.n_codes_local, L)
+            pairs = loc[: 2 * c.n_symm_pairs].reshape(c.n_symm_pairs, 2, L)
+            return (z[:G] ** 2).sum(), (loc ** 2).sum(-1).mean(), (pairs[:, 0] - pairs[:, 1]).norm(dim=-1).mean()
+
+        g_geo, l_geo, s_geo = parts(p_geo, c.lat_dim_loc_geo)
+        g_app, l_app, s_app = parts(p_app, c.lat_dim_loc_app)
+        # reference 4.6 weights (stage 1), expressed relative to a landmark loss of O(1)
+        return 1e-2 * (25 * g_geo + 1000 * l_geo + s_geo + 50 * g_app + 1000 * l_app + s_app)
+
+    def expression_prior(self, p_ex: torch.Tensor) -> torch.Tensor:
+        if self.mode == "encoder":
+            return (p_ex ** 2).sum(-1).mean() * 0.05
+        return (p_ex ** 2).sum(-1).mean()
+
+    # -- outputs -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def arkit(self, p_ex: torch.Tensor) -> Optional[np.ndarray]:
+        """(B, n_ex) -> (B, 52) ARKit weights from the model's regressor (or the ICT->ARKit map), None if neither."""
+        if self.reg is not None:
+            return self.reg(self.z_exp(p_ex)).numpy().astype(np.float32)
+        if self.mode == "encoder" and self.n_ex == len(arkit.ICT_NAMES):
+            return np.clip(arkit.ict_to_arkit(p_ex.numpy()), 0, 1).astype(np.float32)
+        return None

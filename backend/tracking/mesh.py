@@ -1,0 +1,215 @@
+"""Fixed-topology head mesh for tracking output and the draft silhouette.
+
+- ``extract_canonical_mesh``: coarse-to-fine marching cubes of the neutral canonical SDF of an identity
+  (uses ``backend.model``'s extractor when it exists, else this module's).
+- ``warp_vertices``: canonical vertices -> posed model space for one expression (Newton forward warp, warm-started).
+- ``outline_silhouette_loss``: the draft preset's cheap, differentiable silhouette term from projected vertices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import masks as M
+from . import raster
+
+
+@dataclass
+class Mesh:
+    vertices: np.ndarray   # (V, 3) float32 model units
+    faces: np.ndarray      # (F, 3) int32
+
+
+def _grid(lo, hi, res):
+    axes = [np.linspace(lo[i], hi[i], res[i]) for i in range(3)]
+    return axes
+
+
+@torch.no_grad()
+def extract_canonical_mesh(model, z_geo: torch.Tensor, resolution: int = 96, box=None,
+                           keep_largest: bool = True) -> Mesh:
+    """Marching cubes (skimage) of the neutral canonical SDF for identity ``z_geo`` (1, D_geo).
+
+    Coarse pass at resolution/2, then exact evaluation only in cells near the surface (|sdf| < 2 coarse cells).
+    """
+    from skimage.measure import marching_cubes
+    lo, hi = (np.asarray(b, np.float64) for b in (box or model.cfg.mesh_box))
+    ext = hi - lo
+    step = ext.max() / (resolution - 1)
+    res = np.maximum(np.round(ext / step).astype(int) + 1, 8)
+    cres = np.maximum((res + 1) // 2, 4)
+    anchors = model.anchors(z_geo)
+
+    def sdf(pts: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(pts, dtype=z_geo.dtype)[None]
+        return model.sdf_only(x, z_geo, neutral=True, anchors=anchors, chunk=65536)[0, :, 0].numpy()
+
+    cax = _grid(lo, hi, cres)
+    cg = np.stack(np.meshgrid(*cax, indexing="ij"), -1).reshape(-1, 3)
+    coarse = sdf(cg).reshape(tuple(cres))
+    # trilinear upsample of the coarse grid to the fine grid, then exact values near the surface
+    ct = torch.as_tensor(coarse, dtype=torch.float32)[None, None]
+    fine = F.interpolate(ct, size=tuple(int(r) for r in res), mode="trilinear", align_corners=True)[0, 0].numpy()
+    cstep = (ext / (cres - 1)).max()
+    near = np.abs(fine) < 2.0 * cstep
+    fax = _grid(lo, hi, res)
+    idx = np.nonzero(near)
+    pts = np.stack([fax[0][idx[0]], fax[1][idx[1]], fax[2][idx[2]]], -1)
+    if len(pts):
+        fine[idx] = sdf(pts)
+    if not (fine.min() < 0 < fine.max()):
+        raise RuntimeError("the identity's SDF has no zero crossing in the mesh box")
+    v, f, _, _ = marching_cubes(fine, level=0.0, spacing=tuple(ext / (res - 1)))
+    v = v + lo
+    f = f[:, ::-1].copy()          # outward-facing winding for a negative-inside SDF
+    if keep_largest:
+        v, f = _largest_component(v, f)
+    return Mesh(v.astype(np.float32), f.astype(np.int32))
+
+
+def _largest_component(v: np.ndarray, f: np.ndarray):
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    n = len(v)
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    g = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, lab = connected_components(g, directed=False)
+    big = np.argmax(np.bincount(lab[f[:, 0]]))
+    keepf = lab[f[:, 0]] == big
+    f = f[keepf]
+    used = np.unique(f)
+    remap = np.full(n, -1, np.int64)
+    remap[used] = np.arange(len(used))
+    return v[used], remap[f]
+
+
+@torch.no_grad()
+def warp_fast(model, verts_c: torch.Tensor, z_geo, z_exp, x_init: Optional[torch.Tensor] = None,
+              iters: int = 8, tol: float = 2e-5):
+    """No-grad canonical -> posed warp by fixed-point iteration x <- y - delta(x) (one MLP pass per step, no
+    Jacobian), warm-started from ``x_init`` (e.g. the previous frame); points that do not converge are finished
+    with the model's Newton solver. verts_c (M, 3) -> (posed (M, 3), converged (M,) bool)."""
+    y = verts_c
+    zg, ze = z_geo.detach(), z_exp.detach()
+    A = model.anchors(zg)
+    if x_init is None:
+        off, _, _ = model.ex_model(y[None], zg, ze, A)
+        x = y - off[0]
+    else:
+        x = x_init.clone()
+    c_id = model.ex_model.compress_id(zg, A)
+    act = torch.arange(len(y))
+    res = torch.full((len(y),), float("inf"))
+    for _ in range(iters):
+        if act.numel() == 0:
+            break
+        off, _, _ = model.ex_model(x[act], zg, ze, A, c_id=c_id, batch_index=torch.zeros(len(act), dtype=torch.long))
+        r = (x[act] + off - y[act]).norm(dim=-1)
+        res[act] = r
+        x[act] = y[act] - off
+        act = act[r >= tol]
+    bad = torch.nonzero(res >= tol).flatten()
+    if bad.numel():
+        w = model.forward_warp(y[bad][None], zg, ze, x_init=x[bad][None], max_iter=12)
+        x[bad] = torch.where(w.converged[0][:, None], w.points[0], x[bad])
+        res[bad] = w.residual[0]
+    return x, res < max(tol, 1e-4)
+
+
+def warp_vertices(model, verts_c: torch.Tensor, z_geo, z_exp, x_init: Optional[torch.Tensor] = None,
+                  max_iter: int = 12):
+    """Canonical (M, 3) -> posed (M, 3) by Newton root finding; unconverged vertices keep the (deformation-free)
+    approximation x = y - delta(y). Differentiable (implicit gradients) when grad mode is on."""
+    res = model.forward_warp(verts_c[None], z_geo, z_exp, x_init=None if x_init is None else x_init[None],
+                             max_iter=max_iter)
+    x = res.points[0]
+    ok = res.converged[0]
+    if not bool(ok.all()):
+        with torch.no_grad():
+            off, _ = model.deformation(verts_c[None].detach(), z_geo.detach(), z_exp.detach())
+        x = torch.where(ok[:, None], x, verts_c - off[0])
+    return x, ok
+
+
+def project_torch(x_model: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, unit_m: float = 0.25):
+    """(N, 3) model units -> pixels (N, 2) and camera depth (N,)."""
+    xc = (unit_m * x_model) @ R.T + t
+    z = xc[:, 2].clamp_min(1e-4)
+    u = K[0, 0] * xc[:, 0] / z + K[0, 2]
+    v = K[1, 1] * xc[:, 1] / z + K[1, 2]
+    return torch.stack([u, v], -1), xc[:, 2]
+
+
+class SilhouetteTargets:
+    """Per-frame silhouette data derived from the labels (computed once per frame, numpy/cv2)."""
+
+    def __init__(self, labels: np.ndarray, max_contour: int = 400, seed: int = 0):
+        import cv2
+        self.labels = labels
+        H, W = labels.shape
+        bg = (labels == M.BACKGROUND).astype(np.uint8)
+        # distance (px) from each background pixel to the nearest non-background pixel
+        dist = cv2.distanceTransform(bg, cv2.DIST_L2, 3) if bg.any() else np.zeros((H, W), np.float32)
+        self.bg_dist = torch.as_tensor(dist, dtype=torch.float32)[None, None]
+        target = ((labels == M.FACE) | (labels == M.MOUTH)).astype(np.uint8)
+        self.target = target.astype(bool)
+        # contour of the face region: where the surface outline must reach
+        er = cv2.erode(target, np.ones((3, 3), np.uint8))
+        ys, xs = np.nonzero(target & (1 - er))
+        if len(xs) > max_contour:
+            sel = np.random.default_rng(seed).choice(len(xs), max_contour, replace=False)
+            xs, ys = xs[sel], ys[sel]
+        self.contour = torch.as_tensor(np.stack([xs + 0.5, ys + 0.5], -1), dtype=torch.float32)
+        self.size = (H, W)
+
+
+def sample_map(m: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of a (1, C, H, W) map at pixel coordinates uv (N, 2) -> (N, C); border-clamped."""
+    H, W = m.shape[-2:]
+    g = torch.stack([uv[:, 0] / W * 2 - 1, uv[:, 1] / H * 2 - 1], -1)[None, None]
+    return F.grid_sample(m, g.to(m.dtype), mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0].T
+
+
+def outline_silhouette_loss(uv: torch.Tensor, visible_outline: torch.Tensor, tg: SilhouetteTargets,
+                            face_size: float, covered: Optional[np.ndarray] = None) -> torch.Tensor:
+    """Draft silhouette from projected mesh vertices (no volume rendering).
+
+    - outside term: vertices landing on background pay their distance to the nearest non-background pixel;
+    - inside term: face-region contour pixels not covered by the mesh pull the nearest outline vertex.
+    uv: (V, 2) projected vertices (differentiable); visible_outline: (V,) bool, silhouette vertices (no grad);
+    covered: (H, W) bool current mesh coverage (no grad), contour pixels inside it are satisfied.
+    Distances are normalised by the face size in pixels.
+    """
+    out = sample_map(tg.bg_dist, uv)[:, 0]
+    loss = (out / face_size).pow(2).mean()
+    if tg.contour.shape[0] and bool(visible_outline.any()):
+        c = tg.contour
+        if covered is not None:
+            ci = c.long()
+            c = c[~torch.as_tensor(covered[ci[:, 1], ci[:, 0]])]
+        if c.shape[0]:
+            d = torch.cdist(c.to(uv.dtype), uv[visible_outline])            # (C, O)
+            loss = loss + (d.min(1).values / face_size).pow(2).sum() / tg.contour.shape[0]
+    return loss
+
+
+def outline_vertices(verts_cam: np.ndarray, normals_cam: np.ndarray, thresh: float = 0.25) -> np.ndarray:
+    """(V,) bool: vertices near the silhouette (view direction almost tangent)."""
+    v = verts_cam / np.linalg.norm(verts_cam, axis=1, keepdims=True)
+    return np.abs((v * normals_cam).sum(1)) < thresh
+
+
+def coverage_iou(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, labels: np.ndarray):
+    """Mask IoU between the rendered mesh coverage and the head labels (IGNORE pixels excluded)."""
+    H, W = labels.shape
+    frag = raster.rasterize(verts_cam, faces, K, H, W)
+    cov = frag.mask
+    valid = labels != M.IGNORE
+    tgt = (labels == M.FACE) | (labels == M.MOUTH)
+    inter = (cov & tgt & valid).sum()
+    union = ((cov | tgt) & valid).sum()
+    return float(inter / union) if union else float("nan"), frag

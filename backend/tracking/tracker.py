@@ -1,0 +1,627 @@
+"""MonoNPHM tracking stages (reference section 4, made offline and CPU-fast).
+
+Stage 1a  identity: identity/appearance/SH/colour-correction plus per-frame expression and pose on a few frames.
+Stage 1b  per frame: expression + pose, warm-started from the previous frame; landmark, silhouette and (standard,
+          high) photometric losses; fewer iterations on frames that barely move.
+Stage 2   all frames jointly: landmarks + temporal smoothness of expression and pose (batched over frames).
+
+Landmarks: the detector's points are tied to canonical positions predicted from the identity's anchors
+(``landmark_tables.LandmarkSet``), posed by the backward-deformation root finder (implicit gradients), projected
+with the per-frame pose ``x_cam = R (0.25 x_model) + t``.
+Silhouette: draft = outline of the warped mesh against the background distance map; standard/high = NeuS opacity on
+rays concentrated on the face. Colour: SH-shaded albedo vs the frame, face pixels only.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import masks as M
+from . import raster, renderer
+from . import mesh as tmesh
+from .camera import METRES_PER_UNIT, rotation_to_axis_angle, solve_pnp
+from .codes import CodeSpace
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# presets
+# -------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    id_frames: int = 4             # frames used for the identity stage
+    id_iters: int = 60
+    frame_iters: int = 14          # per-frame iterations (moving frames)
+    still_iters: int = 5           # per-frame iterations when the landmarks barely move
+    still_motion: float = 0.004    # mean landmark motion (fraction of face size) below which a frame is "still"
+    stage2_epochs: int = 2
+    stage2_batch: int = 16
+    rays: int = 0                  # photometric/silhouette rays per iteration (0 = none: draft)
+    id_rays: int = 0
+    ray_every: int = 1             # render rays every k-th iteration
+    n_coarse: int = 16
+    n_fine: int = 8
+    mesh_res: int = 80             # output (fixed topology) canonical mesh resolution
+    sil_res: int = 40              # low-res mesh for the draft silhouette / quality metrics
+    outline_points: int = 300
+    lr_exp: float = 0.05
+    lr_rot: float = 0.01
+    lr_trans: float = 0.004
+    lr_id: float = 0.05
+    w_lm: float = 1.0
+    w_sil: float = 0.5
+    w_mask: float = 0.5
+    w_rgb: float = 2.0
+    w_exp_prior: float = 1.0
+    w_id_prior: float = 0.02
+    w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
+    w_smooth_exp: float = 5.0      # stage 2
+    w_smooth_pose: float = 200.0
+    inv_s: float = math.exp(10 * 0.6)
+
+
+PRESETS: Dict[str, Preset] = {
+    "draft": Preset("draft", frame_iters=10, still_iters=4),
+    "standard": Preset("standard", id_frames=6, id_iters=120, frame_iters=30, still_iters=10, stage2_epochs=4,
+                       rays=160, id_rays=192, ray_every=2, n_coarse=16, n_fine=8, mesh_res=96),
+    "high": Preset("high", id_frames=8, id_iters=250, frame_iters=60, still_iters=20, stage2_epochs=8,
+                   rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128),
+}
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# observations and per-frame state
+# -------------------------------------------------------------------------------------------------------------------
+@dataclass
+class FrameObs:
+    index: int
+    time: float
+    landmarks: Optional[np.ndarray]        # (L, 2) detector points (full detector array), None: no face
+    image: Optional[np.ndarray] = None     # (H, W, 3) uint8
+    labels: Optional[np.ndarray] = None    # (H, W) uint8 (masks.*)
+    face_size: float = 0.0
+
+    @property
+    def found(self) -> bool:
+        return self.landmarks is not None
+
+
+@dataclass
+class FrameState:
+    p_ex: torch.Tensor        # (n_ex,)
+    omega: torch.Tensor       # (3,) axis-angle, model->camera
+    trans: torch.Tensor       # (3,) metres
+
+    def clone(self) -> "FrameState":
+        return FrameState(self.p_ex.detach().clone(), self.omega.detach().clone(), self.trans.detach().clone())
+
+
+@dataclass
+class FrameResult:
+    index: int
+    state: FrameState
+    vertices: np.ndarray               # (V, 3) posed model space, model units (before the rigid pose)
+    landmark_error_px: float
+    photometric_error: Optional[float]
+    mask_iou: Optional[float]
+    iterations: int = 0
+
+
+class Timer:
+    def __init__(self):
+        self.t: Dict[str, float] = {}
+
+    def add(self, k, dt):
+        self.t[k] = self.t.get(k, 0.0) + dt
+
+
+# -------------------------------------------------------------------------------------------------------------------
+class Tracker:
+    """Fits one clip. ``progress(stage, done, total, frame, message)`` receives progress callbacks."""
+
+    def __init__(self, model, codes: CodeSpace, lmset, K: np.ndarray, image_size, preset: Preset,
+                 progress: Optional[Callable] = None, seed: int = 0):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.codes = codes
+        self.preset = preset
+        self.K = torch.as_tensor(K, dtype=torch.float32)
+        self.Knp = np.asarray(K, np.float64)
+        self.W, self.H = image_size
+        self.progress = progress or (lambda *a, **k: None)
+        self.seed = seed
+        self.lm_idx = torch.as_tensor(lmset.detector_idx)
+        self.lm_mean = torch.as_tensor(lmset.canonical_mean, dtype=torch.float32)
+        self.lm_blend = torch.as_tensor(lmset.blend, dtype=torch.float32)
+        self.lm_w = torch.as_tensor(lmset.weight, dtype=torch.float32)
+        self.mean_anchors = model.id_model.mean_anchors.detach().float()
+        pg, pa = codes.init_identity()
+        self.p_geo, self.p_app = pg, pa
+        self.sh = renderer.sh_init()
+        self.cA = torch.eye(3)
+        self.cb = torch.zeros(3)
+        self.mesh: Optional[tmesh.Mesh] = None        # output canonical mesh (model units)
+        self.mesh_lo: Optional[tmesh.Mesh] = None     # low-res canonical mesh
+        self.albedo: Optional[np.ndarray] = None      # (V, 3) uint8 for the output mesh
+        self.timer = Timer()
+        self._posed_cache: Dict[str, torch.Tensor] = {}
+        self._lo_posed: Optional[torch.Tensor] = None
+
+    # ---------------------------------------------------------------------------------------------------------
+    # identity-dependent quantities
+    # ---------------------------------------------------------------------------------------------------------
+    def z_geo(self):
+        return self.codes.z_geo(self.p_geo)
+
+    def z_app(self):
+        return self.codes.z_app(self.p_app)
+
+    def canonical_landmarks(self, zg: torch.Tensor) -> torch.Tensor:
+        """(n, 3) canonical landmark positions for identity code zg (1, D)."""
+        A = self.model.anchors(zg)[0]
+        return self.lm_mean + self.lm_blend @ (A - self.mean_anchors)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # geometry helpers
+    # ---------------------------------------------------------------------------------------------------------
+    def project(self, x: torch.Tensor, omega: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+        """x (B, N, 3) model units, omega/trans (B, 3) -> pixels (B, N, 2)."""
+        R = renderer.so3_exp(omega)
+        xc = METRES_PER_UNIT * torch.einsum("bij,bnj->bni", R, x) + trans[:, None]
+        z = xc[..., 2:3].clamp_min(1e-3)
+        return torch.cat([self.K[0, 0] * xc[..., :1] / z + self.K[0, 2], self.K[1, 1] * xc[..., 1:2] / z + self.K[1, 2]],
+                         -1)
+
+    def landmark_term(self, zg, p_ex, omega, trans, lms, sizes, key: Optional[str] = None):
+        """Weighted landmark loss, in units of (1 % of the face size)^2.
+
+        p_ex (B, n_ex), omega/trans (B, 3), lms (B, n, 2) detections of the tracked subset, sizes (B,) face size px.
+        Returns (loss, uv (B, n, 2) detached, converged (B, n)).
+        """
+        B = p_ex.shape[0]
+        A = self.model.anchors(zg)
+        P = (self.lm_mean + self.lm_blend @ (A[0] - self.mean_anchors))[None].expand(B, -1, -1)
+        ze = self.codes.z_exp(p_ex)
+        x0 = self._posed_cache.get(key) if key is not None else None
+        if x0 is not None and x0.shape != P.shape:
+            x0 = None
+        res = self.model.forward_warp(P, zg.expand(B, -1), ze, anchors=A.expand(B, -1, -1), x_init=x0, max_iter=15)
+        if key is not None:
+            self._posed_cache[key] = res.points.detach()
+        uv = self.project(res.points, omega, trans)
+        r = (uv - lms) / (0.01 * sizes[:, None, None])
+        w = self.lm_w[None] * res.converged.to(r.dtype)
+        loss = (w * (r ** 2).sum(-1)).sum() / w.sum().clamp_min(1e-6)
+        return loss, uv.detach(), res.converged
+
+    # ---------------------------------------------------------------------------------------------------------
+    # pose initialisation
+    # ---------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def pnp_init(self, obs: FrameObs, prev: Optional[FrameState] = None) -> FrameState:
+        P = self.canonical_landmarks(self.z_geo()).numpy()
+        l2d = obs.landmarks[self.lm_idx.numpy()]
+        init = None
+        if prev is not None:
+            init = (renderer.so3_exp(prev.omega[None])[0].numpy().astype(np.float64), prev.trans.numpy())
+        r = solve_pnp(P, l2d, self.Knp, init=init)
+        if not r.ok and init is not None:
+            r = solve_pnp(P, l2d, self.Knp)
+        if not r.ok:
+            raise RuntimeError("PnP failed")
+        p_ex = prev.p_ex.clone() if prev is not None else self.codes.init_expression(1)[0]
+        return FrameState(p_ex, torch.as_tensor(rotation_to_axis_angle(r.R), dtype=torch.float32),
+                          torch.as_tensor(r.t, dtype=torch.float32))
+
+    # ---------------------------------------------------------------------------------------------------------
+    # meshes
+    # ---------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def build_meshes(self):
+        t0 = time.perf_counter()
+        zg = self.z_geo().detach()
+        self.mesh = tmesh.extract_canonical_mesh(self.model, zg, self.preset.mesh_res)
+        self.mesh_lo = tmesh.extract_canonical_mesh(self.model, zg, self.preset.sil_res)
+        self.timer.add("mesh_extract", time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def mesh_albedo(self) -> np.ndarray:
+        """(V, 3) uint8 albedo of the output mesh (network albedo, then the colour affine)."""
+        v = torch.as_tensor(self.mesh.vertices)[None]
+        zg, za = self.z_geo(), self.z_app()
+        ze = torch.zeros(1, self.model.cfg.dim_exp)
+        _, col = self.model.query(v, zg, za, ze, neutral=True, with_color=True)
+        c = (col[0] @ self.cA.T + self.cb + 1) / 2
+        return (c.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+    def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int):
+        """Indices of silhouette vertices of the low-res mesh and the current coverage map."""
+        R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
+        vc = (METRES_PER_UNIT * verts_posed_lo) @ R.T + st.trans.numpy()
+        nrm = raster.vertex_normals(vc, self.mesh_lo.faces)
+        ol = np.flatnonzero(tmesh.outline_vertices(vc, nrm))
+        if len(ol) > n:
+            ol = ol[np.linspace(0, len(ol) - 1, n).astype(int)]
+        frag = raster.rasterize(vc, self.mesh_lo.faces, self.Knp, self.H, self.W)
+        return ol, frag.mask
+
+    # ---------------------------------------------------------------------------------------------------------
+    # photometric / silhouette rays
+    # ---------------------------------------------------------------------------------------------------------
+    def sample_pixels(self, obs: FrameObs, n: int, rng: np.random.Generator):
+        """Pixels concentrated on the face: 70 % from face/mouth labels, 30 % from non-ignored pixels near it."""
+        lab = obs.labels
+        face = np.flatnonzero((lab == M.FACE).ravel() | (lab == M.MOUTH).ravel())
+        x0, y0 = obs.landmarks.min(0)
+        x1, y1 = obs.landmarks.max(0)
+        pad = 0.35 * max(x1 - x0, y1 - y0)
+        ys, xs = np.mgrid[0:self.H, 0:self.W]
+        near = ((xs > x0 - pad) & (xs < x1 + pad) & (ys > y0 - pad) & (ys < y1 + pad) & (lab != M.IGNORE)).ravel()
+        near = np.flatnonzero(near)
+        nf = min(len(face), int(0.7 * n))
+        sel = [rng.choice(face, nf, replace=False)] if nf else []
+        if len(near):
+            sel.append(rng.choice(near, min(len(near), n - nf), replace=False))
+        idx = np.concatenate(sel) if sel else np.zeros(0, np.int64)
+        return idx
+
+    def ray_terms(self, zg, za, p_ex, st_omega, st_trans, obs: FrameObs, n: int, rng, inv_s: float,
+                  with_color: bool = True):
+        """(mask loss, rgb loss, stats) on n rays of one frame."""
+        idx = self.sample_pixels(obs, n, rng)
+        if len(idx) == 0:
+            z = zg.sum() * 0
+            return z, z, {}
+        py, px = np.divmod(idx, self.W)
+        pix = torch.as_tensor(np.stack([px + 0.5, py + 0.5], -1), dtype=torch.float32)
+        R = renderer.so3_exp(st_omega[None])[0]
+        o, d = renderer.camera_rays(self.K, R, st_trans, pix)
+        field = renderer.ModelField(self.model, zg, za, self.codes.z_exp(p_ex[None]))
+        s = renderer.RenderSettings(n_coarse=self.preset.n_coarse, n_fine=self.preset.n_fine)
+        out = renderer.render_rays(field, o, d, inv_s, s, R_cam=R, sh=self.sh, with_color=with_color)
+        lab = obs.labels.ravel()[idx]
+        tgt = torch.as_tensor(((lab == M.FACE) | (lab == M.MOUTH)).astype(np.float32))
+        mw = torch.as_tensor((lab != M.IGNORE).astype(np.float32))
+        op = out["opacity"].clamp(1e-4, 1 - 1e-4)
+        mask_loss = (mw * torch.nn.functional.binary_cross_entropy(op, tgt, reduction="none")).sum() / mw.sum().clamp_min(1)
+        rgb_loss = zg.sum() * 0
+        stats = {"iou": float(((op > 0.5) & (tgt > 0.5)).sum() / (((op > 0.5) | (tgt > 0.5)) & (mw > 0)).sum().clamp_min(1))}
+        if with_color:
+            cw = torch.as_tensor((lab == M.FACE) + (lab == M.MOUTH) / 25.0, dtype=torch.float32)
+            img = torch.as_tensor(obs.image.reshape(-1, 3)[idx], dtype=torch.float32) / 127.5 - 1
+            pred = out["color"] @ self.cA.T + self.cb
+            err = (pred - img).abs().sum(-1)
+            rgb_loss = (cw * err).sum() / cw.sum().clamp_min(1)
+            stats["rgb"] = float(((cw > 0.5) * err).sum() / (cw > 0.5).sum().clamp_min(1)) / 6.0
+        return mask_loss, rgb_loss, stats
+
+    # ---------------------------------------------------------------------------------------------------------
+    # stage 1a: identity
+    # ---------------------------------------------------------------------------------------------------------
+    def fit_identity(self, frames: Sequence[FrameObs]) -> List[FrameState]:
+        pr = self.preset
+        t0 = time.perf_counter()
+        frames = [f for f in frames if f.found]
+        states = [self.pnp_init(f) for f in frames]
+        B = len(frames)
+        p_geo = self.p_geo.clone().requires_grad_(True)
+        p_app = self.p_app.clone().requires_grad_(True)
+        p_ex = torch.stack([s.p_ex for s in states]).requires_grad_(True)
+        om = torch.stack([s.omega for s in states]).requires_grad_(True)
+        tr = torch.stack([s.trans for s in states]).requires_grad_(True)
+        sh = self.sh.clone().requires_grad_(True)
+        cA = self.cA.clone().requires_grad_(True)
+        cb = self.cb.clone().requires_grad_(True)
+        opt = torch.optim.Adam([
+            {"params": [p_geo], "lr": pr.lr_id}, {"params": [p_app], "lr": pr.lr_id},
+            {"params": [p_ex], "lr": pr.lr_exp}, {"params": [om], "lr": pr.lr_rot},
+            {"params": [tr], "lr": pr.lr_trans}, {"params": [sh], "lr": 0.05},
+            {"params": [cA, cb], "lr": 5e-3}])
+        lms = torch.as_tensor(np.stack([f.landmarks[self.lm_idx.numpy()] for f in frames]), dtype=torch.float32)
+        sizes = torch.as_tensor([f.face_size for f in frames], dtype=torch.float32)
+        rng = np.random.default_rng(self.seed)
+        n_it = pr.id_iters
+        sil_from = n_it // 2 if pr.id_rays == 0 else n_it
+        self.sh, self.cA, self.cb = sh, cA, cb
+        for it in range(n_it):
+            opt.zero_grad(set_to_none=True)
+            zg = self.codes.z_geo(p_geo)
+            loss_lm, _, _ = self.landmark_term(zg, p_ex, om, tr, lms, sizes, key="id")
+            loss = pr.w_lm * loss_lm + pr.w_exp_prior * self.codes.expression_prior(p_ex) \
+                + pr.w_id_prior * self.codes.identity_prior(p_geo, p_app) * 100
+            if pr.id_rays and it % pr.ray_every == 0:
+                j = it % B
+                inv_s = renderer.inv_s_schedule(it, n_it)
+                ml, rl, _ = self.ray_terms(zg, self.codes.z_app(p_app), p_ex[j], om[j], tr[j], frames[j],
+                                           pr.id_rays, rng, inv_s, with_color=True)
+                loss = loss + pr.w_mask * ml + pr.w_rgb * rl
+            if it == sil_from and pr.id_rays == 0:
+                self.p_geo = p_geo.detach().clone()
+                self._lo_posed = None
+                with torch.no_grad():
+                    self.mesh_lo = tmesh.extract_canonical_mesh(self.model, self.codes.z_geo(self.p_geo),
+                                                                pr.sil_res)
+            if it >= sil_from and pr.id_rays == 0 and self.mesh_lo is not None:
+                j = it % B
+                loss = loss + pr.w_sil * self._outline_term(zg, p_ex[j], om[j], tr[j], frames[j], identity_grad=True)
+            loss.backward()
+            opt.step()
+            self.codes.project_identity_(p_geo, p_app)
+            self.codes.project_expression_(p_ex)
+            if it % 10 == 0:
+                self.progress("identity", it, n_it, None, f"loss {float(loss.detach()):.3f}")
+        self.p_geo, self.p_app = p_geo.detach(), p_app.detach()
+        self.sh, self.cA, self.cb = sh.detach(), cA.detach(), cb.detach()
+        self._posed_cache.pop("id", None)
+        self.build_meshes()
+        self._lo_posed = None
+        self.fit_appearance_vertices(frames, [FrameState(p_ex[i].detach(), om[i].detach(), tr[i].detach())
+                                              for i in range(B)])
+        self.albedo = self.mesh_albedo()
+        self.timer.add("identity", time.perf_counter() - t0)
+        return [FrameState(p_ex[i].detach().clone(), om[i].detach().clone(), tr[i].detach().clone()) for i in range(B)]
+
+    def _outline_term(self, zg, p_ex, omega, trans, obs: FrameObs, identity_grad: bool = False,
+                      cache: Optional[dict] = None):
+        """Draft silhouette on the outline of the warped low-res mesh."""
+        if obs.labels is None:
+            return zg.sum() * 0
+        ml = self.mesh_lo
+        vc0 = torch.as_tensor(ml.vertices)
+        if cache is None or "ol" not in cache:
+            with torch.no_grad():
+                x0 = self._lo_posed if getattr(self, "_lo_posed", None) is not None else None
+                x, _ = tmesh.warp_fast(self.model, vc0, zg.detach(), self.codes.z_exp(p_ex.detach()[None]), x_init=x0)
+                self._lo_posed = x
+            st = FrameState(p_ex.detach(), omega.detach(), trans.detach())
+            ol, cov = self._outline(x.numpy().astype(np.float64), st, self.preset.outline_points)
+            tg = tmesh.SilhouetteTargets(obs.labels, seed=obs.index)
+            if cache is not None:
+                cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol])
+        else:
+            ol, cov, tg = cache["ol"], cache["cov"], cache["tg"]
+        if len(ol) == 0:
+            return zg.sum() * 0
+        vcan = vc0[ol]
+        if identity_grad:
+            # first-order motion of the canonical surface with the identity: x - (f(x; z) - f(x; z0)) n
+            v = vcan.clone().requires_grad_(True)
+            with torch.enable_grad():
+                f = self.model(v[None], zg, None, None, neutral=True, with_color=False).sdf[0, :, 0]
+                (g,) = torch.autograd.grad(f.sum(), v, retain_graph=True)
+            n = (g / g.norm(dim=-1, keepdim=True).clamp_min(1e-6)).detach()
+            vcan = vcan - (f - f.detach())[:, None] * n
+        x0 = cache.get("x_ol") if cache is not None else None
+        res = self.model.forward_warp(vcan[None], zg, self.codes.z_exp(p_ex[None]),
+                                      x_init=None if x0 is None else x0[None], max_iter=10)
+        if cache is not None:
+            cache["x_ol"] = res.points[0].detach()
+        uv = self.project(res.points, omega[None], trans[None])[0]
+        return tmesh.outline_silhouette_loss(uv, torch.ones(len(ol), dtype=torch.bool), tg, obs.face_size, cov)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # appearance from mesh vertices (cheap photometric fit, all presets)
+    # ---------------------------------------------------------------------------------------------------------
+    def fit_appearance_vertices(self, frames: Sequence[FrameObs], states: Sequence[FrameState], iters: int = 60,
+                                n_vert: int = 3000):
+        """Fit z_app, SH and the colour affine to the frames' colours at visible mesh vertices."""
+        t0 = time.perf_counter()
+        if not frames or frames[0].image is None:
+            return
+        ml = self.mesh_lo
+        rng = np.random.default_rng(self.seed + 1)
+        sel = rng.choice(len(ml.vertices), min(n_vert, len(ml.vertices)), replace=False)
+        data = []
+        with torch.no_grad():
+            zg = self.z_geo()
+            for f, st in zip(frames, states):
+                if f.image is None or f.labels is None:
+                    continue
+                x, _ = tmesh.warp_fast(self.model, torch.as_tensor(ml.vertices), zg, self.codes.z_exp(st.p_ex[None]))
+                R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
+                vc = (METRES_PER_UNIT * x.numpy()) @ R.T + st.trans.numpy()
+                nrm = raster.vertex_normals(vc, ml.faces)
+                frag = raster.rasterize(vc, ml.faces, self.Knp, self.H, self.W)
+                uv = vc[:, :2] / vc[:, 2:3] * [self.Knp[0, 0], self.Knp[1, 1]] + self.Knp[:2, 2]
+                px = np.clip(np.floor(uv).astype(int), 0, [self.W - 1, self.H - 1])
+                dz = frag.depth[px[:, 1], px[:, 0]]
+                vis = (np.abs(vc[:, 2] - dz) < 0.004) & ((nrm * vc).sum(1) < 0)
+                vis &= f.labels[px[:, 1], px[:, 0]] == M.FACE
+                s = sel[vis[sel]]
+                if len(s) < 20:
+                    continue
+                col = f.image[px[s, 1], px[s, 0]].astype(np.float32) / 127.5 - 1
+                data.append((s, torch.as_tensor(nrm[s], dtype=torch.float32), torch.as_tensor(col)))
+        if not data:
+            return
+        allv = np.unique(np.concatenate([d[0] for d in data]))
+        vt = torch.as_tensor(ml.vertices[allv])[None]
+        pos = {v: i for i, v in enumerate(allv)}
+        p_app = self.p_app.clone().requires_grad_(True)
+        sh = self.sh.clone().requires_grad_(True)
+        cA = self.cA.clone().requires_grad_(True)
+        cb = self.cb.clone().requires_grad_(True)
+        opt = torch.optim.Adam([{"params": [p_app], "lr": 0.05}, {"params": [sh], "lr": 0.05},
+                                {"params": [cA, cb], "lr": 5e-3}])
+        rows = [torch.as_tensor([pos[v] for v in d[0]]) for d in data]
+        zg = self.z_geo().detach()
+        ze = torch.zeros(1, self.model.cfg.dim_exp)
+        for it in range(iters):
+            opt.zero_grad(set_to_none=True)
+            alb = self.model(vt, zg, self.codes.z_app(p_app), ze, neutral=True, with_color=True).color[0]
+            loss = 0
+            for (s, n, c), r in zip(data, rows):
+                pred = renderer.shade(alb[r], n, sh) @ cA.T + cb
+                loss = loss + (pred - c).abs().mean()
+            loss = loss / len(data) + 0.01 * self.codes.identity_prior(self.p_geo, p_app) \
+                + 0.1 * ((cA - torch.eye(3)) ** 2).sum() + 0.1 * (cb ** 2).sum()
+            loss.backward()
+            opt.step()
+            self.codes.project_identity_(self.p_geo, p_app)
+        self.p_app, self.sh, self.cA, self.cb = p_app.detach(), sh.detach(), cA.detach(), cb.detach()
+        self.timer.add("appearance", time.perf_counter() - t0)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # stage 1b: one frame
+    # ---------------------------------------------------------------------------------------------------------
+    def fit_frame(self, obs: FrameObs, init: FrameState, prev_obs: Optional[FrameObs] = None) -> FrameState:
+        pr = self.preset
+        t0 = time.perf_counter()
+        zg = self.z_geo().detach()
+        za = self.z_app().detach()
+        # re-initialise the pose by PnP when the warm start is far off (cuts, fast motion)
+        st = init.clone()
+        lms = torch.as_tensor(obs.landmarks[self.lm_idx.numpy()], dtype=torch.float32)[None]
+        sizes = torch.as_tensor([obs.face_size], dtype=torch.float32)
+        with torch.no_grad():
+            _, uv, _ = self.landmark_term(zg, st.p_ex[None], st.omega[None], st.trans[None], lms, sizes,
+                                          key="frame")
+            err = float((uv - lms).norm(dim=-1).mean()) / max(obs.face_size, 1.0)
+        if err > 0.08:
+            st = self.pnp_init(obs, st)
+        motion = 1.0
+        if prev_obs is not None and prev_obs.found:
+            d = obs.landmarks[self.lm_idx.numpy()] - prev_obs.landmarks[self.lm_idx.numpy()]
+            motion = float(np.linalg.norm(d, axis=1).mean()) / max(obs.face_size, 1.0)
+        n_it = pr.still_iters if motion < pr.still_motion else pr.frame_iters
+        p_ex = st.p_ex.clone()[None].requires_grad_(True)
+        om = st.omega.clone()[None].requires_grad_(True)
+        tr = st.trans.clone()[None].requires_grad_(True)
+        prev_ex = init.p_ex[None]
+        opt = torch.optim.Adam([{"params": [p_ex], "lr": pr.lr_exp}, {"params": [om], "lr": pr.lr_rot},
+                                {"params": [tr], "lr": pr.lr_trans}])
+        rng = np.random.default_rng(self.seed * 100003 + obs.index)
+        cache: dict = {}
+        for it in range(n_it):
+            opt.zero_grad(set_to_none=True)
+            loss_lm, _, _ = self.landmark_term(zg, p_ex, om, tr, lms, sizes, key="frame")
+            loss = pr.w_lm * loss_lm + pr.w_exp_prior * self.codes.expression_prior(p_ex) \
+                + pr.w_temporal * ((p_ex - prev_ex) ** 2).sum()
+            if pr.rays and obs.labels is not None and it % pr.ray_every == 0:
+                ml, rl, _ = self.ray_terms(zg, za, p_ex[0], om[0], tr[0], obs, pr.rays, rng, pr.inv_s,
+                                           with_color=obs.image is not None)
+                loss = loss + pr.w_mask * ml + pr.w_rgb * rl
+            elif not pr.rays and self.mesh_lo is not None and obs.labels is not None and it >= n_it // 3:
+                if it % 4 == 0:
+                    cache.pop("ol", None)
+                loss = loss + pr.w_sil * self._outline_term(zg, p_ex[0], om[0], tr[0], obs, cache=cache)
+            loss.backward()
+            opt.step()
+            self.codes.project_expression_(p_ex)
+        self.timer.add("frame_fit", time.perf_counter() - t0)
+        out = FrameState(p_ex[0].detach().clone(), om[0].detach().clone(), tr[0].detach().clone())
+        out.iterations = n_it  # type: ignore[attr-defined]
+        return out
+
+    # ---------------------------------------------------------------------------------------------------------
+    # outputs and metrics
+    # ---------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def frame_result(self, obs: FrameObs, st: FrameState, x_init: Optional[np.ndarray] = None,
+                     metrics: bool = True) -> FrameResult:
+        t0 = time.perf_counter()
+        zg = self.z_geo()
+        ze = self.codes.z_exp(st.p_ex[None])
+        v = torch.as_tensor(self.mesh.vertices)
+        x, _ = tmesh.warp_fast(self.model, v, zg, ze, x_init=None if x_init is None else torch.as_tensor(x_init))
+        verts = x.numpy()
+        lm_err = float("nan")
+        if obs.found:
+            lms = torch.as_tensor(obs.landmarks[self.lm_idx.numpy()], dtype=torch.float32)[None]
+            _, uv, conv = self.landmark_term(zg, st.p_ex[None], st.omega[None], st.trans[None], lms,
+                                             torch.tensor([max(obs.face_size, 1.0)]))
+            e = (uv - lms).norm(dim=-1)[conv]
+            lm_err = float(e.mean()) if e.numel() else float("nan")
+        iou, photo = None, None
+        if obs.labels is not None and metrics:
+            R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
+            vc = (METRES_PER_UNIT * verts.astype(np.float64)) @ R.T + st.trans.numpy()
+            iou, frag = tmesh.coverage_iou(vc, self.mesh.faces, self.Knp, obs.labels)
+            if obs.image is not None and self.albedo is not None:
+                photo = self._photometric_error(obs, frag, vc, R)
+        self.timer.add("outputs", time.perf_counter() - t0)
+        return FrameResult(obs.index, st, verts, lm_err, photo, iou, getattr(st, "iterations", 0))
+
+    def _photometric_error(self, obs: FrameObs, frag, vc: np.ndarray, R: np.ndarray) -> Optional[float]:
+        """Mean absolute colour error (0..1 units) on face pixels of the SH-shaded albedo mesh render."""
+        m = frag.mask & (obs.labels == M.FACE)
+        if m.sum() < 10:
+            return None
+        nrm = raster.vertex_normals(vc, self.mesh.faces)
+        n = raster.interpolate(frag, self.mesh.faces, nrm)[m]
+        n /= np.clip(np.linalg.norm(n, axis=-1, keepdims=True), 1e-9, None)
+        alb = raster.interpolate(frag, self.mesh.faces, self.albedo.astype(np.float32) / 127.5 - 1)[m]
+        # albedo already includes the colour affine: shade then compare
+        S = (renderer.sh_basis(torch.as_tensor(n)) @ self.sh).numpy()
+        pred = np.clip((S * (alb + 1) / 2), 0, 1)
+        img = obs.image[m].astype(np.float32) / 255.0
+        return float(np.abs(pred - img).mean())
+
+    # ---------------------------------------------------------------------------------------------------------
+    # stage 2: joint refinement with temporal smoothness
+    # ---------------------------------------------------------------------------------------------------------
+    def refine_all(self, obs: Sequence[FrameObs], states: List[FrameState]) -> List[FrameState]:
+        """Jointly refine expression and pose of all tracked frames (landmarks + temporal smoothness)."""
+        pr = self.preset
+        t0 = time.perf_counter()
+        T = len(states)
+        if T < 2 or pr.stage2_epochs <= 0:
+            return states
+        p_ex = torch.stack([s.p_ex for s in states]).clone().requires_grad_(True)
+        om = torch.stack([s.omega for s in states]).clone().requires_grad_(True)
+        tr = torch.stack([s.trans for s in states]).clone().requires_grad_(True)
+        lms = torch.as_tensor(np.stack([o.landmarks[self.lm_idx.numpy()] for o in obs]), dtype=torch.float32)
+        sizes = torch.as_tensor([o.face_size for o in obs], dtype=torch.float32)
+        times = torch.as_tensor([o.time for o in obs], dtype=torch.float64)
+        dt = (times[1:] - times[:-1]).clamp_min(1e-3)
+        # smoothness weights: neighbours far apart in time (strides, gaps) are coupled less
+        med = float(dt.median())
+        wt = (med / dt).clamp(max=1.0).float()
+        opt = torch.optim.Adam([{"params": [p_ex], "lr": pr.lr_exp * 0.3}, {"params": [om], "lr": pr.lr_rot * 0.3},
+                                {"params": [tr], "lr": pr.lr_trans * 0.3}])
+        zg = self.z_geo().detach()
+        Bsz = pr.stage2_batch
+        starts = list(range(0, T, Bsz))
+        n_steps = pr.stage2_epochs * len(starts)
+        step = 0
+        for ep in range(pr.stage2_epochs):
+            for s0 in starts:
+                s1 = min(T, s0 + Bsz)
+                a, b = max(0, s0 - 1), min(T, s1 + 1)        # include neighbours for the smoothness terms
+                opt.zero_grad(set_to_none=True)
+                loss_lm, _, _ = self.landmark_term(zg, p_ex[s0:s1], om[s0:s1], tr[s0:s1], lms[s0:s1],
+                                                   sizes[s0:s1], key=f"s2_{s0}")
+                e, o, t = p_ex[a:b], om[a:b], tr[a:b]
+                w = wt[a:b - 1]
+                sm_e = (w * ((e[1:] - e[:-1]) ** 2).sum(-1)).mean()
+                sm_p = (w * (((o[1:] - o[:-1]) ** 2).sum(-1) + 100 * ((t[1:] - t[:-1]) ** 2).sum(-1))).mean()
+                loss = pr.w_lm * loss_lm + pr.w_exp_prior * self.codes.expression_prior(p_ex[s0:s1]) \
+                    + pr.w_smooth_exp * sm_e + pr.w_smooth_pose * sm_p
+                loss.backward()
+                opt.step()
+                self.codes.project_expression_(p_ex)
+                step += 1
+                self.progress("refine", step, n_steps, None, f"loss {float(loss.detach()):.3f}")
+        for k in list(self._posed_cache):
+            if k.startswith("s2_"):
+                del self._posed_cache[k]
+        self.timer.add("stage2", time.perf_counter() - t0)
+        return [FrameState(p_ex[i].detach().clone(), om[i].detach().clone(), tr[i].detach().clone())
+                for i in range(T)]
+
+
+def interpolate_state(t: float, a: tuple, b: Optional[tuple]) -> FrameState:
+    """Fill a frame without a face from its tracked neighbours ((time, FrameState) pairs); b may be None."""
+    ta, sa = a
+    if b is None:
+        return sa.clone()
+    tb, sb = b
+    w = 0.0 if tb == ta else float(np.clip((t - ta) / (tb - ta), 0, 1))
+    return FrameState((1 - w) * sa.p_ex + w * sb.p_ex, (1 - w) * sa.omega + w * sb.omega,
+                      (1 - w) * sa.trans + w * sb.trans)

@@ -1,0 +1,151 @@
+"""End-to-end tracking with a tiny model on a short synthetic clip; resume; bad inputs leave no broken package."""
+import argparse
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from backend.result_format import ResultPackage
+
+TINY = dict(id_frames=2, id_iters=6, frame_iters=3, still_iters=2, stage2_epochs=1, mesh_res=24, sil_res=16,
+            outline_points=50)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from backend import landmark_tables as lt
+    from backend.model import save_model
+    from backend.training.modelwrap import build_model, model_config
+    torch.manual_seed(0)
+    m = build_model(model_config("tiny"), torch.as_tensor(lt.ict_anchor_positions(), dtype=torch.float32))
+    d = tmp_path_factory.mktemp("tiny_model")
+    save_model(d, m, extra={"name": "tiny"})
+    return d
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """6 frames of the astronaut photo, panned and zoomed (a real face that MediaPipe finds)."""
+    import av
+    from skimage import data
+    img = data.astronaut()[:320, 80:400]
+    d = tmp_path_factory.mktemp("clip")
+    p = d / "clip.mkv"
+    import cv2
+    with av.open(str(p), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.width, s.height, s.pix_fmt = 160, 160, "yuv420p"
+        for i in range(6):
+            sc = 1.0 + 0.03 * i
+            M = np.float32([[sc * 0.5, 0, -4 + 2 * i], [0, sc * 0.5, -2]])
+            f = cv2.warpAffine(img, M, (160, 160), borderMode=cv2.BORDER_REFLECT)
+            for pk in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    return p
+
+
+def _args(inp, out, model, **kw):
+    a = argparse.Namespace(input=str(inp), out=str(out), frames=None, max_size=160, fx=None, fy=None, cx=None,
+                           cy=None, fov=None, preset="draft", output="both", model=str(model),
+                           official_checkpoint=None, checkpoint_epoch=None, mean_anchors=None, device="cpu",
+                           threads=1, overwrite=False, detector="mediapipe", seed=0, preset_overrides=dict(TINY))
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+def test_end_to_end_and_resume(tmp_path, tiny_model, clip):
+    from backend.tracking import run_track
+    out = tmp_path / "res"
+    path = run_track(_args(clip, out, tiny_model), None)
+    pkg = ResultPackage(path)
+    assert pkg.manifest["state"] == "complete"
+    assert [f["index"] for f in pkg.frames] == list(range(6))
+    assert all(f["status"] == "tracked" for f in pkg.frames)
+    arr = pkg.frame_arrays()
+    assert arr["vertices"].shape[1] == pkg.canonical_mesh().vertices.shape[0]
+    assert np.isfinite(arr["vertices"]).all() and np.isfinite(arr["translation"]).all()
+    assert all(f["landmark_error_px"] is not None and np.isfinite(f["landmark_error_px"]) for f in pkg.frames)
+    assert all(f["mask_iou"] is not None for f in pkg.frames)
+    assert np.allclose(np.linalg.det(arr["rotation"]), 1, atol=1e-4)
+    assert arr["translation"][:, 2].min() > 0                          # head in front of the camera
+    assert pkg.usd_path is not None
+
+
+class _CancelAt:
+    """Events stand-in that cancels the run when tracking reaches frame ``k`` (like SIGTERM from the add-on)."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def progress(self, stage, done, total, frame=None, message=""):
+        from backend.protocol import Cancelled
+        if stage == "tracking" and done >= self.k:
+            raise Cancelled("cancelled")
+
+    def warning(self, *a, **k):
+        pass
+
+
+def test_resume_after_interruption_gives_same_result(tmp_path, tiny_model, clip, monkeypatch):
+    from backend.protocol import Cancelled
+    from backend.tracking import run as run_mod
+    from backend.tracking import run_track
+    monkeypatch.setattr(run_mod, "CHUNK", 2)
+    full = ResultPackage(run_track(_args(clip, tmp_path / "full", tiny_model), None)).frame_arrays()
+    out = tmp_path / "cut"
+    with pytest.raises(Cancelled):
+        run_track(_args(clip, out, tiny_model), _CancelAt(5))
+    cut = ResultPackage(out)
+    assert cut.manifest["state"] == "cancelled" and [f["index"] for f in cut.frames] == [0, 1, 2, 3]
+    run_track(_args(clip, out, tiny_model), None)
+    pkg = ResultPackage(out)
+    assert pkg.manifest["state"] == "complete" and len(pkg.frames) == 6
+    res = pkg.frame_arrays()
+    assert np.allclose(res["vertices"], full["vertices"], atol=1e-4)
+    assert np.allclose(res["translation"], full["translation"], atol=1e-5)
+    assert np.allclose(res["z_exp"], full["z_exp"], atol=1e-5)
+
+
+def test_overwrite_range_keeps_identity(tmp_path, tiny_model, clip):
+    from backend.tracking import run_track
+    out = tmp_path / "res"
+    run_track(_args(clip, out, tiny_model, frames="0:4"), None)
+    ident = ResultPackage(out).identity()
+    run_track(_args(clip, out, tiny_model, frames="1:3", overwrite=True), None)
+    pkg = ResultPackage(out)
+    assert np.array_equal(pkg.identity()["z_geo"], ident["z_geo"])
+    assert [f["index"] for f in pkg.frames] == [0, 1, 2, 3]
+
+
+def test_no_face_clip_leaves_nothing(tmp_path, tiny_model):
+    import av
+    from backend.tracking import run_track
+    from backend.tracking.errors import NoFaceError
+    p = tmp_path / "blank.mkv"
+    with av.open(str(p), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.width, s.height = 64, 48
+        for i in range(3):
+            for pk in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    out = tmp_path / "res"
+    with pytest.raises(NoFaceError):
+        run_track(_args(p, out, tiny_model), None)
+    assert not out.exists()
+
+
+def test_cli_bad_input_exit_code(tmp_path):
+    from backend.cli import main
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    out = tmp_path / "res"
+    assert main(["track", str(bad), "--out", str(out)]) == 2
+    assert not out.exists()

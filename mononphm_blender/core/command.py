@@ -121,7 +121,7 @@ def setup_steps(base_python: str, env_dir: str | os.PathLike, requirements: str 
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
     if wheel_dir:
         pip += ["--no-index", "--find-links", str(wheel_dir)]
-    elif cpu_torch:
+    elif cpu_torch and sys.platform != "darwin":  # macOS wheels on the index are already CPU/MPS builds
         torch_line = _requirement_line(requirements, "torch")
         if torch_line:
             steps.append(("Install CPU torch", pip + [torch_line, "--index-url", TORCH_CPU_INDEX]))

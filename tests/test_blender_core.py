@@ -1,0 +1,61 @@
+"""bpy-free numeric helpers of the add-on (mononphm_blender.core.layout)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bpy")  # importing the add-on package imports bpy
+
+from backend import conventions as cv  # noqa: E402
+from mononphm_blender.core import layout  # noqa: E402
+
+
+def test_pile_keyframes_sum_to_one_between_tracked_frames():
+    frames = np.array([1, 3, 5, 9])
+    piles = layout.pile_keyframes(frames)
+    assert piles[0].tolist() == [[1, 1], [3, 0]]
+    assert piles[1].tolist() == [[1, 0], [3, 1], [5, 0]]
+    assert piles[-1].tolist() == [[5, 0], [9, 1]]
+    for t in np.linspace(1, 9, 33):
+        total = sum(np.interp(t, p[:, 0], p[:, 1]) for p in piles)
+        assert total == pytest.approx(1.0)
+
+
+def test_decompose_and_euler_round_trip():
+    rng = np.random.default_rng(1)
+    angles = rng.uniform(-1.0, 1.0, size=(20, 3))
+    rot = layout.euler_xyz_to_matrix(angles)
+    scale = rng.uniform(0.5, 2.0, size=20)
+    t = rng.normal(size=(20, 3))
+    m = cv.similarity_matrices(scale, rot, t)
+    loc, r, s = layout.decompose_similarity(m)
+    assert np.allclose(loc, t) and np.allclose(s, scale[:, None]) and np.allclose(r, rot)
+    assert np.allclose(layout.euler_xyz_to_matrix(layout.rotations_to_euler_xyz(r)), rot, atol=1e-9)
+
+
+def test_euler_is_unwrapped_over_time():
+    yaw = np.linspace(0, 4 * np.pi, 50)
+    rot = layout.euler_xyz_to_matrix(np.stack([np.zeros(50), np.zeros(50), yaw], 1))
+    eul = layout.rotations_to_euler_xyz(rot)
+    assert np.abs(np.diff(eul[:, 2])).max() < 0.5  # no 2π jumps
+
+
+def test_keyframe_co_drops_nan_and_bad_frames():
+    co = layout.keyframe_co([1, 2, 3], [0.5, np.nan, 2.0])
+    assert co.tolist() == [[1, 0.5], [3, 2.0]] and co.dtype == np.float32
+    assert layout.bad_frames([1, 2, 3, 4], [1.0, 9.0, np.nan, 5.0], 4.0) == [(2, 9.0), (4, 5.0)]
+
+
+def test_fps_and_colour_helpers():
+    assert layout.fps_and_base(25.0) == (25, 1.0)
+    whole, base = layout.fps_and_base(29.97)
+    assert whole == 30 and whole / base == pytest.approx(29.97)
+    with pytest.raises(ValueError):
+        layout.fps_and_base(0)
+    assert layout.srgb_to_linear(np.array([0.0, 1.0])).tolist() == [0.0, 1.0]
+
+
+def test_to_blender_matches_conventions():
+    from mononphm_blender.importer import to_blender
+
+    pts = np.random.default_rng(2).normal(size=(7, 11, 3)).astype(np.float32)
+    assert np.allclose(to_blender(pts), cv.model_to_blender_points(pts), atol=1e-6)

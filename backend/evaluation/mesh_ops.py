@@ -119,16 +119,19 @@ class ClosestPoints:
 class MeshQuery:
     """Exact closest-point queries on a triangle mesh.
 
-    A KD-tree over triangle centroids proposes ``k`` candidates per query point; the exact point-triangle
-    distance is evaluated on all of them. The answer is provably exact when the best distance ``d`` satisfies
-    ``d <= d_k - r_max`` (``d_k``: distance to the k-th nearest centroid, ``r_max``: the largest centroid-to-vertex
-    radius); points that fail the test are re-queried with 4× more candidates (up to all triangles).
+    Each triangle is represented in a KD-tree by proxy points: the centroids of its n×n regular subdivision, with
+    n chosen per triangle so that every sub-triangle's radius (centroid-to-corner) is at most about the median
+    triangle radius (``cover``). The ``k`` nearest proxies give candidate triangles, on which the exact
+    point-triangle distance is evaluated. The answer is provably exact when the best distance ``d`` satisfies
+    ``d <= d_k - cover`` (``d_k``: distance to the k-th nearest proxy); points failing the test are re-queried with
+    4× more candidates (up to all proxies).
     """
 
     vertices: np.ndarray
     triangles: np.ndarray
     k: int = 16
     _tree: cKDTree = field(init=False, repr=False)
+    _owner: np.ndarray = field(init=False, repr=False)
     _radius: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -136,12 +139,33 @@ class MeshQuery:
         self.triangles = np.asarray(self.triangles, np.int64)
         corners = self.vertices[self.triangles]  # (F, 3, 3)
         centroids = corners.mean(1)
-        self._tree = cKDTree(centroids)
-        self._radius = float(np.linalg.norm(corners - centroids[:, None], axis=-1).max()) if len(corners) else 0.0
+        rad = np.linalg.norm(corners - centroids[:, None], axis=-1).max(1) if len(corners) else np.zeros(0)
+        target = max(float(np.median(rad)) if rad.size else 0.0, 1e-12)
+        n_sub = np.clip(np.ceil(rad / target), 1, 64).astype(np.int64)
+        proxies, owner = [centroids[n_sub == 1]], [np.flatnonzero(n_sub == 1)]
+        cover = float(rad[n_sub == 1].max()) if (n_sub == 1).any() else 0.0
+        for n in np.unique(n_sub[n_sub > 1]):
+            ids = np.flatnonzero(n_sub == n)
+            # centroids of the n*n sub-triangles in barycentric coordinates
+            i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+            up = (i + j) <= n - 1  # upward sub-triangles (i, j), (i+1, j), (i, j+1)
+            dn = (i + j) <= n - 2  # downward sub-triangles (i+1, j), (i, j+1), (i+1, j+1)
+            b_up = np.stack([i[up] + 1 / 3, j[up] + 1 / 3], 1) / n
+            b_dn = np.stack([i[dn] + 2 / 3, j[dn] + 2 / 3], 1) / n
+            b = np.concatenate([b_up, b_dn])  # (n*n, 2): weights of corners 1 and 2
+            c = corners[ids]
+            pts = c[:, None, 0] + b[None, :, :1] * (c[:, None, 1] - c[:, None, 0]) \
+                + b[None, :, 1:] * (c[:, None, 2] - c[:, None, 0])
+            proxies.append(pts.reshape(-1, 3))
+            owner.append(np.repeat(ids, len(b)))
+            cover = max(cover, float((rad[ids] / n).max()))
+        self._tree = cKDTree(np.concatenate(proxies))
+        self._owner = np.concatenate(owner)
+        self._radius = cover
 
     def closest(self, points: np.ndarray, chunk: int = 8192) -> ClosestPoints:
         p = np.asarray(points, np.float64).reshape(-1, 3)
-        n_tri = len(self.triangles)
+        n_tri = len(self._owner)  # proxies
         q = np.empty_like(p)
         tri = np.empty(len(p), np.int64)
         dist = np.full(len(p), np.inf)
@@ -153,7 +177,7 @@ class MeshQuery:
             for s in range(0, todo.size, step):
                 idx = todo[s:s + step]
                 dk, cand = self._tree.query(p[idx], k=k)
-                dk, cand = dk.reshape(len(idx), k), cand.reshape(len(idx), k)
+                dk, cand = dk.reshape(len(idx), k), self._owner[cand.reshape(len(idx), k)]
                 corners = self.vertices[self.triangles[cand]]  # (n, k, 3, 3)
                 qq = closest_points_on_triangles(p[idx, None], corners[:, :, 0], corners[:, :, 1], corners[:, :, 2])
                 d = np.linalg.norm(qq - p[idx, None], axis=-1)  # (n, k)

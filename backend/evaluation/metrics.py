@@ -126,10 +126,41 @@ def similarity_icp(pred_vertices: np.ndarray, pred_normals: np.ndarray, gt_point
         loss.backward()
         opt.step()
         sched.step()
-        loss_val, inlier = float(loss), float(ok.double().mean())
+        loss_val, inlier = float(loss.detach()), float(ok.double().mean())
     with torch.no_grad():
         sim = Similarity(float(scale), euler_xyz_matrix(angles).numpy(), trans.numpy().copy(), centre)
     return sim, {"loss": loss_val, "inlier_fraction": inlier, "scale": sim.scale}
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity dst ≈ s · R · src + t for corresponding points (N, 3); returns (s, R, t)."""
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    U, S, Wt = np.linalg.svd(b.T @ a)
+    D = np.eye(3)
+    D[2, 2] = np.sign(np.linalg.det(U @ Wt))
+    R = U @ D @ Wt
+    s = float((S * np.diag(D)).sum() / max((a ** 2).sum(), 1e-30))
+    return s, R, md - s * R @ ms
+
+
+def coarse_similarity(pred_vertices: np.ndarray, gt_points: np.ndarray, iterations: int = 30,
+                      keep: float = 0.7) -> Similarity:
+    """Trimmed point-to-point similarity ICP (Umeyama per iteration; each ground-truth point matched to its nearest
+    prediction vertex, the closest ``keep`` fraction of matches used). A pre-alignment for predictions without a
+    metric depth (the MediaPipe baseline) before the protocol's ``similarity_icp``, whose 1 cm rejection radius
+    assumes a roughly placed prediction."""
+    V = np.asarray(pred_vertices, np.float64)
+    P = np.asarray(gt_points, np.float64)
+    tree = cKDTree(V)
+    total = Similarity(1.0, np.eye(3), np.zeros(3), np.zeros(3))
+    for _ in range(iterations):
+        d, j = tree.query(total.inverse_apply(P))
+        sel = d <= np.quantile(d, keep)
+        s, R, t = umeyama(total.apply(V[j[sel]]), P[sel])
+        # compose: new(x) = s R total(x) + t, expressed with centre 0
+        total = Similarity(s * total.scale, R @ total.rotation, s * R @ total.translation + t, np.zeros(3))
+    return total
 
 
 @dataclass
@@ -167,15 +198,18 @@ def surface_metrics(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vertices
 
 
 def evaluate_prediction(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vertices: np.ndarray,
-                        pred_triangles: np.ndarray, align: bool = True,
+                        pred_triangles: np.ndarray, align: bool = True, coarse: bool = False,
                         settings: ICPSettings | None = None) -> SurfaceMetrics:
     """The full protocol for one frame: similarity ICP of the prediction onto the ground truth, then metrics.
 
     gt_points/gt_normals (N, 3) and pred_vertices (V, 3) in camera space (metres); pred_triangles (F, 3).
+    ``coarse`` runs ``coarse_similarity`` first (only for predictions without metric placement).
     """
     pv = np.asarray(pred_vertices, np.float64)
     pf = np.asarray(pred_triangles, np.int64)
     info: dict = {}
+    if coarse:
+        pv = coarse_similarity(pv, gt_points).apply(pv)
     if align:
         sim, info = similarity_icp(pv, vertex_normals(pv, pf), gt_points, gt_normals, settings)
         pv = sim.apply(pv)
@@ -191,5 +225,5 @@ def aggregate(rows: list[dict]) -> dict:
     return {k: float(np.nanmean([r.get(k, np.nan) for r in rows])) for k in METRIC_KEYS}
 
 
-__all__ = ["ICPSettings", "Similarity", "SurfaceMetrics", "similarity_icp", "surface_metrics",
+__all__ = ["ICPSettings", "Similarity", "SurfaceMetrics", "similarity_icp", "coarse_similarity", "umeyama", "surface_metrics",
            "evaluate_prediction", "aggregate", "euler_xyz_matrix", "RECALL_THRESHOLDS_MM", "METRIC_KEYS"]

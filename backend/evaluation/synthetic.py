@@ -29,7 +29,7 @@ from .. import conventions
 from ..training import data as ictdata
 
 EVAL_SEED_BASE = 7_300_000
-RENDER_VERSION = 1  # bump when the renderer or the clip recipe changes (invalidates caches)
+RENDER_VERSION = 2  # bump when the renderer or the clip recipe changes (invalidates caches)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "evaluation"
 
@@ -145,14 +145,20 @@ def clip_parameters(spec: ClipSpec) -> ClipParams:
 # Ground truth
 # ---------------------------------------------------------------------------------------------------------------
 def evaluation_triangles(ict: "ictdata.ICTModel") -> np.ndarray:
-    """(F,) bool over ``ict.faces``: the face region (ICT region 0) without ears and scalp, as the reference crop
-    keeps the face only (skin, brows, nose, lips; no hair, ears, neck; eyes and mouth interior are other ICT
-    regions already)."""
+    """(F,) bool over ``ict.faces``: the face region (ICT region 0) without ears, scalp and neck (below the jaw
+    line), as the reference crop keeps the face only (skin, brows, nose, lips; no hair, ears, neck; eyes and the
+    mouth interior are other ICT regions already)."""
     v = ict.neutral.astype(np.float64) * ictdata.CM_PER_UNIT - ictdata.CM_OFFSET  # cm, ICT frame
     c = v[ict.faces].mean(1)
     ear = (np.abs(c[:, 0]) > 6.5) & (c[:, 2] < 4.0)
     scalp = ict.semantic["scalp"][ict.faces].mean(1) > 0.5
-    return ict.tri_is_face & ~ear & ~scalp
+    # neck: below the jaw line (iBUG-68 landmarks 0..16 of the mean head, y as a function of x)
+    jaw = v[ict.landmarks68[:17]]
+    order = np.argsort(jaw[:, 0])
+    jaw_y = np.interp(c[:, 0], jaw[order, 0], jaw[order, 1])
+    neck = (c[:, 1] < jaw_y) | (np.abs(c[:, 0]) > np.abs(jaw[:, 0]).max())
+    behind = c[:, 2] < 3.0  # stray region-0 patches behind the jaw and in the ear
+    return ict.tri_is_face & ~ear & ~scalp & ~neck & ~behind
 
 
 @dataclass
@@ -359,3 +365,30 @@ def render_clip(spec: ClipSpec, cache_dir: Path | None = None, ict: "ictdata.ICT
                 "intrinsics": gt.intrinsics.to_dict(), "eval_seed": EVAL_SEED_BASE + spec.index}
     meta_path.write_text(json.dumps(res.meta, indent=1))
     return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ground-truth face points (the analogue of the reference's cropped Kinect point cloud, 6.2/6.3)
+# ---------------------------------------------------------------------------------------------------------------
+def gt_face_points(gt: GroundTruth, frame: int, n_points: int = 8000, seed: int = 0,
+                   min_view_cos: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Visible face points of one frame: (n, 3) camera-space metres and (n, 3) unit normals (towards the camera).
+
+    Area-uniform samples on the evaluation triangles (``GroundTruth.eval_tri``), kept when the view-angle cosine
+    exceeds ``min_view_cos`` (reference 6.2 keeps cosine > 0.2) and the point is not occluded by the head itself
+    (splat z-buffer of the whole mesh at the clip's resolution). Normals are interpolated vertex normals.
+    """
+    from .mesh_ops import sample_surface, splat_visibility, vertex_normals
+
+    rng = np.random.default_rng(seed * 100_003 + frame)
+    v = gt.vertices_cam[frame].astype(np.float64)
+    f = gt.triangles.astype(np.int64)
+    vn = vertex_normals(v, f)
+    pts, tri, bary = sample_surface(v, f, 3 * n_points, rng, gt.eval_tri)
+    nrm = np.einsum("nk,nkc->nc", bary, vn[f[tri]])
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True) + 1e-12
+    view_cos = -np.einsum("ij,ij->i", nrm, pts / np.linalg.norm(pts, axis=1, keepdims=True))
+    keep = view_cos > min_view_cos
+    keep &= splat_visibility(pts, v, f, gt.K, gt.width, gt.height, rng)
+    idx = np.flatnonzero(keep)[:n_points]
+    return pts[idx], nrm[idx]

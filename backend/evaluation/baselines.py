@@ -1,0 +1,102 @@
+"""Baselines evaluated with the same protocol as the tracker.
+
+- ``mean_head_mesh``: the mean ICT-FaceKit head (identity and expression weights 0) placed at the **true** pose.
+  A tracker must beat it clearly: it has the right pose and an average face, nothing else.
+- ``MediaPipeBaseline``: MediaPipe face mesh (0.10.21, the legacy ``face_mesh`` solution whose model ships in the
+  wheel; refined landmarks) on the rendered frames. Its 468 mesh landmarks (pixel x, y and a relative depth z in
+  the same scale as x, origin at the head centre) are lifted to camera space with the intrinsics at the true
+  head-centre depth ``Z0`` (the pose translation's z): ``Z = Z0 + z · Z0 / fx``, ``X = (u − cx) · Z / fx``,
+  ``Y = (v − cy) · Z / fy``; the protocol's similarity ICP then fixes the remaining scale and offset. Triangles:
+  MediaPipe's canonical face-mesh topology, recovered from ``FACEMESH_TESSELATION`` (every 3-cycle of its edges),
+  each oriented towards the camera.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import conventions
+
+N_MESH_LANDMARKS = 468
+
+
+def mean_head_mesh(ict, scale: float, rotation: np.ndarray, translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ICT head at a pose: vertices (V, 3) camera metres and triangles (F, 3) (``ict.faces``)."""
+    model_m = conventions.nphm_to_metres(ict.neutral.astype(np.float64))
+    v = float(scale) * model_m @ np.asarray(rotation, np.float64).T + np.asarray(translation, np.float64)
+    return v, ict.faces.astype(np.int64)
+
+
+def mediapipe_triangles() -> np.ndarray:
+    """(F, 3) triangles of MediaPipe's 468-vertex canonical face mesh, from the tesselation edge list."""
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
+
+    e = np.array(sorted({tuple(sorted(x)) for x in FACEMESH_TESSELATION}), np.int64)  # (E, 2), a < b
+    adj = np.zeros((N_MESH_LANDMARKS, N_MESH_LANDMARKS), bool)
+    adj[e[:, 0], e[:, 1]] = adj[e[:, 1], e[:, 0]] = True
+    common = adj[e[:, 0]] & adj[e[:, 1]]  # (E, 468): vertices adjacent to both ends
+    ei, k = np.nonzero(common)
+    keep = k > e[ei, 1]  # count each triangle once (a < b < k)
+    return np.stack([e[ei[keep], 0], e[ei[keep], 1], k[keep]], 1)
+
+
+def orient_towards_camera(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Triangles (F, 3) re-wound so that their normals face the camera at the origin."""
+    v = np.asarray(vertices, np.float64)
+    f = np.asarray(triangles, np.int64).copy()
+    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    away = np.einsum("ij,ij->i", n, v[f].mean(1)) > 0
+    f[away] = f[away][:, [0, 2, 1]]
+    return f
+
+
+def lift_landmarks(landmarks_px: np.ndarray, intr: conventions.Intrinsics, depth_m: float) -> np.ndarray:
+    """(L, 3) MediaPipe landmarks (u px, v px, z px-scale relative depth) → (L, 3) camera metres at head depth."""
+    p = np.asarray(landmarks_px, np.float64)
+    z = depth_m + p[:, 2] * depth_m / intr.fx
+    return np.stack([(p[:, 0] - intr.cx) * z / intr.fx, (p[:, 1] - intr.cy) * z / intr.fy, z], 1)
+
+
+@dataclass
+class MediaPipeBaseline:
+    """MediaPipe face mesh over a frame sequence (video mode). ``detect`` returns (T, 478, 3) pixel landmarks
+    (u, v, z·width), NaN where no face was found."""
+
+    static_image_mode: bool = False
+
+    def detect(self, frames: list[np.ndarray]) -> np.ndarray:
+        from mediapipe.python.solutions import face_mesh
+
+        out = np.full((len(frames), 478, 3), np.nan)
+        with face_mesh.FaceMesh(static_image_mode=self.static_image_mode, max_num_faces=1, refine_landmarks=True,
+                                min_detection_confidence=0.5, min_tracking_confidence=0.5) as fm:
+            for i, img in enumerate(frames):
+                res = fm.process(np.ascontiguousarray(img))
+                if not res.multi_face_landmarks:
+                    continue
+                h, w = img.shape[:2]
+                lm = res.multi_face_landmarks[0].landmark
+                out[i] = np.array([(p.x, p.y, p.z) for p in lm]) * np.array([w, h, w])  # 478 protos per frame
+        return out
+
+    @staticmethod
+    def mesh(landmarks_px: np.ndarray, intr: conventions.Intrinsics, depth_m: float,
+             triangles: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Camera-space mesh (468, 3) metres + oriented triangles (F, 3) from one frame's landmarks."""
+        v = lift_landmarks(landmarks_px[:N_MESH_LANDMARKS], intr, depth_m)
+        f = mediapipe_triangles() if triangles is None else triangles
+        return v, orient_towards_camera(v, f)
+
+
+def read_video_frames(path, max_frames: int | None = None) -> list[np.ndarray]:
+    """Decode a video into (H, W, 3) uint8 RGB frames with PyAV."""
+    import av
+
+    frames = []
+    with av.open(str(path)) as c:
+        for fr in c.decode(video=0):
+            frames.append(fr.to_ndarray(format="rgb24"))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    return frames

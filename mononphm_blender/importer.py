@@ -56,6 +56,11 @@ class ImportResult:
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def head_object(self):
+        """The object carrying the head pose: the shape-key mesh, else the USD mesh sequence."""
+        return self.head if self.head is not None else self.usd_object
+
 
 # --- paths ------------------------------------------------------------------------------------------------------
 

@@ -271,3 +271,64 @@ def test_remove_backend_only_removes_managed_envs(scene, tmp_path, monkeypatch):
     assert bpy.ops.mononphm.remove_backend() == {"FINISHED"}
     prefs.STATE.removing.join(10)
     assert not env.exists()
+
+
+def test_check_backend_operator_runs_the_handshake(scene, fake_backend):
+    from mononphm_blender import job_control, prefs
+
+    assert bpy.ops.mononphm.check_backend() == {"FINISHED"}
+    _tick_until(lambda: prefs.STATE.checking is None, timeout=30)
+    assert prefs.STATE.info and prefs.STATE.info["protocol"] == 1, prefs.STATE.error
+    assert "Backend 0.0.0-fake" in prefs.status_text() or "Backend" in prefs.status_text()
+    assert job_control.tick() is None  # idle again
+
+
+def test_setup_backend_refuses_bad_input(scene, monkeypatch, tmp_path):
+    from mononphm_blender import prefs
+
+    defaults = prefs._Defaults()
+    monkeypatch.setattr(prefs, "get_prefs", lambda context=None: defaults)
+    with pytest.raises(RuntimeError, match="Python 3.11"):
+        bpy.ops.mononphm.setup_backend()
+    defaults.base_python = str(tmp_path / "nope")
+    with pytest.raises(RuntimeError, match="cannot run"):
+        bpy.ops.mononphm.setup_backend()
+    defaults.base_python = sys.executable
+    defaults.install_source = "OFFLINE"
+    with pytest.raises(RuntimeError, match="folder of wheels"):
+        bpy.ops.mononphm.setup_backend()
+
+
+def test_setup_backend_offline_from_a_wheel_folder(scene, monkeypatch, tmp_path):
+    """Offline set-up end to end with an empty requirements file (no downloads): venv, marker, pip, check."""
+    from mononphm_blender import contracts, job_control, prefs
+
+    defaults = prefs._Defaults()
+    defaults.base_python, defaults.install_source = sys.executable, "OFFLINE"
+    defaults.wheels_dir, defaults.env_dir, defaults.log_dir = str(tmp_path), str(tmp_path / "env"), str(tmp_path)
+    monkeypatch.setattr(prefs, "get_prefs", lambda context=None: defaults)
+    req = tmp_path / "requirements.txt"
+    req.write_text("# nothing to install\n")
+    monkeypatch.setattr(contracts, "requirements_file", lambda: req)
+    assert bpy.ops.mononphm.setup_backend() == {"FINISHED"}
+    job = prefs.STATE.setup_job
+    _tick_until(lambda: prefs.STATE.setup_job is None, timeout=240)
+    # the last step imports torch, which a bare venv lacks: the failure names the step and the log
+    assert "Check backend failed" in prefs.STATE.setup_message and str(job.log_path) in prefs.STATE.setup_message
+    from mononphm_blender.core import command
+
+    assert command.is_managed_env(tmp_path / "env") and command.venv_python(tmp_path / "env").is_file()
+    job_control.tick()
+
+
+def test_open_log_and_refresh_markers_operators(scene, tmp_path):
+    log = tmp_path / "backend.log"
+    log.write_text("line 1\nTraceback: boom\n")
+    scene.mononphm.job.log_path = str(log)
+    assert bpy.ops.mononphm.open_log() == {"FINISHED"}
+    assert "Traceback: boom" in bpy.data.texts[-1].as_string()
+    pkg = make_package(tmp_path / "p", frames=30, vertices=100)
+    assert bpy.ops.mononphm.import_result(directory=str(pkg)) == {"FINISHED"}
+    scene.mononphm["error_threshold"] = 0.5  # no update callback: the operator recomputes
+    assert bpy.ops.mononphm.refresh_markers() == {"FINISHED"}
+    assert len(scene.mononphm.bad_frames) == 30

@@ -79,8 +79,12 @@ def splat_points(points, normals, res=160, box=((-0.45, -0.75), (0.45, 0.5))):
     nbuf = np.zeros((ry, res, 3))
     order = np.argsort(points[ok, 2])
     ixs, iys, z, n = ix[ok][order], iy[ok][order], points[ok, 2][order], normals[ok][order]
-    zbuf[iys, ixs] = z  # last (front-most) wins
-    nbuf[iys, ixs] = n
+    for dy in (0, 1):  # 2x2 footprint closes the gaps between samples
+        for dx in (0, 1):
+            yy, xx = np.minimum(iys + dy, ry - 1), np.minimum(ixs + dx, res - 1)
+            front = z >= zbuf[yy, xx]
+            zbuf[yy[front], xx[front]] = z[front]
+            nbuf[yy[front], xx[front]] = n[front]
     return shade(nbuf, np.isfinite(zbuf))
 
 

@@ -199,8 +199,13 @@ def _maybe_live_import(context, scene, job) -> None:
     last_t, last_cost, last_n = _last_import.get(scene.name, (0.0, 0.0, 0))
     if now - last_t < max(LIVE_IMPORT_MIN_S, 5.0 * last_cost):
         return
-    n = _package_frames(s.job.out_path)
-    if n <= last_n:
+    try:
+        manifest = result_format.read_manifest(bpy.path.abspath(s.job.out_path))
+    except result_format.PackageError:
+        return  # nothing written yet
+    n = len(manifest["frames"])
+    ready = manifest.get("has_canonical_mesh") or manifest.get("usd")
+    if n <= last_n or not ready:
         return
     t0 = time.monotonic()
     if _do_import(context, scene, s.job.out_path):

@@ -332,3 +332,25 @@ def test_open_log_and_refresh_markers_operators(scene, tmp_path):
     scene.mononphm["error_threshold"] = 0.5  # no update callback: the operator recomputes
     assert bpy.ops.mononphm.refresh_markers() == {"FINISHED"}
     assert len(scene.mononphm.bad_frames) == 30
+
+
+def test_frames_appear_while_tracking(scene, tmp_path, fake_backend, monkeypatch):
+    from mononphm_blender import job_control
+
+    monkeypatch.setenv("FAKE_BACKEND_MODE", "slow")
+    monkeypatch.setenv("FAKE_FRAMES", "8")
+    monkeypatch.setattr(job_control, "LIVE_IMPORT_MIN_S", 0.05)
+    s = _configure(scene, tmp_path)
+    job_control.start_track(bpy.context)
+    partial = []
+
+    def check():
+        head = next((o for o in bpy.data.objects if o.get("mononphm_role") == "head"), None)
+        if head is not None and s.job.state == "RUNNING" and head.data.shape_keys:
+            partial.append(len(head.data.shape_keys.key_blocks) - 1)
+        return s.job.state != "RUNNING"
+
+    _tick_until(check, timeout=30)
+    assert s.job.state == "FINISHED"
+    assert partial and min(partial) < 8  # some frames were in the scene before tracking ended
+    assert s.job.imported_frames == 8

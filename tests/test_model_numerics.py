@@ -107,3 +107,30 @@ def test_root_finder_gradients_match_finite_differences():
             w.sub_(sgn * eps * d)
     fd = (vals[0] - vals[1]) / (2 * eps)
     assert torch.allclose(fd, (gw * d).sum(), rtol=1e-5, atol=1e-8)
+
+
+def test_grouped_and_blocked_layouts_agree_with_double_backward():
+    """float32 uses the segmented (grouped) matmul; it must match the blocked bmm path, 2nd-order included."""
+    from backend.model import ensemble
+
+    cfg = MonoNPHMConfig.builtin()
+    m = _model(cfg, seed=11, dtype=torch.float32)
+    zg, za, ze = (z.requires_grad_(True) for z in _codes(cfg, 2, dtype=torch.float32))
+    x = (torch.rand(2, 128, 3) - 0.5) * 1.2
+    res = []
+    for grouped in (True, False):
+        orig = ensemble.EdgeLayout.__init__
+
+        def init(self, et, T, dtype, block=None, g=None, _o=orig, _gr=grouped):
+            _o(self, et, T, dtype, block, _gr)
+
+        ensemble.EdgeLayout.__init__ = init
+        try:
+            o = m(x, zg, za, ze, with_gradient=True)
+            loss = o.sdf.square().sum() + o.color.square().sum() + (o.gradient.norm(dim=-1) - 1).square().sum()
+            gz = torch.autograd.grad(loss, [zg, za, ze, m.id_model.geo.weights[1]])
+        finally:
+            ensemble.EdgeLayout.__init__ = orig
+        res.append((o.sdf, o.color, o.gradient) + tuple(gz))
+    for a, b in zip(*res):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()

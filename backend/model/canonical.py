@@ -157,27 +157,25 @@ class CanonicalField(nn.Module):
             e_w = w.reshape(-1).index_select(0, flat)
             e_local = local.reshape(-1, local.shape[-1]).index_select(0, flat)
         e_b = e_pt // N
-        layout = make_layout(self.anchor_type.index_select(0, e_k), cfg.n_types)
-        code_row = layout.pack_index(e_b * A1 + e_k)                               # (rows,)
-
         dt = compute_dtype
+        layout = make_layout(self.anchor_type.index_select(0, e_k), cfg.n_types, dtype=dt or q.dtype)
+        code_row = layout.pack_index(e_b * A1 + e_k)                              # (R,)
+        pt_row = layout.pack_index(e_pt)                                          # (R,)
+        w_row = layout.pack(e_w.unsqueeze(1))                                     # (R, 1), 0 on padding rows
+
         g_geo, l_geo = self.split_code(z_geo, cfg.lat_dim_loc_geo)
         rows_geo = self._code_rows(self.geo, g_geo, l_geo, dt)                    # (B*(A+1), H)
         Gl = cfg.lat_dim_glob + cfg.lat_dim_loc_geo
-        # ---- geometry ensemble
-        h_local = layout.pack(e_local if dt is None else e_local.to(dt))          # (nb, blk, 5)
+        # ---- geometry ensemble (first layer: per-edge spatial columns + per-(batch, anchor) code rows)
+        h_local = layout.pack(e_local if dt is None else e_local.to(dt))          # (R, 3+nh)
         wd = self.geo.weights[0][:, :, Gl:]
-        if dt is not None:
-            wd = wd.to(dt)
-        z = torch.bmm(h_local, wd.index_select(0, layout.block_type).transpose(1, 2))
-        z = z + rows_geo.index_select(0, code_row).view_as(z)
+        z = layout.linear(h_local, wd if dt is None else wd.to(dt)) + rows_geo.index_select(0, code_row)
         beta = cfg.softplus_beta
         for l in range(1, self.geo.n_linear - 1):
-            z = self.geo.layer(l, softplus(z, beta), layout.block_type, dt)
+            z = self.geo.apply_hidden(l, z, layout, "softplus", beta, dt)
         feats = z                                                                  # pre-activation of last hidden
-        sdf_pad = self.geo.layer(self.geo.n_linear - 1, softplus(z, beta), layout.block_type, dt)
-        sdf_e = layout.unpack(sdf_pad).to(q.dtype)                                 # (E, 1)
-        sdf = q.new_zeros(B * N, 1).index_add(0, e_pt, sdf_e * e_w.unsqueeze(1)).view(B, N, 1)
+        sdf_rows = self.geo.apply_hidden(self.geo.n_linear - 1, z, layout, "softplus", beta, dt).to(q.dtype)
+        sdf = q.new_zeros(B * N, 1).index_add(0, pt_row, sdf_rows * w_row).view(B, N, 1)
 
         color = None
         if with_color:
@@ -187,18 +185,15 @@ class CanonicalField(nn.Module):
             b2w, b2b = self.bottleneck2.weight, self.bottleneck2.bias
             if dt is not None:
                 b1w, b1b, b2w, b2b = (t.to(dt) for t in (b1w, b1b, b2w, b2b))
-            m = F.linear(F.relu(F.linear(feats, b1w, b1b)), b2w, b2b)             # (nb, blk, 16)
+            m = F.linear(F.relu(F.linear(feats, b1w, b1b)), b2w, b2b)             # (R, 16)
             g_app, l_app = self.split_code(z_app, cfg.lat_dim_loc_app)
             rows_app = self._code_rows(self.app, g_app, l_app, dt)
             Ga = cfg.lat_dim_glob + cfg.lat_dim_loc_app
             wm = self.app.weights[0][:, :, Ga:]
-            if dt is not None:
-                wm = wm.to(dt)
-            c = torch.bmm(m, wm.index_select(0, layout.block_type).transpose(1, 2))
-            c = c + rows_app.index_select(0, code_row).view_as(c)
+            c = layout.linear(m, wm if dt is None else wm.to(dt)) + rows_app.index_select(0, code_row)
             for l in range(1, self.app.n_linear):
-                c = self.app.layer(l, F.relu(c), layout.block_type, dt)
-            col_e = layout.unpack(c).to(q.dtype)                                  # (E, 3)
-            color = q.new_zeros(B * N, 3).index_add(0, e_pt, col_e * e_w.unsqueeze(1)).view(B, N, 3)
+                c = self.app.apply_hidden(l, c, layout, "relu", beta, dt)
+            col_rows = c.to(q.dtype)                                               # (R, 3)
+            color = q.new_zeros(B * N, 3).index_add(0, pt_row, col_rows * w_row).view(B, N, 3)
 
         return CanonicalOutput(sdf=sdf, color=color, knn_idx=idx, kept_edges=int(e_pt.numel()), dropped_mass=dropped)

@@ -8,7 +8,6 @@ weights (n_blocks, in, out).  Padding rows are computed but never read back (the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
@@ -16,38 +15,165 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-@dataclass
-class EdgeLayout:
-    """Packing of E edges into `n_blocks` blocks of `block` rows, each block holding one type.
+def _pad_to(n: int, m: int = 8) -> int:
+    return (n + m - 1) // m * m
 
-    slot: (E,) long, padded row (in [0, n_blocks*block)) of every edge.
-    block_type: (n_blocks,) long, MLP type of every block.
+
+class _GMM(torch.autograd.Function):
+    """Segmented matmul y[g] = x[g] @ wt[g] over row groups (rows sorted by group, `offs` = group ends).
+
+    Wraps `torch._grouped_mm` (one kernel, no weight copies) with a backward written in terms of the same
+    functions, so it is differentiable to any order (needed for gradient losses: create_graph=True).
     """
 
-    slot: torch.Tensor
-    block_type: torch.Tensor
-    n_blocks: int
-    block: int
+    @staticmethod
+    def forward(ctx, x, wt, offs):  # x (E, K), wt (T, K, N) -> (E, N)
+        ctx.save_for_backward(x, wt)
+        ctx.offs = offs
+        return torch._grouped_mm(x, wt, offs=offs)
 
-    @property
-    def rows(self) -> int:
-        return self.n_blocks * self.block
+    @staticmethod
+    def backward(ctx, g):
+        x, wt = ctx.saved_tensors
+        g = g.contiguous()
+        gx = _GMM.apply(g, wt.transpose(1, 2), ctx.offs) if ctx.needs_input_grad[0] else None
+        gw = _GMMK.apply(x, g, ctx.offs) if ctx.needs_input_grad[1] else None
+        return gx, gw, None
+
+
+class _GMMK(torch.autograd.Function):
+    """Per-group outer products G[g] = x[g]^T y[g]: (E, K), (E, N) -> (T, K, N) (weight gradients)."""
+
+    @staticmethod
+    def forward(ctx, x, y, offs):
+        ctx.save_for_backward(x, y)
+        ctx.offs = offs
+        return torch._grouped_mm(x.t(), y, offs=offs)
+
+    @staticmethod
+    def backward(ctx, G):
+        x, y = ctx.saved_tensors
+        G = G.contiguous()
+        gx = _GMM.apply(y, G.transpose(1, 2), ctx.offs) if ctx.needs_input_grad[0] else None
+        gy = _GMM.apply(x, G, ctx.offs) if ctx.needs_input_grad[1] else None
+        return gx, gy, None
+
+
+class EdgeLayout:
+    """How E edges, each with an MLP type, are arranged into R packed rows for the typed matmuls.
+
+    Two strategies, same interface (rows are 2-D (R, C) tensors):
+      * `grouped` (float32 / bfloat16 / float16): edges sorted by type, R = E, one segmented matmul per layer
+        (`torch._grouped_mm`), no padding and no weight copies;
+      * `blocked` (any dtype, e.g. float64 for parity): type-homogeneous blocks of `block` rows, one `baddbmm`
+        per layer with per-block gathered weights; padding rows are computed but never read back.
+    """
+
+    def __init__(self, edge_type: torch.Tensor, n_types: int, dtype: torch.dtype, block: Optional[int] = None,
+                 grouped: Optional[bool] = None):
+        edge_type = edge_type.reshape(-1)
+        E = edge_type.numel()
+        dev = edge_type.device
+        if grouped is None:
+            grouped = dtype in (torch.float32, torch.bfloat16, torch.float16) and hasattr(torch, "_grouped_mm")
+        self.grouped = grouped
+        self.n_types = n_types
+        counts = torch.bincount(edge_type, minlength=n_types)
+        order = torch.argsort(edge_type, stable=True)
+        self.E = E
+        if grouped:
+            self.order = order
+            self.offs = torch.cumsum(counts, 0).to(torch.int32)
+            self.row_type = edge_type.index_select(0, order)
+            self.rows = E
+            return
+        if block is None:
+            block = choose_block(E, n_types)
+        nblk = (counts + block - 1) // block
+        blk_start = torch.cumsum(nblk, 0) - nblk
+        type_start = torch.cumsum(counts, 0) - counts
+        t_sorted = edge_type[order]
+        rank = torch.arange(E, device=dev) - type_start[t_sorted]
+        slot = torch.empty_like(edge_type)
+        slot[order] = blk_start[t_sorted] * block + rank
+        self.slot = slot
+        self.n_blocks = int(nblk.sum())
+        self.block = block
+        self.block_type = torch.repeat_interleave(torch.arange(n_types, device=dev), nblk)
+        self.rows = self.n_blocks * block
 
     def pack(self, values: torch.Tensor) -> torch.Tensor:
-        """(E, C) -> (n_blocks, block, C), zero padded (differentiable)."""
+        """(E, C) per-edge values -> (R, C) packed rows (differentiable; padding rows are 0)."""
+        if self.grouped:
+            return values.index_select(0, self.order)
         out = values.new_zeros(self.rows, values.shape[-1])
-        out = out.index_copy(0, self.slot, values)
-        return out.view(self.n_blocks, self.block, -1)
+        return out.index_copy(0, self.slot, values)
 
     def pack_index(self, idx: torch.Tensor, fill: int = 0) -> torch.Tensor:
-        """(E,) long -> (n_blocks*block,) long, padding rows get `fill`."""
+        """(E,) long -> (R,) long (padding rows get `fill`)."""
+        if self.grouped:
+            return idx.index_select(0, self.order)
         out = idx.new_full((self.rows,), fill)
         out[self.slot] = idx
         return out
 
-    def unpack(self, padded: torch.Tensor) -> torch.Tensor:
-        """(n_blocks, block, C) -> (E, C)."""
-        return padded.reshape(self.rows, -1).index_select(0, self.slot)
+    def unpack(self, rows: torch.Tensor) -> torch.Tensor:
+        """(R, C) -> (E, C) in the original edge order."""
+        if self.grouped:
+            out = rows.new_empty(self.E, rows.shape[-1])
+            return out.index_copy(0, self.order, rows)
+        return rows.index_select(0, self.slot)
+
+    def linear(self, h: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Typed linear layer on packed rows: h (R, in), w (T, out, in), b (T, out) -> (R, out)."""
+        out_dim, in_dim = w.shape[1], w.shape[2]
+        if self.grouped:
+            # _grouped_mm needs 16-byte aligned strides: zero-pad odd sizes (e.g. 5 inputs, 1 or 3 outputs).
+            pi, po = _pad_to(in_dim) - in_dim, _pad_to(out_dim) - out_dim
+            if pi or po:
+                w = F.pad(w, (0, pi, 0, po))
+            if pi:
+                h = F.pad(h, (0, pi))
+            y = _GMM.apply(h.contiguous(), w.transpose(1, 2), self.offs)
+            if po:
+                y = y[:, :out_dim]
+            if b is not None:
+                y = y + b.index_select(0, self.row_type)
+            return y
+        nb, blk = self.n_blocks, self.block
+        wb = w.index_select(0, self.block_type).transpose(1, 2)  # (nb, in, out)
+        h3 = h.reshape(nb, blk, in_dim)
+        if b is None:
+            y = torch.bmm(h3, wb)
+        else:
+            y = torch.baddbmm(b.index_select(0, self.block_type).unsqueeze(1), h3, wb)
+        return y.reshape(nb * blk, out_dim)
+
+
+    def act_linear(self, z: torch.Tensor, act: str, w_aug: Optional[torch.Tensor], w: torch.Tensor,
+                   b: torch.Tensor, beta: float = 100.0) -> torch.Tensor:
+        """Typed layer applied to act(z): rows (R, in) -> (R, out), bias fused where possible.
+
+        Grouped layouts fold the bias into the segmented matmul through a constant-one input column
+        (`w_aug` = [w | b | 0], see `TypedLinearStack.augmented`), which saves the per-row bias gather and add;
+        without autograd the activation is written straight into that padded buffer.
+        """
+        out_dim, in_dim = w.shape[1], w.shape[2]
+        if not self.grouped:
+            a = softplus(z, beta) if act == "softplus" else F.relu(z)
+            return self.linear(a, w, b)
+        if torch.is_grad_enabled() and z.requires_grad:
+            a = softplus(z, beta) if act == "softplus" else F.relu(z)
+            a = F.pad(a, (0, w_aug.shape[2] - in_dim), value=1.0)
+        else:
+            a = z.new_empty(z.shape[0], w_aug.shape[2])
+            a[:, in_dim:] = 1.0
+            if act == "softplus":
+                torch._C._nn.softplus(z, beta, 20.0, out=a[:, :in_dim])
+            else:
+                torch.clamp_min(z, 0.0, out=a[:, :in_dim])
+        y = _GMM.apply(a, w_aug.transpose(1, 2), self.offs)
+        return y[:, :out_dim] if y.shape[1] != out_dim else y
 
 
 def choose_block(n_edges: int, n_types: int) -> int:
@@ -57,24 +183,9 @@ def choose_block(n_edges: int, n_types: int) -> int:
     return int(min(b, 256))
 
 
-def make_layout(edge_type: torch.Tensor, n_types: int, block: Optional[int] = None) -> EdgeLayout:
-    """Sort edges by type and assign padded rows. Fully vectorised; one host sync for the block count."""
-    E = edge_type.numel()
-    if block is None:
-        block = choose_block(E, n_types)
-    edge_type = edge_type.reshape(-1)
-    counts = torch.bincount(edge_type, minlength=n_types)
-    nblk = (counts + block - 1) // block
-    blk_start = torch.cumsum(nblk, 0) - nblk
-    type_start = torch.cumsum(counts, 0) - counts
-    order = torch.argsort(edge_type, stable=True)
-    t_sorted = edge_type[order]
-    rank = torch.arange(E, device=edge_type.device) - type_start[t_sorted]
-    slot = torch.empty_like(edge_type)
-    slot[order] = blk_start[t_sorted] * block + rank
-    n_blocks = int(nblk.sum())
-    block_type = torch.repeat_interleave(torch.arange(n_types, device=edge_type.device), nblk)
-    return EdgeLayout(slot=slot, block_type=block_type, n_blocks=n_blocks, block=block)
+def make_layout(edge_type: torch.Tensor, n_types: int, dtype: torch.dtype = torch.float32,
+                block: Optional[int] = None, grouped: Optional[bool] = None) -> EdgeLayout:
+    return EdgeLayout(edge_type, n_types, dtype, block, grouped)
 
 
 def softplus(x: torch.Tensor, beta: float) -> torch.Tensor:
@@ -93,6 +204,7 @@ class TypedLinearStack(nn.Module):
         super().__init__()
         self.n_types = n_types
         self.dims = list(dims)
+        self._aug_cache = {}
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for din, dout in zip(dims[:-1], dims[1:]):
@@ -109,16 +221,44 @@ class TypedLinearStack(nn.Module):
     def n_linear(self) -> int:
         return len(self.weights)
 
-    def layer(self, l: int, h: torch.Tensor, block_type: torch.Tensor, dtype=None) -> torch.Tensor:
-        """Apply linear layer l to packed rows h: (n_blocks, block, in) -> (n_blocks, block, out)."""
-        w = self.weights[l]
-        b = self.biases[l]
+    def layer(self, l: int, h: torch.Tensor, layout: EdgeLayout, dtype=None) -> torch.Tensor:
+        """Apply linear layer l to packed rows h (R, in) -> (R, out)."""
+        w, b = self.weights[l], self.biases[l]
         if dtype is not None and w.dtype != dtype:
-            w = w.to(dtype)
-            b = b.to(dtype)
-        wb = w.index_select(0, block_type).transpose(1, 2)  # (nb, in, out)
-        bb = b.index_select(0, block_type).unsqueeze(1)  # (nb, 1, out)
-        return torch.baddbmm(bb, h, wb)
+            w, b = w.to(dtype), b.to(dtype)
+        return layout.linear(h, w, b)
+
+    def augmented(self, l: int, dtype=None) -> torch.Tensor:
+        """[W | b | 0] of layer l, (T, pad8(out), in + 8): bias as the weight of a constant-one input column.
+
+        Cached (per dtype and parameter version) when no gradient is needed; rebuilt inside autograd otherwise.
+        """
+        w, b = self.weights[l], self.biases[l]
+        dtype = dtype or w.dtype
+        need_graph = torch.is_grad_enabled() and (w.requires_grad or b.requires_grad)
+        key = (l, dtype)
+        if not need_graph:
+            hit = self._aug_cache.get(key)
+            if hit is not None and hit[0] == (w._version, b._version, w.data_ptr(), b.data_ptr()):
+                return hit[1]
+        T, o, i = w.shape
+        aug = torch.cat([w, b.unsqueeze(2), w.new_zeros(T, o, 7)], dim=2)
+        if _pad_to(o) != o:
+            aug = F.pad(aug, (0, 0, 0, _pad_to(o) - o))
+        aug = aug.to(dtype)
+        if not need_graph:
+            with torch.no_grad():
+                self._aug_cache[key] = ((w._version, b._version, w.data_ptr(), b.data_ptr()), aug.detach())
+        return aug
+
+    def apply_hidden(self, l: int, z: torch.Tensor, layout: EdgeLayout, act: str, beta: float,
+                     dtype=None) -> torch.Tensor:
+        """Layer l applied to act(z) for packed pre-activations z (R, in)."""
+        w, b = self.weights[l], self.biases[l]
+        if dtype is not None and w.dtype != dtype:
+            w, b = w.to(dtype), b.to(dtype)
+        aug = self.augmented(l, dtype) if layout.grouped else None
+        return layout.act_linear(z, act, aug, w, b, beta)
 
 
 def knn_anchors(x: torch.Tensor, anchors: torch.Tensor, k: int) -> torch.Tensor:

@@ -354,3 +354,20 @@ def test_frames_appear_while_tracking(scene, tmp_path, fake_backend, monkeypatch
     assert s.job.state == "FINISHED"
     assert partial and min(partial) < 8  # some frames were in the scene before tracking ended
     assert s.job.imported_frames == 8
+
+
+def test_track_argv_parses_with_the_real_cli():
+    from backend.cli import build_parser
+    from mononphm_blender.core import command
+
+    req = command.TrackRequest("in.mp4", "out", frames="3:9:2", preset="high", output="both", device="cpu",
+                               intrinsics={"fx": 500.0, "fy": 501.0, "cx": 320.0, "cy": 240.0},
+                               official_checkpoint="exp", mean_anchors="anchors_65.npy", checkpoint_epoch=7,
+                               overwrite=True, max_size=384, threads=2)
+    args = build_parser().parse_args(command.track_argv("python", req)[3:])
+    assert (args.command, args.input, args.out, args.frames, args.preset, args.output, args.device) == (
+        "track", "in.mp4", "out", "3:9:2", "high", "both", "cpu")
+    assert (args.fx, args.fy, args.cx, args.cy) == (500.0, 501.0, 320.0, 240.0)
+    assert (args.official_checkpoint, args.mean_anchors, args.checkpoint_epoch) == ("exp", "anchors_65.npy", 7)
+    assert args.overwrite and args.max_size == 384 and args.threads == 2
+    assert build_parser().parse_args(command.version_argv("python")[3:]).version

@@ -192,8 +192,11 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
         result.camera = cam
 
     if setup_scene:
+        source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
         if clip is not None:
             start, end = scenes.clip_frame_range(clip)
+        elif source.get("frame_count"):
+            start, end = clip_start, clip_start + int(source["frame_count"]) - 1
         elif len(frames):
             start, end = int(frames.min()), int(frames.max())
         else:

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +26,7 @@ for _p in (str(ROOT), str(TESTS)):
 
 _USER = Path(tempfile.mkdtemp(prefix="mononphm-blender-user-"))
 os.environ.setdefault("BLENDER_USER_RESOURCES", str(_USER))
+atexit.register(shutil.rmtree, _USER, ignore_errors=True)
 FAKES = TESTS / "fakes"
 
 

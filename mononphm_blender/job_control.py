@@ -217,6 +217,8 @@ def _finish(context, scene, job) -> None:
     st, js = scene.mononphm.job, job.status
     st.state = js.state
     st.error, st.hint = js.error, js.hint
+    if st.out_path and _package_frames(st.out_path):
+        scene.mononphm.last_package = st.out_path  # "Import Result" offers it
     if js.state == jobs.FINISHED:
         st.progress = 1.0
         n = _package_frames(st.out_path)

@@ -293,7 +293,6 @@ def _import_usd(context, package, usd_obj, coll, clip_start: int, result: Import
         mod = next((m for m in usd_obj.modifiers if m.type == "MESH_SEQUENCE_CACHE"), None)
     if mod is None or mod.cache_file is None:
         before = set(bpy.data.objects)
-        before_cache = set(bpy.data.cache_files)
         kwargs = dict(filepath=str(usd), set_frame_range=False, import_materials=False, read_mesh_colors=True,
                       import_cameras=False, import_lights=False, relative_path=bool(bpy.data.filepath))
         with context.temp_override(scene=context.scene) if hasattr(context, "temp_override") else _null():
@@ -317,7 +316,6 @@ def _import_usd(context, package, usd_obj, coll, clip_start: int, result: Import
         obj.name = f"MonoNPHM Meshes {package.root.name}"
         usd_obj = obj
         mod = next(m for m in obj.modifiers if m.type == "MESH_SEQUENCE_CACHE")
-        del before_cache
     cache = mod.cache_file
     cache.filepath = stored_path(str(usd))  # also forces a reload when the file changed
     cache.frame_offset = float(clip_start)  # USD time code = source index; scene frame = clip start + index

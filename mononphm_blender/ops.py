@@ -1,6 +1,5 @@
 """Operators: track / cancel / re-track a range / import a result / jump to a flagged frame."""
 
-from __future__ import annotations
 
 import bpy
 from bpy.props import EnumProperty, StringProperty

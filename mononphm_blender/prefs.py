@@ -1,6 +1,5 @@
 """Add-on preferences: backend interpreter (auto-detected), set up / remove the backend environment, device."""
 
-from __future__ import annotations
 
 import os
 import shutil

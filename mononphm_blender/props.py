@@ -1,6 +1,5 @@
 """Scene properties: track settings, the job (persisted, so a reopened .blend re-attaches) and bad frames."""
 
-from __future__ import annotations
 
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,

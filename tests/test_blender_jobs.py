@@ -1,7 +1,6 @@
 """Job runner with fake backends: progress, failure, cancel, re-attach after reopening the .blend."""
 
 import os
-import signal
 import sys
 import time
 
@@ -118,7 +117,7 @@ def test_reopening_the_blend_reattaches(scene, tmp_path, fake_backend, monkeypat
 
     monkeypatch.setenv("FAKE_BACKEND_MODE", "slow")
     monkeypatch.setenv("FAKE_FRAMES", "6")
-    s = _configure(scene, tmp_path)
+    _configure(scene, tmp_path)
     job = job_control.start_track(bpy.context)
     blend = tmp_path / "shot.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import bpy
-import numpy as np
 from mathutils import Matrix
 
 from ..contracts import conventions

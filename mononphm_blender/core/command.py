@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+
 
 PRESETS = ("draft", "standard", "high")
 OUTPUTS = ("shape_keys", "meshes", "both")

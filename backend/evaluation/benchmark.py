@@ -1,0 +1,225 @@
+"""Tracking-accuracy benchmark: synthetic held-out clips → tracker CLI → reference protocol, beside two baselines.
+
+Used by ``benchmarks/tracking_accuracy.py``. For each clip (``synthetic.render_clip``, cached) and every
+``every``-th frame: ground-truth face points (``synthetic.gt_face_points``) are compared with
+
+- ``tracker_<preset>``: ``python -m backend track clip.mp4 --out … --preset P`` with the true intrinsics; the
+  result package's per-frame fixed-topology vertices (model metres) are posed with its s, R, t into the camera;
+- ``mean_head``: the mean ICT head at the true pose;
+- ``mediapipe``: the MediaPipe face mesh lifted to 3-D (``baselines``), pre-aligned with ``coarse_similarity``;
+
+all through ``metrics.evaluate_prediction`` (similarity ICP + one-directional metrics). Aggregation as the
+reference (6.6): nan-mean over a clip's frames, then the plain mean over clips.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import baselines, metrics, synthetic
+
+GOAL_CHAMFER_L1_MM = 1.5
+
+
+@dataclass
+class BenchmarkConfig:
+    n_clips: int = 3
+    n_frames: int = 30
+    every: int = 5                      # evaluate frames 0, every, 2·every, …
+    presets: tuple[str, ...] = ("draft",)
+    n_points: int = 8000                # ground-truth face points per frame
+    threads: int = 1
+    cache_dir: Path = synthetic.DEFAULT_CACHE
+    tracker_timeout_s: float = 3600.0
+    track_all_frames: bool = False      # False: the tracker only tracks the evaluated frames (--frames ::every)
+    run_tracker: bool = True
+    run_mediapipe: bool = True
+    extra_track_args: tuple[str, ...] = ()
+    spec_overrides: dict = field(default_factory=dict)
+
+    def spec(self, index: int) -> synthetic.ClipSpec:
+        return synthetic.ClipSpec(index=index, n_frames=self.n_frames, **self.spec_overrides)
+
+    def eval_frames(self) -> np.ndarray:
+        return np.arange(0, self.n_frames, self.every)
+
+
+@dataclass
+class TrackerRun:
+    """Outcome of one tracker subprocess: per evaluated frame a camera-space mesh, or an error message."""
+
+    preset: str
+    package: Path
+    error: str | None = None
+    seconds: float = 0.0
+    meshes: dict = field(default_factory=dict)  # frame index -> (vertices (V, 3) camera metres, triangles (F, 3))
+
+
+def _error_from_output(stdout: str, stderr: str, rc: int) -> str:
+    for line in reversed(stdout.splitlines()):
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict) and ev.get("type") == "error":
+            return f"exit {rc}: {ev.get('message')} ({ev.get('hint')})"
+    tail = [ln for ln in stderr.strip().splitlines() if ln.strip()][-3:]
+    return f"exit {rc}: " + (" | ".join(tail) if tail else "no error message")
+
+
+def package_meshes(package: Path, frames: np.ndarray | None = None) -> dict:
+    """Camera-space meshes from a result package: {frame index: (vertices (V, 3) metres, triangles (F, 3))}.
+
+    Uses the per-frame fixed-topology ``vertices`` when present, else the canonical mesh; both posed with the
+    frame's similarity (x_cam = s · R · x + t)."""
+    from ..result_format import ResultPackage
+
+    pkg = ResultPackage(package)
+    mesh = pkg.canonical_mesh()
+    keys = ["scale", "rotation", "translation"]
+    arrays = pkg.frame_arrays(None)
+    has_v = "vertices" in arrays
+    out = {}
+    for row, rec in enumerate(pkg.frames):
+        idx = int(rec["index"])
+        if rec.get("status") not in ("tracked", "interpolated") or (frames is not None and idx not in frames):
+            continue
+        s, R, t = (arrays[k][row] for k in keys)
+        v = arrays["vertices"][row] if has_v else mesh.vertices
+        out[idx] = (float(s) * np.asarray(v, np.float64) @ np.asarray(R, np.float64).T + np.asarray(t, np.float64),
+                    np.asarray(mesh.triangles, np.int64))
+    return out
+
+
+def run_tracker(clip: synthetic.RenderedClip, preset: str, cfg: BenchmarkConfig, log=print) -> TrackerRun:
+    """Run the tracker CLI on a clip (resumes a finished package) and load its meshes; never raises."""
+    out_dir = clip.folder / f"track_{preset}"
+    intr = clip.ground_truth().intrinsics
+    cmd = [sys.executable, "-m", "backend", "track", str(clip.video), "--out", str(out_dir), "--preset", preset,
+           "--fx", f"{intr.fx:.6f}", "--fy", f"{intr.fy:.6f}", "--cx", f"{intr.cx:.6f}", "--cy", f"{intr.cy:.6f}",
+           "--max-size", "0", "--threads", str(cfg.threads), "--device", "cpu", *cfg.extra_track_args]
+    if not cfg.track_all_frames:
+        cmd += ["--frames", f"0:{cfg.n_frames}:{cfg.every}"]
+    run = TrackerRun(preset, out_dir)
+    t0 = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
+    try:
+        log("running: " + " ".join(cmd))
+        proc = subprocess.run(cmd, cwd=str(synthetic.REPO_ROOT), capture_output=True, text=True,
+                              timeout=cfg.tracker_timeout_s, env=env)
+        run.seconds = time.time() - t0
+        if proc.returncode != 0:
+            run.error = "tracker failed: " + _error_from_output(proc.stdout, proc.stderr, proc.returncode)
+            return run
+        run.meshes = package_meshes(out_dir, cfg.eval_frames())
+        if not run.meshes:
+            run.error = "tracker failed: the result package holds no tracked evaluation frames"
+    except subprocess.TimeoutExpired:
+        run.seconds = time.time() - t0
+        run.error = f"tracker failed: timed out after {cfg.tracker_timeout_s:.0f} s"
+    except Exception as exc:  # a broken package or reader error must not stop the baselines
+        run.seconds = time.time() - t0
+        run.error = f"tracker failed: {type(exc).__name__}: {exc}"
+    return run
+
+
+def evaluate_clip(clip: synthetic.RenderedClip, cfg: BenchmarkConfig, ict, log=print) -> dict:
+    """Per-method lists of per-frame metric dicts for one clip, plus tracker errors and timings."""
+    gt = clip.ground_truth()
+    frames = cfg.eval_frames()
+    rows: dict[str, list] = {"mean_head": []}
+    notes: dict[str, str] = {}
+    mp_lm = None
+    if cfg.run_mediapipe:
+        rows["mediapipe"] = []
+        video = baselines.read_video_frames(clip.video, max_frames=cfg.n_frames)
+        mp_lm = baselines.MediaPipeBaseline().detect(video)
+        mp_tri = baselines.mediapipe_triangles()
+    runs = {}
+    if cfg.run_tracker:
+        for preset in cfg.presets:
+            runs[preset] = run_tracker(clip, preset, cfg, log)
+            rows[f"tracker_{preset}"] = []
+            if runs[preset].error:
+                notes[f"tracker_{preset}"] = runs[preset].error
+                log(runs[preset].error)
+    for i in frames:
+        P, N = synthetic.gt_face_points(gt, int(i), cfg.n_points)
+        v, f = baselines.mean_head_mesh(ict, gt.scale[i], gt.rotation[i], gt.translation[i])
+        rows["mean_head"].append(metrics.evaluate_prediction(P, N, v, f).as_dict())
+        if mp_lm is not None:
+            if np.isfinite(mp_lm[i]).all():
+                v, f = baselines.MediaPipeBaseline.mesh(mp_lm[i], gt.intrinsics, float(gt.translation[i, 2]), mp_tri)
+                rows["mediapipe"].append(metrics.evaluate_prediction(P, N, v, f, coarse=True).as_dict())
+            else:
+                rows["mediapipe"].append({k: np.nan for k in metrics.METRIC_KEYS})
+        for preset, run in runs.items():
+            if run.error:
+                continue
+            if int(i) in run.meshes:
+                v, f = run.meshes[int(i)]
+                rows[f"tracker_{preset}"].append(metrics.evaluate_prediction(P, N, v, f).as_dict())
+            else:
+                rows[f"tracker_{preset}"].append({k: np.nan for k in metrics.METRIC_KEYS})
+        log(f"{clip.spec.key} frame {i}: " + ", ".join(
+            f"{m} {r[-1]['chamfer_l1_mm']:.2f}" for m, r in rows.items() if r))
+    return {"rows": rows, "notes": notes, "tracker_seconds": {p: r.seconds for p, r in runs.items()},
+            "mediapipe_detect_rate": None if mp_lm is None else float(np.isfinite(mp_lm[frames, 0, 0]).mean())}
+
+
+def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
+    """Render (or reuse) the clips, evaluate every method and return the summary dict (see ``format_table``)."""
+    from ..training.data import ICTModel
+
+    ict = ICTModel()
+    per_clip = []
+    render_s = []
+    for c in range(cfg.n_clips):
+        clip = synthetic.render_clip(cfg.spec(c), cfg.cache_dir, ict=ict, threads=cfg.threads, log=None)
+        render_s.append(clip.meta.get("render_s_per_frame"))
+        log(f"clip {clip.spec.key}: {clip.video}")
+        per_clip.append(evaluate_clip(clip, cfg, ict, log))
+    methods = sorted({m for pc in per_clip for m in pc["rows"]}, key=lambda m: (not m.startswith("tracker"), m))
+    summary: dict = {}
+    for m in methods:
+        notes = [pc["notes"][m] for pc in per_clip if m in pc["notes"]]
+        clip_means = [metrics.aggregate(pc["rows"][m]) for pc in per_clip if pc["rows"].get(m)]
+        if clip_means:
+            entry = {k: float(np.nanmean([cm[k] for cm in clip_means])) for k in metrics.METRIC_KEYS}
+            entry["clips"] = len(clip_means)
+            entry["frames"] = int(sum(len(pc["rows"][m]) for pc in per_clip if pc["rows"].get(m)))
+        else:
+            entry = {"error": notes[0] if notes else "no frames evaluated"}
+        if notes and clip_means:
+            entry["warnings"] = notes
+        summary[m] = entry
+    for m in summary:
+        if m.startswith("tracker_") and "error" not in summary[m]:
+            summary[m]["seconds"] = float(sum(pc["tracker_seconds"].get(m[len("tracker_"):], 0.0) for pc in per_clip))
+    if "mediapipe" in summary and "error" not in summary["mediapipe"]:
+        rates = [pc["mediapipe_detect_rate"] for pc in per_clip if pc["mediapipe_detect_rate"] is not None]
+        summary["mediapipe"]["detect_rate"] = float(np.mean(rates)) if rates else None
+    return {"methods": summary, "goal_chamfer_l1_mm": GOAL_CHAMFER_L1_MM, "n_clips": cfg.n_clips,
+            "n_frames": cfg.n_frames, "every": cfg.every, "n_points": cfg.n_points,
+            "render_s_per_frame": render_s, "protocol": "docs/mononphm-reference.md section 6"}
+
+
+def format_table(result: dict) -> str:
+    cols = ("chamfer_l1_mm", "chamfer_l2_mm", "normal_consistency", "recall_1mm", "recall_2.5mm", "recall_5mm",
+            "recall_10mm")
+    head = f"{'method':<18}" + "".join(f"{c.replace('_mm', '').replace('recall_', 'R@'):>14}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for m, e in result["methods"].items():
+        if "error" in e:
+            lines.append(f"{m:<18}  {e['error']}")
+        else:
+            lines.append(f"{m:<18}" + "".join(f"{e[c]:>14.3f}" for c in cols))
+    lines.append(f"goal: Chamfer-L1 < {result['goal_chamfer_l1_mm']} mm (mm; normal consistency and recall as fractions)")
+    return "\n".join(lines)

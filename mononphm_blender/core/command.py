@@ -117,7 +117,7 @@ def setup_steps(base_python: str, env_dir: str | os.PathLike, requirements: str 
     """
     py = str(venv_python(env_dir))
     steps = [("Create environment", [str(base_python), "-m", "venv", str(env_dir)]),
-             ("Mark environment", [py, "-c", f"open(r'{Path(env_dir) / ENV_MARKER}', 'w').write('mononphm')"])]
+             ("Mark environment", [py, "-c", f"open({str(Path(env_dir) / ENV_MARKER)!r}, 'w').write('mononphm')"])]
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
     if wheel_dir:
         pip += ["--no-index", "--find-links", str(wheel_dir)]

@@ -125,7 +125,13 @@ def _look_rotation(direction: np.ndarray):
     return Vector(tuple(float(x) for x in direction)).to_track_quat("-Z", "Y").to_euler()
 
 
-def _head_object(scene, n_vertices: int, triangles: np.ndarray, loop_uv: np.ndarray, texture: np.ndarray):
+def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    c = np.clip(np.asarray(c, np.float64), 0.0, 1.0)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _head_object(scene, n_vertices: int, triangles: np.ndarray, loop_uv: np.ndarray, texture: np.ndarray,
+                 corner_colors: np.ndarray | None = None, corner_material: np.ndarray | None = None):
     import bpy
 
     mesh = bpy.data.meshes.new("head")
@@ -163,15 +169,33 @@ def _head_object(scene, n_vertices: int, triangles: np.ndarray, loop_uv: np.ndar
             bsdf.inputs[name].default_value = 0.3
             break
     mesh.materials.append(mat)
+    if corner_colors is not None and corner_material is not None:
+        # second material: per-corner colours (eyeballs), glossy
+        attr = mesh.color_attributes.new("corner_albedo", "FLOAT_COLOR", "CORNER")
+        lin = _srgb_to_linear(np.asarray(corner_colors).reshape(-1, 3))
+        attr.data.foreach_set("color", np.concatenate([lin, np.ones((len(lin), 1))], 1).astype(np.float32).ravel())
+        eye = bpy.data.materials.new("eye")
+        eye.use_nodes = True
+        ent = eye.node_tree
+        ebsdf = ent.nodes.get("Principled BSDF")
+        col = ent.nodes.new("ShaderNodeVertexColor")
+        col.layer_name = "corner_albedo"
+        ent.links.new(col.outputs["Color"], ebsdf.inputs["Base Color"])
+        ebsdf.inputs["Roughness"].default_value = 0.15
+        mesh.materials.append(eye)
+        mesh.polygons.foreach_set("material_index", np.asarray(corner_material, np.int32))
+        mesh.update()
     return obj
 
 
 def render_sequence(vertices_cam: np.ndarray, triangles: np.ndarray, loop_uv: np.ndarray, texture: np.ndarray,
                     intr: conventions.Intrinsics, out_dir: Path, samples: int = 12, threads: int = 1,
-                    denoise: bool = False, log=print) -> list[np.ndarray]:
+                    denoise: bool = False, log=print, corner_colors: np.ndarray | None = None,
+                    corner_material: np.ndarray | None = None) -> list[np.ndarray]:
     """Render one PNG per frame of vertices_cam (T, V, 3) (OpenCV camera, metres) into ``out_dir``.
 
     triangles (F, 3); loop_uv (F, 3, 2) atlas UVs; texture (H, W, 3) sRGB in [0, 1], row 0 at the bottom.
+    Triangles flagged in ``corner_material`` (F,) bool use ``corner_colors`` (F, 3, 3) sRGB instead (eyeballs).
     Returns the frames as (H, W, 3) uint8 RGB arrays.
     """
     import bpy
@@ -180,7 +204,7 @@ def render_sequence(vertices_cam: np.ndarray, triangles: np.ndarray, loop_uv: np
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scene = _setup_scene(intr.width, intr.height, intr, samples, threads, denoise)
-    obj = _head_object(scene, vertices_cam.shape[1], triangles, loop_uv, texture)
+    obj = _head_object(scene, vertices_cam.shape[1], triangles, loop_uv, texture, corner_colors, corner_material)
     mesh = obj.data
     frames = []
     for i, v in enumerate(vertices_cam):

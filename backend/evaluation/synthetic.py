@@ -29,7 +29,7 @@ from .. import conventions
 from ..training import data as ictdata
 
 EVAL_SEED_BASE = 7_300_000
-RENDER_VERSION = 2  # bump when the renderer or the clip recipe changes (invalidates caches)
+RENDER_VERSION = 4  # bump when the renderer or the clip recipe changes (invalidates caches)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "evaluation"
 
@@ -54,7 +54,7 @@ class ClipSpec:
     hfov_deg: float = 40.0
     distance_m: float = 0.62       # camera to model origin (head centre)
     samples: int = 12              # Cycles samples per pixel (no denoiser: residual noise acts as sensor noise)
-    texture_tile: int = 1024       # texels per UV tile side (the ICT UVs use 2 tiles: u in [0, 2))
+    texture_tile: int = 768        # texels per UV tile side (N_UV_TILES tiles side by side)
     yaw_deg: float = 18.0          # pose amplitudes
     pitch_deg: float = 8.0
     roll_deg: float = 5.0
@@ -222,13 +222,27 @@ def clip_ground_truth(ict: "ictdata.ICTModel", spec: ClipSpec, params: ClipParam
 # ---------------------------------------------------------------------------------------------------------------
 # Albedo texture
 # ---------------------------------------------------------------------------------------------------------------
-N_UV_TILES = 2  # the kept ICT triangles use UV tiles u in [0, 1) (face, eyeballs) and [1, 2) (head, mouth)
+N_UV_TILES = 2
+"""The kept ICT triangles use UV tiles u in [0, 1) (face) and [1, 2) (head, mouth). The eyeballs share UVs with
+each other and with the face, so they are not textured: they get per-corner colours (``corner_albedo``)."""
 
 
 def atlas_uv(ict: "ictdata.ICTModel") -> np.ndarray:
     """(F, 3, 2) per-corner UVs of ``ict.faces`` in the single-image atlas (u / N_UV_TILES, v)."""
-    uv = ict.uv[ict.face_uv_idx].astype(np.float64)
-    return uv / np.array([N_UV_TILES, 1.0])
+    return ict.uv[ict.face_uv_idx].astype(np.float64) / np.array([N_UV_TILES, 1.0])
+
+
+def textured_triangles(ict: "ictdata.ICTModel") -> np.ndarray:
+    """(F,) bool: triangles that use the UV texture (all but the eyeballs)."""
+    return ict.tri_region != ictdata.R_EYEBALL
+
+
+def corner_albedo(ict: "ictdata.ICTModel", app: np.ndarray, noise_seed: int) -> np.ndarray:
+    """(F, 3, 3) albedo (sRGB in [0, 1]) at the three corners of every triangle of ``ict.faces``."""
+    n = len(ict.faces)
+    tri = np.repeat(np.arange(n), 3)
+    bary = np.tile(np.eye(3, dtype=np.float32), (n, 1))
+    return ictdata.albedo(ict, app, tri, bary, noise_seed).reshape(n, 3, 3)
 
 
 def _uv_lookup(uvt: np.ndarray, tree: cKDTree, q: np.ndarray, k: int = 12) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +266,7 @@ def _uv_lookup(uvt: np.ndarray, tree: cKDTree, q: np.ndarray, k: int = 12) -> tu
     return tri, np.clip(bary, 0.0, 1.0)
 
 
-def bake_albedo_texture(ict: "ictdata.ICTModel", app: np.ndarray, noise_seed: int, tile: int = 1024,
+def bake_albedo_texture(ict: "ictdata.ICTModel", app: np.ndarray, noise_seed: int, tile: int = 768,
                         supersample: int = 2, chunk: int = 131072) -> np.ndarray:
     """The generator's procedural albedo (``ictdata.albedo``) baked into a UV atlas image.
 
@@ -264,7 +278,8 @@ def bake_albedo_texture(ict: "ictdata.ICTModel", app: np.ndarray, noise_seed: in
     from scipy import ndimage
 
     H, W = tile, N_UV_TILES * tile
-    uvt = ict.uv[ict.face_uv_idx].astype(np.float64)  # (F, 3, 2) original UV space, u in [0, 2)
+    tex_ids = np.flatnonzero(textured_triangles(ict))
+    uvt = ict.uv[ict.face_uv_idx[tex_ids]].astype(np.float64)  # (F', 3, 2) tile units, u in [0, N_UV_TILES)
     tree = cKDTree(uvt.mean(1))
     jj, ii = np.meshgrid(np.arange(W), np.arange(H))
     base = np.stack([jj.ravel(), ii.ravel()], 1).astype(np.float64)
@@ -278,7 +293,7 @@ def bake_albedo_texture(ict: "ictdata.ICTModel", app: np.ndarray, noise_seed: in
                 tri, bary = _uv_lookup(uvt, tree, q[s:s + chunk])
                 hit = np.flatnonzero(tri >= 0)
                 if hit.size:
-                    col = ictdata.albedo(ict, app, tri[hit], bary[hit].astype(np.float32), noise_seed)
+                    col = ictdata.albedo(ict, app, tex_ids[tri[hit]], bary[hit].astype(np.float32), noise_seed)
                     acc[s + hit] += col
                     cnt[s + hit] += 1.0
     cov = (cnt > 0).reshape(H, W)
@@ -356,7 +371,9 @@ def render_clip(spec: ClipSpec, cache_dir: Path | None = None, ict: "ictdata.ICT
 
     t0 = time.time()
     frames = cycles.render_sequence(gt.vertices_cam, gt.triangles, atlas_uv(ict), tex, gt.intrinsics,
-                                    res.frames_dir, samples=spec.samples, threads=threads, log=log)
+                                    res.frames_dir, samples=spec.samples, threads=threads, log=log,
+                                    corner_colors=corner_albedo(ict, params.app, params.noise_seed),
+                                    corner_material=~textured_triangles(ict))
     t_render = time.time() - t0
     write_mp4(frames, res.video, spec.fps)
     res.meta = {"spec": asdict(spec), "key": spec.key, "render_version": RENDER_VERSION,

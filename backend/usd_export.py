@@ -1,76 +1,89 @@
-"""Per-frame meshes as one USD file (``meshes.usdc`` of the result package), written with usd-core.
+"""Per-frame meshes with vertex colours as one USD file (topology may change every frame).
 
-Layout (what the Blender add-on imports as a MeshSequenceCache):
-
-- one ``UsdGeom.Mesh`` at ``/MonoNPHM_Head`` (the default prim) with **time-sampled** ``points``,
-  ``faceVertexCounts``, ``faceVertexIndices``, ``extent`` and ``primvars:displayColor`` (vertex interpolation,
-  linear RGB), so the topology may change every frame (per-frame marching cubes);
-- time code = 0-based source frame index; ``timeCodesPerSecond`` = ``framesPerSecond`` = the clip's fps;
-- ``metersPerUnit`` 1, ``upAxis`` Z. Points are in **Blender axes** (``conventions.MODEL_TO_BLENDER``),
-  metres, head-local (before the rigid pose): the importer gives the object the same pose animation as the
-  shape-key head.
-
-The file is written to a temporary name and renamed, like every other package file. Only ``pxr`` (usd-core) and
-numpy are needed; the module is imported lazily by the tracker.
+Written once tracking ends; the npz chunks are the incremental record. Geometry is in metres, **Blender axes**
+(Z up, see docs/conventions.md), before the rigid pose: the add-on animates the imported object with the pose,
+exactly as for the shape-key mesh. Time codes are 0-based source frame indices, so Blender's importer puts
+source frame i on scene frame (clip start + i) (the add-on sets the cache file's frame offset to the clip start).
+``displayColor`` holds **linear** RGB (the USD convention; Blender reads it into a FLOAT_COLOR point attribute),
+converted from the sRGB albedo. ``write_usd_sequence`` is the same writer for plain tuples.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from .conventions import MODEL_TO_BLENDER
+from .conventions import model_to_blender_points
 
-PRIM_PATH = "/MonoNPHM_Head"
+
+@dataclass(frozen=True)
+class FrameMesh:
+    """One frame's mesh: vertices (V,3) metres model axes, triangles (F,3) int, colours (V,3) uint8 sRGB."""
+
+    frame_index: int
+    vertices: np.ndarray
+    triangles: np.ndarray
+    colors: np.ndarray
 
 
 def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
-def write_usd_sequence(path: str | os.PathLike, frames: Iterable[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
-                       fps: float) -> Path:
-    """Write ``frames`` = iterable of (source index, vertices (V,3) metres model axes, triangles (F,3),
-    colours (V,3) uint8 sRGB) to ``path`` (a .usdc). Returns the path."""
-    from pxr import Gf, Sdf, Usd, UsdGeom, Vt
+def write_mesh_sequence(path: str | Path, frames: Iterable[FrameMesh], fps: float,
+                        prim_path: str = "/MonoNPHM/head") -> Path:
+    """Write ``frames`` as a time-sampled UsdGeom.Mesh with a vertex-interpolated ``displayColor`` primvar.
+
+    The file is written next to ``path`` under a temporary name and renamed, like every package file.
+    """
+    from pxr import Gf, Sdf, Usd, UsdGeom, Vt  # usd-core: backend side only
 
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    tmp.unlink(missing_ok=True)
+    tmp.unlink(missing_ok=True)  # left over from an interrupted run
     stage = Usd.Stage.CreateNew(str(tmp))
     UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.z)
     UsdGeom.SetStageMetersPerUnit(stage, 1.0)
     stage.SetTimeCodesPerSecond(float(fps))
     stage.SetFramesPerSecond(float(fps))
-    mesh = UsdGeom.Mesh.Define(stage, PRIM_PATH)
-    stage.SetDefaultPrim(mesh.GetPrim())
-    mesh.CreateSubdivisionSchemeAttr().Set(UsdGeom.Tokens.none)
+    root = UsdGeom.Xform.Define(stage, Sdf.Path(prim_path.rsplit("/", 1)[0]))
+    stage.SetDefaultPrim(root.GetPrim())
+    mesh = UsdGeom.Mesh.Define(stage, Sdf.Path(prim_path))
+    mesh.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
     points_attr = mesh.CreatePointsAttr()
     counts_attr = mesh.CreateFaceVertexCountsAttr()
     indices_attr = mesh.CreateFaceVertexIndicesAttr()
     extent_attr = mesh.CreateExtentAttr()
-    color = UsdGeom.PrimvarsAPI(mesh).CreatePrimvar("displayColor", Sdf.ValueTypeNames.Color3fArray,
-                                                    UsdGeom.Tokens.vertex)
+    color_var = UsdGeom.PrimvarsAPI(mesh).CreatePrimvar(
+        "displayColor", Sdf.ValueTypeNames.Color3fArray, UsdGeom.Tokens.vertex)
     first = last = None
-    for index, vertices, triangles, colors in frames:
-        t = Usd.TimeCode(float(index))
-        v = (np.asarray(vertices, np.float64) @ MODEL_TO_BLENDER.T).astype(np.float32)
-        tris = np.ascontiguousarray(triangles, dtype=np.int32)
-        rgb = _srgb_to_linear(np.asarray(colors, np.float32) / 255.0).astype(np.float32)
-        points_attr.Set(Vt.Vec3fArray.FromNumpy(np.ascontiguousarray(v)), t)
+    for frame in frames:
+        t = Usd.TimeCode(float(frame.frame_index))
+        verts = model_to_blender_points(np.asarray(frame.vertices, np.float64)).astype(np.float32)
+        tris = np.asarray(frame.triangles, np.int32)
+        colors = _srgb_to_linear(np.asarray(frame.colors, np.float32) / 255.0).astype(np.float32)
+        points_attr.Set(Vt.Vec3fArray.FromNumpy(verts), t)
         counts_attr.Set(Vt.IntArray.FromNumpy(np.full(len(tris), 3, np.int32)), t)
         indices_attr.Set(Vt.IntArray.FromNumpy(tris.reshape(-1)), t)
-        extent_attr.Set(Vt.Vec3fArray([Gf.Vec3f(*map(float, v.min(0))), Gf.Vec3f(*map(float, v.max(0)))]), t)
-        color.Set(Vt.Vec3fArray.FromNumpy(np.ascontiguousarray(rgb)), t)
-        first = index if first is None else min(first, index)
-        last = index if last is None else max(last, index)
-    if first is not None:
-        stage.SetStartTimeCode(float(first))
-        stage.SetEndTimeCode(float(last))
+        lo, hi = verts.min(axis=0), verts.max(axis=0)
+        extent_attr.Set(Vt.Vec3fArray([Gf.Vec3f(*map(float, lo)), Gf.Vec3f(*map(float, hi))]), t)
+        color_var.Set(Vt.Vec3fArray.FromNumpy(colors), t)
+        first = frame.frame_index if first is None else min(first, frame.frame_index)
+        last = frame.frame_index if last is None else max(last, frame.frame_index)
+    if first is None:
+        raise ValueError("write_mesh_sequence needs at least one frame")
+    stage.SetStartTimeCode(float(first))
+    stage.SetEndTimeCode(float(last))
     stage.GetRootLayer().Save()
     del stage
-    os.replace(tmp, path)
+    tmp.replace(path)
     return path
+
+
+def write_usd_sequence(path: str | Path, frames: Iterable[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
+                       fps: float, prim_path: str = "/MonoNPHM/head") -> Path:
+    """``write_mesh_sequence`` for (source index, vertices, triangles, colours) tuples."""
+    return write_mesh_sequence(path, (FrameMesh(int(i), v, t, c) for i, v, t, c in frames), fps, prim_path)

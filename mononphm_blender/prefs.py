@@ -65,7 +65,7 @@ def backend_python(context=None) -> str:
     """The backend interpreter: preference > $MONONPHM_BACKEND_PYTHON > set-up env > the project's .venv."""
     p = get_prefs(context)
     if p.python:
-        return bpy.path.abspath(p.python)
+        return os.path.expanduser(bpy.path.abspath(p.python))
     env = os.environ.get("MONONPHM_BACKEND_PYTHON")
     if env:
         return env
@@ -173,7 +173,7 @@ class MONONPHM_OT_setup_backend(bpy.types.Operator):
         from .core.jobs import SequenceJob
 
         p = get_prefs(context)
-        base = bpy.path.abspath(p.base_python)
+        base = os.path.expanduser(bpy.path.abspath(p.base_python)) if p.base_python else ""
         if not base:
             self.report({"ERROR"}, "Point 'Python 3.11' at a Python 3.11 interpreter first")
             return {"CANCELLED"}

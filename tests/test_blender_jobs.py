@@ -370,3 +370,15 @@ def test_track_argv_parses_with_the_real_cli():
     assert (args.official_checkpoint, args.mean_anchors, args.checkpoint_epoch) == ("exp", "anchors_65.npy", 7)
     assert args.overwrite and args.max_size == 384 and args.threads == 2
     assert build_parser().parse_args(command.version_argv("python")[3:]).version
+
+
+def test_handshake_refuses_another_protocol(tmp_path):
+    from mononphm_blender.core import jobs
+
+    script = tmp_path / "other.py"
+    script.write_text('import json; print(json.dumps({"protocol": 99, "backend": "9"}))\n')
+    with pytest.raises(RuntimeError, match="protocol 99"):
+        jobs.run_handshake([sys.executable, str(script)])
+    script.write_text('import sys; print("boom", file=sys.stderr); sys.exit(2)\n')
+    with pytest.raises(RuntimeError, match="boom"):
+        jobs.run_handshake([sys.executable, str(script)])

@@ -170,7 +170,7 @@ def evaluate_clip(clip: synthetic.RenderedClip, cfg: BenchmarkConfig, ict, log=p
                 rows[f"tracker_{preset}"].append({k: np.nan for k in metrics.METRIC_KEYS})
         log(f"{clip.spec.key} frame {i}: " + ", ".join(
             f"{m} {r[-1]['chamfer_l1_mm']:.2f}" for m, r in rows.items() if r))
-    return {"rows": rows, "notes": notes, "tracker_seconds": {p: r.seconds for p, r in runs.items()},
+    return {"clip": clip.spec.key, "rows": rows, "notes": notes, "tracker_seconds": {p: r.seconds for p, r in runs.items()},
             "mediapipe_detect_rate": None if mp_lm is None else float(np.isfinite(mp_lm[frames, 0, 0]).mean())}
 
 
@@ -206,7 +206,10 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
     if "mediapipe" in summary and "error" not in summary["mediapipe"]:
         rates = [pc["mediapipe_detect_rate"] for pc in per_clip if pc["mediapipe_detect_rate"] is not None]
         summary["mediapipe"]["detect_rate"] = float(np.mean(rates)) if rates else None
-    return {"methods": summary, "goal_chamfer_l1_mm": GOAL_CHAMFER_L1_MM, "n_clips": cfg.n_clips,
+    per_clip_l1 = {pc["clip"]: {m: metrics.aggregate(r)["chamfer_l1_mm"] for m, r in pc["rows"].items() if r}
+                   for pc in per_clip}
+    return {"methods": summary, "per_clip_chamfer_l1_mm": per_clip_l1,
+            "goal_chamfer_l1_mm": GOAL_CHAMFER_L1_MM, "n_clips": cfg.n_clips,
             "n_frames": cfg.n_frames, "every": cfg.every, "n_points": cfg.n_points,
             "render_s_per_frame": render_s, "protocol": "docs/mononphm-reference.md section 6"}
 

@@ -93,7 +93,10 @@ class DeformationField(nn.Module):
         for i in range(1, n):
             a = softplus(z, beta)
             if tan is not None:
-                da = torch.where(z * beta > 20.0, torch.ones_like(z), torch.sigmoid(z * beta))
+                bz = z * beta
+                da = torch.sigmoid(bz)
+                if z.dtype == torch.float64:  # float32 sigmoid(>20) already rounds to exactly 1
+                    da = torch.where(bz > 20.0, torch.ones_like(z), da)
                 tan = tan * da.unsqueeze(-2)
             lin = self.lins[i]
             if i == self.skip:

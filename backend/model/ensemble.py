@@ -166,14 +166,30 @@ class EdgeLayout:
             a = softplus(z, beta) if act == "softplus" else F.relu(z)
             a = F.pad(a, (0, w_aug.shape[2] - in_dim), value=1.0)
         else:
-            a = z.new_empty(z.shape[0], w_aug.shape[2])
-            a[:, in_dim:] = 1.0
+            a = _ones_scratch(z.shape[0], w_aug.shape[2], z.dtype, in_dim)
             if act == "softplus":
                 torch._C._nn.softplus(z, beta, 20.0, out=a[:, :in_dim])
             else:
                 torch.clamp_min(z, 0.0, out=a[:, :in_dim])
         y = _GMM.apply(a, w_aug.transpose(1, 2), self.offs)
         return y[:, :out_dim] if y.shape[1] != out_dim else y
+
+
+_SCRATCH = {}
+
+
+def _ones_scratch(rows: int, cols: int, dtype: torch.dtype, in_dim: int) -> torch.Tensor:
+    """Reusable (rows, cols) no-grad buffer whose columns >= in_dim hold 1 (the fused-bias input column).
+
+    Only columns < in_dim are ever overwritten (by the activation), so the constant columns are filled once per
+    allocation instead of once per layer; its content is consumed by the very next matmul.
+    """
+    key = (cols, in_dim, dtype)
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.shape[0] < rows:
+        buf = torch.ones(max(rows, 1024), cols, dtype=dtype)
+        _SCRATCH[key] = buf
+    return buf[:rows]
 
 
 def choose_block(n_edges: int, n_types: int) -> int:

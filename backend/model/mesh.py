@@ -1,0 +1,396 @@
+"""Mesh extraction: narrow-band coarse-to-fine marching cubes (scikit-image) and fixed-topology warping.
+
+* `extract_mesh(sdf_fn, box, res)`: evaluates a coarse grid, then refines only cells near the surface
+  (|sdf| < margin * cell diagonal, or a sign change) level by level up to `res` cells per axis.
+* `canonical_mesh(model, ...)`: neutral canonical surface with albedo vertex colours.
+* `warp_mesh(...)`: fixed topology per frame: canonical vertices forward-warped (root finding), the
+  non-converged ones repaired from their mesh neighbours.
+* `PosedMesher`: topology-varying per-frame meshes in posed space, reusing the previous frame's band.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Box = Tuple[Sequence[float], Sequence[float]]
+
+
+@dataclass
+class Mesh:
+    vertices: np.ndarray                  # (V, 3) float32, NPHM units
+    faces: np.ndarray                     # (F, 3) int64, counter-clockwise seen from outside
+    colors: Optional[np.ndarray] = None   # (V, 3) uint8 albedo
+
+
+@dataclass
+class GridState:
+    """Fine grid values and evaluated mask of the last extraction (for band reuse between frames)."""
+    values: torch.Tensor     # (n, n, n) float32
+    evaluated: torch.Tensor  # (n, n, n) bool
+    box: Box
+    res: int
+
+
+def bf16_supported() -> bool:
+    """bfloat16 matmuls are fast (AVX512-BF16 / AMX) on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def auto_coarse_dtype(model) -> Optional[torch.dtype]:
+    """bfloat16 for coarse passes only where it pays off: bf16-capable CPU and wide layers (official size)."""
+    return torch.bfloat16 if (bf16_supported() and model.cfg.hidden_dim_geo >= 128) else None
+
+
+def _grid_points(box: Box, n: int, idx: torch.Tensor) -> torch.Tensor:
+    """Linear indices into an n^3 grid ('ij': x slowest) -> points (P, 3)."""
+    lo = torch.tensor(box[0], dtype=torch.float32)
+    hi = torch.tensor(box[1], dtype=torch.float32)
+    i = idx // (n * n)
+    j = (idx // n) % n
+    k = idx % n
+    ijk = torch.stack([i, j, k], -1).to(torch.float32)
+    return lo + ijk * (hi - lo) / (n - 1)
+
+
+def _near_cells(V: torch.Tensor, thr: float) -> torch.Tensor:
+    """Cells (bool (n-1)^3) with a corner |V| < thr or a sign change among their 8 corners."""
+    mn = -F.max_pool3d(-V[None, None], 2, stride=1)[0, 0]
+    mx = F.max_pool3d(V[None, None], 2, stride=1)[0, 0]
+    amin = -F.max_pool3d(-V.abs()[None, None], 2, stride=1)[0, 0]
+    return (amin < thr) | ((mn < 0) & (mx > 0))
+
+
+def _cell_corners(cells: torch.Tensor) -> torch.Tensor:
+    """Cells (bool (m, m, m)) -> points (bool (m+1)^3) that are a corner of at least one of them."""
+    return F.max_pool3d(F.pad(cells.float()[None, None], (1, 1, 1, 1, 1, 1)), 2, stride=1)[0, 0] > 0
+
+
+_CORNERS = torch.stack(torch.meshgrid(*(torch.arange(2),) * 3, indexing="ij"), -1).reshape(8, 3)
+
+
+def _lin(p: torch.Tensor, n: int) -> torch.Tensor:
+    return (p[..., 0] * n + p[..., 1]) * n + p[..., 2]
+
+
+def _near(v: torch.Tensor, thr: float) -> torch.Tensor:
+    """(M, 8) corner values -> (M,) bool: the cell may contain the surface.
+
+    For an L-Lipschitz SDF, a cell containing a zero has every corner within L * diagonal of it, so
+    max |corner| <= L * diag; thr = margin * diag with margin >= L (plus a sign change test) is conservative.
+    """
+    return (v.abs().amax(-1) < thr) | ((v.amin(-1) < 0) & (v.amax(-1) > 0))
+
+
+def _unique_dense(lin: torch.Tensor, size: int) -> torch.Tensor:
+    """Sorted unique of non-negative ids < size via a dense mark array (much faster than torch.unique here)."""
+    mark = torch.zeros(size, dtype=torch.bool)
+    mark[lin.reshape(-1)] = True
+    return mark.nonzero().squeeze(1)
+
+
+def extract_mesh(
+    sdf_fn: Callable[[torch.Tensor, bool], torch.Tensor],
+    box: Box,
+    res: int = 256,
+    coarse_res: int = 32,
+    margin: float = 1.5,
+    return_state: bool = False,
+):
+    """Narrow-band coarse-to-fine marching cubes of the zero level set of sdf_fn.
+
+    Level 0 evaluates the full coarse grid.  Each refinement keeps only the cells that are near the surface
+    (a corner with |sdf| < margin * cell diagonal, or a sign change), splits them into 8 children, drops children
+    whose trilinearly predicted corner values are far from the surface, and evaluates only the children's corners.
+    All bookkeeping is sparse (sorted linear indices), so the cost scales with the surface area, not res^3.
+
+    sdf_fn(points (P, 3) float32, coarse: bool) -> sdf (P,); `coarse` marks levels before the last (a caller may
+    use a cheaper evaluation there, e.g. bfloat16).  res must be coarse_res * 2^k (cells per axis).
+    Returns Mesh (colors None) [, GridState].
+    """
+    levels = int(round(np.log2(res / coarse_res)))
+    if coarse_res * 2 ** levels != res:
+        raise ValueError(f"res ({res}) must be coarse_res ({coarse_res}) times a power of two")
+    lo = np.asarray(box[0], dtype=np.float64)
+    hi = np.asarray(box[1], dtype=np.float64)
+    m = coarse_res
+    keys = torch.arange((m + 1) ** 3)
+    dense = sdf_fn(_grid_points(box, m + 1, keys), levels > 0).reshape(-1).float()  # (n^3,) values
+    g = torch.arange(m)
+    cells = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)   # (M, 3) active cells
+    # Trilinear weights of the 27 child-corner positions (in half-cells) w.r.t. the parent's 8 corners.
+    half = torch.stack(torch.meshgrid(*(torch.arange(3),) * 3, indexing="ij"), -1).reshape(27, 3).float() / 2
+    wts = torch.prod(torch.where(_CORNERS[None].bool(), half[:, None], 1 - half[:, None]), -1)       # (27, 8)
+    child_corner = (_CORNERS[:, None, :] + _CORNERS[None, :, :])                                     # (8c, 8k, 3)
+    child_corner_27 = (child_corner[..., 0] * 3 + child_corner[..., 1]) * 3 + child_corner[..., 2]  # (8, 8)
+    for lev in range(levels):
+        n = m + 1
+        diag = float(np.linalg.norm((hi - lo) / m))
+        cv = dense[_lin(cells[:, None, :] + _CORNERS, n)]                                          # (M, 8)
+        keep = _near(cv, margin * diag)
+        cells, cv = cells[keep], cv[keep]
+        pred = cv @ wts.t()                                                                           # (M, 27)
+        pv = pred[:, child_corner_27]                                                                 # (M, 8c, 8k)
+        ok = _near(pv, margin * diag / 2)                                                             # (M, 8c)
+        children = (2 * cells[:, None, :] + _CORNERS[None])[ok]                                       # (M', 3)
+        m = 2 * m
+        n = m + 1
+        keys = _unique_dense(_lin(children[:, None, :] + _CORNERS, n), n ** 3)
+        dense = torch.ones(n ** 3)  # +1 where not evaluated (never read: only evaluated corners are used)
+        dense[keys] = sdf_fn(_grid_points(box, n, keys), lev < levels - 1).reshape(-1).float()
+        cells = children
+    n = m + 1
+    V = dense.view(n, n, n)  # band values, +1 elsewhere (masked out of marching cubes)
+    cell_mask = torch.zeros(n ** 3, dtype=torch.bool)
+    cell_mask[_lin(cells, n)] = True
+    mesh = _marching_cubes(V, cell_mask.view(n, n, n), lo, hi)
+    if return_state:
+        evaluated = torch.zeros(n ** 3, dtype=torch.bool)
+        evaluated[keys] = True
+        return mesh, GridState(values=V, evaluated=evaluated.view(n, n, n), box=box, res=res)
+    return mesh
+
+
+def _marching_cubes(V: torch.Tensor, cell_mask: torch.Tensor, lo, hi) -> Mesh:
+    """skimage marching cubes on the dense volume V, restricted to the cells (indexed by their lowest corner)
+    set in cell_mask."""
+    from skimage.measure import marching_cubes
+
+    n = V.shape[0]
+    vol = V.numpy()
+    # skimage indexes a cell's mask by its highest corner.
+    mask = np.zeros(vol.shape, dtype=bool)
+    mask[1:, 1:, 1:] = cell_mask.numpy()[:-1, :-1, :-1]
+    if not (vol.min() < 0 < vol.max()):
+        return Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
+    spacing = tuple((np.asarray(hi) - np.asarray(lo)) / (n - 1))
+    verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=spacing, gradient_direction="descent", mask=mask)
+    verts = (verts + np.asarray(lo)).astype(np.float32)
+    return Mesh(verts, faces.astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------------------ model meshes
+def _albedo_u8(c: torch.Tensor) -> np.ndarray:
+    return ((c.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def canonical_mesh(
+    model,
+    z_geo: torch.Tensor,
+    z_app: Optional[torch.Tensor] = None,
+    res: int = 256,
+    box: Optional[Box] = None,
+    coarse_res: int = 32,
+    chunk: int = 8192,
+    coarse_dtype: Optional[torch.dtype] = "auto",
+    with_color: bool = True,
+) -> Mesh:
+    """Neutral canonical mesh (q = [x ; 0]) with albedo vertex colours, effective res^3 over the model's box."""
+    box = box or model.cfg.mesh_box
+    if coarse_dtype == "auto":
+        coarse_dtype = auto_coarse_dtype(model)
+    z_geo = z_geo.reshape(1, -1).float()
+    with torch.inference_mode():
+        A = model.anchors(z_geo)
+
+        def fn(p: torch.Tensor, coarse: bool) -> torch.Tensor:
+            return model.sdf_only(p[None], z_geo, None, neutral=True, chunk=chunk, anchors=A,
+                                  compute_dtype=coarse_dtype if coarse else None)[0, :, 0]
+
+        mesh = extract_mesh(fn, box, res, coarse_res)
+        if with_color and z_app is not None and len(mesh.vertices):
+            _, col = model.query(torch.from_numpy(mesh.vertices)[None], z_geo, z_app.reshape(1, -1).float(), None,
+                                 neutral=True, chunk=chunk, anchors=A)
+            mesh.colors = _albedo_u8(col[0])
+    return mesh
+
+
+def _vertex_neighbors(faces: np.ndarray, n_verts: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    f = torch.from_numpy(np.asarray(faces, dtype=np.int64))
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]], 0)
+    e = torch.cat([e, e.flip(1)], 0)
+    return e[:, 0], e[:, 1]
+
+
+def repair_from_neighbors(verts_can: torch.Tensor, verts_posed: torch.Tensor, ok: torch.Tensor,
+                          faces: np.ndarray, iters: int = 50) -> torch.Tensor:
+    """Replace non-converged vertices' displacement by the mean displacement of their repaired/ok neighbours.
+
+    Vectorised diffusion over the edge list; vertices with no usable neighbour keep zero displacement.
+    """
+    if bool(ok.all()):
+        return verts_posed
+    src, dst = _vertex_neighbors(faces, verts_can.shape[0])
+    disp = torch.where(ok[:, None], verts_posed - verts_can, torch.zeros_like(verts_can))
+    known = ok.clone()
+    for _ in range(iters):  # each sweep extends the known region by one ring
+        s = torch.zeros_like(disp).index_add_(0, dst, disp[src] * known[src, None])
+        c = torch.zeros(disp.shape[0]).index_add_(0, dst, known[src].float())
+        fill = (~ok) & (c > 0)
+        disp = torch.where(fill[:, None], s / c.clamp_min(1)[:, None], disp)
+        new_known = known | fill
+        if bool((new_known == known).all()) and bool(new_known[~ok].all()):
+            break
+        known = new_known
+    return verts_can + disp
+
+
+@dataclass
+class WarpState:
+    """Per-vertex solution of the previous frame, to warm-start the next one."""
+    points: torch.Tensor   # (V, 3)
+    jinv: torch.Tensor     # (V, 3, 3)
+
+
+def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None,
+              compute_dtype: Optional[torch.dtype] = None, chunk: int = 65536,
+              **kw) -> Tuple[Mesh, torch.Tensor, WarpState]:
+    """Fixed-topology posed mesh: canonical vertices forward-warped into the frame's posed space.
+
+    state: the previous frame's `WarpState` (warm start: previous roots and inverse Jacobians, so a frame usually
+    needs only a few chord steps).  Non-converged vertices are repaired from their neighbours.  Colours are the
+    canonical albedo (same topology, same texture).  Returns (mesh, converged (V,) bool, new state).
+    """
+    vc = torch.from_numpy(mesh.vertices).float()
+    z_geo = z_geo.reshape(1, -1).float()
+    z_exp = z_exp.reshape(1, -1).float()
+    outs, oks, jis = [], [], []
+    with torch.no_grad():
+        A = model.anchors(z_geo)
+        for s in range(0, vc.shape[0], chunk):
+            xi = ji = None
+            if state is not None:
+                xi = state.points[s : s + chunk][None]
+                ji = state.jinv[s : s + chunk][None]
+            r = model.forward_warp(vc[None, s : s + chunk], z_geo, z_exp, anchors=A, x_init=xi, jinv_init=ji,
+                                   compute_dtype=compute_dtype, implicit_grad=False, **kw)
+            outs.append(r.points[0])
+            oks.append(r.converged[0])
+            jis.append(r.jinv[0])
+    xp = torch.cat(outs) if outs else vc.clone()
+    ok = torch.cat(oks) if oks else torch.ones(0, dtype=torch.bool)
+    jinv = torch.cat(jis) if jis else torch.zeros(0, 3, 3)
+    xp = repair_from_neighbors(vc, torch.where(ok[:, None], xp, vc), ok, mesh.faces)
+    jinv = torch.where(ok[:, None, None], jinv, torch.eye(3).expand_as(jinv))
+    return Mesh(xp.numpy().astype(np.float32), mesh.faces, mesh.colors), ok, WarpState(xp, jinv)
+
+
+def _unlin(lin: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.stack([lin // (n * n), (lin // n) % n, lin % n], -1)
+
+
+def _isin_sorted(sorted_keys: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(q, dtype=torch.bool)
+    pos = torch.searchsorted(sorted_keys, q).clamp_max(sorted_keys.numel() - 1)
+    return sorted_keys[pos] == q
+
+
+def _dilate_cells(cells: torch.Tensor, m: int, r: int) -> torch.Tensor:
+    """Cells (K, 3) -> sorted unique linear ids of all cells within Chebyshev distance r, inside the m^3 grid."""
+    o = torch.arange(-r, r + 1)
+    off = torch.stack(torch.meshgrid(o, o, o, indexing="ij"), -1).reshape(-1, 3)
+    c = (cells[:, None, :] + off[None]).reshape(-1, 3)
+    c = c[((c >= 0) & (c < m)).all(-1)]
+    return torch.unique(_lin(c, m))
+
+
+class PosedMesher:
+    """Topology-varying per-frame meshes in posed space (full deformed model, reference §4.9).
+
+    The first frame uses coarse-to-fine narrow-band extraction; every later frame evaluates only a band of
+    `band` cells around the previous frame's surface, growing it wherever the new surface reaches the band edge.
+    """
+
+    def __init__(self, model, res: int = 128, box: Optional[Box] = None, band: int = 0, chunk: int = 8192,
+                 coarse_res: int = 32, coarse_dtype: Optional[torch.dtype] = "auto"):
+        self.model = model
+        self.res = res
+        self.box = box or model.cfg.mesh_box
+        self.band = band
+        self.chunk = chunk
+        self.coarse_res = coarse_res
+        self.coarse_dtype = auto_coarse_dtype(model) if coarse_dtype == "auto" else coarse_dtype
+        self.surface_cells: Optional[torch.Tensor] = None  # (K, 3) sign-change cells of the last frame
+        self.last_evaluated = 0
+
+    def reset(self) -> None:
+        self.surface_cells = None
+
+    def __call__(self, z_geo, z_app, z_exp, with_color: bool = True) -> Mesh:
+        z_geo = z_geo.reshape(1, -1).float()
+        z_exp = z_exp.reshape(1, -1).float()
+        with torch.inference_mode():
+            A = self.model.anchors(z_geo)
+
+            def fn(p: torch.Tensor, coarse: bool = False) -> torch.Tensor:
+                dt = self.coarse_dtype if coarse else None
+                return self.model.sdf_only(p[None], z_geo, z_exp, chunk=self.chunk, anchors=A, compute_dtype=dt)[0, :, 0]
+
+            if self.surface_cells is None:
+                mesh, st = extract_mesh(fn, self.box, self.res, self.coarse_res, return_state=True)
+                self.last_evaluated = int(st.evaluated.sum())
+                V, n = st.values, self.res + 1
+                self.surface_cells = self._surface(V.reshape(-1), torch.arange(n ** 3)[st.evaluated.reshape(-1)])
+            else:
+                mesh = self._update(fn)
+            if with_color and z_app is not None and len(mesh.vertices):
+                _, col = self.model.query(torch.from_numpy(mesh.vertices)[None], z_geo, z_app.reshape(1, -1).float(),
+                                          z_exp, chunk=self.chunk, anchors=A)
+                mesh.colors = _albedo_u8(col[0])
+        return mesh
+
+    def _cell_values(self, V_flat: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        n = self.res + 1
+        return V_flat[_lin(cells[:, None, :] + _CORNERS, n)]  # (K, 8)
+
+    def _surface(self, V_flat: torch.Tensor, evaluated_pts: torch.Tensor) -> torch.Tensor:
+        """Sign-change cells whose corners were all evaluated."""
+        m, n = self.res, self.res + 1
+        ev = torch.unique(evaluated_pts)
+        cand = _unlin(ev, n)
+        cand = cand[(cand < m).all(-1)]
+        corners = _lin(cand[:, None, :] + _CORNERS, n)
+        full = _isin_sorted(ev, corners.reshape(-1)).view(-1, 8).all(-1)
+        cand = cand[full]
+        v = V_flat[_lin(cand[:, None, :] + _CORNERS, n)]
+        return cand[(v.amin(-1) < 0) & (v.amax(-1) > 0)]
+
+    def _update(self, fn) -> Mesh:
+        m, n = self.res, self.res + 1
+        V = torch.ones(n ** 3)
+        band = _dilate_cells(self.surface_cells, m, self.band)            # sorted linear cell ids
+        new_cells = band
+        evaluated = torch.zeros(0, dtype=torch.long)
+        total = 0
+        for _ in range(8):  # grow the band while the surface touches its edge
+            pts = torch.unique(_lin(_unlin(new_cells, m)[:, None, :] + _CORNERS, n).reshape(-1))
+            pts = pts[~_isin_sorted(evaluated, pts)]
+            if pts.numel():
+                V[pts] = fn(_grid_points(self.box, n, pts)).reshape(-1).float()
+                total += pts.numel()
+                evaluated = torch.unique(torch.cat([evaluated, pts]))
+            cells = _unlin(band, m)
+            v = V[_lin(cells[:, None, :] + _CORNERS, n)]
+            surf = cells[(v.amin(-1) < 0) & (v.amax(-1) > 0)]
+            # Surface cells with a 26-neighbour outside the band: the surface may continue there.
+            nb = _dilate_cells(surf, m, 1)
+            outside = nb[~_isin_sorted(band, nb)]
+            if outside.numel() == 0:
+                break
+            touching = _unlin(outside, m)
+            new_cells = _dilate_cells(touching, m, max(1, self.band))
+            new_cells = new_cells[~_isin_sorted(band, new_cells)]
+            band = torch.unique(torch.cat([band, new_cells]))
+        self.last_evaluated = total
+        self.surface_cells = surf
+        cell_mask = torch.zeros(n ** 3, dtype=torch.bool)
+        cell_mask[_lin(_unlin(band, m), n)] = True
+        lo, hi = np.asarray(self.box[0]), np.asarray(self.box[1])
+        return _marching_cubes(V.view(n, n, n), cell_mask.view(n, n, n), lo, hi)

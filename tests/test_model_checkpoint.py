@@ -10,6 +10,15 @@ import yaml
 from backend.model import CheckpointError, MonoNPHM, MonoNPHMConfig, load_model, load_official, save_model
 from backend.model.checkpoint import project_to_official_state
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread: on a shared/busy CPU, many short 2-thread parallel regions stall (OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 SHARED = Path(os.environ.get("MONONPHM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FIX = SHARED / "fixtures" / "official-parity"
 

@@ -1,8 +1,18 @@
 """Batched path vs per-type loop, pruning error bound, forward warp (inverse + implicit gradients)."""
+import pytest
 import torch
 
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init
 from backend.model.reference_loop import loop_canonical, loop_forward
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread: on a shared/busy CPU, many short 2-thread parallel regions stall (OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _model(cfg, seed=0, dtype=torch.float64):

@@ -9,6 +9,15 @@ import torch
 from backend.model import load_official
 from backend.model.root_finding import posed_anchors
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread: on a shared/busy CPU, many short 2-thread parallel regions stall (OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 SHARED = Path(os.environ.get("MONONPHM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FIX = SHARED / "fixtures" / "official-parity"
 pytestmark = pytest.mark.skipif(not (FIX / "expected.npz").is_file(),

@@ -1,7 +1,17 @@
 """Smoke test of the MonoNPHM model core: shapes, differentiability, presets."""
+import pytest
 import torch
 
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread: on a shared/busy CPU, many short 2-thread parallel regions stall (OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _model(cfg):

@@ -187,7 +187,8 @@ def _ones_scratch(rows: int, cols: int, dtype: torch.dtype, in_dim: int) -> torc
     key = (cols, in_dim, dtype)
     buf = _SCRATCH.get(key)
     if buf is None or buf.shape[0] < rows:
-        buf = torch.ones(max(rows, 1024), cols, dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor, usable both inside and outside inference mode
+            buf = torch.ones(max(rows, 1024), cols, dtype=dtype)
         _SCRATCH[key] = buf
     return buf[:rows]
 
@@ -263,8 +264,10 @@ class TypedLinearStack(nn.Module):
             aug = F.pad(aug, (0, 0, 0, _pad_to(o) - o))
         aug = aug.to(dtype)
         if not need_graph:
-            with torch.no_grad():
-                self._aug_cache[key] = ((w._version, b._version, w.data_ptr(), b.data_ptr()), aug.detach())
+            if torch.is_inference_mode_enabled():
+                with torch.inference_mode(False), torch.no_grad():  # cache a normal (non-inference) tensor
+                    aug = aug.clone()
+            self._aug_cache[key] = ((w._version, b._version, w.data_ptr(), b.data_ptr()), aug.detach())
         return aug
 
     def apply_hidden(self, l: int, z: torch.Tensor, layout: EdgeLayout, act: str, beta: float,

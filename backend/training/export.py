@@ -27,11 +27,55 @@ ENCODERS_FILE = "encoders.pt"
 REPO_BUILTIN = Path(__file__).resolve().parents[1] / "models" / "builtin"
 
 
-def export(ckpt_path, out_dir=REPO_BUILTIN, extra_info=None):
+def fit_arkit_regressor(enc, reg, iters=3000, batch=256, noise=0.1, seed=0, lr=3e-3):
+    """Fit the z_exp -> ARKit regressor to the final expression encoder (cheap: no meshes needed).
+
+    Training expressions come from the training sampler (held-out combos excluded); inputs are standardised
+    (folded into the first Linear afterwards) and augmented with Gaussian noise of `noise` x the code std so codes
+    fitted off the encoder's manifold still map sensibly. Returns the final training MSE.
+    """
+    from . import data as D
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        pool_w = np.stack([D.sample_expression(rng) for _ in range(20000)])
+        pool_z = enc.encode_exp(torch.from_numpy(pool_w))
+        pool_a = torch.from_numpy(arkit.ict_to_arkit(pool_w).astype(np.float32))
+        mu, sd = pool_z.mean(0), pool_z.std(0) + 1e-6
+    net = reg.net
+    for m in net:
+        if isinstance(m, torch.nn.Linear):
+            m.reset_parameters()
+    opt = torch.optim.Adam(reg.parameters(), lr=lr)
+    loss = torch.tensor(0.0)
+    for it in range(iters):
+        if it == int(iters * 0.7):
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.2
+        j = torch.from_numpy(rng.integers(0, len(pool_w), batch))
+        zn = (pool_z[j] - mu) / sd
+        zn = zn + noise * torch.randn_like(zn)
+        loss = ((torch.sigmoid(net(zn) - 3.0) - pool_a[j]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # fold the standardisation into the first layer: net(z) on raw codes
+        first = net[0]
+        first.bias.sub_(first.weight @ (mu / sd))
+        first.weight.div_(sd[None, :])
+    return float(loss.detach())
+
+
+def export(ckpt_path, out_dir=REPO_BUILTIN, extra_info=None, refit_arkit=True):
     from ..model import save_model
     from .evaluate import load_for_eval
 
     model, enc, reg, meta = load_for_eval(ckpt_path)
+    arkit_fit = None
+    if refit_arkit:
+        for p in reg.parameters():
+            p.requires_grad_(True)
+        arkit_fit = fit_arkit_regressor(enc, reg)
     st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     out_dir = Path(out_dir)
     extra = {
@@ -50,7 +94,9 @@ def export(ckpt_path, out_dir=REPO_BUILTIN, extra_info=None):
                                       "hair_b", "iris_r", "iris_g", "iris_b", "stubble", "redness", "noise",
                                       "brow_density"],
                      "mean_codes": "encode_*(zeros); z_exp of zero weights is exactly 0 (neutral)"},
-        "arkit_regressor": {"in": "z_exp", "out": list(arkit.ARKIT_NAMES)},
+        "arkit_regressor": {"in": "z_exp", "out": list(arkit.ARKIT_NAMES),
+                            "fit": "refit to the final encoder at export" if refit_arkit else "trained jointly",
+                            "fit_mse": arkit_fit},
         "color_space": "albedo in [-1, 1] = (rgb - 0.5) * 2",
         "training": {"step": int(st.get("step", 0)), "minutes": round(float(st.get("elapsed", 0.0)) / 60, 1),
                      "ema_weights": "ema" in st},
@@ -101,12 +147,13 @@ def main(argv=None):
     ap.add_argument("checkpoint")
     ap.add_argument("--out", default=str(REPO_BUILTIN))
     ap.add_argument("--eval", default=None, help="evaluation JSON to record in config.json extra")
+    ap.add_argument("--no-refit-arkit", action="store_true", help="keep the jointly trained ARKit regressor")
     a = ap.parse_args(argv)
     info = None
     if a.eval:
         res = json.loads(Path(a.eval).read_text())
         info = {"heldout_eval": {k: v for k, v in res.items() if k != "per_shape"}}
-    d = export(a.checkpoint, a.out, info)
+    d = export(a.checkpoint, a.out, info, refit_arkit=not a.no_refit_arkit)
     size = sum(p.stat().st_size for p in Path(d).iterdir() if p.is_file())
     print(f"exported to {d} ({size / 1e6:.2f} MB)")
     return 0

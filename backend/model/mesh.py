@@ -99,7 +99,7 @@ def extract_mesh(
     sdf_fn: Callable[[torch.Tensor, bool], torch.Tensor],
     box: Box,
     res: int = 256,
-    coarse_res: int = 32,
+    coarse_res: int = 16,
     margin: float = 1.5,
     return_state: bool = False,
 ):
@@ -186,7 +186,7 @@ def canonical_mesh(
     z_app: Optional[torch.Tensor] = None,
     res: int = 256,
     box: Optional[Box] = None,
-    coarse_res: int = 32,
+    coarse_res: int = 16,
     chunk: int = 8192,
     coarse_dtype: Optional[torch.dtype] = "auto",
     with_color: bool = True,
@@ -309,7 +309,7 @@ class PosedMesher:
     """
 
     def __init__(self, model, res: int = 128, box: Optional[Box] = None, band: int = 0, chunk: int = 8192,
-                 coarse_res: int = 32, coarse_dtype: Optional[torch.dtype] = "auto"):
+                 coarse_res: int = 16, coarse_dtype: Optional[torch.dtype] = "auto"):
         self.model = model
         self.res = res
         self.box = box or model.cfg.mesh_box

@@ -25,6 +25,7 @@ class ModelOutput:
     anchors: torch.Tensor                    # (B, n_anchors, 3)
     knn_idx: Optional[torch.Tensor] = None   # (B, N, K) nearest anchors of the canonical point
     dropped_mass: Optional[torch.Tensor] = None  # (B, N) blend mass dropped by pruning (fast path only)
+    kept_edges: Optional[int] = None         # (point, anchor) edges evaluated after pruning
 
 
 def _batch_codes(z: Optional[torch.Tensor], B: int) -> Optional[torch.Tensor]:
@@ -181,7 +182,7 @@ class MonoNPHM(nn.Module):
             sdf, grad, off, hyp, anchors = (t.detach() for t in (sdf, grad, off, hyp, anchors))
             color = color.detach() if color is not None else None
         return ModelOutput(sdf=sdf, color=color, gradient=grad, offsets=off, hyper=hyp, anchors=anchors,
-                           knn_idx=co.knn_idx, dropped_mass=co.dropped_mass)
+                           knn_idx=co.knn_idx, dropped_mass=co.dropped_mass, kept_edges=co.kept_edges)
 
     # ------------------------------------------------------------------ chunked inference helpers
     @torch.inference_mode()

@@ -1,0 +1,97 @@
+"""Mesh extraction timings: canonical mesh (narrow-band marching cubes, effective res^3 over the official
+box), per-frame fixed-topology positions (forward warp of a ~30k-vertex canonical mesh, warm-started from the
+previous frame) and per-frame topology-varying marching cubes (band reused from the previous frame).
+
+Models: the built-in checkpoint (backend/models/builtin) when present, else randomly initialised networks
+with the sphere-like geometric init (a head-sized blob), at the official and built-in sizes.
+The LAST line printed is one JSON object.
+Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init, load_model  # noqa: E402
+from backend.model.mesh import PosedMesher, canonical_mesh, warp_mesh  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from model_throughput import mean_anchors  # noqa: E402
+
+
+def make_model(name: str):
+    builtin = ROOT / "backend" / "models" / "builtin" / "model.pt"
+    if name == "builtin" and builtin.is_file():
+        return load_model(builtin), "checkpoint"
+    cfg = MonoNPHMConfig.official() if name == "official" else MonoNPHMConfig.builtin()
+    torch.manual_seed(0)
+    m = MonoNPHM(cfg, mean_anchors(cfg.n_anchors)).eval()
+    geometric_init(m, 0.42)
+    return m, "geometric-init blob"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--res", type=int, default=256)
+    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--sizes", default="official,builtin")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    res = 64 if args.quick else args.res
+    out = {"threads": args.threads, "res": res, "canonical_mesh_s": {}, "canonical_vertices": {}, "models": {}}
+    for name in args.sizes.split(","):
+        m, kind = make_model(name)
+        out["models"][name] = kind
+        g = torch.Generator().manual_seed(3)
+        zg = torch.randn(1, m.cfg.dim_geo, generator=g) * 0.02
+        za = torch.randn(1, m.cfg.dim_app, generator=g) * 0.02
+        z0 = torch.randn(1, m.cfg.dim_exp, generator=g) * 0.2
+        dz = torch.randn(1, m.cfg.dim_exp, generator=g) * 0.02
+        t = time.perf_counter()
+        can = canonical_mesh(m, zg, za, res=res)
+        out["canonical_mesh_s"][name] = round(time.perf_counter() - t, 2)
+        out["canonical_vertices"][name] = int(len(can.vertices))
+        print(f"[{name}] canonical {res}^3: {out['canonical_mesh_s'][name]} s, {len(can.vertices)} vertices", flush=True)
+        # Fixed topology on a ~30k-vertex canonical mesh (res 128 gives ~30k vertices on a head-sized surface).
+        small = can if args.quick else canonical_mesh(m, zg, za, res=128)
+        frames_fixed, st = [], None
+        for f in range(args.frames + 1):
+            t = time.perf_counter()
+            _, ok, st = warp_mesh(m, small, zg, z0 + f * dz, state=st)
+            frames_fixed.append(time.perf_counter() - t)
+        # Topology-varying marching cubes in posed space, band reused from the previous frame.
+        pm = PosedMesher(m, res=res)
+        frames_mc = []
+        for f in range(args.frames + 1):
+            t = time.perf_counter()
+            pm(zg, za, z0 + f * dz)
+            frames_mc.append(time.perf_counter() - t)
+        r = {
+            "fixed_topology_vertices": int(len(small.vertices)),
+            "per_frame_fixed_topology_first_s": round(frames_fixed[0], 3),
+            "per_frame_fixed_topology_s": round(float(np.mean(frames_fixed[1:])), 3),
+            "fixed_topology_converged": round(float(ok.float().mean()), 5),
+            "per_frame_marching_cubes_first_s": round(frames_mc[0], 2),
+            "per_frame_marching_cubes_s": round(float(np.mean(frames_mc[1:])), 2),
+            "per_frame_marching_cubes_evaluated_points": int(pm.last_evaluated),
+        }
+        print(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+        if name == "official":
+            out.update(r)
+        else:
+            out[name] = r
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""MonoNPHM model throughput on CPU: batched implementation vs a per-type-loop baseline, vs matmul peak.
+
+Measures, at the official size and at the built-in size, points/s for
+  (a) SDF-only inference (posed, no colour, no grad),
+  (b) SDF + colour inference,
+  (c) a tracking step: SDF, colour and d sdf/dx with create_graph, loss backward to the codes,
+beside the straightforward per-type-loop implementation (`backend/model/reference_loop.py`) of the same model,
+and the achieved matmul FLOP/s of (a) beside the machine's measured dense fp32 matmul FLOP/s.
+
+The LAST line printed is one JSON object (official size at top level, `builtin` sub-object).
+Usage: python benchmarks/model_throughput.py [--threads 2] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from backend.model import MonoNPHM, MonoNPHMConfig  # noqa: E402
+from backend.model.mesh import bf16_supported  # noqa: E402
+from backend.model.reference_loop import loop_forward  # noqa: E402
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("MONONPHM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+def mean_anchors(n: int) -> torch.Tensor:
+    f = shared_dir() / "fixtures" / "official-parity" / "anchors_65.npy"
+    if f.is_file() and n == 65:
+        return torch.tensor(np.load(f), dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)  # head-like synthetic anchors when the official file is absent
+    d = torch.randn(n, 3, generator=g)
+    return d / d.norm(dim=-1, keepdim=True) * torch.tensor([0.3, 0.45, 0.4])
+
+
+def timeit(fn, min_time: float, max_reps: int = 20) -> float:
+    fn()  # warm-up
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        reps += 1
+        el = time.perf_counter() - t0
+        if el >= min_time or reps >= max_reps:
+            return el / reps
+
+
+def matmul_peak(dtype, min_time) -> float:
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        best = max(best, 2 * n ** 3 / timeit(lambda: a @ b, min_time) / 1e9)
+    return best
+
+
+def flops_per_point(cfg: MonoNPHMConfig, edges_per_point: float, color: bool, posed: bool = True) -> float:
+    """Matmul FLOPs per query point actually executed by the batched path (code rows are per anchor, ~0)."""
+    H, L = cfg.hidden_dim_ex, cfg.n_layers_ex
+    ex = 2 * (3 * H + (L - 1) * H * H + 3 * H + H * (3 + cfg.n_hyper)) if posed else 0
+    Hg, Ha = cfg.hidden_dim_geo, cfg.hidden_dim_app
+    geo = 2 * (cfg.dim_canonical * Hg + (cfg.n_layers_geo - 1) * Hg * Hg + Hg)
+    col = 2 * (Hg * cfg.bottleneck_dim + cfg.bottleneck_dim ** 2 + cfg.bottleneck_dim * Ha
+               + (cfg.n_layers_app - 1) * Ha * Ha + 3 * Ha)
+    return ex + edges_per_point * (geo + (col if color else 0))
+
+
+def bench_size(cfg: MonoNPHMConfig, args, peak: float) -> dict:
+    torch.manual_seed(0)
+    m = MonoNPHM(cfg, mean_anchors(cfg.n_anchors)).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)  # tracking optimises codes only
+    zg = torch.randn(1, cfg.dim_geo) * 0.03
+    za = torch.randn(1, cfg.dim_app) * 0.03
+    ze = torch.randn(1, cfg.dim_exp) * 0.1
+    lo, hi = torch.tensor([-0.4, -0.5, -0.45]), torch.tensor([0.4, 0.5, 0.45])
+    g = torch.Generator().manual_seed(1)
+
+    def pts(n):
+        return (lo + (hi - lo) * torch.rand(1, n, 3, generator=g))
+
+    N, Nt, Nl, Nlt = args.points, args.track_points, args.loop_points, args.loop_track_points
+    x, xt, xl, xlt = pts(N), pts(Nt), pts(Nl), pts(Nlt)
+    T = args.min_time
+    out = {}
+    chunk = args.chunk
+    out["sdf_pts_per_s"] = N / timeit(lambda: m.sdf_only(x, zg, ze, chunk=chunk), T)
+    out["sdf_color_pts_per_s"] = N / timeit(lambda: m.query(x, zg, za, ze, chunk=chunk), T)
+    if bf16_supported():
+        out["sdf_bf16_pts_per_s"] = N / timeit(lambda: m.sdf_only(x, zg, ze, chunk=chunk,
+                                                                  compute_dtype=torch.bfloat16), T)
+
+    def track_step(fwd, xx):
+        def step():
+            zgg, zaa, zee = (z.clone().requires_grad_(True) for z in (zg, za, ze))
+            sdf, col, grad = fwd(xx, zgg, zaa, zee)
+            loss = sdf.abs().mean() + col.abs().mean() + (grad.norm(dim=-1) - 1).abs().mean()
+            loss.backward()
+        return step
+
+    def fast(xx, a, b, c):
+        o = m(xx, a, b, c, with_gradient=True, create_graph=True)
+        return o.sdf, o.color, o.gradient
+
+    def loop(xx, a, b, c):
+        return loop_forward(m, xx, a, b, c, with_gradient=True, create_graph=True)
+
+    out["track_step_pts_per_s"] = Nt / timeit(track_step(fast, xt), T)
+    with torch.inference_mode():
+        out["loop_sdf_pts_per_s"] = Nl / timeit(lambda: loop_forward(m, xl, zg, None, ze, with_color=False), T, 3)
+        out["loop_sdf_color_pts_per_s"] = Nl / timeit(lambda: loop_forward(m, xl, zg, za, ze), T, 3)
+    out["loop_track_step_pts_per_s"] = Nlt / timeit(track_step(loop, xlt), T, 3)
+    with torch.no_grad():
+        o = m(x[:, :8192], zg, za, ze, with_color=False)
+    epp = o.kept_edges / 8192
+    out["edges_per_point"] = epp
+    out["edges_per_point_exact"] = cfg.n_neighbors + 1
+    f_sdf = flops_per_point(cfg, epp, color=False)
+    out["achieved_gflops"] = out["sdf_pts_per_s"] * f_sdf / 1e9
+    out["achieved_gflops_sdf_color"] = out["sdf_color_pts_per_s"] * flops_per_point(cfg, epp, color=True) / 1e9
+    out["mflop_per_point_sdf"] = f_sdf / 1e6
+    out["sdf_goal_bound_pts_per_s"] = peak * 1e9 / f_sdf  # what the measured fp32 peak allows for (a)
+    out["fraction_of_peak_sdf"] = out["achieved_gflops"] / peak
+    for k in ("sdf", "sdf_color", "track_step"):
+        out[f"speedup_{k}"] = out[f"{k}_pts_per_s"] / out[f"loop_{k}_pts_per_s"]
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="smaller inputs, shorter timing (smoke run)")
+    ap.add_argument("--sizes", default="official,builtin")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    q = args.quick
+    args.points = 4096 if q else 32768
+    args.track_points = 1024 if q else 4096
+    args.loop_points = 512 if q else 2048
+    args.loop_track_points = 256 if q else 512
+    args.chunk = 8192
+    args.min_time = 0.2 if q else 1.0
+    peak = matmul_peak(torch.float32, args.min_time)
+    res = {"threads": args.threads, "matmul_gflops": round(peak, 1)}
+    if bf16_supported():
+        res["matmul_bf16_gflops"] = round(matmul_peak(torch.bfloat16, args.min_time), 1)
+    sizes = args.sizes.split(",")
+    for name in sizes:
+        cfg = MonoNPHMConfig.official() if name == "official" else MonoNPHMConfig.builtin()
+        t0 = time.perf_counter()
+        r = bench_size(cfg, args, peak)
+        r["bench_seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+        if name == "official":
+            res.update(r)
+        else:
+            res[name] = r
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -163,8 +163,9 @@ class EdgeLayout:
             a = softplus(z, beta) if act == "softplus" else F.relu(z)
             return self.linear(a, w, b)
         if torch.is_grad_enabled() and z.requires_grad:
+            # Under autograd the padded copy (and its non-contiguous gradient) costs more than a bias gather.
             a = softplus(z, beta) if act == "softplus" else F.relu(z)
-            a = F.pad(a, (0, w_aug.shape[2] - in_dim), value=1.0)
+            return self.linear(a, w, b)
         else:
             a = _ones_scratch(z.shape[0], w_aug.shape[2], z.dtype, in_dim)
             if act == "softplus":
@@ -276,7 +277,8 @@ class TypedLinearStack(nn.Module):
         w, b = self.weights[l], self.biases[l]
         if dtype is not None and w.dtype != dtype:
             w, b = w.to(dtype), b.to(dtype)
-        aug = self.augmented(l, dtype) if layout.grouped else None
+        needs_aug = layout.grouped and not (torch.is_grad_enabled() and z.requires_grad)
+        aug = self.augmented(l, dtype) if needs_aug else None
         return layout.act_linear(z, act, aug, w, b, beta)
 
 

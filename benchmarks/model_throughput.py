@@ -117,8 +117,9 @@ def bench_size(cfg: MonoNPHMConfig, args, peak: float) -> dict:
         out["loop_sdf_color_pts_per_s"] = Nl / timeit(lambda: loop_forward(m, xl, zg, za, ze), T, 3)
     out["loop_track_step_pts_per_s"] = Nlt / timeit(track_step(loop, xlt), T, 3)
     with torch.no_grad():
-        o = m(x[:, :8192], zg, za, ze, with_color=False)
-    epp = o.kept_edges / 8192
+        xs = x[:, :8192]
+        o = m(xs, zg, za, ze, with_color=False)
+    epp = o.kept_edges / xs.shape[1]
     out["edges_per_point"] = epp
     out["edges_per_point_exact"] = cfg.n_neighbors + 1
     f_sdf = flops_per_point(cfg, epp, color=False)

@@ -50,7 +50,8 @@ class MonoNPHMConfig:
     n_layers_ex: int = 6               # lin0..lin{n}, skip into lin{n//2}
     n_hyper: int = 2
     # --- inference defaults ---
-    prune_mass: float = 1e-4           # max blend mass dropped per point on the fast (non-exact) path
+    prune_mass: float = 1e-3           # max blend mass dropped per point on the fast (non-exact) path;
+                                       # SDF/colour error <= prune_mass * max_edge |f_edge| (see ensemble.prune_mask)
     mesh_box: Tuple[Tuple[float, float, float], Tuple[float, float, float]] = field(
         default_factory=lambda: OFFICIAL_MESH_BOX
     )

@@ -8,6 +8,7 @@ weights (n_blocks, in, out).  Padding rows are computed but never read back (the
 from __future__ import annotations
 
 import math
+import threading
 from typing import List, Optional
 
 import torch
@@ -176,7 +177,7 @@ class EdgeLayout:
         return y[:, :out_dim] if y.shape[1] != out_dim else y
 
 
-_SCRATCH = {}
+_SCRATCH = threading.local()  # per thread: a buffer is only valid until the next matmul of its own thread
 
 
 def _ones_scratch(rows: int, cols: int, dtype: torch.dtype, in_dim: int) -> torch.Tensor:
@@ -185,12 +186,15 @@ def _ones_scratch(rows: int, cols: int, dtype: torch.dtype, in_dim: int) -> torc
     Only columns < in_dim are ever overwritten (by the activation), so the constant columns are filled once per
     allocation instead of once per layer; its content is consumed by the very next matmul.
     """
+    cache = getattr(_SCRATCH, "bufs", None)
+    if cache is None:
+        cache = _SCRATCH.bufs = {}
     key = (cols, in_dim, dtype)
-    buf = _SCRATCH.get(key)
+    buf = cache.get(key)
     if buf is None or buf.shape[0] < rows:
         with torch.inference_mode(False):  # a normal tensor, usable both inside and outside inference mode
             buf = torch.ones(max(rows, 1024), cols, dtype=dtype)
-        _SCRATCH[key] = buf
+        cache[key] = buf
     return buf[:rows]
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 Box = Tuple[Sequence[float], Sequence[float]]
+COARSE_PRUNE_MASS = 1e-2  # coarse levels only choose cells to refine (margin 1.5 cell diagonals covers the error)
 
 
 @dataclass
@@ -200,8 +201,10 @@ def canonical_mesh(
         A = model.anchors(z_geo)
 
         def fn(p: torch.Tensor, coarse: bool) -> torch.Tensor:
+            # Coarse levels only decide where to refine: cheaper precision and stronger pruning are fine there.
             return model.sdf_only(p[None], z_geo, None, neutral=True, chunk=chunk, anchors=A,
-                                  compute_dtype=coarse_dtype if coarse else None)[0, :, 0]
+                                  compute_dtype=coarse_dtype if coarse else None,
+                                  prune_mass=COARSE_PRUNE_MASS if coarse else None)[0, :, 0]
 
         mesh = extract_mesh(fn, box, res, coarse_res)
         if with_color and z_app is not None and len(mesh.vertices):
@@ -331,7 +334,9 @@ class PosedMesher:
 
             def fn(p: torch.Tensor, coarse: bool = False) -> torch.Tensor:
                 dt = self.coarse_dtype if coarse else None
-                return self.model.sdf_only(p[None], z_geo, z_exp, chunk=self.chunk, anchors=A, compute_dtype=dt)[0, :, 0]
+                pm = COARSE_PRUNE_MASS if coarse else None
+                return self.model.sdf_only(p[None], z_geo, z_exp, chunk=self.chunk, anchors=A, compute_dtype=dt,
+                                           prune_mass=pm)[0, :, 0]
 
             if self.surface_cells is None:
                 mesh, st = extract_mesh(fn, self.box, self.res, self.coarse_res, return_state=True)

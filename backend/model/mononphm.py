@@ -186,16 +186,19 @@ class MonoNPHM(nn.Module):
 
     # ------------------------------------------------------------------ chunked inference helpers
     @torch.inference_mode()
-    def sdf_only(self, x, z_geo, z_exp=None, neutral=False, chunk=32768, exact=False, compute_dtype=None,
-                 anchors=None) -> torch.Tensor:
+    def sdf_only(self, x, z_geo, z_exp=None, neutral=False, chunk=8192, exact=False, compute_dtype=None,
+                 anchors=None, prune_mass=None) -> torch.Tensor:
         """No-grad SDF (B, N, 1) in chunks of points; skips the colour branch entirely."""
         return self.query(x, z_geo, None, z_exp, neutral=neutral, with_color=False, chunk=chunk, exact=exact,
-                          compute_dtype=compute_dtype, anchors=anchors)[0]
+                          compute_dtype=compute_dtype, anchors=anchors, prune_mass=prune_mass)[0]
 
     @torch.inference_mode()
-    def query(self, x, z_geo, z_app=None, z_exp=None, neutral=False, with_color=True, chunk=32768, exact=False,
-              compute_dtype=None, anchors=None):
-        """No-grad (sdf (B,N,1), color (B,N,3) or None), evaluated in chunks of `chunk` points."""
+    def query(self, x, z_geo, z_app=None, z_exp=None, neutral=False, with_color=True, chunk=8192, exact=False,
+              compute_dtype=None, anchors=None, prune_mass=None):
+        """No-grad (sdf (B,N,1), color (B,N,3) or None), evaluated in chunks of `chunk` points.
+
+        Chunks of a few thousand points keep the per-edge activations cache-sized; coarse passes may raise
+        prune_mass (error bound prune_mass * max_edge |f_edge|) and use compute_dtype=torch.bfloat16."""
         if x.dim() == 2:
             x = x.unsqueeze(0)
         B = x.shape[0]
@@ -205,7 +208,7 @@ class MonoNPHM(nn.Module):
         sdfs, cols = [], []
         for s in range(0, x.shape[1], chunk):
             o = self.forward(x[:, s : s + chunk], z_geo, z_app, z_exp, neutral=neutral, with_color=with_color,
-                             exact=exact, anchors=anchors, compute_dtype=compute_dtype)
+                             exact=exact, anchors=anchors, compute_dtype=compute_dtype, prune_mass=prune_mass)
             sdfs.append(o.sdf)
             if with_color:
                 cols.append(o.color)

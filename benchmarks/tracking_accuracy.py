@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--track-all-frames", action="store_true",
                     help="track every frame (default: only the evaluated frames, --frames 0:N:every)")
     ap.add_argument("--no-mediapipe", action="store_true")
+    ap.add_argument("--reuse-tracks", action="store_true",
+                    help="reuse/resume the clips' existing result packages instead of tracking afresh")
     ap.add_argument("--tracker-timeout", type=float, default=3600.0, help="seconds per tracker run")
     ap.add_argument("--cache", type=Path, default=None, help="render cache (default .cache/evaluation)")
     ap.add_argument("--track-arg", action="append", default=[], help="extra argument for the tracker CLI")
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
     cfg = benchmark.BenchmarkConfig(
         n_clips=a.clips, n_frames=a.frames, every=a.every, presets=tuple(a.presets), n_points=a.points,
         threads=a.threads, track_all_frames=a.track_all_frames, run_tracker=bool(a.presets),
-        run_mediapipe=not a.no_mediapipe, tracker_timeout_s=a.tracker_timeout, extra_track_args=tuple(a.track_arg),
+        run_mediapipe=not a.no_mediapipe, reuse_tracks=a.reuse_tracks, tracker_timeout_s=a.tracker_timeout,
+        extra_track_args=tuple(a.track_arg),
         **({"cache_dir": a.cache} if a.cache else {}))
     result = benchmark.run_benchmark(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(benchmark.format_table(result), flush=True)

@@ -40,6 +40,7 @@ class BenchmarkConfig:
     tracker_timeout_s: float = 3600.0
     track_all_frames: bool = False      # False: the tracker only tracks the evaluated frames (--frames ::every)
     run_tracker: bool = True
+    reuse_tracks: bool = False          # True: resume/reuse an existing result package of the clip
     run_mediapipe: bool = True
     extra_track_args: tuple[str, ...] = ()
     spec_overrides: dict = field(default_factory=dict)
@@ -99,7 +100,8 @@ def package_meshes(package: Path, frames: np.ndarray | None = None) -> dict:
 
 
 def run_tracker(clip: synthetic.RenderedClip, preset: str, cfg: BenchmarkConfig, log=print) -> TrackerRun:
-    """Run the tracker CLI on a clip (resumes a finished package) and load its meshes; never raises."""
+    """Run the tracker CLI on a clip (a fresh package unless ``cfg.reuse_tracks``) and load its meshes; never
+    raises: failures come back as ``TrackerRun.error`` ("tracker failed: …")."""
     out_dir = clip.folder / f"track_{preset}"
     intr = clip.ground_truth().intrinsics
     cmd = [sys.executable, "-m", "backend", "track", str(clip.video), "--out", str(out_dir), "--preset", preset,
@@ -108,6 +110,10 @@ def run_tracker(clip: synthetic.RenderedClip, preset: str, cfg: BenchmarkConfig,
     if not cfg.track_all_frames:
         cmd += ["--frames", f"0:{cfg.n_frames}:{cfg.every}"]
     run = TrackerRun(preset, out_dir)
+    if out_dir.exists() and not cfg.reuse_tracks:
+        import shutil
+
+        shutil.rmtree(out_dir)  # measure the current tracker, not a package from an earlier version
     t0 = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
     try:

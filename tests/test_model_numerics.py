@@ -144,3 +144,18 @@ def test_grouped_and_blocked_layouts_agree_with_double_backward():
         res.append((o.sdf, o.color, o.gradient) + tuple(gz))
     for a, b in zip(*res):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
+
+
+def test_threaded_chunked_query_matches_serial():
+    cfg = MonoNPHMConfig.builtin()
+    m = _model(cfg, seed=13, dtype=torch.float32)
+    zg, za, ze = _codes(cfg, 1, dtype=torch.float32)
+    x = torch.rand(1, 3000, 3) - 0.5
+    a = m.query(x, zg, za, ze, chunk=1000)  # single intra-op thread here: serial chunks
+    torch.set_num_threads(2)
+    try:
+        b = m.query(x, zg, za, ze, chunk=1000)  # two Python worker threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert torch.allclose(a[0], b[0], atol=1e-6) and torch.allclose(a[1], b[1], atol=1e-6)

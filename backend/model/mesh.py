@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .parallel import map_chunks
+
 Box = Tuple[Sequence[float], Sequence[float]]
 COARSE_PRUNE_MASS = 1e-2  # coarse levels only choose cells to refine (margin 1.5 cell diagonals covers the error)
 
@@ -263,19 +265,20 @@ def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None
     vc = torch.from_numpy(mesh.vertices).float()
     z_geo = z_geo.reshape(1, -1).float()
     z_exp = z_exp.reshape(1, -1).float()
-    outs, oks, jis = [], [], []
     with torch.no_grad():
         A = model.anchors(z_geo)
-        for s in range(0, vc.shape[0], chunk):
-            xi = ji = None
-            if state is not None:
-                xi = state.points[s : s + chunk][None]
-                ji = state.jinv[s : s + chunk][None]
-            r = model.forward_warp(vc[None, s : s + chunk], z_geo, z_exp, anchors=A, x_init=xi, jinv_init=ji,
-                                   compute_dtype=compute_dtype, implicit_grad=False, **kw)
-            outs.append(r.points[0])
-            oks.append(r.converged[0])
-            jis.append(r.jinv[0])
+
+    def run(s, e):
+        xi = ji = None
+        if state is not None:
+            xi = state.points[s:e][None]
+            ji = state.jinv[s:e][None]
+        r = model.forward_warp(vc[None, s:e], z_geo, z_exp, anchors=A, x_init=xi, jinv_init=ji,
+                               compute_dtype=compute_dtype, implicit_grad=False, **kw)
+        return r.points[0], r.converged[0], r.jinv[0]
+
+    res = map_chunks(run, vc.shape[0], chunk, inference=False)
+    outs, oks, jis = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
     xp = torch.cat(outs) if outs else vc.clone()
     ok = torch.cat(oks) if oks else torch.ones(0, dtype=torch.bool)
     jinv = torch.cat(jis) if jis else torch.zeros(0, 3, 3)

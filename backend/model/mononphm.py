@@ -11,6 +11,7 @@ import torch.nn as nn
 from .canonical import CanonicalField, CanonicalOutput
 from .config import MonoNPHMConfig
 from .deformation import DeformationField
+from .parallel import map_chunks
 
 
 @dataclass
@@ -205,13 +206,14 @@ class MonoNPHM(nn.Module):
         z_geo = _batch_codes(z_geo, B)
         if anchors is None:
             anchors = self.id_model.anchors(z_geo)
-        sdfs, cols = [], []
-        for s in range(0, x.shape[1], chunk):
-            o = self.forward(x[:, s : s + chunk], z_geo, z_app, z_exp, neutral=neutral, with_color=with_color,
+        def run(s, e):
+            o = self.forward(x[:, s:e], z_geo, z_app, z_exp, neutral=neutral, with_color=with_color,
                              exact=exact, anchors=anchors, compute_dtype=compute_dtype, prune_mass=prune_mass)
-            sdfs.append(o.sdf)
-            if with_color:
-                cols.append(o.color)
+            return o.sdf, o.color
+
+        outs = map_chunks(run, x.shape[1], chunk)
+        sdfs = [o[0] for o in outs]
+        cols = [o[1] for o in outs] if with_color else []
         sdf = torch.cat(sdfs, 1) if sdfs else x.new_zeros(B, 0, 1)
         col = (torch.cat(cols, 1) if cols else x.new_zeros(B, 0, 3)) if with_color else None
         return sdf, col

@@ -1,0 +1,40 @@
+"""Chunk-level parallelism for no-grad evaluation.
+
+With several intra-op (OpenMP) threads, every small matmul of the segmented ensemble opens a parallel region;
+on a busy CPU (Blender running beside the backend, other jobs) one descheduled thread stalls each region.
+Evaluating independent chunks in Python threads with one intra-op thread each avoids those barriers entirely
+(PyTorch ops release the GIL) and is at least as fast on an idle machine.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, inference: bool = True) -> List[T]:
+    """[fn(start, stop) for each chunk of range(n)], run on torch.get_num_threads() Python threads."""
+    workers = torch.get_num_threads()
+    if workers > 1:
+        chunk = max(256, min(chunk, -(-n // workers)))
+    bounds: Sequence = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+    if workers <= 1 or len(bounds) <= 1:
+        return [fn(s, e) for s, e in bounds]
+
+    def run(b):
+        if inference:
+            with torch.inference_mode():
+                return fn(*b)
+        with torch.no_grad():
+            return fn(*b)
+
+    prev = workers
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            return list(ex.map(run, bounds))
+    finally:
+        torch.set_num_threads(prev)

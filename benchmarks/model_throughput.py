@@ -3,8 +3,10 @@
 Measures, at the official size and at the built-in size, points/s for
   (a) SDF-only inference (posed, no colour, no grad),
   (b) SDF + colour inference,
-  (c) a tracking step: SDF, colour and d sdf/dx with create_graph, loss backward to the codes,
-beside the straightforward per-type-loop implementation (`backend/model/reference_loop.py`) of the same model,
+  (c) a tracking step: SDF, colour and d sdf/dx with create_graph, loss backward to the codes (chunks of the
+      point set forward/backward-ed on worker threads; `track_step_one_graph_pts_per_s` is a single graph),
+beside the straightforward per-type-loop implementation (`backend/model/reference_loop.py`) of the same model
+(run with the same chunk threading, so the ratio measures the batching alone),
 and the achieved matmul FLOP/s of (a) beside the machine's measured dense fp32 matmul FLOP/s.
 
 The LAST line printed is one JSON object (official size at top level, `builtin` sub-object).
@@ -25,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.model import MonoNPHM, MonoNPHMConfig  # noqa: E402
 from backend.model.mesh import bf16_supported  # noqa: E402
+from backend.model.parallel import backward_in_chunks, map_chunks  # noqa: E402
 from backend.model.reference_loop import loop_forward  # noqa: E402
 
 
@@ -96,12 +99,24 @@ def bench_size(cfg: MonoNPHMConfig, args, peak: float) -> dict:
         out["sdf_bf16_pts_per_s"] = N / timeit(lambda: m.sdf_only(x, zg, ze, chunk=chunk,
                                                                   compute_dtype=torch.bfloat16), T)
 
-    def track_step(fwd, xx):
+    def track_step(fwd, xx, chunked=True):
+        """One tracking iteration over xx: loss on SDF, colour and eikonal(gradient), backward to the codes.
+
+        chunked: the loss is a sum over points, so chunks are forward/backward-ed on worker threads
+        (`backend.model.parallel.backward_in_chunks`, one intra-op thread each); otherwise one graph."""
+        n = xx.shape[1]
+
         def step():
-            zgg, zaa, zee = (z.clone().requires_grad_(True) for z in (zg, za, ze))
-            sdf, col, grad = fwd(xx, zgg, zaa, zee)
-            loss = sdf.abs().mean() + col.abs().mean() + (grad.norm(dim=-1) - 1).abs().mean()
-            loss.backward()
+            leaves = [z.clone().requires_grad_(True) for z in (zg, za, ze)]
+
+            def loss_fn(s, e):
+                sdf, col, grad = fwd(xx[:, s:e], *leaves)
+                return (sdf.abs().sum() + col.abs().sum() + (grad.norm(dim=-1) - 1).abs().sum()) / n
+
+            if chunked:
+                backward_in_chunks(loss_fn, n, n)
+            else:
+                loss_fn(0, n).backward()
         return step
 
     def fast(xx, a, b, c):
@@ -111,10 +126,16 @@ def bench_size(cfg: MonoNPHMConfig, args, peak: float) -> dict:
     def loop(xx, a, b, c):
         return loop_forward(m, xx, a, b, c, with_gradient=True, create_graph=True)
 
+    def loop_query(xx, with_color):
+        def run(s, e):
+            return loop_forward(m, xx[:, s:e], zg, za if with_color else None, ze, with_color=with_color)[0]
+        return lambda: map_chunks(run, xx.shape[1], chunk)
+
     out["track_step_pts_per_s"] = Nt / timeit(track_step(fast, xt), T)
+    out["track_step_one_graph_pts_per_s"] = Nt / timeit(track_step(fast, xt, chunked=False), T, 3)
     with torch.inference_mode():
-        out["loop_sdf_pts_per_s"] = Nl / timeit(lambda: loop_forward(m, xl, zg, None, ze, with_color=False), T, 3)
-        out["loop_sdf_color_pts_per_s"] = Nl / timeit(lambda: loop_forward(m, xl, zg, za, ze), T, 3)
+        out["loop_sdf_pts_per_s"] = Nl / timeit(loop_query(xl, False), T, 3)
+        out["loop_sdf_color_pts_per_s"] = Nl / timeit(loop_query(xl, True), T, 3)
     out["loop_track_step_pts_per_s"] = Nlt / timeit(track_step(loop, xlt), T, 3)
     with torch.no_grad():
         xs = x[:, :8192]

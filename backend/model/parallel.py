@@ -38,3 +38,32 @@ def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, inference: bool 
             return list(ex.map(run, bounds))
     finally:
         torch.set_num_threads(prev)
+
+
+def backward_in_chunks(loss_fn: Callable[[int, int], torch.Tensor], n: int, chunk: int) -> float:
+    """Sum over chunks of loss_fn(start, stop).backward(), chunks run on torch.get_num_threads() Python threads.
+
+    For losses that are sums over independent items (rays, points): each chunk builds and back-propagates its own
+    graph with one intra-op thread; gradients accumulate into the shared leaves (codes, parameters), which
+    autograd serialises.  Returns the total loss value.  Use it instead of one big graph on multi-core CPUs.
+    """
+    workers = torch.get_num_threads()
+    if workers > 1:
+        chunk = max(64, min(chunk, -(-n // workers)))
+    bounds = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+
+    def run(b):
+        with torch.enable_grad():
+            loss = loss_fn(*b)
+            loss.backward()
+        return float(loss.detach())
+
+    if workers <= 1 or len(bounds) <= 1:
+        return sum(run(b) for b in bounds)
+    prev = workers
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            return sum(ex.map(run, bounds))
+    finally:
+        torch.set_num_threads(prev)

@@ -159,3 +159,31 @@ def test_threaded_chunked_query_matches_serial():
     finally:
         torch.set_num_threads(1)
     assert torch.allclose(a[0], b[0], atol=1e-6) and torch.allclose(a[1], b[1], atol=1e-6)
+
+
+def test_backward_in_chunks_matches_one_graph():
+    from backend.model.parallel import backward_in_chunks
+
+    cfg = MonoNPHMConfig.builtin()
+    m = _model(cfg, seed=17, dtype=torch.float32)
+    zg, za, ze = _codes(cfg, 1, dtype=torch.float32)
+    x = torch.rand(1, 600, 3) - 0.5
+    grads = []
+    for threads in (1, 2):
+        leaves = [z.clone().requires_grad_(True) for z in (zg, za, ze)]
+
+        def loss_fn(s, e):
+            o = m(x[:, s:e], *leaves, with_gradient=True)
+            return o.sdf.abs().sum() + o.color.abs().sum() + (o.gradient.norm(dim=-1) - 1).square().sum()
+
+        torch.set_num_threads(threads)
+        try:
+            if threads == 1:
+                loss_fn(0, 600).backward()
+            else:
+                backward_in_chunks(loss_fn, 600, 200)
+        finally:
+            torch.set_num_threads(1)
+        grads.append([l.grad for l in leaves])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

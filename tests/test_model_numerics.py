@@ -186,4 +186,4 @@ def test_backward_in_chunks_matches_one_graph():
             torch.set_num_threads(1)
         grads.append([l.grad for l in leaves])
     for a, b in zip(*grads):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()))

@@ -95,7 +95,7 @@ class CodeSpace:
 
     def expression_prior(self, p_ex: torch.Tensor) -> torch.Tensor:
         if self.mode == "encoder":
-            return (p_ex ** 2).sum(-1).mean() * 0.05
+            return (p_ex ** 2).sum(-1).mean() * 0.3
         return (p_ex ** 2).sum(-1).mean()
 
     # -- outputs -----------------------------------------------------------------------------------------------

@@ -45,8 +45,7 @@ def extract_canonical_mesh(model, z_geo: torch.Tensor, resolution: int = 96, box
     anchors = model.anchors(z_geo)
 
     def sdf(pts: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(pts, dtype=z_geo.dtype)[None]
-        return model.sdf_only(x, z_geo, neutral=True, anchors=anchors, chunk=65536)[0, :, 0].numpy()
+        return query_no_grad(model, torch.as_tensor(pts, dtype=z_geo.dtype), z_geo, anchors=anchors)[0].numpy()
 
     cax = _grid(lo, hi, cres)
     cg = np.stack(np.meshgrid(*cax, indexing="ij"), -1).reshape(-1, 3)
@@ -65,10 +64,27 @@ def extract_canonical_mesh(model, z_geo: torch.Tensor, resolution: int = 96, box
         raise RuntimeError("the identity's SDF has no zero crossing in the mesh box")
     v, f, _, _ = marching_cubes(fine, level=0.0, spacing=tuple(ext / (res - 1)))
     v = v + lo
-    f = f[:, ::-1].copy()          # outward-facing winding for a negative-inside SDF
+    f = np.ascontiguousarray(f)      # skimage winding is already outward-facing for a negative-inside SDF
     if keep_largest:
         v, f = _largest_component(v, f)
     return Mesh(v.astype(np.float32), f.astype(np.int32))
+
+
+@torch.no_grad()
+def query_no_grad(model, x: torch.Tensor, z_geo, z_app=None, z_exp=None, anchors=None, chunk: int = 32768):
+    """Chunked no-grad field query (N, 3) -> (sdf (N,), colour (N, 3) or None), neutral when z_exp is None.
+
+    Uses ``torch.no_grad`` rather than the model's inference-mode helpers, so no inference tensors (e.g. the model's
+    scratch buffers) leak into later autograd passes of the tracker.
+    """
+    sd, co = [], []
+    for s in range(0, x.shape[0], chunk):
+        o = model(x[None, s:s + chunk], z_geo, z_app, z_exp, neutral=z_exp is None, with_color=z_app is not None,
+                  anchors=anchors)
+        sd.append(o.sdf[0, :, 0])
+        if z_app is not None:
+            co.append(o.color[0])
+    return torch.cat(sd), (torch.cat(co) if co else None)
 
 
 def _largest_component(v: np.ndarray, f: np.ndarray):

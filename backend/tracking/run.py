@@ -216,7 +216,9 @@ def run_track(args, events=None) -> Path:
                                   getattr(args, "fov", None))
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
+    t0 = time.perf_counter()
     ids, times, lms, sizes = detect_all(src, getattr(args, "detector", "mediapipe"), ev)
+    t_detect = time.perf_counter() - t0
     if not ids:
         raise TrackingInputError(f"the frame range {src.range} selects no frames of {args.input}",
                                  "Check --frames against the clip length.")
@@ -230,13 +232,17 @@ def run_track(args, events=None) -> Path:
         ev.warning(f"no face in {len(ids) - len(found)} of {len(ids)} frames; they are filled by interpolation "
                    "and flagged 'interpolated'", "no_face_frames")
 
+    t0 = time.perf_counter()
     model, enc, reg, model_hdr = load_tracking_model(args)
+    t_load = time.perf_counter() - t0
     codes = CodeSpace(model, enc, reg)
     scheme = "ibug68" if getattr(args, "detector", "mediapipe") == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, model.id_model.mean_anchors.detach().numpy())
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,
                       progress=lambda s, d, t, f=None, m="": ev.progress(s, d, t, f, m),
                       seed=int(getattr(args, "seed", 0) or 0))
+    tracker.timer.add("decode_landmarks", t_detect)
+    tracker.timer.add("model_load", t_load)
 
     header = {
         "source": {"path": str(Path(args.input).resolve()), "kind": src.info.kind,
@@ -333,7 +339,9 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
         for i, s in zip(tracked, new):
             states[i] = s
         stage2_done = True
+        t0 = time.perf_counter()
         _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, stage2_done)
+        tracker.timer.add("rewrite", time.perf_counter() - t0)
 
     # ---- frames without a face: interpolate and flag
     missing = [i for i in ids if lm_of[i] is None]

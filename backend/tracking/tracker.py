@@ -143,6 +143,10 @@ class Tracker:
         self.mean_anchors = model.id_model.mean_anchors.detach().float()
         pg, pa = codes.init_identity()
         self.p_geo, self.p_app = pg, pa
+        # identity transfer is relative to the anchors the model predicts for the initial (mean) code, not to the
+        # stored mean anchors: an anchor predictor's bias at the mean code must not shift the landmarks
+        with torch.no_grad():
+            self.anchor_ref = self.model.anchors(codes.z_geo(pg))[0].detach().float()
         self.sh = renderer.sh_init()
         self.cA = torch.eye(3)
         self.cb = torch.zeros(3)
@@ -162,10 +166,36 @@ class Tracker:
     def z_app(self):
         return self.codes.z_app(self.p_app)
 
-    def canonical_landmarks(self, zg: torch.Tensor) -> torch.Tensor:
-        """(n, 3) canonical landmark positions for identity code zg (1, D)."""
-        A = self.model.anchors(zg)[0]
-        return self.lm_mean + self.lm_blend @ (A - self.mean_anchors)
+    def canonical_landmarks(self, zg: torch.Tensor, snap: bool = True) -> torch.Tensor:
+        """(n, 3) canonical landmark positions for identity code zg (1, D).
+
+        Positions follow the identity's anchors (``LandmarkSet.canonical``) and are then snapped onto the identity's
+        neutral surface with one Newton step along the SDF gradient, p - f(p) n (n without gradient), so the
+        landmark loss shapes the surface itself, not only the anchors.
+        """
+        A = self.model.anchors(zg)
+        P = self.lm_mean + self.lm_blend @ (A[0] - self.anchor_ref)
+        if not snap:
+            return P
+        with torch.enable_grad():
+            q = P.detach().requires_grad_(True)
+            f0 = self.model(q[None], zg.detach(), None, None, neutral=True, with_color=False, anchors=A.detach()).sdf
+            (g,) = torch.autograd.grad(f0.sum(), q)
+        n = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        f = self.model(P[None], zg, None, None, neutral=True, with_color=False, anchors=A).sdf[0]
+        step = f.clamp(-0.03, 0.03)
+        return P - step * n
+
+    def _landmarks_for(self, zg: torch.Tensor) -> torch.Tensor:
+        """Canonical landmarks, cached while the identity is fixed (per-frame stages)."""
+        if zg.requires_grad:
+            return self.canonical_landmarks(zg)
+        key = (tuple(zg.shape), float(zg.sum()), float(zg.abs().sum()))
+        if getattr(self, "_lm_key", None) != key:
+            with torch.no_grad():
+                self._lm_cache = self.canonical_landmarks(zg)
+            self._lm_key = key
+        return self._lm_cache
 
     # ---------------------------------------------------------------------------------------------------------
     # geometry helpers
@@ -186,7 +216,7 @@ class Tracker:
         """
         B = p_ex.shape[0]
         A = self.model.anchors(zg)
-        P = (self.lm_mean + self.lm_blend @ (A[0] - self.mean_anchors))[None].expand(B, -1, -1)
+        P = self._landmarks_for(zg)[None].expand(B, -1, -1)
         ze = self.codes.z_exp(p_ex)
         x0 = self._posed_cache.get(key) if key is not None else None
         if x0 is not None and x0.shape != P.shape:
@@ -235,9 +265,8 @@ class Tracker:
         """(V, 3) uint8 albedo of the output mesh (network albedo, then the colour affine)."""
         v = torch.as_tensor(self.mesh.vertices)[None]
         zg, za = self.z_geo(), self.z_app()
-        ze = torch.zeros(1, self.model.cfg.dim_exp)
-        _, col = self.model.query(v, zg, za, ze, neutral=True, with_color=True)
-        c = (col[0] @ self.cA.T + self.cb + 1) / 2
+        _, col = tmesh.query_no_grad(self.model, v[0], zg, za)
+        c = (col @ self.cA.T + self.cb + 1) / 2
         return (c.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
     def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int):

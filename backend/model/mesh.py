@@ -210,8 +210,9 @@ def canonical_mesh(
 
         mesh = extract_mesh(fn, box, res, coarse_res)
         if with_color and z_app is not None and len(mesh.vertices):
+            # uint8 albedo needs ~8 bits: the reduced-precision pass is exact enough for vertex colours.
             _, col = model.query(torch.from_numpy(mesh.vertices)[None], z_geo, z_app.reshape(1, -1).float(), None,
-                                 neutral=True, chunk=chunk, anchors=A)
+                                 neutral=True, chunk=chunk, anchors=A, compute_dtype=coarse_dtype)
             mesh.colors = _albedo_u8(col[0])
     return mesh
 
@@ -350,7 +351,7 @@ class PosedMesher:
                 mesh = self._update(fn)
             if with_color and z_app is not None and len(mesh.vertices):
                 _, col = self.model.query(torch.from_numpy(mesh.vertices)[None], z_geo, z_app.reshape(1, -1).float(),
-                                          z_exp, chunk=self.chunk, anchors=A)
+                                          z_exp, chunk=self.chunk, anchors=A, compute_dtype=self.coarse_dtype)
                 mesh.colors = _albedo_u8(col[0])
         return mesh
 

@@ -136,8 +136,10 @@ def test_icp_flips_inward_normals_and_coarse_alignment():
     p, tri, bary = mesh_ops.sample_surface(v, f, 600, rng)
     n = mesh_ops.vertex_normals(v, f)[f[tri, 0]]
     shifted = v + np.array([0.0, 0.0, 0.004])
-    m = metrics.evaluate_prediction(p, n, shifted, f[:, [0, 2, 1]])  # inward winding
+    m = metrics.evaluate_prediction(p, n, shifted, f[:, [0, 2, 1]], unaligned=True)  # inward winding
     assert m.chamfer_l2_mm < 0.3
+    assert m.unaligned_chamfer_l1_mm > 3.5  # 4 mm along z before the alignment
+    assert metrics.aggregate([m.as_dict()])["unaligned_chamfer_l1_mm"] == m.unaligned_chamfer_l1_mm
     # coarse pre-alignment handles a 2 cm offset the 1 cm rejection radius would not
     far = 0.95 * (v - v.mean(0)) + v.mean(0) + np.array([0.012, 0.0, -0.015])
     m2 = metrics.evaluate_prediction(p, n, far, f, coarse=True)

@@ -159,7 +159,7 @@ def evaluate_clip(clip: synthetic.RenderedClip, cfg: BenchmarkConfig, ict, log=p
     for i in frames:
         P, N = synthetic.gt_face_points(gt, int(i), cfg.n_points)
         v, f = baselines.mean_head_mesh(ict, gt.scale[i], gt.rotation[i], gt.translation[i])
-        rows["mean_head"].append(metrics.evaluate_prediction(P, N, v, f).as_dict())
+        rows["mean_head"].append(metrics.evaluate_prediction(P, N, v, f, unaligned=True).as_dict())
         if mp_lm is not None:
             if np.isfinite(mp_lm[i]).all():
                 v, f = baselines.MediaPipeBaseline.mesh(mp_lm[i], gt.intrinsics, float(gt.translation[i, 2]), mp_tri)
@@ -171,7 +171,7 @@ def evaluate_clip(clip: synthetic.RenderedClip, cfg: BenchmarkConfig, ict, log=p
                 continue
             if int(i) in run.meshes:
                 v, f = run.meshes[int(i)]
-                rows[f"tracker_{preset}"].append(metrics.evaluate_prediction(P, N, v, f).as_dict())
+                rows[f"tracker_{preset}"].append(metrics.evaluate_prediction(P, N, v, f, unaligned=True).as_dict())
             else:
                 rows[f"tracker_{preset}"].append({k: np.nan for k in metrics.METRIC_KEYS})
         log(f"{clip.spec.key} frame {i}: " + ", ".join(
@@ -198,7 +198,8 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
         notes = [pc["notes"][m] for pc in per_clip if m in pc["notes"]]
         clip_means = [metrics.aggregate(pc["rows"][m]) for pc in per_clip if pc["rows"].get(m)]
         if clip_means:
-            entry = {k: float(np.nanmean([cm[k] for cm in clip_means])) for k in metrics.METRIC_KEYS}
+            keys = [k for k in clip_means[0] if all(k in cm for cm in clip_means)]
+            entry = {k: float(np.nanmean([cm[k] for cm in clip_means])) for k in keys}
             entry["clips"] = len(clip_means)
             entry["frames"] = int(sum(len(pc["rows"][m]) for pc in per_clip if pc["rows"].get(m)))
         else:

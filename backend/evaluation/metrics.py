@@ -14,6 +14,7 @@ Units: metres in, millimetres out (``*_mm`` fields).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -178,12 +179,17 @@ class SurfaceMetrics:
     recall: dict  # threshold mm (float) -> fraction
     n_points: int
     icp: dict = field(default_factory=dict)
+    unaligned_chamfer_l1_mm: float | None = None  # before the similarity ICP (diagnostic: pose + scale error)
 
     def as_dict(self) -> dict:
         d = {"chamfer_l1_mm": self.chamfer_l1_mm, "chamfer_l2_mm": self.chamfer_l2_mm,
              "normal_consistency": self.normal_consistency}
         for t, r in self.recall.items():
             d[f"recall_{t:g}mm"] = r
+        if self.unaligned_chamfer_l1_mm is not None:
+            d["unaligned_chamfer_l1_mm"] = self.unaligned_chamfer_l1_mm
+        if self.icp:
+            d["icp_scale"] = self.icp.get("scale")
         return d
 
 
@@ -204,15 +210,17 @@ def surface_metrics(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vertices
 
 def evaluate_prediction(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vertices: np.ndarray,
                         pred_triangles: np.ndarray, align: bool = True, coarse: bool = False,
-                        settings: ICPSettings | None = None) -> SurfaceMetrics:
+                        settings: ICPSettings | None = None, unaligned: bool = False) -> SurfaceMetrics:
     """The full protocol for one frame: similarity ICP of the prediction onto the ground truth, then metrics.
 
     gt_points/gt_normals (N, 3) and pred_vertices (V, 3) in camera space (metres); pred_triangles (F, 3).
-    ``coarse`` runs ``coarse_similarity`` first (only for predictions without metric placement).
+    ``coarse`` runs ``coarse_similarity`` first (only for predictions without metric placement); ``unaligned``
+    also measures Chamfer-L1 before any alignment (a diagnostic of the prediction's own pose and scale).
     """
     pv = np.asarray(pred_vertices, np.float64)
     pf = np.asarray(pred_triangles, np.int64)
     info: dict = {}
+    before = surface_metrics(gt_points, gt_normals, pv, pf).chamfer_l1_mm if unaligned else None
     if coarse:
         pv = coarse_similarity(pv, gt_points).apply(pv)
     if align:
@@ -220,14 +228,22 @@ def evaluate_prediction(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vert
         pv = sim.apply(pv)
     m = surface_metrics(gt_points, gt_normals, pv, pf)
     m.icp = info
+    m.unaligned_chamfer_l1_mm = before
     return m
 
 
+EXTRA_KEYS = ("unaligned_chamfer_l1_mm", "icp_scale")
+
+
 def aggregate(rows: list[dict]) -> dict:
-    """nan-mean of metric dicts (reference 6.6 averages frames per sequence, then sequences)."""
+    """nan-mean of metric dicts (reference 6.6 averages frames per sequence, then sequences); the diagnostic
+    EXTRA_KEYS are included when every row has them."""
     if not rows:
         return {k: float("nan") for k in METRIC_KEYS}
-    return {k: float(np.nanmean([r.get(k, np.nan) for r in rows])) for k in METRIC_KEYS}
+    keys = METRIC_KEYS + tuple(k for k in EXTRA_KEYS if all(k in r for r in rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no face found) stay NaN
+        return {k: float(np.nanmean([np.nan if r.get(k) is None else r[k] for r in rows])) for k in keys}
 
 
 __all__ = ["ICPSettings", "Similarity", "SurfaceMetrics", "similarity_icp", "coarse_similarity", "umeyama", "surface_metrics",

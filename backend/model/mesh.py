@@ -78,6 +78,11 @@ def _cell_corners(cells: torch.Tensor) -> torch.Tensor:
 _CORNERS = torch.stack(torch.meshgrid(*(torch.arange(2),) * 3, indexing="ij"), -1).reshape(8, 3)
 
 
+# Corner ids (index 4i + 2j + k of _CORNERS) of the 6 cell faces, and the offset to the neighbour across each.
+_FACES = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 4, 5], [2, 3, 6, 7], [0, 2, 4, 6], [1, 3, 5, 7]])
+_FACE_OFFSETS = torch.tensor([[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]])
+
+
 def _lin(p: torch.Tensor, n: int) -> torch.Tensor:
     return (p[..., 0] * n + p[..., 1]) * n + p[..., 2]
 
@@ -105,13 +110,16 @@ def extract_mesh(
     coarse_res: int = 16,
     margin: float = 1.5,
     return_state: bool = False,
+    final_margin: float = 0.5,
 ):
     """Narrow-band coarse-to-fine marching cubes of the zero level set of sdf_fn.
 
-    Level 0 evaluates the full coarse grid.  Each refinement keeps only the cells that are near the surface
-    (a corner with |sdf| < margin * cell diagonal, or a sign change), splits them into 8 children, drops children
+    Level 0 evaluates the full coarse grid.  Each refinement keeps only the cells that may contain the surface
+    (all corners |sdf| < margin * cell diagonal, or a sign change), splits them into 8 children, drops children
     whose trilinearly predicted corner values are far from the surface, and evaluates only the children's corners.
-    All bookkeeping is sparse (sorted linear indices), so the cost scales with the surface area, not res^3.
+    The last level uses a tight band (final_margin) and is then grown across every cell face the surface
+    crosses until the band is closed, so no surface cell is missed.  All bookkeeping is sparse (linear indices),
+    so the cost scales with the surface area, not res^3 (about 2-3 evaluations per output vertex).
 
     sdf_fn(points (P, 3) float32, coarse: bool) -> sdf (P,); `coarse` marks levels before the last (a caller may
     use a cheaper evaluation there, e.g. bfloat16).  res must be coarse_res * 2^k (cells per axis).
@@ -140,7 +148,8 @@ def extract_mesh(
         cells, cv = cells[keep], cv[keep]
         pred = cv @ wts.t()                                                                           # (M, 27)
         pv = pred[:, child_corner_27]                                                                 # (M, 8c, 8k)
-        ok = _near(pv, margin * diag / 2)                                                             # (M, 8c)
+        # The last level uses a tight band (1 child diagonal); surface cells that reach its edge are grown below.
+        ok = _near(pv, (margin if lev < levels - 1 else final_margin) * diag / 2)                     # (M, 8c)
         children = (2 * cells[:, None, :] + _CORNERS[None])[ok]                                       # (M', 3)
         m = 2 * m
         n = m + 1
@@ -149,6 +158,8 @@ def extract_mesh(
         dense[keys] = sdf_fn(_grid_points(box, n, keys), lev < levels - 1).reshape(-1).float()
         cells = children
     n = m + 1
+    if levels > 0:
+        cells, keys = _grow_surface_band(sdf_fn, box, m, cells, keys, dense)
     V = dense.view(n, n, n)  # band values, +1 elsewhere (masked out of marching cubes)
     cell_mask = torch.zeros(n ** 3, dtype=torch.bool)
     cell_mask[_lin(cells, n)] = True
@@ -158,6 +169,33 @@ def extract_mesh(
         evaluated[keys] = True
         return mesh, GridState(values=V, evaluated=evaluated.view(n, n, n), box=box, res=res)
     return mesh
+
+
+def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 6):
+    """Add the 26-neighbours of sign-change cells that are not in the band yet (evaluating their new corners),
+    until no surface cell touches the band edge.  Updates `dense` in place; returns (cells, keys)."""
+    n = m + 1
+    band = torch.unique(_lin(cells, m))
+    for _ in range(max_rounds):
+        c = _unlin(band, m)
+        v = dense[_lin(c[:, None, :] + _CORNERS, n)]
+        # The surface continues into a face-neighbour exactly when the shared face has a sign change.
+        fv = v[:, _FACES]                                                   # (K, 6, 4)
+        cross = (fv.amin(-1) < 0) & (fv.amax(-1) > 0)                       # (K, 6)
+        k, f = cross.nonzero(as_tuple=True)
+        nbc = c[k] + _FACE_OFFSETS[f]
+        nbc = nbc[((nbc >= 0) & (nbc < m)).all(-1)]
+        nb = torch.unique(_lin(nbc, m))
+        new = nb[~_isin_sorted(band, nb)]
+        if new.numel() == 0:
+            break
+        pts = _unique_dense(_lin(_unlin(new, m)[:, None, :] + _CORNERS, n), n ** 3)
+        pts = pts[~_isin_sorted(keys, pts)]
+        if pts.numel():
+            dense[pts] = sdf_fn(_grid_points(box, n, pts), False).reshape(-1).float()
+            keys = torch.unique(torch.cat([keys, pts]))
+        band = torch.unique(torch.cat([band, new]))
+    return _unlin(band, m), keys
 
 
 def _marching_cubes(V: torch.Tensor, cell_mask: torch.Tensor, lo, hi) -> Mesh:

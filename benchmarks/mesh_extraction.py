@@ -5,7 +5,7 @@ previous frame) and per-frame topology-varying marching cubes (band reused from 
 Models: the built-in checkpoint (backend/models/builtin) when present, else randomly initialised networks
 with the sphere-like geometric init (a head-sized blob), at the official and built-in sizes.
 The LAST line printed is one JSON object.
-Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--quick]
+Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
 """
 from __future__ import annotations
 
@@ -41,14 +41,16 @@ def make_model(name: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--res", type=int, default=256)
+    ap.add_argument("--res", type=int, default=256, help="canonical mesh resolution (cells per axis)")
+    ap.add_argument("--frame-res", type=int, default=128, help="per-frame posed marching-cubes resolution")
     ap.add_argument("--frames", type=int, default=3)
     ap.add_argument("--sizes", default="official,builtin")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     res = 64 if args.quick else args.res
-    out = {"threads": args.threads, "res": res, "canonical_mesh_s": {}, "canonical_vertices": {}, "models": {}}
+    frame_res = 64 if args.quick else args.frame_res
+    out = {"threads": args.threads, "res": res, "frame_res": frame_res, "canonical_mesh_s": {}, "canonical_vertices": {}, "models": {}}
     for name in args.sizes.split(","):
         m, kind = make_model(name)
         out["models"][name] = kind
@@ -70,7 +72,7 @@ def main() -> None:
             _, ok, st = warp_mesh(m, small, zg, z0 + f * dz, state=st)
             frames_fixed.append(time.perf_counter() - t)
         # Topology-varying marching cubes in posed space, band reused from the previous frame.
-        pm = PosedMesher(m, res=res)
+        pm = PosedMesher(m, res=frame_res)
         frames_mc = []
         for f in range(args.frames + 1):
             t = time.perf_counter()

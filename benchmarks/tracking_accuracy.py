@@ -48,6 +48,8 @@ def main(argv=None) -> int:
                     help="reuse/resume the clips' existing result packages instead of tracking afresh")
     ap.add_argument("--tracker-timeout", type=float, default=3600.0, help="seconds per tracker run")
     ap.add_argument("--cache", type=Path, default=None, help="render cache (default .cache/evaluation)")
+    ap.add_argument("--overlays", type=Path, default=None, metavar="DIR",
+                    help="write per-clip error overlays (ground-truth points coloured by distance) into DIR")
     ap.add_argument("--track-arg", action="append", default=[], help="extra argument for the tracker CLI")
     a = ap.parse_args(argv)
     import torch
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
         n_clips=a.clips, n_frames=a.frames, every=a.every, presets=tuple(a.presets), n_points=a.points,
         threads=a.threads, track_all_frames=a.track_all_frames, run_tracker=bool(a.presets),
         run_mediapipe=not a.no_mediapipe, reuse_tracks=a.reuse_tracks, tracker_timeout_s=a.tracker_timeout,
-        extra_track_args=tuple(a.track_arg),
+        extra_track_args=tuple(a.track_arg), overlay_dir=a.overlays,
         **({"cache_dir": a.cache} if a.cache else {}))
     result = benchmark.run_benchmark(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(benchmark.format_table(result), flush=True)

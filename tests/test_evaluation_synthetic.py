@@ -147,10 +147,17 @@ def test_benchmark_reports_tracker_failure_without_crashing(tmp_path, ict, monke
     synthetic.clip_ground_truth(ict, spec).save(folder / "gt.npz")
     clip = synthetic.RenderedClip(spec, folder, folder / "missing.mp4", folder / "frames", folder / "gt.npz", {})
     cfg = benchmark.BenchmarkConfig(n_clips=1, n_frames=2, every=1, n_points=500, run_mediapipe=False,
-                                    extra_track_args=("--no-such-flag",), tracker_timeout_s=120)
+                                    extra_track_args=("--no-such-flag",), tracker_timeout_s=120,
+                                    overlay_dir=tmp_path / "overlays")
     res = benchmark.evaluate_clip(clip, cfg, ict, log=lambda m: None)
     assert res["notes"]["tracker_draft"].startswith("tracker failed:")
     assert len(res["rows"]["mean_head"]) == 2 and res["rows"]["tracker_draft"] == []
+    assert (tmp_path / "overlays" / f"{spec.key}.png").is_file()
+    # the summary keeps the failure as an error entry and formats it
+    result = {"methods": {"tracker_draft": {"error": res["notes"]["tracker_draft"]},
+                          "mean_head": benchmark.metrics.aggregate(res["rows"]["mean_head"])},
+              "goal_chamfer_l1_mm": 1.5, "n_clips": 1, "n_frames": 2, "every": 1, "n_points": 500}
+    assert "tracker failed" in benchmark.format_table(result)
 
 
 RENDER_SNIPPET = r"""

@@ -43,6 +43,7 @@ class BenchmarkConfig:
     reuse_tracks: bool = False          # True: resume/reuse an existing result package of the clip
     run_mediapipe: bool = True
     extra_track_args: tuple[str, ...] = ()
+    overlay_dir: Path | None = None     # write per-clip error overlays (PNG) here
     spec_overrides: dict = field(default_factory=dict)
 
     def spec(self, index: int) -> synthetic.ClipSpec:
@@ -156,28 +157,79 @@ def evaluate_clip(clip: synthetic.RenderedClip, cfg: BenchmarkConfig, ict, log=p
             if runs[preset].error:
                 notes[f"tracker_{preset}"] = runs[preset].error
                 log(runs[preset].error)
+    overlay: dict = {}  # (frame, method) -> (points (N, 3), distances (N,) mm)
+
+    def record(method: str, frame: int, P: np.ndarray, m: metrics.SurfaceMetrics | None) -> None:
+        rows[method].append(m.as_dict() if m is not None else {k: np.nan for k in metrics.METRIC_KEYS})
+        if m is not None and cfg.overlay_dir is not None:
+            overlay[(frame, method)] = (P, m.distances_mm)
+
     for i in frames:
-        P, N = synthetic.gt_face_points(gt, int(i), cfg.n_points)
+        i = int(i)
+        P, N = synthetic.gt_face_points(gt, i, cfg.n_points)
         v, f = baselines.mean_head_mesh(ict, gt.scale[i], gt.rotation[i], gt.translation[i])
-        rows["mean_head"].append(metrics.evaluate_prediction(P, N, v, f, unaligned=True).as_dict())
+        record("mean_head", i, P, metrics.evaluate_prediction(P, N, v, f, unaligned=True))
         if mp_lm is not None:
+            m = None
             if np.isfinite(mp_lm[i]).all():
                 v, f = baselines.MediaPipeBaseline.mesh(mp_lm[i], gt.intrinsics, float(gt.translation[i, 2]), mp_tri)
-                rows["mediapipe"].append(metrics.evaluate_prediction(P, N, v, f, coarse=True).as_dict())
-            else:
-                rows["mediapipe"].append({k: np.nan for k in metrics.METRIC_KEYS})
+                m = metrics.evaluate_prediction(P, N, v, f, coarse=True)
+            record("mediapipe", i, P, m)
         for preset, run in runs.items():
             if run.error:
                 continue
-            if int(i) in run.meshes:
-                v, f = run.meshes[int(i)]
-                rows[f"tracker_{preset}"].append(metrics.evaluate_prediction(P, N, v, f, unaligned=True).as_dict())
-            else:
-                rows[f"tracker_{preset}"].append({k: np.nan for k in metrics.METRIC_KEYS})
+            m = None
+            if i in run.meshes:
+                v, f = run.meshes[i]
+                m = metrics.evaluate_prediction(P, N, v, f, unaligned=True)
+            record(f"tracker_{preset}", i, P, m)
         log(f"{clip.spec.key} frame {i}: " + ", ".join(
             f"{m} {r[-1]['chamfer_l1_mm']:.2f}" for m, r in rows.items() if r))
+    if cfg.overlay_dir is not None and overlay:
+        path = Path(cfg.overlay_dir) / f"{clip.spec.key}.png"
+        write_overlay(path, clip, gt, [int(i) for i in frames], [m for m in rows if rows[m]], overlay)
+        log(f"overlay: {path}")
     return {"clip": clip.spec.key, "rows": rows, "notes": notes, "tracker_seconds": {p: r.seconds for p, r in runs.items()},
             "mediapipe_detect_rate": None if mp_lm is None else float(np.isfinite(mp_lm[frames, 0, 0]).mean())}
+
+
+def write_overlay(path: Path, clip: synthetic.RenderedClip, gt: synthetic.GroundTruth, frames: list[int],
+                  methods: list[str], overlay: dict, vmax_mm: float = 5.0) -> None:
+    """Contact sheet: rows = evaluated frames, columns = methods; the rendered frame with the ground-truth face
+    points coloured by their distance to the aligned prediction (0 … ``vmax_mm``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    paths = clip.frame_paths()
+    fig, axes = plt.subplots(len(frames), len(methods), figsize=(2.6 * len(methods), 2.6 * len(frames)),
+                             squeeze=False)
+    sc = None
+    for r, i in enumerate(frames):
+        img = np.asarray(Image.open(paths[i]).convert("L")) if i < len(paths) else np.zeros((gt.height, gt.width))
+        for c, m in enumerate(methods):
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+            if (i, m) in overlay:
+                P, d = overlay[(i, m)]
+                uv = P @ gt.K.T
+                uv = uv[:, :2] / uv[:, 2:]
+                sc = ax.scatter(uv[:, 0], uv[:, 1], c=d, s=1.0, cmap="turbo", vmin=0, vmax=vmax_mm)
+                lo, hi = uv.min(0), uv.max(0)
+                pad = 0.15 * (hi - lo).max()
+                ax.set_xlim(lo[0] - pad, hi[0] + pad)
+                ax.set_ylim(hi[1] + pad, lo[1] - pad)
+                ax.set_title(f"{m} f{i}: L2 {d.mean():.2f} mm", fontsize=7)
+            else:
+                ax.set_title(f"{m} f{i}: -", fontsize=7)
+            ax.axis("off")
+    if sc is not None:
+        fig.colorbar(sc, ax=axes, shrink=0.6, label="distance (mm)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:

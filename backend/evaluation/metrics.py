@@ -180,6 +180,7 @@ class SurfaceMetrics:
     n_points: int
     icp: dict = field(default_factory=dict)
     unaligned_chamfer_l1_mm: float | None = None  # before the similarity ICP (diagnostic: pose + scale error)
+    distances_mm: np.ndarray | None = field(default=None, repr=False)  # (N,) per-point Euclidean distance
 
     def as_dict(self) -> dict:
         d = {"chamfer_l1_mm": self.chamfer_l1_mm, "chamfer_l2_mm": self.chamfer_l2_mm,
@@ -205,7 +206,7 @@ def surface_metrics(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vertices
     fn = face_normals(pred_vertices, pred_triangles)[cp.triangles]
     nc = np.abs(np.einsum("ij,ij->i", fn, np.asarray(gt_normals, np.float64)))
     recall = {float(t): float((l2 <= t).mean()) for t in thresholds_mm}
-    return SurfaceMetrics(float(l1.mean()), float(l2.mean()), float(nc.mean()), recall, len(P))
+    return SurfaceMetrics(float(l1.mean()), float(l2.mean()), float(nc.mean()), recall, len(P), distances_mm=l2)
 
 
 def evaluate_prediction(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vertices: np.ndarray,

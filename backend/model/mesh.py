@@ -293,14 +293,17 @@ class WarpState:
 
 
 def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None,
-              compute_dtype: Optional[torch.dtype] = None, chunk: int = 65536,
+              compute_dtype: Optional[torch.dtype] = "auto", chunk: int = 65536,
               **kw) -> Tuple[Mesh, torch.Tensor, WarpState]:
     """Fixed-topology posed mesh: canonical vertices forward-warped into the frame's posed space.
 
     state: the previous frame's `WarpState` (warm start: previous roots and inverse Jacobians, so a frame usually
     needs only a few chord steps).  Non-converged vertices are repaired from their neighbours.  Colours are the
     canonical albedo (same topology, same texture).  Returns (mesh, converged (V,) bool, new state).
+    compute_dtype "auto": bf16 Newton steps (until residual < 1e-3) on wide models, then float32 polish.
     """
+    if compute_dtype == "auto":
+        compute_dtype = auto_coarse_dtype(model)
     vc = torch.from_numpy(mesh.vertices).float()
     z_geo = z_geo.reshape(1, -1).float()
     z_exp = z_exp.reshape(1, -1).float()

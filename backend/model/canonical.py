@@ -18,7 +18,6 @@ from .ensemble import (
     knn_anchors,
     make_layout,
     prune_mask,
-    softplus,
 )
 
 

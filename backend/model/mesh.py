@@ -62,19 +62,6 @@ def _grid_points(box: Box, n: int, idx: torch.Tensor) -> torch.Tensor:
     return lo + ijk * (hi - lo) / (n - 1)
 
 
-def _near_cells(V: torch.Tensor, thr: float) -> torch.Tensor:
-    """Cells (bool (n-1)^3) with a corner |V| < thr or a sign change among their 8 corners."""
-    mn = -F.max_pool3d(-V[None, None], 2, stride=1)[0, 0]
-    mx = F.max_pool3d(V[None, None], 2, stride=1)[0, 0]
-    amin = -F.max_pool3d(-V.abs()[None, None], 2, stride=1)[0, 0]
-    return (amin < thr) | ((mn < 0) & (mx > 0))
-
-
-def _cell_corners(cells: torch.Tensor) -> torch.Tensor:
-    """Cells (bool (m, m, m)) -> points (bool (m+1)^3) that are a corner of at least one of them."""
-    return F.max_pool3d(F.pad(cells.float()[None, None], (1, 1, 1, 1, 1, 1)), 2, stride=1)[0, 0] > 0
-
-
 _CORNERS = torch.stack(torch.meshgrid(*(torch.arange(2),) * 3, indexing="ij"), -1).reshape(8, 3)
 
 

@@ -508,12 +508,20 @@ class Tracker:
         st = init.clone()
         lms = torch.as_tensor(obs.landmarks[self.lm_idx.numpy()], dtype=torch.float32)[None]
         sizes = torch.as_tensor([obs.face_size], dtype=torch.float32)
+        # pose start: the warm start or a fresh PnP (previous pose as its initial guess), whichever fits better
         with torch.no_grad():
-            _, uv, _ = self.landmark_term(zg, st.p_ex[None], st.omega[None], st.trans[None], lms, sizes,
-                                          key="frame")
-            err = float((uv - lms).norm(dim=-1).mean()) / max(obs.face_size, 1.0)
-        if err > 0.08:
-            st = self.pnp_init(obs, st)
+            cands = [st]
+            try:
+                cands.append(self.pnp_init(obs, st))
+            except RuntimeError:
+                pass
+            errs = []
+            for c in cands:
+                self._posed_cache.pop("frame", None)
+                _, uv, _ = self.landmark_term(zg, c.p_ex[None], c.omega[None], c.trans[None], lms, sizes,
+                                              key="frame")
+                errs.append(float((uv - lms).norm(dim=-1).mean()))
+            st = cands[int(np.argmin(errs))]
         motion = 1.0
         if prev_obs is not None and prev_obs.found:
             d = obs.landmarks[self.lm_idx.numpy()] - prev_obs.landmarks[self.lm_idx.numpy()]
@@ -609,9 +617,8 @@ class Tracker:
         sizes = torch.as_tensor([o.face_size for o in obs], dtype=torch.float32)
         times = torch.as_tensor([o.time for o in obs], dtype=torch.float64)
         dt = (times[1:] - times[:-1]).clamp_min(1e-3)
-        # smoothness weights: neighbours far apart in time (strides, gaps) are coupled less
-        med = float(dt.median())
-        wt = (med / dt).clamp(max=1.0).float()
+        # smoothness weights: velocity-like, relative to 25 fps neighbours; strides and gaps are coupled less
+        wt = ((0.04 / dt) ** 2).clamp(max=1.0).float()
         opt = torch.optim.Adam([{"params": [p_ex], "lr": pr.lr_exp * 0.3}, {"params": [om], "lr": pr.lr_rot * 0.3},
                                 {"params": [tr], "lr": pr.lr_trans * 0.3}])
         zg = self.z_geo().detach()

@@ -185,7 +185,7 @@ def _read_frames(clip: Path, indices: list[int], size: tuple[int, int]) -> list[
 def _side_view(scene, result, path: Path, size: tuple[int, int]) -> np.ndarray:
     """Render the head from its left side with a temporary camera aimed at the head's current position."""
     import bpy
-    from mathutils import Vector
+    from mathutils import Matrix, Vector
 
     head = getattr(result, "head_object", None) or next(o for o in scene.objects if o.type == "MESH")
     center = head.matrix_world @ (sum((Vector(c) for c in head.bound_box), Vector()) / 8.0)
@@ -193,8 +193,15 @@ def _side_view(scene, result, path: Path, size: tuple[int, int]) -> np.ndarray:
     cam_data.lens = 50
     cam = bpy.data.objects.new("DemoSideCam", cam_data)
     scene.collection.objects.link(cam)
-    cam.location = center + Vector((0.7, 0.0, 0.0))
-    cam.rotation_euler = (Vector((-1.0, 0.0, 0.0))).to_track_quat("-Z", "Z").to_euler()
+    # Mesh data are in Blender axes (+X = the subject's left, +Z up): view along the head's own axes so the
+    # profile is upright whatever the tracked pose.
+    rotation = head.matrix_world.to_3x3().normalized()
+    side, up = rotation @ Vector((1.0, 0.0, 0.0)), rotation @ Vector((0.0, 0.0, 1.0))
+    cam.location = center + side * 0.7
+    # Camera looks down its local -Z (towards the head) with local +Y along the head's up axis.
+    z_axis = side.normalized()
+    y_axis = (up - up.dot(z_axis) * z_axis).normalized()
+    cam.rotation_euler = Matrix((y_axis.cross(z_axis), y_axis, z_axis)).transposed().to_euler()
     previous = scene.camera
     scene.camera = cam
     render = _render(scene, path)

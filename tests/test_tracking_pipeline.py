@@ -149,3 +149,28 @@ def test_cli_bad_input_exit_code(tmp_path):
     out = tmp_path / "res"
     assert main(["track", str(bad), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_frames_without_face_are_interpolated_and_flagged(tmp_path, tiny_model, clip):
+    """A blank frame in the middle of the clip: tracked neighbours, the blank one filled and flagged."""
+    import av
+    from backend.tracking import run_track
+    from backend.tracking.video import FrameSource
+    frames = [f.image for f in FrameSource(clip, max_size=None)][:4]
+    frames[2] = np.zeros_like(frames[2])
+    p = tmp_path / "gap.mkv"
+    with av.open(str(p), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.width, s.height, s.pix_fmt = 160, 160, "yuv420p"
+        for f in frames:
+            for pk in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    pkg = ResultPackage(run_track(_args(p, tmp_path / "res", tiny_model), None))
+    status = {f["index"]: f["status"] for f in pkg.frames}
+    assert status == {0: "tracked", 1: "tracked", 2: "interpolated", 3: "tracked"}
+    arr = pkg.frame_arrays()
+    assert np.isfinite(arr["vertices"]).all()
+    t = arr["translation"]
+    assert np.allclose(t[2], 0.5 * (t[1] + t[3]), atol=1e-5)

@@ -339,8 +339,8 @@ def _dilate_cells(cells: torch.Tensor, m: int, r: int) -> torch.Tensor:
 class PosedMesher:
     """Topology-varying per-frame meshes in posed space (full deformed model, reference §4.9).
 
-    The first frame uses coarse-to-fine narrow-band extraction; every later frame evaluates only a band of
-    `band` cells around the previous frame's surface, growing it wherever the new surface reaches the band edge.
+    The first frame uses coarse-to-fine narrow-band extraction; every later frame evaluates the previous frame's
+    surface cells dilated by `band` and grows that band across every cell face the new surface crosses.
     """
 
     def __init__(self, model, res: int = 128, box: Optional[Box] = None, band: int = 0, chunk: int = 8192,
@@ -400,34 +400,18 @@ class PosedMesher:
         return cand[(v.amin(-1) < 0) & (v.amax(-1) > 0)]
 
     def _update(self, fn) -> Mesh:
+        """Seeds: the previous surface cells dilated by `band`; then grow across every face the new surface
+        crosses (`_grow_surface_band`), so a moving surface is followed cell by cell."""
         m, n = self.res, self.res + 1
-        V = torch.ones(n ** 3)
-        band = _dilate_cells(self.surface_cells, m, self.band)            # sorted linear cell ids
-        new_cells = band
-        evaluated = torch.zeros(0, dtype=torch.long)
-        total = 0
-        for _ in range(8):  # grow the band while the surface touches its edge
-            pts = torch.unique(_lin(_unlin(new_cells, m)[:, None, :] + _CORNERS, n).reshape(-1))
-            pts = pts[~_isin_sorted(evaluated, pts)]
-            if pts.numel():
-                V[pts] = fn(_grid_points(self.box, n, pts)).reshape(-1).float()
-                total += pts.numel()
-                evaluated = torch.unique(torch.cat([evaluated, pts]))
-            cells = _unlin(band, m)
-            v = V[_lin(cells[:, None, :] + _CORNERS, n)]
-            surf = cells[(v.amin(-1) < 0) & (v.amax(-1) > 0)]
-            # Surface cells with a 26-neighbour outside the band: the surface may continue there.
-            nb = _dilate_cells(surf, m, 1)
-            outside = nb[~_isin_sorted(band, nb)]
-            if outside.numel() == 0:
-                break
-            touching = _unlin(outside, m)
-            new_cells = _dilate_cells(touching, m, max(1, self.band))
-            new_cells = new_cells[~_isin_sorted(band, new_cells)]
-            band = torch.unique(torch.cat([band, new_cells]))
-        self.last_evaluated = total
-        self.surface_cells = surf
+        dense = torch.ones(n ** 3)
+        cells = _unlin(_dilate_cells(self.surface_cells, m, self.band), m)
+        keys = _unique_dense(_lin(cells[:, None, :] + _CORNERS, n), n ** 3)
+        dense[keys] = fn(_grid_points(self.box, n, keys)).reshape(-1).float()
+        cells, keys = _grow_surface_band(lambda p, c: fn(p), self.box, m, cells, keys, dense, max_rounds=64)
+        self.last_evaluated = int(keys.numel())
+        v = dense[_lin(cells[:, None, :] + _CORNERS, n)]
+        self.surface_cells = cells[(v.amin(-1) < 0) & (v.amax(-1) > 0)]
         cell_mask = torch.zeros(n ** 3, dtype=torch.bool)
-        cell_mask[_lin(_unlin(band, m), n)] = True
+        cell_mask[_lin(cells, n)] = True
         lo, hi = np.asarray(self.box[0]), np.asarray(self.box[1])
-        return _marching_cubes(V.view(n, n, n), cell_mask.view(n, n, n), lo, hi)
+        return _marching_cubes(dense.view(n, n, n), cell_mask.view(n, n, n), lo, hi)

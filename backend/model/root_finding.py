@@ -40,7 +40,7 @@ def inv3(J: torch.Tensor) -> torch.Tensor:
 
 
 def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, compute_dtype, coarse_tol,
-                  jinv0=None):
+                  jinv0=None, coarse_iters=4):
     """No-grad damped quasi-Newton on flattened points. Returns x (B,M,3), residual (B,M), iterations.
 
     The exact Jacobian (forward mode, ~4x the cost of a plain evaluation) is computed at the start and only
@@ -77,7 +77,7 @@ def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, c
     for it in range(1, max_iter + 1):
         thr = coarse_tol if dt is not None else tol
         act = (res >= thr) & torch.isfinite(res) & (res < diverge)
-        if dt is not None and not bool(act.any()):
+        if dt is not None and (not bool(act.any()) or it > coarse_iters):
             # Coarse (low-precision) phase done: continue at full precision from the same points.
             dt = None
             r, Jinv = evaluate(idx, x, None, True)
@@ -136,8 +136,8 @@ def forward_warp(
     jinv_init: (B, M, 3, 3) inverse Jacobians to start from (e.g. the previous frame's `WarpResult.jinv`), which
         skips the initial Jacobian evaluation.
     tol: residual for convergence (default 1e-6 in float32, 1e-12 in float64).
-    compute_dtype: e.g. torch.bfloat16 for the first Newton steps (until residual < coarse_tol), then full
-        precision; only the final polish decides convergence.
+    compute_dtype: e.g. torch.bfloat16 for the first Newton steps (until residual < coarse_tol, at most 4
+        steps), then full precision; only the final polish decides convergence.
     implicit_grad: attach implicit-function gradients (default: torch.is_grad_enabled()).
     """
     y = x_canonical.unsqueeze(0) if x_canonical.dim() == 2 else x_canonical

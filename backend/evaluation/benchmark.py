@@ -267,7 +267,12 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
         summary["mediapipe"]["detect_rate"] = float(np.mean(rates)) if rates else None
     per_clip_l1 = {pc["clip"]: {m: metrics.aggregate(r)["chamfer_l1_mm"] for m, r in pc["rows"].items() if r}
                    for pc in per_clip}
-    return {"methods": summary, "per_clip_chamfer_l1_mm": per_clip_l1,
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(synthetic.REPO_ROOT),
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        head = None
+    return {"methods": summary, "per_clip_chamfer_l1_mm": per_clip_l1, "git_head": head,
             "goal_chamfer_l1_mm": GOAL_CHAMFER_L1_MM, "n_clips": cfg.n_clips,
             "n_frames": cfg.n_frames, "every": cfg.every, "n_points": cfg.n_points,
             "render_s_per_frame": render_s, "protocol": "docs/mononphm-reference.md section 6"}

@@ -86,6 +86,7 @@ def main(argv=None):
         n = max(1, int(t.get("frames_fitted", a.frames)))
         tracking = t.get("frames_total", 0.0) + t.get("stage2", 0.0) + t.get("rewrite", 0.0)
         result["s_per_frame"][preset] = round(tracking / n, 3)
+        result.setdefault("cpu_s_per_frame", {})[preset] = round(t.get("tracking_cpu", float("nan")) / n, 3)
         result["stages"][preset] = {k: round(float(v), 2) for k, v in t.items()}
         result["stages"][preset]["wall"] = round(wall, 2)
         result["stages"][preset]["wall_per_frame_incl_identity"] = round(wall / n, 3)

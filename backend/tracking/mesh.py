@@ -105,7 +105,7 @@ def _largest_component(v: np.ndarray, f: np.ndarray):
 
 @torch.no_grad()
 def warp_fast(model, verts_c: torch.Tensor, z_geo, z_exp, x_init: Optional[torch.Tensor] = None,
-              iters: int = 8, tol: float = 2e-5):
+              iters: int = 8, tol: float = 4e-5):
     """No-grad canonical -> posed warp by fixed-point iteration x <- y - delta(x) (one MLP pass per step, no
     Jacobian), warm-started from ``x_init`` (e.g. the previous frame); points that do not converge are finished
     with the model's Newton solver. verts_c (M, 3) -> (posed (M, 3), converged (M,) bool)."""

@@ -302,6 +302,7 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
     pending = []
     n_done = 0
     t_frames = time.perf_counter()
+    cpu0 = time.process_time()
     will_refine = preset.stage2_epochs > 0 and len(found) > 1
     if todo:
         first = todo[0]
@@ -342,6 +343,7 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
         t0 = time.perf_counter()
         _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, stage2_done)
         tracker.timer.add("rewrite", time.perf_counter() - t0)
+    tracker.timer.add("tracking_cpu", time.process_time() - cpu0)   # CPU seconds of per-frame + stage 2 + rewrite
 
     # ---- frames without a face: interpolate and flag
     missing = [i for i in ids if lm_of[i] is None]
@@ -385,12 +387,31 @@ def _flush(writer, results, tracker, codes, status_of, time_of, states, stage2_d
 def _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, stage2_done):
     """Recompute outputs of all tracked frames after stage 2 and rewrite them (chunk by chunk)."""
     from .tracker import FrameObs
+    from ..result_format import load_npz
     pending = []
     prev_verts = None
     n = 0
+    chunk_of = {f["index"]: f["chunk"] for f in writer.manifest["frames"]}
+    loaded: Dict[str, dict] = {}
+
+    def stage1_vertices(i):
+        """The frame's stage-1 vertices (model units) from its chunk: the warm start of the re-warp."""
+        c = chunk_of.get(i)
+        if c is None:
+            return None
+        if c not in loaded:
+            loaded.clear()
+            loaded[c] = load_npz(writer.root / c)
+        a = loaded[c]
+        hit = np.flatnonzero(a["frame_index"] == i)
+        if not hit.size or "vertices" not in a:
+            return None
+        return a["vertices"][hit[0]] / np.float32(NPHM_UNIT_M)
+
     for fr, labels in iter_frames_with_masks(src, set(tracked), lm_of):
         obs = FrameObs(fr.index, fr.time, lm_of[fr.index], fr.image, labels, size_of[fr.index])
-        r = tracker.frame_result(obs, states[fr.index], prev_verts)
+        x0 = stage1_vertices(fr.index)
+        r = tracker.frame_result(obs, states[fr.index], x0 if x0 is not None else prev_verts)
         prev_verts = r.vertices
         pending.append(r)
         n += 1

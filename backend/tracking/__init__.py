@@ -1,8 +1,17 @@
 """Tracking: monocular clip -> per-frame MonoNPHM fits -> result package (``run_track``).
 
-Modules: video (PyAV decode), landmarks (MediaPipe / face-alignment), masks (segmentation labels), camera
-(intrinsics, PnP), raster (numpy rasteriser), renderer (NeuS volume rendering + SH), tracker (stages, presets),
-run (CLI entry, result writing, resume).
+Modules (one job each):
+    video        PyAV streaming decode: videos, image sequences, single images; slices, resolution cap, timestamps
+    landmarks    MediaPipe 478-point face mesh (video mode, largest consistent face, re-detect) / face-alignment
+    masks        selfie segmentation + face-mesh region -> background / face / mouth / ignore labels
+    camera       intrinsics (user values, Blender, default FOV), PnP pose initialisation
+    raster       vectorised numpy rasteriser (draft silhouette, metrics, synthetic renders)
+    renderer     NeuS narrow-band volume rendering with SH shading (standard / high presets)
+    mesh         canonical mesh extraction, fast forward warp, mesh-outline silhouette
+    codes        latent parameterisation (built-in encoders or raw official codes), priors, ARKit output
+    tracker      stages (identity, per frame, joint refinement) and presets
+    run          ``run_track``: passes over the clip, result package writing, resume, interpolation, USD
+    build_tables developer tool that derived the MediaPipe<->ICT table in ``backend/landmark_tables.py``
 """
 
 

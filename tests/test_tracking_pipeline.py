@@ -174,3 +174,16 @@ def test_frames_without_face_are_interpolated_and_flagged(tmp_path, tiny_model, 
     assert np.isfinite(arr["vertices"]).all()
     t = arr["translation"]
     assert np.allclose(t[2], 0.5 * (t[1] + t[3]), atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["standard", "high"])
+def test_photometric_presets_run(tmp_path, tiny_model, clip, preset):
+    """The volume-rendering path (rays on the face, SH shading) on 2 frames with tiny iteration counts."""
+    from backend.tracking import run_track
+    ov = dict(TINY, rays=24, id_rays=24, n_coarse=8, n_fine=4)
+    pkg = ResultPackage(run_track(_args(clip, tmp_path / "res", tiny_model, frames="0:2", preset=preset,
+                                        preset_overrides=ov, output="shape_keys"), None))
+    assert pkg.manifest["settings"]["preset"] == preset
+    assert [f["status"] for f in pkg.frames] == ["tracked", "tracked"]
+    ident = pkg.identity()
+    assert np.isfinite(ident["sh_coeffs"]).all() and np.isfinite(pkg.frame_arrays()["vertices"]).all()

@@ -320,14 +320,15 @@ class Tracker:
         op = out["opacity"].clamp(1e-4, 1 - 1e-4)
         mask_loss = (mw * torch.nn.functional.binary_cross_entropy(op, tgt, reduction="none")).sum() / mw.sum().clamp_min(1)
         rgb_loss = zg.sum() * 0
-        stats = {"iou": float(((op > 0.5) & (tgt > 0.5)).sum() / (((op > 0.5) | (tgt > 0.5)) & (mw > 0)).sum().clamp_min(1))}
+        op_d = op.detach()
+        stats = {"iou": float(((op_d > 0.5) & (tgt > 0.5)).sum() / (((op_d > 0.5) | (tgt > 0.5)) & (mw > 0)).sum().clamp_min(1))}
         if with_color:
             cw = torch.as_tensor((lab == M.FACE) + (lab == M.MOUTH) / 25.0, dtype=torch.float32)
             img = torch.as_tensor(obs.image.reshape(-1, 3)[idx], dtype=torch.float32) / 127.5 - 1
             pred = out["color"] @ self.cA.T + self.cb
             err = (pred - img).abs().sum(-1)
             rgb_loss = (cw * err).sum() / cw.sum().clamp_min(1)
-            stats["rgb"] = float(((cw > 0.5) * err).sum() / (cw > 0.5).sum().clamp_min(1)) / 6.0
+            stats["rgb"] = float(((cw > 0.5) * err.detach()).sum() / (cw > 0.5).sum().clamp_min(1)) / 6.0
         return mask_loss, rgb_loss, stats
 
     # ---------------------------------------------------------------------------------------------------------

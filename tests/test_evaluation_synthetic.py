@@ -153,6 +153,9 @@ def test_benchmark_reports_tracker_failure_without_crashing(tmp_path, ict, monke
     assert res["notes"]["tracker_draft"].startswith("tracker failed:")
     assert len(res["rows"]["mean_head"]) == 2 and res["rows"]["tracker_draft"] == []
     assert (tmp_path / "overlays" / f"{spec.key}.png").is_file()
+    # packages of runs with other tracker arguments (another --model) live in their own folder
+    assert benchmark._track_dir(clip, "draft", cfg).name.startswith("track_draft_")
+    assert benchmark._track_dir(clip, "draft", benchmark.BenchmarkConfig()).name == "track_draft"
     # the summary keeps the failure as an error entry and formats it
     result = {"methods": {"tracker_draft": {"error": res["notes"]["tracker_draft"]},
                           "mean_head": benchmark.metrics.aggregate(res["rows"]["mean_head"])},

@@ -100,10 +100,49 @@ def package_meshes(package: Path, frames: np.ndarray | None = None) -> dict:
     return out
 
 
+def _track_dir(clip: synthetic.RenderedClip, preset: str, cfg: BenchmarkConfig) -> Path:
+    """Result package folder: one per clip, preset and extra tracker arguments (e.g. another ``--model``)."""
+    import hashlib
+
+    tag = ""
+    if cfg.extra_track_args:
+        tag = "_" + hashlib.sha1("\0".join(cfg.extra_track_args).encode()).hexdigest()[:8]
+    return clip.folder / f"track_{preset}{tag}"
+
+
+class _FolderLock:
+    """Exclusive advisory lock (``<folder>.lock``) so concurrent benchmark runs on the same clip and preset take
+    turns instead of deleting each other's packages (no-op where fcntl is unavailable)."""
+
+    def __init__(self, folder: Path):
+        self.path = folder.with_name(folder.name + ".lock")
+        self._fh = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover (Windows)
+            return self
+        self._fh = open(self.path, "w")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self._fh is not None:
+            self._fh.close()  # releases the lock
+        return False
+
+
 def run_tracker(clip: synthetic.RenderedClip, preset: str, cfg: BenchmarkConfig, log=print) -> TrackerRun:
     """Run the tracker CLI on a clip (a fresh package unless ``cfg.reuse_tracks``) and load its meshes; never
     raises: failures come back as ``TrackerRun.error`` ("tracker failed: …")."""
-    out_dir = clip.folder / f"track_{preset}"
+    out_dir = _track_dir(clip, preset, cfg)
+    with _FolderLock(out_dir):
+        return _run_tracker_locked(clip, preset, cfg, out_dir, log)
+
+
+def _run_tracker_locked(clip: synthetic.RenderedClip, preset: str, cfg: BenchmarkConfig, out_dir: Path,
+                        log=print) -> TrackerRun:
     intr = clip.ground_truth().intrinsics
     cmd = [sys.executable, "-m", "backend", "track", str(clip.video), "--out", str(out_dir), "--preset", preset,
            "--fx", f"{intr.fx:.6f}", "--fy", f"{intr.fy:.6f}", "--cx", f"{intr.cx:.6f}", "--cy", f"{intr.cy:.6f}",

@@ -49,7 +49,7 @@ class Preset:
     mesh_res: int = 80             # output (fixed topology) canonical mesh resolution
     sil_res: int = 40              # low-res mesh for the draft silhouette / quality metrics
     outline_points: int = 300
-    lr_exp: float = 0.05
+    lr_exp: float = 0.08
     lr_rot: float = 0.01
     lr_trans: float = 0.004
     lr_id: float = 0.05
@@ -66,7 +66,7 @@ class Preset:
 
 
 PRESETS: Dict[str, Preset] = {
-    "draft": Preset("draft", frame_iters=10, still_iters=4),
+    "draft": Preset("draft", frame_iters=16, still_iters=6),
     "standard": Preset("standard", id_frames=6, id_iters=120, frame_iters=30, still_iters=10, stage2_epochs=4,
                        rays=160, id_rays=192, ray_every=2, n_coarse=16, n_fine=8, mesh_res=96),
     "high": Preset("high", id_frames=8, id_iters=250, frame_iters=60, still_iters=20, stage2_epochs=8,

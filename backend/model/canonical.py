@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MonoNPHMConfig
+from .parallel import flush_denormals
 from .ensemble import (
     TypedLinearStack,
     blend_weights,
@@ -120,6 +121,7 @@ class CanonicalField(nn.Module):
         exact=False drops, per point, the smallest blend weights with total mass <= prune_mass.
         compute_dtype (e.g. torch.bfloat16) runs the per-edge matmuls in that dtype (coarse passes only).
         """
+        flush_denormals()
         cfg = self.cfg
         B, N, _ = q.shape
         K = cfg.n_neighbors

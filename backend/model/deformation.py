@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .config import MonoNPHMConfig
 from .ensemble import softplus
+from .parallel import flush_denormals
 
 
 class DeformationField(nn.Module):
@@ -63,6 +64,7 @@ class DeformationField(nn.Module):
         The Jacobian is computed in forward mode (3 tangents carried through the MLP), which is cheaper than
         three reverse passes and needs no autograd graph.
         """
+        flush_denormals()
         if c_id is None:
             c_id = self.compress_id(z_geo, anchors)
         cond = torch.cat([c_id, z_exp], dim=-1)                    # (B, ci + ze)

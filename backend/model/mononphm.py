@@ -11,7 +11,7 @@ import torch.nn as nn
 from .canonical import CanonicalField, CanonicalOutput
 from .config import MonoNPHMConfig
 from .deformation import DeformationField
-from .parallel import map_chunks
+from .parallel import flush_denormals, map_chunks
 
 
 @dataclass
@@ -143,6 +143,7 @@ class MonoNPHM(nn.Module):
         exact: evaluate all K+1 edges (parity path); otherwise drop blend mass <= prune_mass per point.
         compute_dtype: e.g. torch.bfloat16 for coarse, no-grad passes.
         """
+        flush_denormals()
         if x.dim() == 2:
             x = x.unsqueeze(0)
         B, N, _ = x.shape

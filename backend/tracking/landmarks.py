@@ -7,7 +7,9 @@ Optional: face-alignment (iBUG-68) when the package and its weights are present 
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -16,6 +18,26 @@ import numpy as np
 from .errors import TrackingInputError
 
 MEDIAPIPE = "mediapipe478"
+
+
+@contextlib.contextmanager
+def mediapipe_fp_guard():
+    """Run MediaPipe with denormals enabled.
+
+    The model core flushes denormals to zero on its threads (``torch.set_flush_denormal(True)``, FTZ/DAZ); with that
+    CPU mode active, MediaPipe's TFLite/XNNPACK graphs fail to start ("failed to reshape runtime"). The mode is
+    switched off around MediaPipe calls and restored afterwards.
+    """
+    torch = sys.modules.get("torch")
+    par = sys.modules.get("backend.model.parallel") or sys.modules.get(__package__.rsplit(".", 1)[0] + ".model.parallel")
+    on = bool(torch is not None and par is not None and getattr(getattr(par, "_FTZ", None), "on", False))
+    if on:
+        torch.set_flush_denormal(False)
+    try:
+        yield
+    finally:
+        if on:
+            torch.set_flush_denormal(True)
 IBUG68 = "ibug68"
 
 
@@ -80,14 +102,17 @@ class MediaPipeLandmarker:
         self.video_mode = video_mode
         self.max_faces = max_faces
         self._conf = (min_detection_confidence, min_tracking_confidence)
-        self._graph = mp_face_mesh.FaceMesh(static_image_mode=not video_mode, max_num_faces=max_faces,
-                                            refine_landmarks=True, min_detection_confidence=min_detection_confidence,
-                                            min_tracking_confidence=min_tracking_confidence)
+        with mediapipe_fp_guard():
+            self._graph = mp_face_mesh.FaceMesh(static_image_mode=not video_mode, max_num_faces=max_faces,
+                                                refine_landmarks=True,
+                                                min_detection_confidence=min_detection_confidence,
+                                                min_tracking_confidence=min_tracking_confidence)
         self._static = None
         self._prev_bbox: Optional[np.ndarray] = None
 
     def _run(self, graph, image: np.ndarray):
-        res = graph.process(np.ascontiguousarray(image))
+        with mediapipe_fp_guard():
+            res = graph.process(np.ascontiguousarray(image))
         if not res.multi_face_landmarks:
             return []
         h, w = image.shape[:2]
@@ -103,8 +128,10 @@ class MediaPipeLandmarker:
         if not faces and self.video_mode:
             # tracking lost: re-run the detector from scratch on this frame
             if self._static is None:
-                self._static = self._mp.FaceMesh(static_image_mode=True, max_num_faces=self.max_faces,
-                                                 refine_landmarks=True, min_detection_confidence=self._conf[0] * 0.6)
+                with mediapipe_fp_guard():
+                    self._static = self._mp.FaceMesh(static_image_mode=True, max_num_faces=self.max_faces,
+                                                     refine_landmarks=True,
+                                                     min_detection_confidence=self._conf[0] * 0.6)
             faces = self._run(self._static, image)
         if not faces:
             return FaceLandmarks(self.scheme, None, None, None, 0)
@@ -114,9 +141,10 @@ class MediaPipeLandmarker:
         return FaceLandmarks(self.scheme, pts[:, :2].copy(), pts[:, 2].copy(), self._prev_bbox, len(faces))
 
     def close(self):
-        for g in (self._graph, self._static):
-            if g is not None:
-                g.close()
+        with mediapipe_fp_guard():
+            for g in (self._graph, self._static):
+                if g is not None:
+                    g.close()
 
 
 def face_alignment_weights_present() -> bool:

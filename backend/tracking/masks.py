@@ -31,17 +31,23 @@ class SelfieSegmenter:
 
     def __init__(self, model_selection: int = 0):
         from mediapipe.python.solutions import selfie_segmentation as mp_ss
-        self._g = mp_ss.SelfieSegmentation(model_selection=model_selection)
+        from .landmarks import mediapipe_fp_guard
+        with mediapipe_fp_guard():
+            self._g = mp_ss.SelfieSegmentation(model_selection=model_selection)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        res = self._g.process(np.ascontiguousarray(image))
+        from .landmarks import mediapipe_fp_guard
+        with mediapipe_fp_guard():
+            res = self._g.process(np.ascontiguousarray(image))
         m = res.segmentation_mask
         if m is None:
             return np.zeros(image.shape[:2], np.float32)
         return np.asarray(m, np.float32)
 
     def close(self):
-        self._g.close()
+        from .landmarks import mediapipe_fp_guard
+        with mediapipe_fp_guard():
+            self._g.close()
 
 
 def _fill(shape, poly: np.ndarray) -> np.ndarray:

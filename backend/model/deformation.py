@@ -81,6 +81,9 @@ class DeformationField(nn.Module):
         def bias(lin):
             return lin.bias if dt is None else lin.bias.to(dt)
 
+        if not with_jacobian:
+            out = self._forward_rows(x, c0, cs, dt, batch_index)
+            return out[..., :3], out[..., 3:], None
         xs = x
         if batch_index is not None:
             c0 = c0.index_select(0, batch_index)                    # (P, H): broadcast like (B=P, N=1)
@@ -125,3 +128,37 @@ class DeformationField(nn.Module):
             out = out.squeeze(1)
             jac = jac.squeeze(1) if jac is not None else None
         return out[..., :3], out[..., 3:], jac
+
+    def _forward_rows(self, x, c0, cs, dt, batch_index):
+        """Value-only path on 2-D rows: every layer is one addmm with the bias / skip term fused in, and the
+        activation is applied in place when no autograd graph needs the pre-activation.  Same values as the
+        forward-mode path (up to float rounding order)."""
+        beta = self.cfg.softplus_beta
+        H = self.cfg.hidden_dim_ex
+        r2 = 1.0 / math.sqrt(2.0)
+        shape = x.shape[:-1]
+        x2 = x.reshape(-1, 3)
+        if batch_index is not None:
+            c0, cs = c0.index_select(0, batch_index), cs.index_select(0, batch_index)   # (P, H)
+        elif c0.shape[0] > 1:
+            n = x2.shape[0] // c0.shape[0]
+            c0, cs = c0.repeat_interleave(n, 0), cs.repeat_interleave(n, 0)          # (B*N, H)
+        w0x = self.lins[0].weight[:, 0:3].to(x.dtype)
+        wsx = self.lins[self.skip].weight[:, H : H + 3].to(x.dtype)
+        # x-touching matmuls stay in the input precision (see `forward`).
+        z = torch.addmm(c0, x2, w0x.t())
+        skip_x = torch.addmm(cs, x2, wsx.t(), alpha=r2)
+        if dt is not None:
+            z, skip_x = z.to(dt), skip_x.to(dt)
+        for i in range(1, len(self.lins)):
+            if torch.is_grad_enabled() and z.requires_grad:
+                a = softplus(z, beta)
+            else:
+                a = torch._C._nn.softplus(z, beta, 20.0, out=z)
+            lin = self.lins[i]
+            w = lin.weight if dt is None else lin.weight.to(dt)
+            if i == self.skip:
+                z = torch.addmm(skip_x, a, w[:, :H].t(), alpha=r2)
+            else:
+                z = torch.addmm(lin.bias if dt is None else lin.bias.to(dt), a, w.t())
+        return z.to(x.dtype).reshape(*shape, z.shape[-1])

@@ -277,15 +277,17 @@ class WarpState:
     """Per-vertex solution of the previous frame, to warm-start the next one."""
     points: torch.Tensor   # (V, 3)
     jinv: torch.Tensor     # (V, 3, 3)
+    previous: Optional[torch.Tensor] = None  # (V, 3) the frame before (for a constant-velocity prediction)
 
 
 def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None,
-              compute_dtype: Optional[torch.dtype] = "auto", chunk: int = 65536,
+              compute_dtype: Optional[torch.dtype] = "auto", chunk: int = 65536, extrapolate: bool = True,
               **kw) -> Tuple[Mesh, torch.Tensor, WarpState]:
     """Fixed-topology posed mesh: canonical vertices forward-warped into the frame's posed space.
 
     state: the previous frame's `WarpState` (warm start: previous roots and inverse Jacobians, so a frame usually
-    needs only a few chord steps).  Non-converged vertices are repaired from their neighbours.  Colours are the
+    needs only a few chord steps).  extrapolate: with two previous frames, start from the constant-velocity
+    prediction 2 x_{t-1} - x_{t-2} (only the start point changes; convergence is still checked per vertex).  Non-converged vertices are repaired from their neighbours.  Colours are the
     canonical albedo (same topology, same texture).  Returns (mesh, converged (V,) bool, new state).
     compute_dtype "auto": bf16 Newton steps (until residual < 1e-3) on wide models, then float32 polish.
     """
@@ -296,11 +298,16 @@ def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None
     z_exp = z_exp.reshape(1, -1).float()
     with torch.no_grad():
         A = model.anchors(z_geo)
+    start = None
+    if state is not None:
+        start = state.points
+        if extrapolate and state.previous is not None and state.previous.shape == state.points.shape:
+            start = 2 * state.points - state.previous
 
     def run(s, e):
         xi = ji = None
         if state is not None:
-            xi = state.points[s:e][None]
+            xi = start[s:e][None]
             ji = state.jinv[s:e][None]
         r = model.forward_warp(vc[None, s:e], z_geo, z_exp, anchors=A, x_init=xi, jinv_init=ji,
                                compute_dtype=compute_dtype, implicit_grad=False, **kw)
@@ -313,7 +320,8 @@ def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None
     jinv = torch.cat(jis) if jis else torch.zeros(0, 3, 3)
     xp = repair_from_neighbors(vc, torch.where(ok[:, None], xp, vc), ok, mesh.faces)
     jinv = torch.where(ok[:, None, None], jinv, torch.eye(3).expand_as(jinv))
-    return Mesh(xp.numpy().astype(np.float32), mesh.faces, mesh.colors), ok, WarpState(xp, jinv)
+    prev = state.points if state is not None and state.points.shape == xp.shape else None
+    return Mesh(xp.numpy().astype(np.float32), mesh.faces, mesh.colors), ok, WarpState(xp, jinv, prev)
 
 
 def _unlin(lin: torch.Tensor, n: int) -> torch.Tensor:

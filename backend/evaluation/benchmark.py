@@ -329,7 +329,11 @@ def format_table(result: dict) -> str:
             msg = e["error"] if len(e["error"]) <= 160 else e["error"][:157] + "..."
             lines.append(f"{m:<16}  {msg}")
         else:
-            lines.append(f"{m:<16}" + "".join(f"{e[k]:>10.3f}" if k in e else f"{'-':>10}" for k, _ in cols))
+            line = f"{m:<16}" + "".join(f"{e[k]:>10.3f}" if k in e else f"{'-':>10}" for k, _ in cols)
+            if e.get("clips", result["n_clips"]) < result["n_clips"]:
+                first = str((e.get("warnings") or ["?"])[0]).splitlines()[0][:70]
+                line += f"   [only {e['clips']}/{result['n_clips']} clips; {first}]"
+            lines.append(line)
     lines.append(f"goal: tracker Chamfer-L1 < {result['goal_chamfer_l1_mm']} mm; {result['n_clips']} clips, "
                  f"every {result['every']}th of {result['n_frames']} frames, {result['n_points']} face points/frame; "
                  "raw L1 = before the similarity ICP (diagnostic)")

@@ -103,6 +103,7 @@ class CanonicalField(nn.Module):
         return rows.reshape(-1, rows.shape[-1])
 
     # ------------------------------------------------------------------ field
+    @flush_denormals()
     def forward(
         self,
         q: torch.Tensor,
@@ -121,7 +122,6 @@ class CanonicalField(nn.Module):
         exact=False drops, per point, the smallest blend weights with total mass <= prune_mass.
         compute_dtype (e.g. torch.bfloat16) runs the per-edge matmuls in that dtype (coarse passes only).
         """
-        flush_denormals()
         cfg = self.cfg
         B, N, _ = q.shape
         K = cfg.n_neighbors

@@ -45,6 +45,7 @@ class DeformationField(nn.Module):
             c0, cs = c0.to(dtype), cs.to(dtype)
         return c0, cs
 
+    @flush_denormals()
     def forward(
         self,
         x: torch.Tensor,
@@ -64,7 +65,6 @@ class DeformationField(nn.Module):
         The Jacobian is computed in forward mode (3 tangents carried through the MLP), which is cheaper than
         three reverse passes and needs no autograd graph.
         """
-        flush_denormals()
         if c_id is None:
             c_id = self.compress_id(z_geo, anchors)
         cond = torch.cat([c_id, z_exp], dim=-1)                    # (B, ci + ze)

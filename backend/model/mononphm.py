@@ -118,6 +118,7 @@ class MonoNPHM(nn.Module):
         return out
 
     # ------------------------------------------------------------------ full model
+    @flush_denormals()
     def forward(
         self,
         x: torch.Tensor,
@@ -143,7 +144,6 @@ class MonoNPHM(nn.Module):
         exact: evaluate all K+1 edges (parity path); otherwise drop blend mass <= prune_mass per point.
         compute_dtype: e.g. torch.bfloat16 for coarse, no-grad passes.
         """
-        flush_denormals()
         if x.dim() == 2:
             x = x.unsqueeze(0)
         B, N, _ = x.shape

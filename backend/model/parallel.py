@@ -7,6 +7,7 @@ Evaluating independent chunks in Python threads with one intra-op thread each av
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -52,17 +53,38 @@ _FTZ = threading.local()
 _FTZ_ENABLED = os.environ.get("MONONPHM_FLUSH_DENORMALS", "1") != "0"
 
 
-def flush_denormals() -> None:
-    """Flush denormal floats to zero on the calling thread (FTZ/DAZ; per thread, so every worker calls it).
+class flush_denormals:
+    """Context manager / decorator: flush denormal floats to zero (FTZ/DAZ) on the calling thread while inside.
 
     softplus(beta=100) evaluates exp(beta * z), which is denormal for z < -0.87 (common in deep hidden layers);
     x86 handles denormal operands in microcode, ~10x slower per element.  Flushing changes values by < 1e-37
-    (float32; < 1e-307 float64) and made a deformation evaluation 1.7x faster.  MONONPHM_FLUSH_DENORMALS=0
-    disables it.
+    (float32; < 1e-307 float64) and made a deformation evaluation 1.7x faster.  The CPU mode is per thread and
+    is restored (switched off) when the outermost scope of the thread exits, so it never leaks into other
+    libraries running on the caller's thread (MediaPipe/XNNPACK fail to start under FTZ).
+    `_FTZ.on` tells whether the current thread is inside a scope.  MONONPHM_FLUSH_DENORMALS=0 disables it.
     """
-    if _FTZ_ENABLED and not getattr(_FTZ, "on", False):
-        torch.set_flush_denormal(True)
-        _FTZ.on = True
+
+    def __enter__(self):
+        depth = getattr(_FTZ, "depth", 0)
+        if depth == 0 and _FTZ_ENABLED:
+            torch.set_flush_denormal(True)
+            _FTZ.on = True
+        _FTZ.depth = depth + 1
+        return self
+
+    def __exit__(self, *exc):
+        _FTZ.depth -= 1
+        if _FTZ.depth == 0 and getattr(_FTZ, "on", False):
+            torch.set_flush_denormal(False)
+            _FTZ.on = False
+        return False
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapped(*a, **k):
+            with flush_denormals():
+                return fn(*a, **k)
+        return wrapped
 
 
 def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, inference: bool = True) -> List[T]:
@@ -72,16 +94,16 @@ def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, inference: bool 
         chunk = max(256, min(chunk, -(-n // workers)))
     bounds: Sequence = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
     if workers <= 1 or len(bounds) <= 1:
-        flush_denormals()
-        return [fn(s, e) for s, e in bounds]
+        with flush_denormals():
+            return [fn(s, e) for s, e in bounds]
 
     def run(b):
-        flush_denormals()
-        if inference:
-            with torch.inference_mode():
+        with flush_denormals():
+            if inference:
+                with torch.inference_mode():
+                    return fn(*b)
+            with torch.no_grad():
                 return fn(*b)
-        with torch.no_grad():
-            return fn(*b)
 
     prev = workers
     torch.set_num_threads(1)
@@ -105,8 +127,7 @@ def backward_in_chunks(loss_fn: Callable[[int, int], torch.Tensor], n: int, chun
     bounds = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
 
     def run(b):
-        flush_denormals()
-        with torch.enable_grad():
+        with flush_denormals(), torch.enable_grad():
             loss = loss_fn(*b)
             loss.backward()
         return float(loss.detach())

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from .mononphm import _batch_codes
+from .parallel import flush_denormals
 
 
 @dataclass
@@ -113,6 +114,7 @@ def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, c
     return x.view(B, M, 3), res.view(B, M), it, Jinv.view(B, M, 3, 3)
 
 
+@flush_denormals()
 def forward_warp(
     model,
     x_canonical: torch.Tensor,

@@ -129,12 +129,15 @@ def mesh_distance(model, z_geo, z_exp, pts, res=256, margin=0.04, chunk=65536):
                                           "evaluated": int(Gc.shape[0] + len(P))}
 
 
+_STATIC = [D.arkit.ICT_NAMES.index(n) for n in D.STATIC_CHANNELS]
+
+
 def fit_identity(model, enc, pts_list, steps=150, n_pts=600, lr=0.05, reg_id=1e-3, reg_ex=1e-3, seed=0,
-                 refine_codes=True):
+                 refine_codes=True, refine_exp=False, l1_ex=3e-4):
     """Fit one identity (shared w_id) and per-shape w_ex to surface points (list of (N,3) arrays).
 
-    Parameterisation: ICT-coefficient space through the encoders (w_id 100-d, w_ex 53-d), then (refine_codes)
-    a free residual on z_geo / z_exp for the last third of the steps.
+    Parameterisation: ICT-coefficient space through the encoders (w_id 100-d, w_ex 53-d, w_ex projected to [0,1]),
+    then (refine_codes) a free residual on z_geo (and on z_exp if refine_exp) for the last third of the steps.
     """
     gen = torch.Generator().manual_seed(seed)
     S = len(pts_list)
@@ -155,6 +158,7 @@ def fit_identity(model, enc, pts_list, steps=150, n_pts=600, lr=0.05, reg_id=1e-
         z_exp = enc.encode_exp(w_ex) + dz_exp
         o = model(x, z_geo.expand(S, -1), None, z_exp, with_color=False)
         loss = o.sdf.abs().mean() + reg_id * (w_id ** 2).mean() + reg_ex * (w_ex ** 2).mean() \
+            + l1_ex * w_ex.abs().sum(1).mean() \
             + 1e-2 * ((dz_geo ** 2).sum() + (dz_exp ** 2).sum() / S)
         opt.zero_grad()
         opt2.zero_grad()
@@ -162,6 +166,11 @@ def fit_identity(model, enc, pts_list, steps=150, n_pts=600, lr=0.05, reg_id=1e-
         opt.step()
         if it >= t_ref:
             opt2.step()
+        with torch.no_grad():  # ICT expression weights live in [0, 1]; gaze channels stay 0 (static eyes)
+            w_ex.clamp_(0.0, 1.0)
+            w_ex[:, _STATIC] = 0.0
+            if not refine_exp:
+                dz_exp.zero_()
     with torch.no_grad():
         z_geo = enc.encode_geo(w_id) + dz_geo
         z_exp = enc.encode_exp(w_ex) + dz_exp
@@ -195,7 +204,7 @@ def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=
     vp = D.validation_params(n_ids=n_ids)
     rng = np.random.default_rng(12345)
     per_shape = []
-    ark_fit, ark_enc, ark_gt = [], [], []
+    ark_fit, ark_enc, ark_gt, ark_w = [], [], [], []
     recon_rows = []
     for i in range(n_ids):
         shapes = [p for p in vp if p[0] == i]
@@ -218,6 +227,7 @@ def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=
                 ark_fit.append(reg(z_exp[s:s + 1])[0].numpy())
                 ark_enc.append(reg(enc.encode_exp(torch.from_numpy(w_ex)[None]))[0].numpy())
             ark_gt.append(gt_ark)
+            ark_w.append(D.arkit.ict_to_arkit(np.clip(w_ex_f[s].numpy(), 0, 1)))
             if verbose:
                 print(f"[eval] id {i} {lab:10s} mean {rec['mean_mm']:.3f} mm  median {rec['median_mm']:.3f}  "
                       f"p90 {rec['p90_mm']:.3f}  (mean template {rec['baseline_mean_mm']:.2f})",
@@ -225,7 +235,7 @@ def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=
             if png and s in (0, 2, 4) and len(recon_rows) < 9:
                 recon_rows.append(_render_pair(model, ict, w_id, w_ex, z_geo, z_exp[s:s + 1], rec, lab, rng))
     arr = lambda k: np.array([r[k] for r in per_shape])  # noqa: E731
-    ark_fit, ark_enc, ark_gt = map(np.array, (ark_fit, ark_enc, ark_gt))
+    ark_fit, ark_enc, ark_gt, ark_w = map(np.array, (ark_fit, ark_enc, ark_gt, ark_w))
     active = [j for j, n in enumerate(D.arkit.ARKIT_NAMES) if not n.startswith("eyeLook") and n != "tongueOut"]
     res = {
         "checkpoint": str(path), "step": meta.get("step"), "train_minutes": (meta.get("elapsed") or 0) / 60,
@@ -241,6 +251,7 @@ def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=
         "mesh_check": [{k: r[k] for k in ("id", "expr", "mean_mm", "mesh_mean_mm", "mesh_median_mm",
                                           "mesh_voxel_mm")} for r in per_shape if "mesh_mean_mm" in r],
         "arkit_mae_fitted": float(np.abs(ark_fit - ark_gt)[:, active].mean()),
+        "arkit_mae_fitted_weights": float(np.abs(ark_w - ark_gt)[:, active].mean()),
         "arkit_mae_encoded": float(np.abs(ark_enc - ark_gt)[:, active].mean()),
         "arkit_mae_zero_baseline": float(np.abs(ark_gt)[:, active].mean()),
         "per_shape": per_shape,

@@ -27,7 +27,7 @@ ENCODERS_FILE = "encoders.pt"
 REPO_BUILTIN = Path(__file__).resolve().parents[1] / "models" / "builtin"
 
 
-def fit_arkit_regressor(enc, reg, iters=3000, batch=256, noise=0.1, seed=0, lr=3e-3):
+def fit_arkit_regressor(enc, reg, iters=3000, batch=256, noise=0.3, seed=0, lr=3e-3):
     """Fit the z_exp -> ARKit regressor to the final expression encoder (cheap: no meshes needed).
 
     Training expressions come from the training sampler (held-out combos excluded); inputs are standardised

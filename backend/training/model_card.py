@@ -128,7 +128,11 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
     L.append(f"ARKit regressor on the held-out shapes (mean absolute error over the 43 channels the model drives, "
              f"weights in [0,1]): {_f(ev['arkit_mae_fitted'], 3)} from the fitted codes, "
              f"{_f(ev['arkit_mae_encoded'], 3)} from the encoded ground-truth codes; predicting all zeros gives "
-             f"{_f(ev['arkit_mae_zero_baseline'], 3)}.\n")
+             f"{_f(ev['arkit_mae_zero_baseline'], 3)}"
+             + (f"; the fitted ICT weights mapped with `backend.arkit.ict_to_arkit` give "
+                f"{_f(ev['arkit_mae_fitted_weights'], 3)}" if "arkit_mae_fitted_weights" in ev else "")
+             + ". Codes fitted to surface points alone are ambiguous for expressions that barely move the "
+             "surface, which bounds the fitted-code numbers.\n")
     if quality_json and Path(quality_json).exists():
         q = json.loads(Path(quality_json).read_text())
         q = sorted(q, key=lambda r: (r.get("step") or 0))

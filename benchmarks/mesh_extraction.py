@@ -6,6 +6,9 @@ Models: the built-in checkpoint (backend/models/builtin) when present, else rand
 with the sphere-like geometric init (a head-sized blob), at the official and built-in sizes.
 The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
+
+Last full run (d59ddb0, 2 threads, shared 2-core host, load average 3.2-4.3): canonical 256^3 official 61.1 s,
+built-in 10.8 s; fixed-topology warp built-in 0.248 s/frame (39k vertices), official 3.54 s/frame (37k).
 """
 from __future__ import annotations
 

@@ -11,6 +11,10 @@ and the achieved matmul FLOP/s of (a) beside the machine's measured dense fp32 m
 
 The LAST line printed is one JSON object (official size at top level, `builtin` sub-object).
 Usage: python benchmarks/model_throughput.py [--threads 2] [--quick]
+
+Last full run (d59ddb0, 2 threads, shared 2-core host, load average 3.2-4.3; matmul fp32 peak 116 GFLOP/s):
+official (a) 10,941 (b) 6,975 (c) 1,741 pts/s, 45.2 GFLOP/s = 38.8% of peak (bound from peak: 28,165);
+built-in (a) 52,145 (b) 39,244 (c) 9,164 pts/s.
 """
 from __future__ import annotations
 

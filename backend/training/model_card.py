@@ -137,7 +137,7 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
         q = json.loads(Path(quality_json).read_text())
         q = sorted(q, key=lambda r: (r.get("step") or 0))
         L.append("### Quality vs training time\n")
-        L.append("| step | training min | held-out mean mm | median mm | p90 mm | ARKit MAE (fitted) |")
+        L.append("| step | training min | held-out mean mm | median mm | p90 mm | ARKit MAE (fitted, joint regressor) |")
         L.append("|---|---|---|---|---|---|")
         for r in q:
             L.append(f"| {r['step']} | {r['train_minutes']:.0f} | {r['mean_mm']:.2f} | {r['median_mm']:.2f} | "

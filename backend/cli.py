@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a result package and print a summary")
     validate.add_argument("package")
 
-    train = sub.add_parser("train", help="train a MonoNPHM model on synthetic heads (see backend/training)")
-    train.add_argument("rest", nargs=argparse.REMAINDER)
+    # Listed for --help only: main() hands `train ...` to backend.training.train before parsing.
+    sub.add_parser("train", help="train a MonoNPHM model on synthetic heads (python -m backend train --help)")
     return parser
 
 
@@ -129,6 +129,11 @@ def _run_validate(args, events: EventWriter) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # the trainer owns all its flags, --help included
+        from .training.train import main as train_main
+
+        return int(train_main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -142,10 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     events = EventWriter()
     _install_cancel_handler()
     try:
-        if args.command == "train":
-            from .training.train import main as train_main
-
-            return int(train_main(args.rest) or 0)
         events.hello(__version__)
         if args.command == "validate":
             _run_validate(args, events)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .geometry import fit_similarity
+
 N_ANCHORS = 65
 N_SYMM_PAIRS = 30
 VIRTUAL_ANCHOR = 65
@@ -162,20 +164,6 @@ def front_anchor_ids() -> np.ndarray:
     return np.flatnonzero(ict_anchor_positions()[:, 2] > -0.05)
 
 
-def similarity_fit(src: np.ndarray, dst: np.ndarray):
-    """Umeyama similarity with dst ~= s * R @ src + t; returns (s, R (3,3), t (3,))."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    U, S, Vt = np.linalg.svd(b.T @ a)
-    D = np.eye(3)
-    D[2, 2] = np.sign(np.linalg.det(U @ Vt))
-    R = U @ D @ Vt
-    s = float((S * np.diag(D)).sum() / (a ** 2).sum())
-    return s, R, md - s * R @ ms
-
-
 def anchor_blend_weights(points: np.ndarray, anchors: np.ndarray, k: int = 4) -> np.ndarray:
     """(n, n_anchors) row-normalised Gaussian weights of each point's ``k`` nearest anchors.
 
@@ -251,7 +239,7 @@ def tracking_landmarks(scheme: str, mean_anchors: np.ndarray, n_points: int = 16
     if mean_anchors.shape != (N_ANCHORS, 3):
         raise ValueError(f"mean anchors must be ({N_ANCHORS}, 3), got {mean_anchors.shape}")
     fa = front_anchor_ids()
-    s, R, t = similarity_fit(ict_anchor_positions()[fa], mean_anchors[fa])
+    s, R, t = fit_similarity(ict_anchor_positions()[fa], mean_anchors[fa])
     mp = s * mediapipe_ict_positions() @ R.T + t                              # (478, 3) in the model's frame
     spread = np.asarray(MEDIAPIPE_ICT_SPREAD_MM)
     if scheme == "mediapipe478":

@@ -18,7 +18,10 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from scipy.spatial import cKDTree
+
+from ..geometry import fit_similarity
 
 from .mesh_ops import MeshQuery, face_normals, vertex_normals
 
@@ -138,16 +141,7 @@ def similarity_icp(pred_vertices: np.ndarray, pred_normals: np.ndarray, gt_point
     return sim, {"loss": loss_val, "inlier_fraction": inlier, "scale": sim.scale}
 
 
-def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity dst ≈ s · R · src + t for corresponding points (N, 3); returns (s, R, t)."""
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    U, S, Wt = np.linalg.svd(b.T @ a)
-    D = np.eye(3)
-    D[2, 2] = np.sign(np.linalg.det(U @ Wt))
-    R = U @ D @ Wt
-    s = float((S * np.diag(D)).sum() / max((a ** 2).sum(), 1e-30))
-    return s, R, md - s * R @ ms
+umeyama = fit_similarity  # the protocol's closed-form similarity (one definition: backend.geometry)
 
 
 def coarse_similarity(pred_vertices: np.ndarray, gt_points: np.ndarray, iterations: int = 30,

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .. import arkit
+from ..geometry import fit_similarity
 
 ICT_FILE = "ict_face_model_light_head_f16.npz"
 CM_OFFSET = np.array([0.0, -3.0, -6.0])
@@ -223,15 +224,7 @@ def derive_anchor_vertices(ict: ICTModel, official_anchors: np.ndarray, iters: i
         X = s * A @ R.T + t
         _, j = tree.query(X)
         Y = V[ids[j]]
-        # similarity Procrustes A -> Y (Umeyama), rotation restricted to be proper
-        ma, my = A.mean(0), Y.mean(0)
-        Ac, Yc = A - ma, Y - my
-        U, S, Wt = np.linalg.svd(Yc.T @ Ac)
-        D = np.eye(3)
-        D[2, 2] = np.sign(np.linalg.det(U @ Wt))
-        R = U @ D @ Wt
-        s = (S * np.diag(D)).sum() / (Ac ** 2).sum()
-        t = my - s * ma @ R.T
+        s, R, t = fit_similarity(A, Y)
     X = s * A @ R.T + t
     out = np.zeros(65, np.int64)
     mid_ids = ids[np.abs(V[ids, 0]) < 1e-3]

@@ -69,3 +69,15 @@ def fake_backend(monkeypatch, tmp_path):
     monkeypatch.setenv("MONONPHM_BACKEND_PYTHON", sys.executable)
     monkeypatch.setenv("FAKE_DELAY", "0.01")
     return FAKES
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One intra-op torch thread for a module: on a shared/busy CPU, many short 2-thread parallel regions stall
+    (OpenMP spin-waits), which makes small-tensor tests slow and noisy."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

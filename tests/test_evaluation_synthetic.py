@@ -3,17 +3,16 @@ tiny Cycles render aligned with the ground truth (in a subprocess: the test sess
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import ICT_NPZ
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MONONPHM_SHARED", ROOT.parent / "shared"))
-ICT = SHARED / "data" / "ict-facekit" / "ict_face_model_light_head_f16.npz"
+ICT = ICT_NPZ
 pytestmark = pytest.mark.skipif(not ICT.is_file(), reason=f"ICT-FaceKit data absent ({ICT})")
 
 

@@ -9,18 +9,12 @@ import yaml
 
 from backend.model import CheckpointError, MonoNPHM, MonoNPHMConfig, load_model, load_official, save_model
 from backend.model.checkpoint import project_to_official_state
+from shared_data import PARITY_FIXTURE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared/busy CPU, many short 2-thread parallel regions stall (OpenMP spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.usefixtures("single_torch_thread")]
 
-SHARED = Path(os.environ.get("MONONPHM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-FIX = SHARED / "fixtures" / "official-parity"
+FIX = PARITY_FIXTURE
 
 
 def _official_folder(tmp_path: Path) -> Path:

@@ -7,13 +7,7 @@ from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init
 from backend.model.mesh import PosedMesher, canonical_mesh, extract_mesh, repair_from_neighbors, warp_mesh
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared/busy CPU, many short 2-thread parallel regions stall (OpenMP spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.usefixtures("single_torch_thread")]
 
 BOX = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
 

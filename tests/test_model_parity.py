@@ -1,6 +1,4 @@
 """Parity with the official implementation (fixture in ../shared/fixtures/official-parity, README tolerances)."""
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,20 +6,13 @@ import torch
 
 from backend.model import load_official
 from backend.model.root_finding import posed_anchors
+from shared_data import PARITY_FIXTURE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared/busy CPU, many short 2-thread parallel regions stall (OpenMP spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-SHARED = Path(os.environ.get("MONONPHM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-FIX = SHARED / "fixtures" / "official-parity"
-pytestmark = pytest.mark.skipif(not (FIX / "expected.npz").is_file(),
-                                reason=f"official parity fixture not found at {FIX} (set MONONPHM_SHARED)")
+FIX = PARITY_FIXTURE
+pytestmark = [pytest.mark.usefixtures("single_torch_thread"),
+              pytest.mark.skipif(not (FIX / "expected.npz").is_file(),
+                                 reason=f"official parity fixture not found at {FIX} (set MONONPHM_SHARED)")]
 
 # README tolerances: float64 1e-9 everywhere; float32 1e-5 values, 1e-4 gradients.
 TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-5, 1e-4)}

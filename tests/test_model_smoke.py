@@ -5,13 +5,7 @@ import torch
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared/busy CPU, many short 2-thread parallel regions stall (OpenMP spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.usefixtures("single_torch_thread")]
 
 
 def _model(cfg):

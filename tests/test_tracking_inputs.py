@@ -8,8 +8,9 @@ import pytest
 from backend.conventions import Intrinsics
 from backend.tracking import camera, masks, video
 from backend.tracking.errors import TrackingInputError
+from shared_data import CLIPS
 
-SHARED_CLIPS = "/work/shared/data/clips"
+SHARED_CLIPS = str(CLIPS)
 
 
 def _write_video(path, frames, codec="ffv1", fmt="yuv420p", pts=None, time_base=Fraction(1, 1000), rate=25):

@@ -1,15 +1,12 @@
 """Generator invariants and the ARKit table (skip cleanly when the shared data is absent)."""
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from backend import arkit
+from shared_data import ICT_NPZ, OFFICIAL_ANCHORS
 
-SHARED = Path(os.environ.get("MONONPHM_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
-ICT = SHARED / "data" / "ict-facekit" / "ict_face_model_light_head_f16.npz"
-ANCH = SHARED / "data" / "official-mononphm-assets" / "anchors_65.npy"
+ICT, ANCH = ICT_NPZ, OFFICIAL_ANCHORS
 needs_data = pytest.mark.skipif(not (ICT.exists() and ANCH.exists()),
                                 reason=f"shared ICT-FaceKit data not found at {ICT} (set MONONPHM_SHARED)")
 

@@ -1,15 +1,12 @@
 """A few training steps on a tiny config reduce the loss; save/resume reproduces the exact state."""
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import ICT_NPZ, OFFICIAL_ANCHORS
 
 torch = pytest.importorskip("torch")
 
-SHARED = Path(os.environ.get("MONONPHM_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
-ICT = SHARED / "data" / "ict-facekit" / "ict_face_model_light_head_f16.npz"
-ANCH = SHARED / "data" / "official-mononphm-assets" / "anchors_65.npy"
+ICT, ANCH = ICT_NPZ, OFFICIAL_ANCHORS
 pytestmark = pytest.mark.skipif(not (ICT.exists() and ANCH.exists()),
                                 reason=f"shared ICT-FaceKit data not found at {ICT} (set MONONPHM_SHARED)")
 

@@ -199,8 +199,9 @@ def run_track(args, events=None) -> Path:
     ev = _Events(events)
     t_start = time.perf_counter()
     threads = int(getattr(args, "threads", 0) or 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
+    # Auto = 1 thread: tracking runs many small autograd steps, and with 2 intra-op threads each one stalls
+    # whenever anything else (Blender, a second job) uses a core — measured 8.4 s vs <1 s per draft frame.
+    torch.set_num_threads(threads if threads > 0 else 1)
     torch.manual_seed(int(getattr(args, "seed", 0) or 0))
     preset = PRESETS[getattr(args, "preset", "standard") or "standard"]
     overrides = getattr(args, "preset_overrides", None)     # tests/benchmarks only (not a CLI flag)

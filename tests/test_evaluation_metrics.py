@@ -7,14 +7,8 @@ import pytest
 from backend.evaluation import mesh_ops, metrics
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The machine is shared: 1 torch thread (oversubscribed OpenMP threads make the ICP loop 5x slower)."""
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One torch thread: oversubscribed OpenMP threads make the ICP loop 5x slower on a shared CPU.
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def grid_mesh(n=30, size=0.2, height=None):

@@ -13,16 +13,11 @@ from shared_data import ICT_NPZ
 
 ROOT = Path(__file__).resolve().parents[1]
 ICT = ICT_NPZ
-pytestmark = pytest.mark.skipif(not ICT.is_file(), reason=f"ICT-FaceKit data absent ({ICT})")
+pytestmark = [pytest.mark.skipif(not ICT.is_file(), reason=f"ICT-FaceKit data absent ({ICT})")]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One torch thread: oversubscribed OpenMP threads make the ICP loop 5x slower on a shared CPU.
+pytestmark.append(pytest.mark.usefixtures("single_torch_thread"))
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,17 @@ def test_end_to_end_and_resume(tmp_path, tiny_model, clip):
     assert np.allclose(np.linalg.det(arr["rotation"]), 1, atol=1e-4)
     assert arr["translation"][:, 2].min() > 0                          # head in front of the camera
     assert pkg.usd_path is not None
+    # per-frame meshes: the posed surface meshed per frame (own topology), one time sample per source frame
+    from pxr import Usd, UsdGeom
+    stage = Usd.Stage.Open(str(pkg.usd_path))
+    mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/MonoNPHM/head"))
+    times = mesh.GetPointsAttr().GetTimeSamples()
+    assert [int(t) for t in times] == list(range(6))
+    pts = [np.asarray(mesh.GetPointsAttr().Get(t)) for t in times]
+    assert all(len(p) > 100 and np.isfinite(p).all() for p in pts)
+    assert all(len(p) != len(pkg.canonical_mesh().vertices) for p in pts)   # not the fixed-topology mesh
+    extent = np.ptp(pts[0], axis=0)
+    assert 0.1 < extent.max() < 0.6                                   # a head-sized surface in metres
 
 
 class _CancelAt:

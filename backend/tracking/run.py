@@ -367,7 +367,7 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
 
     # ---- per-frame meshes as USD
     if writer.manifest.get("output_mode") in ("meshes", "both"):
-        _write_usd(writer, tracker)
+        _write_usd(writer, tracker, ev)
     writer.write_tracker_state(_state_arrays(tracker, states, stage2_done))
     writer.finish("complete")
     t = tracker.timer.t
@@ -425,16 +425,41 @@ def _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_
     writer.write_tracker_state(_state_arrays(tracker, states, stage2_done))
 
 
-def _write_usd(writer, tracker):
-    """Per-frame meshes (fixed topology here) with albedo colours as ``meshes.usdc`` (backend.usd_export)."""
+def posed_frame_meshes(pkg, tracker, ev=None):
+    """Topology-varying per-frame meshes: narrow-band marching cubes of the posed SDF (``model.mesh.PosedMesher``,
+    each frame reusing the previous frame's band) for every frame of the package, with the tracker's albedo
+    (network albedo through the fitted colour affine). Yields ``usd_export.FrameMesh`` (metres, model axes)."""
+    import torch
+    from ..model.mesh import PosedMesher
+    from ..usd_export import FrameMesh
+    from .mesh import query_no_grad
+
+    mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
+    z_exp = pkg.frame_arrays(["z_exp"])["z_exp"]
+    zg, za = tracker.z_geo().detach(), tracker.z_app().detach()
+    for k, rec in enumerate(pkg.frames):
+        ze = torch.as_tensor(z_exp[k])[None]
+        mesh = mesher(zg, None, ze, with_color=False)
+        _, col = query_no_grad(tracker.model, torch.as_tensor(mesh.vertices), zg, za, ze)
+        rgb = ((col @ tracker.cA.T + tracker.cb + 1) / 2).clamp(0, 1)
+        yield FrameMesh(int(rec["index"]), mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces,
+                        (rgb.numpy() * 255 + 0.5).astype(np.uint8))
+        if ev is not None:
+            ev.progress("meshes", k + 1, len(pkg.frames), int(rec["index"]))
+
+
+def _write_usd(writer, tracker, ev=None):
+    """Per-frame meshes (topology-varying, ``posed_frame_meshes``) with albedo colours as ``meshes.usdc``."""
     from ..result_format import ResultPackage, USD_SEQUENCE
     try:
-        from ..usd_export import write_usd_sequence
+        from ..usd_export import write_mesh_sequence
         pkg = ResultPackage(writer.root)
-        arr = pkg.frame_arrays(["vertices"])
-        faces = tracker.mesh.faces
-        frames = ((int(f["index"]), arr["vertices"][k], faces, tracker.albedo) for k, f in enumerate(pkg.frames))
-        write_usd_sequence(writer.root / USD_SEQUENCE, frames, fps=float(pkg.fps or 25.0))
+        write_mesh_sequence(writer.root / USD_SEQUENCE, posed_frame_meshes(pkg, tracker, ev),
+                            fps=float(pkg.fps or 25.0))
         writer.set_usd(USD_SEQUENCE)
-    except Exception as e:  # noqa: BLE001 - usd-core missing or failing: keep the npz result
-        log.warning("per-frame USD meshes not written: %s", e)
+    except Exception as e:  # noqa: BLE001 - usd-core missing or a frame failing: keep the finished npz result
+        msg = f"per-frame USD meshes not written: {type(e).__name__}: {e}"
+        if ev is not None:
+            ev.warning(msg, "usd_not_written")
+        else:
+            log.warning(msg)

@@ -47,6 +47,7 @@ class Preset:
     n_coarse: int = 16
     n_fine: int = 8
     mesh_res: int = 80             # output (fixed topology) canonical mesh resolution
+    posed_mesh_res: int = 128      # per-frame topology-varying meshes (--output meshes/both), 16 * 2^k cells
     sil_res: int = 40              # low-res mesh for the draft silhouette / quality metrics
     outline_points: int = 300
     lr_exp: float = 0.08
@@ -66,11 +67,11 @@ class Preset:
 
 
 PRESETS: Dict[str, Preset] = {
-    "draft": Preset("draft", frame_iters=16, still_iters=6),
+    "draft": Preset("draft", frame_iters=16, still_iters=6, posed_mesh_res=64),
     "standard": Preset("standard", id_frames=6, id_iters=120, frame_iters=30, still_iters=10, stage2_epochs=4,
                        rays=160, id_rays=192, ray_every=2, n_coarse=16, n_fine=8, mesh_res=96),
     "high": Preset("high", id_frames=8, id_iters=250, frame_iters=60, still_iters=20, stage2_epochs=8,
-                   rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128),
+                   rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128, posed_mesh_res=256),
 }
 
 

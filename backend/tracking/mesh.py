@@ -1,7 +1,7 @@
 """Fixed-topology head mesh for tracking output and the draft silhouette.
 
-- ``extract_canonical_mesh``: coarse-to-fine marching cubes of the neutral canonical SDF of an identity
-  (uses ``backend.model``'s extractor when it exists, else this module's).
+- ``extract_canonical_mesh``: the neutral canonical mesh of an identity (``backend.model.mesh``'s narrow-band
+  marching cubes with cubic cells, largest component).
 - ``warp_vertices``: canonical vertices -> posed model space for one expression (Newton forward warp, warm-started).
 - ``outline_silhouette_loss``: the draft preset's cheap, differentiable silhouette term from projected vertices.
 """
@@ -24,50 +24,29 @@ class Mesh:
     faces: np.ndarray      # (F, 3) int32
 
 
-def _grid(lo, hi, res):
-    axes = [np.linspace(lo[i], hi[i], res[i]) for i in range(3)]
-    return axes
-
-
-@torch.no_grad()
 def extract_canonical_mesh(model, z_geo: torch.Tensor, resolution: int = 96, box=None,
                            keep_largest: bool = True) -> Mesh:
-    """Marching cubes (skimage) of the neutral canonical SDF for identity ``z_geo`` (1, D_geo).
+    """Neutral canonical mesh of identity ``z_geo`` (1, D_geo) for tracking: the model core's narrow-band
+    marching cubes (``model.mesh.canonical_mesh``, no colours) with cubic cells -- ``resolution`` cells along the
+    box's longest side, over a cube around the box -- keeping the largest connected component.
 
-    Coarse pass at resolution/2, then exact evaluation only in cells near the surface (|sdf| < 2 coarse cells).
+    ``resolution`` must be c * 2^k with 8 <= c <= 16 or a multiple of 16 (40, 80, 96, 128, ...).
     """
-    from skimage.measure import marching_cubes
+    from ..model.mesh import canonical_mesh
+
     lo, hi = (np.asarray(b, np.float64) for b in (box or model.cfg.mesh_box))
-    ext = hi - lo
-    step = ext.max() / (resolution - 1)
-    res = np.maximum(np.round(ext / step).astype(int) + 1, 8)
-    cres = np.maximum((res + 1) // 2, 4)
-    anchors = model.anchors(z_geo)
-
-    def sdf(pts: np.ndarray) -> np.ndarray:
-        return query_no_grad(model, torch.as_tensor(pts, dtype=z_geo.dtype), z_geo, anchors=anchors)[0].numpy()
-
-    cax = _grid(lo, hi, cres)
-    cg = np.stack(np.meshgrid(*cax, indexing="ij"), -1).reshape(-1, 3)
-    coarse = sdf(cg).reshape(tuple(cres))
-    # trilinear upsample of the coarse grid to the fine grid, then exact values near the surface
-    ct = torch.as_tensor(coarse, dtype=torch.float32)[None, None]
-    fine = F.interpolate(ct, size=tuple(int(r) for r in res), mode="trilinear", align_corners=True)[0, 0].numpy()
-    cstep = (ext / (cres - 1)).max()
-    near = np.abs(fine) < 2.0 * cstep
-    fax = _grid(lo, hi, res)
-    idx = np.nonzero(near)
-    pts = np.stack([fax[0][idx[0]], fax[1][idx[1]], fax[2][idx[2]]], -1)
-    if len(pts):
-        fine[idx] = sdf(pts)
-    if not (fine.min() < 0 < fine.max()):
+    centre, half = (lo + hi) / 2, (hi - lo).max() / 2
+    coarse = int(resolution)
+    while coarse > 16 and coarse % 2 == 0:
+        coarse //= 2
+    mesh = canonical_mesh(model, z_geo, res=int(resolution), box=(centre - half, centre + half), coarse_res=coarse,
+                          with_color=False)
+    if not len(mesh.faces):
         raise RuntimeError("the identity's SDF has no zero crossing in the mesh box")
-    v, f, _, _ = marching_cubes(fine, level=0.0, spacing=tuple(ext / (res - 1)))
-    v = v + lo
-    f = np.ascontiguousarray(f)      # skimage winding is already outward-facing for a negative-inside SDF
+    v, f = mesh.vertices, mesh.faces
     if keep_largest:
         v, f = _largest_component(v, f)
-    return Mesh(v.astype(np.float32), f.astype(np.int32))
+    return Mesh(np.asarray(v, np.float32), np.asarray(f, np.int32))
 
 
 @torch.no_grad()

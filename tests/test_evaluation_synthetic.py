@@ -123,12 +123,23 @@ def test_package_meshes_reads_posed_vertices(tmp_path, ict, gt):
         "source": {"path": "/x/clip.mp4", "kind": "video"}, "fps": 25.0, "image_size": [128, 128],
         "intrinsics": gt.intrinsics.to_dict(), "model": {"name": "builtin"}, "output_mode": "shape_keys"})
     w.write_canonical_mesh(model[0], gt.triangles, np.zeros((len(model[0]), 3), np.uint8))
+    from backend import arkit
+    truth = np.clip(arkit.ict_to_arkit(gt.w_ex[frames].astype(np.float64)), 0, 1).astype(np.float32)
     w.write_frames([rf.FrameRecord(i, i / 25.0) for i in frames],
-                   {"scale": s, "rotation": R, "translation": t, "z_exp": np.zeros((3, 4)), "vertices": model})
+                   {"scale": s, "rotation": R, "translation": t, "z_exp": np.zeros((3, 4)), "vertices": model,
+                    "arkit": truth})
     w.finish()
     meshes = package_meshes(tmp_path / "pkg", np.array([0, 10]))
     assert sorted(meshes) == [0, 10]
     np.testing.assert_allclose(meshes[10][0], gt.vertices_cam[10], atol=1e-5)
+    # ARKit weights: the ground truth's own weights score 0, all-zero weights score the mean active weight
+    from backend.evaluation.benchmark import arkit_mae, package_arkit
+    ak = package_arkit(tmp_path / "pkg", np.array([0, 10]))
+    assert sorted(ak) == [0, 10]
+    assert arkit_mae(ak[10], gt.w_ex[10]) < 1e-6
+    assert gt.w_ex[10].max() > 0.05                      # an expression is active in this frame
+    assert abs(arkit_mae(np.zeros(52), gt.w_ex[10]) - truth[2].mean()) < 1e-6
+    assert arkit_mae(np.zeros(52), gt.w_ex[10]) > 1e-3
 
 
 def test_benchmark_reports_tracker_failure_without_crashing(tmp_path, ict, monkeypatch):

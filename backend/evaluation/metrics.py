@@ -227,7 +227,7 @@ def evaluate_prediction(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vert
     return m
 
 
-EXTRA_KEYS = ("unaligned_chamfer_l1_mm", "icp_scale")
+EXTRA_KEYS = ("unaligned_chamfer_l1_mm", "icp_scale", "arkit_mae")
 
 
 def aggregate(rows: list[dict]) -> dict:

@@ -140,6 +140,25 @@ def test_icp_flips_inward_normals_and_coarse_alignment():
     assert m2.chamfer_l2_mm < 0.1
 
 
+def test_camera_scale_prealignment_bridges_the_depth_ambiguity():
+    v, f = _bumpy()
+    v = v + np.array([0.0, 0.0, 0.6])          # 60 cm in front of the camera
+    rng = np.random.default_rng(4)
+    p, tri, bary = mesh_ops.sample_surface(v, f, 800, rng)
+    n = mesh_ops.vertex_normals(v, f)[f[tri, 0]]
+    # the same surface 8 % larger and 8 % further away: an identical image, 4.8 cm deeper
+    far = 1.08 * v
+    k = metrics.camera_scale_prealignment(far, p)
+    assert abs(k - 1 / 1.08) < 0.011
+    local = metrics.evaluate_prediction(p, n, far, f)
+    assert local.chamfer_l2_mm > 5.0                     # the local ICP alone cannot bridge 4.8 cm
+    m = metrics.evaluate_prediction(p, n, far, f, camera_scale=True)
+    assert m.chamfer_l2_mm < 0.2
+    assert abs(m.as_dict()["camera_scale"] - k) < 1e-12
+    # a prediction already in place keeps k = 1 and its score
+    assert metrics.camera_scale_prealignment(v, p) == pytest.approx(1.0, abs=0.011)
+
+
 def test_aggregate_nanmean():
     rows = [{k: 1.0 for k in metrics.METRIC_KEYS}, {k: np.nan for k in metrics.METRIC_KEYS},
             {k: 3.0 for k in metrics.METRIC_KEYS}]

@@ -8,8 +8,12 @@ Used by ``benchmarks/tracking_accuracy.py``. For each clip (``synthetic.render_c
 - ``mean_head``: the mean ICT head at the true pose;
 - ``mediapipe``: the MediaPipe face mesh lifted to 3-D (``baselines``), pre-aligned with ``coarse_similarity``;
 
-all through ``metrics.evaluate_prediction`` (similarity ICP + one-directional metrics). Aggregation as the
-reference (6.6): nan-mean over a clip's frames, then the plain mean over clips.
+all through ``metrics.evaluate_prediction``: a 1-D search along the monocular size/depth ambiguity
+(``camera_scale_prealignment``: the prediction scaled about the camera centre), then the reference's similarity ICP
+and one-directional metrics. The reference starts its local ICP from a metric tracker's pose; without the search a
+tracker placed a few cm too deep would be scored on its depth, not its shape (the raw, unaligned Chamfer-L1 is
+reported beside it for that). Aggregation as the reference (6.6): nan-mean over a clip's frames, then the plain mean
+over clips.
 """
 from __future__ import annotations
 
@@ -231,13 +235,13 @@ def evaluate_clip(clip: synthetic.RenderedClip, cfg: BenchmarkConfig, ict, log=p
         P, N = synthetic.gt_face_points(gt, i, cfg.n_points)
         v, f = baselines.mean_head_mesh(ict, gt.scale[i], gt.rotation[i], gt.translation[i])
         # the mean head is also the neutral-expression baseline for the ARKit weights (all zero)
-        record("mean_head", i, P, metrics.evaluate_prediction(P, N, v, f, unaligned=True),
+        record("mean_head", i, P, metrics.evaluate_prediction(P, N, v, f, unaligned=True, camera_scale=True),
                arkit_mae=arkit_mae(np.zeros(52), gt.w_ex[i]))
         if mp_lm is not None:
             m = None
             if np.isfinite(mp_lm[i]).all():
                 v, f = baselines.MediaPipeBaseline.mesh(mp_lm[i], gt.intrinsics, float(gt.translation[i, 2]), mp_tri)
-                m = metrics.evaluate_prediction(P, N, v, f, coarse=True)
+                m = metrics.evaluate_prediction(P, N, v, f, coarse=True, camera_scale=True)
             record("mediapipe", i, P, m)
         for preset, run in runs.items():
             if run.error:
@@ -245,7 +249,7 @@ def evaluate_clip(clip: synthetic.RenderedClip, cfg: BenchmarkConfig, ict, log=p
             m = None
             if i in run.meshes:
                 v, f = run.meshes[i]
-                m = metrics.evaluate_prediction(P, N, v, f, unaligned=True)
+                m = metrics.evaluate_prediction(P, N, v, f, unaligned=True, camera_scale=True)
             extra = {"arkit_mae": arkit_mae(run.arkit[i], gt.w_ex[i])} if i in run.arkit else {}
             record(f"tracker_{preset}", i, P, m, **extra)
         log(f"{clip.spec.key} frame {i}: " + ", ".join(

@@ -163,6 +163,23 @@ def coarse_similarity(pred_vertices: np.ndarray, gt_points: np.ndarray, iteratio
     return total
 
 
+def camera_scale_prealignment(pred_vertices: np.ndarray, gt_points: np.ndarray,
+                              scales=np.linspace(0.8, 1.25, 46), keep: float = 0.7) -> float:
+    """The factor k that best places the prediction when scaled about the camera centre (x -> k x).
+
+    Scaling about the camera centre leaves the image unchanged, so it is exactly the size/depth ambiguity of a
+    monocular fit: a tracker may place a slightly smaller head nearer or a larger one further away. The protocol's
+    similarity ICP (``similarity_icp``) is local -- it rejects matches beyond 1 cm, and the reference starts it
+    from a metric tracker's pose -- so it cannot bridge a few centimetres of depth. This 1-D search along the
+    ambiguity (trimmed mean distance from the ground-truth points, ``keep`` closest) starts it in the right place;
+    it is applied to every method alike. Camera-space metres in, k out."""
+    tree = cKDTree(np.asarray(pred_vertices, np.float64))
+    P = np.asarray(gt_points, np.float64)
+    n_keep = max(1, int(keep * len(P)))
+    cost = [float(np.sort(k * tree.query(P / k)[0])[:n_keep].mean()) for k in scales]
+    return float(scales[int(np.argmin(cost))])
+
+
 @dataclass
 class SurfaceMetrics:
     """Per-frame metrics (distances in mm)."""
@@ -185,6 +202,8 @@ class SurfaceMetrics:
             d["unaligned_chamfer_l1_mm"] = self.unaligned_chamfer_l1_mm
         if self.icp:
             d["icp_scale"] = self.icp.get("scale")
+            if "camera_scale" in self.icp:
+                d["camera_scale"] = self.icp["camera_scale"]
         return d
 
 
@@ -205,12 +224,15 @@ def surface_metrics(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vertices
 
 def evaluate_prediction(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vertices: np.ndarray,
                         pred_triangles: np.ndarray, align: bool = True, coarse: bool = False,
-                        settings: ICPSettings | None = None, unaligned: bool = False) -> SurfaceMetrics:
+                        settings: ICPSettings | None = None, unaligned: bool = False,
+                        camera_scale: bool = False) -> SurfaceMetrics:
     """The full protocol for one frame: similarity ICP of the prediction onto the ground truth, then metrics.
 
     gt_points/gt_normals (N, 3) and pred_vertices (V, 3) in camera space (metres); pred_triangles (F, 3).
-    ``coarse`` runs ``coarse_similarity`` first (only for predictions without metric placement); ``unaligned``
-    also measures Chamfer-L1 before any alignment (a diagnostic of the prediction's own pose and scale).
+    ``coarse`` runs ``coarse_similarity`` first (only for predictions without metric placement); ``camera_scale``
+    first rescales the prediction about the camera centre (``camera_scale_prealignment``, the monocular size/depth
+    ambiguity); ``unaligned`` also measures Chamfer-L1 before any alignment (a diagnostic of the prediction's own
+    pose and scale).
     """
     pv = np.asarray(pred_vertices, np.float64)
     pf = np.asarray(pred_triangles, np.int64)
@@ -218,8 +240,12 @@ def evaluate_prediction(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vert
     before = surface_metrics(gt_points, gt_normals, pv, pf).chamfer_l1_mm if unaligned else None
     if coarse:
         pv = coarse_similarity(pv, gt_points).apply(pv)
+    if camera_scale:
+        info["camera_scale"] = camera_scale_prealignment(pv, gt_points)
+        pv = info["camera_scale"] * pv
     if align:
-        sim, info = similarity_icp(pv, vertex_normals(pv, pf), gt_points, gt_normals, settings)
+        sim, icp_info = similarity_icp(pv, vertex_normals(pv, pf), gt_points, gt_normals, settings)
+        info.update(icp_info)
         pv = sim.apply(pv)
     m = surface_metrics(gt_points, gt_normals, pv, pf)
     m.icp = info
@@ -227,7 +253,7 @@ def evaluate_prediction(gt_points: np.ndarray, gt_normals: np.ndarray, pred_vert
     return m
 
 
-EXTRA_KEYS = ("unaligned_chamfer_l1_mm", "icp_scale", "arkit_mae")
+EXTRA_KEYS = ("unaligned_chamfer_l1_mm", "icp_scale", "camera_scale", "arkit_mae")
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -241,5 +267,6 @@ def aggregate(rows: list[dict]) -> dict:
         return {k: float(np.nanmean([np.nan if r.get(k) is None else r[k] for r in rows])) for k in keys}
 
 
-__all__ = ["ICPSettings", "Similarity", "SurfaceMetrics", "similarity_icp", "coarse_similarity", "umeyama", "surface_metrics",
+__all__ = ["ICPSettings", "Similarity", "SurfaceMetrics", "similarity_icp", "coarse_similarity", "umeyama",
+           "camera_scale_prealignment", "surface_metrics",
            "evaluate_prediction", "aggregate", "euler_xyz_matrix", "RECALL_THRESHOLDS_MM", "METRIC_KEYS"]

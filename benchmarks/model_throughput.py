@@ -3,8 +3,9 @@
 Measures, at the official size and at the built-in size, points/s for
   (a) SDF-only inference (posed, no colour, no grad),
   (b) SDF + colour inference,
-  (c) a tracking step: SDF, colour and d sdf/dx with create_graph, loss backward to the codes (chunks of the
-      point set forward/backward-ed on worker threads; `track_step_one_graph_pts_per_s` is a single graph),
+  (c) a tracking step: SDF, colour and d sdf/dx with create_graph, loss backward to the codes, as one graph with
+      torch's intra-op threads (what the tracker does; `track_step_chunked_pts_per_s`: chunks of the point set
+      forward/backward-ed on Python worker threads instead, `backend.model.parallel.backward_in_chunks`),
 beside the straightforward per-type-loop implementation (`backend/model/reference_loop.py`) of the same model
 (run with the same chunk threading, so the ratio measures the batching alone),
 and the achieved matmul FLOP/s of (a) beside the machine's measured dense fp32 matmul FLOP/s.
@@ -12,9 +13,11 @@ and the achieved matmul FLOP/s of (a) beside the machine's measured dense fp32 m
 The LAST line printed is one JSON object (official size at top level, `builtin` sub-object).
 Usage: python benchmarks/model_throughput.py [--threads 2] [--quick]
 
-Last full run (d59ddb0, 2 threads, shared 2-core host, load average 3.2-4.3; matmul fp32 peak 116 GFLOP/s):
-official (a) 10,941 (b) 6,975 (c) 1,741 pts/s, 45.2 GFLOP/s = 38.8% of peak (bound from peak: 28,165);
-built-in (a) 52,145 (b) 39,244 (c) 9,164 pts/s.
+Last full runs (2026-11-25 13:50, 2 threads, idle 2-core host; matmul fp32 peak 320 GFLOP/s, bf16 1,936):
+official (a) 26,600-27,600 (b) 18,200-18,400 (c) 3,500-5,300 pts/s (chunked 4,000-5,000; runs vary), 110-114
+GFLOP/s = 35% of peak (bound from peak: 77,600); loop (a) 14,000-15,100, (c) 1,800-1,900.
+built-in (a) 149,000-151,000 (b) 112,000 (c) 24,500-27,600 pts/s.
+Earlier (d59ddb0, load average 3.2-4.3, peak 116 GFLOP/s): official (a) 10,941 (b) 6,975 (c) 1,741.
 """
 from __future__ import annotations
 
@@ -49,14 +52,17 @@ def mean_anchors(n: int) -> torch.Tensor:
 
 
 def timeit(fn, min_time: float, max_reps: int = 20) -> float:
+    """Best time of one call (like the timeit module): repeats until min_time or max_reps, after a warm-up call.
+    The best rather than the mean, because the first large autograd graphs of a process still grow the allocator."""
     fn()  # warm-up
-    reps, t0 = 0, time.perf_counter()
+    best, reps, t0 = float("inf"), 0, time.perf_counter()
     while True:
+        t1 = time.perf_counter()
         fn()
+        best = min(best, time.perf_counter() - t1)
         reps += 1
-        el = time.perf_counter() - t0
-        if el >= min_time or reps >= max_reps:
-            return el / reps
+        if time.perf_counter() - t0 >= min_time or reps >= max_reps:
+            return best
 
 
 def matmul_peak(dtype, min_time) -> float:
@@ -103,7 +109,7 @@ def bench_size(cfg: MonoNPHMConfig, args, peak: float) -> dict:
         out["sdf_bf16_pts_per_s"] = N / timeit(lambda: m.sdf_only(x, zg, ze, chunk=chunk,
                                                                   compute_dtype=torch.bfloat16), T)
 
-    def track_step(fwd, xx, chunked=True):
+    def track_step(fwd, xx, chunked=False):
         """One tracking iteration over xx: loss on SDF, colour and eikonal(gradient), backward to the codes.
 
         chunked: the loss is a sum over points, so chunks are forward/backward-ed on worker threads
@@ -136,7 +142,7 @@ def bench_size(cfg: MonoNPHMConfig, args, peak: float) -> dict:
         return lambda: map_chunks(run, xx.shape[1], chunk)
 
     out["track_step_pts_per_s"] = Nt / timeit(track_step(fast, xt), T)
-    out["track_step_one_graph_pts_per_s"] = Nt / timeit(track_step(fast, xt, chunked=False), T, 3)
+    out["track_step_chunked_pts_per_s"] = Nt / timeit(track_step(fast, xt, chunked=True), T, 3)
     with torch.inference_mode():
         out["loop_sdf_pts_per_s"] = Nl / timeit(loop_query(xl, False), T, 3)
         out["loop_sdf_color_pts_per_s"] = Nl / timeit(loop_query(xl, True), T, 3)

@@ -29,7 +29,7 @@ from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init, load_model  
 from backend.model.mesh import PosedMesher, canonical_mesh, warp_mesh  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from model_throughput import mean_anchors  # noqa: E402
+from model_throughput import mean_anchors, report_size  # noqa: E402
 
 
 def make_model(name: str):
@@ -92,11 +92,7 @@ def main() -> None:
             "per_frame_marching_cubes_s": round(float(np.mean(frames_mc[1:])), 2),
             "per_frame_marching_cubes_evaluated_points": int(pm.last_evaluated),
         }
-        print(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in r.items()), flush=True)
-        if name == "official":
-            out.update(r)
-        else:
-            out[name] = r
+        report_size(out, name, r)
     print(json.dumps(out))
 
 

@@ -51,6 +51,16 @@ def mean_anchors(n: int) -> torch.Tensor:
     return d / d.norm(dim=-1, keepdim=True) * torch.tensor([0.3, 0.45, 0.4])
 
 
+def report_size(out: dict, name: str, result: dict) -> None:
+    """Print one size's figures and merge them into the JSON summary: the official size at the top level (the
+    issue's keys), other sizes as sub-objects."""
+    print(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in result.items()), flush=True)
+    if name == "official":
+        out.update(result)
+    else:
+        out[name] = result
+
+
 def timeit(fn, min_time: float, max_reps: int = 20) -> float:
     """Best time of one call (like the timeit module): repeats until min_time or max_reps, after a warm-up call.
     The best rather than the mean, because the first large autograd graphs of a process still grow the allocator."""
@@ -188,11 +198,7 @@ def main() -> None:
         t0 = time.perf_counter()
         r = bench_size(cfg, args, peak)
         r["bench_seconds"] = round(time.perf_counter() - t0, 1)
-        print(f"[{name}] " + ", ".join(f"{k}={v}" for k, v in r.items()), flush=True)
-        if name == "official":
-            res.update(r)
-        else:
-            res[name] = r
+        report_size(res, name, r)
     print(json.dumps(res))
 
 

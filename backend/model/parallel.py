@@ -87,12 +87,27 @@ class flush_denormals:
         return wrapped
 
 
+def _chunk_bounds(n: int, chunk: int, min_chunk: int, workers: int) -> List[tuple]:
+    """(start, stop) chunks of range(n); with several workers, at most ceil(n / workers) and at least min_chunk."""
+    if workers > 1:
+        chunk = max(min_chunk, min(chunk, -(-n // workers)))
+    return [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+
+
+def _on_worker_threads(run: Callable, bounds: Sequence, workers: int) -> List:
+    """[run(b) for b in bounds] on ``workers`` Python threads, each with one intra-op torch thread."""
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            return list(ex.map(run, bounds))
+    finally:
+        torch.set_num_threads(workers)
+
+
 def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, inference: bool = True) -> List[T]:
     """[fn(start, stop) for each chunk of range(n)], run on torch.get_num_threads() Python threads."""
     workers = torch.get_num_threads()
-    if workers > 1:
-        chunk = max(256, min(chunk, -(-n // workers)))
-    bounds: Sequence = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+    bounds = _chunk_bounds(n, chunk, 256, workers)
     if workers <= 1 or len(bounds) <= 1:
         with flush_denormals():
             return [fn(s, e) for s, e in bounds]
@@ -105,13 +120,7 @@ def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, inference: bool 
             with torch.no_grad():
                 return fn(*b)
 
-    prev = workers
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as ex:
-            return list(ex.map(run, bounds))
-    finally:
-        torch.set_num_threads(prev)
+    return _on_worker_threads(run, bounds, workers)
 
 
 def backward_in_chunks(loss_fn: Callable[[int, int], torch.Tensor], n: int, chunk: int) -> float:
@@ -122,9 +131,7 @@ def backward_in_chunks(loss_fn: Callable[[int, int], torch.Tensor], n: int, chun
     autograd serialises.  Returns the total loss value.  Use it instead of one big graph on multi-core CPUs.
     """
     workers = torch.get_num_threads()
-    if workers > 1:
-        chunk = max(64, min(chunk, -(-n // workers)))
-    bounds = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+    bounds = _chunk_bounds(n, chunk, 64, workers)
 
     def run(b):
         with flush_denormals(), torch.enable_grad():
@@ -134,10 +141,4 @@ def backward_in_chunks(loss_fn: Callable[[int, int], torch.Tensor], n: int, chun
 
     if workers <= 1 or len(bounds) <= 1:
         return sum(run(b) for b in bounds)
-    prev = workers
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as ex:
-            return sum(ex.map(run, bounds))
-    finally:
-        torch.set_num_threads(prev)
+    return sum(_on_worker_threads(run, bounds, workers))

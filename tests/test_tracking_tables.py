@@ -43,3 +43,26 @@ def test_face_alignment_without_package_is_a_clear_error():
         pass
     with pytest.raises(TrackingInputError, match="face-alignment"):
         make_landmarker("face-alignment")
+
+
+def test_expression_sparsity_only_for_encoder_models():
+    import types
+
+    import torch
+
+    from backend.tracking.codes import CodeSpace
+    from backend.training.encoders import CodeEncoders
+
+    cfg = types.SimpleNamespace(dim_geo=8, dim_app=4, dim_exp=6)
+    model = types.SimpleNamespace(cfg=cfg)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)
+    p = torch.zeros(2, enc.exp.in_features)
+    p[0, 3], p[1, 5], p[1, 7] = 0.5, 0.25, 0.25
+    # encoder mode: the weights' sum (they live in [0, 1]), averaged over the batch
+    assert float(CodeSpace(model, enc).expression_sparsity(p)) == pytest.approx(0.5)
+    # the gradient pushes every channel down by the same amount: unsupported channels reach the clamp at 0
+    q = p.clone().requires_grad_(True)
+    CodeSpace(model, enc).expression_sparsity(q).backward()
+    assert torch.all(q.grad[0, 4:] == q.grad[0, 3]) and float(q.grad[0, 3]) > 0
+    # raw codes (official checkpoints) are not weights in [0, 1]: no sparsity term
+    assert float(CodeSpace(model).expression_sparsity(torch.ones(2, 6))) == 0.0

@@ -59,6 +59,7 @@ class Preset:
     w_mask: float = 0.5
     w_rgb: float = 2.0
     w_exp_prior: float = 1.0
+    w_exp_sparsity: float = 0.15   # L1 on the expression weights (encoder models): inactive channels stay 0
     w_id_prior: float = 0.02
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
     w_smooth_exp: float = 5.0      # stage 2
@@ -197,6 +198,12 @@ class Tracker:
                 self._lm_cache = self.canonical_landmarks(zg)
             self._lm_key = key
         return self._lm_cache
+
+    def expression_regulariser(self, p_ex: torch.Tensor) -> torch.Tensor:
+        """Prior (L2) plus sparsity (L1) on the expression parameters (B, n_ex), preset-weighted."""
+        pr = self.preset
+        return (pr.w_exp_prior * self.codes.expression_prior(p_ex)
+                + pr.w_exp_sparsity * self.codes.expression_sparsity(p_ex))
 
     # ---------------------------------------------------------------------------------------------------------
     # geometry helpers
@@ -364,7 +371,7 @@ class Tracker:
             opt.zero_grad(set_to_none=True)
             zg = self.codes.z_geo(p_geo)
             loss_lm, _, _ = self.landmark_term(zg, p_ex, om, tr, lms, sizes, key="id")
-            loss = pr.w_lm * loss_lm + pr.w_exp_prior * self.codes.expression_prior(p_ex) \
+            loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex) \
                 + pr.w_id_prior * self.codes.identity_prior(p_geo, p_app) * 100
             if pr.id_rays and it % pr.ray_every == 0:
                 j = it % B
@@ -540,7 +547,7 @@ class Tracker:
         for it in range(n_it):
             opt.zero_grad(set_to_none=True)
             loss_lm, _, _ = self.landmark_term(zg, p_ex, om, tr, lms, sizes, key="frame")
-            loss = pr.w_lm * loss_lm + pr.w_exp_prior * self.codes.expression_prior(p_ex) \
+            loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex) \
                 + pr.w_temporal * ((p_ex - prev_ex) ** 2).sum()
             if pr.rays and obs.labels is not None and it % pr.ray_every == 0:
                 ml, rl, _ = self.ray_terms(zg, za, p_ex[0], om[0], tr[0], obs, pr.rays, rng, pr.inv_s,
@@ -639,7 +646,7 @@ class Tracker:
                 w = wt[a:b - 1]
                 sm_e = (w * ((e[1:] - e[:-1]) ** 2).sum(-1)).mean()
                 sm_p = (w * (((o[1:] - o[:-1]) ** 2).sum(-1) + 100 * ((t[1:] - t[:-1]) ** 2).sum(-1))).mean()
-                loss = pr.w_lm * loss_lm + pr.w_exp_prior * self.codes.expression_prior(p_ex[s0:s1]) \
+                loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex[s0:s1]) \
                     + pr.w_smooth_exp * sm_e + pr.w_smooth_pose * sm_p
                 loss.backward()
                 opt.step()

@@ -432,18 +432,15 @@ def posed_frame_meshes(pkg, tracker, ev=None):
     import torch
     from ..model.mesh import PosedMesher
     from ..usd_export import FrameMesh
-    from .mesh import query_no_grad
 
     mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
     z_exp = pkg.frame_arrays(["z_exp"])["z_exp"]
-    zg, za = tracker.z_geo().detach(), tracker.z_app().detach()
+    zg = tracker.z_geo().detach()
     for k, rec in enumerate(pkg.frames):
         ze = torch.as_tensor(z_exp[k])[None]
         mesh = mesher(zg, None, ze, with_color=False)
-        _, col = query_no_grad(tracker.model, torch.as_tensor(mesh.vertices), zg, za, ze)
-        rgb = ((col @ tracker.cA.T + tracker.cb + 1) / 2).clamp(0, 1)
         yield FrameMesh(int(rec["index"]), mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces,
-                        (rgb.numpy() * 255 + 0.5).astype(np.uint8))
+                        tracker.albedo_u8(mesh.vertices, ze))
         if ev is not None:
             ev.progress("meshes", k + 1, len(pkg.frames), int(rec["index"]))
 

@@ -269,13 +269,16 @@ class Tracker:
         self.timer.add("mesh_extract", time.perf_counter() - t0)
 
     @torch.no_grad()
-    def mesh_albedo(self) -> np.ndarray:
-        """(V, 3) uint8 albedo of the output mesh (network albedo, then the colour affine)."""
-        v = torch.as_tensor(self.mesh.vertices)[None]
-        zg, za = self.z_geo(), self.z_app()
-        _, col = tmesh.query_no_grad(self.model, v[0], zg, za)
+    def albedo_u8(self, vertices: np.ndarray, z_exp: Optional[torch.Tensor] = None) -> np.ndarray:
+        """(V, 3) uint8 albedo at vertices (V, 3) model units: network albedo, then the fitted colour affine.
+        Canonical (neutral) points when z_exp is None, else posed points of that expression (1, D_exp)."""
+        _, col = tmesh.query_no_grad(self.model, torch.as_tensor(vertices), self.z_geo(), self.z_app(), z_exp)
         c = (col @ self.cA.T + self.cb + 1) / 2
         return (c.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+    def mesh_albedo(self) -> np.ndarray:
+        """(V, 3) uint8 albedo of the output (canonical) mesh."""
+        return self.albedo_u8(self.mesh.vertices)
 
     def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int):
         """Indices of silhouette vertices of the low-res mesh and the current coverage map."""

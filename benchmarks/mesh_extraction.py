@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init, load_model  # noqa: E402
 from backend.model.mesh import PosedMesher, canonical_mesh, warp_mesh  # noqa: E402
+from backend.model.parallel import set_threads  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from model_throughput import mean_anchors, report_size  # noqa: E402
@@ -52,7 +53,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="official,builtin")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     res = 64 if args.quick else args.res
     frame_res = 64 if args.quick else args.frame_res
     out = {"threads": args.threads, "res": res, "frame_res": frame_res, "canonical_mesh_s": {}, "canonical_vertices": {}, "models": {}}

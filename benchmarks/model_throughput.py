@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.model import MonoNPHM, MonoNPHMConfig  # noqa: E402
 from backend.model.mesh import bf16_supported  # noqa: E402
-from backend.model.parallel import backward_in_chunks, map_chunks  # noqa: E402
+from backend.model.parallel import backward_in_chunks, map_chunks, set_threads  # noqa: E402
 from backend.model.reference_loop import loop_forward  # noqa: E402
 
 
@@ -180,7 +180,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller inputs, shorter timing (smoke run)")
     ap.add_argument("--sizes", default="official,builtin")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     q = args.quick
     args.points = 4096 if q else 32768
     args.track_points = 1024 if q else 4096

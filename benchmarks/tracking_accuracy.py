@@ -52,9 +52,9 @@ def main(argv=None) -> int:
                     help="write per-clip error overlays (ground-truth points coloured by distance) into DIR")
     ap.add_argument("--track-arg", action="append", default=[], help="extra argument for the tracker CLI")
     a = ap.parse_args(argv)
-    import torch
+    from backend.model.parallel import set_threads
 
-    torch.set_num_threads(max(1, a.threads))
+    set_threads(a.threads)
     cfg = benchmark.BenchmarkConfig(
         n_clips=a.clips, n_frames=a.frames, every=a.every, presets=tuple(a.presets), n_points=a.points,
         threads=a.threads, track_all_frames=a.track_all_frames, run_tracker=bool(a.presets),

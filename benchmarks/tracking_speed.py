@@ -64,11 +64,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=None)
     a = ap.parse_args(argv)
-    import torch
     from backend.cli import build_parser
+    from backend.model.parallel import set_threads
     from backend.tracking import run as run_mod
 
-    torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="trkspeed_"))
     clip = make_clip(Path(a.input) if a.input else None, a.frames, a.size, tmp / "clip.mkv")
     result = {"s_per_frame": {}, "stages": {}, "frames": a.frames, "size": a.size, "threads": a.threads,

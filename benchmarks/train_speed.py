@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from backend.model.parallel import set_threads  # noqa: E402
 from backend.training.modelwrap import build_model, model_config  # noqa: E402
 
 
@@ -63,10 +64,9 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--presets", default="builtin,small,wide")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     for name in a.presets.split(","):
         cfg = presets()[name]
-        from backend.training import data as D
         model = build_model(cfg, torch.zeros(cfg.n_anchors, 3))
         n_par = sum(p.numel() for p in model.parameters())
         rec = {"preset": name, "threads": a.threads, "params": n_par, "mb_float32": round(n_par * 4 / 1e6, 2)}

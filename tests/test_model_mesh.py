@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init
-from backend.model.mesh import PosedMesher, canonical_mesh, extract_mesh, repair_from_neighbors, warp_mesh
+from backend.model.mesh import (PosedMesher, canonical_mesh, extract_mesh, refinement_factors, repair_from_neighbors,
+                                warp_mesh)
 
 
 pytestmark = [pytest.mark.usefixtures("single_torch_thread")]
@@ -40,6 +41,31 @@ def test_marching_cubes_analytic_within_a_voxel():
         e = np.sort(np.concatenate([m.faces[:, [0, 1]], m.faces[:, [1, 2]], m.faces[:, [2, 0]]]), 1)
         _, cnt = np.unique(e, axis=0, return_counts=True)
         assert (cnt == 2).all()
+
+
+def test_narrow_band_equals_dense_marching_cubes():
+    """The coarse-to-fine band (with its 4-fold last split and band growth) yields exactly the dense grid's mesh."""
+    from skimage.measure import marching_cubes
+
+    def f(p, c=False):  # a sphere poking through a torus: thin parts, saddles, two components' union
+        return torch.minimum(sphere(p - torch.tensor([0.35, 0.25, 0.0])) + 0.25, torus(p))
+
+    assert refinement_factors(64, 8) == [2, 4] and refinement_factors(256, 16) == [2, 2, 4]
+    assert refinement_factors(32, 8) == [2, 2] and refinement_factors(16, 16) == []
+    with pytest.raises(ValueError):
+        refinement_factors(48, 16)
+    m = extract_mesh(f, BOX, res=64, coarse_res=8)
+    g = torch.linspace(-1, 1, 65)
+    grid = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    v, faces, _, _ = marching_cubes(f(grid).reshape(65, 65, 65).numpy(), 0.0, spacing=(2 / 64,) * 3,
+                                    gradient_direction="descent")
+    v = v - 1.0
+    assert len(m.vertices) == len(v) and len(m.faces) == len(faces)
+    from scipy.spatial import cKDTree
+
+    d_ab, _ = cKDTree(v).query(m.vertices)
+    d_ba, _ = cKDTree(m.vertices).query(v)
+    assert max(d_ab.max(), d_ba.max()) < 1e-5  # the same vertices (float32 grid coordinates)
 
 
 def test_repair_from_neighbors():

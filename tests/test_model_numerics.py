@@ -1,4 +1,9 @@
 """Batched path vs per-type loop, pruning error bound, forward warp (inverse + implicit gradients)."""
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -181,3 +186,25 @@ def test_backward_in_chunks_matches_one_graph():
         grads.append([l.grad for l in leaves])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")),
+                    reason="FTZ/DAZ inheritance by new threads is checked on x86-64 Linux")
+def test_set_threads_makes_openmp_workers_flush_denormals():
+    """Denormal inputs read as 0 on every intra-op thread inside a flush scope once set_threads created the pool
+    (before the fix, OpenMP's worker kept full denormals: half of a parallel op's output stayed non-zero)."""
+    code = (
+        "import torch\n"
+        "from backend.model.parallel import set_threads, flush_denormals\n"
+        "set_threads(2)\n"
+        "x = torch.full((1 << 21,), 1e-39)\n"
+        "with flush_denormals():\n"
+        "    y = x * 1.0\n"
+        "z = x * 1.0\n"  # outside the scope the calling thread keeps denormals (restored mode)
+        "print(float((y != 0).float().mean()), float((z[:1] != 0).float().mean()), torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr
+    inside, outside_first, threads = out.stdout.split()
+    assert float(inside) == 0.0 and float(outside_first) == 1.0 and int(threads) == 2

@@ -9,17 +9,21 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .parallel import map_chunks
 
 Box = Tuple[Sequence[float], Sequence[float]]
 COARSE_PRUNE_MASS = 1e-2  # coarse levels only choose cells to refine (margin 1.5 cell diagonals covers the error)
+# Vertex albedo is stored as uint8 (steps of 2/255 on [-1, 1]): dropping blend mass <= 4e-3 changes a colour by at
+# most 4e-3 * max |edge colour| (about half a step); measured on the built-in model at 256^3: mean 0.07, max 3 steps,
+# for 22% less time than the default 1e-3.
+COLOR_PRUNE_MASS = 4e-3
 
 
 @dataclass
@@ -47,8 +51,15 @@ def bf16_supported() -> bool:
 
 
 def auto_coarse_dtype(model) -> Optional[torch.dtype]:
-    """bfloat16 for coarse passes only where it pays off: bf16-capable CPU and wide layers (official size)."""
-    return torch.bfloat16 if (bf16_supported() and model.cfg.hidden_dim_geo >= 128) else None
+    """Precision of the coarse passes: float32 (None) unless MONONPHM_COARSE_BF16=1 on a bf16-capable CPU.
+
+    bfloat16 does not pay off on the CPUs measured: on the 2-core AMX host it wins short bursts (official size,
+    16k points: 46k vs 36k pts/s) but loses sustained work (40k points: 23k vs 36k pts/s; canonical 256^3 mesh 31.4 s
+    vs 21.1 s), so a quick calibration would pick it wrongly.  It stays available for CPUs where it helps.
+    """
+    if os.environ.get("MONONPHM_COARSE_BF16", "0") == "1" and bf16_supported() and model.cfg.hidden_dim_geo >= 128:
+        return torch.bfloat16
+    return None
 
 
 def _grid_points(box: Box, n: int, idx: torch.Tensor) -> torch.Tensor:
@@ -84,10 +95,37 @@ def _near(v: torch.Tensor, thr: float) -> torch.Tensor:
 
 
 def _unique_dense(lin: torch.Tensor, size: int) -> torch.Tensor:
-    """Sorted unique of non-negative ids < size via a dense mark array (much faster than torch.unique here)."""
+    """Sorted unique of non-negative ids < size: via a dense mark array for large inputs (much faster than
+    torch.unique there), by sorting for inputs far smaller than the id range (the mark array's scan dominates)."""
+    if lin.numel() * 64 < size:
+        return torch.unique(lin.reshape(-1))
     mark = torch.zeros(size, dtype=torch.bool)
     mark[lin.reshape(-1)] = True
     return mark.nonzero().squeeze(1)
+
+
+def _refinement_stencil(f: int):
+    """Trilinear prediction of child-cell corners when a cell is split f times per axis.
+
+    Returns (weights ((f+1)^3, 8): lattice position <- the parent's 8 corners, child offsets (f^3, 3),
+    child corner lattice ids (f^3, 8))."""
+    lattice = torch.stack(torch.meshgrid(*(torch.arange(f + 1),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    t = lattice.float() / f
+    wts = torch.prod(torch.where(_CORNERS[None].bool(), t[:, None], 1 - t[:, None]), -1)
+    offsets = torch.stack(torch.meshgrid(*(torch.arange(f),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    cc = offsets[:, None, :] + _CORNERS[None]                                         # (f^3, 8, 3)
+    return wts, offsets, (cc[..., 0] * (f + 1) + cc[..., 1]) * (f + 1) + cc[..., 2]
+
+
+def refinement_factors(res: int, coarse_res: int) -> List[int]:
+    """Per-level split factors from coarse_res to res: 2 per level, except that with 3 or more levels the last two
+    are merged into one 4-fold split.  The 4-fold split predicts the final band from cells twice as large, which
+    skips the second-finest level (a third of all evaluations); the few surface cells its prediction misses are
+    found by the band growth, which makes the result independent of the prediction."""
+    levels = int(round(np.log2(res / coarse_res)))
+    if levels < 0 or coarse_res * 2 ** levels != res:
+        raise ValueError(f"res ({res}) must be coarse_res ({coarse_res}) times a power of two")
+    return [2] * (levels - 2) + [4] if levels >= 3 else [2] * levels
 
 
 def extract_mesh(
@@ -102,9 +140,9 @@ def extract_mesh(
     """Narrow-band coarse-to-fine marching cubes of the zero level set of sdf_fn.
 
     Level 0 evaluates the full coarse grid.  Each refinement keeps only the cells that may contain the surface
-    (all corners |sdf| < margin * cell diagonal, or a sign change), splits them into 8 children, drops children
-    whose trilinearly predicted corner values are far from the surface, and evaluates only the children's corners.
-    The last level uses a tight band (final_margin) and is then grown across every cell face the surface
+    (all corners |sdf| < margin * cell diagonal, or a sign change), splits them (`refinement_factors`), drops
+    children whose trilinearly predicted corner values are far from the surface, and evaluates only the children's
+    corners.  The last level uses a tight band (final_margin) and is then grown across every cell face the surface
     crosses until the band is closed, so no surface cell is missed.  All bookkeeping is sparse (linear indices),
     so the cost scales with the surface area, not res^3 (about 2-3 evaluations per output vertex).
 
@@ -112,40 +150,34 @@ def extract_mesh(
     use a cheaper evaluation there, e.g. bfloat16).  res must be coarse_res * 2^k (cells per axis).
     Returns Mesh (colors None) [, GridState].
     """
-    levels = int(round(np.log2(res / coarse_res)))
-    if coarse_res * 2 ** levels != res:
-        raise ValueError(f"res ({res}) must be coarse_res ({coarse_res}) times a power of two")
+    factors = refinement_factors(res, coarse_res)
     lo = np.asarray(box[0], dtype=np.float64)
     hi = np.asarray(box[1], dtype=np.float64)
     m = coarse_res
     keys = torch.arange((m + 1) ** 3)
-    dense = sdf_fn(_grid_points(box, m + 1, keys), levels > 0).reshape(-1).float()  # (n^3,) values
+    dense = sdf_fn(_grid_points(box, m + 1, keys), len(factors) > 0).reshape(-1).float()  # (n^3,) values
     g = torch.arange(m)
     cells = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)   # (M, 3) active cells
-    # Trilinear weights of the 27 child-corner positions (in half-cells) w.r.t. the parent's 8 corners.
-    half = torch.stack(torch.meshgrid(*(torch.arange(3),) * 3, indexing="ij"), -1).reshape(27, 3).float() / 2
-    wts = torch.prod(torch.where(_CORNERS[None].bool(), half[:, None], 1 - half[:, None]), -1)       # (27, 8)
-    child_corner = (_CORNERS[:, None, :] + _CORNERS[None, :, :])                                     # (8c, 8k, 3)
-    child_corner_27 = (child_corner[..., 0] * 3 + child_corner[..., 1]) * 3 + child_corner[..., 2]  # (8, 8)
-    for lev in range(levels):
+    for lev, f in enumerate(factors):
+        last = lev == len(factors) - 1
         n = m + 1
         diag = float(np.linalg.norm((hi - lo) / m))
         cv = dense[_lin(cells[:, None, :] + _CORNERS, n)]                                          # (M, 8)
         keep = _near(cv, margin * diag)
         cells, cv = cells[keep], cv[keep]
-        pred = cv @ wts.t()                                                                           # (M, 27)
-        pv = pred[:, child_corner_27]                                                                 # (M, 8c, 8k)
+        wts, offsets, child_corner = _refinement_stencil(f)
+        pv = (cv @ wts.t())[:, child_corner]                                                        # (M, f^3, 8)
         # The last level uses a tight band (1 child diagonal); surface cells that reach its edge are grown below.
-        ok = _near(pv, (margin if lev < levels - 1 else final_margin) * diag / 2)                     # (M, 8c)
-        children = (2 * cells[:, None, :] + _CORNERS[None])[ok]                                       # (M', 3)
-        m = 2 * m
+        ok = _near(pv, (final_margin if last else margin) * diag / f)                               # (M, f^3)
+        children = (f * cells[:, None, :] + offsets[None])[ok]                                      # (M', 3)
+        m = f * m
         n = m + 1
         keys = _unique_dense(_lin(children[:, None, :] + _CORNERS, n), n ** 3)
         dense = torch.ones(n ** 3)  # +1 where not evaluated (never read: only evaluated corners are used)
-        dense[keys] = sdf_fn(_grid_points(box, n, keys), lev < levels - 1).reshape(-1).float()
+        dense[keys] = sdf_fn(_grid_points(box, n, keys), not last).reshape(-1).float()
         cells = children
     n = m + 1
-    if levels > 0:
+    if factors:
         cells, keys = _grow_surface_band(sdf_fn, box, m, cells, keys, dense)
     V = dense.view(n, n, n)  # band values, +1 elsewhere (masked out of marching cubes)
     cell_mask = torch.zeros(n ** 3, dtype=torch.bool)
@@ -158,31 +190,39 @@ def extract_mesh(
     return mesh
 
 
-def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 6):
-    """Add the 26-neighbours of sign-change cells that are not in the band yet (evaluating their new corners),
-    until no surface cell touches the band edge.  Updates `dense` in place; returns (cells, keys)."""
+def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64):
+    """Add the face-neighbours of sign-change cells that are not in the band yet (evaluating their new corners),
+    until no surface cell touches the band edge.  Updates `dense` in place; returns (cells, keys).
+
+    Only the cells added by the previous round can open new faces, so each round inspects that frontier; membership
+    is kept in dense mark arrays (cells: m^3, evaluated corners: (m+1)^3) instead of sorted sets."""
     n = m + 1
-    band = torch.unique(_lin(cells, m))
+    in_band = torch.zeros(m ** 3, dtype=torch.bool)
+    in_band[_lin(cells, m)] = True
+    evaluated = torch.zeros(n ** 3, dtype=torch.bool)
+    evaluated[keys] = True
+    frontier = cells
     for _ in range(max_rounds):
-        c = _unlin(band, m)
-        v = dense[_lin(c[:, None, :] + _CORNERS, n)]
+        v = dense[_lin(frontier[:, None, :] + _CORNERS, n)]
         # The surface continues into a face-neighbour exactly when the shared face has a sign change.
         fv = v[:, _FACES]                                                   # (K, 6, 4)
         cross = (fv.amin(-1) < 0) & (fv.amax(-1) > 0)                       # (K, 6)
         k, f = cross.nonzero(as_tuple=True)
-        nbc = c[k] + _FACE_OFFSETS[f]
+        nbc = frontier[k] + _FACE_OFFSETS[f]
         nbc = nbc[((nbc >= 0) & (nbc < m)).all(-1)]
-        nb = torch.unique(_lin(nbc, m))
-        new = nb[~_isin_sorted(band, nb)]
-        if new.numel() == 0:
+        nb = _lin(nbc, m)
+        nb = nb[~in_band[nb]]
+        if nb.numel() == 0:
             break
-        pts = _unique_dense(_lin(_unlin(new, m)[:, None, :] + _CORNERS, n), n ** 3)
-        pts = pts[~_isin_sorted(keys, pts)]
+        new = _unique_dense(nb, m ** 3)
+        in_band[new] = True
+        frontier = _unlin(new, m)
+        pts = _unique_dense(_lin(frontier[:, None, :] + _CORNERS, n), n ** 3)
+        pts = pts[~evaluated[pts]]
         if pts.numel():
             dense[pts] = sdf_fn(_grid_points(box, n, pts), False).reshape(-1).float()
-            keys = torch.unique(torch.cat([keys, pts]))
-        band = torch.unique(torch.cat([band, new]))
-    return _unlin(band, m), keys
+            evaluated[pts] = True
+    return _unlin(in_band.nonzero().squeeze(1), m), evaluated.nonzero().squeeze(1)
 
 
 def _marching_cubes(V: torch.Tensor, cell_mask: torch.Tensor, lo, hi) -> Mesh:
@@ -235,9 +275,9 @@ def canonical_mesh(
 
         mesh = extract_mesh(fn, box, res, coarse_res)
         if with_color and z_app is not None and len(mesh.vertices):
-            # uint8 albedo needs ~8 bits: the reduced-precision pass is exact enough for vertex colours.
             _, col = model.query(torch.from_numpy(mesh.vertices)[None], z_geo, z_app.reshape(1, -1).float(), None,
-                                 neutral=True, chunk=chunk, anchors=A, compute_dtype=coarse_dtype)
+                                 neutral=True, chunk=chunk, anchors=A, compute_dtype=coarse_dtype,
+                                 prune_mass=COLOR_PRUNE_MASS)
             mesh.colors = _albedo_u8(col[0])
     return mesh
 
@@ -289,7 +329,7 @@ def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None
     needs only a few chord steps).  extrapolate: with two previous frames, start from the constant-velocity
     prediction 2 x_{t-1} - x_{t-2} (only the start point changes; convergence is still checked per vertex).  Non-converged vertices are repaired from their neighbours.  Colours are the
     canonical albedo (same topology, same texture).  Returns (mesh, converged (V,) bool, new state).
-    compute_dtype "auto": bf16 Newton steps (until residual < 1e-3) on wide models, then float32 polish.
+    compute_dtype "auto": `auto_coarse_dtype` (bf16 Newton steps until residual < 1e-3, then float32 polish).
     """
     if compute_dtype == "auto":
         compute_dtype = auto_coarse_dtype(model)
@@ -387,7 +427,8 @@ class PosedMesher:
                 mesh = self._update(fn)
             if with_color and z_app is not None and len(mesh.vertices):
                 _, col = self.model.query(torch.from_numpy(mesh.vertices)[None], z_geo, z_app.reshape(1, -1).float(),
-                                          z_exp, chunk=self.chunk, anchors=A, compute_dtype=self.coarse_dtype)
+                                          z_exp, chunk=self.chunk, anchors=A, compute_dtype=self.coarse_dtype,
+                                          prune_mass=COLOR_PRUNE_MASS)
                 mesh.colors = _albedo_u8(col[0])
         return mesh
 

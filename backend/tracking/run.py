@@ -8,10 +8,9 @@ resumes from ``tracker_state.npz``; ``--frames A:B --overwrite`` re-tracks a ran
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, Optional
 
 import numpy as np
 
@@ -45,7 +44,6 @@ class _Events:
 # -------------------------------------------------------------------------------------------------------------------
 def load_tracking_model(args):
     """-> (model, encoders or None, arkit regressor or None, model header dict)."""
-    import torch
     from ..model import load_model
     try:
         from ..model import load_official
@@ -190,10 +188,11 @@ def _restore(tracker, state: dict):
 def run_track(args, events=None) -> Path:
     import torch
     from .. import landmark_tables as lt
-    from ..result_format import ResultWriter, read_manifest
+    from ..result_format import ResultWriter
+    from ..model.parallel import set_threads
     from . import camera
     from .codes import CodeSpace
-    from .tracker import PRESETS, FrameObs, Tracker, interpolate_state
+    from .tracker import PRESETS, Tracker
     from .video import FrameSource
 
     ev = _Events(events)
@@ -201,7 +200,7 @@ def run_track(args, events=None) -> Path:
     threads = int(getattr(args, "threads", 0) or 0)
     # Auto = 1 thread: tracking runs many small autograd steps, and with 2 intra-op threads each one stalls
     # whenever anything else (Blender, a second job) uses a core — measured 8.4 s vs <1 s per draft frame.
-    torch.set_num_threads(threads if threads > 0 else 1)
+    set_threads(threads if threads > 0 else 1)
     torch.manual_seed(int(getattr(args, "seed", 0) or 0))
     preset = PRESETS[getattr(args, "preset", "standard") or "standard"]
     overrides = getattr(args, "preset_overrides", None)     # tests/benchmarks only (not a CLI flag)
@@ -264,7 +263,6 @@ def run_track(args, events=None) -> Path:
 
 
 def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size_of, found, preset, t_start):
-    import torch
     from .tracker import FrameObs, interpolate_state
 
     overwrite = bool(getattr(args, "overwrite", False))
@@ -288,7 +286,7 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
         pick = [pool[int(round(k))] for k in np.linspace(0, len(pool) - 1, min(preset.id_frames, len(pool)))]
         pick = sorted(set(pick))
         id_obs = [obs_of(fr, lab) for fr, lab in iter_frames_with_masks(src, set(pick), lm_of)]
-        id_states = tracker.fit_identity(id_obs)
+        tracker.fit_identity(id_obs)
         writer.write_identity({"z_geo": tracker.z_geo()[0].detach().numpy(),
                                "z_app": tracker.z_app()[0].detach().numpy(), "sh_coeffs": tracker.sh.numpy(),
                                "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy()})

@@ -24,6 +24,7 @@ from . import data as D
 from .encoders import ArkitRegressor, CodeEncoders
 from .modelwrap import build_model
 from ..model import MonoNPHMConfig
+from ..model.parallel import set_threads
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def mean_template_baseline(ict, pts):
 def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=True, threads=None,
              mesh_check=0):
     if threads:
-        torch.set_num_threads(threads)
+        set_threads(threads)
     t0 = time.time()
     model, enc, reg, meta = load_for_eval(path)
     for p in list(model.parameters()) + list(enc.parameters()) + list(reg.parameters()):
@@ -264,7 +265,7 @@ def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=
 
 
 def _render_pair(model, ict, w_id, w_ex, z_geo, z_exp, rec, lab, rng, res=120):
-    from .plots import splat_points, shade
+    from .plots import splat_points
     v = ict.vertices(w_id, w_ex)
     nrm = ict.vertex_normals(v)
     areas = ict.tri_areas(v)

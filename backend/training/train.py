@@ -12,7 +12,6 @@ log.jsonl (losses), val.jsonl (held-out losses), losses.png.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from . import data as D
+from ..model.parallel import set_threads
 from .encoders import ArkitRegressor, CodeEncoders
 from .losses import LOSS_WEIGHTS, OFF_CLAMP, symm_dist
 from .modelwrap import build_model, model_config, query
@@ -351,7 +351,7 @@ def _bar(step, total, rate, rec, width=24):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    set_threads(args.threads)
     tr = Trainer(args)
     resumed = tr.try_resume()
     out = tr.out

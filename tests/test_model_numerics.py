@@ -208,3 +208,20 @@ def test_set_threads_makes_openmp_workers_flush_denormals():
     assert out.returncode == 0, out.stderr
     inside, outside_first, threads = out.stdout.split()
     assert float(inside) == 0.0 and float(outside_first) == 1.0 and int(threads) == 2
+
+
+def test_softplus_double_backward_matches_autograd():
+    """The ensemble's softplus (custom second derivative) against torch's generic one, across the threshold."""
+    from backend.model.ensemble import softplus
+
+    z = torch.linspace(-0.3, 0.3, 61, dtype=torch.float64).requires_grad_(True)  # beta z spans [-30, 30]
+    torch.autograd.gradgradcheck(lambda t: softplus(t, 100.0), (z,))
+    for dtype in (torch.float64, torch.float32):
+        outs = []
+        for fn in (lambda t: softplus(t, 100.0), lambda t: torch.nn.functional.softplus(t, 100.0, 20.0)):
+            x = z.detach().to(dtype).requires_grad_(True)
+            (g,) = torch.autograd.grad(fn(x).pow(2).sum(), x, create_graph=True)
+            (gg,) = torch.autograd.grad((g * g.detach().cos()).sum(), x)
+            outs.append((g.detach(), gg))
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        assert torch.allclose(outs[0][0], outs[1][0], atol=tol) and torch.allclose(outs[0][1], outs[1][1], atol=tol * 100)

@@ -96,10 +96,16 @@ def version_info() -> dict:
     }
 
 
+# Devices the tracker runs on.  The model core is device-agnostic, but the tracker's CPU-side stages (rasteriser,
+# PnP, meshes) and its thread-level parallelism are not ported to accelerators yet.
+TRACKING_DEVICES = ("cpu",)
+
+
 def resolve_device(name: str) -> str:
+    """The device a `track` run uses for `--device name` (an unavailable device is a clear error)."""
     devices = available_devices()
     if name == "auto":
-        return "cuda" if "cuda" in devices else ("mps" if "mps" in devices else "cpu")
+        return next(d for d in ("cuda", "mps", "cpu") if d in devices and d in TRACKING_DEVICES)
     if name not in devices:
         raise BadInputError(f"device '{name}' is not available here (available: {', '.join(devices)})",
                             "Choose 'auto' or 'cpu', or install a torch build with that accelerator.")
@@ -154,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             from .tracking import run_track
 
             args.device = resolve_device(args.device)
+            if args.device not in TRACKING_DEVICES:
+                events.warning(f"Tracking does not use '{args.device}' in this version: it runs on the CPU.",
+                               code="device_fallback")
+                args.device = "cpu"
             path = run_track(args, events)
             from .result_format import read_manifest
 

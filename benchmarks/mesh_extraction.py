@@ -7,9 +7,11 @@ with the sphere-like geometric init (a head-sized blob), at the official and bui
 The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
 
-Last full run (2026-11-25 13:55, 2 threads, idle 2-core host): canonical 256^3 official 28.1 s (148k vertices),
-built-in 4.07 s (160k); fixed-topology warp built-in 0.16 s/frame (40k vertices; first frame 0.39 s), official
-2.19 s/frame (37k; first frame 23.7 s); per-frame marching cubes at 128^3 built-in 1.02 s, official 5.71 s.
+Last full run (2026-11-25 14:53, 2 threads, idle 2-core host): canonical 256^3 official 17.05 s (148k vertices),
+built-in 3.55 s (160k); fixed-topology warp built-in 0.195 s/frame (40k vertices; first frame 0.41 s), official
+0.77 s/frame (37k; first frame 2.54 s); per-frame marching cubes at 128^3 built-in 1.12 s, official 4.69 s.
+(13:55, before the 4-fold last split, float32 coarse passes and colour pruning: 28.1 s / 4.07 s; warp official
+2.19 s, first frame 23.7 s.)
 Earlier (d59ddb0, load average 3.2-4.3): canonical official 61.1 s, built-in 10.8 s.
 """
 from __future__ import annotations

@@ -13,10 +13,11 @@ and the achieved matmul FLOP/s of (a) beside the machine's measured dense fp32 m
 The LAST line printed is one JSON object (official size at top level, `builtin` sub-object).
 Usage: python benchmarks/model_throughput.py [--threads 2] [--quick]
 
-Last full runs (2026-11-25 13:50, 2 threads, idle 2-core host; matmul fp32 peak 320 GFLOP/s, bf16 1,936):
-official (a) 26,600-27,600 (b) 18,200-18,400 (c) 3,500-5,300 pts/s (chunked 4,000-5,000; runs vary), 110-114
-GFLOP/s = 35% of peak (bound from peak: 77,600); loop (a) 14,000-15,100, (c) 1,800-1,900.
-built-in (a) 149,000-151,000 (b) 112,000 (c) 24,500-27,600 pts/s.
+Last full runs (2026-11-25 14:58, 2 threads, idle 2-core host; matmul fp32 peak 305-312 GFLOP/s, bf16 1,830):
+official (a) 23,900-26,000 (b) 16,000-16,900 (c) 4,760-5,040 pts/s (chunked 3,800-4,500), 98-107 GFLOP/s =
+32-34% of peak (bound from peak: 74,500); loop (a) 11,200-13,000, (c) 1,470-1,540.
+built-in (a) 129,000-147,000 (b) 96,000-101,000 (c) 21,900-23,500 pts/s.
+(13:50, before the softplus double backward and column-major backward weights: (c) 3,500-5,300, (a) 26,600-27,600.)
 Earlier (d59ddb0, load average 3.2-4.3, peak 116 GFLOP/s): official (a) 10,941 (b) 6,975 (c) 1,741.
 """
 from __future__ import annotations

@@ -95,6 +95,41 @@ def flops_per_point(cfg: MonoNPHMConfig, edges_per_point: float, color: bool, po
     return ex + edges_per_point * (geo + (col if color else 0))
 
 
+def kernel_bound(cfg: MonoNPHMConfig, edges_per_point: float, flops_sdf: float, min_time: float) -> dict:
+    """What the two kernels every point needs allow for (a), measured at the model's shapes on this machine.
+
+    Per point, (a) runs `flops_sdf` matmul FLOPs as per-type (grouped) matmuls and one softplus(beta=100) per hidden
+    unit (exp + log1p: no matmul peak applies to it).  Both kernels are timed alone on one thread with denormals
+    flushed, as each chunk worker runs them (`parallel.map_chunks`), and scaled by the thread count (ideal scaling):
+    (a) <= threads / (matmul time + softplus time) per point, before any gather, kNN or blending work.
+    """
+    from backend.model.parallel import flush_denormals
+
+    threads = torch.get_num_threads()
+
+    H, T = cfg.hidden_dim_geo, cfg.n_types
+    rows = 2048 * T  # about a chunk's edges, evenly spread over the types
+    x = torch.randn(rows, H + 8)
+    w = torch.randn(T, H, H + 8).transpose(1, 2)  # the layout the ensemble passes (column-major per type)
+    offs = torch.cumsum(torch.full((T,), rows // T), 0).to(torch.int32)
+    z = torch.randn(rows, H) * 0.1
+    out = torch.empty_like(z)
+    torch.set_num_threads(1)
+    try:
+        with flush_denormals():
+            mm_s = timeit(lambda: torch._grouped_mm(x, w, offs=offs), min_time)
+            sp_s = timeit(lambda: torch._C._nn.softplus(z, 100.0, 20.0, out=out), min_time)
+    finally:
+        torch.set_num_threads(threads)
+    mm_gflops = 2 * rows * (H + 8) * H / mm_s / 1e9
+    sp_ns = sp_s / z.numel() * 1e9
+    Hx, Lx = cfg.hidden_dim_ex, cfg.n_layers_ex
+    sp_per_point = edges_per_point * cfg.n_layers_geo * H + Lx * Hx  # ensemble + deformation hidden units
+    per_point_s = flops_sdf / (mm_gflops * 1e9) + sp_per_point * sp_ns * 1e-9
+    return {"grouped_matmul_gflops_1thread": mm_gflops, "softplus_ns_per_element_1thread": sp_ns,
+            "kernel_bound_sdf_pts_per_s": threads / per_point_s}
+
+
 def bench_size(cfg: MonoNPHMConfig, args, peak: float) -> dict:
     torch.manual_seed(0)
     m = MonoNPHM(cfg, mean_anchors(cfg.n_anchors)).eval()
@@ -171,6 +206,8 @@ def bench_size(cfg: MonoNPHMConfig, args, peak: float) -> dict:
     out["mflop_per_point_sdf"] = f_sdf / 1e6
     out["sdf_goal_bound_pts_per_s"] = peak * 1e9 / f_sdf  # what the measured fp32 peak allows for (a)
     out["fraction_of_peak_sdf"] = out["achieved_gflops"] / peak
+    out.update(kernel_bound(cfg, epp, f_sdf, T))
+    out["fraction_of_kernel_bound_sdf"] = out["sdf_pts_per_s"] / out["kernel_bound_sdf_pts_per_s"]
     for k in ("sdf", "sdf_color", "track_step"):
         out[f"speedup_{k}"] = out[f"{k}_pts_per_s"] / out[f"loop_{k}_pts_per_s"]
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}

@@ -55,6 +55,8 @@ class Preset:
     lr_trans: float = 0.004
     lr_id: float = 0.05
     w_lm: float = 1.0
+    w_lm_identity: float = 1.0     # landmark weight in the identity stage (relative to w_lm)
+    id_outline: bool = False       # outline silhouette term in the identity stage also when rays are rendered
     w_sil: float = 0.5
     w_mask: float = 0.5
     w_rgb: float = 2.0
@@ -368,13 +370,14 @@ class Tracker:
         sizes = torch.as_tensor([f.face_size for f in frames], dtype=torch.float32)
         rng = np.random.default_rng(self.seed)
         n_it = pr.id_iters
-        sil_from = n_it // 2 if pr.id_rays == 0 else n_it
+        use_outline = pr.id_rays == 0 or pr.id_outline
+        sil_from = n_it // 2 if use_outline else n_it
         self.sh, self.cA, self.cb = sh, cA, cb
         for it in range(n_it):
             opt.zero_grad(set_to_none=True)
             zg = self.codes.z_geo(p_geo)
             loss_lm, _, _ = self.landmark_term(zg, p_ex, om, tr, lms, sizes, key="id")
-            loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex) \
+            loss = pr.w_lm * pr.w_lm_identity * loss_lm + self.expression_regulariser(p_ex) \
                 + pr.w_id_prior * self.codes.identity_prior(p_geo, p_app) * 100
             if pr.id_rays and it % pr.ray_every == 0:
                 j = it % B
@@ -382,13 +385,13 @@ class Tracker:
                 ml, rl, _ = self.ray_terms(zg, self.codes.z_app(p_app), p_ex[j], om[j], tr[j], frames[j],
                                            pr.id_rays, rng, inv_s, with_color=True)
                 loss = loss + pr.w_mask * ml + pr.w_rgb * rl
-            if it == sil_from and pr.id_rays == 0:
+            if it == sil_from and use_outline:
                 self.p_geo = p_geo.detach().clone()
                 self._lo_posed = None
                 with torch.no_grad():
                     self.mesh_lo = tmesh.extract_canonical_mesh(self.model, self.codes.z_geo(self.p_geo),
                                                                 pr.sil_res)
-            if it >= sil_from and pr.id_rays == 0 and self.mesh_lo is not None:
+            if it >= sil_from and use_outline and self.mesh_lo is not None:
                 j = it % B
                 loss = loss + pr.w_sil * self._outline_term(zg, p_ex[j], om[j], tr[j], frames[j], identity_grad=True)
             loss.backward()

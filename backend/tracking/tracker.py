@@ -55,8 +55,6 @@ class Preset:
     lr_trans: float = 0.004
     lr_id: float = 0.05
     w_lm: float = 1.0
-    w_lm_identity: float = 1.0     # landmark weight in the identity stage (relative to w_lm)
-    id_outline: bool = False       # outline silhouette term in the identity stage also when rays are rendered
     w_sil: float = 0.5
     w_mask: float = 0.5
     w_rgb: float = 2.0
@@ -370,14 +368,14 @@ class Tracker:
         sizes = torch.as_tensor([f.face_size for f in frames], dtype=torch.float32)
         rng = np.random.default_rng(self.seed)
         n_it = pr.id_iters
-        use_outline = pr.id_rays == 0 or pr.id_outline
+        use_outline = pr.id_rays == 0  # draft: the outline silhouette stands in for the rays
         sil_from = n_it // 2 if use_outline else n_it
         self.sh, self.cA, self.cb = sh, cA, cb
         for it in range(n_it):
             opt.zero_grad(set_to_none=True)
             zg = self.codes.z_geo(p_geo)
             loss_lm, _, _ = self.landmark_term(zg, p_ex, om, tr, lms, sizes, key="id")
-            loss = pr.w_lm * pr.w_lm_identity * loss_lm + self.expression_regulariser(p_ex) \
+            loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex) \
                 + pr.w_id_prior * self.codes.identity_prior(p_geo, p_app) * 100
             if pr.id_rays and it % pr.ray_every == 0:
                 j = it % B

@@ -13,10 +13,13 @@ and the achieved matmul FLOP/s of (a) beside the machine's measured dense fp32 m
 The LAST line printed is one JSON object (official size at top level, `builtin` sub-object).
 Usage: python benchmarks/model_throughput.py [--threads 2] [--quick]
 
-Last full runs (2026-11-25 14:58, 2 threads, idle 2-core host; matmul fp32 peak 305-312 GFLOP/s, bf16 1,830):
-official (a) 23,900-26,000 (b) 16,000-16,900 (c) 4,760-5,040 pts/s (chunked 3,800-4,500), 98-107 GFLOP/s =
-32-34% of peak (bound from peak: 74,500); loop (a) 11,200-13,000, (c) 1,470-1,540.
-built-in (a) 129,000-147,000 (b) 96,000-101,000 (c) 21,900-23,500 pts/s.
+Last full runs (2026-11-25 14:58-15:24, 2 threads, idle 2-core host; matmul fp32 peak 305-327 GFLOP/s, bf16 1,830):
+official (a) 23,900-26,000 (b) 16,000-17,400 (c) 4,760-5,240 pts/s (chunked 3,600-4,500), 98-107 GFLOP/s =
+32-34% of peak (bound from peak: 74,500-79,000); loop (a) 11,200-13,900, (c) 1,470-1,580.
+Kernel bound for (a): 40,100 pts/s (grouped matmul 125 GFLOP/s and softplus 1.58 ns per element on one thread, x2),
+i.e. even with no gather/kNN/blend work (a) could reach 166 GFLOP/s = 51% of the matmul peak; measured: 65% of the
+kernel bound (inside the model the same kernels run at 95 GFLOP/s and 2.15 ns: chunk-sized working sets).
+built-in (a) 129,000-147,000 (b) 96,000-105,000 (c) 21,900-27,200 pts/s.
 (13:50, before the softplus double backward and column-major backward weights: (c) 3,500-5,300, (a) 26,600-27,600.)
 Earlier (d59ddb0, load average 3.2-4.3, peak 116 GFLOP/s): official (a) 10,941 (b) 6,975 (c) 1,741.
 """

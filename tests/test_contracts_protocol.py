@@ -66,3 +66,14 @@ def test_track_device_resolution(monkeypatch):
     with pytest.raises(protocol.BadInputError) as e:
         cli.resolve_device("mps")
     assert "not available" in e.value.message and "auto" in e.value.hint
+
+
+def test_auto_threads_leave_room_on_small_machines(monkeypatch):
+    from backend.tracking import run
+
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
+    assert run.auto_threads() == 1
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
+    assert run.auto_threads() == 2
+    monkeypatch.setattr(run.os, "cpu_count", lambda: None)
+    assert run.auto_threads() == 1

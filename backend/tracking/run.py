@@ -8,6 +8,7 @@ resumes from ``tracker_state.npz``; ``--frames A:B --overwrite`` re-tracks a ran
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
@@ -185,6 +186,17 @@ def _restore(tracker, state: dict):
 
 
 # -------------------------------------------------------------------------------------------------------------------
+def auto_threads() -> int:
+    """Intra-op threads for `--threads 0`: 2 where at least 4 logical CPUs leave room for Blender, else 1.
+
+    Tracking runs many small autograd steps, so each parallel region waits for its slowest thread.  On the idle
+    2-core host, 2 threads track 28 % faster than 1 (draft 0.52 vs 0.72 s/frame, standard 0.93 vs 1.33); beside one
+    busy core they are slower (0.80 vs 0.69 s/frame, with the spin limit set in `backend.__main__`; 6.9 s/frame
+    without it), hence 1 thread on 2-core machines.
+    """
+    return 2 if (os.cpu_count() or 1) >= 4 else 1
+
+
 def run_track(args, events=None) -> Path:
     import torch
     from .. import landmark_tables as lt
@@ -197,10 +209,7 @@ def run_track(args, events=None) -> Path:
 
     ev = _Events(events)
     t_start = time.perf_counter()
-    threads = int(getattr(args, "threads", 0) or 0)
-    # Auto = 1 thread: tracking runs many small autograd steps, and with 2 intra-op threads each one stalls
-    # whenever anything else (Blender, a second job) uses a core — measured 8.4 s vs <1 s per draft frame.
-    set_threads(threads if threads > 0 else 1)
+    set_threads(int(getattr(args, "threads", 0) or 0) or auto_threads())
     torch.manual_seed(int(getattr(args, "seed", 0) or 0))
     preset = PRESETS[getattr(args, "preset", "standard") or "standard"]
     overrides = getattr(args, "preset_overrides", None)     # tests/benchmarks only (not a CLI flag)

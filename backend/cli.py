@@ -105,7 +105,7 @@ def resolve_device(name: str) -> str:
     """The device a `track` run uses for `--device name` (an unavailable device is a clear error)."""
     devices = available_devices()
     if name == "auto":
-        return next(d for d in ("cuda", "mps", "cpu") if d in devices and d in TRACKING_DEVICES)
+        return next((d for d in ("cuda", "mps", "cpu") if d in devices and d in TRACKING_DEVICES), "cpu")
     if name not in devices:
         raise BadInputError(f"device '{name}' is not available here (available: {', '.join(devices)})",
                             "Choose 'auto' or 'cpu', or install a torch build with that accelerator.")

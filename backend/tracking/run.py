@@ -191,7 +191,7 @@ def auto_threads() -> int:
 
     Tracking runs many small autograd steps, so each parallel region waits for its slowest thread.  On the idle
     2-core host, 2 threads track 28 % faster than 1 (draft 0.52 vs 0.72 s/frame, standard 0.93 vs 1.33); beside one
-    busy core they are slower (0.80 vs 0.69 s/frame, with the spin limit set in `backend.__main__`; 6.9 s/frame
+    busy core they are slower (0.80 vs 0.69 s/frame, with the spin limit of `backend.openmp_env`; 6.9 s/frame
     without it), hence 1 thread on 2-core machines.
     """
     return 2 if (os.cpu_count() or 1) >= 4 else 1

@@ -109,6 +109,7 @@ def start_track(context, scene=None, *, frames: str | None = None, overwrite: bo
     st.kind, st.pid, st.log_path, st.out_path = "track", job.pid, str(log), importer.stored_path(req.out_dir)
     st.state, st.stage, st.progress, st.done, st.total, st.frames_done = "RUNNING", "starting", 0.0, 0, 0, 0
     st.eta_s, st.message, st.error, st.hint, st.imported_frames = -1.0, "", "", "", 0
+    st.warning, st.warnings_seen = "", 0
     _jobs[scene.name] = job
     _last_import.pop(scene.name, None)
     if job.status.finished:  # could not start
@@ -159,6 +160,10 @@ def _sync(scene, job) -> None:
     st.eta_s = -1.0 if js.eta_s is None else float(js.eta_s)
     st.message = js.message
     st.state = js.state
+    for text in js.warnings[st.warnings_seen:]:  # backend warnings reach the Info log once, the panel keeps the last
+        _say("WARNING", f"Backend: {text}")
+        st.warning = text
+    st.warnings_seen = len(js.warnings)
 
 
 def _package_frames(out_dir: str) -> int:

@@ -53,6 +53,8 @@ class MONONPHM_PG_job(bpy.types.PropertyGroup):
     message: StringProperty(default="")
     error: StringProperty(default="")
     hint: StringProperty(default="")
+    warning: StringProperty(default="")  # the backend's latest warning event
+    warnings_seen: IntProperty(default=0)  # warning events already reported
     imported_frames: IntProperty(default=0)
 
 

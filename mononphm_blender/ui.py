@@ -98,6 +98,8 @@ class MONONPHM_PT_track(_Panel, bpy.types.Panel):
             else:
                 layout.label(text=text)
             layout.label(text=f"Frames done: {st.frames_done}")
+            if st.warning:
+                layout.label(text=st.warning, icon="ERROR")
             layout.operator("mononphm.cancel", icon="CANCEL")
         else:
             layout.prop(s, "auto_import")
@@ -112,6 +114,8 @@ class MONONPHM_PT_track(_Panel, bpy.types.Panel):
                     box.operator("mononphm.open_log", icon="TEXT")
             elif st.state == "FINISHED":
                 layout.label(text=f"Finished: {st.frames_done} frames", icon="CHECKMARK")
+            if st.warning and st.state != "RUNNING":
+                layout.label(text=st.warning, icon="ERROR")
             col = layout.column(align=True)
             col.label(text="Re-track a range (overwrites those frames):")
             row = col.row(align=True)

@@ -63,6 +63,23 @@ def test_progress_job_imports_frames(scene, tmp_path, fake_backend, monkeypatch)
     assert "fake backend argv" in open(s.job.log_path).read()  # stderr went to the log
 
 
+def test_backend_warnings_reach_the_panel_and_the_log_once(scene, tmp_path, fake_backend, monkeypatch):
+    from mononphm_blender import job_control
+
+    text = "Tracking does not use 'cuda' in this version: it runs on the CPU."
+    monkeypatch.setenv("FAKE_FRAMES", "4")
+    monkeypatch.setenv("FAKE_WARNING", text)
+    s = _configure(scene, tmp_path)
+    before = len([m for m in job_control.messages() if m == ("WARNING", f"Backend: {text}")])
+    assert bpy.ops.mononphm.track() == {"FINISHED"}
+    assert s.job.warning == "" and s.job.warnings_seen == 0
+    _tick_until(lambda: s.job.state != "RUNNING")
+    assert s.job.state == "FINISHED"
+    assert s.job.warning == text and s.job.warnings_seen == 1
+    after = [m for m in job_control.messages() if m == ("WARNING", f"Backend: {text}")]
+    assert len(after) == before + 1  # reported once, not on every tick
+
+
 def test_failing_backend_reports_error_and_log(scene, tmp_path, fake_backend, monkeypatch):
     from mononphm_blender import importer, job_control
 

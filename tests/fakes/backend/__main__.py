@@ -1,7 +1,7 @@
 """Fake ``python -m backend``: speaks the real protocol and writes a real result package.
 
 Behaviour from the environment: FAKE_BACKEND_MODE = ok (default) | fail | crash | slow;
-FAKE_FRAMES (default 10) source frames; FAKE_DELAY seconds per frame (default 0.01); FAKE_VERTICES (200).
+FAKE_WARNING: a warning event after the first frame; FAKE_FRAMES (default 10) source frames; FAKE_DELAY seconds per frame (default 0.01); FAKE_VERTICES (200).
 """
 
 import argparse
@@ -74,6 +74,8 @@ def main() -> int:
                                         "translation": t[None], "z_exp": np.zeros((1, 4), np.float32),
                                         "vertices": frame_vertices(canon, i)[None]})
             events.progress("track", k + 1, len(todo), frame=i, message=f"frame {i}")
+            if k == 0 and os.environ.get("FAKE_WARNING"):
+                events.warning(os.environ["FAKE_WARNING"], code="device_fallback")
         writer.finish("complete")
         events.result(args.out, len(writer.manifest["frames"]))
         return ExitCode.OK

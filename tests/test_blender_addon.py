@@ -105,6 +105,9 @@ def test_track_panel_while_running_and_after_failure(scene):
         log = _draw(ui.MONONPHM_PT_track, bpy.context)
         assert ("progress", "track: 3/10 · ETA 1m15s") in log
         assert ("operator", "mononphm.cancel") in log
+        assert not any(e[0] == "label" and "CPU" in e[1] for e in log)
+        st.warning = "Tracking does not use 'cuda' in this version: it runs on the CPU."
+        assert ("label", st.warning) in _draw(ui.MONONPHM_PT_track, bpy.context)
     finally:
         job_control._jobs.clear()
     st.state, st.error, st.hint, st.log_path = "FAILED", "It broke", "Do X", "/tmp/x.log"

@@ -227,19 +227,25 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
 
 def _marching_cubes(V: torch.Tensor, cell_mask: torch.Tensor, lo, hi) -> Mesh:
     """skimage marching cubes on the dense volume V, restricted to the cells (indexed by their lowest corner)
-    set in cell_mask."""
+    set in cell_mask.  Only the cells' bounding box is handed over (skimage scans every voxel it is given)."""
     from skimage.measure import marching_cubes
 
     n = V.shape[0]
-    vol = V.numpy()
+    empty = Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
+    cells = cell_mask.nonzero()
+    if cells.numel() == 0:
+        return empty
+    c0, c1 = cells.amin(0).tolist(), (cells.amax(0) + 1).tolist()  # corner index range of the band
+    vol = V.numpy()[c0[0]:c1[0] + 1, c0[1]:c1[1] + 1, c0[2]:c1[2] + 1]
+    if not (vol.min() < 0 < vol.max()):
+        return empty
     # skimage indexes a cell's mask by its highest corner.
     mask = np.zeros(vol.shape, dtype=bool)
-    mask[1:, 1:, 1:] = cell_mask.numpy()[:-1, :-1, :-1]
-    if not (vol.min() < 0 < vol.max()):
-        return Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
-    spacing = tuple((np.asarray(hi) - np.asarray(lo)) / (n - 1))
-    verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=spacing, gradient_direction="descent", mask=mask)
-    verts = (verts + np.asarray(lo)).astype(np.float32)
+    mask[1:, 1:, 1:] = cell_mask.numpy()[c0[0]:c1[0], c0[1]:c1[1], c0[2]:c1[2]]
+    spacing = (np.asarray(hi) - np.asarray(lo)) / (n - 1)
+    verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=tuple(spacing), gradient_direction="descent",
+                                        mask=mask)
+    verts = (verts + np.asarray(lo) + np.asarray(c0) * spacing).astype(np.float32)
     return Mesh(verts, faces.astype(np.int64))
 
 

@@ -7,11 +7,13 @@ with the sphere-like geometric init (a head-sized blob), at the official and bui
 The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
 
-Last full run (2026-11-25 14:53, 2 threads, idle 2-core host): canonical 256^3 official 17.05 s (148k vertices),
-built-in 3.55 s (160k); fixed-topology warp built-in 0.195 s/frame (40k vertices; first frame 0.41 s), official
-0.77 s/frame (37k; first frame 2.54 s); per-frame marching cubes at 128^3 built-in 1.12 s, official 4.69 s.
-(13:55, before the 4-fold last split, float32 coarse passes and colour pruning: 28.1 s / 4.07 s; warp official
-2.19 s, first frame 23.7 s.)
+Each size runs in a fresh process (`--one-size`), as a user's run would.
+Last full runs (2026-11-25 16:20-16:26, 2 threads, idle 2-core host, 4 runs): canonical 256^3 official 12.3-13.4 s
+(148k vertices), built-in 2.94-3.12 s (160k); fixed-topology warp built-in 0.14-0.16 s/frame (40k vertices; first
+frame 0.38-0.40 s), official 0.56-0.62 s/frame (37k; first frame 2.0-2.2 s); per-frame marching cubes at 128^3
+built-in 0.81-0.88 s, official 3.6-3.8 s.
+(14:53, both sizes in one process: official 17.05 s, built-in 3.55 s.  13:55, before the 4-fold last split,
+float32 coarse passes and colour pruning: 28.1 s / 4.07 s; warp official 2.19 s, first frame 23.7 s.)
 Earlier (d59ddb0, load average 3.2-4.3): canonical official 61.1 s, built-in 10.8 s.
 """
 from __future__ import annotations

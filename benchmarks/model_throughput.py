@@ -13,14 +13,17 @@ and the achieved matmul FLOP/s of (a) beside the machine's measured dense fp32 m
 The LAST line printed is one JSON object (official size at top level, `builtin` sub-object).
 Usage: python benchmarks/model_throughput.py [--threads 2] [--quick]
 
-Last full runs (2026-11-25 14:58-15:24, 2 threads, idle 2-core host; matmul fp32 peak 305-327 GFLOP/s, bf16 1,830):
-official (a) 23,900-26,000 (b) 16,000-17,400 (c) 4,760-5,240 pts/s (chunked 3,600-4,500), 98-107 GFLOP/s =
-32-34% of peak (bound from peak: 74,500-79,000); loop (a) 11,200-13,900, (c) 1,470-1,580.
-Kernel bound for (a): 40,100 pts/s (grouped matmul 125 GFLOP/s and softplus 1.58 ns per element on one thread, x2),
-i.e. even with no gather/kNN/blend work (a) could reach 166 GFLOP/s = 51% of the matmul peak; measured: 65% of the
-kernel bound (inside the model the same kernels run at 95 GFLOP/s and 2.15 ns: chunk-sized working sets).
-built-in (a) 129,000-147,000 (b) 96,000-105,000 (c) 21,900-27,200 pts/s.
-(13:50, before the softplus double backward and column-major backward weights: (c) 3,500-5,300, (a) 26,600-27,600.)
+Each size runs in a fresh process (`--one-size`); the tracking step is the best of >= 4 steps (it was best of 1-2,
+and one-graph (c) then ranged 2,400-6,200 pts/s between runs).
+Last full run (2026-11-25 16:33, 2 threads, idle 2-core host; this host's speed drifts over the day: matmul fp32 peak
+305-327 GFLOP/s in the morning, 357-424 in the afternoon, so compare figures of one run only): peak 357 GFLOP/s
+(bf16 2,222); official (a) 28,600 (b) 19,700 (c) 5,900 pts/s (chunked 5,100), 118 GFLOP/s = 33% of peak (bound from
+peak: 86,600); loop (a) 17,100, (c) 1,970.  Kernel bound for (a): 45,900 pts/s (grouped matmul 146 GFLOP/s and
+softplus 1.43 ns per element on one thread, x2), i.e. with no gather/kNN/blend work at all (a) could reach 53% of
+the matmul peak; measured: 62% of that bound (inside the model the same kernels run slower: chunk-sized working
+sets).  Built-in (a) 161,000 (b) 116,000 (c) 28,900 pts/s.
+(Morning runs, 14:58-15:24, peak 305-327: official (a) 23,900-26,000 (b) 16,000-17,400 (c) 4,760-5,240; 13:50,
+before the softplus double backward and column-major backward weights: (c) 3,500-5,300, (a) 26,600-27,600.)
 Earlier (d59ddb0, load average 3.2-4.3, peak 116 GFLOP/s): official (a) 10,941 (b) 6,975 (c) 1,741.
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -187,8 +191,9 @@ def bench_size(cfg: MonoNPHMConfig, args, peak: float) -> dict:
             return loop_forward(m, xx[:, s:e], zg, za if with_color else None, ze, with_color=with_color)[0]
         return lambda: map_chunks(run, xx.shape[1], chunk)
 
-    out["track_step_pts_per_s"] = Nt / timeit(track_step(fast, xt), T)
-    out["track_step_chunked_pts_per_s"] = Nt / timeit(track_step(fast, xt, chunked=True), T, 3)
+    # A step takes ~1 s at the official size: time several (best of >= 4) so one slow step does not decide it.
+    out["track_step_pts_per_s"] = Nt / timeit(track_step(fast, xt), 4 * T)
+    out["track_step_chunked_pts_per_s"] = Nt / timeit(track_step(fast, xt, chunked=True), 4 * T)
     with torch.inference_mode():
         out["loop_sdf_pts_per_s"] = Nl / timeit(loop_query(xl, False), T, 3)
         out["loop_sdf_color_pts_per_s"] = Nl / timeit(loop_query(xl, True), T, 3)
@@ -221,6 +226,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="smaller inputs, shorter timing (smoke run)")
     ap.add_argument("--sizes", default="official,builtin")
+    ap.add_argument("--one-size", default=None, help=argparse.SUPPRESS)  # internal: one size in this process
+    ap.add_argument("--peak", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     set_threads(args.threads)
     q = args.quick
@@ -230,17 +237,24 @@ def main() -> None:
     args.loop_track_points = 256 if q else 512
     args.chunk = 8192
     args.min_time = 0.2 if q else 1.0
+    if args.one_size:
+        cfg = MonoNPHMConfig.official() if args.one_size == "official" else MonoNPHMConfig.builtin()
+        t0 = time.perf_counter()
+        r = bench_size(cfg, args, args.peak)
+        r["bench_seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(r))
+        return
     peak = matmul_peak(torch.float32, args.min_time)
     res = {"threads": args.threads, "matmul_gflops": round(peak, 1)}
     if bf16_supported():
         res["matmul_bf16_gflops"] = round(matmul_peak(torch.bfloat16, args.min_time), 1)
-    sizes = args.sizes.split(",")
-    for name in sizes:
-        cfg = MonoNPHMConfig.official() if name == "official" else MonoNPHMConfig.builtin()
-        t0 = time.perf_counter()
-        r = bench_size(cfg, args, peak)
-        r["bench_seconds"] = round(time.perf_counter() - t0, 1)
-        report_size(res, name, r)
+    # Each size in a fresh process (as in benchmarks/mesh_extraction.py): no allocator or thread state carried over.
+    for name in args.sizes.split(","):
+        argv = [sys.executable, __file__, "--one-size", name, "--peak", repr(peak), "--threads", str(args.threads)]
+        proc = subprocess.run(argv + (["--quick"] if q else []), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"[{name}] failed:\n{proc.stderr[-3000:]}")
+        report_size(res, name, json.loads(proc.stdout.strip().splitlines()[-1]))
     print(json.dumps(res))
 
 

@@ -8,12 +8,13 @@ The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
 
 Each size runs in a fresh process (`--one-size`), as a user's run would.
-Last full runs (2026-11-25 16:20-16:26, 2 threads, idle 2-core host, 4 runs): canonical 256^3 official 12.3-13.4 s
-(148k vertices), built-in 2.94-3.12 s (160k); fixed-topology warp built-in 0.14-0.16 s/frame (40k vertices; first
+Last full runs (2026-11-25 16:20-16:40, 2 threads, idle 2-core host, 8 runs): canonical 256^3 official 12.3-14.6 s
+(148k vertices), built-in 2.85-3.47 s (160k); fixed-topology warp built-in 0.14-0.16 s/frame (40k vertices; first
 frame 0.38-0.40 s), official 0.56-0.62 s/frame (37k; first frame 2.0-2.2 s); per-frame marching cubes at 128^3
-built-in 0.81-0.88 s, official 3.6-3.8 s.
-(14:53, both sizes in one process: official 17.05 s, built-in 3.55 s.  13:55, before the 4-fold last split,
-float32 coarse passes and colour pruning: 28.1 s / 4.07 s; warp official 2.19 s, first frame 23.7 s.)
+built-in 0.81-0.88 s, official 3.6-3.8 s.  This host's speed drifts over the day (matmul peak 305-327 GFLOP/s in the
+morning, 357-424 in the afternoon): the same code measured official 17.05 s, built-in 3.55 s at 14:53.
+(13:55, before the 4-fold last split, float32 coarse passes and colour pruning: 28.1 s / 4.07 s; warp official
+2.19 s, first frame 23.7 s.)
 Earlier (d59ddb0, load average 3.2-4.3): canonical official 61.1 s, built-in 10.8 s.
 """
 from __future__ import annotations
@@ -65,8 +66,8 @@ def main() -> None:
         set_threads(args.threads)
         print(json.dumps(measure_size(args.one_size, res, frame_res, args.frames, args.quick)))
         return
-    # Each size in a fresh process, as a user's run would be: measured in one process, the built-in model's canonical
-    # mesh took 3.55 s after the official size had run, 2.85 s on its own.
+    # Each size in a fresh process, as a user's run would be (no allocator or thread state carried over; back to back,
+    # the built-in mesh measured 3.14 / 2.97 s after the official size and 3.47 / 3.16 s alone: within run-to-run noise).
     out = {"threads": args.threads, "res": res, "frame_res": frame_res, "canonical_mesh_s": {},
            "canonical_vertices": {}, "models": {}}
     for name in args.sizes.split(","):

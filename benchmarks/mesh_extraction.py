@@ -12,7 +12,7 @@ Last full runs (2026-11-25 16:20-16:40, 2 threads, idle 2-core host, 8 runs): ca
 (148k vertices), built-in 2.85-3.47 s (160k); fixed-topology warp built-in 0.14-0.16 s/frame (40k vertices; first
 frame 0.38-0.40 s), official 0.56-0.62 s/frame (37k; first frame 2.0-2.2 s); per-frame marching cubes at 128^3
 built-in 0.81-0.88 s, official 3.6-3.8 s.  This host's speed drifts over the day (matmul peak 305-327 GFLOP/s in the
-morning, 357-424 in the afternoon): the same code measured official 17.05 s, built-in 3.55 s at 14:53.
+morning, 357-424 in the afternoon): at 14:53 (before the 0.04 s marching-cubes crop) official 17.05 s, built-in 3.55 s.
 (13:55, before the 4-fold last split, float32 coarse passes and colour pruning: 28.1 s / 4.07 s; warp official
 2.19 s, first frame 23.7 s.)
 Earlier (d59ddb0, load average 3.2-4.3): canonical official 61.1 s, built-in 10.8 s.

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from backend.model.mesh import PosedMesher, canonical_mesh, warp_mesh  # noqa: E
 from backend.model.parallel import set_threads  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from model_throughput import mean_anchors, report_size  # noqa: E402
+from model_throughput import mean_anchors, measure_in_fresh_process, report_size  # noqa: E402
 
 
 def make_model(name: str):
@@ -71,12 +70,9 @@ def main() -> None:
     out = {"threads": args.threads, "res": res, "frame_res": frame_res, "canonical_mesh_s": {},
            "canonical_vertices": {}, "models": {}}
     for name in args.sizes.split(","):
-        argv = [sys.executable, __file__, "--one-size", name, "--threads", str(args.threads), "--res", str(args.res),
-                "--frame-res", str(args.frame_res), "--frames", str(args.frames)] + (["--quick"] if args.quick else [])
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"[{name}] failed:\n{proc.stderr[-3000:]}")
-        one = json.loads(proc.stdout.strip().splitlines()[-1])
+        child = ["--threads", str(args.threads), "--res", str(args.res), "--frame-res", str(args.frame_res),
+                 "--frames", str(args.frames)] + (["--quick"] if args.quick else [])
+        one = measure_in_fresh_process(__file__, name, child)
         out["canonical_mesh_s"][name] = one["canonical_mesh_s"]
         out["canonical_vertices"][name] = one["canonical_vertices"]
         out["models"][name] = one["model"]

@@ -69,6 +69,17 @@ def report_size(out: dict, name: str, result: dict) -> None:
         out[name] = result
 
 
+def measure_in_fresh_process(script: str, name: str, args: list) -> dict:
+    """Run ``script --one-size name *args`` in a new interpreter and return the JSON object it prints last.
+
+    Each model size is measured in its own process, as a user's run would be (no allocator or thread state carried
+    over from the other size); a failing child stops the benchmark with its stderr."""
+    proc = subprocess.run([sys.executable, script, "--one-size", name, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"[{name}] failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def timeit(fn, min_time: float, max_reps: int = 20) -> float:
     """Best time of one call (like the timeit module): repeats until min_time or max_reps, after a warm-up call.
     The best rather than the mean, because the first large autograd graphs of a process still grow the allocator."""
@@ -248,13 +259,9 @@ def main() -> None:
     res = {"threads": args.threads, "matmul_gflops": round(peak, 1)}
     if bf16_supported():
         res["matmul_bf16_gflops"] = round(matmul_peak(torch.bfloat16, args.min_time), 1)
-    # Each size in a fresh process (as in benchmarks/mesh_extraction.py): no allocator or thread state carried over.
     for name in args.sizes.split(","):
-        argv = [sys.executable, __file__, "--one-size", name, "--peak", repr(peak), "--threads", str(args.threads)]
-        proc = subprocess.run(argv + (["--quick"] if q else []), capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"[{name}] failed:\n{proc.stderr[-3000:]}")
-        report_size(res, name, json.loads(proc.stdout.strip().splitlines()[-1]))
+        child = ["--peak", repr(peak), "--threads", str(args.threads)] + (["--quick"] if q else [])
+        report_size(res, name, measure_in_fresh_process(__file__, name, child))
     print(json.dumps(res))
 
 

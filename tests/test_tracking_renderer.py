@@ -71,3 +71,14 @@ def test_so3_exp_matches_rodrigues():
     Rt = renderer.so3_exp(w)
     for i in range(2):
         assert np.allclose(Rt[i].numpy(), camera.rodrigues(w[i].numpy()), atol=1e-6)
+
+
+def test_scale_gradient_keeps_value_and_scales_gradient():
+    """The identity stage's landmark share: forward value unchanged, gradient times the factor (0 blocks it)."""
+    from backend.tracking.tracker import scale_gradient
+    x = torch.tensor([0.5, -2.0, 3.0], requires_grad=True)
+    for factor in (1.0, 0.1, 0.0):
+        y = scale_gradient(x * 2, factor)
+        assert torch.equal(y.detach(), (x * 2).detach())
+        (g,) = torch.autograd.grad((y ** 2).sum(), x)
+        assert torch.allclose(g, factor * 8 * x.detach())

@@ -1,6 +1,8 @@
 """MonoNPHM tracking stages (reference section 4, made offline and CPU-fast).
 
-Stage 1a  identity: identity/appearance/SH/colour-correction plus per-frame expression and pose on a few frames.
+Stage 1a  identity: identity/appearance/SH/colour-correction plus per-frame expression and pose on a few frames
+          (built-in model with rays: the rays' colour and silhouette lead the identity, landmarks mainly place pose
+          and expression, see ``Preset.id_lm_grad_ict``).
 Stage 1b  per frame: expression + pose, warm-started from the previous frame; landmark, silhouette and (standard,
           high) photometric losses; fewer iterations on frames that barely move.
 Stage 2   all frames jointly: landmarks + temporal smoothness of expression and pose (batched over frames).
@@ -60,7 +62,13 @@ class Preset:
     w_rgb: float = 2.0
     w_exp_prior: float = 1.0
     w_exp_sparsity: float = 0.15   # L1 on the expression weights (encoder models): inactive channels stay 0
-    w_id_prior: float = 0.02
+    w_id_prior: float = 0.02       # identity prior, raw codes (official checkpoints: the reference's regulariser)
+    # The built-in model's identity is ICT identity weights (prior N(0, 1)).  MediaPipe's structured landmark error
+    # is larger than their signal (backend/evaluation/README.md), so with rays the identity stage lets the rays'
+    # colour and silhouette lead it: a weak prior, and only a share of the landmark gradient reaches the identity
+    # (landmarks still place pose and expression).
+    w_id_prior_ict: float = 0.02   # identity prior, ICT identity weights
+    id_lm_grad_ict: float = 1.0    # ICT identity weights: share of the landmark loss's gradient reaching the identity
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
     w_smooth_exp: float = 5.0      # stage 2
     w_smooth_pose: float = 200.0
@@ -70,9 +78,11 @@ class Preset:
 PRESETS: Dict[str, Preset] = {
     "draft": Preset("draft", frame_iters=16, still_iters=6, posed_mesh_res=64),
     "standard": Preset("standard", id_frames=6, id_iters=120, frame_iters=30, still_iters=10, stage2_epochs=4,
-                       rays=160, id_rays=192, ray_every=2, n_coarse=16, n_fine=8, mesh_res=96),
+                       rays=160, id_rays=192, ray_every=2, n_coarse=16, n_fine=8, mesh_res=96,
+                       w_id_prior_ict=0.002, id_lm_grad_ict=0.1),
     "high": Preset("high", id_frames=8, id_iters=250, frame_iters=60, still_iters=20, stage2_epochs=8,
-                   rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128, posed_mesh_res=256),
+                   rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128, posed_mesh_res=256,
+                   w_id_prior_ict=0.002, id_lm_grad_ict=0.1),
 }
 
 
@@ -114,6 +124,13 @@ class FrameResult:
     iterations: int = 0
 
 
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """x in the forward pass; its gradient multiplied by factor in the backward pass."""
+    if factor == 1.0:
+        return x
+    return x.detach() + factor * (x - x.detach())
+
+
 class Timer:
     def __init__(self):
         self.t: Dict[str, float] = {}
@@ -143,6 +160,9 @@ class Tracker:
         self.lm_blend = torch.as_tensor(lmset.blend, dtype=torch.float32)
         self.lm_w = torch.as_tensor(lmset.weight, dtype=torch.float32)
         self.mean_anchors = model.id_model.mean_anchors.detach().float()
+        ict = codes.mode == "encoder"
+        self.w_id_prior = preset.w_id_prior_ict if ict else preset.w_id_prior
+        self.id_lm_grad = preset.id_lm_grad_ict if ict else 1.0
         pg, pa = codes.init_identity()
         self.p_geo, self.p_app = pg, pa
         # identity transfer is relative to the anchors the model predicts for the initial (mean) code, not to the
@@ -374,9 +394,10 @@ class Tracker:
         for it in range(n_it):
             opt.zero_grad(set_to_none=True)
             zg = self.codes.z_geo(p_geo)
-            loss_lm, _, _ = self.landmark_term(zg, p_ex, om, tr, lms, sizes, key="id")
+            zg_lm = scale_gradient(zg, self.id_lm_grad)
+            loss_lm, _, _ = self.landmark_term(zg_lm, p_ex, om, tr, lms, sizes, key="id")
             loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex) \
-                + pr.w_id_prior * self.codes.identity_prior(p_geo, p_app) * 100
+                + self.w_id_prior * self.codes.identity_prior(p_geo, p_app) * 100
             if pr.id_rays and it % pr.ray_every == 0:
                 j = it % B
                 inv_s = renderer.inv_s_schedule(it, n_it)

@@ -27,6 +27,23 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_encoder_model(tiny_model, tmp_path_factory):
+    """The tiny model with (random) encoders: the tracker then fits ICT identity/expression weights."""
+    from backend.model.checkpoint import read_project_config
+    from backend.training.encoders import ArkitRegressor, CodeEncoders
+    from backend.training.export import ENCODERS_FILE
+    d = tmp_path_factory.mktemp("tiny_encoder_model")
+    for f in tiny_model.iterdir():
+        shutil.copy(f, d / f.name)
+    cfg, _ = read_project_config(d)
+    torch.manual_seed(1)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp, init_scale=0.05)
+    reg = ArkitRegressor(cfg.dim_exp)
+    torch.save({"encoders": enc.state_dict(), "arkit_regressor": reg.state_dict()}, d / ENCODERS_FILE)
+    return d
+
+
+@pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """6 frames of the astronaut photo, panned and zoomed (a real face that MediaPipe finds)."""
     import av
@@ -187,14 +204,21 @@ def test_frames_without_face_are_interpolated_and_flagged(tmp_path, tiny_model, 
     assert np.allclose(t[2], 0.5 * (t[1] + t[3]), atol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["standard", "high"])
-def test_photometric_presets_run(tmp_path, tiny_model, clip, preset):
-    """The volume-rendering path (rays on the face, SH shading) on 2 frames with tiny iteration counts."""
+@pytest.mark.parametrize("preset,codes", [("standard", "raw"), ("high", "raw"), ("standard", "encoder")])
+def test_photometric_presets_run(tmp_path, tiny_model, tiny_encoder_model, clip, preset, codes):
+    """The volume-rendering path (rays on the face, SH shading) on 2 frames with tiny iteration counts; with
+    encoders, the identity stage fits ICT identity weights led by the rays (`Preset.id_lm_grad_ict`)."""
     from backend.tracking import run_track
     ov = dict(TINY, rays=24, id_rays=24, n_coarse=8, n_fine=4)
-    pkg = ResultPackage(run_track(_args(clip, tmp_path / "res", tiny_model, frames="0:2", preset=preset,
+    model = tiny_encoder_model if codes == "encoder" else tiny_model
+    pkg = ResultPackage(run_track(_args(clip, tmp_path / "res", model, frames="0:2", preset=preset,
                                         preset_overrides=ov, output="shape_keys"), None))
     assert pkg.manifest["settings"]["preset"] == preset
     assert [f["status"] for f in pkg.frames] == ["tracked", "tracked"]
     ident = pkg.identity()
     assert np.isfinite(ident["sh_coeffs"]).all() and np.isfinite(pkg.frame_arrays()["vertices"]).all()
+    with np.load(tmp_path / "res" / "tracker_state.npz", allow_pickle=False) as st:
+        p_geo = st["p_geo"]
+    # encoder mode fits the 100 ICT identity weights, raw mode the model's identity code itself
+    assert p_geo.shape == ((100,) if codes == "encoder" else ident["z_geo"].shape)
+    assert np.isfinite(p_geo).all() and np.abs(p_geo).max() > 0

@@ -10,8 +10,8 @@ import torch
 
 from backend.result_format import ResultPackage
 
-TINY = dict(id_frames=2, id_iters=6, frame_iters=3, still_iters=2, stage2_epochs=1, mesh_res=24, sil_res=16,
-            outline_points=50)
+TINY = dict(id_frames=2, id_iters=6, id_rays=24, frame_iters=3, still_iters=2, stage2_epochs=1, mesh_res=24,
+            sil_res=16, outline_points=50)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """MonoNPHM tracking stages (reference section 4, made offline and CPU-fast).
 
-Stage 1a  identity: identity/appearance/SH/colour-correction plus per-frame expression and pose on a few frames
-          (built-in model with rays: the rays' colour and silhouette lead the identity, landmarks mainly place pose
-          and expression, see ``Preset.id_lm_grad_ict``).
+Stage 1a  identity: identity/appearance/SH/colour-correction plus per-frame expression and pose on a few frames,
+          with landmarks and volume-rendered rays in every preset (built-in model: the rays' colour and silhouette
+          lead the identity, landmarks mainly place pose and expression, see ``Preset.id_lm_grad_ict``).
 Stage 1b  per frame: expression + pose, warm-started from the previous frame; landmark, silhouette and (standard,
           high) photometric losses; fewer iterations on frames that barely move.
 Stage 2   all frames jointly: landmarks + temporal smoothness of expression and pose (batched over frames).
@@ -10,8 +10,8 @@ Stage 2   all frames jointly: landmarks + temporal smoothness of expression and 
 Landmarks: the detector's points are tied to canonical positions predicted from the identity's anchors
 (``landmark_tables.LandmarkSet``), posed by the backward-deformation root finder (implicit gradients), projected
 with the per-frame pose ``x_cam = R (0.25 x_model) + t``.
-Silhouette: draft = outline of the warped mesh against the background distance map; standard/high = NeuS opacity on
-rays concentrated on the face. Colour: SH-shaded albedo vs the frame, face pixels only.
+Silhouette per frame: draft = outline of the warped mesh against the background distance map; standard/high and
+the identity stage = NeuS opacity on rays concentrated on the face. Colour: SH-shaded albedo vs the frame, face pixels only.
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ class Preset:
     still_motion: float = 0.004    # mean landmark motion (fraction of face size) below which a frame is "still"
     stage2_epochs: int = 2
     stage2_batch: int = 16
-    rays: int = 0                  # photometric/silhouette rays per iteration (0 = none: draft)
-    id_rays: int = 0
+    rays: int = 0                  # per-frame photometric/silhouette rays per iteration (0 = none: draft)
+    id_rays: int = 192             # identity-stage rays per iteration (every preset: they carry the identity)
     ray_every: int = 1             # render rays every k-th iteration
     n_coarse: int = 16
     n_fine: int = 8
@@ -64,11 +64,11 @@ class Preset:
     w_exp_sparsity: float = 0.15   # L1 on the expression weights (encoder models): inactive channels stay 0
     w_id_prior: float = 0.02       # identity prior, raw codes (official checkpoints: the reference's regulariser)
     # The built-in model's identity is ICT identity weights (prior N(0, 1)).  MediaPipe's structured landmark error
-    # is larger than their signal (backend/evaluation/README.md), so with rays the identity stage lets the rays'
-    # colour and silhouette lead it: a weak prior, and only a share of the landmark gradient reaches the identity
-    # (landmarks still place pose and expression).
-    w_id_prior_ict: float = 0.02   # identity prior, ICT identity weights
-    id_lm_grad_ict: float = 1.0    # ICT identity weights: share of the landmark loss's gradient reaching the identity
+    # is larger than their signal (backend/evaluation/README.md), so the identity stage lets the rays' colour and
+    # silhouette lead it: a weak prior, and only a share of the landmark gradient reaches the identity (landmarks
+    # still place pose and expression).
+    w_id_prior_ict: float = 0.002  # identity prior, ICT identity weights
+    id_lm_grad_ict: float = 0.1    # ICT identity weights: share of the landmark loss's gradient reaching the identity
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
     w_smooth_exp: float = 5.0      # stage 2
     w_smooth_pose: float = 200.0
@@ -76,13 +76,11 @@ class Preset:
 
 
 PRESETS: Dict[str, Preset] = {
-    "draft": Preset("draft", frame_iters=16, still_iters=6, posed_mesh_res=64),
+    "draft": Preset("draft", frame_iters=16, still_iters=6, posed_mesh_res=64),  # per-frame: no rays
     "standard": Preset("standard", id_frames=6, id_iters=120, frame_iters=30, still_iters=10, stage2_epochs=4,
-                       rays=160, id_rays=192, ray_every=2, n_coarse=16, n_fine=8, mesh_res=96,
-                       w_id_prior_ict=0.002, id_lm_grad_ict=0.1),
+                       rays=160, id_rays=192, ray_every=2, n_coarse=16, n_fine=8, mesh_res=96),
     "high": Preset("high", id_frames=8, id_iters=250, frame_iters=60, still_iters=20, stage2_epochs=8,
-                   rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128, posed_mesh_res=256,
-                   w_id_prior_ict=0.002, id_lm_grad_ict=0.1),
+                   rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128, posed_mesh_res=256),
 }
 
 
@@ -388,8 +386,6 @@ class Tracker:
         sizes = torch.as_tensor([f.face_size for f in frames], dtype=torch.float32)
         rng = np.random.default_rng(self.seed)
         n_it = pr.id_iters
-        use_outline = pr.id_rays == 0  # draft: the outline silhouette stands in for the rays
-        sil_from = n_it // 2 if use_outline else n_it
         self.sh, self.cA, self.cb = sh, cA, cb
         for it in range(n_it):
             opt.zero_grad(set_to_none=True)
@@ -404,15 +400,6 @@ class Tracker:
                 ml, rl, _ = self.ray_terms(zg, self.codes.z_app(p_app), p_ex[j], om[j], tr[j], frames[j],
                                            pr.id_rays, rng, inv_s, with_color=True)
                 loss = loss + pr.w_mask * ml + pr.w_rgb * rl
-            if it == sil_from and use_outline:
-                self.p_geo = p_geo.detach().clone()
-                self._lo_posed = None
-                with torch.no_grad():
-                    self.mesh_lo = tmesh.extract_canonical_mesh(self.model, self.codes.z_geo(self.p_geo),
-                                                                pr.sil_res)
-            if it >= sil_from and use_outline and self.mesh_lo is not None:
-                j = it % B
-                loss = loss + pr.w_sil * self._outline_term(zg, p_ex[j], om[j], tr[j], frames[j], identity_grad=True)
             loss.backward()
             opt.step()
             self.codes.project_identity_(p_geo, p_app)
@@ -430,9 +417,8 @@ class Tracker:
         self.timer.add("identity", time.perf_counter() - t0)
         return [FrameState(p_ex[i].detach().clone(), om[i].detach().clone(), tr[i].detach().clone()) for i in range(B)]
 
-    def _outline_term(self, zg, p_ex, omega, trans, obs: FrameObs, identity_grad: bool = False,
-                      cache: Optional[dict] = None):
-        """Draft silhouette on the outline of the warped low-res mesh."""
+    def _outline_term(self, zg, p_ex, omega, trans, obs: FrameObs, cache: Optional[dict] = None):
+        """Draft silhouette on the outline of the warped low-res mesh (per-frame stage; the identity is fixed)."""
         if obs.labels is None:
             return zg.sum() * 0
         ml = self.mesh_lo
@@ -452,14 +438,6 @@ class Tracker:
         if len(ol) == 0:
             return zg.sum() * 0
         vcan = vc0[ol]
-        if identity_grad:
-            # first-order motion of the canonical surface with the identity: x - (f(x; z) - f(x; z0)) n
-            v = vcan.clone().requires_grad_(True)
-            with torch.enable_grad():
-                f = self.model(v[None], zg, None, None, neutral=True, with_color=False).sdf[0, :, 0]
-                (g,) = torch.autograd.grad(f.sum(), v, retain_graph=True)
-            n = (g / g.norm(dim=-1, keepdim=True).clamp_min(1e-6)).detach()
-            vcan = vcan - (f - f.detach())[:, None] * n
         x0 = cache.get("x_ol") if cache is not None else None
         res = self.model.forward_warp(vcan[None], zg, self.codes.z_exp(p_ex[None]),
                                       x_init=None if x0 is None else x0[None], max_iter=10)

@@ -9,7 +9,10 @@ landmark detection, model loading and the one-off identity stage (reported separ
 
 The LAST stdout line is one JSON object: {"s_per_frame": {preset: s}, "stages": {preset: {stage: s}}, ...}.
 
-Last runs (2026-11-25 15:40, idle 2-core host, 25 frames): --threads 2: draft 0.52 s/frame (identity stage 8.4 s),
+Last runs (2026-11-25 18:03-18:38, 2 threads, 25 frames): draft 0.51-0.55 s/frame, standard 0.92-1.06 s/frame (the
+same standard code both times: this host's speed drifts); the identity stage, now with rays in draft too, 12.5-12.7 s
+(draft) and 14.0-16.5 s (standard).
+Earlier (2026-11-25 15:40, idle 2-core host, 25 frames): --threads 2: draft 0.52 s/frame (identity stage 8.4 s),
 standard 0.93 s/frame (14.3 s); --threads 1: draft 0.72, standard 1.33.  Beside one busy core (a spinning process):
 draft 0.69 s/frame with 1 thread, 0.80 with 2 (6.9 without the OpenMP spin limit).
 """

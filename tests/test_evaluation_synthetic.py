@@ -2,7 +2,6 @@
 tiny Cycles render aligned with the ground truth (in a subprocess: the test session keeps one bpy state)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

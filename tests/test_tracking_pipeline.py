@@ -1,7 +1,5 @@
 """End-to-end tracking with a tiny model on a short synthetic clip; resume; bad inputs leave no broken package."""
 import argparse
-import json
-import os
 import shutil
 
 import numpy as np

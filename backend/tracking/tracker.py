@@ -10,8 +10,9 @@ Stage 2   all frames jointly: landmarks + temporal smoothness of expression and 
 Landmarks: the detector's points are tied to canonical positions predicted from the identity's anchors
 (``landmark_tables.LandmarkSet``), posed by the backward-deformation root finder (implicit gradients), projected
 with the per-frame pose ``x_cam = R (0.25 x_model) + t``.
-Silhouette per frame: draft = outline of the warped mesh against the background distance map; standard/high and
-the identity stage = NeuS opacity on rays concentrated on the face. Colour: SH-shaded albedo vs the frame, face pixels only.
+Silhouette: per frame in draft, the outline of the warped mesh against the background distance map; per frame in
+standard/high and in every identity stage, NeuS opacity on rays concentrated on the face.
+Colour: SH-shaded albedo vs the frame, face pixels only.
 """
 from __future__ import annotations
 

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--mean-anchors", default=None, metavar="NPY",
                        help="official anchors_65.npy (required with --official-checkpoint)")
     track.add_argument("--device", choices=DEVICES, default="auto")
-    track.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = auto: 2 on machines with 4 or more logical CPUs, else 1)")
+    track.add_argument("--threads", type=int, default=0,
+                       help="CPU threads for torch (0 = auto: 2 on machines with 4 or more logical CPUs, else 1)")
     track.add_argument("--overwrite", action="store_true",
                        help="re-track frames already in the package (keeps the fitted identity)")
     track.add_argument("--detector", choices=("mediapipe", "face-alignment"), default="mediapipe")

@@ -65,8 +65,9 @@ def main() -> None:
         set_threads(args.threads)
         print(json.dumps(measure_size(args.one_size, res, frame_res, args.frames, args.quick)))
         return
-    # Each size in a fresh process, as a user's run would be (no allocator or thread state carried over; back to back,
-    # the built-in mesh measured 3.14 / 2.97 s after the official size and 3.47 / 3.16 s alone: within run-to-run noise).
+    # Each size in a fresh process, as a user's run would be (no allocator or thread state carried over; back to
+    # back, the built-in mesh measured 3.14 / 2.97 s after the official size and 3.47 / 3.16 s alone: within
+    # run-to-run noise).
     out = {"threads": args.threads, "res": res, "frame_res": frame_res, "canonical_mesh_s": {},
            "canonical_vertices": {}, "models": {}}
     for name in args.sizes.split(","):

@@ -333,8 +333,9 @@ def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None
 
     state: the previous frame's `WarpState` (warm start: previous roots and inverse Jacobians, so a frame usually
     needs only a few chord steps).  extrapolate: with two previous frames, start from the constant-velocity
-    prediction 2 x_{t-1} - x_{t-2} (only the start point changes; convergence is still checked per vertex).  Non-converged vertices are repaired from their neighbours.  Colours are the
-    canonical albedo (same topology, same texture).  Returns (mesh, converged (V,) bool, new state).
+    prediction 2 x_{t-1} - x_{t-2} (only the start point changes; convergence is still checked per vertex).
+    Non-converged vertices are repaired from their neighbours.  Colours are the canonical albedo (same topology, same
+    texture).  Returns (mesh, converged (V,) bool, new state).
     compute_dtype "auto": `auto_coarse_dtype` (bf16 Newton steps until residual < 1e-3, then float32 polish).
     """
     if compute_dtype == "auto":

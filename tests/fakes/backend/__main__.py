@@ -1,7 +1,8 @@
 """Fake ``python -m backend``: speaks the real protocol and writes a real result package.
 
 Behaviour from the environment: FAKE_BACKEND_MODE = ok (default) | fail | crash | slow;
-FAKE_WARNING: a warning event after the first frame; FAKE_FRAMES (default 10) source frames; FAKE_DELAY seconds per frame (default 0.01); FAKE_VERTICES (200).
+FAKE_WARNING: a warning event after the first frame; FAKE_FRAMES (default 10) source frames; FAKE_DELAY seconds
+per frame (default 0.01); FAKE_VERTICES (200).
 """
 
 import argparse

@@ -114,3 +114,19 @@ def test_model_meshes_fixed_and_varying_topology():
     with torch.no_grad():
         sb = m(torch.from_numpy(b.vertices)[None], zg, None, ze * 1.05, with_color=False).sdf
     assert sb.abs().max() < 2 * 1.4 / 32 and sb.abs().median() < 0.1 * 1.4 / 32
+
+
+def test_bfloat16_coarse_passes_give_the_float32_mesh():
+    """Coarse levels only steer the refinement: a bf16 coarse pass yields the float32 mesh, vertex for vertex."""
+    from backend.model.mesh import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("this CPU has no fast bfloat16 matmuls (AVX512-BF16 / AMX)")
+    m, cfg = _blob_model()
+    zg, za, _ = m.zero_codes(1)
+    box = ((-0.7, -0.7, -0.7), (0.7, 0.7, 0.7))
+    a = canonical_mesh(m, zg, za, res=64, box=box, coarse_res=8, coarse_dtype=None)
+    b = canonical_mesh(m, zg, za, res=64, box=box, coarse_res=8, coarse_dtype=torch.bfloat16)
+    assert len(a.vertices) > 2000 and np.array_equal(a.faces, b.faces)
+    assert np.abs(a.vertices - b.vertices).max() < 1e-6
+    assert np.abs(a.colors.astype(int) - b.colors.astype(int)).max() <= 6  # bf16 colours: a few uint8 steps

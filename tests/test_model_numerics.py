@@ -145,6 +145,58 @@ def test_grouped_and_blocked_layouts_agree_with_double_backward():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
 
 
+def test_grouped_layout_pads_each_type_to_the_quantum():
+    """Row groups are padded to GROUP_QUANTUM rows (ragged GEMMs are slow); pack/unpack stay exact inverses."""
+    from backend.model.ensemble import GROUP_QUANTUM, make_layout
+
+    g = torch.Generator().manual_seed(5)
+    edge_type = torch.randint(0, 7, (301,), generator=g)
+    edge_type[edge_type == 3] = 4  # one type with no edges at all
+    lay = make_layout(edge_type, 7, torch.float32)
+    assert lay.grouped
+    counts = torch.bincount(edge_type, minlength=7)
+    ends = lay.offs.long()
+    sizes = torch.diff(ends, prepend=ends.new_zeros(1))
+    assert (sizes % GROUP_QUANTUM == 0).all() and (sizes >= counts).all() and (sizes < counts + GROUP_QUANTUM).all()
+    assert sizes[3] == 0 and lay.rows == int(ends[-1])
+    v = torch.randn(301, 5, generator=g)
+    rows = lay.pack(v)
+    assert torch.equal(lay.unpack(rows), v)
+    assert torch.equal(lay.row_type.index_select(0, lay.slot), edge_type)  # every edge sits in its type's group
+    pad = torch.ones(lay.rows, dtype=torch.bool)
+    pad[lay.slot] = False
+    assert int(pad.sum()) == lay.rows - 301 and rows[pad].abs().sum() == 0
+
+
+def test_chained_no_grad_layers_match_the_per_type_loop():
+    """Wide layers pass their no-grad outputs on with constant columns (chained); values must not change."""
+    from backend.model import ensemble
+
+    cfg = MonoNPHMConfig.builtin()
+    cfg.hidden_dim_geo = cfg.hidden_dim_app = 136  # at or above CHAIN_MIN_WIDTH, a multiple of 8
+    assert ensemble.chains(cfg.hidden_dim_geo)
+    m = _model(cfg, seed=19, dtype=torch.float32)
+    zg, za, ze = _codes(cfg, 2, dtype=torch.float32)
+    x = (torch.rand(2, 200, 3) - 0.5) * 1.2
+    made = []
+    orig = ensemble.TypedLinearStack.augmented
+
+    def spy(self, l, dtype=None, chain=False):
+        made.append(chain)
+        return orig(self, l, dtype, chain)
+
+    ensemble.TypedLinearStack.augmented = spy
+    try:
+        with torch.inference_mode():
+            sdf, col = m.query(x, zg, za, ze, exact=True)
+    finally:
+        ensemble.TypedLinearStack.augmented = orig
+    assert any(made) and not all(made)  # hidden layers chained, output layers not
+    with torch.no_grad():
+        ref_sdf, ref_col, _ = loop_forward(m, x, zg, za, ze)
+    assert torch.allclose(sdf, ref_sdf, atol=2e-6) and torch.allclose(col, ref_col, atol=2e-6)
+
+
 def test_threaded_chunked_query_matches_serial():
     cfg = MonoNPHMConfig.builtin()
     m = _model(cfg, seed=13, dtype=torch.float32)

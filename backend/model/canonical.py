@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .config import MonoNPHMConfig
 from .parallel import flush_denormals
 from .ensemble import (
+    chains,
     TypedLinearStack,
     blend_weights,
     knn_anchors,
@@ -85,8 +86,10 @@ class CanonicalField(nn.Module):
         off = self.mlp_pos(g).reshape(z_geo.shape[0], self.cfg.n_anchors, 3)
         return self.mean_anchors.to(off.dtype).unsqueeze(0) + off
 
-    def _code_rows(self, stack: TypedLinearStack, glob: torch.Tensor, loc: torch.Tensor, dtype=None) -> torch.Tensor:
-        """First-layer contribution of the codes, per (batch, anchor): (B*(A+1), H).
+    def _code_rows(self, stack: TypedLinearStack, glob: torch.Tensor, loc: torch.Tensor, dtype=None,
+                   chain: bool = False) -> torch.Tensor:
+        """First-layer contribution of the codes, per (batch, anchor): (B*(A+1), H), or (B*(A+1), H + 8) with the
+        chained constant columns [1, -1, ..., -1] appended (see `TypedLinearStack.augmented`).
 
         The codes are constant per (batch, anchor), so this part of the first Linear is computed once per
         anchor instead of once per edge; per edge only the spatial / bottleneck columns remain.
@@ -98,6 +101,10 @@ class CanonicalField(nn.Module):
         Wl = W[:, :, G : G + L].index_select(0, self.anchor_type)   # (A+1, H, L)
         rows = torch.einsum("khg,bg->bkh", Wg, glob) + torch.einsum("khl,bkl->bkh", Wl, loc)
         rows = rows + b.index_select(0, self.anchor_type).unsqueeze(0)
+        if chain:
+            const = rows.new_full((*rows.shape[:2], 8), -1.0)
+            const[..., 0] = 1.0
+            rows = torch.cat([rows, const], dim=-1)
         if dtype is not None:
             rows = rows.to(dtype)
         return rows.reshape(-1, rows.shape[-1])
@@ -164,18 +171,24 @@ class CanonicalField(nn.Module):
         pt_row = layout.pack_index(e_pt)                                          # (R,)
         w_row = layout.pack(e_w.unsqueeze(1))                                     # (R, 1), 0 on padding rows
 
+        # Without autograd the first layers' outputs carry the chained constant columns (TypedLinearStack.augmented).
+        chain = layout.grouped and not torch.is_grad_enabled()
+        chain_geo = chain and chains(cfg.hidden_dim_geo)
         g_geo, l_geo = self.split_code(z_geo, cfg.lat_dim_loc_geo)
-        rows_geo = self._code_rows(self.geo, g_geo, l_geo, dt)                    # (B*(A+1), H)
+        rows_geo = self._code_rows(self.geo, g_geo, l_geo, dt, chain_geo)         # (B*(A+1), H [+ 8])
         Gl = cfg.lat_dim_glob + cfg.lat_dim_loc_geo
         # ---- geometry ensemble (first layer: per-edge spatial columns + per-(batch, anchor) code rows)
         h_local = layout.pack(e_local if dt is None else e_local.to(dt))          # (R, 3+nh)
         wd = self.geo.weights[0][:, :, Gl:]
+        if chain_geo:
+            wd = F.pad(wd, (0, 0, 0, 8))
         z = layout.linear(h_local, wd if dt is None else wd.to(dt)) + rows_geo.index_select(0, code_row)
         beta = cfg.softplus_beta
         for l in range(1, self.geo.n_linear - 1):
             z = self.geo.apply_hidden(l, z, layout, "softplus", beta, dt)
-        feats = z                                                                  # pre-activation of last hidden
-        sdf_rows = self.geo.apply_hidden(self.geo.n_linear - 1, z, layout, "softplus", beta, dt).to(q.dtype)
+        feats = z[:, : cfg.hidden_dim_geo]                                         # pre-activation of last hidden
+        sdf_rows = self.geo.apply_hidden(self.geo.n_linear - 1, z, layout, "softplus", beta, dt,
+                                         keep_input=with_color).to(q.dtype)
         sdf = q.new_zeros(B * N, 1).index_add(0, pt_row, sdf_rows * w_row).view(B, N, 1)
 
         color = None
@@ -188,9 +201,12 @@ class CanonicalField(nn.Module):
                 b1w, b1b, b2w, b2b = (t.to(dt) for t in (b1w, b1b, b2w, b2b))
             m = F.linear(F.relu(F.linear(feats, b1w, b1b)), b2w, b2b)             # (R, 16)
             g_app, l_app = self.split_code(z_app, cfg.lat_dim_loc_app)
-            rows_app = self._code_rows(self.app, g_app, l_app, dt)
+            chain_app = chain and chains(cfg.hidden_dim_app)
+            rows_app = self._code_rows(self.app, g_app, l_app, dt, chain_app)
             Ga = cfg.lat_dim_glob + cfg.lat_dim_loc_app
             wm = self.app.weights[0][:, :, Ga:]
+            if chain_app:
+                wm = F.pad(wm, (0, 0, 0, 8))
             c = layout.linear(m, wm if dt is None else wm.to(dt)) + rows_app.index_select(0, code_row)
             for l in range(1, self.app.n_linear):
                 c = self.app.apply_hidden(l, c, layout, "relu", beta, dt)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MonoNPHMConfig
-from .ensemble import softplus
+from .ensemble import softplus, softplus_no_grad
 from .parallel import flush_denormals
 
 
@@ -154,7 +154,7 @@ class DeformationField(nn.Module):
             if torch.is_grad_enabled() and z.requires_grad:
                 a = softplus(z, beta)
             else:
-                a = torch._C._nn.softplus(z, beta, 20.0, out=z)
+                a = softplus_no_grad(z, beta, inplace=True)
             lin = self.lins[i]
             w = lin.weight if dt is None else lin.weight.to(dt)
             if i == self.skip:

@@ -51,13 +51,18 @@ def bf16_supported() -> bool:
 
 
 def auto_coarse_dtype(model) -> Optional[torch.dtype]:
-    """Precision of the coarse passes: float32 (None) unless MONONPHM_COARSE_BF16=1 on a bf16-capable CPU.
+    """Precision of the coarse SDF passes (mesh refinement levels, canonical colours): bfloat16 for wide
+    (official-size) models on a bf16-capable CPU, else float32 (None).
 
-    bfloat16 does not pay off on the CPUs measured: on the 2-core AMX host it wins short bursts (official size,
-    16k points: 46k vs 36k pts/s) but loses sustained work (40k points: 23k vs 36k pts/s; canonical 256^3 mesh 31.4 s
-    vs 21.1 s), so a quick calibration would pick it wrongly.  It stays available for CPUs where it helps.
+    Coarse levels only decide where to refine (the final level and its band growth are float32), so the mesh is the
+    same.  2-core AMX host, official size: SDF-only 37.9k vs 23.3k pts/s, canonical 256^3 mesh 13.8-14.3 vs
+    15.4-15.6 s, identical vertices (it paid off only once the ensemble's row groups were padded,
+    `ensemble.GROUP_QUANTUM`; before, 31.4 vs 21.1 s).  Built-in size: 3.75 vs 3.61-3.66 s, so float32 stays.
+    MONONPHM_COARSE_BF16=0 forces float32 everywhere; =1 also asks for it on narrow models.
     """
-    if os.environ.get("MONONPHM_COARSE_BF16", "0") == "1" and bf16_supported() and model.cfg.hidden_dim_geo >= 128:
+    flag = os.environ.get("MONONPHM_COARSE_BF16", "auto")
+    wide = model.cfg.hidden_dim_geo >= 128
+    if flag != "0" and (wide or flag == "1") and bf16_supported():
         return torch.bfloat16
     return None
 
@@ -327,7 +332,7 @@ class WarpState:
 
 
 def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None,
-              compute_dtype: Optional[torch.dtype] = "auto", chunk: int = 65536, extrapolate: bool = True,
+              compute_dtype: Optional[torch.dtype] = None, chunk: int = 65536, extrapolate: bool = True,
               **kw) -> Tuple[Mesh, torch.Tensor, WarpState]:
     """Fixed-topology posed mesh: canonical vertices forward-warped into the frame's posed space.
 
@@ -336,10 +341,10 @@ def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None
     prediction 2 x_{t-1} - x_{t-2} (only the start point changes; convergence is still checked per vertex).
     Non-converged vertices are repaired from their neighbours.  Colours are the canonical albedo (same topology, same
     texture).  Returns (mesh, converged (V,) bool, new state).
-    compute_dtype "auto": `auto_coarse_dtype` (bf16 Newton steps until residual < 1e-3, then float32 polish).
+    compute_dtype: e.g. torch.bfloat16 for the first Newton steps (then a float32 polish).  Float32 by default: a
+    warm start needs one or two chord steps, which a low-precision phase only adds to, and the bf16 forward-mode
+    Jacobian is slow on CPU (2-core AMX host, cold start of 9.2k vertices at the official size: 2.48 vs 0.55 s).
     """
-    if compute_dtype == "auto":
-        compute_dtype = auto_coarse_dtype(model)
     vc = torch.from_numpy(mesh.vertices).float()
     z_geo = z_geo.reshape(1, -1).float()
     z_exp = z_exp.reshape(1, -1).float()

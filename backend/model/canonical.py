@@ -173,7 +173,7 @@ class CanonicalField(nn.Module):
 
         # Without autograd the first layers' outputs carry the chained constant columns (TypedLinearStack.augmented).
         chain = layout.grouped and not torch.is_grad_enabled()
-        chain_geo = chain and chains(cfg.hidden_dim_geo)
+        chain_geo = chain and chains(cfg.hidden_dim_geo, dt)
         g_geo, l_geo = self.split_code(z_geo, cfg.lat_dim_loc_geo)
         rows_geo = self._code_rows(self.geo, g_geo, l_geo, dt, chain_geo)         # (B*(A+1), H [+ 8])
         Gl = cfg.lat_dim_glob + cfg.lat_dim_loc_geo
@@ -201,7 +201,7 @@ class CanonicalField(nn.Module):
                 b1w, b1b, b2w, b2b = (t.to(dt) for t in (b1w, b1b, b2w, b2b))
             m = F.linear(F.relu(F.linear(feats, b1w, b1b)), b2w, b2b)             # (R, 16)
             g_app, l_app = self.split_code(z_app, cfg.lat_dim_loc_app)
-            chain_app = chain and chains(cfg.hidden_dim_app)
+            chain_app = chain and chains(cfg.hidden_dim_app, dt)
             rows_app = self._code_rows(self.app, g_app, l_app, dt, chain_app)
             Ga = cfg.lat_dim_glob + cfg.lat_dim_loc_app
             wm = self.app.weights[0][:, :, Ga:]

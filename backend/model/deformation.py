@@ -130,17 +130,19 @@ class DeformationField(nn.Module):
         return out[..., :3], out[..., 3:], jac
 
     def _forward_rows(self, x, c0, cs, dt, batch_index):
-        """Value-only path on 2-D rows: every layer is one addmm with the bias / skip term fused in, and the
-        activation is applied in place when no autograd graph needs the pre-activation.  Same values as the
-        forward-mode path (up to float rounding order)."""
+        """Value-only path on 2-D rows: every layer is one GEMM with the bias / skip term fused in (oneDNN's linear
+        without autograd, addmm otherwise), and the activation is applied in place when no autograd graph needs
+        the pre-activation.  Same values as the forward-mode path (up to float rounding order)."""
         beta = self.cfg.softplus_beta
         H = self.cfg.hidden_dim_ex
         r2 = 1.0 / math.sqrt(2.0)
         shape = x.shape[:-1]
         x2 = x.reshape(-1, 3)
-        if batch_index is not None:
+        if c0.shape[0] == 1:
+            c0, cs = c0[0], cs[0]                                                      # (H,): broadcast
+        elif batch_index is not None:
             c0, cs = c0.index_select(0, batch_index), cs.index_select(0, batch_index)   # (P, H)
-        elif c0.shape[0] > 1:
+        else:
             n = x2.shape[0] // c0.shape[0]
             c0, cs = c0.repeat_interleave(n, 0), cs.repeat_interleave(n, 0)          # (B*N, H)
         w0x = self.lins[0].weight[:, 0:3].to(x.dtype)
@@ -151,14 +153,31 @@ class DeformationField(nn.Module):
         if dt is not None:
             z, skip_x = z.to(dt), skip_x.to(dt)
         for i in range(1, len(self.lins)):
-            if torch.is_grad_enabled() and z.requires_grad:
-                a = softplus(z, beta)
-            else:
-                a = softplus_no_grad(z, beta, inplace=True)
+            graph = torch.is_grad_enabled() and z.requires_grad
+            a = softplus(z, beta) if graph else softplus_no_grad(z, beta, inplace=True)
             lin = self.lins[i]
             w = lin.weight if dt is None else lin.weight.to(dt)
+            b = lin.bias if dt is None else lin.bias.to(dt)
+            fused = not graph and _fused_linear_ok(a)
             if i == self.skip:
-                z = torch.addmm(skip_x, a, w[:, :H].t(), alpha=r2)
+                if fused:
+                    z = torch.add(skip_x, _fused_linear(a, w[:, :H], None), alpha=r2)
+                else:
+                    z = torch.addmm(skip_x, a, w[:, :H].t(), alpha=r2)
             else:
-                z = torch.addmm(lin.bias if dt is None else lin.bias.to(dt), a, w.t())
+                z = _fused_linear(a, w, b) if fused else torch.addmm(b, a, w.t())
         return z.to(x.dtype).reshape(*shape, z.shape[-1])
+
+
+def _fused_linear_ok(a: torch.Tensor) -> bool:
+    return _HAS_ONEDNN_LINEAR and a.dtype in (torch.float32, torch.bfloat16) and a.device.type == "cpu"
+
+
+def _fused_linear(a: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+    """a @ w.T + b (no autograd) by oneDNN's linear, bias inside the GEMM: 8-10% faster per deformation pass than
+    addmm, which first copies the broadcast bias into the whole output (2-core host, 15k points, 400 wide).
+    The weight must be contiguous: a strided view (the skip layer's columns) takes oneDNN's slow path, 300x slower."""
+    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), w.contiguous(), b, "none", [], "")
+
+
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")

@@ -252,6 +252,9 @@ def _bf16_softplus_table(beta: float) -> torch.Tensor:
         with _BF16_TABLES_LOCK, torch.inference_mode(False), torch.no_grad():
             every = torch.arange(65536, dtype=torch.int32).to(torch.uint16).view(torch.bfloat16)
             table = F.softplus(every.float(), beta=beta, threshold=20.0).to(torch.bfloat16)
+            # Denormal results are 0, as in the model's forwards (`parallel.flush_denormals`), whatever the
+            # thread's flush mode was when the table was built.
+            table[table.float().abs() < torch.finfo(torch.float32).tiny] = 0
             _BF16_TABLES[beta] = table
     return table
 

@@ -1,6 +1,6 @@
 """Mesh extraction timings: canonical mesh (narrow-band marching cubes, effective res^3 over the official
-box), per-frame fixed-topology positions (forward warp of a ~30k-vertex canonical mesh, warm-started from the
-previous frame) and per-frame topology-varying marching cubes (band reused from the previous frame).
+box), per-frame fixed-topology positions (forward warp of a 30,000-vertex canonical mesh, warm-started from the
+previous frames; the median of frames 1-5) and per-frame topology-varying marching cubes (band reused from the previous frame).
 
 Models: the built-in checkpoint (backend/models/builtin) when present, else randomly initialised networks
 with the sphere-like geometric init (a head-sized blob), at the official and built-in sizes.
@@ -8,13 +8,14 @@ The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
 
 Each size runs in a fresh process (`--one-size`), as a user's run would.
-Last full runs (2026-11-25 16:20-16:40, 2 threads, idle 2-core host, 8 runs): canonical 256^3 official 12.3-14.6 s
-(148k vertices), built-in 2.85-3.47 s (160k); fixed-topology warp built-in 0.14-0.16 s/frame (40k vertices; first
-frame 0.38-0.40 s), official 0.56-0.62 s/frame (37k; first frame 2.0-2.2 s); per-frame marching cubes at 128^3
-built-in 0.81-0.88 s, official 3.6-3.8 s.  This host's speed drifts over the day (matmul peak 305-327 GFLOP/s in the
-morning, 357-424 in the afternoon): at 14:53 (before the 0.04 s marching-cubes crop) official 17.05 s, built-in 3.55 s.
-(13:55, before the 4-fold last split, float32 coarse passes and colour pruning: 28.1 s / 4.07 s; warp official
-2.19 s, first frame 23.7 s.)
+Last full runs (2026-11-25 20:09-20:15, 2 threads, idle 2-core host): canonical 256^3 official 12.4-12.6 s (148k
+vertices; bf16 coarse passes, 14.4 s with MONONPHM_COARSE_BF16=0), built-in 3.4-3.5 s (160k); fixed-topology warp of
+30,000 vertices, official 0.50-0.54 s/frame (first frame 1.8-1.9 s; 0.46 s in a standalone run minutes earlier: the
+host drifts), built-in 0.18 s; per-frame marching cubes at 128^3 built-in 0.94-1.02 s, official 3.3-3.5 s.
+This host's speed drifts over the day (matmul peak 305-327 GFLOP/s in the morning, 357-424 in the afternoon).
+(16:20-16:40, the warp on the whole 37k-vertex res-128 mesh: official 0.56-0.62 s/frame; canonical official
+12.3-14.6 s, built-in 2.85-3.47 s.  14:53: official 17.05 s, built-in 3.55 s.  13:55, before the 4-fold last split,
+float32 coarse passes and colour pruning: 28.1 s / 4.07 s; warp official 2.19 s, first frame 23.7 s.)
 Earlier (d59ddb0, load average 3.2-4.3): canonical official 61.1 s, built-in 10.8 s.
 """
 from __future__ import annotations
@@ -31,11 +32,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init, load_model  # noqa: E402
-from backend.model.mesh import PosedMesher, canonical_mesh, warp_mesh  # noqa: E402
+from backend.model.mesh import Mesh, PosedMesher, canonical_mesh, warp_mesh  # noqa: E402
 from backend.model.parallel import set_threads  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from model_throughput import mean_anchors, measure_in_fresh_process, report_size  # noqa: E402
+
+
+FIXED_TOPOLOGY_VERTICES = 30000
 
 
 def make_model(name: str):
@@ -54,7 +58,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--res", type=int, default=256, help="canonical mesh resolution (cells per axis)")
     ap.add_argument("--frame-res", type=int, default=128, help="per-frame posed marching-cubes resolution")
-    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--sizes", default="official,builtin")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--one-size", default=None, help=argparse.SUPPRESS)  # internal: measure one size, print JSON
@@ -94,8 +98,12 @@ def measure_size(name: str, res: int, frame_res: int, frames: int, quick: bool) 
     t = time.perf_counter()
     can = canonical_mesh(m, zg, za, res=res)
     canonical_s = round(time.perf_counter() - t, 2)
-    # Fixed topology on a ~30k-vertex canonical mesh (res 128 gives ~30k vertices on a head-sized surface).
+    # Fixed topology on a 30k-vertex mesh (the goal's size): res 128 gives 37-40k vertices on a head-sized surface;
+    # its first 30,000 (marching cubes emits them slice by slice, so a contiguous part) with the faces among them.
     small = can if quick else canonical_mesh(m, zg, za, res=128)
+    if len(small.vertices) > FIXED_TOPOLOGY_VERTICES:
+        inside = (small.faces < FIXED_TOPOLOGY_VERTICES).all(1)
+        small = Mesh(small.vertices[:FIXED_TOPOLOGY_VERTICES], small.faces[inside], None)
     frames_fixed, st = [], None
     for f in range(frames + 1):
         t = time.perf_counter()
@@ -115,7 +123,9 @@ def measure_size(name: str, res: int, frame_res: int, frames: int, quick: bool) 
         "per_frame": {
             "fixed_topology_vertices": int(len(small.vertices)),
             "per_frame_fixed_topology_first_s": round(frames_fixed[0], 3),
-            "per_frame_fixed_topology_s": round(float(np.mean(frames_fixed[1:])), 3),
+            # median: frame 1 has no constant-velocity start yet (one previous frame), the rest of a clip does
+            "per_frame_fixed_topology_s": round(float(np.median(frames_fixed[1:])), 3),
+            "per_frame_fixed_topology_each_s": [round(x, 3) for x in frames_fixed[1:]],
             "fixed_topology_converged": round(float(ok.float().mean()), 5),
             "per_frame_marching_cubes_first_s": round(frames_mc[0], 2),
             "per_frame_marching_cubes_s": round(float(np.mean(frames_mc[1:])), 2),

@@ -15,15 +15,17 @@ Usage: python benchmarks/model_throughput.py [--threads 2] [--quick]
 
 Each size runs in a fresh process (`--one-size`); the tracking step is the best of >= 4 steps (it was best of 1-2,
 and one-graph (c) then ranged 2,400-6,200 pts/s between runs).
-Last full run (2026-11-25 16:33, 2 threads, idle 2-core host; this host's speed drifts over the day: matmul fp32 peak
-305-327 GFLOP/s in the morning, 357-424 in the afternoon, so compare figures of one run only): peak 357 GFLOP/s
-(bf16 2,222); official (a) 28,600 (b) 19,700 (c) 5,900 pts/s (chunked 5,100), 118 GFLOP/s = 33% of peak (bound from
-peak: 86,600); loop (a) 17,100, (c) 1,970.  Kernel bound for (a): 45,900 pts/s (grouped matmul 146 GFLOP/s and
-softplus 1.43 ns per element on one thread, x2), i.e. with no gather/kNN/blend work at all (a) could reach 53% of
-the matmul peak; measured: 62% of that bound (inside the model the same kernels run slower: chunk-sized working
-sets).  Built-in (a) 161,000 (b) 116,000 (c) 28,900 pts/s.
-(Morning runs, 14:58-15:24, peak 305-327: official (a) 23,900-26,000 (b) 16,000-17,400 (c) 4,760-5,240; 13:50,
-before the softplus double backward and column-major backward weights: (c) 3,500-5,300, (a) 26,600-27,600.)
+Last full run (2026-11-25 20:08, 2 threads, idle 2-core host; this host's speed drifts over the day: matmul fp32 peak
+305-327 GFLOP/s in the morning, 357-424 in the afternoon, so compare figures of one run only): peak 320 GFLOP/s
+(bf16 1,846); official (a) 29,400 (b) 20,200 (c) 5,500 pts/s (chunked 5,100), 121 GFLOP/s = 38% of peak, 73% of the
+kernel bound (40,400 pts/s: grouped matmul 125 GFLOP/s and softplus 1.55 ns per element on one thread, x2; with no
+gather/kNN/blend work at all (a) could reach 50-53% of the peak); (a) in bfloat16 (the coarse mesh passes): 52,700
+(64,800 at 19:42); loop (a) 12,600, (c) 1,770.  Built-in (a) 135,000 (b) 111,000 (c) 26,800, bf16 (a) 220,000.
+Since 16:33: type groups padded to 16 rows (bf16 (a) 13,900 -> 37,900: oneDNN had JIT-compiled a kernel per ragged
+group), chained no-grad layers (+9% fp32, +16% bf16), bf16 softplus by table lookup (-> 52,700-64,800), oneDNN
+fused linear in the deformation value path.
+(16:33, peak 357: official (a) 28,600 (b) 19,700 (c) 5,900, bf16 (a) 13,900-20,600; built-in (a) 161,000 (b) 116,000
+(c) 28,900.  Morning runs, 14:58-15:24, peak 305-327: official (a) 23,900-26,000 (b) 16,000-17,400 (c) 4,760-5,240.)
 Earlier (d59ddb0, load average 3.2-4.3, peak 116 GFLOP/s): official (a) 10,941 (b) 6,975 (c) 1,741.
 """
 from __future__ import annotations

@@ -147,6 +147,13 @@ class DeformationField(nn.Module):
             c0, cs = c0.repeat_interleave(n, 0), cs.repeat_interleave(n, 0)          # (B*N, H)
         w0x = self.lins[0].weight[:, 0:3].to(x.dtype)
         wsx = self.lins[self.skip].weight[:, H : H + 3].to(x.dtype)
+        n_rows = x2.shape[0]
+        no_graph = not torch.is_grad_enabled() or not any(
+            t.requires_grad for t in (x2, c0, cs, w0x, self.lins[1].weight))
+        fused = no_graph and c0.dim() == 1 and n_rows >= FUSED_MIN_ROWS and _fused_linear_ok(x2)
+        if fused and n_rows % FUSED_ROW_QUANTUM:
+            # oneDNN builds a kernel per new row count: pad to a multiple of FUSED_ROW_QUANTUM.
+            x2 = F.pad(x2, (0, 0, 0, FUSED_ROW_QUANTUM - n_rows % FUSED_ROW_QUANTUM))
         # x-touching matmuls stay in the input precision (see `forward`).
         z = torch.addmm(c0, x2, w0x.t())
         skip_x = torch.addmm(cs, x2, wsx.t(), alpha=r2)
@@ -158,7 +165,7 @@ class DeformationField(nn.Module):
             lin = self.lins[i]
             w = lin.weight if dt is None else lin.weight.to(dt)
             b = lin.bias if dt is None else lin.bias.to(dt)
-            fused = not graph and _fused_linear_ok(a)
+            fused = fused and not graph
             if i == self.skip:
                 if fused:
                     z = torch.add(skip_x, _fused_linear(a, w[:, :H], None), alpha=r2)
@@ -166,7 +173,13 @@ class DeformationField(nn.Module):
                     z = torch.addmm(skip_x, a, w[:, :H].t(), alpha=r2)
             else:
                 z = _fused_linear(a, w, b) if fused else torch.addmm(b, a, w.t())
-        return z.to(x.dtype).reshape(*shape, z.shape[-1])
+        return z[:n_rows].to(x.dtype).reshape(*shape, z.shape[-1])
+
+
+# oneDNN's fused linear pays off on large batches only (the fixed-topology warp's 15k points per thread: 8-10%); on
+# the tracker's many small no-grad batches its per-call setup made frame fitting 20-25% slower than addmm.
+FUSED_MIN_ROWS = 4096
+FUSED_ROW_QUANTUM = 256
 
 
 def _fused_linear_ok(a: torch.Tensor) -> bool:

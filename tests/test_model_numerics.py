@@ -227,6 +227,34 @@ def test_bfloat16_softplus_lookup_equals_the_kernel():
     assert torch.equal(softplus_no_grad(z32, 100.0), F.softplus(z32, beta=100.0, threshold=20.0))
 
 
+def test_deformation_value_path_on_large_batches_matches_the_plain_mlp():
+    """Large no-grad batches take oneDNN's fused linear on rows padded to FUSED_ROW_QUANTUM; values must not change."""
+    from backend.model import deformation
+
+    cfg = MonoNPHMConfig.builtin()
+    m = _model(cfg, seed=23, dtype=torch.float32)
+    zg, _, ze = _codes(cfg, 1, dtype=torch.float32, s=0.3)
+    n = deformation.FUSED_MIN_ROWS + 77  # not a multiple of the row quantum
+    x = torch.rand(1, n, 3) - 0.5
+    ex = m.ex_model
+    with torch.no_grad():
+        A = m.id_model.anchors(zg)
+        off, hyp, _ = ex(x, zg, ze, A)
+        flat, _, _ = ex(x[0], zg, ze, A, batch_index=torch.zeros(n, dtype=torch.long))  # the root finder's call
+        c = ex.compress_id(zg, A)
+        h0 = torch.cat([x, c[:, None].expand(1, n, -1), ze[:, None].expand(1, n, -1)], -1)
+        h = h0
+        for i, lin in enumerate(ex.lins):
+            if i == ex.skip:
+                h = torch.cat([h, h0], -1) / 2 ** 0.5
+            h = lin(h)
+            if i < len(ex.lins) - 1:
+                h = torch.nn.functional.softplus(h, beta=cfg.softplus_beta, threshold=20.0)
+    assert off.shape == (1, n, 3) and hyp.shape == (1, n, cfg.n_hyper) and flat.shape == (n, 3)
+    assert torch.allclose(off, h[..., :3], atol=2e-6) and torch.allclose(hyp, h[..., 3:], atol=2e-6)
+    assert torch.allclose(flat, h[0, :, :3], atol=2e-6)
+
+
 def test_threaded_chunked_query_matches_serial():
     cfg = MonoNPHMConfig.builtin()
     m = _model(cfg, seed=13, dtype=torch.float32)

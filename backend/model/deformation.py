@@ -189,8 +189,14 @@ def _fused_linear_ok(a: torch.Tensor) -> bool:
 def _fused_linear(a: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
     """a @ w.T + b (no autograd) by oneDNN's linear, bias inside the GEMM: 8-10% faster per deformation pass than
     addmm, which first copies the broadcast bias into the whole output (2-core host, 15k points, 400 wide).
-    The weight must be contiguous: a strided view (the skip layer's columns) takes oneDNN's slow path, 300x slower."""
-    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), w.contiguous(), b, "none", [], "")
+    The weight must be contiguous: a strided view (the skip layer's columns) takes oneDNN's slow path, 300x slower.
+    A build whose oneDNN refuses the call falls back to F.linear from then on."""
+    global _HAS_ONEDNN_LINEAR
+    try:
+        return torch.ops.mkldnn._linear_pointwise(a.contiguous(), w.contiguous(), b, "none", [], "")
+    except (RuntimeError, NotImplementedError):
+        _HAS_ONEDNN_LINEAR = False
+        return F.linear(a, w, b)
 
 
 _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")

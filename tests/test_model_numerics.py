@@ -253,6 +253,12 @@ def test_deformation_value_path_on_large_batches_matches_the_plain_mlp():
     assert off.shape == (1, n, 3) and hyp.shape == (1, n, cfg.n_hyper) and flat.shape == (n, 3)
     assert torch.allclose(off, h[..., :3], atol=2e-6) and torch.allclose(hyp, h[..., 3:], atol=2e-6)
     assert torch.allclose(flat, h[0, :, :3], atol=2e-6)
+    # A layer that needs a gradient (even a later one alone) keeps the autograd path: its gradient must arrive.
+    for p in m.parameters():
+        p.requires_grad_(False)
+    w3 = ex.lins[3].weight.requires_grad_(True)
+    ex(x, zg, ze, A)[0].sum().backward()
+    assert w3.grad is not None and w3.grad.abs().sum() > 0
 
 
 def test_threaded_chunked_query_matches_serial():

@@ -148,8 +148,9 @@ class DeformationField(nn.Module):
         w0x = self.lins[0].weight[:, 0:3].to(x.dtype)
         wsx = self.lins[self.skip].weight[:, H : H + 3].to(x.dtype)
         n_rows = x2.shape[0]
+        # oneDNN's linear has no autograd: only when nothing here needs a gradient (inputs, codes, any layer).
         no_graph = not torch.is_grad_enabled() or not any(
-            t.requires_grad for t in (x2, c0, cs, w0x, self.lins[1].weight))
+            t.requires_grad for t in (x2, c0, cs, *self.lins.parameters()))
         fused = no_graph and c0.dim() == 1 and n_rows >= FUSED_MIN_ROWS and _fused_linear_ok(x2)
         if fused and n_rows % FUSED_ROW_QUANTUM:
             # oneDNN builds a kernel per new row count: pad to a multiple of FUSED_ROW_QUANTUM.
@@ -165,7 +166,6 @@ class DeformationField(nn.Module):
             lin = self.lins[i]
             w = lin.weight if dt is None else lin.weight.to(dt)
             b = lin.bias if dt is None else lin.bias.to(dt)
-            fused = fused and not graph
             if i == self.skip:
                 if fused:
                     z = torch.add(skip_x, _fused_linear(a, w[:, :H], None), alpha=r2)

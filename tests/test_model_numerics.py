@@ -195,6 +195,14 @@ def test_chained_no_grad_layers_match_the_per_type_loop():
     with torch.no_grad():
         ref_sdf, ref_col, _ = loop_forward(m, x, zg, za, ze)
     assert torch.allclose(sdf, ref_sdf, atol=2e-6) and torch.allclose(col, ref_col, atol=2e-6)
+    # Partly frozen (only a middle layer trains, inputs need no gradient): no chaining where a graph runs.
+    for p in m.parameters():
+        p.requires_grad_(False)
+    w = m.id_model.geo.weights[2].requires_grad_(True)
+    o = m(x, zg, za, ze, exact=True)
+    assert torch.allclose(o.sdf, ref_sdf, atol=2e-6) and torch.allclose(o.color, ref_col, atol=2e-6)
+    (o.sdf.sum() + o.color.sum()).backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
 
 
 def test_bfloat16_softplus_lookup_equals_the_kernel():

@@ -421,7 +421,9 @@ class TypedLinearStack(nn.Module):
         if dtype is not None and w.dtype != dtype:
             w, b = w.to(dtype), b.to(dtype)
         needs_aug = layout.grouped and not (torch.is_grad_enabled() and z.requires_grad)
-        chain = needs_aug and l + 1 < self.n_linear and chains(w.shape[1], dtype)
+        # A chained output is activated in place by the next layer: only where no graph can reach this layer.
+        weights_grad = torch.is_grad_enabled() and (w.requires_grad or b.requires_grad)
+        chain = needs_aug and not weights_grad and l + 1 < self.n_linear and chains(w.shape[1], dtype)
         aug = self.augmented(l, dtype, chain) if needs_aug else None
         return layout.act_linear(z, act, aug, w, b, beta, keep_input)
 

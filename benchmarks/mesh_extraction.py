@@ -8,7 +8,9 @@ The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
 
 Each size runs in a fresh process (`--one-size`), as a user's run would.
-Last full runs (2026-11-25 20:09-20:15, 2 threads, idle 2-core host): canonical 256^3 official 12.4-12.6 s (148k
+Last full run (2026-11-25 20:58, matmul peak 360 GFLOP/s): canonical official 12.3 s, built-in 3.5 s; fixed topology
+30,000 vertices official 0.49 s/frame (0.48-0.51), built-in 0.13 s; marching cubes official 3.2 s, built-in 0.99 s.
+Before (2026-11-25 20:09-20:15, 2 threads, idle 2-core host): canonical 256^3 official 12.4-12.6 s (148k
 vertices; bf16 coarse passes, 14.4 s with MONONPHM_COARSE_BF16=0), built-in 3.4-3.5 s (160k); fixed-topology warp of
 30,000 vertices, official 0.50-0.54 s/frame (first frame 1.8-1.9 s; 0.46 s in a standalone run minutes earlier: the
 host drifts), built-in 0.18 s; per-frame marching cubes at 128^3 built-in 0.94-1.02 s, official 3.3-3.5 s.

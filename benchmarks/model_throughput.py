@@ -15,7 +15,9 @@ Usage: python benchmarks/model_throughput.py [--threads 2] [--quick]
 
 Each size runs in a fresh process (`--one-size`); the tracking step is the best of >= 4 steps (it was best of 1-2,
 and one-graph (c) then ranged 2,400-6,200 pts/s between runs).
-Last full run (2026-11-25 20:08, 2 threads, idle 2-core host; this host's speed drifts over the day: matmul fp32 peak
+Last full run (2026-11-25 20:58, peak 360 GFLOP/s, bf16 2,193): official (a) 32,100 (37% of peak, 70% of the kernel
+bound 46,200), bf16 (a) 63,500, (b) 21,200, (c) 5,800; built-in (a) 148,000 (b) 105,000 (c) 27,900, bf16 (a) 226,000.
+Before it (2026-11-25 20:08, 2 threads, idle 2-core host; this host's speed drifts over the day: matmul fp32 peak
 305-327 GFLOP/s in the morning, 357-424 in the afternoon, so compare figures of one run only): peak 320 GFLOP/s
 (bf16 1,846); official (a) 29,400 (b) 20,200 (c) 5,500 pts/s (chunked 5,100), 121 GFLOP/s = 38% of peak, 73% of the
 kernel bound (40,400 pts/s: grouped matmul 125 GFLOP/s and softplus 1.55 ns per element on one thread, x2; with no

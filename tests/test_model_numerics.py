@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init
-from backend.model.reference_loop import loop_canonical, loop_forward
+from backend.model.reference_loop import loop_canonical, loop_deformation, loop_forward
 
 
 pytestmark = [pytest.mark.usefixtures("single_torch_thread")]
@@ -249,15 +249,7 @@ def test_deformation_value_path_on_large_batches_matches_the_plain_mlp():
         A = m.id_model.anchors(zg)
         off, hyp, _ = ex(x, zg, ze, A)
         flat, _, _ = ex(x[0], zg, ze, A, batch_index=torch.zeros(n, dtype=torch.long))  # the root finder's call
-        c = ex.compress_id(zg, A)
-        h0 = torch.cat([x, c[:, None].expand(1, n, -1), ze[:, None].expand(1, n, -1)], -1)
-        h = h0
-        for i, lin in enumerate(ex.lins):
-            if i == ex.skip:
-                h = torch.cat([h, h0], -1) / 2 ** 0.5
-            h = lin(h)
-            if i < len(ex.lins) - 1:
-                h = torch.nn.functional.softplus(h, beta=cfg.softplus_beta, threshold=20.0)
+        h = loop_deformation(m, x, zg, ze, A)
     assert off.shape == (1, n, 3) and hyp.shape == (1, n, cfg.n_hyper) and flat.shape == (n, 3)
     assert torch.allclose(off, h[..., :3], atol=2e-6) and torch.allclose(hyp, h[..., 3:], atol=2e-6)
     assert torch.allclose(flat, h[0, :, :3], atol=2e-6)

@@ -77,6 +77,23 @@ def loop_canonical(model: MonoNPHM, q: torch.Tensor, z_geo: torch.Tensor, anchor
     return sdf, color, sdf_e, col_e, w
 
 
+def loop_deformation(model: MonoNPHM, x: torch.Tensor, z_geo: torch.Tensor, z_exp: torch.Tensor,
+                     anchors: torch.Tensor) -> torch.Tensor:
+    """Baseline deformation: the plain MLP on [x ; c_id ; z_exp], x (B, N, 3) -> [offset ; hyper] (B, N, 3+nh)."""
+    B, N = x.shape[:2]
+    ex = model.ex_model
+    c = ex.compress_id(z_geo, anchors)
+    h0 = torch.cat([x, c[:, None].expand(B, N, -1), z_exp[:, None].expand(B, N, -1)], -1)
+    h = h0
+    for i, lin in enumerate(ex.lins):
+        if i == ex.skip:
+            h = torch.cat([h, h0], -1) / 2 ** 0.5
+        h = lin(h)
+        if i < len(ex.lins) - 1:
+            h = softplus(h, model.cfg.softplus_beta)
+    return h
+
+
 def loop_forward(model: MonoNPHM, x, z_geo, z_app=None, z_exp=None, neutral=False, with_color=True,
                  with_gradient=False, create_graph=None) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Baseline posed evaluation: plain deformation MLP on [x ; c_id ; z_exp] + `loop_canonical`."""
@@ -90,16 +107,7 @@ def loop_forward(model: MonoNPHM, x, z_geo, z_app=None, z_exp=None, neutral=Fals
         if neutral:
             q = torch.cat([xg, xg.new_zeros(*xg.shape[:-1], model.cfg.n_hyper)], -1)
         else:
-            ex = model.ex_model
-            c = ex.compress_id(z_geo, A)
-            h0 = torch.cat([xg, c[:, None].expand(B, x.shape[1], -1), z_exp[:, None].expand(B, x.shape[1], -1)], -1)
-            h = h0
-            for i, lin in enumerate(ex.lins):
-                if i == ex.skip:
-                    h = torch.cat([h, h0], -1) / 2 ** 0.5
-                h = lin(h)
-                if i < len(ex.lins) - 1:
-                    h = softplus(h, model.cfg.softplus_beta)
+            h = loop_deformation(model, xg, z_geo, z_exp, A)
             q = torch.cat([xg + h[..., :3], h[..., 3:]], -1)
         sdf, color, _, _, _ = loop_canonical(model, q, z_geo, A, z_app, with_color)
         grad = None

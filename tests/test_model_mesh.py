@@ -130,3 +130,24 @@ def test_bfloat16_coarse_passes_give_the_float32_mesh():
     assert len(a.vertices) > 2000 and np.array_equal(a.faces, b.faces)
     assert np.abs(a.vertices - b.vertices).max() < 1e-6
     assert np.abs(a.colors.astype(int) - b.colors.astype(int)).max() <= 6  # bf16 colours: a few uint8 steps
+
+
+def test_coarse_precision_choice(monkeypatch):
+    """bf16 coarse passes only for wide models on CPUs with native bf16 (AVX512-BF16 / AMX), and never with the
+    environment switch at 0."""
+    from backend.model import mesh
+
+    wide = type("M", (), {"cfg": MonoNPHMConfig.official()})()
+    narrow = type("M", (), {"cfg": MonoNPHMConfig.builtin()})()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert mesh.bf16_supported() is native  # plain AVX-512 emulates bf16: not worth it
+        monkeypatch.delenv("MONONPHM_COARSE_BF16", raising=False)
+        assert mesh.auto_coarse_dtype(wide) == (torch.bfloat16 if native else None)
+        assert mesh.auto_coarse_dtype(narrow) is None
+        monkeypatch.setenv("MONONPHM_COARSE_BF16", "1")
+        assert mesh.auto_coarse_dtype(narrow) == (torch.bfloat16 if native else None)
+        monkeypatch.setenv("MONONPHM_COARSE_BF16", "0")
+        assert mesh.auto_coarse_dtype(wide) is None

@@ -1,6 +1,7 @@
 """Mesh extraction timings: canonical mesh (narrow-band marching cubes, effective res^3 over the official
 box), per-frame fixed-topology positions (forward warp of a 30,000-vertex canonical mesh, warm-started from the
-previous frames; the median of frames 1-5) and per-frame topology-varying marching cubes (band reused from the previous frame).
+previous frames; the median of frames 1-5) and per-frame topology-varying marching cubes (band reused from the
+previous frame).
 
 Models: the built-in checkpoint (backend/models/builtin) when present, else randomly initialised networks
 with the sphere-like geometric init (a head-sized blob), at the official and built-in sizes.

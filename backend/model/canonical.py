@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .config import MonoNPHMConfig
 from .parallel import flush_denormals
 from .ensemble import (
+    chain_constants,
     chains,
     TypedLinearStack,
     blend_weights,
@@ -102,9 +103,7 @@ class CanonicalField(nn.Module):
         rows = torch.einsum("khg,bg->bkh", Wg, glob) + torch.einsum("khl,bkl->bkh", Wl, loc)
         rows = rows + b.index_select(0, self.anchor_type).unsqueeze(0)
         if chain:
-            const = rows.new_full((*rows.shape[:2], 8), -1.0)
-            const[..., 0] = 1.0
-            rows = torch.cat([rows, const], dim=-1)
+            rows = torch.cat([rows, chain_constants(rows).expand(*rows.shape[:2], 8)], dim=-1)
         if dtype is not None:
             rows = rows.to(dtype)
         return rows.reshape(-1, rows.shape[-1])

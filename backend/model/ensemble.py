@@ -226,6 +226,13 @@ GROUP_QUANTUM = 16
 CHAIN_MIN_WIDTH = 128
 
 
+def chain_constants(like: torch.Tensor) -> torch.Tensor:
+    """The 8 constant pre-activations a chained output carries, [1, -1, ..., -1] (activated: [1, 0, ..., 0])."""
+    c = like.new_full((8,), -1.0)
+    c[0] = 1.0
+    return c
+
+
 def chains(width: int, dtype: Optional[torch.dtype] = None) -> bool:
     """Whether a no-grad layer of this output width hands the next layer its chained (R, width + 8) output."""
     return width % 8 == 0 and (width >= CHAIN_MIN_WIDTH or dtype == torch.bfloat16)
@@ -397,8 +404,7 @@ class TypedLinearStack(nn.Module):
         aug = torch.cat([w, b.unsqueeze(2), w.new_zeros(T, o, 7)], dim=2)
         if chain:
             const = w.new_zeros(T, 8, i + 8)
-            const[:, :, i] = -1.0
-            const[:, 0, i] = 1.0
+            const[:, :, i] = chain_constants(w)  # weights on the constant-one input column: the outputs are these
             aug = torch.cat([aug, const], dim=1)
         elif _pad_to(o) != o:
             aug = F.pad(aug, (0, 0, 0, _pad_to(o) - o))

@@ -276,6 +276,21 @@ def test_threaded_chunked_query_matches_serial():
     assert torch.allclose(a[0], b[0], atol=1e-6) and torch.allclose(a[1], b[1], atol=1e-6)
 
 
+def test_colour_only_query_equals_the_full_query():
+    """with_sdf=False skips the SDF head; the colour branch reads the hidden pre-activation, so colours are equal."""
+    cfg = MonoNPHMConfig.builtin()
+    m = _model(cfg, seed=5, dtype=torch.float32)
+    zg, za, ze = _codes(cfg, 1, dtype=torch.float32)
+    x = torch.rand(1, 5000, 3) - 0.5
+    for kw in (dict(neutral=True), dict(z_exp=ze), dict(neutral=True, prune_mass=4e-3)):
+        sdf, col = m.query(x, zg, za, **kw)
+        none, col_only = m.query(x, zg, za, with_sdf=False, **kw)
+        assert none is None and sdf.shape == (1, 5000, 1)
+        assert torch.equal(col_only, col)
+    with pytest.raises(ValueError, match="with_sdf"):
+        m(x[:, :10], zg, za, ze, with_gradient=True, with_sdf=False)
+
+
 def test_backward_in_chunks_matches_one_graph():
     from backend.model.parallel import backward_in_chunks
 

@@ -42,7 +42,7 @@ def anchor_flip(cfg: MonoNPHMConfig) -> torch.Tensor:
 
 @dataclass
 class CanonicalOutput:
-    sdf: torch.Tensor                      # (B, N, 1)
+    sdf: Optional[torch.Tensor]            # (B, N, 1) or None (with_sdf=False)
     color: Optional[torch.Tensor]          # (B, N, 3) or None
     knn_idx: torch.Tensor                  # (B, N, K) nearest anchors, ascending
     kept_edges: int                        # edges evaluated (after pruning)
@@ -121,12 +121,15 @@ class CanonicalField(nn.Module):
         prune_mass: Optional[float] = None,
         compute_dtype: Optional[torch.dtype] = None,
         return_dropped: bool = False,
+        with_sdf: bool = True,
     ) -> CanonicalOutput:
         """Canonical SDF (and albedo) at q.
 
         q: (B, N, 3+n_hyper); z_geo: (B, D_geo); anchors: (B, A, 3); z_app: (B, D_app) (needed for colour).
         exact=False drops, per point, the smallest blend weights with total mass <= prune_mass.
         compute_dtype (e.g. torch.bfloat16) runs the per-edge matmuls in that dtype (coarse passes only).
+        with_sdf=False (colour only, e.g. vertex colours of an extracted mesh) skips the geometry's last layer: the
+        colour branch reads the last hidden pre-activation, so its activation and the SDF head are not needed.
         """
         cfg = self.cfg
         B, N, _ = q.shape
@@ -186,9 +189,11 @@ class CanonicalField(nn.Module):
         for l in range(1, self.geo.n_linear - 1):
             z = self.geo.apply_hidden(l, z, layout, "softplus", beta, dt)
         feats = z[:, : cfg.hidden_dim_geo]                                         # pre-activation of last hidden
-        sdf_rows = self.geo.apply_hidden(self.geo.n_linear - 1, z, layout, "softplus", beta, dt,
-                                         keep_input=with_color).to(q.dtype)
-        sdf = q.new_zeros(B * N, 1).index_add(0, pt_row, sdf_rows * w_row).view(B, N, 1)
+        sdf = None
+        if with_sdf:
+            sdf_rows = self.geo.apply_hidden(self.geo.n_linear - 1, z, layout, "softplus", beta, dt,
+                                             keep_input=with_color).to(q.dtype)
+            sdf = q.new_zeros(B * N, 1).index_add(0, pt_row, sdf_rows * w_row).view(B, N, 1)
 
         color = None
         if with_color:

@@ -188,9 +188,7 @@ def extract_mesh(
     if factors:
         cells, keys = _grow_surface_band(sdf_fn, box, m, cells, keys, dense)
     V = dense.view(n, n, n)  # band values, +1 elsewhere (masked out of marching cubes)
-    cell_mask = torch.zeros(n ** 3, dtype=torch.bool)
-    cell_mask[_lin(cells, n)] = True
-    mesh = _marching_cubes(V, cell_mask.view(n, n, n), lo, hi)
+    mesh = _marching_cubes(V, cells, lo, hi)
     if return_state:
         evaluated = torch.zeros(n ** 3, dtype=torch.bool)
         evaluated[keys] = True
@@ -233,14 +231,13 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
     return _unlin(in_band.nonzero().squeeze(1), m), evaluated.nonzero().squeeze(1)
 
 
-def _marching_cubes(V: torch.Tensor, cell_mask: torch.Tensor, lo, hi) -> Mesh:
-    """skimage marching cubes on the dense volume V, restricted to the cells (indexed by their lowest corner)
-    set in cell_mask.  Only the cells' bounding box is handed over (skimage scans every voxel it is given)."""
+def _marching_cubes(V: torch.Tensor, cells: torch.Tensor, lo, hi) -> Mesh:
+    """skimage marching cubes on the dense volume V, restricted to `cells` (K, 3) (indexed by their lowest
+    corner).  Only the cells' bounding box is handed over (skimage scans every voxel it is given)."""
     from skimage.measure import marching_cubes
 
     n = V.shape[0]
     empty = Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
-    cells = cell_mask.nonzero()
     if cells.numel() == 0:
         return empty
     c0, c1 = cells.amin(0).tolist(), (cells.amax(0) + 1).tolist()  # corner index range of the band
@@ -249,7 +246,8 @@ def _marching_cubes(V: torch.Tensor, cell_mask: torch.Tensor, lo, hi) -> Mesh:
         return empty
     # skimage indexes a cell's mask by its highest corner.
     mask = np.zeros(vol.shape, dtype=bool)
-    mask[1:, 1:, 1:] = cell_mask.numpy()[c0[0]:c1[0], c0[1]:c1[1], c0[2]:c1[2]]
+    hc = (cells - cells.new_tensor(c0) + 1).numpy()
+    mask[hc[:, 0], hc[:, 1], hc[:, 2]] = True
     spacing = (np.asarray(hi) - np.asarray(lo)) / (n - 1)
     verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=tuple(spacing), gradient_direction="descent",
                                         mask=mask)
@@ -291,7 +289,7 @@ def canonical_mesh(
         if with_color and z_app is not None and len(mesh.vertices):
             _, col = model.query(torch.from_numpy(mesh.vertices)[None], z_geo, z_app.reshape(1, -1).float(), None,
                                  neutral=True, chunk=chunk, anchors=A, compute_dtype=coarse_dtype,
-                                 prune_mass=COLOR_PRUNE_MASS)
+                                 prune_mass=COLOR_PRUNE_MASS, with_sdf=False)
             mesh.colors = _albedo_u8(col[0])
     return mesh
 
@@ -443,7 +441,7 @@ class PosedMesher:
             if with_color and z_app is not None and len(mesh.vertices):
                 _, col = self.model.query(torch.from_numpy(mesh.vertices)[None], z_geo, z_app.reshape(1, -1).float(),
                                           z_exp, chunk=self.chunk, anchors=A, compute_dtype=self.coarse_dtype,
-                                          prune_mass=COLOR_PRUNE_MASS)
+                                          prune_mass=COLOR_PRUNE_MASS, with_sdf=False)
                 mesh.colors = _albedo_u8(col[0])
         return mesh
 
@@ -475,7 +473,5 @@ class PosedMesher:
         self.last_evaluated = int(keys.numel())
         v = dense[_lin(cells[:, None, :] + _CORNERS, n)]
         self.surface_cells = cells[(v.amin(-1) < 0) & (v.amax(-1) > 0)]
-        cell_mask = torch.zeros(n ** 3, dtype=torch.bool)
-        cell_mask[_lin(cells, n)] = True
         lo, hi = np.asarray(self.box[0]), np.asarray(self.box[1])
-        return _marching_cubes(dense.view(n, n, n), cell_mask.view(n, n, n), lo, hi)
+        return _marching_cubes(dense.view(n, n, n), cells, lo, hi)

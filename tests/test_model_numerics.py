@@ -145,6 +145,44 @@ def test_grouped_and_blocked_layouts_agree_with_double_backward():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
 
 
+def test_single_code_set_folds_code_rows_into_the_first_layer_with_exact_gradients():
+    """One code set: the code rows enter the first layers' matmuls through indicator columns (`_folded_weights`).
+    Values, the SDF gradient and second-order gradients (codes, first-layer weights) match the per-type loop."""
+    from backend.model.canonical import CanonicalField
+
+    cfg = MonoNPHMConfig.builtin()
+    m = _model(cfg, seed=23, dtype=torch.float32)
+    x = (torch.rand(1, 160, 3) - 0.5) * 1.2
+    folded = []
+    orig = CanonicalField._folded_weights
+
+    def spy(self, w_in, rows):
+        folded.append(tuple(w_in.shape))
+        return orig(self, w_in, rows)
+
+    results = []
+    for fast in (True, False):
+        zg, za, ze = (z.requires_grad_(True) for z in _codes(cfg, 1, dtype=torch.float32, seed=4))
+        params = [m.id_model.geo.weights[0], m.id_model.app.weights[0], m.id_model.geo.biases[0]]
+        if fast:
+            CanonicalField._folded_weights = spy
+            try:
+                o = m(x, zg, za, ze, with_gradient=True, exact=True)
+            finally:
+                CanonicalField._folded_weights = orig
+            sdf, col, grad = o.sdf, o.color, o.gradient
+        else:
+            sdf, col, grad = loop_forward(m, x, zg, za, ze, with_gradient=True)
+        loss = sdf.square().sum() + col.square().sum() + (grad.norm(dim=-1) - 1).square().sum()
+        results.append((sdf, col, grad) + torch.autograd.grad(loss, [zg, za, ze] + params))
+    assert len(folded) == 2  # geometry and colour first layers
+    for a, b in zip(*results):  # float32 rounding: ~1e-6 of each quantity's largest magnitude
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max() / b.abs().max()
+    with torch.inference_mode():  # the no-grad (chained) path folds as well
+        sdf, col = m.query(x, zg.detach(), za.detach(), ze.detach(), exact=True)
+    assert torch.allclose(sdf, results[1][0], atol=2e-6) and torch.allclose(col, results[1][1], atol=2e-6)
+
+
 def test_grouped_layout_pads_each_type_to_the_quantum():
     """Row groups are padded to GROUP_QUANTUM rows (ragged GEMMs are slow); pack/unpack stay exact inverses."""
     from backend.model.ensemble import GROUP_QUANTUM, make_layout

@@ -198,7 +198,9 @@ def extract_mesh(
 
 def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64):
     """Add the face-neighbours of sign-change cells that are not in the band yet (evaluating their new corners),
-    until no surface cell touches the band edge.  Updates `dense` in place; returns (cells, keys).
+    until no surface cell touches the band edge.  Updates `dense` in place; returns (cells, keys): the band's
+    cells (K, 3) and evaluated corner ids, each without repeats (in no particular order).  The input cells and
+    keys must be without repeats.
 
     Only the cells added by the previous round can open new faces, so each round inspects that frontier; membership
     is kept in dense mark arrays (cells: m^3, evaluated corners: (m+1)^3) instead of sorted sets."""
@@ -208,6 +210,7 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
     evaluated = torch.zeros(n ** 3, dtype=torch.bool)
     evaluated[keys] = True
     frontier = cells
+    added_cells, added_pts = [cells], [keys]  # disjoint by construction: no sorting or mask scans at the end
     for _ in range(max_rounds):
         v = dense[_lin(frontier[:, None, :] + _CORNERS, n)]
         # The surface continues into a face-neighbour exactly when the shared face has a sign change.
@@ -223,12 +226,14 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
         new = _unique_dense(nb, m ** 3)
         in_band[new] = True
         frontier = _unlin(new, m)
+        added_cells.append(frontier)
         pts = _unique_dense(_lin(frontier[:, None, :] + _CORNERS, n), n ** 3)
         pts = pts[~evaluated[pts]]
         if pts.numel():
             dense[pts] = sdf_fn(_grid_points(box, n, pts), False).reshape(-1).float()
             evaluated[pts] = True
-    return _unlin(in_band.nonzero().squeeze(1), m), evaluated.nonzero().squeeze(1)
+            added_pts.append(pts)
+    return torch.cat(added_cells), torch.cat(added_pts)
 
 
 def _marching_cubes(V: torch.Tensor, cells: torch.Tensor, lo, hi) -> Mesh:
@@ -242,15 +247,20 @@ def _marching_cubes(V: torch.Tensor, cells: torch.Tensor, lo, hi) -> Mesh:
         return empty
     c0, c1 = cells.amin(0).tolist(), (cells.amax(0) + 1).tolist()  # corner index range of the band
     vol = V.numpy()[c0[0]:c1[0] + 1, c0[1]:c1[1] + 1, c0[2]:c1[2] + 1]
-    if not (vol.min() < 0 < vol.max()):
-        return empty
     # skimage indexes a cell's mask by its highest corner.
     mask = np.zeros(vol.shape, dtype=bool)
     hc = (cells - cells.new_tensor(c0) + 1).numpy()
     mask[hc[:, 0], hc[:, 1], hc[:, 2]] = True
     spacing = (np.asarray(hi) - np.asarray(lo)) / (n - 1)
-    verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=tuple(spacing), gradient_direction="descent",
-                                        mask=mask)
+    try:
+        verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=tuple(spacing), gradient_direction="descent",
+                                            mask=mask)
+    except ValueError:  # no sign change in the band (skimage checks the level against the volume's range)
+        if vol.min() < 0 < vol.max():
+            raise
+        return empty
+    if len(faces) == 0:
+        return empty
     verts = (verts + np.asarray(lo) + np.asarray(c0) * spacing).astype(np.float32)
     return Mesh(verts, faces.astype(np.int64))
 

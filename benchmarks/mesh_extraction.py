@@ -9,7 +9,11 @@ The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
 
 Each size runs in a fresh process (`--one-size`), as a user's run would.
-Last full run (2026-11-25 20:58, matmul peak 360 GFLOP/s): canonical official 12.3 s, built-in 3.5 s; fixed topology
+Last full run (2026-11-25 21:50, matmul peak 330-347 GFLOP/s): canonical official 11.6 s (warm process 11.2), built-in
+3.27 s (warm 3.15; 2.9-3.4 over 21:30-21:52, against 3.3-3.5 for the session's starting code in the same minutes:
+colour-only vertex queries, 4096-point chunks, code rows folded into the first layer); fixed topology 30,000
+vertices official 0.51 s/frame (0.50-0.55), built-in 0.13 s; marching cubes official 3.3 s, built-in 0.87 s.
+Before (20:58, matmul peak 360 GFLOP/s): canonical official 12.3 s, built-in 3.5 s; fixed topology
 30,000 vertices official 0.49 s/frame (0.48-0.51), built-in 0.13 s; marching cubes official 3.2 s, built-in 0.99 s.
 Before (2026-11-25 20:09-20:15, 2 threads, idle 2-core host): canonical 256^3 official 12.4-12.6 s (148k
 vertices; bf16 coarse passes, 14.4 s with MONONPHM_COARSE_BF16=0), built-in 3.4-3.5 s (160k); fixed-topology warp of

@@ -205,10 +205,7 @@ class CanonicalField(nn.Module):
         chain = layout.grouped and not torch.is_grad_enabled()
         # With one code set, the code rows join the first layers' matmuls (`_folded_weights`; differentiable).
         fold = layout.grouped and B == 1
-        if fold:
-            member = F.one_hot(self.anchor_member.index_select(0, e_k), 2).to(e_local.dtype)   # (E, 2)
-            member_rows = layout.pack(member if dt is None else member.to(dt))               # (R, 2)
-        else:
+        if not fold:
             code_row = layout.pack_index(e_b * A1 + e_k)                          # (R,)
         chain_geo = chain and chains(cfg.hidden_dim_geo, dt)
         g_geo, l_geo = self.split_code(z_geo, cfg.lat_dim_loc_geo)
@@ -220,8 +217,10 @@ class CanonicalField(nn.Module):
             wd = F.pad(wd, (0, 0, 0, 8))
         wd = wd if dt is None else wd.to(dt)
         if fold:
-            e_in = torch.cat([e_local, member], dim=1)                             # (E, 3+nh+2)
-            z = layout.linear(layout.pack(e_in if dt is None else e_in.to(dt)), self._folded_weights(wd, rows_geo))
+            member = F.one_hot(self.anchor_member.index_select(0, e_k), 2).to(e_local.dtype)   # (E, 2) indicators
+            h_in = layout.pack(torch.cat([e_local, member], dim=1).to(dt or e_local.dtype))    # (R, 3+nh+2)
+            member_rows = h_in[:, e_local.shape[1]:]                                         # (R, 2)
+            z = layout.linear(h_in, self._folded_weights(wd, rows_geo))
         else:
             h_local = layout.pack(e_local if dt is None else e_local.to(dt))      # (R, 3+nh)
             z = layout.linear(h_local, wd) + rows_geo.index_select(0, code_row)

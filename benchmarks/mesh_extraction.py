@@ -9,7 +9,10 @@ The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
 
 Each size runs in a fresh process (`--one-size`), as a user's run would.
-Last full run (2026-11-25 21:50, matmul peak 330-347 GFLOP/s): canonical official 11.6 s (warm process 11.2), built-in
+Last full run (2026-11-25 22:09, matmul peak 353 GFLOP/s, now in the JSON as "matmul_gflops"): canonical official
+11.1 s (warm process 10.5), built-in 3.04 s (warm 3.06); fixed topology 30,000 vertices official 0.51 s/frame
+(0.507-0.524), built-in 0.14 s; marching cubes official 3.25 s, built-in 0.90 s.
+Before (21:50, matmul peak 330-347 GFLOP/s): canonical official 11.6 s (warm process 11.2), built-in
 3.27 s (warm 3.15; 2.9-3.4 over 21:30-21:52, against 3.3-3.5 for the session's starting code in the same minutes:
 colour-only vertex queries, 4096-point chunks, code rows folded into the first layer); fixed topology 30,000
 vertices official 0.51 s/frame (0.50-0.55), built-in 0.13 s; marching cubes official 3.3 s, built-in 0.87 s.
@@ -43,7 +46,7 @@ from backend.model.mesh import Mesh, PosedMesher, canonical_mesh, warp_mesh  # n
 from backend.model.parallel import set_threads  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from model_throughput import mean_anchors, measure_in_fresh_process, report_size  # noqa: E402
+from model_throughput import matmul_peak, mean_anchors, measure_in_fresh_process, report_size  # noqa: E402
 
 
 FIXED_TOPOLOGY_VERTICES = 30000
@@ -79,7 +82,10 @@ def main() -> None:
     # Each size in a fresh process, as a user's run would be (no allocator or thread state carried over; back to
     # back, the built-in mesh measured 3.14 / 2.97 s after the official size and 3.47 / 3.16 s alone: within
     # run-to-run noise).
-    out = {"threads": args.threads, "res": res, "frame_res": frame_res, "canonical_mesh_s": {},
+    set_threads(args.threads)
+    # The host's speed drifts (+-15% within minutes): its fp32 matmul peak, measured now, dates the figures.
+    out = {"threads": args.threads, "matmul_gflops": round(matmul_peak(torch.float32, 0.2 if args.quick else 1.0), 1),
+           "res": res, "frame_res": frame_res, "canonical_mesh_s": {},
            "canonical_mesh_warm_s": {}, "canonical_vertices": {}, "models": {}}
     for name in args.sizes.split(","):
         child = ["--threads", str(args.threads), "--res", str(args.res), "--frame-res", str(args.frame_res),

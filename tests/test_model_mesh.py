@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init
-from backend.model.mesh import (PosedMesher, canonical_mesh, extract_mesh, refinement_factors, repair_from_neighbors,
-                                warp_mesh)
+from backend.model.mesh import (MESH_WARP_TOL, PosedMesher, WarpState, canonical_mesh, extract_mesh,
+                                refinement_factors, repair_from_neighbors, warp_mesh)
 
 
 pytestmark = [pytest.mark.usefixtures("single_torch_thread")]
@@ -103,9 +103,26 @@ def test_model_meshes_fixed_and_varying_topology():
     with torch.no_grad():
         off, _ = m.deformation(torch.from_numpy(posed.vertices)[None], zg, ze)
     back = torch.from_numpy(posed.vertices) + off[0]
-    assert (back - torch.from_numpy(can.vertices))[ok].norm(dim=-1).max() < 1e-4
-    posed2, ok2, _ = warp_mesh(m, can, zg, ze * 1.05, state=st)  # warm start from the previous frame
+    assert (back - torch.from_numpy(can.vertices))[ok].norm(dim=-1).max() < MESH_WARP_TOL + 1e-6
+    # the next frame, warm-started: chord steps with the last inverse Jacobians, at most two passes per vertex
+    from backend.model.deformation import DeformationField
+    calls, forward = [], DeformationField.forward
+
+    def spy(self, x, *a, **k):
+        calls.append((x.reshape(-1, 3).shape[0], k.get("with_jacobian", False)))
+        return forward(self, x, *a, **k)
+
+    DeformationField.forward = spy
+    try:
+        posed2, ok2, _ = warp_mesh(m, can, zg, ze * 1.02, state=st)
+    finally:
+        DeformationField.forward = forward
     assert ok2.float().mean() > 0.99
+    assert not any(jac for _, jac in calls) and sum(n for n, _ in calls) <= 2 * len(can.vertices)
+    with torch.no_grad():
+        off2, _ = m.deformation(torch.from_numpy(posed2.vertices)[None], zg, ze * 1.02)
+    back2 = torch.from_numpy(posed2.vertices) + off2[0]
+    assert (back2 - torch.from_numpy(can.vertices))[ok2].norm(dim=-1).max() < MESH_WARP_TOL + 1e-6
     # topology-varying: posed surface, band reused between frames
     pm = PosedMesher(m, res=32, box=box, coarse_res=8)
     a = pm(zg, za, ze)
@@ -114,6 +131,28 @@ def test_model_meshes_fixed_and_varying_topology():
     with torch.no_grad():
         sb = m(torch.from_numpy(b.vertices)[None], zg, None, ze * 1.05, with_color=False).sdf
     assert sb.abs().max() < 2 * 1.4 / 32 and sb.abs().median() < 0.1 * 1.4 / 32
+
+
+def test_warp_state_extrapolates_smooth_motion_and_holds_still_on_jitter():
+    """The next frame's start: x_t + k (x_t - x_{t-1}), k the least-squares persistence of the last motion."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(50, 3, generator=g)
+    v = torch.randn(50, 3, generator=g) * 1e-3
+    eye = torch.eye(3).expand(50, 3, 3)
+    st = WarpState(x0, eye)
+    assert torch.equal(st.predicted_start(), x0)            # one frame: no motion known
+    st = st.advanced(x0 + v, eye)
+    assert st.persistence == 0.0 and torch.equal(st.predicted_start(), x0 + v)  # two frames: no persistence yet
+    smooth = st.advanced(x0 + 2 * v, eye)                   # constant velocity
+    assert abs(smooth.persistence - 1.0) < 1e-4
+    assert torch.allclose(smooth.predicted_start(), x0 + 3 * v, atol=1e-6)
+    jitter = st.advanced(x0, eye)                           # back where it was: the motion reversed
+    assert jitter.persistence == 0.0 and torch.equal(jitter.predicted_start(), x0)
+    half = st.advanced(x0 + 1.5 * v, eye)                   # motion slowing to half
+    assert abs(half.persistence - 0.5) < 1e-4
+    assert torch.allclose(half.predicted_start(), x0 + 1.75 * v, atol=1e-6)
+    other = half.advanced(torch.zeros(7, 3), torch.eye(3).expand(7, 3, 3))  # another mesh: history dropped
+    assert other.previous is None and other.persistence == 0.0
 
 
 def test_bfloat16_coarse_passes_give_the_float32_mesh():

@@ -3,8 +3,9 @@
 * `extract_mesh(sdf_fn, box, res)`: evaluates a coarse grid, then refines only cells near the surface
   (|sdf| < margin * cell diagonal, or a sign change) level by level up to `res` cells per axis.
 * `canonical_mesh(model, ...)`: neutral canonical surface with albedo vertex colours.
-* `warp_mesh(...)`: fixed topology per frame: canonical vertices forward-warped (root finding), the
-  non-converged ones repaired from their mesh neighbours.
+* `warp_vertices(...)` / `warp_mesh(...)`: fixed topology per frame: canonical vertices forward-warped (root
+  finding to `MESH_WARP_TOL`, warm-started from the previous frame), the non-converged ones repaired from their mesh
+  neighbours.
 * `PosedMesher`: topology-varying per-frame meshes in posed space, reusing the previous frame's band.
 """
 from __future__ import annotations
@@ -334,57 +335,92 @@ def repair_from_neighbors(verts_can: torch.Tensor, verts_posed: torch.Tensor, ok
     return verts_can + disp
 
 
+# Fixed-topology vertices are solved to 4e-5 NPHM units (10 micrometres): under 1/100 of a 256^3 cell of the
+# official box and far below what a mesh shows.  1e-6 would cost a second deformation pass for every vertex of every
+# frame; at 4e-5 a vertex that barely moved (most of a head: median 5-13 um per frame in tracked clips) takes one.
+MESH_WARP_TOL = 4e-5
+
+
 @dataclass
 class WarpState:
-    """Per-vertex solution of the previous frame, to warm-start the next one."""
-    points: torch.Tensor   # (V, 3)
-    jinv: torch.Tensor     # (V, 3, 3)
-    previous: Optional[torch.Tensor] = None  # (V, 3) the frame before (for a constant-velocity prediction)
+    """A fixed-topology warp's memory between frames: the roots and inverse Jacobians of the last frame (the next
+    frame's start and chord steps) and how its motion continues (for the start prediction)."""
+    points: torch.Tensor   # (V, 3) the last frame's posed vertices
+    jinv: Optional[torch.Tensor]  # (V, 3, 3) their inverse Jacobians of x + delta(x) (None: evaluate at the start)
+    previous: Optional[torch.Tensor] = None  # (V, 3) the frame before
+    persistence: float = 0.0  # least-squares factor k of x_t - x_{t-1} ~ k (x_{t-1} - x_{t-2}), in [0, 1]
+
+    def predicted_start(self) -> torch.Tensor:
+        """The next frame's start: x_t + k (x_t - x_{t-1}).  k comes from the last three frames, so smooth motion is
+        extrapolated (k ~ 1) while jittery tracking, whose per-frame accelerations exceed its velocities (k ~ 0),
+        starts from the last roots."""
+        if self.previous is None or self.persistence <= 0.0:
+            return self.points
+        return self.points + self.persistence * (self.points - self.previous)
+
+    def advanced(self, points: torch.Tensor, jinv: torch.Tensor) -> "WarpState":
+        """The state after solving the next frame's `points`."""
+        if points.shape != self.points.shape:
+            return WarpState(points, jinv)
+        k = 0.0
+        if self.previous is not None:
+            v_last, v_new = self.points - self.previous, points - self.points
+            denom = float((v_last * v_last).sum())
+            if denom > 0.0:
+                k = min(max(float((v_new * v_last).sum()) / denom, 0.0), 1.0)
+        return WarpState(points, jinv, self.points, k)
 
 
-def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None,
-              compute_dtype: Optional[torch.dtype] = None, chunk: int = 65536, extrapolate: bool = True,
-              **kw) -> Tuple[Mesh, torch.Tensor, WarpState]:
-    """Fixed-topology posed mesh: canonical vertices forward-warped into the frame's posed space.
+def warp_vertices(model, vertices: torch.Tensor, faces: np.ndarray, z_geo, z_exp,
+                  state: Optional[WarpState] = None, tol: float = MESH_WARP_TOL,
+                  compute_dtype: Optional[torch.dtype] = None, chunk: int = 65536,
+                  **kw) -> Tuple[torch.Tensor, torch.Tensor, WarpState]:
+    """Canonical vertices (V, 3) -> posed (V, 3) for one expression: forward warp by root finding of
+    x + delta(x) = vertex to `tol`, warm-started from `state` (the previous frame: predicted start and inverse
+    Jacobians, so a frame usually needs one or two deformation passes per vertex).  Non-converged vertices are
+    repaired from their mesh neighbours (`faces`).  No autograd.  Returns (posed (V, 3), converged (V,) bool, the
+    state for the next frame).
 
-    state: the previous frame's `WarpState` (warm start: previous roots and inverse Jacobians, so a frame usually
-    needs only a few chord steps).  extrapolate: with two previous frames, start from the constant-velocity
-    prediction 2 x_{t-1} - x_{t-2} (only the start point changes; convergence is still checked per vertex).
-    Non-converged vertices are repaired from their neighbours.  Colours are the canonical albedo (same topology, same
-    texture).  Returns (mesh, converged (V,) bool, new state).
     compute_dtype: e.g. torch.bfloat16 for the first Newton steps (then a float32 polish).  Float32 by default: a
     warm start needs one or two chord steps, which a low-precision phase only adds to, and the bf16 forward-mode
     Jacobian is slow on CPU (2-core AMX host, cold start of 9.2k vertices at the official size: 2.48 vs 0.55 s).
     """
-    vc = torch.from_numpy(mesh.vertices).float()
-    z_geo = z_geo.reshape(1, -1).float()
-    z_exp = z_exp.reshape(1, -1).float()
+    vc = vertices.detach().float()
+    z_geo = z_geo.detach().reshape(1, -1).float()
+    z_exp = z_exp.detach().reshape(1, -1).float()
+    if state is not None and state.points.shape != vc.shape:
+        state = None  # another mesh: start cold
     with torch.no_grad():
         A = model.anchors(z_geo)
-    start = None
-    if state is not None:
-        start = state.points
-        if extrapolate and state.previous is not None and state.previous.shape == state.points.shape:
-            start = 2 * state.points - state.previous
+    start = state.predicted_start() if state is not None else None
 
     def run(s, e):
         xi = ji = None
         if state is not None:
             xi = start[s:e][None]
-            ji = state.jinv[s:e][None]
+            ji = None if state.jinv is None else state.jinv[s:e][None]
         r = model.forward_warp(vc[None, s:e], z_geo, z_exp, anchors=A, x_init=xi, jinv_init=ji,
-                               compute_dtype=compute_dtype, implicit_grad=False, **kw)
+                               compute_dtype=compute_dtype, implicit_grad=False, tol=tol, **kw)
         return r.points[0], r.converged[0], r.jinv[0]
 
-    res = map_chunks(run, vc.shape[0], chunk, inference=False)
-    outs, oks, jis = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
-    xp = torch.cat(outs) if outs else vc.clone()
-    ok = torch.cat(oks) if oks else torch.ones(0, dtype=torch.bool)
-    jinv = torch.cat(jis) if jis else torch.zeros(0, 3, 3)
-    xp = repair_from_neighbors(vc, torch.where(ok[:, None], xp, vc), ok, mesh.faces)
-    jinv = torch.where(ok[:, None, None], jinv, torch.eye(3).expand_as(jinv))
-    prev = state.points if state is not None and state.points.shape == xp.shape else None
-    return Mesh(xp.numpy().astype(np.float32), mesh.faces, mesh.colors), ok, WarpState(xp, jinv, prev)
+    with torch.no_grad():
+        res = map_chunks(run, vc.shape[0], chunk, inference=False)
+        outs, oks, jis = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
+        xp = torch.cat(outs) if outs else vc.clone()
+        ok = torch.cat(oks) if oks else torch.ones(0, dtype=torch.bool)
+        jinv = torch.cat(jis) if jis else torch.zeros(0, 3, 3)
+        xp = repair_from_neighbors(vc, torch.where(ok[:, None], xp, vc), ok, faces)
+        jinv = torch.where(ok[:, None, None], jinv, torch.eye(3).expand_as(jinv))
+    new_state = state.advanced(xp, jinv) if state is not None else WarpState(xp, jinv)
+    return xp, ok, new_state
+
+
+def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None,
+              **kw) -> Tuple[Mesh, torch.Tensor, WarpState]:
+    """Fixed-topology posed mesh: `warp_vertices` of the canonical mesh; colours are the canonical albedo (same
+    topology, same texture).  Returns (mesh, converged (V,) bool, state for the next frame)."""
+    xp, ok, new_state = warp_vertices(model, torch.from_numpy(mesh.vertices), mesh.faces, z_geo, z_exp, state, **kw)
+    return Mesh(xp.numpy().astype(np.float32), mesh.faces, mesh.colors), ok, new_state
 
 
 def _unlin(lin: torch.Tensor, n: int) -> torch.Tensor:

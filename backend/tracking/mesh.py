@@ -1,8 +1,8 @@
 """Fixed-topology head mesh for tracking output and the draft silhouette.
 
 - ``extract_canonical_mesh``: the neutral canonical mesh of an identity (``backend.model.mesh``'s narrow-band
-  marching cubes with cubic cells, largest component).
-- ``warp_vertices``: canonical vertices -> posed model space for one expression (Newton forward warp, warm-started).
+  marching cubes with cubic cells, largest component).  Its per-frame vertices come from the model core's
+  ``backend.model.mesh.warp_vertices`` (warm-started root finding, neighbour repair).
 - ``outline_silhouette_loss``: the draft preset's cheap, differentiable silhouette term from projected vertices.
 """
 from __future__ import annotations
@@ -80,54 +80,6 @@ def _largest_component(v: np.ndarray, f: np.ndarray):
     remap = np.full(n, -1, np.int64)
     remap[used] = np.arange(len(used))
     return v[used], remap[f]
-
-
-@torch.no_grad()
-def warp_fast(model, verts_c: torch.Tensor, z_geo, z_exp, x_init: Optional[torch.Tensor] = None,
-              iters: int = 8, tol: float = 4e-5):
-    """No-grad canonical -> posed warp by fixed-point iteration x <- y - delta(x) (one MLP pass per step, no
-    Jacobian), warm-started from ``x_init`` (e.g. the previous frame); points that do not converge are finished
-    with the model's Newton solver. verts_c (M, 3) -> (posed (M, 3), converged (M,) bool)."""
-    y = verts_c
-    zg, ze = z_geo.detach(), z_exp.detach()
-    A = model.anchors(zg)
-    if x_init is None:
-        off, _, _ = model.ex_model(y[None], zg, ze, A)
-        x = y - off[0]
-    else:
-        x = x_init.clone()
-    c_id = model.ex_model.compress_id(zg, A)
-    act = torch.arange(len(y))
-    res = torch.full((len(y),), float("inf"))
-    for _ in range(iters):
-        if act.numel() == 0:
-            break
-        off, _, _ = model.ex_model(x[act], zg, ze, A, c_id=c_id, batch_index=torch.zeros(len(act), dtype=torch.long))
-        r = (x[act] + off - y[act]).norm(dim=-1)
-        res[act] = r
-        x[act] = y[act] - off
-        act = act[r >= tol]
-    bad = torch.nonzero(res >= tol).flatten()
-    if bad.numel():
-        w = model.forward_warp(y[bad][None], zg, ze, x_init=x[bad][None], max_iter=12)
-        x[bad] = torch.where(w.converged[0][:, None], w.points[0], x[bad])
-        res[bad] = w.residual[0]
-    return x, res < max(tol, 1e-4)
-
-
-def warp_vertices(model, verts_c: torch.Tensor, z_geo, z_exp, x_init: Optional[torch.Tensor] = None,
-                  max_iter: int = 12):
-    """Canonical (M, 3) -> posed (M, 3) by Newton root finding; unconverged vertices keep the (deformation-free)
-    approximation x = y - delta(y). Differentiable (implicit gradients) when grad mode is on."""
-    res = model.forward_warp(verts_c[None], z_geo, z_exp, x_init=None if x_init is None else x_init[None],
-                             max_iter=max_iter)
-    x = res.points[0]
-    ok = res.converged[0]
-    if not bool(ok.all()):
-        with torch.no_grad():
-            off, _ = model.deformation(verts_c[None].detach(), z_geo.detach(), z_exp.detach())
-        x = torch.where(ok[:, None], x, verts_c - off[0])
-    return x, ok
 
 
 def project_torch(x_model: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, unit_m: float = 0.25):

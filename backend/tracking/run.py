@@ -306,7 +306,7 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
     status_of: Dict[int, str] = {}
     prev_state = None
     prev_obs = None
-    prev_verts = None
+    prev_warp = None
     pending = []
     n_done = 0
     t_frames = time.perf_counter()
@@ -320,14 +320,14 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
         for fr, labels in iter_frames_with_masks(src, set(todo), lm_of):
             obs = obs_of(fr, labels)
             tracker._posed_cache.pop("frame", None)   # each frame starts from the same state (resume = same result)
-            tracker._lo_posed = None
+            tracker._lo_warp = None
             init = prev_state if prev_state is not None else tracker.pnp_init(obs)
             st = tracker.fit_frame(obs, init, prev_obs)
             # quality metrics are measured after the joint refinement when it follows (saves a render per frame)
-            res = tracker.frame_result(obs, st, prev_verts, metrics=not will_refine)
+            res = tracker.frame_result(obs, st, prev_warp, metrics=not will_refine)
             states[obs.index] = st
             pending.append(res)
-            prev_state, prev_obs, prev_verts = st, obs, res.vertices
+            prev_state, prev_obs, prev_warp = st, obs, res.warp
             n_done += 1
             ev.progress("tracking", n_done, len(todo), obs.index,
                         f"landmark error {res.landmark_error_px:.2f} px")
@@ -394,10 +394,12 @@ def _flush(writer, results, tracker, codes, status_of, time_of, states, stage2_d
 
 def _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, stage2_done):
     """Recompute outputs of all tracked frames after stage 2 and rewrite them (chunk by chunk)."""
+    import torch
     from .tracker import FrameObs
+    from ..model.mesh import WarpState
     from ..result_format import load_npz
     pending = []
-    prev_verts = None
+    prev_warp = None
     n = 0
     chunk_of = {f["index"]: f["chunk"] for f in writer.manifest["frames"]}
     loaded: Dict[str, dict] = {}
@@ -419,8 +421,11 @@ def _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_
     for fr, labels in iter_frames_with_masks(src, set(tracked), lm_of):
         obs = FrameObs(fr.index, fr.time, lm_of[fr.index], fr.image, labels, size_of[fr.index])
         x0 = stage1_vertices(fr.index)
-        r = tracker.frame_result(obs, states[fr.index], x0 if x0 is not None else prev_verts)
-        prev_verts = r.vertices
+        warm = prev_warp
+        if x0 is not None:  # the frame's own stage-1 roots, with the last frame's inverse Jacobians
+            warm = WarpState(torch.as_tensor(x0), None if prev_warp is None else prev_warp.jinv)
+        r = tracker.frame_result(obs, states[fr.index], warm)
+        prev_warp = r.warp
         pending.append(r)
         n += 1
         ev.progress("writing", n, len(tracked), fr.index)

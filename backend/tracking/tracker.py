@@ -29,6 +29,7 @@ from . import raster, renderer
 from . import mesh as tmesh
 from .camera import METRES_PER_UNIT, rotation_to_axis_angle, solve_pnp
 from .codes import CodeSpace
+from ..model.mesh import WarpState, warp_vertices
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -121,6 +122,7 @@ class FrameResult:
     photometric_error: Optional[float]
     mask_iou: Optional[float]
     iterations: int = 0
+    warp: Optional[WarpState] = None   # the fixed-topology warp's state after this frame (the next frame's start)
 
 
 def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -176,7 +178,7 @@ class Tracker:
         self.albedo: Optional[np.ndarray] = None      # (V, 3) uint8 for the output mesh
         self.timer = Timer()
         self._posed_cache: Dict[str, torch.Tensor] = {}
-        self._lo_posed: Optional[torch.Tensor] = None
+        self._lo_warp: Optional[WarpState] = None     # low-res mesh warp within a frame's iterations
 
     # ---------------------------------------------------------------------------------------------------------
     # identity-dependent quantities
@@ -411,7 +413,7 @@ class Tracker:
         self.sh, self.cA, self.cb = sh.detach(), cA.detach(), cb.detach()
         self._posed_cache.pop("id", None)
         self.build_meshes()
-        self._lo_posed = None
+        self._lo_warp = None
         self.fit_appearance_vertices(frames, [FrameState(p_ex[i].detach(), om[i].detach(), tr[i].detach())
                                               for i in range(B)])
         self.albedo = self.mesh_albedo()
@@ -426,9 +428,8 @@ class Tracker:
         vc0 = torch.as_tensor(ml.vertices)
         if cache is None or "ol" not in cache:
             with torch.no_grad():
-                x0 = self._lo_posed if getattr(self, "_lo_posed", None) is not None else None
-                x, _ = tmesh.warp_fast(self.model, vc0, zg.detach(), self.codes.z_exp(p_ex.detach()[None]), x_init=x0)
-                self._lo_posed = x
+                x, _, self._lo_warp = warp_vertices(self.model, vc0, ml.faces, zg, self.codes.z_exp(p_ex.detach()[None]),
+                                                    self._lo_warp)
             st = FrameState(p_ex.detach(), omega.detach(), trans.detach())
             ol, cov = self._outline(x.numpy().astype(np.float64), st, self.preset.outline_points)
             tg = tmesh.SilhouetteTargets(obs.labels, seed=obs.index)
@@ -465,7 +466,8 @@ class Tracker:
             for f, st in zip(frames, states):
                 if f.image is None or f.labels is None:
                     continue
-                x, _ = tmesh.warp_fast(self.model, torch.as_tensor(ml.vertices), zg, self.codes.z_exp(st.p_ex[None]))
+                x, _, _ = warp_vertices(self.model, torch.as_tensor(ml.vertices), ml.faces, zg,
+                                        self.codes.z_exp(st.p_ex[None]))
                 R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
                 vc = (METRES_PER_UNIT * x.numpy()) @ R.T + st.trans.numpy()
                 nrm = raster.vertex_normals(vc, ml.faces)
@@ -573,13 +575,15 @@ class Tracker:
     # outputs and metrics
     # ---------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def frame_result(self, obs: FrameObs, st: FrameState, x_init: Optional[np.ndarray] = None,
+    def frame_result(self, obs: FrameObs, st: FrameState, warm: Optional[WarpState] = None,
                      metrics: bool = True) -> FrameResult:
+        """The frame's outputs: fixed-topology vertices (the output mesh warped into the frame's expression,
+        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics."""
         t0 = time.perf_counter()
         zg = self.z_geo()
         ze = self.codes.z_exp(st.p_ex[None])
         v = torch.as_tensor(self.mesh.vertices)
-        x, _ = tmesh.warp_fast(self.model, v, zg, ze, x_init=None if x_init is None else torch.as_tensor(x_init))
+        x, _, warp = warp_vertices(self.model, v, self.mesh.faces, zg, ze, warm)
         verts = x.numpy()
         lm_err = float("nan")
         if obs.found:
@@ -596,7 +600,7 @@ class Tracker:
             if obs.image is not None and self.albedo is not None:
                 photo = self._photometric_error(obs, frag, vc, R)
         self.timer.add("outputs", time.perf_counter() - t0)
-        return FrameResult(obs.index, st, verts, lm_err, photo, iou, getattr(st, "iterations", 0))
+        return FrameResult(obs.index, st, verts, lm_err, photo, iou, getattr(st, "iterations", 0), warp)
 
     def _photometric_error(self, obs: FrameObs, frag, vc: np.ndarray, R: np.ndarray) -> Optional[float]:
         """Mean absolute colour error (0..1 units) on face pixels of the SH-shaded albedo mesh render."""

@@ -23,6 +23,10 @@ class WarpResult:
     residual: torch.Tensor    # (B, M) final ||x + delta(x) - y||
     iterations: int
     jinv: Optional[torch.Tensor] = None  # (B, M, 3, 3) last inverse Jacobian (reusable as jinv_init next frame)
+    # (B, M, 3) one more chord step from `points` (x - J^-1 r, not evaluated): a start for a nearby problem, e.g. the
+    # next frame.  A point accepted at its start with residual just under tol is otherwise carried forward with
+    # that error, which the next frame's motion can push over tol.
+    next_start: Optional[torch.Tensor] = None
 
 
 def inv3(J: torch.Tensor) -> torch.Tensor:
@@ -111,7 +115,8 @@ def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, c
     if dt is not None:  # ran out of iterations inside the coarse phase: report full-precision residuals
         r, _ = evaluate(idx, x, None, False)
         res = torch.linalg.vector_norm(r, dim=-1)
-    return x.view(B, M, 3), res.view(B, M), it, Jinv.view(B, M, 3, 3)
+        step = (Jinv @ r.unsqueeze(-1)).squeeze(-1)
+    return x.view(B, M, 3), res.view(B, M), it, Jinv.view(B, M, 3, 3), (x - step).view(B, M, 3)
 
 
 @flush_denormals()
@@ -157,11 +162,11 @@ def forward_warp(
         if x_init is None:
             off0, _, _ = model.ex_model(yd, zg, ze, ad, compute_dtype=compute_dtype)
             x_init = yd - off0
-        x, res, it, jinv = _newton_solve(model, yd, zg, ze, ad, x_init.detach(), max_iter, tol, diverge,
+        x, res, it, jinv, x_next = _newton_solve(model, yd, zg, ze, ad, x_init.detach(), max_iter, tol, diverge,
                                          compute_dtype, coarse_tol, jinv_init)
         converged = torch.isfinite(res) & (res < tol)
     if not implicit_grad:
-        return WarpResult(points=x, converged=converged, residual=res, iterations=it, jinv=jinv)
+        return WarpResult(points=x, converged=converged, residual=res, iterations=it, jinv=jinv, next_start=x_next)
     # Implicit-function gradient (value unchanged): one differentiable deformation evaluation at the root.
     with torch.no_grad():
         _, _, J = model.ex_model(x, zg, ze, ad, with_jacobian=True)
@@ -171,7 +176,7 @@ def forward_warp(
         g = y - (x + off)
         corr = g - g.detach()
         xs = x + (inv3(Jf) @ corr.unsqueeze(-1)).squeeze(-1)
-    return WarpResult(points=xs, converged=converged, residual=res, iterations=it, jinv=jinv)
+    return WarpResult(points=xs, converged=converged, residual=res, iterations=it, jinv=jinv, next_start=x_next)
 
 
 def posed_anchors(model, z_geo, z_exp, y_offsets: Optional[torch.Tensor] = None, **kw) -> WarpResult:

@@ -392,10 +392,15 @@ def warp_vertices(model, vertices: torch.Tensor, faces: np.ndarray, z_geo, z_exp
         state = None  # another mesh: start cold
     with torch.no_grad():
         A = model.anchors(z_geo)
-    start = jinv0 = None
+    start = None
+    # A cold start takes chord steps with the identity for J^-1 (fixed-point steps x <- y - delta(x), one pass each)
+    # and computes a Jacobian only where the residual does not halve: deformations are small, so most vertices never
+    # need one (tracker, draft preset: 3.4 -> 2.1 deformation passes per vertex per cold frame).
+    jinv0 = torch.eye(3).expand(len(vc), 3, 3)
     if state is not None:
         start = state.predicted_start()
-        jinv0 = state.jinv
+        if state.jinv is not None:
+            jinv0 = state.jinv
 
     # One solve over all vertices, parallel inside each layer: Python worker threads over vertex chunks were no faster
     # at the official size and slower at the built-in size (real clip: 0.041 vs 0.034 s per frame), where the
@@ -413,10 +418,12 @@ def warp_vertices(model, vertices: torch.Tensor, faces: np.ndarray, z_geo, z_exp
             xp, ok, jinv, nxt = (torch.cat(p) for p in zip(*parts))
         else:
             xp, ok, jinv, nxt = vc.clone(), torch.ones(0, dtype=torch.bool), torch.zeros(0, 3, 3), vc.clone()
-        xp = repair_from_neighbors(vc, torch.where(ok[:, None], xp, vc), ok, faces)
-        jinv = torch.where(ok[:, None, None], jinv, torch.eye(3).expand_as(jinv))
-        # The next frame starts from the refined roots: the returned ones are only within tol.
-        best = torch.where(ok[:, None], nxt, xp)
+        # The next frame starts from the refined roots (the returned ones are only within tol).
+        best = nxt
+        if not bool(ok.all()):
+            xp = repair_from_neighbors(vc, torch.where(ok[:, None], xp, vc), ok, faces)
+            jinv = torch.where(ok[:, None, None], jinv, torch.eye(3).expand_as(jinv))
+            best = torch.where(ok[:, None], nxt, xp)
     new_state = state.advanced(best, jinv) if state is not None else WarpState(best, jinv)
     return xp, ok, new_state
 

@@ -62,8 +62,9 @@ def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, c
     eye = torch.eye(3, dtype=y.dtype, device=y.device)
 
     def evaluate(idx, pts, dt, jac):
-        off, _, J = ex(pts, z_geo, z_exp, anchors, with_jacobian=jac, c_id=c_id, batch_index=bidx[idx],
-                       compute_dtype=dt)
+        # One code set: the value path broadcasts it without a per-point batch index.
+        bi = None if B == 1 and not jac else bidx[idx]
+        off, _, J = ex(pts, z_geo, z_exp, anchors, with_jacobian=jac, c_id=c_id, batch_index=bi, compute_dtype=dt)
         r = pts + off - yf[idx]
         return r, (inv3(eye + J[:, :3, :]) if jac else None)
 
@@ -81,7 +82,7 @@ def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, c
     it = 0
     for it in range(1, max_iter + 1):
         thr = coarse_tol if dt is not None else tol
-        act = (res >= thr) & torch.isfinite(res) & (res < diverge)
+        act = (res >= thr) & (res < diverge)  # NaN and inf fail one of the two
         if dt is not None and (not bool(act.any()) or it > coarse_iters):
             # Coarse (low-precision) phase done: continue at full precision from the same points.
             dt = None
@@ -89,29 +90,34 @@ def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, c
             res = torch.linalg.vector_norm(r, dim=-1)
             step = (Jinv @ r.unsqueeze(-1)).squeeze(-1)
             alpha.fill_(1.0)
-            act = (res >= tol) & torch.isfinite(res) & (res < diverge)
+            act = (res >= tol) & (res < diverge)
         if not bool(act.any()):
             break
-        for jac in (True, False):
-            a = (act & (need_j == jac)).nonzero().squeeze(1)
+        with_j = act & need_j
+        for jac, sel in ((True, with_j), (False, act ^ with_j)):
+            a = sel.nonzero().squeeze(1)
             if a.numel() == 0:
                 continue
             cand = x[a] - alpha[a].unsqueeze(-1) * step[a]
             rc, Jc = evaluate(a, cand, dt, jac)
             rcn = torch.linalg.vector_norm(rc, dim=-1)
-            better = torch.isfinite(rcn) & (rcn < res[a])
-            acc = a[better]
+            better = rcn < res[a]  # false for NaN / inf
+            if bool(better.all()):  # the usual case: every step accepted, no masking
+                keep, acc = slice(None), a
+            else:
+                keep = better.nonzero().squeeze(1)
+                acc = a[keep]
+                rej = a[~better]
+                alpha[rej] *= 0.5  # backtrack from the last accepted point, with a fresh Jacobian there
+                need_j[rej] = True
             if jac:
-                Jinv[acc] = Jc[better]
-            slow = rcn[better] > 0.5 * res[acc]
-            x[acc] = cand[better]
-            res[acc] = rcn[better]
-            step[acc] = (Jinv[acc] @ rc[better].unsqueeze(-1)).squeeze(-1)
+                Jinv[acc] = Jc[keep]
+            rn = rcn[keep]
+            need_j[acc] = rn > 0.5 * res[acc]
+            x[acc] = cand[keep]
+            res[acc] = rn
+            step[acc] = (Jinv[acc] @ rc[keep].unsqueeze(-1)).squeeze(-1)
             alpha[acc] = 1.0
-            need_j[acc] = slow
-            rej = a[~better]
-            alpha[rej] *= 0.5  # backtrack from the last accepted point, with a fresh Jacobian there
-            need_j[rej] = True
     if dt is not None:  # ran out of iterations inside the coarse phase: report full-precision residuals
         r, _ = evaluate(idx, x, None, False)
         res = torch.linalg.vector_norm(r, dim=-1)

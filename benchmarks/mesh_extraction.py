@@ -9,7 +9,16 @@ The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
 
 Each size runs in a fresh process (`--one-size`), as a user's run would.
-Last full run (2026-11-25 22:09, matmul peak 353 GFLOP/s, now in the JSON as "matmul_gflops"): canonical official
+The fixed-topology warp runs two expression trajectories: smooth (`per_frame_fixed_topology_s`) and jittery
+(`per_frame_fixed_topology_jittery_s`), each with its cost in deformation passes per vertex (`..._passes`; a
+Jacobian pass counts 4).
+Last full run (2026-11-25 22:53, matmul peak 380 GFLOP/s): canonical official 10.3 s (warm process 10.0), built-in
+2.74 s (warm 2.69); fixed topology 30,000 vertices, official: smooth 0.235 s/frame (1.4 passes per vertex over frames
+1-5; 1.0 once the motion persistence is known), jittery 0.452 s (2.0 passes: the random-init net moves every vertex
+by more than the 10 um tolerance every frame), first (cold) frame 0.72 s; built-in 0.074 / 0.103 s; marching cubes
+official 3.0 s, built-in 0.77 s.  (Replaying tracked codes of the sample clip through the built-in model on its
+18k-vertex canonical mesh: 1.26-1.36 passes per vertex, against 1.92-2.10 at the former 1e-6 tolerance.)
+Before (22:09, matmul peak 353 GFLOP/s, tolerance 1e-6, constant-velocity starts): canonical official
 11.1 s (warm process 10.5), built-in 3.04 s (warm 3.06); fixed topology 30,000 vertices official 0.51 s/frame
 (0.507-0.524), built-in 0.14 s; marching cubes official 3.25 s, built-in 0.90 s.
 Before (21:50, matmul peak 330-347 GFLOP/s): canonical official 11.6 s (warm process 11.2), built-in

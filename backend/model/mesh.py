@@ -413,7 +413,7 @@ def warp_vertices(model, vertices: torch.Tensor, faces: np.ndarray, z_geo, z_exp
             e = min(len(vc), s + chunk)
             r = model.forward_warp(vc[None, s:e], z_geo, z_exp, anchors=A,
                                    x_init=None if start is None else start[None, s:e],
-                                   jinv_init=None if jinv0 is None else jinv0[None, s:e],
+                                   jinv_init=jinv0[None, s:e],
                                    compute_dtype=compute_dtype, implicit_grad=False, tol=tol, **kw)
             parts.append((r.points[0], r.converged[0], r.jinv[0], r.next_start[0]))
         if parts:

@@ -117,7 +117,7 @@ def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, c
             rn, xa, ra = rcn[keep], cand[keep], rc[keep]
             if jac:
                 Jinv[acc] = Jc[keep]
-            else:
+            elif dt is None:  # low-precision residuals are too noisy for secant pairs
                 Jinv[acc] = _broyden_update(Jinv[acc], xa - x[acc], ra - r[acc], min_step)
             need_j[acc] = rn > 0.5 * res[acc]
             x[acc] = xa
@@ -192,7 +192,7 @@ def forward_warp(
             off0, _, _ = model.ex_model(yd, zg, ze, ad, compute_dtype=compute_dtype)
             x_init = yd - off0
         x, res, it, jinv, x_next = _newton_solve(model, yd, zg, ze, ad, x_init.detach(), max_iter, tol, diverge,
-                                         compute_dtype, coarse_tol, jinv_init)
+                                                 compute_dtype, coarse_tol, jinv_init)
         converged = torch.isfinite(res) & (res < tol)
     if not implicit_grad:
         return WarpResult(points=x, converged=converged, residual=res, iterations=it, jinv=jinv, next_start=x_next)

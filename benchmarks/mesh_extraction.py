@@ -164,7 +164,8 @@ def replay_warp(package: Path) -> dict:
         passes.append(rows[0] / len(verts))
     return {"package": str(package), "frames": len(times), "vertices": int(len(verts)),
             "replay_first_s": round(times[0], 3), "replay_s": round(float(np.median(times[1:])), 4),
-            "replay_passes": round(float(np.mean(passes[1:])), 2), "replay_converged": round(float(ok.float().mean()), 5)}
+            "replay_passes": round(float(np.mean(passes[1:])), 2),
+            "replay_converged": round(float(ok.float().mean()), 5)}
 
 
 def measure_size(name: str, res: int, frame_res: int, frames: int, quick: bool) -> dict:

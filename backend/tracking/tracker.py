@@ -428,8 +428,8 @@ class Tracker:
         vc0 = torch.as_tensor(ml.vertices)
         if cache is None or "ol" not in cache:
             with torch.no_grad():
-                x, _, self._lo_warp = warp_vertices(self.model, vc0, ml.faces, zg, self.codes.z_exp(p_ex.detach()[None]),
-                                                    self._lo_warp)
+                ze = self.codes.z_exp(p_ex.detach()[None])
+                x, _, self._lo_warp = warp_vertices(self.model, vc0, ml.faces, zg, ze, self._lo_warp)
             st = FrameState(p_ex.detach(), omega.detach(), trans.detach())
             ol, cov = self._outline(x.numpy().astype(np.float64), st, self.preset.outline_points)
             tg = tmesh.SilhouetteTargets(obs.labels, seed=obs.index)

@@ -143,16 +143,23 @@ def replay_warp(package: Path) -> dict:
     expression codes, through the built-in model, frame after frame as the tracker's outputs run."""
     from backend.conventions import NPHM_UNIT_M
     from backend.model.mesh import warp_vertices
+    from backend.protocol import BackendError
     from backend.result_format import ResultPackage
 
-    pkg = ResultPackage(package)
+    try:
+        pkg = ResultPackage(package)
+        can, identity = pkg.canonical_mesh(), pkg.identity()
+        frames = pkg.frame_arrays(["z_exp"])
+    except BackendError as exc:
+        raise SystemExit(f"--replay: {exc.message}. {exc.hint}".rstrip())
+    if len(frames.get("z_exp", ())) < 2:
+        raise SystemExit(f"--replay: {package} holds fewer than 2 tracked frames; track a longer clip first")
+    z_exp = torch.from_numpy(frames["z_exp"]).float()
     m, kind = make_model("builtin")
     if kind != "checkpoint":
         raise SystemExit("--replay needs the built-in checkpoint (backend/models/builtin/model.pt)")
-    can = pkg.canonical_mesh()
     verts = torch.from_numpy(can.vertices / np.float32(NPHM_UNIT_M))
-    z_geo = torch.from_numpy(pkg.identity()["z_geo"]).float()[None]
-    z_exp = torch.from_numpy(pkg.frame_arrays(["z_exp"])["z_exp"]).float()
+    z_geo = torch.from_numpy(identity["z_geo"]).float()[None]
     if z_geo.shape[1] != m.cfg.dim_geo or z_exp.shape[1] != m.cfg.dim_exp:
         raise SystemExit(f"{package} was not tracked with this built-in model (code sizes differ)")
     times, passes, st = [], [], None

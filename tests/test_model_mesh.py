@@ -133,6 +133,26 @@ def test_model_meshes_fixed_and_varying_topology():
     assert sb.abs().max() < 2 * 1.4 / 32 and sb.abs().median() < 0.1 * 1.4 / 32
 
 
+def test_vertices_that_fail_from_their_start_get_an_exact_newton_solve():
+    """A poisoned start (NaN, e.g. a corrupted previous frame) fails; those vertices are solved again from
+    y - delta(y) with exact Jacobians instead of being patched from their neighbours."""
+    from backend.model.mesh import warp_vertices
+
+    m, cfg = _blob_model()
+    zg, za, ze = m.zero_codes(1)
+    ze = torch.randn_like(ze) * 0.3
+    can = canonical_mesh(m, zg, None, res=24, box=((-0.7,) * 3, (0.7,) * 3), coarse_res=6)
+    v = torch.from_numpy(can.vertices)
+    _, _, st = warp_vertices(m, v, can.faces, zg, ze)
+    poisoned = st.points.clone()
+    poisoned[:10] = float("nan")
+    x, ok, _ = warp_vertices(m, v, can.faces, zg, ze, WarpState(poisoned, st.jinv))
+    assert bool(ok.all()) and torch.isfinite(x).all()
+    with torch.no_grad():
+        off, _ = m.deformation(x[None], zg, ze)
+    assert (x + off[0] - v).norm(dim=-1).max() < MESH_WARP_TOL + 1e-6
+
+
 def test_warp_state_extrapolates_smooth_motion_and_holds_still_on_jitter():
     """The next frame's start: x_t + k (x_t - x_{t-1}), k the least-squares persistence of the last motion."""
     g = torch.Generator().manual_seed(0)

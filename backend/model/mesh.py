@@ -404,22 +404,29 @@ def warp_vertices(model, vertices: torch.Tensor, faces: np.ndarray, z_geo, z_exp
         if state.jinv is not None:
             jinv0 = state.jinv
 
+    def solve(y, x_init, jinv_init):
+        r = model.forward_warp(y[None], z_geo, z_exp, anchors=A, x_init=None if x_init is None else x_init[None],
+                               jinv_init=None if jinv_init is None else jinv_init[None], compute_dtype=compute_dtype,
+                               implicit_grad=False, tol=tol, **kw)
+        return r.points[0], r.converged[0], r.jinv[0], r.next_start[0]
+
     # One solve over all vertices, parallel inside each layer: Python worker threads over vertex chunks were no faster
     # at the official size and slower at the built-in size (real clip: 0.041 vs 0.034 s per frame), where the
     # second pass only sees the moving vertices.
-    parts = []
     with torch.no_grad(), flush_denormals():
-        for s in range(0, len(vc), chunk):
-            e = min(len(vc), s + chunk)
-            r = model.forward_warp(vc[None, s:e], z_geo, z_exp, anchors=A,
-                                   x_init=None if start is None else start[None, s:e],
-                                   jinv_init=jinv0[None, s:e],
-                                   compute_dtype=compute_dtype, implicit_grad=False, tol=tol, **kw)
-            parts.append((r.points[0], r.converged[0], r.jinv[0], r.next_start[0]))
+        parts = [solve(vc[s:s + chunk], None if start is None else start[s:s + chunk], jinv0[s:s + chunk])
+                 for s in range(0, len(vc), chunk)]
         if parts:
             xp, ok, jinv, nxt = (torch.cat(p) for p in zip(*parts))
         else:
             xp, ok, jinv, nxt = vc.clone(), torch.ones(0, dtype=torch.bool), torch.zeros(0, 3, 3), vc.clone()
+        failed = (~ok).nonzero().squeeze(1)
+        for s in range(0, len(failed), chunk):
+            # A second chance for the few that failed: exact Newton (a Jacobian at the start) from y - delta(y).
+            bad = failed[s:s + chunk]
+            x_bad, ok_bad, jinv_bad, nxt_bad = solve(vc[bad], None, None)
+            fixed = bad[ok_bad]
+            xp[fixed], jinv[fixed], nxt[fixed], ok[fixed] = x_bad[ok_bad], jinv_bad[ok_bad], nxt_bad[ok_bad], True
         # The next frame starts from the refined roots (the returned ones are only within tol).
         best = nxt
         if not bool(ok.all()):

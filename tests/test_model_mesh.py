@@ -68,6 +68,24 @@ def test_narrow_band_equals_dense_marching_cubes():
     assert max(d_ab.max(), d_ba.max()) < 1e-5  # the same vertices (float32 grid coordinates)
 
 
+def test_child_cell_band_test_equals_the_per_corner_test():
+    """The sliding-window min/max over the predicted child-corner lattice selects the same children as testing
+    each child's 8 gathered corners."""
+    from backend.model.mesh import _CORNERS, _near, _near_children, _refinement_stencil
+
+    g = torch.Generator().manual_seed(0)
+    for f in (2, 4):
+        wts, offsets = _refinement_stencil(f)
+        parents = torch.randn(500, 8, generator=g) * 0.05 + torch.randn(500, 1, generator=g) * 0.05
+        lattice = parents @ wts.t()                                                # (M, (f+1)^3)
+        cc = offsets[:, None, :] + _CORNERS[None]                                  # (f^3, 8, 3) child corners
+        ids = (cc[..., 0] * (f + 1) + cc[..., 1]) * (f + 1) + cc[..., 2]
+        expected = _near(lattice[:, ids], 0.03)                                    # (M, f^3)
+        got = _near_children(lattice, f, 0.03)
+        assert 0.05 < expected.float().mean() < 0.95  # both outcomes occur
+        assert torch.equal(got, expected)
+
+
 def test_repair_from_neighbors():
     # a strip of 4 vertices: 0-1-2-3, vertex 2 failed
     faces = np.array([[0, 1, 2], [1, 3, 2]])

@@ -101,7 +101,26 @@ def _near(v: torch.Tensor, thr: float) -> torch.Tensor:
     max |corner| <= L * diag; thr = margin * diag with margin >= L (plus a sign change test) is conservative.
     """
     lo, hi = torch.aminmax(v, dim=-1)  # one pass; max |v| = max(-min v, max v)
+    return _near_range(lo, hi, thr)
+
+
+def _near_range(lo: torch.Tensor, hi: torch.Tensor, thr: float) -> torch.Tensor:
+    """`_near` from each cell's corner minimum and maximum."""
     return (torch.maximum(-lo, hi) < thr) | ((lo < 0) & (hi > 0))
+
+
+def _near_children(lattice: torch.Tensor, f: int, thr: float) -> torch.Tensor:
+    """`_near` of every child cell from the predicted values on each parent's (f+1)^3 child-corner lattice.
+
+    lattice (M, (f+1)^3) ('ij' order) -> (M, f^3) in the order of the child offsets of `_refinement_stencil`.
+    The min / max over each child's 8 corners are taken as 2-wide sliding windows along the three axes, which reads
+    the lattice 6 times instead of gathering 8 values per child (4x faster for the 4-fold split)."""
+    lo = hi = lattice.view(-1, f + 1, f + 1, f + 1)
+    for axis in (1, 2, 3):
+        a, b = lo.narrow(axis, 0, f), lo.narrow(axis, 1, f)
+        c, d = hi.narrow(axis, 0, f), hi.narrow(axis, 1, f)
+        lo, hi = torch.minimum(a, b), torch.maximum(c, d)
+    return _near_range(lo.reshape(-1, f ** 3), hi.reshape(-1, f ** 3), thr)
 
 
 def _unique_dense(lin: torch.Tensor, size: int) -> torch.Tensor:
@@ -117,14 +136,12 @@ def _unique_dense(lin: torch.Tensor, size: int) -> torch.Tensor:
 def _refinement_stencil(f: int):
     """Trilinear prediction of child-cell corners when a cell is split f times per axis.
 
-    Returns (weights ((f+1)^3, 8): lattice position <- the parent's 8 corners, child offsets (f^3, 3),
-    child corner lattice ids (f^3, 8))."""
+    Returns (weights ((f+1)^3, 8): lattice position ('ij' order) <- the parent's 8 corners, child offsets (f^3, 3))."""
     lattice = torch.stack(torch.meshgrid(*(torch.arange(f + 1),) * 3, indexing="ij"), -1).reshape(-1, 3)
     t = lattice.float() / f
     wts = torch.prod(torch.where(_CORNERS[None].bool(), t[:, None], 1 - t[:, None]), -1)
     offsets = torch.stack(torch.meshgrid(*(torch.arange(f),) * 3, indexing="ij"), -1).reshape(-1, 3)
-    cc = offsets[:, None, :] + _CORNERS[None]                                         # (f^3, 8, 3)
-    return wts, offsets, (cc[..., 0] * (f + 1) + cc[..., 1]) * (f + 1) + cc[..., 2]
+    return wts, offsets
 
 
 def refinement_factors(res: int, coarse_res: int) -> List[int]:
@@ -175,10 +192,10 @@ def extract_mesh(
         cv = dense[_lin(cells[:, None, :] + _CORNERS, n)]                                          # (M, 8)
         keep = _near(cv, margin * diag)
         cells, cv = cells[keep], cv[keep]
-        wts, offsets, child_corner = _refinement_stencil(f)
-        pv = (cv @ wts.t())[:, child_corner]                                                        # (M, f^3, 8)
-        # The last level uses a tight band (1 child diagonal); surface cells that reach its edge are grown below.
-        ok = _near(pv, (final_margin if last else margin) * diag / f)                               # (M, f^3)
+        wts, offsets = _refinement_stencil(f)
+        # The last level uses a tight band (final_margin child diagonals); surface cells that reach its edge are
+        # grown below.
+        ok = _near_children(cv @ wts.t(), f, (final_margin if last else margin) * diag / f)         # (M, f^3)
         children = (f * cells[:, None, :] + offsets[None])[ok]                                      # (M', 3)
         m = f * m
         n = m + 1

@@ -94,6 +94,12 @@ def _lin(p: torch.Tensor, n: int) -> torch.Tensor:
     return (p[..., 0] * n + p[..., 1]) * n + p[..., 2]
 
 
+def _corner_ids(cells: torch.Tensor, n: int) -> torch.Tensor:
+    """Linear ids (K, 8) in an n^3 corner grid of the 8 corners of cells (K, 3) (indexed by their lowest corner):
+    each cell's own id plus fixed offsets, without a (K, 8, 3) intermediate."""
+    return _lin(cells, n).unsqueeze(1) + _lin(_CORNERS, n)
+
+
 def _near(v: torch.Tensor, thr: float) -> torch.Tensor:
     """(M, 8) corner values -> (M,) bool: the cell may contain the surface.
 
@@ -189,7 +195,7 @@ def extract_mesh(
         last = lev == len(factors) - 1
         n = m + 1
         diag = float(np.linalg.norm((hi - lo) / m))
-        cv = dense[_lin(cells[:, None, :] + _CORNERS, n)]                                          # (M, 8)
+        cv = dense[_corner_ids(cells, n)]                                                          # (M, 8)
         keep = _near(cv, margin * diag)
         cells, cv = cells[keep], cv[keep]
         wts, offsets = _refinement_stencil(f)
@@ -199,7 +205,7 @@ def extract_mesh(
         children = (f * cells[:, None, :] + offsets[None])[ok]                                      # (M', 3)
         m = f * m
         n = m + 1
-        keys = _unique_dense(_lin(children[:, None, :] + _CORNERS, n), n ** 3)
+        keys = _unique_dense(_corner_ids(children, n), n ** 3)
         dense = torch.ones(n ** 3)  # +1 where not evaluated (never read: only evaluated corners are used)
         dense[keys] = sdf_fn(_grid_points(box, n, keys), not last).reshape(-1).float()
         cells = children
@@ -231,7 +237,7 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
     frontier = cells
     added_cells, added_pts = [cells], [keys]  # disjoint by construction: no sorting or mask scans at the end
     for _ in range(max_rounds):
-        v = dense[_lin(frontier[:, None, :] + _CORNERS, n)]
+        v = dense[_corner_ids(frontier, n)]
         # The surface continues into a face-neighbour exactly when the shared face has a sign change.
         lo, hi = torch.aminmax(v[:, _FACES], dim=-1)                        # (K, 6) over each face's 4 corners
         cross = (lo < 0) & (hi > 0)
@@ -246,7 +252,7 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
         in_band[new] = True
         frontier = _unlin(new, m)
         added_cells.append(frontier)
-        pts = _unique_dense(_lin(frontier[:, None, :] + _CORNERS, n), n ** 3)
+        pts = _unique_dense(_corner_ids(frontier, n), n ** 3)
         pts = pts[~evaluated[pts]]
         if pts.numel():
             dense[pts] = sdf_fn(_grid_points(box, n, pts), False).reshape(-1).float()
@@ -532,7 +538,7 @@ class PosedMesher:
 
     def _cell_values(self, V_flat: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         n = self.res + 1
-        return V_flat[_lin(cells[:, None, :] + _CORNERS, n)]  # (K, 8)
+        return V_flat[_corner_ids(cells, n)]  # (K, 8)
 
     def _surface(self, V_flat: torch.Tensor, evaluated_pts: torch.Tensor) -> torch.Tensor:
         """Sign-change cells whose corners were all evaluated."""
@@ -540,11 +546,11 @@ class PosedMesher:
         ev = torch.unique(evaluated_pts)
         cand = _unlin(ev, n)
         cand = cand[(cand < m).all(-1)]
-        corners = _lin(cand[:, None, :] + _CORNERS, n)
+        corners = _corner_ids(cand, n)
         full = _isin_sorted(ev, corners.reshape(-1)).view(-1, 8).all(-1)
-        cand = cand[full]
-        v = V_flat[_lin(cand[:, None, :] + _CORNERS, n)]
-        return cand[(v.amin(-1) < 0) & (v.amax(-1) > 0)]
+        cand, corners = cand[full], corners[full]
+        lo, hi = torch.aminmax(V_flat[corners], dim=-1)
+        return cand[(lo < 0) & (hi > 0)]
 
     def _update(self, fn) -> Mesh:
         """Seeds: the previous surface cells dilated by `band`; then grow across every face the new surface
@@ -552,11 +558,11 @@ class PosedMesher:
         m, n = self.res, self.res + 1
         dense = torch.ones(n ** 3)
         cells = _unlin(_dilate_cells(self.surface_cells, m, self.band), m)
-        keys = _unique_dense(_lin(cells[:, None, :] + _CORNERS, n), n ** 3)
+        keys = _unique_dense(_corner_ids(cells, n), n ** 3)
         dense[keys] = fn(_grid_points(self.box, n, keys)).reshape(-1).float()
         cells, keys = _grow_surface_band(lambda p, c: fn(p), self.box, m, cells, keys, dense, max_rounds=64)
         self.last_evaluated = int(keys.numel())
-        v = dense[_lin(cells[:, None, :] + _CORNERS, n)]
+        v = dense[_corner_ids(cells, n)]
         self.surface_cells = cells[(v.amin(-1) < 0) & (v.amax(-1) > 0)]
         lo, hi = np.asarray(self.box[0]), np.asarray(self.box[1])
         return _marching_cubes(dense.view(n, n, n), cells, lo, hi)

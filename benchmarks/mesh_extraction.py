@@ -14,7 +14,16 @@ Each size runs in a fresh process (`--one-size`), as a user's run would.
 The fixed-topology warp runs two expression trajectories: smooth (`per_frame_fixed_topology_s`) and jittery
 (`per_frame_fixed_topology_jittery_s`), each with its cost in deformation passes per vertex (`..._passes`; a
 Jacobian pass counts 4).
-Last full run (2026-11-25 22:53, matmul peak 380 GFLOP/s): canonical official 10.3 s (warm process 10.0), built-in
+Last full run (2026-11-26 00:14, matmul peak 386 GFLOP/s): canonical official 10.4 s (warm process 10.1), built-in
+2.87 s (warm 2.79; 2.72-2.92 in A/B runs at 00:00-00:13); fixed topology 30,000 vertices official smooth 0.224
+s/frame (1.4 passes), jittery 0.459 (2.0), first frame 0.75; built-in 0.072 / 0.105 s; marching cubes official
+2.94 s, built-in 0.79 s.  The built-in mesh is at this design's floor: 316k final-level SDF evaluations 1.37-1.49 s
+(9.3 us per point and thread: softplus 35%, grouped GEMM 31% at ~119 GFLOP/s on one thread, kNN top-k 6%), 160k
+vertex colours 0.82-0.93 s, coarse levels 0.22 s, band growth 0.15 s, marching cubes 0.08 s; measured and dropped
+the same evening: per-cell kNN candidates (no faster: per-point gathers cost what the smaller top-k saves),
+softplus as exp/log passes over L2-sized slices (slower than the fused kernel), colour at band corners (as costly
+as colour at the vertices), bf16 coarse passes (equal), final prune mass 1e-3 (2-4%, within noise).
+Before (2026-11-25 22:53, matmul peak 380 GFLOP/s): canonical official 10.3 s (warm process 10.0), built-in
 2.74 s (warm 2.69); fixed topology 30,000 vertices, official: smooth 0.235 s/frame (1.4 passes per vertex over frames
 1-5; 1.0 once the motion persistence is known), jittery 0.452 s (2.0 passes: the random-init net moves every vertex
 by more than the 10 um tolerance every frame), first (cold) frame 0.72 s; built-in 0.074 / 0.103 s; marching cubes

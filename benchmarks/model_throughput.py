@@ -15,7 +15,10 @@ Usage: python benchmarks/model_throughput.py [--threads 2] [--quick]
 
 Each size runs in a fresh process (`--one-size`); the tracking step is the best of >= 4 steps (it was best of 1-2,
 and one-graph (c) then ranged 2,400-6,200 pts/s between runs).
-Last full run (2026-11-25 23:25, the host's slow phase: peak 327 GFLOP/s, bf16 2,162): official (a) 30,100 (38% of
+Last full run (2026-11-26 00:02, peak 378 GFLOP/s, bf16 2,355): official (a) 34,600 (38% of peak, 76% of the kernel
+bound 45,500), bf16 (a) 65,800, (b) 22,800, (c) 5,750 (chunked 5,910); built-in (a) 160,000 (b) 116,000 (c) 26,600
+(chunked 29,800), bf16 (a) 205,000; the per-type loop: official 15,800 / 11,400 / 1,890.
+Before (2026-11-25 23:25, the host's slow phase: peak 327 GFLOP/s, bf16 2,162): official (a) 30,100 (38% of
 peak, 76% of the kernel bound 39,600), bf16 (a) 58,600, (b) 20,200, (c) 5,200 (chunked 5,390); built-in (a) 148,000
 (b) 111,000 (c) 26,200, bf16 (a) 183,000; the per-type loop: official 14,000 / 9,400 / 1,800.
 Before (2026-11-25 20:58, peak 360 GFLOP/s, bf16 2,193): official (a) 32,100 (37% of peak, 70% of the kernel

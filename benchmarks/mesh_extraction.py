@@ -21,8 +21,10 @@ s/frame (1.4 passes), jittery 0.459 (2.0), first frame 0.75; built-in 0.072 / 0.
 (9.3 us per point and thread: softplus 35%, grouped GEMM 31% at ~119 GFLOP/s on one thread, kNN top-k 6%), 160k
 vertex colours 0.82-0.93 s, coarse levels 0.22 s, band growth 0.15 s, marching cubes 0.08 s; measured and dropped
 the same evening: per-cell kNN candidates (no faster: per-point gathers cost what the smaller top-k saves),
-softplus as exp/log passes over L2-sized slices (slower than the fused kernel), colour at band corners (as costly
-as colour at the vertices), bf16 coarse passes (equal), final prune mass 1e-3 (2-4%, within noise).
+softplus as exp/log passes over L2-sized slices (slower than the fused kernel; equal with beta folded into the
+weights: the next GEMMs lose what the activation gains), sharing k-nearest sets per cell (d9 - d8 is below a
+0.005-unit cell's diagonal for half the cells), colour at band corners (as costly as colour at the vertices),
+bf16 coarse passes (equal), final prune mass 1e-3 (2-4%, within noise).
 Before (2026-11-25 22:53, matmul peak 380 GFLOP/s): canonical official 10.3 s (warm process 10.0), built-in
 2.74 s (warm 2.69); fixed topology 30,000 vertices, official: smooth 0.235 s/frame (1.4 passes per vertex over frames
 1-5; 1.0 once the motion persistence is known), jittery 0.452 s (2.0 passes: the random-init net moves every vertex

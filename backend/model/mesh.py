@@ -110,6 +110,12 @@ def _near(v: torch.Tensor, thr: float) -> torch.Tensor:
     return _near_range(lo, hi, thr)
 
 
+def _sign_change(v: torch.Tensor) -> torch.Tensor:
+    """(K, 8) corner values -> (K,) bool: the cell's corners change sign (the surface crosses it)."""
+    lo, hi = torch.aminmax(v, dim=-1)
+    return (lo < 0) & (hi > 0)
+
+
 def _near_range(lo: torch.Tensor, hi: torch.Tensor, thr: float) -> torch.Tensor:
     """`_near` from each cell's corner minimum and maximum."""
     return (torch.maximum(-lo, hi) < thr) | ((lo < 0) & (hi > 0))
@@ -536,10 +542,6 @@ class PosedMesher:
                 mesh.colors = _albedo_u8(col[0])
         return mesh
 
-    def _cell_values(self, V_flat: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        n = self.res + 1
-        return V_flat[_corner_ids(cells, n)]  # (K, 8)
-
     def _surface(self, V_flat: torch.Tensor, evaluated_pts: torch.Tensor) -> torch.Tensor:
         """Sign-change cells whose corners were all evaluated."""
         m, n = self.res, self.res + 1
@@ -549,8 +551,7 @@ class PosedMesher:
         corners = _corner_ids(cand, n)
         full = _isin_sorted(ev, corners.reshape(-1)).view(-1, 8).all(-1)
         cand, corners = cand[full], corners[full]
-        lo, hi = torch.aminmax(V_flat[corners], dim=-1)
-        return cand[(lo < 0) & (hi > 0)]
+        return cand[_sign_change(V_flat[corners])]
 
     def _update(self, fn) -> Mesh:
         """Seeds: the previous surface cells dilated by `band`; then grow across every face the new surface
@@ -562,7 +563,6 @@ class PosedMesher:
         dense[keys] = fn(_grid_points(self.box, n, keys)).reshape(-1).float()
         cells, keys = _grow_surface_band(lambda p, c: fn(p), self.box, m, cells, keys, dense, max_rounds=64)
         self.last_evaluated = int(keys.numel())
-        v = dense[_corner_ids(cells, n)]
-        self.surface_cells = cells[(v.amin(-1) < 0) & (v.amax(-1) > 0)]
+        self.surface_cells = cells[_sign_change(dense[_corner_ids(cells, n)])]
         lo, hi = np.asarray(self.box[0]), np.asarray(self.box[1])
         return _marching_cubes(dense.view(n, n, n), cells, lo, hi)

@@ -111,7 +111,8 @@ def _near(v: torch.Tensor, thr: float) -> torch.Tensor:
 
 
 def _sign_change(v: torch.Tensor) -> torch.Tensor:
-    """(K, 8) corner values -> (K,) bool: the cell's corners change sign (the surface crosses it)."""
+    """(..., C) corner values of cells (C = 8) or faces (C = 4) -> (...) bool: they change sign (the surface
+    crosses)."""
     lo, hi = torch.aminmax(v, dim=-1)
     return (lo < 0) & (hi > 0)
 
@@ -245,8 +246,7 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
     for _ in range(max_rounds):
         v = dense[_corner_ids(frontier, n)]
         # The surface continues into a face-neighbour exactly when the shared face has a sign change.
-        lo, hi = torch.aminmax(v[:, _FACES], dim=-1)                        # (K, 6) over each face's 4 corners
-        cross = (lo < 0) & (hi > 0)
+        cross = _sign_change(v[:, _FACES])                                  # (K, 6) over each face's 4 corners
         k, f = cross.nonzero(as_tuple=True)
         nbc = frontier[k] + _FACE_OFFSETS[f]
         nbc = nbc[((nbc >= 0) & (nbc < m)).all(-1)]

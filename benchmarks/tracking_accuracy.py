@@ -6,6 +6,12 @@ tracker (per preset) is reported beside the mean ICT head at the true pose and a
 
     python benchmarks/tracking_accuracy.py [--clips 3] [--frames 30] [--every 5] [--presets draft standard]
 
+Expression suite (issue 23): per-channel ARKit accuracy on clips exercising every channel group, every frame tracked
+(``backend/evaluation/expression_clips.py``; renders cached under /work/cache/expr23 or .cache/expr):
+
+    python benchmarks/tracking_accuracy.py --suite expressions [--heldout] [--full] [--label NAME] [--presets draft]
+    python benchmarks/tracking_accuracy.py --suite jitter --package r/ [--video clip.mp4]
+
 Renders are cached under .cache/evaluation/ (first run: ~1-2 min texture bake + a few s per frame per clip).
 Prints progress, a table, and as the LAST line one JSON object (``methods`` → per method the metrics, or
 ``error`` with "tracker failed: …").
@@ -51,18 +57,79 @@ def main(argv=None) -> int:
     ap.add_argument("--overlays", type=Path, default=None, metavar="DIR",
                     help="write per-clip error overlays (ground-truth points coloured by distance) into DIR")
     ap.add_argument("--track-arg", action="append", default=[], help="extra argument for the tracker CLI")
+    ap.add_argument("--suite", choices=("geometry", "expressions", "jitter"), default="geometry")
+    ap.add_argument("--heldout", action="store_true", help="expressions: the held-out seed range (default: tuning)")
+    ap.add_argument("--full", action="store_true", help="expressions: the full set (default: the quick subset)")
+    ap.add_argument("--clip-index", type=int, nargs="*", default=[], help="expressions: these clip indices only")
+    ap.add_argument("--label", default="", help="expressions: result package tag (the tracker version under test)")
+    ap.add_argument("--package", type=Path, help="jitter: a result package of --video")
+    ap.add_argument("--video", type=Path, help="jitter: the real clip (default: the package's source)")
     a = ap.parse_args(argv)
     from backend.model.parallel import set_threads
 
     set_threads(a.threads)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if a.suite == "expressions":
+        return _expressions(a, log)
+    if a.suite == "jitter":
+        from backend.evaluation.expression_benchmark import real_clip_jitter
+
+        video = a.video or Path(json.loads((a.package / "manifest.json").read_text())["source"]["path"])
+        print(json.dumps(_clean(real_clip_jitter(video, a.package))), flush=True)
+        return 0
     cfg = benchmark.BenchmarkConfig(
         n_clips=a.clips, n_frames=a.frames, every=a.every, presets=tuple(a.presets), n_points=a.points,
         threads=a.threads, track_all_frames=a.track_all_frames, run_tracker=bool(a.presets),
         run_mediapipe=not a.no_mediapipe, reuse_tracks=a.reuse_tracks, tracker_timeout_s=a.tracker_timeout,
         extra_track_args=tuple(a.track_arg), overlay_dir=a.overlays,
         **({"cache_dir": a.cache} if a.cache else {}))
-    result = benchmark.run_benchmark(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    result = benchmark.run_benchmark(cfg, log=log)
     print(benchmark.format_table(result), flush=True)
+    print(json.dumps(_clean(result)), flush=True)
+    return 0
+
+
+def _cpu_line() -> str:
+    """CPU model, the flags that matter and the fp32 matmul peak (one thread), to date the figures."""
+    import platform
+    import time
+
+    import torch
+
+    model, flags = platform.processor(), ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name"))
+        have = set(next(l for l in info.splitlines() if l.startswith("flags")).split())
+        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in have)
+    except (OSError, StopIteration):
+        pass
+    a = torch.randn(512, 512)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    gflops = 20 * 2 * 512 ** 3 / (time.perf_counter() - t0) / 1e9
+    return f"cpu: {model} [{flags}], fp32 matmul {gflops:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
+
+
+def _expressions(a, log) -> int:
+    from backend.evaluation import expression_benchmark as eb, expression_clips as ec
+
+    cfg = eb.ExpressionBenchmarkConfig(
+        seed_base=ec.HELDOUT_SEED_BASE if a.heldout else ec.TUNE_SEED_BASE, quick=not a.full,
+        clip_indices=tuple(a.clip_index), presets=tuple(a.presets), threads=a.threads, label=a.label,
+        extra_track_args=tuple(a.track_arg), **({"cache_dir": a.cache} if a.cache else {}))
+    log(_cpu_line())
+    result = eb.run_expression_benchmark(cfg, log=log)
+    for m in result["methods"]:
+        if m.startswith("tracker_"):
+            print(f"## {m} ({'held-out' if a.heldout else 'tuning'} seeds, {len(result['clips'])} clips)")
+            print(eb.format_expression_table(result, m))
+            print(eb.format_channel_table(result, m))
+    ml = result["methods"].get("mediapipe_eyelids", {}).get("groups", {}).get("blink")
+    if ml:
+        print(f"MediaPipe eyelid signal on the blink channels: corr {ml['correlation']:.2f}, "
+              f"events (1 - opening/max >= 0.5) {ml['events_found']}/{ml['events']}")
     print(json.dumps(_clean(result)), flush=True)
     return 0
 

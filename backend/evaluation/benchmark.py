@@ -47,6 +47,7 @@ class BenchmarkConfig:
     reuse_tracks: bool = False          # True: resume/reuse an existing result package of the clip
     run_mediapipe: bool = True
     extra_track_args: tuple[str, ...] = ()
+    track_label: str = ""               # names the result package folder (e.g. the tracker version under test)
     overlay_dir: Path | None = None     # write per-clip error overlays (PNG) here
     spec_overrides: dict = field(default_factory=dict)
 
@@ -130,9 +131,9 @@ def _track_dir(clip: synthetic.RenderedClip, preset: str, cfg: BenchmarkConfig) 
     """Result package folder: one per clip, preset and extra tracker arguments (e.g. another ``--model``)."""
     import hashlib
 
-    tag = ""
+    tag = f"_{cfg.track_label}" if cfg.track_label else ""
     if cfg.extra_track_args:
-        tag = "_" + hashlib.sha1("\0".join(cfg.extra_track_args).encode()).hexdigest()[:8]
+        tag += "_" + hashlib.sha1("\0".join(cfg.extra_track_args).encode()).hexdigest()[:8]
     return clip.folder / f"track_{preset}{tag}"
 
 

@@ -18,12 +18,25 @@ import torch
 from .. import arkit
 
 
+# An ICT channel whose encoder column is weaker than this share of the median column barely moves the model's
+# surface (the built-in model: eye and brow channels at 0.007-0.014 against 0.03-0.22 for the mouth and jaw)
+WEAK_CHANNEL_SHARE = 0.25
+
+
 class CodeSpace:
-    def __init__(self, model, encoders=None, arkit_regressor=None):
+    """Parameters the tracker optimises and their maps to the model's codes (see the module docstring).
+
+    ``landmark_regressor`` (encoder mode, optional; ``expression_init.LandmarkExpressionRegressor``): reads the ICT
+    weights from the detector's points. ``landmark_channels`` (n_ex,) marks the channels the model barely drives;
+    with a regressor their values come from it (the landmark loss through the model cannot see them).
+    """
+
+    def __init__(self, model, encoders=None, arkit_regressor=None, landmark_regressor=None):
         self.model = model
         self.cfg = model.cfg
         self.enc = encoders
         self.reg = arkit_regressor
+        self.landmark_regressor = landmark_regressor if encoders is not None else None
         self.mode = "encoder" if encoders is not None else "raw"
         if self.enc is not None:
             for p in self.enc.parameters():
@@ -33,9 +46,14 @@ class CodeSpace:
             self.n_ex = self.enc.exp.in_features
             static = np.array([n.startswith("eyeLook") for n in arkit.ICT_NAMES[: self.n_ex]])
             self.ex_mask = torch.as_tensor(~static, dtype=torch.float32)
+            col = self.enc.exp.weight.detach().norm(dim=0).numpy()
+            weak = (col < WEAK_CHANNEL_SHARE * np.median(col[~static])) & ~static
         else:
             self.n_id, self.n_app, self.n_ex = self.cfg.dim_geo, self.cfg.dim_app, self.cfg.dim_exp
             self.ex_mask = torch.ones(self.n_ex)
+            weak = np.zeros(self.n_ex, bool)
+        use = self.landmark_regressor is not None and self.n_ex == len(arkit.ICT_NAMES)
+        self.landmark_channels = torch.as_tensor(weak & use)
         if self.reg is not None:
             for p in self.reg.parameters():
                 p.requires_grad_(False)
@@ -49,6 +67,15 @@ class CodeSpace:
 
     def init_expression(self, n: int = 1) -> torch.Tensor:
         return torch.zeros(n, self.n_ex)
+
+    def expression_from_landmarks(self, points: Optional[np.ndarray], depth: Optional[np.ndarray]
+                                  ) -> Optional[torch.Tensor]:
+        """(n_ex,) ICT weights read from one frame's MediaPipe points (L >= 468, 2) and their relative depth (L,),
+        or None (no regressor, or another detector's points)."""
+        if not bool(self.landmark_channels.any()) or points is None or depth is None or len(points) < 468:
+            return None
+        p3 = np.concatenate([points[:, :2], depth[:, None]], 1)
+        return torch.as_tensor(self.landmark_regressor(p3), dtype=torch.float32) * self.ex_mask
 
     # -- maps --------------------------------------------------------------------------------------------------
     def z_geo(self, p_geo: torch.Tensor) -> torch.Tensor:
@@ -110,9 +137,17 @@ class CodeSpace:
     # -- outputs -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def arkit(self, p_ex: torch.Tensor) -> Optional[np.ndarray]:
-        """(B, n_ex) -> (B, 52) ARKit weights from the model's regressor (or the ICT->ARKit map), None if neither."""
+        """(B, n_ex) -> (B, 52) ARKit weights from the model's regressor (or the ICT->ARKit map), None if neither.
+        The channels read from the landmarks (``landmark_channels``) go through the ICT->ARKit map: the model's
+        codes barely carry them, so a regressor on the codes cannot return them."""
         if self.reg is not None:
-            return self.reg(self.z_exp(p_ex)).numpy().astype(np.float32)
+            out = self.reg(self.z_exp(p_ex)).numpy().astype(np.float32)
+            if bool(self.landmark_channels.any()):
+                lm = self.landmark_channels.numpy()
+                direct = np.clip(arkit.ict_to_arkit(p_ex.numpy() * lm), 0, 1)
+                fed = arkit.ict_to_arkit_matrix()[lm].any(0)
+                out[:, fed] = direct[:, fed]
+            return out
         if self.mode == "encoder" and self.n_ex == len(arkit.ICT_NAMES):
             return np.clip(arkit.ict_to_arkit(p_ex.numpy()), 0, 1).astype(np.float32)
         return None

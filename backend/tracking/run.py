@@ -79,10 +79,11 @@ def load_tracking_model(args):
 # passes over the clip
 # -------------------------------------------------------------------------------------------------------------------
 def detect_all(src, detector: str, ev: _Events):
-    """Pass 1: landmarks for every selected frame. -> (indices, times, landmarks list (None = no face), sizes)."""
+    """Pass 1: landmarks for every selected frame. -> (indices, times, landmarks list (None = no face), sizes,
+    relative depths list (None = no face or a 2-D detector))."""
     from .landmarks import make_landmarker
     det = make_landmarker(detector, video_mode=True)
-    idx, times, lms, sizes = [], [], [], []
+    idx, times, lms, sizes, depths = [], [], [], [], []
     total = None
     if src.info.n_frames:
         a = src.range.start or 0
@@ -96,11 +97,12 @@ def detect_all(src, detector: str, ev: _Events):
             times.append(fr.time)
             lms.append(None if pts is None else pts.astype(np.float32))
             sizes.append(lm.size if pts is not None else 0.0)
+            depths.append(None if pts is None or lm.depth is None else lm.depth.astype(np.float32))
             if len(idx) % 10 == 0 or len(idx) == total:
                 ev.progress("landmarks", len(idx), total, fr.index)
     finally:
         det.close()
-    return idx, times, lms, sizes
+    return idx, times, lms, sizes, depths
 
 
 def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]]) -> Iterator:
@@ -226,7 +228,7 @@ def run_track(args, events=None) -> Path:
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
     t0 = time.perf_counter()
-    ids, times, lms, sizes = detect_all(src, getattr(args, "detector", "mediapipe"), ev)
+    ids, times, lms, sizes, depths = detect_all(src, getattr(args, "detector", "mediapipe"), ev)
     t_detect = time.perf_counter() - t0
     if not ids:
         raise TrackingInputError(f"the frame range {src.range} selects no frames of {args.input}",
@@ -237,6 +239,7 @@ def run_track(args, events=None) -> Path:
     lm_of = dict(zip(ids, lms))
     time_of = dict(zip(ids, times))
     size_of = dict(zip(ids, sizes))
+    depth_of = dict(zip(ids, depths))
     if len(found) < len(ids):
         ev.warning(f"no face in {len(ids) - len(found)} of {len(ids)} frames; they are filled by interpolation "
                    "and flagged 'interpolated'", "no_face_frames")
@@ -244,7 +247,8 @@ def run_track(args, events=None) -> Path:
     t0 = time.perf_counter()
     model, enc, reg, model_hdr = load_tracking_model(args)
     t_load = time.perf_counter() - t0
-    codes = CodeSpace(model, enc, reg)
+    from .expression_init import LandmarkExpressionRegressor
+    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])))
     scheme = "ibug68" if getattr(args, "detector", "mediapipe") == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, model.id_model.mean_anchors.detach().numpy())
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,
@@ -264,14 +268,15 @@ def run_track(args, events=None) -> Path:
     writer = ResultWriter(out, header)
     try:
         return _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size_of, found, preset,
-                           t_start)
+                           t_start, depth_of)
     except BaseException as e:
         from ..protocol import Cancelled
         writer.finish("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
         raise
 
 
-def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size_of, found, preset, t_start):
+def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size_of, found, preset, t_start,
+                depth_of):
     from .tracker import FrameObs, interpolate_state
 
     overwrite = bool(getattr(args, "overwrite", False))
@@ -287,7 +292,7 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
         stage2_done = False
 
     def obs_of(fr, labels):
-        return FrameObs(fr.index, fr.time, lm_of[fr.index], fr.image, labels, size_of[fr.index])
+        return FrameObs(fr.index, fr.time, lm_of[fr.index], fr.image, labels, size_of[fr.index], depth_of[fr.index])
 
     # ---- identity (stage 1a)
     if tracker.mesh is None:

@@ -97,6 +97,7 @@ class FrameObs:
     image: Optional[np.ndarray] = None     # (H, W, 3) uint8
     labels: Optional[np.ndarray] = None    # (H, W) uint8 (masks.*)
     face_size: float = 0.0
+    depth: Optional[np.ndarray] = None     # (L,) the detector's relative depth of its points, px (MediaPipe)
 
     @property
     def found(self) -> bool:
@@ -523,13 +524,21 @@ class Tracker:
         st = init.clone()
         lms = torch.as_tensor(obs.landmarks[self.lm_idx.numpy()], dtype=torch.float32)[None]
         sizes = torch.as_tensor([obs.face_size], dtype=torch.float32)
-        # pose start: the warm start or a fresh PnP (previous pose as its initial guess), whichever fits better
+        # pose start: the warm start or a fresh PnP (previous pose as its initial guess), whichever fits better;
+        # the channels the model cannot express come from the landmarks and stay fixed (``CodeSpace``)
+        lm_ex = self.codes.expression_from_landmarks(obs.landmarks, obs.depth)
+        fixed = self.codes.landmark_channels.float() if lm_ex is not None else None
         with torch.no_grad():
             cands = [st]
             try:
                 cands.append(self.pnp_init(obs, st))
             except RuntimeError:
                 pass
+            if fixed is not None:
+                for c in cands:
+                    c.p_ex = fixed * lm_ex + (1 - fixed) * c.p_ex
+                # the landmarks' reading of every channel is a start too (fast events: the warm start lags)
+                cands.append(FrameState(lm_ex.clone(), cands[-1].omega, cands[-1].trans))
             errs = []
             for c in cands:
                 self._posed_cache.pop("frame", None)
@@ -564,6 +573,8 @@ class Tracker:
                     cache.pop("ol", None)
                 loss = loss + pr.w_sil * self._outline_term(zg, p_ex[0], om[0], tr[0], obs, cache=cache)
             loss.backward()
+            if fixed is not None:
+                p_ex.grad.mul_(1 - fixed)
             opt.step()
             self.codes.project_expression_(p_ex)
         self.timer.add("frame_fit", time.perf_counter() - t0)
@@ -639,6 +650,7 @@ class Tracker:
         opt = torch.optim.Adam([{"params": [p_ex], "lr": pr.lr_exp * 0.3}, {"params": [om], "lr": pr.lr_rot * 0.3},
                                 {"params": [tr], "lr": pr.lr_trans * 0.3}])
         zg = self.z_geo().detach()
+        free = 1 - self.codes.landmark_channels.float()
         Bsz = pr.stage2_batch
         starts = list(range(0, T, Bsz))
         n_steps = pr.stage2_epochs * len(starts)
@@ -657,6 +669,7 @@ class Tracker:
                 loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex[s0:s1]) \
                     + pr.w_smooth_exp * sm_e + pr.w_smooth_pose * sm_p
                 loss.backward()
+                p_ex.grad.mul_(free)  # landmark-read channels keep their per-frame values (no smoothing)
                 opt.step()
                 self.codes.project_expression_(p_ex)
                 step += 1

@@ -1,0 +1,89 @@
+"""Per-frame expression estimate straight from MediaPipe's points (numpy inference, no training code).
+
+Why: the built-in model barely moves its surface for the eye and brow channels (its expression encoder's columns
+for blinks, squints, wide eyes and brows are 10-20x weaker than the mouth's; posing the mean head with a full blink
+moves its upper eyelid by 0.2 mm where ICT-FaceKit moves it 8 mm, backend/evaluation/README.md). A landmark loss
+through the model therefore cannot see those channels, however the priors are weighted. The detector's points do
+carry them, so a small regressor reads them from the points:
+
+- features (``landmark_features``): MediaPipe's 468 face-mesh points in 3-D (pixels and its relative depth),
+  similarity-aligned (Umeyama on rigid points: eye corners and nose bridge) onto the same points on the ICT mean head,
+  minus those, over the eye-corner distance: the head pose is divided out, the expression (and identity) remain;
+- an MLP (ReLU hidden layers, output clamped to [0, 1]) -> the 53 ICT expression weights;
+- trained on MediaPipe's detections in renders of random ICT-FaceKit heads (``backend/training/expression_init.py``),
+  shipped beside the model as ``expression_init.npz`` (plain arrays, loaded with ``allow_pickle=False``).
+
+The tracker uses it for the channels the model cannot express (their values come from here) and as a start for the
+others.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..landmark_tables import mediapipe_ict_positions
+
+FILE_NAME = "expression_init.npz"
+# nearly rigid MediaPipe points for the alignment: eye corners, nose bridge, dorsum and tip, mid forehead
+ALIGN_POINTS = (33, 133, 362, 263, 168, 6, 197, 195, 5, 4, 151)
+N_POINTS = 468  # the face mesh (the refined irises follow the eyelids' occlusion poorly)
+
+
+def template() -> np.ndarray:
+    """(468, 3) the MediaPipe points on the ICT mean head in MediaPipe's axes (x right, y down, depth away)."""
+    return mediapipe_ict_positions()[:N_POINTS] * np.array([1.0, -1.0, -1.0])
+
+
+def landmark_features(points: np.ndarray) -> np.ndarray:
+    """(..., >=468, 3) MediaPipe points (u, v, depth) in pixels -> (..., 1404) aligned offsets from the template
+    (eye-corner units)."""
+    from ..geometry import fit_similarity
+
+    tpl = template()
+    scale = np.linalg.norm(tpl[263] - tpl[33])
+    pts = np.asarray(points, np.float64)[..., :N_POINTS, :3]
+    flat = pts.reshape(-1, N_POINTS, 3)
+    out = np.empty((len(flat), N_POINTS * 3))
+    idx = list(ALIGN_POINTS)
+    for k, p in enumerate(flat):  # one 3x3 SVD per frame
+        s, R, t = fit_similarity(p[idx], tpl[idx])
+        out[k] = (((s * p @ R.T + t) - tpl) / scale).ravel()
+    return out.reshape(pts.shape[:-2] + (N_POINTS * 3,)).astype(np.float32)
+
+
+class LandmarkExpressionRegressor:
+    """MLP from ``landmark_features`` to the 53 ICT expression weights.
+
+    Arrays: ``mean``/``std`` (1404,) feature normalisation, ``W{i}``/``b{i}`` the layers (in, out), ``channels`` (53,)
+    the ICT names; ``n_layers``."""
+
+    def __init__(self, arrays: dict):
+        self.mean = np.asarray(arrays["mean"], np.float32)
+        self.std = np.asarray(arrays["std"], np.float32)
+        n = int(arrays["n_layers"])
+        self.layers = [(np.asarray(arrays[f"W{i}"], np.float32), np.asarray(arrays[f"b{i}"], np.float32))
+                       for i in range(n)]
+        self.channels = tuple(str(c) for c in arrays["channels"])
+
+    @classmethod
+    def load(cls, model_dir: Path) -> Optional["LandmarkExpressionRegressor"]:
+        """The regressor shipped in ``model_dir`` (None when the model has none)."""
+        path = Path(model_dir) / FILE_NAME
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as d:
+            return cls({k: d[k] for k in d.files})
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        """(..., 478, 3) MediaPipe points (u, v, depth) in pixels -> (..., 53) ICT weights in [0, 1]."""
+        h = (landmark_features(points) - self.mean) / self.std
+        for i, (W, b) in enumerate(self.layers):
+            h = h @ W + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        return np.clip(h, 0.0, 1.0)
+
+
+__all__ = ["LandmarkExpressionRegressor", "landmark_features", "template", "FILE_NAME"]

@@ -64,7 +64,8 @@ def test_clip_pairs_keep_active_channels_and_summaries_average_groups():
     assert s["groups"]["blink"]["event_recall"] == 0.0
     assert s["overall"]["events"] == 1 and s["overall"]["events_found"] == 0
     assert s["overall"]["mae"] == pytest.approx(0.5 * truth[:, 0].mean())  # mean of the two groups
-    assert s["worst_group"][0] == "jaw"                        # blink's correlation is undefined (NaN), skipped
+    assert s["groups"]["blink"]["correlation"] == 0.0           # a constant tracked curve counts as 0
+    assert s["worst_group"][0] == "blink"
 
 
 def test_jitter_is_zero_for_constant_velocity_and_measures_second_differences():

@@ -116,11 +116,13 @@ def summarise(pairs: list[PairMetrics], groups: dict[str, tuple[str, ...]]) -> d
     holds pairs, correlation, mae, zeros_mae, peak_ratio, abs_lag, lag0 (share of pairs with lag 0), events,
     events_found, event_recall (NaN without events). ``overall`` averages the groups (each group counts once, so a
     group with many channels cannot hide one that fails); the worst group is the one with the lowest correlation.
+    A pair whose tracked curve is constant (correlation undefined) counts as correlation 0 here.
     """
     def row(ps: list[PairMetrics]) -> dict:
         ev = sum(p.events for p in ps)
         fd = sum(p.events_found for p in ps)
-        return {"pairs": len(ps), "correlation": _nanmean([p.correlation for p in ps]),
+        # a constant tracked curve (e.g. all zeros) has no correlation: it counts as 0, not as missing
+        return {"pairs": len(ps), "correlation": _nanmean([np.nan_to_num(p.correlation) for p in ps]),
                 "mae": _nanmean([p.mae for p in ps]), "zeros_mae": _nanmean([p.zeros_mae for p in ps]),
                 "peak_ratio": _nanmean([p.peak_ratio for p in ps]),
                 "abs_lag": _nanmean([abs(p.lag) for p in ps]),
@@ -141,8 +143,7 @@ def summarise(pairs: list[PairMetrics], groups: dict[str, tuple[str, ...]]) -> d
     ev = sum(r["events"] for r in group_rows.values())
     fd = sum(r["events_found"] for r in group_rows.values())
     overall.update(pairs=len(pairs), events=ev, events_found=fd, event_recall=fd / ev if ev else float("nan"))
-    finite = {g: r for g, r in group_rows.items() if np.isfinite(r["correlation"])}
-    worst = min(finite.items(), key=lambda kv: kv[1]["correlation"]) if finite else None
+    worst = min(group_rows.items(), key=lambda kv: kv[1]["correlation"]) if group_rows else None
     return {"channels": channels, "groups": group_rows, "overall": overall, "worst_group": worst}
 
 

@@ -537,8 +537,6 @@ class Tracker:
             if fixed is not None:
                 for c in cands:
                     c.p_ex = fixed * lm_ex + (1 - fixed) * c.p_ex
-                # the landmarks' reading of every channel is a start too (fast events: the warm start lags)
-                cands.append(FrameState(lm_ex.clone(), cands[-1].omega, cands[-1].trans))
             errs = []
             for c in cands:
                 self._posed_cache.pop("frame", None)

@@ -28,7 +28,7 @@ import numpy as np
 from mathutils import Matrix
 
 from .blender import anim, mesh as meshes, scene as scenes
-from .contracts import arkit_names, conventions, result_format
+from .contracts import arkit, conventions, result_format
 from .core.layout import (LINEAR, bad_frames, decompose_similarity, keyframe_co, pile_keyframes,
                           rotations_to_euler_xyz)
 
@@ -177,11 +177,11 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
     if len(indices) and pose_objects:
         matrices = conventions.head_world_matrices(arrays["scale"], arrays["rotation"], arrays["translation"])
         quality = {k: package.quality(k)[usable] for k in QUALITY_PROPS}
-        arkit = arrays.get("arkit")
+        arkit_weights = arrays.get("arkit")
         carrier = pose_objects[0]
         for obj in pose_objects:
             _animate_object(obj, frames, matrices, quality if obj is carrier else None,
-                            arkit if obj is carrier else None)
+                            arkit_weights if obj is carrier else None)
 
     if setup_camera:
         intr = package.intrinsics()
@@ -334,7 +334,8 @@ class _null:
         return False
 
 
-def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict | None, arkit: np.ndarray | None):
+def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict | None,
+                    arkit_weights: np.ndarray | None):
     """Pose (location / Euler XYZ / scale), quality and ARKit custom properties as one object action."""
     loc, rot, scale = decompose_similarity(matrices)
     eul = rotations_to_euler_xyz(rot)
@@ -350,8 +351,8 @@ def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict
                 continue
             obj[key] = float(np.nanmean(values))
             anim.add_fcurve(fcurves, f'["{key}"]', keyframe_co(frames, values))
-    if arkit is not None:
-        for name, column in zip(arkit_names(), np.asarray(arkit, dtype=np.float32).T):
+    if arkit_weights is not None:
+        for name, column in zip(arkit.ARKIT_NAMES, np.asarray(arkit_weights, dtype=np.float32).T):
             obj[name] = float(column[0])
             try:
                 obj.id_properties_ui(name).update(min=0.0, max=1.0, soft_min=0.0, soft_max=1.0)

@@ -7,6 +7,7 @@ timers never fire in background mode. Job identity (pid, log, events file, outpu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -14,7 +15,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import contracts, importer, prefs
-from .contracts import result_format
+from .contracts import result_format, track_config
 from .core import command, jobs
 
 TICK_S = 0.2
@@ -46,8 +47,9 @@ def _say(level: str, text: str) -> None:
 
 # --- starting ---------------------------------------------------------------------------------------------------
 
-def build_request(context, scene, *, frames: str | None = None, overwrite: bool = False) -> command.TrackRequest:
-    """A TrackRequest from the scene settings; raises ValueError with a user-facing message."""
+def build_request(context, scene, *, frames: str | None = None,
+                  overwrite: bool = False) -> track_config.TrackConfig:
+    """The run's settings from the scene settings; raises ValueError with a user-facing message."""
     from .blender import scene as scenes
 
     s = scene.mononphm
@@ -75,9 +77,9 @@ def build_request(context, scene, *, frames: str | None = None, overwrite: bool 
             frames = command.frames_arg(s.frame_start - clip_start, s.frame_end - clip_start, s.stride)
         else:
             frames = command.frames_arg(None, None, s.stride)
-    req = command.TrackRequest(input_path=input_path, out_dir=out_dir, frames=frames, preset=s.preset,
-                               output=s.output_mode, device=prefs.get_prefs(context).device,
-                               intrinsics=intrinsics, overwrite=overwrite)
+    req = track_config.TrackConfig(input=input_path, out=out_dir, frames=frames, preset=s.preset,
+                                   output=s.output_mode, device=prefs.get_prefs(context).device,
+                                   overwrite=overwrite, **(intrinsics or {}))
     if s.model == "OFFICIAL":
         req.official_checkpoint = bpy.path.abspath(s.official_dir)
         req.mean_anchors = bpy.path.abspath(s.mean_anchors)
@@ -104,9 +106,9 @@ def start_track(context, scene=None, *, frames: str | None = None, overwrite: bo
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log = prefs.log_dir(context) / f"track-{stamp}-{os.getpid()}.log"
     job = jobs.BackendJob(argv, log_path=log, cwd=str(root), env=command.backend_env(root),
-                          out_dir=req.out_dir).start()
+                          out_dir=req.out).start()
     st = scene.mononphm.job
-    st.kind, st.pid, st.log_path, st.out_path = "track", job.pid, str(log), importer.stored_path(req.out_dir)
+    st.kind, st.pid, st.log_path, st.out_path = "track", job.pid, str(log), importer.stored_path(req.out)
     st.state, st.stage, st.progress, st.done, st.total, st.frames_done = "RUNNING", "starting", 0.0, 0, 0, 0
     st.eta_s, st.message, st.error, st.hint, st.imported_frames = -1.0, "", "", "", 0
     st.warning, st.warnings_seen = "", 0
@@ -174,7 +176,7 @@ def _package_frames(out_dir: str) -> int:
 
 
 def _do_import(context, scene, out_path: str) -> bool:
-    with context.temp_override(scene=scene) if hasattr(context, "temp_override") else _Null():
+    with context.temp_override(scene=scene) if hasattr(context, "temp_override") else contextlib.nullcontext():
         s = scene.mononphm
         clip = s.clip if s.input_kind == "CLIP" else None
         clip_start = None if clip is not None else int(s.clip_start)
@@ -184,14 +186,6 @@ def _do_import(context, scene, out_path: str) -> bool:
             _say("WARNING", f"Import: {exc.message} {exc.hint}")
             return False
     return True
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _maybe_live_import(context, scene, job) -> None:

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("bpy")  # importing the add-on package imports bpy
 
-from backend import conventions as cv  # noqa: E402
+from backend.contracts import conventions as cv  # noqa: E402
 from mononphm_blender.core import layout  # noqa: E402
 
 

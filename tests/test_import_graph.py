@@ -111,5 +111,5 @@ def test_graph_sees_deferred_and_relative_imports():
     """The walker resolves relative imports and finds imports inside function bodies (checked on cli.py)."""
     _, imports = _graph()
     targets = {t for t, _, _ in imports["backend.cli"]}
-    assert {"backend.protocol", "backend.result_format"} <= targets
+    assert {"backend.contracts.protocol", "backend.contracts.result_format"} <= targets
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

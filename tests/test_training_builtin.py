@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not (BUILTIN / "model.pt").exists(), reason="no 
 
 @pytest.fixture(scope="module")
 def loaded():
-    from backend.training.export import load_exported
+    from backend.training.evaluate import load_exported
     torch.set_num_threads(1)
     return load_exported(BUILTIN)
 

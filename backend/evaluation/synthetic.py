@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .. import conventions
+from ..contracts import conventions
 from ..training import data as ictdata
 
 EVAL_SEED_BASE = 7_300_000

@@ -1,6 +1,6 @@
 """Developer tool: derive MediaPipe-478 <-> ICT-FaceKit surface correspondences by rendering the ICT neutral head
 from several views, running the MediaPipe face mesh on the renders and looking each landmark up on the rendered
-surface. Prints the table literal stored in ``backend/landmark_tables.py`` (``MEDIAPIPE_ICT_VERTEX``,
+surface. Prints the table literal stored in ``backend/contracts/landmark_tables.py`` (``MEDIAPIPE_ICT_VERTEX``,
 ``MEDIAPIPE_ICT_POS``).
 
     python -m backend.tracking.build_tables --ict /path/to/ict_face_model_light_head_f16.npz
@@ -11,7 +11,7 @@ import argparse
 
 import numpy as np
 
-from ..conventions import Intrinsics
+from ..contracts.conventions import NPHM_UNIT_M, Intrinsics
 from . import camera, raster
 from .landmarks import MediaPipeLandmarker
 
@@ -45,7 +45,7 @@ def mediapipe_on_mesh(V, F, alb, views, size=512, fov=30.0):
     out = np.full((len(views), 478, 3), np.nan)
     for i, (yaw, pitch) in enumerate(views):
         R, t = camera.look_at_pose(0.9, yaw_deg=yaw, pitch_deg=pitch)
-        vc = (0.25 * V) @ R.T + t
+        vc = (NPHM_UNIT_M * V) @ R.T + t
         img, frag = raster.render_rgb(vc, F, K, size, size, alb, background=np.array([60, 90, 120]))
         lm = det(img)
         if not lm.found:

@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from ..conventions import parse_frame_slice
+from ..contracts.conventions import parse_frame_slice
 from .errors import TrackingInputError
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif", ".mpg", ".mpeg", ".wmv", ".flv"}

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .. import arkit
-from ..geometry import fit_similarity
+from ..contracts import arkit
+from ..contracts.geometry import fit_similarity
 
 ICT_FILE = "ict_face_model_light_head_f16.npz"
 CM_OFFSET = np.array([0.0, -3.0, -6.0])

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from . import data as D
-from .encoders import ArkitRegressor, CodeEncoders
 from .modelwrap import build_model
-from ..model import MonoNPHMConfig
+from ..model import MonoNPHMConfig, load_model
+from ..model.checkpoint import load_encoders
+from ..model.encoders import ArkitRegressor, CodeEncoders
 from ..model.parallel import set_threads
 
 
@@ -32,7 +33,6 @@ def load_for_eval(path):
     """-> (model, encoders, regressor, meta) from a run checkpoint, a snapshot or an exported model folder."""
     path = Path(path)
     if path.is_dir():
-        from .export import load_exported
         return load_exported(path)
     st = torch.load(path, map_location="cpu", weights_only=False)
     cfg = MonoNPHMConfig.from_dict(st["config"])
@@ -49,6 +49,16 @@ def load_for_eval(path):
                 dst.copy_(src)
     meta = {"step": st.get("step"), "elapsed": st.get("elapsed"), "anchor_vertices": st.get("anchor_vertices")}
     return model.eval(), enc.eval(), reg.eval(), meta
+
+
+def load_exported(model_dir):
+    """-> (model, encoders, regressor, meta) like ``load_for_eval``, from an exported model folder."""
+    model = load_model(model_dir)
+    enc, reg = load_encoders(model_dir)
+    tr = model.extra.get("training", {})
+    meta = {"step": tr.get("step"), "elapsed": 60 * float(tr.get("minutes", 0)),
+            "anchor_vertices": model.extra.get("anchor_ict_vertex")}
+    return model.eval(), enc, reg, meta
 
 
 def gt_points(ict, w_id, w_ex, n, rng, face_only=True):

@@ -26,7 +26,7 @@ import torch
 
 from . import data as D
 from ..model.parallel import set_threads
-from .encoders import ArkitRegressor, CodeEncoders
+from ..model.encoders import ArkitRegressor, CodeEncoders
 from .losses import LOSS_WEIGHTS, OFF_CLAMP, symm_dist
 from .modelwrap import build_model, model_config, query
 

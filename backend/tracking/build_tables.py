@@ -11,16 +11,13 @@ import argparse
 
 import numpy as np
 
+from ..contracts import landmark_tables as lt
 from ..contracts.conventions import NPHM_UNIT_M, Intrinsics
 from . import camera, raster
 from .landmarks import MediaPipeLandmarker
 
-ICT_TO_NPHM_OFFSET_CM = np.array([0.0, -3.0, -6.0])   # NPHM-like space: (v_cm + offset) / 25
-ICT_CM_PER_UNIT = 25.0
-
-
 def ict_render_setup(npz):
-    V = (npz["neutral"].astype(np.float64) + ICT_TO_NPHM_OFFSET_CM) / ICT_CM_PER_UNIT
+    V = lt.ict_cm_to_model(npz["neutral"].astype(np.float64))
     F = npz["faces"].astype(np.int64)
     reg = npz["region"]
     F = F[np.isin(reg[F], [0, 1, 2, 4]).all(1)]
@@ -73,9 +70,9 @@ def main(argv=None):
     cand = np.flatnonzero(np.isin(reg, [0, 1, 2]))
     dd = np.linalg.norm(V[cand][None] - med[:, None], axis=-1)
     vid = cand[np.argmin(dd, 1)]
-    print("# spread (mm) median/max:", np.median(spread) * 250, np.max(spread) * 250)
+    print("# spread (mm) median/max:", np.median(spread) * lt.MM_PER_UNIT, np.max(spread) * lt.MM_PER_UNIT)
     print("MEDIAPIPE_ICT_VERTEX = (" + ", ".join(str(int(v)) for v in vid) + ")")
-    print("MEDIAPIPE_ICT_POS_MM = (" + ", ".join(f"({x:.1f}, {y:.1f}, {z:.1f})" for x, y, z in med * 250) + ")")
+    print("MEDIAPIPE_ICT_POS_MM = (" + ", ".join(f"({x:.1f}, {y:.1f}, {z:.1f})" for x, y, z in med * lt.MM_PER_UNIT) + ")")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contracts import arkit
 from .. import BUILTIN_MODEL_DIR
+from ..contracts import arkit
 from ..model.checkpoint import ENCODERS_FILE
 from ..model.encoders import N_APP, N_EX, N_ID
 
@@ -85,7 +85,7 @@ def export(ckpt_path, out_dir=BUILTIN_MODEL_DIR, extra_info=None, refit_arkit=Tr
         "mean_anchors": [[round(float(c), 6) for c in a] for a in st["mean_anchors"]],
         "anchor_semantics": "official MonoNPHM order: pairs (2i, 2i+1) for i<30 mirror in x, 60-64 midline",
         "space": "NPHM: y up, z forward (out of the face), +x subject's left, 1 unit = 0.25 m",
-        "ict_to_model": "x_model = (v_cm + (0, -3, -6)) / 25",
+        "ict_to_model": "x_model = (v_cm + (0, -3, -6)) / 25",  # landmark_tables.ict_cm_to_model
         "encoders_file": ENCODERS_FILE,
         "encoders": {"geo_in": N_ID, "app_in": N_APP, "exp_in": N_EX,
                      "exp_in_names": list(arkit.ICT_NAMES),

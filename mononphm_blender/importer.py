@@ -90,6 +90,25 @@ def find_objects(package_path: str) -> dict[str, object]:
     return out
 
 
+def track_clip_start(settings) -> int | None:
+    """Scene frame of source frame 0 for the scene's track settings: the Movie Clip's start frame (clip input) or
+    the Start Frame (file input); None for a clip input without a clip (the imported package then decides)."""
+    if settings.input_kind == "CLIP":
+        return None if settings.clip is None else int(settings.clip.frame_start)
+    return int(settings.clip_start)
+
+
+def package_clip_start(objects: dict, clip=None) -> int:
+    """Scene frame of source frame 0 of an imported package (``find_objects``): its Movie Clip's start frame, else
+    the start stored on its head (or USD) object at import, else 1."""
+    if clip is not None:
+        return int(clip.frame_start)
+    holder = objects.get("head") or objects.get("usd")
+    if holder is not None and PROP_CLIP_START in holder:
+        return int(holder[PROP_CLIP_START])
+    return 1
+
+
 def _tag(obj, package_path: str, role: str, clip_start: int) -> None:
     obj[PROP_PACKAGE] = stored_path(package_path)
     obj[PROP_ROLE] = role
@@ -147,13 +166,7 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
             clip.frame_start = int(clip_start)  # keep the background aligned with the requested mapping
     result.clip = clip
     if clip_start is None:
-        head_like = existing.get("head") or existing.get("usd")
-        if clip is not None:
-            clip_start = int(clip.frame_start)
-        elif head_like is not None and PROP_CLIP_START in head_like:
-            clip_start = int(head_like[PROP_CLIP_START])
-        else:
-            clip_start = 1
+        clip_start = package_clip_start(existing, clip)
     frames = np.array([conventions.scene_frame(clip_start, i) for i in indices], dtype=np.int64)
     result.source_indices = indices.tolist()
     result.scene_frames = frames.tolist()
@@ -368,15 +381,11 @@ def scene_frame_of(scene, source_index: int, package_path: str | None = None) ->
     if path is None:
         settings = getattr(scene, "mononphm", None)
         path = settings.last_package if settings is not None else ""
-    holder = None
-    if path:
-        objs = find_objects(path)
-        holder = objs.get("head") or objs.get("usd")
-    if holder is None:
-        holder = next((o for o in scene.objects if PROP_CLIP_START in o and o.get(PROP_ROLE) in ("head", "usd")),
-                      None)
-    start = int(holder[PROP_CLIP_START]) if holder is not None else int(scene.frame_start)
-    return conventions.scene_frame(start, source_index)
+    objs = find_objects(path) if path else {}
+    if not (objs.get("head") or objs.get("usd")):
+        objs = {"head": next((o for o in scene.objects if PROP_CLIP_START in o and o.get(PROP_ROLE) in ("head", "usd")),
+                             None)}
+    return conventions.scene_frame(package_clip_start(objs), source_index)
 
 
 # --- quality markers --------------------------------------------------------------------------------------------
@@ -410,9 +419,7 @@ def refresh_quality_markers(scene, threshold: float) -> list[tuple[int, float]]:
         package = result_format.ResultPackage(bpy.path.abspath(path))
     except result_format.PackageError:
         return []
-    objs = find_objects(path)
-    holder = objs.get("head") or objs.get("usd")
-    clip_start = int(holder[PROP_CLIP_START]) if holder is not None and PROP_CLIP_START in holder else 1
+    clip_start = package_clip_start(find_objects(path))
     usable = [i for i, r in enumerate(package.frames) if r["status"] in USABLE_STATUSES]
     frames = np.array([conventions.scene_frame(clip_start, package.frames[i]["index"]) for i in usable])
     return set_quality_markers(scene, frames, package.quality("landmark_error_px")[usable], threshold)

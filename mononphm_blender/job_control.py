@@ -47,13 +47,14 @@ def _say(level: str, text: str) -> None:
 
 # --- starting ---------------------------------------------------------------------------------------------------
 
-def build_request(context, scene, *, frames: str | None = None,
+def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
                   overwrite: bool = False) -> track_config.TrackConfig:
-    """The run's settings from the scene settings; raises ValueError with a user-facing message."""
+    """The run's settings from the scene settings (``scene_range``: scene frames to track, inclusive, instead of the
+    settings' range); raises ValueError with a user-facing message."""
     from .blender import scene as scenes
 
     s = scene.mononphm
-    intrinsics = None
+    intrinsics = {}
     if s.input_kind == "CLIP":
         clip = s.clip
         if clip is None:
@@ -63,23 +64,22 @@ def build_request(context, scene, *, frames: str | None = None,
             input_path = os.path.dirname(input_path)
         intr = scenes.clip_intrinsics(clip)
         intrinsics = {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy}
-        clip_start = int(clip.frame_start)
     else:
         input_path = bpy.path.abspath(s.input_path)
-        clip_start = int(s.clip_start)
     if not input_path or not os.path.exists(input_path):
         raise ValueError(f"Input not found: {input_path or '(empty)'}")
     out_dir = bpy.path.abspath(s.output_dir)
     if not out_dir or out_dir.startswith("//"):
         raise ValueError("Save the .blend first, or choose an absolute output folder")
-    if frames is None and (s.use_frame_range or s.stride > 1):
-        if s.use_frame_range:
-            frames = command.frames_arg(s.frame_start - clip_start, s.frame_end - clip_start, s.stride)
-        else:
-            frames = command.frames_arg(None, None, s.stride)
+    if scene_range is None and s.use_frame_range:
+        scene_range = (s.frame_start, s.frame_end)
+    frames = command.frames_arg(None, None, s.stride)
+    if scene_range is not None:
+        clip_start = importer.track_clip_start(s)
+        frames = command.frames_arg(scene_range[0] - clip_start, scene_range[1] - clip_start, s.stride)
     req = track_config.TrackConfig(input=input_path, out=out_dir, frames=frames, preset=s.preset,
                                    output=s.output_mode, device=prefs.get_prefs(context).device,
-                                   overwrite=overwrite, **(intrinsics or {}))
+                                   overwrite=overwrite, **intrinsics)
     if s.model == "OFFICIAL":
         req.official_checkpoint = bpy.path.abspath(s.official_dir)
         req.mean_anchors = bpy.path.abspath(s.mean_anchors)
@@ -91,7 +91,7 @@ def build_request(context, scene, *, frames: str | None = None,
     return req
 
 
-def start_track(context, scene=None, *, frames: str | None = None, overwrite: bool = False,
+def start_track(context, scene=None, *, scene_range: tuple[int, int] | None = None, overwrite: bool = False,
                 python: str | None = None) -> jobs.BackendJob:
     """Start ``python -m backend track`` for the scene's settings; raises ValueError / RuntimeError."""
     scene = scene or context.scene
@@ -100,7 +100,7 @@ def start_track(context, scene=None, *, frames: str | None = None, overwrite: bo
     python = python or prefs.backend_python(context)
     if not python:
         raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
-    req = build_request(context, scene, frames=frames, overwrite=overwrite)
+    req = build_request(context, scene, scene_range=scene_range, overwrite=overwrite)
     argv = command.track_argv(python, req)
     root = contracts.backend_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -179,9 +179,9 @@ def _do_import(context, scene, out_path: str) -> bool:
     with context.temp_override(scene=scene) if hasattr(context, "temp_override") else contextlib.nullcontext():
         s = scene.mononphm
         clip = s.clip if s.input_kind == "CLIP" else None
-        clip_start = None if clip is not None else int(s.clip_start)
         try:
-            importer.import_package(context, bpy.path.abspath(out_path), clip=clip, clip_start=clip_start)
+            importer.import_package(context, bpy.path.abspath(out_path), clip=clip,
+                                    clip_start=importer.track_clip_start(s))
         except result_format.PackageError as exc:
             _say("WARNING", f"Import: {exc.message} {exc.hint}")
             return False

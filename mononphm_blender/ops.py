@@ -54,10 +54,8 @@ class MONONPHM_OT_retrack(bpy.types.Operator):
     def execute(self, context):
         s = context.scene.mononphm
         start, end = sorted((s.retrack_start, s.retrack_end))
-        clip_start = s.clip.frame_start if (s.input_kind == "CLIP" and s.clip) else s.clip_start
         try:
-            frames = command.frames_arg(start - clip_start, end - clip_start, s.stride)
-            job_control.start_track(context, frames=frames, overwrite=True)
+            job_control.start_track(context, scene_range=(start, end), overwrite=True)
         except (ValueError, RuntimeError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -101,9 +99,9 @@ class MONONPHM_OT_import_result(bpy.types.Operator, ImportHelper):
             path = bpy.path.abspath(self.filepath)[: -len("manifest.json")]
         s = context.scene.mononphm
         clip = s.clip if s.input_kind == "CLIP" else None
-        clip_start = None if clip is not None else (s.clip_start if s.input_kind == "FILE" else None)
         try:
-            result = importer.import_package(context, path, mode=self.mode, clip=clip, clip_start=clip_start)
+            result = importer.import_package(context, path, mode=self.mode, clip=clip,
+                                             clip_start=importer.track_clip_start(s))
         except result_format.PackageError as exc:
             self.report({"ERROR"}, f"Cannot import: {exc.message}. {exc.hint}")
             return {"CANCELLED"}

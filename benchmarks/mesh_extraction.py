@@ -66,9 +66,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from backend import BUILTIN_MODEL_DIR  # noqa: E402
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init, load_model  # noqa: E402
 from backend.model.deformation import DeformationField  # noqa: E402
-from backend.model.meshing import SurfaceMesh, PosedMesher, canonical_mesh, warp_mesh  # noqa: E402
+from backend.model.meshing import PosedMesher, SurfaceMesh, canonical_mesh, warp_mesh  # noqa: E402
 from backend.model.parallel import set_threads  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -79,9 +80,8 @@ FIXED_TOPOLOGY_VERTICES = 30000
 
 
 def make_model(name: str):
-    builtin = ROOT / "backend" / "models" / "builtin" / "model.pt"
-    if name == "builtin" and builtin.is_file():
-        return load_model(builtin), "checkpoint"
+    if name == "builtin" and (BUILTIN_MODEL_DIR / "model.pt").is_file():
+        return load_model(BUILTIN_MODEL_DIR), "checkpoint"
     cfg = MonoNPHMConfig.official() if name == "official" else MonoNPHMConfig.builtin()
     torch.manual_seed(0)
     m = MonoNPHM(cfg, mean_anchors(cfg.n_anchors)).eval()

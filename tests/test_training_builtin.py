@@ -1,13 +1,13 @@
 """The shipped built-in checkpoint loads and its canonical mesh is a plausible head."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-BUILTIN = Path(__file__).resolve().parents[1] / "backend" / "models" / "builtin"
+from backend import BUILTIN_MODEL_DIR as BUILTIN  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not (BUILTIN / "model.pt").exists(), reason="no built-in checkpoint committed yet")
 
 

@@ -110,7 +110,7 @@ class TrackConfig:
         return argv
 
 
-def _field_docs(cls) -> dict[str, str]:
+def field_docs(cls) -> dict[str, str]:
     """Attribute docstrings (the string literal after each field) of a dataclass, by field name."""
     body = ast.parse(inspect.getsource(cls)).body[0].body
     return {a.target.id: b.value.value.strip() for a, b in zip(body, body[1:])
@@ -119,7 +119,7 @@ def _field_docs(cls) -> dict[str, str]:
 
 def add_track_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one argument per ``TrackConfig`` field to the ``track`` sub-command's parser."""
-    docs = _field_docs(TrackConfig)
+    docs = field_docs(TrackConfig)
     hints = typing.get_type_hints(TrackConfig)
     groups = {}
     for f in dataclasses.fields(TrackConfig):

@@ -10,6 +10,8 @@ import json
 import platform
 from pathlib import Path
 
+from .. import BUILTIN_MODEL_DIR
+
 
 def _f(x, nd=2):
     return "–" if x is None else f"{x:.{nd}f}"
@@ -163,7 +165,7 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m backend.training.model_card")
-    ap.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "models" / "builtin"))
+    ap.add_argument("--model", default=str(BUILTIN_MODEL_DIR))
     ap.add_argument("--eval", required=True)
     ap.add_argument("--quality", default=None)
     ap.add_argument("--speed", default=None)

@@ -75,10 +75,16 @@ def _tiny(preset="draft", **kw):
     return dataclasses.replace(PRESETS[preset], **dict(TINY, **kw))
 
 
-def test_end_to_end_and_resume(tmp_path, tiny_model, clip):
+def test_end_to_end_and_resume(tmp_path, tiny_model, clip, monkeypatch):
+    from backend.contracts import result_format
     from backend.tracking import run_track
     out = tmp_path / "res"
+    read = []   # a fresh run keeps what it needs: it never reads its own package back
+    monkeypatch.setattr(result_format, "load_npz", lambda path: read.append(path))
+    monkeypatch.setattr(result_format, "read_manifest", lambda root: read.append(root))
     outcome = run_track(_config(clip, out, tiny_model), None, _tiny())
+    monkeypatch.undo()
+    assert read == []
     assert outcome.path == out and outcome.frames == 6
     pkg = ResultPackage(outcome.path)
     assert pkg.manifest["state"] == "complete"

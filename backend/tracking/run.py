@@ -172,8 +172,8 @@ class TrackingSession:
         self.states: Dict[int, object] = {}           # index -> FrameState of every fitted frame
         self.stage2_done = False
         self.status: Dict[int, str] = {}              # index -> package status other than "tracked"
-        # index -> the frame's vertices as last written, model units (V, 3) float32: the warm start of the stage-2
-        # re-warp (V x 12 bytes per frame, 0.2 MB at the standard preset's mesh)
+        # index -> the frame's vertices as written before stage 2, model units (V, 3) float32: the warm start of the
+        # stage-2 re-warp (kept until then: V x 12 bytes per frame, 0.2 MB at the standard preset's mesh)
         self.written_vertices: Dict[int, np.ndarray] = {}
         self.written_z_exp: Dict[int, np.ndarray] = {}  # index -> z_exp (E,) as written: the per-frame USD meshes
 
@@ -311,14 +311,14 @@ class TrackingSession:
 
         pending = []
         prev_warp = None
-        # the frames' vertices as written before stage 2 (their own roots), with the last frame's inverse Jacobians
-        starts = {i: self.written_vertices.get(i) for i in tracked}
         for n, (fr, labels) in enumerate(iter_frames_with_masks(self.source, set(tracked),
                                                                 self.detections.landmarks), 1):
             obs = self.detections.observation(fr.index, fr.image, labels)
+            # warm start: the frame's vertices as written before stage 2 (its own roots), the last frame's Jacobians
             warm = prev_warp
-            if starts[fr.index] is not None:
-                warm = WarpState(torch.as_tensor(starts[fr.index]), None if prev_warp is None else prev_warp.jinv)
+            start = self.written_vertices.pop(fr.index, None)
+            if start is not None:
+                warm = WarpState(torch.as_tensor(start), None if prev_warp is None else prev_warp.jinv)
             r = self.tracker.frame_result(obs, self.states[fr.index], warm)
             prev_warp = r.warp
             pending.append(r)
@@ -328,6 +328,7 @@ class TrackingSession:
                 pending = []
         if pending:
             self._write_chunk(pending, False)
+        self.written_vertices.clear()
         self.writer.write_tracker_state(self._state_arrays(self.stage2_done))
 
     def _interpolate_missing(self, tracked: List[int]) -> None:
@@ -380,7 +381,8 @@ class TrackingSession:
                                r.photometric_error, r.mask_iou) for r in results]
         self.writer.write_frames(records, arrays)
         for k, r in enumerate(results):
-            self.written_vertices[r.index] = r.vertices
+            if self.preset.stage2_epochs > 0 and not self.stage2_done:   # stage 2 will rewrite the frame
+                self.written_vertices[r.index] = r.vertices
             self.written_z_exp[r.index] = arrays["z_exp"][k]
         self.writer.write_tracker_state(self._state_arrays(stage2_done))
 

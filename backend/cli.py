@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from . import BUILTIN_MODEL_DIR, __version__
-from .contracts.protocol import BackendError, BadInputError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION
+from .contracts.protocol import BackendError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION
 from .contracts.track_config import TrackConfig, add_track_arguments
 
 
@@ -35,51 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def available_devices() -> list[str]:
-    try:
-        import torch
-    except ImportError:
-        return []
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices
-
-
 def version_info() -> dict:
+    """The handshake: versions, the devices present and the one ``--device auto`` picks, the models."""
     try:
         import torch
 
-        torch_version = torch.__version__
+        from .model.devices import available_devices, resolve_device
+
+        torch_version, devices, auto = torch.__version__, available_devices(), resolve_device("auto")
     except ImportError:
-        torch_version = None
+        torch_version, devices, auto = None, [], None
     builtin = BUILTIN_MODEL_DIR / "config.json"
     return {
         "protocol": PROTOCOL_VERSION,
         "backend": __version__,
         "python": sys.version.split()[0],
         "torch": torch_version,
-        "devices": available_devices(),
+        "devices": devices,
+        "auto_device": auto,
         "models": [{"name": "builtin", "path": str(BUILTIN_MODEL_DIR), "available": builtin.is_file()}],
     }
-
-
-# Devices the tracker runs on.  The model core is device-agnostic, but the tracker's CPU-side stages (rasteriser,
-# PnP, meshes) and its thread-level parallelism are not ported to accelerators yet.
-TRACKING_DEVICES = ("cpu",)
-
-
-def resolve_device(name: str) -> str:
-    """The device a `track` run uses for `--device name` (an unavailable device is a clear error)."""
-    devices = available_devices()
-    if name == "auto":
-        return next((d for d in ("cuda", "mps", "cpu") if d in devices and d in TRACKING_DEVICES), "cpu")
-    if name not in devices:
-        raise BadInputError(f"device '{name}' is not available here (available: {', '.join(devices)})",
-                            "Choose 'auto' or 'cpu', or install a torch build with that accelerator.")
-    return name
 
 
 def _install_cancel_handler() -> None:
@@ -129,14 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "track":
             from .tracking import run_track
 
-            config = TrackConfig.from_namespace(args)
-            config.device = resolve_device(config.device)
-            if config.device not in TRACKING_DEVICES:
-                events.warning(f"Tracking does not use '{config.device}' in this version: it runs on the CPU.",
-                               code="device_fallback")
-                config.device = "cpu"
-            outcome = run_track(config, events)
-            events.result(str(outcome.path), outcome.frames)
+            outcome = run_track(TrackConfig.from_namespace(args), events)
+            events.result(str(outcome.path), outcome.frames, outcome.timings)
         return ExitCode.OK
     except (Cancelled, KeyboardInterrupt):
         events.error("Cancelled.", "Finished frames are kept; run the same command again to resume.",

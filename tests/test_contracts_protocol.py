@@ -56,18 +56,6 @@ def test_exit_codes_and_errors():
     assert (err.message, err.hint, err.exit_code) == ("msg", "hint", protocol.ExitCode.INTERNAL_ERROR)
 
 
-def test_track_device_resolution(monkeypatch):
-    """auto picks a device the tracker runs on; a device this machine lacks is a clear, actionable error."""
-    from backend import cli
-
-    monkeypatch.setattr(cli, "available_devices", lambda: ["cpu", "cuda"])
-    assert cli.resolve_device("auto") in cli.TRACKING_DEVICES
-    assert cli.resolve_device("cuda") == "cuda"  # explicit: main() warns (device_fallback) and runs on the CPU
-    with pytest.raises(protocol.BadInputError) as e:
-        cli.resolve_device("mps")
-    assert "not available" in e.value.message and "auto" in e.value.hint
-
-
 def test_auto_threads_leave_room_on_small_machines(monkeypatch):
     from backend.tracking import run
 

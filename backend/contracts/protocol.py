@@ -7,7 +7,9 @@ Every line the backend prints on stdout is one JSON object with a ``"type"`` key
 
 - ``progress``: ``stage``, ``frame`` (source index or null), ``done``, ``total``, ``eta_s`` (or null), ``message``
 - ``warning``: ``message``, ``code``
-- ``result``: ``path`` (the result package), ``frames_done``
+- ``result``: ``path`` (the result package), ``frames_done``, ``timings`` (``track``: seconds per stage)
+- ``device`` (``track``, before the model loads): ``device`` (``cpu``, ``cuda``, ``mps``: the one the run uses),
+  ``name`` (the GPU's or CPU's name)
 - ``error``: ``message``, ``hint``, ``code``
 - ``hello`` (first line of every run): ``protocol``, ``backend``
 """
@@ -105,8 +107,12 @@ class EventWriter:
     def warning(self, message: str, code: str = "warning") -> None:
         self.emit("warning", message=message, code=code)
 
-    def result(self, path: str, frames_done: int) -> None:
-        self.emit("result", path=str(path), frames_done=frames_done)
+    def device(self, device: str, name: str) -> None:
+        self.emit("device", device=device, name=name)
+
+    def result(self, path: str, frames_done: int, timings: dict | None = None) -> None:
+        fields = {} if timings is None else {"timings": {k: round(float(v), 3) for k, v in timings.items()}}
+        self.emit("result", path=str(path), frames_done=frames_done, **fields)
 
     def error(self, message: str, hint: str = "", code: str = "internal") -> None:
         self.emit("error", message=message, hint=hint, code=code)

@@ -25,6 +25,7 @@ class CodeSpace:
         self.enc = encoders
         self.reg = arkit_regressor
         self.mode = "encoder" if encoders is not None else "raw"
+        self.device = next(model.parameters()).device   # every code tensor lives where the model does
         if self.enc is not None:
             for p in self.enc.parameters():
                 p.requires_grad_(False)
@@ -32,10 +33,10 @@ class CodeSpace:
             self.n_app = self.enc.app.in_features
             self.n_ex = self.enc.exp.in_features
             static = np.array([n.startswith("eyeLook") for n in arkit.ICT_NAMES[: self.n_ex]])
-            self.ex_mask = torch.as_tensor(~static, dtype=torch.float32)
+            self.ex_mask = torch.as_tensor(~static, dtype=torch.float32, device=self.device)
         else:
             self.n_id, self.n_app, self.n_ex = self.cfg.dim_geo, self.cfg.dim_app, self.cfg.dim_exp
-            self.ex_mask = torch.ones(self.n_ex)
+            self.ex_mask = torch.ones(self.n_ex, device=self.device)
         if self.reg is not None:
             for p in self.reg.parameters():
                 p.requires_grad_(False)
@@ -44,11 +45,11 @@ class CodeSpace:
     def init_identity(self):
         """(p_geo, p_app) initial identity parameters (mean head)."""
         if self.mode == "encoder":
-            return torch.zeros(self.n_id), self.enc.app_mean.detach().clone()
-        return torch.zeros(self.cfg.dim_geo), torch.zeros(self.cfg.dim_app)
+            return torch.zeros(self.n_id, device=self.device), self.enc.app_mean.detach().clone()
+        return torch.zeros(self.cfg.dim_geo, device=self.device), torch.zeros(self.cfg.dim_app, device=self.device)
 
     def init_expression(self, n: int = 1) -> torch.Tensor:
-        return torch.zeros(n, self.n_ex)
+        return torch.zeros(n, self.n_ex, device=self.device)
 
     # -- maps --------------------------------------------------------------------------------------------------
     def z_geo(self, p_geo: torch.Tensor) -> torch.Tensor:
@@ -112,7 +113,7 @@ class CodeSpace:
     def arkit(self, p_ex: torch.Tensor) -> Optional[np.ndarray]:
         """(B, n_ex) -> (B, 52) ARKit weights from the model's regressor (or the ICT->ARKit map), None if neither."""
         if self.reg is not None:
-            return self.reg(self.z_exp(p_ex)).numpy().astype(np.float32)
+            return self.reg(self.z_exp(p_ex)).cpu().numpy().astype(np.float32)
         if self.mode == "encoder" and self.n_ex == len(arkit.ICT_NAMES):
-            return np.clip(arkit.ict_to_arkit(p_ex.numpy()), 0, 1).astype(np.float32)
+            return np.clip(arkit.ict_to_arkit(p_ex.cpu().numpy()), 0, 1).astype(np.float32)
         return None

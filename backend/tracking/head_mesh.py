@@ -85,16 +85,17 @@ def _largest_component(v: np.ndarray, f: np.ndarray):
 
 
 class SilhouetteTargets:
-    """Per-frame silhouette data derived from the labels (computed once per frame, numpy/cv2)."""
+    """Per-frame silhouette data derived from the labels (computed once per frame with numpy/cv2; the tensors on
+    ``device``, the tracker's)."""
 
-    def __init__(self, labels: np.ndarray, max_contour: int = 400, seed: int = 0):
+    def __init__(self, labels: np.ndarray, max_contour: int = 400, seed: int = 0, device=None):
         import cv2
         self.labels = labels
         H, W = labels.shape
         bg = (labels == M.BACKGROUND).astype(np.uint8)
         # distance (px) from each background pixel to the nearest non-background pixel
         dist = cv2.distanceTransform(bg, cv2.DIST_L2, 3) if bg.any() else np.zeros((H, W), np.float32)
-        self.bg_dist = torch.as_tensor(dist, dtype=torch.float32)[None, None]
+        self.bg_dist = torch.as_tensor(dist, dtype=torch.float32, device=device)[None, None]
         target = ((labels == M.FACE) | (labels == M.MOUTH)).astype(np.uint8)
         self.target = target.astype(bool)
         # contour of the face region: where the surface outline must reach
@@ -103,7 +104,7 @@ class SilhouetteTargets:
         if len(xs) > max_contour:
             sel = np.random.default_rng(seed).choice(len(xs), max_contour, replace=False)
             xs, ys = xs[sel], ys[sel]
-        self.contour = torch.as_tensor(np.stack([xs + 0.5, ys + 0.5], -1), dtype=torch.float32)
+        self.contour = torch.as_tensor(np.stack([xs + 0.5, ys + 0.5], -1), dtype=torch.float32, device=device)
         self.size = (H, W)
 
 
@@ -129,8 +130,8 @@ def outline_silhouette_loss(uv: torch.Tensor, visible_outline: torch.Tensor, tg:
     if tg.contour.shape[0] and bool(visible_outline.any()):
         c = tg.contour
         if covered is not None:
-            ci = c.long()
-            c = c[~torch.as_tensor(covered[ci[:, 1], ci[:, 0]])]
+            ci = c.long().cpu().numpy()
+            c = c[~torch.as_tensor(covered[ci[:, 1], ci[:, 0]], device=c.device)]
         if c.shape[0]:
             d = torch.cdist(c.to(uv.dtype), uv[visible_outline])            # (C, O)
             loss = loss + (d.min(1).values / face_size).pow(2).sum() / tg.contour.shape[0]

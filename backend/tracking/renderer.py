@@ -91,9 +91,9 @@ def sh_basis(n: torch.Tensor) -> torch.Tensor:
                         c3 * (x * x - y * y)], -1)
 
 
-def sh_init(dtype=torch.float32) -> torch.Tensor:
+def sh_init(dtype=torch.float32, device=None) -> torch.Tensor:
     """(9, 3) coefficients with constant shading 1 (c0 = sqrt(4 pi) * ... such that S = 1)."""
-    c = torch.zeros(9, 3, dtype=dtype)
+    c = torch.zeros(9, 3, dtype=dtype, device=device)
     c[0] = 1.0 / _SH_C[0]
     return c
 
@@ -170,7 +170,7 @@ def render_rays(field: Field, o: torch.Tensor, d: torch.Tensor, inv_s: float, se
         albedo, grad = field.shade_inputs(xs)
         n = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         n_cam = n @ R_cam.T if R_cam is not None else n
-        sh = sh if sh is not None else sh_init(o.dtype)
+        sh = sh if sh is not None else sh_init(o.dtype, o.device)
         col = shade(albedo, n_cam, sh)
         out.update(color=opacity[:, None] * col, albedo=albedo, normal_cam=n_cam)
     return out

@@ -39,6 +39,11 @@ class _Events:
         if self.ev is not None:
             self.ev.progress(stage, int(done), None if total is None else int(total), frame=frame, message=message)
 
+    def device(self, device: str, name: str):
+        log.info("device: %s (%s)", device, name)
+        if self.ev is not None:
+            self.ev.device(device, name)
+
     def warning(self, message, code="warning"):
         log.warning(message)
         if self.ev is not None:
@@ -48,8 +53,8 @@ class _Events:
 # -------------------------------------------------------------------------------------------------------------------
 # model loading
 # -------------------------------------------------------------------------------------------------------------------
-def load_tracking_model(config: TrackConfig):
-    """-> (model, encoders or None, arkit regressor or None, model header dict)."""
+def load_tracking_model(config: TrackConfig, device: str = "cpu"):
+    """-> (model, encoders or None, arkit regressor or None, model header dict), the modules on ``device``."""
     from ..model import load_model, load_official
     from ..model.checkpoint import load_encoders
 
@@ -58,8 +63,9 @@ def load_tracking_model(config: TrackConfig):
             raise TrackingInputError("--official-checkpoint needs --mean-anchors (the official anchors_65.npy)",
                                      "Pass the anchors_65.npy from the official repository's assets/ folder.")
         model = load_official(config.official_checkpoint, config.mean_anchors, epoch=config.checkpoint_epoch)
-        return model, None, None, {"name": "official", "path": str(Path(config.official_checkpoint).resolve()),
-                                   "expression_dim": int(model.cfg.dim_exp), "arkit": False}
+        return model.to(device), None, None, {"name": "official",
+                                              "path": str(Path(config.official_checkpoint).resolve()),
+                                              "expression_dim": int(model.cfg.dim_exp), "arkit": False}
     mdir = Path(config.model) if config.model else BUILTIN_MODEL_DIR
     if not (mdir / "config.json").is_file():
         raise TrackingModelError(f"no head model at {mdir} (config.json missing)",
@@ -71,7 +77,8 @@ def load_tracking_model(config: TrackConfig):
     except Exception as e:  # noqa: BLE001 - encoders are optional
         log.info("model has no usable encoders (%s); fitting raw codes", e)
     name = (getattr(model, "extra", {}) or {}).get("name", mdir.name)
-    return model, enc, reg, {"name": str(name), "path": str(mdir.resolve()),
+    enc, reg = (None if m is None else m.to(device) for m in (enc, reg))
+    return model.to(device), enc, reg, {"name": str(name), "path": str(mdir.resolve()),
                              "expression_dim": int(model.cfg.dim_exp), "arkit": bool(reg is not None or enc is not None)}
 
 
@@ -215,17 +222,17 @@ class TrackingSession:
     # ---------------------------------------------------------------------------------------------------------
     def _resume(self) -> bool:
         """Restore the tracker and the fitted frame states from the package's tracker state, if it has one."""
-        import torch
         from .tracker import FrameState
 
         state = self.writer.tracker_state()
         if state is None or "p_geo" not in state or not self.writer.has_identity:
             return False
-        self.tracker.load_state_dict(state)
+        tracker = self.tracker
+        tracker.load_state_dict(state)
         if "p_ex" in state:
             for k, i in enumerate(state["frame_ids"]):
-                self.states[int(i)] = FrameState(torch.as_tensor(state["p_ex"][k]), torch.as_tensor(state["omega"][k]),
-                                                 torch.as_tensor(state["trans"][k]))
+                self.states[int(i)] = FrameState(tracker.tensor(state["p_ex"][k]), tracker.tensor(state["omega"][k]),
+                                                 tracker.tensor(state["trans"][k]))
         self.stage2_done = bool(int(np.asarray(state.get("stage2_done", 0)).reshape(-1)[0]))
         self.events.progress("identity", 1, 1, None, "identity loaded from the package")
         return True
@@ -250,6 +257,7 @@ class TrackingSession:
     def _fit_identity(self, found: List[int]) -> None:
         """Stage 1a on ``preset.id_frames`` frames spread over the first 50 with a face; writes the identity,
         the canonical mesh and the tracker state."""
+        from ..model.devices import to_numpy
         tracker, preset = self.tracker, self.preset
         pool = found[: max(preset.id_frames, min(len(found), 50))]
         pick = [pool[int(round(k))] for k in np.linspace(0, len(pool) - 1, min(preset.id_frames, len(pool)))]
@@ -257,9 +265,9 @@ class TrackingSession:
         id_obs = [self.detections.observation(fr.index, fr.image, lab)
                   for fr, lab in iter_frames_with_masks(self.source, set(pick), self.detections.landmarks)]
         tracker.fit_identity(id_obs)
-        self.writer.write_identity({"z_geo": tracker.z_geo()[0].detach().numpy(),
-                                    "z_app": tracker.z_app()[0].detach().numpy(), "sh_coeffs": tracker.sh.numpy(),
-                                    "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy()})
+        self.writer.write_identity({"z_geo": to_numpy(tracker.z_geo()[0]), "z_app": to_numpy(tracker.z_app()[0]),
+                                    "sh_coeffs": to_numpy(tracker.sh), "color_affine": to_numpy(tracker.cA),
+                                    "color_bias": to_numpy(tracker.cb)})
         self.writer.write_canonical_mesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces,
                                          tracker.albedo)
         self.writer.write_tracker_state(self._state_arrays(False))
@@ -306,7 +314,6 @@ class TrackingSession:
 
     def _rewrite(self, tracked: List[int]) -> None:
         """Recompute the outputs of the tracked frames after stage 2 and rewrite them (chunk by chunk)."""
-        import torch
         from ..model.meshing import WarpState
 
         pending = []
@@ -318,7 +325,7 @@ class TrackingSession:
             warm = prev_warp
             start = self.written_vertices.pop(fr.index, None)
             if start is not None:
-                warm = WarpState(torch.as_tensor(start), None if prev_warp is None else prev_warp.jinv)
+                warm = WarpState(self.tracker.tensor(start), None if prev_warp is None else prev_warp.jinv)
             r = self.tracker.frame_result(obs, self.states[fr.index], warm)
             prev_warp = r.warp
             pending.append(r)
@@ -388,14 +395,15 @@ class TrackingSession:
 
     def _frame_arrays(self, results) -> Dict[str, np.ndarray]:
         import torch
+        from ..model.devices import to_numpy
         from .renderer import so3_exp
         p_ex = torch.stack([r.state.p_ex for r in results])
-        R = so3_exp(torch.stack([r.state.omega for r in results])).numpy()
+        R = to_numpy(so3_exp(torch.stack([r.state.omega for r in results])))
         arrays = {
             "scale": np.ones(len(results), np.float32),
             "rotation": R.astype(np.float32),
-            "translation": np.stack([r.state.trans.numpy() for r in results]).astype(np.float32),
-            "z_exp": self.codes.z_exp(p_ex).detach().numpy().astype(np.float32),
+            "translation": to_numpy(torch.stack([r.state.trans for r in results])).astype(np.float32),
+            "z_exp": to_numpy(self.codes.z_exp(p_ex)).astype(np.float32),
             "vertices": (np.stack([r.vertices for r in results]) * NPHM_UNIT_M).astype(np.float32),
         }
         ak = self.codes.arkit(p_ex)
@@ -406,13 +414,14 @@ class TrackingSession:
     def _state_arrays(self, stage2_done: bool) -> Dict[str, np.ndarray]:
         """The tracker's state plus every fitted frame's state: ``tracker_state.npz`` (what a re-run resumes)."""
         import torch
+        from ..model.devices import to_numpy
         ids = np.array(sorted(self.states), np.int64)
         out = dict(self.tracker.state_dict(), frame_ids=ids, stage2_done=np.array(int(stage2_done)))
         if len(ids):
             st = [self.states[i] for i in ids]
-            out["p_ex"] = torch.stack([s.p_ex for s in st]).numpy()
-            out["omega"] = torch.stack([s.omega for s in st]).numpy()
-            out["trans"] = torch.stack([s.trans for s in st]).numpy()
+            out["p_ex"] = to_numpy(torch.stack([s.p_ex for s in st]))
+            out["omega"] = to_numpy(torch.stack([s.omega for s in st]))
+            out["trans"] = to_numpy(torch.stack([s.trans for s in st]))
         return out
 
 
@@ -421,14 +430,13 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
     each frame reusing the previous frame's band) for source frames ``frames`` with expression codes ``z_exp``
     (T, E), with the tracker's albedo (network albedo through the fitted colour affine). Yields
     ``usd_export.FrameMesh`` (metres, model axes)."""
-    import torch
     from ..model.meshing import PosedMesher
     from ..usd_export import FrameMesh
 
     mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
     zg = tracker.z_geo().detach()
     for k, index in enumerate(frames):
-        ze = torch.as_tensor(z_exp[k])[None]
+        ze = tracker.tensor(z_exp[k])[None]
         mesh = mesher(zg, None, ze, with_color=False)
         yield FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, tracker.albedo_u8(mesh.vertices, ze))
         if ev is not None:
@@ -456,6 +464,7 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     from ..contracts import landmark_tables as lt
     from ..contracts.protocol import Cancelled
     from ..contracts.result_format import ResultWriter
+    from ..model.devices import device_name, resolve_device, to_numpy
     from ..model.parallel import set_threads
     from . import camera
     from .codes import CodeSpace
@@ -464,6 +473,8 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
 
     ev = _Events(events)
     t_start = time.perf_counter()
+    device = resolve_device(config.device)
+    ev.device(device, device_name(device))
     set_threads(config.threads or auto_threads())
     torch.manual_seed(config.seed)
     preset = preset or PRESETS[config.preset]
@@ -487,11 +498,11 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
                    "interpolation and flagged 'interpolated'", "no_face_frames")
 
     t0 = time.perf_counter()
-    model, enc, reg, model_hdr = load_tracking_model(config)
+    model, enc, reg, model_hdr = load_tracking_model(config, device)
     t_load = time.perf_counter() - t0
     codes = CodeSpace(model, enc, reg)
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"
-    lmset = lt.tracking_landmarks(scheme, model.id_model.mean_anchors.detach().numpy())
+    lmset = lt.tracking_landmarks(scheme, to_numpy(model.id_model.mean_anchors))
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,
                       progress=lambda s, d, t, f=None, m="": ev.progress(s, d, t, f, m), seed=config.seed)
     tracker.timer.add("decode_landmarks", t_detect)

@@ -73,7 +73,8 @@ from backend.model.meshing import PosedMesher, SurfaceMesh, canonical_mesh, warp
 from backend.model.parallel import set_threads  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from model_throughput import matmul_peak, mean_anchors, measure_in_fresh_process, report_size  # noqa: E402
+from host import describe_host, host_line  # noqa: E402
+from model_throughput import mean_anchors, measure_in_fresh_process, report_size  # noqa: E402
 
 
 FIXED_TOPOLOGY_VERTICES = 30000
@@ -115,7 +116,9 @@ def main() -> None:
     # run-to-run noise).
     set_threads(args.threads)
     # The host's speed drifts (+-15% within minutes): its fp32 matmul peak, measured now, dates the figures.
-    out = {"threads": args.threads, "matmul_gflops": round(matmul_peak(torch.float32, 0.2 if args.quick else 1.0), 1),
+    host = describe_host(0.2 if args.quick else 1.0)
+    print(host_line(host), flush=True)
+    out = {"host": host, "threads": args.threads, "matmul_gflops": host["matmul_fp32_gflops"],
            "res": res, "frame_res": frame_res, "canonical_mesh_s": {},
            "canonical_mesh_warm_s": {}, "canonical_vertices": {}, "models": {}}
     for name in args.sizes.split(","):

@@ -122,6 +122,9 @@ class _CancelAt:
         if stage == "tracking" and done >= self.k:
             raise Cancelled("cancelled")
 
+    def device(self, *a, **k):
+        pass
+
     def warning(self, *a, **k):
         pass
 

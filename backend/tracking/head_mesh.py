@@ -51,23 +51,6 @@ def extract_canonical_mesh(model, z_geo: torch.Tensor, resolution: int = 96, box
     return HeadMesh(np.asarray(v, np.float32), np.asarray(f, np.int32))
 
 
-@torch.no_grad()
-def query_no_grad(model, x: torch.Tensor, z_geo, z_app=None, z_exp=None, anchors=None, chunk: int = 32768):
-    """Chunked no-grad field query (N, 3) -> (sdf (N,), colour (N, 3) or None), neutral when z_exp is None.
-
-    Uses ``torch.no_grad`` rather than the model's inference-mode helpers, so no inference tensors (e.g. the model's
-    scratch buffers) leak into later autograd passes of the tracker.
-    """
-    sd, co = [], []
-    for s in range(0, x.shape[0], chunk):
-        o = model(x[None, s:s + chunk], z_geo, z_app, z_exp, neutral=z_exp is None, with_color=z_app is not None,
-                  anchors=anchors)
-        sd.append(o.sdf[0, :, 0])
-        if z_app is not None:
-            co.append(o.color[0])
-    return torch.cat(sd), (torch.cat(co) if co else None)
-
-
 def _largest_component(v: np.ndarray, f: np.ndarray):
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components

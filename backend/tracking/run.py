@@ -93,6 +93,7 @@ class Detections:
     times: Dict[int, float]                       # index -> presentation time (s)
     landmarks: Dict[int, Optional[np.ndarray]]    # index -> (L, 2) float32 detector points; None: no face
     face_sizes: Dict[int, float]                  # index -> face size (px); 0 without a face
+    seconds: Dict[str, float]                     # "decode", "landmarks": time spent in each during the pass
 
     @property
     def found(self) -> List[int]:
@@ -115,9 +116,18 @@ def detect_all(src, detector: str, ev: _Events) -> Detections:
         a = src.range.start or 0
         b = src.range.stop if src.range.stop is not None else src.info.n_frames
         total = max(0, len(range(a, min(b, src.info.n_frames), src.range.step)))
+    frames = iter(src)
+    seconds = {"decode": 0.0, "landmarks": 0.0}
     try:
-        for fr in src:
+        while True:
+            t0 = time.perf_counter()
+            fr = next(frames, None)
+            t1 = time.perf_counter()
+            seconds["decode"] += t1 - t0
+            if fr is None:
+                break
             lm = det(fr.image)
+            seconds["landmarks"] += time.perf_counter() - t1
             pts = lm.points if lm.found and lm.size >= MIN_FACE_PX else None
             idx.append(fr.index)
             times.append(fr.time)
@@ -127,7 +137,7 @@ def detect_all(src, detector: str, ev: _Events) -> Detections:
                 ev.progress("landmarks", len(idx), total, fr.index)
     finally:
         det.close()
-    return Detections(idx, dict(zip(idx, times)), dict(zip(idx, lms)), dict(zip(idx, sizes)))
+    return Detections(idx, dict(zip(idx, times)), dict(zip(idx, lms)), dict(zip(idx, sizes)), seconds)
 
 
 def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]]) -> Iterator:
@@ -308,9 +318,11 @@ class TrackingSession:
         for i, s in zip(tracked, self.tracker.refine_all(obs_all, [self.states[i] for i in tracked])):
             self.states[i] = s
         self.stage2_done = True
-        t0 = time.perf_counter()
+        timer = self.tracker.timer
+        t0, outputs0 = time.perf_counter(), timer.t.get("outputs", 0.0)
         self._rewrite(tracked)
-        self.tracker.timer.add("rewrite", time.perf_counter() - t0)
+        # the pass's own time (decoding, masks, writing); its frames' outputs count in "outputs"
+        timer.add("rewrite", time.perf_counter() - t0 - (timer.t["outputs"] - outputs0))
 
     def _rewrite(self, tracked: List[int]) -> None:
         """Recompute the outputs of the tracked frames after stage 2 and rewrite them (chunk by chunk)."""
@@ -365,6 +377,7 @@ class TrackingSession:
         """Per-frame meshes (topology-varying, ``posed_frame_meshes``) with albedo colours as ``meshes.usdc``."""
         from ..contracts.result_format import USD_SEQUENCE
         writer = self.writer
+        t0 = time.perf_counter()
         try:
             from ..usd_export import write_mesh_sequence
             frames = [int(f["index"]) for f in writer.manifest["frames"]]
@@ -373,6 +386,8 @@ class TrackingSession:
                                                                                self.events),
                                 fps=float(writer.manifest["fps"] or 25.0))
             writer.set_usd(USD_SEQUENCE)
+            timer = self.tracker.timer   # the USD file's own time: the whole stage less the meshes' extraction
+            timer.add("usd", time.perf_counter() - t0 - timer.t.get("meshes", 0.0))
         except Exception as e:  # noqa: BLE001 - usd-core missing or a frame failing: keep the finished npz result
             self.events.warning(f"per-frame USD meshes not written: {type(e).__name__}: {e}", "usd_not_written")
 
@@ -430,15 +445,19 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
     each frame reusing the previous frame's band) for source frames ``frames`` with expression codes ``z_exp``
     (T, E), with the tracker's albedo (network albedo through the fitted colour affine). Yields
     ``usd_export.FrameMesh`` (metres, model axes)."""
-    from ..model.meshing import PosedMesher
+    from ..model.meshing import COLOR_PRUNE_MASS, PosedMesher
     from ..usd_export import FrameMesh
 
     mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
     zg = tracker.z_geo().detach()
     for k, index in enumerate(frames):
+        t0 = time.perf_counter()
         ze = tracker.tensor(z_exp[k])[None]
         mesh = mesher(zg, None, ze, with_color=False)
-        yield FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, tracker.albedo_u8(mesh.vertices, ze))
+        frame_mesh = FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces,
+                               tracker.albedo_u8(mesh.vertices, ze, COLOR_PRUNE_MASS))
+        tracker.timer.add("meshes", time.perf_counter() - t0)
+        yield frame_mesh
         if ev is not None:
             ev.progress("meshes", k + 1, len(frames), index)
 
@@ -484,9 +503,7 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
                                   config.fov)
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
-    t0 = time.perf_counter()
     det = detect_all(src, config.detector, ev)
-    t_detect = time.perf_counter() - t0
     if not det.indices:
         raise TrackingInputError(f"the frame range {src.range} selects no frames of {config.input}",
                                  "Check --frames against the clip length.")
@@ -505,7 +522,8 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     lmset = lt.tracking_landmarks(scheme, to_numpy(model.id_model.mean_anchors))
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,
                       progress=lambda s, d, t, f=None, m="": ev.progress(s, d, t, f, m), seed=config.seed)
-    tracker.timer.add("decode_landmarks", t_detect)
+    for stage, seconds in det.seconds.items():
+        tracker.timer.add(stage, seconds)
     tracker.timer.add("model_load", t_load)
 
     header = {

@@ -335,11 +335,15 @@ class Tracker:
         self.timer.add("mesh_extract", time.perf_counter() - t0)
 
     @torch.no_grad()
-    def albedo_u8(self, vertices: np.ndarray, z_exp: Optional[torch.Tensor] = None) -> np.ndarray:
+    def albedo_u8(self, vertices: np.ndarray, z_exp: Optional[torch.Tensor] = None,
+                  prune_mass: Optional[float] = None) -> np.ndarray:
         """(V, 3) uint8 albedo at vertices (V, 3) model units: network albedo, then the fitted colour affine.
-        Canonical (neutral) points when z_exp is None, else posed points of that expression (1, D_exp)."""
-        _, col = head_mesh.query_no_grad(self.model, self.tensor(vertices), self.z_geo(), self.z_app(), z_exp)
-        c = (col @ self.cA.T + self.cb + 1) / 2
+        Canonical (neutral) points when z_exp is None, else posed points of that expression (1, D_exp).
+        prune_mass: blend mass the colour query may drop (None: the model's own; ``meshing.COLOR_PRUNE_MASS`` keeps
+        every colour within a uint8 step).  The colour branch alone runs (no SDF head), chunked on worker threads."""
+        _, col = self.model.query(self.tensor(vertices)[None], self.z_geo(), self.z_app(), z_exp,
+                                  neutral=z_exp is None, prune_mass=prune_mass, with_sdf=False)
+        c = (col[0] @ self.cA.T + self.cb + 1) / 2
         return (to_numpy(c.clamp(0, 1)) * 255 + 0.5).astype(np.uint8)
 
     def mesh_albedo(self) -> np.ndarray:

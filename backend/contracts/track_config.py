@@ -74,7 +74,8 @@ class TrackConfig:
     device: str = field(default="auto", metadata=_option(choices=DEVICES))
     """compute device"""
     threads: int = 0
-    """CPU threads for torch (0 = auto: 2 on machines with 4 or more logical CPUs, else 1)"""
+    """CPU threads for torch (0 = auto: 2 on machines with 4 or more logical CPUs or on an idle 2-3 CPU machine,
+    else 1)"""
     overwrite: bool = False
     """re-track frames already in the package (keeps the fitted identity)"""
     detector: str = field(default="mediapipe", metadata=_option(choices=DETECTORS))

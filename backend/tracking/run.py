@@ -462,15 +462,24 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
             ev.progress("meshes", k + 1, len(frames), index)
 
 
+# 1-minute load average under which a 2- or 3-CPU machine counts as idle at the start of a run
+IDLE_LOAD = 0.5
+
+
 def auto_threads() -> int:
-    """Intra-op threads for `--threads 0`: 2 where at least 4 logical CPUs leave room for Blender, else 1.
+    """Intra-op threads for `--threads 0`: 2 where at least 4 logical CPUs leave room for Blender; on 2-3 CPUs, 2
+    while the machine is idle at the start (1-minute load average below ``IDLE_LOAD``), else 1.
 
     Tracking runs many small autograd steps, so each parallel region waits for its slowest thread.  On the idle
     2-core host, 2 threads track 28 % faster than 1 (draft 0.52 vs 0.72 s/frame, standard 0.93 vs 1.33); beside one
     busy core they are slower (0.80 vs 0.69 s/frame, with the spin limit of `backend.openmp_env`; 6.9 s/frame
-    without it), hence 1 thread on 2-core machines.
+    without it), hence the load check (without a load average, e.g. on Windows: 1 thread).
     """
-    return 2 if (os.cpu_count() or 1) >= 4 else 1
+    cpus = os.cpu_count() or 1
+    if cpus >= 4:
+        return 2
+    idle = cpus >= 2 and hasattr(os, "getloadavg") and os.getloadavg()[0] < IDLE_LOAD
+    return 2 if idle else 1
 
 
 def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
@@ -484,6 +493,7 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     from ..contracts.protocol import Cancelled
     from ..contracts.result_format import ResultWriter
     from ..model.devices import device_name, resolve_device, to_numpy
+    from ..model.kernels import choose_ensemble_layout
     from ..model.parallel import set_threads
     from . import camera
     from .codes import CodeSpace
@@ -517,6 +527,9 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     t0 = time.perf_counter()
     model, enc, reg, model_hdr = load_tracking_model(config, device)
     t_load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    log.info("ensemble layout by measured speed: %s", choose_ensemble_layout(model))
+    t_kernels = time.perf_counter() - t0
     codes = CodeSpace(model, enc, reg)
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, to_numpy(model.id_model.mean_anchors))
@@ -525,6 +538,7 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     for stage, seconds in det.seconds.items():
         tracker.timer.add(stage, seconds)
     tracker.timer.add("model_load", t_load)
+    tracker.timer.add("kernel_choice", t_kernels)
 
     header = {
         "source": {"path": str(Path(config.input).resolve()), "kind": src.info.kind,

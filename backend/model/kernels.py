@@ -26,7 +26,7 @@ SWITCH_MARGIN = 0.05
 _CHOICES: Dict[tuple, dict] = {}  # (device type, widths) -> the measurement, once per process
 
 
-def choose_ensemble_layout(model, points: int = 2048, rounds: int = 3) -> dict:
+def choose_ensemble_layout(model, points: int = 1024, rounds: int = 2) -> dict:
     """Time the model's no-grad query (SDF + colour: meshes, vertex colours) plus a code-gradient step (tracking)
     with each layout, alternating, best of ``rounds``; set ``model.id_model.grouped`` to the faster one when the
     results agree within KERNEL_TOL (else keep the default).  CPU only: on GPUs the grouped layout is off anyway.

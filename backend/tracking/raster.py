@@ -12,6 +12,9 @@ from typing import Optional
 import numpy as np
 
 
+MAX_FRAGMENTS = 40_000_000  # candidate (triangle, pixel) pairs before a MemoryError (~2 GB of temporaries)
+
+
 @dataclass
 class Fragments:
     tri: np.ndarray      # (H, W) int64 triangle id, -1 where empty
@@ -23,15 +26,10 @@ class Fragments:
         return self.tri >= 0
 
 
-def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
-              cull_backfaces: bool = False, max_fragments: int = 40_000_000) -> Fragments:
-    """Rasterise a mesh given in OpenCV camera coordinates.
-
-    Args:
-        verts_cam: (V, 3) camera-space vertices (z > 0 in front of the camera).
-        faces: (F, 3) int triangle indices.
-        K: (3, 3) intrinsics.
-    """
+def _covered_fragments(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
+                       cull_backfaces: bool, max_fragments: int):
+    """Every (triangle, pixel) pair whose pixel centre lies inside the projected triangle: (triangle ids, px, py,
+    the three screen-space barycentrics, per-triangle vertex depths (F, 3)), each per fragment; None when empty."""
     v = np.asarray(verts_cam, np.float64)
     f = np.asarray(faces, np.int64)
     z = v[:, 2]
@@ -52,11 +50,8 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: i
     hi = np.minimum(hi, [width - 1, height - 1])
     ok &= (hi >= lo).all(1)
     idx = np.flatnonzero(ok)
-    out_tri = np.full((height, width), -1, np.int64)
-    out_bary = np.zeros((height, width, 3), np.float32)
-    out_depth = np.full((height, width), np.inf, np.float32)
     if idx.size == 0:
-        return Fragments(out_tri, out_bary, out_depth)
+        return None
     lo_i = lo[idx].astype(np.int64)
     nx = (hi[idx, 0] - lo[idx, 0] + 1).astype(np.int64)
     ny = (hi[idx, 1] - lo[idx, 1] + 1).astype(np.int64)
@@ -81,6 +76,35 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: i
     w2 = 1.0 - w0 - w1
     inside = (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
     tid, px, py, w0, w1, w2 = tid[inside], px[inside], py[inside], w0[inside], w1[inside], w2[inside]
+    return tid, px, py, w0, w1, w2, zt
+
+
+def coverage(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) bool: pixels whose centre some triangle covers -- ``rasterize(...).mask`` without the depth test."""
+    mask = np.zeros((height, width), bool)
+    cand = _covered_fragments(verts_cam, faces, K, height, width, False, MAX_FRAGMENTS)
+    if cand is not None:
+        _, px, py = cand[:3]
+        mask[py, px] = True
+    return mask
+
+
+def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
+              cull_backfaces: bool = False, max_fragments: int = MAX_FRAGMENTS) -> Fragments:
+    """Rasterise a mesh given in OpenCV camera coordinates.
+
+    Args:
+        verts_cam: (V, 3) camera-space vertices (z > 0 in front of the camera).
+        faces: (F, 3) int triangle indices.
+        K: (3, 3) intrinsics.
+    """
+    out_tri = np.full((height, width), -1, np.int64)
+    out_bary = np.zeros((height, width, 3), np.float32)
+    out_depth = np.full((height, width), np.inf, np.float32)
+    cand = _covered_fragments(verts_cam, faces, K, height, width, cull_backfaces, max_fragments)
+    if cand is None:
+        return Fragments(out_tri, out_bary, out_depth)
+    tid, px, py, w0, w1, w2, zt = cand
     iz = zt[tid]
     q = np.stack([w0 / iz[:, 0], w1 / iz[:, 1], w2 / iz[:, 2]], -1)
     s = q.sum(1)

@@ -357,8 +357,7 @@ class Tracker:
         ol = np.flatnonzero(head_mesh.outline_vertices(vc, nrm))
         if len(ol) > n:
             ol = ol[np.linspace(0, len(ol) - 1, n).astype(int)]
-        frag = raster.rasterize(vc, self.mesh_lo.faces, self.Knp, self.H, self.W)
-        return ol, frag.mask
+        return ol, raster.coverage(vc, self.mesh_lo.faces, self.Knp, self.H, self.W)
 
     # ---------------------------------------------------------------------------------------------------------
     # photometric / silhouette rays

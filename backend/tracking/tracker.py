@@ -53,7 +53,12 @@ class Preset:
     n_coarse: int = 16
     n_fine: int = 8
     mesh_res: int = 80             # output (fixed topology) canonical mesh resolution
-    posed_mesh_res: int = 128      # per-frame topology-varying meshes (--output meshes/both), 16 * 2^k cells
+    # Per-frame topology-varying meshes (--output meshes/both), 16 * 2^k cells.  Scored on tracked cap12_edit frames
+    # (benchmarks/mesh_extraction.py --score-frame-res; 2026-12-06 23:03, load 10.6): |SDF| at the mesh, mean / p99 /
+    # max, 64^3 0.105 / 0.82 / 2.35 mm, 128^3 0.031 / 0.27 / 1.40 mm; distance of a 256^3 reference to it 0.49 / 1.23
+    # / 3.05 against 0.46 / 1.10 / 1.89 mm (sampling floor ~0.45 mean): 64^3 stays within 1 mm of the surface for 99 %
+    # of it, under the tracker's own face error (1.4 mm), at 0.46x the time (0.63 vs 1.36 s/frame, 1 thread).
+    posed_mesh_res: int = 64
     sil_res: int = 40              # low-res mesh for the draft silhouette / quality metrics
     outline_points: int = 300
     lr_exp: float = 0.08
@@ -80,7 +85,7 @@ class Preset:
 
 
 PRESETS: Dict[str, Preset] = {
-    "draft": Preset("draft", frame_iters=16, still_iters=6, posed_mesh_res=64),  # per-frame: no rays
+    "draft": Preset("draft", frame_iters=16, still_iters=6),  # per-frame: no rays
     "standard": Preset("standard", id_frames=6, id_iters=120, frame_iters=30, still_iters=10, stage2_epochs=4,
                        rays=160, id_rays=192, ray_every=2, n_coarse=16, n_fine=8, mesh_res=96),
     "high": Preset("high", id_frames=8, id_iters=250, frame_iters=60, still_iters=20, stage2_epochs=8,

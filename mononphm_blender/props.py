@@ -10,10 +10,11 @@ from .contracts import track_config
 REL = {"PATH_SUPPORTS_BLEND_RELATIVE"}  # paths may be stored relative to the .blend ("//…")
 
 # Labels for the contract's choices (backend/contracts/track_config.py): a new preset or mode fails here loudly.
-_PRESET_TEXT = {"draft": ("Draft", "Fastest (about 0.5 s per frame on 2 CPU cores): landmarks and the head outline "
-                          "per frame; good for previews"),
-                "standard": ("Standard", "Balanced (about 1 s per frame on 2 CPU cores): adds rendered colour and "
-                             "silhouette per frame; the most accurate face shape per minute"),
+_PRESET_TEXT = {"draft": ("Draft", "Fastest (about 0.5 s per frame of fitting on 2 idle AVX-512 CPU cores, slower on "
+                          "AVX2-only CPUs): landmarks and the head outline per frame; good for previews"),
+                "standard": ("Standard", "Balanced (about 1 s per frame of fitting on 2 idle AVX-512 CPU cores, slower "
+                             "on AVX2-only CPUs): adds rendered colour and silhouette per frame; the most accurate "
+                             "face shape per minute"),
                 "high": ("High", "Slowest (several times Standard): more rays and iterations, for final takes")}
 _OUTPUT_TEXT = {"shape_keys": ("Shape Keys", "One mesh with a shape key per tracked frame (fixed topology)"),
                 "meshes": ("Per-frame Meshes", "A USD mesh sequence (MeshSequenceCache), topology may change"),

@@ -77,9 +77,10 @@ def load_tracking_model(config: TrackConfig, device: str = "cpu"):
     except Exception as e:  # noqa: BLE001 - encoders are optional
         log.info("model has no usable encoders (%s); fitting raw codes", e)
     name = (getattr(model, "extra", {}) or {}).get("name", mdir.name)
+    header = {"name": str(name), "path": str(mdir.resolve()), "expression_dim": int(model.cfg.dim_exp),
+              "arkit": bool(reg is not None or enc is not None)}
     enc, reg = (None if m is None else m.to(device) for m in (enc, reg))
-    return model.to(device), enc, reg, {"name": str(name), "path": str(mdir.resolve()),
-                             "expression_dim": int(model.cfg.dim_exp), "arkit": bool(reg is not None or enc is not None)}
+    return model.to(device), enc, reg, header
 
 
 # -------------------------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("fx", "fy", "cx", "cy"):
         intr.add_argument(f"--{name}", type=float, default=None)
     intr.add_argument("--fov", type=float, default=None, metavar="DEG",
-                      help="horizontal field of view when fx is not given (default 50)")
+                      help="horizontal field of view when fx is not given (default 50; between 1 and 179)")
     track.add_argument("--preset", choices=PRESETS, default="standard", help="speed/quality trade-off")
     track.add_argument("--output", choices=("shape_keys", "meshes", "both"), default="shape_keys",
                        help="fixed-topology shape keys, per-frame meshes (USD), or both")
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--overwrite", action="store_true",
                        help="re-track frames already in the package (keeps the fitted identity)")
     track.add_argument("--detector", choices=("mediapipe", "face-alignment"), default="mediapipe")
+    track.add_argument("--face", default="largest", metavar="RULE",
+                       help="face to track when several are visible: largest, leftmost, rightmost, or X,Y (a point "
+                            "on it in the first frame, source pixels)")
     track.add_argument("--seed", type=int, default=0)
 
     validate = sub.add_parser("validate", help="check a result package and print a summary")
@@ -123,11 +126,27 @@ def _install_cancel_handler() -> None:
 
 
 def _run_validate(args, events: EventWriter) -> None:
-    from .result_format import ResultPackage
+    from .result_format import PackageError, ResultPackage
 
     package = ResultPackage(args.package)
     arrays = package.frame_arrays()
     mesh = package.canonical_mesh() if package.manifest.get("has_canonical_mesh") else None
+    usd = package.usd_path
+    if usd is not None:
+        try:
+            from .usd_export import external_dependencies
+
+            outside = external_dependencies(usd)
+        except ImportError:
+            events.warning(f"{usd.name} was not checked: usd-core is not installed", code="usd_not_checked")
+            outside = []
+        except Exception as exc:  # noqa: BLE001 - pxr raises its own Tf errors for damaged files
+            raise PackageError(f"{usd.name} is not a readable USD file ({exc})",
+                               "Re-track with the per-frame mesh output to rewrite it.") from None
+        if outside:
+            raise PackageError(f"{usd.name} pulls in files from outside the package: {', '.join(outside[:5])}",
+                               "Only import USD files written by MonoNPHM; re-track with the per-frame mesh output "
+                               "to rewrite it.")
     summary = {"frames": len(package.frames), "state": package.manifest["state"],
                "arrays": {k: list(v.shape) for k, v in arrays.items()},
                "vertices": None if mesh is None else int(mesh.vertices.shape[0])}

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..conventions import NPHM_UNIT_M
+from ..protocol import BadInputError
 from .errors import NoFaceError, TrackingInputError, TrackingModelError
 
 log = logging.getLogger("backend.tracking")
@@ -55,7 +56,15 @@ def load_tracking_model(args):
         if not getattr(args, "mean_anchors", None):
             raise TrackingInputError("--official-checkpoint needs --mean-anchors (the official anchors_65.npy)",
                                      "Pass the anchors_65.npy from the official repository's assets/ folder.")
-        model = load_official(official, args.mean_anchors, epoch=getattr(args, "checkpoint_epoch", None))
+        from ..model.checkpoint import CheckpointError
+        try:
+            model = load_official(official, args.mean_anchors, epoch=getattr(args, "checkpoint_epoch", None))
+        except CheckpointError as e:
+            raise BadInputError(f"the official checkpoint {official} cannot be used: {e.message}",
+                                e.hint or "Point --official-checkpoint at the official experiment folder.") from None
+        except OSError as e:
+            raise BadInputError(f"the official checkpoint {official} cannot be read: {e.strerror or e}",
+                                "Check that the folder and its files exist and are readable.") from None
         return model, None, None, {"name": "official", "path": str(Path(official).resolve()),
                                    "expression_dim": int(model.cfg.dim_exp), "arkit": False}
     from ..cli import BUILTIN_MODEL_DIR
@@ -78,11 +87,17 @@ def load_tracking_model(args):
 # -------------------------------------------------------------------------------------------------------------------
 # passes over the clip
 # -------------------------------------------------------------------------------------------------------------------
-def detect_all(src, detector: str, ev: _Events):
-    """Pass 1: landmarks for every selected frame. -> (indices, times, landmarks list (None = no face), sizes)."""
+def detect_all(src, detector: str, ev: _Events, face="largest"):
+    """Pass 1: landmarks for every selected frame. -> (indices, times, landmarks list (None = no face), sizes).
+
+    ``face``: which face to track when several are visible (``landmarks.choose_face``; a point is in source
+    pixels). Warns about several faces, and about what decoding found (truncated clip, mixed image sizes).
+    """
     from .landmarks import make_landmarker
-    det = make_landmarker(detector, video_mode=True)
+    rule = face if isinstance(face, str) else (face[0] * src.scale, face[1] * src.scale)
+    det = make_landmarker(detector, video_mode=True, face=rule)
     idx, times, lms, sizes = [], [], [], []
+    several = None  # (frame, faces) where more than one face was first seen
     total = None
     if src.info.n_frames:
         a = src.range.start or 0
@@ -96,10 +111,19 @@ def detect_all(src, detector: str, ev: _Events):
             times.append(fr.time)
             lms.append(None if pts is None else pts.astype(np.float32))
             sizes.append(lm.size if pts is not None else 0.0)
+            if several is None and lm.n_faces > 1:
+                several = (fr.index, lm.n_faces)
             if len(idx) % 10 == 0 or len(idx) == total:
                 ev.progress("landmarks", len(idx), total, fr.index)
     finally:
         det.close()
+    if several is not None:
+        which = face if isinstance(face, str) else f"the one at {face[0]:g},{face[1]:g}"
+        ev.warning(f"{several[1]} faces are visible (first at frame {several[0]}); tracking {which}. Choose another "
+                   "with --face largest, leftmost, rightmost or X,Y (a point on it in the first frame, in source "
+                   "pixels)", "several_faces")
+    for code, message in src.warnings:
+        ev.warning(message, code)
     return idx, times, lms, sizes
 
 
@@ -204,6 +228,7 @@ def run_track(args, events=None) -> Path:
     from ..model.parallel import set_threads
     from . import camera
     from .codes import CodeSpace
+    from .landmarks import parse_face_choice
     from .tracker import PRESETS, Tracker
     from .video import FrameSource
 
@@ -218,15 +243,32 @@ def run_track(args, events=None) -> Path:
         preset = dataclasses.replace(preset, **overrides)
     out = Path(args.out)
     max_size = getattr(args, "max_size", 512)
+    if max_size is not None and max_size < 0:
+        raise TrackingInputError(f"--max-size must be 0 (keep the size) or a positive number of pixels, "
+                                 f"not {max_size}", "Use e.g. --max-size 512, or 0 to keep the source resolution.")
     src = FrameSource(args.input, getattr(args, "frames", None), max_size=max_size or None)
     W, H = src.size
     intr = camera.make_intrinsics(src.info.width, src.info.height, W, H, getattr(args, "fx", None),
                                   getattr(args, "fy", None), getattr(args, "cx", None), getattr(args, "cy", None),
                                   getattr(args, "fov", None))
 
+    # ---- the model and the output folder are checked before the landmark pass, which can take minutes
+    t0 = time.perf_counter()
+    model, enc, reg, model_hdr = load_tracking_model(args)
+    t_load = time.perf_counter() - t0
+    header = {
+        "source": {"path": str(Path(args.input).resolve()), "kind": src.info.kind},
+        "fps": float(src.info.fps or 25.0), "image_size": [W, H], "intrinsics": intr.to_dict(),
+        "model": model_hdr, "output_mode": getattr(args, "output", "shape_keys") or "shape_keys",
+        "settings": {"preset": preset.name, "frames": str(src.range), "max_size": max_size,
+                     "backend_version": __version__, "detector": getattr(args, "detector", "mediapipe")},
+    }
+    ResultWriter.check_can_write(out, header)
+    face = parse_face_choice(getattr(args, "face", None) or "largest")
+
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
     t0 = time.perf_counter()
-    ids, times, lms, sizes = detect_all(src, getattr(args, "detector", "mediapipe"), ev)
+    ids, times, lms, sizes = detect_all(src, getattr(args, "detector", "mediapipe"), ev, face)
     t_detect = time.perf_counter() - t0
     if not ids:
         raise TrackingInputError(f"the frame range {src.range} selects no frames of {args.input}",
@@ -241,9 +283,6 @@ def run_track(args, events=None) -> Path:
         ev.warning(f"no face in {len(ids) - len(found)} of {len(ids)} frames; they are filled by interpolation "
                    "and flagged 'interpolated'", "no_face_frames")
 
-    t0 = time.perf_counter()
-    model, enc, reg, model_hdr = load_tracking_model(args)
-    t_load = time.perf_counter() - t0
     codes = CodeSpace(model, enc, reg)
     scheme = "ibug68" if getattr(args, "detector", "mediapipe") == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, model.id_model.mean_anchors.detach().numpy())
@@ -253,21 +292,15 @@ def run_track(args, events=None) -> Path:
     tracker.timer.add("decode_landmarks", t_detect)
     tracker.timer.add("model_load", t_load)
 
-    header = {
-        "source": {"path": str(Path(args.input).resolve()), "kind": src.info.kind,
-                   "frame_count": int(src.info.n_frames or len(ids))},
-        "fps": float(src.info.fps or 0.0), "image_size": [W, H], "intrinsics": intr.to_dict(),
-        "model": model_hdr, "output_mode": getattr(args, "output", "shape_keys") or "shape_keys",
-        "settings": {"preset": preset.name, "frames": str(src.range), "max_size": max_size,
-                     "backend_version": __version__, "detector": getattr(args, "detector", "mediapipe")},
-    }
+    # a container may announce fewer frames than it holds
+    header["source"]["frame_count"] = max(int(src.info.n_frames or 0), max(ids) + 1)
     writer = ResultWriter(out, header)
     try:
         return _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size_of, found, preset,
                            t_start)
     except BaseException as e:
         from ..protocol import Cancelled
-        writer.finish("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
+        writer.abort("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
         raise
 
 

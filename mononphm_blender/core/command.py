@@ -11,6 +11,7 @@ from pathlib import Path
 PRESETS = ("draft", "standard", "high")
 OUTPUTS = ("shape_keys", "meshes", "both")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+FACE_RULES = ("largest", "leftmost", "rightmost")  # or a point "X,Y" (backend.tracking.landmarks)
 
 
 def frames_arg(start: int | None, stop: int | None, stride: int = 1) -> str | None:
@@ -40,6 +41,7 @@ class TrackRequest:
     overwrite: bool = False
     max_size: int | None = None
     threads: int | None = None
+    face: str | tuple[float, float] = "largest"  # a FACE_RULES name or a point (x, y) in source pixels
 
 
 def track_argv(python: str, req: TrackRequest) -> list[str]:
@@ -70,6 +72,14 @@ def track_argv(python: str, req: TrackRequest) -> list[str]:
         argv += ["--max-size", str(int(req.max_size))]
     if req.threads:
         argv += ["--threads", str(int(req.threads))]
+    if isinstance(req.face, str):
+        if req.face not in FACE_RULES:
+            raise ValueError(f"face must be one of {FACE_RULES} or a point (x, y)")
+        if req.face != "largest":
+            argv += ["--face", req.face]
+    else:
+        x, y = (float(v) for v in req.face)
+        argv += ["--face", f"{x!r},{y!r}"]
     if req.overwrite:
         argv.append("--overwrite")
     return argv

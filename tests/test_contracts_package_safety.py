@@ -441,3 +441,41 @@ def test_fuzzed_packages_are_refused_cleanly(tmp_path):
         else:
             assert lines[-1]["type"] == "result", label
     assert refused >= 30
+
+
+# --- USD layers stay inside the package ----------------------------------------------------------------------------
+
+_ADD_DEPENDENCY = textwrap.dedent("""
+    import sys
+    from pxr import Sdf
+    layer = Sdf.Layer.FindOrOpen(sys.argv[1])
+    if sys.argv[2] == "sublayer":
+        layer.subLayerPaths.append("/etc/outside.usda")
+    else:
+        prim = layer.GetPrimAtPath("/MonoNPHM/head") or Sdf.CreatePrimInLayer(layer, "/MonoNPHM/head")
+        prim.referenceList.Prepend(Sdf.Reference("../../outside/model.usdc"))
+    layer.Save()
+""")
+
+
+def _validate_in_subprocess(root):
+    """`python -m backend validate` (pxr is loaded in a process of its own, never beside bpy's USD)."""
+    from fakes.packages import usd_python
+
+    proc = subprocess.run([usd_python(), "-m", "backend", "validate", str(root)], capture_output=True, text=True,
+                          cwd=REPO)
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["sublayer", "reference"])
+def test_usd_pulling_files_from_outside_is_refused(tmp_path, kind):
+    from fakes.packages import usd_python
+
+    root = make_package(tmp_path / "p", frames=3, vertices=50, chunk=3, output_mode="both", usd=True)
+    code, events = _validate_in_subprocess(root)
+    assert code == 0 and events[-1]["type"] == "result", events
+    subprocess.run([usd_python(), "-c", _ADD_DEPENDENCY, str(root / rf.USD_SEQUENCE), kind], check=True)
+    code, events = _validate_in_subprocess(root)
+    assert code == 2 and events[-1]["type"] == "error" and events[-1]["code"] == "bad_package"
+    assert "meshes.usdc pulls in files from outside the package" in events[-1]["message"]
+    assert ("/etc/outside.usda" if kind == "sublayer" else "outside/model.usdc") in events[-1]["message"]

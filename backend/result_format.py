@@ -489,7 +489,11 @@ class ResultWriter:
         self.check_can_write(self.root, header)  # again, now that no other writer can change the folder
         if (self.root / MANIFEST).exists():
             self.manifest = read_manifest(self.root)
+            counted = self.manifest["source"].get("frame_count")
             self.manifest.update({k: v for k, v in header.items() if k not in ("frames",)})
+            if counted and header["source"].get("frame_count"):  # a run of a shorter range may count fewer
+                self.manifest["source"] = dict(header["source"],
+                                               frame_count=max(counted, header["source"]["frame_count"]))
             self.manifest["state"] = "running"
         else:
             self.manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "created": _now(),
@@ -605,6 +609,13 @@ class ResultWriter:
         self._flush_manifest()
         self._collect_garbage()
         return chunk
+
+    def drop_frames(self, indices: Iterable[int]) -> None:
+        """Remove frames from the package (their records, then chunks no record refers to any more)."""
+        drop = set(indices)
+        self.manifest["frames"] = [f for f in self.manifest["frames"] if f["index"] not in drop]
+        self._flush_manifest()
+        self._collect_garbage()
 
     def set_usd(self, relative_path: str | None) -> None:
         self.manifest["usd"] = relative_path

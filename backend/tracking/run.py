@@ -145,7 +145,7 @@ def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]
 # -------------------------------------------------------------------------------------------------------------------
 # result writing
 # -------------------------------------------------------------------------------------------------------------------
-def _frame_arrays(results, tracker, codes, want_vertices=True):
+def _frame_arrays(results, codes, want_vertices=True):
     import torch
     from .renderer import so3_exp
     p_ex = torch.stack([r.state.p_ex for r in results])
@@ -171,25 +171,30 @@ def _records(results, status_of, times):
                         r.photometric_error, r.mask_iou) for r in results]
 
 
-def _state_arrays(tracker, states: Dict[int, object], stage2_done: bool) -> dict:
+def _state_arrays(tracker, states: Dict[int, object], stage1: Dict[int, object], refined: list,
+                  id_frames: list) -> dict:
+    """What a re-run needs to continue exactly where this one is: the identity, every frame's stage-1 fit (a resumed
+    or extended run continues from them and refines them jointly again), the current fits ``states`` (refined or
+    not), which frames the last completed joint refinement covered (``refined``) and the identity's frames."""
     import torch
-    ids = np.array(sorted(states), np.int64)
-    st = [states[i] for i in ids]
+    ids = np.array(sorted(stage1), np.int64)
     out = {
         "p_geo": tracker.p_geo.numpy(), "p_app": tracker.p_app.numpy(), "sh": tracker.sh.numpy(),
         "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy(),
         "mesh_lo_vertices": tracker.mesh_lo.vertices, "mesh_lo_faces": tracker.mesh_lo.faces,
         "mesh_vertices": tracker.mesh.vertices, "mesh_faces": tracker.mesh.faces, "albedo": tracker.albedo,
-        "frame_ids": ids, "stage2_done": np.array(int(stage2_done)),
+        "frame_ids": ids, "refined_ids": np.array(refined, np.int64), "id_frames": np.array(id_frames, np.int64),
     }
-    if len(st):
-        out["p_ex"] = torch.stack([s.p_ex for s in st]).numpy()
-        out["omega"] = torch.stack([s.omega for s in st]).numpy()
-        out["trans"] = torch.stack([s.trans for s in st]).numpy()
+    if len(ids):
+        for prefix, fits in (("", states), ("stage1_", stage1)):
+            out[prefix + "p_ex"] = torch.stack([fits[i].p_ex for i in ids]).numpy()
+            out[prefix + "omega"] = torch.stack([fits[i].omega for i in ids]).numpy()
+            out[prefix + "trans"] = torch.stack([fits[i].trans for i in ids]).numpy()
     return out
 
 
 def _restore(tracker, state: dict):
+    """Restore the identity into ``tracker``; -> (current fits, stage-1 fits, frames of the last joint refinement)."""
     import torch
     from .mesh import Mesh
     from .tracker import FrameState
@@ -201,12 +206,24 @@ def _restore(tracker, state: dict):
     tracker.mesh_lo = Mesh(state["mesh_lo_vertices"], state["mesh_lo_faces"])
     tracker.mesh = Mesh(state["mesh_vertices"], state["mesh_faces"])
     tracker.albedo = state["albedo"]
-    states = {}
-    if "p_ex" in state:
-        for k, i in enumerate(state["frame_ids"]):
-            states[int(i)] = FrameState(torch.as_tensor(state["p_ex"][k]), torch.as_tensor(state["omega"][k]),
-                                        torch.as_tensor(state["trans"][k]))
-    return states, bool(int(np.asarray(state.get("stage2_done", 0)).reshape(-1)[0]))
+
+    def fits(prefix):
+        if prefix + "p_ex" not in state:
+            return {}
+        return {int(i): FrameState(torch.as_tensor(state[prefix + "p_ex"][k]),
+                                   torch.as_tensor(state[prefix + "omega"][k]),
+                                   torch.as_tensor(state[prefix + "trans"][k]))
+                for k, i in enumerate(state["frame_ids"])}
+
+    states = fits("")
+    return states, fits("stage1_") or dict(states), [int(i) for i in state.get("refined_ids", [])]
+
+
+def identity_frames(found: list, preset) -> list:
+    """The frames the identity is fitted on: ``preset.id_frames`` spread over the first 50 frames with a face."""
+    pool = found[: max(preset.id_frames, min(len(found), 50))]
+    pick = [pool[int(round(k))] for k in np.linspace(0, len(pool) - 1, min(preset.id_frames, len(pool)))]
+    return sorted(set(pick))
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -309,31 +326,41 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
 
     overwrite = bool(getattr(args, "overwrite", False))
     state = writer.tracker_state()
-    states: Dict[int, object] = {}
-    stage2_done = False
+    states: Dict[int, object] = {}   # current fits (after the joint refinement where it ran)
+    stage1: Dict[int, object] = {}   # per-frame fits before the joint refinement
+    refined: list = []               # frames the last completed joint refinement covered
+    pick = identity_frames(found, preset)
     if state is not None and "p_geo" in state and writer.has_identity:
-        states, stage2_done = _restore(tracker, state)
-        ev.progress("identity", 1, 1, None, "identity loaded from the package")
-    done = set() if overwrite else (writer.done_frames & set(found))
+        extension = writer.done_frames < set(found)
+        if not overwrite and extension and "id_frames" in state and state["id_frames"].tolist() != pick:
+            # A fresh run of this range fits the identity on other frames: so does this one, and re-tracks them all.
+            ev.warning(f"the package's identity was fitted on frames {state['id_frames'].tolist()}; this range "
+                       f"fits it on {pick} (like a fresh run of it), so every frame is tracked again",
+                       "identity_refit")
+            writer.drop_frames(f["index"] for f in writer.manifest["frames"])
+        else:
+            states, stage1, refined = _restore(tracker, state)
+            ev.progress("identity", 1, 1, None, "identity loaded from the package")
+            pick = state["id_frames"].tolist() if "id_frames" in state else pick
+    # a frame is done when its record and its stage-1 fit are both on disk
+    done = set() if overwrite else (writer.done_frames & set(found) & set(stage1))
     todo = [i for i in found if i not in done]
-    if overwrite:
-        stage2_done = False
 
     def obs_of(fr, labels):
         return FrameObs(fr.index, fr.time, lm_of[fr.index], fr.image, labels, size_of[fr.index])
 
     # ---- identity (stage 1a)
     if tracker.mesh is None:
-        pool = found[: max(preset.id_frames, min(len(found), 50))]
-        pick = [pool[int(round(k))] for k in np.linspace(0, len(pool) - 1, min(preset.id_frames, len(pool)))]
-        pick = sorted(set(pick))
         id_obs = [obs_of(fr, lab) for fr, lab in iter_frames_with_masks(src, set(pick), lm_of)]
         tracker.fit_identity(id_obs)
         writer.write_identity({"z_geo": tracker.z_geo()[0].detach().numpy(),
                                "z_app": tracker.z_app()[0].detach().numpy(), "sh_coeffs": tracker.sh.numpy(),
                                "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy()})
         writer.write_canonical_mesh(tracker.mesh.vertices * np.float32(0.25), tracker.mesh.faces, tracker.albedo)
-        writer.write_tracker_state(_state_arrays(tracker, states, False))
+        writer.write_tracker_state(_state_arrays(tracker, states, stage1, [], pick))
+
+    def save_state():
+        writer.write_tracker_state(_state_arrays(tracker, states, stage1, refined, pick))
 
     # ---- per frame (stage 1b), written as frames finish
     status_of: Dict[int, str] = {}
@@ -346,10 +373,13 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
     cpu0 = time.process_time()
     will_refine = preset.stage2_epochs > 0 and len(found) > 1
     if todo:
-        first = todo[0]
-        before = [i for i in states if i < first]
+        # The first frame continues from the frame fitted before it, exactly as in one uninterrupted run.
+        before = [i for i in stage1 if i < todo[0]]
         if before:
-            prev_state = states[max(before)]
+            last = max(before)
+            prev_state = stage1[last]
+            if lm_of.get(last) is not None:
+                prev_obs = FrameObs(last, time_of[last], lm_of[last], None, None, size_of[last])
         for fr, labels in iter_frames_with_masks(src, set(todo), lm_of):
             obs = obs_of(fr, labels)
             tracker._posed_cache.pop("frame", None)   # each frame starts from the same state (resume = same result)
@@ -358,31 +388,32 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
             st = tracker.fit_frame(obs, init, prev_obs)
             # quality metrics are measured after the joint refinement when it follows (saves a render per frame)
             res = tracker.frame_result(obs, st, prev_warp, metrics=not will_refine)
-            states[obs.index] = st
+            states[obs.index] = stage1[obs.index] = st
             pending.append(res)
             prev_state, prev_obs, prev_warp = st, obs, res.warp
             n_done += 1
             ev.progress("tracking", n_done, len(todo), obs.index,
                         f"landmark error {res.landmark_error_px:.2f} px")
             if len(pending) >= CHUNK:
-                _flush(writer, pending, tracker, codes, status_of, time_of, states, False)
+                _flush(writer, pending, codes, status_of, time_of, save_state)
                 pending = []
         if pending:
-            _flush(writer, pending, tracker, codes, status_of, time_of, states, False)
+            _flush(writer, pending, codes, status_of, time_of, save_state)
             pending = []
     tracker.timer.add("frames_total", time.perf_counter() - t_frames)
     tracker.timer.t["frames_fitted"] = n_done
 
-    # ---- stage 2: joint refinement of all frames with temporal smoothness
-    tracked = [i for i in found if i in states]
-    if not stage2_done and preset.stage2_epochs > 0 and len(tracked) > 1:
+    # ---- stage 2: joint refinement of all frames with temporal smoothness, always from their stage-1 fits, so a
+    # resumed or extended run refines exactly what one uninterrupted run refines
+    tracked = [i for i in found if i in stage1]
+    if will_refine and len(tracked) > 1 and (n_done or refined != tracked):
         obs_all = [FrameObs(i, time_of[i], lm_of[i], None, None, size_of[i]) for i in tracked]
-        new = tracker.refine_all(obs_all, [states[i] for i in tracked])
-        for i, s in zip(tracked, new):
-            states[i] = s
-        stage2_done = True
+        new = tracker.refine_all(obs_all, [stage1[i] for i in tracked])
+        states.update(zip(tracked, new))
         t0 = time.perf_counter()
-        _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, stage2_done)
+        _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, save_state)
+        refined = tracked  # saved only now: a run killed before here refines again from the stage-1 fits
+        save_state()
         tracker.timer.add("rewrite", time.perf_counter() - t0)
     tracker.timer.add("tracking_cpu", time.process_time() - cpu0)   # CPU seconds of per-frame + stage 2 + rewrite
 
@@ -403,12 +434,12 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
             status_of[i] = "interpolated"
             res.append(r)
         for s in range(0, len(res), CHUNK):
-            _flush(writer, res[s:s + CHUNK], tracker, codes, status_of, time_of, states, stage2_done)
+            _flush(writer, res[s:s + CHUNK], codes, status_of, time_of, save_state)
 
     # ---- per-frame meshes as USD
     if writer.manifest.get("output_mode") in ("meshes", "both"):
         _write_usd(writer, tracker, ev)
-    writer.write_tracker_state(_state_arrays(tracker, states, stage2_done))
+    save_state()
     writer.finish("complete")
     t = tracker.timer.t
     log.info("timings: %s", {k: round(v, 2) for k, v in t.items()})
@@ -419,55 +450,32 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
 tracker_timings: Dict[str, dict] = {}   # last run's per-stage timings by package path (benchmarks read this)
 
 
-def _flush(writer, results, tracker, codes, status_of, time_of, states, stage2_done):
-    arrays = _frame_arrays(results, tracker, codes)
+def _flush(writer, results, codes, status_of, time_of, save_state):
+    arrays = _frame_arrays(results, codes)
     writer.write_frames(_records(results, status_of, time_of), arrays)
-    writer.write_tracker_state(_state_arrays(tracker, states, stage2_done))
+    save_state()
 
 
-def _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, stage2_done):
-    """Recompute outputs of all tracked frames after stage 2 and rewrite them (chunk by chunk)."""
-    import torch
+def _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, save_state):
+    """Recompute outputs of all tracked frames after stage 2 and rewrite them (chunk by chunk).
+
+    Each frame's warp starts from the previous rewritten frame's (never from what a frame's stage-1 output was),
+    so the outputs depend only on the refined fits: a resumed or extended run writes the same bits.
+    """
     from .tracker import FrameObs
-    from ..model.mesh import WarpState
-    from ..result_format import load_npz
     pending = []
     prev_warp = None
-    n = 0
-    chunk_of = {f["index"]: f["chunk"] for f in writer.manifest["frames"]}
-    loaded: Dict[str, dict] = {}
-
-    def stage1_vertices(i):
-        """The frame's stage-1 vertices (model units) from its chunk: the warm start of the re-warp."""
-        c = chunk_of.get(i)
-        if c is None:
-            return None
-        if c not in loaded:
-            loaded.clear()
-            loaded[c] = load_npz(writer.root / c)
-        a = loaded[c]
-        hit = np.flatnonzero(a["frame_index"] == i)
-        if not hit.size or "vertices" not in a:
-            return None
-        return a["vertices"][hit[0]] / np.float32(NPHM_UNIT_M)
-
-    for fr, labels in iter_frames_with_masks(src, set(tracked), lm_of):
+    for n, (fr, labels) in enumerate(iter_frames_with_masks(src, set(tracked), lm_of), 1):
         obs = FrameObs(fr.index, fr.time, lm_of[fr.index], fr.image, labels, size_of[fr.index])
-        x0 = stage1_vertices(fr.index)
-        warm = prev_warp
-        if x0 is not None:  # the frame's own stage-1 roots, with the last frame's inverse Jacobians
-            warm = WarpState(torch.as_tensor(x0), None if prev_warp is None else prev_warp.jinv)
-        r = tracker.frame_result(obs, states[fr.index], warm)
+        r = tracker.frame_result(obs, states[fr.index], prev_warp)
         prev_warp = r.warp
         pending.append(r)
-        n += 1
         ev.progress("writing", n, len(tracked), fr.index)
         if len(pending) >= CHUNK:
-            _flush(writer, pending, tracker, codes, status_of, time_of, states, False)
+            _flush(writer, pending, codes, status_of, time_of, save_state)
             pending = []
     if pending:
-        _flush(writer, pending, tracker, codes, status_of, time_of, states, False)
-    writer.write_tracker_state(_state_arrays(tracker, states, stage2_done))
+        _flush(writer, pending, codes, status_of, time_of, save_state)
 
 
 def posed_frame_meshes(pkg, tracker, ev=None):

@@ -351,11 +351,33 @@ def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path,
     return head
 
 
+def check_usd_dependencies(package_root: Path) -> None:
+    """Refuse (PackageError) a package whose USD file pulls in sublayers, references or assets from outside it:
+    Blender's USD importer would follow them. The add-on has no USD library, so the backend's ``validate`` checks."""
+    from . import contracts, prefs
+    from .core import command, jobs
+
+    python = prefs.backend_python()
+    if not python:
+        raise result_format.PackageError("the per-frame meshes (meshes.usdc) cannot be checked: no backend is set up",
+                                         "Set up the backend in the add-on preferences, or import the shape keys.")
+    root = contracts.backend_root()
+    try:
+        error = jobs.run_validate(command.validate_argv(python, package_root), cwd=str(root),
+                                  env=command.backend_env(root))
+    except RuntimeError as exc:
+        raise result_format.PackageError(f"meshes.usdc could not be checked ({exc})",
+                                         "Check the backend in the add-on preferences, or import the shape keys.") from None
+    if error is not None:
+        raise result_format.PackageError(*error)
+
+
 def _import_usd(context, package, usd_obj, coll, clip_start: int, result: ImportResult):
     usd = package.usd_path
     if usd is None:
         result.warnings.append("the package has no per-frame meshes (USD); re-track with output 'meshes' or 'both'")
         return None
+    check_usd_dependencies(package.root)  # before Blender opens the file, every time (it may have changed)
     mod = None
     if usd_obj is not None:
         mod = next((m for m in usd_obj.modifiers if m.type == "MESH_SEQUENCE_CACHE"), None)

@@ -119,3 +119,15 @@ def test_reattach_follows_the_process_holding_the_lock(scene, tmp_path):
         writer.kill()
         writer.wait(10)
         job_control._jobs.clear()
+
+
+def test_usd_pulling_files_from_outside_is_not_imported(scene, tmp_path):
+    from fakes.packages import usd_python
+    from test_contracts_package_safety import _ADD_DEPENDENCY
+
+    root = make_package(tmp_path / "p", frames=3, vertices=100, output_mode="meshes", usd=True)
+    subprocess.run([usd_python(), "-c", _ADD_DEPENDENCY, str(root / rf.USD_SEQUENCE), "sublayer"], check=True)
+    before = _state()
+    with pytest.raises(rf.PackageError, match="meshes.usdc pulls in files from outside the package: /etc/outside"):
+        _import(root)
+    assert _state() == before

@@ -3,7 +3,8 @@
 Streaming: landmarks for the whole selection are computed in one decoding pass (kept in memory: 478x2 floats per
 frame); images and masks are re-decoded frame by frame when fitting, so memory stays bounded for long clips.
 Frames are written to the result package as they finish (chunks of ``CHUNK`` frames); re-running the same command
-resumes from ``tracker_state.npz``; ``--frames A:B --overwrite`` re-tracks a range keeping the fitted identity.
+resumes from ``tracker_state.npz`` with the same bits as an uninterrupted run, a longer range extends the package to
+what a fresh run of it gives; ``--frames A:B --overwrite`` re-tracks a range keeping the fitted identity.
 """
 from __future__ import annotations
 

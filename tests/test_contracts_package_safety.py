@@ -79,22 +79,25 @@ _WRITER = textwrap.dedent("""
     for i in range(start, stop):
         w.write_frames(_records([i]), _frames(1))
         time.sleep(float(sys.argv[5]))
+    if sys.argv[6:] == ["hold"]:  # keep the lock until told (a line on stdin)
+        print("holding", flush=True)
+        sys.stdin.readline()
     w.finish()
 """)
 
 
-def _spawn(root, start, stop, delay):
-    return subprocess.Popen([sys.executable, "-c", _WRITER, str(REPO), str(root), str(start), str(stop), str(delay)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _spawn(root, start, stop, delay, *extra):
+    return subprocess.Popen([sys.executable, "-c", _WRITER, str(REPO), str(root), str(start), str(stop), str(delay),
+                             *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_two_writer_processes_one_is_refused_and_the_package_stays_whole(tmp_path):
     root = tmp_path / "p"
-    a = _spawn(root, 0, 16, 0.05)
+    a = _spawn(root, 0, 16, 0.01, "hold")  # `--frames 0:16`, still writing when the second run starts
     assert a.stdout.readline().strip() == "writing"
-    b = _spawn(root, 8, 24, 0.0)
-    out_b, err_b = b.communicate(timeout=60)
-    a.communicate(timeout=60)
+    b = _spawn(root, 8, 24, 0.0)  # `--frames 8:24` into the same folder
+    out_b, err_b = b.communicate(timeout=120)
+    a.communicate("go\n", timeout=120)
     assert a.returncode == 0 and b.returncode == 2, err_b
     assert "being written by another tracking run" in out_b
     pkg = rf.ResultPackage(root)

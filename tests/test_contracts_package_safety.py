@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import result_format as rf
+from backend.contracts import result_format as rf
 from backend.cli import main as cli_main
 from fakes.packages import make_package
 
@@ -67,7 +67,7 @@ def test_second_writer_is_refused_and_the_lock_is_released(tmp_path):
 _WRITER = textwrap.dedent("""
     import sys, time, numpy as np
     sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests")
-    from backend import result_format as rf
+    from backend.contracts import result_format as rf
     from test_contracts_package_safety import _header, _frames, _records
     start, stop = int(sys.argv[3]), int(sys.argv[4])
     try:

@@ -12,7 +12,6 @@ import pytest
 
 from backend.cli import main as cli_main
 from backend.tracking import video
-from backend.tracking.errors import TrackingInputError
 from test_tracking_inputs import _frames, _write_video
 
 
@@ -89,7 +88,8 @@ def test_mixed_image_sizes_are_fitted_not_stretched(tmp_path):
 
 
 def test_face_rules():
-    from backend.tracking.landmarks import choose_face, parse_face_choice
+    from backend.contracts.track_config import parse_face
+    from backend.tracking.landmarks import choose_face
 
     left_small = np.array([[0, 0], [10, 10]], np.float32)
     right_big = np.array([[50, 50], [100, 100]], np.float32)
@@ -101,9 +101,9 @@ def test_face_rules():
     assert choose_face(faces, None, (30.0, 10.0)) == 0  # inside the middle box
     assert choose_face(faces, None, (48.0, 45.0)) == 2  # nearest box
     assert choose_face(faces, np.array([0, 0, 10, 10], np.float32), "rightmost") == 1  # keeps following
-    assert parse_face_choice(" Leftmost ") == "leftmost" and parse_face_choice("320,200.5") == (320.0, 200.5)
-    with pytest.raises(TrackingInputError, match="neither"):
-        parse_face_choice("1,2,3")
+    assert parse_face(" Leftmost ") == "leftmost" and parse_face("320,200.5") == (320.0, 200.5)
+    with pytest.raises(ValueError, match="neither"):
+        parse_face("1,2,3")
 
 
 def test_several_faces_warn_and_follow_the_choice(tmp_path):
@@ -121,8 +121,8 @@ def test_several_faces_warn_and_follow_the_choice(tmp_path):
         warnings = []
         events = type("Events", (), {"progress": lambda *a, **k: None,
                                      "warning": lambda self, message, code: warnings.append((code, message))})()
-        _, _, lms, _ = detect_all(video.FrameSource(video_path, max_size=300), "mediapipe", _Events(events), rule)
-        seen[str(rule)] = float(lms[0][:, 0].mean()) * 2  # source pixels (the frames were halved)
+        det = detect_all(video.FrameSource(video_path, max_size=300), "mediapipe", _Events(events), rule)
+        seen[str(rule)] = float(det.landmarks[0][:, 0].mean()) * 2  # source pixels (the frames were halved)
         assert [c for c, _ in warnings] == ["several_faces"] and "2 faces are visible" in warnings[0][1]
     assert seen["leftmost"] < 300 < seen["rightmost"]
     assert abs(seen["(450.0, 120.0)"] - seen["rightmost"]) < 1.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import result_format as rf
+from backend.contracts import result_format as rf
 from shared_data import CLIPS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,14 +24,15 @@ BUILTIN = REPO / "backend" / "models" / "builtin" / "config.json"
 FRAMES = "0:5"
 KILL_AFTER = 3  # frames fitted when the run is killed: the first chunk (0, 1) is on disk, frame 2 is not
 # `python -m backend track` with chunks of 2 frames and a shorter identity stage (tests only: no command-line flags)
-RUN = ("import sys\n"
+RUN = ("import dataclasses, sys\n"
        "from backend.cli import build_parser\n"
-       "from backend.protocol import EventWriter\n"
+       "from backend.contracts.protocol import EventWriter\n"
+       "from backend.contracts.track_config import TrackConfig\n"
        "from backend.tracking import run, run_track\n"
+       "from backend.tracking.tracker import PRESETS\n"
        "run.CHUNK = 2\n"
-       "args = build_parser().parse_args(sys.argv[1:])\n"
-       "args.preset_overrides = {'id_iters': 10}\n"
-       "run_track(args, EventWriter())\n")
+       "config = TrackConfig.from_namespace(build_parser().parse_args(sys.argv[1:]))\n"
+       "run_track(config, EventWriter(), dataclasses.replace(PRESETS[config.preset], id_iters=10))\n")
 
 pytestmark = pytest.mark.skipif(not CLIP.is_file() or not BUILTIN.is_file(),
                                 reason="needs the shared clip and the built-in model")

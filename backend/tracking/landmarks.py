@@ -75,25 +75,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / ua) if ua > 0 else 0.0
 
 
-FACE_RULES = ("largest", "leftmost", "rightmost")
-
-
-def parse_face_choice(text: str) -> Union[str, Tuple[float, float]]:
-    """``--face``: ``largest``, ``leftmost``, ``rightmost`` or ``X,Y`` (a point in the first frame, source pixels)."""
-    text = str(text).strip().lower()
-    if text in FACE_RULES:
-        return text
-    try:
-        x, y = (float(v) for v in text.split(","))
-    except ValueError:
-        raise TrackingInputError(f"--face {text!r} is neither {', '.join(FACE_RULES)} nor a point X,Y",
-                                 "Use --face largest, leftmost, rightmost, or the pixel X,Y of the face in the "
-                                 "first frame, e.g. --face 320,200.") from None
-    if not (np.isfinite(x) and np.isfinite(y)):
-        raise TrackingInputError(f"--face point {text!r} is not finite", "Give the pixel X,Y of the face.")
-    return x, y
-
-
 def choose_face(candidates: List[np.ndarray], previous_bbox: Optional[np.ndarray],
                 rule: Union[str, Tuple[float, float]] = "largest") -> int:
     """Index of the face to track: the one overlapping the previous choice, else the one ``rule`` picks: the

@@ -1,24 +1,29 @@
 """``python -m backend track``: decode -> landmarks -> identity -> per-frame fits -> joint refinement -> package.
 
+``run_track(config)`` makes the run's parts (frame source, detections, model, tracker, package writer) and hands
+them to a ``TrackingSession``, which owns them and the per-frame state until the package is complete.
+
 Streaming: landmarks for the whole selection are computed in one decoding pass (kept in memory: 478x2 floats per
-frame); images and masks are re-decoded frame by frame when fitting, so memory stays bounded for long clips.
-Frames are written to the result package as they finish (chunks of ``CHUNK`` frames); re-running the same command
-resumes from ``tracker_state.npz`` with the same bits as an uninterrupted run, a longer range extends the package to
-what a fresh run of it gives; ``--frames A:B --overwrite`` re-tracks a range keeping the fitted identity.
+frame); images and masks are re-decoded frame by frame when fitting. Frames are written to the result package as
+they finish (chunks of ``CHUNK`` frames); re-running the same command resumes from ``tracker_state.npz`` with the
+same bits as an uninterrupted run, a longer range extends the package to what a fresh run of it gives;
+``--frames A:B --overwrite`` re-tracks a range keeping the fitted identity.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
-from .. import __version__
-from ..conventions import NPHM_UNIT_M
-from ..protocol import BadInputError
+from .. import BUILTIN_MODEL_DIR, __version__
+from ..contracts.conventions import NPHM_UNIT_M
+from ..contracts.protocol import BadInputError
+from ..contracts.track_config import TrackConfig
 from .errors import NoFaceError, TrackingInputError, TrackingModelError
 
 log = logging.getLogger("backend.tracking")
@@ -45,38 +50,34 @@ class _Events:
 # -------------------------------------------------------------------------------------------------------------------
 # model loading
 # -------------------------------------------------------------------------------------------------------------------
-def load_tracking_model(args):
+def load_tracking_model(config: TrackConfig):
     """-> (model, encoders or None, arkit regressor or None, model header dict)."""
-    from ..model import load_model
-    try:
-        from ..model import load_official
-    except ImportError:  # pragma: no cover
-        load_official = None
-    official = getattr(args, "official_checkpoint", None)
-    if official:
-        if not getattr(args, "mean_anchors", None):
+    from ..model import load_model, load_official
+    from ..model.checkpoint import load_encoders
+
+    if config.official_checkpoint:
+        if not config.mean_anchors:
             raise TrackingInputError("--official-checkpoint needs --mean-anchors (the official anchors_65.npy)",
                                      "Pass the anchors_65.npy from the official repository's assets/ folder.")
         from ..model.checkpoint import CheckpointError
         try:
-            model = load_official(official, args.mean_anchors, epoch=getattr(args, "checkpoint_epoch", None))
+            model = load_official(config.official_checkpoint, config.mean_anchors, epoch=config.checkpoint_epoch)
         except CheckpointError as e:
-            raise BadInputError(f"the official checkpoint {official} cannot be used: {e.message}",
+            raise BadInputError(f"the official checkpoint {config.official_checkpoint} cannot be used: {e.message}",
                                 e.hint or "Point --official-checkpoint at the official experiment folder.") from None
         except OSError as e:
-            raise BadInputError(f"the official checkpoint {official} cannot be read: {e.strerror or e}",
-                                "Check that the folder and its files exist and are readable.") from None
-        return model, None, None, {"name": "official", "path": str(Path(official).resolve()),
+            raise BadInputError(f"the official checkpoint {config.official_checkpoint} cannot be read: "
+                                f"{e.strerror or e}", "Check that the folder and its files exist and are readable.") \
+                from None
+        return model, None, None, {"name": "official", "path": str(Path(config.official_checkpoint).resolve()),
                                    "expression_dim": int(model.cfg.dim_exp), "arkit": False}
-    from ..cli import BUILTIN_MODEL_DIR
-    mdir = Path(args.model) if getattr(args, "model", None) else BUILTIN_MODEL_DIR
+    mdir = Path(config.model) if config.model else BUILTIN_MODEL_DIR
     if not (mdir / "config.json").is_file():
         raise TrackingModelError(f"no head model at {mdir} (config.json missing)",
                                  "Install the built-in model (backend/models/builtin) or pass --model DIR.")
     model = load_model(mdir)
     enc = reg = None
     try:
-        from ..training.export import load_encoders
         enc, reg = load_encoders(mdir)
     except Exception as e:  # noqa: BLE001 - encoders are optional
         log.info("model has no usable encoders (%s); fitting raw codes", e)
@@ -88,8 +89,28 @@ def load_tracking_model(args):
 # -------------------------------------------------------------------------------------------------------------------
 # passes over the clip
 # -------------------------------------------------------------------------------------------------------------------
-def detect_all(src, detector: str, ev: _Events, face="largest"):
-    """Pass 1: landmarks for every selected frame. -> (indices, times, landmarks list (None = no face), sizes).
+@dataclass
+class Detections:
+    """Pass 1 over the selection: per selected source frame its time, landmarks and face size."""
+
+    indices: List[int]                            # selected source frame indices, in order
+    times: Dict[int, float]                       # index -> presentation time (s)
+    landmarks: Dict[int, Optional[np.ndarray]]    # index -> (L, 2) float32 detector points; None: no face
+    face_sizes: Dict[int, float]                  # index -> face size (px); 0 without a face
+
+    @property
+    def found(self) -> List[int]:
+        """Indices of the frames with a face, in order."""
+        return [i for i in self.indices if self.landmarks[i] is not None]
+
+    def observation(self, index: int, image=None, labels=None):
+        """The tracker's ``FrameObs`` of a frame (image and labels when decoded)."""
+        from .tracker import FrameObs
+        return FrameObs(index, self.times[index], self.landmarks[index], image, labels, self.face_sizes[index])
+
+
+def detect_all(src, detector: str, ev: _Events, face="largest") -> Detections:
+    """Pass 1: landmarks for every selected frame.
 
     ``face``: which face to track when several are visible (``landmarks.choose_face``; a point is in source
     pixels). Warns about several faces, and about what decoding found (truncated clip, mixed image sizes).
@@ -125,7 +146,7 @@ def detect_all(src, detector: str, ev: _Events, face="largest"):
                    "pixels)", "several_faces")
     for code, message in src.warnings:
         ev.warning(message, code)
-    return idx, times, lms, sizes
+    return Detections(idx, dict(zip(idx, times)), dict(zip(idx, lms)), dict(zip(idx, sizes)))
 
 
 def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]]) -> Iterator:
@@ -144,90 +165,323 @@ def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]
 
 
 # -------------------------------------------------------------------------------------------------------------------
-# result writing
+# the run
 # -------------------------------------------------------------------------------------------------------------------
-def _frame_arrays(results, codes, want_vertices=True):
-    import torch
-    from .renderer import so3_exp
-    p_ex = torch.stack([r.state.p_ex for r in results])
-    R = so3_exp(torch.stack([r.state.omega for r in results])).numpy()
-    arrays = {
-        "scale": np.ones(len(results), np.float32),
-        "rotation": R.astype(np.float32),
-        "translation": np.stack([r.state.trans.numpy() for r in results]).astype(np.float32),
-        "z_exp": codes.z_exp(p_ex).detach().numpy().astype(np.float32),
-    }
-    if want_vertices:
-        arrays["vertices"] = (np.stack([r.vertices for r in results]) * NPHM_UNIT_M).astype(np.float32)
-    ak = codes.arkit(p_ex)
-    if ak is not None:
-        arrays["arkit"] = ak
-    return arrays
+@dataclass
+class TrackOutcome:
+    """What a finished run reports: the package, its frame count and the per-stage timings (s)."""
+
+    path: Path
+    frames: int
+    timings: Dict[str, float]
 
 
-def _records(results, status_of, times):
-    from ..result_format import FrameRecord
-    return [FrameRecord(r.index, float(times[r.index]), status_of.get(r.index, "tracked"),
-                        None if not np.isfinite(r.landmark_error_px) else r.landmark_error_px,
-                        r.photometric_error, r.mask_iou) for r in results]
+class TrackingSession:
+    """One ``track`` run over a clip: owns the frame source, the detections, the tracker and the package writer,
+    and the per-frame state between the stages (fitted states, statuses, the outputs the later stages reuse).
+
+    Stages (``run``): resume from the package's tracker state, identity (stage 1a), per-frame fits written as they
+    finish (stage 1b), joint refinement and rewrite of the tracked frames (stage 2), interpolation of frames without
+    a face, per-frame USD meshes.
+
+    A resumed or extended run gives the bits of one uninterrupted run: the stage-1 fits are kept beside the refined
+    ones and stage 2 always refines them, the first resumed frame continues from its predecessor's fit and
+    landmarks, and the re-warp after stage 2 chains only through rewritten frames.
+    """
+
+    def __init__(self, config: TrackConfig, preset, source, detections: Detections, writer, tracker, codes,
+                 events: _Events):
+        self.config = config
+        self.preset = preset
+        self.source = source
+        self.detections = detections
+        self.writer = writer
+        self.tracker = tracker
+        self.codes = codes
+        self.events = events
+        self.states: Dict[int, object] = {}           # index -> current FrameState (refined where stage 2 ran)
+        self.stage1: Dict[int, object] = {}           # index -> FrameState of the per-frame fit (before stage 2)
+        self.refined: List[int] = []                  # frames the last completed joint refinement covered
+        self.id_frames: List[int] = []                # frames the identity was fitted on
+        self.status: Dict[int, str] = {}              # index -> package status other than "tracked"
+        self.written_z_exp: Dict[int, np.ndarray] = {}  # index -> z_exp (E,) as written: the per-frame USD meshes
+
+    # ---------------------------------------------------------------------------------------------------------
+    def run(self, t_start: float) -> TrackOutcome:
+        tracker, det = self.tracker, self.detections
+        found = det.found
+        resumed = self._resume(identity_frames(found, self.preset))
+        # a frame is done when its record and its stage-1 fit are both on disk
+        done = set() if self.config.overwrite else (self.writer.done_frames & set(found) & set(self.stage1))
+        todo = [i for i in found if i not in done]
+        if resumed:
+            self._load_written_frames()
+        if tracker.mesh is None:
+            self._fit_identity()
+
+        t_frames = time.perf_counter()
+        cpu0 = time.process_time()
+        n_done = self._track_frames(todo) if todo else 0
+        tracker.timer.add("frames_total", time.perf_counter() - t_frames)
+        tracker.timer.t["frames_fitted"] = n_done
+
+        tracked = [i for i in found if i in self.stage1]
+        if self.preset.stage2_epochs > 0 and len(tracked) > 1 and (n_done or self.refined != tracked):
+            self._refine(tracked)
+        tracker.timer.add("tracking_cpu", time.process_time() - cpu0)   # CPU s of per-frame + stage 2 + rewrite
+
+        self._interpolate_missing(tracked)
+        if self.writer.manifest.get("output_mode") in ("meshes", "both"):
+            self._write_usd()
+        self._save_state()
+        self.writer.finish("complete")
+        t = tracker.timer.t
+        log.info("timings: %s", {k: round(v, 2) for k, v in t.items()})
+        return TrackOutcome(self.writer.root, len(self.writer.manifest["frames"]),
+                            dict(t, total=time.perf_counter() - t_start))
+
+    # ---------------------------------------------------------------------------------------------------------
+    def _resume(self, pick: List[int]) -> bool:
+        """Restore the tracker and the frames' fits from the package's tracker state, if it has one; ``pick``: the
+        identity frames a fresh run of this selection uses. An extension of the package whose identity frames differ
+        starts afresh (the package's frames are dropped first, so it never mixes identities)."""
+        import torch
+        from .tracker import FrameState
+
+        self.id_frames = pick
+        state = self.writer.tracker_state()
+        if state is None or "p_geo" not in state or not self.writer.has_identity:
+            return False
+        found = set(self.detections.found)
+        extension = self.writer.done_frames < found
+        if not self.config.overwrite and extension and "id_frames" in state and state["id_frames"].tolist() != pick:
+            self.events.warning(f"the package's identity was fitted on frames {state['id_frames'].tolist()}; this "
+                                f"range fits it on {pick} (like a fresh run of it), so every frame is tracked again",
+                                "identity_refit")
+            self.writer.drop_frames(f["index"] for f in self.writer.manifest["frames"])
+            return False
+        self.tracker.load_state_dict(state)
+
+        def fits(prefix):
+            if prefix + "p_ex" not in state:
+                return {}
+            return {int(i): FrameState(torch.as_tensor(state[prefix + "p_ex"][k]),
+                                       torch.as_tensor(state[prefix + "omega"][k]),
+                                       torch.as_tensor(state[prefix + "trans"][k]))
+                    for k, i in enumerate(state["frame_ids"])}
+
+        self.states = fits("")
+        self.stage1 = fits("stage1_") or dict(self.states)
+        self.refined = [int(i) for i in state.get("refined_ids", [])]
+        if "id_frames" in state:
+            self.id_frames = state["id_frames"].tolist()
+        self.events.progress("identity", 1, 1, None, "identity loaded from the package")
+        return True
+
+    def _load_written_frames(self) -> None:
+        """A resumed run writes per-frame meshes for the frames an earlier run wrote too: their expression codes,
+        read once from the package (when per-frame meshes are written)."""
+        from ..contracts.result_format import ResultPackage
+
+        if self.writer.manifest.get("output_mode") not in ("meshes", "both") or not self.writer.manifest["frames"]:
+            return
+        package = ResultPackage(self.writer.root)
+        z_exp = package.frame_arrays(["z_exp"])["z_exp"]
+        self.written_z_exp.update(zip(package.frame_indices.tolist(), z_exp))
+
+    def _fit_identity(self) -> None:
+        """Stage 1a on the frames ``identity_frames`` picks; writes the identity, the canonical mesh and the
+        tracker state."""
+        tracker = self.tracker
+        id_obs = [self.detections.observation(fr.index, fr.image, lab)
+                  for fr, lab in iter_frames_with_masks(self.source, set(self.id_frames), self.detections.landmarks)]
+        tracker.fit_identity(id_obs)
+        self.writer.write_identity({"z_geo": tracker.z_geo()[0].detach().numpy(),
+                                    "z_app": tracker.z_app()[0].detach().numpy(), "sh_coeffs": tracker.sh.numpy(),
+                                    "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy()})
+        self.writer.write_canonical_mesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces,
+                                         tracker.albedo)
+        self._save_state()
+
+    def _track_frames(self, todo: List[int]) -> int:
+        """Stage 1b: fit the frames in ``todo`` one by one, each warm-started from the previous frame, and write
+        them in chunks as they finish. -> number of frames fitted."""
+        tracker = self.tracker
+        # quality metrics are measured after the joint refinement when it follows (saves a render per frame)
+        will_refine = self.preset.stage2_epochs > 0 and len(self.detections.found) > 1
+        # The first frame continues from the frame fitted before it (its fit and landmarks), as in one uninterrupted
+        # run.
+        before = [i for i in self.stage1 if i < todo[0]]
+        prev_state = prev_obs = prev_warp = None
+        if before:
+            last = max(before)
+            prev_state = self.stage1[last]
+            if self.detections.landmarks.get(last) is not None:
+                prev_obs = self.detections.observation(last)
+        pending = []
+        n_done = 0
+        for fr, labels in iter_frames_with_masks(self.source, set(todo), self.detections.landmarks):
+            obs = self.detections.observation(fr.index, fr.image, labels)
+            tracker.reset_frame_cache()   # each frame starts from the same state (resume = same result)
+            init = prev_state if prev_state is not None else tracker.pnp_init(obs)
+            st = tracker.fit_frame(obs, init, prev_obs)
+            res = tracker.frame_result(obs, st, prev_warp, metrics=not will_refine)
+            self.states[obs.index] = self.stage1[obs.index] = st
+            pending.append(res)
+            prev_state, prev_obs, prev_warp = st, obs, res.warp
+            n_done += 1
+            self.events.progress("tracking", n_done, len(todo), obs.index,
+                                 f"landmark error {res.landmark_error_px:.2f} px")
+            if len(pending) >= CHUNK:
+                self._write_chunk(pending)
+                pending = []
+        if pending:
+            self._write_chunk(pending)
+        return n_done
+
+    def _refine(self, tracked: List[int]) -> None:
+        """Stage 2: refine all tracked frames jointly from their stage-1 fits, then recompute and rewrite their
+        outputs. Recorded as done only then: a run killed before refines again from the same fits."""
+        obs_all = [self.detections.observation(i) for i in tracked]
+        self.states.update(zip(tracked, self.tracker.refine_all(obs_all, [self.stage1[i] for i in tracked])))
+        t0 = time.perf_counter()
+        self._rewrite(tracked)
+        self.refined = tracked
+        self._save_state()
+        self.tracker.timer.add("rewrite", time.perf_counter() - t0)
+
+    def _rewrite(self, tracked: List[int]) -> None:
+        """Recompute the outputs of the tracked frames after stage 2 and rewrite them (chunk by chunk).
+
+        Each frame's warp starts from the previous rewritten frame's, never from a frame's stage-1 output (which a
+        resumed or extended run does not have), so the outputs depend only on the refined fits.
+        """
+        pending = []
+        prev_warp = None
+        for n, (fr, labels) in enumerate(iter_frames_with_masks(self.source, set(tracked),
+                                                                self.detections.landmarks), 1):
+            obs = self.detections.observation(fr.index, fr.image, labels)
+            r = self.tracker.frame_result(obs, self.states[fr.index], prev_warp)
+            prev_warp = r.warp
+            pending.append(r)
+            self.events.progress("writing", n, len(tracked), fr.index)
+            if len(pending) >= CHUNK:
+                self._write_chunk(pending)
+                pending = []
+        if pending:
+            self._write_chunk(pending)
+
+    def _interpolate_missing(self, tracked: List[int]) -> None:
+        """Frames without a face: pose and expression interpolated from the tracked neighbours, flagged."""
+        from .tracker import interpolate_state
+
+        det = self.detections
+        missing = [i for i in det.indices if det.landmarks[i] is None]
+        if not missing or not tracked:
+            return
+        results = []
+        tt = np.array([det.times[i] for i in tracked])
+        for i in missing:
+            k = int(np.searchsorted(tt, det.times[i]))
+            a = tracked[max(k - 1, 0)]
+            b = tracked[k] if k < len(tracked) else None
+            if k == 0:
+                a, b = tracked[0], None
+            st = interpolate_state(det.times[i], (det.times[a], self.states[a]),
+                                   None if b is None else (det.times[b], self.states[b]))
+            results.append(self.tracker.frame_result(det.observation(i), st))
+            self.status[i] = "interpolated"
+        for s in range(0, len(results), CHUNK):
+            self._write_chunk(results[s:s + CHUNK])
+
+    def _write_usd(self) -> None:
+        """Per-frame meshes (topology-varying, ``posed_frame_meshes``) with albedo colours as ``meshes.usdc``."""
+        from ..contracts.result_format import USD_SEQUENCE
+        writer = self.writer
+        try:
+            from ..usd_export import write_mesh_sequence
+            frames = [int(f["index"]) for f in writer.manifest["frames"]]
+            z_exp = np.stack([self.written_z_exp[i] for i in frames])
+            write_mesh_sequence(writer.root / USD_SEQUENCE, posed_frame_meshes(frames, z_exp, self.tracker,
+                                                                               self.events),
+                                fps=float(writer.manifest["fps"] or 25.0))
+            writer.set_usd(USD_SEQUENCE)
+        except Exception as e:  # noqa: BLE001 - usd-core missing or a frame failing: keep the finished npz result
+            self.events.warning(f"per-frame USD meshes not written: {type(e).__name__}: {e}", "usd_not_written")
+
+    # ---------------------------------------------------------------------------------------------------------
+    # package writing
+    # ---------------------------------------------------------------------------------------------------------
+    def _write_chunk(self, results) -> None:
+        """Write finished frames as one chunk, then the tracker state (a crash after this loses nothing)."""
+        from ..contracts.result_format import FrameRecord
+        arrays = self._frame_arrays(results)
+        records = [FrameRecord(r.index, float(self.detections.times[r.index]), self.status.get(r.index, "tracked"),
+                               None if not np.isfinite(r.landmark_error_px) else r.landmark_error_px,
+                               r.photometric_error, r.mask_iou) for r in results]
+        self.writer.write_frames(records, arrays)
+        self.written_z_exp.update((r.index, arrays["z_exp"][k]) for k, r in enumerate(results))
+        self._save_state()
+
+    def _frame_arrays(self, results) -> Dict[str, np.ndarray]:
+        import torch
+        from .renderer import so3_exp
+        p_ex = torch.stack([r.state.p_ex for r in results])
+        R = so3_exp(torch.stack([r.state.omega for r in results])).numpy()
+        arrays = {
+            "scale": np.ones(len(results), np.float32),
+            "rotation": R.astype(np.float32),
+            "translation": np.stack([r.state.trans.numpy() for r in results]).astype(np.float32),
+            "z_exp": self.codes.z_exp(p_ex).detach().numpy().astype(np.float32),
+            "vertices": (np.stack([r.vertices for r in results]) * NPHM_UNIT_M).astype(np.float32),
+        }
+        ak = self.codes.arkit(p_ex)
+        if ak is not None:
+            arrays["arkit"] = ak
+        return arrays
+
+    def _save_state(self) -> None:
+        """``tracker_state.npz``, what a re-run continues from: the tracker's state, every frame's stage-1 fit (a
+        resumed or extended run continues from them and refines them jointly again), the current fits (refined or
+        not), the frames of the last completed joint refinement and the identity's frames."""
+        import torch
+        ids = np.array(sorted(self.stage1), np.int64)
+        out = dict(self.tracker.state_dict(), frame_ids=ids, refined_ids=np.array(self.refined, np.int64),
+                   id_frames=np.array(self.id_frames, np.int64))
+        if len(ids):
+            for prefix, fits in (("", self.states), ("stage1_", self.stage1)):
+                out[prefix + "p_ex"] = torch.stack([fits[i].p_ex for i in ids]).numpy()
+                out[prefix + "omega"] = torch.stack([fits[i].omega for i in ids]).numpy()
+                out[prefix + "trans"] = torch.stack([fits[i].trans for i in ids]).numpy()
+        self.writer.write_tracker_state(out)
 
 
-def _state_arrays(tracker, states: Dict[int, object], stage1: Dict[int, object], refined: list,
-                  id_frames: list) -> dict:
-    """What a re-run needs to continue exactly where this one is: the identity, every frame's stage-1 fit (a resumed
-    or extended run continues from them and refines them jointly again), the current fits ``states`` (refined or
-    not), which frames the last completed joint refinement covered (``refined``) and the identity's frames."""
-    import torch
-    ids = np.array(sorted(stage1), np.int64)
-    out = {
-        "p_geo": tracker.p_geo.numpy(), "p_app": tracker.p_app.numpy(), "sh": tracker.sh.numpy(),
-        "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy(),
-        "mesh_lo_vertices": tracker.mesh_lo.vertices, "mesh_lo_faces": tracker.mesh_lo.faces,
-        "mesh_vertices": tracker.mesh.vertices, "mesh_faces": tracker.mesh.faces, "albedo": tracker.albedo,
-        "frame_ids": ids, "refined_ids": np.array(refined, np.int64), "id_frames": np.array(id_frames, np.int64),
-    }
-    if len(ids):
-        for prefix, fits in (("", states), ("stage1_", stage1)):
-            out[prefix + "p_ex"] = torch.stack([fits[i].p_ex for i in ids]).numpy()
-            out[prefix + "omega"] = torch.stack([fits[i].omega for i in ids]).numpy()
-            out[prefix + "trans"] = torch.stack([fits[i].trans for i in ids]).numpy()
-    return out
-
-
-def _restore(tracker, state: dict):
-    """Restore the identity into ``tracker``; -> (current fits, stage-1 fits, frames of the last joint refinement)."""
-    import torch
-    from .mesh import Mesh
-    from .tracker import FrameState
-    tracker.p_geo = torch.as_tensor(state["p_geo"])
-    tracker.p_app = torch.as_tensor(state["p_app"])
-    tracker.sh = torch.as_tensor(state["sh"])
-    tracker.cA = torch.as_tensor(state["color_affine"])
-    tracker.cb = torch.as_tensor(state["color_bias"])
-    tracker.mesh_lo = Mesh(state["mesh_lo_vertices"], state["mesh_lo_faces"])
-    tracker.mesh = Mesh(state["mesh_vertices"], state["mesh_faces"])
-    tracker.albedo = state["albedo"]
-
-    def fits(prefix):
-        if prefix + "p_ex" not in state:
-            return {}
-        return {int(i): FrameState(torch.as_tensor(state[prefix + "p_ex"][k]),
-                                   torch.as_tensor(state[prefix + "omega"][k]),
-                                   torch.as_tensor(state[prefix + "trans"][k]))
-                for k, i in enumerate(state["frame_ids"])}
-
-    states = fits("")
-    return states, fits("stage1_") or dict(states), [int(i) for i in state.get("refined_ids", [])]
-
-
-def identity_frames(found: list, preset) -> list:
+def identity_frames(found: List[int], preset) -> List[int]:
     """The frames the identity is fitted on: ``preset.id_frames`` spread over the first 50 frames with a face."""
     pool = found[: max(preset.id_frames, min(len(found), 50))]
     pick = [pool[int(round(k))] for k in np.linspace(0, len(pool) - 1, min(preset.id_frames, len(pool)))]
     return sorted(set(pick))
 
 
-# -------------------------------------------------------------------------------------------------------------------
+def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Optional[_Events] = None):
+    """Topology-varying per-frame meshes: narrow-band marching cubes of the posed SDF (``model.meshing.PosedMesher``,
+    each frame reusing the previous frame's band) for source frames ``frames`` with expression codes ``z_exp``
+    (T, E), with the tracker's albedo (network albedo through the fitted colour affine). Yields
+    ``usd_export.FrameMesh`` (metres, model axes)."""
+    import torch
+    from ..model.meshing import PosedMesher
+    from ..usd_export import FrameMesh
+
+    mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
+    zg = tracker.z_geo().detach()
+    for k, index in enumerate(frames):
+        ze = torch.as_tensor(z_exp[k])[None]
+        mesh = mesher(zg, None, ze, with_color=False)
+        yield FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, tracker.albedo_u8(mesh.vertices, ze))
+        if ev is not None:
+            ev.progress("meshes", k + 1, len(frames), index)
+
+
 def auto_threads() -> int:
     """Intra-op threads for `--threads 0`: 2 where at least 4 logical CPUs leave room for Blender, else 1.
 
@@ -239,278 +493,83 @@ def auto_threads() -> int:
     return 2 if (os.cpu_count() or 1) >= 4 else 1
 
 
-def run_track(args, events=None) -> Path:
+def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
+    """Track ``config.input`` into the package ``config.out`` (created, resumed or partly re-tracked).
+
+    ``events``: a protocol ``EventWriter`` (or None); ``preset``: the stage settings (``tracker.Preset``), by default
+    ``PRESETS[config.preset]`` (tests and benchmarks pass smaller ones).
+    """
     import torch
-    from .. import landmark_tables as lt
-    from ..result_format import ResultWriter
+    from ..contracts import landmark_tables as lt
+    from ..contracts.protocol import Cancelled
+    from ..contracts.result_format import ResultWriter
+    from ..contracts.track_config import parse_face
     from ..model.parallel import set_threads
     from . import camera
     from .codes import CodeSpace
-    from .landmarks import parse_face_choice
     from .tracker import PRESETS, Tracker
     from .video import FrameSource
 
     ev = _Events(events)
     t_start = time.perf_counter()
-    set_threads(int(getattr(args, "threads", 0) or 0) or auto_threads())
-    torch.manual_seed(int(getattr(args, "seed", 0) or 0))
-    preset = PRESETS[getattr(args, "preset", "standard") or "standard"]
-    overrides = getattr(args, "preset_overrides", None)     # tests/benchmarks only (not a CLI flag)
-    if overrides:
-        import dataclasses
-        preset = dataclasses.replace(preset, **overrides)
-    out = Path(args.out)
-    max_size = getattr(args, "max_size", 512)
-    if max_size is not None and max_size < 0:
+    set_threads(config.threads or auto_threads())
+    torch.manual_seed(config.seed)
+    preset = preset or PRESETS[config.preset]
+    if config.max_size < 0:
         raise TrackingInputError(f"--max-size must be 0 (keep the size) or a positive number of pixels, "
-                                 f"not {max_size}", "Use e.g. --max-size 512, or 0 to keep the source resolution.")
-    src = FrameSource(args.input, getattr(args, "frames", None), max_size=max_size or None)
+                                 f"not {config.max_size}", "Use e.g. --max-size 512, or 0 to keep the source "
+                                                           "resolution.")
+    try:
+        face = parse_face(config.face)
+    except ValueError as e:
+        raise TrackingInputError(str(e), "Use --face largest, leftmost, rightmost, or the pixel X,Y of the face in "
+                                         "the first frame, e.g. --face 320,200.") from None
+    src = FrameSource(config.input, config.frames, max_size=config.max_size or None)
     W, H = src.size
-    intr = camera.make_intrinsics(src.info.width, src.info.height, W, H, getattr(args, "fx", None),
-                                  getattr(args, "fy", None), getattr(args, "cx", None), getattr(args, "cy", None),
-                                  getattr(args, "fov", None))
+    intr = camera.make_intrinsics(src.info.width, src.info.height, W, H, config.fx, config.fy, config.cx, config.cy,
+                                  config.fov)
 
     # ---- the model and the output folder are checked before the landmark pass, which can take minutes
     t0 = time.perf_counter()
-    model, enc, reg, model_hdr = load_tracking_model(args)
+    model, enc, reg, model_hdr = load_tracking_model(config)
     t_load = time.perf_counter() - t0
     header = {
-        "source": {"path": str(Path(args.input).resolve()), "kind": src.info.kind},
+        "source": {"path": str(Path(config.input).resolve()), "kind": src.info.kind},
         "fps": float(src.info.fps or 25.0), "image_size": [W, H], "intrinsics": intr.to_dict(),
-        "model": model_hdr, "output_mode": getattr(args, "output", "shape_keys") or "shape_keys",
-        "settings": {"preset": preset.name, "frames": str(src.range), "max_size": max_size,
-                     "backend_version": __version__, "detector": getattr(args, "detector", "mediapipe")},
+        "model": model_hdr, "output_mode": config.output,
+        "settings": {"preset": preset.name, "frames": str(src.range), "max_size": config.max_size,
+                     "backend_version": __version__, "detector": config.detector},
     }
-    ResultWriter.check_can_write(out, header)
-    face = parse_face_choice(getattr(args, "face", None) or "largest")
+    ResultWriter.check_can_write(Path(config.out), header)
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
     t0 = time.perf_counter()
-    ids, times, lms, sizes = detect_all(src, getattr(args, "detector", "mediapipe"), ev, face)
+    det = detect_all(src, config.detector, ev, face)
     t_detect = time.perf_counter() - t0
-    if not ids:
-        raise TrackingInputError(f"the frame range {src.range} selects no frames of {args.input}",
+    if not det.indices:
+        raise TrackingInputError(f"the frame range {src.range} selects no frames of {config.input}",
                                  "Check --frames against the clip length.")
-    found = [i for i, l in zip(ids, lms) if l is not None]
-    if not found:
-        raise NoFaceError(f"no face was found in any of the {len(ids)} selected frames of {args.input}")
-    lm_of = dict(zip(ids, lms))
-    time_of = dict(zip(ids, times))
-    size_of = dict(zip(ids, sizes))
-    if len(found) < len(ids):
-        ev.warning(f"no face in {len(ids) - len(found)} of {len(ids)} frames; they are filled by interpolation "
-                   "and flagged 'interpolated'", "no_face_frames")
+    n_found = len(det.found)
+    if not n_found:
+        raise NoFaceError(f"no face was found in any of the {len(det.indices)} selected frames of {config.input}")
+    if n_found < len(det.indices):
+        ev.warning(f"no face in {len(det.indices) - n_found} of {len(det.indices)} frames; they are filled by "
+                   "interpolation and flagged 'interpolated'", "no_face_frames")
 
     codes = CodeSpace(model, enc, reg)
-    scheme = "ibug68" if getattr(args, "detector", "mediapipe") == "face-alignment" else "mediapipe478"
+    scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, model.id_model.mean_anchors.detach().numpy())
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,
-                      progress=lambda s, d, t, f=None, m="": ev.progress(s, d, t, f, m),
-                      seed=int(getattr(args, "seed", 0) or 0))
+                      progress=lambda s, d, t, f=None, m="": ev.progress(s, d, t, f, m), seed=config.seed)
     tracker.timer.add("decode_landmarks", t_detect)
     tracker.timer.add("model_load", t_load)
 
     # a container may announce fewer frames than it holds
-    header["source"]["frame_count"] = max(int(src.info.n_frames or 0), max(ids) + 1)
-    writer = ResultWriter(out, header)
+    header["source"]["frame_count"] = max(int(src.info.n_frames or 0), max(det.indices) + 1)
+    writer = ResultWriter(Path(config.out), header)
+    session = TrackingSession(config, preset, src, det, writer, tracker, codes, ev)
     try:
-        return _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size_of, found, preset,
-                           t_start)
+        return session.run(t_start)
     except BaseException as e:
-        from ..protocol import Cancelled
         writer.abort("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
         raise
-
-
-def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size_of, found, preset, t_start):
-    from .tracker import FrameObs, interpolate_state
-
-    overwrite = bool(getattr(args, "overwrite", False))
-    state = writer.tracker_state()
-    states: Dict[int, object] = {}   # current fits (after the joint refinement where it ran)
-    stage1: Dict[int, object] = {}   # per-frame fits before the joint refinement
-    refined: list = []               # frames the last completed joint refinement covered
-    pick = identity_frames(found, preset)
-    if state is not None and "p_geo" in state and writer.has_identity:
-        extension = writer.done_frames < set(found)
-        if not overwrite and extension and "id_frames" in state and state["id_frames"].tolist() != pick:
-            # A fresh run of this range fits the identity on other frames: so does this one, and re-tracks them all.
-            ev.warning(f"the package's identity was fitted on frames {state['id_frames'].tolist()}; this range "
-                       f"fits it on {pick} (like a fresh run of it), so every frame is tracked again",
-                       "identity_refit")
-            writer.drop_frames(f["index"] for f in writer.manifest["frames"])
-        else:
-            states, stage1, refined = _restore(tracker, state)
-            ev.progress("identity", 1, 1, None, "identity loaded from the package")
-            pick = state["id_frames"].tolist() if "id_frames" in state else pick
-    # a frame is done when its record and its stage-1 fit are both on disk
-    done = set() if overwrite else (writer.done_frames & set(found) & set(stage1))
-    todo = [i for i in found if i not in done]
-
-    def obs_of(fr, labels):
-        return FrameObs(fr.index, fr.time, lm_of[fr.index], fr.image, labels, size_of[fr.index])
-
-    # ---- identity (stage 1a)
-    if tracker.mesh is None:
-        id_obs = [obs_of(fr, lab) for fr, lab in iter_frames_with_masks(src, set(pick), lm_of)]
-        tracker.fit_identity(id_obs)
-        writer.write_identity({"z_geo": tracker.z_geo()[0].detach().numpy(),
-                               "z_app": tracker.z_app()[0].detach().numpy(), "sh_coeffs": tracker.sh.numpy(),
-                               "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy()})
-        writer.write_canonical_mesh(tracker.mesh.vertices * np.float32(0.25), tracker.mesh.faces, tracker.albedo)
-        writer.write_tracker_state(_state_arrays(tracker, states, stage1, [], pick))
-
-    def save_state():
-        writer.write_tracker_state(_state_arrays(tracker, states, stage1, refined, pick))
-
-    # ---- per frame (stage 1b), written as frames finish
-    status_of: Dict[int, str] = {}
-    prev_state = None
-    prev_obs = None
-    prev_warp = None
-    pending = []
-    n_done = 0
-    t_frames = time.perf_counter()
-    cpu0 = time.process_time()
-    will_refine = preset.stage2_epochs > 0 and len(found) > 1
-    if todo:
-        # The first frame continues from the frame fitted before it, exactly as in one uninterrupted run.
-        before = [i for i in stage1 if i < todo[0]]
-        if before:
-            last = max(before)
-            prev_state = stage1[last]
-            if lm_of.get(last) is not None:
-                prev_obs = FrameObs(last, time_of[last], lm_of[last], None, None, size_of[last])
-        for fr, labels in iter_frames_with_masks(src, set(todo), lm_of):
-            obs = obs_of(fr, labels)
-            tracker._posed_cache.pop("frame", None)   # each frame starts from the same state (resume = same result)
-            tracker._lo_warp = None
-            init = prev_state if prev_state is not None else tracker.pnp_init(obs)
-            st = tracker.fit_frame(obs, init, prev_obs)
-            # quality metrics are measured after the joint refinement when it follows (saves a render per frame)
-            res = tracker.frame_result(obs, st, prev_warp, metrics=not will_refine)
-            states[obs.index] = stage1[obs.index] = st
-            pending.append(res)
-            prev_state, prev_obs, prev_warp = st, obs, res.warp
-            n_done += 1
-            ev.progress("tracking", n_done, len(todo), obs.index,
-                        f"landmark error {res.landmark_error_px:.2f} px")
-            if len(pending) >= CHUNK:
-                _flush(writer, pending, codes, status_of, time_of, save_state)
-                pending = []
-        if pending:
-            _flush(writer, pending, codes, status_of, time_of, save_state)
-            pending = []
-    tracker.timer.add("frames_total", time.perf_counter() - t_frames)
-    tracker.timer.t["frames_fitted"] = n_done
-
-    # ---- stage 2: joint refinement of all frames with temporal smoothness, always from their stage-1 fits, so a
-    # resumed or extended run refines exactly what one uninterrupted run refines
-    tracked = [i for i in found if i in stage1]
-    if will_refine and len(tracked) > 1 and (n_done or refined != tracked):
-        obs_all = [FrameObs(i, time_of[i], lm_of[i], None, None, size_of[i]) for i in tracked]
-        new = tracker.refine_all(obs_all, [stage1[i] for i in tracked])
-        states.update(zip(tracked, new))
-        t0 = time.perf_counter()
-        _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, save_state)
-        refined = tracked  # saved only now: a run killed before here refines again from the stage-1 fits
-        save_state()
-        tracker.timer.add("rewrite", time.perf_counter() - t0)
-    tracker.timer.add("tracking_cpu", time.process_time() - cpu0)   # CPU seconds of per-frame + stage 2 + rewrite
-
-    # ---- frames without a face: interpolate and flag
-    missing = [i for i in ids if lm_of[i] is None]
-    if missing and tracked:
-        res = []
-        tt = np.array([time_of[i] for i in tracked])
-        for i in missing:
-            k = int(np.searchsorted(tt, time_of[i]))
-            a = tracked[max(k - 1, 0)]
-            b = tracked[k] if k < len(tracked) else None
-            if k == 0:
-                a, b = tracked[0], None
-            st = interpolate_state(time_of[i], (time_of[a], states[a]), None if b is None else (time_of[b], states[b]))
-            obs = FrameObs(i, time_of[i], None, None, None, 0.0)
-            r = tracker.frame_result(obs, st)
-            status_of[i] = "interpolated"
-            res.append(r)
-        for s in range(0, len(res), CHUNK):
-            _flush(writer, res[s:s + CHUNK], codes, status_of, time_of, save_state)
-
-    # ---- per-frame meshes as USD
-    if writer.manifest.get("output_mode") in ("meshes", "both"):
-        _write_usd(writer, tracker, ev)
-    save_state()
-    writer.finish("complete")
-    t = tracker.timer.t
-    log.info("timings: %s", {k: round(v, 2) for k, v in t.items()})
-    tracker_timings[str(writer.root)] = dict(t, total=time.perf_counter() - t_start)
-    return writer.root
-
-
-tracker_timings: Dict[str, dict] = {}   # last run's per-stage timings by package path (benchmarks read this)
-
-
-def _flush(writer, results, codes, status_of, time_of, save_state):
-    arrays = _frame_arrays(results, codes)
-    writer.write_frames(_records(results, status_of, time_of), arrays)
-    save_state()
-
-
-def _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, save_state):
-    """Recompute outputs of all tracked frames after stage 2 and rewrite them (chunk by chunk).
-
-    Each frame's warp starts from the previous rewritten frame's (never from what a frame's stage-1 output was),
-    so the outputs depend only on the refined fits: a resumed or extended run writes the same bits.
-    """
-    from .tracker import FrameObs
-    pending = []
-    prev_warp = None
-    for n, (fr, labels) in enumerate(iter_frames_with_masks(src, set(tracked), lm_of), 1):
-        obs = FrameObs(fr.index, fr.time, lm_of[fr.index], fr.image, labels, size_of[fr.index])
-        r = tracker.frame_result(obs, states[fr.index], prev_warp)
-        prev_warp = r.warp
-        pending.append(r)
-        ev.progress("writing", n, len(tracked), fr.index)
-        if len(pending) >= CHUNK:
-            _flush(writer, pending, codes, status_of, time_of, save_state)
-            pending = []
-    if pending:
-        _flush(writer, pending, codes, status_of, time_of, save_state)
-
-
-def posed_frame_meshes(pkg, tracker, ev=None):
-    """Topology-varying per-frame meshes: narrow-band marching cubes of the posed SDF (``model.mesh.PosedMesher``,
-    each frame reusing the previous frame's band) for every frame of the package, with the tracker's albedo
-    (network albedo through the fitted colour affine). Yields ``usd_export.FrameMesh`` (metres, model axes)."""
-    import torch
-    from ..model.mesh import PosedMesher
-    from ..usd_export import FrameMesh
-
-    mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
-    z_exp = pkg.frame_arrays(["z_exp"])["z_exp"]
-    zg = tracker.z_geo().detach()
-    for k, rec in enumerate(pkg.frames):
-        ze = torch.as_tensor(z_exp[k])[None]
-        mesh = mesher(zg, None, ze, with_color=False)
-        yield FrameMesh(int(rec["index"]), mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces,
-                        tracker.albedo_u8(mesh.vertices, ze))
-        if ev is not None:
-            ev.progress("meshes", k + 1, len(pkg.frames), int(rec["index"]))
-
-
-def _write_usd(writer, tracker, ev=None):
-    """Per-frame meshes (topology-varying, ``posed_frame_meshes``) with albedo colours as ``meshes.usdc``."""
-    from ..result_format import ResultPackage, USD_SEQUENCE
-    try:
-        from ..usd_export import write_mesh_sequence
-        pkg = ResultPackage(writer.root)
-        write_mesh_sequence(writer.root / USD_SEQUENCE, posed_frame_meshes(pkg, tracker, ev),
-                            fps=float(pkg.fps or 25.0))
-        writer.set_usd(USD_SEQUENCE)
-    except Exception as e:  # noqa: BLE001 - usd-core missing or a frame failing: keep the finished npz result
-        msg = f"per-frame USD meshes not written: {type(e).__name__}: {e}"
-        if ev is not None:
-            ev.warning(msg, "usd_not_written")
-        else:
-            log.warning(msg)

@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from ..conventions import IMAGE_EXTENSIONS, parse_frame_slice
+from ..contracts.conventions import IMAGE_EXTENSIONS, parse_frame_slice
 from .errors import TrackingInputError
 
 
@@ -326,8 +326,3 @@ class FrameSource:
             c.close()
         if i < 0:
             raise TrackingInputError(f"{self.path!r} contains no frames (zero-length clip)")
-
-
-def read_frames(path, frames=None, max_size: Optional[int] = 512) -> List[Frame]:
-    """Convenience: decode a whole (short) selection into a list."""
-    return list(FrameSource(path, frames, max_size))

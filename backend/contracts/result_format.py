@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .protocol import BadInputError
+from .track_config import OUTPUT_MODES
 
 FORMAT_NAME = "mononphm-result"
 FORMAT_VERSION = 1
@@ -51,7 +52,6 @@ TRACKER_STATE = "tracker_state.npz"
 LOCK = ".lock"
 
 FRAME_STATUSES = ("tracked", "interpolated", "no_face", "failed")
-OUTPUT_MODES = ("shape_keys", "meshes", "both")
 RUN_STATES = ("running", "complete", "cancelled", "failed")
 SOURCE_KINDS = ("video", "images", "image")
 

@@ -67,8 +67,8 @@ def load_tracking_model(config: TrackConfig):
                                 e.hint or "Point --official-checkpoint at the official experiment folder.") from None
         except OSError as e:
             raise BadInputError(f"the official checkpoint {config.official_checkpoint} cannot be read: "
-                                f"{e.strerror or e}", "Check that the folder and its files exist and are readable.") \
-                from None
+                                f"{e.strerror or e}",
+                                "Check that the folder and its files exist and are readable.") from None
         return model, None, None, {"name": "official", "path": str(Path(config.official_checkpoint).resolve()),
                                    "expression_dim": int(model.cfg.dim_exp), "arkit": False}
     mdir = Path(config.model) if config.model else BUILTIN_MODEL_DIR

@@ -131,3 +131,16 @@ def test_usd_pulling_files_from_outside_is_not_imported(scene, tmp_path):
     with pytest.raises(rf.PackageError, match="meshes.usdc pulls in files from outside the package: /etc/outside"):
         _import(root)
     assert _state() == before
+
+
+@pytest.mark.parametrize("choice, point, expected", [("leftmost", (0, 0), "leftmost"), ("POINT", (320, 200), "320,200")])
+def test_the_panels_face_choice_reaches_the_command_line(scene, tmp_path, choice, point, expected):
+    from mononphm_blender import job_control
+
+    s = scene.mononphm
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"x")
+    s.input_kind, s.input_path, s.output_dir = "FILE", str(clip), str(tmp_path / "out")
+    s.face, s.face_point = choice, point
+    argv = job_control.build_request(bpy.context, scene).to_argv()
+    assert argv[argv.index("--face") + 1] == expected

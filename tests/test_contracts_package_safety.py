@@ -486,3 +486,12 @@ def test_usd_pulling_files_from_outside_is_refused(tmp_path, kind):
     assert code == 2 and events[-1]["type"] == "error" and events[-1]["code"] == "bad_package"
     assert "meshes.usdc pulls in files from outside the package" in events[-1]["message"]
     assert ("/etc/outside.usda" if kind == "sublayer" else "outside/model.usdc") in events[-1]["message"]
+
+
+def test_frame_count_never_drops_below_a_listed_frame(tmp_path):
+    """A re-run of a shorter range whose container does not count its frames keeps every listed index valid."""
+    w = _writer_with_mesh(tmp_path / "p", _header(source={"path": "/clips/a.mp4", "kind": "video", "frame_count": 6}))
+    w.write_frames(_records([4, 5]), _frames(2))
+    w.finish()
+    rf.ResultWriter(tmp_path / "p", _header(source={"path": "/clips/a.mp4", "kind": "video", "frame_count": 3})).finish()
+    assert rf.ResultPackage(tmp_path / "p").manifest["source"]["frame_count"] == 6

@@ -133,7 +133,8 @@ def test_usd_pulling_files_from_outside_is_not_imported(scene, tmp_path):
     assert _state() == before
 
 
-@pytest.mark.parametrize("choice, point, expected", [("leftmost", (0, 0), "leftmost"), ("POINT", (320, 200), "320,200")])
+@pytest.mark.parametrize("choice, point, expected", [("leftmost", (0, 0), "leftmost"),
+                                                     ("POINT", (320, 200), "320,200")])
 def test_the_panels_face_choice_reaches_the_command_line(scene, tmp_path, choice, point, expected):
     from mononphm_blender import job_control
 

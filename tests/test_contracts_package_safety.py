@@ -493,5 +493,6 @@ def test_frame_count_never_drops_below_a_listed_frame(tmp_path):
     w = _writer_with_mesh(tmp_path / "p", _header(source={"path": "/clips/a.mp4", "kind": "video", "frame_count": 6}))
     w.write_frames(_records([4, 5]), _frames(2))
     w.finish()
-    rf.ResultWriter(tmp_path / "p", _header(source={"path": "/clips/a.mp4", "kind": "video", "frame_count": 3})).finish()
+    shorter = _header(source={"path": "/clips/a.mp4", "kind": "video", "frame_count": 3})
+    rf.ResultWriter(tmp_path / "p", shorter).finish()
     assert rf.ResultPackage(tmp_path / "p").manifest["source"]["frame_count"] == 6

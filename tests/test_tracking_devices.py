@@ -116,3 +116,14 @@ def test_tracker_tensors_stay_on_its_device(tracker):
     assert float(p_ex.grad.abs().sum() + om.grad.abs().sum()) > 0
     assert np.isfinite(res.vertices).all() and res.landmark_error_px < 1.0 and res.mask_iou is not None
     assert len(meshes) == 1 and len(meshes[0].triangles) > 0 and meshes[0].colors.shape == meshes[0].vertices.shape
+
+
+def test_resume_keeps_the_measured_layout(tracker):
+    """The ensemble layout a run measured travels in the tracker state, so a resumed run computes alike."""
+    tr, _, _ = tracker
+    for measured in (False, True, None):
+        tr.model.id_model.grouped = measured
+        state = tr.state_dict()
+        tr.model.id_model.grouped = "other"
+        tr.load_state_dict(state)
+        assert tr.model.id_model.grouped is measured

@@ -8,7 +8,8 @@ reference host grouped wins at the official size (200 wide), while at the built-
 6.6 ms and 27.6 vs 32.7 ms), while the whole model (grouped also folds and chains) measured within 1-5 % either way.
 So the tracker times both on the model itself, on this machine, at the start of a run, and switches from the
 default (grouped) only when blocked is clearly faster (``SWITCH_MARGIN``, so that noise does not flip the choice
-between runs) and their results agree within ``KERNEL_TOL``.
+between runs) and their results agree within ``KERNEL_TOL``.  A resumed run keeps the layout of the run it
+continues (``Tracker.state_dict``).
 """
 from __future__ import annotations
 

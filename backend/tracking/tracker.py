@@ -201,11 +201,14 @@ class Tracker:
         return torch.as_tensor(a, dtype=dtype, device=self.device)
 
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """The fitted identity, appearance and meshes as numpy arrays (``load_state_dict`` restores them)."""
+        """The fitted identity, appearance and meshes as numpy arrays (``load_state_dict`` restores them), and the
+        ensemble layout the run measured (``model.kernels``: a resumed run computes with the same kernels)."""
+        grouped = self.model.id_model.grouped
         return {"p_geo": to_numpy(self.p_geo), "p_app": to_numpy(self.p_app), "sh": to_numpy(self.sh),
                 "color_affine": to_numpy(self.cA), "color_bias": to_numpy(self.cb),
                 "mesh_lo_vertices": self.mesh_lo.vertices, "mesh_lo_faces": self.mesh_lo.faces,
-                "mesh_vertices": self.mesh.vertices, "mesh_faces": self.mesh.faces, "albedo": self.albedo}
+                "mesh_vertices": self.mesh.vertices, "mesh_faces": self.mesh.faces, "albedo": self.albedo,
+                "ensemble_grouped": np.array(-1 if grouped is None else int(grouped), np.int8)}
 
     def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
         """Restore what ``state_dict`` returned (a resumed run continues from the fitted identity)."""
@@ -217,6 +220,9 @@ class Tracker:
         self.mesh_lo = head_mesh.HeadMesh(state["mesh_lo_vertices"], state["mesh_lo_faces"])
         self.mesh = head_mesh.HeadMesh(state["mesh_vertices"], state["mesh_faces"])
         self.albedo = state["albedo"]
+        if "ensemble_grouped" in state:
+            grouped = int(state["ensemble_grouped"])
+            self.model.id_model.grouped = None if grouped < 0 else bool(grouped)
 
     def reset_frame_cache(self) -> None:
         """Forget the warm starts carried between frames, so each frame's fit starts from the same state (a resumed

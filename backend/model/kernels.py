@@ -6,17 +6,24 @@ matmul over type-homogeneous blocks).  Which is faster depends on the CPU and th
 reference host grouped wins at the official size (200 wide), while at the built-in size (64 wide) single layers ran
 15-20 % faster blocked, with AVX-512 and with AVX2 kernels alike (2026-12-06, load average 10: 40k edges, 5.2 vs
 6.6 ms and 27.6 vs 32.7 ms), while the whole model (grouped also folds and chains) measured within 1-5 % either way.
-So the tracker times both on the model itself, on this machine, at the start of a run, and switches from the
-default (grouped) only when blocked is clearly faster (``SWITCH_MARGIN``, so that noise does not flip the choice
-between runs) and their results agree within ``KERNEL_TOL``.  A resumed run keeps the layout of the run it
-continues (``Tracker.state_dict``).
+So the tracker times both on the model itself, once per machine (CPU, torch kernel level, torch version, model
+widths), and switches from the default (grouped) only when blocked is clearly faster (``SWITCH_MARGIN``) and their
+results agree within ``KERNEL_TOL``.  The choice is stored (``choices_file``) and reused by every later run: the
+two layouts' roundings differ slightly, and a fit amplifies that (identity codes differed by up to 1e-3 between two
+runs that chose differently under a load of 10), so a choice per run would make two runs of one clip differ.  A
+resumed run also keeps the layout of the run it continues (``Tracker.state_dict``).
 """
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Dict
 
 import torch
+
+from .devices import cpu_model
 
 KERNEL_TOL = 1e-5
 """Largest difference between the layouts' SDF values, colours and code gradients, relative to the largest value
@@ -24,22 +31,53 @@ KERNEL_TOL = 1e-5
 SWITCH_MARGIN = 0.05
 """Blocked must be this much faster (fraction of the grouped time) to replace the default."""
 
-_CHOICES: Dict[tuple, dict] = {}  # (device type, widths) -> the measurement, once per process
+_CHOICES: Dict[str, dict] = {}  # machine-and-model key -> the measurement (this process's copy of choices_file)
+
+
+def choices_file() -> Path:
+    """Where measured kernel choices are kept: ``$MONONPHM_CACHE_DIR`` or ``~/.cache/mononphm``."""
+    root = os.environ.get("MONONPHM_CACHE_DIR") or Path.home() / ".cache" / "mononphm"
+    return Path(root) / "kernel_choices.json"
+
+
+def _stored() -> Dict[str, dict]:
+    try:
+        data = json.loads(choices_file().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):   # none yet, unreadable or corrupt: measure again
+        return {}
+
+
+def _store(key: str, choice: dict) -> None:
+    path = choices_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dict(_stored(), **{key: choice}), indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:                 # a read-only home: this process keeps its measurement
+        pass
 
 
 def choose_ensemble_layout(model, points: int = 1024, rounds: int = 2) -> dict:
     """Time the model's no-grad query (SDF + colour: meshes, vertex colours) plus a code-gradient step (tracking)
     with each layout, alternating, best of ``rounds``; set ``model.id_model.grouped`` to the faster one when the
     results agree within KERNEL_TOL (else keep the default).  CPU only: on GPUs the grouped layout is off anyway.
-    Returns {"grouped", "grouped_s", "blocked_s", "max_diff" (relative)} (the first model of a shape measures;
-    others reuse it)."""
+    Returns {"grouped", "grouped_s", "blocked_s", "max_diff" (relative)}: measured once per machine and model shape,
+    then read back (this process, then ``choices_file``)."""
     device = next(model.parameters()).device
     field, cfg = model.id_model, model.cfg
     if device.type != "cpu" or not hasattr(torch, "_grouped_mm"):
         return {"grouped": False}
-    key = (device.type, cfg.hidden_dim_geo, cfg.hidden_dim_app, cfg.hidden_dim_ex, cfg.n_anchors)
+    key = (f"{cpu_model()}|{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}|"
+           f"{cfg.hidden_dim_geo},{cfg.hidden_dim_app},{cfg.hidden_dim_ex},{cfg.n_anchors},{cfg.n_neighbors}")
     if key not in _CHOICES:
-        _CHOICES[key] = _measure(model, points, rounds)
+        stored = _stored().get(key)
+        if isinstance(stored, dict) and isinstance(stored.get("grouped"), bool):
+            _CHOICES[key] = stored
+        else:
+            _CHOICES[key] = _measure(model, points, rounds)
+            _store(key, _CHOICES[key])
     choice = _CHOICES[key]
     field.grouped = choice["grouped"]
     return choice

@@ -221,7 +221,7 @@ class Tracker:
         self.mesh = head_mesh.HeadMesh(state["mesh_vertices"], state["mesh_faces"])
         self.albedo = state["albedo"]
         if "ensemble_grouped" in state:
-            grouped = int(state["ensemble_grouped"])
+            grouped = int(np.asarray(state["ensemble_grouped"]).reshape(-1)[0])
             self.model.id_model.grouped = None if grouped < 0 else bool(grouped)
 
     def reset_frame_cache(self) -> None:

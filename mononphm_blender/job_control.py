@@ -116,7 +116,7 @@ def start_track(context, scene=None, *, scene_range: tuple[int, int] | None = No
     st.kind, st.pid, st.log_path, st.out_path = "track", job.pid, str(log), importer.stored_path(req.out)
     st.state, st.stage, st.progress, st.done, st.total, st.frames_done = "RUNNING", "starting", 0.0, 0, 0, 0
     st.eta_s, st.message, st.error, st.hint, st.imported_frames = -1.0, "", "", "", 0
-    st.warning, st.warnings_seen = "", 0
+    st.warning, st.warnings_seen, st.device = "", 0, ""
     _jobs[scene.name] = job
     _last_import.pop(scene.name, None)
     if job.status.finished:  # could not start
@@ -164,6 +164,7 @@ def _sync(scene, job) -> None:
     st.done, st.total = js.done, js.total
     st.progress = js.fraction
     st.frames_done = js.frames_done
+    st.device = js.device
     st.eta_s = -1.0 if js.eta_s is None else float(js.eta_s)
     st.message = js.message
     st.state = js.state

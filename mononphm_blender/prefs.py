@@ -143,7 +143,8 @@ def status_text() -> str:
     if STATE.info:
         info = STATE.info
         devices = ", ".join(info.get("devices") or []) or "none"
-        return f"Backend {info.get('backend')} · torch {info.get('torch') or 'missing'} · devices: {devices}"
+        auto = f" (auto: {info['auto_device']})" if info.get("auto_device") else ""
+        return f"Backend {info.get('backend')} · torch {info.get('torch') or 'missing'} · devices: {devices}{auto}"
     if STATE.error:
         return STATE.error
     return "Backend not checked yet"

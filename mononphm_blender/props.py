@@ -61,6 +61,7 @@ class MONONPHM_PG_job(bpy.types.PropertyGroup):
     done: IntProperty(default=0)
     total: IntProperty(default=0)
     frames_done: IntProperty(default=0)
+    device: StringProperty(default="")  # the device the backend computes on (its device event)
     eta_s: FloatProperty(default=-1.0)
     message: StringProperty(default="")
     error: StringProperty(default="")

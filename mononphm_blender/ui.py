@@ -100,7 +100,7 @@ class MONONPHM_PT_track(_Panel, bpy.types.Panel):
                 layout.progress(factor=st.progress, type="BAR", text=text)
             else:
                 layout.label(text=text)
-            layout.label(text=f"Frames done: {st.frames_done}")
+            layout.label(text=f"Frames done: {st.frames_done}" + (f" · on {st.device}" if st.device else ""))
             if st.warning:
                 layout.label(text=st.warning, icon="ERROR")
             layout.operator("mononphm.cancel", icon="CANCEL")

@@ -57,6 +57,7 @@ def test_progress_job_imports_frames(scene, tmp_path, fake_backend, monkeypatch)
     _tick_until(done)
     assert s.job.state == "FINISHED", (s.job.error, open(s.job.log_path).read())
     assert s.job.frames_done == 8 and s.job.progress == 1.0
+    assert s.job.device == "cpu (fake CPU)"   # the backend's device event reaches the panel
     assert any(0 < d < 8 for d, _ in seen) or (8, 8) in seen
     head = next(o for o in bpy.data.objects if o.get("mononphm_role") == "head")
     assert len(head.data.shape_keys.key_blocks) == 9

@@ -44,6 +44,7 @@ class JobStatus:
     exit_code: int | None = None
     result_path: str = ""
     warnings: list[str] = field(default_factory=list)
+    device: str = ""  # the device the run computes on, from the backend's device event, e.g. "cuda (NVIDIA H100)"
 
     @property
     def finished(self) -> bool:
@@ -250,6 +251,8 @@ class BackendJob:
                 st.frames_done = max(st.frames_done, st.done)
         elif event.type == "warning":
             st.warnings.append(str(event.get("message", "")))
+        elif event.type == "device":
+            st.device = f"{event.get('device')} ({event.get('name')})"
         elif event.type == "result":
             st.result_path = str(event.get("path") or "")
             st.frames_done = int(event.get("frames_done") or st.frames_done)

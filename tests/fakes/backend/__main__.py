@@ -27,7 +27,7 @@ from fakes.packages import frame_vertices, grid_head, landmark_error, pose  # no
 def main() -> int:
     if "--version" in sys.argv:
         print(json.dumps({"protocol": PROTOCOL_VERSION, "backend": __version__, "python": sys.version.split()[0],
-                          "torch": None, "devices": ["cpu"], "models": []}))
+                          "torch": None, "devices": ["cpu"], "auto_device": "cpu", "models": []}))
         return 0
     parser = argparse.ArgumentParser()
     parser.add_argument("command")
@@ -42,6 +42,7 @@ def main() -> int:
     delay = float(os.environ.get("FAKE_DELAY", "0.01"))
     events = EventWriter()
     events.hello(__version__)
+    events.device("cpu", "fake CPU")
 
     def on_term(signum, frame):
         raise Cancelled("cancelled", "Finished frames are kept.")

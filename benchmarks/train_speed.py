@@ -73,7 +73,8 @@ def main():
         cfg = presets()[name]
         model = build_model(cfg, torch.zeros(cfg.n_anchors, 3))
         n_par = sum(p.numel() for p in model.parameters())
-        rec = {"host": host, "preset": name, "threads": a.threads, "params": n_par, "mb_float32": round(n_par * 4 / 1e6, 2)}
+        rec = {"host": host, "preset": name, "threads": a.threads, "params": n_par,
+               "mb_float32": round(n_par * 4 / 1e6, 2)}
         rec.update({k: round(v) for k, v in bench_inference(model).items()})
         try:
             from backend.training.train import Trainer, parse_args

@@ -118,5 +118,5 @@ def _measure(model, points: int, rounds: int) -> dict:
         field.grouped = saved
     diff = max(float((a - b).abs().max()) / max(1.0, float(a.abs().max()))
                for a, b in zip(outputs[True], outputs[False]))
-    return {"grouped": prefer_grouped(best[True], best[False], diff), "grouped_s": round(best[True], 4), "blocked_s": round(best[False], 4),
-            "max_diff": diff}
+    return {"grouped": prefer_grouped(best[True], best[False], diff), "grouped_s": round(best[True], 4),
+            "blocked_s": round(best[False], 4), "max_diff": diff}

@@ -20,6 +20,13 @@ each run of this one, same settings (an older backend may report no stage timing
 Every figure is printed beside the host (``host.describe_host``: CPU, its flags, torch's kernel level, fp32 matmul
 peak, load average).  The LAST stdout line is one JSON object: {"host", "runs": [{"preset", "wall_s",
 "s_per_frame", "stages": {stage: s}, ...}]}.
+
+Figures (2026-12-06, the AVX-512/AMX 2-core host shared at a load average of 8-10, so A/Bs only): draft
+``--output both`` 0:12, 1 thread, the branch start (cb6fed3) vs the device/per-frame-mesh changes: 69.1 vs 51.8 s
+wall, every frame array bit-identical; the new run's stages: start-up 2.2, identity 32.8, fitting 4.7, shape-key
+vertices 2.0, per-frame meshes 5.8, USD 0.3 s.  The README's per-preset table comes from this benchmark's former
+version (per-frame tracking only, 512 px, 2 threads, idle host, 2026-11-25: draft 0.50-0.55 s/frame, standard
+0.92-1.06; --threads 1: draft 0.72, standard 1.33; identity stage 12-17 s).
 """
 from __future__ import annotations
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import traceback
 from pathlib import Path
 
 from . import __version__
-from .protocol import BackendError, BadInputError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION
+from .protocol import (BackendError, BadInputError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION,
+                       install_cancel_handler)
 
 PRESETS = ("draft", "standard", "high")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "models" / "builtin"
+THREADS_HELP = "CPU threads for torch (0 = auto: 2 on machines with 4 or more logical CPUs, else 1)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,32 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     track = sub.add_parser("track", help="track a clip and write a result package")
     track.add_argument("input", help="video file (mp4, mov, mkv, webm, gif), image folder, or single image")
     track.add_argument("--out", required=True, help="result package folder (created, or resumed if it exists)")
-    track.add_argument("--frames", default=None, metavar="A:B:STEP",
-                       help="Python slice of 0-based source frame indices (default: all)")
-    track.add_argument("--max-size", type=int, default=512, metavar="PX",
-                       help="downscale so the longer image side is at most PX (intrinsics follow); 0 = keep")
-    intr = track.add_argument_group("camera intrinsics (pixels of the source video); default: --fov")
-    for name in ("fx", "fy", "cx", "cy"):
-        intr.add_argument(f"--{name}", type=float, default=None)
-    intr.add_argument("--fov", type=float, default=None, metavar="DEG",
-                      help="horizontal field of view when fx is not given (default 50)")
-    track.add_argument("--preset", choices=PRESETS, default="standard", help="speed/quality trade-off")
-    track.add_argument("--output", choices=("shape_keys", "meshes", "both"), default="shape_keys",
-                       help="fixed-topology shape keys, per-frame meshes (USD), or both")
-    track.add_argument("--model", default=None,
-                       help="project model folder (default: the built-in model)")
-    track.add_argument("--official-checkpoint", default=None, metavar="EXP_DIR",
-                       help="official MonoNPHM experiment folder (configs.yaml + checkpoints/)")
-    track.add_argument("--checkpoint-epoch", type=int, default=None, help="epoch of the official checkpoint")
-    track.add_argument("--mean-anchors", default=None, metavar="NPY",
-                       help="official anchors_65.npy (required with --official-checkpoint)")
-    track.add_argument("--device", choices=DEVICES, default="auto")
-    track.add_argument("--threads", type=int, default=0,
-                       help="CPU threads for torch (0 = auto: 2 on machines with 4 or more logical CPUs, else 1)")
-    track.add_argument("--overwrite", action="store_true",
-                       help="re-track frames already in the package (keeps the fitted identity)")
-    track.add_argument("--detector", choices=("mediapipe", "face-alignment"), default="mediapipe")
-    track.add_argument("--seed", type=int, default=0)
+    add_track_flags(track)
+
+    batch = sub.add_parser("batch", help="track many clips as Ray tasks, locally or on a cluster (needs Ray)")
+    batch.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="clips as for track (video, image folder, image), or @LIST.txt with one per line")
+    batch.add_argument("--out-root", required=True, metavar="DIR",
+                        help="one result package per clip in DIR/<name>/ (finished ones skipped, partial resumed)")
+    batch.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="join this Ray cluster (inputs and DIR on storage every node sees); default: local Ray")
+    batch.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="local Ray: clips tracked at once (default: logical CPUs // --threads)")
+    add_track_flags(batch, threads_help="torch threads per clip, also the CPUs each clip reserves (default 1)")
 
     validate = sub.add_parser("validate", help="check a result package and print a summary")
     validate.add_argument("package")
@@ -64,6 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands `train ...` to backend.training.train before parsing.
     sub.add_parser("train", help="train a MonoNPHM model on synthetic heads (python -m backend train --help)")
     return parser
+
+
+def add_track_flags(parser: argparse.ArgumentParser, threads_help: str = THREADS_HELP) -> None:
+    """The tracking flags, shared by ``track`` and ``batch`` (which applies them to every clip)."""
+    parser.add_argument("--frames", default=None, metavar="A:B:STEP",
+                        help="Python slice of 0-based source frame indices (default: all)")
+    parser.add_argument("--max-size", type=int, default=512, metavar="PX",
+                        help="downscale so the longer image side is at most PX (intrinsics follow); 0 = keep")
+    intr = parser.add_argument_group("camera intrinsics (pixels of the source video); default: --fov")
+    for name in ("fx", "fy", "cx", "cy"):
+        intr.add_argument(f"--{name}", type=float, default=None)
+    intr.add_argument("--fov", type=float, default=None, metavar="DEG",
+                      help="horizontal field of view when fx is not given (default 50)")
+    parser.add_argument("--preset", choices=PRESETS, default="standard", help="speed/quality trade-off")
+    parser.add_argument("--output", choices=("shape_keys", "meshes", "both"), default="shape_keys",
+                        help="fixed-topology shape keys, per-frame meshes (USD), or both")
+    parser.add_argument("--model", default=None,
+                        help="project model folder (default: the built-in model)")
+    parser.add_argument("--official-checkpoint", default=None, metavar="EXP_DIR",
+                        help="official MonoNPHM experiment folder (configs.yaml + checkpoints/)")
+    parser.add_argument("--checkpoint-epoch", type=int, default=None, help="epoch of the official checkpoint")
+    parser.add_argument("--mean-anchors", default=None, metavar="NPY",
+                        help="official anchors_65.npy (required with --official-checkpoint)")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--threads", type=int, default=0, help=threads_help)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="re-track frames already in the package (keeps the fitted identity)")
+    parser.add_argument("--detector", choices=("mediapipe", "face-alignment"), default="mediapipe")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def available_devices() -> list[str]:
@@ -113,15 +129,6 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def _install_cancel_handler() -> None:
-    def on_term(signum, frame):  # noqa: ARG001 - signal API
-        raise Cancelled("cancelled", "Finished frames are kept; run the same command again to resume.")
-
-    signal.signal(signal.SIGTERM, on_term)
-    if hasattr(signal, "SIGBREAK"):  # Windows CTRL_BREAK_EVENT from the add-on's Cancel
-        signal.signal(signal.SIGBREAK, on_term)
-
-
 def _run_validate(args, events: EventWriter) -> None:
     from .result_format import ResultPackage
 
@@ -152,23 +159,28 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.BAD_INPUT
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     events = EventWriter()
-    _install_cancel_handler()
+    install_cancel_handler()
     try:
         events.hello(__version__)
         if args.command == "validate":
             _run_validate(args, events)
-        elif args.command == "track":
-            from .tracking import run_track
-
+        elif args.command in ("track", "batch"):
             args.device = resolve_device(args.device)
             if args.device not in TRACKING_DEVICES:
                 events.warning(f"Tracking does not use '{args.device}' in this version: it runs on the CPU.",
                                code="device_fallback")
                 args.device = "cpu"
-            path = run_track(args, events)
-            from .result_format import read_manifest
+            if args.command == "batch":
+                from .batch import run_batch
 
-            events.result(str(path), len(read_manifest(path)["frames"]))
+                root, frames = run_batch(args, events)
+                events.result(str(root), frames)
+            else:
+                from .result_format import read_manifest
+                from .tracking import run_track
+
+                path = run_track(args, events)
+                events.result(str(path), len(read_manifest(path)["frames"]))
         return ExitCode.OK
     except (Cancelled, KeyboardInterrupt):
         events.error("Cancelled.", "Finished frames are kept; run the same command again to resume.",

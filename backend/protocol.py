@@ -10,19 +10,27 @@ Every line the backend prints on stdout is one JSON object with a ``"type"`` key
 - ``result``: ``path`` (the result package), ``frames_done``
 - ``error``: ``message``, ``hint``, ``code``
 - ``hello`` (first line of every run): ``protocol``, ``backend``
+- ``clip_state`` (``batch``): ``clip``, ``state`` (one of ``CLIP_STATES``), ``path``, ``host``, ``pid``
+
+Version 2 (``batch``) adds the ``clip_state`` event and a ``clip`` field on the events of one clip of a batch; a
+version-1 reader parses every line (it ignores unknown types and fields), so readers accept
+``COMPATIBLE_PROTOCOLS``.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+COMPATIBLE_PROTOCOLS = (1, 2)  # versions whose streams this module parses (each one only adds to the last)
+CLIP_STATES = ("running", "complete", "skipped", "failed")
 
 
 class ExitCode(enum.IntEnum):
@@ -60,6 +68,19 @@ class Cancelled(BackendError):
     code = "cancelled"
 
 
+def install_cancel_handler() -> None:
+    """SIGTERM (and CTRL_BREAK on Windows: the add-on's Cancel) raise Cancelled in the main thread.
+
+    Call it again after a library that installs its own SIGTERM handler (Ray's driver does in ``ray.init``).
+    """
+    def on_term(signum, frame):  # noqa: ARG001 - signal API
+        raise Cancelled("cancelled", "Finished frames are kept; run the same command again to resume.")
+
+    signal.signal(signal.SIGTERM, on_term)
+    if hasattr(signal, "SIGBREAK"):
+        signal.signal(signal.SIGBREAK, on_term)
+
+
 class _EtaEstimator:
     """Per-stage ETA from the average time per finished unit since the stage began."""
 
@@ -80,15 +101,19 @@ class _EtaEstimator:
 
 
 class EventWriter:
-    """Writes protocol events as JSON lines; thread-safe; flushes every line."""
+    """Writes protocol events as JSON lines; thread-safe; flushes every line.
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    ``clip``: the batch clip these events belong to (added to every event as its ``clip`` field), or None.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, clip: str | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout
         self._lock = threading.Lock()
         self._eta = _EtaEstimator()
+        self._clip = {} if clip is None else {"clip": clip}
 
     def emit(self, type_: str, **fields: Any) -> None:
-        line = json.dumps({"type": type_, **fields}, allow_nan=False, default=_json_default)
+        line = json.dumps({"type": type_, **fields, **self._clip}, allow_nan=False, default=_json_default)
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()
@@ -110,6 +135,11 @@ class EventWriter:
 
     def error(self, message: str, hint: str = "", code: str = "internal") -> None:
         self.emit("error", message=message, hint=hint, code=code)
+
+    def clip_state(self, clip: str, state: str, path: str, host: str | None = None, pid: int | None = None) -> None:
+        if state not in CLIP_STATES:
+            raise ValueError(f"clip state {state!r} not in {CLIP_STATES}")
+        self.emit("clip_state", clip=clip, state=state, path=str(path), host=host, pid=pid)
 
 
 def _json_default(value: Any) -> Any:

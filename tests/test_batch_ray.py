@@ -1,0 +1,178 @@
+"""``python -m backend batch`` on a two-node Ray cluster started here (1 CPU each): packages equal single-process
+runs, a killed worker's clip is retried, a cancelled batch resumes; input naming without Ray."""
+import argparse
+import io
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from backend.batch.inputs import assign_folders, expand_inputs
+from backend.protocol import BadInputError, Cancelled, EventWriter, parse_line
+from backend.result_format import ResultPackage
+from test_tracking_pipeline import TINY, clip, tiny_model  # noqa: F401 - fixtures
+
+FRAMES = "0:3"
+
+
+def _track_args(model, **kw):
+    a = argparse.Namespace(frames=FRAMES, max_size=160, fx=None, fy=None, cx=None, cy=None, fov=None, preset="draft",
+                           output="shape_keys", model=str(model), official_checkpoint=None, checkpoint_epoch=None,
+                           mean_anchors=None, device="cpu", threads=1, overwrite=False, detector="mediapipe", seed=0,
+                           preset_overrides=dict(TINY))
+    vars(a).update(kw)
+    return a
+
+
+class _Stream(io.StringIO):
+    """Collects the batch's protocol lines; ``on_event(event)`` may act on each (kill a worker, cancel)."""
+
+    def __init__(self, on_event=None):
+        super().__init__()
+        self.events, self.on_event = [], on_event
+
+    def write(self, text):
+        event = parse_line(text)
+        if event is not None:
+            self.events.append(event)
+            if self.on_event is not None:
+                self.on_event(event)
+        return len(text)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                      "object_store_memory": 80 * 2**20})
+    c.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clips(clip, tmp_path_factory):  # noqa: F811 - the imported fixture
+    """The test clip as a video, and the same frames mirrored as an image folder (another input kind)."""
+    import av
+
+    folder = tmp_path_factory.mktemp("frames") / "mirrored"
+    folder.mkdir()
+    with av.open(str(clip)) as c:
+        for k, frame in enumerate(c.decode(video=0)):
+            av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24")[:, ::-1].copy(), format="rgb24") \
+                .to_image().save(folder / f"f{k:03d}.png")
+    return [clip, folder]
+
+
+@pytest.fixture(scope="module")
+def singles(clips, tiny_model, tmp_path_factory):  # noqa: F811
+    """Each clip tracked in this process, one after the other (the reference)."""
+    from backend.tracking import run_track
+
+    root = tmp_path_factory.mktemp("single")
+    return [ResultPackage(run_track(_track_args(tiny_model, input=str(c), out=str(root / c.stem)), None))
+            for c in clips]
+
+
+def _batch(inputs, out_root, model, cluster, stream, **kw):
+    from backend.batch import run_batch
+
+    args = _track_args(model, inputs=[str(i) for i in inputs], out_root=str(out_root), ray_address=cluster.address,
+                       workers=0, **kw)
+    return run_batch(args, EventWriter(stream))
+
+
+def _same(a: ResultPackage, b: ResultPackage, exact: bool):
+    fa, fb = a.frame_arrays(), b.frame_arrays()
+    assert sorted(fa) == sorted(fb) and [f["index"] for f in a.frames] == [f["index"] for f in b.frames]
+    for key in fa:
+        if exact:
+            assert np.array_equal(fa[key], fb[key]), key
+        else:
+            assert np.allclose(fa[key], fb[key], atol=1e-4), key
+
+
+def test_two_clips_match_single_runs_and_a_killed_worker_is_retried(clips, singles, tiny_model, cluster, tmp_path):
+    killed = []
+
+    def kill_first_worker(event):  # the first clip's worker dies while it fits the identity
+        if event.type == "progress" and event.get("clip") == "clip" and event.get("stage") == "identity" \
+                and not killed:
+            pid = next(e.get("pid") for e in stream.events if e.type == "clip_state" and e.get("clip") == "clip")
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    stream = _Stream(kill_first_worker)
+    root, frames = _batch(clips, tmp_path / "out", tiny_model, cluster, stream)
+    assert killed and frames == 6
+    running = [e for e in stream.events if e.type == "clip_state" and e.get("state") == "running"]
+    pids = [e.get("pid") for e in running if e.get("clip") == "clip"]
+    assert len(pids) == 2 and pids[0] == killed[0] != pids[1]          # retried in a new worker
+    assert {e.get("clip") for e in stream.events if e.type == "result"} == {"clip", "mirrored"}
+    assert not [e for e in stream.events if e.type == "error"]
+    for single, name in zip(singles, ("clip", "mirrored")):
+        pkg = ResultPackage(root / name)
+        assert pkg.manifest["state"] == "complete"
+        _same(pkg, single, exact=True)  # deterministic single-thread runs: bit-identical
+
+
+def test_cancelled_batch_resumes(clips, singles, tiny_model, cluster, tmp_path):
+    def cancel_in_refinement(event):
+        if event.type == "progress" and event.get("stage") == "refine":
+            raise Cancelled("cancelled")
+
+    with pytest.raises(Cancelled):
+        _batch(clips[:1], tmp_path / "out", tiny_model, cluster, _Stream(cancel_in_refinement))
+    cut = ResultPackage(tmp_path / "out" / "clip")
+    assert cut.manifest["state"] == "cancelled" and len(cut.frames) == 3     # every fitted frame was kept
+    stream = _Stream()
+    _batch(clips[:1], tmp_path / "out", tiny_model, cluster, stream)
+    progress = [e for e in stream.events if e.type == "progress" and e.get("clip") == "clip"]
+    assert "refine" in {e.get("stage") for e in progress}                     # resumed after the per-frame fits:
+    assert "tracking" not in {e.get("stage") for e in progress}               # none re-fitted, identity loaded
+    assert [e.get("message") for e in progress if e.get("stage") == "identity"] == ["identity loaded from the package"]
+    _same(ResultPackage(tmp_path / "out" / "clip"), singles[0], exact=False)
+    stream = _Stream()
+    _batch(clips[:1], tmp_path / "out", tiny_model, cluster, stream)        # finished: skipped
+    assert [e.get("state") for e in stream.events if e.type == "clip_state"] == ["skipped"]
+
+
+def test_input_lists_and_distinct_folders(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "take.mp4").write_bytes(b"")
+    (tmp_path / "b" / "seq").mkdir()
+    listing = tmp_path / "list.txt"
+    listing.write_text("# takes\nb/take.mp4\n\nb/seq\n")
+    sources = expand_inputs([str(tmp_path / "a" / "take.mp4"), f"@{listing}", str(tmp_path / "a" / "take.mp4")])
+    assert sources == [tmp_path / "a" / "take.mp4", tmp_path / "b" / "take.mp4", tmp_path / "b" / "seq"]
+    out = tmp_path / "out"
+    (out / "take").mkdir(parents=True)
+    (out / "take" / "notes.txt").write_text("not a package")   # a foreign folder is never written into
+    assert [c.name for c in assign_folders(sources, out)] == ["take-2", "take-3", "seq"]
+    # a package already written for b/take.mp4 keeps its folder whatever the order of the inputs
+    (out / "take-3").mkdir()
+    (out / "take-3" / "manifest.json").write_text(json.dumps(
+        {"format": "mononphm-result", "version": 1, "source": {"path": str(sources[1])}, "fps": 25,
+         "image_size": [1, 1], "intrinsics": {}, "frames": [], "state": "cancelled"}))
+    assert {c.source: c.name for c in assign_folders(sources[::-1], out)} == \
+        {sources[0]: "take-2", sources[1]: "take-3", sources[2]: "seq"}
+    with pytest.raises(BadInputError, match="input not found"):
+        expand_inputs([str(tmp_path / "missing.mov")])
+
+
+def test_cli_refuses_workers_on_a_cluster(tmp_path, capsys):
+    from backend.cli import main
+
+    video = tmp_path / "take.mp4"
+    video.write_bytes(b"")
+    code = main(["batch", str(video), "--out-root", str(tmp_path / "out"), "--ray-address", "head:6379",
+                 "--workers", "2"])
+    error = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
+    assert code == 2 and error["type"] == "error" and "--workers" in error["message"]
+    assert not (tmp_path / "out").exists()

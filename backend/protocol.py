@@ -10,7 +10,8 @@ Every line the backend prints on stdout is one JSON object with a ``"type"`` key
 - ``result``: ``path`` (the result package), ``frames_done``
 - ``error``: ``message``, ``hint``, ``code``
 - ``hello`` (first line of every run): ``protocol``, ``backend``
-- ``clip_state`` (``batch``): ``clip``, ``state`` (one of ``CLIP_STATES``), ``path``, ``host``, ``pid``
+- ``clip_state`` (``batch``): ``clip``, ``state`` (one of ``CLIP_STATES``), ``path`` (its package), ``source``
+  (its input), ``host`` and ``pid`` (of the worker, when running)
 
 Version 2 (``batch``) adds the ``clip_state`` event and a ``clip`` field on the events of one clip of a batch; a
 version-1 reader parses every line (it ignores unknown types and fields), so readers accept
@@ -136,10 +137,11 @@ class EventWriter:
     def error(self, message: str, hint: str = "", code: str = "internal") -> None:
         self.emit("error", message=message, hint=hint, code=code)
 
-    def clip_state(self, clip: str, state: str, path: str, host: str | None = None, pid: int | None = None) -> None:
+    def clip_state(self, clip: str, state: str, path: str, source: str, host: str | None = None,
+                   pid: int | None = None) -> None:
         if state not in CLIP_STATES:
             raise ValueError(f"clip state {state!r} not in {CLIP_STATES}")
-        self.emit("clip_state", clip=clip, state=state, path=str(path), host=host, pid=pid)
+        self.emit("clip_state", clip=clip, state=state, path=str(path), source=str(source), host=host, pid=pid)
 
 
 def _json_default(value: Any) -> Any:

@@ -8,21 +8,22 @@ from __future__ import annotations
 if "bpy" in locals():  # F8 / re-enable: reload submodules
     import importlib
 
-    for _name in ("contracts", "props", "prefs", "importer", "job_control", "ops", "ui"):
+    for _name in ("contracts", "props", "prefs", "importer", "job_control", "ops", "ui", "batch_queue"):
         if _name in locals():
             importlib.reload(locals()[_name])
 
 import bpy  # noqa: E402
 
-from . import job_control, ops, prefs, props, ui  # noqa: E402
+from . import batch_queue, job_control, ops, prefs, props, ui  # noqa: E402
 
-_classes = props.classes + prefs.classes + ops.classes + ui.classes
+_classes = props.classes + prefs.classes + ops.classes + ui.classes + batch_queue.classes
 
 
 def register() -> None:
     for cls in _classes:
         bpy.utils.register_class(cls)
     props.register_props()
+    batch_queue.register()
     bpy.types.TOPBAR_MT_file_import.append(ops.menu_import)
     job_control.register()
 
@@ -30,6 +31,7 @@ def register() -> None:
 def unregister() -> None:
     job_control.unregister()
     bpy.types.TOPBAR_MT_file_import.remove(ops.menu_import)
+    batch_queue.unregister()
     props.unregister_props()
     for cls in reversed(_classes):
         bpy.utils.unregister_class(cls)

@@ -46,6 +46,26 @@ def _say(level: str, text: str) -> None:
 
 # --- starting ---------------------------------------------------------------------------------------------------
 
+def movie_clip_input(clip) -> str:
+    """The backend input of a Movie Clip: its video file, or the folder of its image sequence."""
+    path = bpy.path.abspath(clip.filepath)
+    return os.path.dirname(path) if clip.source == "SEQUENCE" else path
+
+
+def tracking_settings(context, scene) -> dict:
+    """Preset, output, device and model of the scene's settings as TrackRequest fields; raises ValueError."""
+    s = scene.mononphm
+    settings = {"preset": s.preset, "output": s.output_mode, "device": prefs.get_prefs(context).device}
+    if s.model == "OFFICIAL":
+        settings.update(official_checkpoint=bpy.path.abspath(s.official_dir),
+                        mean_anchors=bpy.path.abspath(s.mean_anchors), checkpoint_epoch=s.checkpoint_epoch or None)
+        if not settings["official_checkpoint"] or not os.path.isdir(settings["official_checkpoint"]):
+            raise ValueError("Choose the official checkpoint folder")
+        if not settings["mean_anchors"] or not os.path.isfile(settings["mean_anchors"]):
+            raise ValueError("Choose the mean anchors file (anchors_65.npy) of the official checkpoint")
+    return settings
+
+
 def build_request(context, scene, *, frames: str | None = None, overwrite: bool = False) -> command.TrackRequest:
     """A TrackRequest from the scene settings; raises ValueError with a user-facing message."""
     from .blender import scene as scenes
@@ -56,9 +76,7 @@ def build_request(context, scene, *, frames: str | None = None, overwrite: bool 
         clip = s.clip
         if clip is None:
             raise ValueError("Choose a Movie Clip (or switch the input to a file)")
-        input_path = bpy.path.abspath(clip.filepath)
-        if clip.source == "SEQUENCE":
-            input_path = os.path.dirname(input_path)
+        input_path = movie_clip_input(clip)
         intr = scenes.clip_intrinsics(clip)
         intrinsics = {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy}
         clip_start = int(clip.frame_start)
@@ -75,18 +93,8 @@ def build_request(context, scene, *, frames: str | None = None, overwrite: bool 
             frames = command.frames_arg(s.frame_start - clip_start, s.frame_end - clip_start, s.stride)
         else:
             frames = command.frames_arg(None, None, s.stride)
-    req = command.TrackRequest(input_path=input_path, out_dir=out_dir, frames=frames, preset=s.preset,
-                               output=s.output_mode, device=prefs.get_prefs(context).device,
-                               intrinsics=intrinsics, overwrite=overwrite)
-    if s.model == "OFFICIAL":
-        req.official_checkpoint = bpy.path.abspath(s.official_dir)
-        req.mean_anchors = bpy.path.abspath(s.mean_anchors)
-        req.checkpoint_epoch = s.checkpoint_epoch or None
-        if not req.official_checkpoint or not os.path.isdir(req.official_checkpoint):
-            raise ValueError("Choose the official checkpoint folder")
-        if not req.mean_anchors or not os.path.isfile(req.mean_anchors):
-            raise ValueError("Choose the mean anchors file (anchors_65.npy) of the official checkpoint")
-    return req
+    return command.TrackRequest(input_path=input_path, out_dir=out_dir, frames=frames, intrinsics=intrinsics,
+                                overwrite=overwrite, **tracking_settings(context, scene))
 
 
 def start_track(context, scene=None, *, frames: str | None = None, overwrite: bool = False,

@@ -105,7 +105,7 @@ def track_clip(track_args: argparse.Namespace, clip: str, relay) -> int:
     from ..tracking import run_track
 
     events = EventWriter(_RelayStream(relay), clip=clip)
-    events.clip_state(clip, "running", track_args.out, socket.gethostname(), os.getpid())
+    events.clip_state(clip, "running", track_args.out, track_args.input, socket.gethostname(), os.getpid())
     path = run_track(track_args, events)
     return len(read_manifest(path)["frames"])
 
@@ -198,7 +198,7 @@ def _run_clips(ray, config: BatchConfig, clips: list[BatchClip], args, events: E
     for clip in clips:
         done = None if config.overwrite else _complete_frames(clip)
         if done is not None:
-            events.clip_state(clip.name, "skipped", clip.out)
+            events.clip_state(clip.name, "skipped", clip.out, clip.source)
             finished, frames = finished + 1, frames + done
             continue
         track_args = copy.copy(args)
@@ -257,16 +257,16 @@ def _collect(ray, ref, clip: BatchClip, events: EventWriter) -> int | None:
             events.emit("error", message=f"Internal error: {type(cause).__name__}: {cause}",
                         hint="See the backend log for details and report it with the log attached.",
                         code="internal", clip=clip.name)
-        events.clip_state(clip.name, "failed", clip.out)
+        events.clip_state(clip.name, "failed", clip.out, clip.source)
         return None
     except RayError as exc:  # its worker died more often than MAX_RETRIES
         events.emit("error", message=f"the worker tracking {clip.name} stopped {MAX_RETRIES + 1} times ({exc})",
                     hint="Check the nodes' memory and logs; run the same command again to resume the clip.",
                     code="internal", clip=clip.name)
-        events.clip_state(clip.name, "failed", clip.out)
+        events.clip_state(clip.name, "failed", clip.out, clip.source)
         return None
     events.emit("result", path=str(clip.out), frames_done=frames, clip=clip.name)
-    events.clip_state(clip.name, "complete", clip.out)
+    events.clip_state(clip.name, "complete", clip.out, clip.source)
     return frames
 
 

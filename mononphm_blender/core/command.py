@@ -44,14 +44,29 @@ class TrackRequest:
 
 def track_argv(python: str, req: TrackRequest) -> list[str]:
     """``python -m backend track …`` for a request (see backend/cli.py for every flag)."""
+    return [str(python), "-m", "backend", "track", str(req.input_path), "--out", str(req.out_dir)] + track_flags(req)
+
+
+def batch_argv(python: str, inputs: list[str], out_root: str, req: TrackRequest, workers: int = 0) -> list[str]:
+    """``python -m backend batch INPUTS… --out-root DIR`` with ``req``'s flags for every clip (its input and output
+    folder are not used; ``workers`` 0 lets the backend choose)."""
+    if not inputs:
+        raise ValueError("the batch queue is empty")
+    argv = [str(python), "-m", "backend", "batch", *map(str, inputs), "--out-root", str(out_root)]
+    if workers:
+        argv += ["--workers", str(int(workers))]
+    return argv + track_flags(req)
+
+
+def track_flags(req: TrackRequest) -> list[str]:
+    """The tracking flags of a request, shared by ``track`` and ``batch``."""
     if req.preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}")
     if req.output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}")
     if req.device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}")
-    argv = [str(python), "-m", "backend", "track", str(req.input_path), "--out", str(req.out_dir),
-            "--preset", req.preset, "--output", req.output, "--device", req.device]
+    argv = ["--preset", req.preset, "--output", req.output, "--device", req.device]
     if req.frames:
         argv += ["--frames", req.frames]
     if req.intrinsics:

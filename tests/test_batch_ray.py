@@ -142,6 +142,24 @@ def test_cancelled_batch_resumes(clips, singles, tiny_model, cluster, tmp_path):
     assert [e.get("state") for e in stream.events if e.type == "clip_state"] == ["skipped"]
 
 
+def test_storage_every_node_must_see(cluster, tmp_path):
+    import ray
+
+    from backend.batch.driver import check_shared_storage
+
+    seen = tmp_path / "take.mp4"
+    seen.write_bytes(b"")
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    try:
+        check_shared_storage(ray, tmp_path / "out", [seen])          # both nodes see both paths
+        with pytest.raises(BadInputError) as refused:                # a path one node lacks (here: every node)
+            check_shared_storage(ray, tmp_path / "out", [seen, tmp_path / "elsewhere.mp4"])
+    finally:
+        ray.shutdown()
+    assert "elsewhere.mp4" in refused.value.message and "node" in refused.value.message
+    assert "every node mounts" in refused.value.hint and not list((tmp_path / "out").iterdir())  # probe removed
+
+
 def test_input_lists_and_distinct_folders(tmp_path):
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
@@ -166,13 +184,14 @@ def test_input_lists_and_distinct_folders(tmp_path):
         expand_inputs([str(tmp_path / "missing.mov")])
 
 
-def test_cli_refuses_workers_on_a_cluster(tmp_path, capsys):
+@pytest.mark.parametrize("flags,message", [(["--ray-address", "head:6379", "--workers", "2"], "--workers"),
+                                           (["--ray-address", "127.0.0.1:1"], "cannot reach")])
+def test_cli_refuses_bad_cluster_settings(tmp_path, capsys, flags, message):
     from backend.cli import main
 
     video = tmp_path / "take.mp4"
     video.write_bytes(b"")
-    code = main(["batch", str(video), "--out-root", str(tmp_path / "out"), "--ray-address", "head:6379",
-                 "--workers", "2"])
+    code = main(["batch", str(video), "--out-root", str(tmp_path / "out")] + flags)
     error = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
-    assert code == 2 and error["type"] == "error" and "--workers" in error["message"]
+    assert code == 2 and error["type"] == "error" and message in error["message"]
     assert not (tmp_path / "out").exists()

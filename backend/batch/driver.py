@@ -34,6 +34,7 @@ log = logging.getLogger("backend.batch")
 MAX_RETRIES = 3                   # attempts after a worker process died (node lost, out of memory, killed)
 CANCEL_GRACE_S = 10.0             # running tasks get this long to mark their packages cancelled
 POLL_S = 0.2                      # how often the driver relays events
+CONNECT_TIMEOUT_S = 10.0          # a cluster address that does not answer within this is refused
 OBJECT_STORE_BYTES = 80 * 2**20   # local Ray: only events and frame counts travel through it (Ray's minimum 75 MB)
 RAY_MISSING_HINT = "Install the batch requirements into the backend environment: pip install -r requirements-batch.txt"
 
@@ -138,6 +139,20 @@ def run_batch(args: argparse.Namespace, events: EventWriter) -> tuple[Path, int]
             ray.shutdown()
 
 
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast with a clear message when a ``HOST:PORT`` or ``ray://HOST:PORT`` address does not answer (ray.init
+    would retry for minutes); ``auto`` (a node of this machine's cluster) is left to Ray."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BadInputError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc})",
+                            "Check the address (ray://HEAD:10001 for Ray Client, HEAD:6379 on a node of the "
+                            "cluster) and that the head is running and reachable from this machine.") from None
+
+
 def _start_ray(ray, config: BatchConfig) -> None:
     # Workers import torch before the backend could set the OpenMP spin limit, so they get it from the environment.
     env = {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", GOMP_SPINCOUNT)}
@@ -145,6 +160,7 @@ def _start_ray(ray, config: BatchConfig) -> None:
     common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         if config.ray_address:
+            check_reachable(config.ray_address)
             # The cluster's nodes get this backend's code (its built-in model included): results match the driver's.
             ray.init(address=config.ray_address, runtime_env={"py_modules": [backend_dir], "env_vars": env}, **common)
         else:

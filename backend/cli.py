@@ -11,16 +11,11 @@ import json
 import logging
 import sys
 import traceback
-from pathlib import Path
 
-from . import __version__
-from .protocol import (BackendError, BadInputError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION,
-                       install_cancel_handler)
-
-PRESETS = ("draft", "standard", "high")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "models" / "builtin"
-THREADS_HELP = "CPU threads for torch (0 = auto: 2 on machines with 4 or more logical CPUs, else 1)"
+from . import BUILTIN_MODEL_DIR, __version__
+from .contracts.protocol import (BackendError, BadInputError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION,
+                                 install_cancel_handler)
+from .contracts.track_config import TrackConfig, add_track_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,20 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     track = sub.add_parser("track", help="track a clip and write a result package")
-    track.add_argument("input", help="video file (mp4, mov, mkv, webm, gif), image folder, or single image")
-    track.add_argument("--out", required=True, help="result package folder (created, or resumed if it exists)")
-    add_track_flags(track)
+    add_track_arguments(track)  # one flag per TrackConfig field
 
     batch = sub.add_parser("batch", help="track many clips as Ray tasks, locally or on a cluster (needs Ray)")
     batch.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="clips as for track (video, image folder, image), or @LIST.txt with one per line")
+                       help="clips as for track (video, image folder, image), or @LIST.txt with one per line")
     batch.add_argument("--out-root", required=True, metavar="DIR",
-                        help="one result package per clip in DIR/<name>/ (finished ones skipped, partial resumed)")
+                       help="one result package per clip in DIR/<name>/ (finished ones skipped, partial resumed)")
     batch.add_argument("--ray-address", default=None, metavar="ADDR",
-                        help="join this Ray cluster (inputs and DIR on storage every node sees); default: local Ray")
+                       help="join this Ray cluster (inputs and DIR on storage every node sees); default: local Ray")
     batch.add_argument("--workers", type=int, default=0, metavar="N",
-                        help="local Ray: clips tracked at once (default: logical CPUs // --threads)")
-    add_track_flags(batch, threads_help="torch threads per clip, also the CPUs each clip reserves (default 1)")
+                       help="local Ray: clips tracked at once (default: logical CPUs // --threads)")
+    batch.add_argument("--chunk-frames", type=int, default=0, metavar="N",
+                       help="split clips of more than N selected frames into chunks of N on the workers (0: never)")
+    add_track_arguments(batch, exclude=("input", "out"))  # every track flag, for every clip
 
     validate = sub.add_parser("validate", help="check a result package and print a summary")
     validate.add_argument("package")
@@ -51,35 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands `train ...` to backend.training.train before parsing.
     sub.add_parser("train", help="train a MonoNPHM model on synthetic heads (python -m backend train --help)")
     return parser
-
-
-def add_track_flags(parser: argparse.ArgumentParser, threads_help: str = THREADS_HELP) -> None:
-    """The tracking flags, shared by ``track`` and ``batch`` (which applies them to every clip)."""
-    parser.add_argument("--frames", default=None, metavar="A:B:STEP",
-                        help="Python slice of 0-based source frame indices (default: all)")
-    parser.add_argument("--max-size", type=int, default=512, metavar="PX",
-                        help="downscale so the longer image side is at most PX (intrinsics follow); 0 = keep")
-    intr = parser.add_argument_group("camera intrinsics (pixels of the source video); default: --fov")
-    for name in ("fx", "fy", "cx", "cy"):
-        intr.add_argument(f"--{name}", type=float, default=None)
-    intr.add_argument("--fov", type=float, default=None, metavar="DEG",
-                      help="horizontal field of view when fx is not given (default 50)")
-    parser.add_argument("--preset", choices=PRESETS, default="standard", help="speed/quality trade-off")
-    parser.add_argument("--output", choices=("shape_keys", "meshes", "both"), default="shape_keys",
-                        help="fixed-topology shape keys, per-frame meshes (USD), or both")
-    parser.add_argument("--model", default=None,
-                        help="project model folder (default: the built-in model)")
-    parser.add_argument("--official-checkpoint", default=None, metavar="EXP_DIR",
-                        help="official MonoNPHM experiment folder (configs.yaml + checkpoints/)")
-    parser.add_argument("--checkpoint-epoch", type=int, default=None, help="epoch of the official checkpoint")
-    parser.add_argument("--mean-anchors", default=None, metavar="NPY",
-                        help="official anchors_65.npy (required with --official-checkpoint)")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--threads", type=int, default=0, help=threads_help)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="re-track frames already in the package (keeps the fitted identity)")
-    parser.add_argument("--detector", choices=("mediapipe", "face-alignment"), default="mediapipe")
-    parser.add_argument("--seed", type=int, default=0)
 
 
 def available_devices() -> list[str]:
@@ -130,7 +96,7 @@ def resolve_device(name: str) -> str:
 
 
 def _run_validate(args, events: EventWriter) -> None:
-    from .result_format import ResultPackage
+    from .contracts.result_format import ResultPackage
 
     package = ResultPackage(args.package)
     arrays = package.frame_arrays()
@@ -165,22 +131,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             _run_validate(args, events)
         elif args.command in ("track", "batch"):
-            args.device = resolve_device(args.device)
-            if args.device not in TRACKING_DEVICES:
-                events.warning(f"Tracking does not use '{args.device}' in this version: it runs on the CPU.",
+            extra = {"input": "", "out": ""} if args.command == "batch" else {}
+            config = TrackConfig.from_namespace(args, **extra)
+            config.device = resolve_device(config.device)
+            if config.device not in TRACKING_DEVICES:
+                events.warning(f"Tracking does not use '{config.device}' in this version: it runs on the CPU.",
                                code="device_fallback")
-                args.device = "cpu"
+                config.device = "cpu"
             if args.command == "batch":
-                from .batch import run_batch
+                from .batch import BatchConfig, run_batch
 
-                root, frames = run_batch(args, events)
+                batch = BatchConfig.from_namespace(args)
+                root, frames = run_batch(args.inputs, batch, config, events)
                 events.result(str(root), frames)
             else:
-                from .result_format import read_manifest
                 from .tracking import run_track
 
-                path = run_track(args, events)
-                events.result(str(path), len(read_manifest(path)["frames"]))
+                outcome = run_track(config, events)
+                events.result(str(outcome.path), outcome.frames)
         return ExitCode.OK
     except (Cancelled, KeyboardInterrupt):
         events.error("Cancelled.", "Finished frames are kept; run the same command again to resume.",

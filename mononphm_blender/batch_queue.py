@@ -80,8 +80,8 @@ def start_batch(context, scene=None, *, python: str | None = None) -> jobs.Backe
     out_root = bpy.path.abspath(batch.out_root)
     if not out_root or out_root.startswith("//"):
         raise ValueError("Save the .blend first, or choose an absolute output root")
-    req = command.TrackRequest(input_path="", out_dir="", **job_control.tracking_settings(context, scene))
-    argv = command.batch_argv(python, inputs, out_root, req, batch.workers)
+    config = contracts.track_config.TrackConfig(input="", out="", **job_control.tracking_settings(context, scene))
+    argv = command.batch_argv(python, inputs, out_root, config, batch.workers)
     root = contracts.backend_root()
     log = prefs.log_dir(context) / f"batch-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     job = jobs.BackendJob(argv, log_path=log, cwd=str(root), env=command.backend_env(root), out_dir=out_root).start()

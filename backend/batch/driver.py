@@ -1,9 +1,10 @@
-"""``python -m backend batch``: every clip one Ray task writing its own result package; one JSON-lines stream.
+"""``python -m backend batch``: every clip Ray tasks writing its own result package; one JSON-lines stream.
 
 The driver (this process) starts a local Ray with ``--workers`` slots of ``--threads`` CPUs each, or joins a
-cluster (``--ray-address``), submits one task per clip that is not finished yet, and relays the tasks' protocol
-events, tagged with their ``clip``, to stdout. Each task is ``run_track`` on its package folder, so a task that
-starts again (a retry after its worker died, or a re-run of the batch) resumes from the frames its package holds.
+cluster (``--ray-address``), submits the steps of every clip that is not finished yet, and relays the tasks'
+protocol events, tagged with their ``clip``, to stdout. A clip is one task, ``run_track`` on its package folder; a
+long clip (``--chunk-frames``) is several (``chunks``). Every step resumes from what its package holds, so a task
+that starts again (a retry after its worker died, or a re-run of the batch) continues where it stopped.
 
 Ray retries a task whose worker process dies (``MAX_RETRIES``); an error the tracker raises (no face, bad file) is
 reported for that clip and the batch goes on. Cancel (SIGTERM, CTRL_BREAK, Ctrl-C) interrupts every running task,
@@ -12,7 +13,7 @@ which marks its package ``cancelled`` with its finished frames kept; a re-run re
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import logging
 import os
@@ -24,49 +25,50 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..contracts.protocol import BackendError, BadInputError, Cancelled, EventWriter, install_cancel_handler
+from ..contracts.result_format import PackageError, read_manifest
+from ..contracts.track_config import TrackConfig
 from ..openmp_env import GOMP_SPINCOUNT
-from ..protocol import BackendError, BadInputError, Cancelled, EventWriter, install_cancel_handler
-from ..result_format import PackageError, read_manifest
+from . import chunks
 from .inputs import BatchClip, assign_folders, expand_inputs
-
-log = logging.getLogger("backend.batch")
 
 MAX_RETRIES = 3                   # attempts after a worker process died (node lost, out of memory, killed)
 CANCEL_GRACE_S = 10.0             # running tasks get this long to mark their packages cancelled
 POLL_S = 0.2                      # how often the driver relays events
 CONNECT_TIMEOUT_S = 10.0          # a cluster address that does not answer within this is refused
 OBJECT_STORE_BYTES = 80 * 2**20   # local Ray: only events and frame counts travel through it (Ray's minimum 75 MB)
+TRACK, PREPARE, CHUNK, FINISH = "track", "prepare", "chunk", "finish"   # the steps of a clip (``_Batch``)
 RAY_MISSING_HINT = "Install the batch requirements into the backend environment: pip install -r requirements-batch.txt"
 
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """How the batch runs (the track flags travel separately, as for ``track``)."""
+    """How the batch runs; the tracking settings of every clip are one ``TrackConfig`` (its input and out unused)."""
 
     out_root: Path
     """Folder holding one result package per clip; with ``ray_address`` it must be on storage every node mounts."""
     ray_address: str | None = None
-    """Ray cluster to join (``ray://HOST:10001`` or ``HOST:6379``); None starts a local Ray."""
+    """Ray cluster to join (``ray://HOST:10001``, or ``HOST:6379`` on a node); None starts a local Ray."""
     workers: int = 0
-    """Local Ray only: clips tracked at once (0 = logical CPUs // threads)."""
-    threads: int = 1
-    """Torch threads of each task, also the CPUs Ray reserves for it."""
-    overwrite: bool = False
-    """Re-track finished packages too (``track --overwrite``) instead of skipping them."""
+    """Local Ray only: tasks run at once (0 = logical CPUs // threads)."""
+    chunk_frames: int = 0
+    """Clips with more selected frames are tracked in chunks of this many frames on the workers (0 = never)."""
 
-    def local_workers(self) -> int:
-        return self.workers or max(1, (os.cpu_count() or 1) // self.threads)
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> "BatchConfig":
+        if args.workers and args.ray_address:
+            raise BadInputError("--workers applies to the local Ray only",
+                                "Drop --workers: on a cluster, Ray runs as many clips at once as its CPUs allow.")
+        if args.workers < 0 or args.chunk_frames < 0:
+            raise BadInputError("--workers and --chunk-frames must not be negative",
+                                "For example: --workers 2 --chunk-frames 500.")
+        return cls(Path(args.out_root).resolve(), args.ray_address, int(args.workers), int(args.chunk_frames))
 
 
-def config_from_args(args: argparse.Namespace) -> BatchConfig:
-    threads = int(args.threads or 0) or 1
-    if args.workers and args.ray_address:
-        raise BadInputError("--workers applies to the local Ray only",
-                            "Drop --workers: on a cluster, Ray runs as many clips at once as its CPUs allow.")
-    if args.workers < 0 or threads < 0:
-        raise BadInputError("--workers and --threads must be positive", "For example: --workers 2 --threads 1.")
-    return BatchConfig(Path(args.out_root).resolve(), args.ray_address, int(args.workers), threads,
-                       bool(args.overwrite))
+def task_threads(track: TrackConfig) -> int:
+    """Torch threads of each task, also the CPUs Ray reserves for it: ``--threads``, 1 for ``--threads 0`` (tasks
+    share the machine's cores, so one thread each keeps every core busy without oversubscribing it)."""
+    return track.threads or 1
 
 
 # --- the task ---------------------------------------------------------------------------------------------------
@@ -101,39 +103,48 @@ class _RelayStream:
         pass
 
 
-def track_clip(track_args: argparse.Namespace, clip: str, relay) -> int:
-    """Task body: track one clip into its package (resuming it); returns the package's frame count."""
-    from ..tracking import run_track
-
+def run_step(step: str, config: TrackConfig, clip: str, relay, preset, chunk: tuple[int, int, int] | None):
+    """Task body: one step of one clip (see ``_Batch``), its protocol events tagged with the clip."""
     events = EventWriter(_RelayStream(relay), clip=clip)
-    events.clip_state(clip, "running", track_args.out, track_args.input, socket.gethostname(), os.getpid())
-    path = run_track(track_args, events)
-    return len(read_manifest(path)["frames"])
+    events.clip_state(clip, "running", config.out, config.input, socket.gethostname(), os.getpid())
+    if step == TRACK:
+        from ..tracking import run_track
+
+        return run_track(config, events, preset).frames
+    if step == PREPARE:
+        return chunks.prepare_clip(config, events, preset)
+    if step == CHUNK:
+        return chunks.track_chunk(config, *chunk, events, preset)
+    return chunks.finish_clip(config, events, preset)
 
 
 # --- the driver -------------------------------------------------------------------------------------------------
 
-def run_batch(args: argparse.Namespace, events: EventWriter) -> tuple[Path, int]:
-    """Track ``args.inputs`` into packages under ``args.out_root``; ``args`` also holds the track flags.
+def run_batch(inputs: Sequence[str], batch: BatchConfig, track: TrackConfig, events: EventWriter,
+              preset=None) -> tuple[Path, int]:
+    """Track ``inputs`` (paths or ``@list.txt``) into packages under ``batch.out_root``, each with ``track``'s
+    settings (``preset``: the stage settings, as for ``run_track``).
 
     Uses the Ray this process is already connected to, if any (tests, embedding); otherwise starts or joins one and
     shuts it down at the end. Returns the output root and the frames its clips' packages hold; raises BackendError
     when any clip failed.
     """
-    config = config_from_args(args)
-    clips = assign_folders(expand_inputs(args.inputs), config.out_root)
+    if batch.chunk_frames and track.overwrite:
+        raise BadInputError("--overwrite cannot re-track clips in chunks",
+                            "Delete the packages to re-track, or drop --chunk-frames.")
+    clips = assign_folders(expand_inputs(inputs), batch.out_root)
     try:
         import ray
     except ImportError:
         raise BadInputError("the batch command needs Ray, which is not installed", RAY_MISSING_HINT) from None
     started = not ray.is_initialized()
     if started:
-        _start_ray(ray, config)
+        _start_ray(ray, batch, task_threads(track))
         install_cancel_handler()  # ray.init replaced the SIGTERM handler of the driver
     try:
-        if config.ray_address:
-            check_shared_storage(ray, config.out_root, [c.source for c in clips])
-        return _run_clips(ray, config, clips, args, events)
+        if batch.ray_address:
+            check_shared_storage(ray, batch.out_root, [c.source for c in clips])
+        return _Batch(ray, batch, track, events, preset).run(clips)
     finally:
         if started:
             ray.shutdown()
@@ -153,7 +164,7 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
                             "cluster) and that the head is running and reachable from this machine.") from None
 
 
-def _start_ray(ray, config: BatchConfig) -> None:
+def _start_ray(ray, config: BatchConfig, threads: int) -> None:
     # Workers import torch before the backend could set the OpenMP spin limit, so they get it from the environment.
     env = {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", GOMP_SPINCOUNT)}
     backend_dir = str(Path(__file__).resolve().parents[1])
@@ -164,7 +175,8 @@ def _start_ray(ray, config: BatchConfig) -> None:
             # The cluster's nodes get this backend's code (its built-in model included): results match the driver's.
             ray.init(address=config.ray_address, runtime_env={"py_modules": [backend_dir], "env_vars": env}, **common)
         else:
-            ray.init(num_cpus=config.local_workers() * config.threads, object_store_memory=OBJECT_STORE_BYTES,
+            slots = config.workers or max(1, (os.cpu_count() or 1) // threads)
+            ray.init(num_cpus=slots * threads, object_store_memory=OBJECT_STORE_BYTES,
                      runtime_env={"env_vars": dict(env, PYTHONPATH=str(Path(backend_dir).parent))}, **common)
     except ConnectionError as exc:
         raise BadInputError(f"cannot join the Ray cluster at {config.ray_address}: {exc}",
@@ -205,42 +217,98 @@ def _node_sees(probe: str, text: str, sources: list[str]) -> list[str]:
     return ([str(Path(probe).parent)] if not ok else []) + missing
 
 
-def _run_clips(ray, config: BatchConfig, clips: list[BatchClip], args, events: EventWriter) -> tuple[Path, int]:
-    relay = ray.remote(num_cpus=0)(EventRelay).remote()
-    task = ray.remote(num_cpus=config.threads, max_retries=MAX_RETRIES)(track_clip)
-    pending: dict = {}
-    failed: list[str] = []
-    finished = frames = 0
-    for clip in clips:
-        done = None if config.overwrite else _complete_frames(clip)
-        if done is not None:
-            events.clip_state(clip.name, "skipped", clip.out, clip.source)
-            finished, frames = finished + 1, frames + done
-            continue
-        track_args = copy.copy(args)
-        track_args.input, track_args.out, track_args.threads = str(clip.source), str(clip.out), config.threads
-        pending[task.remote(track_args, clip.name, relay)] = clip
-    events.progress("batch", finished, len(clips), message=f"{len(pending)} clips to track")
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-            _relay(ray, relay, events)
-            for ref in ready:
-                clip = pending.pop(ref)
-                done = _collect(ray, ref, clip, events)
-                if done is None:
-                    failed.append(clip.name)
-                else:
-                    finished, frames = finished + 1, frames + done
-                events.progress("batch", finished + len(failed), len(clips), message=f"{clip.name} done")
-    except (Cancelled, KeyboardInterrupt):
-        _cancel(ray, pending, relay, events)
-        raise
-    if failed:
-        raise BackendError(f"{len(failed)} of {len(clips)} clips failed: {', '.join(failed)}",
-                           "Their error events say why; run the same command again to retry them (finished clips "
-                           "are skipped, partial ones resume).")
-    return config.out_root, frames
+@dataclass
+class _Clip:
+    """A clip of the batch in the driver: its settings and where its steps stand."""
+
+    clip: BatchClip
+    config: TrackConfig                   # the clip's track settings (input, out, threads)
+    plan: chunks.ChunkPlan | None = None  # chunked clips, once prepared
+    chunks_left: int = 0
+    failed: bool = False
+
+
+class _Batch:
+    """Submits the steps of every clip, relays their events, and reports each clip once it is complete or failed.
+
+    A clip is one ``TRACK`` step; with ``chunk_frames``, ``PREPARE``, then one ``CHUNK`` per unfinished range (none
+    for a clip of one range), the driver's stitch, and ``FINISH``.
+    """
+
+    def __init__(self, ray, batch: BatchConfig, track: TrackConfig, events: EventWriter, preset) -> None:
+        self.ray, self.batch, self.track, self.events, self.preset = ray, batch, track, events, preset
+        self.relay = ray.remote(num_cpus=0)(EventRelay).remote()
+        self.task = ray.remote(num_cpus=task_threads(track), max_retries=MAX_RETRIES)(run_step)
+        self.pending: dict = {}          # ObjectRef -> (_Clip, step)
+        self.finished = self.frames = 0
+        self.failed: list[str] = []
+
+    def run(self, clips: list[BatchClip]) -> tuple[Path, int]:
+        for clip in clips:
+            done = None if self.track.overwrite else _complete_frames(clip)
+            if done is not None:
+                self.events.clip_state(clip.name, "skipped", clip.out, clip.source)
+                self.finished, self.frames = self.finished + 1, self.frames + done
+                continue
+            config = dataclasses.replace(self.track, input=str(clip.source), out=str(clip.out),
+                                         threads=task_threads(self.track))
+            self._submit(_Clip(clip, config), PREPARE if self.batch.chunk_frames else TRACK)
+        total = len(clips)
+        self.events.progress("batch", self.finished, total, message=f"{total - self.finished} clips to track")
+        try:
+            while self.pending:
+                ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=POLL_S)
+                _relay(self.ray, self.relay, self.events)
+                for ref in ready:
+                    self._step_done(ref, total)
+        except (Cancelled, KeyboardInterrupt):
+            _cancel(self.ray, self.pending, self.relay, self.events)
+            raise
+        if self.failed:
+            raise BackendError(f"{len(self.failed)} of {total} clips failed: {', '.join(self.failed)}",
+                               "Their error events say why; run the same command again to retry them (finished "
+                               "clips are skipped, partial ones resume).")
+        return self.batch.out_root, self.frames
+
+    def _submit(self, run: _Clip, step: str, chunk: tuple[int, int, int] | None = None) -> None:
+        ref = self.task.remote(step, run.config, run.clip.name, self.relay, self.preset, chunk)
+        self.pending[ref] = (run, step)
+
+    def _step_done(self, ref, total: int) -> None:
+        run, step = self.pending.pop(ref)
+        value = _outcome(self.ray, ref, run.clip, self.events)
+        if run.failed:      # another step of this clip failed before: already reported
+            return
+        if value is None:
+            run.failed = True
+            self.failed.append(run.clip.name)
+            self.events.clip_state(run.clip.name, "failed", run.clip.out, run.clip.source)
+        elif step == PREPARE:
+            run.plan = chunks.ChunkPlan(value, self.batch.chunk_frames)
+            todo = chunks.unfinished_parts(run.clip.out, run.plan) if len(run.plan.ranges) > 1 else []
+            run.chunks_left = len(todo)
+            for chunk in todo:
+                self._submit(run, CHUNK, chunk)
+            if not todo:
+                self._finish(run)
+            return
+        elif step == CHUNK:
+            run.chunks_left -= 1
+            if not run.chunks_left:
+                self._finish(run)
+            return
+        else:               # TRACK, FINISH: the package is complete
+            if step == FINISH:
+                chunks.remove_work_folder(run.clip.out)
+            self.events.emit("result", path=str(run.clip.out), frames_done=value, clip=run.clip.name)
+            self.events.clip_state(run.clip.name, "complete", run.clip.out, run.clip.source)
+            self.finished, self.frames = self.finished + 1, self.frames + value
+        self.events.progress("batch", self.finished + len(self.failed), total, message=f"{run.clip.name} done")
+
+    def _finish(self, run: _Clip) -> None:
+        """All ranges fitted: stitch them into the package here (its only writer now), then refine and complete."""
+        chunks.stitch_parts(run.clip.out, run.plan)
+        self._submit(run, FINISH)
 
 
 def _complete_frames(clip: BatchClip) -> int | None:
@@ -258,12 +326,12 @@ def _relay(ray, relay, events: EventWriter) -> None:
         events.emit(data.pop("type"), **data)
 
 
-def _collect(ray, ref, clip: BatchClip, events: EventWriter) -> int | None:
-    """Report one finished task: its result, or its error (the batch goes on). Its frame count, None if it failed."""
+def _outcome(ray, ref, clip: BatchClip, events: EventWriter):
+    """A finished step's value, or None when it failed (its error reported for the clip; the batch goes on)."""
     from ray.exceptions import RayError, RayTaskError
 
     try:
-        frames = ray.get(ref)
+        return ray.get(ref)
     except RayTaskError as exc:
         cause = exc.cause
         if isinstance(cause, BackendError):
@@ -273,17 +341,11 @@ def _collect(ray, ref, clip: BatchClip, events: EventWriter) -> int | None:
             events.emit("error", message=f"Internal error: {type(cause).__name__}: {cause}",
                         hint="See the backend log for details and report it with the log attached.",
                         code="internal", clip=clip.name)
-        events.clip_state(clip.name, "failed", clip.out, clip.source)
-        return None
     except RayError as exc:  # its worker died more often than MAX_RETRIES
         events.emit("error", message=f"the worker tracking {clip.name} stopped {MAX_RETRIES + 1} times ({exc})",
                     hint="Check the nodes' memory and logs; run the same command again to resume the clip.",
                     code="internal", clip=clip.name)
-        events.clip_state(clip.name, "failed", clip.out, clip.source)
-        return None
-    events.emit("result", path=str(clip.out), frames_done=frames, clip=clip.name)
-    events.clip_state(clip.name, "complete", clip.out, clip.source)
-    return frames
+    return None
 
 
 def _cancel(ray, pending: dict, relay, events: EventWriter) -> None:

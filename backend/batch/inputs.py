@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from ..protocol import BadInputError
-from ..result_format import MANIFEST, PackageError, read_manifest
+from ..contracts.protocol import BadInputError
+from ..contracts.result_format import MANIFEST, PackageError, read_manifest
 
 LIST_PREFIX = "@"
 

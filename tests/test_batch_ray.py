@@ -147,15 +147,27 @@ def _second_differences(arrays) -> dict:
     return out
 
 
-def test_a_clip_in_two_chunks_matches_its_single_run_without_a_seam(clip, tiny_model, cluster, tmp_path):  # noqa: F811
+def test_a_clip_in_two_chunks_resumes_and_matches_its_single_run_without_a_seam(clip, tiny_model, cluster,  # noqa: F811
+                                                                                tmp_path):
     from backend.tracking import run_track
 
     single = run_track(_config(tiny_model, input=str(clip), out=str(tmp_path / "single"), frames=None), None,
                        _tiny()).path
+    def cancel_in_the_refinement(event):  # after the identity, two chunks (3 + 2 warm-up + 3 frames), the stitch
+        if event.type == "progress" and event.get("stage") == "refine":
+            raise Cancelled("cancelled")
+
+    first = _Stream(cancel_in_the_refinement)
+    with pytest.raises(Cancelled):
+        _batch([clip], tmp_path / "out", tiny_model, cluster, first, chunk_frames=3, frames=None)
+    running = [e for e in first.events if e.type == "clip_state" and e.get("state") == "running"]
+    assert len(running) == 4                    # identity, two chunks, the joint refinement
+    assert len([e for e in first.events if e.type == "progress" and e.get("stage") == "tracking"]) == 3 + 5
+    assert ResultPackage(tmp_path / "out" / "clip").manifest["state"] == "cancelled"
     stream = _Stream()
     _batch([clip], tmp_path / "out", tiny_model, cluster, stream, chunk_frames=3, frames=None)
-    steps = [e for e in stream.events if e.type == "clip_state" and e.get("state") == "running"]
-    assert len(steps) == 4                      # identity, two chunks, the joint refinement
+    stages = [e.get("stage") for e in stream.events if e.type == "progress" and e.get("clip") == "clip"]
+    assert "tracking" not in stages and "refine" in stages         # resumed: no identity or frame fitted again
     assert not (tmp_path / "out" / ".clip.chunks").exists()
     chunked, single = ResultPackage(tmp_path / "out" / "clip").frame_arrays(), ResultPackage(single).frame_arrays()
     # Tolerance: pose and the head's vertices within 0.1 mm (rotation entries 1e-4); measured 2e-7 m, 5e-7, 3e-7 m.

@@ -28,51 +28,56 @@ DETECTORS = ("mediapipe", "face-alignment")
 _INTRINSICS_GROUP = "camera intrinsics (pixels of the source video); default: --fov"
 
 
-def _flag(choices=None, metavar=None, group=None, positional=False, required=False):
+def _option(choices=None, metavar=None, group=None, positional=False, required=False):
+    """A field's command-line details beyond its name, type, default and docstring."""
     return {"choices": choices, "metavar": metavar, "group": group, "positional": positional, "required": required}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
 class TrackConfig:
     """Settings of one ``track`` run. Defaults are the command line's defaults."""
 
-    input: str = field(metadata=_flag(positional=True))
+    input: str = field(metadata=_option(positional=True))
     """video file (mp4, mov, mkv, webm, gif), image folder, or single image"""
-    out: str = field(metadata=_flag(required=True))
+    out: str = field(metadata=_option(required=True))
     """result package folder (created, or resumed if it exists)"""
-    frames: Optional[str] = field(default=None, metadata=_flag(metavar="A:B:STEP"))
+    frames: Optional[str] = field(default=None, metadata=_option(metavar="A:B:STEP"))
     """Python slice of 0-based source frame indices (default: all)"""
-    max_size: int = field(default=512, metadata=_flag(metavar="PX"))
+    max_size: int = field(default=512, metadata=_option(metavar="PX"))
     """downscale so the longer image side is at most PX (intrinsics follow); 0 = keep"""
-    fx: Optional[float] = field(default=None, metadata=_flag(group=_INTRINSICS_GROUP))
+    fx: Optional[float] = field(default=None, metadata=_option(group=_INTRINSICS_GROUP))
     """focal length in x, pixels"""
-    fy: Optional[float] = field(default=None, metadata=_flag(group=_INTRINSICS_GROUP))
+    fy: Optional[float] = field(default=None, metadata=_option(group=_INTRINSICS_GROUP))
     """focal length in y, pixels (default: fx)"""
-    cx: Optional[float] = field(default=None, metadata=_flag(group=_INTRINSICS_GROUP))
+    cx: Optional[float] = field(default=None, metadata=_option(group=_INTRINSICS_GROUP))
     """principal point x, pixels (default: the image centre)"""
-    cy: Optional[float] = field(default=None, metadata=_flag(group=_INTRINSICS_GROUP))
+    cy: Optional[float] = field(default=None, metadata=_option(group=_INTRINSICS_GROUP))
     """principal point y, pixels (default: the image centre)"""
-    fov: Optional[float] = field(default=None, metadata=_flag(metavar="DEG", group=_INTRINSICS_GROUP))
+    fov: Optional[float] = field(default=None, metadata=_option(metavar="DEG", group=_INTRINSICS_GROUP))
     """horizontal field of view when fx is not given (default 50)"""
-    preset: str = field(default="standard", metadata=_flag(choices=PRESET_NAMES))
+    preset: str = field(default="standard", metadata=_option(choices=PRESET_NAMES))
     """speed/quality trade-off"""
-    output: str = field(default="shape_keys", metadata=_flag(choices=OUTPUT_MODES))
+    output: str = field(default="shape_keys", metadata=_option(choices=OUTPUT_MODES))
     """fixed-topology shape keys, per-frame meshes (USD), or both"""
     model: Optional[str] = None
     """project model folder (default: the built-in model)"""
-    official_checkpoint: Optional[str] = field(default=None, metadata=_flag(metavar="EXP_DIR"))
+    official_checkpoint: Optional[str] = field(default=None, metadata=_option(metavar="EXP_DIR"))
     """official MonoNPHM experiment folder (configs.yaml + checkpoints/)"""
     checkpoint_epoch: Optional[int] = None
     """epoch of the official checkpoint"""
-    mean_anchors: Optional[str] = field(default=None, metadata=_flag(metavar="NPY"))
+    mean_anchors: Optional[str] = field(default=None, metadata=_option(metavar="NPY"))
     """official anchors_65.npy (required with --official-checkpoint)"""
-    device: str = field(default="auto", metadata=_flag(choices=DEVICES))
+    device: str = field(default="auto", metadata=_option(choices=DEVICES))
     """compute device"""
     threads: int = 0
     """CPU threads for torch (0 = auto: 2 on machines with 4 or more logical CPUs, else 1)"""
     overwrite: bool = False
     """re-track frames already in the package (keeps the fitted identity)"""
-    detector: str = field(default="mediapipe", metadata=_flag(choices=DETECTORS))
+    detector: str = field(default="mediapipe", metadata=_option(choices=DETECTORS))
     """landmark detector"""
     seed: int = 0
     """random seed (the same seed and settings give the same result)"""
@@ -105,11 +110,10 @@ class TrackConfig:
                 continue
             if value == f.default and f.name not in ("preset", "output", "device"):
                 continue
-            flag = "--" + f.name.replace("_", "-")
             if isinstance(value, bool):
-                argv += [flag] if value else []
+                argv += [_flag(f.name)] if value else []
             else:
-                argv += [flag, repr(float(value)) if isinstance(value, float) else str(value)]
+                argv += [_flag(f.name), repr(float(value)) if isinstance(value, float) else str(value)]
         return argv
 
 
@@ -129,15 +133,15 @@ def add_track_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
         if f.name in exclude:
             continue
         meta = f.metadata
-        target = parser
-        if meta.get("group"):
-            target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        if meta.get("group") and meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
+        target = groups.get(meta.get("group"), parser)
         kind = hints[f.name]
         kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # Optional[X] -> X
         if meta.get("positional"):
             target.add_argument(f.name, help=docs[f.name])
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         if kind is bool:
             target.add_argument(flag, action="store_true", help=docs[f.name])
             continue

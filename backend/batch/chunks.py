@@ -75,7 +75,6 @@ def prepare_clip(config: TrackConfig, events, preset=None) -> int:
         if not session.resume():
             session.fit_identity()
         save_npz_atomic(saved, session.detections.to_arrays())
-        session.writer.finish("running")
     return len(session.detections.indices)
 
 

@@ -9,6 +9,12 @@ workers. Clips: the development clip's first ``--frames`` frames and the next ``
 load average before and after is printed beside the figures, with the CPU model, its flags and fp32 matmul peak.
 
 The LAST stdout line is one JSON object: {"sequential_s", "batch_s", "ratio", "per_clip_s", "load_avg", ...}.
+
+Last run (2026-12-06 22:29, 8 frames per clip, 256 px, draft, Xeon with AVX-512 BF16/AMX, 1-thread fp32 matmul peak
+100 GFLOP/s): sequential 124.2 s (55.4 + 68.9), batch 98.8 s: ratio 0.80, with a load average of 9-14 on the 2
+cores (several other engineers' jobs): the two workers got far less than a core each, so this says nothing about
+the goal (<= 0.6); re-measure on an idle machine. Expected there: 0.5 plus Ray's start-up and the workers' imports
+(about 10 s in all beside 55-70 s per clip).
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ import sys
 import traceback
 
 from . import BUILTIN_MODEL_DIR, __version__
-from .contracts.protocol import (BackendError, BadInputError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION,
-                                 install_cancel_handler)
+from .contracts.protocol import (CANCEL_HINT, BackendError, BadInputError, Cancelled, EventWriter, ExitCode,
+                                 PROTOCOL_VERSION, install_cancel_handler)
 from .contracts.track_config import TrackConfig, add_track_arguments
 
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 events.result(str(outcome.path), outcome.frames)
         return ExitCode.OK
     except (Cancelled, KeyboardInterrupt):
-        events.error("Cancelled.", "Finished frames are kept; run the same command again to resume.",
+        events.error("Cancelled.", CANCEL_HINT,
                      code="cancelled")
         return ExitCode.CANCELLED
     except BackendError as exc:

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,30 @@ def test_cli_refuses_bad_cluster_settings(tmp_path, capsys, flags, message):
     error = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
     assert code == 2 and error["type"] == "error" and message in error["message"]
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_cancels_every_task_and_marks_the_packages(clips, tiny_model, tmp_path):  # noqa: F811
+    """The command as the add-on runs it, started like a background shell job (SIGINT ignored, inherited by Ray's
+    workers): SIGTERM stops the batch with exit code 3 and each running clip's package says ``cancelled``."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    argv = [sys.executable, "-m", "backend", "batch", *map(str, clips), "--out-root", str(tmp_path / "out"),
+            "--workers", "2", "--threads", "1", "--preset", "draft", "--model", str(tiny_model), "--max-size", "160"]
+    proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    running = set()
+    for line in proc.stdout:
+        event = parse_line(line)
+        if event is not None and event.type == "progress" and event.get("stage") == "identity":
+            running.add(event.get("clip"))
+            if running == {"clip", "mirrored"}:
+                proc.send_signal(signal.SIGTERM)
+                break
+    rest = [parse_line(line) for line in proc.stdout]
+    assert proc.wait(timeout=60) == 3
+    assert rest[-1].type == "error" and rest[-1].get("code") == "cancelled"
+    for name in ("clip", "mirrored"):
+        assert ResultPackage(tmp_path / "out" / name).manifest["state"] == "cancelled"

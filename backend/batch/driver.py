@@ -17,15 +17,18 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..contracts.protocol import BackendError, BadInputError, Cancelled, EventWriter, install_cancel_handler
+from ..contracts.protocol import (CANCEL_HINT, BackendError, BadInputError, Cancelled, EventWriter,
+                                  install_cancel_handler)
 from ..contracts.result_format import PackageError, read_manifest
 from ..contracts.track_config import TrackConfig
 from ..openmp_env import GOMP_SPINCOUNT
@@ -37,6 +40,7 @@ CANCEL_GRACE_S = 10.0             # running tasks get this long to mark their pa
 POLL_S = 0.2                      # how often the driver relays events
 CONNECT_TIMEOUT_S = 10.0          # a cluster address that does not answer within this is refused
 OBJECT_STORE_BYTES = 80 * 2**20   # local Ray: only events and frame counts travel through it (Ray's minimum 75 MB)
+CANCEL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGBREAK") if hasattr(signal, name))
 TRACK, PREPARE, CHUNK, FINISH = "track", "prepare", "chunk", "finish"   # the steps of a clip (``_Batch``)
 RAY_MISSING_HINT = "Install the batch requirements into the backend environment: pip install -r requirements-batch.txt"
 
@@ -105,6 +109,9 @@ class _RelayStream:
 
 def run_step(step: str, config: TrackConfig, clip: str, relay, preset, chunk: tuple[int, int, int] | None):
     """Task body: one step of one clip (see ``_Batch``), its protocol events tagged with the clip."""
+    # Ray cancels a running task by simulating SIGINT in the worker; a worker started from a background shell job
+    # inherits SIGINT ignored, and would never see it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     events = EventWriter(_RelayStream(relay), clip=clip)
     events.clip_state(clip, "running", config.out, config.input, socket.gethostname(), os.getpid())
     if step == TRACK:
@@ -140,12 +147,16 @@ def run_batch(inputs: Sequence[str], batch: BatchConfig, track: TrackConfig, eve
     started = not ray.is_initialized()
     if started:
         _start_ray(ray, batch, task_threads(track))
-        install_cancel_handler()  # ray.init replaced the SIGTERM handler of the driver
+    cancel = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in CANCEL_SIGNALS}
+    install_cancel_handler(cancel.set)   # after ray.init, which replaces the driver's SIGTERM handler
     try:
         if batch.ray_address:
             check_shared_storage(ray, batch.out_root, [c.source for c in clips])
-        return _Batch(ray, batch, track, events, preset).run(clips)
+        return _Batch(ray, batch, track, events, preset, cancel).run(clips)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if started:
             ray.shutdown()
 
@@ -235,8 +246,10 @@ class _Batch:
     for a clip of one range), the driver's stitch, and ``FINISH``.
     """
 
-    def __init__(self, ray, batch: BatchConfig, track: TrackConfig, events: EventWriter, preset) -> None:
+    def __init__(self, ray, batch: BatchConfig, track: TrackConfig, events: EventWriter, preset,
+                 cancel: threading.Event) -> None:
         self.ray, self.batch, self.track, self.events, self.preset = ray, batch, track, events, preset
+        self.cancel = cancel             # set by SIGTERM / SIGINT / CTRL_BREAK
         self.relay = ray.remote(num_cpus=0)(EventRelay).remote()
         self.task = ray.remote(num_cpus=task_threads(track), max_retries=MAX_RETRIES)(run_step)
         self.pending: dict = {}          # ObjectRef -> (_Clip, step)
@@ -257,6 +270,8 @@ class _Batch:
         self.events.progress("batch", self.finished, total, message=f"{total - self.finished} clips to track")
         try:
             while self.pending:
+                if self.cancel.is_set():
+                    raise Cancelled("cancelled", CANCEL_HINT)
                 ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=POLL_S)
                 _relay(self.ray, self.relay, self.events)
                 for ref in ready:

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 PROTOCOL_VERSION = 2
 COMPATIBLE_PROTOCOLS = (1, 2)  # versions whose streams this module parses (each one only adds to the last)
@@ -69,17 +69,27 @@ class Cancelled(BackendError):
     code = "cancelled"
 
 
-def install_cancel_handler() -> None:
+CANCEL_HINT = "Finished frames are kept; run the same command again to resume."
+
+
+def install_cancel_handler(on_cancel: Callable[[], None] | None = None) -> None:
     """SIGTERM (and CTRL_BREAK on Windows: the add-on's Cancel) raise Cancelled in the main thread.
 
-    Call it again after a library that installs its own SIGTERM handler (Ray's driver does in ``ray.init``).
+    With ``on_cancel``, those signals and Ctrl-C (SIGINT) call it instead: a process that waits inside a library's
+    blocking calls (Ray's driver) sets a flag there and raises Cancelled itself between them, since an exception
+    raised inside such a call surfaces as the library's error. Call it after any library that installs its own
+    SIGTERM handler (Ray's driver does in ``ray.init``).
     """
-    def on_term(signum, frame):  # noqa: ARG001 - signal API
-        raise Cancelled("cancelled", "Finished frames are kept; run the same command again to resume.")
+    def on_signal(signum, frame):  # noqa: ARG001 - signal API
+        if on_cancel is None:
+            raise Cancelled("cancelled", CANCEL_HINT)
+        on_cancel()
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, on_signal)
     if hasattr(signal, "SIGBREAK"):
-        signal.signal(signal.SIGBREAK, on_term)
+        signal.signal(signal.SIGBREAK, on_signal)
+    if on_cancel is not None:
+        signal.signal(signal.SIGINT, on_signal)
 
 
 class _EtaEstimator:

@@ -36,7 +36,8 @@ from . import chunks
 from .inputs import BatchClip, assign_folders, expand_inputs
 
 MAX_RETRIES = 3                   # attempts after a worker process died (node lost, out of memory, killed)
-CANCEL_GRACE_S = 10.0             # running tasks get this long to mark their packages cancelled
+CANCEL_GRACE_S = 5.0              # running tasks get this long to mark their packages cancelled (the add-on kills at 10 s)
+CANCEL_SIGNAL_WAIT_S = 2.0        # a Ray error this soon before the driver's own cancel signal is part of the cancel
 POLL_S = 0.2                      # how often the driver relays events
 CONNECT_TIMEOUT_S = 10.0          # a cluster address that does not answer within this is refused
 OBJECT_STORE_BYTES = 80 * 2**20   # local Ray: only events and frame counts travel through it (Ray's minimum 75 MB)
@@ -110,7 +111,8 @@ class _RelayStream:
 def run_step(step: str, config: TrackConfig, clip: str, relay, preset, chunk: tuple[int, int, int] | None):
     """Task body: one step of one clip (see ``_Batch``), its protocol events tagged with the clip."""
     # Ray cancels a running task by simulating SIGINT in the worker; a worker started from a background shell job
-    # inherits SIGINT ignored, and would never see it.
+    # inherits SIGINT ignored, and would never see it. (SIGTERM keeps Ray's meaning, the worker's end, so that a
+    # worker Ray stops is retried.)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     events = EventWriter(_RelayStream(relay), clip=clip)
     events.clip_state(clip, "running", config.out, config.input, socket.gethostname(), os.getpid())
@@ -268,6 +270,8 @@ class _Batch:
             self._submit(_Clip(clip, config), PREPARE if self.batch.chunk_frames else TRACK)
         total = len(clips)
         self.events.progress("batch", self.finished, total, message=f"{total - self.finished} clips to track")
+        from ray.exceptions import RayError
+
         try:
             while self.pending:
                 if self.cancel.is_set():
@@ -276,6 +280,13 @@ class _Batch:
                 _relay(self.ray, self.relay, self.events)
                 for ref in ready:
                     self._step_done(ref, total)
+        except RayError:
+            # The add-on's Cancel signals the whole process group: a local Ray's processes may stop before this
+            # loop sees its own signal.
+            if not self.cancel.wait(CANCEL_SIGNAL_WAIT_S):
+                raise
+            _cancel(self.ray, self.pending, self.relay, self.events)
+            raise Cancelled("cancelled", CANCEL_HINT) from None
         except (Cancelled, KeyboardInterrupt):
             _cancel(self.ray, self.pending, self.relay, self.events)
             raise
@@ -364,13 +375,21 @@ def _outcome(ray, ref, clip: BatchClip, events: EventWriter):
 
 
 def _cancel(ray, pending: dict, relay, events: EventWriter) -> None:
-    """Interrupt every task (KeyboardInterrupt in it: its package is marked cancelled), then stop stragglers."""
-    for ref in pending:
-        ray.cancel(ref)
-    end = time.monotonic() + CANCEL_GRACE_S
-    waiting = list(pending)
-    while waiting and time.monotonic() < end:
-        _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=POLL_S)
-    _relay(ray, relay, events)
-    for ref in waiting:
-        ray.cancel(ref, force=True)
+    """Interrupt every task (KeyboardInterrupt in it: its package is marked cancelled), then stop stragglers.
+
+    Ray may be stopping too (a signal to the whole process group): its errors then end the cancel quietly, the
+    packages keep their finished frames either way."""
+    from ray.exceptions import RayError
+
+    try:
+        for ref in pending:
+            ray.cancel(ref)
+        end = time.monotonic() + CANCEL_GRACE_S
+        waiting = list(pending)
+        while waiting and time.monotonic() < end:
+            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=POLL_S)
+        _relay(ray, relay, events)
+        for ref in waiting:
+            ray.cancel(ref, force=True)
+    except RayError:
+        pass

@@ -12,7 +12,7 @@ import pytest
 
 from backend.batch import BatchConfig, run_batch
 from backend.batch.inputs import assign_folders, expand_inputs
-from backend.contracts.protocol import BadInputError, Cancelled, EventWriter, parse_line
+from backend.contracts.protocol import BackendError, BadInputError, Cancelled, EventWriter, parse_line
 from backend.contracts.result_format import ResultPackage
 from backend.contracts.track_config import TrackConfig
 from test_tracking_pipeline import _tiny, clip, tiny_model  # noqa: F401 - fixtures
@@ -91,8 +91,9 @@ def _identical(a: ResultPackage, b: ResultPackage):
         assert np.array_equal(fa[key], fb[key]), key
 
 
-def test_two_clips_match_single_runs_a_killed_worker_is_retried_and_a_rerun_skips_them(clips, singles, tiny_model,
-                                                                                       cluster, tmp_path):
+def test_two_clips_match_single_runs_a_killed_worker_is_retried_a_failing_clip_is_reported(clips, singles,  # noqa: F811
+                                                                                         tiny_model, cluster,
+                                                                                         tmp_path):
     killed = []
 
     def kill_first_worker(event):  # the first clip's worker dies while it fits the identity
@@ -102,21 +103,28 @@ def test_two_clips_match_single_runs_a_killed_worker_is_retried_and_a_rerun_skip
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
+    from skimage.io import imsave
+
+    blank = tmp_path / "blank.png"                                       # a clip without a face fails alone
+    imsave(blank, np.full((64, 64, 3), 128, np.uint8), check_contrast=False)
     stream = _Stream(kill_first_worker)
-    root, frames = _batch(clips, tmp_path / "out", tiny_model, cluster, stream)
-    assert killed and frames == 6
+    with pytest.raises(BackendError, match="1 of 3 clips failed: blank"):
+        _batch([*clips, blank], tmp_path / "out", tiny_model, cluster, stream)
+    assert killed
     running = [e for e in stream.events if e.type == "clip_state" and e.get("state") == "running"]
     pids = [e.get("pid") for e in running if e.get("clip") == "clip"]
     assert len(pids) == 2 and pids[0] == killed[0] != pids[1]          # retried in a new worker
     assert {e.get("clip") for e in stream.events if e.type == "result"} == {"clip", "mirrored"}
-    assert not [e for e in stream.events if e.type == "error"]
+    errors = [e for e in stream.events if e.type == "error"]
+    assert [(e.get("clip"), e.get("code")) for e in errors] == [("blank", "bad_input")]
+    assert "face" in errors[0].get("message")
     for single, name in zip(singles, ("clip", "mirrored")):
-        pkg = ResultPackage(root / name)
+        pkg = ResultPackage(tmp_path / "out" / name)
         assert pkg.manifest["state"] == "complete"
         _identical(pkg, single)  # deterministic single-thread runs: bit-identical
     stream = _Stream()
-    _batch(clips, tmp_path / "out", tiny_model, cluster, stream)        # again: both finished, skipped
-    assert [e.get("state") for e in stream.events if e.type == "clip_state"] == ["skipped", "skipped"]
+    root, frames = _batch(clips, tmp_path / "out", tiny_model, cluster, stream)   # again: finished ones skipped
+    assert [e.get("state") for e in stream.events if e.type == "clip_state"] == ["skipped", "skipped"] and frames == 6
 
 
 def _second_differences(arrays) -> dict:

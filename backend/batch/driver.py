@@ -259,6 +259,8 @@ class _Batch:
         self.failed: list[str] = []
 
     def run(self, clips: list[BatchClip]) -> tuple[Path, int]:
+        from ray.exceptions import RayError
+
         for clip in clips:
             done = None if self.track.overwrite else _complete_frames(clip)
             if done is not None:
@@ -270,8 +272,6 @@ class _Batch:
             self._submit(_Clip(clip, config), PREPARE if self.batch.chunk_frames else TRACK)
         total = len(clips)
         self.events.progress("batch", self.finished, total, message=f"{total - self.finished} clips to track")
-        from ray.exceptions import RayError
-
         try:
             while self.pending:
                 if self.cancel.is_set():
@@ -305,24 +305,17 @@ class _Batch:
         value = _outcome(self.ray, ref, run.clip, self.events)
         if run.failed:      # another step of this clip failed before: already reported
             return
+        if value is not None and step in (PREPARE, CHUNK):
+            try:
+                self._next_steps(run, step, value)
+                return
+            except BackendError as exc:   # the driver's own part (a part-package it cannot read, …)
+                self.events.emit("error", message=exc.message, hint=exc.hint, code=exc.code, clip=run.clip.name)
+                value = None
         if value is None:
             run.failed = True
             self.failed.append(run.clip.name)
             self.events.clip_state(run.clip.name, "failed", run.clip.out, run.clip.source)
-        elif step == PREPARE:
-            run.plan = chunks.ChunkPlan(value, self.batch.chunk_frames)
-            todo = chunks.unfinished_parts(run.clip.out, run.plan) if len(run.plan.ranges) > 1 else []
-            run.chunks_left = len(todo)
-            for chunk in todo:
-                self._submit(run, CHUNK, chunk)
-            if not todo:
-                self._finish(run)
-            return
-        elif step == CHUNK:
-            run.chunks_left -= 1
-            if not run.chunks_left:
-                self._finish(run)
-            return
         else:               # TRACK, FINISH: the package is complete
             if step == FINISH:
                 chunks.remove_work_folder(run.clip.out)
@@ -331,10 +324,20 @@ class _Batch:
             self.finished, self.frames = self.finished + 1, self.frames + value
         self.events.progress("batch", self.finished + len(self.failed), total, message=f"{run.clip.name} done")
 
-    def _finish(self, run: _Clip) -> None:
-        """All ranges fitted: stitch them into the package here (its only writer now), then refine and complete."""
-        chunks.stitch_parts(run.clip.out, run.plan)
-        self._submit(run, FINISH)
+    def _next_steps(self, run: _Clip, step: str, value: int) -> None:
+        """After PREPARE (``value``: selected frames): the unfinished chunks; after the last CHUNK: stitch, FINISH."""
+        if step == PREPARE:
+            run.plan = chunks.ChunkPlan(value, self.batch.chunk_frames)
+            todo = chunks.unfinished_parts(run.clip.out, run.plan) if len(run.plan.ranges) > 1 else []
+            run.chunks_left = len(todo)
+            for chunk in todo:
+                self._submit(run, CHUNK, chunk)
+        else:
+            run.chunks_left -= 1
+        if not run.chunks_left:
+            # every range is fitted: stitch them into the package here (its only writer now), then refine, complete
+            chunks.stitch_parts(run.clip.out, run.plan)
+            self._submit(run, FINISH)
 
 
 def _complete_frames(clip: BatchClip) -> int | None:

@@ -53,6 +53,8 @@ class MONONPHM_PG_batch(bpy.types.PropertyGroup):
                              description="One result package per clip in this folder (finished ones are skipped)")
     workers: IntProperty(name="Workers", default=0, min=0, soft_max=16,
                          description="Clips tracked at once on this machine (0: one per CPU core)")
+    chunk_frames: IntProperty(name="Chunk Frames", default=0, min=0, soft_max=2000,
+                              description="Track clips longer than this in chunks on all workers (0: never)")
     log_path: StringProperty(subtype="FILE_PATH", options=REL)
     state: StringProperty(default="")  # "", RUNNING, FINISHED, FAILED, CANCELLED
     error: StringProperty(default="")
@@ -81,7 +83,7 @@ def start_batch(context, scene=None, *, python: str | None = None) -> jobs.Backe
     if not out_root or out_root.startswith("//"):
         raise ValueError("Save the .blend first, or choose an absolute output root")
     config = contracts.track_config.TrackConfig(input="", out="", **job_control.tracking_settings(context, scene))
-    argv = command.batch_argv(python, inputs, out_root, config, batch.workers)
+    argv = command.batch_argv(python, inputs, out_root, config, batch.workers, batch.chunk_frames)
     root = contracts.backend_root()
     log = prefs.log_dir(context) / f"batch-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     job = jobs.BackendJob(argv, log_path=log, cwd=str(root), env=command.backend_env(root), out_dir=out_root).start()
@@ -264,7 +266,9 @@ class MONONPHM_PT_batch(bpy.types.Panel):
         col.operator("mononphm.batch_add", text="", icon="ADD")
         col.operator("mononphm.batch_remove", text="", icon="REMOVE")
         layout.prop(batch, "out_root")
-        layout.prop(batch, "workers")
+        row = layout.row(align=True)
+        row.prop(batch, "workers")
+        row.prop(batch, "chunk_frames")
         if is_running(context.scene):
             done = sum(item.state in ("complete", "skipped", "failed") for item in batch.clips)
             layout.label(text=f"Clips finished: {done}/{len(batch.clips)}")

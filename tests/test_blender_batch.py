@@ -40,10 +40,11 @@ def test_queue_runs_as_one_batch_and_imports_each_clip(scene, tmp_path, fake_bac
     s.input_kind, s.input_path, s.clip_start = "FILE", str(video), 101
     assert bpy.ops.mononphm.batch_add() == {"FINISHED"}
     batch = scene.mononphm_batch
-    batch.out_root = str(tmp_path / "out")
+    batch.out_root, batch.chunk_frames = str(tmp_path / "out"), 500
     assert bpy.ops.mononphm.batch_run() == {"FINISHED"}
     job = batch_queue._jobs[scene.name]
     assert job.argv[3:6] == ["batch", str(seq), str(video)] and "--out-root" in job.argv
+    assert job.argv[job.argv.index("--chunk-frames") + 1] == "500"
     assert _run_to_end(tmp_path / "out" / "take1")   # imported while take2 was still tracking
     assert batch.state == "FINISHED", (batch.error, open(batch.log_path).read())
     assert [(c.name, c.state) for c in batch.clips] == [("take1", "complete"), ("take2", "complete")]

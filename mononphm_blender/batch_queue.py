@@ -82,7 +82,9 @@ def start_batch(context, scene=None, *, python: str | None = None) -> jobs.Backe
     out_root = bpy.path.abspath(batch.out_root)
     if not out_root or out_root.startswith("//"):
         raise ValueError("Save the .blend first, or choose an absolute output root")
-    config = contracts.track_config.TrackConfig(input="", out="", **job_control.tracking_settings(context, scene))
+    face = scene.mononphm.face if scene.mononphm.face != "POINT" else "largest"  # a point belongs to one clip
+    config = contracts.track_config.TrackConfig(input="", out="", face=face,
+                                                **job_control.tracking_settings(context, scene))
     argv = command.batch_argv(python, inputs, out_root, config, batch.workers, batch.chunk_frames)
     root = contracts.backend_root()
     log = prefs.log_dir(context) / f"batch-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"

@@ -29,7 +29,8 @@ from ..contracts.track_config import TrackConfig
 
 WARMUP_FRAMES = 2       # frames fitted before a chunk's range and dropped: its first frame starts from a fitted state
 DETECTIONS = "detections.npz"
-FRAME_STATE_KEYS = ("p_ex", "omega", "trans")   # per-frame rows of the tracker state, in ``frame_ids`` order
+# per-frame rows of the tracker state (``TrackingSession``), in ``frame_ids`` order: the current and the stage-1 fits
+FRAME_STATE_KEYS = ("p_ex", "omega", "trans", "stage1_p_ex", "stage1_omega", "stage1_trans")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def _detections(package: Path):
 
 def prepare_clip(config: TrackConfig, events, preset=None) -> int:
     """Detections of the whole selection and the identity stage. -> the number of selected frames."""
-    from ..tracking.run import open_session
+    from ..tracking.run import identity_frames, open_session
 
     package = Path(config.out)
     saved = work_folder(package) / DETECTIONS
@@ -72,15 +73,16 @@ def prepare_clip(config: TrackConfig, events, preset=None) -> int:
         return int(load_npz(saved)["indices"].shape[0])
     session = open_session(config, events, preset)
     with session.marking_interruptions():
-        if not session.resume():
+        if not session.resume(identity_frames(session.detections.found, session.preset)):
             session.fit_identity()
         save_npz_atomic(saved, session.detections.to_arrays())
+        session.writer.finish("running")   # the clip goes on in other steps; this releases the package's lock
     return len(session.detections.indices)
 
 
 def track_chunk(config: TrackConfig, k: int, start: int, stop: int, events, preset=None) -> int:
     """Fit positions [start - WARMUP_FRAMES, stop) into part ``k``. -> the frames fitted by this attempt."""
-    from ..tracking.run import open_session
+    from ..tracking.run import identity_frames, open_session
 
     package = Path(config.out)
     detections = _detections(package)
@@ -91,7 +93,7 @@ def track_chunk(config: TrackConfig, k: int, start: int, stop: int, events, pres
     with session.marking_interruptions():
         if not session.writer.has_identity:
             _seed_identity(ResultPackage(package), session.writer)
-        session.resume()
+        session.resume(identity_frames(detections.found, session.preset))   # the clip's identity frames
         todo = [i for i in part.found if i not in session.writer.done_frames]
         fitted = session.track_frames(todo) if todo else 0
         session.writer.finish("complete")
@@ -127,19 +129,24 @@ def stitch_parts(package: Path, plan: ChunkPlan) -> None:
     """Copy each complete part's frames of its own range, and their fitted states, into the package (idempotent)."""
     detections = _detections(package)
     writer = ResultWriter(package, read_manifest(package))
-    for k, (start, stop) in enumerate(plan.ranges):
-        part = part_folder(package, k)
-        wanted = set(detections.found_in(start, stop))
-        if wanted <= writer.done_frames or _state(part) != "complete":
-            continue
-        source = ResultPackage(part)
-        rows = [n for n, f in enumerate(source.frames) if f["index"] in wanted]
-        arrays = {key: value[rows] for key, value in source.frame_arrays().items()}
-        records = [FrameRecord(f["index"], f["time_s"], f["status"], f["landmark_error_px"], f["photometric_error"],
-                               f["mask_iou"]) for f in (source.frames[n] for n in rows)]
-        writer.write_frames(records, arrays)
-        writer.write_tracker_state(_merge_frame_states(writer.tracker_state(), load_npz(part / TRACKER_STATE),
-                                                       wanted))
+    try:
+        for k, (start, stop) in enumerate(plan.ranges):
+            part = part_folder(package, k)
+            wanted = set(detections.found_in(start, stop))
+            if wanted <= writer.done_frames or _state(part) != "complete":
+                continue
+            source = ResultPackage(part)
+            rows = [n for n, f in enumerate(source.frames) if f["index"] in wanted]
+            arrays = {key: value[rows] for key, value in source.frame_arrays().items()}
+            records = [FrameRecord(f["index"], f["time_s"], f["status"], f["landmark_error_px"],
+                                   f["photometric_error"], f["mask_iou"]) for f in (source.frames[n] for n in rows)]
+            writer.write_frames(records, arrays)
+            writer.write_tracker_state(_merge_frame_states(writer.tracker_state(), load_npz(part / TRACKER_STATE),
+                                                           wanted))
+    except BaseException:
+        writer.abort("failed")
+        raise
+    writer.finish("running")   # FINISH continues it; this releases the package's lock
 
 
 def remove_work_folder(package: Path) -> None:
@@ -149,13 +156,13 @@ def remove_work_folder(package: Path) -> None:
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 def _merge_frame_states(state: dict, part_state: dict, wanted: set) -> dict:
-    """``state`` with the part's fitted frame states of ``wanted`` added; stage 2 still to run."""
+    """``state`` with the part's fitted frames of ``wanted`` added; no joint refinement covers them yet."""
     rows = {int(i): (state, n) for n, i in enumerate(state.get("frame_ids", ()))}
     rows.update({int(i): (part_state, n) for n, i in enumerate(part_state["frame_ids"]) if int(i) in wanted})
     ids = sorted(rows)
     merged = {k: v for k, v in state.items() if k not in FRAME_STATE_KEYS}
     merged["frame_ids"] = np.array(ids, np.int64)
-    merged["stage2_done"] = np.array(0)
+    merged["refined_ids"] = np.zeros(0, np.int64)
     for key in FRAME_STATE_KEYS:
         merged[key] = np.stack([rows[i][0][key][rows[i][1]] for i in ids])
     return merged
@@ -167,7 +174,8 @@ def _seed_identity(package: ResultPackage, part: ResultWriter) -> None:
     part.write_identity(package.identity())
     part.write_canonical_mesh(mesh.vertices, mesh.triangles, mesh.albedo)
     state = load_npz(package.root / TRACKER_STATE)
-    part.write_tracker_state({k: v for k, v in state.items() if k not in FRAME_STATE_KEYS + ("frame_ids",)})
+    part.write_tracker_state({k: v for k, v in state.items()
+                              if k not in FRAME_STATE_KEYS + ("frame_ids", "refined_ids")})
 
 
 def _has_identity(package: Path) -> bool:

@@ -205,10 +205,12 @@ def test_input_lists_and_distinct_folders(tmp_path):
     (out / "take" / "notes.txt").write_text("not a package")   # a foreign folder is never written into
     assert [c.name for c in assign_folders(sources, out)] == ["take-2", "take-3", "seq"]
     # a package already written for b/take.mp4 keeps its folder whatever the order of the inputs
-    (out / "take-3").mkdir()
-    (out / "take-3" / "manifest.json").write_text(json.dumps(
-        {"format": "mononphm-result", "version": 1, "source": {"path": str(sources[1])}, "fps": 25,
-         "image_size": [1, 1], "intrinsics": {}, "frames": [], "state": "cancelled"}))
+    from backend.contracts.conventions import Intrinsics
+    from backend.contracts.result_format import ResultWriter
+
+    ResultWriter(out / "take-3", {"source": {"path": str(sources[1]), "kind": "video"}, "fps": 25.0,
+                                  "image_size": [64, 48], "intrinsics": Intrinsics.from_fov(64, 48).to_dict(),
+                                  "model": {"name": "builtin"}, "output_mode": "shape_keys"}).finish("cancelled")
     assert {c.source: c.name for c in assign_folders(sources[::-1], out)} == \
         {sources[0]: "take-2", sources[1]: "take-3", sources[2]: "seq"}
     with pytest.raises(BadInputError, match="input not found"):

@@ -36,7 +36,7 @@ from . import chunks
 from .inputs import BatchClip, assign_folders, expand_inputs
 
 MAX_RETRIES = 3                   # attempts after a worker process died (node lost, out of memory, killed)
-CANCEL_GRACE_S = 5.0              # running tasks get this long to mark their packages cancelled (the add-on kills at 10 s)
+CANCEL_GRACE_S = 5.0              # running tasks get this long to mark their packages cancelled (add-on: 10 s)
 CANCEL_SIGNAL_WAIT_S = 2.0        # a Ray error this soon before the driver's own cancel signal is part of the cancel
 POLL_S = 0.2                      # how often the driver relays events
 CONNECT_TIMEOUT_S = 10.0          # a cluster address that does not answer within this is refused

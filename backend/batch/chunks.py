@@ -94,7 +94,8 @@ def track_chunk(config: TrackConfig, k: int, start: int, stop: int, events, pres
         if not session.writer.has_identity:
             _seed_identity(ResultPackage(package), session.writer)
         session.resume(identity_frames(detections.found, session.preset))   # the clip's identity frames
-        todo = [i for i in part.found if i not in session.writer.done_frames]
+        done = session.writer.done_frames & set(session.stage1)   # written and its fit kept, as ``run`` counts
+        todo = [i for i in part.found if i not in done]
         fitted = session.track_frames(todo) if todo else 0
         session.writer.finish("complete")
     return fitted

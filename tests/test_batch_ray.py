@@ -233,27 +233,24 @@ def test_cli_refuses_bad_cluster_settings(tmp_path, capsys, flags, message):
 @pytest.mark.parametrize("target", ["driver", "group"])
 def test_sigterm_cancels_the_batch(clips, tiny_model, tmp_path, target):  # noqa: F811
     """The command started like a background shell job (SIGINT ignored, inherited by Ray's workers). SIGTERM to the
-    driver: exit code 3, each running clip's package marked ``cancelled`` by its interrupted task. SIGTERM to the
+    driver: exit code 3, the running clip's package marked ``cancelled`` by its interrupted task. SIGTERM to the
     process group (the add-on's Cancel, which a local Ray's processes receive too): exit code 3 all the same."""
     import subprocess
     import sys
 
     pytest.importorskip("ray")
-    argv = [sys.executable, "-m", "backend", "batch", *map(str, clips), "--out-root", str(tmp_path / "out"),
-            "--workers", "2", "--threads", "1", "--preset", "draft", "--model", str(tiny_model), "--max-size", "160"]
+    argv = [sys.executable, "-m", "backend", "batch", str(clips[0]), "--out-root", str(tmp_path / "out"),
+            "--workers", "1", "--threads", "1", "--preset", "draft", "--model", str(tiny_model), "--max-size", "160"]
     proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    running = set()
     for line in proc.stdout:
         event = parse_line(line)
         if event is not None and event.type == "progress" and event.get("stage") == "identity":
-            running.add(event.get("clip"))
-            if running == {"clip", "mirrored"}:
-                (proc.send_signal if target == "driver" else lambda sig: os.killpg(proc.pid, sig))(signal.SIGTERM)
-                break
+            (proc.send_signal if target == "driver" else lambda sig: os.killpg(proc.pid, sig))(signal.SIGTERM)
+            break
     rest = [parse_line(line) for line in proc.stdout]
     assert proc.wait(timeout=60) == 3
     assert rest[-1].type == "error" and rest[-1].get("code") == "cancelled"
-    states = {ResultPackage(tmp_path / "out" / name).manifest["state"] for name in ("clip", "mirrored")}
-    assert states == {"cancelled"} if target == "driver" else states <= {"cancelled", "running"}
+    state = ResultPackage(tmp_path / "out" / "clip").manifest["state"]
+    assert state == "cancelled" if target == "driver" else state in ("cancelled", "running")

@@ -1,5 +1,6 @@
 """Fake ``python -m backend``: speaks the real protocol and writes a real result package.
 
+Also ``selftest`` (the installer's smoke test), answered at once.
 Behaviour from the environment: FAKE_BACKEND_MODE = ok (default) | fail | crash | slow;
 FAKE_WARNING: a warning event after the first frame; FAKE_FRAMES (default 10) source frames; FAKE_DELAY seconds
 per frame (default 0.01); FAKE_VERTICES (200).
@@ -15,13 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/ → fakes.packages
 
-import numpy as np  # noqa: E402
-
 from backend import __version__  # noqa: E402
-from backend import result_format as rf  # noqa: E402
-from backend.conventions import Intrinsics, parse_frame_slice  # noqa: E402
 from backend.protocol import PROTOCOL_VERSION, Cancelled, EventWriter, ExitCode  # noqa: E402
-from fakes.packages import frame_vertices, grid_head, landmark_error, pose  # noqa: E402
 
 
 def main() -> int:
@@ -29,6 +25,22 @@ def main() -> int:
         print(json.dumps({"protocol": PROTOCOL_VERSION, "backend": __version__, "python": sys.version.split()[0],
                           "torch": None, "devices": ["cpu"], "models": []}))
         return 0
+    if sys.argv[1:2] == ["selftest"]:  # the installer's smoke test: FAKE_BACKEND_MODE=fail makes it fail
+        events = EventWriter()
+        events.hello(__version__)
+        if os.environ.get("FAKE_BACKEND_MODE") == "fail":
+            events.error("The smoke test found no face", "Reinstall the backend.", code="internal")
+            return ExitCode.INTERNAL_ERROR
+        events.progress("tracking", 1, 1, frame=0, message="frame 0")
+        events.emit("summary", device="cpu", seconds=0.25, frames=1, devices=["cpu"])
+        return ExitCode.OK
+    # `--version` and `selftest` run in the installer tests' bare environments: only the standard library above
+    import numpy as np
+
+    from backend import result_format as rf
+    from backend.conventions import Intrinsics, parse_frame_slice
+    from fakes.packages import frame_vertices, grid_head, landmark_error, pose
+
     parser = argparse.ArgumentParser()
     parser.add_argument("command")
     parser.add_argument("input")

@@ -1,0 +1,111 @@
+"""One-click backend set-up from a fresh machine, timed: the add-on's installer against a local package index.
+
+    .venv/bin/python -m pip download -r requirements.txt --only-binary=:all: -d WHEELS   # once, with network
+    .venv/bin/python benchmarks/backend_setup.py --wheels WHEELS --env /tmp/mononphm-env [--keep]
+
+WHEELS is served over HTTP on 127.0.0.1 as a PEP 503 package index with PEP 658 metadata files (what PyPI and
+PyTorch's index serve), and the installer runs exactly as *Set Up Backend* does inside Blender — base interpreter
+resolved from Blender's Python (here the bpy wheel's interpreter), resolve, download, install, verify and the smoke
+test — with an empty pip cache and no pip configuration (a fresh machine). The torch variant's index is the same
+local index, so the CPU torch wheel in WHEELS stands in for PyTorch's CPU index.
+
+The LAST stdout line is one JSON object: seconds per step and in all, packages and bytes downloaded, the smoke
+test's device and seconds, and the host (CPU model, flags, fp32 matmul peak). The download runs at loopback speed:
+add the download time for your connection (bytes / bandwidth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+from fakes.package_index import build_index, serve  # noqa: E402
+
+
+def host_info() -> dict:
+    import platform
+
+    import torch
+    from model_throughput import matmul_peak
+
+    model, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+    torch.set_num_threads(1)
+    return {"cpu": model, "flags": [f for f in wanted if f in flags], "cores": os.cpu_count(),
+            "matmul_fp32_gflops_1thread": round(matmul_peak(torch.float32, 0.3), 1)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wheels", required=True, type=Path, help="folder of the pinned wheels (pip download)")
+    ap.add_argument("--env", required=True, type=Path, help="environment folder to create (must not exist)")
+    ap.add_argument("--keep", action="store_true", help="keep the environment afterwards")
+    args = ap.parse_args(argv)
+    if args.env.exists():
+        sys.exit(f"{args.env} exists: give a new folder")
+
+    from mononphm_blender import contracts
+    from mononphm_blender.core import installer
+
+    scratch = Path(tempfile.mkdtemp(prefix="mononphm-setup-bench-"))
+    build_index(args.wheels, scratch / "index")
+    index = serve(scratch / "index")
+    url = index.url
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        del os.environ[key]
+    os.environ.update(PIP_CONFIG_FILE=os.devnull, PIP_CACHE_DIR=str(scratch / "pip-cache"))  # a fresh machine
+    base = installer.resolve_base_python()
+    torch = installer.choose_torch_variant()
+    options = installer.InstallOptions(base.python, args.env, contracts.requirements_file(),
+                                       contracts.backend_root(), torch_variant=torch.variant, index_url=url,
+                                       torch_index_url=url if installer.torch_index(torch.variant) else None)
+    print(f"base Python: {base.python} ({base.version}, {base.source}); torch: {torch.variant} ({torch.reason})",
+          file=sys.stderr)
+    job = installer.Installer(options, log_path=scratch / "setup.log").start()
+    t0, last = time.monotonic(), ""
+    while not job.poll().finished:
+        line = f"{job.status.label}: {job.status.message} [{job.status.fraction:.0%}]"
+        if line != last:
+            print(f"{time.monotonic() - t0:7.1f} s  {line}", file=sys.stderr)
+            last = line
+        time.sleep(0.5)
+    seconds = time.monotonic() - t0
+    index.close()
+    st = job.status
+    result = {"state": st.state, "error": st.error, "seconds": round(seconds, 1), "step_seconds": job.step_seconds,
+              "packages": st.packages_total, "download_bytes": st.bytes_total,
+              "download_mb": round(st.bytes_total / 1e6, 1), "env_mb": None, "base_python": base.version,
+              "torch_variant": torch.variant, "smoke_device": st.device, "smoke_seconds": st.seconds,
+              "largest": sorted(((f.filename, round(f.size / 1e6, 1)) for f in job.files), key=lambda x: -x[1])[:5]}
+    if args.env.exists():
+        result["env_mb"] = round(sum(p.stat().st_size for p in args.env.rglob("*") if p.is_file()
+                                     and not p.is_symlink()) / 1e6, 1)
+    if st.state != "FINISHED":
+        print((scratch / "setup.log").read_text()[-4000:], file=sys.stderr)
+    if not args.keep:
+        shutil.rmtree(args.env, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    result["host"] = host_info()
+    print(json.dumps(result))
+    return 0 if st.state == "FINISHED" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

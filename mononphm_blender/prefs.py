@@ -121,6 +121,19 @@ def torch_choice(p=None) -> installer.TorchChoice:
     return installer.choose_torch_variant(p.torch_build.lower(), evidence=_driver_evidence)
 
 
+def environment_note(p=None) -> str:
+    """Why the environment Set Up Backend made needs it again ('' when it does not, or there is none)."""
+    env = default_env_dir(p)
+    if not command.is_managed_env(env):
+        return ""
+    stamp = installer.read_stamp(env)
+    if stamp is None:
+        return "The backend set-up did not finish: Retry resumes it"
+    if stamp.get("requirements") != installer.requirements_digest(contracts.requirements_file()):
+        return "The add-on's pinned packages changed: Set Up Backend updates the environment"
+    return ""
+
+
 def setup_running() -> bool:
     return STATE.setup is not None and not STATE.setup.status.finished
 
@@ -301,6 +314,9 @@ def draw_backend_status(layout, context) -> None:
         if st.state != jobs.FINISHED:
             col.label(text=f"Log: {job.log_path}")
             col.operator("mononphm.setup_backend", text="Retry (resumes)", icon="FILE_REFRESH")
+    elif note := environment_note():
+        col.label(text=note, icon="ERROR")
+        col.operator("mononphm.setup_backend", text="Retry (resumes)", icon="FILE_REFRESH")
     elif not python:
         col.operator("mononphm.setup_backend", icon="IMPORT")
 

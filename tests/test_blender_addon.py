@@ -159,6 +159,26 @@ def test_setup_progress_cancel_and_retry_in_preferences_and_sidebar(scene, monke
     assert ("operator", "mononphm.cancel_setup") not in log
 
 
+def test_sidebar_notes_an_unfinished_or_outdated_environment(scene, monkeypatch, tmp_path):
+    from mononphm_blender import contracts, prefs, ui
+    from mononphm_blender.core import command, installer
+
+    monkeypatch.setattr(prefs.STATE, "setup", None)
+    monkeypatch.setattr(prefs, "default_env_dir", lambda p=None: tmp_path)
+    assert prefs.environment_note() == ""  # not an environment the add-on made
+    (tmp_path / command.ENV_MARKER).write_text("mononphm")
+    log = _draw(ui.MONONPHM_PT_main, bpy.context)
+    assert ("label", "The backend set-up did not finish: Retry resumes it") in log
+    assert ("operator", "mononphm.setup_backend") in log
+    stamp = tmp_path / installer.INSTALL_DIR / installer.STAMP
+    stamp.parent.mkdir()
+    stamp.write_text('{"requirements": "0123"}')
+    assert prefs.environment_note().startswith("The add-on's pinned packages changed")
+    digest = installer.requirements_digest(contracts.requirements_file())
+    stamp.write_text('{"requirements": "%s"}' % digest)
+    assert prefs.environment_note() == ""
+
+
 def test_bad_frame_list_jumps_to_frame(scene):
     s = scene.mononphm
     for f, e in ((12, 7.5), (40, 9.0)):

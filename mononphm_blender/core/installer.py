@@ -10,7 +10,8 @@ with the pinned packages and proves it works:
    ``ENV/.install/wheels``, in batches: pip saves a command's files only when the whole command ends, so batches
    bound what a cancel loses and a retry fetches only what is missing; progress is N of M files and bytes (pip's
    temporary files are watched while a large file is in flight);
-4. **install** — ``pip install --no-index --find-links`` from that folder (or the offline folder of wheels);
+4. **install** — ``pip install --no-index`` of exactly the resolved files, from that folder (or the offline folder
+   of wheels): a file path, unlike ``torch==2.13.0``, replaces a torch of another build (``+cpu``) on a re-run;
 5. **verify** — the backend's version handshake;
 6. **smoke test** — ``python -m backend selftest``: one frame of a built-in image tracked end to end; its device
    and seconds are the last thing the user sees.
@@ -273,11 +274,10 @@ class InstallOptions:
         rest = [line for line in lines if _name(line) != "torch"]
         return [PackageSource(torch_lines, ["--index-url", torch_url]), PackageSource(rest, main)]
 
-    def fingerprint(self) -> str:
-        """Changes when what gets installed changes (requirements, variant, sources)."""
-        text = "\n".join([self.requirements.read_text(), self.torch_variant,
-                          json.dumps([s.index_args for s in self.sources()])])
-        return hashlib.sha256(text.encode()).hexdigest()
+
+def requirements_digest(requirements: str | os.PathLike) -> str:
+    """Identifies the pinned package set (the stamp keeps it: an add-on update with new pins shows up)."""
+    return hashlib.sha256(Path(requirements).read_bytes()).hexdigest()
 
 
 def pip_argv(options: InstallOptions, *args: str) -> list[str]:
@@ -287,8 +287,8 @@ def pip_argv(options: InstallOptions, *args: str) -> list[str]:
 
 def plan_commands(options: InstallOptions) -> dict[str, list[list[str]]]:
     """Every command of the set-up, by step (``environment``, ``resolve``, ``download``, ``install``, ``verify``,
-    ``smoke``). The download step's commands come from the resolve step's reports (``download_commands``); offline
-    installs have no download step."""
+    ``smoke``). The download and install steps' commands come from the resolve step's reports
+    (``download_commands``, ``install_commands``); offline installs have no download step."""
     sources = options.sources()
     reports = [options.work_dir / f"report-{i}.json" for i in range(len(sources))]
     steps: dict[str, list[list[str]]] = {
@@ -299,9 +299,7 @@ def plan_commands(options: InstallOptions) -> dict[str, list[list[str]]]:
     }
     if not options.wheel_dir:
         steps["download"] = []
-    everything = [line for s in sources for line in s.requirements]
-    steps["install"] = [pip_argv(options, "install", "--only-binary=:all:", "--no-index", "--find-links",
-                                 str(options.download_dir), *everything)]
+    steps["install"] = []
     steps["verify"] = [command.version_argv(str(options.python))]
     if options.smoke_test:
         steps["smoke"] = [[str(options.python), "-m", "backend", "selftest", "--out",
@@ -377,6 +375,12 @@ def download_commands(options: InstallOptions, files: Sequence[PlannedFile]) -> 
         size += max(f.size, 0)
     return [pip_argv(options, "download", "--no-deps", "--only-binary=:all:", "-d", str(options.download_dir),
                      *(f"{f.name} @ {f.url}" for f in batch)) for batch in batches]
+
+
+def install_commands(options: InstallOptions, files: Sequence[PlannedFile]) -> list[list[str]]:
+    """``pip install --no-index`` of the resolved files (already-installed identical versions are skipped)."""
+    return [pip_argv(options, "install", "--no-index", "--find-links", str(options.download_dir),
+                     *(str(options.download_dir / f.filename) for f in files))]
 
 
 def format_size(n: int) -> str:
@@ -510,7 +514,7 @@ def clean_env(extra: dict | None = None) -> dict:
 
 
 def read_stamp(env_dir: str | os.PathLike) -> dict | None:
-    """What a finished set-up recorded (fingerprint, torch variant, smoke test), or None."""
+    """What a finished set-up recorded (requirements digest, torch variant, smoke test), or None."""
     try:
         return json.loads((Path(env_dir) / INSTALL_DIR / STAMP).read_text())
     except (OSError, json.JSONDecodeError):
@@ -728,7 +732,8 @@ class Installer:
             self._spawn(argv, on_line=on_line, while_running=refresh)
             finished.update(n for n in parser.finished if n in expected)
 
-    def _step_install(self, commands) -> None:
+    def _step_install(self, _commands) -> None:
+        commands = install_commands(self.options, self.files)
         parser = PipProgress()
         site = self.options.env_dir / ("Lib" if IS_WINDOWS else "lib")
 
@@ -783,7 +788,7 @@ class Installer:
 
     def _finish(self) -> None:
         opts = self.options
-        stamp = {"fingerprint": opts.fingerprint(), "torch_variant": opts.torch_variant,
+        stamp = {"requirements": requirements_digest(opts.requirements), "torch_variant": opts.torch_variant,
                  "device": self._live.device, "seconds": self._live.seconds, "step_seconds": self.step_seconds,
                  "packages": len(self.files), "bytes": self._live.bytes_total,
                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -11,7 +11,9 @@ local index, so the CPU torch wheel in WHEELS stands in for PyTorch's CPU index.
 
 The LAST stdout line is one JSON object: seconds per step and in all, packages and bytes downloaded, the smoke
 test's device and seconds, and the host (CPU model, flags, fp32 matmul peak). The download runs at loopback speed:
-add the download time for your connection (bytes / bandwidth).
+add the download time for your connection (bytes / bandwidth). ``--baseline`` also times the trivial way, by hand:
+``python -m venv`` + one ``pip install -r requirements.txt`` from the same index with an empty cache (no size
+report, no resumable download, no check).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,12 +60,13 @@ def main(argv=None) -> int:
     ap.add_argument("--wheels", required=True, type=Path, help="folder of the pinned wheels (pip download)")
     ap.add_argument("--env", required=True, type=Path, help="environment folder to create (must not exist)")
     ap.add_argument("--keep", action="store_true", help="keep the environment afterwards")
+    ap.add_argument("--baseline", action="store_true", help="also time venv + one plain pip install")
     args = ap.parse_args(argv)
     if args.env.exists():
         sys.exit(f"{args.env} exists: give a new folder")
 
     from mononphm_blender import contracts
-    from mononphm_blender.core import installer
+    from mononphm_blender.core import command, installer
 
     scratch = Path(tempfile.mkdtemp(prefix="mononphm-setup-bench-"))
     build_index(args.wheels, scratch / "index")
@@ -87,7 +91,6 @@ def main(argv=None) -> int:
             last = line
         time.sleep(0.5)
     seconds = time.monotonic() - t0
-    index.close()
     st = job.status
     result = {"state": st.state, "error": st.error, "seconds": round(seconds, 1), "step_seconds": job.step_seconds,
               "packages": st.packages_total, "download_bytes": st.bytes_total,
@@ -101,6 +104,16 @@ def main(argv=None) -> int:
         print((scratch / "setup.log").read_text()[-4000:], file=sys.stderr)
     if not args.keep:
         shutil.rmtree(args.env, ignore_errors=True)
+    if args.baseline:
+        plain = scratch / "plain-env"
+        os.environ["PIP_CACHE_DIR"] = str(scratch / "plain-pip-cache")
+        t1 = time.monotonic()
+        subprocess.run([base.python, "-m", "venv", str(plain)], check=True, env=installer.clean_env())
+        code = subprocess.call([str(command.venv_python(plain)), "-m", "pip", "install", "-q", "--only-binary=:all:",
+                                "--index-url", url, "-r", str(contracts.requirements_file())],
+                               env=installer.clean_env())
+        result["baseline_plain_pip_seconds"] = round(time.monotonic() - t1, 1) if code == 0 else None
+    index.close()
     shutil.rmtree(scratch, ignore_errors=True)
     result["host"] = host_info()
     print(json.dumps(result))

@@ -232,9 +232,11 @@ class PackageSource:
 
 @dataclass
 class InstallOptions:
-    base_python: str
-    env_dir: Path
-    requirements: Path
+    """What one set-up installs, where, and from where."""
+
+    base_python: str                      # interpreter the environment is made from (see resolve_base_python)
+    env_dir: Path                         # the environment (made, or resumed when it is ours)
+    requirements: Path                    # the pinned backend requirements (contracts.requirements_file())
     backend_root: Path                    # folder holding the ``backend`` package (cwd of verify and smoke test)
     torch_variant: str = "cpu"            # one of TORCH_VARIANTS (already chosen: see choose_torch_variant)
     wheel_dir: Path | None = None         # offline: a folder of wheels (no network at all)
@@ -507,7 +509,7 @@ def _dir_bytes(path: Path) -> int:
 def clean_env(extra: dict | None = None) -> dict:
     """The environment for installer subprocesses: Blender's Python variables removed, unbuffered UTF-8."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONEXECUTABLE", "PYTHONSTARTUP", "PYTHONNOUSERSITE")}
+           if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONEXECUTABLE", "PYTHONSTARTUP")}
     env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", PIP_DISABLE_PIP_VERSION_CHECK="1")
     env.update(extra or {})
     return env
@@ -578,7 +580,8 @@ class Installer:
         keys = list(self.commands)
         done = sum(STEP_WEIGHTS[k] for k in keys[:keys.index(self._live.step)])
         total = sum(STEP_WEIGHTS[k] for k in keys)
-        self._update(fraction=min(1.0, (done + STEP_WEIGHTS[self._live.step] * step_fraction) / total))
+        fraction = min(1.0, (done + STEP_WEIGHTS[self._live.step] * step_fraction) / total)
+        self._update(fraction=max(fraction, self._live.fraction))  # the smoke test's stages restart at 0
 
     def _say(self, text: str) -> None:
         self._log.write((text.rstrip("\n") + "\n").encode("utf-8", "replace"))

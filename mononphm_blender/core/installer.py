@@ -580,8 +580,7 @@ class Installer:
         keys = list(self.commands)
         done = sum(STEP_WEIGHTS[k] for k in keys[:keys.index(self._live.step)])
         total = sum(STEP_WEIGHTS[k] for k in keys)
-        fraction = min(1.0, (done + STEP_WEIGHTS[self._live.step] * step_fraction) / total)
-        self._update(fraction=max(fraction, self._live.fraction))  # the smoke test's stages restart at 0
+        self._update(fraction=min(1.0, (done + STEP_WEIGHTS[self._live.step] * step_fraction) / total))
 
     def _say(self, text: str) -> None:
         self._log.write((text.rstrip("\n") + "\n").encode("utf-8", "replace"))
@@ -618,8 +617,8 @@ class Installer:
                 self._say(f"# state: {self._live.state} {self._live.error}")
 
     def _spawn(self, argv: list[str], *, cwd=None, env=None, on_line: Callable[[str], None] | None = None,
-               while_running: Callable[[], None] | None = None) -> list[str]:
-        """Run one command, stdout+stderr to the log and to ``on_line``; returns its output lines."""
+               while_running: Callable[[], None] | None = None) -> None:
+        """Run one command: stdout+stderr to the log and to ``on_line``; ``while_running`` every 0.5 s."""
         self._say("$ " + " ".join(argv))
         kwargs = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if IS_WINDOWS
                   else {"start_new_session": True})
@@ -632,6 +631,8 @@ class Installer:
         except OSError as exc:
             raise InstallError(f"{STEP_LABELS[self._live.step]}: cannot run {argv[0]} ({exc})",
                                "Check the base Python under Advanced.") from None
+        if self._cancel.is_set():  # cancelled while it was starting: cancel() did not see it
+            signal_group(proc.pid, proc=proc)
         lines: list[str] = []
         done = threading.Event()
 
@@ -661,7 +662,6 @@ class Installer:
             errors = [l[len("ERROR:"):].strip() for l in lines if l.startswith("ERROR:")]
             detail = errors[-1] if errors else (lines[-1].strip() if lines else f"exit code {code}")
             raise InstallError(f"{STEP_LABELS[self._live.step]} failed: {detail}", pip_hint(errors))
-        return lines
 
     def _step_environment(self, commands) -> None:
         opts = self.options
@@ -772,9 +772,8 @@ class Installer:
             event = protocol.parse_line(line)
             if event is None:
                 return
-            if event.type == "progress" and event.get("total"):
+            if event.type == "progress" and event.get("total"):  # stages restart at 0: the bar stays put
                 self._update(message=f"Smoke test: {event.get('stage')} {event.get('done')}/{event.get('total')}")
-                self._progress(float(event.get("done")) / float(event.get("total")))
             elif event.type == "summary":
                 summary.update(event.data)
             elif event.type == "error":

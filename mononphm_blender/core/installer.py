@@ -10,8 +10,9 @@ with the pinned packages and proves it works:
    ``ENV/.install/wheels``, in batches: pip saves a command's files only when the whole command ends, so batches
    bound what a cancel loses and a retry fetches only what is missing; progress is N of M files and bytes (pip's
    temporary files are watched while a large file is in flight);
-4. **install** — ``pip install --no-index --no-compile`` of exactly the resolved files, from that folder (or the offline folder
-   of wheels): a file path, unlike ``torch==2.13.0``, replaces a torch of another build (``+cpu``) on a re-run;
+4. **install** — ``pip install --no-index --no-compile`` of exactly the resolved files, from that folder (or the
+   offline folder of wheels): a file path, unlike ``torch==2.13.0``, replaces a torch of another build (``+cpu``)
+   on a re-run;
 5. **verify** — the backend's version handshake;
 6. **smoke test** — ``python -m backend selftest``: one frame of a built-in image tracked end to end; its device
    and seconds are the last thing the user sees.

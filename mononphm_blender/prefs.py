@@ -3,7 +3,6 @@
 
 import functools
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -15,8 +14,9 @@ from .core import command, installer, jobs
 
 ADDON_ID = __package__  # "mononphm_blender" in development, "bl_ext.<repo>.mononphm_blender" when installed
 
-DEVICE_ITEMS = [("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cpu", "CPU", ""),
-                ("cuda", "CUDA", "NVIDIA GPU"), ("mps", "MPS", "Apple Silicon GPU")]
+_DEVICE_TEXT = {"auto": ("Auto", "CUDA, then Apple MPS, then CPU"), "cpu": ("CPU", ""), "cuda": ("CUDA", "NVIDIA GPU"),
+                "mps": ("MPS", "Apple Silicon GPU")}
+DEVICE_ITEMS = [(name, *_DEVICE_TEXT[name]) for name in contracts.track_config.DEVICES]
 SOURCE_ITEMS = [("ONLINE", "Online", "Download the pinned packages from the Python package index"),
                 ("OFFLINE", "Offline", "Install from a folder of wheels (downloaded on another machine)")]
 TORCH_ITEMS = [("AUTO", "Automatic", "CUDA when an NVIDIA driver is installed, the standard build on macOS, "
@@ -35,7 +35,7 @@ class _Defaults:
     install_source = "ONLINE"
     wheels_dir = ""
     torch_build = "AUTO"
-    device = "auto"
+    device = contracts.track_config.TrackConfig.device
     log_dir = ""
 
 
@@ -85,7 +85,7 @@ def log_dir(context=None) -> Path:
     return Path(bpy.path.abspath(p.log_dir)) if p.log_dir else user_dir("logs")
 
 
-# --- backend status (handshake), set-up and removal; polled by job_control.tick() ------------------------------
+# --- backend status (handshake, set-up and removal started by ops.py); polled by job_control.tick() ----------
 
 class BackendState:
     info: dict | None = None
@@ -189,108 +189,6 @@ def status_text() -> str:
     return "Backend not checked yet"
 
 
-class MONONPHM_OT_check_backend(bpy.types.Operator):
-    bl_idname = "mononphm.check_backend"
-    bl_label = "Check Backend"
-    bl_description = "Run the backend's version handshake (python -m backend --version --json)"
-
-    def execute(self, context):
-        from . import job_control
-
-        start_handshake(context)
-        job_control.ensure_timer()
-        return {"FINISHED"}
-
-
-class MONONPHM_OT_setup_backend(bpy.types.Operator):
-    bl_idname = "mononphm.setup_backend"
-    bl_label = "Set Up Backend"
-    bl_description = ("Create the backend's Python environment (from Blender's own Python unless a custom one is "
-                      "set), install the pinned packages with the right torch build and run a one-frame smoke test. "
-                      "Running it again resumes an unfinished set-up")
-
-    def execute(self, context):
-        from . import job_control
-
-        if setup_running():
-            self.report({"ERROR"}, "The backend set-up is already running")
-            return {"CANCELLED"}
-        p = get_prefs(context)
-        STATE.base_choice = None  # probe again: the user may have installed a Python since
-        base = base_python_choice(p)
-        if isinstance(base, installer.InstallError):
-            self.report({"ERROR"}, f"{base.message}. {base.hint}")
-            return {"CANCELLED"}
-        wheels = None
-        if p.install_source == "OFFLINE":
-            wheels = bpy.path.abspath(p.wheels_dir)
-            if not wheels or not os.path.isdir(wheels):
-                self.report({"ERROR"}, "Choose the folder of wheels for the offline install")
-                return {"CANCELLED"}
-        elif not getattr(bpy.app, "online_access", True):
-            self.report({"ERROR"}, "Online access is disabled in Blender (Preferences ▸ System ▸ Network); "
-                                   "enable it or use the offline install from a folder of wheels")
-            return {"CANCELLED"}
-        try:
-            variant = torch_choice(p).variant
-        except installer.InstallError as exc:
-            self.report({"ERROR"}, f"{exc.message}. {exc.hint}")
-            return {"CANCELLED"}
-        env_dir = default_env_dir(p)
-        if env_dir.exists() and any(env_dir.iterdir()) and not command.is_managed_env(env_dir):
-            self.report({"ERROR"}, f"{env_dir} exists and was not created by this add-on; choose another folder")
-            return {"CANCELLED"}
-        options = installer.InstallOptions(base.python, env_dir, contracts.requirements_file(),
-                                           contracts.backend_root(), torch_variant=variant, wheel_dir=wheels)
-        log = log_dir(context) / "backend-setup.log"
-        STATE.setup = installer.Installer(options, log_path=log).start()
-        STATE.setup_message = ""
-        job_control.ensure_timer()
-        self.report({"INFO"}, f"Setting up the backend in {env_dir} — log: {log}")
-        return {"FINISHED"}
-
-
-class MONONPHM_OT_cancel_setup(bpy.types.Operator):
-    bl_idname = "mononphm.cancel_setup"
-    bl_label = "Cancel Set-Up"
-    bl_description = "Stop the backend set-up; Set Up Backend resumes it later (downloaded files are kept)"
-
-    def execute(self, context):
-        if not setup_running():
-            return {"CANCELLED"}
-        STATE.setup.cancel()
-        return {"FINISHED"}
-
-
-class MONONPHM_OT_remove_backend(bpy.types.Operator):
-    bl_idname = "mononphm.remove_backend"
-    bl_label = "Remove Backend"
-    bl_description = "Delete the backend environment created by 'Set up backend'"
-
-    def invoke(self, context, event):
-        return context.window_manager.invoke_confirm(self, event)
-
-    def execute(self, context):
-        from . import job_control
-
-        if setup_running():
-            self.report({"ERROR"}, "Cancel the running set-up first")
-            return {"CANCELLED"}
-        env_dir = default_env_dir(get_prefs(context))
-        if not env_dir.exists():
-            self.report({"INFO"}, "No backend environment to remove")
-            return {"CANCELLED"}
-        if not command.is_managed_env(env_dir):
-            self.report({"ERROR"}, f"{env_dir} was not created by this add-on; remove it yourself")
-            return {"CANCELLED"}
-        STATE.removing = threading.Thread(target=shutil.rmtree, args=(env_dir,), kwargs={"ignore_errors": True},
-                                          daemon=True)
-        STATE.removing.start()
-        STATE.info, STATE.error = None, "Backend removed"
-        job_control.ensure_timer()
-        return {"FINISHED"}
-
-
 def draw_backend_status(layout, context) -> None:
     """Backend state, and the set-up's progress / result with Cancel and Retry (preferences and sidebar)."""
     python = backend_python(context)
@@ -336,7 +234,7 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
     install_source: EnumProperty(name="Install From", items=SOURCE_ITEMS, default="ONLINE")
     wheels_dir: StringProperty(name="Wheels Folder", subtype="DIR_PATH")
     torch_build: EnumProperty(name="torch", items=TORCH_ITEMS, default="AUTO")
-    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default=contracts.track_config.TrackConfig.device)
     log_dir: StringProperty(name="Log Folder", subtype="DIR_PATH", description="Empty: the add-on's user folder")
 
     def draw(self, context):
@@ -379,5 +277,4 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
         layout.prop(self, "log_dir")
 
 
-classes = (MONONPHM_OT_check_backend, MONONPHM_OT_setup_backend, MONONPHM_OT_cancel_setup,
-           MONONPHM_OT_remove_backend, MONONPHM_AP_preferences)
+classes = (MONONPHM_AP_preferences,)

@@ -28,7 +28,7 @@ addon = sys.modules[name]
 from importlib import import_module
 contracts = import_module(name + ".contracts")
 assert contracts.is_bundled(), contracts.ADDON_DIR
-assert contracts.result_format.__name__ == name + ".backend.result_format"
+assert contracts.result_format.__name__ == name + ".backend.contracts.result_format"
 assert contracts.requirements_file().parent == contracts.ADDON_DIR
 prefs = bpy.context.preferences.addons[name].preferences
 assert prefs.device == "auto"
@@ -58,7 +58,7 @@ def test_extension_builds_installs_and_registers(tmp_path):
     zip_path = build.task_extension(args)
     names = zipfile.ZipFile(zip_path).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names  # the add-on sits at the zip root
-    assert "backend/result_format.py" in names and "backend/__main__.py" in names and "requirements.txt" in names
+    assert "backend/contracts/result_format.py" in names and "backend/__main__.py" in names and "requirements.txt" in names
     with zipfile.ZipFile(zip_path) as z:  # the add-on is GPL-3.0-or-later, the bundled backend MIT
         assert "GNU GENERAL PUBLIC LICENSE" in z.read("LICENSE").decode()[:200]
         assert "MIT License" in z.read("backend/LICENSE").decode()

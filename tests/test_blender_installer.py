@@ -1,4 +1,5 @@
-"""Backend set-up (mononphm_blender/core/installer.py and its preferences wiring), headless with the bpy wheels.
+"""Backend set-up (mononphm_blender/core/installer.py, bpy-free, and its operators / panels, headless with the bpy
+wheels; run with both bpy wheels' interpreters, whose Python is "Blender's Python").
 
 The base interpreter comes from Blender's Python; the command lists for CPU, CUDA and offline installs; pip's
 progress parsed from real pip output (tests/fakes/pip_output, captured from pip 23.2 runs of the installer); an
@@ -18,10 +19,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("bpy")
-
-from fakes import package_index  # noqa: E402
-from mononphm_blender.core import command, installer, jobs  # noqa: E402
+from fakes import package_index
+from mononphm_blender.core import command, installer, jobs
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 PIP_OUTPUT = FAKES / "pip_output"

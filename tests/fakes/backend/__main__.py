@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/ → fakes.packages
 
 from backend import __version__  # noqa: E402
-from backend.protocol import PROTOCOL_VERSION, Cancelled, EventWriter, ExitCode  # noqa: E402
+from backend.contracts.protocol import PROTOCOL_VERSION, Cancelled, EventWriter, ExitCode  # noqa: E402
 
 
 def main() -> int:
@@ -37,8 +37,8 @@ def main() -> int:
     # `--version` and `selftest` run in the installer tests' bare environments: only the standard library above
     import numpy as np
 
-    from backend import result_format as rf
-    from backend.conventions import Intrinsics, parse_frame_slice
+    from backend.contracts import result_format as rf
+    from backend.contracts.conventions import Intrinsics, parse_frame_slice
     from fakes.packages import frame_vertices, grid_head, landmark_error, pose
 
     parser = argparse.ArgumentParser()

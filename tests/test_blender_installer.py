@@ -214,12 +214,14 @@ def test_planned_files_from_a_pip_report(tmp_path):
 
 @pytest.fixture
 def local_index(tmp_path, monkeypatch):
-    """alpha (needs beta), beta, and gamma (300 kB, served slowly) on 127.0.0.1; pip as on a fresh machine."""
+    """alpha (needs beta), beta, gamma 1.0 (300 kB, served slowly) and 2.0 on 127.0.0.1; pip as on a fresh
+    machine."""
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     package_index.make_wheel(wheels, "alpha", "1.0", requires=("beta==1.0",))
     package_index.make_wheel(wheels, "beta", "1.0")
     package_index.make_wheel(wheels, "gamma", "1.0", payload=300_000)
+    package_index.make_wheel(wheels, "gamma", "2.0")
     package_index.build_index(wheels, tmp_path / "index")
     index = package_index.serve(tmp_path / "index", slow=("gamma-",), bytes_per_s=100_000)
     for key in [k for k in os.environ if k.startswith("PIP_")]:
@@ -228,6 +230,16 @@ def local_index(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))
     yield index
     index.close()
+
+
+def _installed(python, module):
+    out = subprocess.run([str(python), "-c", f"import {module}; print({module}.VERSION)"], capture_output=True,
+                         text=True)
+    return out.stdout.strip()
+
+
+def _commands(log: str, verb: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("$ ") and f" pip {verb} " in line]
 
 
 def test_install_cancelled_mid_download_resumes_and_passes_the_smoke_test(tmp_path, local_index):
@@ -258,7 +270,7 @@ def test_install_cancelled_mid_download_resumes_and_passes_the_smoke_test(tmp_pa
     log = (tmp_path / "setup.log").read_text()[log_size:]
     assert "# environment exists: kept" in log and "# 3 packages, 303 kB to download" in log
     assert f"({len(before)} already downloaded)" in log or not before
-    downloads = [line for line in log.splitlines() if line.startswith("$ ") and " download " in line]
+    downloads = _commands(log, "download")
     assert len(downloads) == 3 - len(before) and "gamma @ " in downloads[0]
     assert not any(f"{name.split('-')[0]} @ " in line for name in before for line in downloads)
     # the smoke test's handshake: device and seconds from the backend's summary event
@@ -268,9 +280,20 @@ def test_install_cancelled_mid_download_resumes_and_passes_the_smoke_test(tmp_pa
     assert stamp["device"] == "cpu" and stamp["packages"] == 3
     assert stamp["requirements"] == installer.requirements_digest(req) and stamp["torch_variant"] == "cpu"
     assert not opts.download_dir.exists()  # downloads are removed once installed
-    out = subprocess.run([str(opts.python), "-c", "import alpha, beta, gamma; print(gamma.VERSION)"],
-                         capture_output=True, text=True)
-    assert out.stdout.strip() == "1.0"
+    assert (_installed(opts.python, "alpha"), _installed(opts.python, "gamma")) == ("1.0", "1.0")
+
+    # Set Up again: nothing to fetch or install; new pins (or another torch build): only what differs
+    for requirements, expected in (("alpha==1.0\ngamma==1.0\n", "# 0 packages, 0 kB to download (3 already installed)"),
+                                   ("alpha==1.0\ngamma==2.0\n", "(2 already installed)")):
+        req.write_text(requirements)
+        log_size = (tmp_path / "setup.log").stat().st_size
+        st = installer.Installer(opts, log_path=tmp_path / "setup.log").start().wait(180)
+        log = (tmp_path / "setup.log").read_text()[log_size:]
+        assert st.state == jobs.FINISHED and expected in log, log[-3000:]
+        changed = [] if "gamma==1.0" in requirements else ["gamma"]
+        assert [c.split(" @ ")[0].split()[-1] for c in _commands(log, "download")] == changed
+        assert len(_commands(log, "install")) == len(changed) + 1  # + the resolve step's dry run
+    assert _installed(opts.python, "gamma") == "2.0"
 
 
 @pytest.fixture(scope="module")

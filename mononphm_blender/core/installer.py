@@ -63,6 +63,8 @@ STEP_WEIGHTS = {"environment": 0.05, "resolve": 0.05, "download": 0.55, "install
                 "smoke": 0.12}
 _PROBE = ("import importlib.util as u, json, sys; print(json.dumps({'version': list(sys.version_info[:3]), "
           "'venv': u.find_spec('venv') is not None, 'ensurepip': u.find_spec('ensurepip') is not None}))")
+_INSTALLED = ("import importlib.metadata as m, json; "
+              "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
 
 
 class InstallError(Exception):
@@ -219,8 +221,13 @@ def read_requirements(path: str | os.PathLike) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+def _normalise(name: str) -> str:
+    """PEP 503 project name: ``PyYAML`` → ``pyyaml``, ``typing_extensions`` → ``typing-extensions``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _name(requirement: str) -> str:
-    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+    return _normalise(re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0])
 
 
 @dataclass
@@ -347,7 +354,7 @@ def planned_files(reports: Sequence[str | os.PathLike], size_of: Callable[[str],
     for report in reports:
         for item in json.loads(Path(report).read_text())["install"]:
             meta = item["metadata"]
-            name = meta["name"].lower().replace("_", "-")
+            name = _normalise(meta["name"])
             if name in seen:
                 continue
             info = item["download_info"]
@@ -361,6 +368,16 @@ def planned_files(reports: Sequence[str | os.PathLike], size_of: Callable[[str],
         for f, size in zip(files, pool.map(size_of, [f.url.split("#")[0] for f in files])):
             f.size = size
     return files
+
+
+def installed_versions(python: str | os.PathLike) -> dict[str, str]:
+    """Normalised distribution name → installed version in an environment ({} when it cannot tell)."""
+    try:
+        out = subprocess.run([str(python), "-I", "-c", _INSTALLED], capture_output=True, text=True, timeout=120,
+                             env=clean_env(), stdin=subprocess.DEVNULL)
+        return {_normalise(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError):
+        return {}
 
 
 def download_commands(options: InstallOptions, files: Sequence[PlannedFile]) -> list[list[str]]:
@@ -381,11 +398,13 @@ def download_commands(options: InstallOptions, files: Sequence[PlannedFile]) -> 
 
 
 def install_commands(options: InstallOptions, files: Sequence[PlannedFile]) -> list[list[str]]:
-    """``pip install --no-index`` of the resolved files (already-installed identical versions are skipped).
+    """``pip install --no-index`` of the resolved files that are not installed yet (none: no command).
 
     ``--no-compile`` (uv's default): byte-compiling every file of torch, jax and scipy took 84-117 s of a 2-core
     install against 36-44 s without; the backend's first import then compiles only what it uses (+10 s, once, in
     the verify step)."""
+    if not files:
+        return []
     return [pip_argv(options, "install", "--no-index", "--no-compile", "--find-links", str(options.download_dir),
                      *(str(options.download_dir / f.filename) for f in files))]
 
@@ -687,18 +706,24 @@ class Installer:
         for argv in commands:
             self._spawn(argv)
             reports.append(argv[argv.index("--report") + 1])
-        self.files = planned_files(reports)
+        # what is installed at the resolved version already is neither fetched nor installed again (a retry after
+        # the install step, an update of some pins, another torch build: only what differs)
+        installed = installed_versions(self.options.python)
+        planned = planned_files(reports)
+        self.files = [f for f in planned if installed.get(f.name) != f.version]
         sizes = [f.size for f in self.files]
         total = sum(sizes) if all(s >= 0 for s in sizes) else -1
         have = {p.name for p in self.options.download_dir.glob("*")} if self.options.download_dir.is_dir() else set()
         kept = [f for f in self.files if f.filename in have]
         verb = "in the folder of wheels" if self.options.wheel_dir else "to download"
         message = f"{len(self.files)} packages, {format_size(total)} {verb}"
-        if kept and not self.options.wheel_dir:
-            message += f" ({len(kept)} already downloaded)"
+        notes = [] if self.options.wheel_dir or not kept else [f"{len(kept)} already downloaded"]
+        if len(planned) > len(self.files):
+            notes.append(f"{len(planned) - len(self.files)} already installed")
+        message += f" ({', '.join(notes)})" if notes else ""
         self._say("# " + message)
-        for f in self.files:
-            self._say(f"#   {f.filename} {format_size(f.size)}")
+        for f in planned:
+            self._say(f"#   {f.filename} {format_size(f.size)}" + ("" if f in self.files else " (installed)"))
         self._update(packages_total=len(self.files), packages_done=len(kept), bytes_total=total,
                      bytes_done=sum(max(f.size, 0) for f in kept), message=message)
 

@@ -11,7 +11,8 @@ local index, so the CPU torch wheel in WHEELS stands in for PyTorch's CPU index.
 
 The LAST stdout line is one JSON object: seconds per step and in all, packages and bytes downloaded, the smoke
 test's device and seconds, and the host (CPU model, flags, fp32 matmul peak). The download runs at loopback speed:
-add the download time for your connection (bytes / bandwidth). ``--baseline`` also times the trivial way, by hand:
+add the download time for your connection (bytes / bandwidth). ``--again`` times a second Set Up on the finished
+environment (nothing to fetch). ``--baseline`` also times the trivial way, by hand:
 ``python -m venv`` + one ``pip install -r requirements.txt`` from the same index with an empty cache (no size
 report, no resumable download, no check).
 
@@ -60,12 +61,26 @@ def host_info() -> dict:
             "matmul_fp32_gflops_1thread": round(matmul_peak(torch.float32, 0.3), 1)}
 
 
+def run_installer(job):
+    """Start a set-up and print its progress lines until it ends; returns (job, seconds)."""
+    job.start()
+    t0, last = time.monotonic(), ""
+    while not job.poll().finished:
+        line = f"{job.status.label}: {job.status.message} [{job.status.fraction:.0%}]"
+        if line != last:
+            print(f"{time.monotonic() - t0:7.1f} s  {line}", file=sys.stderr)
+            last = line
+        time.sleep(0.5)
+    return job, time.monotonic() - t0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheels", required=True, type=Path, help="folder of the pinned wheels (pip download)")
     ap.add_argument("--env", required=True, type=Path, help="environment folder to create (must not exist)")
     ap.add_argument("--keep", action="store_true", help="keep the environment afterwards")
     ap.add_argument("--baseline", action="store_true", help="also time venv + one plain pip install")
+    ap.add_argument("--again", action="store_true", help="then Set Up again on the finished environment")
     args = ap.parse_args(argv)
     if args.env.exists():
         sys.exit(f"{args.env} exists: give a new folder")
@@ -87,15 +102,7 @@ def main(argv=None) -> int:
                                        torch_index_url=url if installer.torch_index(torch.variant) else None)
     print(f"base Python: {base.python} ({base.version}, {base.source}); torch: {torch.variant} ({torch.reason})",
           file=sys.stderr)
-    job = installer.Installer(options, log_path=scratch / "setup.log").start()
-    t0, last = time.monotonic(), ""
-    while not job.poll().finished:
-        line = f"{job.status.label}: {job.status.message} [{job.status.fraction:.0%}]"
-        if line != last:
-            print(f"{time.monotonic() - t0:7.1f} s  {line}", file=sys.stderr)
-            last = line
-        time.sleep(0.5)
-    seconds = time.monotonic() - t0
+    job, seconds = run_installer(installer.Installer(options, log_path=scratch / "setup.log"))
     st = job.status
     result = {"state": st.state, "error": st.error, "seconds": round(seconds, 1), "step_seconds": job.step_seconds,
               "packages": st.packages_total, "download_bytes": st.bytes_total,
@@ -107,6 +114,10 @@ def main(argv=None) -> int:
                                      and not p.is_symlink()) / 1e6, 1)
     if st.state != "FINISHED":
         print((scratch / "setup.log").read_text()[-4000:], file=sys.stderr)
+    elif args.again:  # a second click: everything is installed, only resolve, verify and the smoke test run
+        again, again_seconds = run_installer(installer.Installer(options, log_path=scratch / "setup.log"))
+        result.update(again_state=again.status.state, again_seconds=round(again_seconds, 1),
+                      again_step_seconds=again.step_seconds, again_packages=again.status.packages_total)
     if not args.keep:
         shutil.rmtree(args.env, ignore_errors=True)
     if args.baseline:

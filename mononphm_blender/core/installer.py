@@ -716,7 +716,7 @@ class Installer:
         have = {p.name for p in self.options.download_dir.glob("*")} if self.options.download_dir.is_dir() else set()
         kept = [f for f in self.files if f.filename in have]
         verb = "in the folder of wheels" if self.options.wheel_dir else "to download"
-        message = f"{len(self.files)} packages, {format_size(total)} {verb}"
+        message = f"{len(self.files)} package{'' if len(self.files) == 1 else 's'}, {format_size(total)} {verb}"
         notes = [] if self.options.wheel_dir or not kept else [f"{len(kept)} already downloaded"]
         if len(planned) > len(self.files):
             notes.append(f"{len(planned) - len(self.files)} already installed")

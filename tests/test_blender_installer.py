@@ -202,7 +202,9 @@ def test_planned_files_from_a_pip_report(tmp_path):
          "download_info": {"url": "http://127.0.0.1:9/files/beta_pkg-2.0-py3-none-any.whl", "archive_info": {}}}]}
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
-    files = installer.planned_files([path, path], size_of=installer._url_size)
+    files = installer.planned_files([path, path])
+    assert [f.size for f in files] == [-1, -1]
+    installer.measure(files)
     assert [(f.name, f.version, f.filename) for f in files] == [
         ("alpha", "1.0", wheel.name), ("beta-pkg", "2.0", "beta_pkg-2.0-py3-none-any.whl")]
     assert files[0].size == wheel.stat().st_size and files[0].url.endswith("#sha256=" + "ab" * 32)

@@ -347,9 +347,8 @@ def _url_size(url: str, timeout: float = 20.0) -> int:
         return -1
 
 
-def planned_files(reports: Sequence[str | os.PathLike], size_of: Callable[[str], int] = _url_size
-                  ) -> list[PlannedFile]:
-    """The files pip's ``--report`` JSONs will fetch (one per distribution, first report wins), with sizes."""
+def planned_files(reports: Sequence[str | os.PathLike]) -> list[PlannedFile]:
+    """The files pip's ``--report`` JSONs will fetch (one per distribution, first report wins); sizes unknown."""
     seen: dict[str, PlannedFile] = {}
     for report in reports:
         for item in json.loads(Path(report).read_text())["install"]:
@@ -363,11 +362,14 @@ def planned_files(reports: Sequence[str | os.PathLike], size_of: Callable[[str],
             sha256 = (info.get("archive_info") or {}).get("hashes", {}).get("sha256")
             url += f"#sha256={sha256}" if sha256 else ""  # pip checks the download against it
             seen[name] = PlannedFile(name, meta["version"], filename, url, -1)
-    files = list(seen.values())
+    return list(seen.values())
+
+
+def measure(files: Sequence[PlannedFile], size_of: Callable[[str], int] = _url_size) -> None:
+    """Fill in each file's size (HEAD requests, 8 at a time; a file URL's size on disk)."""
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         for f, size in zip(files, pool.map(size_of, [f.url.split("#")[0] for f in files])):
             f.size = size
-    return files
 
 
 def installed_versions(python: str | os.PathLike) -> dict[str, str]:
@@ -711,6 +713,7 @@ class Installer:
         installed = installed_versions(self.options.python)
         planned = planned_files(reports)
         self.files = [f for f in planned if installed.get(f.name) != f.version]
+        measure(self.files)
         sizes = [f.size for f in self.files]
         total = sum(sizes) if all(s >= 0 for s in sizes) else -1
         have = {p.name for p in self.options.download_dir.glob("*")} if self.options.download_dir.is_dir() else set()

@@ -20,6 +20,8 @@ Last run (2026-12-06 23:00, 2-core Xeon with AVX-512 BF16/AMX shared with other 
 61 GFLOP/s on 1 thread; Python 3.11, CPU torch): 43 packages, 558.2 MB; 106.3 s in all (environment 7.8,
 resolve 10.4, download 17.4, install 34.1, verify 8.9, smoke test 27.1 of which the backend's own 23.3);
 baseline 134.9 s. Before ``--no-compile`` the install step alone took 153-156 s (223-249 s in all).
+23:14, beside a test run (load ~14): 173.7 s in all; ``--again`` 54.1 s (0 packages: resolve 18.4, verify 6.2,
+smoke test 29.3).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 with the pinned packages and proves it works:
 
 1. **environment** — ``BASE -m venv ENV`` (kept on a retry: the environment marker says it is ours);
-2. **resolve** — ``pip install --dry-run --report`` per package source: which files will be fetched, and their
-   size (HTTP ``HEAD``, or the file size for a folder of wheels) — shown before any download starts;
+2. **resolve** — ``pip install --dry-run --report`` per package source: which files the pins need; those not
+   installed at that version yet, and their size (HTTP ``HEAD``, or the file size for a folder of wheels), are
+   shown before any download starts;
 3. **download** — ``pip download --no-deps`` of the resolved files' URLs (hash-checked) into
    ``ENV/.install/wheels``, in batches: pip saves a command's files only when the whole command ends, so batches
    bound what a cancel loses and a retry fetches only what is missing; progress is N of M files and bytes (pip's
@@ -50,8 +51,9 @@ from ..contracts import protocol
 from . import command
 from .jobs import CANCELLED, FAILED, FINISHED, IS_WINDOWS, RUNNING, run_handshake, signal_group
 
-# mediapipe 0.10.21 (the last release that ships the face mesh and selfie segmentation models in its wheel) has
-# wheels for CPython 3.9-3.12; every other pin has 3.11-3.13 wheels.  Blender 4.5 / 5.0 bundle 3.11.
+# mediapipe 0.10.21 (the last release that ships the face mesh and selfie segmentation models in its wheel) and the
+# numpy 1.26 it needs have no CPython 3.13 wheels; every pin has 3.11 and 3.12 wheels for Linux x86-64, macOS arm64
+# and Windows x64.  Blender 4.5 / 5.0 bundle 3.11.
 SUPPORTED_PYTHONS = ((3, 11), (3, 12))
 TORCH_VARIANTS = ("cpu", "cuda", "default")
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"

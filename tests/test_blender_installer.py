@@ -215,7 +215,16 @@ def test_planned_files_from_a_pip_report(tmp_path):
 # --- end to end: cancel and resume against a local package index ---------------------------------------------------
 
 @pytest.fixture
-def local_index(tmp_path, monkeypatch):
+def fresh_pip(tmp_path, monkeypatch):
+    """pip as on a fresh machine: no configuration files or PIP_* variables, an empty cache."""
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))
+
+
+@pytest.fixture
+def local_index(tmp_path, fresh_pip):
     """alpha (needs beta), beta, gamma 1.0 (300 kB, served slowly) and 2.0 on 127.0.0.1; pip as on a fresh
     machine."""
     wheels = tmp_path / "wheels"
@@ -226,10 +235,6 @@ def local_index(tmp_path, monkeypatch):
     package_index.make_wheel(wheels, "gamma", "2.0")
     package_index.build_index(wheels, tmp_path / "index")
     index = package_index.serve(tmp_path / "index", slow=("gamma-",), bytes_per_s=100_000)
-    for key in [k for k in os.environ if k.startswith("PIP_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))
     yield index
     index.close()
 
@@ -308,7 +313,7 @@ def venv_template(tmp_path_factory):
 
 
 @pytest.fixture
-def offline(tmp_path, venv_template):
+def offline(tmp_path, venv_template, fresh_pip):
     """A copy of the template environment and a folder of wheels (alpha needs beta)."""
     shutil.copytree(venv_template, tmp_path / "env", symlinks=True)
     wheels = tmp_path / "wheels"

@@ -3,8 +3,8 @@ wheels; run with both bpy wheels' interpreters, whose Python is "Blender's Pytho
 
 The base interpreter comes from Blender's Python; the command lists for CPU, CUDA and offline installs; pip's
 progress parsed from real pip output (tests/fakes/pip_output, captured from pip 23.2 runs of the installer); an
-install against a local package index cancelled mid-download and resumed; the smoke test's handshake with the
-fake backend.
+install against a local package index cancelled mid-download and resumed; the smoke test's handshake with a fake
+backend (tests/fakes/bare_backend).
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from fakes import package_index
 from mononphm_blender.core import command, installer, jobs
 
 FAKES = Path(__file__).resolve().parent / "fakes"
+BARE_BACKEND = FAKES / "bare_backend"  # answers the handshake and the smoke test in an environment without numpy
 PIP_OUTPUT = FAKES / "pip_output"
 
 
 def _options(tmp_path, requirements="torch==2.13.0\nnumpy==1.26.4  # pinned\nav==18.1.0\n", **kw):
     req = tmp_path / "requirements.txt"
     req.write_text(requirements)
-    return installer.InstallOptions("/blender/python/bin/python3.11", tmp_path / "env", req, FAKES, **kw)
+    return installer.InstallOptions("/blender/python/bin/python3.11", tmp_path / "env", req, BARE_BACKEND, **kw)
 
 
 # --- base interpreter and torch variant ---------------------------------------------------------------------------
@@ -252,7 +253,7 @@ def _commands(log: str, verb: str) -> list[str]:
 def test_install_cancelled_mid_download_resumes_and_passes_the_smoke_test(tmp_path, local_index):
     req = tmp_path / "requirements.txt"
     req.write_text("alpha==1.0\ngamma==1.0\n")
-    opts = installer.InstallOptions(installer.resolve_base_python().python, tmp_path / "env", req, FAKES,
+    opts = installer.InstallOptions(installer.resolve_base_python().python, tmp_path / "env", req, BARE_BACKEND,
                                     index_url=local_index.url, download_batch_bytes=1)  # a pip call per file
     job = installer.Installer(opts, log_path=tmp_path / "setup.log").start()
     deadline = time.monotonic() + 120
@@ -350,7 +351,7 @@ def test_setup_operator_runs_offline_and_reports_in_the_panels(scene, monkeypatc
     req = tmp_path / "requirements.txt"
     req.write_text("alpha==1.0\n")
     monkeypatch.setattr(contracts, "requirements_file", lambda: req)
-    monkeypatch.setenv("MONONPHM_BACKEND_PATH", str(FAKES))
+    monkeypatch.setenv("MONONPHM_BACKEND_PATH", str(BARE_BACKEND))
     assert isinstance(prefs.base_python_choice(defaults), installer.BaseChoice)  # Blender's Python, no questions
     assert bpy.ops.mononphm.setup_backend() == {"FINISHED"}
     assert prefs.setup_running()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import traceback
+from pathlib import Path
 
 from . import BUILTIN_MODEL_DIR, __version__
-from .contracts.protocol import BackendError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION
-from .contracts.track_config import TrackConfig, add_track_arguments
+from .contracts.protocol import (CANCEL_HINT, BackendError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION,
+                                 install_cancel_handler)
+from .contracts.track_config import DEVICES, TrackConfig, add_track_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +28,26 @@ def build_parser() -> argparse.ArgumentParser:
     track = sub.add_parser("track", help="track a clip and write a result package")
     add_track_arguments(track)  # one flag per TrackConfig field
 
+    batch = sub.add_parser("batch", help="track many clips as Ray tasks, locally or on a cluster (needs Ray)")
+    batch.add_argument("inputs", nargs="+", metavar="INPUT",
+                       help="clips as for track (video, image folder, image), or @LIST.txt with one per line")
+    batch.add_argument("--out-root", required=True, metavar="DIR",
+                       help="one result package per clip in DIR/<name>/ (finished ones skipped, partial resumed)")
+    batch.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="join this Ray cluster (inputs and DIR on storage every node sees); default: local Ray")
+    batch.add_argument("--workers", type=int, default=0, metavar="N",
+                       help="local Ray: clips tracked at once (default: logical CPUs // --threads)")
+    batch.add_argument("--chunk-frames", type=int, default=0, metavar="N",
+                       help="split clips of more than N selected frames into chunks of N on the workers (0: never)")
+    add_track_arguments(batch, exclude=("input", "out"))  # every track flag, for every clip
+
     validate = sub.add_parser("validate", help="check a result package and print a summary")
     validate.add_argument("package")
+
+    selftest = sub.add_parser("selftest", help="track one frame of a built-in image (the installer's smoke test)")
+    selftest.add_argument("--out", required=True, help="scratch folder (its contents are replaced)")
+    selftest.add_argument("--device", choices=DEVICES, default=TrackConfig.device)
+    selftest.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = auto)")
 
     # Listed for --help only: main() hands `train ...` to backend.training.train before parsing.
     sub.add_parser("train", help="train a MonoNPHM model on synthetic heads (python -m backend train --help)")
@@ -57,13 +76,6 @@ def version_info() -> dict:
     }
 
 
-def _install_cancel_handler() -> None:
-    def on_term(signum, frame):  # noqa: ARG001 - signal API
-        raise Cancelled("cancelled", "Finished frames are kept; run the same command again to resume.")
-
-    signal.signal(signal.SIGTERM, on_term)
-    if hasattr(signal, "SIGBREAK"):  # Windows CTRL_BREAK_EVENT from the add-on's Cancel
-        signal.signal(signal.SIGBREAK, on_term)
 
 
 def _run_validate(args, events: EventWriter) -> None:
@@ -95,6 +107,43 @@ def _run_validate(args, events: EventWriter) -> None:
     events.result(str(package.root), len(package.frames))
 
 
+# The smoke test's fit: the draft preset cut to a few iterations, so it proves the whole pipeline (decoding,
+# landmarks, masks, model, identity and frame fits, meshes, result package) in seconds, not its quality.
+SELFTEST_OVERRIDES = {"id_iters": 8, "frame_iters": 4, "stage2_epochs": 0, "mesh_res": 48}
+
+
+def _run_selftest(args, events: EventWriter) -> None:
+    """One frame of ``skimage.data.astronaut()`` (public domain; ships with scikit-image) tracked end to end;
+    emits a ``summary`` event with the device and the seconds it took."""
+    import dataclasses
+    import shutil
+    import time
+
+    from skimage import data, io
+
+    from .model.devices import available_devices, resolve_device
+    from .tracking import run_track
+    from .tracking.tracker import PRESETS
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    for name in ("astronaut.png", "result"):  # only what an earlier self-test wrote
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    image = out / "astronaut.png"
+    io.imsave(image, data.astronaut(), check_contrast=False)
+    config = TrackConfig(input=str(image), out=str(out / "result"), preset="draft", max_size=256,
+                         threads=args.threads, device=resolve_device(args.device))
+    outcome = run_track(config, events, preset=dataclasses.replace(PRESETS["draft"], **SELFTEST_OVERRIDES))
+    events.emit("summary", device=config.device, seconds=round(time.perf_counter() - t0, 2), frames=outcome.frames,
+                devices=available_devices())
+    events.result(str(outcome.path), outcome.frames)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # the trainer owns all its flags, --help included
@@ -112,11 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.BAD_INPUT
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     events = EventWriter()
-    _install_cancel_handler()
+    install_cancel_handler()
     try:
         events.hello(__version__)
         if args.command == "validate":
             _run_validate(args, events)
+        elif args.command == "selftest":
+            _run_selftest(args, events)
+        elif args.command == "batch":
+            from .batch import BatchConfig, run_batch
+
+            config = TrackConfig.from_namespace(args, input="", out="")
+            root, frames = run_batch(args.inputs, BatchConfig.from_namespace(args), config, events)
+            events.result(str(root), frames)
         elif args.command == "track":
             from .tracking import run_track
 
@@ -124,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             events.result(str(outcome.path), outcome.frames, outcome.timings)
         return ExitCode.OK
     except (Cancelled, KeyboardInterrupt):
-        events.error("Cancelled.", "Finished frames are kept; run the same command again to resume.",
+        events.error("Cancelled.", CANCEL_HINT,
                      code="cancelled")
         return ExitCode.CANCELLED
     except BackendError as exc:

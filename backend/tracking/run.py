@@ -11,10 +11,11 @@ same bits as an uninterrupted run, a longer range extends the package to what a 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -105,7 +106,8 @@ class Detections:
     times: Dict[int, float]                       # index -> presentation time (s)
     landmarks: Dict[int, Optional[np.ndarray]]    # index -> (L, 2) float32 detector points; None: no face
     face_sizes: Dict[int, float]                  # index -> face size (px); 0 without a face
-    seconds: Dict[str, float]                     # "decode", "landmarks": time spent in each during the pass
+    # "decode", "landmarks": seconds spent in each by the pass that made them (empty for a subset or restored ones)
+    seconds: Dict[str, float] = field(default_factory=dict)
 
     @property
     def found(self) -> List[int]:
@@ -116,6 +118,35 @@ class Detections:
         """The tracker's ``FrameObs`` of a frame (image and labels when decoded)."""
         from .tracker import FrameObs
         return FrameObs(index, self.times[index], self.landmarks[index], image, labels, self.face_sizes[index])
+
+    def found_in(self, start: int, stop: int) -> List[int]:
+        """Indices of the frames with a face among the selected frames at positions [start, stop)."""
+        return [i for i in self.indices[start:stop] if self.landmarks[i] is not None]
+
+    def subset(self, indices: List[int]) -> "Detections":
+        """The detections of ``indices`` (a part of the selection)."""
+        return Detections(list(indices), {i: self.times[i] for i in indices},
+                          {i: self.landmarks[i] for i in indices}, {i: self.face_sizes[i] for i in indices})
+
+    def to_arrays(self) -> Dict[str, np.ndarray]:
+        """Plain arrays (``from_arrays`` restores the same values): ``indices`` (N,) int64, ``times`` (N,) float64,
+        ``found`` (N,) bool, ``landmarks`` (N, L, 2) float32 (zeros without a face), ``face_sizes`` (N,) float64."""
+        found = np.array([self.landmarks[i] is not None for i in self.indices])
+        points = [self.landmarks[i] for i in self.indices if self.landmarks[i] is not None]
+        landmarks = np.zeros((len(self.indices),) + (points[0].shape if points else (0, 2)), np.float32)
+        if points:
+            landmarks[found] = np.stack(points)
+        return {"indices": np.array(self.indices, np.int64), "times": np.array([self.times[i] for i in self.indices]),
+                "found": found, "landmarks": landmarks,
+                "face_sizes": np.array([self.face_sizes[i] for i in self.indices], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Dict[str, np.ndarray]) -> "Detections":
+        indices = arrays["indices"].tolist()
+        return cls(indices, dict(zip(indices, arrays["times"].tolist())),
+                   {i: (lm if ok else None) for i, lm, ok in zip(indices, arrays["landmarks"], arrays["found"])},
+                   dict(zip(indices, arrays["face_sizes"].tolist())))
+
 
 
 def detect_all(src, detector: str, ev: _Events, face="largest") -> Detections:
@@ -208,7 +239,8 @@ class TrackingSession:
     """
 
     def __init__(self, config: TrackConfig, preset, source, detections: Detections, writer, tracker, codes,
-                 events: _Events):
+                 events: _Events, t_start: Optional[float] = None):
+        self.t_start = time.perf_counter() if t_start is None else t_start   # the run's start (timings' total)
         self.config = config
         self.preset = preset
         self.source = source
@@ -225,21 +257,21 @@ class TrackingSession:
         self.written_z_exp: Dict[int, np.ndarray] = {}  # index -> z_exp (E,) as written: the per-frame USD meshes
 
     # ---------------------------------------------------------------------------------------------------------
-    def run(self, t_start: float) -> TrackOutcome:
+    def run(self) -> TrackOutcome:
         tracker, det = self.tracker, self.detections
         found = det.found
-        resumed = self._resume(identity_frames(found, self.preset))
+        resumed = self.resume(identity_frames(found, self.preset))
         # a frame is done when its record and its stage-1 fit are both on disk
         done = set() if self.config.overwrite else (self.writer.done_frames & set(found) & set(self.stage1))
         todo = [i for i in found if i not in done]
         if resumed:
             self._load_written_frames()
         if tracker.mesh is None:
-            self._fit_identity()
+            self.fit_identity()
 
         t_frames = time.perf_counter()
         cpu0 = time.process_time()
-        n_done = self._track_frames(todo) if todo else 0
+        n_done = self.track_frames(todo) if todo else 0
         tracker.timer.add("frames_total", time.perf_counter() - t_frames)
         tracker.timer.t["frames_fitted"] = n_done
 
@@ -256,10 +288,21 @@ class TrackingSession:
         t = tracker.timer.t
         log.info("timings: %s", {k: round(v, 2) for k, v in t.items()})
         return TrackOutcome(self.writer.root, len(self.writer.manifest["frames"]),
-                            dict(t, total=time.perf_counter() - t_start))
+                            dict(t, total=time.perf_counter() - self.t_start))
 
     # ---------------------------------------------------------------------------------------------------------
-    def _resume(self, pick: List[int]) -> bool:
+    @contextlib.contextmanager
+    def marking_interruptions(self):
+        """Mark the package ``cancelled`` (Cancelled, Ctrl-C) or ``failed`` (any other error) and release its lock
+        when the body raises; the frames written so far stay valid and a re-run resumes from them."""
+        from ..contracts.protocol import Cancelled
+        try:
+            yield self
+        except BaseException as e:
+            self.writer.abort("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
+            raise
+
+    def resume(self, pick: List[int]) -> bool:
         """Restore the tracker and the frames' fits from the package's tracker state, if it has one; ``pick``: the
         identity frames a fresh run of this selection uses. An extension of the package whose identity frames differ
         starts afresh (the package's frames are dropped first, so it never mixes identities)."""
@@ -307,7 +350,7 @@ class TrackingSession:
         z_exp = package.frame_arrays(["z_exp"])["z_exp"]
         self.written_z_exp.update(zip(package.frame_indices.tolist(), z_exp))
 
-    def _fit_identity(self) -> None:
+    def fit_identity(self) -> None:
         """Stage 1a on the frames ``identity_frames`` picks; writes the identity, the canonical mesh and the
         tracker state."""
         from ..model.devices import to_numpy
@@ -322,7 +365,7 @@ class TrackingSession:
                                          tracker.albedo)
         self._save_state()
 
-    def _track_frames(self, todo: List[int]) -> int:
+    def track_frames(self, todo: List[int]) -> int:
         """Stage 1b: fit the frames in ``todo`` one by one, each warm-started from the previous frame, and write
         them in chunks as they finish. -> number of frames fitted."""
         tracker = self.tracker
@@ -537,9 +580,18 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     ``events``: a protocol ``EventWriter`` (or None); ``preset``: the stage settings (``tracker.Preset``), by default
     ``PRESETS[config.preset]`` (tests and benchmarks pass smaller ones).
     """
+    session = open_session(config, events, preset)
+    with session.marking_interruptions():
+        return session.run()
+
+
+def open_session(config: TrackConfig, events=None, preset=None,
+                 detections: Optional[Detections] = None) -> TrackingSession:
+    """The parts of a ``track`` run, ready to ``run()``, holding the package's lock: pass 1 over the selection
+    (unless ``detections`` of it are given: the chunks of a long clip reuse its one pass), the model and tracker,
+    the package writer."""
     import torch
     from ..contracts import landmark_tables as lt
-    from ..contracts.protocol import Cancelled
     from ..contracts.result_format import ResultWriter
     from ..contracts.track_config import parse_face
     from ..model.devices import device_name, resolve_device, to_numpy
@@ -588,7 +640,7 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     ResultWriter.check_can_write(Path(config.out), header)
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
-    det = detect_all(src, config.detector, ev, face)
+    det = detections if detections is not None else detect_all(src, config.detector, ev, face)
     if not det.indices:
         raise TrackingInputError(f"the frame range {src.range} selects no frames of {config.input}",
                                  "Check --frames against the clip length.")
@@ -612,9 +664,4 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     # a container may announce fewer frames than it holds
     header["source"]["frame_count"] = max(int(src.info.n_frames or 0), max(det.indices) + 1)
     writer = ResultWriter(Path(config.out), header)
-    session = TrackingSession(config, preset, src, det, writer, tracker, codes, ev)
-    try:
-        return session.run(t_start)
-    except BaseException as e:
-        writer.abort("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
-        raise
+    return TrackingSession(config, preset, src, det, writer, tracker, codes, ev, t_start)

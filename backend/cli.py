@@ -58,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--detector", choices=("mediapipe", "face-alignment"), default="mediapipe")
     track.add_argument("--seed", type=int, default=0)
 
+    bake = sub.add_parser("bake", help="bake the subject's colours (and a texture) from the clip into a result")
+    bake.add_argument("package", help="result package folder written by track")
+    bake.add_argument("--frames", default=None, metavar="A:B:STEP",
+                      help="bake from these source frames only (default: every tracked frame)")
+    bake.add_argument("--max-frames", type=int, default=64,
+                      help="at most this many frames, evenly spaced over the selection (default 64)")
+    bake.add_argument("--texture", action="store_true", help="also unwrap the head and bake a texture (PNG)")
+    bake.add_argument("--texture-frames", default=None, metavar="I,J,...",
+                      help="source frames for the texture (default: picked automatically: frontal, sharp, neutral)")
+    bake.add_argument("--texture-size", type=int, default=2048, metavar="PX", help="texture size (default 2048)")
+    bake.add_argument("--threads", type=int, default=0, help="CPU threads (0 = auto, as for track)")
+
     validate = sub.add_parser("validate", help="check a result package and print a summary")
     validate.add_argument("package")
 
@@ -157,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         events.hello(__version__)
         if args.command == "validate":
             _run_validate(args, events)
+        elif args.command == "bake":
+            from .bake.run import run_bake
+            from .result_format import read_manifest
+
+            path = run_bake(args, events)
+            events.result(str(path), len(read_manifest(path)["frames"]))
         elif args.command == "track":
             from .tracking import run_track
 

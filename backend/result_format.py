@@ -7,9 +7,11 @@ Layout::
     RESULT/
       manifest.json           format, version, clip, fps, image size, intrinsics, model, per-frame records
       canonical_mesh.npz      vertices (V,3) f32 metres model axes · triangles (F,3) i32 · albedo (V,3) u8 sRGB
+                              optional: baked_albedo (V,3) u8 sRGB · baked_confidence (V,) f32 · uv (F,3,2) f32
       identity.npz            z_geo, z_app (f32 vectors) · sh_coeffs (9,3) · color_affine (3,3) · color_bias (3,)
       frames/chunk_NNNNNN.npz per-frame arrays, one row per frame (frame_index says which)
       meshes.usdc             optional: per-frame meshes with colours (topology-varying output)
+      texture.png             optional: baked albedo texture (8-bit sRGB RGB PNG) for the canonical mesh's uv
       tracker_state.npz       optional: whatever the tracker needs to resume
 
 Every file is written to a temporary name and renamed (atomic on POSIX and Windows), and the manifest is
@@ -40,6 +42,7 @@ CANONICAL_MESH = "canonical_mesh.npz"
 IDENTITY = "identity.npz"
 FRAMES_DIR = "frames"
 USD_SEQUENCE = "meshes.usdc"
+TEXTURE = "texture.png"
 TRACKER_STATE = "tracker_state.npz"
 
 FRAME_STATUSES = ("tracked", "interpolated", "no_face", "failed")
@@ -51,6 +54,11 @@ CANONICAL_SCHEMA = {
     "vertices": ("float32", ("V", 3)),
     "triangles": ("int32", ("F", 3)),
     "albedo": ("uint8", ("V", 3)),
+}
+OPTIONAL_CANONICAL_SCHEMA = {
+    "baked_albedo": ("uint8", ("V", 3)),
+    "baked_confidence": ("float32", ("V",)),
+    "uv": ("float32", ("F", 3, 2)),
 }
 IDENTITY_SCHEMA = {
     "z_geo": ("float32", ("G",)),
@@ -103,7 +111,10 @@ class FrameRecord:
 class CanonicalMesh:
     vertices: np.ndarray  # (V, 3) float32, metres, model axes
     triangles: np.ndarray  # (F, 3) int32
-    albedo: np.ndarray  # (V, 3) uint8, sRGB
+    albedo: np.ndarray  # (V, 3) uint8, sRGB: the model's appearance-space albedo
+    baked_albedo: np.ndarray | None = None  # (V, 3) uint8, sRGB: colours baked from the video (None: not baked)
+    baked_confidence: np.ndarray | None = None  # (V,) float32 in [0, 1]: share of the video in baked_albedo
+    uv: np.ndarray | None = None  # (F, 3, 2) float32: texture coordinates of each triangle corner (TEXTURE)
 
 
 def _opt_float(value: Any) -> float | None:
@@ -264,8 +275,37 @@ class ResultWriter:
                   "albedo": np.asarray(albedo, np.uint8)}
         check_arrays(CANONICAL_MESH, arrays, CANONICAL_SCHEMA, {})
         save_npz_atomic(self.root / CANONICAL_MESH, arrays)
+        (self.root / TEXTURE).unlink(missing_ok=True)   # a new mesh: an earlier bake no longer applies
+        self.manifest.pop("bake", None)
         self.manifest["has_canonical_mesh"] = True
         self.manifest["vertex_count"] = int(arrays["vertices"].shape[0])
+        self._flush_manifest()
+
+    def write_bake(self, baked_albedo: np.ndarray, baked_confidence: np.ndarray, settings: Mapping[str, Any],
+                   uv: np.ndarray | None = None, texture_png: bytes | None = None) -> None:
+        """Add baked colours (and optionally a texture with its uv) to the canonical mesh; the model albedo stays.
+
+        ``settings`` (frames used, …) is recorded as the manifest's ``bake``. A bake without a texture removes an
+        older texture, so the package never pairs colours and a texture from different bakes.
+        """
+        arrays = dict(load_npz(self.root / CANONICAL_MESH))
+        for key in OPTIONAL_CANONICAL_SCHEMA:
+            arrays.pop(key, None)
+        arrays.update(baked_albedo=np.asarray(baked_albedo, np.uint8),
+                      baked_confidence=np.asarray(baked_confidence, np.float32))
+        if uv is not None:
+            arrays["uv"] = np.asarray(uv, np.float32)
+        sizes: dict[str, int] = {}
+        check_arrays(CANONICAL_MESH, arrays, CANONICAL_SCHEMA, sizes)
+        check_arrays(CANONICAL_MESH, arrays, OPTIONAL_CANONICAL_SCHEMA, sizes, required=False)
+        if (uv is None) != (texture_png is None):
+            raise ValueError("a texture needs its uv and vice versa")
+        if texture_png is not None:
+            _atomic_write_bytes(self.root / TEXTURE, lambda handle: handle.write(texture_png))
+        save_npz_atomic(self.root / CANONICAL_MESH, arrays)
+        if texture_png is None:
+            (self.root / TEXTURE).unlink(missing_ok=True)
+        self.manifest["bake"] = {**dict(settings), "texture": TEXTURE if texture_png is not None else None}
         self._flush_manifest()
 
     def write_identity(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -456,8 +496,22 @@ class ResultPackage:
             if not np.isfinite(arrays["vertices"]).all():
                 raise PackageError(f"{CANONICAL_MESH}: vertices contain NaN or infinity",
                                    "Re-run tracking to rewrite the package.")
-            self._mesh = CanonicalMesh(arrays["vertices"], tris, arrays["albedo"])
+            check_arrays(CANONICAL_MESH, arrays, OPTIONAL_CANONICAL_SCHEMA, sizes, required=False)
+            self._mesh = CanonicalMesh(arrays["vertices"], tris, arrays["albedo"], arrays.get("baked_albedo"),
+                                       arrays.get("baked_confidence"), arrays.get("uv"))
         return self._mesh
+
+    @property
+    def texture_path(self) -> Path | None:
+        """The baked texture (``TEXTURE``) when the manifest's ``bake`` lists one and the mesh has its uv."""
+        name = (self.manifest.get("bake") or {}).get("texture")
+        if not name:
+            return None
+        path = self.root / TEXTURE  # a fixed name: never a path from the manifest
+        if not path.is_file() or self.canonical_mesh().uv is None:
+            raise PackageError(f"{TEXTURE} is listed in the manifest but it or its uv is missing",
+                               "Re-bake with a texture: python -m backend bake RESULT --texture")
+        return path
 
     def identity(self) -> dict[str, np.ndarray]:
         arrays = load_npz(self.root / IDENTITY)

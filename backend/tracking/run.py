@@ -372,7 +372,8 @@ def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size
         for s in range(0, len(res), CHUNK):
             _flush(writer, res[s:s + CHUNK], tracker, codes, status_of, time_of, states, stage2_done)
 
-    # ---- per-frame meshes as USD
+    # ---- the subject's colours from the video, then per-frame meshes as USD (which use them)
+    _bake(writer, tracker, ev)
     if writer.manifest.get("output_mode") in ("meshes", "both"):
         _write_usd(writer, tracker, ev)
     writer.write_tracker_state(_state_arrays(tracker, states, stage2_done))
@@ -437,22 +438,40 @@ def _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_
     writer.write_tracker_state(_state_arrays(tracker, states, stage2_done))
 
 
+def _bake(writer, tracker, ev):
+    """Baked colours of the canonical mesh (``backend.bake``); a failure leaves the tracked result usable."""
+    from ..bake.run import bake_package
+    t0 = time.perf_counter()
+    try:
+        bake_package(writer.root, writer=writer, events=ev.ev)
+    except Exception as e:  # noqa: BLE001 - the tracked result stands without baked colours
+        ev.warning(f"colours not baked from the video: {type(e).__name__}: {e}", "bake_failed")
+    tracker.timer.add("bake", time.perf_counter() - t0)
+
+
 def posed_frame_meshes(pkg, tracker, ev=None):
     """Topology-varying per-frame meshes: narrow-band marching cubes of the posed SDF (``model.mesh.PosedMesher``,
-    each frame reusing the previous frame's band) for every frame of the package, with the tracker's albedo
-    (network albedo through the fitted colour affine). Yields ``usd_export.FrameMesh`` (metres, model axes)."""
+    each frame reusing the previous frame's band) for every frame of the package, coloured by the package's baked
+    colours looked up on the canonical surface through the backward deformation (``bake.posed``), or, without a
+    bake, by the tracker's albedo (network albedo through the fitted colour affine). Yields
+    ``usd_export.FrameMesh`` (metres, model axes)."""
     import torch
+    from ..bake.posed import CanonicalColours
     from ..model.mesh import PosedMesher
     from ..usd_export import FrameMesh
 
     mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
     z_exp = pkg.frame_arrays(["z_exp"])["z_exp"]
     zg = tracker.z_geo().detach()
+    canon = pkg.canonical_mesh()
+    baked = None if canon.baked_albedo is None else \
+        CanonicalColours(canon.vertices / np.float32(NPHM_UNIT_M), canon.baked_albedo)
     for k, rec in enumerate(pkg.frames):
         ze = torch.as_tensor(z_exp[k])[None]
         mesh = mesher(zg, None, ze, with_color=False)
-        yield FrameMesh(int(rec["index"]), mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces,
-                        tracker.albedo_u8(mesh.vertices, ze))
+        colours = tracker.albedo_u8(mesh.vertices, ze) if baked is None else \
+            baked.at_posed(tracker.model, zg, ze, mesh.vertices)
+        yield FrameMesh(int(rec["index"]), mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, colours)
         if ev is not None:
             ev.progress("meshes", k + 1, len(pkg.frames), int(rec["index"]))
 

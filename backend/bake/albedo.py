@@ -42,6 +42,9 @@ class BakeConfig:
     silhouette and from pixels labelled background (occluders, misfit)."""
     min_shading: float = 0.2
     """Shading below which an observation is down-weighted (dark, noisy after the division)."""
+    special_share: float = 0.25
+    """A point with at least this share of its observation weight inside eye openings or the mouth interior is an
+    eye / mouth point: eyes are open in fewer frames than they are seen at all (blinks, lids)."""
     inlier_distance: float = 0.06
     """Observations farther than this (sRGB-encoded, mean over channels) from the weighted median are dropped
     before the weighted mean (specular highlights, occluders, blinks)."""
@@ -272,13 +275,13 @@ class RobustAlbedo:
 def combine(obs: Observations, cfg: BakeConfig) -> RobustAlbedo:
     """Robust combination across frames.
 
-    A point belongs to the eyes / mouth interior when most of its observation weight lies in those regions; it then
-    uses only those observations, and every other point only the rest, so skin never smears into the eyes or the
-    mouth and vice versa. Weighted median per channel, then the weighted mean of the observations near it.
+    A point belongs to the eyes / mouth interior when ``cfg.special_share`` of its observation weight lies in those
+    regions; it then uses only those observations, and every other point only the rest, so skin never smears into
+    the eyes or the mouth and vice versa. Weighted median per channel, then the weighted mean of the observations near it.
     """
     w = obs.weight
     w_special = (w * obs.special).sum(0)
-    special = w_special > 0.5 * w.sum(0)
+    special = w_special > cfg.special_share * w.sum(0)
     w = np.where(obs.special == special[None], w, 0.0).astype(np.float32)
     med = weighted_median(obs.albedo_lin, w)
     dist = np.abs(linear_to_srgb(obs.albedo_lin) - linear_to_srgb(med)[None]).mean(-1)

@@ -75,6 +75,16 @@ def track_argv(python: str, req: TrackRequest) -> list[str]:
     return argv
 
 
+def bake_argv(python: str, package: str, frames: str | None = None, texture: bool = False) -> list[str]:
+    """``python -m backend bake PACKAGE …``: re-bake the subject's colours (and a texture) from ``frames``."""
+    argv = [str(python), "-m", "backend", "bake", str(package)]
+    if frames:
+        argv += ["--frames", frames]
+    if texture:
+        argv.append("--texture")
+    return argv
+
+
 def version_argv(python: str) -> list[str]:
     return [str(python), "-m", "backend", "--version", "--json"]
 

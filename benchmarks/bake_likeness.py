@@ -10,7 +10,8 @@ over the clip, for
 
 - ``model``: today's colours (the model's appearance-space albedo in ``canonical_mesh.npz``),
 - ``mean``: the trivial baseline, one colour (the face pixels' mean of the even frames, divided by the mean shading),
-- ``baked``: the video-baked vertex colours.
+- ``baked``: the video-baked vertex colours,
+- ``texture``: the 2048² texture baked from the ``BakeConfig.texture_frames`` best of the even frames.
 
 The LAST stdout line is one JSON object.
 """
@@ -50,7 +51,8 @@ def cpu_report() -> dict:
 
 
 def rerender_errors(pkg, frames, colours: dict) -> dict:
-    """Per-frame face-region L1 (0-255) and PSNR (dB) of each colour set rendered on ``frames`` (a FrameBatch)."""
+    """Per-frame face-region L1 (0-255) and PSNR (dB) of each colour set rendered on ``frames`` (a FrameBatch);
+    a colour set is per-vertex colours (V, 3) or a (texture, uv) pair."""
     from backend.bake.albedo import render_shaded
     from backend.bake.frames import package_shading
     from backend.tracking import masks as M
@@ -59,7 +61,8 @@ def rerender_errors(pkg, frames, colours: dict) -> dict:
     K = pkg.intrinsics().matrix()
     out = {}
     for name, col in colours.items():
-        img, covered = render_shaded(frames.verts_cam, mesh.triangles, K, pkg.image_size, shading, col)
+        tex, uv = col if isinstance(col, tuple) else (col, None)
+        img, covered = render_shaded(frames.verts_cam, mesh.triangles, K, pkg.image_size, shading, tex, uv)
         face = covered & (frames.labels == M.FACE)
         ref = frames.images.astype(np.float32) / 255.0
         err = np.abs(img - ref).mean(-1)
@@ -75,6 +78,7 @@ def evaluate(package: Path) -> dict:
     from backend.bake.albedo import BakeConfig, SurfacePoints, bake_vertices, observe
     from backend.conventions import linear_to_srgb
     from backend.bake.frames import decode_frames, package_shading, select_frames
+    from backend.bake.texture import bake_texture, frame_scores, unwrap
     from backend.result_format import ResultPackage
     pkg = ResultPackage(package)
     cfg = BakeConfig()
@@ -96,8 +100,19 @@ def evaluate(package: Path) -> dict:
     mean_lin = (w[..., None] * obs.albedo_lin).sum((0, 1)) / w.sum()
     mean_col = shading.to_package(linear_to_srgb(mean_lin))
     flat = np.broadcast_to((np.clip(mean_col, 0, 1) * 255 + 0.5).astype(np.uint8), mesh.albedo.shape)
+    t0 = time.perf_counter()
+    uv = unwrap(mesh.vertices, mesh.triangles)
+    t_unwrap = time.perf_counter() - t0
+    arrays = pkg.frame_arrays(["rotation", "z_exp"])
+    at = np.searchsorted(pkg.frame_indices, even)
+    pick = np.sort(np.argsort(-frame_scores(train, arrays["rotation"][at], arrays["z_exp"][at]),
+                              kind="stable")[: cfg.texture_frames])
+    t0 = time.perf_counter()
+    tex = bake_texture(train.subset(pick), mesh.triangles, K, shading, uv, baked.colours, 2048, cfg)
+    t_texture = time.perf_counter() - t0
     test = decode_frames(pkg, odd)
-    errs = rerender_errors(pkg, test, {"model": mesh.albedo, "mean": flat, "baked": baked.colours})
+    errs = rerender_errors(pkg, test, {"model": mesh.albedo, "mean": flat, "baked": baked.colours,
+                                       "texture": (tex, uv)})
     summary = {}
     for name, e in errs.items():
         ok = e["pixels"] > 0
@@ -106,7 +121,8 @@ def evaluate(package: Path) -> dict:
                          "psnr_db": round(float((e["psnr"][ok] * wts).sum()), 2),
                          "l1_per_frame": [round(float(x), 2) for x in e["l1"][ok]]}
     return {"package": str(package), "bake_frames": len(even), "test_frames": len(odd),
-            "decode_s": round(t_decode, 2), "bake_s": round(t_bake, 2),
+            "decode_s": round(t_decode, 2), "bake_s": round(t_bake, 2), "unwrap_s": round(t_unwrap, 2),
+            "texture_s": round(t_texture, 2),
             "confidence_mean": round(float(baked.confidence.mean()), 3), "errors": summary}
 
 

@@ -355,19 +355,25 @@ def bake_vertices(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, shading:
 
 
 def render_shaded(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple, shading: Shading,
-                  colours_u8: np.ndarray):
-    """The posed mesh with per-vertex colours (package convention) under the fitted lighting, as the tracker's
-    image formation predicts the frames: verts_cam (T, V, 3) -> images (T, H, W, 3) float in [0, 1] and
-    coverage (T, H, W) bool."""
+                  colours_u8: np.ndarray, uv: np.ndarray | None = None):
+    """The posed mesh under the fitted lighting, as the tracker's image formation predicts the frames, coloured by
+    per-vertex colours (V, 3) uint8 or, with ``uv`` (F, 3, 2), by a texture (S, S, 3) uint8 (row 0 at v = 1);
+    package colour convention. verts_cam (T, V, 3) -> images (T, H, W, 3) float in [0, 1], coverage (T, H, W)."""
     W, H = size
     frag = raster.rasterize_batch(verts_cam, faces, K, H, W)
     covered = frag.tri >= 0
     tri = np.asarray(faces, np.int64)[frag.tri[covered]]                  # (n, 3)
     t = np.nonzero(covered)[0]
+    bary = frag.bary[covered]
     normals = vertex_normals_batch(verts_cam, faces)
-    n = np.einsum("nk,nkc->nc", frag.bary[covered], normals[t[:, None], tri])
+    n = np.einsum("nk,nkc->nc", bary, normals[t[:, None], tri])
     n /= np.clip(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12, None)
-    c = np.einsum("nk,nkc->nc", frag.bary[covered], colours_u8[tri].astype(np.float32) / 255.0)
+    if uv is None:
+        c = np.einsum("nk,nkc->nc", bary, colours_u8[tri].astype(np.float32) / 255.0)
+    else:
+        S = colours_u8.shape[0]
+        st = np.einsum("nk,nkc->nc", bary, uv[frag.tri[covered]])
+        c = _bilinear(colours_u8[None], np.stack([st[:, 0] * S, (1 - st[:, 1]) * S], -1)[None])[0]
     out = np.zeros(covered.shape + (3,), np.float32)
     out[covered] = shading.render(c, n)
     return out, covered

@@ -159,3 +159,22 @@ def test_eye_and_mouth_regions_keep_their_own_colour(scene):
     core = eye & interior(f, eye) & (baked.confidence > 0.5)
     assert core.sum() > 5
     assert baked.colours[core].mean() < 40
+
+
+def test_bake_command_refuses_bad_input_and_keeps_the_package(tmp_path, capsys):
+    import json
+
+    from backend.cli import main
+    from backend.result_format import ResultPackage
+    from fakes.packages import make_package
+
+    assert main(["bake", str(tmp_path / "missing")]) == 2
+    pkg = make_package(tmp_path / "res", frames=4, vertices=300)          # its clip path does not exist
+    before = (pkg / "canonical_mesh.npz").read_bytes()
+    assert main(["bake", str(pkg), "--frames", "50:60"]) == 2
+    assert main(["bake", str(pkg)]) == 2
+    errors = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"error"' in line]
+    assert "no tracked frames" in errors[1]["message"]
+    assert "cannot open the tracked clip" in errors[2]["message"] and errors[2]["hint"]
+    assert (pkg / "canonical_mesh.npz").read_bytes() == before
+    assert ResultPackage(pkg).manifest["state"] == "complete" and "bake" not in ResultPackage(pkg).manifest

@@ -147,9 +147,10 @@ class Observations:
     special: np.ndarray
 
     @classmethod
-    def concatenate(cls, parts) -> "Observations":
+    def concatenate(cls, parts, axis: int) -> "Observations":
+        """Join along frames (axis 0) or points (axis 1)."""
         parts = list(parts)
-        return cls(*(np.concatenate([getattr(p, k) for p in parts], axis=0)
+        return cls(*(np.concatenate([getattr(p, k) for p in parts], axis=axis)
                      for k in ("albedo_lin", "weight", "special")))
 
 
@@ -246,10 +247,9 @@ def observe(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, shading: Shadi
     parts = []
     for s in range(0, len(frames), cfg.batch_frames):
         geo = FrameGeometry(frames.subset(slice(s, s + cfg.batch_frames)), faces, K, shading, cfg)
-        chunks = [geo.observe(points.subset(slice(p, p + point_chunk))) for p in range(0, len(points), point_chunk)]
-        parts.append(Observations(*(np.concatenate([getattr(c, k) for c in chunks], axis=1)
-                                    for k in ("albedo_lin", "weight", "special"))))
-    return Observations.concatenate(parts)
+        parts.append(Observations.concatenate((geo.observe(points.subset(slice(p, p + point_chunk)))
+                                               for p in range(0, len(points), point_chunk)), axis=1))
+    return Observations.concatenate(parts, axis=0)
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -178,3 +178,28 @@ def test_bake_command_refuses_bad_input_and_keeps_the_package(tmp_path, capsys):
     assert "cannot open the tracked clip" in errors[2]["message"] and errors[2]["hint"]
     assert (pkg / "canonical_mesh.npz").read_bytes() == before
     assert ResultPackage(pkg).manifest["state"] == "complete" and "bake" not in ResultPackage(pkg).manifest
+
+
+def test_package_keeps_model_albedo_beside_the_bake_and_validates_it(tmp_path):
+    from backend import result_format as rf
+    from fakes.packages import make_package
+
+    pkg = make_package(tmp_path / "res", frames=2, vertices=300)
+    canon = rf.ResultPackage(pkg).canonical_mesh()
+    V, F = len(canon.vertices), len(canon.triangles)
+    writer = rf.ResultWriter(pkg, rf.read_manifest(pkg))
+    with pytest.raises(rf.PackageError, match="baked_albedo"):
+        writer.write_bake(np.zeros((V + 1, 3), np.uint8), np.zeros(V + 1), {"frames": [0]})
+    with pytest.raises(rf.PackageError, match="uv"):
+        writer.write_bake(np.zeros((V, 3), np.uint8), np.zeros(V), {"frames": [0]}, np.zeros((F, 2, 2)), b"png")
+    writer.write_bake(np.full((V, 3), 7, np.uint8), np.full(V, 0.5), {"frames": [0, 1]}, np.zeros((F, 3, 2)), b"png")
+    got = rf.ResultPackage(pkg)
+    mesh = got.canonical_mesh()
+    np.testing.assert_array_equal(mesh.albedo, canon.albedo)
+    assert mesh.baked_albedo[0, 0] == 7 and mesh.baked_confidence.dtype == np.float32 and mesh.uv.shape == (F, 3, 2)
+    assert got.texture_path.read_bytes() == b"png" and got.manifest["bake"]["frames"] == [0, 1]
+    writer.write_bake(np.full((V, 3), 9, np.uint8), np.full(V, 0.5), {"frames": [1]})   # no texture: removed
+    assert rf.ResultPackage(pkg).texture_path is None and not (pkg / rf.TEXTURE).exists()
+    assert rf.ResultPackage(pkg).canonical_mesh().uv is None
+    writer.write_canonical_mesh(canon.vertices, canon.triangles, canon.albedo)        # a new identity: no bake
+    assert rf.ResultPackage(pkg).canonical_mesh().baked_albedo is None and "bake" not in writer.manifest

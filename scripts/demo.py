@@ -141,13 +141,15 @@ def _add_light(scene) -> None:
 
     if "DemoSun" not in bpy.data.objects:
         light = bpy.data.lights.new("DemoSun", "SUN")
-        light.energy = 3.0
+        # about the clip's own exposure (the fitted SH shading is ~0.8 on the face), so the baked albedo
+        # renders at the brightness it was seen with, not washed out
+        light.energy = 1.5
         obj = bpy.data.objects.new("DemoSun", light)
         obj.rotation_euler = (1.2, 0.0, 0.4)
         scene.collection.objects.link(obj)
     world = scene.world or bpy.data.worlds.new("DemoWorld")
     scene.world = world
-    world.color = (0.6, 0.6, 0.6)
+    world.color = (0.4, 0.4, 0.4)
 
 
 def _render(scene, path: Path) -> np.ndarray:

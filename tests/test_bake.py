@@ -203,3 +203,25 @@ def test_package_keeps_model_albedo_beside_the_bake_and_validates_it(tmp_path):
     assert rf.ResultPackage(pkg).canonical_mesh().uv is None
     writer.write_canonical_mesh(canon.vertices, canon.triangles, canon.albedo)        # a new identity: no bake
     assert rf.ResultPackage(pkg).canonical_mesh().baked_albedo is None and "bake" not in writer.manifest
+
+
+def test_texture_holds_the_stripe_at_its_place(scene):
+    from backend.bake.texture import bake_texture, texel_points, unwrap
+    v, f = scene["v"], scene["f"]
+    vertex_colours = np.full((len(v), 3), 128, np.uint8)
+    uv = unwrap(v, f)
+    assert uv.shape == (len(f), 3, 2) and uv.min() >= 0 and uv.max() <= 1
+    size = 256
+    tex = bake_texture(scene["frames"], f, K, scene["shading"], uv, vertex_colours, size, BakeConfig())
+    points, pix = texel_points(uv, size)
+    pos = points.interpolate(f, v[None])[0]                          # each texel's point on the sphere
+    colours = tex.reshape(-1, 3)[pix].astype(float)
+    truth = scene["shading"].to_package(np.where(stripe_mask(pos)[:, None], STRIPE, SKIN) / 255.0) * 255
+    front = pos[:, 2] > 0.3 * RADIUS                                 # well seen in every frame
+    inner = front & (np.abs(np.abs(pos[:, 1]) - 0.3 * RADIUS) > 0.04 * RADIUS) \
+        & (np.abs(pos[:, 0] - 0.35 * RADIUS) > 0.04 * RADIUS)        # away from the stripe's edges
+    assert inner.sum() > 2000
+    assert np.abs(colours[inner] - truth[inner]).mean() < 6
+    assert np.abs(colours[inner & stripe_mask(pos)] - truth[inner & stripe_mask(pos)]).max() < 30   # no red
+    back = pos[:, 2] < -0.8 * RADIUS                                 # never seen: the vertex colours
+    assert np.abs(colours[back] - 128).max() < 2

@@ -4,7 +4,8 @@
 
 Each PACKAGE is a tracked result (``python -m backend track CLIP --out PACKAGE``). Colours are baked from the
 even tracked frames only; the posed head is then rendered on the odd frames with the fitted lighting and colour
-correction (the tracker's image formation, ``backend.bake.albedo.render_shaded``) and compared with the frames on
+correction (the tracker's image formation, ``backend.bake.albedo.render_shaded``; baked colours with the
+white-balanced lighting they were baked under, which renders identically) and compared with the frames on
 face pixels (label FACE, where the head covers them): mean absolute error (0-255) and PSNR (dB), per frame and
 over the clip, for
 
@@ -52,15 +53,13 @@ def cpu_report() -> dict:
 
 def rerender_errors(pkg, frames, colours: dict) -> dict:
     """Per-frame face-region L1 (0-255) and PSNR (dB) of each colour set rendered on ``frames`` (a FrameBatch);
-    a colour set is per-vertex colours (V, 3) or a (texture, uv) pair."""
+    a colour set is (per-vertex colours (V, 3) or a (texture, uv) pair, its lighting)."""
     from backend.bake.albedo import render_shaded
-    from backend.bake.frames import package_shading
     from backend.tracking import masks as M
     mesh = pkg.canonical_mesh()
-    shading = package_shading(pkg)
     K = pkg.intrinsics().matrix()
     out = {}
-    for name, col in colours.items():
+    for name, (col, shading) in colours.items():
         tex, uv = col if isinstance(col, tuple) else (col, None)
         img, covered = render_shaded(frames.verts_cam, mesh.triangles, K, pkg.image_size, shading, tex, uv)
         face = covered & (frames.labels == M.FACE)
@@ -85,7 +84,8 @@ def evaluate(package: Path) -> dict:
     tracked = select_frames(pkg, None, 10 ** 9)
     even, odd = tracked[0::2][: cfg.max_frames], tracked[1::2]
     mesh = pkg.canonical_mesh()
-    shading = package_shading(pkg)
+    fitted = package_shading(pkg)
+    shading = fitted.white_balanced()   # the bake's lighting (backend.bake.run)
     K = pkg.intrinsics().matrix()
     t0 = time.perf_counter()
     train = decode_frames(pkg, even)
@@ -111,8 +111,8 @@ def evaluate(package: Path) -> dict:
     tex = bake_texture(train.subset(pick), mesh.triangles, K, shading, uv, baked.colours, 2048, cfg)
     t_texture = time.perf_counter() - t0
     test = decode_frames(pkg, odd)
-    errs = rerender_errors(pkg, test, {"model": mesh.albedo, "mean": flat, "baked": baked.colours,
-                                       "texture": (tex, uv)})
+    errs = rerender_errors(pkg, test, {"model": (mesh.albedo, fitted), "mean": (flat, shading),
+                                       "baked": (baked.colours, shading), "texture": ((tex, uv), shading)})
     summary = {}
     for name, e in errs.items():
         ok = e["pixels"] > 0

@@ -6,7 +6,8 @@ units: ``pixel = A (2 S a - 1) + b`` with SH shading ``S = SH(n_cam) @ sh`` per 
 and the colour affine ``A``, ``b``. One observation inverts it: ``u = (A⁻¹ (pixel - b) + 1) / 2 = S a``, and the
 division by the shading is done in linear RGB, ``lin(a) = lin(u) / S^γ`` (γ = 2.2, the power law that makes the
 sRGB-space product a linear-space one). Baked colours are returned in the package's albedo convention (sRGB,
-colour affine applied: ``(A (2 a - 1) + b + 1) / 2``), like the model albedo they replace.
+colour affine applied: ``(A (2 a - 1) + b + 1) / 2``), like the model albedo they replace; callers bake under the
+white-balanced lighting (``Shading.white_balanced``).
 
 Surface points are (triangle, barycentrics) pairs of the canonical mesh, so the same code bakes vertices (one-hot
 barycentrics) and texels (points of a UV chart). Everything is batched over frames and points: arrays are
@@ -97,6 +98,18 @@ class Shading:
     sh: np.ndarray            # (9, 3) SH coefficients, camera space
     color_affine: np.ndarray  # (3, 3)
     color_bias: np.ndarray    # (3,)
+
+    def white_balanced(self) -> "Shading":
+        """The same lighting made white: each channel divided by the lighting's colour (its ambient, degree-0
+        term, relative to the brightest channel). The tracker cannot tell a tinted light from a tinted skin and
+        fits the skin's tint into the light; colours baked under the white-balanced lighting keep it, so they look
+        like the person in the clip, and render exactly as before with this lighting."""
+        return Shading(self.sh / self.light_colour()[None], self.color_affine, self.color_bias)
+
+    def light_colour(self) -> np.ndarray:
+        """(3,) the lighting's colour, brightest channel 1."""
+        ambient = np.clip(np.asarray(self.sh[0], np.float64), 1e-6, None)
+        return ambient / ambient.max()
 
     def irradiance(self, normals_cam: np.ndarray) -> np.ndarray:
         """Unit camera-space normals (…, 3) -> shading S (…, 3)."""

@@ -61,11 +61,12 @@ def bake_package(root, request: BakeRequest = BakeRequest(), cfg: BakeConfig = B
 
     frames = decode_frames(pkg, indices, progress)
     mesh = pkg.canonical_mesh()
-    shading = package_shading(pkg)
+    shading = package_shading(pkg).white_balanced()
     K = pkg.intrinsics().matrix()
     rows = np.searchsorted(indices, vertex_frames)
     baked = bake_vertices(frames.subset(rows), mesh.triangles, K, shading, mesh.albedo, cfg)
-    settings = {"frames": [int(i) for i in vertex_frames], "texture_frames": None, "texture_size": None}
+    settings = {"frames": [int(i) for i in vertex_frames], "texture_frames": None, "texture_size": None,
+                "light_colour": [round(float(c), 4) for c in package_shading(pkg).light_colour()]}
     uv = png = None
     if request.texture:
         from .texture import bake_texture, encode_png, frame_scores, unwrap

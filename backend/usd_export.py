@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .conventions import model_to_blender_points, srgb_to_linear
+from .contracts.conventions import model_to_blender_points, srgb_to_linear
 
 
 @dataclass(frozen=True)

@@ -75,10 +75,10 @@ def rerender_errors(pkg, frames, colours: dict) -> dict:
 
 def evaluate(package: Path) -> dict:
     from backend.bake.albedo import BakeConfig, SurfacePoints, bake_vertices, observe
-    from backend.conventions import linear_to_srgb
-    from backend.bake.frames import decode_frames, package_shading, select_frames
+    from backend.contracts.conventions import linear_to_srgb
+    from backend.bake.frames import package_frames, package_shading, select_frames
     from backend.bake.texture import bake_texture, frame_scores, unwrap
-    from backend.result_format import ResultPackage
+    from backend.contracts.result_format import ResultPackage
     pkg = ResultPackage(package)
     cfg = BakeConfig()
     tracked = select_frames(pkg, None, 10 ** 9)
@@ -88,7 +88,7 @@ def evaluate(package: Path) -> dict:
     shading = fitted.white_balanced()   # the bake's lighting (backend.bake.run)
     K = pkg.intrinsics().matrix()
     t0 = time.perf_counter()
-    train = decode_frames(pkg, even)
+    train = package_frames(pkg, even)
     t_decode = time.perf_counter() - t0
     t0 = time.perf_counter()
     baked = bake_vertices(train, mesh.triangles, K, shading, mesh.albedo, cfg)
@@ -110,7 +110,7 @@ def evaluate(package: Path) -> dict:
     t0 = time.perf_counter()
     tex = bake_texture(train.subset(pick), mesh.triangles, K, shading, uv, baked.colours, 2048, cfg)
     t_texture = time.perf_counter() - t0
-    test = decode_frames(pkg, odd)
+    test = package_frames(pkg, odd)
     errs = rerender_errors(pkg, test, {"model": (mesh.albedo, fitted), "mean": (flat, shading),
                                        "baked": (baked.colours, shading), "texture": ((tex, uv), shading)})
     summary = {}

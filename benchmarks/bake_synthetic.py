@@ -107,7 +107,7 @@ def evaluate(pkg_dir: Path, ict, gt, tex) -> dict:
     from backend.bake.frames import posed_vertices
     from backend.evaluation import synthetic as S
     from backend.evaluation.mesh_ops import sample_surface
-    from backend.result_format import ResultPackage
+    from backend.contracts.result_format import ResultPackage
     from backend.tracking import raster
     pkg = ResultPackage(pkg_dir)
     mesh = pkg.canonical_mesh()

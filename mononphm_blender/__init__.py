@@ -1,26 +1,32 @@
 """MonoNPHM for Blender: track a monocular video with the MonoNPHM backend and import an animated head.
 
 This module only registers. The import API for scripts: ``mononphm_blender.importer.import_package``.
+The Blender-side modules are imported by ``register``, so the bpy-free layers (``core``, ``contracts``) import
+without Blender (tests, scripts).
 """
 
 from __future__ import annotations
 
-if "bpy" in locals():  # F8 / re-enable: reload submodules
+if "ops" in locals():  # F8 / re-enable: reload the submodules register() imported
     import importlib
 
     for _name in ("contracts", "props", "prefs", "importer", "job_control", "ops", "ui"):
         if _name in locals():
             importlib.reload(locals()[_name])
 
-import bpy  # noqa: E402
 
-from . import job_control, ops, prefs, props, ui  # noqa: E402
+def _classes() -> tuple:
+    from . import ops, prefs, props, ui
 
-_classes = props.classes + prefs.classes + ops.classes + ui.classes
+    return props.classes + prefs.classes + ops.classes + ui.classes
 
 
 def register() -> None:
-    for cls in _classes:
+    import bpy
+
+    from . import job_control, ops, props
+
+    for cls in _classes():
         bpy.utils.register_class(cls)
     props.register_props()
     bpy.types.TOPBAR_MT_file_import.append(ops.menu_import)
@@ -28,8 +34,12 @@ def register() -> None:
 
 
 def unregister() -> None:
+    import bpy
+
+    from . import job_control, ops, props
+
     job_control.unregister()
     bpy.types.TOPBAR_MT_file_import.remove(ops.menu_import)
     props.unregister_props()
-    for cls in reversed(_classes):
+    for cls in reversed(_classes()):
         bpy.utils.unregister_class(cls)

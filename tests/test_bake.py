@@ -165,7 +165,7 @@ def test_bake_command_refuses_bad_input_and_keeps_the_package(tmp_path, capsys):
     import json
 
     from backend.cli import main
-    from backend.result_format import ResultPackage
+    from backend.contracts.result_format import ResultPackage
     from fakes.packages import make_package
 
     assert main(["bake", str(tmp_path / "missing")]) == 2
@@ -181,7 +181,7 @@ def test_bake_command_refuses_bad_input_and_keeps_the_package(tmp_path, capsys):
 
 
 def test_package_keeps_model_albedo_beside_the_bake_and_validates_it(tmp_path):
-    from backend import result_format as rf
+    from backend.contracts import result_format as rf
     from fakes.packages import make_package
 
     pkg = make_package(tmp_path / "res", frames=2, vertices=300)
@@ -189,16 +189,18 @@ def test_package_keeps_model_albedo_beside_the_bake_and_validates_it(tmp_path):
     V, F = len(canon.vertices), len(canon.triangles)
     writer = rf.ResultWriter(pkg, rf.read_manifest(pkg))
     with pytest.raises(rf.PackageError, match="baked_albedo"):
-        writer.write_bake(np.zeros((V + 1, 3), np.uint8), np.zeros(V + 1), {"frames": [0]})
+        writer.write_bake(canon, np.zeros((V + 1, 3), np.uint8), np.zeros(V + 1), {"frames": [0]})
     with pytest.raises(rf.PackageError, match="uv"):
-        writer.write_bake(np.zeros((V, 3), np.uint8), np.zeros(V), {"frames": [0]}, np.zeros((F, 2, 2)), b"png")
-    writer.write_bake(np.full((V, 3), 7, np.uint8), np.full(V, 0.5), {"frames": [0, 1]}, np.zeros((F, 3, 2)), b"png")
+        writer.write_bake(canon, np.zeros((V, 3), np.uint8), np.zeros(V), {"frames": [0]}, np.zeros((F, 2, 2)),
+                          b"png")
+    writer.write_bake(canon, np.full((V, 3), 7, np.uint8), np.full(V, 0.5), {"frames": [0, 1]},
+                      np.zeros((F, 3, 2)), b"png")
     got = rf.ResultPackage(pkg)
     mesh = got.canonical_mesh()
     np.testing.assert_array_equal(mesh.albedo, canon.albedo)
     assert mesh.baked_albedo[0, 0] == 7 and mesh.baked_confidence.dtype == np.float32 and mesh.uv.shape == (F, 3, 2)
     assert got.texture_path.read_bytes() == b"png" and got.manifest["bake"]["frames"] == [0, 1]
-    writer.write_bake(np.full((V, 3), 9, np.uint8), np.full(V, 0.5), {"frames": [1]})   # no texture: removed
+    writer.write_bake(canon, np.full((V, 3), 9, np.uint8), np.full(V, 0.5), {"frames": [1]})   # no texture: removed
     assert rf.ResultPackage(pkg).texture_path is None and not (pkg / rf.TEXTURE).exists()
     assert rf.ResultPackage(pkg).canonical_mesh().uv is None
     writer.write_canonical_mesh(canon.vertices, canon.triangles, canon.albedo)        # a new identity: no bake

@@ -8,8 +8,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from backend import conventions as cv  # noqa: E402
-from backend import result_format as rf  # noqa: E402
+from backend.contracts import conventions as cv  # noqa: E402
+from backend.contracts import result_format as rf  # noqa: E402
 from fakes.packages import frame_vertices, grid_head, make_package, usd_colors  # noqa: E402
 
 FRAMES, VERTS = 100, 3000
@@ -290,7 +290,7 @@ def _baked_package(root, texture: bool):
         F = len(canon.triangles)
         uv = np.broadcast_to(np.array([[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]], np.float32), (F, 3, 2))
         png = _png(np.full((16, 16, 3), (255, 0, 0), np.uint8))
-    writer.write_bake(255 - canon.albedo, np.ones(len(canon.albedo), np.float32), {"frames": [0, 1, 2]}, uv, png)
+    writer.write_bake(canon, 255 - canon.albedo, np.ones(len(canon.albedo), np.float32), {"frames": [0, 1, 2]}, uv, png)
     writer.finish("complete")
     return pkg, canon
 

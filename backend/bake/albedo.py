@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..conventions import linear_to_srgb, srgb_to_linear
+from ..contracts.conventions import linear_to_srgb, srgb_to_linear
 from ..tracking import masks as M
 from ..tracking import raster
 
@@ -290,7 +290,8 @@ def combine(obs: Observations, cfg: BakeConfig) -> RobustAlbedo:
 
     A point belongs to the eyes / mouth interior when ``cfg.special_share`` of its observation weight lies in those
     regions; it then uses only those observations, and every other point only the rest, so skin never smears into
-    the eyes or the mouth and vice versa. Weighted median per channel, then the weighted mean of the observations near it.
+    the eyes or the mouth and vice versa. Weighted median per channel, then the weighted mean of the observations
+    near it.
     """
     w = obs.weight
     w_special = (w * obs.special).sum(0)

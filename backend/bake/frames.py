@@ -6,9 +6,17 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..result_format import PackageError, ResultPackage
+from ..contracts.result_format import PackageError, ResultPackage
 from ..tracking import masks as M
 from .albedo import FrameBatch, Shading
+
+
+def spread(indices: Sequence[int], n: int) -> np.ndarray:
+    """At most ``n`` of the sorted ``indices``, evenly spaced (first and last kept)."""
+    indices = np.asarray(indices, np.int64)
+    if len(indices) <= n:
+        return indices
+    return indices[np.unique(np.round(np.linspace(0, len(indices) - 1, n)).astype(np.int64))]
 
 
 def select_frames(pkg: ResultPackage, frames: Optional[str], max_frames: int) -> np.ndarray:
@@ -16,14 +24,11 @@ def select_frames(pkg: ResultPackage, frames: Optional[str], max_frames: int) ->
     ``max_frames`` of them, evenly spaced."""
     from ..tracking.video import FrameRange
     rng = FrameRange.parse(frames)
-    tracked = np.array([f["index"] for f in pkg.frames if f["status"] == "tracked" and rng.contains(f["index"])],
-                       np.int64)
-    if not len(tracked):
+    tracked = [f["index"] for f in pkg.frames if f["status"] == "tracked" and rng.contains(f["index"])]
+    if not tracked:
         raise PackageError(f"no tracked frames of {pkg.root} in the range {frames or 'all'}",
                            "Choose a frame range the package has tracked (see its manifest).")
-    if len(tracked) > max_frames:
-        tracked = tracked[np.unique(np.round(np.linspace(0, len(tracked) - 1, max_frames)).astype(np.int64))]
-    return tracked
+    return spread(tracked, max_frames)
 
 
 def package_shading(pkg: ResultPackage) -> Shading:
@@ -45,10 +50,19 @@ def posed_vertices(pkg: ResultPackage, indices: Sequence[int]) -> np.ndarray:
             + arrays["translation"][rows, None].astype(np.float64))
 
 
-def decode_frames(pkg: ResultPackage, indices: Sequence[int],
-                  progress: Optional[Callable[[int, int, int], None]] = None) -> FrameBatch:
+def interior_regions(labels: np.ndarray, landmarks: Optional[np.ndarray]) -> np.ndarray:
+    """(H, W) bool: the mouth interior (label MOUTH) and the eye openings of MediaPipe ``landmarks`` (478, 2)."""
+    special = labels == M.MOUTH
+    if landmarks is not None:
+        special |= M.eye_openings(landmarks, labels.shape)
+    return special
+
+
+def package_frames(pkg: ResultPackage, indices: Sequence[int],
+                   progress: Optional[Callable[[int, int, int], None]] = None) -> FrameBatch:
     """Re-decode the frames ``indices`` (sorted source indices) of the package's clip at the tracked image size,
-    with head labels and eye/mouth-interior masks from MediaPipe, and the posed mesh of each."""
+    with head labels and eye/mouth-interior masks from MediaPipe (the package keeps no landmarks), and the
+    package's posed mesh of each."""
     from ..tracking.landmarks import make_landmarker
     from ..tracking.video import FrameSource
     source = pkg.manifest["source"]["path"]
@@ -64,7 +78,6 @@ def decode_frames(pkg: ResultPackage, indices: Sequence[int],
     if tuple(src.size) != (W, H):
         raise PackageError(f"{source} decodes at {src.size}, but the package was tracked at {(W, H)}",
                            "The clip changed since tracking; re-track it.")
-    wanted = set(int(i) for i in indices)
     images = np.zeros((len(indices), H, W, 3), np.uint8)
     labels = np.full((len(indices), H, W), M.IGNORE, np.uint8)
     special = np.zeros((len(indices), H, W), bool)
@@ -73,16 +86,14 @@ def decode_frames(pkg: ResultPackage, indices: Sequence[int],
     seg = M.SelfieSegmenter()
     try:
         for fr in src:
-            if fr.index not in wanted:
+            k = row.get(fr.index)
+            if k is None:
                 continue
-            k = row[fr.index]
             lm = det(fr.image)
             pts = lm.points if lm.found else None
             images[k] = fr.image
             labels[k] = M.head_labels(seg(fr.image), pts, (H, W))
-            special[k] = labels[k] == M.MOUTH
-            if pts is not None:
-                special[k] |= M.eye_openings(pts, (H, W))
+            special[k] = interior_regions(labels[k], pts)
             if progress is not None:
                 progress(k + 1, len(indices), fr.index)
     finally:

@@ -1,8 +1,9 @@
 """``python -m backend bake RESULT``: bake the subject's colours (and optionally a texture) into a result package.
 
-Also run at the end of every ``track``. Reads the package's tracked frames and the clip it came from; writes
-``baked_albedo`` / ``baked_confidence`` (and ``uv`` + ``texture.png``) through ``ResultWriter.write_bake``, so a
-crash leaves the previous bake in place.
+``bake`` works on decoded frames in memory; a tracking run calls it with the frames and poses it holds (it never
+reads its package back), ``bake_package`` re-reads a finished package's tracked frames and the clip it came from.
+Both write ``baked_albedo`` / ``baked_confidence`` (and ``uv`` + ``texture.png``) through
+``ResultWriter.write_bake``, so a crash leaves the previous bake in place.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..result_format import PackageError, ResultPackage, ResultWriter, read_manifest
-from .albedo import BakeConfig, bake_vertices
-from .frames import decode_frames, package_shading, select_frames
+from ..contracts.result_format import CanonicalMesh, PackageError, ResultPackage, ResultWriter
+from .albedo import BakeConfig, BakedColours, FrameBatch, Shading, bake_vertices
+from .frames import package_frames, package_shading, select_frames
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,50 @@ class BakeRequest:
     """Texture width and height in pixels."""
 
 
-def bake_package(root, request: BakeRequest = BakeRequest(), cfg: BakeConfig = BakeConfig(),
-                 writer: Optional[ResultWriter] = None, events=None) -> dict:
-    """Bake into the package at ``root`` (through ``writer`` when the caller holds one, e.g. tracking).
-    Returns the settings recorded as the manifest's ``bake`` plus timings."""
+@dataclass
+class BakeResult:
+    """What a bake writes: vertex colours, the manifest's ``bake`` settings, and the texture (uv + PNG) or None."""
+
+    colours: BakedColours
+    settings: dict
+    uv: Optional[np.ndarray] = None
+    png: Optional[bytes] = None
+
+    def write(self, writer: ResultWriter, mesh: CanonicalMesh) -> None:
+        writer.write_bake(mesh, self.colours.colours, self.colours.confidence, self.settings, self.uv, self.png)
+
+
+def bake(frames: FrameBatch, indices: np.ndarray, vertex_rows: np.ndarray, mesh: CanonicalMesh, K: np.ndarray,
+         fitted: Shading, request: BakeRequest = BakeRequest(), cfg: BakeConfig = BakeConfig(),
+         rotation: Optional[np.ndarray] = None, z_exp: Optional[np.ndarray] = None) -> BakeResult:
+    """Bake from decoded frames: ``indices`` (T,) their sorted source indices, ``vertex_rows`` the rows the vertex
+    colours use. A texture uses the frames ``request.texture_frames`` (among ``indices``) or those of the vertex rows
+    that ``rotation`` (T, 3, 3) and expression codes ``z_exp`` (T, E) score best."""
+    t0 = time.perf_counter()
+    shading = fitted.white_balanced()
+    baked = bake_vertices(frames.subset(vertex_rows), mesh.triangles, K, shading, mesh.albedo, cfg)
+    settings = {"frames": [int(i) for i in indices[vertex_rows]], "texture_frames": None, "texture_size": None,
+                "light_colour": [round(float(c), 4) for c in fitted.light_colour()]}
+    result = BakeResult(baked, settings)
+    if request.texture:
+        from .texture import bake_texture, encode_png, frame_scores, unwrap
+        if request.texture_frames:
+            tex_rows = np.searchsorted(indices, sorted(set(request.texture_frames)))
+        else:
+            score = frame_scores(frames.subset(vertex_rows), rotation[vertex_rows], z_exp[vertex_rows])
+            tex_rows = np.sort(vertex_rows[np.argsort(-score, kind="stable")[: cfg.texture_frames]])
+        result.uv = unwrap(mesh.vertices, mesh.triangles)
+        image = bake_texture(frames.subset(tex_rows), mesh.triangles, K, shading, result.uv, baked.colours,
+                             request.texture_size, cfg)
+        result.png = encode_png(image)
+        settings.update(texture_frames=[int(i) for i in indices[tex_rows]], texture_size=int(request.texture_size))
+    settings["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def bake_package(root, request: BakeRequest = BakeRequest(), cfg: BakeConfig = BakeConfig(), events=None) -> dict:
+    """Re-bake a finished package (``python -m backend bake``): its tracked frames re-decoded from the clip.
+    Returns the settings recorded as the manifest's ``bake``."""
     t0 = time.perf_counter()
     pkg = ResultPackage(root)
     if not (pkg.manifest.get("has_canonical_mesh") and pkg.manifest.get("has_identity")):
@@ -45,54 +86,33 @@ def bake_package(root, request: BakeRequest = BakeRequest(), cfg: BakeConfig = B
                            "Track the clip first (python -m backend track CLIP --out RESULT).")
     vertex_frames = select_frames(pkg, request.frames, cfg.max_frames)
     tracked = {f["index"] for f in pkg.frames if f["status"] == "tracked"}
-    user_tex = sorted({int(i) for i in request.texture_frames or ()})
-    untracked = [i for i in user_tex if i not in tracked]
+    untracked = [i for i in request.texture_frames or () if i not in tracked]
     if untracked:
         raise PackageError(f"texture frames {untracked} are not tracked frames of {pkg.root}",
                            "Pick texture frames among the tracked ones (see the manifest).")
     if request.texture_size < 64 or request.texture_size > 8192:
         raise PackageError(f"texture size {request.texture_size} is outside 64..8192",
                            "Choose a texture size such as 1024, 2048 or 4096.")
-    indices = np.union1d(vertex_frames, np.asarray(user_tex, np.int64))
+    indices = np.union1d(vertex_frames, np.asarray(request.texture_frames or (), np.int64))
 
     def progress(done, total, frame):
         if events is not None:
             events.progress("bake", done, total, frame)
 
-    frames = decode_frames(pkg, indices, progress)
+    frames = package_frames(pkg, indices, progress)
+    arrays = pkg.frame_arrays(["rotation", "z_exp"])
+    at = np.searchsorted(pkg.frame_indices, indices)
     mesh = pkg.canonical_mesh()
-    shading = package_shading(pkg).white_balanced()
-    K = pkg.intrinsics().matrix()
-    rows = np.searchsorted(indices, vertex_frames)
-    baked = bake_vertices(frames.subset(rows), mesh.triangles, K, shading, mesh.albedo, cfg)
-    settings = {"frames": [int(i) for i in vertex_frames], "texture_frames": None, "texture_size": None,
-                "light_colour": [round(float(c), 4) for c in package_shading(pkg).light_colour()]}
-    uv = png = None
-    if request.texture:
-        from .texture import bake_texture, encode_png, frame_scores, unwrap
-        if user_tex:
-            tex_rows = np.searchsorted(indices, user_tex)
-        else:
-            arrays = pkg.frame_arrays(["rotation", "z_exp"])
-            at = np.searchsorted(pkg.frame_indices, vertex_frames)
-            score = frame_scores(frames.subset(rows), arrays["rotation"][at], arrays["z_exp"][at])
-            tex_rows = np.sort(rows[np.argsort(-score, kind="stable")[: cfg.texture_frames]])
-        uv = unwrap(mesh.vertices, mesh.triangles)
-        image = bake_texture(frames.subset(tex_rows), mesh.triangles, K, shading, uv, baked.colours,
-                             request.texture_size, cfg)
-        png = encode_png(image)
-        settings.update(texture_frames=[int(i) for i in indices[tex_rows]], texture_size=int(request.texture_size))
-    settings["seconds"] = round(time.perf_counter() - t0, 2)
-    if writer is None:
-        state = read_manifest(root)["state"]
-        writer = ResultWriter(root, pkg.manifest)
-        try:
-            writer.write_bake(baked.colours, baked.confidence, settings, uv, png)
-        finally:
-            writer.finish(state)
-    else:
-        writer.write_bake(baked.colours, baked.confidence, settings, uv, png)
-    return settings
+    result = bake(frames, indices, np.searchsorted(indices, vertex_frames), mesh, pkg.intrinsics().matrix(),
+                  package_shading(pkg), request, cfg, arrays["rotation"][at], arrays["z_exp"][at])
+    result.settings["seconds"] = round(time.perf_counter() - t0, 2)
+    state = pkg.manifest["state"]
+    writer = ResultWriter(root, pkg.manifest)
+    try:
+        result.write(writer, mesh)
+    finally:
+        writer.finish(state)
+    return result.settings
 
 
 def parse_frame_list(text: Optional[str]) -> Optional[list]:
@@ -102,16 +122,13 @@ def parse_frame_list(text: Optional[str]) -> Optional[list]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        from ..protocol import BadInputError
+        from ..contracts.protocol import BadInputError
         raise BadInputError(f"--texture-frames {text!r} is not a comma-separated list of frame numbers",
                             "Example: --texture-frames 10,25,40") from None
 
 
 def run_bake(args, events=None) -> Path:
     """The ``bake`` sub-command."""
-    from ..model.parallel import set_threads
-    from ..tracking.run import auto_threads
-    set_threads(int(getattr(args, "threads", 0) or 0) or auto_threads())
     request = BakeRequest(frames=args.frames, texture=bool(args.texture or args.texture_frames),
                           texture_frames=parse_frame_list(args.texture_frames), texture_size=args.texture_size)
     cfg = dataclasses.replace(BakeConfig(), max_frames=args.max_frames)

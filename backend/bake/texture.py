@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..conventions import linear_to_srgb
+from ..contracts.conventions import linear_to_srgb
 from ..tracking import raster
 from .albedo import BakeConfig, FrameBatch, Shading, SurfacePoints, combine, observe
 

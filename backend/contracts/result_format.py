@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .protocol import BadInputError
+from .track_config import OUTPUT_MODES
 
 FORMAT_NAME = "mononphm-result"
 FORMAT_VERSION = 1
@@ -46,7 +47,6 @@ TEXTURE = "texture.png"
 TRACKER_STATE = "tracker_state.npz"
 
 FRAME_STATUSES = ("tracked", "interpolated", "no_face", "failed")
-OUTPUT_MODES = ("shape_keys", "meshes", "both")
 
 # Array schemas: name -> (dtype kind, shape). Symbols: V vertices, F triangles, K rows in a chunk,
 # E expression code size, G / P identity / appearance code sizes.
@@ -281,18 +281,17 @@ class ResultWriter:
         self.manifest["vertex_count"] = int(arrays["vertices"].shape[0])
         self._flush_manifest()
 
-    def write_bake(self, baked_albedo: np.ndarray, baked_confidence: np.ndarray, settings: Mapping[str, Any],
-                   uv: np.ndarray | None = None, texture_png: bytes | None = None) -> None:
-        """Add baked colours (and optionally a texture with its uv) to the canonical mesh; the model albedo stays.
+    def write_bake(self, mesh: CanonicalMesh, baked_albedo: np.ndarray, baked_confidence: np.ndarray,
+                   settings: Mapping[str, Any], uv: np.ndarray | None = None, texture_png: bytes | None = None) -> None:
+        """Rewrite the canonical mesh ``mesh`` (as written: vertices, triangles, model albedo) with baked colours
+        (and optionally a texture with its uv).
 
         ``settings`` (frames used, …) is recorded as the manifest's ``bake``. A bake without a texture removes an
         older texture, so the package never pairs colours and a texture from different bakes.
         """
-        arrays = dict(load_npz(self.root / CANONICAL_MESH))
-        for key in OPTIONAL_CANONICAL_SCHEMA:
-            arrays.pop(key, None)
-        arrays.update(baked_albedo=np.asarray(baked_albedo, np.uint8),
-                      baked_confidence=np.asarray(baked_confidence, np.float32))
+        arrays = {"vertices": np.asarray(mesh.vertices, np.float32), "triangles": np.asarray(mesh.triangles, np.int32),
+                  "albedo": np.asarray(mesh.albedo, np.uint8), "baked_albedo": np.asarray(baked_albedo, np.uint8),
+                  "baked_confidence": np.asarray(baked_confidence, np.float32)}
         if uv is not None:
             arrays["uv"] = np.asarray(uv, np.float32)
         sizes: dict[str, int] = {}

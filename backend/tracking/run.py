@@ -21,8 +21,6 @@ import numpy as np
 
 from .. import BUILTIN_MODEL_DIR, __version__
 from ..contracts.conventions import NPHM_UNIT_M
-from ..bake.albedo import BakeConfig
-from ..bake.frames import spread
 from ..contracts.track_config import TrackConfig
 from .errors import NoFaceError, TrackingInputError, TrackingModelError
 
@@ -163,6 +161,8 @@ class TrackingSession:
 
     def __init__(self, config: TrackConfig, preset, source, detections: Detections, writer, tracker, codes,
                  events: _Events):
+        from ..bake.albedo import BakeConfig   # deferred: backend.bake imports tracking modules
+        from ..bake.frames import spread
         self.config = config
         self.preset = preset
         self.source = source

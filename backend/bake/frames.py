@@ -1,5 +1,6 @@
-"""The frames a bake reads: which tracked frames, their images and labels re-decoded from the source clip, and
-the package's posed canonical mesh in each frame's camera space."""
+"""The frames a bake reads: which tracked frames, their images and labels (re-decoded from the source clip for a
+package; a tracking run passes its own), the eye / mouth-interior regions, and the posed canonical mesh in each
+frame's camera space."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -51,9 +52,10 @@ def posed_vertices(pkg: ResultPackage, indices: Sequence[int]) -> np.ndarray:
 
 
 def interior_regions(labels: np.ndarray, landmarks: Optional[np.ndarray]) -> np.ndarray:
-    """(H, W) bool: the mouth interior (label MOUTH) and the eye openings of MediaPipe ``landmarks`` (478, 2)."""
+    """(H, W) bool: the mouth interior (label MOUTH) and the eye openings of MediaPipe ``landmarks`` (478, 2)
+    (other detectors' landmarks have no eye contours: the mouth only)."""
     special = labels == M.MOUTH
-    if landmarks is not None:
+    if landmarks is not None and len(landmarks) > max(c.max() for c in M.EYE_CONTOURS):
         special |= M.eye_openings(landmarks, labels.shape)
     return special
 

@@ -227,3 +227,9 @@ def test_texture_holds_the_stripe_at_its_place(scene):
     assert np.abs(colours[inner & stripe_mask(pos)] - truth[inner & stripe_mask(pos)]).max() < 30   # no red
     back = pos[:, 2] < -0.8 * RADIUS                                 # never seen: the vertex colours
     assert np.abs(colours[back] - 128).max() < 2
+
+
+def test_badly_fitted_frames_weigh_less():
+    from backend.bake.albedo import fit_weights
+    np.testing.assert_allclose(fit_weights(np.array([2.0, 2.0, 2.0, 4.0, np.nan])), [1, 1, 1, 0.25, 1])
+    np.testing.assert_allclose(fit_weights(np.full(3, np.nan)), 1)

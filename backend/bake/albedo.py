@@ -142,12 +142,25 @@ class FrameBatch:
     labels: np.ndarray        # (T, H, W) uint8, backend.tracking.masks labels
     special: np.ndarray       # (T, H, W) bool: eye openings and mouth interior
     verts_cam: np.ndarray     # (T, V, 3) float64, metres, OpenCV camera space
+    fit_weight: np.ndarray | None = None   # (T,) in [0, 1]: how far each frame's fit is trusted (None: all 1)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, sl: slice) -> "FrameBatch":
-        return FrameBatch(self.images[sl], self.labels[sl], self.special[sl], self.verts_cam[sl])
+        return FrameBatch(self.images[sl], self.labels[sl], self.special[sl], self.verts_cam[sl],
+                          None if self.fit_weight is None else self.fit_weight[sl])
+
+
+def fit_weights(landmark_error_px: np.ndarray) -> np.ndarray:
+    """(T,) per-frame weights from the fit's landmark errors: 1 up to the clip's median error, falling with the
+    square of the ratio beyond it (a misplaced head smears the colours of its neighbours); unknown errors weigh 1."""
+    e = np.asarray(landmark_error_px, np.float64)
+    known = np.isfinite(e) & (e > 0)
+    if not known.any():
+        return np.ones(len(e), np.float32)
+    ratio = np.where(known, np.median(e[known]) / np.where(known, e, 1.0), 1.0)
+    return np.clip(ratio ** 2, 0.0, 1.0).astype(np.float32)
 
 
 @dataclass
@@ -246,6 +259,8 @@ class FrameGeometry:
         S = self.shading.irradiance(nrm)                                      # (T, N, 3)
         w_light = _ramp(S.mean(-1), 0.5 * cfg.min_shading, cfg.min_shading)
         weight = (visible * w_view * w_edge * w_light).astype(np.float32)
+        if fr.fit_weight is not None:
+            weight *= fr.fit_weight[:, None]
         pixel = _bilinear(fr.images, uv)
         inv = np.linalg.inv(self.shading.color_affine.astype(np.float64))
         u = ((2 * pixel - 1 - self.shading.color_bias) @ inv.T + 1) / 2       # = S a, sRGB-encoded

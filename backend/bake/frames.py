@@ -9,7 +9,7 @@ import numpy as np
 
 from ..contracts.result_format import PackageError, ResultPackage
 from ..tracking import masks as M
-from .albedo import FrameBatch, Shading
+from .albedo import FrameBatch, Shading, fit_weights
 
 
 def spread(indices: Sequence[int], n: int) -> np.ndarray:
@@ -101,4 +101,5 @@ def package_frames(pkg: ResultPackage, indices: Sequence[int],
     finally:
         det.close()
         seg.close()
-    return FrameBatch(images, labels, special, posed_vertices(pkg, indices))
+    errors = pkg.quality("landmark_error_px")[np.searchsorted(pkg.frame_indices, indices)]
+    return FrameBatch(images, labels, special, posed_vertices(pkg, indices), fit_weights(errors))

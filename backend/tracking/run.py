@@ -182,6 +182,7 @@ class TrackingSession:
         # written, model units (V, 3): V x 12 bytes per frame, 15 MB for 64 frames of the standard mesh
         self.bake_frames = set(spread(detections.found, BakeConfig.max_frames).tolist())
         self.bake_vertices: Dict[int, np.ndarray] = {}
+        self.bake_errors: Dict[int, float] = {}          # their landmark errors (px) as written
 
     # ---------------------------------------------------------------------------------------------------------
     def run(self, t_start: float) -> TrackOutcome:
@@ -365,7 +366,7 @@ class TrackingSession:
         """Bake the subject's colours from the bake frames (``backend.bake``) into the package; a failure leaves the
         tracked result usable. -> ``bake.posed.CanonicalColours`` for the per-frame meshes, or None."""
         import torch
-        from ..bake.albedo import FrameBatch, Shading
+        from ..bake.albedo import FrameBatch, Shading, fit_weights
         from ..bake.frames import interior_regions
         from ..bake.posed import CanonicalColours
         from ..bake.run import bake
@@ -388,7 +389,8 @@ class TrackingSession:
             t = torch.stack([self.states[i].trans for i in indices]).numpy().astype(np.float64)
             verts = np.stack([self.bake_vertices[i] for i in indices]).astype(np.float64) * NPHM_UNIT_M
             frames = FrameBatch(np.stack(images), np.stack(labels), np.stack(special),
-                                np.einsum("tij,tvj->tvi", R, verts) + t[:, None])
+                                np.einsum("tij,tvj->tvi", R, verts) + t[:, None],
+                                fit_weights(np.array([self.bake_errors[i] for i in indices])))
             mesh = CanonicalMesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces, tracker.albedo)
             fitted = Shading(tracker.sh.numpy(), tracker.cA.numpy(), tracker.cb.numpy())
             result = bake(frames, indices, np.arange(len(indices)), mesh, tracker.Knp, fitted)
@@ -399,6 +401,7 @@ class TrackingSession:
             return None
         finally:
             self.bake_vertices.clear()
+            self.bake_errors.clear()
             tracker.timer.add("bake", time.perf_counter() - t0)
 
     def _write_usd(self, colours=None) -> None:
@@ -433,6 +436,7 @@ class TrackingSession:
                 self.written_vertices[r.index] = r.vertices
             if r.index in self.bake_frames:
                 self.bake_vertices[r.index] = r.vertices
+                self.bake_errors[r.index] = r.landmark_error_px
             self.written_z_exp[r.index] = arrays["z_exp"][k]
         self.writer.write_tracker_state(self._state_arrays(stage2_done))
 

@@ -103,11 +103,27 @@ def _install_cancel_handler() -> None:
 
 
 def _run_validate(args, events: EventWriter) -> None:
-    from .contracts.result_format import ResultPackage
+    from .contracts.result_format import PackageError, ResultPackage
 
     package = ResultPackage(args.package)
     arrays = package.frame_arrays()
     mesh = package.canonical_mesh() if package.manifest.get("has_canonical_mesh") else None
+    usd = package.usd_path
+    if usd is not None:
+        try:
+            from .usd_export import external_dependencies
+
+            outside = external_dependencies(usd)
+        except ImportError:
+            events.warning(f"{usd.name} was not checked: usd-core is not installed", code="usd_not_checked")
+            outside = []
+        except Exception as exc:  # noqa: BLE001 - pxr raises its own Tf errors for damaged files
+            raise PackageError(f"{usd.name} is not a readable USD file ({exc})",
+                               "Re-track with the per-frame mesh output to rewrite it.") from None
+        if outside:
+            raise PackageError(f"{usd.name} pulls in files from outside the package: {', '.join(outside[:5])}",
+                               "Only import USD files written by MonoNPHM; re-track with the per-frame mesh output "
+                               "to rewrite it.")
     summary = {"frames": len(package.frames), "state": package.manifest["state"],
                "arrays": {k: list(v.shape) for k, v in arrays.items()},
                "vertices": None if mesh is None else int(mesh.vertices.shape[0])}

@@ -77,9 +77,14 @@ def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
     if scene_range is not None:
         clip_start = importer.track_clip_start(s)
         frames = command.frames_arg(scene_range[0] - clip_start, scene_range[1] - clip_start, s.stride)
+    owner = result_format.lock_owner(out_dir)
+    if owner is not None:
+        raise ValueError(f"{out_dir} is being written by another tracking run (process {owner['pid']}); wait for "
+                         "it to finish or cancel it, or choose another output folder")
+    face = f"{s.face_point[0]},{s.face_point[1]}" if s.face == "POINT" else s.face
     req = track_config.TrackConfig(input=input_path, out=out_dir, frames=frames, preset=s.preset,
                                    output=s.output_mode, device=prefs.get_prefs(context).device,
-                                   overwrite=overwrite, **intrinsics)
+                                   overwrite=overwrite, face=face, **intrinsics)
     if s.model == "OFFICIAL":
         req.official_checkpoint = bpy.path.abspath(s.official_dir)
         req.mean_anchors = bpy.path.abspath(s.mean_anchors)
@@ -203,6 +208,9 @@ def _do_import(context, scene, out_path: str) -> bool:
         except result_format.PackageError as exc:
             _say("WARNING", f"Import: {exc.message} {exc.hint}")
             return False
+        except Exception as exc:  # noqa: BLE001 - the scene was left unchanged; the job goes on
+            _say("WARNING", f"Import: {type(exc).__name__}: {exc}")
+            return False
     return True
 
 
@@ -321,8 +329,15 @@ def reattach_all() -> list[str]:
             st.state = "FAILED"
             continue
         out = bpy.path.abspath(st.out_path)
-        alive = st.pid > 0 and jobs.pid_alive(st.pid) and jobs.process_looks_like_backend(st.pid)
-        job = jobs.AttachedJob(st.pid if alive else 0, log_path=bpy.path.abspath(st.log_path), out_dir=out,
+        # The package's lock says who writes it: a run holding it is followed whatever pid was recorded (another
+        # Blender may have started it); before a run takes the lock (its landmark pass) the recorded pid counts.
+        owner = result_format.lock_owner(out)
+        if owner is not None and isinstance(owner.get("pid"), int) and jobs.pid_alive(owner["pid"]):
+            st.pid = pid = owner["pid"]
+        else:
+            pid = st.pid
+        alive = pid > 0 and jobs.pid_alive(pid) and jobs.process_looks_like_backend(pid)
+        job = jobs.AttachedJob(pid if alive else 0, log_path=bpy.path.abspath(st.log_path), out_dir=out,
                                total=st.total)
         _jobs[scene.name] = job
         found.append(scene.name)

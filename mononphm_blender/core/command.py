@@ -39,6 +39,11 @@ def version_argv(python: str) -> list[str]:
     return [str(python), "-m", "backend", "--version", "--json"]
 
 
+def validate_argv(python: str, package: str | os.PathLike) -> list[str]:
+    """``python -m backend validate PACKAGE``: every rule of the result format, USD dependencies included."""
+    return [str(python), "-m", "backend", "validate", str(package)]
+
+
 def backend_env(backend_root: str | os.PathLike, base: dict | None = None) -> dict:
     """Environment for the backend: its package importable, unbuffered output, Blender's Python vars removed."""
     env = dict(os.environ if base is None else base)

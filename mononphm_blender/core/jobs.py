@@ -388,6 +388,24 @@ def run_handshake(argv: Sequence[str], *, cwd=None, env=None, timeout: float = 1
     raise RuntimeError("the backend printed no version information")
 
 
+def run_validate(argv: Sequence[str], *, cwd=None, env=None, timeout: float = 300.0) -> tuple[str, str] | None:
+    """Run ``… validate PACKAGE``: None when the package passes, else its error (message, hint); raises
+    RuntimeError when the backend cannot be run."""
+    try:
+        proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=cwd, env=env,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"cannot run the backend's package check: {exc}") from None
+    events = [protocol.parse_line(line) for line in proc.stdout.splitlines()]
+    errors = [e for e in events if e is not None and e.type == "error"]
+    if proc.returncode == 0 and not errors:
+        return None
+    if errors:
+        return errors[-1].get("message", ""), errors[-1].get("hint", "")
+    tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+    raise RuntimeError(f"the backend's package check failed: {tail[0]}")
+
+
 class Handshake:
     """``run_handshake`` in a thread, so the UI never waits for torch to import."""
 

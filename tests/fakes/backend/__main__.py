@@ -54,7 +54,11 @@ def main() -> int:
     header = {"source": {"path": os.path.abspath(args.input), "kind": "video"}, "fps": 25.0,
               "image_size": [320, 240], "intrinsics": Intrinsics.from_fov(320, 240).to_dict(),
               "model": {"name": "builtin"}, "output_mode": "shape_keys", "settings": {}}
-    writer = rf.ResultWriter(args.out, header)
+    try:
+        writer = rf.ResultWriter(args.out, header)
+    except rf.PackageError as exc:
+        events.error(exc.message, exc.hint, code=exc.code)
+        return ExitCode.BAD_INPUT
     canon, tris, albedo = grid_head(int(os.environ.get("FAKE_VERTICES", "200")))
     if not writer.manifest.get("has_canonical_mesh"):
         writer.write_canonical_mesh(canon, tris, albedo)

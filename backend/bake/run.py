@@ -107,11 +107,13 @@ def bake_package(root, request: BakeRequest = BakeRequest(), cfg: BakeConfig = B
                   package_shading(pkg), request, cfg, arrays["rotation"][at], arrays["z_exp"][at])
     result.settings["seconds"] = round(time.perf_counter() - t0, 2)
     state = pkg.manifest["state"]
-    writer = ResultWriter(root, pkg.manifest)
+    writer = ResultWriter(root, pkg.manifest)   # the package lock: no tracking run writes it meanwhile
     try:
         result.write(writer, mesh)
-    finally:
-        writer.finish(state)
+    except BaseException:
+        writer.abort(state)
+        raise
+    writer.finish(state)
     return result.settings
 
 

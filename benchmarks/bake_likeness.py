@@ -15,6 +15,20 @@ over the clip, for
 - ``texture``: the 2048² texture baked from the ``BakeConfig.texture_frames`` best of the even frames.
 
 The LAST stdout line is one JSON object.
+
+Last run (2026-12-06 23:30, shared 2-core host under load ~9, matmul peak 86 GFLOP/s; draft packages tracked with
+--threads 1; face-region L1 in 0-255 / PSNR in dB on the held-out odd frames):
+
+| package | model (today) | mean colour | baked vertex colours | texture 2048² |
+|---|---|---|---|---|
+| cap12_edit 0:24 (12 bake / 12 test frames) | 11.33 / 23.86 | 13.33 / 22.90 | **4.86 / 30.22** (43 %) | 3.95 / 32.09 |
+| Intel gif 0:24 (12 / 12) | 10.90 / 24.61 | 10.65 / 25.30 | **4.10 / 31.94** (38 %) | 3.55 / 33.31 |
+| cap12_edit 0:250 (64 / 125) | 11.32 / 23.53 | 12.82 / 23.01 | **6.99 / 27.70** (62 %) | 6.87 / 27.97 |
+
+Per frame: cap12 0:24 baked 4.5-5.7 (model 11.1-11.5); on 0:250 the frames before 180 (landmark error 1.8 px)
+6.06 vs 11.17, frames 180-249 (landmark error 3.4-5.2 px: the tracking drifts) 9.38 vs 11.70 — the colours are
+as good as the fit they are looked up through. Bake 2.5 s (12 frames) / 7.7 s (64 frames) + decoding; unwrap
+14-24 s, texture 38-52 s.
 """
 from __future__ import annotations
 

@@ -47,6 +47,26 @@ def _say(level: str, text: str) -> None:
 
 # --- starting ---------------------------------------------------------------------------------------------------
 
+def movie_clip_input(clip) -> str:
+    """The backend input of a Movie Clip: its video file, or the folder of its image sequence."""
+    path = bpy.path.abspath(clip.filepath)
+    return os.path.dirname(path) if clip.source == "SEQUENCE" else path
+
+
+def tracking_settings(context, scene) -> dict:
+    """Preset, output, device and model of the scene's settings as TrackConfig fields; raises ValueError."""
+    s = scene.mononphm
+    settings = {"preset": s.preset, "output": s.output_mode, "device": prefs.get_prefs(context).device}
+    if s.model == "OFFICIAL":
+        settings.update(official_checkpoint=bpy.path.abspath(s.official_dir),
+                        mean_anchors=bpy.path.abspath(s.mean_anchors), checkpoint_epoch=s.checkpoint_epoch or None)
+        if not settings["official_checkpoint"] or not os.path.isdir(settings["official_checkpoint"]):
+            raise ValueError("Choose the official checkpoint folder")
+        if not settings["mean_anchors"] or not os.path.isfile(settings["mean_anchors"]):
+            raise ValueError("Choose the mean anchors file (anchors_65.npy) of the official checkpoint")
+    return settings
+
+
 def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
                   overwrite: bool = False) -> track_config.TrackConfig:
     """The run's settings from the scene settings (``scene_range``: scene frames to track, inclusive, instead of the
@@ -59,9 +79,7 @@ def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
         clip = s.clip
         if clip is None:
             raise ValueError("Choose a Movie Clip (or switch the input to a file)")
-        input_path = bpy.path.abspath(clip.filepath)
-        if clip.source == "SEQUENCE":
-            input_path = os.path.dirname(input_path)
+        input_path = movie_clip_input(clip)
         intr = scenes.clip_intrinsics(clip)
         intrinsics = {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy}
     else:
@@ -82,18 +100,8 @@ def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
         raise ValueError(f"{out_dir} is being written by another tracking run (process {owner['pid']}); wait for "
                          "it to finish or cancel it, or choose another output folder")
     face = f"{s.face_point[0]},{s.face_point[1]}" if s.face == "POINT" else s.face
-    req = track_config.TrackConfig(input=input_path, out=out_dir, frames=frames, preset=s.preset,
-                                   output=s.output_mode, device=prefs.get_prefs(context).device,
-                                   overwrite=overwrite, face=face, **intrinsics)
-    if s.model == "OFFICIAL":
-        req.official_checkpoint = bpy.path.abspath(s.official_dir)
-        req.mean_anchors = bpy.path.abspath(s.mean_anchors)
-        req.checkpoint_epoch = s.checkpoint_epoch or None
-        if not req.official_checkpoint or not os.path.isdir(req.official_checkpoint):
-            raise ValueError("Choose the official checkpoint folder")
-        if not req.mean_anchors or not os.path.isfile(req.mean_anchors):
-            raise ValueError("Choose the mean anchors file (anchors_65.npy) of the official checkpoint")
-    return req
+    return track_config.TrackConfig(input=input_path, out=out_dir, frames=frames, overwrite=overwrite, face=face,
+                                    **intrinsics, **tracking_settings(context, scene))
 
 
 def start_track(context, scene=None, *, scene_range: tuple[int, int] | None = None, overwrite: bool = False,

@@ -89,9 +89,11 @@ class TrackConfig:
     """random seed (the same seed and settings give the same result)"""
 
     @classmethod
-    def from_namespace(cls, args: argparse.Namespace) -> "TrackConfig":
-        """The config of parsed ``track`` arguments (``add_track_arguments``)."""
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    def from_namespace(cls, args: argparse.Namespace, **fields) -> "TrackConfig":
+        """The config of parsed ``track`` arguments (``add_track_arguments``); ``fields`` give the values of
+        arguments the parser did not have (``batch`` sets ``input`` and ``out`` per clip)."""
+        return cls(**{f.name: fields[f.name] if f.name in fields else getattr(args, f.name)
+                      for f in dataclasses.fields(cls)})
 
     def check(self) -> None:
         """Raise ValueError (a user-facing message) for settings the backend refuses."""
@@ -103,14 +105,15 @@ class TrackConfig:
             raise ValueError("an official checkpoint needs its mean-anchors file (anchors_65.npy)")
         parse_face(self.face)
 
-    def to_argv(self) -> list[str]:
-        """The ``track`` arguments that give this config (after ``python -m backend track``); defaults are left
-        out except preset, output and device, which the add-on always states."""
+    def to_argv(self, exclude: tuple[str, ...] = ()) -> list[str]:
+        """The ``track`` arguments that give this config (after ``python -m backend track``), without the fields in
+        ``exclude`` (``batch`` gives its own inputs and output root); defaults are left out except preset, output
+        and device, which the add-on always states."""
         self.check()
-        argv = [str(self.input)]
+        argv = [] if "input" in exclude else [str(self.input)]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.metadata.get("positional") or value is None:
+            if f.metadata.get("positional") or value is None or f.name in exclude:
                 continue
             if value == f.default and f.name not in ("preset", "output", "device"):
                 continue
@@ -143,12 +146,14 @@ def field_docs(cls) -> dict[str, str]:
             if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
 
 
-def add_track_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one argument per ``TrackConfig`` field to the ``track`` sub-command's parser."""
+def add_track_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """Add one argument per ``TrackConfig`` field, except those named in ``exclude``, to a sub-command's parser."""
     docs = field_docs(TrackConfig)
     hints = typing.get_type_hints(TrackConfig)
     groups = {}
     for f in dataclasses.fields(TrackConfig):
+        if f.name in exclude:
+            continue
         meta = f.metadata
         if meta.get("group") and meta["group"] not in groups:
             groups[meta["group"]] = parser.add_argument_group(meta["group"])

@@ -11,6 +11,7 @@ same bits as an uninterrupted run, a longer range extends the package to what a 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -108,6 +109,35 @@ class Detections:
         from .tracker import FrameObs
         return FrameObs(index, self.times[index], self.landmarks[index], image, labels, self.face_sizes[index])
 
+    def found_in(self, start: int, stop: int) -> List[int]:
+        """Indices of the frames with a face among the selected frames at positions [start, stop)."""
+        return [i for i in self.indices[start:stop] if self.landmarks[i] is not None]
+
+    def subset(self, indices: List[int]) -> "Detections":
+        """The detections of ``indices`` (a part of the selection)."""
+        return Detections(list(indices), {i: self.times[i] for i in indices},
+                          {i: self.landmarks[i] for i in indices}, {i: self.face_sizes[i] for i in indices})
+
+    def to_arrays(self) -> Dict[str, np.ndarray]:
+        """Plain arrays (``from_arrays`` restores the same values): ``indices`` (N,) int64, ``times`` (N,) float64,
+        ``found`` (N,) bool, ``landmarks`` (N, L, 2) float32 (zeros without a face), ``face_sizes`` (N,) float64."""
+        found = np.array([self.landmarks[i] is not None for i in self.indices])
+        points = [self.landmarks[i] for i in self.indices if self.landmarks[i] is not None]
+        landmarks = np.zeros((len(self.indices),) + (points[0].shape if points else (0, 2)), np.float32)
+        if points:
+            landmarks[found] = np.stack(points)
+        return {"indices": np.array(self.indices, np.int64), "times": np.array([self.times[i] for i in self.indices]),
+                "found": found, "landmarks": landmarks,
+                "face_sizes": np.array([self.face_sizes[i] for i in self.indices], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Dict[str, np.ndarray]) -> "Detections":
+        indices = arrays["indices"].tolist()
+        return cls(indices, dict(zip(indices, arrays["times"].tolist())),
+                   {i: (lm if ok else None) for i, lm, ok in zip(indices, arrays["landmarks"], arrays["found"])},
+                   dict(zip(indices, arrays["face_sizes"].tolist())))
+
+
 
 def detect_all(src, detector: str, ev: _Events, face="largest") -> Detections:
     """Pass 1: landmarks for every selected frame.
@@ -190,9 +220,10 @@ class TrackingSession:
     """
 
     def __init__(self, config: TrackConfig, preset, source, detections: Detections, writer, tracker, codes,
-                 events: _Events):
+                 events: _Events, t_start: Optional[float] = None):
         from ..bake.albedo import BakeConfig   # deferred: backend.bake imports tracking modules
         from ..bake.frames import spread
+        self.t_start = time.perf_counter() if t_start is None else t_start   # the run's start (timings' total)
         self.config = config
         self.preset = preset
         self.source = source
@@ -214,21 +245,21 @@ class TrackingSession:
         self.bake_errors: Dict[int, float] = {}          # their landmark errors (px) as written
 
     # ---------------------------------------------------------------------------------------------------------
-    def run(self, t_start: float) -> TrackOutcome:
+    def run(self) -> TrackOutcome:
         tracker, det = self.tracker, self.detections
         found = det.found
-        resumed = self._resume(identity_frames(found, self.preset))
+        resumed = self.resume(identity_frames(found, self.preset))
         # a frame is done when its record and its stage-1 fit are both on disk
         done = set() if self.config.overwrite else (self.writer.done_frames & set(found) & set(self.stage1))
         todo = [i for i in found if i not in done]
         if resumed:
             self._load_written_frames()
         if tracker.mesh is None:
-            self._fit_identity()
+            self.fit_identity()
 
         t_frames = time.perf_counter()
         cpu0 = time.process_time()
-        n_done = self._track_frames(todo) if todo else 0
+        n_done = self.track_frames(todo) if todo else 0
         tracker.timer.add("frames_total", time.perf_counter() - t_frames)
         tracker.timer.t["frames_fitted"] = n_done
 
@@ -246,10 +277,21 @@ class TrackingSession:
         t = tracker.timer.t
         log.info("timings: %s", {k: round(v, 2) for k, v in t.items()})
         return TrackOutcome(self.writer.root, len(self.writer.manifest["frames"]),
-                            dict(t, total=time.perf_counter() - t_start))
+                            dict(t, total=time.perf_counter() - self.t_start))
 
     # ---------------------------------------------------------------------------------------------------------
-    def _resume(self, pick: List[int]) -> bool:
+    @contextlib.contextmanager
+    def marking_interruptions(self):
+        """Mark the package ``cancelled`` (Cancelled, Ctrl-C) or ``failed`` (any other error) and release its lock
+        when the body raises; the frames written so far stay valid and a re-run resumes from them."""
+        from ..contracts.protocol import Cancelled
+        try:
+            yield self
+        except BaseException as e:
+            self.writer.abort("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
+            raise
+
+    def resume(self, pick: List[int]) -> bool:
         """Restore the tracker and the frames' fits from the package's tracker state, if it has one; ``pick``: the
         identity frames a fresh run of this selection uses. An extension of the package whose identity frames differ
         starts afresh (the package's frames are dropped first, so it never mixes identities)."""
@@ -297,7 +339,7 @@ class TrackingSession:
         z_exp = package.frame_arrays(["z_exp"])["z_exp"]
         self.written_z_exp.update(zip(package.frame_indices.tolist(), z_exp))
 
-    def _fit_identity(self) -> None:
+    def fit_identity(self) -> None:
         """Stage 1a on the frames ``identity_frames`` picks; writes the identity, the canonical mesh and the
         tracker state."""
         tracker = self.tracker
@@ -311,7 +353,7 @@ class TrackingSession:
                                          tracker.albedo)
         self._save_state()
 
-    def _track_frames(self, todo: List[int]) -> int:
+    def track_frames(self, todo: List[int]) -> int:
         """Stage 1b: fit the frames in ``todo`` one by one, each warm-started from the previous frame, and write
         them in chunks as they finish. -> number of frames fitted."""
         tracker = self.tracker
@@ -557,9 +599,18 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     ``events``: a protocol ``EventWriter`` (or None); ``preset``: the stage settings (``tracker.Preset``), by default
     ``PRESETS[config.preset]`` (tests and benchmarks pass smaller ones).
     """
+    session = open_session(config, events, preset)
+    with session.marking_interruptions():
+        return session.run()
+
+
+def open_session(config: TrackConfig, events=None, preset=None,
+                 detections: Optional[Detections] = None) -> TrackingSession:
+    """The parts of a ``track`` run, ready to ``run()``, holding the package's lock: pass 1 over the selection
+    (unless ``detections`` of it are given: the chunks of a long clip reuse its one pass), the model and tracker,
+    the package writer."""
     import torch
     from ..contracts import landmark_tables as lt
-    from ..contracts.protocol import Cancelled
     from ..contracts.result_format import ResultWriter
     from ..contracts.track_config import parse_face
     from ..model.parallel import set_threads
@@ -602,7 +653,7 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
     t0 = time.perf_counter()
-    det = detect_all(src, config.detector, ev, face)
+    det = detections if detections is not None else detect_all(src, config.detector, ev, face)
     t_detect = time.perf_counter() - t0
     if not det.indices:
         raise TrackingInputError(f"the frame range {src.range} selects no frames of {config.input}",
@@ -625,9 +676,4 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     # a container may announce fewer frames than it holds
     header["source"]["frame_count"] = max(int(src.info.n_frames or 0), max(det.indices) + 1)
     writer = ResultWriter(Path(config.out), header)
-    session = TrackingSession(config, preset, src, det, writer, tracker, codes, ev)
-    try:
-        return session.run(t_start)
-    except BaseException as e:
-        writer.abort("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
-        raise
+    return TrackingSession(config, preset, src, det, writer, tracker, codes, ev, t_start)

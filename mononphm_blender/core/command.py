@@ -35,6 +35,21 @@ def bake_argv(python: str, package: str, frames: str | None = None, texture: boo
     return argv
 
 
+def batch_argv(python: str, inputs: list[str], out_root: str, config: track_config.TrackConfig,
+               workers: int = 0, chunk_frames: int = 0) -> list[str]:
+    """``python -m backend batch INPUTS… --out-root DIR`` with ``config``'s tracking flags for every clip (its
+    ``input`` and ``out`` are not used; ``workers`` 0 lets the backend choose, ``chunk_frames`` 0 never splits a
+    clip); raises ValueError."""
+    if not inputs:
+        raise ValueError("the batch queue is empty")
+    argv = [str(python), "-m", "backend", "batch", *map(str, inputs), "--out-root", str(out_root)]
+    if workers:
+        argv += ["--workers", str(int(workers))]
+    if chunk_frames:
+        argv += ["--chunk-frames", str(int(chunk_frames))]
+    return argv + config.to_argv(exclude=("input", "out"))
+
+
 def version_argv(python: str) -> list[str]:
     return [str(python), "-m", "backend", "--version", "--json"]
 

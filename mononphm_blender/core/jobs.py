@@ -381,7 +381,7 @@ def run_handshake(argv: Sequence[str], *, cwd=None, env=None, timeout: float = 1
         except json.JSONDecodeError:
             continue
         if isinstance(data, dict):
-            if data.get("protocol") != protocol.PROTOCOL_VERSION:
+            if data.get("protocol") not in protocol.COMPATIBLE_PROTOCOLS:
                 raise RuntimeError(f"backend speaks protocol {data.get('protocol')}, this add-on "
                                    f"{protocol.PROTOCOL_VERSION}; update the add-on or the backend")
             return data

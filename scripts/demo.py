@@ -91,7 +91,7 @@ def run_tracking(clip: Path, out: Path, frames: str, preset: str, extra: list[st
 
 
 def import_and_render(package: Path, clip: Path, out_dir: Path, n_frames: int = 6) -> Path:
-    """Import with the add-on in headless Blender, save demo.blend, render overlays + a side view."""
+    """Import with the add-on in headless Blender, save demo.blend, render overlays, a side view and a close-up."""
     import bpy
 
     import mononphm_blender

@@ -233,3 +233,21 @@ def test_badly_fitted_frames_weigh_less():
     from backend.bake.albedo import fit_weights
     np.testing.assert_allclose(fit_weights(np.array([2.0, 2.0, 2.0, 4.0, np.nan])), [1, 1, 1, 0.25, 1])
     np.testing.assert_allclose(fit_weights(np.full(3, np.nan)), 1)
+
+
+def test_posed_points_take_the_colour_of_their_canonical_point():
+    """Per-frame meshes: a posed point is carried back by the backward deformation and coloured there."""
+    import torch
+
+    from backend.bake.posed import CanonicalColours
+
+    class Shifted:   # backward deformation: posed -> canonical is x + (0.1, 0, 0)
+        def deformation(self, x, z_geo, z_exp):
+            return torch.tensor([0.1, 0.0, 0.0]).expand_as(x), None
+
+    xs = np.linspace(-0.5, 0.5, 41)
+    canonical = np.stack(np.meshgrid(xs, xs, [0.0], indexing="ij"), -1).reshape(-1, 3)
+    colours = np.where(canonical[:, :1] > 0, [200, 20, 20], [20, 20, 200]).astype(np.uint8)
+    posed = np.array([[-0.2, 0.0, 0.0], [0.2, 0.1, 0.0], [-0.04, -0.3, 0.0]])   # canonical x: -0.1, 0.3, 0.06
+    got = CanonicalColours(canonical, colours).at_posed(Shifted(), None, None, posed)
+    np.testing.assert_array_equal(got[:, 0] > 100, [False, True, True])

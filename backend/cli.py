@@ -11,11 +11,12 @@ import json
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from . import BUILTIN_MODEL_DIR, __version__
 from .contracts.protocol import (CANCEL_HINT, BackendError, BadInputError, Cancelled, EventWriter, ExitCode,
                                  PROTOCOL_VERSION, install_cancel_handler)
-from .contracts.track_config import TrackConfig, add_track_arguments
+from .contracts.track_config import DEVICES, TrackConfig, add_track_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a result package and print a summary")
     validate.add_argument("package")
+
+    selftest = sub.add_parser("selftest", help="track one frame of a built-in image (the installer's smoke test)")
+    selftest.add_argument("--out", required=True, help="scratch folder (its contents are replaced)")
+    selftest.add_argument("--device", choices=DEVICES, default=TrackConfig.device)
+    selftest.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = auto)")
 
     # Listed for --help only: main() hands `train ...` to backend.training.train before parsing.
     sub.add_parser("train", help="train a MonoNPHM model on synthetic heads (python -m backend train --help)")
@@ -135,6 +141,43 @@ def _run_validate(args, events: EventWriter) -> None:
     events.result(str(package.root), len(package.frames))
 
 
+# The smoke test's fit: the draft preset cut to a few iterations, so it proves the whole pipeline (decoding,
+# landmarks, masks, model, identity and frame fits, meshes, result package) in seconds, not its quality.
+SELFTEST_OVERRIDES = {"id_iters": 8, "frame_iters": 4, "stage2_epochs": 0, "mesh_res": 48}
+
+
+def _run_selftest(args, events: EventWriter) -> None:
+    """One frame of ``skimage.data.astronaut()`` (public domain; ships with scikit-image) tracked end to end;
+    emits a ``summary`` event with the device and the seconds it took."""
+    import dataclasses
+    import shutil
+    import time
+
+    from skimage import data, io
+
+    from .tracking import run_track
+    from .tracking.tracker import PRESETS
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    for name in ("astronaut.png", "result"):  # only what an earlier self-test wrote
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    image = out / "astronaut.png"
+    io.imsave(image, data.astronaut(), check_contrast=False)
+    device = resolve_device(args.device)
+    config = TrackConfig(input=str(image), out=str(out / "result"), preset="draft", max_size=256,
+                         threads=args.threads, device=device if device in TRACKING_DEVICES else "cpu")
+    outcome = run_track(config, events, preset=dataclasses.replace(PRESETS["draft"], **SELFTEST_OVERRIDES))
+    events.emit("summary", device=config.device, seconds=round(time.perf_counter() - t0, 2), frames=outcome.frames,
+                devices=available_devices())
+    events.result(str(outcome.path), outcome.frames)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # the trainer owns all its flags, --help included
@@ -163,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
             path = run_bake(args, events)
             events.result(str(path), len(read_manifest(path)["frames"]))
+        elif args.command == "selftest":
+            _run_selftest(args, events)
         elif args.command in ("track", "batch"):
             extra = {"input": "", "out": ""} if args.command == "batch" else {}
             config = TrackConfig.from_namespace(args, **extra)

@@ -271,3 +271,21 @@ def test_photometric_presets_run(tmp_path, tiny_model, tiny_encoder_model, clip,
     # encoder mode fits the 100 ICT identity weights, raw mode the model's identity code itself
     assert p_geo.shape == ((100,) if codes == "encoder" else ident["z_geo"].shape)
     assert np.isfinite(p_geo).all() and np.abs(p_geo).max() > 0
+
+
+def test_selftest_tracks_one_frame_of_the_builtin_image(tmp_path, capsys):
+    """The installer's smoke test with the built-in model: one frame end to end, a summary with device and seconds."""
+    from backend.cli import main
+    from backend.contracts.protocol import parse_line
+    (tmp_path / "astronaut.png").write_text("stale")  # an earlier self-test's files are replaced
+    assert main(["selftest", "--out", str(tmp_path), "--threads", "1"]) == 0
+    events = [e for e in map(parse_line, capsys.readouterr().out.splitlines()) if e is not None]
+    summary = next(e for e in events if e.type == "summary")
+    assert summary.get("device") == "cpu" and summary.get("frames") == 1 and 0 < summary.get("seconds") < 120
+    assert "cpu" in summary.get("devices")
+    assert any(e.type == "progress" and e.get("stage") == "identity" for e in events)
+    from backend.contracts.result_format import ResultPackage
+    package = ResultPackage(tmp_path / "result")
+    assert package.manifest["state"] == "complete" and len(package.frames) == 1
+    frame = package.frames[0]
+    assert frame["status"] == "tracked" and frame["landmark_error_px"] < 10.0  # px at 256 px: found and fitted

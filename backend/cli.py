@@ -28,6 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     track = sub.add_parser("track", help="track a clip and write a result package")
     add_track_arguments(track)  # one flag per TrackConfig field
 
+    bake = sub.add_parser("bake", help="bake the subject's colours (and a texture) from the clip into a result")
+    bake.add_argument("package", help="result package folder written by track")
+    bake.add_argument("--frames", default=None, metavar="A:B:STEP",
+                      help="bake from these source frames only (default: every tracked frame)")
+    bake.add_argument("--max-frames", type=int, default=64,
+                      help="at most this many frames, evenly spaced over the selection (default 64)")
+    bake.add_argument("--texture", action="store_true", help="also unwrap the head and bake a texture (PNG)")
+    bake.add_argument("--texture-frames", default=None, metavar="I,J,...",
+                      help="source frames for the texture (default: picked automatically: frontal, sharp, neutral)")
+    bake.add_argument("--texture-size", type=int, default=2048, metavar="PX", help="texture size (default 2048)")
+
     batch = sub.add_parser("batch", help="track many clips as Ray tasks, locally or on a cluster (needs Ray)")
     batch.add_argument("inputs", nargs="+", metavar="INPUT",
                        help="clips as for track (video, image folder, image), or @LIST.txt with one per line")
@@ -166,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         events.hello(__version__)
         if args.command == "validate":
             _run_validate(args, events)
+        elif args.command == "bake":
+            from .bake.run import run_bake
+            from .contracts.result_format import read_manifest
+
+            path = run_bake(args, events)
+            events.result(str(path), len(read_manifest(path)["frames"]))
         elif args.command == "selftest":
             _run_selftest(args, events)
         elif args.command == "batch":

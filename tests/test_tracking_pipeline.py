@@ -109,6 +109,32 @@ def test_end_to_end_and_resume(tmp_path, tiny_model, clip, monkeypatch):
     assert all(len(p) != len(pkg.canonical_mesh().vertices) for p in pts)   # not the fixed-topology mesh
     extent = np.ptp(pts[0], axis=0)
     assert 0.1 < extent.max() < 0.6                                   # a head-sized surface in metres
+    _check_bake(pkg, mesh)
+
+
+def _check_bake(pkg, usd_mesh):
+    """Tracking bakes the subject's colours (model albedo kept); the USD meshes carry them; a re-bake from a frame
+    range with a texture replaces them; bad requests change nothing."""
+    from backend.bake.run import BakeRequest, bake_package
+    from backend.contracts.conventions import linear_to_srgb
+    from backend.contracts.result_format import PackageError
+    canon = pkg.canonical_mesh()
+    assert canon.baked_albedo.shape == canon.albedo.shape and canon.baked_confidence.max() > 0.5
+    assert pkg.manifest["bake"]["frames"] == list(range(6)) and pkg.texture_path is None
+    seen = canon.baked_confidence > 0.5
+    assert np.abs(canon.baked_albedo[seen].astype(float) - canon.albedo[seen]).mean() > 3   # not the model's
+    usd_srgb = linear_to_srgb(np.asarray(usd_mesh.GetDisplayColorAttr().Get(0))) * 255
+    assert np.abs(usd_srgb.mean(0) - canon.baked_albedo.mean(0)).max() < 12
+    bake_package(pkg.root, BakeRequest(frames="2:5", texture=True, texture_size=128))
+    again = ResultPackage(pkg.root)
+    assert again.manifest["bake"]["frames"] == [2, 3, 4] and again.manifest["state"] == "complete"
+    assert again.canonical_mesh().uv.shape == (len(canon.triangles), 3, 2)
+    np.testing.assert_array_equal(again.canonical_mesh().albedo, canon.albedo)
+    import cv2
+    assert cv2.imread(str(again.texture_path)).shape == (128, 128, 3)
+    with pytest.raises(PackageError, match="not tracked frames"):
+        bake_package(pkg.root, BakeRequest(texture_frames=[99]))
+    assert ResultPackage(pkg.root).manifest["bake"]["frames"] == [2, 3, 4]
 
 
 class _CancelAt:

@@ -24,6 +24,16 @@ def track_argv(python: str, config: track_config.TrackConfig) -> list[str]:
     return [str(python), "-m", "backend", "track", *config.to_argv()]
 
 
+def bake_argv(python: str, package: str, frames: str | None = None, texture: bool = False) -> list[str]:
+    """``python -m backend bake PACKAGE …``: re-bake the subject's colours (and a texture) from ``frames``."""
+    argv = [str(python), "-m", "backend", "bake", str(package)]
+    if frames:
+        argv += ["--frames", frames]
+    if texture:
+        argv.append("--texture")
+    return argv
+
+
 def batch_argv(python: str, inputs: list[str], out_root: str, config: track_config.TrackConfig,
                workers: int = 0, chunk_frames: int = 0) -> list[str]:
     """``python -m backend batch INPUTS… --out-root DIR`` with ``config``'s tracking flags for every clip (its

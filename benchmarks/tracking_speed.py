@@ -10,8 +10,8 @@ time is what the user waits for.  Stages, from the run's own ``result`` event (`
 start-up (process start to the ``device`` event: interpreter, imports, torch), decoding, landmarks, model load,
 identity, fitting (per-frame fits), stage 2 (joint refinement), shape-key vertices (the fixed-topology warp and the
 quality metrics of every written frame, stage 2's rewrite included), rewrite (the rest of stage 2's second pass:
-decoding, masks, writing), bake (the subject's colours from the video), per-frame meshes, USD, and the rest (masks and decoding of the fitting pass, writing).
-``--env`` sets variables for the backend (e.g. ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+decoding, masks, writing), bake (the subject's colours from the video), per-frame meshes, USD, and the rest (masks
+and decoding of the fitting pass, writing).  ``--env`` sets variables for the backend (e.g. ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 MKL_ENABLE_INSTRUCTIONS=AVX2`` stands in for an AVX2-only CPU on an AVX-512 one); A/B
 comparisons belong in one invocation or the same minutes, beside the load average: ``--baseline DIR`` runs another
 checkout's backend (a folder holding its ``backend/``, e.g. ``git archive <commit> backend | tar -x -C DIR``) before

@@ -33,7 +33,8 @@ class CanonicalColours:
                  chunk: int = 32768) -> np.ndarray:
         """(N, 3) posed points (model units) of expression z_exp (1, D) -> (N, 3) uint8 via the backward
         deformation x -> x + δ(x)."""
-        x = torch.as_tensor(np.asarray(points, np.float32), device=z_geo.device)   # the model's device
+        device = None if z_geo is None else z_geo.device   # the codes' device: the model's
+        x = torch.as_tensor(np.asarray(points, np.float32), device=device)
         offsets = torch.cat([model.deformation(x[None, s:s + chunk], z_geo, z_exp)[0][0]
                              for s in range(0, len(x), chunk)]) if len(x) else x
         return self.at((x + offsets).cpu().numpy())

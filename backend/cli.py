@@ -61,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a result package and print a summary")
     validate.add_argument("package")
 
+    export = sub.add_parser("export", help="write a result's performance in an exchange format (no torch needed)")
+    export.add_argument("package", help="result package folder")
+    export.add_argument("--format", choices=("llf-csv",), default="llf-csv",
+                        help="llf-csv: Live Link Face CSV (Unreal, Faceit, KeenTools, Rokoko)")
+    export.add_argument("--out", required=True, help="file to write (replaced atomically)")
+    export.add_argument("--fps", type=float, default=None, metavar="F",
+                        help="rows per second of the clip (default: one row per tracked frame at the clip's rate)")
+    export.add_argument("--smooth", action="append", default=None, metavar="GROUP=HZ[:BETA]",
+                        help="one-euro smoothing of a group (pose, eyes, mouth, brows, all): minimum cutoff in Hz "
+                             "and speed coefficient (default 5); repeatable; default: no smoothing")
+
     # Listed for --help only: main() hands `train ...` to backend.training.train before parsing.
     sub.add_parser("train", help="train a MonoNPHM model on synthetic heads (python -m backend train --help)")
     return parser
@@ -135,6 +146,16 @@ def _run_validate(args, events: EventWriter) -> None:
     events.result(str(package.root), len(package.frames))
 
 
+def _run_export(args, events: EventWriter) -> None:
+    from .retarget.export import export_package
+    from .retarget.smoothing import SmoothingSettings
+
+    if args.fps is not None and args.fps <= 0:
+        raise BadInputError(f"--fps {args.fps}: the frame rate must be positive", "Give e.g. --fps 60.")
+    path, rows = export_package(args.package, args.out, args.format, args.fps, SmoothingSettings.parse(args.smooth))
+    events.result(str(path), rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # the trainer owns all its flags, --help included
@@ -157,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         events.hello(__version__)
         if args.command == "validate":
             _run_validate(args, events)
+        elif args.command == "export":
+            _run_export(args, events)
         elif args.command == "track":
             from .tracking import run_track
 

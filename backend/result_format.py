@@ -43,6 +43,7 @@ USD_SEQUENCE = "meshes.usdc"
 TRACKER_STATE = "tracker_state.npz"
 
 FRAME_STATUSES = ("tracked", "interpolated", "no_face", "failed")
+USABLE_STATUSES = ("tracked", "interpolated")  # frames with a pose and expression that importers animate
 OUTPUT_MODES = ("shape_keys", "meshes", "both")
 
 # Array schemas: name -> (dtype kind, shape). Symbols: V vertices, F triangles, K rows in a chunk,
@@ -146,7 +147,11 @@ def save_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=1, allow_nan=False)
+    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (a reader never sees a half-written file)."""
     _atomic_write_bytes(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 

@@ -33,7 +33,7 @@ from .core.layout import (LINEAR, bad_frames, decompose_similarity, keyframe_co,
                           rotations_to_euler_xyz)
 
 MODES = ("AUTO", "SHAPE_KEYS", "MESHES", "BOTH")
-USABLE_STATUSES = ("tracked", "interpolated")
+USABLE_STATUSES = result_format.USABLE_STATUSES
 MARKER_PREFIX = "MNPHM "
 DEFAULT_ERROR_THRESHOLD_PX = 5.0
 PROP_PACKAGE = "mononphm_package"

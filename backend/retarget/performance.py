@@ -88,7 +88,7 @@ class Performance:
         timecode)."""
         rate = self.fps if scene_fps is None else float(scene_fps)
         times = self.times_s - (self.times_s[0] if from_first and len(self) else 0.0)
-        return float(start) + times * rate
+        return np.round(float(start) + times * rate, 6)  # whole frames stay whole despite float error in times
 
     def index_at(self, frame_number: float) -> int:
         """Index of the sample nearest to clip frame ``frame_number``."""

@@ -118,7 +118,10 @@ def rotation_fraction(rot: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(T,) angle in degrees of the rotation between (T, 3, 3) rotations ``a`` and ``b``."""
+    """(T,) angle in degrees of the rotation between (T, 3, 3) rotations ``a`` and ``b`` (atan2 of the sine and
+    cosine parts, accurate for small angles where arccos of the trace is not)."""
     rel = np.einsum("tji,tjk->tik", np.asarray(a, np.float64), np.asarray(b, np.float64))
-    cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
-    return np.degrees(np.arccos(cos))
+    sin = 0.5 * np.linalg.norm(np.stack([rel[:, 2, 1] - rel[:, 1, 2], rel[:, 0, 2] - rel[:, 2, 0],
+                                         rel[:, 1, 0] - rel[:, 0, 1]], 1), axis=1)
+    cos = 0.5 * (np.trace(rel, axis1=1, axis2=2) - 1.0)
+    return np.degrees(np.arctan2(sin, cos))

@@ -99,7 +99,7 @@ def test_calibration_drivers_and_clear_errors(scene, take, tmp_path):
         toy.shape_key_add(name=key)
     source = bake.load_source(scene, str(package))
     neutral = 10
-    settings = bake.RetargetSettings(neutral_frame=neutral)
+    settings = bake.RetargetSettings(neutral_frame=source.frames[neutral])
     report = bake.bake_shape_keys(toy, source, settings=settings)
     assert sorted(report.keys) == ["EyeBlink_L", "JawOpen"] and len(report.unbound) == 50
     jaw = perf.arkit[:, arkit.ARKIT_INDEX["jawOpen"]]
@@ -163,7 +163,7 @@ def test_makehuman_skeleton_head_and_neck(scene, take):
     assert {"head", "neck01", "neck02", "neck03", "jaw"} <= set(rig.data.bones.keys())
     source = bake.load_source(scene, str(package))
     neutral = 20
-    settings = bake.RetargetSettings(neutral_frame=neutral, neck_share=0.4)
+    settings = bake.RetargetSettings(neutral_frame=source.frames[neutral], neck_share=0.4)
     bake.bake_head_pose(rig, source, settings, head_bone="head", neck_bone="neck03")
     delta = _expected_delta(perf, neutral)
     head = rotations.rotation_angle_deg(_bone_rotations(rig, "head", source.frames), delta @ _rest(rig, "head"))
@@ -224,7 +224,7 @@ def test_stabilised_head_keeps_the_view(scene, take):
         return np.array(out)
 
     tracked = view_of_head()
-    bake.stabilise_head(scene, str(package), stabilise=True, neutral_frame=5)
+    bake.stabilise_head(scene, str(package), stabilise=True, neutral_frame=frames[5])
     assert np.allclose(view_of_head(), tracked, atol=1e-5)
     scene.frame_set(int(round(frames[40])))
     assert np.allclose(np.array(head.matrix_world.to_3x3().normalized()), perf.head_rotation[5], atol=1e-5)

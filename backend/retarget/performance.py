@@ -90,12 +90,6 @@ class Performance:
         times = self.times_s - (self.times_s[0] if from_first and len(self) else 0.0)
         return np.round(float(start) + times * rate, 6)  # whole frames stay whole despite float error in times
 
-    def index_at(self, frame_number: float) -> int:
-        """Index of the sample nearest to clip frame ``frame_number``."""
-        if not len(self):
-            raise RetargetError("the performance has no frames", "Track some frames first.")
-        return int(np.argmin(np.abs(self.frame_numbers - frame_number)))
-
     def resampled(self, fps: float) -> "Performance":
         """The performance sampled every 1/``fps`` s over its time span (linear in time; rotations by normalised
         quaternion interpolation). The result's ``fps`` is the new rate."""

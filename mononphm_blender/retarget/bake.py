@@ -41,8 +41,8 @@ PROP_REST = "mononphm_rest_matrix"  # an object target's rest transform, kept fo
 class RetargetSettings:
     """How a performance is laid onto the scene's timeline and the target (one object through every bake)."""
 
-    neutral_frame: int | None = None
-    """Clip frame number of the neutral (rest) face and head pose; None: the first frame."""
+    neutral_frame: float | None = None
+    """Scene frame of the neutral (rest) face and head pose (the nearest sample); None: the first sample."""
     calibrate: bool = True
     """Subtract the neutral frame's expression from every frame (ARKit channels)."""
     smoothing: object = field(default_factory=lambda: smoothing.SmoothingSettings())
@@ -69,6 +69,10 @@ class Source:
     """The imported head object of a result package (carries the ARKit properties drivers read), or None."""
     path: str = ""
 
+    def index_at(self, scene_frame: float | None) -> int:
+        """The sample nearest to ``scene_frame`` (None: the first)."""
+        return 0 if scene_frame is None else int(np.argmin(np.abs(self.frames - scene_frame)))
+
 
 def load_source(scene, path: str) -> Source:
     """A result package folder, on the frames the importer uses (clip start + source frame index, in step with
@@ -85,10 +89,10 @@ def load_source(scene, path: str) -> Source:
                   objects.get("head") or objects.get("usd"), path)
 
 
+
 def _prepared(source: Source, settings: RetargetSettings):
     perf = smoothing.smooth_performance(source.performance, settings.smoothing)
-    neutral = 0 if settings.neutral_frame is None else perf.index_at(settings.neutral_frame)
-    return perf, neutral
+    return perf, source.index_at(settings.neutral_frame)
 
 
 # --- expressions -------------------------------------------------------------------------------------------------
@@ -292,16 +296,18 @@ def _key_vector(fcurves, path: str, frames, values: np.ndarray) -> list[str]:
 
 # --- camera ------------------------------------------------------------------------------------------------------
 
-def stabilise_head(scene, package_path: str, stabilise: bool = True, neutral_frame: int | None = None) -> None:
+def stabilise_head(scene, package_path: str, stabilise: bool = True, neutral_frame: float | None = None) -> None:
     """Stabilised: the imported head holds its neutral-frame pose and the camera moves (the view of the head is
     unchanged); otherwise the head moves and the camera stays where tracking put it (the import's layout)."""
     objects = importer.find_objects(package_path)
     head, camera = objects.get("head") or objects.get("usd"), objects.get("camera")
     if head is None or camera is None:
+        if not stabilise:
+            return  # nothing to restore
         raise RetargetError("the result's head and camera are not in this scene", "Import the result first.")
     source = load_source(scene, package_path)
     perf = source.performance
-    neutral = 0 if neutral_frame is None else perf.index_at(neutral_frame)
+    neutral = source.index_at(neutral_frame)
     camera_rest = importer.conventions.camera_world_matrix()
     head_fc = anim.action_fcurves(head, ACTION_NAME)
     head_rot = perf.head_rotation

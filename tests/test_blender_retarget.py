@@ -152,6 +152,8 @@ def test_rigify_generated_rig_head_bone(scene, take):
     print(f"Rigify head control max error {err.max():.1e} deg, deform bone {deform.max():.1e} deg; "
           f"head turns up to {rotations.rotation_angle_deg(want, want[:1].repeat(len(want), 0)).max():.1f} deg")
     assert err.max() < 0.2 and deform.max() < 0.2
+    with pytest.raises(RetargetError, match="MCH-ROT-head is constrained"):  # Rigify's head follows the torso
+        bake.bake_head_pose(rig, source, head_bone="head", neck_bone="neck")
 
 
 @pytest.mark.skipif(not MAKEHUMAN_SKELETON.is_file(), reason="MakeHuman data (../shared) is absent")

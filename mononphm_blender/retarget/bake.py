@@ -236,9 +236,8 @@ def _bake_bones(arm, frames, delta, shift, head_bone: str, neck_bone: str, share
     for name in filter(None, (head_bone, neck_bone)):
         if name not in bones:
             raise RetargetError(f"armature '{arm.name}' has no bone '{name}'", "Pick one of its bones.")
-    if neck_bone and bones[head_bone].parent is None:
-        raise RetargetError(f"head bone '{head_bone}' has no parent, so a neck bone cannot carry it",
-                            "Clear the neck bone or pick the head bone of the neck chain.")
+    if neck_bone:
+        _check_neck_chain(arm, head_bone, neck_bone)
     head_rest = _rest_rotation(bones[head_bone])
     carried = np.broadcast_to(np.eye(3), delta.shape)
     fcurves = anim.action_fcurves(arm, ACTION_NAME)
@@ -255,6 +254,23 @@ def _bake_bones(arm, frames, delta, shift, head_bone: str, neck_bone: str, share
         offset = np.einsum("ij,tjk,tk->ti", head_rest.T, np.transpose(carried, (0, 2, 1)), shift)
         paths += _key_vector(fcurves, pose_bone.path_from_id("location"), frames, offset)
     return paths
+
+
+def _check_neck_chain(arm, head_bone: str, neck_bone: str) -> None:
+    """The neck split assumes the head inherits the neck's rotation: the neck is an ancestor of the head and no
+    bone between them is constrained (Rigify's head copies the torso's rotation unless Head Follow is 1)."""
+    chain, bone = [], arm.pose.bones[head_bone].parent
+    while bone is not None and bone.name != neck_bone:
+        chain.append(bone)
+        bone = bone.parent
+    if bone is None:
+        raise RetargetError(f"'{neck_bone}' is not a parent of '{head_bone}' in '{arm.name}'",
+                            "Pick a neck bone above the head bone, or clear the neck bone.")
+    constrained = [b.name for b in chain if any(c.enabled and c.influence > 0 for c in b.constraints)]
+    if constrained:
+        raise RetargetError(f"the head does not simply follow '{neck_bone}': {', '.join(constrained)} "
+                            f"{'is' if len(constrained) == 1 else 'are'} constrained (e.g. Rigify's Head Follow)",
+                            "Bake the head bone alone (clear the neck bone).")
 
 
 def _bake_object(obj, frames, delta, shift) -> list[str]:

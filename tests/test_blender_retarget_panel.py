@@ -10,7 +10,7 @@ bpy = pytest.importorskip("bpy")
 from backend import arkit  # noqa: E402
 from backend.retarget import llf_csv  # noqa: E402
 from fakes.performance import synthetic_performance, write_performance_package  # noqa: E402
-from test_blender_addon import FakeLayout, _draw  # noqa: E402
+from test_blender_addon import FakeLayout  # noqa: E402
 
 
 class SearchLayout(FakeLayout):
@@ -75,7 +75,6 @@ def test_panel_draws_every_setting(scene, packages):
     assert {"mononphm.retarget_bake", "mononphm.retarget_auto_map", "mononphm.retarget_export",
             "mononphm.retarget_load_mapping", "mononphm.retarget_save_mapping", "head_bone", "neck_bone", "face",
             "csv_path", "result_path", "camera", "smooth_mouth", "neutral_frame", "export_format"} <= names
-    assert _draw is not None  # the shared panel-drawing helpers of test_blender_addon
 
 
 def test_operators_bake_rebake_preview_and_export(scene, packages, tmp_path):

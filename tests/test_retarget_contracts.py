@@ -89,9 +89,9 @@ def test_one_euro_removes_jitter_and_keeps_blinks():
 
 def test_smoothing_groups_are_independent_and_non_destructive():
     perf = synthetic_performance(90)
-    noisy = Performance(perf.times_s, perf.fps, np.clip(perf.arkit + np.random.default_rng(1).normal(0, 0.05,
-                                                                                                  perf.arkit.shape), 0, 1),
-                        perf.head_rotation, perf.head_location)
+    jitter = np.random.default_rng(1).normal(0, 0.05, perf.arkit.shape)
+    noisy = Performance(perf.times_s, perf.fps, np.clip(perf.arkit + jitter, 0, 1), perf.head_rotation,
+                        perf.head_location)
     before = noisy.arkit.copy()
     out = smooth_performance(noisy, SmoothingSettings.parse(["mouth=1.0", "pose=1.0:0"]))
     assert np.array_equal(noisy.arkit, before)  # the source is kept

@@ -12,14 +12,10 @@ import logging
 import signal
 import sys
 import traceback
-from pathlib import Path
 
-from . import __version__
-from .protocol import BackendError, BadInputError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION
-
-PRESETS = ("draft", "standard", "high")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "models" / "builtin"
+from . import BUILTIN_MODEL_DIR, __version__
+from .contracts.protocol import BackendError, BadInputError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION
+from .contracts.track_config import TrackConfig, add_track_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,34 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     track = sub.add_parser("track", help="track a clip and write a result package")
-    track.add_argument("input", help="video file (mp4, mov, mkv, webm, gif), image folder, or single image")
-    track.add_argument("--out", required=True, help="result package folder (created, or resumed if it exists)")
-    track.add_argument("--frames", default=None, metavar="A:B:STEP",
-                       help="Python slice of 0-based source frame indices (default: all)")
-    track.add_argument("--max-size", type=int, default=512, metavar="PX",
-                       help="downscale so the longer image side is at most PX (intrinsics follow); 0 = keep")
-    intr = track.add_argument_group("camera intrinsics (pixels of the source video); default: --fov")
-    for name in ("fx", "fy", "cx", "cy"):
-        intr.add_argument(f"--{name}", type=float, default=None)
-    intr.add_argument("--fov", type=float, default=None, metavar="DEG",
-                      help="horizontal field of view when fx is not given (default 50)")
-    track.add_argument("--preset", choices=PRESETS, default="standard", help="speed/quality trade-off")
-    track.add_argument("--output", choices=("shape_keys", "meshes", "both"), default="shape_keys",
-                       help="fixed-topology shape keys, per-frame meshes (USD), or both")
-    track.add_argument("--model", default=None,
-                       help="project model folder (default: the built-in model)")
-    track.add_argument("--official-checkpoint", default=None, metavar="EXP_DIR",
-                       help="official MonoNPHM experiment folder (configs.yaml + checkpoints/)")
-    track.add_argument("--checkpoint-epoch", type=int, default=None, help="epoch of the official checkpoint")
-    track.add_argument("--mean-anchors", default=None, metavar="NPY",
-                       help="official anchors_65.npy (required with --official-checkpoint)")
-    track.add_argument("--device", choices=DEVICES, default="auto")
-    track.add_argument("--threads", type=int, default=0,
-                       help="CPU threads for torch (0 = auto: 2 on machines with 4 or more logical CPUs, else 1)")
-    track.add_argument("--overwrite", action="store_true",
-                       help="re-track frames already in the package (keeps the fitted identity)")
-    track.add_argument("--detector", choices=("mediapipe", "face-alignment"), default="mediapipe")
-    track.add_argument("--seed", type=int, default=0)
+    add_track_arguments(track)  # one flag per TrackConfig field
 
     validate = sub.add_parser("validate", help="check a result package and print a summary")
     validate.add_argument("package")
@@ -134,7 +103,7 @@ def _install_cancel_handler() -> None:
 
 
 def _run_validate(args, events: EventWriter) -> None:
-    from .result_format import ResultPackage
+    from .contracts.result_format import ResultPackage
 
     package = ResultPackage(args.package)
     arrays = package.frame_arrays()
@@ -147,13 +116,21 @@ def _run_validate(args, events: EventWriter) -> None:
 
 
 def _run_export(args, events: EventWriter) -> None:
-    from .retarget.export import export_package
-    from .retarget.smoothing import SmoothingSettings
+    """The package's tracked frames as a Live Link Face CSV: smoothed, then resampled to --fps (the package is
+    only read)."""
+    from .contracts.retarget import llf_csv
+    from .contracts.retarget.performance import from_package
+    from .contracts.retarget.smoothing import SmoothingSettings, smooth_performance
 
     if args.fps is not None and args.fps <= 0:
         raise BadInputError(f"--fps {args.fps}: the frame rate must be positive", "Give e.g. --fps 60.")
-    path, rows = export_package(args.package, args.out, args.format, args.fps, SmoothingSettings.parse(args.smooth))
-    events.result(str(path), rows)
+    smoothing = SmoothingSettings.parse(args.smooth)
+    perf = from_package(args.package)
+    perf.require_arkit()
+    perf = smooth_performance(perf, smoothing)
+    if args.fps:
+        perf = perf.resampled(args.fps)
+    events.result(str(llf_csv.write_llf_csv(args.out, perf)), len(perf))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,15 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "track":
             from .tracking import run_track
 
-            args.device = resolve_device(args.device)
-            if args.device not in TRACKING_DEVICES:
-                events.warning(f"Tracking does not use '{args.device}' in this version: it runs on the CPU.",
+            config = TrackConfig.from_namespace(args)
+            config.device = resolve_device(config.device)
+            if config.device not in TRACKING_DEVICES:
+                events.warning(f"Tracking does not use '{config.device}' in this version: it runs on the CPU.",
                                code="device_fallback")
-                args.device = "cpu"
-            path = run_track(args, events)
-            from .result_format import read_manifest
-
-            events.result(str(path), len(read_manifest(path)["frames"]))
+                config.device = "cpu"
+            outcome = run_track(config, events)
+            events.result(str(outcome.path), outcome.frames)
         return ExitCode.OK
     except (Cancelled, KeyboardInterrupt):
         events.error("Cancelled.", "Finished frames are kept; run the same command again to resume.",

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .conventions import model_to_blender_points
+from .contracts.conventions import model_to_blender_points
 
 
 @dataclass(frozen=True)

@@ -66,9 +66,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from backend import BUILTIN_MODEL_DIR  # noqa: E402
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init, load_model  # noqa: E402
 from backend.model.deformation import DeformationField  # noqa: E402
-from backend.model.mesh import Mesh, PosedMesher, canonical_mesh, warp_mesh  # noqa: E402
+from backend.model.meshing import PosedMesher, SurfaceMesh, canonical_mesh, warp_mesh  # noqa: E402
 from backend.model.parallel import set_threads  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -79,9 +80,8 @@ FIXED_TOPOLOGY_VERTICES = 30000
 
 
 def make_model(name: str):
-    builtin = ROOT / "backend" / "models" / "builtin" / "model.pt"
-    if name == "builtin" and builtin.is_file():
-        return load_model(builtin), "checkpoint"
+    if name == "builtin" and (BUILTIN_MODEL_DIR / "model.pt").is_file():
+        return load_model(BUILTIN_MODEL_DIR), "checkpoint"
     cfg = MonoNPHMConfig.official() if name == "official" else MonoNPHMConfig.builtin()
     torch.manual_seed(0)
     m = MonoNPHM(cfg, mean_anchors(cfg.n_anchors)).eval()
@@ -152,10 +152,10 @@ def count_deformation_rows():
 def replay_warp(package: Path) -> dict:
     """Per-frame fixed-topology warps of a tracked clip: the package's identity, canonical mesh and per-frame
     expression codes, through the built-in model, frame after frame as the tracker's outputs run."""
-    from backend.conventions import NPHM_UNIT_M
-    from backend.model.mesh import warp_vertices
-    from backend.protocol import BackendError
-    from backend.result_format import ResultPackage
+    from backend.contracts.conventions import NPHM_UNIT_M
+    from backend.model.meshing import warp_vertices
+    from backend.contracts.protocol import BackendError
+    from backend.contracts.result_format import ResultPackage
 
     try:
         pkg = ResultPackage(package)
@@ -207,7 +207,7 @@ def measure_size(name: str, res: int, frame_res: int, frames: int, quick: bool) 
     small = can if quick else canonical_mesh(m, zg, za, res=128)
     if len(small.vertices) > FIXED_TOPOLOGY_VERTICES:
         inside = (small.faces < FIXED_TOPOLOGY_VERTICES).all(1)
-        small = Mesh(small.vertices[:FIXED_TOPOLOGY_VERTICES], small.faces[inside], None)
+        small = SurfaceMesh(small.vertices[:FIXED_TOPOLOGY_VERTICES], small.faces[inside], None)
     # Two expression trajectories: smooth (constant code velocity: the start prediction extrapolates) and jittery
     # (the same drift plus per-frame noise of the same size, like tracked codes, whose per-frame accelerations exceed
     # their velocities: 1.6x in the draft/standard results of the sample clip).

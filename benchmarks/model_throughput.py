@@ -51,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.model import MonoNPHM, MonoNPHMConfig  # noqa: E402
-from backend.model.mesh import bf16_supported  # noqa: E402
+from backend.model.meshing import bf16_supported  # noqa: E402
 from backend.model.parallel import backward_in_chunks, map_chunks, set_threads  # noqa: E402
 from backend.model.reference_loop import loop_forward  # noqa: E402
 

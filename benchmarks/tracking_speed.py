@@ -78,9 +78,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=None)
     a = ap.parse_args(argv)
-    from backend.cli import build_parser
+    from backend.contracts.track_config import TrackConfig
     from backend.model.parallel import set_threads
-    from backend.tracking import run as run_mod
+    from backend.tracking import run_track
 
     set_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="trkspeed_"))
@@ -94,14 +94,11 @@ def main(argv=None):
               "load_avg_1min": os.getloadavg()[0]}
     for preset in a.presets.split(","):
         out = tmp / f"out_{preset}"
-        argv2 = ["track", str(clip), "--out", str(out), "--preset", preset, "--max-size", str(a.size),
-                 "--threads", str(a.threads)] + (["--model", a.model] if a.model else [])
-        args = build_parser().parse_args(argv2)
-        args.device = "cpu"
+        config = TrackConfig(str(clip), str(out), preset=preset, max_size=a.size, threads=a.threads, model=a.model,
+                             device="cpu")
         t0 = time.perf_counter()
-        path = run_mod.run_track(args, None)
+        t = run_track(config).timings
         wall = time.perf_counter() - t0
-        t = run_mod.tracker_timings[str(path)]
         n = max(1, int(t.get("frames_fitted", a.frames)))
         tracking = t.get("frames_total", 0.0) + t.get("stage2", 0.0) + t.get("rewrite", 0.0)
         result["s_per_frame"][preset] = round(tracking / n, 3)

@@ -28,7 +28,7 @@ import numpy as np
 from mathutils import Matrix
 
 from .blender import anim, mesh as meshes, scene as scenes
-from .contracts import arkit_names, conventions, result_format
+from .contracts import arkit, conventions, result_format
 from .core.layout import (LINEAR, bad_frames, decompose_similarity, keyframe_co, pile_keyframes,
                           rotations_to_euler_xyz)
 
@@ -90,6 +90,25 @@ def find_objects(package_path: str) -> dict[str, object]:
     return out
 
 
+def track_clip_start(settings) -> int | None:
+    """Scene frame of source frame 0 for the scene's track settings: the Movie Clip's start frame (clip input) or
+    the Start Frame (file input); None for a clip input without a clip (the imported package then decides)."""
+    if settings.input_kind == "CLIP":
+        return None if settings.clip is None else int(settings.clip.frame_start)
+    return int(settings.clip_start)
+
+
+def package_clip_start(objects: dict, clip=None) -> int:
+    """Scene frame of source frame 0 of an imported package (``find_objects``): its Movie Clip's start frame, else
+    the start stored on its head (or USD) object at import, else 1."""
+    if clip is not None:
+        return int(clip.frame_start)
+    holder = objects.get("head") or objects.get("usd")
+    if holder is not None and PROP_CLIP_START in holder:
+        return int(holder[PROP_CLIP_START])
+    return 1
+
+
 def _tag(obj, package_path: str, role: str, clip_start: int) -> None:
     obj[PROP_PACKAGE] = stored_path(package_path)
     obj[PROP_ROLE] = role
@@ -147,13 +166,7 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
             clip.frame_start = int(clip_start)  # keep the background aligned with the requested mapping
     result.clip = clip
     if clip_start is None:
-        head_like = existing.get("head") or existing.get("usd")
-        if clip is not None:
-            clip_start = int(clip.frame_start)
-        elif head_like is not None and PROP_CLIP_START in head_like:
-            clip_start = int(head_like[PROP_CLIP_START])
-        else:
-            clip_start = 1
+        clip_start = package_clip_start(existing, clip)
     frames = np.array([conventions.scene_frame(clip_start, i) for i in indices], dtype=np.int64)
     result.source_indices = indices.tolist()
     result.scene_frames = frames.tolist()
@@ -177,11 +190,11 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
     if len(indices) and pose_objects:
         matrices = conventions.head_world_matrices(arrays["scale"], arrays["rotation"], arrays["translation"])
         quality = {k: package.quality(k)[usable] for k in QUALITY_PROPS}
-        arkit = arrays.get("arkit")
+        arkit_weights = arrays.get("arkit")
         carrier = pose_objects[0]
         for obj in pose_objects:
             _animate_object(obj, frames, matrices, quality if obj is carrier else None,
-                            arkit if obj is carrier else None)
+                            arkit_weights if obj is carrier else None)
 
     if setup_camera:
         intr = package.intrinsics()
@@ -334,7 +347,8 @@ class _null:
         return False
 
 
-def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict | None, arkit: np.ndarray | None):
+def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict | None,
+                    arkit_weights: np.ndarray | None):
     """Pose (location / Euler XYZ / scale), quality and ARKit custom properties as one object action."""
     loc, rot, scale = decompose_similarity(matrices)
     eul = rotations_to_euler_xyz(rot)
@@ -350,8 +364,8 @@ def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict
                 continue
             obj[key] = float(np.nanmean(values))
             anim.add_fcurve(fcurves, f'["{key}"]', keyframe_co(frames, values))
-    if arkit is not None:
-        for name, column in zip(arkit_names(), np.asarray(arkit, dtype=np.float32).T):
+    if arkit_weights is not None:
+        for name, column in zip(arkit.ARKIT_NAMES, np.asarray(arkit_weights, dtype=np.float32).T):
             obj[name] = float(column[0])
             try:
                 obj.id_properties_ui(name).update(min=0.0, max=1.0, soft_min=0.0, soft_max=1.0)
@@ -367,15 +381,11 @@ def scene_frame_of(scene, source_index: int, package_path: str | None = None) ->
     if path is None:
         settings = getattr(scene, "mononphm", None)
         path = settings.last_package if settings is not None else ""
-    holder = None
-    if path:
-        objs = find_objects(path)
-        holder = objs.get("head") or objs.get("usd")
-    if holder is None:
-        holder = next((o for o in scene.objects if PROP_CLIP_START in o and o.get(PROP_ROLE) in ("head", "usd")),
-                      None)
-    start = int(holder[PROP_CLIP_START]) if holder is not None else int(scene.frame_start)
-    return conventions.scene_frame(start, source_index)
+    objs = find_objects(path) if path else {}
+    if not (objs.get("head") or objs.get("usd")):
+        objs = {"head": next((o for o in scene.objects if PROP_CLIP_START in o and o.get(PROP_ROLE) in ("head", "usd")),
+                             None)}
+    return conventions.scene_frame(package_clip_start(objs), source_index)
 
 
 # --- quality markers --------------------------------------------------------------------------------------------
@@ -409,9 +419,7 @@ def refresh_quality_markers(scene, threshold: float) -> list[tuple[int, float]]:
         package = result_format.ResultPackage(bpy.path.abspath(path))
     except result_format.PackageError:
         return []
-    objs = find_objects(path)
-    holder = objs.get("head") or objs.get("usd")
-    clip_start = int(holder[PROP_CLIP_START]) if holder is not None and PROP_CLIP_START in holder else 1
+    clip_start = package_clip_start(find_objects(path))
     usable = [i for i, r in enumerate(package.frames) if r["status"] in USABLE_STATUSES]
     frames = np.array([conventions.scene_frame(clip_start, package.frames[i]["index"]) for i in usable])
     return set_quality_markers(scene, frames, package.quality("landmark_error_px")[usable], threshold)

@@ -7,6 +7,7 @@ timers never fire in background mode. Job identity (pid, log, events file, outpu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -14,7 +15,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import contracts, importer, prefs
-from .contracts import result_format
+from .contracts import result_format, track_config
 from .core import command, jobs
 
 TICK_S = 0.2
@@ -46,12 +47,14 @@ def _say(level: str, text: str) -> None:
 
 # --- starting ---------------------------------------------------------------------------------------------------
 
-def build_request(context, scene, *, frames: str | None = None, overwrite: bool = False) -> command.TrackRequest:
-    """A TrackRequest from the scene settings; raises ValueError with a user-facing message."""
+def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
+                  overwrite: bool = False) -> track_config.TrackConfig:
+    """The run's settings from the scene settings (``scene_range``: scene frames to track, inclusive, instead of the
+    settings' range); raises ValueError with a user-facing message."""
     from .blender import scene as scenes
 
     s = scene.mononphm
-    intrinsics = None
+    intrinsics = {}
     if s.input_kind == "CLIP":
         clip = s.clip
         if clip is None:
@@ -61,23 +64,22 @@ def build_request(context, scene, *, frames: str | None = None, overwrite: bool 
             input_path = os.path.dirname(input_path)
         intr = scenes.clip_intrinsics(clip)
         intrinsics = {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy}
-        clip_start = int(clip.frame_start)
     else:
         input_path = bpy.path.abspath(s.input_path)
-        clip_start = int(s.clip_start)
     if not input_path or not os.path.exists(input_path):
         raise ValueError(f"Input not found: {input_path or '(empty)'}")
     out_dir = bpy.path.abspath(s.output_dir)
     if not out_dir or out_dir.startswith("//"):
         raise ValueError("Save the .blend first, or choose an absolute output folder")
-    if frames is None and (s.use_frame_range or s.stride > 1):
-        if s.use_frame_range:
-            frames = command.frames_arg(s.frame_start - clip_start, s.frame_end - clip_start, s.stride)
-        else:
-            frames = command.frames_arg(None, None, s.stride)
-    req = command.TrackRequest(input_path=input_path, out_dir=out_dir, frames=frames, preset=s.preset,
-                               output=s.output_mode, device=prefs.get_prefs(context).device,
-                               intrinsics=intrinsics, overwrite=overwrite)
+    if scene_range is None and s.use_frame_range:
+        scene_range = (s.frame_start, s.frame_end)
+    frames = command.frames_arg(None, None, s.stride)
+    if scene_range is not None:
+        clip_start = importer.track_clip_start(s)
+        frames = command.frames_arg(scene_range[0] - clip_start, scene_range[1] - clip_start, s.stride)
+    req = track_config.TrackConfig(input=input_path, out=out_dir, frames=frames, preset=s.preset,
+                                   output=s.output_mode, device=prefs.get_prefs(context).device,
+                                   overwrite=overwrite, **intrinsics)
     if s.model == "OFFICIAL":
         req.official_checkpoint = bpy.path.abspath(s.official_dir)
         req.mean_anchors = bpy.path.abspath(s.mean_anchors)
@@ -89,7 +91,7 @@ def build_request(context, scene, *, frames: str | None = None, overwrite: bool 
     return req
 
 
-def start_track(context, scene=None, *, frames: str | None = None, overwrite: bool = False,
+def start_track(context, scene=None, *, scene_range: tuple[int, int] | None = None, overwrite: bool = False,
                 python: str | None = None) -> jobs.BackendJob:
     """Start ``python -m backend track`` for the scene's settings; raises ValueError / RuntimeError."""
     scene = scene or context.scene
@@ -98,15 +100,15 @@ def start_track(context, scene=None, *, frames: str | None = None, overwrite: bo
     python = python or prefs.backend_python(context)
     if not python:
         raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
-    req = build_request(context, scene, frames=frames, overwrite=overwrite)
+    req = build_request(context, scene, scene_range=scene_range, overwrite=overwrite)
     argv = command.track_argv(python, req)
     root = contracts.backend_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log = prefs.log_dir(context) / f"track-{stamp}-{os.getpid()}.log"
     job = jobs.BackendJob(argv, log_path=log, cwd=str(root), env=command.backend_env(root),
-                          out_dir=req.out_dir).start()
+                          out_dir=req.out).start()
     st = scene.mononphm.job
-    st.kind, st.pid, st.log_path, st.out_path = "track", job.pid, str(log), importer.stored_path(req.out_dir)
+    st.kind, st.pid, st.log_path, st.out_path = "track", job.pid, str(log), importer.stored_path(req.out)
     st.state, st.stage, st.progress, st.done, st.total, st.frames_done = "RUNNING", "starting", 0.0, 0, 0, 0
     st.eta_s, st.message, st.error, st.hint, st.imported_frames = -1.0, "", "", "", 0
     st.warning, st.warnings_seen = "", 0
@@ -174,24 +176,16 @@ def _package_frames(out_dir: str) -> int:
 
 
 def _do_import(context, scene, out_path: str) -> bool:
-    with context.temp_override(scene=scene) if hasattr(context, "temp_override") else _Null():
+    with context.temp_override(scene=scene) if hasattr(context, "temp_override") else contextlib.nullcontext():
         s = scene.mononphm
         clip = s.clip if s.input_kind == "CLIP" else None
-        clip_start = None if clip is not None else int(s.clip_start)
         try:
-            importer.import_package(context, bpy.path.abspath(out_path), clip=clip, clip_start=clip_start)
+            importer.import_package(context, bpy.path.abspath(out_path), clip=clip,
+                                    clip_start=importer.track_clip_start(s))
         except result_format.PackageError as exc:
             _say("WARNING", f"Import: {exc.message} {exc.hint}")
             return False
     return True
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _maybe_live_import(context, scene, job) -> None:

@@ -1,11 +1,16 @@
-"""Operators: track / cancel / re-track a range / import a result / jump to a flagged frame."""
+"""Operators: track / cancel / re-track a range / import a result / jump to a flagged frame; check, set up and
+remove the backend environment."""
 
+
+import os
+import shutil
+import threading
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
-from . import importer, job_control
+from . import contracts, importer, job_control, prefs
 from .contracts import result_format
 from .core import command
 
@@ -49,10 +54,8 @@ class MONONPHM_OT_retrack(bpy.types.Operator):
     def execute(self, context):
         s = context.scene.mononphm
         start, end = sorted((s.retrack_start, s.retrack_end))
-        clip_start = s.clip.frame_start if (s.input_kind == "CLIP" and s.clip) else s.clip_start
         try:
-            frames = command.frames_arg(start - clip_start, end - clip_start, s.stride)
-            job_control.start_track(context, frames=frames, overwrite=True)
+            job_control.start_track(context, scene_range=(start, end), overwrite=True)
         except (ValueError, RuntimeError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -96,9 +99,9 @@ class MONONPHM_OT_import_result(bpy.types.Operator, ImportHelper):
             path = bpy.path.abspath(self.filepath)[: -len("manifest.json")]
         s = context.scene.mononphm
         clip = s.clip if s.input_kind == "CLIP" else None
-        clip_start = None if clip is not None else (s.clip_start if s.input_kind == "FILE" else None)
         try:
-            result = importer.import_package(context, path, mode=self.mode, clip=clip, clip_start=clip_start)
+            result = importer.import_package(context, path, mode=self.mode, clip=clip,
+                                             clip_start=importer.track_clip_start(s))
         except result_format.PackageError as exc:
             self.report({"ERROR"}, f"Cannot import: {exc.message}. {exc.hint}")
             return {"CANCELLED"}
@@ -136,8 +139,87 @@ class MONONPHM_OT_refresh_markers(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class MONONPHM_OT_check_backend(bpy.types.Operator):
+    bl_idname = "mononphm.check_backend"
+    bl_label = "Check Backend"
+    bl_description = "Run the backend's version handshake (python -m backend --version --json)"
+
+    def execute(self, context):
+        prefs.start_handshake(context)
+        job_control.ensure_timer()
+        return {"FINISHED"}
+
+
+class MONONPHM_OT_setup_backend(bpy.types.Operator):
+    bl_idname = "mononphm.setup_backend"
+    bl_label = "Set Up Backend"
+    bl_description = ("Create the backend's Python environment from a Python 3.11 and install the pinned "
+                      "packages (online from the package index, or offline from a folder of wheels)")
+
+    def execute(self, context):
+        from .core.jobs import SequenceJob
+
+        p = prefs.get_prefs(context)
+        base = os.path.expanduser(bpy.path.abspath(p.base_python)) if p.base_python else ""
+        if not base:
+            self.report({"ERROR"}, "Point 'Python 3.11' at a Python 3.11 interpreter first")
+            return {"CANCELLED"}
+        try:
+            command.check_base_python(base)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        wheels = None
+        if p.install_source == "OFFLINE":
+            wheels = bpy.path.abspath(p.wheels_dir)
+            if not wheels or not os.path.isdir(wheels):
+                self.report({"ERROR"}, "Choose the folder of wheels for the offline install")
+                return {"CANCELLED"}
+        elif not getattr(bpy.app, "online_access", True):
+            self.report({"ERROR"}, "Online access is disabled in Blender (Preferences ▸ System ▸ Network); "
+                                   "enable it or use the offline install from a folder of wheels")
+            return {"CANCELLED"}
+        env_dir = prefs.default_env_dir(p)
+        if env_dir.exists() and any(env_dir.iterdir()) and not command.is_managed_env(env_dir):
+            self.report({"ERROR"}, f"{env_dir} exists and was not created by this add-on; choose another folder")
+            return {"CANCELLED"}
+        steps = command.setup_steps(base, env_dir, contracts.requirements_file(), wheel_dir=wheels,
+                                    cpu_torch=(p.torch_build == "CPU"))
+        log = prefs.log_dir(context) / "backend-setup.log"
+        prefs.STATE.setup_job = SequenceJob(steps, log_path=log).start()
+        prefs.STATE.setup_message = f"Setting up the backend — log: {log}"
+        job_control.ensure_timer()
+        self.report({"INFO"}, prefs.STATE.setup_message)
+        return {"FINISHED"}
+
+
+class MONONPHM_OT_remove_backend(bpy.types.Operator):
+    bl_idname = "mononphm.remove_backend"
+    bl_label = "Remove Backend"
+    bl_description = "Delete the backend environment created by 'Set up backend'"
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_confirm(self, event)
+
+    def execute(self, context):
+        env_dir = prefs.default_env_dir(prefs.get_prefs(context))
+        if not env_dir.exists():
+            self.report({"INFO"}, "No backend environment to remove")
+            return {"CANCELLED"}
+        if not command.is_managed_env(env_dir):
+            self.report({"ERROR"}, f"{env_dir} was not created by this add-on; remove it yourself")
+            return {"CANCELLED"}
+        prefs.STATE.removing = threading.Thread(target=shutil.rmtree, args=(env_dir,),
+                                                kwargs={"ignore_errors": True}, daemon=True)
+        prefs.STATE.removing.start()
+        prefs.STATE.info, prefs.STATE.error = None, "Backend removed"
+        job_control.ensure_timer()
+        return {"FINISHED"}
+
+
 classes = (MONONPHM_OT_track, MONONPHM_OT_retrack, MONONPHM_OT_cancel, MONONPHM_OT_import_result,
-           MONONPHM_OT_open_log, MONONPHM_OT_refresh_markers)
+           MONONPHM_OT_open_log, MONONPHM_OT_refresh_markers, MONONPHM_OT_check_backend, MONONPHM_OT_setup_backend,
+           MONONPHM_OT_remove_backend)
 
 
 def menu_import(self, context):

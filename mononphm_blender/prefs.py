@@ -2,7 +2,6 @@
 
 
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -14,8 +13,9 @@ from .core import command
 
 ADDON_ID = __package__  # "mononphm_blender" in development, "bl_ext.<repo>.mononphm_blender" when installed
 
-DEVICE_ITEMS = [("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cpu", "CPU", ""),
-                ("cuda", "CUDA", "NVIDIA GPU"), ("mps", "MPS", "Apple Silicon GPU")]
+_DEVICE_TEXT = {"auto": ("Auto", "CUDA, then Apple MPS, then CPU"), "cpu": ("CPU", ""), "cuda": ("CUDA", "NVIDIA GPU"),
+                "mps": ("MPS", "Apple Silicon GPU")}
+DEVICE_ITEMS = [(name, *_DEVICE_TEXT[name]) for name in contracts.track_config.DEVICES]
 SOURCE_ITEMS = [("ONLINE", "Online", "Download the pinned packages from the Python package index"),
                 ("OFFLINE", "Offline", "Install from a folder of wheels (downloaded on another machine)")]
 TORCH_ITEMS = [("CPU", "CPU build", "The CPU build of torch (no NVIDIA GPU; smaller download)"),
@@ -31,7 +31,7 @@ class _Defaults:
     install_source = "ONLINE"
     wheels_dir = ""
     torch_build = "CPU"
-    device = "auto"
+    device = contracts.track_config.TrackConfig.device
     log_dir = ""
 
 
@@ -81,7 +81,7 @@ def log_dir(context=None) -> Path:
     return Path(bpy.path.abspath(p.log_dir)) if p.log_dir else user_dir("logs")
 
 
-# --- backend status (handshake), set-up and removal; polled by job_control.tick() ------------------------------
+# --- backend status (handshake, set-up and removal started by ops.py); polled by job_control.tick() ----------
 
 class BackendState:
     info: dict | None = None
@@ -149,89 +149,6 @@ def status_text() -> str:
     return "Backend not checked yet"
 
 
-class MONONPHM_OT_check_backend(bpy.types.Operator):
-    bl_idname = "mononphm.check_backend"
-    bl_label = "Check Backend"
-    bl_description = "Run the backend's version handshake (python -m backend --version --json)"
-
-    def execute(self, context):
-        from . import job_control
-
-        start_handshake(context)
-        job_control.ensure_timer()
-        return {"FINISHED"}
-
-
-class MONONPHM_OT_setup_backend(bpy.types.Operator):
-    bl_idname = "mononphm.setup_backend"
-    bl_label = "Set Up Backend"
-    bl_description = ("Create the backend's Python environment from a Python 3.11 and install the pinned "
-                      "packages (online from the package index, or offline from a folder of wheels)")
-
-    def execute(self, context):
-        from . import job_control
-        from .core.jobs import SequenceJob
-
-        p = get_prefs(context)
-        base = os.path.expanduser(bpy.path.abspath(p.base_python)) if p.base_python else ""
-        if not base:
-            self.report({"ERROR"}, "Point 'Python 3.11' at a Python 3.11 interpreter first")
-            return {"CANCELLED"}
-        try:
-            command.check_base_python(base)
-        except ValueError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        wheels = None
-        if p.install_source == "OFFLINE":
-            wheels = bpy.path.abspath(p.wheels_dir)
-            if not wheels or not os.path.isdir(wheels):
-                self.report({"ERROR"}, "Choose the folder of wheels for the offline install")
-                return {"CANCELLED"}
-        elif not getattr(bpy.app, "online_access", True):
-            self.report({"ERROR"}, "Online access is disabled in Blender (Preferences ▸ System ▸ Network); "
-                                   "enable it or use the offline install from a folder of wheels")
-            return {"CANCELLED"}
-        env_dir = default_env_dir(p)
-        if env_dir.exists() and any(env_dir.iterdir()) and not command.is_managed_env(env_dir):
-            self.report({"ERROR"}, f"{env_dir} exists and was not created by this add-on; choose another folder")
-            return {"CANCELLED"}
-        steps = command.setup_steps(base, env_dir, contracts.requirements_file(), wheel_dir=wheels,
-                                    cpu_torch=(p.torch_build == "CPU"))
-        log = log_dir(context) / "backend-setup.log"
-        STATE.setup_job = SequenceJob(steps, log_path=log).start()
-        STATE.setup_message = f"Setting up the backend — log: {log}"
-        job_control.ensure_timer()
-        self.report({"INFO"}, STATE.setup_message)
-        return {"FINISHED"}
-
-
-class MONONPHM_OT_remove_backend(bpy.types.Operator):
-    bl_idname = "mononphm.remove_backend"
-    bl_label = "Remove Backend"
-    bl_description = "Delete the backend environment created by 'Set up backend'"
-
-    def invoke(self, context, event):
-        return context.window_manager.invoke_confirm(self, event)
-
-    def execute(self, context):
-        from . import job_control
-
-        env_dir = default_env_dir(get_prefs(context))
-        if not env_dir.exists():
-            self.report({"INFO"}, "No backend environment to remove")
-            return {"CANCELLED"}
-        if not command.is_managed_env(env_dir):
-            self.report({"ERROR"}, f"{env_dir} was not created by this add-on; remove it yourself")
-            return {"CANCELLED"}
-        STATE.removing = threading.Thread(target=shutil.rmtree, args=(env_dir,), kwargs={"ignore_errors": True},
-                                          daemon=True)
-        STATE.removing.start()
-        STATE.info, STATE.error = None, "Backend removed"
-        job_control.ensure_timer()
-        return {"FINISHED"}
-
-
 def draw_backend_status(layout, context) -> None:
     python = backend_python(context)
     col = layout.column(align=True)
@@ -255,7 +172,7 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
     install_source: EnumProperty(name="Install From", items=SOURCE_ITEMS, default="ONLINE")
     wheels_dir: StringProperty(name="Wheels Folder", subtype="DIR_PATH")
     torch_build: EnumProperty(name="torch", items=TORCH_ITEMS, default="CPU")
-    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default=contracts.track_config.TrackConfig.device)
     log_dir: StringProperty(name="Log Folder", subtype="DIR_PATH", description="Empty: the add-on's user folder")
 
     def draw(self, context):
@@ -283,5 +200,4 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
         layout.prop(self, "log_dir")
 
 
-classes = (MONONPHM_OT_check_backend, MONONPHM_OT_setup_backend, MONONPHM_OT_remove_backend,
-           MONONPHM_AP_preferences)
+classes = (MONONPHM_AP_preferences,)

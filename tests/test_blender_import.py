@@ -8,8 +8,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from backend import conventions as cv  # noqa: E402
-from backend import result_format as rf  # noqa: E402
+from backend.contracts import conventions as cv  # noqa: E402
+from backend.contracts import result_format as rf  # noqa: E402
 from fakes.packages import frame_vertices, grid_head, make_package, usd_colors  # noqa: E402
 
 FRAMES, VERTS = 100, 3000

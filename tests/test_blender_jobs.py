@@ -10,7 +10,8 @@ from fakes.packages import make_package
 
 bpy = pytest.importorskip("bpy")
 
-from backend import result_format as rf  # noqa: E402
+from backend.contracts import result_format as rf  # noqa: E402
+from backend.contracts.track_config import TrackConfig  # noqa: E402
 
 
 def _configure(scene, tmp_path, frames_env=None):
@@ -209,8 +210,8 @@ def test_clip_intrinsics_reach_the_command(scene, tmp_path, fake_backend):
     s.input_kind, s.clip, s.output_dir = "CLIP", clip, str(tmp_path / "out")
     s.use_frame_range, s.frame_start, s.frame_end, s.stride = True, 1, 1, 2
     req = job_control.build_request(bpy.context, scene)
-    assert req.intrinsics["fx"] == pytest.approx(40.0) and req.frames == "0:1:2"
-    assert req.input_path == str(seq)  # image sequences are passed as their folder
+    assert req.fx == pytest.approx(40.0) and req.frames == "0:1:2"
+    assert req.input == str(seq)  # image sequences are passed as their folder
 
 
 # --- bpy-free job core ------------------------------------------------------------------------------------------
@@ -231,15 +232,16 @@ def test_job_core_handshake_and_argv(tmp_path, fake_backend):
         jobs.run_handshake(["/nonexistent/python", "-m", "backend"])
     with pytest.raises(TypeError):
         jobs.BackendJob("python -m backend", log_path=tmp_path / "x.log")
-    argv = command.track_argv("py", command.TrackRequest("in.mp4", "out", frames="0:10:2", preset="high",
-                                                         intrinsics={"fx": 1.0, "fy": 2.0, "cx": 3.0, "cy": 4.0},
-                                                         official_checkpoint="exp", mean_anchors="a.npy",
-                                                         overwrite=True))
+    argv = command.track_argv("py", TrackConfig("in.mp4", "out", frames="0:10:2", preset="high", fx=1.0, fy=2.0,
+                                                cx=3.0, cy=4.0, official_checkpoint="exp", mean_anchors="a.npy",
+                                                overwrite=True))
     assert argv[:5] == ["py", "-m", "backend", "track", "in.mp4"]
     for flag in ("--frames", "--fx", "--official-checkpoint", "--mean-anchors", "--overwrite"):
         assert flag in argv
     with pytest.raises(ValueError):
-        command.track_argv("py", command.TrackRequest("a", "b", official_checkpoint="exp"))
+        command.track_argv("py", TrackConfig("a", "b", official_checkpoint="exp"))
+    with pytest.raises(ValueError, match="preset"):
+        command.track_argv("py", TrackConfig("a", "b", preset="fastest"))
     assert command.frames_arg(None, None, 1) is None and command.frames_arg(0, 9, 3) == "0:10:3"
 
 
@@ -376,11 +378,12 @@ def test_track_argv_parses_with_the_real_cli():
     from backend.cli import build_parser
     from mononphm_blender.core import command
 
-    req = command.TrackRequest("in.mp4", "out", frames="3:9:2", preset="high", output="both", device="cpu",
-                               intrinsics={"fx": 500.0, "fy": 501.0, "cx": 320.0, "cy": 240.0},
-                               official_checkpoint="exp", mean_anchors="anchors_65.npy", checkpoint_epoch=7,
-                               overwrite=True, max_size=384, threads=2)
+    req = TrackConfig("in.mp4", "out", frames="3:9:2", preset="high", output="both", device="cpu", fx=500.0,
+                      fy=501.0, cx=320.0, cy=240.0, official_checkpoint="exp", mean_anchors="anchors_65.npy",
+                      checkpoint_epoch=7, overwrite=True, max_size=384, threads=2, detector="face-alignment",
+                      seed=3)
     args = build_parser().parse_args(command.track_argv("python", req)[3:])
+    assert TrackConfig.from_namespace(args) == req  # the schema round-trips every field
     assert (args.command, args.input, args.out, args.frames, args.preset, args.output, args.device) == (
         "track", "in.mp4", "out", "3:9:2", "high", "both", "cpu")
     assert (args.fx, args.fy, args.cx, args.cy) == (500.0, 501.0, 320.0, 240.0)

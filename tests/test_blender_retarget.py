@@ -6,9 +6,10 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from backend import arkit  # noqa: E402
-from backend.retarget import names, rotations  # noqa: E402
-from backend.retarget.performance import RetargetError  # noqa: E402
+from backend.contracts import arkit  # noqa: E402
+from backend.contracts import conventions as cv  # noqa: E402
+from backend.contracts.retarget import names, rotations  # noqa: E402
+from backend.contracts.retarget.performance import RetargetError  # noqa: E402
 from fakes.performance import synthetic_performance, write_performance_package  # noqa: E402
 from shared_data import ICT_NPZ, MAKEHUMAN_SKELETON  # noqa: E402
 
@@ -236,4 +237,4 @@ def test_stabilised_head_keeps_the_view(scene, take):
     assert np.allclose(np.array(head.matrix_world.to_3x3().normalized()), perf.head_rotation[5], atol=1e-5)
     bake.stabilise_head(scene, str(package), stabilise=False)
     assert np.allclose(view_of_head(), tracked, atol=1e-5)
-    assert np.allclose(np.array(camera.matrix_world), importer.conventions.camera_world_matrix(), atol=1e-6)
+    assert np.allclose(np.array(camera.matrix_world), cv.camera_world_matrix(), atol=1e-6)

@@ -5,7 +5,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from backend.retarget import rotations  # noqa: E402
+from backend.contracts.retarget import rotations  # noqa: E402
 from fakes.performance import synthetic_performance, write_performance_package  # noqa: E402
 
 FRAMES, FPS = 30, 25.0

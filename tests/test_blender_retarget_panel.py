@@ -7,8 +7,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from backend import arkit  # noqa: E402
-from backend.retarget import llf_csv  # noqa: E402
+from backend.contracts import arkit  # noqa: E402
+from backend.contracts.retarget import llf_csv  # noqa: E402
 from fakes.performance import synthetic_performance, write_performance_package  # noqa: E402
 from test_blender_addon import FakeLayout  # noqa: E402
 

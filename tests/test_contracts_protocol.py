@@ -1,11 +1,11 @@
-"""backend/protocol.py: event writer ↔ parser, exit codes, error types."""
+"""backend/contracts/protocol.py: event writer ↔ parser, exit codes, error types."""
 
 import io
 import json
 
 import pytest
 
-from backend import protocol
+from backend.contracts import protocol
 
 
 def test_writer_lines_parse_back():

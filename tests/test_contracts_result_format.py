@@ -1,4 +1,4 @@
-"""backend/result_format.py: writer ↔ reader round trip, resume/overwrite, and refusal of bad packages."""
+"""backend/contracts/result_format.py: writer ↔ reader round trip, resume/overwrite, and refusal of bad packages."""
 
 import json
 import zipfile
@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from backend import result_format as rf
+from backend.contracts import result_format as rf
 from fakes.packages import make_package
 
 

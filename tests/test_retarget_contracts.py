@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import arkit
-from backend.retarget import llf_csv, names, rotations
-from backend.retarget.performance import Performance, RetargetError, calibrated_weights, from_package
-from backend.retarget.smoothing import OneEuro, SmoothingSettings, one_euro, smooth_performance
+from backend.contracts import arkit
+from backend.contracts.retarget import llf_csv, names, rotations
+from backend.contracts.retarget.performance import Performance, RetargetError, calibrated_weights, from_package
+from backend.contracts.retarget.smoothing import OneEuro, SmoothingSettings, one_euro, smooth_performance
 from fakes.performance import synthetic_performance, write_performance_package
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,12 +1,13 @@
 """End-to-end tracking with a tiny model on a short synthetic clip; resume; bad inputs leave no broken package."""
-import argparse
+import dataclasses
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from backend.result_format import ResultPackage
+from backend.contracts.result_format import ResultPackage
+from backend.contracts.track_config import TrackConfig
 
 TINY = dict(id_frames=2, id_iters=6, id_rays=24, frame_iters=3, still_iters=2, stage2_epochs=1, mesh_res=24,
             sil_res=16, outline_points=50)
@@ -14,7 +15,7 @@ TINY = dict(id_frames=2, id_iters=6, id_rays=24, frame_iters=3, still_iters=2, s
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from backend import landmark_tables as lt
+    from backend.contracts import landmark_tables as lt
     from backend.model import save_model
     from backend.training.modelwrap import build_model, model_config
     torch.manual_seed(0)
@@ -28,8 +29,8 @@ def tiny_model(tmp_path_factory):
 def tiny_encoder_model(tiny_model, tmp_path_factory):
     """The tiny model with (random) encoders: the tracker then fits ICT identity/expression weights."""
     from backend.model.checkpoint import read_project_config
-    from backend.training.encoders import ArkitRegressor, CodeEncoders
-    from backend.training.export import ENCODERS_FILE
+    from backend.model.encoders import ArkitRegressor, CodeEncoders
+    from backend.model.checkpoint import ENCODERS_FILE
     d = tmp_path_factory.mktemp("tiny_encoder_model")
     for f in tiny_model.iterdir():
         shutil.copy(f, d / f.name)
@@ -64,21 +65,28 @@ def clip(tmp_path_factory):
     return p
 
 
-def _args(inp, out, model, **kw):
-    a = argparse.Namespace(input=str(inp), out=str(out), frames=None, max_size=160, fx=None, fy=None, cx=None,
-                           cy=None, fov=None, preset="draft", output="both", model=str(model),
-                           official_checkpoint=None, checkpoint_epoch=None, mean_anchors=None, device="cpu",
-                           threads=1, overwrite=False, detector="mediapipe", seed=0, preset_overrides=dict(TINY))
-    for k, v in kw.items():
-        setattr(a, k, v)
-    return a
+def _config(inp, out, model, **kw):
+    settings = dict(max_size=160, preset="draft", output="both", model=str(model), device="cpu", threads=1)
+    return TrackConfig(str(inp), str(out), **dict(settings, **kw))
 
 
-def test_end_to_end_and_resume(tmp_path, tiny_model, clip):
+def _tiny(preset="draft", **kw):
+    from backend.tracking.tracker import PRESETS
+    return dataclasses.replace(PRESETS[preset], **dict(TINY, **kw))
+
+
+def test_end_to_end_and_resume(tmp_path, tiny_model, clip, monkeypatch):
+    from backend.contracts import result_format
     from backend.tracking import run_track
     out = tmp_path / "res"
-    path = run_track(_args(clip, out, tiny_model), None)
-    pkg = ResultPackage(path)
+    read = []   # a fresh run keeps what it needs: it never reads its own package back
+    monkeypatch.setattr(result_format, "load_npz", lambda path: read.append(path))
+    monkeypatch.setattr(result_format, "read_manifest", lambda root: read.append(root))
+    outcome = run_track(_config(clip, out, tiny_model), None, _tiny())
+    monkeypatch.undo()
+    assert read == []
+    assert outcome.path == out and outcome.frames == 6
+    pkg = ResultPackage(outcome.path)
     assert pkg.manifest["state"] == "complete"
     assert [f["index"] for f in pkg.frames] == list(range(6))
     assert all(f["status"] == "tracked" for f in pkg.frames)
@@ -110,7 +118,7 @@ class _CancelAt:
         self.k = k
 
     def progress(self, stage, done, total, frame=None, message=""):
-        from backend.protocol import Cancelled
+        from backend.contracts.protocol import Cancelled
         if stage == "tracking" and done >= self.k:
             raise Cancelled("cancelled")
 
@@ -119,17 +127,17 @@ class _CancelAt:
 
 
 def test_resume_after_interruption_gives_same_result(tmp_path, tiny_model, clip, monkeypatch):
-    from backend.protocol import Cancelled
+    from backend.contracts.protocol import Cancelled
     from backend.tracking import run as run_mod
     from backend.tracking import run_track
     monkeypatch.setattr(run_mod, "CHUNK", 2)
-    full = ResultPackage(run_track(_args(clip, tmp_path / "full", tiny_model), None)).frame_arrays()
+    full = ResultPackage(run_track(_config(clip, tmp_path / "full", tiny_model), None, _tiny()).path).frame_arrays()
     out = tmp_path / "cut"
     with pytest.raises(Cancelled):
-        run_track(_args(clip, out, tiny_model), _CancelAt(5))
+        run_track(_config(clip, out, tiny_model), _CancelAt(5), _tiny())
     cut = ResultPackage(out)
     assert cut.manifest["state"] == "cancelled" and [f["index"] for f in cut.frames] == [0, 1, 2, 3]
-    run_track(_args(clip, out, tiny_model), None)
+    run_track(_config(clip, out, tiny_model), None, _tiny())
     pkg = ResultPackage(out)
     assert pkg.manifest["state"] == "complete" and len(pkg.frames) == 6
     res = pkg.frame_arrays()
@@ -141,9 +149,9 @@ def test_resume_after_interruption_gives_same_result(tmp_path, tiny_model, clip,
 def test_overwrite_range_keeps_identity(tmp_path, tiny_model, clip):
     from backend.tracking import run_track
     out = tmp_path / "res"
-    run_track(_args(clip, out, tiny_model, frames="0:4"), None)
+    run_track(_config(clip, out, tiny_model, frames="0:4"), None, _tiny())
     ident = ResultPackage(out).identity()
-    run_track(_args(clip, out, tiny_model, frames="1:3", overwrite=True), None)
+    run_track(_config(clip, out, tiny_model, frames="1:3", overwrite=True), None, _tiny())
     pkg = ResultPackage(out)
     assert np.array_equal(pkg.identity()["z_geo"], ident["z_geo"])
     assert [f["index"] for f in pkg.frames] == [0, 1, 2, 3]
@@ -164,7 +172,7 @@ def test_no_face_clip_leaves_nothing(tmp_path, tiny_model):
             c.mux(pk)
     out = tmp_path / "res"
     with pytest.raises(NoFaceError):
-        run_track(_args(p, out, tiny_model), None)
+        run_track(_config(p, out, tiny_model), None, _tiny())
     assert not out.exists()
 
 
@@ -193,7 +201,7 @@ def test_frames_without_face_are_interpolated_and_flagged(tmp_path, tiny_model, 
                 c.mux(pk)
         for pk in s.encode():
             c.mux(pk)
-    pkg = ResultPackage(run_track(_args(p, tmp_path / "res", tiny_model), None))
+    pkg = ResultPackage(run_track(_config(p, tmp_path / "res", tiny_model), None, _tiny()).path)
     status = {f["index"]: f["status"] for f in pkg.frames}
     assert status == {0: "tracked", 1: "tracked", 2: "interpolated", 3: "tracked"}
     arr = pkg.frame_arrays()
@@ -207,10 +215,10 @@ def test_photometric_presets_run(tmp_path, tiny_model, tiny_encoder_model, clip,
     """The volume-rendering path (rays on the face, SH shading) on 2 frames with tiny iteration counts; with
     encoders, the identity stage fits ICT identity weights led by the rays (`Preset.id_lm_grad_ict`)."""
     from backend.tracking import run_track
-    ov = dict(TINY, rays=24, id_rays=24, n_coarse=8, n_fine=4)
     model = tiny_encoder_model if codes == "encoder" else tiny_model
-    pkg = ResultPackage(run_track(_args(clip, tmp_path / "res", model, frames="0:2", preset=preset,
-                                        preset_overrides=ov, output="shape_keys"), None))
+    pkg = ResultPackage(run_track(_config(clip, tmp_path / "res", model, frames="0:2", preset=preset,
+                                          output="shape_keys"), None,
+                                  _tiny(preset, rays=24, id_rays=24, n_coarse=8, n_fine=4)).path)
     assert pkg.manifest["settings"]["preset"] == preset
     assert [f["status"] for f in pkg.frames] == ["tracked", "tracked"]
     ident = pkg.identity()

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from backend.conventions import Intrinsics
+from backend.contracts.conventions import Intrinsics
 from backend.tracking import camera, renderer
 
 

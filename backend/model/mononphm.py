@@ -11,6 +11,7 @@ import torch.nn as nn
 from .canonical import CanonicalField, CanonicalOutput
 from .config import MonoNPHMConfig
 from .deformation import DeformationField
+from .latents import batch_codes
 from .parallel import flush_denormals, map_chunks
 
 
@@ -32,19 +33,6 @@ class ModelOutput:
     kept_edges: Optional[int] = None         # (point, anchor) edges evaluated after pruning
 
 
-def _batch_codes(z: Optional[torch.Tensor], B: int) -> Optional[torch.Tensor]:
-    """Accept (D,), (B, D) or (B, 1, D) codes; broadcast a single code to B."""
-    if z is None:
-        return None
-    if z.dim() == 1:
-        z = z.unsqueeze(0)
-    if z.dim() == 3:
-        z = z.reshape(z.shape[0], z.shape[-1])
-    if z.shape[0] == 1 and B > 1:
-        z = z.expand(B, -1)
-    return z
-
-
 class MonoNPHM(nn.Module):
     """Neural parametric head model with backward deformations (MonoNPHM, CVPR 2024).
 
@@ -63,7 +51,7 @@ class MonoNPHM(nn.Module):
     # ------------------------------------------------------------------ pieces
     def anchors(self, z_geo: torch.Tensor) -> torch.Tensor:
         """(B, D_geo) -> predicted canonical anchors (B, n_anchors, 3)."""
-        return self.id_model.anchors(_batch_codes(z_geo, 1))
+        return self.id_model.anchors(batch_codes(z_geo, 1))
 
     def deformation(
         self,
@@ -102,8 +90,8 @@ class MonoNPHM(nn.Module):
         if q.dim() == 2:
             q = q.unsqueeze(0)
         B = q.shape[0]
-        z_geo = _batch_codes(z_geo, B)
-        z_app = _batch_codes(z_app, B)
+        z_geo = batch_codes(z_geo, B)
+        z_app = batch_codes(z_app, B)
         if q.shape[-1] == 3:
             q = torch.cat([q, q.new_zeros(*q.shape[:-1], self.cfg.n_hyper)], dim=-1)
         if anchors is None:
@@ -115,9 +103,9 @@ class MonoNPHM(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0)
         B = x.shape[0]
-        out = [x, _batch_codes(z_geo, B), _batch_codes(z_exp, B)]
+        out = [x, batch_codes(z_geo, B), batch_codes(z_exp, B)]
         if z_app is not None:
-            out.append(_batch_codes(z_app, B))
+            out.append(batch_codes(z_app, B))
         return out
 
     # ------------------------------------------------------------------ full model
@@ -152,9 +140,9 @@ class MonoNPHM(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0)
         B, N, _ = x.shape
-        z_geo = _batch_codes(z_geo, B)
-        z_app = _batch_codes(z_app, B)
-        z_exp = _batch_codes(z_exp, B)
+        z_geo = batch_codes(z_geo, B)
+        z_app = batch_codes(z_app, B)
+        z_exp = batch_codes(z_exp, B)
         if with_color and z_app is None:
             raise ValueError("with_color=True needs z_app")
         if with_gradient and not with_sdf:
@@ -213,7 +201,7 @@ class MonoNPHM(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0)
         B = x.shape[0]
-        z_geo = _batch_codes(z_geo, B)
+        z_geo = batch_codes(z_geo, B)
         if anchors is None:
             anchors = self.id_model.anchors(z_geo)
         chunk = min(chunk, self.max_chunk(with_color))

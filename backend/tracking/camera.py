@@ -1,7 +1,7 @@
 """Pinhole intrinsics and rigid head-pose initialisation (PnP).
 
 Conventions (docs/conventions.md): OpenCV camera (x right, y down, z forward), pixel centres at i + 0.5.
-Internally poses act on NPHM units: ``x_cam[m] = R @ (0.25 * x_nphm) + t``; the result package stores
+Internally poses act on NPHM units: ``x_cam[m] = R @ (NPHM_UNIT_M * x_nphm) + t``; the result package stores
 ``scale = 1``, ``R``, ``t`` with model points in metres (the absolute scale comes from the identity).
 """
 from __future__ import annotations
@@ -12,9 +12,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ..conventions import DEFAULT_HORIZONTAL_FOV_DEG, NPHM_UNIT_M, Intrinsics, intrinsics_from_blender  # noqa: F401
-
-METRES_PER_UNIT = NPHM_UNIT_M    # NPHM convention: 1 model unit = FLAME metre x 4 = 0.25 m
+from ..contracts.conventions import DEFAULT_HORIZONTAL_FOV_DEG, NPHM_UNIT_M, Intrinsics
 
 
 def make_intrinsics(src_width: int, src_height: int, out_width: int, out_height: int, fx=None, fy=None, cx=None,
@@ -68,7 +66,7 @@ class PnPResult:
 
 
 def solve_pnp(points_model: np.ndarray, points_px: np.ndarray, K: np.ndarray, weights: Optional[np.ndarray] = None,
-              init: Optional[Tuple[np.ndarray, np.ndarray]] = None, scale: float = METRES_PER_UNIT) -> PnPResult:
+              init: Optional[Tuple[np.ndarray, np.ndarray]] = None, scale: float = NPHM_UNIT_M) -> PnPResult:
     """Rigid pose from 3D model points (N, 3, model units) and their detections (N, 2, px).
 
     EPnP for the initial guess (or ``init`` = (R, t) from the previous frame), then Levenberg–Marquardt refinement.

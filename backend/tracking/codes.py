@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import arkit
+from ..contracts import arkit
 
 
 class CodeSpace:

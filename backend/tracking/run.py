@@ -1,22 +1,27 @@
 """``python -m backend track``: decode -> landmarks -> identity -> per-frame fits -> joint refinement -> package.
 
+``run_track(config)`` makes the run's parts (frame source, detections, model, tracker, package writer) and hands
+them to a ``TrackingSession``, which owns them and the per-frame state until the package is complete.
+
 Streaming: landmarks for the whole selection are computed in one decoding pass (kept in memory: 478x2 floats per
-frame); images and masks are re-decoded frame by frame when fitting, so memory stays bounded for long clips.
-Frames are written to the result package as they finish (chunks of ``CHUNK`` frames); re-running the same command
-resumes from ``tracker_state.npz``; ``--frames A:B --overwrite`` re-tracks a range keeping the fitted identity.
+frame); images and masks are re-decoded frame by frame when fitting. Frames are written to the result package as
+they finish (chunks of ``CHUNK`` frames); re-running the same command resumes from ``tracker_state.npz``;
+``--frames A:B --overwrite`` re-tracks a range keeping the fitted identity.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
-from .. import __version__
-from ..conventions import NPHM_UNIT_M
+from .. import BUILTIN_MODEL_DIR, __version__
+from ..contracts.conventions import NPHM_UNIT_M
+from ..contracts.track_config import TrackConfig
 from .errors import NoFaceError, TrackingInputError, TrackingModelError
 
 log = logging.getLogger("backend.tracking")
@@ -43,30 +48,25 @@ class _Events:
 # -------------------------------------------------------------------------------------------------------------------
 # model loading
 # -------------------------------------------------------------------------------------------------------------------
-def load_tracking_model(args):
+def load_tracking_model(config: TrackConfig):
     """-> (model, encoders or None, arkit regressor or None, model header dict)."""
-    from ..model import load_model
-    try:
-        from ..model import load_official
-    except ImportError:  # pragma: no cover
-        load_official = None
-    official = getattr(args, "official_checkpoint", None)
-    if official:
-        if not getattr(args, "mean_anchors", None):
+    from ..model import load_model, load_official
+    from ..model.checkpoint import load_encoders
+
+    if config.official_checkpoint:
+        if not config.mean_anchors:
             raise TrackingInputError("--official-checkpoint needs --mean-anchors (the official anchors_65.npy)",
                                      "Pass the anchors_65.npy from the official repository's assets/ folder.")
-        model = load_official(official, args.mean_anchors, epoch=getattr(args, "checkpoint_epoch", None))
-        return model, None, None, {"name": "official", "path": str(Path(official).resolve()),
+        model = load_official(config.official_checkpoint, config.mean_anchors, epoch=config.checkpoint_epoch)
+        return model, None, None, {"name": "official", "path": str(Path(config.official_checkpoint).resolve()),
                                    "expression_dim": int(model.cfg.dim_exp), "arkit": False}
-    from ..cli import BUILTIN_MODEL_DIR
-    mdir = Path(args.model) if getattr(args, "model", None) else BUILTIN_MODEL_DIR
+    mdir = Path(config.model) if config.model else BUILTIN_MODEL_DIR
     if not (mdir / "config.json").is_file():
         raise TrackingModelError(f"no head model at {mdir} (config.json missing)",
                                  "Install the built-in model (backend/models/builtin) or pass --model DIR.")
     model = load_model(mdir)
     enc = reg = None
     try:
-        from ..training.export import load_encoders
         enc, reg = load_encoders(mdir)
     except Exception as e:  # noqa: BLE001 - encoders are optional
         log.info("model has no usable encoders (%s); fitting raw codes", e)
@@ -78,8 +78,28 @@ def load_tracking_model(args):
 # -------------------------------------------------------------------------------------------------------------------
 # passes over the clip
 # -------------------------------------------------------------------------------------------------------------------
-def detect_all(src, detector: str, ev: _Events):
-    """Pass 1: landmarks for every selected frame. -> (indices, times, landmarks list (None = no face), sizes)."""
+@dataclass
+class Detections:
+    """Pass 1 over the selection: per selected source frame its time, landmarks and face size."""
+
+    indices: List[int]                            # selected source frame indices, in order
+    times: Dict[int, float]                       # index -> presentation time (s)
+    landmarks: Dict[int, Optional[np.ndarray]]    # index -> (L, 2) float32 detector points; None: no face
+    face_sizes: Dict[int, float]                  # index -> face size (px); 0 without a face
+
+    @property
+    def found(self) -> List[int]:
+        """Indices of the frames with a face, in order."""
+        return [i for i in self.indices if self.landmarks[i] is not None]
+
+    def observation(self, index: int, image=None, labels=None):
+        """The tracker's ``FrameObs`` of a frame (image and labels when decoded)."""
+        from .tracker import FrameObs
+        return FrameObs(index, self.times[index], self.landmarks[index], image, labels, self.face_sizes[index])
+
+
+def detect_all(src, detector: str, ev: _Events) -> Detections:
+    """Pass 1: landmarks for every selected frame."""
     from .landmarks import make_landmarker
     det = make_landmarker(detector, video_mode=True)
     idx, times, lms, sizes = [], [], [], []
@@ -100,7 +120,7 @@ def detect_all(src, detector: str, ev: _Events):
                 ev.progress("landmarks", len(idx), total, fr.index)
     finally:
         det.close()
-    return idx, times, lms, sizes
+    return Detections(idx, dict(zip(idx, times)), dict(zip(idx, lms)), dict(zip(idx, sizes)))
 
 
 def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]]) -> Iterator:
@@ -119,73 +139,302 @@ def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]
 
 
 # -------------------------------------------------------------------------------------------------------------------
-# result writing
+# the run
 # -------------------------------------------------------------------------------------------------------------------
-def _frame_arrays(results, tracker, codes, want_vertices=True):
+@dataclass
+class TrackOutcome:
+    """What a finished run reports: the package, its frame count and the per-stage timings (s)."""
+
+    path: Path
+    frames: int
+    timings: Dict[str, float]
+
+
+class TrackingSession:
+    """One ``track`` run over a clip: owns the frame source, the detections, the tracker and the package writer,
+    and the per-frame state between the stages (fitted states, statuses, the outputs the later stages reuse).
+
+    Stages (``run``): resume from the package's tracker state, identity (stage 1a), per-frame fits written as they
+    finish (stage 1b), joint refinement and rewrite of the tracked frames (stage 2), interpolation of frames without
+    a face, per-frame USD meshes.
+    """
+
+    def __init__(self, config: TrackConfig, preset, source, detections: Detections, writer, tracker, codes,
+                 events: _Events):
+        self.config = config
+        self.preset = preset
+        self.source = source
+        self.detections = detections
+        self.writer = writer
+        self.tracker = tracker
+        self.codes = codes
+        self.events = events
+        self.states: Dict[int, object] = {}           # index -> FrameState of every fitted frame
+        self.stage2_done = False
+        self.status: Dict[int, str] = {}              # index -> package status other than "tracked"
+        # index -> the frame's vertices as written before stage 2, model units (V, 3) float32: the warm start of the
+        # stage-2 re-warp (kept until then: V x 12 bytes per frame, 0.2 MB at the standard preset's mesh)
+        self.written_vertices: Dict[int, np.ndarray] = {}
+        self.written_z_exp: Dict[int, np.ndarray] = {}  # index -> z_exp (E,) as written: the per-frame USD meshes
+
+    # ---------------------------------------------------------------------------------------------------------
+    def run(self, t_start: float) -> TrackOutcome:
+        tracker, det = self.tracker, self.detections
+        found = det.found
+        resumed = self._resume()
+        done = set() if self.config.overwrite else (self.writer.done_frames & set(found))
+        todo = [i for i in found if i not in done]
+        if self.config.overwrite:
+            self.stage2_done = False
+        if resumed:
+            self._load_written_frames()
+        if tracker.mesh is None:
+            self._fit_identity(found)
+
+        t_frames = time.perf_counter()
+        cpu0 = time.process_time()
+        n_done = self._track_frames(todo) if todo else 0
+        tracker.timer.add("frames_total", time.perf_counter() - t_frames)
+        tracker.timer.t["frames_fitted"] = n_done
+
+        tracked = [i for i in found if i in self.states]
+        if not self.stage2_done and self.preset.stage2_epochs > 0 and len(tracked) > 1:
+            self._refine(tracked)
+        tracker.timer.add("tracking_cpu", time.process_time() - cpu0)   # CPU s of per-frame + stage 2 + rewrite
+
+        self._interpolate_missing(tracked)
+        if self.writer.manifest.get("output_mode") in ("meshes", "both"):
+            self._write_usd()
+        self.writer.write_tracker_state(self._state_arrays(self.stage2_done))
+        self.writer.finish("complete")
+        t = tracker.timer.t
+        log.info("timings: %s", {k: round(v, 2) for k, v in t.items()})
+        return TrackOutcome(self.writer.root, len(self.writer.manifest["frames"]),
+                            dict(t, total=time.perf_counter() - t_start))
+
+    # ---------------------------------------------------------------------------------------------------------
+    def _resume(self) -> bool:
+        """Restore the tracker and the fitted frame states from the package's tracker state, if it has one."""
+        import torch
+        from .tracker import FrameState
+
+        state = self.writer.tracker_state()
+        if state is None or "p_geo" not in state or not self.writer.has_identity:
+            return False
+        self.tracker.load_state_dict(state)
+        if "p_ex" in state:
+            for k, i in enumerate(state["frame_ids"]):
+                self.states[int(i)] = FrameState(torch.as_tensor(state["p_ex"][k]), torch.as_tensor(state["omega"][k]),
+                                                 torch.as_tensor(state["trans"][k]))
+        self.stage2_done = bool(int(np.asarray(state.get("stage2_done", 0)).reshape(-1)[0]))
+        self.events.progress("identity", 1, 1, None, "identity loaded from the package")
+        return True
+
+    def _load_written_frames(self) -> None:
+        """A resumed run starts from the frames an earlier run wrote: their vertices (when stage 2 will rewrite
+        them) and expression codes (when per-frame meshes are written), read once from the package."""
+        from ..contracts.result_format import ResultPackage
+
+        keys = (["vertices"] if not self.stage2_done and self.preset.stage2_epochs > 0 else []) + \
+            (["z_exp"] if self.writer.manifest.get("output_mode") in ("meshes", "both") else [])
+        if not keys or not self.writer.manifest["frames"]:
+            return
+        package = ResultPackage(self.writer.root)
+        arrays = package.frame_arrays(keys)
+        for k, index in enumerate(package.frame_indices.tolist()):
+            if "vertices" in arrays:
+                self.written_vertices[index] = arrays["vertices"][k] / np.float32(NPHM_UNIT_M)
+            if "z_exp" in arrays:
+                self.written_z_exp[index] = arrays["z_exp"][k]
+
+    def _fit_identity(self, found: List[int]) -> None:
+        """Stage 1a on ``preset.id_frames`` frames spread over the first 50 with a face; writes the identity,
+        the canonical mesh and the tracker state."""
+        tracker, preset = self.tracker, self.preset
+        pool = found[: max(preset.id_frames, min(len(found), 50))]
+        pick = [pool[int(round(k))] for k in np.linspace(0, len(pool) - 1, min(preset.id_frames, len(pool)))]
+        pick = sorted(set(pick))
+        id_obs = [self.detections.observation(fr.index, fr.image, lab)
+                  for fr, lab in iter_frames_with_masks(self.source, set(pick), self.detections.landmarks)]
+        tracker.fit_identity(id_obs)
+        self.writer.write_identity({"z_geo": tracker.z_geo()[0].detach().numpy(),
+                                    "z_app": tracker.z_app()[0].detach().numpy(), "sh_coeffs": tracker.sh.numpy(),
+                                    "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy()})
+        self.writer.write_canonical_mesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces,
+                                         tracker.albedo)
+        self.writer.write_tracker_state(self._state_arrays(False))
+
+    def _track_frames(self, todo: List[int]) -> int:
+        """Stage 1b: fit the frames in ``todo`` one by one, each warm-started from the previous frame, and write
+        them in chunks as they finish. -> number of frames fitted."""
+        tracker = self.tracker
+        # quality metrics are measured after the joint refinement when it follows (saves a render per frame)
+        will_refine = self.preset.stage2_epochs > 0 and len(self.detections.found) > 1
+        before = [i for i in self.states if i < todo[0]]
+        prev_state = self.states[max(before)] if before else None
+        prev_obs = prev_warp = None
+        pending = []
+        n_done = 0
+        for fr, labels in iter_frames_with_masks(self.source, set(todo), self.detections.landmarks):
+            obs = self.detections.observation(fr.index, fr.image, labels)
+            tracker.reset_frame_cache()   # each frame starts from the same state (resume = same result)
+            init = prev_state if prev_state is not None else tracker.pnp_init(obs)
+            st = tracker.fit_frame(obs, init, prev_obs)
+            res = tracker.frame_result(obs, st, prev_warp, metrics=not will_refine)
+            self.states[obs.index] = st
+            pending.append(res)
+            prev_state, prev_obs, prev_warp = st, obs, res.warp
+            n_done += 1
+            self.events.progress("tracking", n_done, len(todo), obs.index,
+                                 f"landmark error {res.landmark_error_px:.2f} px")
+            if len(pending) >= CHUNK:
+                self._write_chunk(pending, False)
+                pending = []
+        if pending:
+            self._write_chunk(pending, False)
+        return n_done
+
+    def _refine(self, tracked: List[int]) -> None:
+        """Stage 2: refine all tracked frames jointly, then recompute and rewrite their outputs."""
+        obs_all = [self.detections.observation(i) for i in tracked]
+        for i, s in zip(tracked, self.tracker.refine_all(obs_all, [self.states[i] for i in tracked])):
+            self.states[i] = s
+        self.stage2_done = True
+        t0 = time.perf_counter()
+        self._rewrite(tracked)
+        self.tracker.timer.add("rewrite", time.perf_counter() - t0)
+
+    def _rewrite(self, tracked: List[int]) -> None:
+        """Recompute the outputs of the tracked frames after stage 2 and rewrite them (chunk by chunk)."""
+        import torch
+        from ..model.meshing import WarpState
+
+        pending = []
+        prev_warp = None
+        for n, (fr, labels) in enumerate(iter_frames_with_masks(self.source, set(tracked),
+                                                                self.detections.landmarks), 1):
+            obs = self.detections.observation(fr.index, fr.image, labels)
+            # warm start: the frame's vertices as written before stage 2 (its own roots), the last frame's Jacobians
+            warm = prev_warp
+            start = self.written_vertices.pop(fr.index, None)
+            if start is not None:
+                warm = WarpState(torch.as_tensor(start), None if prev_warp is None else prev_warp.jinv)
+            r = self.tracker.frame_result(obs, self.states[fr.index], warm)
+            prev_warp = r.warp
+            pending.append(r)
+            self.events.progress("writing", n, len(tracked), fr.index)
+            if len(pending) >= CHUNK:
+                self._write_chunk(pending, False)
+                pending = []
+        if pending:
+            self._write_chunk(pending, False)
+        self.written_vertices.clear()
+        self.writer.write_tracker_state(self._state_arrays(self.stage2_done))
+
+    def _interpolate_missing(self, tracked: List[int]) -> None:
+        """Frames without a face: pose and expression interpolated from the tracked neighbours, flagged."""
+        from .tracker import interpolate_state
+
+        det = self.detections
+        missing = [i for i in det.indices if det.landmarks[i] is None]
+        if not missing or not tracked:
+            return
+        results = []
+        tt = np.array([det.times[i] for i in tracked])
+        for i in missing:
+            k = int(np.searchsorted(tt, det.times[i]))
+            a = tracked[max(k - 1, 0)]
+            b = tracked[k] if k < len(tracked) else None
+            if k == 0:
+                a, b = tracked[0], None
+            st = interpolate_state(det.times[i], (det.times[a], self.states[a]),
+                                   None if b is None else (det.times[b], self.states[b]))
+            results.append(self.tracker.frame_result(det.observation(i), st))
+            self.status[i] = "interpolated"
+        for s in range(0, len(results), CHUNK):
+            self._write_chunk(results[s:s + CHUNK], self.stage2_done)
+
+    def _write_usd(self) -> None:
+        """Per-frame meshes (topology-varying, ``posed_frame_meshes``) with albedo colours as ``meshes.usdc``."""
+        from ..contracts.result_format import USD_SEQUENCE
+        writer = self.writer
+        try:
+            from ..usd_export import write_mesh_sequence
+            frames = [int(f["index"]) for f in writer.manifest["frames"]]
+            z_exp = np.stack([self.written_z_exp[i] for i in frames])
+            write_mesh_sequence(writer.root / USD_SEQUENCE, posed_frame_meshes(frames, z_exp, self.tracker,
+                                                                               self.events),
+                                fps=float(writer.manifest["fps"] or 25.0))
+            writer.set_usd(USD_SEQUENCE)
+        except Exception as e:  # noqa: BLE001 - usd-core missing or a frame failing: keep the finished npz result
+            self.events.warning(f"per-frame USD meshes not written: {type(e).__name__}: {e}", "usd_not_written")
+
+    # ---------------------------------------------------------------------------------------------------------
+    # package writing
+    # ---------------------------------------------------------------------------------------------------------
+    def _write_chunk(self, results, stage2_done: bool) -> None:
+        """Write finished frames as one chunk, then the tracker state (a crash after this loses nothing)."""
+        from ..contracts.result_format import FrameRecord
+        arrays = self._frame_arrays(results)
+        records = [FrameRecord(r.index, float(self.detections.times[r.index]), self.status.get(r.index, "tracked"),
+                               None if not np.isfinite(r.landmark_error_px) else r.landmark_error_px,
+                               r.photometric_error, r.mask_iou) for r in results]
+        self.writer.write_frames(records, arrays)
+        for k, r in enumerate(results):
+            if self.preset.stage2_epochs > 0 and not self.stage2_done:   # stage 2 will rewrite the frame
+                self.written_vertices[r.index] = r.vertices
+            self.written_z_exp[r.index] = arrays["z_exp"][k]
+        self.writer.write_tracker_state(self._state_arrays(stage2_done))
+
+    def _frame_arrays(self, results) -> Dict[str, np.ndarray]:
+        import torch
+        from .renderer import so3_exp
+        p_ex = torch.stack([r.state.p_ex for r in results])
+        R = so3_exp(torch.stack([r.state.omega for r in results])).numpy()
+        arrays = {
+            "scale": np.ones(len(results), np.float32),
+            "rotation": R.astype(np.float32),
+            "translation": np.stack([r.state.trans.numpy() for r in results]).astype(np.float32),
+            "z_exp": self.codes.z_exp(p_ex).detach().numpy().astype(np.float32),
+            "vertices": (np.stack([r.vertices for r in results]) * NPHM_UNIT_M).astype(np.float32),
+        }
+        ak = self.codes.arkit(p_ex)
+        if ak is not None:
+            arrays["arkit"] = ak
+        return arrays
+
+    def _state_arrays(self, stage2_done: bool) -> Dict[str, np.ndarray]:
+        """The tracker's state plus every fitted frame's state: ``tracker_state.npz`` (what a re-run resumes)."""
+        import torch
+        ids = np.array(sorted(self.states), np.int64)
+        out = dict(self.tracker.state_dict(), frame_ids=ids, stage2_done=np.array(int(stage2_done)))
+        if len(ids):
+            st = [self.states[i] for i in ids]
+            out["p_ex"] = torch.stack([s.p_ex for s in st]).numpy()
+            out["omega"] = torch.stack([s.omega for s in st]).numpy()
+            out["trans"] = torch.stack([s.trans for s in st]).numpy()
+        return out
+
+
+def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Optional[_Events] = None):
+    """Topology-varying per-frame meshes: narrow-band marching cubes of the posed SDF (``model.meshing.PosedMesher``,
+    each frame reusing the previous frame's band) for source frames ``frames`` with expression codes ``z_exp``
+    (T, E), with the tracker's albedo (network albedo through the fitted colour affine). Yields
+    ``usd_export.FrameMesh`` (metres, model axes)."""
     import torch
-    from .renderer import so3_exp
-    p_ex = torch.stack([r.state.p_ex for r in results])
-    R = so3_exp(torch.stack([r.state.omega for r in results])).numpy()
-    arrays = {
-        "scale": np.ones(len(results), np.float32),
-        "rotation": R.astype(np.float32),
-        "translation": np.stack([r.state.trans.numpy() for r in results]).astype(np.float32),
-        "z_exp": codes.z_exp(p_ex).detach().numpy().astype(np.float32),
-    }
-    if want_vertices:
-        arrays["vertices"] = (np.stack([r.vertices for r in results]) * NPHM_UNIT_M).astype(np.float32)
-    ak = codes.arkit(p_ex)
-    if ak is not None:
-        arrays["arkit"] = ak
-    return arrays
+    from ..model.meshing import PosedMesher
+    from ..usd_export import FrameMesh
+
+    mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
+    zg = tracker.z_geo().detach()
+    for k, index in enumerate(frames):
+        ze = torch.as_tensor(z_exp[k])[None]
+        mesh = mesher(zg, None, ze, with_color=False)
+        yield FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, tracker.albedo_u8(mesh.vertices, ze))
+        if ev is not None:
+            ev.progress("meshes", k + 1, len(frames), index)
 
 
-def _records(results, status_of, times):
-    from ..result_format import FrameRecord
-    return [FrameRecord(r.index, float(times[r.index]), status_of.get(r.index, "tracked"),
-                        None if not np.isfinite(r.landmark_error_px) else r.landmark_error_px,
-                        r.photometric_error, r.mask_iou) for r in results]
-
-
-def _state_arrays(tracker, states: Dict[int, object], stage2_done: bool) -> dict:
-    import torch
-    ids = np.array(sorted(states), np.int64)
-    st = [states[i] for i in ids]
-    out = {
-        "p_geo": tracker.p_geo.numpy(), "p_app": tracker.p_app.numpy(), "sh": tracker.sh.numpy(),
-        "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy(),
-        "mesh_lo_vertices": tracker.mesh_lo.vertices, "mesh_lo_faces": tracker.mesh_lo.faces,
-        "mesh_vertices": tracker.mesh.vertices, "mesh_faces": tracker.mesh.faces, "albedo": tracker.albedo,
-        "frame_ids": ids, "stage2_done": np.array(int(stage2_done)),
-    }
-    if len(st):
-        out["p_ex"] = torch.stack([s.p_ex for s in st]).numpy()
-        out["omega"] = torch.stack([s.omega for s in st]).numpy()
-        out["trans"] = torch.stack([s.trans for s in st]).numpy()
-    return out
-
-
-def _restore(tracker, state: dict):
-    import torch
-    from .mesh import Mesh
-    from .tracker import FrameState
-    tracker.p_geo = torch.as_tensor(state["p_geo"])
-    tracker.p_app = torch.as_tensor(state["p_app"])
-    tracker.sh = torch.as_tensor(state["sh"])
-    tracker.cA = torch.as_tensor(state["color_affine"])
-    tracker.cb = torch.as_tensor(state["color_bias"])
-    tracker.mesh_lo = Mesh(state["mesh_lo_vertices"], state["mesh_lo_faces"])
-    tracker.mesh = Mesh(state["mesh_vertices"], state["mesh_faces"])
-    tracker.albedo = state["albedo"]
-    states = {}
-    if "p_ex" in state:
-        for k, i in enumerate(state["frame_ids"]):
-            states[int(i)] = FrameState(torch.as_tensor(state["p_ex"][k]), torch.as_tensor(state["omega"][k]),
-                                        torch.as_tensor(state["trans"][k]))
-    return states, bool(int(np.asarray(state.get("stage2_done", 0)).reshape(-1)[0]))
-
-
-# -------------------------------------------------------------------------------------------------------------------
 def auto_threads() -> int:
     """Intra-op threads for `--threads 0`: 2 where at least 4 logical CPUs leave room for Blender, else 1.
 
@@ -197,10 +446,16 @@ def auto_threads() -> int:
     return 2 if (os.cpu_count() or 1) >= 4 else 1
 
 
-def run_track(args, events=None) -> Path:
+def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
+    """Track ``config.input`` into the package ``config.out`` (created, resumed or partly re-tracked).
+
+    ``events``: a protocol ``EventWriter`` (or None); ``preset``: the stage settings (``tracker.Preset``), by default
+    ``PRESETS[config.preset]`` (tests and benchmarks pass smaller ones).
+    """
     import torch
-    from .. import landmark_tables as lt
-    from ..result_format import ResultWriter
+    from ..contracts import landmark_tables as lt
+    from ..contracts.protocol import Cancelled
+    from ..contracts.result_format import ResultWriter
     from ..model.parallel import set_threads
     from . import camera
     from .codes import CodeSpace
@@ -209,266 +464,51 @@ def run_track(args, events=None) -> Path:
 
     ev = _Events(events)
     t_start = time.perf_counter()
-    set_threads(int(getattr(args, "threads", 0) or 0) or auto_threads())
-    torch.manual_seed(int(getattr(args, "seed", 0) or 0))
-    preset = PRESETS[getattr(args, "preset", "standard") or "standard"]
-    overrides = getattr(args, "preset_overrides", None)     # tests/benchmarks only (not a CLI flag)
-    if overrides:
-        import dataclasses
-        preset = dataclasses.replace(preset, **overrides)
-    out = Path(args.out)
-    max_size = getattr(args, "max_size", 512)
-    src = FrameSource(args.input, getattr(args, "frames", None), max_size=max_size or None)
+    set_threads(config.threads or auto_threads())
+    torch.manual_seed(config.seed)
+    preset = preset or PRESETS[config.preset]
+    src = FrameSource(config.input, config.frames, max_size=config.max_size or None)
     W, H = src.size
-    intr = camera.make_intrinsics(src.info.width, src.info.height, W, H, getattr(args, "fx", None),
-                                  getattr(args, "fy", None), getattr(args, "cx", None), getattr(args, "cy", None),
-                                  getattr(args, "fov", None))
+    intr = camera.make_intrinsics(src.info.width, src.info.height, W, H, config.fx, config.fy, config.cx, config.cy,
+                                  config.fov)
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
     t0 = time.perf_counter()
-    ids, times, lms, sizes = detect_all(src, getattr(args, "detector", "mediapipe"), ev)
+    det = detect_all(src, config.detector, ev)
     t_detect = time.perf_counter() - t0
-    if not ids:
-        raise TrackingInputError(f"the frame range {src.range} selects no frames of {args.input}",
+    if not det.indices:
+        raise TrackingInputError(f"the frame range {src.range} selects no frames of {config.input}",
                                  "Check --frames against the clip length.")
-    found = [i for i, l in zip(ids, lms) if l is not None]
-    if not found:
-        raise NoFaceError(f"no face was found in any of the {len(ids)} selected frames of {args.input}")
-    lm_of = dict(zip(ids, lms))
-    time_of = dict(zip(ids, times))
-    size_of = dict(zip(ids, sizes))
-    if len(found) < len(ids):
-        ev.warning(f"no face in {len(ids) - len(found)} of {len(ids)} frames; they are filled by interpolation "
-                   "and flagged 'interpolated'", "no_face_frames")
+    n_found = len(det.found)
+    if not n_found:
+        raise NoFaceError(f"no face was found in any of the {len(det.indices)} selected frames of {config.input}")
+    if n_found < len(det.indices):
+        ev.warning(f"no face in {len(det.indices) - n_found} of {len(det.indices)} frames; they are filled by "
+                   "interpolation and flagged 'interpolated'", "no_face_frames")
 
     t0 = time.perf_counter()
-    model, enc, reg, model_hdr = load_tracking_model(args)
+    model, enc, reg, model_hdr = load_tracking_model(config)
     t_load = time.perf_counter() - t0
     codes = CodeSpace(model, enc, reg)
-    scheme = "ibug68" if getattr(args, "detector", "mediapipe") == "face-alignment" else "mediapipe478"
+    scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, model.id_model.mean_anchors.detach().numpy())
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,
-                      progress=lambda s, d, t, f=None, m="": ev.progress(s, d, t, f, m),
-                      seed=int(getattr(args, "seed", 0) or 0))
+                      progress=lambda s, d, t, f=None, m="": ev.progress(s, d, t, f, m), seed=config.seed)
     tracker.timer.add("decode_landmarks", t_detect)
     tracker.timer.add("model_load", t_load)
 
     header = {
-        "source": {"path": str(Path(args.input).resolve()), "kind": src.info.kind,
-                   "frame_count": int(src.info.n_frames or len(ids))},
+        "source": {"path": str(Path(config.input).resolve()), "kind": src.info.kind,
+                   "frame_count": int(src.info.n_frames or len(det.indices))},
         "fps": float(src.info.fps or 0.0), "image_size": [W, H], "intrinsics": intr.to_dict(),
-        "model": model_hdr, "output_mode": getattr(args, "output", "shape_keys") or "shape_keys",
-        "settings": {"preset": preset.name, "frames": str(src.range), "max_size": max_size,
-                     "backend_version": __version__, "detector": getattr(args, "detector", "mediapipe")},
+        "model": model_hdr, "output_mode": config.output,
+        "settings": {"preset": preset.name, "frames": str(src.range), "max_size": config.max_size,
+                     "backend_version": __version__, "detector": config.detector},
     }
-    writer = ResultWriter(out, header)
+    writer = ResultWriter(Path(config.out), header)
+    session = TrackingSession(config, preset, src, det, writer, tracker, codes, ev)
     try:
-        return _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size_of, found, preset,
-                           t_start)
+        return session.run(t_start)
     except BaseException as e:
-        from ..protocol import Cancelled
         writer.finish("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
         raise
-
-
-def _track_into(args, ev, src, writer, tracker, codes, ids, lm_of, time_of, size_of, found, preset, t_start):
-    from .tracker import FrameObs, interpolate_state
-
-    overwrite = bool(getattr(args, "overwrite", False))
-    state = writer.tracker_state()
-    states: Dict[int, object] = {}
-    stage2_done = False
-    if state is not None and "p_geo" in state and writer.has_identity:
-        states, stage2_done = _restore(tracker, state)
-        ev.progress("identity", 1, 1, None, "identity loaded from the package")
-    done = set() if overwrite else (writer.done_frames & set(found))
-    todo = [i for i in found if i not in done]
-    if overwrite:
-        stage2_done = False
-
-    def obs_of(fr, labels):
-        return FrameObs(fr.index, fr.time, lm_of[fr.index], fr.image, labels, size_of[fr.index])
-
-    # ---- identity (stage 1a)
-    if tracker.mesh is None:
-        pool = found[: max(preset.id_frames, min(len(found), 50))]
-        pick = [pool[int(round(k))] for k in np.linspace(0, len(pool) - 1, min(preset.id_frames, len(pool)))]
-        pick = sorted(set(pick))
-        id_obs = [obs_of(fr, lab) for fr, lab in iter_frames_with_masks(src, set(pick), lm_of)]
-        tracker.fit_identity(id_obs)
-        writer.write_identity({"z_geo": tracker.z_geo()[0].detach().numpy(),
-                               "z_app": tracker.z_app()[0].detach().numpy(), "sh_coeffs": tracker.sh.numpy(),
-                               "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy()})
-        writer.write_canonical_mesh(tracker.mesh.vertices * np.float32(0.25), tracker.mesh.faces, tracker.albedo)
-        writer.write_tracker_state(_state_arrays(tracker, states, False))
-
-    # ---- per frame (stage 1b), written as frames finish
-    status_of: Dict[int, str] = {}
-    prev_state = None
-    prev_obs = None
-    prev_warp = None
-    pending = []
-    n_done = 0
-    t_frames = time.perf_counter()
-    cpu0 = time.process_time()
-    will_refine = preset.stage2_epochs > 0 and len(found) > 1
-    if todo:
-        first = todo[0]
-        before = [i for i in states if i < first]
-        if before:
-            prev_state = states[max(before)]
-        for fr, labels in iter_frames_with_masks(src, set(todo), lm_of):
-            obs = obs_of(fr, labels)
-            tracker._posed_cache.pop("frame", None)   # each frame starts from the same state (resume = same result)
-            tracker._lo_warp = None
-            init = prev_state if prev_state is not None else tracker.pnp_init(obs)
-            st = tracker.fit_frame(obs, init, prev_obs)
-            # quality metrics are measured after the joint refinement when it follows (saves a render per frame)
-            res = tracker.frame_result(obs, st, prev_warp, metrics=not will_refine)
-            states[obs.index] = st
-            pending.append(res)
-            prev_state, prev_obs, prev_warp = st, obs, res.warp
-            n_done += 1
-            ev.progress("tracking", n_done, len(todo), obs.index,
-                        f"landmark error {res.landmark_error_px:.2f} px")
-            if len(pending) >= CHUNK:
-                _flush(writer, pending, tracker, codes, status_of, time_of, states, False)
-                pending = []
-        if pending:
-            _flush(writer, pending, tracker, codes, status_of, time_of, states, False)
-            pending = []
-    tracker.timer.add("frames_total", time.perf_counter() - t_frames)
-    tracker.timer.t["frames_fitted"] = n_done
-
-    # ---- stage 2: joint refinement of all frames with temporal smoothness
-    tracked = [i for i in found if i in states]
-    if not stage2_done and preset.stage2_epochs > 0 and len(tracked) > 1:
-        obs_all = [FrameObs(i, time_of[i], lm_of[i], None, None, size_of[i]) for i in tracked]
-        new = tracker.refine_all(obs_all, [states[i] for i in tracked])
-        for i, s in zip(tracked, new):
-            states[i] = s
-        stage2_done = True
-        t0 = time.perf_counter()
-        _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, stage2_done)
-        tracker.timer.add("rewrite", time.perf_counter() - t0)
-    tracker.timer.add("tracking_cpu", time.process_time() - cpu0)   # CPU seconds of per-frame + stage 2 + rewrite
-
-    # ---- frames without a face: interpolate and flag
-    missing = [i for i in ids if lm_of[i] is None]
-    if missing and tracked:
-        res = []
-        tt = np.array([time_of[i] for i in tracked])
-        for i in missing:
-            k = int(np.searchsorted(tt, time_of[i]))
-            a = tracked[max(k - 1, 0)]
-            b = tracked[k] if k < len(tracked) else None
-            if k == 0:
-                a, b = tracked[0], None
-            st = interpolate_state(time_of[i], (time_of[a], states[a]), None if b is None else (time_of[b], states[b]))
-            obs = FrameObs(i, time_of[i], None, None, None, 0.0)
-            r = tracker.frame_result(obs, st)
-            status_of[i] = "interpolated"
-            res.append(r)
-        for s in range(0, len(res), CHUNK):
-            _flush(writer, res[s:s + CHUNK], tracker, codes, status_of, time_of, states, stage2_done)
-
-    # ---- per-frame meshes as USD
-    if writer.manifest.get("output_mode") in ("meshes", "both"):
-        _write_usd(writer, tracker, ev)
-    writer.write_tracker_state(_state_arrays(tracker, states, stage2_done))
-    writer.finish("complete")
-    t = tracker.timer.t
-    log.info("timings: %s", {k: round(v, 2) for k, v in t.items()})
-    tracker_timings[str(writer.root)] = dict(t, total=time.perf_counter() - t_start)
-    return writer.root
-
-
-tracker_timings: Dict[str, dict] = {}   # last run's per-stage timings by package path (benchmarks read this)
-
-
-def _flush(writer, results, tracker, codes, status_of, time_of, states, stage2_done):
-    arrays = _frame_arrays(results, tracker, codes)
-    writer.write_frames(_records(results, status_of, time_of), arrays)
-    writer.write_tracker_state(_state_arrays(tracker, states, stage2_done))
-
-
-def _rewrite(src, writer, tracker, codes, tracked, states, lm_of, time_of, size_of, status_of, ev, stage2_done):
-    """Recompute outputs of all tracked frames after stage 2 and rewrite them (chunk by chunk)."""
-    import torch
-    from .tracker import FrameObs
-    from ..model.mesh import WarpState
-    from ..result_format import load_npz
-    pending = []
-    prev_warp = None
-    n = 0
-    chunk_of = {f["index"]: f["chunk"] for f in writer.manifest["frames"]}
-    loaded: Dict[str, dict] = {}
-
-    def stage1_vertices(i):
-        """The frame's stage-1 vertices (model units) from its chunk: the warm start of the re-warp."""
-        c = chunk_of.get(i)
-        if c is None:
-            return None
-        if c not in loaded:
-            loaded.clear()
-            loaded[c] = load_npz(writer.root / c)
-        a = loaded[c]
-        hit = np.flatnonzero(a["frame_index"] == i)
-        if not hit.size or "vertices" not in a:
-            return None
-        return a["vertices"][hit[0]] / np.float32(NPHM_UNIT_M)
-
-    for fr, labels in iter_frames_with_masks(src, set(tracked), lm_of):
-        obs = FrameObs(fr.index, fr.time, lm_of[fr.index], fr.image, labels, size_of[fr.index])
-        x0 = stage1_vertices(fr.index)
-        warm = prev_warp
-        if x0 is not None:  # the frame's own stage-1 roots, with the last frame's inverse Jacobians
-            warm = WarpState(torch.as_tensor(x0), None if prev_warp is None else prev_warp.jinv)
-        r = tracker.frame_result(obs, states[fr.index], warm)
-        prev_warp = r.warp
-        pending.append(r)
-        n += 1
-        ev.progress("writing", n, len(tracked), fr.index)
-        if len(pending) >= CHUNK:
-            _flush(writer, pending, tracker, codes, status_of, time_of, states, False)
-            pending = []
-    if pending:
-        _flush(writer, pending, tracker, codes, status_of, time_of, states, False)
-    writer.write_tracker_state(_state_arrays(tracker, states, stage2_done))
-
-
-def posed_frame_meshes(pkg, tracker, ev=None):
-    """Topology-varying per-frame meshes: narrow-band marching cubes of the posed SDF (``model.mesh.PosedMesher``,
-    each frame reusing the previous frame's band) for every frame of the package, with the tracker's albedo
-    (network albedo through the fitted colour affine). Yields ``usd_export.FrameMesh`` (metres, model axes)."""
-    import torch
-    from ..model.mesh import PosedMesher
-    from ..usd_export import FrameMesh
-
-    mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
-    z_exp = pkg.frame_arrays(["z_exp"])["z_exp"]
-    zg = tracker.z_geo().detach()
-    for k, rec in enumerate(pkg.frames):
-        ze = torch.as_tensor(z_exp[k])[None]
-        mesh = mesher(zg, None, ze, with_color=False)
-        yield FrameMesh(int(rec["index"]), mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces,
-                        tracker.albedo_u8(mesh.vertices, ze))
-        if ev is not None:
-            ev.progress("meshes", k + 1, len(pkg.frames), int(rec["index"]))
-
-
-def _write_usd(writer, tracker, ev=None):
-    """Per-frame meshes (topology-varying, ``posed_frame_meshes``) with albedo colours as ``meshes.usdc``."""
-    from ..result_format import ResultPackage, USD_SEQUENCE
-    try:
-        from ..usd_export import write_mesh_sequence
-        pkg = ResultPackage(writer.root)
-        write_mesh_sequence(writer.root / USD_SEQUENCE, posed_frame_meshes(pkg, tracker, ev),
-                            fps=float(pkg.fps or 25.0))
-        writer.set_usd(USD_SEQUENCE)
-    except Exception as e:  # noqa: BLE001 - usd-core missing or a frame failing: keep the finished npz result
-        msg = f"per-frame USD meshes not written: {type(e).__name__}: {e}"
-        if ev is not None:
-            ev.warning(msg, "usd_not_written")
-        else:
-            log.warning(msg)

@@ -9,7 +9,7 @@ Stage 2   all frames jointly: landmarks + temporal smoothness of expression and 
 
 Landmarks: the detector's points are tied to canonical positions predicted from the identity's anchors
 (``landmark_tables.LandmarkSet``), posed by the backward-deformation root finder (implicit gradients), projected
-with the per-frame pose ``x_cam = R (0.25 x_model) + t``.
+with the per-frame pose ``x_cam = R (NPHM_UNIT_M x_model) + t`` (``Tracker.to_camera``, ``Tracker.project``).
 Silhouette: per frame in draft, the outline of the warped mesh against the background distance map; per frame in
 standard/high and in every identity stage, NeuS opacity on rays concentrated on the face.
 Colour: SH-shaded albedo vs the frame, face pixels only.
@@ -26,10 +26,11 @@ import torch
 
 from . import masks as M
 from . import raster, renderer
-from . import mesh as tmesh
-from .camera import METRES_PER_UNIT, rotation_to_axis_angle, solve_pnp
+from . import head_mesh
+from .camera import rotation_to_axis_angle, solve_pnp
 from .codes import CodeSpace
-from ..model.mesh import WarpState, warp_vertices
+from ..contracts.conventions import NPHM_UNIT_M
+from ..model.meshing import WarpState, warp_vertices
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -108,6 +109,7 @@ class FrameState:
     p_ex: torch.Tensor        # (n_ex,)
     omega: torch.Tensor       # (3,) axis-angle, model->camera
     trans: torch.Tensor       # (3,) metres
+    iterations: int = 0       # optimiser iterations of the per-frame fit that gave this state (0: not fitted alone)
 
     def clone(self) -> "FrameState":
         return FrameState(self.p_ex.detach().clone(), self.omega.detach().clone(), self.trans.detach().clone())
@@ -121,7 +123,6 @@ class FrameResult:
     landmark_error_px: float
     photometric_error: Optional[float]
     mask_iou: Optional[float]
-    iterations: int = 0
     warp: Optional[WarpState] = None   # the fixed-topology warp's state after this frame (the next frame's start)
 
 
@@ -133,6 +134,8 @@ def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 class Timer:
+    """Seconds per stage, summed over calls (``t`` by stage name)."""
+
     def __init__(self):
         self.t: Dict[str, float] = {}
 
@@ -173,12 +176,41 @@ class Tracker:
         self.sh = renderer.sh_init()
         self.cA = torch.eye(3)
         self.cb = torch.zeros(3)
-        self.mesh: Optional[tmesh.Mesh] = None        # output canonical mesh (model units)
-        self.mesh_lo: Optional[tmesh.Mesh] = None     # low-res canonical mesh
+        self.mesh: Optional[head_mesh.HeadMesh] = None        # output canonical mesh (model units)
+        self.mesh_lo: Optional[head_mesh.HeadMesh] = None     # low-res canonical mesh
         self.albedo: Optional[np.ndarray] = None      # (V, 3) uint8 for the output mesh
         self.timer = Timer()
         self._posed_cache: Dict[str, torch.Tensor] = {}
         self._lo_warp: Optional[WarpState] = None     # low-res mesh warp within a frame's iterations
+        self._lm_key: Optional[tuple] = None          # identity the cached canonical landmarks belong to
+        self._lm_cache: Optional[torch.Tensor] = None
+
+    # ---------------------------------------------------------------------------------------------------------
+    # state
+    # ---------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """The fitted identity, appearance and meshes as numpy arrays (``load_state_dict`` restores them)."""
+        return {"p_geo": self.p_geo.numpy(), "p_app": self.p_app.numpy(), "sh": self.sh.numpy(),
+                "color_affine": self.cA.numpy(), "color_bias": self.cb.numpy(),
+                "mesh_lo_vertices": self.mesh_lo.vertices, "mesh_lo_faces": self.mesh_lo.faces,
+                "mesh_vertices": self.mesh.vertices, "mesh_faces": self.mesh.faces, "albedo": self.albedo}
+
+    def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
+        """Restore what ``state_dict`` returned (a resumed run continues from the fitted identity)."""
+        self.p_geo = torch.as_tensor(state["p_geo"])
+        self.p_app = torch.as_tensor(state["p_app"])
+        self.sh = torch.as_tensor(state["sh"])
+        self.cA = torch.as_tensor(state["color_affine"])
+        self.cb = torch.as_tensor(state["color_bias"])
+        self.mesh_lo = head_mesh.HeadMesh(state["mesh_lo_vertices"], state["mesh_lo_faces"])
+        self.mesh = head_mesh.HeadMesh(state["mesh_vertices"], state["mesh_faces"])
+        self.albedo = state["albedo"]
+
+    def reset_frame_cache(self) -> None:
+        """Forget the warm starts carried between frames, so each frame's fit starts from the same state (a resumed
+        or re-tracked frame then gives the same result as in one uninterrupted run)."""
+        self._posed_cache.pop("frame", None)
+        self._lo_warp = None
 
     # ---------------------------------------------------------------------------------------------------------
     # identity-dependent quantities
@@ -214,7 +246,7 @@ class Tracker:
         if zg.requires_grad:
             return self.canonical_landmarks(zg)
         key = (tuple(zg.shape), float(zg.sum()), float(zg.abs().sum()))
-        if getattr(self, "_lm_key", None) != key:
+        if self._lm_key != key:
             with torch.no_grad():
                 self._lm_cache = self.canonical_landmarks(zg)
             self._lm_key = key
@@ -229,10 +261,17 @@ class Tracker:
     # ---------------------------------------------------------------------------------------------------------
     # geometry helpers
     # ---------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def to_camera(x: np.ndarray, st: FrameState):
+        """Model→camera transform of one frame (numpy, float64): x (N, 3) model units -> (camera points (N, 3)
+        metres, R (3, 3)). ``project`` is its differentiable, batched counterpart."""
+        R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
+        return (NPHM_UNIT_M * np.asarray(x, np.float64)) @ R.T + st.trans.numpy(), R
+
     def project(self, x: torch.Tensor, omega: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
         """x (B, N, 3) model units, omega/trans (B, 3) -> pixels (B, N, 2)."""
         R = renderer.so3_exp(omega)
-        xc = METRES_PER_UNIT * torch.einsum("bij,bnj->bni", R, x) + trans[:, None]
+        xc = NPHM_UNIT_M * torch.einsum("bij,bnj->bni", R, x) + trans[:, None]
         z = xc[..., 2:3].clamp_min(1e-3)
         return torch.cat([self.K[0, 0] * xc[..., :1] / z + self.K[0, 2], self.K[1, 1] * xc[..., 1:2] / z + self.K[1, 2]],
                          -1)
@@ -285,15 +324,15 @@ class Tracker:
     def build_meshes(self):
         t0 = time.perf_counter()
         zg = self.z_geo().detach()
-        self.mesh = tmesh.extract_canonical_mesh(self.model, zg, self.preset.mesh_res)
-        self.mesh_lo = tmesh.extract_canonical_mesh(self.model, zg, self.preset.sil_res)
+        self.mesh = head_mesh.extract_canonical_mesh(self.model, zg, self.preset.mesh_res)
+        self.mesh_lo = head_mesh.extract_canonical_mesh(self.model, zg, self.preset.sil_res)
         self.timer.add("mesh_extract", time.perf_counter() - t0)
 
     @torch.no_grad()
     def albedo_u8(self, vertices: np.ndarray, z_exp: Optional[torch.Tensor] = None) -> np.ndarray:
         """(V, 3) uint8 albedo at vertices (V, 3) model units: network albedo, then the fitted colour affine.
         Canonical (neutral) points when z_exp is None, else posed points of that expression (1, D_exp)."""
-        _, col = tmesh.query_no_grad(self.model, torch.as_tensor(vertices), self.z_geo(), self.z_app(), z_exp)
+        _, col = head_mesh.query_no_grad(self.model, torch.as_tensor(vertices), self.z_geo(), self.z_app(), z_exp)
         c = (col @ self.cA.T + self.cb + 1) / 2
         return (c.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
@@ -303,10 +342,9 @@ class Tracker:
 
     def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int):
         """Indices of silhouette vertices of the low-res mesh and the current coverage map."""
-        R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
-        vc = (METRES_PER_UNIT * verts_posed_lo) @ R.T + st.trans.numpy()
+        vc, _ = self.to_camera(verts_posed_lo, st)
         nrm = raster.vertex_normals(vc, self.mesh_lo.faces)
-        ol = np.flatnonzero(tmesh.outline_vertices(vc, nrm))
+        ol = np.flatnonzero(head_mesh.outline_vertices(vc, nrm))
         if len(ol) > n:
             ol = ol[np.linspace(0, len(ol) - 1, n).astype(int)]
         frag = raster.rasterize(vc, self.mesh_lo.faces, self.Knp, self.H, self.W)
@@ -346,16 +384,13 @@ class Tracker:
         field = renderer.ModelField(self.model, zg, za, self.codes.z_exp(p_ex[None]))
         s = renderer.RenderSettings(n_coarse=self.preset.n_coarse, n_fine=self.preset.n_fine)
         out = renderer.render_rays(field, o, d, inv_s, s, R_cam=R, sh=self.sh, with_color=with_color)
-        lab = obs.labels.ravel()[idx]
-        tgt = torch.as_tensor(((lab == M.FACE) | (lab == M.MOUTH)).astype(np.float32))
-        mw = torch.as_tensor((lab != M.IGNORE).astype(np.float32))
+        tgt, mw, cw = (torch.as_tensor(w) for w in M.label_weights(obs.labels.ravel()[idx]))
         op = out["opacity"].clamp(1e-4, 1 - 1e-4)
         mask_loss = (mw * torch.nn.functional.binary_cross_entropy(op, tgt, reduction="none")).sum() / mw.sum().clamp_min(1)
         rgb_loss = zg.sum() * 0
         op_d = op.detach()
         stats = {"iou": float(((op_d > 0.5) & (tgt > 0.5)).sum() / (((op_d > 0.5) | (tgt > 0.5)) & (mw > 0)).sum().clamp_min(1))}
         if with_color:
-            cw = torch.as_tensor((lab == M.FACE) + (lab == M.MOUTH) / 25.0, dtype=torch.float32)
             img = torch.as_tensor(obs.image.reshape(-1, 3)[idx], dtype=torch.float32) / 127.5 - 1
             pred = out["color"] @ self.cA.T + self.cb
             err = (pred - img).abs().sum(-1)
@@ -432,7 +467,7 @@ class Tracker:
                 x, _, self._lo_warp = warp_vertices(self.model, vc0, ml.faces, zg, ze, self._lo_warp)
             st = FrameState(p_ex.detach(), omega.detach(), trans.detach())
             ol, cov = self._outline(x.numpy().astype(np.float64), st, self.preset.outline_points)
-            tg = tmesh.SilhouetteTargets(obs.labels, seed=obs.index)
+            tg = head_mesh.SilhouetteTargets(obs.labels, seed=obs.index)
             if cache is not None:
                 cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol])
         else:
@@ -446,7 +481,7 @@ class Tracker:
         if cache is not None:
             cache["x_ol"] = res.points[0].detach()
         uv = self.project(res.points, omega[None], trans[None])[0]
-        return tmesh.outline_silhouette_loss(uv, torch.ones(len(ol), dtype=torch.bool), tg, obs.face_size, cov)
+        return head_mesh.outline_silhouette_loss(uv, torch.ones(len(ol), dtype=torch.bool), tg, obs.face_size, cov)
 
     # ---------------------------------------------------------------------------------------------------------
     # appearance from mesh vertices (cheap photometric fit, all presets)
@@ -468,8 +503,7 @@ class Tracker:
                     continue
                 x, _, _ = warp_vertices(self.model, torch.as_tensor(ml.vertices), ml.faces, zg,
                                         self.codes.z_exp(st.p_ex[None]))
-                R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
-                vc = (METRES_PER_UNIT * x.numpy()) @ R.T + st.trans.numpy()
+                vc, _ = self.to_camera(x.numpy(), st)
                 nrm = raster.vertex_normals(vc, ml.faces)
                 frag = raster.rasterize(vc, ml.faces, self.Knp, self.H, self.W)
                 uv = vc[:, :2] / vc[:, 2:3] * [self.Knp[0, 0], self.Knp[1, 1]] + self.Knp[:2, 2]
@@ -567,9 +601,7 @@ class Tracker:
             opt.step()
             self.codes.project_expression_(p_ex)
         self.timer.add("frame_fit", time.perf_counter() - t0)
-        out = FrameState(p_ex[0].detach().clone(), om[0].detach().clone(), tr[0].detach().clone())
-        out.iterations = n_it  # type: ignore[attr-defined]
-        return out
+        return FrameState(p_ex[0].detach().clone(), om[0].detach().clone(), tr[0].detach().clone(), iterations=n_it)
 
     # ---------------------------------------------------------------------------------------------------------
     # outputs and metrics
@@ -594,13 +626,12 @@ class Tracker:
             lm_err = float(e.mean()) if e.numel() else float("nan")
         iou, photo = None, None
         if obs.labels is not None and metrics:
-            R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
-            vc = (METRES_PER_UNIT * verts.astype(np.float64)) @ R.T + st.trans.numpy()
-            iou, frag = tmesh.coverage_iou(vc, self.mesh.faces, self.Knp, obs.labels)
+            vc, R = self.to_camera(verts, st)
+            iou, frag = head_mesh.coverage_iou(vc, self.mesh.faces, self.Knp, obs.labels)
             if obs.image is not None and self.albedo is not None:
                 photo = self._photometric_error(obs, frag, vc, R)
         self.timer.add("outputs", time.perf_counter() - t0)
-        return FrameResult(obs.index, st, verts, lm_err, photo, iou, getattr(st, "iterations", 0), warp)
+        return FrameResult(obs.index, st, verts, lm_err, photo, iou, warp)
 
     def _photometric_error(self, obs: FrameObs, frag, vc: np.ndarray, R: np.ndarray) -> Optional[float]:
         """Mean absolute colour error (0..1 units) on face pixels of the SH-shaded albedo mesh render."""

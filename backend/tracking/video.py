@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from ..conventions import parse_frame_slice
+from ..contracts.conventions import parse_frame_slice
 from .errors import TrackingInputError
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif", ".mpg", ".mpeg", ".wmv", ".flv"}
@@ -296,8 +296,3 @@ class FrameSource:
             c.close()
         if i < 0:
             raise TrackingInputError(f"{self.path!r} contains no frames (zero-length clip)")
-
-
-def read_frames(path, frames=None, max_size: Optional[int] = 512) -> List[Frame]:
-    """Convenience: decode a whole (short) selection into a list."""
-    return list(FrameSource(path, frames, max_size))

@@ -93,13 +93,3 @@ def add_fcurve(fcurves, data_path: str, co: np.ndarray, *, index: int = 0, inter
         fc.keyframe_points.foreach_set("handle_right", co.reshape(-1))
     fc.update()
     return fc
-
-
-def clear_animation(id_data) -> None:
-    ad = id_data.animation_data
-    if ad is None:
-        return
-    old = ad.action
-    ad.action = None
-    if old is not None and old.users == 0:
-        bpy.data.actions.remove(old)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-
-PRESETS = ("draft", "standard", "high")
-OUTPUTS = ("shape_keys", "meshes", "both")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from ..contracts import track_config
 
 
 def frames_arg(start: int | None, stop: int | None, stride: int = 1) -> str | None:
@@ -24,55 +20,9 @@ def frames_arg(start: int | None, stop: int | None, stride: int = 1) -> str | No
     return f"{a}:{b}:{int(stride)}"
 
 
-@dataclass
-class TrackRequest:
-    input_path: str
-    out_dir: str
-    frames: str | None = None
-    preset: str = "standard"
-    output: str = "shape_keys"
-    device: str = "auto"
-    intrinsics: dict | None = None  # fx, fy, cx, cy in source pixels
-    official_checkpoint: str | None = None
-    mean_anchors: str | None = None
-    checkpoint_epoch: int | None = None
-    model_dir: str | None = None
-    overwrite: bool = False
-    max_size: int | None = None
-    threads: int | None = None
-
-
-def track_argv(python: str, req: TrackRequest) -> list[str]:
-    """``python -m backend track …`` for a request (see backend/cli.py for every flag)."""
-    if req.preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}")
-    if req.output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}")
-    if req.device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}")
-    argv = [str(python), "-m", "backend", "track", str(req.input_path), "--out", str(req.out_dir),
-            "--preset", req.preset, "--output", req.output, "--device", req.device]
-    if req.frames:
-        argv += ["--frames", req.frames]
-    if req.intrinsics:
-        for key in ("fx", "fy", "cx", "cy"):
-            if req.intrinsics.get(key) is not None:
-                argv += [f"--{key}", repr(float(req.intrinsics[key]))]
-    if req.official_checkpoint:
-        if not req.mean_anchors:
-            raise ValueError("an official checkpoint needs its mean-anchors file (anchors_65.npy)")
-        argv += ["--official-checkpoint", str(req.official_checkpoint), "--mean-anchors", str(req.mean_anchors)]
-        if req.checkpoint_epoch:
-            argv += ["--checkpoint-epoch", str(int(req.checkpoint_epoch))]
-    elif req.model_dir:
-        argv += ["--model", str(req.model_dir)]
-    if req.max_size is not None:
-        argv += ["--max-size", str(int(req.max_size))]
-    if req.threads:
-        argv += ["--threads", str(int(req.threads))]
-    if req.overwrite:
-        argv.append("--overwrite")
-    return argv
+def track_argv(python: str, config: track_config.TrackConfig) -> list[str]:
+    """``python -m backend track …`` for a run's settings; raises ValueError for settings the backend refuses."""
+    return [str(python), "-m", "backend", "track", *config.to_argv()]
 
 
 def version_argv(python: str) -> list[str]:

@@ -246,7 +246,7 @@ class BackendJob:
             st.total = int(event.get("total") or 0)
             st.eta_s = event.get("eta_s")
             st.message = str(event.get("message") or "")
-            if event.get("frame") is not None or st.stage in ("track", "tracking", "frames"):
+            if event.get("frame") is not None or st.stage == "tracking":
                 st.frames_done = max(st.frames_done, st.done)
         elif event.type == "warning":
             st.warnings.append(str(event.get("message", "")))
@@ -347,14 +347,6 @@ class AttachedJob:
         if not self.status.finished:
             self._cancel_time = time.monotonic()
             signal_group(self.pid)
-
-
-def package_finished(out_dir: str | os.PathLike) -> str | None:
-    """The package's state (``complete``/``cancelled``/``failed``/``running``) or None when there is none."""
-    try:
-        return result_format.read_manifest(out_dir).get("state")
-    except result_format.PackageError:
-        return None
 
 
 def process_looks_like_backend(pid: int) -> bool:

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..contracts import contract
 
-rotations = contract("retarget.rotations")
+rotations = contract("contracts.retarget.rotations")
 
 # F-curve keyframe interpolation enum values (Blender's BEZT_IPO_*).
 CONSTANT, LINEAR, BEZIER = 0, 1, 2

@@ -14,5 +14,5 @@ Scripting::
 - ``props``, ``ops``, ``ui``: the Retarget panel section.
 
 The Blender-free parts (Performance, names and mappings, smoothing, the Live Link Face CSV) are the backend's
-contract modules ``backend.retarget``.
+contract modules ``backend.contracts.retarget``.
 """

@@ -4,7 +4,7 @@ Every bake writes into the target's current action (a new one when it has none) 
 wrote before, so re-baking never stacks keys and the target's other animation stays.
 
 Head pose: with R_n the head's rotation at the neutral frame and R_t at frame t (character axes, see
-``backend.retarget.performance``), the motion is D_t = R_nᵀ R_t. A bone with rest orientation B (armature
+``backend.contracts.retarget.performance``), the motion is D_t = R_nᵀ R_t. A bone with rest orientation B (armature
 space) gets the local rotation Bᵀ D_t B, so its armature-space orientation becomes D_t B: the rig is in its
 rest pose at the neutral frame and turns as the head did. With a neck bone N taking the share s of the motion,
 N gets Nᵀ D_t^s N and the head Bᵀ (D_t^s)ᵀ D_t B. The armature's own axes are the character axes (a rig built
@@ -22,14 +22,14 @@ from mathutils import Matrix
 
 from .. import importer
 from ..blender import anim
-from ..contracts import contract
+from ..contracts import contract, conventions
 
-arkit = contract("arkit")
-performance = contract("retarget.performance")
-names = contract("retarget.names")
-smoothing = contract("retarget.smoothing")
-llf_csv = contract("retarget.llf_csv")
-rotations = contract("retarget.rotations")
+arkit = contract("contracts.arkit")
+performance = contract("contracts.retarget.performance")
+names = contract("contracts.retarget.names")
+smoothing = contract("contracts.retarget.smoothing")
+llf_csv = contract("contracts.retarget.llf_csv")
+rotations = contract("contracts.retarget.rotations")
 RetargetError = performance.RetargetError
 
 MAPPING_TEXT_PREFIX = "MonoNPHM Mapping "
@@ -46,7 +46,7 @@ class RetargetSettings:
     calibrate: bool = True
     """Subtract the neutral frame's expression from every frame (ARKit channels)."""
     smoothing: object = field(default_factory=lambda: smoothing.SmoothingSettings())
-    """backend.retarget.smoothing.SmoothingSettings applied before baking (the source stays raw)."""
+    """backend.contracts.retarget.smoothing.SmoothingSettings applied before baking (the source stays raw)."""
     neck_share: float = 0.3
     """Share of the head rotation the neck bone takes when one is given."""
     use_location: bool = False
@@ -62,7 +62,7 @@ class Source:
     """A performance and where it sits on the scene's timeline."""
 
     performance: object
-    """backend.retarget.performance.Performance."""
+    """backend.contracts.retarget.performance.Performance."""
     frames: np.ndarray
     """(T,) scene frames of its samples."""
     head: object = None
@@ -324,7 +324,7 @@ def stabilise_head(scene, package_path: str, stabilise: bool = True, neutral_fra
     source = load_source(scene, package_path)
     perf = source.performance
     neutral = source.index_at(neutral_frame)
-    camera_rest = importer.conventions.camera_world_matrix()
+    camera_rest = conventions.camera_world_matrix()
     head_fc = anim.action_fcurves(head, ACTION_NAME)
     head_rot = perf.head_rotation
     head_loc = perf.head_location

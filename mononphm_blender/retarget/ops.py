@@ -9,10 +9,10 @@ from bpy_extras.io_utils import ExportHelper, ImportHelper
 from ..contracts import contract
 from . import bake, exchange
 
-protocol = contract("protocol")
-names = contract("retarget.names")
-llf_csv = contract("retarget.llf_csv")
-smoothing = contract("retarget.smoothing")
+protocol = contract("contracts.protocol")
+names = contract("contracts.retarget.names")
+llf_csv = contract("contracts.retarget.llf_csv")
+smoothing = contract("contracts.retarget.smoothing")
 
 
 def _run(op, action):

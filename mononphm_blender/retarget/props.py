@@ -6,7 +6,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 from ..contracts import contract
 from .bake import RetargetSettings
 
-smoothing = contract("retarget.smoothing")
+smoothing = contract("contracts.retarget.smoothing")
 REL = {"PATH_SUPPORTS_BLEND_RELATIVE"}
 
 SOURCE_ITEMS = [("RESULT", "Result", "The result package (by default the one imported last)"),

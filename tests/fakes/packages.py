@@ -1,4 +1,4 @@
-"""Synthetic result packages written with the real backend.result_format.ResultWriter (numpy only)."""
+"""Synthetic result packages written with the real backend.contracts.result_format.ResultWriter (numpy only)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend import result_format as rf  # noqa: E402
-from backend.conventions import Intrinsics  # noqa: E402
+from backend.contracts import result_format as rf  # noqa: E402
+from backend.contracts.conventions import Intrinsics  # noqa: E402
 
 
 def grid_head(vertices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

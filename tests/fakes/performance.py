@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from backend import conventions as cv
-from backend import result_format as rf
-from backend.retarget import llf_csv
-from backend.retarget.performance import Performance
+from backend.contracts import conventions as cv
+from backend.contracts import result_format as rf
+from backend.contracts.retarget import llf_csv
+from backend.contracts.retarget.performance import Performance
 from fakes.packages import grid_head
 
 

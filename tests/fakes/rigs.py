@@ -8,7 +8,7 @@ import json
 import bpy
 import numpy as np
 
-from backend.conventions import MODEL_TO_BLENDER
+from backend.contracts.conventions import MODEL_TO_BLENDER
 from shared_data import ICT_NPZ, MAKEHUMAN_BASE_MESH, MAKEHUMAN_SKELETON
 
 

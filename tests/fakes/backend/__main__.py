@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/ → fakes
 import numpy as np  # noqa: E402
 
 from backend import __version__  # noqa: E402
-from backend import result_format as rf  # noqa: E402
-from backend.conventions import Intrinsics, parse_frame_slice  # noqa: E402
-from backend.protocol import PROTOCOL_VERSION, Cancelled, EventWriter, ExitCode  # noqa: E402
+from backend.contracts import result_format as rf  # noqa: E402
+from backend.contracts.conventions import Intrinsics, parse_frame_slice  # noqa: E402
+from backend.contracts.protocol import PROTOCOL_VERSION, Cancelled, EventWriter, ExitCode  # noqa: E402
 from fakes.packages import frame_vertices, grid_head, landmark_error, pose  # noqa: E402
 
 

@@ -45,7 +45,7 @@ class Performance:
     fps: float
     """The clip's frame rate: the rate of the timeline ``times_s`` counts on (CSV timecode, frame numbers)."""
     arkit: np.ndarray | None = None
-    """(T, 52) float64 weights in ``backend.arkit.ARKIT_NAMES`` order, nominally 0..1."""
+    """(T, 52) float64 weights in ``backend.contracts.arkit.ARKIT_NAMES`` order, nominally 0..1."""
     head_rotation: np.ndarray | None = None
     """(T, 3, 3) float64 head orientation in character axes (identity = facing the camera)."""
     head_location: np.ndarray | None = None

@@ -2,10 +2,10 @@
 
 Conventions (``PRESETS``; Left/Right is always the subject's side):
 
-- ``arkit``: Apple's camelCase names, ``eyeBlinkLeft`` (``backend.arkit.ARKIT_NAMES``).
+- ``arkit``: Apple's camelCase names, ``eyeBlinkLeft`` (``backend.contracts.arkit.ARKIT_NAMES``).
 - ``livelink``: Live Link Face's PascalCase, ``EyeBlinkLeft`` (the CSV columns; see ``llf_csv``).
 - ``lr_suffix``: ``_L``/``_R`` suffixes, ``eyeBlink_L``, with ``browInnerUp`` and ``cheekPuff`` split into halves
-  as in ICT-FaceKit (its 53 expression names, ``backend.arkit.ICT_NAMES``).
+  as in ICT-FaceKit (its 53 expression names, ``backend.contracts.arkit.ICT_NAMES``).
 - ``metahuman``: the ARKit curve names MetaHuman's face animation blueprint reads (its ``mh_arkit_mapping_pose``
   poses): the PascalCase names of Live Link Face.
 

@@ -1,8 +1,8 @@
 """Fixed-topology head mesh for tracking output and the draft silhouette.
 
-- ``extract_canonical_mesh``: the neutral canonical mesh of an identity (``backend.model.mesh``'s narrow-band
+- ``extract_canonical_mesh``: the neutral canonical mesh of an identity (``backend.model.meshing``'s narrow-band
   marching cubes with cubic cells, largest component).  Its per-frame vertices come from the model core's
-  ``backend.model.mesh.warp_vertices`` (warm-started root finding, neighbour repair).
+  ``backend.model.meshing.warp_vertices`` (warm-started root finding, neighbour repair).
 - ``outline_silhouette_loss``: the draft preset's cheap, differentiable silhouette term from projected vertices.
 """
 from __future__ import annotations
@@ -19,20 +19,22 @@ from . import raster
 
 
 @dataclass
-class Mesh:
+class HeadMesh:
+    """The tracker's fixed-topology head mesh: a canonical (neutral) surface whose vertices are warped per frame."""
+
     vertices: np.ndarray   # (V, 3) float32 model units
     faces: np.ndarray      # (F, 3) int32
 
 
 def extract_canonical_mesh(model, z_geo: torch.Tensor, resolution: int = 96, box=None,
-                           keep_largest: bool = True) -> Mesh:
+                           keep_largest: bool = True) -> HeadMesh:
     """Neutral canonical mesh of identity ``z_geo`` (1, D_geo) for tracking: the model core's narrow-band
-    marching cubes (``model.mesh.canonical_mesh``, no colours) with cubic cells -- ``resolution`` cells along the
+    marching cubes (``model.meshing.canonical_mesh``, no colours) with cubic cells -- ``resolution`` cells along the
     box's longest side, over a cube around the box -- keeping the largest connected component.
 
     ``resolution`` must be c * 2^k with 8 <= c <= 16 or a multiple of 16 (40, 80, 96, 128, ...).
     """
-    from ..model.mesh import canonical_mesh
+    from ..model.meshing import canonical_mesh
 
     lo, hi = (np.asarray(b, np.float64) for b in (box or model.cfg.mesh_box))
     centre, half = (lo + hi) / 2, (hi - lo).max() / 2
@@ -46,7 +48,7 @@ def extract_canonical_mesh(model, z_geo: torch.Tensor, resolution: int = 96, box
     v, f = mesh.vertices, mesh.faces
     if keep_largest:
         v, f = _largest_component(v, f)
-    return Mesh(np.asarray(v, np.float32), np.asarray(f, np.int32))
+    return HeadMesh(np.asarray(v, np.float32), np.asarray(f, np.int32))
 
 
 @torch.no_grad()
@@ -80,15 +82,6 @@ def _largest_component(v: np.ndarray, f: np.ndarray):
     remap = np.full(n, -1, np.int64)
     remap[used] = np.arange(len(used))
     return v[used], remap[f]
-
-
-def project_torch(x_model: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, unit_m: float = 0.25):
-    """(N, 3) model units -> pixels (N, 2) and camera depth (N,)."""
-    xc = (unit_m * x_model) @ R.T + t
-    z = xc[:, 2].clamp_min(1e-4)
-    u = K[0, 0] * xc[:, 0] / z + K[0, 2]
-    v = K[1, 1] * xc[:, 1] / z + K[1, 2]
-    return torch.stack([u, v], -1), xc[:, 2]
 
 
 class SilhouetteTargets:

@@ -6,5 +6,4 @@
 - ``names``: ARKit channel naming conventions and presets, and the editable channel → shape-key mapping (JSON).
 - ``smoothing``: per-group one-euro smoothing of a performance (pose, eyes, mouth, brows).
 - ``llf_csv``: the Live Link Face CSV format (write and read).
-- ``export``: ``python -m backend export``: a result package to an exchange format.
 """

@@ -28,7 +28,9 @@ COLOR_PRUNE_MASS = 4e-3
 
 
 @dataclass
-class Mesh:
+class SurfaceMesh:
+    """A marching-cubes surface of the model's SDF (canonical or posed), NPHM units."""
+
     vertices: np.ndarray                  # (V, 3) float32, NPHM units
     faces: np.ndarray                     # (F, 3) int64, counter-clockwise seen from outside
     colors: Optional[np.ndarray] = None   # (V, 3) uint8 albedo
@@ -188,7 +190,7 @@ def extract_mesh(
 
     sdf_fn(points (P, 3) float32, coarse: bool) -> sdf (P,); `coarse` marks levels before the last (a caller may
     use a cheaper evaluation there, e.g. bfloat16).  res must be coarse_res * 2^k (cells per axis).
-    Returns Mesh (colors None) [, GridState].
+    Returns SurfaceMesh (colors None) [, GridState].
     """
     factors = refinement_factors(res, coarse_res)
     lo = np.asarray(box[0], dtype=np.float64)
@@ -267,13 +269,13 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
     return torch.cat(added_cells), torch.cat(added_pts)
 
 
-def _marching_cubes(V: torch.Tensor, cells: torch.Tensor, lo, hi) -> Mesh:
+def _marching_cubes(V: torch.Tensor, cells: torch.Tensor, lo, hi) -> SurfaceMesh:
     """skimage marching cubes on the dense volume V, restricted to `cells` (K, 3) (indexed by their lowest
     corner).  Only the cells' bounding box is handed over (skimage scans every voxel it is given)."""
     from skimage.measure import marching_cubes
 
     n = V.shape[0]
-    empty = Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
+    empty = SurfaceMesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
     if cells.numel() == 0:
         return empty
     c0, c1 = cells.amin(0).tolist(), (cells.amax(0) + 1).tolist()  # corner index range of the band
@@ -293,7 +295,7 @@ def _marching_cubes(V: torch.Tensor, cells: torch.Tensor, lo, hi) -> Mesh:
     if len(faces) == 0:
         return empty
     verts = (verts + np.asarray(lo) + np.asarray(c0) * spacing).astype(np.float32)
-    return Mesh(verts, faces.astype(np.int64))
+    return SurfaceMesh(verts, faces.astype(np.int64))
 
 
 # ------------------------------------------------------------------------------------------------ model meshes
@@ -311,7 +313,7 @@ def canonical_mesh(
     chunk: int = 8192,
     coarse_dtype: Optional[torch.dtype] = "auto",
     with_color: bool = True,
-) -> Mesh:
+) -> SurfaceMesh:
     """Neutral canonical mesh (q = [x ; 0]) with albedo vertex colours, effective res^3 over the model's box."""
     box = box or model.cfg.mesh_box
     if coarse_dtype == "auto":
@@ -466,12 +468,12 @@ def warp_vertices(model, vertices: torch.Tensor, faces: np.ndarray, z_geo, z_exp
     return xp, ok, new_state
 
 
-def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None,
-              **kw) -> Tuple[Mesh, torch.Tensor, WarpState]:
+def warp_mesh(model, mesh: SurfaceMesh, z_geo, z_exp, state: Optional[WarpState] = None,
+              **kw) -> Tuple[SurfaceMesh, torch.Tensor, WarpState]:
     """Fixed-topology posed mesh: `warp_vertices` of the canonical mesh; colours are the canonical albedo (same
     topology, same texture).  Returns (mesh, converged (V,) bool, state for the next frame)."""
     xp, ok, new_state = warp_vertices(model, torch.from_numpy(mesh.vertices), mesh.faces, z_geo, z_exp, state, **kw)
-    return Mesh(xp.numpy().astype(np.float32), mesh.faces, mesh.colors), ok, new_state
+    return SurfaceMesh(xp.numpy().astype(np.float32), mesh.faces, mesh.colors), ok, new_state
 
 
 def _unlin(lin: torch.Tensor, n: int) -> torch.Tensor:
@@ -516,7 +518,7 @@ class PosedMesher:
     def reset(self) -> None:
         self.surface_cells = None
 
-    def __call__(self, z_geo, z_app, z_exp, with_color: bool = True) -> Mesh:
+    def __call__(self, z_geo, z_app, z_exp, with_color: bool = True) -> SurfaceMesh:
         z_geo = z_geo.reshape(1, -1).float()
         z_exp = z_exp.reshape(1, -1).float()
         with torch.inference_mode():
@@ -553,7 +555,7 @@ class PosedMesher:
         cand, corners = cand[full], corners[full]
         return cand[_sign_change(V_flat[corners])]
 
-    def _update(self, fn) -> Mesh:
+    def _update(self, fn) -> SurfaceMesh:
         """Seeds: the previous surface cells dilated by `band`; then grow across every face the new surface
         crosses (`_grow_surface_band`), so a moving surface is followed cell by cell."""
         m, n = self.res, self.res + 1

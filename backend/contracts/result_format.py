@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .protocol import BadInputError
+from .track_config import OUTPUT_MODES
 
 FORMAT_NAME = "mononphm-result"
 FORMAT_VERSION = 1
@@ -44,7 +45,6 @@ TRACKER_STATE = "tracker_state.npz"
 
 FRAME_STATUSES = ("tracked", "interpolated", "no_face", "failed")
 USABLE_STATUSES = ("tracked", "interpolated")  # frames with a pose and expression that importers animate
-OUTPUT_MODES = ("shape_keys", "meshes", "both")
 
 # Array schemas: name -> (dtype kind, shape). Symbols: V vertices, F triangles, K rows in a chunk,
 # E expression code size, G / P identity / appearance code sizes.

@@ -116,7 +116,7 @@ def test_calibration_drivers_and_clear_errors(scene, take, tmp_path):
     driven = _key_values(toy, ["JawOpen"], source.frames)[:, 0]
     assert np.abs(driven - want).max() < 1e-4
     # a package without ARKit channels says so instead of binding zeros
-    bare = write_performance_package(tmp_path / "bare", perf, arkit=False)
+    bare = write_performance_package(tmp_path / "bare", perf, with_arkit=False)
     with pytest.raises(RetargetError, match="no ARKit channels"):
         bake.bake_shape_keys(toy, bake.load_source(scene, str(bare)))
     with pytest.raises(RetargetError, match="not a mesh with shape keys"):

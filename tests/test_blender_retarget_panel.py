@@ -28,8 +28,8 @@ class SearchLayout(FakeLayout):
 def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("panel")
     perf = synthetic_performance(40, 25.0, 7)
-    return perf, write_performance_package(root / "take", perf), write_performance_package(root / "bare", perf,
-                                                                                          arkit=False)
+    bare = write_performance_package(root / "bare", perf, with_arkit=False)
+    return perf, write_performance_package(root / "take", perf), bare
 
 
 def _scene_with_character(package):

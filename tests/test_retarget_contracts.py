@@ -194,8 +194,21 @@ def test_cli_export_without_torch(tmp_path):
     assert take.performance.times_s[-1] == pytest.approx(49 / 30)
 
 
+def test_channels_the_model_does_not_drive_export_as_zero(tmp_path):
+    perf = synthetic_performance(20)
+    noisy = perf.arkit.copy()
+    noisy[:, [arkit.ARKIT_INDEX[n] for n in arkit.UNDRIVEN_ARKIT]] = 0.3  # regressor output on gaze and tongue
+    package = write_performance_package(tmp_path / "pkg", Performance(perf.times_s, perf.fps, noisy,
+                                                                      perf.head_rotation, perf.head_location))
+    out = llf_csv.write_llf_csv(tmp_path / "take.csv", from_package(package))
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    for column in ("TongueOut", "EyeLookInLeft", "EyeLookUpRight", "LeftEyeYaw", "RightEyeRoll"):
+        assert {float(r[rows[0].index(column)]) for r in rows[1:]} == {0.0}, column
+    assert float(rows[1][rows[0].index("JawOpen")]) == pytest.approx(perf.arkit[0, arkit.ARKIT_INDEX["jawOpen"]])
+
+
 def test_cli_export_refuses_packages_without_arkit(tmp_path):
-    package = write_performance_package(tmp_path / "pkg", synthetic_performance(10), arkit=False)
+    package = write_performance_package(tmp_path / "pkg", synthetic_performance(10), with_arkit=False)
     proc = _run_backend("export", str(package), "--out", str(tmp_path / "take.csv"))
     assert proc.returncode == 2
     error = json.loads(proc.stdout.splitlines()[-1])

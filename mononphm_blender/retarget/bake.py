@@ -45,7 +45,7 @@ class RetargetSettings:
     """Scene frame of the neutral (rest) face and head pose (the nearest sample); None: the first sample."""
     calibrate: bool = True
     """Subtract the neutral frame's expression from every frame (ARKit channels)."""
-    smoothing: object = field(default_factory=lambda: smoothing.SmoothingSettings())
+    smoothing: object = field(default_factory=smoothing.SmoothingSettings)
     """backend.contracts.retarget.smoothing.SmoothingSettings applied before baking (the source stays raw)."""
     neck_share: float = 0.3
     """Share of the head rotation the neck bone takes when one is given."""
@@ -193,6 +193,9 @@ def _drive_shape_keys(obj, source: Source, mapping, present, neutral, settings) 
         driver.type = "SCRIPTED"
         parts = []
         for i, (channel, target) in enumerate(terms[name]):
+            if channel in arkit.UNDRIVEN_ARKIT:  # 0, as in bakes: the head's curve holds regressor noise only
+                parts.append(f"{target.offset:.6f}")
+                continue
             var = driver.variables.new()
             var.name = f"w{i}"
             var.type = "SINGLE_PROP"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.contracts import arkit
 from backend.contracts import conventions as cv
 from backend.contracts import result_format as rf
 from backend.contracts.retarget import llf_csv
@@ -14,7 +15,7 @@ from fakes.packages import grid_head
 
 
 def synthetic_performance(frames: int = 120, fps: float = 25.0, seed: int = 0) -> Performance:
-    """Smooth random ARKit curves in [0, 1] (tongueOut included) and a head that turns up to ±25° and moves a
+    """Smooth random ARKit curves in [0, 1] (0 for the channels the model does not drive) and a head that turns up to ±25° and moves a
     few centimetres 0.6 m in front of the camera."""
     rng = np.random.default_rng(seed)
     t = np.arange(frames) / fps
@@ -22,6 +23,7 @@ def synthetic_performance(frames: int = 120, fps: float = 25.0, seed: int = 0) -
     phase = rng.uniform(0, 2 * np.pi, (3, 52))
     waves = np.sin(2 * np.pi * freq[:, None, :] * t[None, :, None] + phase[:, None, :]).sum(0) / 3
     weights = np.clip(0.5 + 0.6 * waves, 0.0, 1.0)
+    weights[:, [arkit.ARKIT_INDEX[n] for n in arkit.UNDRIVEN_ARKIT]] = 0.0  # as the tracker's output
     angles = np.radians(25.0) * np.stack([np.sin(2 * np.pi * 0.31 * t), 0.6 * np.sin(2 * np.pi * 0.53 * t + 1),
                                           0.4 * np.sin(2 * np.pi * 0.17 * t + 2)], 1)
     rotation = llf_csv.head_rotation(angles)
@@ -29,7 +31,8 @@ def synthetic_performance(frames: int = 120, fps: float = 25.0, seed: int = 0) -
     return Performance(t, fps, weights, rotation, location)
 
 
-def write_performance_package(root: Path, perf: Performance, *, arkit: bool = True, vertices: int = 400) -> Path:
+def write_performance_package(root: Path, perf: Performance, *, with_arkit: bool = True,
+                              vertices: int = 400) -> Path:
     """A result package whose frames carry ``perf`` (head pose through conventions.head_world_matrices)."""
     width, height = 320, 240
     header = {"source": {"path": "/nonexistent/take.mp4", "kind": "video"}, "fps": perf.fps,
@@ -46,7 +49,7 @@ def write_performance_package(root: Path, perf: Performance, *, arkit: bool = Tr
     arrays = {"scale": np.ones(len(index), np.float32), "rotation": rotation.astype(np.float32),
               "translation": translation.astype(np.float32), "z_exp": np.zeros((len(index), 4), np.float32),
               "vertices": np.repeat(canon[None], len(index), 0)}
-    if arkit:
+    if with_arkit:
         arrays["arkit"] = perf.arkit.astype(np.float32)
     writer.write_frames(records, arrays)
     writer.finish()

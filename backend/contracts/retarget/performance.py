@@ -140,7 +140,8 @@ def calibrated_weights(weights: np.ndarray, neutral: int | None) -> np.ndarray:
 
 
 def from_package(root: str | Path) -> Performance:
-    """The tracked (and interpolated) frames of a result package; ``arkit`` is None when it has none."""
+    """The tracked (and interpolated) frames of a result package; ``arkit`` is None when it has none, and the
+    channels the model does not drive (``arkit.UNDRIVEN_ARKIT``: gaze, tongue) are 0."""
     package = result_format.ResultPackage(root)
     usable = [i for i, record in enumerate(package.frames) if record["status"] in result_format.USABLE_STATUSES]
     if not usable:
@@ -154,6 +155,9 @@ def from_package(root: str | Path) -> Performance:
     world = conventions.head_world_matrices(arrays["scale"], arrays["rotation"], arrays["translation"])
     linear = world[:, :3, :3]
     rotation = linear / np.linalg.norm(linear, axis=1, keepdims=True)
-    arkit = arrays["arkit"].astype(np.float64) if "arkit" in arrays else None
+    arkit = None
+    if "arkit" in arrays:
+        arkit = arrays["arkit"].astype(np.float64)
+        arkit[:, [arkit_names.ARKIT_INDEX[n] for n in arkit_names.UNDRIVEN_ARKIT]] = 0.0  # regressor noise only
     return Performance(package.times_s[usable], package.fps, arkit, rotation, world[:, :3, 3].copy())
 

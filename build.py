@@ -88,7 +88,7 @@ def ensure_venv(venv: Path, pip_args: list[str], hash_parts: list[str]) -> Path:
 
 
 def task_setup(_args=None, *, bpy45: bool = True) -> Path:
-    files = [ROOT / "requirements-dev.txt", ROOT / "requirements.txt"]
+    files = [ROOT / "requirements-dev.txt", ROOT / "requirements-batch.txt", ROOT / "requirements.txt"]
     py = ensure_venv(VENV, ["-r", str(ROOT / "requirements-dev.txt")], [f.read_text() for f in files])
     if bpy45:
         ensure_venv(VENV_BPY45, BPY45_REQUIREMENTS, BPY45_REQUIREMENTS)

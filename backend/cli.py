@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import traceback
 
 from . import BUILTIN_MODEL_DIR, __version__
-from .contracts.protocol import BackendError, BadInputError, Cancelled, EventWriter, ExitCode, PROTOCOL_VERSION
+from .contracts.protocol import (CANCEL_HINT, BackendError, BadInputError, Cancelled, EventWriter, ExitCode,
+                                 PROTOCOL_VERSION, install_cancel_handler)
 from .contracts.track_config import TrackConfig, add_track_arguments
 
 
@@ -26,6 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     track = sub.add_parser("track", help="track a clip and write a result package")
     add_track_arguments(track)  # one flag per TrackConfig field
+
+    batch = sub.add_parser("batch", help="track many clips as Ray tasks, locally or on a cluster (needs Ray)")
+    batch.add_argument("inputs", nargs="+", metavar="INPUT",
+                       help="clips as for track (video, image folder, image), or @LIST.txt with one per line")
+    batch.add_argument("--out-root", required=True, metavar="DIR",
+                       help="one result package per clip in DIR/<name>/ (finished ones skipped, partial resumed)")
+    batch.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="join this Ray cluster (inputs and DIR on storage every node sees); default: local Ray")
+    batch.add_argument("--workers", type=int, default=0, metavar="N",
+                       help="local Ray: clips tracked at once (default: logical CPUs // --threads)")
+    batch.add_argument("--chunk-frames", type=int, default=0, metavar="N",
+                       help="split clips of more than N selected frames into chunks of N on the workers (0: never)")
+    add_track_arguments(batch, exclude=("input", "out"))  # every track flag, for every clip
 
     validate = sub.add_parser("validate", help="check a result package and print a summary")
     validate.add_argument("package")
@@ -93,21 +106,28 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def _install_cancel_handler() -> None:
-    def on_term(signum, frame):  # noqa: ARG001 - signal API
-        raise Cancelled("cancelled", "Finished frames are kept; run the same command again to resume.")
-
-    signal.signal(signal.SIGTERM, on_term)
-    if hasattr(signal, "SIGBREAK"):  # Windows CTRL_BREAK_EVENT from the add-on's Cancel
-        signal.signal(signal.SIGBREAK, on_term)
-
-
 def _run_validate(args, events: EventWriter) -> None:
-    from .contracts.result_format import ResultPackage
+    from .contracts.result_format import PackageError, ResultPackage
 
     package = ResultPackage(args.package)
     arrays = package.frame_arrays()
     mesh = package.canonical_mesh() if package.manifest.get("has_canonical_mesh") else None
+    usd = package.usd_path
+    if usd is not None:
+        try:
+            from .usd_export import external_dependencies
+
+            outside = external_dependencies(usd)
+        except ImportError:
+            events.warning(f"{usd.name} was not checked: usd-core is not installed", code="usd_not_checked")
+            outside = []
+        except Exception as exc:  # noqa: BLE001 - pxr raises its own Tf errors for damaged files
+            raise PackageError(f"{usd.name} is not a readable USD file ({exc})",
+                               "Re-track with the per-frame mesh output to rewrite it.") from None
+        if outside:
+            raise PackageError(f"{usd.name} pulls in files from outside the package: {', '.join(outside[:5])}",
+                               "Only import USD files written by MonoNPHM; re-track with the per-frame mesh output "
+                               "to rewrite it.")
     summary = {"frames": len(package.frames), "state": package.manifest["state"],
                "arrays": {k: list(v.shape) for k, v in arrays.items()},
                "vertices": None if mesh is None else int(mesh.vertices.shape[0])}
@@ -150,27 +170,35 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.BAD_INPUT
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     events = EventWriter()
-    _install_cancel_handler()
+    install_cancel_handler()
     try:
         events.hello(__version__)
         if args.command == "validate":
             _run_validate(args, events)
         elif args.command == "export":
             _run_export(args, events)
-        elif args.command == "track":
-            from .tracking import run_track
-
-            config = TrackConfig.from_namespace(args)
+        elif args.command in ("track", "batch"):
+            extra = {"input": "", "out": ""} if args.command == "batch" else {}
+            config = TrackConfig.from_namespace(args, **extra)
             config.device = resolve_device(config.device)
             if config.device not in TRACKING_DEVICES:
                 events.warning(f"Tracking does not use '{config.device}' in this version: it runs on the CPU.",
                                code="device_fallback")
                 config.device = "cpu"
-            outcome = run_track(config, events)
-            events.result(str(outcome.path), outcome.frames)
+            if args.command == "batch":
+                from .batch import BatchConfig, run_batch
+
+                batch = BatchConfig.from_namespace(args)
+                root, frames = run_batch(args.inputs, batch, config, events)
+                events.result(str(root), frames)
+            else:
+                from .tracking import run_track
+
+                outcome = run_track(config, events)
+                events.result(str(outcome.path), outcome.frames)
         return ExitCode.OK
     except (Cancelled, KeyboardInterrupt):
-        events.error("Cancelled.", "Finished frames are kept; run the same command again to resume.",
+        events.error("Cancelled.", CANCEL_HINT,
                      code="cancelled")
         return ExitCode.CANCELLED
     except BackendError as exc:

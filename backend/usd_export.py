@@ -87,3 +87,14 @@ def write_usd_sequence(path: str | Path, frames: Iterable[tuple[int, np.ndarray,
                        fps: float, prim_path: str = "/MonoNPHM/head") -> Path:
     """``write_mesh_sequence`` for (source index, vertices, triangles, colours) tuples."""
     return write_mesh_sequence(path, (FrameMesh(int(i), v, t, c) for i, v, t, c in frames), fps, prim_path)
+
+
+def external_dependencies(path: str | Path) -> list[str]:
+    """Every asset a USD layer would pull in from elsewhere: sublayers, references, payloads and asset-valued
+    attributes (the layer is opened alone, nothing it names is resolved or read)."""
+    from pxr import Sdf
+
+    layer = Sdf.Layer.OpenAsAnonymous(str(path))
+    if layer is None:
+        raise ValueError(f"{Path(path).name} is not a readable USD layer")
+    return sorted(set(layer.GetCompositionAssetDependencies()) | set(layer.GetExternalAssetDependencies()))

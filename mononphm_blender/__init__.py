@@ -11,29 +11,30 @@ from __future__ import annotations
 if "ops" in locals():  # F8 / re-enable: reload the submodules register() imported
     import importlib
 
-    for _name in ("contracts", "props", "prefs", "importer", "job_control", "ops", "ui", "retarget"):
+    for _name in ("contracts", "props", "prefs", "importer", "job_control", "ops", "ui", "batch_queue", "retarget"):
         if _name in locals():
             importlib.reload(locals()[_name])
 
 
 def _classes() -> tuple:
-    from . import ops, prefs, props, ui
+    from . import batch_queue, ops, prefs, props, ui
     from .retarget import ops as retarget_ops, props as retarget_props, ui as retarget_ui
 
-    return (props.classes + prefs.classes + ops.classes + ui.classes + retarget_props.classes + retarget_ops.classes
-            + retarget_ui.classes)
+    return (props.classes + prefs.classes + ops.classes + ui.classes + batch_queue.classes + retarget_props.classes
+            + retarget_ops.classes + retarget_ui.classes)
 
 
 def register() -> None:
     import bpy
 
-    from . import job_control, ops, props
+    from . import batch_queue, job_control, ops, props
     from .retarget import props as retarget_props
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     props.register_props()
     retarget_props.register_props()
+    batch_queue.register()
     bpy.types.TOPBAR_MT_file_import.append(ops.menu_import)
     job_control.register()
 
@@ -41,11 +42,12 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import job_control, ops, props
+    from . import batch_queue, job_control, ops, props
     from .retarget import props as retarget_props
 
     job_control.unregister()
     bpy.types.TOPBAR_MT_file_import.remove(ops.menu_import)
+    batch_queue.unregister()
     retarget_props.unregister_props()
     props.unregister_props()
     for cls in reversed(_classes()):

@@ -132,16 +132,73 @@ def _link(obj, coll) -> None:
 
 # --- the import -------------------------------------------------------------------------------------------------
 
+# Blender's frame limits (MINAFRAME / MAXFRAME): keys and scene ranges outside them are refused.
+MIN_SCENE_FRAME, MAX_SCENE_FRAME = -1048574, 1048574
+# Data-blocks an import may create; an import that fails removes the ones it created.
+_CREATED_TYPES = ("objects", "meshes", "cameras", "collections", "actions", "movieclips", "materials", "cache_files")
+
+
+class _SceneSnapshot:
+    """What an import may change, taken before it starts, so a failed import leaves the file as it was: new
+    data-blocks are removed and the scene's timing, camera, markers and panel state are restored."""
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self.ids = {kind: set(getattr(bpy.data, kind)) for kind in _CREATED_TYPES}
+        render = scene.render
+        self.timing = (render.fps, render.fps_base, scene.frame_start, scene.frame_end, scene.frame_current,
+                       render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y)
+        self.camera = scene.camera
+        self.markers = [(m.name, m.frame) for m in scene.timeline_markers]
+        settings = getattr(scene, "mononphm", None)
+        self.panel = None if settings is None else (settings.last_package,
+                                                    [(b.frame, b.error) for b in settings.bad_frames])
+
+    def restore(self) -> None:
+        for kind in reversed(_CREATED_TYPES):  # objects before the data they use
+            data = getattr(bpy.data, kind)
+            for block in [b for b in data if b not in self.ids[kind]]:
+                data.remove(block)
+        scene, render = self.scene, self.scene.render
+        (render.fps, render.fps_base, scene.frame_start, scene.frame_end, scene.frame_current,
+         render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y) = self.timing
+        if self.camera is None or self.camera.name in bpy.data.objects:
+            scene.camera = self.camera
+        scene.timeline_markers.clear()
+        for name, frame in self.markers:
+            scene.timeline_markers.new(name, frame=frame)
+        if self.panel is not None:
+            settings = scene.mononphm
+            settings.last_package = self.panel[0]
+            settings.bad_frames.clear()
+            for frame, error in self.panel[1]:
+                item = settings.bad_frames.add()
+                item.frame, item.error = frame, error
+
+
 def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip=None, clip_start: int | None = None,
                    error_threshold: float | None = None, setup_camera: bool = True, setup_scene: bool = True,
                    load_source_clip: bool = True) -> ImportResult:
     """Import (or update) the result package at ``path``; see the module docstring.
 
-    Raises result_format.PackageError (message + hint) for packages that cannot be read.
+    All or nothing: any error leaves the scene as it was (new data-blocks removed, timing, camera and markers
+    restored) and is raised again. Raises result_format.PackageError (message + hint) for packages that cannot be
+    read or placed on Blender's timeline.
     """
-    t0 = time.perf_counter()
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
+    snapshot = _SceneSnapshot(context.scene)
+    try:
+        return _import(context, path, mode, clip, clip_start, error_threshold, setup_camera, setup_scene,
+                       load_source_clip)
+    except BaseException:
+        snapshot.restore()
+        raise
+
+
+def _import(context, path, mode, clip, clip_start, error_threshold, setup_camera, setup_scene,
+            load_source_clip) -> ImportResult:
+    t0 = time.perf_counter()
     scene = context.scene
     root = Path(bpy.path.abspath(str(path)))
     package = result_format.ResultPackage(root)
@@ -161,13 +218,19 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
 
     # clip and frame mapping
     if clip is None and load_source_clip:
-        clip = _source_clip(manifest, existing)
+        clip = _source_clip(manifest, existing, result)
         if clip is not None and clip_start is not None:
             clip.frame_start = int(clip_start)  # keep the background aligned with the requested mapping
     result.clip = clip
     if clip_start is None:
         clip_start = package_clip_start(existing, clip)
     frames = np.array([conventions.scene_frame(clip_start, i) for i in indices], dtype=np.int64)
+    source = manifest["source"]
+    last = clip_start + max(int(source.get("frame_count") or 0) - 1, int(indices.max()) if len(indices) else 0)
+    if clip_start < MIN_SCENE_FRAME or last > MAX_SCENE_FRAME:
+        raise result_format.PackageError(
+            f"the package's frames would land on scene frames {clip_start}..{last}, beyond Blender's frame range "
+            f"{MIN_SCENE_FRAME}..{MAX_SCENE_FRAME}", "Use an earlier clip start frame, or track a shorter range.")
     result.source_indices = indices.tolist()
     result.scene_frames = frames.tolist()
 
@@ -205,7 +268,6 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
         result.camera = cam
 
     if setup_scene:
-        source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
         if clip is not None:
             start, end = scenes.clip_frame_range(clip)
         elif source.get("frame_count"):
@@ -246,17 +308,23 @@ def to_blender(points: np.ndarray) -> np.ndarray:
     return out
 
 
-def _source_clip(manifest: dict, existing: dict):
-    source = manifest.get("source") or {}
-    src = source.get("path") if isinstance(source, dict) else None
+def _source_clip(manifest: dict, existing: dict, result: ImportResult):
+    """The background clip: the one an earlier import used, else the package's source when it is an existing video
+    or image file (anything else is never opened; the result imports without a background)."""
+    src = manifest["source"].get("path")
     cam = existing.get("camera")
     if cam is not None and cam.type == "CAMERA":
         for bg in cam.data.background_images:
             if bg.source == "MOVIE_CLIP" and bg.clip is not None:
                 return bg.clip
-    if src and os.path.exists(src):
-        return scenes.load_clip(src)
-    return None
+    if not src:
+        return None
+    clip = scenes.load_clip(src) if os.path.exists(src) else None
+    if clip is None:
+        why = "is not a video or image file" if os.path.exists(src) else "is missing"
+        result.warnings.append(f"the source clip {src} {why}; imported without the background clip (choose the "
+                               "clip in the panel to show it)")
+    return clip
 
 
 def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path, result: ImportResult):
@@ -296,11 +364,33 @@ def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path,
     return head
 
 
+def check_usd_dependencies(package_root: Path) -> None:
+    """Refuse (PackageError) a package whose USD file pulls in sublayers, references or assets from outside it:
+    Blender's USD importer would follow them. The add-on has no USD library, so the backend's ``validate`` checks."""
+    from . import contracts, prefs
+    from .core import command, jobs
+
+    python = prefs.backend_python()
+    if not python:
+        raise result_format.PackageError("the per-frame meshes (meshes.usdc) cannot be checked: no backend is set up",
+                                         "Set up the backend in the add-on preferences, or import the shape keys.")
+    root = contracts.backend_root()
+    try:
+        error = jobs.run_validate(command.validate_argv(python, package_root), cwd=str(root),
+                                  env=command.backend_env(root))
+    except RuntimeError as exc:
+        hint = "Check the backend in the add-on preferences, or import the shape keys."
+        raise result_format.PackageError(f"meshes.usdc could not be checked ({exc})", hint) from None
+    if error is not None:
+        raise result_format.PackageError(*error)
+
+
 def _import_usd(context, package, usd_obj, coll, clip_start: int, result: ImportResult):
     usd = package.usd_path
     if usd is None:
         result.warnings.append("the package has no per-frame meshes (USD); re-track with output 'meshes' or 'both'")
         return None
+    check_usd_dependencies(package.root)  # before Blender opens the file, every time (it may have changed)
     mod = None
     if usd_obj is not None:
         mod = next((m for m in usd_obj.modifiers if m.type == "MESH_SEQUENCE_CACHE"), None)

@@ -47,6 +47,26 @@ def _say(level: str, text: str) -> None:
 
 # --- starting ---------------------------------------------------------------------------------------------------
 
+def movie_clip_input(clip) -> str:
+    """The backend input of a Movie Clip: its video file, or the folder of its image sequence."""
+    path = bpy.path.abspath(clip.filepath)
+    return os.path.dirname(path) if clip.source == "SEQUENCE" else path
+
+
+def tracking_settings(context, scene) -> dict:
+    """Preset, output, device and model of the scene's settings as TrackConfig fields; raises ValueError."""
+    s = scene.mononphm
+    settings = {"preset": s.preset, "output": s.output_mode, "device": prefs.get_prefs(context).device}
+    if s.model == "OFFICIAL":
+        settings.update(official_checkpoint=bpy.path.abspath(s.official_dir),
+                        mean_anchors=bpy.path.abspath(s.mean_anchors), checkpoint_epoch=s.checkpoint_epoch or None)
+        if not settings["official_checkpoint"] or not os.path.isdir(settings["official_checkpoint"]):
+            raise ValueError("Choose the official checkpoint folder")
+        if not settings["mean_anchors"] or not os.path.isfile(settings["mean_anchors"]):
+            raise ValueError("Choose the mean anchors file (anchors_65.npy) of the official checkpoint")
+    return settings
+
+
 def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
                   overwrite: bool = False) -> track_config.TrackConfig:
     """The run's settings from the scene settings (``scene_range``: scene frames to track, inclusive, instead of the
@@ -59,9 +79,7 @@ def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
         clip = s.clip
         if clip is None:
             raise ValueError("Choose a Movie Clip (or switch the input to a file)")
-        input_path = bpy.path.abspath(clip.filepath)
-        if clip.source == "SEQUENCE":
-            input_path = os.path.dirname(input_path)
+        input_path = movie_clip_input(clip)
         intr = scenes.clip_intrinsics(clip)
         intrinsics = {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy}
     else:
@@ -77,18 +95,13 @@ def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
     if scene_range is not None:
         clip_start = importer.track_clip_start(s)
         frames = command.frames_arg(scene_range[0] - clip_start, scene_range[1] - clip_start, s.stride)
-    req = track_config.TrackConfig(input=input_path, out=out_dir, frames=frames, preset=s.preset,
-                                   output=s.output_mode, device=prefs.get_prefs(context).device,
-                                   overwrite=overwrite, **intrinsics)
-    if s.model == "OFFICIAL":
-        req.official_checkpoint = bpy.path.abspath(s.official_dir)
-        req.mean_anchors = bpy.path.abspath(s.mean_anchors)
-        req.checkpoint_epoch = s.checkpoint_epoch or None
-        if not req.official_checkpoint or not os.path.isdir(req.official_checkpoint):
-            raise ValueError("Choose the official checkpoint folder")
-        if not req.mean_anchors or not os.path.isfile(req.mean_anchors):
-            raise ValueError("Choose the mean anchors file (anchors_65.npy) of the official checkpoint")
-    return req
+    owner = result_format.lock_owner(out_dir)
+    if owner is not None:
+        raise ValueError(f"{out_dir} is being written by another tracking run (process {owner['pid']}); wait for "
+                         "it to finish or cancel it, or choose another output folder")
+    face = f"{s.face_point[0]},{s.face_point[1]}" if s.face == "POINT" else s.face
+    return track_config.TrackConfig(input=input_path, out=out_dir, frames=frames, overwrite=overwrite, face=face,
+                                    **intrinsics, **tracking_settings(context, scene))
 
 
 def start_track(context, scene=None, *, scene_range: tuple[int, int] | None = None, overwrite: bool = False,
@@ -184,6 +197,9 @@ def _do_import(context, scene, out_path: str) -> bool:
                                     clip_start=importer.track_clip_start(s))
         except result_format.PackageError as exc:
             _say("WARNING", f"Import: {exc.message} {exc.hint}")
+            return False
+        except Exception as exc:  # noqa: BLE001 - the scene was left unchanged; the job goes on
+            _say("WARNING", f"Import: {type(exc).__name__}: {exc}")
             return False
     return True
 
@@ -301,8 +317,15 @@ def reattach_all() -> list[str]:
             st.state = "FAILED"
             continue
         out = bpy.path.abspath(st.out_path)
-        alive = st.pid > 0 and jobs.pid_alive(st.pid) and jobs.process_looks_like_backend(st.pid)
-        job = jobs.AttachedJob(st.pid if alive else 0, log_path=bpy.path.abspath(st.log_path), out_dir=out,
+        # The package's lock says who writes it: a run holding it is followed whatever pid was recorded (another
+        # Blender may have started it); before a run takes the lock (its landmark pass) the recorded pid counts.
+        owner = result_format.lock_owner(out)
+        if owner is not None and isinstance(owner.get("pid"), int) and jobs.pid_alive(owner["pid"]):
+            st.pid = pid = owner["pid"]
+        else:
+            pid = st.pid
+        alive = pid > 0 and jobs.pid_alive(pid) and jobs.process_looks_like_backend(pid)
+        job = jobs.AttachedJob(pid if alive else 0, log_path=bpy.path.abspath(st.log_path), out_dir=out,
                                total=st.total)
         _jobs[scene.name] = job
         found.append(scene.name)

@@ -105,6 +105,9 @@ class MONONPHM_OT_import_result(bpy.types.Operator, ImportHelper):
         except result_format.PackageError as exc:
             self.report({"ERROR"}, f"Cannot import: {exc.message}. {exc.hint}")
             return {"CANCELLED"}
+        except Exception as exc:  # noqa: BLE001 - Blender refusing a value etc.: the scene was left unchanged
+            self.report({"ERROR"}, f"Cannot import: {type(exc).__name__}: {exc}")
+            return {"CANCELLED"}
         for warning in result.warnings:
             self.report({"WARNING"}, warning)
         self.report({"INFO"}, f"Imported {len(result.scene_frames)} frames in {result.seconds:.2f} s")

@@ -3,7 +3,7 @@
 
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
-                       PointerProperty, StringProperty)
+                       IntVectorProperty, PointerProperty, StringProperty)
 
 from .contracts import track_config
 
@@ -22,6 +22,10 @@ PRESET_ITEMS = [(name, *_PRESET_TEXT[name]) for name in track_config.PRESET_NAME
 OUTPUT_ITEMS = [(name, *_OUTPUT_TEXT[name]) for name in track_config.OUTPUT_MODES]
 INPUT_ITEMS = [("CLIP", "Movie Clip", "A Movie Clip datablock; its camera settings become the intrinsics"),
                ("FILE", "File", "A video file, an image sequence folder or a single image")]
+FACE_ITEMS = [("largest", "Largest", "Track the largest face when several are visible"),
+              ("leftmost", "Leftmost", "Track the leftmost face (in the image) when several are visible"),
+              ("rightmost", "Rightmost", "Track the rightmost face (in the image) when several are visible"),
+              ("POINT", "At Point", "Track the face at a pixel of the first frame")]
 MODEL_ITEMS = [("BUILTIN", "Built-in", "The model shipped with the add-on"),
                ("OFFICIAL", "Official checkpoint", "An official MonoNPHM experiment folder + mean anchors "
                                                    "(the official weights carry their own licence)")]
@@ -75,6 +79,11 @@ class MONONPHM_PG_settings(bpy.types.PropertyGroup):
     use_frame_range: BoolProperty(name="Frame Range", default=False, description="Track only part of the clip")
     frame_start: IntProperty(name="Start", default=1, description="First scene frame to track")
     frame_end: IntProperty(name="End", default=250, description="Last scene frame to track")
+    face: EnumProperty(name="Face", items=FACE_ITEMS, default="largest",
+                       description="Which face to track when more than one is visible")
+    face_point: IntVectorProperty(name="Point", size=2, default=(0, 0), min=0,
+                                  description="Pixel (x from the left, y from the top) on the face in the first "
+                                              "frame, in source pixels")
     stride: IntProperty(name="Stride", default=1, min=1, soft_max=10,
                         description="Track every Nth frame; shape keys blend between tracked neighbours")
     preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default=track_config.TrackConfig.preset)

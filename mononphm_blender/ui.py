@@ -57,6 +57,9 @@ class MONONPHM_PT_input(_Panel, bpy.types.Panel):
         sub.prop(s, "frame_start")
         sub.prop(s, "frame_end")
         layout.prop(s, "stride")
+        layout.prop(s, "face")
+        if s.face == "POINT":
+            layout.prop(s, "face_point")
 
 
 class MONONPHM_PT_output(_Panel, bpy.types.Panel):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.contracts.protocol import PROTOCOL_VERSION
 from fakes.packages import make_package
 
 pytest.importorskip("bpy")
@@ -72,5 +73,5 @@ def test_extension_builds_installs_and_registers(tmp_path):
     import json
 
     result = json.loads(line[len("RESULT "):])
-    assert result["protocol"] == 1 and result["keys"] == 6
+    assert result["protocol"] == PROTOCOL_VERSION and result["keys"] == 6
     assert "extensions" in result["root"]

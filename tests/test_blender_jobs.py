@@ -10,7 +10,7 @@ from fakes.packages import make_package
 
 bpy = pytest.importorskip("bpy")
 
-from backend.contracts import result_format as rf  # noqa: E402
+from backend.contracts import protocol, result_format as rf  # noqa: E402
 from backend.contracts.track_config import TrackConfig  # noqa: E402
 
 
@@ -222,7 +222,7 @@ def test_job_core_handshake_and_argv(tmp_path, fake_backend):
 
     env = command.backend_env(contracts.backend_root())
     info = jobs.run_handshake(command.version_argv(sys.executable), cwd=str(fake_backend), env=env)
-    assert info["protocol"] == 1 and info["devices"] == ["cpu"]
+    assert info["protocol"] == protocol.PROTOCOL_VERSION and info["devices"] == ["cpu"]
     hs = jobs.Handshake(command.version_argv(sys.executable), cwd=str(fake_backend), env=env)
     end = time.monotonic() + 20
     while not hs.poll() and time.monotonic() < end:
@@ -296,7 +296,7 @@ def test_check_backend_operator_runs_the_handshake(scene, fake_backend):
 
     assert bpy.ops.mononphm.check_backend() == {"FINISHED"}
     _tick_until(lambda: prefs.STATE.checking is None, timeout=30)
-    assert prefs.STATE.info and prefs.STATE.info["protocol"] == 1, prefs.STATE.error
+    assert prefs.STATE.info and prefs.STATE.info["protocol"] == protocol.PROTOCOL_VERSION, prefs.STATE.error
     assert "Backend 0.0.0-fake" in prefs.status_text() or "Backend" in prefs.status_text()
     assert job_control.tick() is None  # idle again
 

@@ -77,3 +77,15 @@ def test_auto_threads_leave_room_on_small_machines(monkeypatch):
     assert run.auto_threads() == 2
     monkeypatch.setattr(run.os, "cpu_count", lambda: None)
     assert run.auto_threads() == 1
+
+
+def test_batch_events_carry_their_clip_and_version_1_readers_parse_them():
+    buf = io.StringIO()
+    protocol.EventWriter(buf, clip="take-2").progress("tracking", 1, 4, frame=0)
+    protocol.EventWriter(buf).clip_state("take-2", "complete", "/out/take-2", "/in/take.mp4")
+    progress, state = [protocol.parse_line(line) for line in buf.getvalue().splitlines()]
+    assert (progress.type, progress.get("clip"), progress.get("done")) == ("progress", "take-2", 1)
+    assert (state.get("clip"), state.get("state"), state.get("source")) == ("take-2", "complete", "/in/take.mp4")
+    assert 1 in protocol.COMPATIBLE_PROTOCOLS and protocol.PROTOCOL_VERSION in protocol.COMPATIBLE_PROTOCOLS
+    with pytest.raises(ValueError, match="clip state"):
+        protocol.EventWriter(buf).clip_state("take", "paused", "/out/take", "/in/take.mp4")

@@ -33,6 +33,11 @@ BLENDER_CAMERA_ROTATION = OPENCV_TO_BLENDER_WORLD @ np.diag([1.0, -1.0, -1.0])
 DEFAULT_HORIZONTAL_FOV_DEG = 50.0
 """Field of view assumed when the user gives no intrinsics (a typical phone/webcam lens)."""
 
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif", ".mpg", ".mpeg", ".wmv",
+                              ".flv"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".exr"})
+"""Files a clip may be (lower-case suffixes): the backend tracks them, the add-on loads them as the background."""
+
 
 def nphm_to_metres(points: np.ndarray) -> np.ndarray:
     """(…, 3) NPHM units → metres, model axes."""

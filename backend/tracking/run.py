@@ -5,11 +5,13 @@ them to a ``TrackingSession``, which owns them and the per-frame state until the
 
 Streaming: landmarks for the whole selection are computed in one decoding pass (kept in memory: 478x2 floats per
 frame); images and masks are re-decoded frame by frame when fitting. Frames are written to the result package as
-they finish (chunks of ``CHUNK`` frames); re-running the same command resumes from ``tracker_state.npz``;
+they finish (chunks of ``CHUNK`` frames); re-running the same command resumes from ``tracker_state.npz`` with the
+same bits as an uninterrupted run, a longer range extends the package to what a fresh run of it gives;
 ``--frames A:B --overwrite`` re-tracks a range keeping the fitted identity.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -21,6 +23,7 @@ import numpy as np
 
 from .. import BUILTIN_MODEL_DIR, __version__
 from ..contracts.conventions import NPHM_UNIT_M
+from ..contracts.protocol import BadInputError
 from ..contracts.track_config import TrackConfig
 from .errors import NoFaceError, TrackingInputError, TrackingModelError
 
@@ -57,7 +60,16 @@ def load_tracking_model(config: TrackConfig):
         if not config.mean_anchors:
             raise TrackingInputError("--official-checkpoint needs --mean-anchors (the official anchors_65.npy)",
                                      "Pass the anchors_65.npy from the official repository's assets/ folder.")
-        model = load_official(config.official_checkpoint, config.mean_anchors, epoch=config.checkpoint_epoch)
+        from ..model.checkpoint import CheckpointError
+        try:
+            model = load_official(config.official_checkpoint, config.mean_anchors, epoch=config.checkpoint_epoch)
+        except CheckpointError as e:
+            raise BadInputError(f"the official checkpoint {config.official_checkpoint} cannot be used: {e.message}",
+                                e.hint or "Point --official-checkpoint at the official experiment folder.") from None
+        except OSError as e:
+            raise BadInputError(f"the official checkpoint {config.official_checkpoint} cannot be read: "
+                                f"{e.strerror or e}",
+                                "Check that the folder and its files exist and are readable.") from None
         return model, None, None, {"name": "official", "path": str(Path(config.official_checkpoint).resolve()),
                                    "expression_dim": int(model.cfg.dim_exp), "arkit": False}
     mdir = Path(config.model) if config.model else BUILTIN_MODEL_DIR
@@ -97,12 +109,47 @@ class Detections:
         from .tracker import FrameObs
         return FrameObs(index, self.times[index], self.landmarks[index], image, labels, self.face_sizes[index])
 
+    def found_in(self, start: int, stop: int) -> List[int]:
+        """Indices of the frames with a face among the selected frames at positions [start, stop)."""
+        return [i for i in self.indices[start:stop] if self.landmarks[i] is not None]
 
-def detect_all(src, detector: str, ev: _Events) -> Detections:
-    """Pass 1: landmarks for every selected frame."""
+    def subset(self, indices: List[int]) -> "Detections":
+        """The detections of ``indices`` (a part of the selection)."""
+        return Detections(list(indices), {i: self.times[i] for i in indices},
+                          {i: self.landmarks[i] for i in indices}, {i: self.face_sizes[i] for i in indices})
+
+    def to_arrays(self) -> Dict[str, np.ndarray]:
+        """Plain arrays (``from_arrays`` restores the same values): ``indices`` (N,) int64, ``times`` (N,) float64,
+        ``found`` (N,) bool, ``landmarks`` (N, L, 2) float32 (zeros without a face), ``face_sizes`` (N,) float64."""
+        found = np.array([self.landmarks[i] is not None for i in self.indices])
+        points = [self.landmarks[i] for i in self.indices if self.landmarks[i] is not None]
+        landmarks = np.zeros((len(self.indices),) + (points[0].shape if points else (0, 2)), np.float32)
+        if points:
+            landmarks[found] = np.stack(points)
+        return {"indices": np.array(self.indices, np.int64), "times": np.array([self.times[i] for i in self.indices]),
+                "found": found, "landmarks": landmarks,
+                "face_sizes": np.array([self.face_sizes[i] for i in self.indices], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Dict[str, np.ndarray]) -> "Detections":
+        indices = arrays["indices"].tolist()
+        return cls(indices, dict(zip(indices, arrays["times"].tolist())),
+                   {i: (lm if ok else None) for i, lm, ok in zip(indices, arrays["landmarks"], arrays["found"])},
+                   dict(zip(indices, arrays["face_sizes"].tolist())))
+
+
+
+def detect_all(src, detector: str, ev: _Events, face="largest") -> Detections:
+    """Pass 1: landmarks for every selected frame.
+
+    ``face``: which face to track when several are visible (``landmarks.choose_face``; a point is in source
+    pixels). Warns about several faces, and about what decoding found (truncated clip, mixed image sizes).
+    """
     from .landmarks import make_landmarker
-    det = make_landmarker(detector, video_mode=True)
+    rule = face if isinstance(face, str) else (face[0] * src.scale, face[1] * src.scale)
+    det = make_landmarker(detector, video_mode=True, face=rule)
     idx, times, lms, sizes = [], [], [], []
+    several = None  # (frame, faces) where more than one face was first seen
     total = None
     if src.info.n_frames:
         a = src.range.start or 0
@@ -116,10 +163,19 @@ def detect_all(src, detector: str, ev: _Events) -> Detections:
             times.append(fr.time)
             lms.append(None if pts is None else pts.astype(np.float32))
             sizes.append(lm.size if pts is not None else 0.0)
+            if several is None and lm.n_faces > 1:
+                several = (fr.index, lm.n_faces)
             if len(idx) % 10 == 0 or len(idx) == total:
                 ev.progress("landmarks", len(idx), total, fr.index)
     finally:
         det.close()
+    if several is not None:
+        which = face if isinstance(face, str) else f"the one at {face[0]:g},{face[1]:g}"
+        ev.warning(f"{several[1]} faces are visible (first at frame {several[0]}); tracking {which}. Choose another "
+                   "with --face largest, leftmost, rightmost or X,Y (a point on it in the first frame, in source "
+                   "pixels)", "several_faces")
+    for code, message in src.warnings:
+        ev.warning(message, code)
     return Detections(idx, dict(zip(idx, times)), dict(zip(idx, lms)), dict(zip(idx, sizes)))
 
 
@@ -157,10 +213,15 @@ class TrackingSession:
     Stages (``run``): resume from the package's tracker state, identity (stage 1a), per-frame fits written as they
     finish (stage 1b), joint refinement and rewrite of the tracked frames (stage 2), interpolation of frames without
     a face, per-frame USD meshes.
+
+    A resumed or extended run gives the bits of one uninterrupted run: the stage-1 fits are kept beside the refined
+    ones and stage 2 always refines them, the first resumed frame continues from its predecessor's fit and
+    landmarks, and the re-warp after stage 2 chains only through rewritten frames.
     """
 
     def __init__(self, config: TrackConfig, preset, source, detections: Detections, writer, tracker, codes,
-                 events: _Events):
+                 events: _Events, t_start: Optional[float] = None):
+        self.t_start = time.perf_counter() if t_start is None else t_start   # the run's start (timings' total)
         self.config = config
         self.preset = preset
         self.source = source
@@ -169,110 +230,136 @@ class TrackingSession:
         self.tracker = tracker
         self.codes = codes
         self.events = events
-        self.states: Dict[int, object] = {}           # index -> FrameState of every fitted frame
-        self.stage2_done = False
+        self.states: Dict[int, object] = {}           # index -> current FrameState (refined where stage 2 ran)
+        self.stage1: Dict[int, object] = {}           # index -> FrameState of the per-frame fit (before stage 2)
+        self.refined: List[int] = []                  # frames the last completed joint refinement covered
+        self.id_frames: List[int] = []                # frames the identity was fitted on
         self.status: Dict[int, str] = {}              # index -> package status other than "tracked"
-        # index -> the frame's vertices as written before stage 2, model units (V, 3) float32: the warm start of the
-        # stage-2 re-warp (kept until then: V x 12 bytes per frame, 0.2 MB at the standard preset's mesh)
-        self.written_vertices: Dict[int, np.ndarray] = {}
         self.written_z_exp: Dict[int, np.ndarray] = {}  # index -> z_exp (E,) as written: the per-frame USD meshes
 
     # ---------------------------------------------------------------------------------------------------------
-    def run(self, t_start: float) -> TrackOutcome:
+    def run(self) -> TrackOutcome:
         tracker, det = self.tracker, self.detections
         found = det.found
-        resumed = self._resume()
-        done = set() if self.config.overwrite else (self.writer.done_frames & set(found))
+        resumed = self.resume(identity_frames(found, self.preset))
+        # a frame is done when its record and its stage-1 fit are both on disk
+        done = set() if self.config.overwrite else (self.writer.done_frames & set(found) & set(self.stage1))
         todo = [i for i in found if i not in done]
-        if self.config.overwrite:
-            self.stage2_done = False
         if resumed:
             self._load_written_frames()
         if tracker.mesh is None:
-            self._fit_identity(found)
+            self.fit_identity()
 
         t_frames = time.perf_counter()
         cpu0 = time.process_time()
-        n_done = self._track_frames(todo) if todo else 0
+        n_done = self.track_frames(todo) if todo else 0
         tracker.timer.add("frames_total", time.perf_counter() - t_frames)
         tracker.timer.t["frames_fitted"] = n_done
 
-        tracked = [i for i in found if i in self.states]
-        if not self.stage2_done and self.preset.stage2_epochs > 0 and len(tracked) > 1:
+        tracked = [i for i in found if i in self.stage1]
+        if self.preset.stage2_epochs > 0 and len(tracked) > 1 and (n_done or self.refined != tracked):
             self._refine(tracked)
         tracker.timer.add("tracking_cpu", time.process_time() - cpu0)   # CPU s of per-frame + stage 2 + rewrite
 
         self._interpolate_missing(tracked)
         if self.writer.manifest.get("output_mode") in ("meshes", "both"):
             self._write_usd()
-        self.writer.write_tracker_state(self._state_arrays(self.stage2_done))
+        self._save_state()
         self.writer.finish("complete")
         t = tracker.timer.t
         log.info("timings: %s", {k: round(v, 2) for k, v in t.items()})
         return TrackOutcome(self.writer.root, len(self.writer.manifest["frames"]),
-                            dict(t, total=time.perf_counter() - t_start))
+                            dict(t, total=time.perf_counter() - self.t_start))
 
     # ---------------------------------------------------------------------------------------------------------
-    def _resume(self) -> bool:
-        """Restore the tracker and the fitted frame states from the package's tracker state, if it has one."""
+    @contextlib.contextmanager
+    def marking_interruptions(self):
+        """Mark the package ``cancelled`` (Cancelled, Ctrl-C) or ``failed`` (any other error) and release its lock
+        when the body raises; the frames written so far stay valid and a re-run resumes from them."""
+        from ..contracts.protocol import Cancelled
+        try:
+            yield self
+        except BaseException as e:
+            self.writer.abort("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
+            raise
+
+    def resume(self, pick: List[int]) -> bool:
+        """Restore the tracker and the frames' fits from the package's tracker state, if it has one; ``pick``: the
+        identity frames a fresh run of this selection uses. An extension of the package whose identity frames differ
+        starts afresh (the package's frames are dropped first, so it never mixes identities)."""
         import torch
         from .tracker import FrameState
 
+        self.id_frames = pick
         state = self.writer.tracker_state()
         if state is None or "p_geo" not in state or not self.writer.has_identity:
             return False
+        found = set(self.detections.found)
+        extension = self.writer.done_frames < found
+        if not self.config.overwrite and extension and "id_frames" in state and state["id_frames"].tolist() != pick:
+            self.events.warning(f"the package's identity was fitted on frames {state['id_frames'].tolist()}; this "
+                                f"range fits it on {pick} (like a fresh run of it), so every frame is tracked again",
+                                "identity_refit")
+            self.writer.drop_frames(f["index"] for f in self.writer.manifest["frames"])
+            return False
         self.tracker.load_state_dict(state)
-        if "p_ex" in state:
-            for k, i in enumerate(state["frame_ids"]):
-                self.states[int(i)] = FrameState(torch.as_tensor(state["p_ex"][k]), torch.as_tensor(state["omega"][k]),
-                                                 torch.as_tensor(state["trans"][k]))
-        self.stage2_done = bool(int(np.asarray(state.get("stage2_done", 0)).reshape(-1)[0]))
+
+        def fits(prefix):
+            if prefix + "p_ex" not in state:
+                return {}
+            return {int(i): FrameState(torch.as_tensor(state[prefix + "p_ex"][k]),
+                                       torch.as_tensor(state[prefix + "omega"][k]),
+                                       torch.as_tensor(state[prefix + "trans"][k]))
+                    for k, i in enumerate(state["frame_ids"])}
+
+        self.states = fits("")
+        self.stage1 = fits("stage1_") or dict(self.states)
+        self.refined = [int(i) for i in state.get("refined_ids", [])]
+        if "id_frames" in state:
+            self.id_frames = state["id_frames"].tolist()
         self.events.progress("identity", 1, 1, None, "identity loaded from the package")
         return True
 
     def _load_written_frames(self) -> None:
-        """A resumed run starts from the frames an earlier run wrote: their vertices (when stage 2 will rewrite
-        them) and expression codes (when per-frame meshes are written), read once from the package."""
+        """A resumed run writes per-frame meshes for the frames an earlier run wrote too: their expression codes,
+        read once from the package (when per-frame meshes are written)."""
         from ..contracts.result_format import ResultPackage
 
-        keys = (["vertices"] if not self.stage2_done and self.preset.stage2_epochs > 0 else []) + \
-            (["z_exp"] if self.writer.manifest.get("output_mode") in ("meshes", "both") else [])
-        if not keys or not self.writer.manifest["frames"]:
+        if self.writer.manifest.get("output_mode") not in ("meshes", "both") or not self.writer.manifest["frames"]:
             return
         package = ResultPackage(self.writer.root)
-        arrays = package.frame_arrays(keys)
-        for k, index in enumerate(package.frame_indices.tolist()):
-            if "vertices" in arrays:
-                self.written_vertices[index] = arrays["vertices"][k] / np.float32(NPHM_UNIT_M)
-            if "z_exp" in arrays:
-                self.written_z_exp[index] = arrays["z_exp"][k]
+        z_exp = package.frame_arrays(["z_exp"])["z_exp"]
+        self.written_z_exp.update(zip(package.frame_indices.tolist(), z_exp))
 
-    def _fit_identity(self, found: List[int]) -> None:
-        """Stage 1a on ``preset.id_frames`` frames spread over the first 50 with a face; writes the identity,
-        the canonical mesh and the tracker state."""
-        tracker, preset = self.tracker, self.preset
-        pool = found[: max(preset.id_frames, min(len(found), 50))]
-        pick = [pool[int(round(k))] for k in np.linspace(0, len(pool) - 1, min(preset.id_frames, len(pool)))]
-        pick = sorted(set(pick))
+    def fit_identity(self) -> None:
+        """Stage 1a on the frames ``identity_frames`` picks; writes the identity, the canonical mesh and the
+        tracker state."""
+        tracker = self.tracker
         id_obs = [self.detections.observation(fr.index, fr.image, lab)
-                  for fr, lab in iter_frames_with_masks(self.source, set(pick), self.detections.landmarks)]
+                  for fr, lab in iter_frames_with_masks(self.source, set(self.id_frames), self.detections.landmarks)]
         tracker.fit_identity(id_obs)
         self.writer.write_identity({"z_geo": tracker.z_geo()[0].detach().numpy(),
                                     "z_app": tracker.z_app()[0].detach().numpy(), "sh_coeffs": tracker.sh.numpy(),
                                     "color_affine": tracker.cA.numpy(), "color_bias": tracker.cb.numpy()})
         self.writer.write_canonical_mesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces,
                                          tracker.albedo)
-        self.writer.write_tracker_state(self._state_arrays(False))
+        self._save_state()
 
-    def _track_frames(self, todo: List[int]) -> int:
+    def track_frames(self, todo: List[int]) -> int:
         """Stage 1b: fit the frames in ``todo`` one by one, each warm-started from the previous frame, and write
         them in chunks as they finish. -> number of frames fitted."""
         tracker = self.tracker
         # quality metrics are measured after the joint refinement when it follows (saves a render per frame)
         will_refine = self.preset.stage2_epochs > 0 and len(self.detections.found) > 1
-        before = [i for i in self.states if i < todo[0]]
-        prev_state = self.states[max(before)] if before else None
-        prev_obs = prev_warp = None
+        # The first frame continues from the frame fitted before it (its fit and landmarks), as in one uninterrupted
+        # run.
+        before = [i for i in self.stage1 if i < todo[0]]
+        prev_state = prev_obs = prev_warp = None
+        if before:
+            last = max(before)
+            prev_state = self.stage1[last]
+            if self.detections.landmarks.get(last) is not None:
+                prev_obs = self.detections.observation(last)
         pending = []
         n_done = 0
         for fr, labels in iter_frames_with_masks(self.source, set(todo), self.detections.landmarks):
@@ -281,55 +368,50 @@ class TrackingSession:
             init = prev_state if prev_state is not None else tracker.pnp_init(obs)
             st = tracker.fit_frame(obs, init, prev_obs)
             res = tracker.frame_result(obs, st, prev_warp, metrics=not will_refine)
-            self.states[obs.index] = st
+            self.states[obs.index] = self.stage1[obs.index] = st
             pending.append(res)
             prev_state, prev_obs, prev_warp = st, obs, res.warp
             n_done += 1
             self.events.progress("tracking", n_done, len(todo), obs.index,
                                  f"landmark error {res.landmark_error_px:.2f} px")
             if len(pending) >= CHUNK:
-                self._write_chunk(pending, False)
+                self._write_chunk(pending)
                 pending = []
         if pending:
-            self._write_chunk(pending, False)
+            self._write_chunk(pending)
         return n_done
 
     def _refine(self, tracked: List[int]) -> None:
-        """Stage 2: refine all tracked frames jointly, then recompute and rewrite their outputs."""
+        """Stage 2: refine all tracked frames jointly from their stage-1 fits, then recompute and rewrite their
+        outputs. Recorded as done only then: a run killed before refines again from the same fits."""
         obs_all = [self.detections.observation(i) for i in tracked]
-        for i, s in zip(tracked, self.tracker.refine_all(obs_all, [self.states[i] for i in tracked])):
-            self.states[i] = s
-        self.stage2_done = True
+        self.states.update(zip(tracked, self.tracker.refine_all(obs_all, [self.stage1[i] for i in tracked])))
         t0 = time.perf_counter()
         self._rewrite(tracked)
+        self.refined = tracked
+        self._save_state()
         self.tracker.timer.add("rewrite", time.perf_counter() - t0)
 
     def _rewrite(self, tracked: List[int]) -> None:
-        """Recompute the outputs of the tracked frames after stage 2 and rewrite them (chunk by chunk)."""
-        import torch
-        from ..model.meshing import WarpState
+        """Recompute the outputs of the tracked frames after stage 2 and rewrite them (chunk by chunk).
 
+        Each frame's warp starts from the previous rewritten frame's, never from a frame's stage-1 output (which a
+        resumed or extended run does not have), so the outputs depend only on the refined fits.
+        """
         pending = []
         prev_warp = None
         for n, (fr, labels) in enumerate(iter_frames_with_masks(self.source, set(tracked),
                                                                 self.detections.landmarks), 1):
             obs = self.detections.observation(fr.index, fr.image, labels)
-            # warm start: the frame's vertices as written before stage 2 (its own roots), the last frame's Jacobians
-            warm = prev_warp
-            start = self.written_vertices.pop(fr.index, None)
-            if start is not None:
-                warm = WarpState(torch.as_tensor(start), None if prev_warp is None else prev_warp.jinv)
-            r = self.tracker.frame_result(obs, self.states[fr.index], warm)
+            r = self.tracker.frame_result(obs, self.states[fr.index], prev_warp)
             prev_warp = r.warp
             pending.append(r)
             self.events.progress("writing", n, len(tracked), fr.index)
             if len(pending) >= CHUNK:
-                self._write_chunk(pending, False)
+                self._write_chunk(pending)
                 pending = []
         if pending:
-            self._write_chunk(pending, False)
-        self.written_vertices.clear()
-        self.writer.write_tracker_state(self._state_arrays(self.stage2_done))
+            self._write_chunk(pending)
 
     def _interpolate_missing(self, tracked: List[int]) -> None:
         """Frames without a face: pose and expression interpolated from the tracked neighbours, flagged."""
@@ -352,7 +434,7 @@ class TrackingSession:
             results.append(self.tracker.frame_result(det.observation(i), st))
             self.status[i] = "interpolated"
         for s in range(0, len(results), CHUNK):
-            self._write_chunk(results[s:s + CHUNK], self.stage2_done)
+            self._write_chunk(results[s:s + CHUNK])
 
     def _write_usd(self) -> None:
         """Per-frame meshes (topology-varying, ``posed_frame_meshes``) with albedo colours as ``meshes.usdc``."""
@@ -372,7 +454,7 @@ class TrackingSession:
     # ---------------------------------------------------------------------------------------------------------
     # package writing
     # ---------------------------------------------------------------------------------------------------------
-    def _write_chunk(self, results, stage2_done: bool) -> None:
+    def _write_chunk(self, results) -> None:
         """Write finished frames as one chunk, then the tracker state (a crash after this loses nothing)."""
         from ..contracts.result_format import FrameRecord
         arrays = self._frame_arrays(results)
@@ -380,11 +462,8 @@ class TrackingSession:
                                None if not np.isfinite(r.landmark_error_px) else r.landmark_error_px,
                                r.photometric_error, r.mask_iou) for r in results]
         self.writer.write_frames(records, arrays)
-        for k, r in enumerate(results):
-            if self.preset.stage2_epochs > 0 and not self.stage2_done:   # stage 2 will rewrite the frame
-                self.written_vertices[r.index] = r.vertices
-            self.written_z_exp[r.index] = arrays["z_exp"][k]
-        self.writer.write_tracker_state(self._state_arrays(stage2_done))
+        self.written_z_exp.update((r.index, arrays["z_exp"][k]) for k, r in enumerate(results))
+        self._save_state()
 
     def _frame_arrays(self, results) -> Dict[str, np.ndarray]:
         import torch
@@ -403,17 +482,27 @@ class TrackingSession:
             arrays["arkit"] = ak
         return arrays
 
-    def _state_arrays(self, stage2_done: bool) -> Dict[str, np.ndarray]:
-        """The tracker's state plus every fitted frame's state: ``tracker_state.npz`` (what a re-run resumes)."""
+    def _save_state(self) -> None:
+        """``tracker_state.npz``, what a re-run continues from: the tracker's state, every frame's stage-1 fit (a
+        resumed or extended run continues from them and refines them jointly again), the current fits (refined or
+        not), the frames of the last completed joint refinement and the identity's frames."""
         import torch
-        ids = np.array(sorted(self.states), np.int64)
-        out = dict(self.tracker.state_dict(), frame_ids=ids, stage2_done=np.array(int(stage2_done)))
+        ids = np.array(sorted(self.stage1), np.int64)
+        out = dict(self.tracker.state_dict(), frame_ids=ids, refined_ids=np.array(self.refined, np.int64),
+                   id_frames=np.array(self.id_frames, np.int64))
         if len(ids):
-            st = [self.states[i] for i in ids]
-            out["p_ex"] = torch.stack([s.p_ex for s in st]).numpy()
-            out["omega"] = torch.stack([s.omega for s in st]).numpy()
-            out["trans"] = torch.stack([s.trans for s in st]).numpy()
-        return out
+            for prefix, fits in (("", self.states), ("stage1_", self.stage1)):
+                out[prefix + "p_ex"] = torch.stack([fits[i].p_ex for i in ids]).numpy()
+                out[prefix + "omega"] = torch.stack([fits[i].omega for i in ids]).numpy()
+                out[prefix + "trans"] = torch.stack([fits[i].trans for i in ids]).numpy()
+        self.writer.write_tracker_state(out)
+
+
+def identity_frames(found: List[int], preset) -> List[int]:
+    """The frames the identity is fitted on: ``preset.id_frames`` spread over the first 50 frames with a face."""
+    pool = found[: max(preset.id_frames, min(len(found), 50))]
+    pick = [pool[int(round(k))] for k in np.linspace(0, len(pool) - 1, min(preset.id_frames, len(pool)))]
+    return sorted(set(pick))
 
 
 def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Optional[_Events] = None):
@@ -452,10 +541,20 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     ``events``: a protocol ``EventWriter`` (or None); ``preset``: the stage settings (``tracker.Preset``), by default
     ``PRESETS[config.preset]`` (tests and benchmarks pass smaller ones).
     """
+    session = open_session(config, events, preset)
+    with session.marking_interruptions():
+        return session.run()
+
+
+def open_session(config: TrackConfig, events=None, preset=None,
+                 detections: Optional[Detections] = None) -> TrackingSession:
+    """The parts of a ``track`` run, ready to ``run()``, holding the package's lock: pass 1 over the selection
+    (unless ``detections`` of it are given: the chunks of a long clip reuse its one pass), the model and tracker,
+    the package writer."""
     import torch
     from ..contracts import landmark_tables as lt
-    from ..contracts.protocol import Cancelled
     from ..contracts.result_format import ResultWriter
+    from ..contracts.track_config import parse_face
     from ..model.parallel import set_threads
     from . import camera
     from .codes import CodeSpace
@@ -467,14 +566,36 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     set_threads(config.threads or auto_threads())
     torch.manual_seed(config.seed)
     preset = preset or PRESETS[config.preset]
+    if config.max_size < 0:
+        raise TrackingInputError(f"--max-size must be 0 (keep the size) or a positive number of pixels, "
+                                 f"not {config.max_size}", "Use e.g. --max-size 512, or 0 to keep the source "
+                                                           "resolution.")
+    try:
+        face = parse_face(config.face)
+    except ValueError as e:
+        raise TrackingInputError(str(e), "Use --face largest, leftmost, rightmost, or the pixel X,Y of the face in "
+                                         "the first frame, e.g. --face 320,200.") from None
     src = FrameSource(config.input, config.frames, max_size=config.max_size or None)
     W, H = src.size
     intr = camera.make_intrinsics(src.info.width, src.info.height, W, H, config.fx, config.fy, config.cx, config.cy,
                                   config.fov)
 
+    # ---- the model and the output folder are checked before the landmark pass, which can take minutes
+    t0 = time.perf_counter()
+    model, enc, reg, model_hdr = load_tracking_model(config)
+    t_load = time.perf_counter() - t0
+    header = {
+        "source": {"path": str(Path(config.input).resolve()), "kind": src.info.kind},
+        "fps": float(src.info.fps or 25.0), "image_size": [W, H], "intrinsics": intr.to_dict(),
+        "model": model_hdr, "output_mode": config.output,
+        "settings": {"preset": preset.name, "frames": str(src.range), "max_size": config.max_size,
+                     "backend_version": __version__, "detector": config.detector},
+    }
+    ResultWriter.check_can_write(Path(config.out), header)
+
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
     t0 = time.perf_counter()
-    det = detect_all(src, config.detector, ev)
+    det = detections if detections is not None else detect_all(src, config.detector, ev, face)
     t_detect = time.perf_counter() - t0
     if not det.indices:
         raise TrackingInputError(f"the frame range {src.range} selects no frames of {config.input}",
@@ -486,9 +607,6 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
         ev.warning(f"no face in {len(det.indices) - n_found} of {len(det.indices)} frames; they are filled by "
                    "interpolation and flagged 'interpolated'", "no_face_frames")
 
-    t0 = time.perf_counter()
-    model, enc, reg, model_hdr = load_tracking_model(config)
-    t_load = time.perf_counter() - t0
     codes = CodeSpace(model, enc, reg)
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, model.id_model.mean_anchors.detach().numpy())
@@ -497,18 +615,7 @@ def run_track(config: TrackConfig, events=None, preset=None) -> TrackOutcome:
     tracker.timer.add("decode_landmarks", t_detect)
     tracker.timer.add("model_load", t_load)
 
-    header = {
-        "source": {"path": str(Path(config.input).resolve()), "kind": src.info.kind,
-                   "frame_count": int(src.info.n_frames or len(det.indices))},
-        "fps": float(src.info.fps or 0.0), "image_size": [W, H], "intrinsics": intr.to_dict(),
-        "model": model_hdr, "output_mode": config.output,
-        "settings": {"preset": preset.name, "frames": str(src.range), "max_size": config.max_size,
-                     "backend_version": __version__, "detector": config.detector},
-    }
+    # a container may announce fewer frames than it holds
+    header["source"]["frame_count"] = max(int(src.info.n_frames or 0), max(det.indices) + 1)
     writer = ResultWriter(Path(config.out), header)
-    session = TrackingSession(config, preset, src, det, writer, tracker, codes, ev)
-    try:
-        return session.run(t_start)
-    except BaseException as e:
-        writer.finish("cancelled" if isinstance(e, (Cancelled, KeyboardInterrupt)) else "failed")
-        raise
+    return TrackingSession(config, preset, src, det, writer, tracker, codes, ev, t_start)

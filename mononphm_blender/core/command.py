@@ -25,8 +25,28 @@ def track_argv(python: str, config: track_config.TrackConfig) -> list[str]:
     return [str(python), "-m", "backend", "track", *config.to_argv()]
 
 
+def batch_argv(python: str, inputs: list[str], out_root: str, config: track_config.TrackConfig,
+               workers: int = 0, chunk_frames: int = 0) -> list[str]:
+    """``python -m backend batch INPUTS… --out-root DIR`` with ``config``'s tracking flags for every clip (its
+    ``input`` and ``out`` are not used; ``workers`` 0 lets the backend choose, ``chunk_frames`` 0 never splits a
+    clip); raises ValueError."""
+    if not inputs:
+        raise ValueError("the batch queue is empty")
+    argv = [str(python), "-m", "backend", "batch", *map(str, inputs), "--out-root", str(out_root)]
+    if workers:
+        argv += ["--workers", str(int(workers))]
+    if chunk_frames:
+        argv += ["--chunk-frames", str(int(chunk_frames))]
+    return argv + config.to_argv(exclude=("input", "out"))
+
+
 def version_argv(python: str) -> list[str]:
     return [str(python), "-m", "backend", "--version", "--json"]
+
+
+def validate_argv(python: str, package: str | os.PathLike) -> list[str]:
+    """``python -m backend validate PACKAGE``: every rule of the result format, USD dependencies included."""
+    return [str(python), "-m", "backend", "validate", str(package)]
 
 
 def backend_env(backend_root: str | os.PathLike, base: dict | None = None) -> dict:

@@ -381,11 +381,29 @@ def run_handshake(argv: Sequence[str], *, cwd=None, env=None, timeout: float = 1
         except json.JSONDecodeError:
             continue
         if isinstance(data, dict):
-            if data.get("protocol") != protocol.PROTOCOL_VERSION:
+            if data.get("protocol") not in protocol.COMPATIBLE_PROTOCOLS:
                 raise RuntimeError(f"backend speaks protocol {data.get('protocol')}, this add-on "
                                    f"{protocol.PROTOCOL_VERSION}; update the add-on or the backend")
             return data
     raise RuntimeError("the backend printed no version information")
+
+
+def run_validate(argv: Sequence[str], *, cwd=None, env=None, timeout: float = 300.0) -> tuple[str, str] | None:
+    """Run ``… validate PACKAGE``: None when the package passes, else its error (message, hint); raises
+    RuntimeError when the backend cannot be run."""
+    try:
+        proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=cwd, env=env,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"cannot run the backend's package check: {exc}") from None
+    events = [protocol.parse_line(line) for line in proc.stdout.splitlines()]
+    errors = [e for e in events if e is not None and e.type == "error"]
+    if proc.returncode == 0 and not errors:
+        return None
+    if errors:
+        return errors[-1].get("message", ""), errors[-1].get("hint", "")
+    tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+    raise RuntimeError(f"the backend's package check failed: {tail[0]}")
 
 
 class Handshake:

@@ -62,7 +62,8 @@ def make_package(root, *, frames: int = 100, vertices: int = 2000, stride: int =
                  width: int = 320, height: int = 240, source_path: str = "/nonexistent/clip.mp4",
                  state: str = "complete") -> Path:
     root = Path(root)
-    header = {"source": {"path": source_path, "kind": "video"}, "fps": fps, "image_size": [width, height],
+    header = {"source": {"path": source_path, "kind": "video", "frame_count": frames * stride}, "fps": fps,
+              "image_size": [width, height],
               "intrinsics": Intrinsics(0.9375 * width, 0.9375 * width, width / 2 + 5, height / 2 - 3, width,
                                             height).to_dict(),
               "model": {"name": "builtin"}, "output_mode": output_mode, "settings": {"preset": "draft"}}

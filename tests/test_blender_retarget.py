@@ -135,7 +135,33 @@ def _all_fcurves(id_data):
     return list(ad.action.fcurves)
 
 
-def test_rigify_generated_rig_head_bone(scene, take):
+@pytest.fixture
+def rigify():
+    """The Rigify add-on, enabled for one test."""
+    import addon_utils
+
+    addon_utils.enable("rigify", default_set=True)
+    yield
+    addon_utils.disable("rigify", default_set=True)
+
+
+def test_rigify_metarig_head_bone(scene, take, rigify):
+    perf, package = take
+    bake = _bake()
+    bpy.ops.object.armature_basic_human_metarig_add()
+    metarig = bpy.context.object  # the metarig's head bone is spine.006
+    source = bake.load_source(scene, str(package))
+    bake.bake_head_pose(metarig, source, head_bone="spine.006")
+    err = rotations.rotation_angle_deg(_bone_rotations(metarig, "spine.006", source.frames),
+                                       _expected_delta(perf) @ _rest(metarig, "spine.006"))
+    print(f"Rigify metarig head max error {err.max():.1e} deg")
+    assert err.max() < 0.2
+
+
+# After bpy.ops.pose.rigify_generate(), the bpy 4.5.15 wheel's process never exits (it waits on a lock after the
+# tests pass; reproduced without the add-on: enable rigify, add a metarig, generate, quit); 5.0.1 is fine.
+@pytest.mark.skipif(bpy.app.version < (5, 0, 0), reason="bpy 4.5's process hangs at exit after Rigify generates a rig")
+def test_rigify_generated_rig_head_bone(scene, take, rigify):
     from fakes.rigs import rigify_rig
 
     perf, package = take
@@ -150,11 +176,6 @@ def test_rigify_generated_rig_head_bone(scene, take):
     print(f"Rigify head control max error {err.max():.1e} deg, deform bone {deform.max():.1e} deg; "
           f"head turns up to {rotations.rotation_angle_deg(want, want[:1].repeat(len(want), 0)).max():.1f} deg")
     assert err.max() < 0.2 and deform.max() < 0.2
-    metarig = bpy.data.objects["metarig"]  # the metarig's head bone is spine.006
-    bake.bake_head_pose(metarig, source, head_bone="spine.006")
-    meta = rotations.rotation_angle_deg(_bone_rotations(metarig, "spine.006", source.frames),
-                                        _expected_delta(perf) @ _rest(metarig, "spine.006"))
-    assert meta.max() < 0.2
     with pytest.raises(RetargetError, match="MCH-ROT-head is constrained"):  # Rigify's head follows the torso
         bake.bake_head_pose(rig, source, head_bone="head", neck_bone="neck")
 

@@ -62,10 +62,8 @@ def makehuman_skeleton(name: str = "MakeHuman"):
 
 
 def rigify_rig():
-    """A Rigify rig generated from the Basic Human metarig (its head control bone is ``head``)."""
-    import addon_utils
-
-    addon_utils.enable("rigify", default_set=True)
+    """A Rigify rig generated from the Basic Human metarig (its head control bone is ``head``); needs the rigify
+    add-on enabled."""
     bpy.ops.object.armature_basic_human_metarig_add()
     bpy.ops.pose.rigify_generate()
     return bpy.data.objects["rig"]

@@ -11,11 +11,12 @@ import json
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from . import BUILTIN_MODEL_DIR, __version__
 from .contracts.protocol import (CANCEL_HINT, BackendError, BadInputError, Cancelled, EventWriter, ExitCode,
                                  PROTOCOL_VERSION, install_cancel_handler)
-from .contracts.track_config import TrackConfig, add_track_arguments
+from .contracts.track_config import DEVICES, TrackConfig, add_track_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     track = sub.add_parser("track", help="track a clip and write a result package")
     add_track_arguments(track)  # one flag per TrackConfig field
+
+    bake = sub.add_parser("bake", help="bake the subject's colours (and a texture) from the clip into a result")
+    bake.add_argument("package", help="result package folder written by track")
+    bake.add_argument("--frames", default=None, metavar="A:B:STEP",
+                      help="bake from these source frames only (default: every tracked frame)")
+    bake.add_argument("--max-frames", type=int, default=64,
+                      help="at most this many frames, evenly spaced over the selection (default 64)")
+    bake.add_argument("--texture", action="store_true", help="also unwrap the head and bake a texture (PNG)")
+    bake.add_argument("--texture-frames", default=None, metavar="I,J,...",
+                      help="source frames for the texture (default: picked automatically: frontal, sharp, neutral)")
+    bake.add_argument("--texture-size", type=int, default=2048, metavar="PX", help="texture size (default 2048)")
 
     batch = sub.add_parser("batch", help="track many clips as Ray tasks, locally or on a cluster (needs Ray)")
     batch.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -53,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--smooth", action="append", default=None, metavar="GROUP=HZ[:BETA]",
                         help="one-euro smoothing of a group (pose, eyes, mouth, brows, all): minimum cutoff in Hz "
                              "and speed coefficient (default 5); repeatable; default: no smoothing")
+
+    selftest = sub.add_parser("selftest", help="track one frame of a built-in image (the installer's smoke test)")
+    selftest.add_argument("--out", required=True, help="scratch folder (its contents are replaced)")
+    selftest.add_argument("--device", choices=DEVICES, default=TrackConfig.device)
+    selftest.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = auto)")
 
     # Listed for --help only: main() hands `train ...` to backend.training.train before parsing.
     sub.add_parser("train", help="train a MonoNPHM model on synthetic heads (python -m backend train --help)")
@@ -153,6 +170,43 @@ def _run_export(args, events: EventWriter) -> None:
     events.result(str(llf_csv.write_llf_csv(args.out, perf)), len(perf))
 
 
+# The smoke test's fit: the draft preset cut to a few iterations, so it proves the whole pipeline (decoding,
+# landmarks, masks, model, identity and frame fits, meshes, result package) in seconds, not its quality.
+SELFTEST_OVERRIDES = {"id_iters": 8, "frame_iters": 4, "stage2_epochs": 0, "mesh_res": 48}
+
+
+def _run_selftest(args, events: EventWriter) -> None:
+    """One frame of ``skimage.data.astronaut()`` (public domain; ships with scikit-image) tracked end to end;
+    emits a ``summary`` event with the device and the seconds it took."""
+    import dataclasses
+    import shutil
+    import time
+
+    from skimage import data, io
+
+    from .tracking import run_track
+    from .tracking.tracker import PRESETS
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    for name in ("astronaut.png", "result"):  # only what an earlier self-test wrote
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    image = out / "astronaut.png"
+    io.imsave(image, data.astronaut(), check_contrast=False)
+    device = resolve_device(args.device)
+    config = TrackConfig(input=str(image), out=str(out / "result"), preset="draft", max_size=256,
+                         threads=args.threads, device=device if device in TRACKING_DEVICES else "cpu")
+    outcome = run_track(config, events, preset=dataclasses.replace(PRESETS["draft"], **SELFTEST_OVERRIDES))
+    events.emit("summary", device=config.device, seconds=round(time.perf_counter() - t0, 2), frames=outcome.frames,
+                devices=available_devices())
+    events.result(str(outcome.path), outcome.frames)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # the trainer owns all its flags, --help included
@@ -177,6 +231,14 @@ def main(argv: list[str] | None = None) -> int:
             _run_validate(args, events)
         elif args.command == "export":
             _run_export(args, events)
+        elif args.command == "bake":
+            from .bake.run import run_bake
+            from .contracts.result_format import read_manifest
+
+            path = run_bake(args, events)
+            events.result(str(path), len(read_manifest(path)["frames"]))
+        elif args.command == "selftest":
+            _run_selftest(args, events)
         elif args.command in ("track", "batch"):
             extra = {"input": "", "out": ""} if args.command == "batch" else {}
             config = TrackConfig.from_namespace(args, **extra)

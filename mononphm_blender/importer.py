@@ -33,6 +33,7 @@ from .core.layout import (LINEAR, bad_frames, decompose_similarity, keyframe_co,
                           rotations_to_euler_xyz)
 
 MODES = ("AUTO", "SHAPE_KEYS", "MESHES", "BOTH")
+COLOUR_SOURCES = ("MODEL", "BAKED", "TEXTURE")
 USABLE_STATUSES = result_format.USABLE_STATUSES
 MARKER_PREFIX = "MNPHM "
 DEFAULT_ERROR_THRESHOLD_PX = 5.0
@@ -178,8 +179,11 @@ class _SceneSnapshot:
 
 def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip=None, clip_start: int | None = None,
                    error_threshold: float | None = None, setup_camera: bool = True, setup_scene: bool = True,
-                   load_source_clip: bool = True) -> ImportResult:
+                   load_source_clip: bool = True, colour_source: str | None = None) -> ImportResult:
     """Import (or update) the result package at ``path``; see the module docstring.
+
+    ``colour_source`` (COLOUR_SOURCES; None: the scene's setting) picks what the head shows: the model's albedo,
+    the colours baked from the video, or the baked texture (each falls back to the next available one).
 
     All or nothing: any error leaves the scene as it was (new data-blocks removed, timing, camera and markers
     restored) and is raised again. Raises result_format.PackageError (message + hint) for packages that cannot be
@@ -187,17 +191,21 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
+    if colour_source is None:
+        colour_source = getattr(getattr(context.scene, "mononphm", None), "colour_source", "BAKED")
+    if colour_source not in COLOUR_SOURCES:
+        raise ValueError(f"colour_source must be one of {COLOUR_SOURCES}")
     snapshot = _SceneSnapshot(context.scene)
     try:
         return _import(context, path, mode, clip, clip_start, error_threshold, setup_camera, setup_scene,
-                       load_source_clip)
+                       load_source_clip, colour_source)
     except BaseException:
         snapshot.restore()
         raise
 
 
 def _import(context, path, mode, clip, clip_start, error_threshold, setup_camera, setup_scene,
-            load_source_clip) -> ImportResult:
+            load_source_clip, colour_source) -> ImportResult:
     t0 = time.perf_counter()
     scene = context.scene
     root = Path(bpy.path.abspath(str(path)))
@@ -240,6 +248,11 @@ def _import(context, path, mode, clip, clip_start, error_threshold, setup_camera
     if mode in ("SHAPE_KEYS", "BOTH"):
         result.head = _import_shape_keys(package, arrays, indices, frames, existing.get("head"), coll, root, result)
         _tag(result.head, str(root), "head", clip_start)
+        try:
+            set_colour_source(result.head, colour_source, package.texture_path)
+        except result_format.PackageError as exc:
+            result.warnings.append(f"{exc.message} {exc.hint}")
+            set_colour_source(result.head, colour_source, None)
     if mode in ("MESHES", "BOTH"):
         result.usd_object = _import_usd(context, package, existing.get("usd"), coll, clip_start, result)
         if result.usd_object is not None:
@@ -348,7 +361,13 @@ def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path,
                 bpy.data.meshes.remove(old)
     _link(head, coll)
     meshes.set_point_colors(me, meshes.ALBEDO_ATTRIBUTE, canon.albedo)
-    meshes.assign_material(head, meshes.color_material("MonoNPHM Albedo", meshes.ALBEDO_ATTRIBUTE))
+    baked = me.color_attributes.get(meshes.BAKED_ATTRIBUTE)
+    if canon.baked_albedo is not None:
+        meshes.set_point_colors(me, meshes.BAKED_ATTRIBUTE, canon.baked_albedo)
+    elif baked is not None:  # re-tracked without a bake: never show stale colours
+        me.color_attributes.remove(baked)
+    if canon.uv is not None:
+        meshes.set_corner_uv(me, canon.uv)
     if "vertices" in arrays and len(indices):
         coords = to_blender(arrays["vertices"])
         names = [meshes.key_name(i) for i in indices]
@@ -362,6 +381,39 @@ def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path,
     elif len(indices):
         result.warnings.append("the package has no per-frame vertices; only the head pose is animated")
     return head
+
+
+def set_colour_source(head, source: str, texture: Path | None) -> str:
+    """Show the model albedo, the baked colours or the texture (``texture``: the package's PNG) on the shape-key
+    head, falling back to what the package has. Returns the source shown."""
+    me = head.data
+    if source == "TEXTURE" and texture is not None and me.uv_layers.get(meshes.UV_LAYER) is not None:
+        mat = meshes.image_material(f"MonoNPHM Texture {texture.parent.name}", str(texture))
+        shown = "TEXTURE"
+    elif source in ("BAKED", "TEXTURE") and me.color_attributes.get(meshes.BAKED_ATTRIBUTE) is not None:
+        mat = meshes.color_material("MonoNPHM Baked", meshes.BAKED_ATTRIBUTE)
+        meshes.show_point_colors(me, meshes.BAKED_ATTRIBUTE)
+        shown = "BAKED"
+    else:
+        mat = meshes.color_material("MonoNPHM Albedo", meshes.ALBEDO_ATTRIBUTE)
+        meshes.show_point_colors(me, meshes.ALBEDO_ATTRIBUTE)
+        shown = "MODEL"
+    meshes.assign_material(head, mat)
+    return shown
+
+
+def apply_colour_source(scene) -> str | None:
+    """Switch the head of the package last imported into ``scene`` to the scene's colour source."""
+    settings = getattr(scene, "mononphm", None)
+    path = settings.last_package if settings is not None else ""
+    head = find_objects(path).get("head") if path else None
+    if head is None or head.type != "MESH":
+        return None
+    try:
+        texture = result_format.ResultPackage(bpy.path.abspath(path)).texture_path
+    except result_format.PackageError:
+        texture = None
+    return set_colour_source(head, settings.colour_source, texture)
 
 
 def check_usd_dependencies(package_root: Path) -> None:

@@ -114,14 +114,32 @@ def start_track(context, scene=None, *, scene_range: tuple[int, int] | None = No
     if not python:
         raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
     req = build_request(context, scene, scene_range=scene_range, overwrite=overwrite)
-    argv = command.track_argv(python, req)
+    return _start_job(context, scene, "track", command.track_argv(python, req), req.out)
+
+
+def start_bake(context, scene=None, *, frames: str | None = None, texture: bool = False,
+               python: str | None = None) -> jobs.BackendJob:
+    """Start ``python -m backend bake`` on the scene's last imported result; raises ValueError / RuntimeError."""
+    scene = scene or context.scene
+    if is_running(scene):
+        raise RuntimeError("A backend job is already running for this scene")
+    python = python or prefs.backend_python(context)
+    if not python:
+        raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
+    package = bpy.path.abspath(scene.mononphm.last_package)
+    if not scene.mononphm.last_package or not os.path.isdir(package):
+        raise ValueError("Import or track a result first: the bake works on the last result")
+    return _start_job(context, scene, "bake", command.bake_argv(python, package, frames, texture), package)
+
+
+def _start_job(context, scene, kind: str, argv: list, out_dir: str) -> jobs.BackendJob:
     root = contracts.backend_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log = prefs.log_dir(context) / f"track-{stamp}-{os.getpid()}.log"
+    log = prefs.log_dir(context) / f"{kind}-{stamp}-{os.getpid()}.log"
     job = jobs.BackendJob(argv, log_path=log, cwd=str(root), env=command.backend_env(root),
-                          out_dir=req.out).start()
+                          out_dir=out_dir).start()
     st = scene.mononphm.job
-    st.kind, st.pid, st.log_path, st.out_path = "track", job.pid, str(log), importer.stored_path(req.out)
+    st.kind, st.pid, st.log_path, st.out_path = kind, job.pid, str(log), importer.stored_path(out_dir)
     st.state, st.stage, st.progress, st.done, st.total, st.frames_done = "RUNNING", "starting", 0.0, 0, 0, 0
     st.eta_s, st.message, st.error, st.hint, st.imported_frames = -1.0, "", "", "", 0
     st.warning, st.warnings_seen = "", 0
@@ -229,6 +247,7 @@ def _maybe_live_import(context, scene, job) -> None:
 
 def _finish(context, scene, job) -> None:
     st, js = scene.mononphm.job, job.status
+    what = "Baking" if st.kind == "bake" else "Tracking"
     st.state = js.state
     st.error, st.hint = js.error, js.hint
     if st.out_path and _package_frames(st.out_path):
@@ -236,16 +255,17 @@ def _finish(context, scene, job) -> None:
     if js.state == jobs.FINISHED:
         st.progress = 1.0
         n = _package_frames(st.out_path)
-        _say("INFO", f"Tracking finished: {n} frames in {bpy.path.abspath(st.out_path)}")
-        if scene.mononphm.auto_import and n and _do_import(context, scene, st.out_path):
+        _say("INFO", f"{what} finished: {n} frames in {bpy.path.abspath(st.out_path)}")
+        # a bake's only point is the new colours: always shown
+        if (scene.mononphm.auto_import or st.kind == "bake") and n and _do_import(context, scene, st.out_path):
             st.imported_frames = n
     elif js.state == jobs.CANCELLED:
         n = _package_frames(st.out_path)
-        _say("INFO", f"Tracking cancelled; {n} finished frames are kept in {bpy.path.abspath(st.out_path)}")
+        _say("INFO", f"{what} cancelled; {n} finished frames are kept in {bpy.path.abspath(st.out_path)}")
         if scene.mononphm.auto_import and n:
             _do_import(context, scene, st.out_path)
     else:
-        _say("ERROR", f"Tracking failed: {js.error} {js.hint} — log: {st.log_path}")
+        _say("ERROR", f"{what} failed: {js.error} {js.hint} — log: {st.log_path}")
     st.pid = 0
 
 

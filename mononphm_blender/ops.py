@@ -12,7 +12,7 @@ from bpy_extras.io_utils import ImportHelper
 
 from . import contracts, importer, job_control, prefs
 from .contracts import result_format
-from .core import command
+from .core import command, installer
 
 IMPORT_MODE_ITEMS = [("AUTO", "From Package", "Use the output mode the package was tracked with"),
                      ("SHAPE_KEYS", "Shape Keys", "One mesh with a shape key per frame"),
@@ -60,6 +60,33 @@ class MONONPHM_OT_retrack(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         self.report({"INFO"}, f"Re-tracking frames {start}–{end}")
+        return {"FINISHED"}
+
+
+class MONONPHM_OT_bake(bpy.types.Operator):
+    bl_idname = "mononphm.bake"
+    bl_label = "Re-bake Colours"
+    bl_description = ("Bake the subject's colours (and a texture) into the last result again, from the given frame "
+                      "range (e.g. frames without hands or hair over the face)")
+
+    @classmethod
+    def poll(cls, context):
+        return (context.scene is not None and not job_control.is_running(context.scene)
+                and bool(context.scene.mononphm.last_package))
+
+    def execute(self, context):
+        s = context.scene.mononphm
+        frames = None
+        if s.bake_use_range:
+            start, end = sorted((s.bake_start, s.bake_end))
+            clip_start = importer.scene_frame_of(context.scene, 0)
+            frames = command.frames_arg(start - clip_start, end - clip_start)
+        try:
+            job_control.start_bake(context, frames=frames, texture=s.bake_texture)
+        except (ValueError, RuntimeError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, "Baking colours" + (f" from frames {frames}" if frames else ""))
         return {"FINISHED"}
 
 
@@ -156,21 +183,19 @@ class MONONPHM_OT_check_backend(bpy.types.Operator):
 class MONONPHM_OT_setup_backend(bpy.types.Operator):
     bl_idname = "mononphm.setup_backend"
     bl_label = "Set Up Backend"
-    bl_description = ("Create the backend's Python environment from a Python 3.11 and install the pinned "
-                      "packages (online from the package index, or offline from a folder of wheels)")
+    bl_description = ("Create the backend's Python environment (from Blender's own Python unless a custom one is "
+                      "set), install the pinned packages with the right torch build and run a one-frame smoke test. "
+                      "Running it again resumes an unfinished set-up")
 
     def execute(self, context):
-        from .core.jobs import SequenceJob
-
-        p = prefs.get_prefs(context)
-        base = os.path.expanduser(bpy.path.abspath(p.base_python)) if p.base_python else ""
-        if not base:
-            self.report({"ERROR"}, "Point 'Python 3.11' at a Python 3.11 interpreter first")
+        if prefs.setup_running():
+            self.report({"ERROR"}, "The backend set-up is already running")
             return {"CANCELLED"}
-        try:
-            command.check_base_python(base)
-        except ValueError as exc:
-            self.report({"ERROR"}, str(exc))
+        p = prefs.get_prefs(context)
+        prefs.STATE.base_choice = None  # probe again: the user may have installed a Python since
+        base = prefs.base_python_choice(p)
+        if isinstance(base, installer.InstallError):
+            self.report({"ERROR"}, f"{base.message}. {base.hint}")
             return {"CANCELLED"}
         wheels = None
         if p.install_source == "OFFLINE":
@@ -182,17 +207,34 @@ class MONONPHM_OT_setup_backend(bpy.types.Operator):
             self.report({"ERROR"}, "Online access is disabled in Blender (Preferences ▸ System ▸ Network); "
                                    "enable it or use the offline install from a folder of wheels")
             return {"CANCELLED"}
+        try:
+            variant = prefs.torch_choice(p).variant
+        except installer.InstallError as exc:
+            self.report({"ERROR"}, f"{exc.message}. {exc.hint}")
+            return {"CANCELLED"}
         env_dir = prefs.default_env_dir(p)
         if env_dir.exists() and any(env_dir.iterdir()) and not command.is_managed_env(env_dir):
             self.report({"ERROR"}, f"{env_dir} exists and was not created by this add-on; choose another folder")
             return {"CANCELLED"}
-        steps = command.setup_steps(base, env_dir, contracts.requirements_file(), wheel_dir=wheels,
-                                    cpu_torch=(p.torch_build == "CPU"))
+        options = installer.InstallOptions(base.python, env_dir, contracts.requirements_file(),
+                                           contracts.backend_root(), torch_variant=variant, wheel_dir=wheels)
         log = prefs.log_dir(context) / "backend-setup.log"
-        prefs.STATE.setup_job = SequenceJob(steps, log_path=log).start()
-        prefs.STATE.setup_message = f"Setting up the backend — log: {log}"
+        prefs.STATE.setup = installer.Installer(options, log_path=log).start()
+        prefs.STATE.setup_message = ""
         job_control.ensure_timer()
-        self.report({"INFO"}, prefs.STATE.setup_message)
+        self.report({"INFO"}, f"Setting up the backend in {env_dir} — log: {log}")
+        return {"FINISHED"}
+
+
+class MONONPHM_OT_cancel_setup(bpy.types.Operator):
+    bl_idname = "mononphm.cancel_setup"
+    bl_label = "Cancel Set-Up"
+    bl_description = "Stop the backend set-up; Set Up Backend resumes it later (downloaded files are kept)"
+
+    def execute(self, context):
+        if not prefs.setup_running():
+            return {"CANCELLED"}
+        prefs.STATE.setup.cancel()
         return {"FINISHED"}
 
 
@@ -205,6 +247,9 @@ class MONONPHM_OT_remove_backend(bpy.types.Operator):
         return context.window_manager.invoke_confirm(self, event)
 
     def execute(self, context):
+        if prefs.setup_running():
+            self.report({"ERROR"}, "Cancel the running set-up first")
+            return {"CANCELLED"}
         env_dir = prefs.default_env_dir(prefs.get_prefs(context))
         if not env_dir.exists():
             self.report({"INFO"}, "No backend environment to remove")
@@ -220,9 +265,9 @@ class MONONPHM_OT_remove_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (MONONPHM_OT_track, MONONPHM_OT_retrack, MONONPHM_OT_cancel, MONONPHM_OT_import_result,
+classes = (MONONPHM_OT_track, MONONPHM_OT_retrack, MONONPHM_OT_bake, MONONPHM_OT_cancel, MONONPHM_OT_import_result,
            MONONPHM_OT_open_log, MONONPHM_OT_refresh_markers, MONONPHM_OT_check_backend, MONONPHM_OT_setup_backend,
-           MONONPHM_OT_remove_backend)
+           MONONPHM_OT_cancel_setup, MONONPHM_OT_remove_backend)
 
 
 def menu_import(self, context):

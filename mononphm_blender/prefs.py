@@ -1,6 +1,7 @@
 """Add-on preferences: backend interpreter (auto-detected), set up / remove the backend environment, device."""
 
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -9,7 +10,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from . import contracts
-from .core import command
+from .core import command, installer, jobs
 
 ADDON_ID = __package__  # "mononphm_blender" in development, "bl_ext.<repo>.mononphm_blender" when installed
 
@@ -18,8 +19,11 @@ _DEVICE_TEXT = {"auto": ("Auto", "CUDA, then Apple MPS, then CPU"), "cpu": ("CPU
 DEVICE_ITEMS = [(name, *_DEVICE_TEXT[name]) for name in contracts.track_config.DEVICES]
 SOURCE_ITEMS = [("ONLINE", "Online", "Download the pinned packages from the Python package index"),
                 ("OFFLINE", "Offline", "Install from a folder of wheels (downloaded on another machine)")]
-TORCH_ITEMS = [("CPU", "CPU build", "The CPU build of torch (no NVIDIA GPU; smaller download)"),
-               ("DEFAULT", "Default build", "The package index's default torch build (CUDA on Linux/Windows)")]
+TORCH_ITEMS = [("AUTO", "Automatic", "CUDA when an NVIDIA driver is installed, the standard build on macOS, "
+                                      "otherwise the CPU build"),
+               ("CPU", "CPU", "The CPU build of torch (no NVIDIA GPU; the smallest download)"),
+               ("CUDA", "CUDA", "The CUDA build of torch for NVIDIA GPUs (a download of several GB)"),
+               ("DEFAULT", "Standard", "The package index's own torch build (macOS: Apple silicon GPUs via MPS)")]
 
 
 class _Defaults:
@@ -30,7 +34,7 @@ class _Defaults:
     base_python = ""
     install_source = "ONLINE"
     wheels_dir = ""
-    torch_build = "CPU"
+    torch_build = "AUTO"
     device = contracts.track_config.TrackConfig.device
     log_dir = ""
 
@@ -87,12 +91,51 @@ class BackendState:
     info: dict | None = None
     error: str = ""
     checking = None  # jobs.Handshake
-    setup_job = None  # jobs.SequenceJob
+    setup: installer.Installer | None = None  # the running (or last) set-up
     setup_message: str = ""
     removing: threading.Thread | None = None
+    base_choice: tuple[str, object] | None = None  # (custom path, BaseChoice | InstallError), probed once
 
 
 STATE = BackendState()
+
+
+def base_python_choice(p=None):
+    """The base interpreter for *Set Up Backend* (a BaseChoice), or the InstallError saying why there is none.
+    Probed once per custom path: preferences redraw often."""
+    p = p or get_prefs()
+    custom = os.path.expanduser(bpy.path.abspath(p.base_python)) if p.base_python else ""
+    if STATE.base_choice is None or STATE.base_choice[0] != custom:
+        try:
+            STATE.base_choice = (custom, installer.resolve_base_python(custom))
+        except installer.InstallError as exc:
+            STATE.base_choice = (custom, exc)
+    return STATE.base_choice[1]
+
+
+_driver_evidence = functools.cache(installer.nvidia_driver_evidence)  # a driver appears only with a restart
+
+
+def torch_choice(p=None) -> installer.TorchChoice:
+    p = p or get_prefs()
+    return installer.choose_torch_variant(p.torch_build.lower(), evidence=_driver_evidence)
+
+
+def environment_note(p=None) -> str:
+    """Why the environment Set Up Backend made needs it again ('' when it does not, or there is none)."""
+    env = default_env_dir(p)
+    if not command.is_managed_env(env):
+        return ""
+    stamp = installer.read_stamp(env)
+    if stamp is None:
+        return "The backend set-up did not finish: Retry resumes it"
+    if stamp.get("requirements") != installer.requirements_digest(contracts.requirements_file()):
+        return "The add-on's pinned packages changed: Set Up Backend updates the environment"
+    return ""
+
+
+def setup_running() -> bool:
+    return STATE.setup is not None and not STATE.setup.status.finished
 
 
 def start_handshake(context=None) -> None:
@@ -116,18 +159,15 @@ def poll_backend_state() -> bool:
             STATE.checking = None
         else:
             busy = True
-    if STATE.setup_job is not None:
-        STATE.setup_job.poll()
-        st = STATE.setup_job.status
-        if st.finished:
-            STATE.setup_message = ("Backend environment ready" if st.state == "FINISHED"
-                                   else f"{st.error} — log: {STATE.setup_job.log_path}")
-            STATE.setup_job = None
-            if st.state == "FINISHED":
-                start_handshake()
-                busy = True
+    if STATE.setup is not None and not STATE.setup.status.finished:
+        st = STATE.setup.poll()
+        if st.state == jobs.FINISHED:
+            STATE.setup_message = st.message
+            start_handshake()
+            busy = True
+        elif st.finished:
+            STATE.setup_message = f"{st.error}. {st.hint}".strip()
         else:
-            STATE.setup_message = f"{st.stage} ({st.done + 1}/{st.total}) — log: {STATE.setup_job.log_path}"
             busy = True
     if STATE.removing is not None:
         if STATE.removing.is_alive():
@@ -150,12 +190,33 @@ def status_text() -> str:
 
 
 def draw_backend_status(layout, context) -> None:
+    """Backend state, and the set-up's progress / result with Cancel and Retry (preferences and sidebar)."""
     python = backend_python(context)
     col = layout.column(align=True)
     col.label(text=status_text(), icon="CHECKMARK" if STATE.info else ("ERROR" if STATE.error else "QUESTION"))
     col.label(text=f"Interpreter: {python or 'not found'}")
-    if STATE.setup_job is not None or STATE.setup_message:
-        col.label(text=STATE.setup_message, icon="INFO")
+    job = STATE.setup
+    if job is not None and not job.status.finished:
+        st = job.status
+        text = f"{st.label} ({st.step_index + 1}/{st.step_count})"
+        if hasattr(col, "progress"):
+            col.progress(factor=st.fraction, type="BAR", text=text)
+        else:
+            col.label(text=f"{text} {st.fraction:.0%}")
+        col.label(text=st.message)
+        col.operator("mononphm.cancel_setup", icon="CANCEL")
+        return
+    if job is not None and job.status.finished:
+        st = job.status
+        col.label(text=STATE.setup_message, icon="CHECKMARK" if st.state == jobs.FINISHED else "ERROR")
+        if st.state != jobs.FINISHED:
+            col.label(text=f"Log: {job.log_path}")
+            col.operator("mononphm.setup_backend", text="Retry (resumes)", icon="FILE_REFRESH")
+    elif note := environment_note():
+        col.label(text=note, icon="ERROR")
+        col.operator("mononphm.setup_backend", text="Retry (resumes)", icon="FILE_REFRESH")
+    elif not python:
+        col.operator("mononphm.setup_backend", icon="IMPORT")
 
 
 class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
@@ -167,11 +228,12 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
     env_dir: StringProperty(name="Environment Folder", subtype="DIR_PATH",
                             description="Where 'Set up backend' creates the environment (short paths help on "
                                         "Windows); empty: the add-on's user folder")
-    base_python: StringProperty(name="Python 3.11", subtype="FILE_PATH",
-                                description="A Python 3.11 interpreter to create the environment from")
+    base_python: StringProperty(name="Custom Base Python", subtype="FILE_PATH",
+                                description="Advanced: the Python the environment is created from (empty: "
+                                            "Blender's own Python)")
     install_source: EnumProperty(name="Install From", items=SOURCE_ITEMS, default="ONLINE")
     wheels_dir: StringProperty(name="Wheels Folder", subtype="DIR_PATH")
-    torch_build: EnumProperty(name="torch", items=TORCH_ITEMS, default="CPU")
+    torch_build: EnumProperty(name="torch", items=TORCH_ITEMS, default="AUTO")
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default=contracts.track_config.TrackConfig.device)
     log_dir: StringProperty(name="Log Folder", subtype="DIR_PATH", description="Empty: the add-on's user folder")
 
@@ -186,17 +248,32 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
         box.prop(self, "device")
         box = layout.box()
         box.label(text="Set up the backend environment (torch runs there, never in Blender's Python)")
-        box.prop(self, "base_python")
-        box.prop(self, "env_dir")
         box.prop(self, "install_source", expand=True)
         if self.install_source == "OFFLINE":
             box.prop(self, "wheels_dir")
         else:
-            box.prop(self, "torch_build")
             box.label(text="The online install downloads packages (network use by the installer only)")
+        row = box.row()
+        row.prop(self, "torch_build")
+        try:
+            choice = torch_choice(self)
+            row.label(text=f"{choice.variant.upper()}: {choice.reason}")
+        except installer.InstallError as exc:
+            row.label(text=exc.message, icon="ERROR")
         row = box.row()
         row.operator("mononphm.setup_backend", icon="IMPORT")
         row.operator("mononphm.remove_backend", icon="TRASH")
+        adv = box.column()
+        adv.label(text="Advanced")
+        adv.prop(self, "base_python")
+        base = base_python_choice(self)
+        if isinstance(base, installer.InstallError):
+            adv.label(text=base.message, icon="ERROR")
+            adv.label(text=base.hint)
+        else:
+            where = {"custom": "custom", "blender": "Blender's own Python", "path": "found on PATH"}[base.source]
+            adv.label(text=f"Base Python {base.version} ({where}): {base.python}")
+        adv.prop(self, "env_dir")
         layout.prop(self, "log_dir")
 
 

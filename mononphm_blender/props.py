@@ -22,6 +22,9 @@ PRESET_ITEMS = [(name, *_PRESET_TEXT[name]) for name in track_config.PRESET_NAME
 OUTPUT_ITEMS = [(name, *_OUTPUT_TEXT[name]) for name in track_config.OUTPUT_MODES]
 INPUT_ITEMS = [("CLIP", "Movie Clip", "A Movie Clip datablock; its camera settings become the intrinsics"),
                ("FILE", "File", "A video file, an image sequence folder or a single image")]
+COLOUR_ITEMS = [("MODEL", "Model", "The head model's generic albedo (its appearance space)"),
+                ("BAKED", "Baked", "Per-vertex colours baked from the video"),
+                ("TEXTURE", "Texture", "The baked texture (re-bake with a texture first)")]
 FACE_ITEMS = [("largest", "Largest", "Track the largest face when several are visible"),
               ("leftmost", "Leftmost", "Track the leftmost face (in the image) when several are visible"),
               ("rightmost", "Rightmost", "Track the rightmost face (in the image) when several are visible"),
@@ -34,6 +37,12 @@ MODEL_ITEMS = [("BUILTIN", "Built-in", "The model shipped with the add-on"),
 def _jump_to_bad_frame(self, context):
     if 0 <= self.bad_frames_index < len(self.bad_frames):
         context.scene.frame_set(self.bad_frames[self.bad_frames_index].frame)
+
+
+def _colour_source_changed(self, context):
+    from . import importer
+
+    importer.apply_colour_source(context.scene)
 
 
 def _threshold_changed(self, context):
@@ -50,7 +59,7 @@ class MONONPHM_PG_bad_frame(bpy.types.PropertyGroup):
 class MONONPHM_PG_job(bpy.types.PropertyGroup):
     """Persisted in the .blend: enough to find a backend run again after reopening the file."""
 
-    kind: StringProperty(default="")  # "track"
+    kind: StringProperty(default="")  # "track" or "bake"
     state: StringProperty(default="")  # "", RUNNING, FINISHED, FAILED, CANCELLED
     pid: IntProperty(default=0)
     log_path: StringProperty(default="", subtype="FILE_PATH", options=REL)
@@ -103,6 +112,14 @@ class MONONPHM_PG_settings(bpy.types.PropertyGroup):
     bad_frames: CollectionProperty(type=MONONPHM_PG_bad_frame)
     bad_frames_index: IntProperty(default=-1, update=_jump_to_bad_frame)
     last_package: StringProperty(name="Result", subtype="DIR_PATH", options=REL, default="")
+    colour_source: EnumProperty(name="Colours", items=COLOUR_ITEMS, default="BAKED", update=_colour_source_changed,
+                                description="What the imported head shows")
+    bake_use_range: BoolProperty(name="Frame Range", default=False,
+                                 description="Bake from part of the tracked frames only (e.g. without occlusions)")
+    bake_start: IntProperty(name="Start", default=1, description="First scene frame to bake from")
+    bake_end: IntProperty(name="End", default=250, description="Last scene frame to bake from")
+    bake_texture: BoolProperty(name="Texture", default=True,
+                               description="Also bake a 2048² texture (unwraps the head; takes longer)")
     retrack_start: IntProperty(name="Start", default=1)
     retrack_end: IntProperty(name="End", default=1)
     job: PointerProperty(type=MONONPHM_PG_job)

@@ -145,5 +145,26 @@ class MONONPHM_PT_result(_Panel, bpy.types.Panel):
         layout.template_list(MONONPHM_UL_bad_frames.bl_idname, "", s, "bad_frames", s, "bad_frames_index", rows=4)
 
 
+class MONONPHM_PT_appearance(_Panel, bpy.types.Panel):
+    bl_idname = "MONONPHM_PT_appearance"
+    bl_label = "Appearance"
+    bl_parent_id = "MONONPHM_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.mononphm
+        layout.prop(s, "colour_source", expand=True)
+        col = layout.column(align=True)
+        col.label(text="Re-bake from the video:")
+        row = col.row(align=True)
+        row.prop(s, "bake_use_range", text="")
+        sub = row.row(align=True)
+        sub.active = s.bake_use_range
+        sub.prop(s, "bake_start")
+        sub.prop(s, "bake_end")
+        col.prop(s, "bake_texture")
+        col.operator("mononphm.bake", icon="BRUSH_DATA")
+
+
 classes = (MONONPHM_UL_bad_frames, MONONPHM_PT_main, MONONPHM_PT_input, MONONPHM_PT_output, MONONPHM_PT_track,
-           MONONPHM_PT_result)
+           MONONPHM_PT_result, MONONPHM_PT_appearance)

@@ -16,6 +16,7 @@ def test_core_imports_without_blender():
     """With bpy and mathutils unimportable, the package and its core layer still import."""
     code = ("import sys; sys.modules['bpy'] = None; sys.modules['mathutils'] = None\n"
             "import mononphm_blender.core.command, mononphm_blender.core.jobs, mononphm_blender.core.layout\n"
+            "import mononphm_blender.core.installer\n"
             "from mononphm_blender import contracts\n"
             "assert contracts.track_config.PRESET_NAMES[0] == 'draft'\n"
             "try:\n    import mononphm_blender.ops\nexcept ImportError:\n    print('ops needs bpy')\n")

@@ -60,6 +60,11 @@ def test_extension_builds_installs_and_registers(tmp_path):
     names = zipfile.ZipFile(zip_path).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names  # the add-on sits at the zip root
     assert "backend/contracts/result_format.py" in names and "backend/__main__.py" in names and "requirements.txt" in names
+    with zipfile.ZipFile(zip_path) as z:  # the add-on is GPL-3.0-or-later, the bundled backend MIT
+        assert "GNU GENERAL PUBLIC LICENSE" in z.read("LICENSE").decode()[:200]
+        assert "MIT License" in z.read("backend/LICENSE").decode()
+        assert 'license = ["SPDX:GPL-3.0-or-later", "SPDX:MIT"]' in z.read("blender_manifest.toml").decode()
+    assert zip_path.stat().st_size < 8e6  # the built-in model included
     assert not [n for n in names if "__pycache__" in n or n.startswith("tests/") or "/tests/" in n]
     assert not [n for n in names if n.startswith("backend/models/") and not n.startswith("backend/models/builtin/")
                 and n != "backend/models/__init__.py"]

@@ -245,36 +245,6 @@ def test_job_core_handshake_and_argv(tmp_path, fake_backend):
     assert command.frames_arg(None, None, 1) is None and command.frames_arg(0, 9, 3) == "0:10:3"
 
 
-def test_setup_steps_online_and_offline(tmp_path):
-    from mononphm_blender import contracts
-    from mononphm_blender.core import command
-
-    req = contracts.requirements_file()
-    online = command.setup_steps("/usr/bin/python3.11", tmp_path / "env", req, cpu_torch=True)
-    labels = [label for label, _ in online]
-    assert labels[0] == "Create environment" and "Install CPU torch" in labels
-    torch_step = dict(online)["Install CPU torch"]
-    assert "--index-url" in torch_step and any(a.startswith("torch==") for a in torch_step)
-    offline = command.setup_steps("/usr/bin/python3.11", tmp_path / "env", req, wheel_dir="/wheels")
-    install = dict(offline)["Install backend packages"]
-    assert "--no-index" in install and "/wheels" in install
-    assert command.check_base_python(sys.executable).startswith("3.11")
-    with pytest.raises(ValueError):
-        command.check_base_python("/nonexistent/python")
-
-
-def test_sequence_job_runs_steps_and_reports_failure(tmp_path):
-    from mononphm_blender.core import jobs
-
-    ok = jobs.SequenceJob([("one", [sys.executable, "-c", "print(1)"]), ("two", [sys.executable, "-c", "print(2)"])],
-                          log_path=tmp_path / "setup.log").start()
-    assert ok.wait(30).state == jobs.FINISHED
-    bad = jobs.SequenceJob([("boom", [sys.executable, "-c", "raise SystemExit(4)"])],
-                           log_path=tmp_path / "setup2.log").start()
-    st = bad.wait(30)
-    assert st.state == jobs.FAILED and "boom failed (exit code 4)" in st.error
-
-
 def test_remove_backend_only_removes_managed_envs(scene, tmp_path, monkeypatch):
     from mononphm_blender import prefs
     from mononphm_blender.core import command
@@ -299,44 +269,6 @@ def test_check_backend_operator_runs_the_handshake(scene, fake_backend):
     assert prefs.STATE.info and prefs.STATE.info["protocol"] == protocol.PROTOCOL_VERSION, prefs.STATE.error
     assert "Backend 0.0.0-fake" in prefs.status_text() or "Backend" in prefs.status_text()
     assert job_control.tick() is None  # idle again
-
-
-def test_setup_backend_refuses_bad_input(scene, monkeypatch, tmp_path):
-    from mononphm_blender import prefs
-
-    defaults = prefs._Defaults()
-    monkeypatch.setattr(prefs, "get_prefs", lambda context=None: defaults)
-    with pytest.raises(RuntimeError, match="Python 3.11"):
-        bpy.ops.mononphm.setup_backend()
-    defaults.base_python = str(tmp_path / "nope")
-    with pytest.raises(RuntimeError, match="cannot run"):
-        bpy.ops.mononphm.setup_backend()
-    defaults.base_python = sys.executable
-    defaults.install_source = "OFFLINE"
-    with pytest.raises(RuntimeError, match="folder of wheels"):
-        bpy.ops.mononphm.setup_backend()
-
-
-def test_setup_backend_offline_from_a_wheel_folder(scene, monkeypatch, tmp_path):
-    """Offline set-up end to end with an empty requirements file (no downloads): venv, marker, pip, check."""
-    from mononphm_blender import contracts, job_control, prefs
-
-    defaults = prefs._Defaults()
-    defaults.base_python, defaults.install_source = sys.executable, "OFFLINE"
-    defaults.wheels_dir, defaults.env_dir, defaults.log_dir = str(tmp_path), str(tmp_path / "env"), str(tmp_path)
-    monkeypatch.setattr(prefs, "get_prefs", lambda context=None: defaults)
-    req = tmp_path / "requirements.txt"
-    req.write_text("# nothing to install\n")
-    monkeypatch.setattr(contracts, "requirements_file", lambda: req)
-    assert bpy.ops.mononphm.setup_backend() == {"FINISHED"}
-    job = prefs.STATE.setup_job
-    _tick_until(lambda: prefs.STATE.setup_job is None, timeout=240)
-    # the last step imports torch, which a bare venv lacks: the failure names the step and the log
-    assert "Check backend failed" in prefs.STATE.setup_message and str(job.log_path) in prefs.STATE.setup_message
-    from mononphm_blender.core import command
-
-    assert command.is_managed_env(tmp_path / "env") and command.venv_python(tmp_path / "env").is_file()
-    job_control.tick()
 
 
 def test_open_log_and_refresh_markers_operators(scene, tmp_path):
@@ -390,6 +322,9 @@ def test_track_argv_parses_with_the_real_cli():
     assert (args.official_checkpoint, args.mean_anchors, args.checkpoint_epoch) == ("exp", "anchors_65.npy", 7)
     assert args.overwrite and args.max_size == 384 and args.threads == 2
     assert build_parser().parse_args(command.version_argv("python")[3:]).version
+    bake = build_parser().parse_args(command.bake_argv("python", "res", frames="10:41:1", texture=True)[3:])
+    assert (bake.command, bake.package, bake.frames, bake.texture) == ("bake", "res", "10:41:1", True)
+    assert not build_parser().parse_args(command.bake_argv("python", "res")[3:]).texture
 
 
 def test_handshake_refuses_another_protocol(tmp_path):

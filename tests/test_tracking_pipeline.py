@@ -109,6 +109,32 @@ def test_end_to_end_and_resume(tmp_path, tiny_model, clip, monkeypatch):
     assert all(len(p) != len(pkg.canonical_mesh().vertices) for p in pts)   # not the fixed-topology mesh
     extent = np.ptp(pts[0], axis=0)
     assert 0.1 < extent.max() < 0.6                                   # a head-sized surface in metres
+    _check_bake(pkg, mesh)
+
+
+def _check_bake(pkg, usd_mesh):
+    """Tracking bakes the subject's colours (model albedo kept); the USD meshes carry them; a re-bake from a frame
+    range with a texture replaces them; bad requests change nothing."""
+    from backend.bake.run import BakeRequest, bake_package
+    from backend.contracts.conventions import linear_to_srgb
+    from backend.contracts.result_format import PackageError
+    canon = pkg.canonical_mesh()
+    assert canon.baked_albedo.shape == canon.albedo.shape and canon.baked_confidence.max() > 0.5
+    assert pkg.manifest["bake"]["frames"] == list(range(6)) and pkg.texture_path is None
+    seen = canon.baked_confidence > 0.5
+    assert np.abs(canon.baked_albedo[seen].astype(float) - canon.albedo[seen]).mean() > 3   # not the model's
+    usd_srgb = linear_to_srgb(np.asarray(usd_mesh.GetDisplayColorAttr().Get(0))) * 255
+    assert np.abs(usd_srgb.mean(0) - canon.baked_albedo.mean(0)).max() < 12
+    bake_package(pkg.root, BakeRequest(frames="2:5", texture=True, texture_size=128))
+    again = ResultPackage(pkg.root)
+    assert again.manifest["bake"]["frames"] == [2, 3, 4] and again.manifest["state"] == "complete"
+    assert again.canonical_mesh().uv.shape == (len(canon.triangles), 3, 2)
+    np.testing.assert_array_equal(again.canonical_mesh().albedo, canon.albedo)
+    import cv2
+    assert cv2.imread(str(again.texture_path)).shape == (128, 128, 3)
+    with pytest.raises(PackageError, match="not tracked frames"):
+        bake_package(pkg.root, BakeRequest(texture_frames=[99]))
+    assert ResultPackage(pkg.root).manifest["bake"]["frames"] == [2, 3, 4]
 
 
 class _CancelAt:
@@ -245,3 +271,21 @@ def test_photometric_presets_run(tmp_path, tiny_model, tiny_encoder_model, clip,
     # encoder mode fits the 100 ICT identity weights, raw mode the model's identity code itself
     assert p_geo.shape == ((100,) if codes == "encoder" else ident["z_geo"].shape)
     assert np.isfinite(p_geo).all() and np.abs(p_geo).max() > 0
+
+
+def test_selftest_tracks_one_frame_of_the_builtin_image(tmp_path, capsys):
+    """The installer's smoke test with the built-in model: one frame end to end, a summary with device and seconds."""
+    from backend.cli import main
+    from backend.contracts.protocol import parse_line
+    (tmp_path / "astronaut.png").write_text("stale")  # an earlier self-test's files are replaced
+    assert main(["selftest", "--out", str(tmp_path), "--threads", "1"]) == 0
+    events = [e for e in map(parse_line, capsys.readouterr().out.splitlines()) if e is not None]
+    summary = next(e for e in events if e.type == "summary")
+    assert summary.get("device") == "cpu" and summary.get("frames") == 1 and 0 < summary.get("seconds") < 120
+    assert "cpu" in summary.get("devices")
+    assert any(e.type == "progress" and e.get("stage") == "identity" for e in events)
+    from backend.contracts.result_format import ResultPackage
+    package = ResultPackage(tmp_path / "result")
+    assert package.manifest["state"] == "complete" and len(package.frames) == 1
+    frame = package.frames[0]
+    assert frame["status"] == "tracked" and frame["landmark_error_px"] < 10.0  # px at 256 px: found and fitted

@@ -189,7 +189,8 @@ def _start_ray(ray, config: BatchConfig, threads: int) -> None:
             ray.init(address=config.ray_address, runtime_env={"py_modules": [backend_dir], "env_vars": env}, **common)
         else:
             slots = config.workers or max(1, (os.cpu_count() or 1) // threads)
-            ray.init(num_cpus=slots * threads, object_store_memory=OBJECT_STORE_BYTES,
+            # "local": a private Ray even when one already runs on this machine (plain ray.init() would join it).
+            ray.init(address="local", num_cpus=slots * threads, object_store_memory=OBJECT_STORE_BYTES,
                      runtime_env={"env_vars": dict(env, PYTHONPATH=str(Path(backend_dir).parent))}, **common)
     except ConnectionError as exc:
         raise BadInputError(f"cannot join the Ray cluster at {config.ray_address}: {exc}",

@@ -39,6 +39,18 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 """Files a clip may be (lower-case suffixes): the backend tracks them, the add-on loads them as the background."""
 
 
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB-encoded colours in [0, 1] → linear RGB (IEC 61966-2-1)."""
+    c = np.asarray(c)
+    return np.where(c <= 0.04045, c / 12.92, ((np.maximum(c, 0.04045) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """Linear RGB in [0, 1] → sRGB-encoded colours (IEC 61966-2-1)."""
+    c = np.asarray(c)
+    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * np.maximum(c, 0.0031308) ** (1 / 2.4) - 0.055)
+
+
 def nphm_to_metres(points: np.ndarray) -> np.ndarray:
     """(…, 3) NPHM units → metres, model axes."""
     return np.asarray(points) * NPHM_UNIT_M

@@ -7,9 +7,11 @@ Layout::
     RESULT/
       manifest.json           format, version, clip, fps, image size, intrinsics, model, per-frame records
       canonical_mesh.npz      vertices (V,3) f32 metres model axes · triangles (F,3) i32 · albedo (V,3) u8 sRGB
+                              optional: baked_albedo (V,3) u8 sRGB · baked_confidence (V,) f32 · uv (F,3,2) f32
       identity.npz            z_geo, z_app (f32 vectors) · sh_coeffs (9,3) · color_affine (3,3) · color_bias (3,)
       frames/chunk_NNNNNN.npz per-frame arrays, one row per frame (frame_index says which)
       meshes.usdc             optional: per-frame meshes with colours (topology-varying output)
+      texture.png             optional: baked albedo texture (8-bit sRGB RGB PNG) for the canonical mesh's uv
       tracker_state.npz       optional: whatever the tracker needs to resume
       .lock                   while a process writes: its pid (an OS lock on the file excludes a second writer)
 
@@ -48,6 +50,7 @@ CANONICAL_MESH = "canonical_mesh.npz"
 IDENTITY = "identity.npz"
 FRAMES_DIR = "frames"
 USD_SEQUENCE = "meshes.usdc"
+TEXTURE = "texture.png"
 TRACKER_STATE = "tracker_state.npz"
 LOCK = ".lock"
 
@@ -68,6 +71,11 @@ CANONICAL_SCHEMA = {
     "vertices": ("float32", ("V", 3)),
     "triangles": ("int32", ("F", 3)),
     "albedo": ("uint8", ("V", 3)),
+}
+OPTIONAL_CANONICAL_SCHEMA = {
+    "baked_albedo": ("uint8", ("V", 3)),
+    "baked_confidence": ("float32", ("V",)),
+    "uv": ("float32", ("F", 3, 2)),
 }
 IDENTITY_SCHEMA = {
     "z_geo": ("float32", ("G",)),
@@ -126,7 +134,10 @@ class FrameRecord:
 class CanonicalMesh:
     vertices: np.ndarray  # (V, 3) float32, metres, model axes
     triangles: np.ndarray  # (F, 3) int32
-    albedo: np.ndarray  # (V, 3) uint8, sRGB
+    albedo: np.ndarray  # (V, 3) uint8, sRGB: the model's appearance-space albedo
+    baked_albedo: np.ndarray | None = None  # (V, 3) uint8, sRGB: colours baked from the video (None: not baked)
+    baked_confidence: np.ndarray | None = None  # (V,) float32 in [0, 1]: share of the video in baked_albedo
+    uv: np.ndarray | None = None  # (F, 3, 2) float32: texture coordinates of each triangle corner (TEXTURE)
 
 
 def _opt_float(value: Any) -> float | None:
@@ -575,8 +586,38 @@ class ResultWriter:
                   "albedo": np.asarray(albedo, np.uint8)}
         check_arrays(CANONICAL_MESH, arrays, CANONICAL_SCHEMA, {})
         self._save(CANONICAL_MESH, arrays)
+        package_entry(self.root, TEXTURE).unlink(missing_ok=True)   # a new mesh: an earlier bake no longer applies
+        self.manifest.pop("bake", None)
         self.manifest["has_canonical_mesh"] = True
         self.manifest["vertex_count"] = int(arrays["vertices"].shape[0])
+        self._flush_manifest()
+
+    def write_bake(self, mesh: CanonicalMesh, baked_albedo: np.ndarray, baked_confidence: np.ndarray,
+                   settings: Mapping[str, Any], uv: np.ndarray | None = None, texture_png: bytes | None = None) -> None:
+        """Rewrite the canonical mesh ``mesh`` (as written: vertices, triangles, model albedo) with baked colours
+        (and optionally a texture with its uv).
+
+        ``settings`` (frames used, …) is recorded as the manifest's ``bake``. A bake without a texture removes an
+        older texture, so the package never pairs colours and a texture from different bakes.
+        """
+        arrays = {"vertices": np.asarray(mesh.vertices, np.float32), "triangles": np.asarray(mesh.triangles, np.int32),
+                  "albedo": np.asarray(mesh.albedo, np.uint8), "baked_albedo": np.asarray(baked_albedo, np.uint8),
+                  "baked_confidence": np.asarray(baked_confidence, np.float32)}
+        if uv is not None:
+            arrays["uv"] = np.asarray(uv, np.float32)
+        sizes: dict[str, int] = {}
+        check_arrays(CANONICAL_MESH, arrays, CANONICAL_SCHEMA, sizes)
+        check_arrays(CANONICAL_MESH, arrays, OPTIONAL_CANONICAL_SCHEMA, sizes, required=False)
+        if (uv is None) != (texture_png is None):
+            raise ValueError("a texture needs its uv and vice versa")
+        self._check_locked()
+        texture = package_entry(self.root, TEXTURE)
+        if texture_png is not None:
+            _atomic_write_bytes(texture, lambda handle: handle.write(texture_png))
+        self._save(CANONICAL_MESH, arrays)
+        if texture_png is None:
+            texture.unlink(missing_ok=True)
+        self.manifest["bake"] = {**dict(settings), "texture": TEXTURE if texture_png is not None else None}
         self._flush_manifest()
 
     def write_identity(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -885,13 +926,26 @@ class ResultPackage:
     def canonical_mesh(self) -> CanonicalMesh:
         if self._mesh is None:
             sizes = self._manifest_sizes()
-            arrays = load_npz(self.root / CANONICAL_MESH, CANONICAL_SCHEMA, sizes)
+            arrays = load_npz(self.root / CANONICAL_MESH, CANONICAL_SCHEMA, sizes, optional=OPTIONAL_CANONICAL_SCHEMA)
             tris = arrays["triangles"]
             if tris.size and (tris.min() < 0 or tris.max() >= sizes["V"]):
                 raise PackageError(f"{CANONICAL_MESH}: triangle indices out of range 0..{sizes['V'] - 1}",
                                    "Re-run tracking to rewrite the package.")
-            self._mesh = CanonicalMesh(arrays["vertices"], tris, arrays["albedo"])
+            self._mesh = CanonicalMesh(arrays["vertices"], tris, arrays["albedo"], arrays.get("baked_albedo"),
+                                       arrays.get("baked_confidence"), arrays.get("uv"))
         return self._mesh
+
+    @property
+    def texture_path(self) -> Path | None:
+        """The baked texture (``TEXTURE``) when the manifest's ``bake`` lists one and the mesh has its uv."""
+        name = (self.manifest.get("bake") or {}).get("texture")
+        if not name:
+            return None
+        path = package_entry(self.root, TEXTURE)  # a fixed name: never a path from the manifest
+        if not path.is_file() or self.canonical_mesh().uv is None:
+            raise PackageError(f"{TEXTURE} is listed in the manifest but it or its uv is missing",
+                               "Re-bake with a texture: python -m backend bake RESULT --texture")
+        return path
 
     def identity(self) -> dict[str, np.ndarray]:
         return load_npz(self.root / IDENTITY, IDENTITY_SCHEMA)

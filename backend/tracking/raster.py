@@ -32,13 +32,23 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: i
         faces: (F, 3) int triangle indices.
         K: (3, 3) intrinsics.
     """
+    frag = rasterize_batch(np.asarray(verts_cam)[None], faces, K, height, width, cull_backfaces, max_fragments)
+    return Fragments(frag.tri[0], frag.bary[0], frag.depth[0])
+
+
+def rasterize_batch(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
+                    cull_backfaces: bool = False, max_fragments: int = 40_000_000) -> Fragments:
+    """Rasterise B poses of one mesh at once: verts_cam (B, V, 3) -> Fragments with a leading batch axis
+    (tri (B, H, W), bary (B, H, W, 3), depth (B, H, W)); the triangles of all poses share one z-buffer pass."""
     v = np.asarray(verts_cam, np.float64)
+    B = v.shape[0]
     f = np.asarray(faces, np.int64)
-    z = v[:, 2]
+    z = v[..., 2]
     zc = np.where(z > 1e-6, z, np.nan)
-    uv = np.stack([K[0, 0] * v[:, 0] / zc + K[0, 2], K[1, 1] * v[:, 1] / zc + K[1, 2]], -1)
-    p = uv[f]                                   # (F, 3, 2)
-    zt = zc[f]                                  # (F, 3)
+    uv = np.stack([K[0, 0] * v[..., 0] / zc + K[0, 2], K[1, 1] * v[..., 1] / zc + K[1, 2]], -1)
+    p = uv[:, f].reshape(-1, 3, 2)              # (B F, 3, 2)
+    zt = zc[:, f].reshape(-1, 3)                # (B F, 3)
+    n_faces = len(f)
     ok = np.isfinite(p).all((1, 2)) & np.isfinite(zt).all(1)
     e0 = p[:, 1] - p[:, 0]
     e1 = p[:, 2] - p[:, 0]
@@ -52,9 +62,9 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: i
     hi = np.minimum(hi, [width - 1, height - 1])
     ok &= (hi >= lo).all(1)
     idx = np.flatnonzero(ok)
-    out_tri = np.full((height, width), -1, np.int64)
-    out_bary = np.zeros((height, width, 3), np.float32)
-    out_depth = np.full((height, width), np.inf, np.float32)
+    out_tri = np.full((B, height, width), -1, np.int64)
+    out_bary = np.zeros((B, height, width, 3), np.float32)
+    out_depth = np.full((B, height, width), np.inf, np.float32)
     if idx.size == 0:
         return Fragments(out_tri, out_bary, out_depth)
     lo_i = lo[idx].astype(np.int64)
@@ -86,13 +96,13 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: i
     s = q.sum(1)
     depth = 1.0 / s
     bary = q / s[:, None]
-    pix = py * width + px
+    pix = ((tid // n_faces) * height + py) * width + px
     order = np.lexsort((depth, pix))
     pix_sorted = pix[order]
     first = np.ones(len(order), bool)
     first[1:] = pix_sorted[1:] != pix_sorted[:-1]
     sel = order[first]
-    out_tri.reshape(-1)[pix[sel]] = tid[sel]
+    out_tri.reshape(-1)[pix[sel]] = tid[sel] % n_faces
     out_bary.reshape(-1, 3)[pix[sel]] = bary[sel]
     out_depth.reshape(-1)[pix[sel]] = depth[sel]
     return Fragments(out_tri, out_bary, out_depth)

@@ -212,7 +212,7 @@ class TrackingSession:
 
     Stages (``run``): resume from the package's tracker state, identity (stage 1a), per-frame fits written as they
     finish (stage 1b), joint refinement and rewrite of the tracked frames (stage 2), interpolation of frames without
-    a face, per-frame USD meshes.
+    a face, the subject's colours baked from the video, per-frame USD meshes.
 
     A resumed or extended run gives the bits of one uninterrupted run: the stage-1 fits are kept beside the refined
     ones and stage 2 always refines them, the first resumed frame continues from its predecessor's fit and
@@ -221,6 +221,8 @@ class TrackingSession:
 
     def __init__(self, config: TrackConfig, preset, source, detections: Detections, writer, tracker, codes,
                  events: _Events, t_start: Optional[float] = None):
+        from ..bake.albedo import BakeConfig   # deferred: backend.bake imports tracking modules
+        from ..bake.frames import spread
         self.t_start = time.perf_counter() if t_start is None else t_start   # the run's start (timings' total)
         self.config = config
         self.preset = preset
@@ -236,6 +238,11 @@ class TrackingSession:
         self.id_frames: List[int] = []                # frames the identity was fitted on
         self.status: Dict[int, str] = {}              # index -> package status other than "tracked"
         self.written_z_exp: Dict[int, np.ndarray] = {}  # index -> z_exp (E,) as written: the per-frame USD meshes
+        # the frames the bake reads (at most BakeConfig.max_frames, evenly spaced) and their vertices as last
+        # written, model units (V, 3): V x 12 bytes per frame, 15 MB for 64 frames of the standard mesh
+        self.bake_frames = set(spread(detections.found, BakeConfig.max_frames).tolist())
+        self.bake_vertices: Dict[int, np.ndarray] = {}
+        self.bake_errors: Dict[int, float] = {}          # their landmark errors (px) as written
 
     # ---------------------------------------------------------------------------------------------------------
     def run(self) -> TrackOutcome:
@@ -262,8 +269,9 @@ class TrackingSession:
         tracker.timer.add("tracking_cpu", time.process_time() - cpu0)   # CPU s of per-frame + stage 2 + rewrite
 
         self._interpolate_missing(tracked)
+        colours = self._bake()
         if self.writer.manifest.get("output_mode") in ("meshes", "both"):
-            self._write_usd()
+            self._write_usd(colours)
         self._save_state()
         self.writer.finish("complete")
         t = tracker.timer.t
@@ -436,8 +444,51 @@ class TrackingSession:
         for s in range(0, len(results), CHUNK):
             self._write_chunk(results[s:s + CHUNK])
 
-    def _write_usd(self) -> None:
-        """Per-frame meshes (topology-varying, ``posed_frame_meshes``) with albedo colours as ``meshes.usdc``."""
+    def _bake(self):
+        """Bake the subject's colours from the bake frames (``backend.bake``) into the package; a failure leaves the
+        tracked result usable. -> ``bake.posed.CanonicalColours`` for the per-frame meshes, or None."""
+        import torch
+        from ..bake.albedo import FrameBatch, Shading, fit_weights
+        from ..bake.frames import interior_regions
+        from ..bake.posed import CanonicalColours
+        from ..bake.run import bake
+        from ..contracts.result_format import CanonicalMesh
+        from .renderer import so3_exp
+
+        indices = np.array(sorted(self.bake_vertices), np.int64)
+        if not len(indices):   # a resumed run that rewrote no frame keeps the package's bake
+            return None
+        t0 = time.perf_counter()
+        tracker = self.tracker
+        try:
+            images, labels = [], []
+            for fr, lab in iter_frames_with_masks(self.source, set(indices.tolist()), self.detections.landmarks):
+                images.append(fr.image)
+                labels.append(lab)
+                self.events.progress("bake", len(images), len(indices), fr.index)
+            special = [interior_regions(lab, self.detections.landmarks[i]) for lab, i in zip(labels, indices)]
+            R = so3_exp(torch.stack([self.states[i].omega for i in indices])).numpy().astype(np.float64)
+            t = torch.stack([self.states[i].trans for i in indices]).numpy().astype(np.float64)
+            verts = np.stack([self.bake_vertices[i] for i in indices]).astype(np.float64) * NPHM_UNIT_M
+            frames = FrameBatch(np.stack(images), np.stack(labels), np.stack(special),
+                                np.einsum("tij,tvj->tvi", R, verts) + t[:, None],
+                                fit_weights(np.array([self.bake_errors[i] for i in indices])))
+            mesh = CanonicalMesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces, tracker.albedo)
+            fitted = Shading(tracker.sh.numpy(), tracker.cA.numpy(), tracker.cb.numpy())
+            result = bake(frames, indices, np.arange(len(indices)), mesh, tracker.Knp, fitted)
+            result.write(self.writer, mesh)
+            return CanonicalColours(tracker.mesh.vertices, result.colours.colours)
+        except Exception as e:  # noqa: BLE001 - the tracked result stands without baked colours
+            self.events.warning(f"colours not baked from the video: {type(e).__name__}: {e}", "bake_failed")
+            return None
+        finally:
+            self.bake_vertices.clear()
+            self.bake_errors.clear()
+            tracker.timer.add("bake", time.perf_counter() - t0)
+
+    def _write_usd(self, colours=None) -> None:
+        """Per-frame meshes (topology-varying, ``posed_frame_meshes``) as ``meshes.usdc``, coloured by the baked
+        ``colours`` (``bake.posed.CanonicalColours``) or, without them, the tracker's albedo."""
         from ..contracts.result_format import USD_SEQUENCE
         writer = self.writer
         try:
@@ -445,7 +496,7 @@ class TrackingSession:
             frames = [int(f["index"]) for f in writer.manifest["frames"]]
             z_exp = np.stack([self.written_z_exp[i] for i in frames])
             write_mesh_sequence(writer.root / USD_SEQUENCE, posed_frame_meshes(frames, z_exp, self.tracker,
-                                                                               self.events),
+                                                                               self.events, colours),
                                 fps=float(writer.manifest["fps"] or 25.0))
             writer.set_usd(USD_SEQUENCE)
         except Exception as e:  # noqa: BLE001 - usd-core missing or a frame failing: keep the finished npz result
@@ -463,6 +514,10 @@ class TrackingSession:
                                r.photometric_error, r.mask_iou) for r in results]
         self.writer.write_frames(records, arrays)
         self.written_z_exp.update((r.index, arrays["z_exp"][k]) for k, r in enumerate(results))
+        for r in results:
+            if r.index in self.bake_frames:
+                self.bake_vertices[r.index] = r.vertices
+                self.bake_errors[r.index] = r.landmark_error_px
         self._save_state()
 
     def _frame_arrays(self, results) -> Dict[str, np.ndarray]:
@@ -505,11 +560,12 @@ def identity_frames(found: List[int], preset) -> List[int]:
     return sorted(set(pick))
 
 
-def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Optional[_Events] = None):
+def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Optional[_Events] = None, colours=None):
     """Topology-varying per-frame meshes: narrow-band marching cubes of the posed SDF (``model.meshing.PosedMesher``,
     each frame reusing the previous frame's band) for source frames ``frames`` with expression codes ``z_exp``
-    (T, E), with the tracker's albedo (network albedo through the fitted colour affine). Yields
-    ``usd_export.FrameMesh`` (metres, model axes)."""
+    (T, E), coloured by the baked ``colours`` (``bake.posed.CanonicalColours``: each posed vertex looked up on the
+    canonical surface through the backward deformation) or, without them, the tracker's albedo (network albedo
+    through the fitted colour affine). Yields ``usd_export.FrameMesh`` (metres, model axes)."""
     import torch
     from ..model.meshing import PosedMesher
     from ..usd_export import FrameMesh
@@ -519,7 +575,9 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
     for k, index in enumerate(frames):
         ze = torch.as_tensor(z_exp[k])[None]
         mesh = mesher(zg, None, ze, with_color=False)
-        yield FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, tracker.albedo_u8(mesh.vertices, ze))
+        rgb = tracker.albedo_u8(mesh.vertices, ze) if colours is None else \
+            colours.at_posed(tracker.model, zg, ze, mesh.vertices)
+        yield FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, rgb)
         if ev is not None:
             ev.progress("meshes", k + 1, len(frames), index)
 

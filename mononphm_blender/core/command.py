@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from ..contracts import track_config
@@ -23,6 +22,16 @@ def frames_arg(start: int | None, stop: int | None, stride: int = 1) -> str | No
 def track_argv(python: str, config: track_config.TrackConfig) -> list[str]:
     """``python -m backend track …`` for a run's settings; raises ValueError for settings the backend refuses."""
     return [str(python), "-m", "backend", "track", *config.to_argv()]
+
+
+def bake_argv(python: str, package: str, frames: str | None = None, texture: bool = False) -> list[str]:
+    """``python -m backend bake PACKAGE …``: re-bake the subject's colours (and a texture) from ``frames``."""
+    argv = [str(python), "-m", "backend", "bake", str(package)]
+    if frames:
+        argv += ["--frames", frames]
+    if texture:
+        argv.append("--texture")
+    return argv
 
 
 def batch_argv(python: str, inputs: list[str], out_root: str, config: track_config.TrackConfig,
@@ -74,57 +83,7 @@ def find_project_python(repo_root: str | os.PathLike | None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-ENV_MARKER = ".mononphm_backend_env"
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-
-
-def setup_steps(base_python: str, env_dir: str | os.PathLike, requirements: str | os.PathLike, *,
-                wheel_dir: str | None = None, cpu_torch: bool = False) -> list[tuple[str, list[str]]]:
-    """Commands that create the backend environment: a venv from a Python 3.11, then the pinned packages.
-
-    Online: from the package index (with ``cpu_torch`` the CPU build of torch first, from PyTorch's CPU index).
-    Offline: ``--no-index --find-links WHEEL_DIR`` (a folder of wheels downloaded elsewhere).
-    """
-    py = str(venv_python(env_dir))
-    steps = [("Create environment", [str(base_python), "-m", "venv", str(env_dir)]),
-             ("Mark environment", [py, "-c", f"open({str(Path(env_dir) / ENV_MARKER)!r}, 'w').write('mononphm')"])]
-    pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
-    if wheel_dir:
-        pip += ["--no-index", "--find-links", str(wheel_dir)]
-    elif cpu_torch and sys.platform != "darwin":  # macOS wheels on the index are already CPU/MPS builds
-        torch_line = _requirement_line(requirements, "torch")
-        if torch_line:
-            steps.append(("Install CPU torch", pip + [torch_line, "--index-url", TORCH_CPU_INDEX]))
-    steps.append(("Install backend packages", pip + ["-r", str(requirements)]))
-    steps.append(("Check backend", [py, "-c", "import torch, numpy; print('torch', torch.__version__)"]))
-    return steps
-
-
-def _requirement_line(requirements: str | os.PathLike, name: str) -> str | None:
-    try:
-        for line in Path(requirements).read_text().splitlines():
-            line = line.split("#")[0].strip()
-            if line.lower().startswith(name + "=="):
-                return line
-    except OSError:
-        return None
-    return None
-
-
-def check_base_python(python: str, run=None) -> str:
-    """Version text of an interpreter; raises ValueError unless it is Python 3.11 (the backend's pinned version)."""
-    import subprocess
-
-    run = run or subprocess.run
-    try:
-        out = run([str(python), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-                  capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ValueError(f"cannot run {python}: {exc}") from None
-    version = out.stdout.strip()
-    if out.returncode != 0 or not version.startswith("3.11."):
-        raise ValueError(f"{python} is Python {version or '?'}; the backend needs Python 3.11")
-    return version
+ENV_MARKER = ".mononphm_backend_env"  # in every environment made by Set Up Backend (core/installer.py)
 
 
 def is_managed_env(env_dir: str | os.PathLike) -> bool:

@@ -55,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a result package and print a summary")
     validate.add_argument("package")
 
+    export = sub.add_parser("export", help="write a result's performance in an exchange format (no torch needed)")
+    export.add_argument("package", help="result package folder")
+    export.add_argument("--format", choices=("llf-csv",), default="llf-csv",
+                        help="llf-csv: Live Link Face CSV (Unreal, Faceit, KeenTools, Rokoko)")
+    export.add_argument("--out", required=True, help="file to write (replaced atomically)")
+    export.add_argument("--fps", type=float, default=None, metavar="F",
+                        help="rows per second of the clip (default: one row per tracked frame at the clip's rate)")
+    export.add_argument("--smooth", action="append", default=None, metavar="GROUP=HZ[:BETA]",
+                        help="one-euro smoothing of a group (pose, eyes, mouth, brows, all): minimum cutoff in Hz "
+                             "and speed coefficient (default 5); repeatable; default: no smoothing")
+
     selftest = sub.add_parser("selftest", help="track one frame of a built-in image (the installer's smoke test)")
     selftest.add_argument("--out", required=True, help="scratch folder (its contents are replaced)")
     selftest.add_argument("--device", choices=DEVICES, default=TrackConfig.device)
@@ -118,6 +129,24 @@ def _run_validate(args, events: EventWriter) -> None:
     events.result(str(package.root), len(package.frames))
 
 
+def _run_export(args, events: EventWriter) -> None:
+    """The package's tracked frames as a Live Link Face CSV: smoothed, then resampled to --fps (the package is
+    only read)."""
+    from .contracts.retarget import llf_csv
+    from .contracts.retarget.performance import from_package
+    from .contracts.retarget.smoothing import SmoothingSettings, smooth_performance
+
+    if args.fps is not None and args.fps <= 0:
+        raise BadInputError(f"--fps {args.fps}: the frame rate must be positive", "Give e.g. --fps 60.")
+    smoothing = SmoothingSettings.parse(args.smooth)
+    perf = from_package(args.package)
+    perf.require_arkit()
+    perf = smooth_performance(perf, smoothing)
+    if args.fps:
+        perf = perf.resampled(args.fps)
+    events.result(str(llf_csv.write_llf_csv(args.out, perf)), len(perf))
+
+
 # The smoke test's fit: the draft preset cut to a few iterations, so it proves the whole pipeline (decoding,
 # landmarks, masks, model, identity and frame fits, meshes, result package) in seconds, not its quality.
 SELFTEST_OVERRIDES = {"id_iters": 8, "frame_iters": 4, "stage2_epochs": 0, "mesh_res": 48}
@@ -177,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         events.hello(__version__)
         if args.command == "validate":
             _run_validate(args, events)
+        elif args.command == "export":
+            _run_export(args, events)
         elif args.command == "bake":
             from .bake.run import run_bake
             from .contracts.result_format import read_manifest

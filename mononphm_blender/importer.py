@@ -34,7 +34,7 @@ from .core.layout import (LINEAR, bad_frames, decompose_similarity, keyframe_co,
 
 MODES = ("AUTO", "SHAPE_KEYS", "MESHES", "BOTH")
 COLOUR_SOURCES = ("MODEL", "BAKED", "TEXTURE")
-USABLE_STATUSES = ("tracked", "interpolated")
+USABLE_STATUSES = result_format.USABLE_STATUSES
 MARKER_PREFIX = "MNPHM "
 DEFAULT_ERROR_THRESHOLD_PX = 5.0
 PROP_PACKAGE = "mononphm_package"

@@ -7,6 +7,8 @@
     landmark_tables  anchor semantics, anchor↔iBUG-68 / MediaPipe tables, ICT placement docs/conventions.md
     arkit            the 52 ARKit channel names, ICT-FaceKit → ARKit mapping            docs/conventions.md
     geometry         similarity fit (Umeyama) shared by tracking, training, evaluation
+    retarget/        performances, ARKit name conventions and mappings, smoothing, the   docs/retargeting.md
+                     Live Link Face CSV
 
 Imports inside this package are relative and stay inside it: it is imported as ``backend.contracts`` from the
 repository and as ``<addon>.backend.contracts`` inside the extension zip.

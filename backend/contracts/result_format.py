@@ -55,6 +55,7 @@ TRACKER_STATE = "tracker_state.npz"
 LOCK = ".lock"
 
 FRAME_STATUSES = ("tracked", "interpolated", "no_face", "failed")
+USABLE_STATUSES = ("tracked", "interpolated")  # frames with a pose and expression that importers animate
 RUN_STATES = ("running", "complete", "cancelled", "failed")
 SOURCE_KINDS = ("video", "images", "image")
 
@@ -193,7 +194,11 @@ def save_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=1, allow_nan=False)
+    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (a reader never sees a half-written file)."""
     _atomic_write_bytes(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 

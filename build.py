@@ -88,7 +88,7 @@ def ensure_venv(venv: Path, pip_args: list[str], hash_parts: list[str]) -> Path:
 
 
 def task_setup(_args=None, *, bpy45: bool = True) -> Path:
-    files = [ROOT / "requirements-dev.txt", ROOT / "requirements.txt"]
+    files = [ROOT / "requirements-dev.txt", ROOT / "requirements-batch.txt", ROOT / "requirements.txt"]
     py = ensure_venv(VENV, ["-r", str(ROOT / "requirements-dev.txt")], [f.read_text() for f in files])
     if bpy45:
         ensure_venv(VENV_BPY45, BPY45_REQUIREMENTS, BPY45_REQUIREMENTS)
@@ -157,17 +157,22 @@ def blender_ext_cli(py: Path) -> Path:
     return Path(hits[-1])
 
 
+def blender_valid_tags(cli: Path) -> Path:
+    """Blender's list of extension tags (what ``blender --command extension validate`` enforces)."""
+    return cli.parents[3] / "modules" / "_bpy_internal" / "extensions" / "tags.py"
+
+
 def stage_extension(stage: Path = STAGE) -> Path:
-    """Zip root = the add-on package; manifest at the root; backend/ (+ built-in model) and requirements.txt."""
+    """Zip root = the add-on package (its LICENSE: GPL-3.0-or-later); manifest at the root; backend/ (+ built-in
+    model, and the repository's MIT LICENSE) and requirements.txt."""
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     _copy_tree(ADDON_DIR, stage, ["__pycache__", "*.pyc", ".*"])
     shutil.copy2(ROOT / "blender_manifest.toml", stage / "blender_manifest.toml")
     shutil.copy2(ROOT / "requirements.txt", stage / "requirements.txt")
-    if (ROOT / "LICENSE").is_file():
-        shutil.copy2(ROOT / "LICENSE", stage / "LICENSE")
     _copy_tree(BACKEND_DIR, stage / "backend", BACKEND_EXCLUDE + ["models"])
+    shutil.copy2(ROOT / "LICENSE", stage / "backend" / "LICENSE")
     builtin = BACKEND_DIR / "models" / "builtin"
     if builtin.is_dir():
         _copy_tree(builtin, stage / "backend" / "models" / "builtin", ["__pycache__", "*.pyc", ".*"])
@@ -189,11 +194,12 @@ def task_extension(args=None) -> Path:
     zip_path = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
     if zip_path.exists():
         zip_path.unlink()
-    if run([py, cli, "validate", stage]) != 0:
+    tags = ["--valid-tags", blender_valid_tags(cli)]
+    if run([py, cli, "validate", stage, *tags]) != 0:
         sys.exit("build.py: the staged extension does not validate")
-    if run([py, cli, "build", "--source-dir", stage, "--output-filepath", zip_path]) != 0:
+    if run([py, cli, "build", "--source-dir", stage, "--output-filepath", zip_path, *tags]) != 0:
         sys.exit("build.py: building the extension failed")
-    if run([py, cli, "validate", zip_path]) != 0:
+    if run([py, cli, "validate", zip_path, *tags]) != 0:
         sys.exit("build.py: the built zip does not validate")
     log(f"extension: {zip_path} ({zip_path.stat().st_size / 1e6:.1f} MB)")
     return zip_path

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .conventions import model_to_blender_points
+from .contracts.conventions import model_to_blender_points, srgb_to_linear
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,6 @@ class FrameMesh:
     vertices: np.ndarray
     triangles: np.ndarray
     colors: np.ndarray
-
-
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
 def write_mesh_sequence(path: str | Path, frames: Iterable[FrameMesh], fps: float,
@@ -64,7 +60,7 @@ def write_mesh_sequence(path: str | Path, frames: Iterable[FrameMesh], fps: floa
         t = Usd.TimeCode(float(frame.frame_index))
         verts = model_to_blender_points(np.asarray(frame.vertices, np.float64)).astype(np.float32)
         tris = np.asarray(frame.triangles, np.int32)
-        colors = _srgb_to_linear(np.asarray(frame.colors, np.float32) / 255.0).astype(np.float32)
+        colors = srgb_to_linear(np.asarray(frame.colors, np.float32) / 255.0).astype(np.float32)
         points_attr.Set(Vt.Vec3fArray.FromNumpy(verts), t)
         counts_attr.Set(Vt.IntArray.FromNumpy(np.full(len(tris), 3, np.int32)), t)
         indices_attr.Set(Vt.IntArray.FromNumpy(tris.reshape(-1)), t)
@@ -87,3 +83,14 @@ def write_usd_sequence(path: str | Path, frames: Iterable[tuple[int, np.ndarray,
                        fps: float, prim_path: str = "/MonoNPHM/head") -> Path:
     """``write_mesh_sequence`` for (source index, vertices, triangles, colours) tuples."""
     return write_mesh_sequence(path, (FrameMesh(int(i), v, t, c) for i, v, t, c in frames), fps, prim_path)
+
+
+def external_dependencies(path: str | Path) -> list[str]:
+    """Every asset a USD layer would pull in from elsewhere: sublayers, references, payloads and asset-valued
+    attributes (the layer is opened alone, nothing it names is resolved or read)."""
+    from pxr import Sdf
+
+    layer = Sdf.Layer.OpenAsAnonymous(str(path))
+    if layer is None:
+        raise ValueError(f"{Path(path).name} is not a readable USD layer")
+    return sorted(set(layer.GetCompositionAssetDependencies()) | set(layer.GetExternalAssetDependencies()))

@@ -9,6 +9,11 @@ The LAST line printed is one JSON object.
 Usage: python benchmarks/mesh_extraction.py [--threads 2] [--res 256] [--frame-res 128] [--quick]
        python benchmarks/mesh_extraction.py --replay RESULT_PACKAGE   (the fixed-topology warp on a tracked clip's
        identity, canonical mesh and expression codes, with the built-in model that tracked it)
+       python benchmarks/mesh_extraction.py --replay RESULT_PACKAGE --score-frame-res 32,64,128 [--frames 4]
+       (the per-frame topology-varying meshes of that clip at each resolution: time per frame beside their error, so
+       a lower resolution cannot hide a quality loss -- accuracy: |SDF| of the posed model at 20k area-uniform samples
+       of each mesh, mm; completeness: distance from 20k samples of a 256^3 reference mesh to the nearest of 200k
+       samples of the mesh, mm; mean, p99 and max over the frames)
 
 Each size runs in a fresh process (`--one-size`), as a user's run would.
 The fixed-topology warp runs two expression trajectories: smooth (`per_frame_fixed_topology_s`) and jittery
@@ -66,22 +71,23 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from backend import BUILTIN_MODEL_DIR  # noqa: E402
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init, load_model  # noqa: E402
 from backend.model.deformation import DeformationField  # noqa: E402
-from backend.model.mesh import Mesh, PosedMesher, canonical_mesh, warp_mesh  # noqa: E402
+from backend.model.meshing import PosedMesher, SurfaceMesh, canonical_mesh, warp_mesh  # noqa: E402
 from backend.model.parallel import set_threads  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from model_throughput import matmul_peak, mean_anchors, measure_in_fresh_process, report_size  # noqa: E402
+from host import describe_host, host_line  # noqa: E402
+from model_throughput import mean_anchors, measure_in_fresh_process, report_size  # noqa: E402
 
 
 FIXED_TOPOLOGY_VERTICES = 30000
 
 
 def make_model(name: str):
-    builtin = ROOT / "backend" / "models" / "builtin" / "model.pt"
-    if name == "builtin" and builtin.is_file():
-        return load_model(builtin), "checkpoint"
+    if name == "builtin" and (BUILTIN_MODEL_DIR / "model.pt").is_file():
+        return load_model(BUILTIN_MODEL_DIR), "checkpoint"
     cfg = MonoNPHMConfig.official() if name == "official" else MonoNPHMConfig.builtin()
     torch.manual_seed(0)
     m = MonoNPHM(cfg, mean_anchors(cfg.n_anchors)).eval()
@@ -98,13 +104,21 @@ def main() -> None:
     ap.add_argument("--sizes", default="official,builtin")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--replay", default=None, help="a result package tracked with the built-in model")
+    ap.add_argument("--score-frame-res", default=None, metavar="R1,R2,...",
+                    help="with --replay: score per-frame meshes at these resolutions against a 256^3 reference")
     ap.add_argument("--one-size", default=None, help=argparse.SUPPRESS)  # internal: measure one size, print JSON
     args = ap.parse_args()
     res = 64 if args.quick else args.res
     frame_res = 64 if args.quick else args.frame_res
     if args.replay:
         set_threads(args.threads)
-        print(json.dumps(replay_warp(Path(args.replay))))
+        if args.score_frame_res:
+            host = describe_host()
+            print(host_line(host), flush=True)
+            resolutions = [int(r) for r in args.score_frame_res.split(",")]
+            print(json.dumps({"host": host, **score_frame_res(Path(args.replay), resolutions, args.frames)}))
+        else:
+            print(json.dumps(replay_warp(Path(args.replay))))
         return
     if args.one_size:
         set_threads(args.threads)
@@ -115,7 +129,9 @@ def main() -> None:
     # run-to-run noise).
     set_threads(args.threads)
     # The host's speed drifts (+-15% within minutes): its fp32 matmul peak, measured now, dates the figures.
-    out = {"threads": args.threads, "matmul_gflops": round(matmul_peak(torch.float32, 0.2 if args.quick else 1.0), 1),
+    host = describe_host(0.2 if args.quick else 1.0)
+    print(host_line(host), flush=True)
+    out = {"host": host, "threads": args.threads, "matmul_gflops": host["matmul_fp32_gflops"],
            "res": res, "frame_res": frame_res, "canonical_mesh_s": {},
            "canonical_mesh_warm_s": {}, "canonical_vertices": {}, "models": {}}
     for name in args.sizes.split(","):
@@ -152,27 +168,15 @@ def count_deformation_rows():
 def replay_warp(package: Path) -> dict:
     """Per-frame fixed-topology warps of a tracked clip: the package's identity, canonical mesh and per-frame
     expression codes, through the built-in model, frame after frame as the tracker's outputs run."""
-    from backend.conventions import NPHM_UNIT_M
-    from backend.model.mesh import warp_vertices
-    from backend.protocol import BackendError
-    from backend.result_format import ResultPackage
+    from backend.contracts.conventions import NPHM_UNIT_M
+    from backend.contracts.result_format import ResultPackage
+    from backend.model.meshing import warp_vertices
 
-    try:
-        pkg = ResultPackage(package)
-        can, identity = pkg.canonical_mesh(), pkg.identity()
-        frames = pkg.frame_arrays(["z_exp"])
-    except BackendError as exc:
-        raise SystemExit(f"--replay: {exc.message}. {exc.hint}".rstrip())
-    if len(frames.get("z_exp", ())) < 2:
+    m, z_geo, z_exp = _replayed(package)
+    if len(z_exp) < 2:
         raise SystemExit(f"--replay: {package} holds fewer than 2 tracked frames; track a longer clip first")
-    z_exp = torch.from_numpy(frames["z_exp"]).float()
-    m, kind = make_model("builtin")
-    if kind != "checkpoint":
-        raise SystemExit("--replay needs the built-in checkpoint (backend/models/builtin/model.pt)")
+    can = ResultPackage(package).canonical_mesh()
     verts = torch.from_numpy(can.vertices / np.float32(NPHM_UNIT_M))
-    z_geo = torch.from_numpy(identity["z_geo"]).float()[None]
-    if z_geo.shape[1] != m.cfg.dim_geo or z_exp.shape[1] != m.cfg.dim_exp:
-        raise SystemExit(f"{package} was not tracked with this built-in model (code sizes differ)")
     times, passes, st = [], [], None
     for ze in z_exp:
         with count_deformation_rows() as rows:
@@ -184,6 +188,63 @@ def replay_warp(package: Path) -> dict:
             "replay_first_s": round(times[0], 3), "replay_s": round(float(np.median(times[1:])), 4),
             "replay_passes": round(float(np.mean(passes[1:])), 2),
             "replay_converged": round(float(ok.float().mean()), 5)}
+
+
+def _replayed(package: Path):
+    """(built-in model, z_geo (1, D), z_exp (T, E)) of a package tracked with the built-in model."""
+    from backend.contracts.protocol import BackendError
+    from backend.contracts.result_format import ResultPackage
+
+    try:
+        pkg = ResultPackage(package)
+        identity, frames = pkg.identity(), pkg.frame_arrays(["z_exp"])
+    except BackendError as exc:
+        raise SystemExit(f"--replay: {exc.message}. {exc.hint}".rstrip())
+    m, kind = make_model("builtin")
+    if kind != "checkpoint":
+        raise SystemExit("--replay needs the built-in checkpoint (backend/models/builtin/model.pt)")
+    z_geo = torch.from_numpy(identity["z_geo"]).float()[None]
+    z_exp = torch.from_numpy(frames.get("z_exp", np.zeros((0, m.cfg.dim_exp), np.float32))).float()
+    if z_geo.shape[1] != m.cfg.dim_geo or z_exp.shape[1] != m.cfg.dim_exp:
+        raise SystemExit(f"{package} was not tracked with this built-in model (code sizes differ)")
+    return m, z_geo, z_exp
+
+
+def score_frame_res(package: Path, resolutions: list, n_frames: int, reference_res: int = 256) -> dict:
+    """Per-frame topology-varying meshes of a tracked clip at each resolution (a PosedMesher per resolution, frame
+    after frame as the tracker's USD output runs): seconds per frame (frames after the first) beside their error
+    against the SDF and a reference_res^3 mesh (see the module docstring)."""
+    from scipy.spatial import cKDTree
+
+    from backend.contracts.landmark_tables import MM_PER_UNIT
+    from backend.evaluation.mesh_ops import sample_surface
+    from backend.model.meshing import PosedMesher
+
+    m, z_geo, z_exp = _replayed(package)
+    z_exp = z_exp[np.linspace(0, len(z_exp) - 1, min(n_frames, len(z_exp))).round().astype(int)]
+    rng = np.random.default_rng(0)
+    reference = PosedMesher(m, res=reference_res)
+    ref_points = [sample_surface(mesh.vertices, mesh.faces, 20000, rng)[0]
+                  for mesh in (reference(z_geo, None, ze[None], with_color=False) for ze in z_exp)]
+    out = {"package": str(package), "frames": len(z_exp), "reference_res": reference_res, "res": {}}
+    for res in resolutions:
+        mesher, times, accuracy, completeness = PosedMesher(m, res=res), [], [], []
+        for k, ze in enumerate(z_exp):
+            t = time.perf_counter()
+            mesh = mesher(z_geo, None, ze[None], with_color=False)
+            times.append(time.perf_counter() - t)
+            pts = sample_surface(mesh.vertices, mesh.faces, 200000, rng)[0]
+            sdf = m.sdf_only(torch.from_numpy(pts[:20000]).float()[None], z_geo, ze[None])[0, :, 0]
+            accuracy.append(sdf.abs().numpy() * MM_PER_UNIT)
+            completeness.append(cKDTree(pts).query(ref_points[k])[0] * MM_PER_UNIT)
+        acc, comp = np.concatenate(accuracy), np.concatenate(completeness)
+        out["res"][res] = {"s_per_frame": round(float(np.median(times[1:] or times)), 3),
+                           "vertices": int(len(mesh.vertices)),
+                           "accuracy_mm": [round(float(x), 3) for x in (acc.mean(), np.percentile(acc, 99), acc.max())],
+                           "completeness_mm": [round(float(x), 3)
+                                               for x in (comp.mean(), np.percentile(comp, 99), comp.max())]}
+        print(f"{res}^3: {out['res'][res]}", flush=True)
+    return out
 
 
 def measure_size(name: str, res: int, frame_res: int, frames: int, quick: bool) -> dict:
@@ -207,7 +268,7 @@ def measure_size(name: str, res: int, frame_res: int, frames: int, quick: bool) 
     small = can if quick else canonical_mesh(m, zg, za, res=128)
     if len(small.vertices) > FIXED_TOPOLOGY_VERTICES:
         inside = (small.faces < FIXED_TOPOLOGY_VERTICES).all(1)
-        small = Mesh(small.vertices[:FIXED_TOPOLOGY_VERTICES], small.faces[inside], None)
+        small = SurfaceMesh(small.vertices[:FIXED_TOPOLOGY_VERTICES], small.faces[inside], None)
     # Two expression trajectories: smooth (constant code velocity: the start prediction extrapolates) and jittery
     # (the same drift plus per-frame noise of the same size, like tracked codes, whose per-frame accelerations exceed
     # their velocities: 1.6x in the draft/standard results of the sample clip).

@@ -50,10 +50,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend.model import MonoNPHM, MonoNPHMConfig  # noqa: E402
-from backend.model.mesh import bf16_supported  # noqa: E402
+from backend.model.meshing import bf16_supported  # noqa: E402
 from backend.model.parallel import backward_in_chunks, map_chunks, set_threads  # noqa: E402
 from backend.model.reference_loop import loop_forward  # noqa: E402
+from host import describe_host, host_line, matmul_peak, timeit  # noqa: E402
 
 
 def shared_dir() -> Path:
@@ -88,28 +90,6 @@ def measure_in_fresh_process(script: str, name: str, args: list) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"[{name}] failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def timeit(fn, min_time: float, max_reps: int = 20) -> float:
-    """Best time of one call (like the timeit module): repeats until min_time or max_reps, after a warm-up call.
-    The best rather than the mean, because the first large autograd graphs of a process still grow the allocator."""
-    fn()  # warm-up
-    best, reps, t0 = float("inf"), 0, time.perf_counter()
-    while True:
-        t1 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t1)
-        reps += 1
-        if time.perf_counter() - t0 >= min_time or reps >= max_reps:
-            return best
-
-
-def matmul_peak(dtype, min_time) -> float:
-    best = 0.0
-    for n in (1024, 2048):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        best = max(best, 2 * n ** 3 / timeit(lambda: a @ b, min_time) / 1e9)
-    return best
 
 
 def flops_per_point(cfg: MonoNPHMConfig, edges_per_point: float, color: bool, posed: bool = True) -> float:
@@ -265,8 +245,10 @@ def main() -> None:
         r["bench_seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(r))
         return
-    peak = matmul_peak(torch.float32, args.min_time)
-    res = {"threads": args.threads, "matmul_gflops": round(peak, 1)}
+    host = describe_host(args.min_time)
+    print(host_line(host), flush=True)
+    peak = host["matmul_fp32_gflops"]
+    res = {"host": host, "threads": args.threads, "matmul_gflops": peak}
     if bf16_supported():
         res["matmul_bf16_gflops"] = round(matmul_peak(torch.bfloat16, args.min_time), 1)
     for name in args.sizes.split(","):

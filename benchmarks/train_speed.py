@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from backend.model.parallel import set_threads  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import describe_host, host_line  # noqa: E402
 from backend.training.modelwrap import build_model, model_config  # noqa: E402
 
 
@@ -65,11 +67,14 @@ def main():
     ap.add_argument("--presets", default="builtin,small,wide")
     a = ap.parse_args()
     set_threads(a.threads)
+    host = describe_host()
+    print(host_line(host), flush=True)
     for name in a.presets.split(","):
         cfg = presets()[name]
         model = build_model(cfg, torch.zeros(cfg.n_anchors, 3))
         n_par = sum(p.numel() for p in model.parameters())
-        rec = {"preset": name, "threads": a.threads, "params": n_par, "mb_float32": round(n_par * 4 / 1e6, 2)}
+        rec = {"host": host, "preset": name, "threads": a.threads, "params": n_par,
+               "mb_float32": round(n_par * 4 / 1e6, 2)}
         rec.update({k: round(v) for k, v in bench_inference(model).items()})
         try:
             from backend.training.train import Trainer, parse_args

@@ -1,7 +1,7 @@
 """Where the backend's torch-free contract modules come from.
 
-The add-on imports the *same* modules the backend uses (``protocol``, ``result_format``, ``conventions`` and,
-when present, ``arkit``):
+The add-on imports the *same* modules the backend uses (``backend.contracts``: ``protocol``, ``result_format``,
+``conventions``, ``track_config``, ``arkit``):
 
 - installed extension: bundled inside the zip as ``<addon>/backend`` and imported as ``<addon>.backend``;
 - development checkout: the repository's ``backend/`` next to ``mononphm_blender/``, imported as ``backend``.
@@ -75,17 +75,8 @@ def contract(name: str) -> ModuleType:
     return importlib.import_module(f"{package.__name__}.{name}")
 
 
-protocol = contract("protocol")
-result_format = contract("result_format")
-conventions = contract("conventions")
-try:
-    arkit = contract("arkit")
-except ImportError:  # another engineer's module; optional for the add-on
-    arkit = None
-
-
-def arkit_names() -> tuple[str, ...]:
-    """The 52 ARKit channel names (from backend/arkit.py when present)."""
-    if arkit is not None and hasattr(arkit, "ARKIT_NAMES"):
-        return tuple(arkit.ARKIT_NAMES)
-    return tuple(f"arkit_{i:02d}" for i in range(52))
+protocol = contract("contracts.protocol")
+result_format = contract("contracts.result_format")
+conventions = contract("contracts.conventions")
+track_config = contract("contracts.track_config")
+arkit = contract("contracts.arkit")

@@ -28,12 +28,13 @@ import numpy as np
 from mathutils import Matrix
 
 from .blender import anim, mesh as meshes, scene as scenes
-from .contracts import arkit_names, conventions, result_format
+from .contracts import arkit, conventions, result_format
 from .core.layout import (LINEAR, bad_frames, decompose_similarity, keyframe_co, pile_keyframes,
                           rotations_to_euler_xyz)
 
 MODES = ("AUTO", "SHAPE_KEYS", "MESHES", "BOTH")
-USABLE_STATUSES = ("tracked", "interpolated")
+COLOUR_SOURCES = ("MODEL", "BAKED", "TEXTURE")
+USABLE_STATUSES = result_format.USABLE_STATUSES
 MARKER_PREFIX = "MNPHM "
 DEFAULT_ERROR_THRESHOLD_PX = 5.0
 PROP_PACKAGE = "mononphm_package"
@@ -90,6 +91,25 @@ def find_objects(package_path: str) -> dict[str, object]:
     return out
 
 
+def track_clip_start(settings) -> int | None:
+    """Scene frame of source frame 0 for the scene's track settings: the Movie Clip's start frame (clip input) or
+    the Start Frame (file input); None for a clip input without a clip (the imported package then decides)."""
+    if settings.input_kind == "CLIP":
+        return None if settings.clip is None else int(settings.clip.frame_start)
+    return int(settings.clip_start)
+
+
+def package_clip_start(objects: dict, clip=None) -> int:
+    """Scene frame of source frame 0 of an imported package (``find_objects``): its Movie Clip's start frame, else
+    the start stored on its head (or USD) object at import, else 1."""
+    if clip is not None:
+        return int(clip.frame_start)
+    holder = objects.get("head") or objects.get("usd")
+    if holder is not None and PROP_CLIP_START in holder:
+        return int(holder[PROP_CLIP_START])
+    return 1
+
+
 def _tag(obj, package_path: str, role: str, clip_start: int) -> None:
     obj[PROP_PACKAGE] = stored_path(package_path)
     obj[PROP_ROLE] = role
@@ -113,16 +133,80 @@ def _link(obj, coll) -> None:
 
 # --- the import -------------------------------------------------------------------------------------------------
 
+# Blender's frame limits (MINAFRAME / MAXFRAME): keys and scene ranges outside them are refused.
+MIN_SCENE_FRAME, MAX_SCENE_FRAME = -1048574, 1048574
+# Data-blocks an import may create; an import that fails removes the ones it created.
+_CREATED_TYPES = ("objects", "meshes", "cameras", "collections", "actions", "movieclips", "materials", "cache_files")
+
+
+class _SceneSnapshot:
+    """What an import may change, taken before it starts, so a failed import leaves the file as it was: new
+    data-blocks are removed and the scene's timing, camera, markers and panel state are restored."""
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self.ids = {kind: set(getattr(bpy.data, kind)) for kind in _CREATED_TYPES}
+        render = scene.render
+        self.timing = (render.fps, render.fps_base, scene.frame_start, scene.frame_end, scene.frame_current,
+                       render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y)
+        self.camera = scene.camera
+        self.markers = [(m.name, m.frame) for m in scene.timeline_markers]
+        settings = getattr(scene, "mononphm", None)
+        self.panel = None if settings is None else (settings.last_package,
+                                                    [(b.frame, b.error) for b in settings.bad_frames])
+
+    def restore(self) -> None:
+        for kind in reversed(_CREATED_TYPES):  # objects before the data they use
+            data = getattr(bpy.data, kind)
+            for block in [b for b in data if b not in self.ids[kind]]:
+                data.remove(block)
+        scene, render = self.scene, self.scene.render
+        (render.fps, render.fps_base, scene.frame_start, scene.frame_end, scene.frame_current,
+         render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y) = self.timing
+        if self.camera is None or self.camera.name in bpy.data.objects:
+            scene.camera = self.camera
+        scene.timeline_markers.clear()
+        for name, frame in self.markers:
+            scene.timeline_markers.new(name, frame=frame)
+        if self.panel is not None:
+            settings = scene.mononphm
+            settings.last_package = self.panel[0]
+            settings.bad_frames.clear()
+            for frame, error in self.panel[1]:
+                item = settings.bad_frames.add()
+                item.frame, item.error = frame, error
+
+
 def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip=None, clip_start: int | None = None,
                    error_threshold: float | None = None, setup_camera: bool = True, setup_scene: bool = True,
-                   load_source_clip: bool = True) -> ImportResult:
+                   load_source_clip: bool = True, colour_source: str | None = None) -> ImportResult:
     """Import (or update) the result package at ``path``; see the module docstring.
 
-    Raises result_format.PackageError (message + hint) for packages that cannot be read.
+    ``colour_source`` (COLOUR_SOURCES; None: the scene's setting) picks what the head shows: the model's albedo,
+    the colours baked from the video, or the baked texture (each falls back to the next available one).
+
+    All or nothing: any error leaves the scene as it was (new data-blocks removed, timing, camera and markers
+    restored) and is raised again. Raises result_format.PackageError (message + hint) for packages that cannot be
+    read or placed on Blender's timeline.
     """
-    t0 = time.perf_counter()
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
+    if colour_source is None:
+        colour_source = getattr(getattr(context.scene, "mononphm", None), "colour_source", "BAKED")
+    if colour_source not in COLOUR_SOURCES:
+        raise ValueError(f"colour_source must be one of {COLOUR_SOURCES}")
+    snapshot = _SceneSnapshot(context.scene)
+    try:
+        return _import(context, path, mode, clip, clip_start, error_threshold, setup_camera, setup_scene,
+                       load_source_clip, colour_source)
+    except BaseException:
+        snapshot.restore()
+        raise
+
+
+def _import(context, path, mode, clip, clip_start, error_threshold, setup_camera, setup_scene,
+            load_source_clip, colour_source) -> ImportResult:
+    t0 = time.perf_counter()
     scene = context.scene
     root = Path(bpy.path.abspath(str(path)))
     package = result_format.ResultPackage(root)
@@ -142,19 +226,19 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
 
     # clip and frame mapping
     if clip is None and load_source_clip:
-        clip = _source_clip(manifest, existing)
+        clip = _source_clip(manifest, existing, result)
         if clip is not None and clip_start is not None:
             clip.frame_start = int(clip_start)  # keep the background aligned with the requested mapping
     result.clip = clip
     if clip_start is None:
-        head_like = existing.get("head") or existing.get("usd")
-        if clip is not None:
-            clip_start = int(clip.frame_start)
-        elif head_like is not None and PROP_CLIP_START in head_like:
-            clip_start = int(head_like[PROP_CLIP_START])
-        else:
-            clip_start = 1
+        clip_start = package_clip_start(existing, clip)
     frames = np.array([conventions.scene_frame(clip_start, i) for i in indices], dtype=np.int64)
+    source = manifest["source"]
+    last = clip_start + max(int(source.get("frame_count") or 0) - 1, int(indices.max()) if len(indices) else 0)
+    if clip_start < MIN_SCENE_FRAME or last > MAX_SCENE_FRAME:
+        raise result_format.PackageError(
+            f"the package's frames would land on scene frames {clip_start}..{last}, beyond Blender's frame range "
+            f"{MIN_SCENE_FRAME}..{MAX_SCENE_FRAME}", "Use an earlier clip start frame, or track a shorter range.")
     result.source_indices = indices.tolist()
     result.scene_frames = frames.tolist()
 
@@ -164,6 +248,11 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
     if mode in ("SHAPE_KEYS", "BOTH"):
         result.head = _import_shape_keys(package, arrays, indices, frames, existing.get("head"), coll, root, result)
         _tag(result.head, str(root), "head", clip_start)
+        try:
+            set_colour_source(result.head, colour_source, package.texture_path)
+        except result_format.PackageError as exc:
+            result.warnings.append(f"{exc.message} {exc.hint}")
+            set_colour_source(result.head, colour_source, None)
     if mode in ("MESHES", "BOTH"):
         result.usd_object = _import_usd(context, package, existing.get("usd"), coll, clip_start, result)
         if result.usd_object is not None:
@@ -177,11 +266,11 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
     if len(indices) and pose_objects:
         matrices = conventions.head_world_matrices(arrays["scale"], arrays["rotation"], arrays["translation"])
         quality = {k: package.quality(k)[usable] for k in QUALITY_PROPS}
-        arkit = arrays.get("arkit")
+        arkit_weights = arrays.get("arkit")
         carrier = pose_objects[0]
         for obj in pose_objects:
             _animate_object(obj, frames, matrices, quality if obj is carrier else None,
-                            arkit if obj is carrier else None)
+                            arkit_weights if obj is carrier else None)
 
     if setup_camera:
         intr = package.intrinsics()
@@ -192,7 +281,6 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
         result.camera = cam
 
     if setup_scene:
-        source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
         if clip is not None:
             start, end = scenes.clip_frame_range(clip)
         elif source.get("frame_count"):
@@ -233,17 +321,23 @@ def to_blender(points: np.ndarray) -> np.ndarray:
     return out
 
 
-def _source_clip(manifest: dict, existing: dict):
-    source = manifest.get("source") or {}
-    src = source.get("path") if isinstance(source, dict) else None
+def _source_clip(manifest: dict, existing: dict, result: ImportResult):
+    """The background clip: the one an earlier import used, else the package's source when it is an existing video
+    or image file (anything else is never opened; the result imports without a background)."""
+    src = manifest["source"].get("path")
     cam = existing.get("camera")
     if cam is not None and cam.type == "CAMERA":
         for bg in cam.data.background_images:
             if bg.source == "MOVIE_CLIP" and bg.clip is not None:
                 return bg.clip
-    if src and os.path.exists(src):
-        return scenes.load_clip(src)
-    return None
+    if not src:
+        return None
+    clip = scenes.load_clip(src) if os.path.exists(src) else None
+    if clip is None:
+        why = "is not a video or image file" if os.path.exists(src) else "is missing"
+        result.warnings.append(f"the source clip {src} {why}; imported without the background clip (choose the "
+                               "clip in the panel to show it)")
+    return clip
 
 
 def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path, result: ImportResult):
@@ -267,7 +361,13 @@ def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path,
                 bpy.data.meshes.remove(old)
     _link(head, coll)
     meshes.set_point_colors(me, meshes.ALBEDO_ATTRIBUTE, canon.albedo)
-    meshes.assign_material(head, meshes.color_material("MonoNPHM Albedo", meshes.ALBEDO_ATTRIBUTE))
+    baked = me.color_attributes.get(meshes.BAKED_ATTRIBUTE)
+    if canon.baked_albedo is not None:
+        meshes.set_point_colors(me, meshes.BAKED_ATTRIBUTE, canon.baked_albedo)
+    elif baked is not None:  # re-tracked without a bake: never show stale colours
+        me.color_attributes.remove(baked)
+    if canon.uv is not None:
+        meshes.set_corner_uv(me, canon.uv)
     if "vertices" in arrays and len(indices):
         coords = to_blender(arrays["vertices"])
         names = [meshes.key_name(i) for i in indices]
@@ -283,11 +383,66 @@ def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path,
     return head
 
 
+def set_colour_source(head, source: str, texture: Path | None) -> str:
+    """Show the model albedo, the baked colours or the texture (``texture``: the package's PNG) on the shape-key
+    head, falling back to what the package has. Returns the source shown."""
+    me = head.data
+    if source == "TEXTURE" and texture is not None and me.uv_layers.get(meshes.UV_LAYER) is not None:
+        mat = meshes.image_material(f"MonoNPHM Texture {texture.parent.name}", str(texture))
+        shown = "TEXTURE"
+    elif source in ("BAKED", "TEXTURE") and me.color_attributes.get(meshes.BAKED_ATTRIBUTE) is not None:
+        mat = meshes.color_material("MonoNPHM Baked", meshes.BAKED_ATTRIBUTE)
+        meshes.show_point_colors(me, meshes.BAKED_ATTRIBUTE)
+        shown = "BAKED"
+    else:
+        mat = meshes.color_material("MonoNPHM Albedo", meshes.ALBEDO_ATTRIBUTE)
+        meshes.show_point_colors(me, meshes.ALBEDO_ATTRIBUTE)
+        shown = "MODEL"
+    meshes.assign_material(head, mat)
+    return shown
+
+
+def apply_colour_source(scene) -> str | None:
+    """Switch the head of the package last imported into ``scene`` to the scene's colour source."""
+    settings = getattr(scene, "mononphm", None)
+    path = settings.last_package if settings is not None else ""
+    head = find_objects(path).get("head") if path else None
+    if head is None or head.type != "MESH":
+        return None
+    try:
+        texture = result_format.ResultPackage(bpy.path.abspath(path)).texture_path
+    except result_format.PackageError:
+        texture = None
+    return set_colour_source(head, settings.colour_source, texture)
+
+
+def check_usd_dependencies(package_root: Path) -> None:
+    """Refuse (PackageError) a package whose USD file pulls in sublayers, references or assets from outside it:
+    Blender's USD importer would follow them. The add-on has no USD library, so the backend's ``validate`` checks."""
+    from . import contracts, prefs
+    from .core import command, jobs
+
+    python = prefs.backend_python()
+    if not python:
+        raise result_format.PackageError("the per-frame meshes (meshes.usdc) cannot be checked: no backend is set up",
+                                         "Set up the backend in the add-on preferences, or import the shape keys.")
+    root = contracts.backend_root()
+    try:
+        error = jobs.run_validate(command.validate_argv(python, package_root), cwd=str(root),
+                                  env=command.backend_env(root))
+    except RuntimeError as exc:
+        hint = "Check the backend in the add-on preferences, or import the shape keys."
+        raise result_format.PackageError(f"meshes.usdc could not be checked ({exc})", hint) from None
+    if error is not None:
+        raise result_format.PackageError(*error)
+
+
 def _import_usd(context, package, usd_obj, coll, clip_start: int, result: ImportResult):
     usd = package.usd_path
     if usd is None:
         result.warnings.append("the package has no per-frame meshes (USD); re-track with output 'meshes' or 'both'")
         return None
+    check_usd_dependencies(package.root)  # before Blender opens the file, every time (it may have changed)
     mod = None
     if usd_obj is not None:
         mod = next((m for m in usd_obj.modifiers if m.type == "MESH_SEQUENCE_CACHE"), None)
@@ -334,7 +489,8 @@ class _null:
         return False
 
 
-def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict | None, arkit: np.ndarray | None):
+def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict | None,
+                    arkit_weights: np.ndarray | None):
     """Pose (location / Euler XYZ / scale), quality and ARKit custom properties as one object action."""
     loc, rot, scale = decompose_similarity(matrices)
     eul = rotations_to_euler_xyz(rot)
@@ -350,8 +506,8 @@ def _animate_object(obj, frames: np.ndarray, matrices: np.ndarray, quality: dict
                 continue
             obj[key] = float(np.nanmean(values))
             anim.add_fcurve(fcurves, f'["{key}"]', keyframe_co(frames, values))
-    if arkit is not None:
-        for name, column in zip(arkit_names(), np.asarray(arkit, dtype=np.float32).T):
+    if arkit_weights is not None:
+        for name, column in zip(arkit.ARKIT_NAMES, np.asarray(arkit_weights, dtype=np.float32).T):
             obj[name] = float(column[0])
             try:
                 obj.id_properties_ui(name).update(min=0.0, max=1.0, soft_min=0.0, soft_max=1.0)
@@ -367,15 +523,11 @@ def scene_frame_of(scene, source_index: int, package_path: str | None = None) ->
     if path is None:
         settings = getattr(scene, "mononphm", None)
         path = settings.last_package if settings is not None else ""
-    holder = None
-    if path:
-        objs = find_objects(path)
-        holder = objs.get("head") or objs.get("usd")
-    if holder is None:
-        holder = next((o for o in scene.objects if PROP_CLIP_START in o and o.get(PROP_ROLE) in ("head", "usd")),
-                      None)
-    start = int(holder[PROP_CLIP_START]) if holder is not None else int(scene.frame_start)
-    return conventions.scene_frame(start, source_index)
+    objs = find_objects(path) if path else {}
+    if not (objs.get("head") or objs.get("usd")):
+        objs = {"head": next((o for o in scene.objects if PROP_CLIP_START in o and o.get(PROP_ROLE) in ("head", "usd")),
+                             None)}
+    return conventions.scene_frame(package_clip_start(objs), source_index)
 
 
 # --- quality markers --------------------------------------------------------------------------------------------
@@ -409,9 +561,7 @@ def refresh_quality_markers(scene, threshold: float) -> list[tuple[int, float]]:
         package = result_format.ResultPackage(bpy.path.abspath(path))
     except result_format.PackageError:
         return []
-    objs = find_objects(path)
-    holder = objs.get("head") or objs.get("usd")
-    clip_start = int(holder[PROP_CLIP_START]) if holder is not None and PROP_CLIP_START in holder else 1
+    clip_start = package_clip_start(find_objects(path))
     usable = [i for i, r in enumerate(package.frames) if r["status"] in USABLE_STATUSES]
     frames = np.array([conventions.scene_frame(clip_start, package.frames[i]["index"]) for i in usable])
     return set_quality_markers(scene, frames, package.quality("landmark_error_px")[usable], threshold)

@@ -7,6 +7,7 @@ timers never fire in background mode. Job identity (pid, log, events file, outpu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -14,7 +15,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import contracts, importer, prefs
-from .contracts import result_format
+from .contracts import result_format, track_config
 from .core import command, jobs
 
 TICK_S = 0.2
@@ -46,50 +47,64 @@ def _say(level: str, text: str) -> None:
 
 # --- starting ---------------------------------------------------------------------------------------------------
 
-def build_request(context, scene, *, frames: str | None = None, overwrite: bool = False) -> command.TrackRequest:
-    """A TrackRequest from the scene settings; raises ValueError with a user-facing message."""
+def movie_clip_input(clip) -> str:
+    """The backend input of a Movie Clip: its video file, or the folder of its image sequence."""
+    path = bpy.path.abspath(clip.filepath)
+    return os.path.dirname(path) if clip.source == "SEQUENCE" else path
+
+
+def tracking_settings(context, scene) -> dict:
+    """Preset, output, device and model of the scene's settings as TrackConfig fields; raises ValueError."""
+    s = scene.mononphm
+    settings = {"preset": s.preset, "output": s.output_mode, "device": prefs.get_prefs(context).device}
+    if s.model == "OFFICIAL":
+        settings.update(official_checkpoint=bpy.path.abspath(s.official_dir),
+                        mean_anchors=bpy.path.abspath(s.mean_anchors), checkpoint_epoch=s.checkpoint_epoch or None)
+        if not settings["official_checkpoint"] or not os.path.isdir(settings["official_checkpoint"]):
+            raise ValueError("Choose the official checkpoint folder")
+        if not settings["mean_anchors"] or not os.path.isfile(settings["mean_anchors"]):
+            raise ValueError("Choose the mean anchors file (anchors_65.npy) of the official checkpoint")
+    return settings
+
+
+def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
+                  overwrite: bool = False) -> track_config.TrackConfig:
+    """The run's settings from the scene settings (``scene_range``: scene frames to track, inclusive, instead of the
+    settings' range); raises ValueError with a user-facing message."""
     from .blender import scene as scenes
 
     s = scene.mononphm
-    intrinsics = None
+    intrinsics = {}
     if s.input_kind == "CLIP":
         clip = s.clip
         if clip is None:
             raise ValueError("Choose a Movie Clip (or switch the input to a file)")
-        input_path = bpy.path.abspath(clip.filepath)
-        if clip.source == "SEQUENCE":
-            input_path = os.path.dirname(input_path)
+        input_path = movie_clip_input(clip)
         intr = scenes.clip_intrinsics(clip)
         intrinsics = {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy}
-        clip_start = int(clip.frame_start)
     else:
         input_path = bpy.path.abspath(s.input_path)
-        clip_start = int(s.clip_start)
     if not input_path or not os.path.exists(input_path):
         raise ValueError(f"Input not found: {input_path or '(empty)'}")
     out_dir = bpy.path.abspath(s.output_dir)
     if not out_dir or out_dir.startswith("//"):
         raise ValueError("Save the .blend first, or choose an absolute output folder")
-    if frames is None and (s.use_frame_range or s.stride > 1):
-        if s.use_frame_range:
-            frames = command.frames_arg(s.frame_start - clip_start, s.frame_end - clip_start, s.stride)
-        else:
-            frames = command.frames_arg(None, None, s.stride)
-    req = command.TrackRequest(input_path=input_path, out_dir=out_dir, frames=frames, preset=s.preset,
-                               output=s.output_mode, device=prefs.get_prefs(context).device,
-                               intrinsics=intrinsics, overwrite=overwrite)
-    if s.model == "OFFICIAL":
-        req.official_checkpoint = bpy.path.abspath(s.official_dir)
-        req.mean_anchors = bpy.path.abspath(s.mean_anchors)
-        req.checkpoint_epoch = s.checkpoint_epoch or None
-        if not req.official_checkpoint or not os.path.isdir(req.official_checkpoint):
-            raise ValueError("Choose the official checkpoint folder")
-        if not req.mean_anchors or not os.path.isfile(req.mean_anchors):
-            raise ValueError("Choose the mean anchors file (anchors_65.npy) of the official checkpoint")
-    return req
+    if scene_range is None and s.use_frame_range:
+        scene_range = (s.frame_start, s.frame_end)
+    frames = command.frames_arg(None, None, s.stride)
+    if scene_range is not None:
+        clip_start = importer.track_clip_start(s)
+        frames = command.frames_arg(scene_range[0] - clip_start, scene_range[1] - clip_start, s.stride)
+    owner = result_format.lock_owner(out_dir)
+    if owner is not None:
+        raise ValueError(f"{out_dir} is being written by another tracking run (process {owner['pid']}); wait for "
+                         "it to finish or cancel it, or choose another output folder")
+    face = f"{s.face_point[0]},{s.face_point[1]}" if s.face == "POINT" else s.face
+    return track_config.TrackConfig(input=input_path, out=out_dir, frames=frames, overwrite=overwrite, face=face,
+                                    **intrinsics, **tracking_settings(context, scene))
 
 
-def start_track(context, scene=None, *, frames: str | None = None, overwrite: bool = False,
+def start_track(context, scene=None, *, scene_range: tuple[int, int] | None = None, overwrite: bool = False,
                 python: str | None = None) -> jobs.BackendJob:
     """Start ``python -m backend track`` for the scene's settings; raises ValueError / RuntimeError."""
     scene = scene or context.scene
@@ -98,18 +113,36 @@ def start_track(context, scene=None, *, frames: str | None = None, overwrite: bo
     python = python or prefs.backend_python(context)
     if not python:
         raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
-    req = build_request(context, scene, frames=frames, overwrite=overwrite)
-    argv = command.track_argv(python, req)
+    req = build_request(context, scene, scene_range=scene_range, overwrite=overwrite)
+    return _start_job(context, scene, "track", command.track_argv(python, req), req.out)
+
+
+def start_bake(context, scene=None, *, frames: str | None = None, texture: bool = False,
+               python: str | None = None) -> jobs.BackendJob:
+    """Start ``python -m backend bake`` on the scene's last imported result; raises ValueError / RuntimeError."""
+    scene = scene or context.scene
+    if is_running(scene):
+        raise RuntimeError("A backend job is already running for this scene")
+    python = python or prefs.backend_python(context)
+    if not python:
+        raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
+    package = bpy.path.abspath(scene.mononphm.last_package)
+    if not scene.mononphm.last_package or not os.path.isdir(package):
+        raise ValueError("Import or track a result first: the bake works on the last result")
+    return _start_job(context, scene, "bake", command.bake_argv(python, package, frames, texture), package)
+
+
+def _start_job(context, scene, kind: str, argv: list, out_dir: str) -> jobs.BackendJob:
     root = contracts.backend_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log = prefs.log_dir(context) / f"track-{stamp}-{os.getpid()}.log"
+    log = prefs.log_dir(context) / f"{kind}-{stamp}-{os.getpid()}.log"
     job = jobs.BackendJob(argv, log_path=log, cwd=str(root), env=command.backend_env(root),
-                          out_dir=req.out_dir).start()
+                          out_dir=out_dir).start()
     st = scene.mononphm.job
-    st.kind, st.pid, st.log_path, st.out_path = "track", job.pid, str(log), importer.stored_path(req.out_dir)
+    st.kind, st.pid, st.log_path, st.out_path = kind, job.pid, str(log), importer.stored_path(out_dir)
     st.state, st.stage, st.progress, st.done, st.total, st.frames_done = "RUNNING", "starting", 0.0, 0, 0, 0
     st.eta_s, st.message, st.error, st.hint, st.imported_frames = -1.0, "", "", "", 0
-    st.warning, st.warnings_seen = "", 0
+    st.warning, st.warnings_seen, st.device = "", 0, ""
     _jobs[scene.name] = job
     _last_import.pop(scene.name, None)
     if job.status.finished:  # could not start
@@ -157,6 +190,7 @@ def _sync(scene, job) -> None:
     st.done, st.total = js.done, js.total
     st.progress = js.fraction
     st.frames_done = js.frames_done
+    st.device = js.device
     st.eta_s = -1.0 if js.eta_s is None else float(js.eta_s)
     st.message = js.message
     st.state = js.state
@@ -174,24 +208,19 @@ def _package_frames(out_dir: str) -> int:
 
 
 def _do_import(context, scene, out_path: str) -> bool:
-    with context.temp_override(scene=scene) if hasattr(context, "temp_override") else _Null():
+    with context.temp_override(scene=scene) if hasattr(context, "temp_override") else contextlib.nullcontext():
         s = scene.mononphm
         clip = s.clip if s.input_kind == "CLIP" else None
-        clip_start = None if clip is not None else int(s.clip_start)
         try:
-            importer.import_package(context, bpy.path.abspath(out_path), clip=clip, clip_start=clip_start)
+            importer.import_package(context, bpy.path.abspath(out_path), clip=clip,
+                                    clip_start=importer.track_clip_start(s))
         except result_format.PackageError as exc:
             _say("WARNING", f"Import: {exc.message} {exc.hint}")
             return False
+        except Exception as exc:  # noqa: BLE001 - the scene was left unchanged; the job goes on
+            _say("WARNING", f"Import: {type(exc).__name__}: {exc}")
+            return False
     return True
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _maybe_live_import(context, scene, job) -> None:
@@ -219,6 +248,7 @@ def _maybe_live_import(context, scene, job) -> None:
 
 def _finish(context, scene, job) -> None:
     st, js = scene.mononphm.job, job.status
+    what = "Baking" if st.kind == "bake" else "Tracking"
     st.state = js.state
     st.error, st.hint = js.error, js.hint
     if st.out_path and _package_frames(st.out_path):
@@ -226,16 +256,17 @@ def _finish(context, scene, job) -> None:
     if js.state == jobs.FINISHED:
         st.progress = 1.0
         n = _package_frames(st.out_path)
-        _say("INFO", f"Tracking finished: {n} frames in {bpy.path.abspath(st.out_path)}")
-        if scene.mononphm.auto_import and n and _do_import(context, scene, st.out_path):
+        _say("INFO", f"{what} finished: {n} frames in {bpy.path.abspath(st.out_path)}")
+        # a bake's only point is the new colours: always shown
+        if (scene.mononphm.auto_import or st.kind == "bake") and n and _do_import(context, scene, st.out_path):
             st.imported_frames = n
     elif js.state == jobs.CANCELLED:
         n = _package_frames(st.out_path)
-        _say("INFO", f"Tracking cancelled; {n} finished frames are kept in {bpy.path.abspath(st.out_path)}")
+        _say("INFO", f"{what} cancelled; {n} finished frames are kept in {bpy.path.abspath(st.out_path)}")
         if scene.mononphm.auto_import and n:
             _do_import(context, scene, st.out_path)
     else:
-        _say("ERROR", f"Tracking failed: {js.error} {js.hint} — log: {st.log_path}")
+        _say("ERROR", f"{what} failed: {js.error} {js.hint} — log: {st.log_path}")
     st.pid = 0
 
 
@@ -307,8 +338,15 @@ def reattach_all() -> list[str]:
             st.state = "FAILED"
             continue
         out = bpy.path.abspath(st.out_path)
-        alive = st.pid > 0 and jobs.pid_alive(st.pid) and jobs.process_looks_like_backend(st.pid)
-        job = jobs.AttachedJob(st.pid if alive else 0, log_path=bpy.path.abspath(st.log_path), out_dir=out,
+        # The package's lock says who writes it: a run holding it is followed whatever pid was recorded (another
+        # Blender may have started it); before a run takes the lock (its landmark pass) the recorded pid counts.
+        owner = result_format.lock_owner(out)
+        if owner is not None and isinstance(owner.get("pid"), int) and jobs.pid_alive(owner["pid"]):
+            st.pid = pid = owner["pid"]
+        else:
+            pid = st.pid
+        alive = pid > 0 and jobs.pid_alive(pid) and jobs.process_looks_like_backend(pid)
+        job = jobs.AttachedJob(pid if alive else 0, log_path=bpy.path.abspath(st.log_path), out_dir=out,
                                total=st.total)
         _jobs[scene.name] = job
         found.append(scene.name)

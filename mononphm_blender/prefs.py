@@ -1,8 +1,8 @@
 """Add-on preferences: backend interpreter (auto-detected), set up / remove the backend environment, device."""
 
 
+import functools
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -10,16 +10,20 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from . import contracts
-from .core import command
+from .core import command, installer, jobs
 
 ADDON_ID = __package__  # "mononphm_blender" in development, "bl_ext.<repo>.mononphm_blender" when installed
 
-DEVICE_ITEMS = [("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cpu", "CPU", ""),
-                ("cuda", "CUDA", "NVIDIA GPU"), ("mps", "MPS", "Apple Silicon GPU")]
+_DEVICE_TEXT = {"auto": ("Auto", "CUDA, then Apple MPS, then CPU"), "cpu": ("CPU", ""), "cuda": ("CUDA", "NVIDIA GPU"),
+                "mps": ("MPS", "Apple Silicon GPU")}
+DEVICE_ITEMS = [(name, *_DEVICE_TEXT[name]) for name in contracts.track_config.DEVICES]
 SOURCE_ITEMS = [("ONLINE", "Online", "Download the pinned packages from the Python package index"),
                 ("OFFLINE", "Offline", "Install from a folder of wheels (downloaded on another machine)")]
-TORCH_ITEMS = [("CPU", "CPU build", "The CPU build of torch (no NVIDIA GPU; smaller download)"),
-               ("DEFAULT", "Default build", "The package index's default torch build (CUDA on Linux/Windows)")]
+TORCH_ITEMS = [("AUTO", "Automatic", "CUDA when an NVIDIA driver is installed, the standard build on macOS, "
+                                      "otherwise the CPU build"),
+               ("CPU", "CPU", "The CPU build of torch (no NVIDIA GPU; the smallest download)"),
+               ("CUDA", "CUDA", "The CUDA build of torch for NVIDIA GPUs (a download of several GB)"),
+               ("DEFAULT", "Standard", "The package index's own torch build (macOS: Apple silicon GPUs via MPS)")]
 
 
 class _Defaults:
@@ -30,8 +34,8 @@ class _Defaults:
     base_python = ""
     install_source = "ONLINE"
     wheels_dir = ""
-    torch_build = "CPU"
-    device = "auto"
+    torch_build = "AUTO"
+    device = contracts.track_config.TrackConfig.device
     log_dir = ""
 
 
@@ -81,18 +85,57 @@ def log_dir(context=None) -> Path:
     return Path(bpy.path.abspath(p.log_dir)) if p.log_dir else user_dir("logs")
 
 
-# --- backend status (handshake), set-up and removal; polled by job_control.tick() ------------------------------
+# --- backend status (handshake, set-up and removal started by ops.py); polled by job_control.tick() ----------
 
 class BackendState:
     info: dict | None = None
     error: str = ""
     checking = None  # jobs.Handshake
-    setup_job = None  # jobs.SequenceJob
+    setup: installer.Installer | None = None  # the running (or last) set-up
     setup_message: str = ""
     removing: threading.Thread | None = None
+    base_choice: tuple[str, object] | None = None  # (custom path, BaseChoice | InstallError), probed once
 
 
 STATE = BackendState()
+
+
+def base_python_choice(p=None):
+    """The base interpreter for *Set Up Backend* (a BaseChoice), or the InstallError saying why there is none.
+    Probed once per custom path: preferences redraw often."""
+    p = p or get_prefs()
+    custom = os.path.expanduser(bpy.path.abspath(p.base_python)) if p.base_python else ""
+    if STATE.base_choice is None or STATE.base_choice[0] != custom:
+        try:
+            STATE.base_choice = (custom, installer.resolve_base_python(custom))
+        except installer.InstallError as exc:
+            STATE.base_choice = (custom, exc)
+    return STATE.base_choice[1]
+
+
+_driver_evidence = functools.cache(installer.nvidia_driver_evidence)  # a driver appears only with a restart
+
+
+def torch_choice(p=None) -> installer.TorchChoice:
+    p = p or get_prefs()
+    return installer.choose_torch_variant(p.torch_build.lower(), evidence=_driver_evidence)
+
+
+def environment_note(p=None) -> str:
+    """Why the environment Set Up Backend made needs it again ('' when it does not, or there is none)."""
+    env = default_env_dir(p)
+    if not command.is_managed_env(env):
+        return ""
+    stamp = installer.read_stamp(env)
+    if stamp is None:
+        return "The backend set-up did not finish: Retry resumes it"
+    if stamp.get("requirements") != installer.requirements_digest(contracts.requirements_file()):
+        return "The add-on's pinned packages changed: Set Up Backend updates the environment"
+    return ""
+
+
+def setup_running() -> bool:
+    return STATE.setup is not None and not STATE.setup.status.finished
 
 
 def start_handshake(context=None) -> None:
@@ -116,18 +159,15 @@ def poll_backend_state() -> bool:
             STATE.checking = None
         else:
             busy = True
-    if STATE.setup_job is not None:
-        STATE.setup_job.poll()
-        st = STATE.setup_job.status
-        if st.finished:
-            STATE.setup_message = ("Backend environment ready" if st.state == "FINISHED"
-                                   else f"{st.error} — log: {STATE.setup_job.log_path}")
-            STATE.setup_job = None
-            if st.state == "FINISHED":
-                start_handshake()
-                busy = True
+    if STATE.setup is not None and not STATE.setup.status.finished:
+        st = STATE.setup.poll()
+        if st.state == jobs.FINISHED:
+            STATE.setup_message = st.message
+            start_handshake()
+            busy = True
+        elif st.finished:
+            STATE.setup_message = f"{st.error}. {st.hint}".strip()
         else:
-            STATE.setup_message = f"{st.stage} ({st.done + 1}/{st.total}) — log: {STATE.setup_job.log_path}"
             busy = True
     if STATE.removing is not None:
         if STATE.removing.is_alive():
@@ -143,102 +183,41 @@ def status_text() -> str:
     if STATE.info:
         info = STATE.info
         devices = ", ".join(info.get("devices") or []) or "none"
-        return f"Backend {info.get('backend')} · torch {info.get('torch') or 'missing'} · devices: {devices}"
+        auto = f" (auto: {info['auto_device']})" if info.get("auto_device") else ""
+        return f"Backend {info.get('backend')} · torch {info.get('torch') or 'missing'} · devices: {devices}{auto}"
     if STATE.error:
         return STATE.error
     return "Backend not checked yet"
 
 
-class MONONPHM_OT_check_backend(bpy.types.Operator):
-    bl_idname = "mononphm.check_backend"
-    bl_label = "Check Backend"
-    bl_description = "Run the backend's version handshake (python -m backend --version --json)"
-
-    def execute(self, context):
-        from . import job_control
-
-        start_handshake(context)
-        job_control.ensure_timer()
-        return {"FINISHED"}
-
-
-class MONONPHM_OT_setup_backend(bpy.types.Operator):
-    bl_idname = "mononphm.setup_backend"
-    bl_label = "Set Up Backend"
-    bl_description = ("Create the backend's Python environment from a Python 3.11 and install the pinned "
-                      "packages (online from the package index, or offline from a folder of wheels)")
-
-    def execute(self, context):
-        from . import job_control
-        from .core.jobs import SequenceJob
-
-        p = get_prefs(context)
-        base = os.path.expanduser(bpy.path.abspath(p.base_python)) if p.base_python else ""
-        if not base:
-            self.report({"ERROR"}, "Point 'Python 3.11' at a Python 3.11 interpreter first")
-            return {"CANCELLED"}
-        try:
-            command.check_base_python(base)
-        except ValueError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        wheels = None
-        if p.install_source == "OFFLINE":
-            wheels = bpy.path.abspath(p.wheels_dir)
-            if not wheels or not os.path.isdir(wheels):
-                self.report({"ERROR"}, "Choose the folder of wheels for the offline install")
-                return {"CANCELLED"}
-        elif not getattr(bpy.app, "online_access", True):
-            self.report({"ERROR"}, "Online access is disabled in Blender (Preferences ▸ System ▸ Network); "
-                                   "enable it or use the offline install from a folder of wheels")
-            return {"CANCELLED"}
-        env_dir = default_env_dir(p)
-        if env_dir.exists() and any(env_dir.iterdir()) and not command.is_managed_env(env_dir):
-            self.report({"ERROR"}, f"{env_dir} exists and was not created by this add-on; choose another folder")
-            return {"CANCELLED"}
-        steps = command.setup_steps(base, env_dir, contracts.requirements_file(), wheel_dir=wheels,
-                                    cpu_torch=(p.torch_build == "CPU"))
-        log = log_dir(context) / "backend-setup.log"
-        STATE.setup_job = SequenceJob(steps, log_path=log).start()
-        STATE.setup_message = f"Setting up the backend — log: {log}"
-        job_control.ensure_timer()
-        self.report({"INFO"}, STATE.setup_message)
-        return {"FINISHED"}
-
-
-class MONONPHM_OT_remove_backend(bpy.types.Operator):
-    bl_idname = "mononphm.remove_backend"
-    bl_label = "Remove Backend"
-    bl_description = "Delete the backend environment created by 'Set up backend'"
-
-    def invoke(self, context, event):
-        return context.window_manager.invoke_confirm(self, event)
-
-    def execute(self, context):
-        from . import job_control
-
-        env_dir = default_env_dir(get_prefs(context))
-        if not env_dir.exists():
-            self.report({"INFO"}, "No backend environment to remove")
-            return {"CANCELLED"}
-        if not command.is_managed_env(env_dir):
-            self.report({"ERROR"}, f"{env_dir} was not created by this add-on; remove it yourself")
-            return {"CANCELLED"}
-        STATE.removing = threading.Thread(target=shutil.rmtree, args=(env_dir,), kwargs={"ignore_errors": True},
-                                          daemon=True)
-        STATE.removing.start()
-        STATE.info, STATE.error = None, "Backend removed"
-        job_control.ensure_timer()
-        return {"FINISHED"}
-
-
 def draw_backend_status(layout, context) -> None:
+    """Backend state, and the set-up's progress / result with Cancel and Retry (preferences and sidebar)."""
     python = backend_python(context)
     col = layout.column(align=True)
     col.label(text=status_text(), icon="CHECKMARK" if STATE.info else ("ERROR" if STATE.error else "QUESTION"))
     col.label(text=f"Interpreter: {python or 'not found'}")
-    if STATE.setup_job is not None or STATE.setup_message:
-        col.label(text=STATE.setup_message, icon="INFO")
+    job = STATE.setup
+    if job is not None and not job.status.finished:
+        st = job.status
+        text = f"{st.label} ({st.step_index + 1}/{st.step_count})"
+        if hasattr(col, "progress"):
+            col.progress(factor=st.fraction, type="BAR", text=text)
+        else:
+            col.label(text=f"{text} {st.fraction:.0%}")
+        col.label(text=st.message)
+        col.operator("mononphm.cancel_setup", icon="CANCEL")
+        return
+    if job is not None and job.status.finished:
+        st = job.status
+        col.label(text=STATE.setup_message, icon="CHECKMARK" if st.state == jobs.FINISHED else "ERROR")
+        if st.state != jobs.FINISHED:
+            col.label(text=f"Log: {job.log_path}")
+            col.operator("mononphm.setup_backend", text="Retry (resumes)", icon="FILE_REFRESH")
+    elif note := environment_note():
+        col.label(text=note, icon="ERROR")
+        col.operator("mononphm.setup_backend", text="Retry (resumes)", icon="FILE_REFRESH")
+    elif not python:
+        col.operator("mononphm.setup_backend", icon="IMPORT")
 
 
 class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
@@ -250,12 +229,13 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
     env_dir: StringProperty(name="Environment Folder", subtype="DIR_PATH",
                             description="Where 'Set up backend' creates the environment (short paths help on "
                                         "Windows); empty: the add-on's user folder")
-    base_python: StringProperty(name="Python 3.11", subtype="FILE_PATH",
-                                description="A Python 3.11 interpreter to create the environment from")
+    base_python: StringProperty(name="Custom Base Python", subtype="FILE_PATH",
+                                description="Advanced: the Python the environment is created from (empty: "
+                                            "Blender's own Python)")
     install_source: EnumProperty(name="Install From", items=SOURCE_ITEMS, default="ONLINE")
     wheels_dir: StringProperty(name="Wheels Folder", subtype="DIR_PATH")
-    torch_build: EnumProperty(name="torch", items=TORCH_ITEMS, default="CPU")
-    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")
+    torch_build: EnumProperty(name="torch", items=TORCH_ITEMS, default="AUTO")
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default=contracts.track_config.TrackConfig.device)
     log_dir: StringProperty(name="Log Folder", subtype="DIR_PATH", description="Empty: the add-on's user folder")
 
     def draw(self, context):
@@ -269,19 +249,33 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
         box.prop(self, "device")
         box = layout.box()
         box.label(text="Set up the backend environment (torch runs there, never in Blender's Python)")
-        box.prop(self, "base_python")
-        box.prop(self, "env_dir")
         box.prop(self, "install_source", expand=True)
         if self.install_source == "OFFLINE":
             box.prop(self, "wheels_dir")
         else:
-            box.prop(self, "torch_build")
             box.label(text="The online install downloads packages (network use by the installer only)")
+        row = box.row()
+        row.prop(self, "torch_build")
+        try:
+            choice = torch_choice(self)
+            row.label(text=f"{choice.variant.upper()}: {choice.reason}")
+        except installer.InstallError as exc:
+            row.label(text=exc.message, icon="ERROR")
         row = box.row()
         row.operator("mononphm.setup_backend", icon="IMPORT")
         row.operator("mononphm.remove_backend", icon="TRASH")
+        adv = box.column()
+        adv.label(text="Advanced")
+        adv.prop(self, "base_python")
+        base = base_python_choice(self)
+        if isinstance(base, installer.InstallError):
+            adv.label(text=base.message, icon="ERROR")
+            adv.label(text=base.hint)
+        else:
+            where = {"custom": "custom", "blender": "Blender's own Python", "path": "found on PATH"}[base.source]
+            adv.label(text=f"Base Python {base.version} ({where}): {base.python}")
+        adv.prop(self, "env_dir")
         layout.prop(self, "log_dir")
 
 
-classes = (MONONPHM_OT_check_backend, MONONPHM_OT_setup_backend, MONONPHM_OT_remove_backend,
-           MONONPHM_AP_preferences)
+classes = (MONONPHM_AP_preferences,)

@@ -3,20 +3,33 @@
 
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
-                       PointerProperty, StringProperty)
+                       IntVectorProperty, PointerProperty, StringProperty)
+
+from .contracts import track_config
 
 REL = {"PATH_SUPPORTS_BLEND_RELATIVE"}  # paths may be stored relative to the .blend ("//…")
 
-PRESET_ITEMS = [("draft", "Draft", "Fastest (about 0.5 s per frame on 2 CPU cores): landmarks and the head outline "
-                 "per frame; good for previews"),
-                ("standard", "Standard", "Balanced (about 1 s per frame on 2 CPU cores): adds rendered colour and "
-                 "silhouette per frame; the most accurate face shape per minute"),
-                ("high", "High", "Slowest (several times Standard): more rays and iterations, for final takes")]
-OUTPUT_ITEMS = [("shape_keys", "Shape Keys", "One mesh with a shape key per tracked frame (fixed topology)"),
-                ("meshes", "Per-frame Meshes", "A USD mesh sequence (MeshSequenceCache), topology may change"),
-                ("both", "Both", "Shape keys and the per-frame meshes")]
+# Labels for the contract's choices (backend/contracts/track_config.py): a new preset or mode fails here loudly.
+_PRESET_TEXT = {"draft": ("Draft", "Fastest (about 0.5 s per frame of fitting on 2 idle AVX-512 CPU cores, slower on "
+                          "AVX2-only CPUs): landmarks and the head outline per frame; good for previews"),
+                "standard": ("Standard", "Balanced (about 1 s per frame of fitting on 2 idle AVX-512 CPU cores, slower "
+                             "on AVX2-only CPUs): adds rendered colour and silhouette per frame; the most accurate "
+                             "face shape per minute"),
+                "high": ("High", "Slowest (several times Standard): more rays and iterations, for final takes")}
+_OUTPUT_TEXT = {"shape_keys": ("Shape Keys", "One mesh with a shape key per tracked frame (fixed topology)"),
+                "meshes": ("Per-frame Meshes", "A USD mesh sequence (MeshSequenceCache), topology may change"),
+                "both": ("Both", "Shape keys and the per-frame meshes")}
+PRESET_ITEMS = [(name, *_PRESET_TEXT[name]) for name in track_config.PRESET_NAMES]
+OUTPUT_ITEMS = [(name, *_OUTPUT_TEXT[name]) for name in track_config.OUTPUT_MODES]
 INPUT_ITEMS = [("CLIP", "Movie Clip", "A Movie Clip datablock; its camera settings become the intrinsics"),
                ("FILE", "File", "A video file, an image sequence folder or a single image")]
+COLOUR_ITEMS = [("MODEL", "Model", "The head model's generic albedo (its appearance space)"),
+                ("BAKED", "Baked", "Per-vertex colours baked from the video"),
+                ("TEXTURE", "Texture", "The baked texture (re-bake with a texture first)")]
+FACE_ITEMS = [("largest", "Largest", "Track the largest face when several are visible"),
+              ("leftmost", "Leftmost", "Track the leftmost face (in the image) when several are visible"),
+              ("rightmost", "Rightmost", "Track the rightmost face (in the image) when several are visible"),
+              ("POINT", "At Point", "Track the face at a pixel of the first frame")]
 MODEL_ITEMS = [("BUILTIN", "Built-in", "The model shipped with the add-on"),
                ("OFFICIAL", "Official checkpoint", "An official MonoNPHM experiment folder + mean anchors "
                                                    "(the official weights carry their own licence)")]
@@ -25,6 +38,12 @@ MODEL_ITEMS = [("BUILTIN", "Built-in", "The model shipped with the add-on"),
 def _jump_to_bad_frame(self, context):
     if 0 <= self.bad_frames_index < len(self.bad_frames):
         context.scene.frame_set(self.bad_frames[self.bad_frames_index].frame)
+
+
+def _colour_source_changed(self, context):
+    from . import importer
+
+    importer.apply_colour_source(context.scene)
 
 
 def _threshold_changed(self, context):
@@ -41,7 +60,7 @@ class MONONPHM_PG_bad_frame(bpy.types.PropertyGroup):
 class MONONPHM_PG_job(bpy.types.PropertyGroup):
     """Persisted in the .blend: enough to find a backend run again after reopening the file."""
 
-    kind: StringProperty(default="")  # "track"
+    kind: StringProperty(default="")  # "track" or "bake"
     state: StringProperty(default="")  # "", RUNNING, FINISHED, FAILED, CANCELLED
     pid: IntProperty(default=0)
     log_path: StringProperty(default="", subtype="FILE_PATH", options=REL)
@@ -51,6 +70,7 @@ class MONONPHM_PG_job(bpy.types.PropertyGroup):
     done: IntProperty(default=0)
     total: IntProperty(default=0)
     frames_done: IntProperty(default=0)
+    device: StringProperty(default="")  # the device the backend computes on (its device event)
     eta_s: FloatProperty(default=-1.0)
     message: StringProperty(default="")
     error: StringProperty(default="")
@@ -70,10 +90,15 @@ class MONONPHM_PG_settings(bpy.types.PropertyGroup):
     use_frame_range: BoolProperty(name="Frame Range", default=False, description="Track only part of the clip")
     frame_start: IntProperty(name="Start", default=1, description="First scene frame to track")
     frame_end: IntProperty(name="End", default=250, description="Last scene frame to track")
+    face: EnumProperty(name="Face", items=FACE_ITEMS, default="largest",
+                       description="Which face to track when more than one is visible")
+    face_point: IntVectorProperty(name="Point", size=2, default=(0, 0), min=0,
+                                  description="Pixel (x from the left, y from the top) on the face in the first "
+                                              "frame, in source pixels")
     stride: IntProperty(name="Stride", default=1, min=1, soft_max=10,
                         description="Track every Nth frame; shape keys blend between tracked neighbours")
-    preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default="standard")
-    output_mode: EnumProperty(name="Output", items=OUTPUT_ITEMS, default="shape_keys")
+    preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default=track_config.TrackConfig.preset)
+    output_mode: EnumProperty(name="Output", items=OUTPUT_ITEMS, default=track_config.TrackConfig.output)
     output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH", options=REL, default="//mononphm_result",
                                description="Result package folder (resumed if it already holds a result)")
     model: EnumProperty(name="Model", items=MODEL_ITEMS, default="BUILTIN")
@@ -89,6 +114,14 @@ class MONONPHM_PG_settings(bpy.types.PropertyGroup):
     bad_frames: CollectionProperty(type=MONONPHM_PG_bad_frame)
     bad_frames_index: IntProperty(default=-1, update=_jump_to_bad_frame)
     last_package: StringProperty(name="Result", subtype="DIR_PATH", options=REL, default="")
+    colour_source: EnumProperty(name="Colours", items=COLOUR_ITEMS, default="BAKED", update=_colour_source_changed,
+                                description="What the imported head shows")
+    bake_use_range: BoolProperty(name="Frame Range", default=False,
+                                 description="Bake from part of the tracked frames only (e.g. without occlusions)")
+    bake_start: IntProperty(name="Start", default=1, description="First scene frame to bake from")
+    bake_end: IntProperty(name="End", default=250, description="Last scene frame to bake from")
+    bake_texture: BoolProperty(name="Texture", default=True,
+                               description="Also bake a 2048² texture (unwraps the head; takes longer)")
     retrack_start: IntProperty(name="Start", default=1)
     retrack_end: IntProperty(name="End", default=1)
     job: PointerProperty(type=MONONPHM_PG_job)

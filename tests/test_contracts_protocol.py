@@ -1,11 +1,11 @@
-"""backend/protocol.py: event writer ↔ parser, exit codes, error types."""
+"""backend/contracts/protocol.py: event writer ↔ parser, exit codes, error types."""
 
 import io
 import json
 
 import pytest
 
-from backend import protocol
+from backend.contracts import protocol
 
 
 def test_writer_lines_parse_back():
@@ -56,24 +56,29 @@ def test_exit_codes_and_errors():
     assert (err.message, err.hint, err.exit_code) == ("msg", "hint", protocol.ExitCode.INTERNAL_ERROR)
 
 
-def test_track_device_resolution(monkeypatch):
-    """auto picks a device the tracker runs on; a device this machine lacks is a clear, actionable error."""
-    from backend import cli
-
-    monkeypatch.setattr(cli, "available_devices", lambda: ["cpu", "cuda"])
-    assert cli.resolve_device("auto") in cli.TRACKING_DEVICES
-    assert cli.resolve_device("cuda") == "cuda"  # explicit: main() warns (device_fallback) and runs on the CPU
-    with pytest.raises(protocol.BadInputError) as e:
-        cli.resolve_device("mps")
-    assert "not available" in e.value.message and "auto" in e.value.hint
-
-
 def test_auto_threads_leave_room_on_small_machines(monkeypatch):
     from backend.tracking import run
 
     monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (1.2, 1.0, 1.0))   # another process holds a core
+    assert run.auto_threads() == 1
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (0.2, 0.3, 0.3))   # idle: both cores
+    assert run.auto_threads() == 2
+    monkeypatch.delattr(run.os, "getloadavg")                           # no load average (Windows)
     assert run.auto_threads() == 1
     monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
     assert run.auto_threads() == 2
     monkeypatch.setattr(run.os, "cpu_count", lambda: None)
     assert run.auto_threads() == 1
+
+
+def test_batch_events_carry_their_clip_and_version_1_readers_parse_them():
+    buf = io.StringIO()
+    protocol.EventWriter(buf, clip="take-2").progress("tracking", 1, 4, frame=0)
+    protocol.EventWriter(buf).clip_state("take-2", "complete", "/out/take-2", "/in/take.mp4")
+    progress, state = [protocol.parse_line(line) for line in buf.getvalue().splitlines()]
+    assert (progress.type, progress.get("clip"), progress.get("done")) == ("progress", "take-2", 1)
+    assert (state.get("clip"), state.get("state"), state.get("source")) == ("take-2", "complete", "/in/take.mp4")
+    assert 1 in protocol.COMPATIBLE_PROTOCOLS and protocol.PROTOCOL_VERSION in protocol.COMPATIBLE_PROTOCOLS
+    with pytest.raises(ValueError, match="clip state"):
+        protocol.EventWriter(buf).clip_state("take", "paused", "/out/take", "/in/take.mp4")

@@ -1,4 +1,4 @@
-"""backend/result_format.py: writer ↔ reader round trip, resume/overwrite, and refusal of bad packages."""
+"""backend/contracts/result_format.py: writer ↔ reader round trip, resume/overwrite, and refusal of bad packages."""
 
 import json
 import zipfile
@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from backend import result_format as rf
+from backend.contracts import result_format as rf
 from fakes.packages import make_package
 
 
@@ -66,7 +66,8 @@ def test_resume_and_overwrite(tmp_path):
 
 
 def test_unused_chunks_are_deleted(tmp_path):
-    w = _small(tmp_path / "p")
+    _small(tmp_path / "p")
+    w = rf.ResultWriter(tmp_path / "p", _header())
     w.write_frames([rf.FrameRecord(3, 0.1), rf.FrameRecord(4, 0.13)], _frame_arrays(2))
     names = sorted(p.name for p in (tmp_path / "p" / "frames").glob("*.npz"))
     assert "chunk_000001.npz" not in names  # its frames 3, 4 were all replaced
@@ -265,5 +266,5 @@ def test_invalid_intrinsics(pkg):
     data = _manifest(pkg)
     data["intrinsics"] = {"fx": -1}
     _write_manifest(pkg, data)
-    with pytest.raises(rf.PackageError, match="invalid intrinsics"):
+    with pytest.raises(rf.PackageError, match="'intrinsics' must hold positive"):
         rf.ResultPackage(pkg).intrinsics()

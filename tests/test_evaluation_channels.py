@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend import arkit
+from backend.contracts import arkit
 from backend.evaluation import channel_metrics as cm
 
 

@@ -174,7 +174,7 @@ def test_mediapipe_topology():
     assert tri.min() >= 0 and tri.max() < 468
     assert len(np.unique(np.sort(tri, 1), axis=0)) == len(tri)
     # lifting: a landmark at the principal point with z = 0 lands on the optical axis at the given depth
-    from backend.conventions import Intrinsics
+    from backend.contracts.conventions import Intrinsics
 
     intr = Intrinsics.from_fov(100, 100, 40.0)
     p = baselines.lift_landmarks(np.array([[50.0, 50.0, 0.0], [50.0 + intr.fx * 0.1, 50.0, 0.0]]), intr, 0.5)

@@ -61,7 +61,7 @@ def test_parameters_are_deterministic_heldout_and_smooth(spec):
 
 
 def test_ground_truth_matches_pose_and_projects_into_the_image(ict, spec, gt):
-    from backend import conventions
+    from backend.contracts import conventions
 
     p = __import__("backend.evaluation.synthetic", fromlist=["x"]).clip_parameters(spec)
     t = 5
@@ -111,7 +111,7 @@ def test_texture_bake_small(ict, spec):
 
 
 def test_package_meshes_reads_posed_vertices(tmp_path, ict, gt):
-    from backend import result_format as rf
+    from backend.contracts import result_format as rf
     from backend.evaluation.benchmark import package_meshes
 
     frames = [0, 5, 10]
@@ -122,7 +122,7 @@ def test_package_meshes_reads_posed_vertices(tmp_path, ict, gt):
         "source": {"path": "/x/clip.mp4", "kind": "video"}, "fps": 25.0, "image_size": [128, 128],
         "intrinsics": gt.intrinsics.to_dict(), "model": {"name": "builtin"}, "output_mode": "shape_keys"})
     w.write_canonical_mesh(model[0], gt.triangles, np.zeros((len(model[0]), 3), np.uint8))
-    from backend import arkit
+    from backend.contracts import arkit
     truth = np.clip(arkit.ict_to_arkit(gt.w_ex[frames].astype(np.float64)), 0, 1).astype(np.float32)
     w.write_frames([rf.FrameRecord(i, i / 25.0) for i in frames],
                    {"scale": s, "rotation": R, "translation": t, "z_exp": np.zeros((3, 4)), "vertices": model,

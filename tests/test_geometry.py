@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from backend.geometry import fit_similarity
+from backend.contracts.geometry import fit_similarity
 
 
 def _rotation(seed: int) -> np.ndarray:

@@ -4,13 +4,13 @@ One short rendered clip of a held-out ICT-FaceKit head (the expression benchmark
 frames 0-5 neutral and still, a blink peaking at frame 8, an inner brow raise peaking at frame 12. Needs
 ``../shared`` (ICT-FaceKit, the skin) and the built-in model's landmark regressor; skips cleanly without them.
 """
-import argparse
+import dataclasses
 
 import numpy as np
 import pytest
 
-from backend import arkit
-from backend.cli import BUILTIN_MODEL_DIR
+from backend.contracts import arkit
+from backend import BUILTIN_MODEL_DIR
 from backend.tracking.expression_init import FILE_NAME
 from tests.shared_data import ICT_NPZ, SHARED
 
@@ -27,7 +27,7 @@ BLINK_FRAME, BROW_FRAME = 8, 12
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     from backend.evaluation import expression_clips as ec, synthetic
-    from backend.result_format import ResultPackage
+    from backend.contracts.result_format import ResultPackage
     from backend.tracking import run_track
     from backend.training.data import ICTModel
 
@@ -52,13 +52,14 @@ def tracked(tmp_path_factory):
     d = tmp_path_factory.mktemp("expr")
     synthetic.write_mp4([renderer.frame(v.astype(np.float64), rng) for v in verts], d / "clip.mp4", spec.fps, crf=14)
     K = spec.intrinsics()
-    args = argparse.Namespace(input=str(d / "clip.mp4"), out=str(d / "res"), frames=None, max_size=0, fx=K.fx,
-                              fy=K.fy, cx=K.cx, cy=K.cy, fov=None, preset="draft", output="shape_keys", model=None,
-                              official_checkpoint=None, checkpoint_epoch=None, mean_anchors=None, device="cpu",
-                              threads=1, overwrite=False, detector="mediapipe", seed=0,
-                              preset_overrides=dict(id_frames=2, id_iters=15, id_rays=64, frame_iters=6,
-                                                    still_iters=3, stage2_epochs=1))
-    pkg = ResultPackage(run_track(args, None))
+    from backend.contracts.track_config import TrackConfig
+    from backend.tracking.tracker import PRESETS
+
+    config = TrackConfig(str(d / "clip.mp4"), str(d / "res"), max_size=0, fx=K.fx, fy=K.fy, cx=K.cx, cy=K.cy,
+                         preset="draft", device="cpu", threads=1)
+    preset = dataclasses.replace(PRESETS["draft"], id_frames=2, id_iters=15, id_rays=64, frame_iters=6,
+                                 still_iters=3, stage2_epochs=1)
+    pkg = ResultPackage(run_track(config, None, preset).path)
     arrays = pkg.frame_arrays(None)
     order = np.argsort([r["index"] for r in pkg.frames])
     K3 = K.matrix()

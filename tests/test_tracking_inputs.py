@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from backend.conventions import Intrinsics
+from backend.contracts.conventions import NPHM_UNIT_M, Intrinsics
 from backend.tracking import camera, masks, video
 from backend.tracking.errors import TrackingInputError
 from shared_data import CLIPS
@@ -116,11 +116,11 @@ def test_intrinsics_from_user_values_follow_the_cap():
 
 
 def test_pnp_recovers_known_pose():
-    from backend import landmark_tables as lt
+    from backend.contracts import landmark_tables as lt
     P = lt.mediapipe_ict_positions()[:468]
     intr = Intrinsics.from_fov(512, 512, 40)
     R, t = camera.look_at_pose(0.7, yaw_deg=25, pitch_deg=-10, roll_deg=5, offset_m=(0.03, -0.02))
-    uv = camera.project((0.25 * P) @ R.T + t, intr.matrix())
+    uv = camera.project((NPHM_UNIT_M * P) @ R.T + t, intr.matrix())
     uv += np.random.default_rng(0).normal(0, 0.5, uv.shape)
     res = camera.solve_pnp(P, uv, intr.matrix())
     assert res.ok and res.rmse_px < 1.0

@@ -1,12 +1,13 @@
 """End-to-end tracking with a tiny model on a short synthetic clip; resume; bad inputs leave no broken package."""
-import argparse
+import dataclasses
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from backend.result_format import ResultPackage
+from backend.contracts.result_format import ResultPackage
+from backend.contracts.track_config import TrackConfig
 
 TINY = dict(id_frames=2, id_iters=6, id_rays=24, frame_iters=3, still_iters=2, stage2_epochs=1, mesh_res=24,
             sil_res=16, outline_points=50)
@@ -14,7 +15,7 @@ TINY = dict(id_frames=2, id_iters=6, id_rays=24, frame_iters=3, still_iters=2, s
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from backend import landmark_tables as lt
+    from backend.contracts import landmark_tables as lt
     from backend.model import save_model
     from backend.training.modelwrap import build_model, model_config
     torch.manual_seed(0)
@@ -28,8 +29,8 @@ def tiny_model(tmp_path_factory):
 def tiny_encoder_model(tiny_model, tmp_path_factory):
     """The tiny model with (random) encoders: the tracker then fits ICT identity/expression weights."""
     from backend.model.checkpoint import read_project_config
-    from backend.training.encoders import ArkitRegressor, CodeEncoders
-    from backend.training.export import ENCODERS_FILE
+    from backend.model.encoders import ArkitRegressor, CodeEncoders
+    from backend.model.checkpoint import ENCODERS_FILE
     d = tmp_path_factory.mktemp("tiny_encoder_model")
     for f in tiny_model.iterdir():
         shutil.copy(f, d / f.name)
@@ -64,21 +65,28 @@ def clip(tmp_path_factory):
     return p
 
 
-def _args(inp, out, model, **kw):
-    a = argparse.Namespace(input=str(inp), out=str(out), frames=None, max_size=160, fx=None, fy=None, cx=None,
-                           cy=None, fov=None, preset="draft", output="both", model=str(model),
-                           official_checkpoint=None, checkpoint_epoch=None, mean_anchors=None, device="cpu",
-                           threads=1, overwrite=False, detector="mediapipe", seed=0, preset_overrides=dict(TINY))
-    for k, v in kw.items():
-        setattr(a, k, v)
-    return a
+def _config(inp, out, model, **kw):
+    settings = dict(max_size=160, preset="draft", output="both", model=str(model), device="cpu", threads=1)
+    return TrackConfig(str(inp), str(out), **dict(settings, **kw))
 
 
-def test_end_to_end_and_resume(tmp_path, tiny_model, clip):
+def _tiny(preset="draft", **kw):
+    from backend.tracking.tracker import PRESETS
+    return dataclasses.replace(PRESETS[preset], **dict(TINY, **kw))
+
+
+def test_end_to_end_and_resume(tmp_path, tiny_model, clip, monkeypatch):
+    from backend.contracts import result_format
     from backend.tracking import run_track
     out = tmp_path / "res"
-    path = run_track(_args(clip, out, tiny_model), None)
-    pkg = ResultPackage(path)
+    read = []   # a fresh run keeps what it needs: it never reads its own package back
+    monkeypatch.setattr(result_format, "load_npz", lambda path: read.append(path))
+    monkeypatch.setattr(result_format, "read_manifest", lambda root: read.append(root))
+    outcome = run_track(_config(clip, out, tiny_model), None, _tiny())
+    monkeypatch.undo()
+    assert read == []
+    assert outcome.path == out and outcome.frames == 6
+    pkg = ResultPackage(outcome.path)
     assert pkg.manifest["state"] == "complete"
     assert [f["index"] for f in pkg.frames] == list(range(6))
     assert all(f["status"] == "tracked" for f in pkg.frames)
@@ -101,6 +109,32 @@ def test_end_to_end_and_resume(tmp_path, tiny_model, clip):
     assert all(len(p) != len(pkg.canonical_mesh().vertices) for p in pts)   # not the fixed-topology mesh
     extent = np.ptp(pts[0], axis=0)
     assert 0.1 < extent.max() < 0.6                                   # a head-sized surface in metres
+    _check_bake(pkg, mesh)
+
+
+def _check_bake(pkg, usd_mesh):
+    """Tracking bakes the subject's colours (model albedo kept); the USD meshes carry them; a re-bake from a frame
+    range with a texture replaces them; bad requests change nothing."""
+    from backend.bake.run import BakeRequest, bake_package
+    from backend.contracts.conventions import linear_to_srgb
+    from backend.contracts.result_format import PackageError
+    canon = pkg.canonical_mesh()
+    assert canon.baked_albedo.shape == canon.albedo.shape and canon.baked_confidence.max() > 0.5
+    assert pkg.manifest["bake"]["frames"] == list(range(6)) and pkg.texture_path is None
+    seen = canon.baked_confidence > 0.5
+    assert np.abs(canon.baked_albedo[seen].astype(float) - canon.albedo[seen]).mean() > 3   # not the model's
+    usd_srgb = linear_to_srgb(np.asarray(usd_mesh.GetDisplayColorAttr().Get(0))) * 255
+    assert np.abs(usd_srgb.mean(0) - canon.baked_albedo.mean(0)).max() < 12
+    bake_package(pkg.root, BakeRequest(frames="2:5", texture=True, texture_size=128))
+    again = ResultPackage(pkg.root)
+    assert again.manifest["bake"]["frames"] == [2, 3, 4] and again.manifest["state"] == "complete"
+    assert again.canonical_mesh().uv.shape == (len(canon.triangles), 3, 2)
+    np.testing.assert_array_equal(again.canonical_mesh().albedo, canon.albedo)
+    import cv2
+    assert cv2.imread(str(again.texture_path)).shape == (128, 128, 3)
+    with pytest.raises(PackageError, match="not tracked frames"):
+        bake_package(pkg.root, BakeRequest(texture_frames=[99]))
+    assert ResultPackage(pkg.root).manifest["bake"]["frames"] == [2, 3, 4]
 
 
 class _CancelAt:
@@ -110,40 +144,60 @@ class _CancelAt:
         self.k = k
 
     def progress(self, stage, done, total, frame=None, message=""):
-        from backend.protocol import Cancelled
+        from backend.contracts.protocol import Cancelled
         if stage == "tracking" and done >= self.k:
             raise Cancelled("cancelled")
+
+    def device(self, *a, **k):
+        pass
 
     def warning(self, *a, **k):
         pass
 
 
 def test_resume_after_interruption_gives_same_result(tmp_path, tiny_model, clip, monkeypatch):
-    from backend.protocol import Cancelled
+    from backend.contracts.protocol import Cancelled
     from backend.tracking import run as run_mod
     from backend.tracking import run_track
     monkeypatch.setattr(run_mod, "CHUNK", 2)
-    full = ResultPackage(run_track(_args(clip, tmp_path / "full", tiny_model), None)).frame_arrays()
+    full = ResultPackage(run_track(_config(clip, tmp_path / "full", tiny_model), None, _tiny()).path).frame_arrays()
     out = tmp_path / "cut"
     with pytest.raises(Cancelled):
-        run_track(_args(clip, out, tiny_model), _CancelAt(5))
+        run_track(_config(clip, out, tiny_model), _CancelAt(5), _tiny())
     cut = ResultPackage(out)
     assert cut.manifest["state"] == "cancelled" and [f["index"] for f in cut.frames] == [0, 1, 2, 3]
-    run_track(_args(clip, out, tiny_model), None)
+    run_track(_config(clip, out, tiny_model), None, _tiny())
     pkg = ResultPackage(out)
     assert pkg.manifest["state"] == "complete" and len(pkg.frames) == 6
     res = pkg.frame_arrays()
-    assert np.allclose(res["vertices"], full["vertices"], atol=1e-4)
-    assert np.allclose(res["translation"], full["translation"], atol=1e-5)
-    assert np.allclose(res["z_exp"], full["z_exp"], atol=1e-5)
+    assert sorted(res) == sorted(full) and all(np.array_equal(res[k], full[k]) for k in full)  # bit for bit
+
+
+def test_extending_a_finished_package_equals_a_fresh_run(tmp_path, tiny_model, clip):
+    """0:3 then 0:6 gives what one run of 0:6 gives: stage 2 over all frames, quality everywhere, same bits."""
+    from backend.tracking import run_track
+    fresh = ResultPackage(run_track(_config(clip, tmp_path / "fresh", tiny_model, output="shape_keys"), None,
+                                    _tiny()).path)
+    out = tmp_path / "extended"
+    run_track(_config(clip, out, tiny_model, frames="0:3", output="shape_keys"), None, _tiny())
+    extended = ResultPackage(run_track(_config(clip, out, tiny_model, output="shape_keys"), None, _tiny()).path)
+    a, b = fresh.frame_arrays(), extended.frame_arrays()
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+    def records(pkg):  # chunk names say in which order files were written, nothing about the result
+        return [{k: v for k, v in f.items() if k != "chunk"} for f in pkg.frames]
+
+    assert records(fresh) == records(extended)
+    assert all(f[k] is not None for f in extended.frames for k in ("landmark_error_px", "mask_iou"))
+    assert np.array_equal(fresh.canonical_mesh().vertices, extended.canonical_mesh().vertices)
 
 
 def test_overwrite_range_keeps_identity(tmp_path, tiny_model, clip):
     from backend.tracking import run_track
     out = tmp_path / "res"
-    run_track(_args(clip, out, tiny_model, frames="0:4"), None)
+    run_track(_config(clip, out, tiny_model, frames="0:4"), None, _tiny())
     ident = ResultPackage(out).identity()
-    run_track(_args(clip, out, tiny_model, frames="1:3", overwrite=True), None)
+    run_track(_config(clip, out, tiny_model, frames="1:3", overwrite=True), None, _tiny())
     pkg = ResultPackage(out)
     assert np.array_equal(pkg.identity()["z_geo"], ident["z_geo"])
     assert [f["index"] for f in pkg.frames] == [0, 1, 2, 3]
@@ -164,7 +218,7 @@ def test_no_face_clip_leaves_nothing(tmp_path, tiny_model):
             c.mux(pk)
     out = tmp_path / "res"
     with pytest.raises(NoFaceError):
-        run_track(_args(p, out, tiny_model), None)
+        run_track(_config(p, out, tiny_model), None, _tiny())
     assert not out.exists()
 
 
@@ -193,7 +247,7 @@ def test_frames_without_face_are_interpolated_and_flagged(tmp_path, tiny_model, 
                 c.mux(pk)
         for pk in s.encode():
             c.mux(pk)
-    pkg = ResultPackage(run_track(_args(p, tmp_path / "res", tiny_model), None))
+    pkg = ResultPackage(run_track(_config(p, tmp_path / "res", tiny_model), None, _tiny()).path)
     status = {f["index"]: f["status"] for f in pkg.frames}
     assert status == {0: "tracked", 1: "tracked", 2: "interpolated", 3: "tracked"}
     arr = pkg.frame_arrays()
@@ -207,10 +261,10 @@ def test_photometric_presets_run(tmp_path, tiny_model, tiny_encoder_model, clip,
     """The volume-rendering path (rays on the face, SH shading) on 2 frames with tiny iteration counts; with
     encoders, the identity stage fits ICT identity weights led by the rays (`Preset.id_lm_grad_ict`)."""
     from backend.tracking import run_track
-    ov = dict(TINY, rays=24, id_rays=24, n_coarse=8, n_fine=4)
     model = tiny_encoder_model if codes == "encoder" else tiny_model
-    pkg = ResultPackage(run_track(_args(clip, tmp_path / "res", model, frames="0:2", preset=preset,
-                                        preset_overrides=ov, output="shape_keys"), None))
+    pkg = ResultPackage(run_track(_config(clip, tmp_path / "res", model, frames="0:2", preset=preset,
+                                          output="shape_keys"), None,
+                                  _tiny(preset, rays=24, id_rays=24, n_coarse=8, n_fine=4)).path)
     assert pkg.manifest["settings"]["preset"] == preset
     assert [f["status"] for f in pkg.frames] == ["tracked", "tracked"]
     ident = pkg.identity()
@@ -220,3 +274,21 @@ def test_photometric_presets_run(tmp_path, tiny_model, tiny_encoder_model, clip,
     # encoder mode fits the 100 ICT identity weights, raw mode the model's identity code itself
     assert p_geo.shape == ((100,) if codes == "encoder" else ident["z_geo"].shape)
     assert np.isfinite(p_geo).all() and np.abs(p_geo).max() > 0
+
+
+def test_selftest_tracks_one_frame_of_the_builtin_image(tmp_path, capsys):
+    """The installer's smoke test with the built-in model: one frame end to end, a summary with device and seconds."""
+    from backend.cli import main
+    from backend.contracts.protocol import parse_line
+    (tmp_path / "astronaut.png").write_text("stale")  # an earlier self-test's files are replaced
+    assert main(["selftest", "--out", str(tmp_path), "--threads", "1"]) == 0
+    events = [e for e in map(parse_line, capsys.readouterr().out.splitlines()) if e is not None]
+    summary = next(e for e in events if e.type == "summary")
+    assert summary.get("device") == "cpu" and summary.get("frames") == 1 and 0 < summary.get("seconds") < 120
+    assert "cpu" in summary.get("devices")
+    assert any(e.type == "progress" and e.get("stage") == "identity" for e in events)
+    from backend.contracts.result_format import ResultPackage
+    package = ResultPackage(tmp_path / "result")
+    assert package.manifest["state"] == "complete" and len(package.frames) == 1
+    frame = package.frames[0]
+    assert frame["status"] == "tracked" and frame["landmark_error_px"] < 10.0  # px at 256 px: found and fitted

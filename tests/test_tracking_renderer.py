@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from backend.conventions import Intrinsics
+from backend.contracts.conventions import Intrinsics
 from backend.tracking import camera, renderer
 
 
@@ -82,3 +82,19 @@ def test_scale_gradient_keeps_value_and_scales_gradient():
         assert torch.equal(y.detach(), (x * 2).detach())
         (g,) = torch.autograd.grad((y ** 2).sum(), x)
         assert torch.allclose(g, factor * 8 * x.detach())
+
+
+def test_coverage_is_the_rasterised_mask():
+    """`raster.coverage` (the draft outline's mesh coverage) equals `rasterize(...).mask`, pixel for pixel, and
+    covers the projected sphere's disc."""
+    from skimage.measure import marching_cubes
+    from backend.tracking import raster
+    g = np.linspace(-1, 1, 32)
+    X, Y, Z = np.meshgrid(g, g, g, indexing="ij")
+    v, f, _, _ = marching_cubes(np.sqrt(X ** 2 + Y ** 2 + Z ** 2) - 0.7, 0.0, spacing=(2 / 31,) * 3)
+    v = v - 1 + np.array([0.1, -0.05, 3.0])
+    K = np.array([[200.0, 0, 80], [0, 200.0, 60], [0, 0, 1]])
+    mask = raster.coverage(v, f, K, 120, 160)
+    assert np.array_equal(mask, raster.rasterize(v, f, K, 120, 160).mask)
+    r_px = 200 * 0.7 / np.sqrt(3.0 ** 2 - 0.7 ** 2)          # the sphere's silhouette radius in pixels
+    assert abs(mask.sum() / (np.pi * r_px ** 2) - 1) < 0.05

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from backend import landmark_tables as lt
+from backend.contracts import landmark_tables as lt
 
 
 def test_tables_consistent():
@@ -51,7 +51,7 @@ def test_expression_sparsity_only_for_encoder_models():
     import torch
 
     from backend.tracking.codes import CodeSpace
-    from backend.training.encoders import CodeEncoders
+    from backend.model.encoders import CodeEncoders
 
     cfg = types.SimpleNamespace(dim_geo=8, dim_app=4, dim_exp=6)
     model = types.SimpleNamespace(cfg=cfg)

@@ -1,19 +1,19 @@
 """The shipped built-in checkpoint loads and its canonical mesh is a plausible head."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-BUILTIN = Path(__file__).resolve().parents[1] / "backend" / "models" / "builtin"
+from backend import BUILTIN_MODEL_DIR as BUILTIN  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not (BUILTIN / "model.pt").exists(), reason="no built-in checkpoint committed yet")
 
 
 @pytest.fixture(scope="module")
 def loaded():
-    from backend.training.export import load_exported
+    from backend.training.evaluate import load_exported
     torch.set_num_threads(1)
     return load_exported(BUILTIN)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from backend import arkit
+from backend.contracts import arkit
 from shared_data import ICT_NPZ, OFFICIAL_ANCHORS
 
 ICT, ANCH = ICT_NPZ, OFFICIAL_ANCHORS

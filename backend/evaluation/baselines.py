@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import conventions
+from ..contracts import conventions
 
 N_MESH_LANDMARKS = 468
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import baselines, metrics, synthetic
+from ..contracts.track_config import TrackConfig
 
 GOAL_CHAMFER_L1_MM = 1.5
 
@@ -87,7 +88,7 @@ def package_meshes(package: Path, frames: np.ndarray | None = None) -> dict:
 
     Uses the per-frame fixed-topology ``vertices`` when present, else the canonical mesh; both posed with the
     frame's similarity (x_cam = s · R · x + t)."""
-    from ..result_format import ResultPackage
+    from ..contracts.result_format import ResultPackage
 
     pkg = ResultPackage(package)
     mesh = pkg.canonical_mesh()
@@ -108,7 +109,7 @@ def package_meshes(package: Path, frames: np.ndarray | None = None) -> dict:
 
 def package_arkit(package: Path, frames: np.ndarray | None = None) -> dict:
     """{frame index: (52,) ARKit weights} of a result package's tracked/interpolated frames ({} without them)."""
-    from ..result_format import ResultPackage
+    from ..contracts.result_format import ResultPackage
 
     pkg = ResultPackage(package)
     arrays = pkg.frame_arrays(None)
@@ -121,7 +122,7 @@ def package_arkit(package: Path, frames: np.ndarray | None = None) -> dict:
 def arkit_mae(predicted: np.ndarray, ground_truth_ict: np.ndarray) -> float:
     """Mean absolute error over the 52 ARKit channels against the ground truth's ICT expression weights mapped to
     ARKit (``arkit.ict_to_arkit``, clipped to [0, 1])."""
-    from .. import arkit
+    from ..contracts import arkit
 
     truth = np.clip(arkit.ict_to_arkit(np.asarray(ground_truth_ict, np.float64)), 0.0, 1.0)
     return float(np.abs(np.asarray(predicted, np.float64) - truth).mean())
@@ -171,11 +172,11 @@ def run_tracker(clip: synthetic.RenderedClip, preset: str, cfg: BenchmarkConfig,
 def _run_tracker_locked(clip: synthetic.RenderedClip, preset: str, cfg: BenchmarkConfig, out_dir: Path,
                         log=print) -> TrackerRun:
     intr = clip.ground_truth().intrinsics
-    cmd = [sys.executable, "-m", "backend", "track", str(clip.video), "--out", str(out_dir), "--preset", preset,
-           "--fx", f"{intr.fx:.6f}", "--fy", f"{intr.fy:.6f}", "--cx", f"{intr.cx:.6f}", "--cy", f"{intr.cy:.6f}",
-           "--max-size", "0", "--threads", str(cfg.threads), "--device", "cpu", *cfg.extra_track_args]
-    if not cfg.track_all_frames:
-        cmd += ["--frames", f"0:{cfg.n_frames}:{cfg.every}"]
+    # the true intrinsics (to a micro-pixel), full resolution
+    config = TrackConfig(str(clip.video), str(out_dir), preset=preset, fx=round(intr.fx, 6), fy=round(intr.fy, 6),
+                         cx=round(intr.cx, 6), cy=round(intr.cy, 6), max_size=0, threads=cfg.threads, device="cpu",
+                         frames=None if cfg.track_all_frames else f"0:{cfg.n_frames}:{cfg.every}")
+    cmd = [sys.executable, "-m", "backend", "track", *config.to_argv(), *cfg.extra_track_args]
     run = TrackerRun(preset, out_dir)
     if out_dir.exists() and not cfg.reuse_tracks:
         import shutil

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import conventions
+from ..contracts import conventions
 
 
 def _setup_scene(width: int, height: int, intr: conventions.Intrinsics, samples: int, threads: int,

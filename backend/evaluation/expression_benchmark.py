@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import arkit
+from ..contracts import arkit
 from . import benchmark, channel_metrics as cm, expression_clips as ec, metrics, synthetic
 
 BLINK_CHANNELS = ("eyeBlinkLeft", "eyeBlinkRight")
@@ -57,7 +57,7 @@ def arkit_truth(w_ex_ict: np.ndarray) -> np.ndarray:
 def _tracked_curves(package: Path, T: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(T, 52) ARKit weights of the package and (T, 52) its ICT weights through the direct map (NaN rows for
     untracked frames; None when absent)."""
-    from ..result_format import TRACKER_STATE, load_npz
+    from ..contracts.result_format import TRACKER_STATE, load_npz
 
     ak = benchmark.package_arkit(package)
     out = np.full((T, 52), np.nan)
@@ -216,8 +216,8 @@ def real_clip_jitter(video: Path, package: Path, max_frames: int | None = None) 
     vertex tracks and of MediaPipe's points (px/frame^2), and the vertices' mean distance from MediaPipe's points
     normalised by the outer eye-corner distance. No independent detector is available offline (dlib and
     face-alignment are not installed), so MediaPipe is both the reference and the baseline here."""
-    from ..landmark_tables import IBUG68_FROM_MEDIAPIPE
-    from ..result_format import ResultPackage
+    from ..contracts.landmark_tables import IBUG68_FROM_MEDIAPIPE
+    from ..contracts.result_format import ResultPackage
     from . import baselines
 
     frames = baselines.read_video_frames(video, max_frames=max_frames)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import arkit
+from ..contracts import arkit
 from ..training import data as ictdata
 from . import synthetic
 
@@ -120,7 +120,7 @@ class ExpressionClipSpec:
         return f"expr_{kind}{self.index:03d}_{hashlib.sha1(blob).hexdigest()[:8]}"
 
     def intrinsics(self):
-        from .. import conventions
+        from ..contracts import conventions
 
         return conventions.Intrinsics.from_fov(self.width, self.height, self.hfov_deg)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from scipy.spatial import cKDTree
 
-from ..geometry import fit_similarity
+from ..contracts.geometry import fit_similarity
 
 from .mesh_ops import MeshQuery, face_normals, vertex_normals
 
@@ -141,7 +141,7 @@ def similarity_icp(pred_vertices: np.ndarray, pred_normals: np.ndarray, gt_point
     return sim, {"loss": loss_val, "inlier_fraction": inlier, "scale": sim.scale}
 
 
-umeyama = fit_similarity  # the protocol's closed-form similarity (one definition: backend.geometry)
+umeyama = fit_similarity  # the protocol's closed-form similarity (one definition: backend.contracts.geometry)
 
 
 def coarse_similarity(pred_vertices: np.ndarray, gt_points: np.ndarray, iterations: int = 30,

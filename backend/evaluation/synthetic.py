@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .. import conventions
+from ..contracts import conventions
+from ..contracts import landmark_tables as lt
 from ..training import data as ictdata
 
 EVAL_SEED_BASE = 7_300_000
@@ -148,7 +149,7 @@ def evaluation_triangles(ict: "ictdata.ICTModel") -> np.ndarray:
     """(F,) bool over ``ict.faces``: the face region (ICT region 0) without ears, scalp and neck (below the jaw
     line), as the reference crop keeps the face only (skin, brows, nose, lips; no hair, ears, neck; eyes and the
     mouth interior are other ICT regions already)."""
-    v = ict.neutral.astype(np.float64) * ictdata.CM_PER_UNIT - ictdata.CM_OFFSET  # cm, ICT frame
+    v = lt.model_to_ict_cm(ict.neutral.astype(np.float64))  # cm, ICT frame
     c = v[ict.faces].mean(1)
     ear = (np.abs(c[:, 0]) > 6.5) & (c[:, 2] < 4.0)
     scalp = ict.semantic["scalp"][ict.faces].mean(1) > 0.5

@@ -16,8 +16,11 @@ Public API (tensors batched as (B, N, 3) points with per-batch codes (B, D))::
     r = model.forward_warp(x_canonical, z_geo, z_exp)   # r.points (B,M,3), r.converged (B,M) bool, r.jinv
     geometric_init(model, radius)                       # sphere-like init for training from scratch
 
-Modules: config, ensemble (segmented typed matmuls, kNN, blending, pruning), canonical (identity field),
-deformation, mononphm (assembly), root_finding, checkpoint, mesh, reference_loop (per-type-loop baseline).
+Modules: config, latents (code batching), ensemble (segmented typed matmuls, kNN, blending, pruning), canonical
+(identity field), deformation, mononphm (assembly), root_finding, checkpoint (incl. the built-in model's encoders),
+encoders (identity/appearance/expression encoders, ARKit regressor), meshing (mesh extraction and warping),
+reference_loop (per-type-loop baseline), devices (which device a run uses, host arrays from any device), kernels
+(kernel choices by measured speed on the running machine).
 """
 from .config import OFFICIAL_MESH_BOX, MonoNPHMConfig
 from .mononphm import ModelOutput, MonoNPHM, geometric_init

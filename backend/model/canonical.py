@@ -92,6 +92,9 @@ class CanonicalField(nn.Module):
         self.bottleneck1 = nn.Linear(cfg.hidden_dim_geo, cfg.bottleneck_dim)
         self.bottleneck2 = nn.Linear(cfg.bottleneck_dim, cfg.bottleneck_dim)
         self.app = TypedLinearStack(T, [cfg.app_in_dim] + [cfg.hidden_dim_app] * cfg.n_layers_app + [3])
+        # The typed matmuls' layout (`ensemble.EdgeLayout`): None = the default rule; `kernels.choose_ensemble_layout`
+        # sets it by measured speed on the running machine.
+        self.grouped: Optional[bool] = None
 
     # ------------------------------------------------------------------ codes
     def split_code(self, z: torch.Tensor, loc_dim: int):
@@ -197,7 +200,8 @@ class CanonicalField(nn.Module):
             e_local = local.reshape(-1, local.shape[-1]).index_select(0, flat)
         e_b = e_pt // N
         dt = compute_dtype
-        layout = make_layout(self.anchor_type.index_select(0, e_k), cfg.n_types, dtype=dt or q.dtype)
+        layout = make_layout(self.anchor_type.index_select(0, e_k), cfg.n_types, dtype=dt or q.dtype,
+                             grouped=self.grouped)
         pt_row = layout.pack_index(e_pt)                                          # (R,)
         w_row = layout.pack(e_w.unsqueeze(1))                                     # (R, 1), 0 on padding rows
 

@@ -16,12 +16,14 @@ import numpy as np
 import torch
 
 from .config import MonoNPHMConfig
+from .encoders import ArkitRegressor, CodeEncoders
 from .mononphm import MonoNPHM
 
 PathLike = Union[str, os.PathLike]
 
 PROJECT_WEIGHTS = "model.pt"
 PROJECT_CONFIG = "config.json"
+ENCODERS_FILE = "encoders.pt"  # optional: CodeEncoders + ArkitRegressor of a trained model
 FORMAT_NAME = "mononphm-blender/model"
 FORMAT_VERSION = 1
 
@@ -310,3 +312,18 @@ def load_model(path: PathLike, dtype: torch.dtype = torch.float32) -> MonoNPHM:
     model.load_state_dict(state, strict=True)
     model.extra = extra
     return model.to(dtype).eval()
+
+
+def load_encoders(path: PathLike) -> Tuple[Optional[CodeEncoders], Optional[ArkitRegressor]]:
+    """(CodeEncoders, ArkitRegressor) of a project model folder, or (None, None) when it has none."""
+    d = Path(path)
+    cfg, extra = read_project_config(d)
+    f = d / extra.get("encoders_file", ENCODERS_FILE)
+    if not f.exists():
+        return None, None
+    state = safe_torch_load(f)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)
+    enc.load_state_dict(state["encoders"])
+    reg = ArkitRegressor(cfg.dim_exp)
+    reg.load_state_dict(state["arkit_regressor"])
+    return enc.eval(), reg.eval()

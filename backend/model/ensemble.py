@@ -88,7 +88,8 @@ class EdgeLayout:
         E = edge_type.numel()
         dev = edge_type.device
         if grouped is None:
-            grouped = dtype in (torch.float32, torch.bfloat16, torch.float16) and hasattr(torch, "_grouped_mm")
+            grouped = (dtype in (torch.float32, torch.bfloat16, torch.float16) and hasattr(torch, "_grouped_mm")
+                       and dev.type == "cpu")  # CUDA's grouped matmul takes bf16 on recent GPUs only
         self.grouped = grouped
         self.n_types = n_types
         counts = torch.bincount(edge_type, minlength=n_types)
@@ -180,7 +181,7 @@ class EdgeLayout:
             else:
                 a = torch.clamp_min(z, 0.0, out=None if keep_input else z)
         else:
-            a = _ones_scratch(z.shape[0], w_aug.shape[2], z.dtype, in_dim)
+            a = _ones_scratch(z.shape[0], w_aug.shape[2], z.dtype, in_dim, z.device)
             if act == "softplus":
                 torch._C._nn.softplus(z, beta, 20.0, out=a[:, :in_dim])
             else:
@@ -194,7 +195,7 @@ class EdgeLayout:
 _SCRATCH = threading.local()  # per thread: a buffer is only valid until the next matmul of its own thread
 
 
-def _ones_scratch(rows: int, cols: int, dtype: torch.dtype, in_dim: int) -> torch.Tensor:
+def _ones_scratch(rows: int, cols: int, dtype: torch.dtype, in_dim: int, device: torch.device) -> torch.Tensor:
     """Reusable (rows, cols) no-grad buffer whose columns >= in_dim hold 1 (the fused-bias input column).
 
     Only columns < in_dim are ever overwritten (by the activation), so the constant columns are filled once per
@@ -203,11 +204,11 @@ def _ones_scratch(rows: int, cols: int, dtype: torch.dtype, in_dim: int) -> torc
     cache = getattr(_SCRATCH, "bufs", None)
     if cache is None:
         cache = _SCRATCH.bufs = {}
-    key = (cols, in_dim, dtype)
+    key = (cols, in_dim, dtype, device)
     buf = cache.get(key)
     if buf is None or buf.shape[0] < rows:
         with torch.inference_mode(False):  # a normal tensor, usable both inside and outside inference mode
-            buf = torch.ones(max(rows, 1024), cols, dtype=dtype)
+            buf = torch.ones(max(rows, 1024), cols, dtype=dtype, device=device)
         cache[key] = buf
     return buf[:rows]
 
@@ -279,7 +280,7 @@ def softplus_no_grad(z: torch.Tensor, beta: float, inplace: bool = False) -> tor
     softplus of each, rounded: the same values as the elementwise kernel (which also computes in float32), 2x
     faster (0.75 vs 1.53 ns per element on one thread of the 2-core host) when done in L2-sized slices (a single
     pass over a chunk's activations is memory-bound: 2.2 ns)."""
-    if z.dtype != torch.bfloat16 or not z.is_contiguous():
+    if z.dtype != torch.bfloat16 or not z.is_contiguous() or z.device.type != "cpu":  # the lookup pays on CPUs
         return torch._C._nn.softplus(z, beta, 20.0, out=z) if inplace else F.softplus(z, beta, 20.0)
     table = _bf16_softplus_table(beta)
     out = z if inplace else torch.empty_like(z)

@@ -11,10 +11,14 @@ import torch.nn as nn
 from .canonical import CanonicalField, CanonicalOutput
 from .config import MonoNPHMConfig
 from .deformation import DeformationField
+from .latents import batch_codes
 from .parallel import flush_denormals, map_chunks
 
 
-MAX_CHUNK_POINTS = 4096  # upper bound of `MonoNPHM.max_chunk`
+MAX_CHUNK_POINTS = 4096  # upper bound of `MonoNPHM.max_chunk` on CPUs
+# On a GPU a chunk is one batch of kernels: large enough to fill the device, bounded by the activations' memory.
+ACCELERATOR_CHUNK_BYTES = 256 << 20
+ACCELERATOR_MAX_CHUNK_POINTS = 1 << 18
 
 
 @dataclass
@@ -30,19 +34,6 @@ class ModelOutput:
     knn_idx: Optional[torch.Tensor] = None   # (B, N, K) nearest anchors of the canonical point
     dropped_mass: Optional[torch.Tensor] = None  # (B, N) blend mass dropped by pruning (fast path only)
     kept_edges: Optional[int] = None         # (point, anchor) edges evaluated after pruning
-
-
-def _batch_codes(z: Optional[torch.Tensor], B: int) -> Optional[torch.Tensor]:
-    """Accept (D,), (B, D) or (B, 1, D) codes; broadcast a single code to B."""
-    if z is None:
-        return None
-    if z.dim() == 1:
-        z = z.unsqueeze(0)
-    if z.dim() == 3:
-        z = z.reshape(z.shape[0], z.shape[-1])
-    if z.shape[0] == 1 and B > 1:
-        z = z.expand(B, -1)
-    return z
 
 
 class MonoNPHM(nn.Module):
@@ -63,7 +54,7 @@ class MonoNPHM(nn.Module):
     # ------------------------------------------------------------------ pieces
     def anchors(self, z_geo: torch.Tensor) -> torch.Tensor:
         """(B, D_geo) -> predicted canonical anchors (B, n_anchors, 3)."""
-        return self.id_model.anchors(_batch_codes(z_geo, 1))
+        return self.id_model.anchors(batch_codes(z_geo, 1))
 
     def deformation(
         self,
@@ -102,8 +93,8 @@ class MonoNPHM(nn.Module):
         if q.dim() == 2:
             q = q.unsqueeze(0)
         B = q.shape[0]
-        z_geo = _batch_codes(z_geo, B)
-        z_app = _batch_codes(z_app, B)
+        z_geo = batch_codes(z_geo, B)
+        z_app = batch_codes(z_app, B)
         if q.shape[-1] == 3:
             q = torch.cat([q, q.new_zeros(*q.shape[:-1], self.cfg.n_hyper)], dim=-1)
         if anchors is None:
@@ -115,9 +106,9 @@ class MonoNPHM(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0)
         B = x.shape[0]
-        out = [x, _batch_codes(z_geo, B), _batch_codes(z_exp, B)]
+        out = [x, batch_codes(z_geo, B), batch_codes(z_exp, B)]
         if z_app is not None:
-            out.append(_batch_codes(z_app, B))
+            out.append(batch_codes(z_app, B))
         return out
 
     # ------------------------------------------------------------------ full model
@@ -152,9 +143,9 @@ class MonoNPHM(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0)
         B, N, _ = x.shape
-        z_geo = _batch_codes(z_geo, B)
-        z_app = _batch_codes(z_app, B)
-        z_exp = _batch_codes(z_exp, B)
+        z_geo = batch_codes(z_geo, B)
+        z_app = batch_codes(z_app, B)
+        z_exp = batch_codes(z_exp, B)
         if with_color and z_app is None:
             raise ValueError("with_color=True needs z_app")
         if with_gradient and not with_sdf:
@@ -213,26 +204,28 @@ class MonoNPHM(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0)
         B = x.shape[0]
-        z_geo = _batch_codes(z_geo, B)
+        z_geo = batch_codes(z_geo, B)
         if anchors is None:
             anchors = self.id_model.anchors(z_geo)
-        chunk = min(chunk, self.max_chunk(with_color))
+        cpu = x.device.type == "cpu"
+        chunk = min(chunk, self.max_chunk(with_color)) if cpu else self.max_chunk(with_color, x.device)
+
         def run(s, e):
             o = self.forward(x[:, s:e], z_geo, z_app, z_exp, neutral=neutral, with_color=with_color,
                              exact=exact, anchors=anchors, compute_dtype=compute_dtype, prune_mass=prune_mass,
                              with_sdf=with_sdf)
             return o.sdf, o.color
 
-        outs = map_chunks(run, x.shape[1], chunk)
+        outs = map_chunks(run, x.shape[1], chunk, threads=cpu)
         sdfs = [o[0] for o in outs]
         cols = [o[1] for o in outs] if with_color else []
         sdf = (torch.cat(sdfs, 1) if sdfs else x.new_zeros(B, 0, 1)) if with_sdf else None
         col = (torch.cat(cols, 1) if cols else x.new_zeros(B, 0, 3)) if with_color else None
         return sdf, col
 
-    def max_chunk(self, with_color: bool = True, budget_bytes: int = 16 << 20) -> int:
-        """Largest point chunk whose per-layer edge activations (float32) stay within ~budget_bytes, and at most
-        MAX_CHUNK_POINTS.
+    def max_chunk(self, with_color: bool = True, device: torch.device | str = "cpu") -> int:
+        """Largest point chunk whose per-layer edge activations (float32) stay within a budget: on CPUs ~16 MB and
+        at most MAX_CHUNK_POINTS, on GPUs ACCELERATOR_CHUNK_BYTES and at most ACCELERATOR_MAX_CHUNK_POINTS.
 
         Past that size the activations fall out of the cache hierarchy and each layer's fresh output costs
         page faults; at the official size it caps chunks at 2048 points (+20-35% SDF throughput vs 8192).  The
@@ -241,8 +234,12 @@ class MonoNPHM(nn.Module):
         c = self.cfg
         width = max(c.hidden_dim_geo, c.hidden_dim_app if with_color else 0)
         per_point = 4 * width * (c.n_neighbors + 1) * 0.85  # ~85% of the K+1 edges survive pruning
-        n = int(budget_bytes / per_point)
-        return min(MAX_CHUNK_POINTS, max(256, 1 << n.bit_length()))  # rounded up to a power of two
+        if torch.device(device).type == "cpu":
+            budget, cap = 16 << 20, MAX_CHUNK_POINTS
+        else:
+            budget, cap = ACCELERATOR_CHUNK_BYTES, ACCELERATOR_MAX_CHUNK_POINTS
+        n = int(budget / per_point)
+        return min(cap, max(256, 1 << n.bit_length()))  # rounded up to a power of two
 
     # ------------------------------------------------------------------ forward warp
     def forward_warp(self, x_canonical, z_geo, z_exp, anchors=None, **kwargs):

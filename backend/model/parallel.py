@@ -122,9 +122,11 @@ def _on_worker_threads(run: Callable, bounds: Sequence, workers: int) -> List:
         torch.set_num_threads(workers)
 
 
-def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, inference: bool = True) -> List[T]:
-    """[fn(start, stop) for each chunk of range(n)], run on torch.get_num_threads() Python threads."""
-    workers = torch.get_num_threads()
+def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, inference: bool = True,
+               threads: bool = True) -> List[T]:
+    """[fn(start, stop) for each chunk of range(n)], run on torch.get_num_threads() Python threads (threads=False:
+    in order on the calling thread, e.g. for a GPU, whose kernels run asynchronously anyway)."""
+    workers = torch.get_num_threads() if threads else 1
     bounds = _chunk_bounds(n, chunk, 256, workers)
     if workers <= 1 or len(bounds) <= 1:
         with flush_denormals():

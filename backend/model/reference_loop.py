@@ -6,13 +6,15 @@ MLP types with plain `F.linear`, no pruning, no first-layer factorisation.  It s
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .ensemble import blend_weights, knn_anchors, softplus
-from .mononphm import MonoNPHM, _batch_codes
+from .latents import batch_codes
+from .mononphm import MonoNPHM
 
 
 def loop_canonical(model: MonoNPHM, q: torch.Tensor, z_geo: torch.Tensor, anchors: torch.Tensor,
@@ -98,10 +100,10 @@ def loop_forward(model: MonoNPHM, x, z_geo, z_app=None, z_exp=None, neutral=Fals
                  with_gradient=False, create_graph=None) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Baseline posed evaluation: plain deformation MLP on [x ; c_id ; z_exp] + `loop_canonical`."""
     B = x.shape[0]
-    z_geo, z_app, z_exp = (_batch_codes(z, B) for z in (z_geo, z_app, z_exp))
+    z_geo, z_app, z_exp = (batch_codes(z, B) for z in (z_geo, z_app, z_exp))
     if create_graph is None:
         create_graph = torch.is_grad_enabled()
-    with torch.enable_grad() if with_gradient else torch.no_grad() if not torch.is_grad_enabled() else _Null():
+    with torch.enable_grad() if with_gradient else torch.no_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
         xg = x.detach().requires_grad_(True) if with_gradient else x
         A = model.id_model.anchors(z_geo)
         if neutral:
@@ -114,11 +116,3 @@ def loop_forward(model: MonoNPHM, x, z_geo, z_app=None, z_exp=None, neutral=Fals
         if with_gradient:
             (grad,) = torch.autograd.grad(sdf, xg, torch.ones_like(sdf), create_graph=create_graph)
     return sdf, color, grad
-
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False

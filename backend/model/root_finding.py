@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .mononphm import _batch_codes
+from .latents import batch_codes
 from .parallel import flush_denormals
 
 
@@ -178,8 +178,8 @@ def forward_warp(
     """
     y = x_canonical.unsqueeze(0) if x_canonical.dim() == 2 else x_canonical
     B = y.shape[0]
-    z_geo = _batch_codes(z_geo, B)
-    z_exp = _batch_codes(z_exp, B)
+    z_geo = batch_codes(z_geo, B)
+    z_exp = batch_codes(z_exp, B)
     if anchors is None:
         anchors = model.id_model.anchors(z_geo)
     if tol is None:
@@ -214,7 +214,7 @@ def posed_anchors(model, z_geo, z_exp, y_offsets: Optional[torch.Tensor] = None,
     y_offsets: optional (n_anchors, 3) tweak added to the anchors (e.g. the lip/eyelid y offsets); the
     deformation net is then conditioned on the tweaked anchors as in the official tracker.
     """
-    z_geo = _batch_codes(z_geo, 1)
+    z_geo = batch_codes(z_geo, 1)
     A = model.id_model.anchors(z_geo)
     if y_offsets is not None:
         A = A + y_offsets.to(A.dtype)

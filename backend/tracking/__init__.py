@@ -7,15 +7,13 @@ Modules (one job each):
     camera       intrinsics (user values, Blender, default FOV), PnP pose initialisation
     raster       vectorised numpy rasteriser (draft silhouette, metrics, synthetic renders)
     renderer     NeuS narrow-band volume rendering with SH shading (standard / high presets)
-    mesh         canonical mesh extraction, fast forward warp, mesh-outline silhouette
+    head_mesh    the tracker's fixed-topology head mesh (HeadMesh) and its mesh-outline silhouette
     codes        latent parameterisation (built-in encoders or raw official codes), priors, ARKit output
     tracker      stages (identity, per frame, joint refinement) and presets
-    run          ``run_track``: passes over the clip, result package writing, resume, interpolation, USD
-    build_tables developer tool that derived the MediaPipe<->ICT table in ``backend/landmark_tables.py``
+    run          ``run_track(TrackConfig)`` and ``TrackingSession``: passes over the clip, package writing,
+                 resume, interpolation, USD
+    build_tables developer tool that derived the MediaPipe<->ICT table in ``backend/contracts/landmark_tables.py``
 """
+from .run import TrackOutcome, run_track
 
-
-def run_track(args, events):
-    """Entry point of ``python -m backend track`` (see docs/backend-cli.md); returns the result package path."""
-    from .run import run_track as _run
-    return _run(args, events)
+__all__ = ["TrackOutcome", "run_track"]

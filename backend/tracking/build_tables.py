@@ -1,6 +1,6 @@
 """Developer tool: derive MediaPipe-478 <-> ICT-FaceKit surface correspondences by rendering the ICT neutral head
 from several views, running the MediaPipe face mesh on the renders and looking each landmark up on the rendered
-surface. Prints the table literal stored in ``backend/landmark_tables.py`` (``MEDIAPIPE_ICT_VERTEX``,
+surface. Prints the table literal stored in ``backend/contracts/landmark_tables.py`` (``MEDIAPIPE_ICT_VERTEX``,
 ``MEDIAPIPE_ICT_POS``).
 
     python -m backend.tracking.build_tables --ict /path/to/ict_face_model_light_head_f16.npz
@@ -11,16 +11,13 @@ import argparse
 
 import numpy as np
 
-from ..conventions import Intrinsics
+from ..contracts import landmark_tables as lt
+from ..contracts.conventions import NPHM_UNIT_M, Intrinsics
 from . import camera, raster
 from .landmarks import MediaPipeLandmarker
 
-ICT_TO_NPHM_OFFSET_CM = np.array([0.0, -3.0, -6.0])   # NPHM-like space: (v_cm + offset) / 25
-ICT_CM_PER_UNIT = 25.0
-
-
 def ict_render_setup(npz):
-    V = (npz["neutral"].astype(np.float64) + ICT_TO_NPHM_OFFSET_CM) / ICT_CM_PER_UNIT
+    V = lt.ict_cm_to_model(npz["neutral"].astype(np.float64))
     F = npz["faces"].astype(np.int64)
     reg = npz["region"]
     F = F[np.isin(reg[F], [0, 1, 2, 4]).all(1)]
@@ -45,7 +42,7 @@ def mediapipe_on_mesh(V, F, alb, views, size=512, fov=30.0):
     out = np.full((len(views), 478, 3), np.nan)
     for i, (yaw, pitch) in enumerate(views):
         R, t = camera.look_at_pose(0.9, yaw_deg=yaw, pitch_deg=pitch)
-        vc = (0.25 * V) @ R.T + t
+        vc = (NPHM_UNIT_M * V) @ R.T + t
         img, frag = raster.render_rgb(vc, F, K, size, size, alb, background=np.array([60, 90, 120]))
         lm = det(img)
         if not lm.found:
@@ -73,9 +70,9 @@ def main(argv=None):
     cand = np.flatnonzero(np.isin(reg, [0, 1, 2]))
     dd = np.linalg.norm(V[cand][None] - med[:, None], axis=-1)
     vid = cand[np.argmin(dd, 1)]
-    print("# spread (mm) median/max:", np.median(spread) * 250, np.max(spread) * 250)
+    print("# spread (mm) median/max:", np.median(spread) * lt.MM_PER_UNIT, np.max(spread) * lt.MM_PER_UNIT)
     print("MEDIAPIPE_ICT_VERTEX = (" + ", ".join(str(int(v)) for v in vid) + ")")
-    print("MEDIAPIPE_ICT_POS_MM = (" + ", ".join(f"({x:.1f}, {y:.1f}, {z:.1f})" for x, y, z in med * 250) + ")")
+    print("MEDIAPIPE_ICT_POS_MM = (" + ", ".join(f"({x:.1f}, {y:.1f}, {z:.1f})" for x, y, z in med * lt.MM_PER_UNIT) + ")")
 
 
 if __name__ == "__main__":

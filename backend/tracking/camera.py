@@ -1,7 +1,7 @@
 """Pinhole intrinsics and rigid head-pose initialisation (PnP).
 
 Conventions (docs/conventions.md): OpenCV camera (x right, y down, z forward), pixel centres at i + 0.5.
-Internally poses act on NPHM units: ``x_cam[m] = R @ (0.25 * x_nphm) + t``; the result package stores
+Internally poses act on NPHM units: ``x_cam[m] = R @ (NPHM_UNIT_M * x_nphm) + t``; the result package stores
 ``scale = 1``, ``R``, ``t`` with model points in metres (the absolute scale comes from the identity).
 """
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ..conventions import DEFAULT_HORIZONTAL_FOV_DEG, NPHM_UNIT_M, Intrinsics, intrinsics_from_blender  # noqa: F401
+from ..contracts.conventions import DEFAULT_HORIZONTAL_FOV_DEG, NPHM_UNIT_M, Intrinsics
+from .errors import TrackingInputError
 
-METRES_PER_UNIT = NPHM_UNIT_M    # NPHM convention: 1 model unit = FLAME metre x 4 = 0.25 m
+MIN_FOV_DEG, MAX_FOV_DEG = 1.0, 179.0  # --fov bounds (exclusive): a pinhole camera's horizontal field of view
 
 
 def make_intrinsics(src_width: int, src_height: int, out_width: int, out_height: int, fx=None, fy=None, cx=None,
@@ -22,8 +23,18 @@ def make_intrinsics(src_width: int, src_height: int, out_width: int, out_height:
     """Intrinsics of the tracked (possibly downscaled) images from user values given in source pixels.
 
     ``fx`` alone implies ``fy = fx``; a missing principal point is the image centre; without ``fx`` the horizontal
-    field of view ``fov_deg`` (default 50 degrees) is used.
+    field of view ``fov_deg`` (default 50 degrees, strictly between 1 and 179) is used. Values no camera can have are
+    a TrackingInputError.
     """
+    if fov_deg is not None and not (MIN_FOV_DEG < float(fov_deg) < MAX_FOV_DEG):
+        raise TrackingInputError(f"--fov {fov_deg:g} is outside the horizontal fields of view a camera can have "
+                                 f"({MIN_FOV_DEG:g}..{MAX_FOV_DEG:g} degrees, exclusive)",
+                                 "Give the lens's horizontal field of view in degrees (e.g. --fov 50), or --fx.")
+    for name, value in (("fx", fx), ("fy", fy), ("cx", cx), ("cy", cy)):
+        if value is not None and not (math.isfinite(value) and (value > 0 or name in ("cx", "cy"))):
+            kind = "focal length" if name[0] == "f" else "principal point"
+            raise TrackingInputError(f"--{name} {value:g} is not a valid {kind}",
+                                     "Focal lengths are positive pixels of the source video; cx, cy finite pixels.")
     if fx is None:
         if fy is not None:
             fx = fy
@@ -68,7 +79,7 @@ class PnPResult:
 
 
 def solve_pnp(points_model: np.ndarray, points_px: np.ndarray, K: np.ndarray, weights: Optional[np.ndarray] = None,
-              init: Optional[Tuple[np.ndarray, np.ndarray]] = None, scale: float = METRES_PER_UNIT) -> PnPResult:
+              init: Optional[Tuple[np.ndarray, np.ndarray]] = None, scale: float = NPHM_UNIT_M) -> PnPResult:
     """Rigid pose from 3D model points (N, 3, model units) and their detections (N, 2, px).
 
     EPnP for the initial guess (or ``init`` = (R, t) from the previous frame), then Levenberg–Marquardt refinement.

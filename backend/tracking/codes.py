@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import arkit
+from ..contracts import arkit
 
 
 # An ICT channel whose encoder column is weaker than this share of the median column barely moves the model's
@@ -38,6 +38,7 @@ class CodeSpace:
         self.reg = arkit_regressor
         self.landmark_regressor = landmark_regressor if encoders is not None else None
         self.mode = "encoder" if encoders is not None else "raw"
+        self.device = next(model.parameters()).device   # every code tensor lives where the model does
         if self.enc is not None:
             for p in self.enc.parameters():
                 p.requires_grad_(False)
@@ -45,15 +46,15 @@ class CodeSpace:
             self.n_app = self.enc.app.in_features
             self.n_ex = self.enc.exp.in_features
             static = np.array([n.startswith("eyeLook") for n in arkit.ICT_NAMES[: self.n_ex]])
-            self.ex_mask = torch.as_tensor(~static, dtype=torch.float32)
-            col = self.enc.exp.weight.detach().norm(dim=0).numpy()
+            self.ex_mask = torch.as_tensor(~static, dtype=torch.float32, device=self.device)
+            col = self.enc.exp.weight.detach().norm(dim=0).cpu().numpy()
             weak = (col < WEAK_CHANNEL_SHARE * np.median(col[~static])) & ~static
         else:
             self.n_id, self.n_app, self.n_ex = self.cfg.dim_geo, self.cfg.dim_app, self.cfg.dim_exp
-            self.ex_mask = torch.ones(self.n_ex)
+            self.ex_mask = torch.ones(self.n_ex, device=self.device)
             weak = np.zeros(self.n_ex, bool)
         use = self.landmark_regressor is not None and self.n_ex == len(arkit.ICT_NAMES)
-        self.landmark_channels = torch.as_tensor(weak & use)
+        self.landmark_channels = torch.as_tensor(weak & use, device=self.device)
         if self.reg is not None:
             for p in self.reg.parameters():
                 p.requires_grad_(False)
@@ -62,11 +63,11 @@ class CodeSpace:
     def init_identity(self):
         """(p_geo, p_app) initial identity parameters (mean head)."""
         if self.mode == "encoder":
-            return torch.zeros(self.n_id), self.enc.app_mean.detach().clone()
-        return torch.zeros(self.cfg.dim_geo), torch.zeros(self.cfg.dim_app)
+            return torch.zeros(self.n_id, device=self.device), self.enc.app_mean.detach().clone()
+        return torch.zeros(self.cfg.dim_geo, device=self.device), torch.zeros(self.cfg.dim_app, device=self.device)
 
     def init_expression(self, n: int = 1) -> torch.Tensor:
-        return torch.zeros(n, self.n_ex)
+        return torch.zeros(n, self.n_ex, device=self.device)
 
     def expression_from_landmarks(self, points: Optional[np.ndarray], depth: Optional[np.ndarray]
                                   ) -> Optional[torch.Tensor]:
@@ -75,7 +76,7 @@ class CodeSpace:
         if not bool(self.landmark_channels.any()) or points is None or depth is None or len(points) < 468:
             return None
         p3 = np.concatenate([points[:, :2], depth[:, None]], 1)
-        return torch.as_tensor(self.landmark_regressor(p3), dtype=torch.float32) * self.ex_mask
+        return torch.as_tensor(self.landmark_regressor(p3), dtype=torch.float32, device=self.device) * self.ex_mask
 
     # -- maps --------------------------------------------------------------------------------------------------
     def z_geo(self, p_geo: torch.Tensor) -> torch.Tensor:
@@ -141,13 +142,13 @@ class CodeSpace:
         The channels read from the landmarks (``landmark_channels``) go through the ICT->ARKit map: the model's
         codes barely carry them, so a regressor on the codes cannot return them."""
         if self.reg is not None:
-            out = self.reg(self.z_exp(p_ex)).numpy().astype(np.float32)
+            out = self.reg(self.z_exp(p_ex)).cpu().numpy().astype(np.float32)
             if bool(self.landmark_channels.any()):
-                lm = self.landmark_channels.numpy()
-                direct = np.clip(arkit.ict_to_arkit(p_ex.numpy() * lm), 0, 1)
+                lm = self.landmark_channels.cpu().numpy()
+                direct = np.clip(arkit.ict_to_arkit(p_ex.cpu().numpy() * lm), 0, 1)
                 fed = arkit.ict_to_arkit_matrix()[lm].any(0)
                 out[:, fed] = direct[:, fed]
             return out
         if self.mode == "encoder" and self.n_ex == len(arkit.ICT_NAMES):
-            return np.clip(arkit.ict_to_arkit(p_ex.numpy()), 0, 1).astype(np.float32)
+            return np.clip(arkit.ict_to_arkit(p_ex.cpu().numpy()), 0, 1).astype(np.float32)
         return None

@@ -2,7 +2,7 @@
 documented exit codes and JSON ``error`` events)."""
 from __future__ import annotations
 
-from ..protocol import BackendError, BadInputError
+from ..contracts.protocol import BackendError, BadInputError
 
 
 class TrackingInputError(BadInputError):

@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..landmark_tables import mediapipe_ict_positions
+from ..contracts.landmark_tables import mediapipe_ict_positions
 
 FILE_NAME = "expression_init.npz"
 # nearly rigid MediaPipe points for the alignment: eye corners, nose bridge, dorsum and tip, mid forehead
@@ -39,7 +39,7 @@ def template() -> np.ndarray:
 def landmark_features(points: np.ndarray) -> np.ndarray:
     """(..., >=468, 3) MediaPipe points (u, v, depth) in pixels -> (..., 1404) aligned offsets from the template
     (eye-corner units)."""
-    from ..geometry import fit_similarity
+    from ..contracts.geometry import fit_similarity
 
     tpl = template()
     scale = np.linalg.norm(tpl[263] - tpl[33])

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -75,15 +75,27 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / ua) if ua > 0 else 0.0
 
 
-def choose_face(candidates: List[np.ndarray], previous_bbox: Optional[np.ndarray]) -> int:
-    """Index of the face to track: the one overlapping the previous choice, else the largest."""
-    boxes = [_bbox(c) for c in candidates]
+def choose_face(candidates: List[np.ndarray], previous_bbox: Optional[np.ndarray],
+                rule: Union[str, Tuple[float, float]] = "largest") -> int:
+    """Index of the face to track: the one overlapping the previous choice, else the one ``rule`` picks: the
+    largest, the leftmost or rightmost (box centre), or the one whose box contains (else is nearest to) a point."""
+    boxes = np.array([_bbox(c) for c in candidates], np.float64)
     if previous_bbox is not None:
         ious = [_iou(b, previous_bbox) for b in boxes]
         j = int(np.argmax(ious))
         if ious[j] > 0.3:
             return j
-    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+    centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+    if rule == "leftmost":
+        return int(np.argmin(centres[:, 0]))
+    if rule == "rightmost":
+        return int(np.argmax(centres[:, 0]))
+    if not isinstance(rule, str):
+        point = np.asarray(rule, np.float64)
+        outside = np.maximum(np.maximum(boxes[:, :2] - point, point - boxes[:, 2:]), 0.0)
+        return int(np.argmin(np.hypot(outside[:, 0], outside[:, 1]) * 1e6
+                             + np.hypot(*(centres - point).T)))
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return int(np.argmax(areas))
 
 
@@ -93,7 +105,7 @@ class MediaPipeLandmarker:
     scheme = MEDIAPIPE
 
     def __init__(self, video_mode: bool = True, max_faces: int = 3, min_detection_confidence: float = 0.5,
-                 min_tracking_confidence: float = 0.5):
+                 min_tracking_confidence: float = 0.5, face: Union[str, Tuple[float, float]] = "largest"):
         try:
             from mediapipe.python.solutions import face_mesh as mp_face_mesh
         except Exception as e:  # pragma: no cover
@@ -109,6 +121,7 @@ class MediaPipeLandmarker:
                                                 min_tracking_confidence=min_tracking_confidence)
         self._static = None
         self._prev_bbox: Optional[np.ndarray] = None
+        self.face = face
 
     def _run(self, graph, image: np.ndarray):
         with mediapipe_fp_guard():
@@ -135,7 +148,7 @@ class MediaPipeLandmarker:
             faces = self._run(self._static, image)
         if not faces:
             return FaceLandmarks(self.scheme, None, None, None, 0)
-        j = choose_face([f[:, :2] for f in faces], self._prev_bbox)
+        j = choose_face([f[:, :2] for f in faces], self._prev_bbox, self.face)
         pts = faces[j]
         self._prev_bbox = _bbox(pts[:, :2])
         return FaceLandmarks(self.scheme, pts[:, :2].copy(), pts[:, 2].copy(), self._prev_bbox, len(faces))
@@ -161,7 +174,8 @@ class FaceAlignmentLandmarker:
 
     scheme = IBUG68
 
-    def __init__(self):
+    def __init__(self, face: Union[str, Tuple[float, float]] = "largest"):
+        self.face = face
         try:
             import face_alignment  # noqa: F401
         except Exception as e:
@@ -181,7 +195,7 @@ class FaceAlignmentLandmarker:
         preds = self._fa.get_landmarks_from_image(image)
         if not preds:
             return FaceLandmarks(self.scheme, None, None, None, 0)
-        j = choose_face([p[:, :2] for p in preds], self._prev_bbox)
+        j = choose_face([p[:, :2] for p in preds], self._prev_bbox, self.face)
         pts = np.asarray(preds[j][:, :2], np.float32)
         self._prev_bbox = _bbox(pts)
         return FaceLandmarks(self.scheme, pts, None, self._prev_bbox, len(preds))
@@ -190,10 +204,12 @@ class FaceAlignmentLandmarker:
         pass
 
 
-def make_landmarker(name: str = "mediapipe", video_mode: bool = True):
+def make_landmarker(name: str = "mediapipe", video_mode: bool = True,
+                    face: Union[str, Tuple[float, float]] = "largest"):
+    """``face``: which face to track when several are visible (``choose_face``; a point in the images' pixels)."""
     name = (name or "mediapipe").lower().replace("_", "-")
     if name == "mediapipe":
-        return MediaPipeLandmarker(video_mode=video_mode)
+        return MediaPipeLandmarker(video_mode=video_mode, face=face)
     if name in ("face-alignment", "fan"):
-        return FaceAlignmentLandmarker()
+        return FaceAlignmentLandmarker(face=face)
     raise TrackingInputError(f"unknown landmark detector {name!r} (choose mediapipe or face-alignment)")

@@ -24,6 +24,8 @@ FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288,
                       148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109])
 INNER_LIPS = np.array([78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191])
 OUTER_LIPS = np.array([61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185])
+EYE_CONTOURS = (np.array([33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246]),
+                np.array([263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466]))
 
 
 class SelfieSegmenter:
@@ -87,6 +89,12 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
     mouth = _fill((H, W), landmarks[INNER_LIPS])
     lab[mouth & (lab != BACKGROUND)] = MOUTH
     return lab
+
+
+def eye_openings(landmarks: np.ndarray, shape) -> np.ndarray:
+    """(H, W) bool: inside either eyelid contour of the MediaPipe landmarks (478, 2) pixels (empty when closed)."""
+    H, W = shape[:2]
+    return _fill((H, W), landmarks[EYE_CONTOURS[0]]) | _fill((H, W), landmarks[EYE_CONTOURS[1]])
 
 
 def label_weights(labels: np.ndarray, mouth_color_weight: float = 1.0 / 25.0):

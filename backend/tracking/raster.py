@@ -12,6 +12,9 @@ from typing import Optional
 import numpy as np
 
 
+MAX_FRAGMENTS = 40_000_000  # candidate (triangle, pixel) pairs before a MemoryError (~2 GB of temporaries)
+
+
 @dataclass
 class Fragments:
     tri: np.ndarray      # (H, W) int64 triangle id, -1 where empty
@@ -24,7 +27,7 @@ class Fragments:
 
 
 def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
-              cull_backfaces: bool = False, max_fragments: int = 40_000_000) -> Fragments:
+              cull_backfaces: bool = False, max_fragments: int = MAX_FRAGMENTS) -> Fragments:
     """Rasterise a mesh given in OpenCV camera coordinates.
 
     Args:
@@ -32,13 +35,22 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: i
         faces: (F, 3) int triangle indices.
         K: (3, 3) intrinsics.
     """
+    frag = rasterize_batch(np.asarray(verts_cam)[None], faces, K, height, width, cull_backfaces, max_fragments)
+    return Fragments(frag.tri[0], frag.bary[0], frag.depth[0])
+
+
+def _covered_fragments(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
+                       cull_backfaces: bool, max_fragments: int):
+    """Every (triangle, pixel) pair whose pixel centre lies inside a projected triangle, for B poses (B, V, 3):
+    (triangle ids over all poses (pose * F + face), px, py, the three screen-space barycentrics, each per fragment,
+    and the triangles' vertex depths (B F, 3)); None when no triangle lands in the image."""
     v = np.asarray(verts_cam, np.float64)
     f = np.asarray(faces, np.int64)
-    z = v[:, 2]
+    z = v[..., 2]
     zc = np.where(z > 1e-6, z, np.nan)
-    uv = np.stack([K[0, 0] * v[:, 0] / zc + K[0, 2], K[1, 1] * v[:, 1] / zc + K[1, 2]], -1)
-    p = uv[f]                                   # (F, 3, 2)
-    zt = zc[f]                                  # (F, 3)
+    uv = np.stack([K[0, 0] * v[..., 0] / zc + K[0, 2], K[1, 1] * v[..., 1] / zc + K[1, 2]], -1)
+    p = uv[:, f].reshape(-1, 3, 2)              # (B F, 3, 2)
+    zt = zc[:, f].reshape(-1, 3)                # (B F, 3)
     ok = np.isfinite(p).all((1, 2)) & np.isfinite(zt).all(1)
     e0 = p[:, 1] - p[:, 0]
     e1 = p[:, 2] - p[:, 0]
@@ -52,11 +64,8 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: i
     hi = np.minimum(hi, [width - 1, height - 1])
     ok &= (hi >= lo).all(1)
     idx = np.flatnonzero(ok)
-    out_tri = np.full((height, width), -1, np.int64)
-    out_bary = np.zeros((height, width, 3), np.float32)
-    out_depth = np.full((height, width), np.inf, np.float32)
     if idx.size == 0:
-        return Fragments(out_tri, out_bary, out_depth)
+        return None
     lo_i = lo[idx].astype(np.int64)
     nx = (hi[idx, 0] - lo[idx, 0] + 1).astype(np.int64)
     ny = (hi[idx, 1] - lo[idx, 1] + 1).astype(np.int64)
@@ -81,18 +90,43 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: i
     w2 = 1.0 - w0 - w1
     inside = (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
     tid, px, py, w0, w1, w2 = tid[inside], px[inside], py[inside], w0[inside], w1[inside], w2[inside]
+    return tid, px, py, w0, w1, w2, zt
+
+
+def coverage(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) bool: pixels whose centre some triangle covers -- ``rasterize(...).mask`` without the depth test."""
+    mask = np.zeros((height, width), bool)
+    cand = _covered_fragments(np.asarray(verts_cam)[None], faces, K, height, width, False, MAX_FRAGMENTS)
+    if cand is not None:
+        _, px, py = cand[:3]
+        mask[py, px] = True
+    return mask
+
+
+def rasterize_batch(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
+                    cull_backfaces: bool = False, max_fragments: int = MAX_FRAGMENTS) -> Fragments:
+    """Rasterise B poses of one mesh at once: verts_cam (B, V, 3) -> Fragments with a leading batch axis
+    (tri (B, H, W), bary (B, H, W, 3), depth (B, H, W)); the triangles of all poses share one z-buffer pass."""
+    B, n_faces = np.shape(verts_cam)[0], len(faces)
+    out_tri = np.full((B, height, width), -1, np.int64)
+    out_bary = np.zeros((B, height, width, 3), np.float32)
+    out_depth = np.full((B, height, width), np.inf, np.float32)
+    cand = _covered_fragments(verts_cam, faces, K, height, width, cull_backfaces, max_fragments)
+    if cand is None:
+        return Fragments(out_tri, out_bary, out_depth)
+    tid, px, py, w0, w1, w2, zt = cand
     iz = zt[tid]
     q = np.stack([w0 / iz[:, 0], w1 / iz[:, 1], w2 / iz[:, 2]], -1)
     s = q.sum(1)
     depth = 1.0 / s
     bary = q / s[:, None]
-    pix = py * width + px
+    pix = ((tid // n_faces) * height + py) * width + px
     order = np.lexsort((depth, pix))
     pix_sorted = pix[order]
     first = np.ones(len(order), bool)
     first[1:] = pix_sorted[1:] != pix_sorted[:-1]
     sel = order[first]
-    out_tri.reshape(-1)[pix[sel]] = tid[sel]
+    out_tri.reshape(-1)[pix[sel]] = tid[sel] % n_faces
     out_bary.reshape(-1, 3)[pix[sel]] = bary[sel]
     out_depth.reshape(-1)[pix[sel]] = depth[sel]
     return Fragments(out_tri, out_bary, out_depth)

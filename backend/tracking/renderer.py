@@ -20,7 +20,7 @@ from typing import Optional, Protocol
 
 import torch
 
-from .camera import METRES_PER_UNIT
+from ..contracts.conventions import NPHM_UNIT_M
 
 # SH basis constants (reference 4.5, `compute_SH_shading`)
 _SH_C = (0.28209, 1.02333, 0.85809, 0.42904, 0.24771)
@@ -59,14 +59,14 @@ def so3_exp(omega: torch.Tensor) -> torch.Tensor:
 def camera_rays(K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, pix: torch.Tensor):
     """Rays through pixel coordinates ``pix`` (N, 2) (pixel centres at i + 0.5) in model space.
 
-    Pose convention: x_cam[m] = R @ (METRES_PER_UNIT * x_model) + t.
+    Pose convention: x_cam[m] = R @ (NPHM_UNIT_M * x_model) + t.
     Returns origins (N, 3) and unit directions (N, 3), model units.
     """
     d_cam = torch.stack([(pix[:, 0] - K[0, 2]) / K[0, 0], (pix[:, 1] - K[1, 2]) / K[1, 1],
                          torch.ones_like(pix[:, 0])], -1)
     d = d_cam @ R                       # R^T d for row vectors
     d = d / d.norm(dim=-1, keepdim=True)
-    o = (-(t @ R) / METRES_PER_UNIT).expand_as(d)
+    o = (-(t @ R) / NPHM_UNIT_M).expand_as(d)
     return o, d
 
 
@@ -91,9 +91,9 @@ def sh_basis(n: torch.Tensor) -> torch.Tensor:
                         c3 * (x * x - y * y)], -1)
 
 
-def sh_init(dtype=torch.float32) -> torch.Tensor:
+def sh_init(dtype=torch.float32, device=None) -> torch.Tensor:
     """(9, 3) coefficients with constant shading 1 (c0 = sqrt(4 pi) * ... such that S = 1)."""
-    c = torch.zeros(9, 3, dtype=dtype)
+    c = torch.zeros(9, 3, dtype=dtype, device=device)
     c[0] = 1.0 / _SH_C[0]
     return c
 
@@ -170,7 +170,7 @@ def render_rays(field: Field, o: torch.Tensor, d: torch.Tensor, inv_s: float, se
         albedo, grad = field.shade_inputs(xs)
         n = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         n_cam = n @ R_cam.T if R_cam is not None else n
-        sh = sh if sh is not None else sh_init(o.dtype)
+        sh = sh if sh is not None else sh_init(o.dtype, o.device)
         col = shade(albedo, n_cam, sh)
         out.update(color=opacity[:, None] * col, albedo=albedo, normal_cam=n_cam)
     return out

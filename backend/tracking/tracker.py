@@ -9,7 +9,7 @@ Stage 2   all frames jointly: landmarks + temporal smoothness of expression and 
 
 Landmarks: the detector's points are tied to canonical positions predicted from the identity's anchors
 (``landmark_tables.LandmarkSet``), posed by the backward-deformation root finder (implicit gradients), projected
-with the per-frame pose ``x_cam = R (0.25 x_model) + t``.
+with the per-frame pose ``x_cam = R (NPHM_UNIT_M x_model) + t`` (``Tracker.to_camera``, ``Tracker.project``).
 Silhouette: per frame in draft, the outline of the warped mesh against the background distance map; per frame in
 standard/high and in every identity stage, NeuS opacity on rays concentrated on the face.
 Colour: SH-shaded albedo vs the frame, face pixels only.
@@ -26,10 +26,12 @@ import torch
 
 from . import masks as M
 from . import raster, renderer
-from . import mesh as tmesh
-from .camera import METRES_PER_UNIT, rotation_to_axis_angle, solve_pnp
+from . import head_mesh
+from .camera import rotation_to_axis_angle, solve_pnp
 from .codes import CodeSpace
-from ..model.mesh import WarpState, warp_vertices
+from ..contracts.conventions import NPHM_UNIT_M
+from ..model.devices import to_numpy
+from ..model.meshing import WarpState, warp_vertices
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -51,7 +53,12 @@ class Preset:
     n_coarse: int = 16
     n_fine: int = 8
     mesh_res: int = 80             # output (fixed topology) canonical mesh resolution
-    posed_mesh_res: int = 128      # per-frame topology-varying meshes (--output meshes/both), 16 * 2^k cells
+    # Per-frame topology-varying meshes (--output meshes/both), 16 * 2^k cells.  Scored on tracked cap12_edit frames
+    # (benchmarks/mesh_extraction.py --score-frame-res; 2026-12-06 23:03, load 10.6): |SDF| at the mesh, mean / p99 /
+    # max, 64^3 0.105 / 0.82 / 2.35 mm, 128^3 0.031 / 0.27 / 1.40 mm; distance of a 256^3 reference to it 0.49 / 1.23
+    # / 3.05 against 0.46 / 1.10 / 1.89 mm (sampling floor ~0.45 mean): 64^3 stays within 1 mm of the surface for 99 %
+    # of it, under the tracker's own face error (1.4 mm), at 0.46x the time (0.63 vs 1.36 s/frame, 1 thread).
+    posed_mesh_res: int = 64
     sil_res: int = 40              # low-res mesh for the draft silhouette / quality metrics
     outline_points: int = 300
     lr_exp: float = 0.08
@@ -78,7 +85,7 @@ class Preset:
 
 
 PRESETS: Dict[str, Preset] = {
-    "draft": Preset("draft", frame_iters=16, still_iters=6, posed_mesh_res=64),  # per-frame: no rays
+    "draft": Preset("draft", frame_iters=16, still_iters=6),  # per-frame: no rays
     "standard": Preset("standard", id_frames=6, id_iters=120, frame_iters=30, still_iters=10, stage2_epochs=4,
                        rays=160, id_rays=192, ray_every=2, n_coarse=16, n_fine=8, mesh_res=96),
     "high": Preset("high", id_frames=8, id_iters=250, frame_iters=60, still_iters=20, stage2_epochs=8,
@@ -109,6 +116,7 @@ class FrameState:
     p_ex: torch.Tensor        # (n_ex,)
     omega: torch.Tensor       # (3,) axis-angle, model->camera
     trans: torch.Tensor       # (3,) metres
+    iterations: int = 0       # optimiser iterations of the per-frame fit that gave this state (0: not fitted alone)
 
     def clone(self) -> "FrameState":
         return FrameState(self.p_ex.detach().clone(), self.omega.detach().clone(), self.trans.detach().clone())
@@ -122,7 +130,6 @@ class FrameResult:
     landmark_error_px: float
     photometric_error: Optional[float]
     mask_iou: Optional[float]
-    iterations: int = 0
     warp: Optional[WarpState] = None   # the fixed-topology warp's state after this frame (the next frame's start)
 
 
@@ -134,6 +141,8 @@ def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 class Timer:
+    """Seconds per stage, summed over calls (``t`` by stage name)."""
+
     def __init__(self):
         self.t: Dict[str, float] = {}
 
@@ -152,15 +161,16 @@ class Tracker:
             p.requires_grad_(False)
         self.codes = codes
         self.preset = preset
-        self.K = torch.as_tensor(K, dtype=torch.float32)
+        self.device = codes.device   # the model's: every tensor of the fit lives there
+        self.K = self.tensor(K)
         self.Knp = np.asarray(K, np.float64)
         self.W, self.H = image_size
         self.progress = progress or (lambda *a, **k: None)
         self.seed = seed
-        self.lm_idx = torch.as_tensor(lmset.detector_idx)
-        self.lm_mean = torch.as_tensor(lmset.canonical_mean, dtype=torch.float32)
-        self.lm_blend = torch.as_tensor(lmset.blend, dtype=torch.float32)
-        self.lm_w = torch.as_tensor(lmset.weight, dtype=torch.float32)
+        self.lm_idx = np.asarray(lmset.detector_idx)     # indexes the detector's numpy points
+        self.lm_mean = self.tensor(lmset.canonical_mean)
+        self.lm_blend = self.tensor(lmset.blend)
+        self.lm_w = self.tensor(lmset.weight)
         self.mean_anchors = model.id_model.mean_anchors.detach().float()
         ict = codes.mode == "encoder"
         self.w_id_prior = preset.w_id_prior_ict if ict else preset.w_id_prior
@@ -171,15 +181,55 @@ class Tracker:
         # stored mean anchors: an anchor predictor's bias at the mean code must not shift the landmarks
         with torch.no_grad():
             self.anchor_ref = self.model.anchors(codes.z_geo(pg))[0].detach().float()
-        self.sh = renderer.sh_init()
-        self.cA = torch.eye(3)
-        self.cb = torch.zeros(3)
-        self.mesh: Optional[tmesh.Mesh] = None        # output canonical mesh (model units)
-        self.mesh_lo: Optional[tmesh.Mesh] = None     # low-res canonical mesh
+        self.sh = renderer.sh_init(device=self.device)
+        self.cA = torch.eye(3, device=self.device)
+        self.cb = torch.zeros(3, device=self.device)
+        self.mesh: Optional[head_mesh.HeadMesh] = None        # output canonical mesh (model units)
+        self.mesh_lo: Optional[head_mesh.HeadMesh] = None     # low-res canonical mesh
         self.albedo: Optional[np.ndarray] = None      # (V, 3) uint8 for the output mesh
         self.timer = Timer()
         self._posed_cache: Dict[str, torch.Tensor] = {}
         self._lo_warp: Optional[WarpState] = None     # low-res mesh warp within a frame's iterations
+        self._lo_vertices: Optional[tuple] = None     # (mesh_lo, its vertices as a tensor on the device)
+        self._lm_key: Optional[tuple] = None          # identity the cached canonical landmarks belong to
+        self._lm_cache: Optional[torch.Tensor] = None
+
+    # ---------------------------------------------------------------------------------------------------------
+    # state
+    # ---------------------------------------------------------------------------------------------------------
+    def tensor(self, a, dtype=torch.float32) -> torch.Tensor:
+        """``a`` (array, list or tensor) as a tensor on the tracker's device."""
+        return torch.as_tensor(a, dtype=dtype, device=self.device)
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """The fitted identity, appearance and meshes as numpy arrays (``load_state_dict`` restores them), and the
+        ensemble layout the run measured (``model.kernels``: a resumed run computes with the same kernels)."""
+        grouped = self.model.id_model.grouped
+        return {"p_geo": to_numpy(self.p_geo), "p_app": to_numpy(self.p_app), "sh": to_numpy(self.sh),
+                "color_affine": to_numpy(self.cA), "color_bias": to_numpy(self.cb),
+                "mesh_lo_vertices": self.mesh_lo.vertices, "mesh_lo_faces": self.mesh_lo.faces,
+                "mesh_vertices": self.mesh.vertices, "mesh_faces": self.mesh.faces, "albedo": self.albedo,
+                "ensemble_grouped": np.array(-1 if grouped is None else int(grouped), np.int8)}
+
+    def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
+        """Restore what ``state_dict`` returned (a resumed run continues from the fitted identity)."""
+        self.p_geo = self.tensor(state["p_geo"])
+        self.p_app = self.tensor(state["p_app"])
+        self.sh = self.tensor(state["sh"])
+        self.cA = self.tensor(state["color_affine"])
+        self.cb = self.tensor(state["color_bias"])
+        self.mesh_lo = head_mesh.HeadMesh(state["mesh_lo_vertices"], state["mesh_lo_faces"])
+        self.mesh = head_mesh.HeadMesh(state["mesh_vertices"], state["mesh_faces"])
+        self.albedo = state["albedo"]
+        if "ensemble_grouped" in state:
+            grouped = int(np.asarray(state["ensemble_grouped"]).reshape(-1)[0])
+            self.model.id_model.grouped = None if grouped < 0 else bool(grouped)
+
+    def reset_frame_cache(self) -> None:
+        """Forget the warm starts carried between frames, so each frame's fit starts from the same state (a resumed
+        or re-tracked frame then gives the same result as in one uninterrupted run)."""
+        self._posed_cache.pop("frame", None)
+        self._lo_warp = None
 
     # ---------------------------------------------------------------------------------------------------------
     # identity-dependent quantities
@@ -215,7 +265,7 @@ class Tracker:
         if zg.requires_grad:
             return self.canonical_landmarks(zg)
         key = (tuple(zg.shape), float(zg.sum()), float(zg.abs().sum()))
-        if getattr(self, "_lm_key", None) != key:
+        if self._lm_key != key:
             with torch.no_grad():
                 self._lm_cache = self.canonical_landmarks(zg)
             self._lm_key = key
@@ -230,10 +280,17 @@ class Tracker:
     # ---------------------------------------------------------------------------------------------------------
     # geometry helpers
     # ---------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def to_camera(x: np.ndarray, st: FrameState):
+        """Model→camera transform of one frame (numpy, float64): x (N, 3) model units -> (camera points (N, 3)
+        metres, R (3, 3)). ``project`` is its differentiable, batched counterpart."""
+        R = to_numpy(renderer.so3_exp(st.omega[None])[0]).astype(np.float64)
+        return (NPHM_UNIT_M * np.asarray(x, np.float64)) @ R.T + to_numpy(st.trans), R
+
     def project(self, x: torch.Tensor, omega: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
         """x (B, N, 3) model units, omega/trans (B, 3) -> pixels (B, N, 2)."""
         R = renderer.so3_exp(omega)
-        xc = METRES_PER_UNIT * torch.einsum("bij,bnj->bni", R, x) + trans[:, None]
+        xc = NPHM_UNIT_M * torch.einsum("bij,bnj->bni", R, x) + trans[:, None]
         z = xc[..., 2:3].clamp_min(1e-3)
         return torch.cat([self.K[0, 0] * xc[..., :1] / z + self.K[0, 2], self.K[1, 1] * xc[..., 1:2] / z + self.K[1, 2]],
                          -1)
@@ -265,19 +322,18 @@ class Tracker:
     # ---------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def pnp_init(self, obs: FrameObs, prev: Optional[FrameState] = None) -> FrameState:
-        P = self.canonical_landmarks(self.z_geo()).numpy()
-        l2d = obs.landmarks[self.lm_idx.numpy()]
+        P = to_numpy(self.canonical_landmarks(self.z_geo()))
+        l2d = obs.landmarks[self.lm_idx]
         init = None
         if prev is not None:
-            init = (renderer.so3_exp(prev.omega[None])[0].numpy().astype(np.float64), prev.trans.numpy())
+            init = (to_numpy(renderer.so3_exp(prev.omega[None])[0]).astype(np.float64), to_numpy(prev.trans))
         r = solve_pnp(P, l2d, self.Knp, init=init)
         if not r.ok and init is not None:
             r = solve_pnp(P, l2d, self.Knp)
         if not r.ok:
             raise RuntimeError("PnP failed")
         p_ex = prev.p_ex.clone() if prev is not None else self.codes.init_expression(1)[0]
-        return FrameState(p_ex, torch.as_tensor(rotation_to_axis_angle(r.R), dtype=torch.float32),
-                          torch.as_tensor(r.t, dtype=torch.float32))
+        return FrameState(p_ex, self.tensor(rotation_to_axis_angle(r.R)), self.tensor(r.t))
 
     # ---------------------------------------------------------------------------------------------------------
     # meshes
@@ -286,17 +342,21 @@ class Tracker:
     def build_meshes(self):
         t0 = time.perf_counter()
         zg = self.z_geo().detach()
-        self.mesh = tmesh.extract_canonical_mesh(self.model, zg, self.preset.mesh_res)
-        self.mesh_lo = tmesh.extract_canonical_mesh(self.model, zg, self.preset.sil_res)
+        self.mesh = head_mesh.extract_canonical_mesh(self.model, zg, self.preset.mesh_res)
+        self.mesh_lo = head_mesh.extract_canonical_mesh(self.model, zg, self.preset.sil_res)
         self.timer.add("mesh_extract", time.perf_counter() - t0)
 
     @torch.no_grad()
-    def albedo_u8(self, vertices: np.ndarray, z_exp: Optional[torch.Tensor] = None) -> np.ndarray:
+    def albedo_u8(self, vertices: np.ndarray, z_exp: Optional[torch.Tensor] = None,
+                  prune_mass: Optional[float] = None) -> np.ndarray:
         """(V, 3) uint8 albedo at vertices (V, 3) model units: network albedo, then the fitted colour affine.
-        Canonical (neutral) points when z_exp is None, else posed points of that expression (1, D_exp)."""
-        _, col = tmesh.query_no_grad(self.model, torch.as_tensor(vertices), self.z_geo(), self.z_app(), z_exp)
-        c = (col @ self.cA.T + self.cb + 1) / 2
-        return (c.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        Canonical (neutral) points when z_exp is None, else posed points of that expression (1, D_exp).
+        prune_mass: blend mass the colour query may drop (None: the model's own; ``meshing.COLOR_PRUNE_MASS`` keeps
+        every colour within a uint8 step).  The colour branch alone runs (no SDF head), chunked on worker threads."""
+        _, col = self.model.query(self.tensor(vertices)[None], self.z_geo(), self.z_app(), z_exp,
+                                  neutral=z_exp is None, prune_mass=prune_mass, with_sdf=False)
+        c = (col[0] @ self.cA.T + self.cb + 1) / 2
+        return (to_numpy(c.clamp(0, 1)) * 255 + 0.5).astype(np.uint8)
 
     def mesh_albedo(self) -> np.ndarray:
         """(V, 3) uint8 albedo of the output (canonical) mesh."""
@@ -304,14 +364,12 @@ class Tracker:
 
     def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int):
         """Indices of silhouette vertices of the low-res mesh and the current coverage map."""
-        R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
-        vc = (METRES_PER_UNIT * verts_posed_lo) @ R.T + st.trans.numpy()
+        vc, _ = self.to_camera(verts_posed_lo, st)
         nrm = raster.vertex_normals(vc, self.mesh_lo.faces)
-        ol = np.flatnonzero(tmesh.outline_vertices(vc, nrm))
+        ol = np.flatnonzero(head_mesh.outline_vertices(vc, nrm))
         if len(ol) > n:
             ol = ol[np.linspace(0, len(ol) - 1, n).astype(int)]
-        frag = raster.rasterize(vc, self.mesh_lo.faces, self.Knp, self.H, self.W)
-        return ol, frag.mask
+        return ol, raster.coverage(vc, self.mesh_lo.faces, self.Knp, self.H, self.W)
 
     # ---------------------------------------------------------------------------------------------------------
     # photometric / silhouette rays
@@ -341,23 +399,20 @@ class Tracker:
             z = zg.sum() * 0
             return z, z, {}
         py, px = np.divmod(idx, self.W)
-        pix = torch.as_tensor(np.stack([px + 0.5, py + 0.5], -1), dtype=torch.float32)
+        pix = self.tensor(np.stack([px + 0.5, py + 0.5], -1))
         R = renderer.so3_exp(st_omega[None])[0]
         o, d = renderer.camera_rays(self.K, R, st_trans, pix)
         field = renderer.ModelField(self.model, zg, za, self.codes.z_exp(p_ex[None]))
         s = renderer.RenderSettings(n_coarse=self.preset.n_coarse, n_fine=self.preset.n_fine)
         out = renderer.render_rays(field, o, d, inv_s, s, R_cam=R, sh=self.sh, with_color=with_color)
-        lab = obs.labels.ravel()[idx]
-        tgt = torch.as_tensor(((lab == M.FACE) | (lab == M.MOUTH)).astype(np.float32))
-        mw = torch.as_tensor((lab != M.IGNORE).astype(np.float32))
+        tgt, mw, cw = (self.tensor(w) for w in M.label_weights(obs.labels.ravel()[idx]))
         op = out["opacity"].clamp(1e-4, 1 - 1e-4)
         mask_loss = (mw * torch.nn.functional.binary_cross_entropy(op, tgt, reduction="none")).sum() / mw.sum().clamp_min(1)
         rgb_loss = zg.sum() * 0
         op_d = op.detach()
         stats = {"iou": float(((op_d > 0.5) & (tgt > 0.5)).sum() / (((op_d > 0.5) | (tgt > 0.5)) & (mw > 0)).sum().clamp_min(1))}
         if with_color:
-            cw = torch.as_tensor((lab == M.FACE) + (lab == M.MOUTH) / 25.0, dtype=torch.float32)
-            img = torch.as_tensor(obs.image.reshape(-1, 3)[idx], dtype=torch.float32) / 127.5 - 1
+            img = self.tensor(obs.image.reshape(-1, 3)[idx]) / 127.5 - 1
             pred = out["color"] @ self.cA.T + self.cb
             err = (pred - img).abs().sum(-1)
             rgb_loss = (cw * err).sum() / cw.sum().clamp_min(1)
@@ -386,8 +441,8 @@ class Tracker:
             {"params": [p_ex], "lr": pr.lr_exp}, {"params": [om], "lr": pr.lr_rot},
             {"params": [tr], "lr": pr.lr_trans}, {"params": [sh], "lr": 0.05},
             {"params": [cA, cb], "lr": 5e-3}])
-        lms = torch.as_tensor(np.stack([f.landmarks[self.lm_idx.numpy()] for f in frames]), dtype=torch.float32)
-        sizes = torch.as_tensor([f.face_size for f in frames], dtype=torch.float32)
+        lms = self.tensor(np.stack([f.landmarks[self.lm_idx] for f in frames]))
+        sizes = self.tensor([f.face_size for f in frames])
         rng = np.random.default_rng(self.seed)
         n_it = pr.id_iters
         self.sh, self.cA, self.cb = sh, cA, cb
@@ -426,14 +481,17 @@ class Tracker:
         if obs.labels is None:
             return zg.sum() * 0
         ml = self.mesh_lo
-        vc0 = torch.as_tensor(ml.vertices)
+        if self._lo_vertices is None or self._lo_vertices[0] is not ml:   # uploaded once per mesh
+            self._lo_vertices = (ml, self.tensor(ml.vertices))
+        vc0 = self._lo_vertices[1]
         if cache is None or "ol" not in cache:
             with torch.no_grad():
                 ze = self.codes.z_exp(p_ex.detach()[None])
                 x, _, self._lo_warp = warp_vertices(self.model, vc0, ml.faces, zg, ze, self._lo_warp)
             st = FrameState(p_ex.detach(), omega.detach(), trans.detach())
-            ol, cov = self._outline(x.numpy().astype(np.float64), st, self.preset.outline_points)
-            tg = tmesh.SilhouetteTargets(obs.labels, seed=obs.index)
+            ol, cov = self._outline(to_numpy(x).astype(np.float64), st, self.preset.outline_points)
+            ol = torch.as_tensor(ol, device=self.device)
+            tg = head_mesh.SilhouetteTargets(obs.labels, seed=obs.index, device=self.device)
             if cache is not None:
                 cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol])
         else:
@@ -447,7 +505,8 @@ class Tracker:
         if cache is not None:
             cache["x_ol"] = res.points[0].detach()
         uv = self.project(res.points, omega[None], trans[None])[0]
-        return tmesh.outline_silhouette_loss(uv, torch.ones(len(ol), dtype=torch.bool), tg, obs.face_size, cov)
+        return head_mesh.outline_silhouette_loss(uv, torch.ones(len(ol), dtype=torch.bool, device=self.device), tg,
+                                                 obs.face_size, cov)
 
     # ---------------------------------------------------------------------------------------------------------
     # appearance from mesh vertices (cheap photometric fit, all presets)
@@ -467,10 +526,9 @@ class Tracker:
             for f, st in zip(frames, states):
                 if f.image is None or f.labels is None:
                     continue
-                x, _, _ = warp_vertices(self.model, torch.as_tensor(ml.vertices), ml.faces, zg,
+                x, _, _ = warp_vertices(self.model, self.tensor(ml.vertices), ml.faces, zg,
                                         self.codes.z_exp(st.p_ex[None]))
-                R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
-                vc = (METRES_PER_UNIT * x.numpy()) @ R.T + st.trans.numpy()
+                vc, _ = self.to_camera(to_numpy(x), st)
                 nrm = raster.vertex_normals(vc, ml.faces)
                 frag = raster.rasterize(vc, ml.faces, self.Knp, self.H, self.W)
                 uv = vc[:, :2] / vc[:, 2:3] * [self.Knp[0, 0], self.Knp[1, 1]] + self.Knp[:2, 2]
@@ -482,11 +540,11 @@ class Tracker:
                 if len(s) < 20:
                     continue
                 col = f.image[px[s, 1], px[s, 0]].astype(np.float32) / 127.5 - 1
-                data.append((s, torch.as_tensor(nrm[s], dtype=torch.float32), torch.as_tensor(col)))
+                data.append((s, self.tensor(nrm[s]), self.tensor(col)))
         if not data:
             return
         allv = np.unique(np.concatenate([d[0] for d in data]))
-        vt = torch.as_tensor(ml.vertices[allv])[None]
+        vt = self.tensor(ml.vertices[allv])[None]
         pos = {v: i for i, v in enumerate(allv)}
         p_app = self.p_app.clone().requires_grad_(True)
         sh = self.sh.clone().requires_grad_(True)
@@ -494,9 +552,9 @@ class Tracker:
         cb = self.cb.clone().requires_grad_(True)
         opt = torch.optim.Adam([{"params": [p_app], "lr": 0.05}, {"params": [sh], "lr": 0.05},
                                 {"params": [cA, cb], "lr": 5e-3}])
-        rows = [torch.as_tensor([pos[v] for v in d[0]]) for d in data]
+        rows = [self.tensor([pos[v] for v in d[0]], torch.long) for d in data]
         zg = self.z_geo().detach()
-        ze = torch.zeros(1, self.model.cfg.dim_exp)
+        ze = torch.zeros(1, self.model.cfg.dim_exp, device=self.device)
         for it in range(iters):
             opt.zero_grad(set_to_none=True)
             alb = self.model(vt, zg, self.codes.z_app(p_app), ze, neutral=True, with_color=True).color[0]
@@ -505,7 +563,7 @@ class Tracker:
                 pred = renderer.shade(alb[r], n, sh) @ cA.T + cb
                 loss = loss + (pred - c).abs().mean()
             loss = loss / len(data) + 0.01 * self.codes.identity_prior(self.p_geo, p_app) \
-                + 0.1 * ((cA - torch.eye(3)) ** 2).sum() + 0.1 * (cb ** 2).sum()
+                + 0.1 * ((cA - torch.eye(3, device=self.device)) ** 2).sum() + 0.1 * (cb ** 2).sum()
             loss.backward()
             opt.step()
             self.codes.project_identity_(self.p_geo, p_app)
@@ -522,8 +580,8 @@ class Tracker:
         za = self.z_app().detach()
         # re-initialise the pose by PnP when the warm start is far off (cuts, fast motion)
         st = init.clone()
-        lms = torch.as_tensor(obs.landmarks[self.lm_idx.numpy()], dtype=torch.float32)[None]
-        sizes = torch.as_tensor([obs.face_size], dtype=torch.float32)
+        lms = self.tensor(obs.landmarks[self.lm_idx])[None]
+        sizes = self.tensor([obs.face_size])
         # pose start: the warm start or a fresh PnP (previous pose as its initial guess), whichever fits better;
         # the channels the model cannot express come from the landmarks and stay fixed (``CodeSpace``)
         lm_ex = self.codes.expression_from_landmarks(obs.landmarks, obs.depth)
@@ -546,7 +604,7 @@ class Tracker:
             st = cands[int(np.argmin(errs))]
         motion = 1.0
         if prev_obs is not None and prev_obs.found:
-            d = obs.landmarks[self.lm_idx.numpy()] - prev_obs.landmarks[self.lm_idx.numpy()]
+            d = obs.landmarks[self.lm_idx] - prev_obs.landmarks[self.lm_idx]
             motion = float(np.linalg.norm(d, axis=1).mean()) / max(obs.face_size, 1.0)
         n_it = pr.still_iters if motion < pr.still_motion else pr.frame_iters
         p_ex = st.p_ex.clone()[None].requires_grad_(True)
@@ -576,9 +634,7 @@ class Tracker:
             opt.step()
             self.codes.project_expression_(p_ex)
         self.timer.add("frame_fit", time.perf_counter() - t0)
-        out = FrameState(p_ex[0].detach().clone(), om[0].detach().clone(), tr[0].detach().clone())
-        out.iterations = n_it  # type: ignore[attr-defined]
-        return out
+        return FrameState(p_ex[0].detach().clone(), om[0].detach().clone(), tr[0].detach().clone(), iterations=n_it)
 
     # ---------------------------------------------------------------------------------------------------------
     # outputs and metrics
@@ -591,25 +647,23 @@ class Tracker:
         t0 = time.perf_counter()
         zg = self.z_geo()
         ze = self.codes.z_exp(st.p_ex[None])
-        v = torch.as_tensor(self.mesh.vertices)
-        x, _, warp = warp_vertices(self.model, v, self.mesh.faces, zg, ze, warm)
-        verts = x.numpy()
+        x, _, warp = warp_vertices(self.model, self.tensor(self.mesh.vertices), self.mesh.faces, zg, ze, warm)
+        verts = to_numpy(x)
         lm_err = float("nan")
         if obs.found:
-            lms = torch.as_tensor(obs.landmarks[self.lm_idx.numpy()], dtype=torch.float32)[None]
+            lms = self.tensor(obs.landmarks[self.lm_idx])[None]
             _, uv, conv = self.landmark_term(zg, st.p_ex[None], st.omega[None], st.trans[None], lms,
-                                             torch.tensor([max(obs.face_size, 1.0)]))
+                                             self.tensor([max(obs.face_size, 1.0)]))
             e = (uv - lms).norm(dim=-1)[conv]
             lm_err = float(e.mean()) if e.numel() else float("nan")
         iou, photo = None, None
         if obs.labels is not None and metrics:
-            R = renderer.so3_exp(st.omega[None])[0].numpy().astype(np.float64)
-            vc = (METRES_PER_UNIT * verts.astype(np.float64)) @ R.T + st.trans.numpy()
-            iou, frag = tmesh.coverage_iou(vc, self.mesh.faces, self.Knp, obs.labels)
+            vc, R = self.to_camera(verts, st)
+            iou, frag = head_mesh.coverage_iou(vc, self.mesh.faces, self.Knp, obs.labels)
             if obs.image is not None and self.albedo is not None:
                 photo = self._photometric_error(obs, frag, vc, R)
         self.timer.add("outputs", time.perf_counter() - t0)
-        return FrameResult(obs.index, st, verts, lm_err, photo, iou, getattr(st, "iterations", 0), warp)
+        return FrameResult(obs.index, st, verts, lm_err, photo, iou, warp)
 
     def _photometric_error(self, obs: FrameObs, frag, vc: np.ndarray, R: np.ndarray) -> Optional[float]:
         """Mean absolute colour error (0..1 units) on face pixels of the SH-shaded albedo mesh render."""
@@ -621,7 +675,7 @@ class Tracker:
         n /= np.clip(np.linalg.norm(n, axis=-1, keepdims=True), 1e-9, None)
         alb = raster.interpolate(frag, self.mesh.faces, self.albedo.astype(np.float32) / 127.5 - 1)[m]
         # albedo already includes the colour affine: shade then compare
-        S = (renderer.sh_basis(torch.as_tensor(n)) @ self.sh).numpy()
+        S = to_numpy(renderer.sh_basis(self.tensor(n)) @ self.sh)
         pred = np.clip((S * (alb + 1) / 2), 0, 1)
         img = obs.image[m].astype(np.float32) / 255.0
         return float(np.abs(pred - img).mean())
@@ -639,12 +693,12 @@ class Tracker:
         p_ex = torch.stack([s.p_ex for s in states]).clone().requires_grad_(True)
         om = torch.stack([s.omega for s in states]).clone().requires_grad_(True)
         tr = torch.stack([s.trans for s in states]).clone().requires_grad_(True)
-        lms = torch.as_tensor(np.stack([o.landmarks[self.lm_idx.numpy()] for o in obs]), dtype=torch.float32)
-        sizes = torch.as_tensor([o.face_size for o in obs], dtype=torch.float32)
-        times = torch.as_tensor([o.time for o in obs], dtype=torch.float64)
-        dt = (times[1:] - times[:-1]).clamp_min(1e-3)
+        lms = self.tensor(np.stack([o.landmarks[self.lm_idx] for o in obs]))
+        sizes = self.tensor([o.face_size for o in obs])
         # smoothness weights: velocity-like, relative to 25 fps neighbours; strides and gaps are coupled less
-        wt = ((0.04 / dt) ** 2).clamp(max=1.0).float()
+        # (float64 on the host: MPS has no float64)
+        dt = np.maximum(np.diff(np.array([o.time for o in obs], np.float64)), 1e-3)
+        wt = self.tensor(np.minimum((0.04 / dt) ** 2, 1.0))
         opt = torch.optim.Adam([{"params": [p_ex], "lr": pr.lr_exp * 0.3}, {"params": [om], "lr": pr.lr_rot * 0.3},
                                 {"params": [tr], "lr": pr.lr_trans * 0.3}])
         zg = self.z_geo().detach()

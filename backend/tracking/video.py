@@ -17,11 +17,9 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from ..conventions import parse_frame_slice
+from ..contracts.conventions import IMAGE_EXTENSIONS, parse_frame_slice
 from .errors import TrackingInputError
 
-VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif", ".mpg", ".mpeg", ".wmv", ".flv"}
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".exr"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +100,17 @@ def _resize(img: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
     return cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA)
 
 
+def _fit(img: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """``img`` scaled to fit inside out_w x out_h with its aspect ratio kept, centred on black (never stretched)."""
+    h, w = img.shape[:2]
+    s = min(out_w / w, out_h / h)
+    fw, fh = max(1, min(out_w, int(round(w * s)))), max(1, min(out_h, int(round(h * s))))
+    canvas = np.zeros((out_h, out_w, 3), np.uint8)
+    x0, y0 = (out_w - fw) // 2, (out_h - fh) // 2
+    canvas[y0:y0 + fh, x0:x0 + fw] = _resize(img, fw, fh)
+    return canvas
+
+
 def _to_rgb(frame) -> np.ndarray:
     """PyAV VideoFrame -> (H, W, 3) uint8 RGB (handles gray, alpha, 16-bit, yuvj, palette)."""
     arr = frame.to_ndarray(format="rgb24")
@@ -115,14 +124,14 @@ def _natural_key(p: str):
 def list_image_sequence(path: str) -> List[str]:
     """Files of an image sequence: a directory (all images, natural order), a glob pattern, or a printf pattern."""
     if os.path.isdir(path):
-        files = [os.path.join(path, f) for f in os.listdir(path) if Path(f).suffix.lower() in IMAGE_EXTS]
+        files = [os.path.join(path, f) for f in os.listdir(path) if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
     elif "%" in path:
         d = os.path.dirname(path) or "."
         rx = re.compile("^" + re.sub(r"%0?(\d*)d", lambda m: r"\d" + ("{%s}" % m.group(1) if m.group(1) else "+"),
                                      re.escape(os.path.basename(path)).replace(r"\%", "%")) + "$")
         files = [os.path.join(d, f) for f in os.listdir(d) if rx.match(f)] if os.path.isdir(d) else []
     else:
-        files = [f for f in glob.glob(path) if Path(f).suffix.lower() in IMAGE_EXTS]
+        files = [f for f in glob.glob(path) if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
     return sorted(files, key=_natural_key)
 
 
@@ -143,6 +152,8 @@ class FrameSource:
         self.max_size = max_size
         self.seq_fps = float(fps)
         self._files: Optional[List[str]] = None
+        self.warnings: List[tuple] = []  # (code, message) found while decoding, once each; the caller reports them
+        self.stream_end: Optional[int] = None  # frames in the video stream when decoding reached its end
         if not os.path.exists(self.path) and not any(c in self.path for c in "*?[%"):
             raise TrackingInputError(f"input not found: {self.path}")
         ext = Path(self.path).suffix.lower()
@@ -150,8 +161,8 @@ class FrameSource:
             self.kind = "images"
             self._files = list_image_sequence(self.path)
             if not self._files:
-                raise TrackingInputError(f"no images found for {self.path!r} (supported: {sorted(IMAGE_EXTS)})")
-        elif ext in IMAGE_EXTS:
+                raise TrackingInputError(f"no images found for {self.path!r} (supported: {sorted(IMAGE_EXTENSIONS)})")
+        elif ext in IMAGE_EXTENSIONS:
             self.kind = "image"
             self._files = [self.path]
         else:
@@ -242,11 +253,20 @@ class FrameSource:
         """Output (width, height)."""
         return self.info.out_width, self.info.out_height
 
+    def _warn(self, code: str, message: str) -> None:
+        if all(c != code for c, _ in self.warnings):
+            self.warnings.append((code, message))
+
     def _emit(self, index: int, t: float, img: np.ndarray) -> Frame:
         ow, oh = self.info.out_width, self.info.out_height
         if img.shape[1] != self.info.width or img.shape[0] != self.info.height:
-            # size changed mid-stream (or sequence with mixed sizes): fit to the first frame's output size
-            img = _resize(img, ow, oh)
+            # The camera model assumes one image size: fit (never stretch) into the first frame's size.
+            what = "images of different sizes" if self.kind == "images" else "frames whose size changes"
+            self._warn("mixed_image_sizes",
+                       f"{self.path} holds {what}: frame {index} is {img.shape[1]}x{img.shape[0]}, the first "
+                       f"is {self.info.width}x{self.info.height}; such frames are scaled to fit and padded, not "
+                       "stretched. Give every frame the same size for an accurate camera.")
+            return Frame(index, float(t), _fit(img, ow, oh))
         return Frame(index, float(t), _resize(img, ow, oh))
 
     def __iter__(self) -> Iterator[Frame]:
@@ -273,10 +293,12 @@ class FrameSource:
             fps = self.info.fps if self.info.fps > 0 else 25.0
             i = -1
             last_t = None
+            stopped = False
             try:
                 for f in c.decode(s):
                     i += 1
                     if self.range.done(i):
+                        stopped = True
                         break
                     if not self.range.contains(i):
                         continue
@@ -290,14 +312,17 @@ class FrameSource:
                 if n_out == 0 and i < 0:
                     raise TrackingInputError(f"cannot decode {self.path!r}: {e}") from e
                 # corruption mid-stream: stop here, keep what was decoded
-                import warnings
-                warnings.warn(f"decoding stopped at frame {i + 1} of {self.path!r}: {e}")
+                self._warn("decode_error", f"decoding stopped at frame {i + 1} of {self.path}: {e}; the frames "
+                                           "after it are missing")
+            if not stopped:
+                self.stream_end = i + 1
+                if self.info.n_frames and self.stream_end < self.info.n_frames:
+                    self._warn("truncated_clip",
+                               f"{self.path} ends after {self.stream_end} frames although its container "
+                               f"announces {self.info.n_frames}: the file looks truncated (an interrupted copy "
+                               "or recording), so the frames after it are missing. Re-export or re-copy the clip "
+                               "to track them.")
         finally:
             c.close()
         if i < 0:
             raise TrackingInputError(f"{self.path!r} contains no frames (zero-length clip)")
-
-
-def read_frames(path, frames=None, max_size: Optional[int] = 512) -> List[Frame]:
-    """Convenience: decode a whole (short) selection into a list."""
-    return list(FrameSource(path, frames, max_size))

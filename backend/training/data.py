@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .. import arkit
-from ..geometry import fit_similarity
+from ..contracts import arkit
+from ..contracts.geometry import fit_similarity
+from ..contracts.landmark_tables import CM_PER_UNIT, ict_cm_to_model, model_to_ict_cm
 
 ICT_FILE = "ict_face_model_light_head_f16.npz"
-CM_OFFSET = np.array([0.0, -3.0, -6.0])
-CM_PER_UNIT = 25.0
-MM_PER_UNIT = 250.0
 
 # regions of the ICT light head model
 R_FACE, R_HEAD, R_MOUTH, R_EYESOCKET, R_EYEBALL = 0, 1, 2, 3, 4
@@ -46,10 +44,6 @@ def default_anchor_path() -> Path:
     return shared_dir() / "data" / "official-mononphm-assets" / "anchors_65.npy"
 
 
-def cm_to_model(v_cm):
-    return (np.asarray(v_cm, dtype=np.float64) + CM_OFFSET) / CM_PER_UNIT
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # ICT model
 # ---------------------------------------------------------------------------------------------------------------
@@ -68,7 +62,7 @@ class ICTModel:
             raise FileNotFoundError(f"ICT-FaceKit npz not found: {path}")
         d = np.load(path)
         self.path = path
-        self.neutral = cm_to_model(d["neutral"]).astype(np.float32)
+        self.neutral = ict_cm_to_model(d["neutral"]).astype(np.float32)
         self.id_basis = (d["identity_deltas"].astype(np.float32) / CM_PER_UNIT)  # (100, V, 3)
         self.ex_basis = (d["expression_deltas"].astype(np.float32) / CM_PER_UNIT)  # (53, V, 3)
         self.n_id = self.id_basis.shape[0]
@@ -143,7 +137,7 @@ class ICTModel:
 
     # -- semantic vertex masks for the albedo (computed once on the mean head, in cm) ----------------------------
     def _vertex_semantics(self) -> dict:
-        v = (self.neutral.astype(np.float64) * CM_PER_UNIT) - CM_OFFSET  # cm
+        v = model_to_ict_cm(self.neutral.astype(np.float64))  # cm
         lm = v[self.landmarks68]
         x, y, z = v[:, 0], v[:, 1], v[:, 2]
         front = z > 4.0
@@ -190,7 +184,7 @@ class ICTModel:
         iris = np.zeros(len(v))
         pupil = np.zeros(len(v))
         for ctr_m in self.eye_centres:
-            ctr = ctr_m * CM_PER_UNIT - CM_OFFSET
+            ctr = model_to_ict_cm(ctr_m)
             dxy = np.sqrt((x - ctr[0]) ** 2 + (y - ctr[1]) ** 2)
             iris = np.maximum(iris, np.clip((0.62 - dxy) / 0.06, 0, 1))
             pupil = np.maximum(pupil, np.clip((0.25 - dxy) / 0.05, 0, 1))

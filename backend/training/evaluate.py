@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from . import data as D
-from .encoders import ArkitRegressor, CodeEncoders
+from ..contracts.landmark_tables import MM_PER_UNIT
 from .modelwrap import build_model
-from ..model import MonoNPHMConfig
+from ..model import MonoNPHMConfig, load_model
+from ..model.checkpoint import load_encoders
+from ..model.encoders import ArkitRegressor, CodeEncoders
 from ..model.parallel import set_threads
 
 
@@ -32,7 +34,6 @@ def load_for_eval(path):
     """-> (model, encoders, regressor, meta) from a run checkpoint, a snapshot or an exported model folder."""
     path = Path(path)
     if path.is_dir():
-        from .export import load_exported
         return load_exported(path)
     st = torch.load(path, map_location="cpu", weights_only=False)
     cfg = MonoNPHMConfig.from_dict(st["config"])
@@ -49,6 +50,16 @@ def load_for_eval(path):
                 dst.copy_(src)
     meta = {"step": st.get("step"), "elapsed": st.get("elapsed"), "anchor_vertices": st.get("anchor_vertices")}
     return model.eval(), enc.eval(), reg.eval(), meta
+
+
+def load_exported(model_dir):
+    """-> (model, encoders, regressor, meta) like ``load_for_eval``, from an exported model folder."""
+    model = load_model(model_dir)
+    enc, reg = load_encoders(model_dir)
+    tr = model.extra.get("training", {})
+    meta = {"step": tr.get("step"), "elapsed": 60 * float(tr.get("minutes", 0)),
+            "anchor_vertices": model.extra.get("anchor_ict_vertex")}
+    return model.eval(), enc, reg, meta
 
 
 def gt_points(ict, w_id, w_ex, n, rng, face_only=True):
@@ -126,7 +137,7 @@ def mesh_distance(model, z_geo, z_exp, pts, res=256, margin=0.04, chunk=65536):
     sq = np.sqrt(r1)
     bary = np.stack([1 - sq, sq * (1 - r2), sq * r2], 1)
     dense = (v[f[tri]] * bary[:, :, None]).sum(1)
-    return cKDTree(dense).query(pts)[0], {"voxel_mm": h * D.MM_PER_UNIT, "grid": n.tolist(),
+    return cKDTree(dense).query(pts)[0], {"voxel_mm": h * MM_PER_UNIT, "grid": n.tolist(),
                                           "evaluated": int(Gc.shape[0] + len(P))}
 
 
@@ -213,14 +224,14 @@ def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=
         z_geo, z_exp, w_id_f, w_ex_f = fit_identity(model, enc, fit_pts, steps=steps, seed=i)
         for s, (_, w_id, w_ex, app, _, lab) in enumerate(shapes):
             pts, _ = gt_points(ict, w_id, w_ex, n_eval, rng, face_only=True)
-            d = project_distance(model, z_geo, z_exp[s:s + 1], torch.from_numpy(pts)).numpy() * D.MM_PER_UNIT
-            base = mean_template_baseline(ict, pts) * D.MM_PER_UNIT
+            d = project_distance(model, z_geo, z_exp[s:s + 1], torch.from_numpy(pts)).numpy() * MM_PER_UNIT
+            base = mean_template_baseline(ict, pts) * MM_PER_UNIT
             rec = {"id": i, "expr": lab, "mean_mm": float(d.mean()), "median_mm": float(np.median(d)),
                    "p90_mm": float(np.percentile(d, 90)), "baseline_mean_mm": float(base.mean())}
             if len(per_shape) < mesh_check:
                 dm, info = mesh_distance(model, z_geo, z_exp[s:s + 1], pts)
-                rec["mesh_mean_mm"] = float(dm.mean() * D.MM_PER_UNIT)
-                rec["mesh_median_mm"] = float(np.median(dm) * D.MM_PER_UNIT)
+                rec["mesh_mean_mm"] = float(dm.mean() * MM_PER_UNIT)
+                rec["mesh_median_mm"] = float(np.median(dm) * MM_PER_UNIT)
                 rec["mesh_voxel_mm"] = info["voxel_mm"]
             per_shape.append(rec)
             gt_ark = D.arkit.ict_to_arkit(w_ex)

@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import arkit
-from .encoders import ArkitRegressor, CodeEncoders, N_APP, N_EX, N_ID
-
-ENCODERS_FILE = "encoders.pt"
-REPO_BUILTIN = Path(__file__).resolve().parents[1] / "models" / "builtin"
+from .. import BUILTIN_MODEL_DIR
+from ..contracts import arkit
+from ..model.checkpoint import ENCODERS_FILE
+from ..model.encoders import N_APP, N_EX, N_ID
 
 
 def fit_arkit_regressor(enc, reg, iters=3000, batch=256, noise=0.3, seed=0, lr=3e-3):
@@ -66,7 +65,7 @@ def fit_arkit_regressor(enc, reg, iters=3000, batch=256, noise=0.3, seed=0, lr=3
     return float(loss.detach())
 
 
-def export(ckpt_path, out_dir=REPO_BUILTIN, extra_info=None, refit_arkit=True):
+def export(ckpt_path, out_dir=BUILTIN_MODEL_DIR, extra_info=None, refit_arkit=True):
     from ..model import save_model
     from .evaluate import load_for_eval
 
@@ -86,7 +85,7 @@ def export(ckpt_path, out_dir=REPO_BUILTIN, extra_info=None, refit_arkit=True):
         "mean_anchors": [[round(float(c), 6) for c in a] for a in st["mean_anchors"]],
         "anchor_semantics": "official MonoNPHM order: pairs (2i, 2i+1) for i<30 mirror in x, 60-64 midline",
         "space": "NPHM: y up, z forward (out of the face), +x subject's left, 1 unit = 0.25 m",
-        "ict_to_model": "x_model = (v_cm + (0, -3, -6)) / 25",
+        "ict_to_model": "x_model = (v_cm + (0, -3, -6)) / 25",  # landmark_tables.ict_cm_to_model
         "encoders_file": ENCODERS_FILE,
         "encoders": {"geo_in": N_ID, "app_in": N_APP, "exp_in": N_EX,
                      "exp_in_names": list(arkit.ICT_NAMES),
@@ -112,40 +111,11 @@ def export(ckpt_path, out_dir=REPO_BUILTIN, extra_info=None, refit_arkit=True):
     return out_dir
 
 
-def load_encoders(model_dir, model=None):
-    """(CodeEncoders, ArkitRegressor) of an exported model folder (or (None, None) if it has none)."""
-    from ..model.checkpoint import read_project_config, safe_torch_load
-
-    model_dir = Path(model_dir)
-    cfg, extra = read_project_config(model_dir)
-    f = model_dir / extra.get("encoders_file", ENCODERS_FILE)
-    if not f.exists():
-        return None, None
-    st = safe_torch_load(f)
-    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)
-    enc.load_state_dict(st["encoders"])
-    reg = ArkitRegressor(cfg.dim_exp)
-    reg.load_state_dict(st["arkit_regressor"])
-    return enc.eval(), reg.eval()
-
-
-def load_exported(model_dir):
-    """-> (model, encoders, regressor, meta) like evaluate.load_for_eval, from an exported folder."""
-    from ..model import load_model
-
-    model = load_model(model_dir)
-    enc, reg = load_encoders(model_dir)
-    tr = model.extra.get("training", {})
-    meta = {"step": tr.get("step"), "elapsed": 60 * float(tr.get("minutes", 0)),
-            "anchor_vertices": model.extra.get("anchor_ict_vertex")}
-    return model.eval(), enc, reg, meta
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m backend.training.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
-    ap.add_argument("--out", default=str(REPO_BUILTIN))
+    ap.add_argument("--out", default=str(BUILTIN_MODEL_DIR))
     ap.add_argument("--eval", default=None, help="evaluation JSON to record in config.json extra")
     ap.add_argument("--no-refit-arkit", action="store_true", help="keep the jointly trained ARKit regressor")
     a = ap.parse_args(argv)

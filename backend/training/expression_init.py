@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import arkit
+from ..contracts import arkit
 from . import data as ictdata
 
 TRAIN_SEED_BASE = 7_800_000

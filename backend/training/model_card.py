@@ -10,6 +10,8 @@ import json
 import platform
 from pathlib import Path
 
+from .. import BUILTIN_MODEL_DIR
+
 
 def _f(x, nd=2):
     return "–" if x is None else f"{x:.{nd}f}"
@@ -74,7 +76,7 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
     L.append("- `z_geo = Linear(100 ICT identity weights)`, `z_app = Linear(16 appearance parameters)`, "
              "`z_exp = Linear(53 ICT expression weights)` (no bias: zero weights give z_exp = 0 = neutral). The "
              "tracker can optimise in these low-dimensional spaces; `encode_*(zeros)` are the mean codes.")
-    L.append("- ARKit regressor: MLP z_exp → 52 ARKit weights (`backend.arkit.ARKIT_NAMES` order).\n")
+    L.append("- ARKit regressor: MLP z_exp → 52 ARKit weights (`backend.contracts.arkit.ARKIT_NAMES` order).\n")
     L.append("## Configuration\n")
     L.append(f"- Config name `{cfg['name']}`: {cfg['n_anchors']} anchors ({cfg['n_symm_pairs']} mirror pairs), "
              f"{cfg['n_neighbors']} nearest anchors per query + global, geometry MLP {cfg['n_layers_geo']}×"
@@ -129,7 +131,7 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
              f"weights in [0,1]): {_f(ev['arkit_mae_fitted'], 3)} from the fitted codes, "
              f"{_f(ev['arkit_mae_encoded'], 3)} from the encoded ground-truth codes; predicting all zeros gives "
              f"{_f(ev['arkit_mae_zero_baseline'], 3)}"
-             + (f"; the fitted ICT weights mapped with `backend.arkit.ict_to_arkit` give "
+             + (f"; the fitted ICT weights mapped with `backend.contracts.arkit.ict_to_arkit` give "
                 f"{_f(ev['arkit_mae_fitted_weights'], 3)}" if "arkit_mae_fitted_weights" in ev else "")
              + ". Codes fitted to surface points alone are ambiguous for expressions that barely move the "
              "surface, which bounds the fitted-code numbers.\n")
@@ -163,7 +165,7 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m backend.training.model_card")
-    ap.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "models" / "builtin"))
+    ap.add_argument("--model", default=str(BUILTIN_MODEL_DIR))
     ap.add_argument("--eval", required=True)
     ap.add_argument("--quality", default=None)
     ap.add_argument("--speed", default=None)

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from . import data as D
+from ..contracts.landmark_tables import MM_PER_UNIT
 from ..model.parallel import set_threads
-from .encoders import ArkitRegressor, CodeEncoders
+from ..model.encoders import ArkitRegressor, CodeEncoders
 from .losses import LOSS_WEIGHTS, OFF_CLAMP, symm_dist
 from .modelwrap import build_model, model_config, query
 
@@ -335,7 +336,7 @@ class Trainer:
             L = self.losses(self.val_batch, train=False)
         rec = {k: float(v) for k, v in L.items()}
         rec["total"] = float(sum(LOSS_WEIGHTS[k] * v for k, v in rec.items()))
-        rec["mm_surf"] = rec["surf_sdf"] * D.MM_PER_UNIT
+        rec["mm_surf"] = rec["surf_sdf"] * MM_PER_UNIT
         return rec
 
 

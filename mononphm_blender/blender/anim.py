@@ -31,6 +31,19 @@ def fresh_action(id_data, name: str):
     ad.action = action
     if old is not None and old.users == 0:
         bpy.data.actions.remove(old)
+    return _slot_fcurves(id_data, ad, action)
+
+
+def action_fcurves(id_data, name: str):
+    """The F-curve collection of ``id_data``'s current action, or of a new one named ``name`` when it has none
+    (curves other code keyed on the same ID stay)."""
+    ad = id_data.animation_data or id_data.animation_data_create()
+    if ad.action is None:
+        ad.action = bpy.data.actions.new(name)
+    return _slot_fcurves(id_data, ad, ad.action)
+
+
+def _slot_fcurves(id_data, ad, action):
     if hasattr(action, "slots"):  # 4.4+: slotted actions
         slot = ad.action_slot
         if slot is None:
@@ -41,6 +54,28 @@ def fresh_action(id_data, name: str):
 
             return anim_utils.action_ensure_channelbag_for_slot(action, slot).fcurves
     return action.fcurves  # 4.2–4.5 API
+
+
+def replace_fcurve(fcurves, data_path: str, co: np.ndarray, *, index: int = 0, interpolation: int = LINEAR):
+    """``add_fcurve`` after removing the curve already animating (``data_path``, ``index``), so a re-bake
+    replaces keys instead of stacking them."""
+    old = fcurves.find(data_path, index=index)
+    if old is not None:
+        fcurves.remove(old)
+    return add_fcurve(fcurves, data_path, co, index=index, interpolation=interpolation)
+
+
+def remove_fcurves(id_data, data_paths) -> int:
+    """Remove the F-curves animating any of ``data_paths`` from ``id_data``'s action; returns how many."""
+    ad = id_data.animation_data
+    if ad is None or ad.action is None:
+        return 0
+    fcurves = _slot_fcurves(id_data, ad, ad.action)
+    paths = set(data_paths)
+    doomed = [fc for fc in fcurves if fc.data_path in paths]
+    for fc in doomed:
+        fcurves.remove(fc)
+    return len(doomed)
 
 
 def add_fcurve(fcurves, data_path: str, co: np.ndarray, *, index: int = 0, interpolation: int = LINEAR,
@@ -58,13 +93,3 @@ def add_fcurve(fcurves, data_path: str, co: np.ndarray, *, index: int = 0, inter
         fc.keyframe_points.foreach_set("handle_right", co.reshape(-1))
     fc.update()
     return fc
-
-
-def clear_animation(id_data) -> None:
-    ad = id_data.animation_data
-    if ad is None:
-        return
-    old = ad.action
-    ad.action = None
-    if old is not None and old.users == 0:
-        bpy.data.actions.remove(old)

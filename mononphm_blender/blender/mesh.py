@@ -6,6 +6,8 @@ import bpy
 import numpy as np
 
 ALBEDO_ATTRIBUTE = "albedo"
+BAKED_ATTRIBUTE = "baked"
+UV_LAYER = "UVMap"
 USD_COLOR_ATTRIBUTE = "displayColor"
 KEY_PREFIX = "frame_"
 
@@ -60,22 +62,68 @@ def set_point_colors(me, name: str, rgb_u8: np.ndarray):
     rgba = np.ones((len(rgb_u8), 4), dtype=np.float32)
     rgba[:, :3] = np.asarray(rgb_u8, dtype=np.float32) / 255.0
     attr.data.foreach_set("color_srgb", rgba.reshape(-1))
+    show_point_colors(me, name)
+    return attr
+
+
+def show_point_colors(me, name: str) -> None:
+    """Make the colour attribute ``name`` the active (viewport and render) one."""
+    attr = me.color_attributes.get(name)
+    if attr is None:
+        return
     me.color_attributes.active_color = attr
     try:
         me.color_attributes.render_color_index = me.color_attributes.active_color_index
     except (AttributeError, TypeError):
         pass
-    return attr
 
 
-def color_material(name: str, attribute: str):
-    """A material that shows the colour attribute ``attribute`` (Attribute node → Principled Base Color)."""
+def set_corner_uv(me, uv: np.ndarray, name: str = UV_LAYER):
+    """Texture coordinates per triangle corner, (F, 3, 2) float in loop order (one foreach_set)."""
+    layer = me.uv_layers.get(name) or me.uv_layers.new(name=name)
+    layer.data.foreach_set("uv", np.ascontiguousarray(uv, dtype=np.float32).reshape(-1))
+    me.uv_layers.active = layer
+    return layer
+
+
+def _material_nodes(name: str):
+    """A material with a Principled BSDF wired to the output: (material, node tree, bsdf)."""
     mat = bpy.data.materials.get(name) or bpy.data.materials.new(name)
     if bpy.app.version < (5, 0, 0):
         mat.use_nodes = True
     elif not mat.node_tree:
         mat.use_nodes = True  # 5.0 still needs it for a fresh material's node tree
     tree = mat.node_tree
+    bsdf = next((n for n in tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if bsdf is None:
+        bsdf = tree.nodes.new("ShaderNodeBsdfPrincipled")
+        out = next((n for n in tree.nodes if n.type == "OUTPUT_MATERIAL"), None) or \
+            tree.nodes.new("ShaderNodeOutputMaterial")
+        tree.links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
+    if "Roughness" in bsdf.inputs:
+        bsdf.inputs["Roughness"].default_value = 0.6
+    mat.diffuse_color = (0.8, 0.8, 0.8, 1.0)
+    return mat, tree, bsdf
+
+
+def image_material(name: str, image_path: str):
+    """A material showing the image at ``image_path`` through the mesh's UV map (reloaded when it changed)."""
+    mat, tree, bsdf = _material_nodes(name)
+    image = bpy.data.images.load(str(image_path), check_existing=True)
+    image.reload()
+    node = tree.nodes.get("MonoNPHM Texture")
+    if node is None:
+        node = tree.nodes.new("ShaderNodeTexImage")
+        node.name = "MonoNPHM Texture"
+        node.location = (-400, 200)
+    node.image = image
+    tree.links.new(node.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
+
+
+def color_material(name: str, attribute: str):
+    """A material that shows the colour attribute ``attribute`` (Attribute node → Principled Base Color)."""
+    mat, tree, bsdf = _material_nodes(name)
     nodes = tree.nodes
     attr_node = nodes.get("MonoNPHM Colour")
     if attr_node is None:
@@ -84,15 +132,7 @@ def color_material(name: str, attribute: str):
         attr_node.location = (-400, 200)
     attr_node.attribute_type = "GEOMETRY"
     attr_node.attribute_name = attribute
-    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
-    if bsdf is None:
-        bsdf = nodes.new("ShaderNodeBsdfPrincipled")
-        out = next((n for n in nodes if n.type == "OUTPUT_MATERIAL"), None) or nodes.new("ShaderNodeOutputMaterial")
-        tree.links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
     tree.links.new(attr_node.outputs["Color"], bsdf.inputs["Base Color"])
-    if "Roughness" in bsdf.inputs:
-        bsdf.inputs["Roughness"].default_value = 0.6
-    mat.diffuse_color = (0.8, 0.8, 0.8, 1.0)
     return mat
 
 

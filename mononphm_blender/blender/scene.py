@@ -10,22 +10,21 @@ from mathutils import Matrix
 from ..contracts import conventions
 from ..core.layout import fps_and_base
 
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v"}
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp", ".webp"}
-
 
 def load_clip(path: str):
     """A MovieClip for a video file, an image sequence (a folder or its first image) or a single image.
 
-    Reuses an already loaded clip with the same file. Returns None when nothing loadable is there.
+    Reuses an already loaded clip with the same file. Returns None when nothing loadable is there: only existing
+    files with a video or image suffix (conventions.VIDEO_EXTENSIONS / IMAGE_EXTENSIONS) are ever opened.
     """
     path = bpy.path.abspath(path)
+    images, videos = conventions.IMAGE_EXTENSIONS, conventions.VIDEO_EXTENSIONS
     if os.path.isdir(path):
-        images = sorted(f for f in os.listdir(path) if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-        if not images:
+        found = sorted(f for f in os.listdir(path) if os.path.splitext(f)[1].lower() in images)
+        if not found:
             return None
-        path = os.path.join(path, images[0])
-    if not os.path.isfile(path):
+        path = os.path.join(path, found[0])
+    if not os.path.isfile(path) or os.path.splitext(path)[1].lower() not in videos | images:
         return None
     norm = os.path.normcase(os.path.realpath(path))
     for clip in bpy.data.movieclips:

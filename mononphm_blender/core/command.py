@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-
-PRESETS = ("draft", "standard", "high")
-OUTPUTS = ("shape_keys", "meshes", "both")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from ..contracts import track_config
 
 
 def frames_arg(start: int | None, stop: int | None, stride: int = 1) -> str | None:
@@ -24,59 +19,43 @@ def frames_arg(start: int | None, stop: int | None, stride: int = 1) -> str | No
     return f"{a}:{b}:{int(stride)}"
 
 
-@dataclass
-class TrackRequest:
-    input_path: str
-    out_dir: str
-    frames: str | None = None
-    preset: str = "standard"
-    output: str = "shape_keys"
-    device: str = "auto"
-    intrinsics: dict | None = None  # fx, fy, cx, cy in source pixels
-    official_checkpoint: str | None = None
-    mean_anchors: str | None = None
-    checkpoint_epoch: int | None = None
-    model_dir: str | None = None
-    overwrite: bool = False
-    max_size: int | None = None
-    threads: int | None = None
+def track_argv(python: str, config: track_config.TrackConfig) -> list[str]:
+    """``python -m backend track …`` for a run's settings; raises ValueError for settings the backend refuses."""
+    return [str(python), "-m", "backend", "track", *config.to_argv()]
 
 
-def track_argv(python: str, req: TrackRequest) -> list[str]:
-    """``python -m backend track …`` for a request (see backend/cli.py for every flag)."""
-    if req.preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}")
-    if req.output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}")
-    if req.device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}")
-    argv = [str(python), "-m", "backend", "track", str(req.input_path), "--out", str(req.out_dir),
-            "--preset", req.preset, "--output", req.output, "--device", req.device]
-    if req.frames:
-        argv += ["--frames", req.frames]
-    if req.intrinsics:
-        for key in ("fx", "fy", "cx", "cy"):
-            if req.intrinsics.get(key) is not None:
-                argv += [f"--{key}", repr(float(req.intrinsics[key]))]
-    if req.official_checkpoint:
-        if not req.mean_anchors:
-            raise ValueError("an official checkpoint needs its mean-anchors file (anchors_65.npy)")
-        argv += ["--official-checkpoint", str(req.official_checkpoint), "--mean-anchors", str(req.mean_anchors)]
-        if req.checkpoint_epoch:
-            argv += ["--checkpoint-epoch", str(int(req.checkpoint_epoch))]
-    elif req.model_dir:
-        argv += ["--model", str(req.model_dir)]
-    if req.max_size is not None:
-        argv += ["--max-size", str(int(req.max_size))]
-    if req.threads:
-        argv += ["--threads", str(int(req.threads))]
-    if req.overwrite:
-        argv.append("--overwrite")
+def bake_argv(python: str, package: str, frames: str | None = None, texture: bool = False) -> list[str]:
+    """``python -m backend bake PACKAGE …``: re-bake the subject's colours (and a texture) from ``frames``."""
+    argv = [str(python), "-m", "backend", "bake", str(package)]
+    if frames:
+        argv += ["--frames", frames]
+    if texture:
+        argv.append("--texture")
     return argv
+
+
+def batch_argv(python: str, inputs: list[str], out_root: str, config: track_config.TrackConfig,
+               workers: int = 0, chunk_frames: int = 0) -> list[str]:
+    """``python -m backend batch INPUTS… --out-root DIR`` with ``config``'s tracking flags for every clip (its
+    ``input`` and ``out`` are not used; ``workers`` 0 lets the backend choose, ``chunk_frames`` 0 never splits a
+    clip); raises ValueError."""
+    if not inputs:
+        raise ValueError("the batch queue is empty")
+    argv = [str(python), "-m", "backend", "batch", *map(str, inputs), "--out-root", str(out_root)]
+    if workers:
+        argv += ["--workers", str(int(workers))]
+    if chunk_frames:
+        argv += ["--chunk-frames", str(int(chunk_frames))]
+    return argv + config.to_argv(exclude=("input", "out"))
 
 
 def version_argv(python: str) -> list[str]:
     return [str(python), "-m", "backend", "--version", "--json"]
+
+
+def validate_argv(python: str, package: str | os.PathLike) -> list[str]:
+    """``python -m backend validate PACKAGE``: every rule of the result format, USD dependencies included."""
+    return [str(python), "-m", "backend", "validate", str(package)]
 
 
 def backend_env(backend_root: str | os.PathLike, base: dict | None = None) -> dict:
@@ -104,57 +83,7 @@ def find_project_python(repo_root: str | os.PathLike | None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-ENV_MARKER = ".mononphm_backend_env"
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-
-
-def setup_steps(base_python: str, env_dir: str | os.PathLike, requirements: str | os.PathLike, *,
-                wheel_dir: str | None = None, cpu_torch: bool = False) -> list[tuple[str, list[str]]]:
-    """Commands that create the backend environment: a venv from a Python 3.11, then the pinned packages.
-
-    Online: from the package index (with ``cpu_torch`` the CPU build of torch first, from PyTorch's CPU index).
-    Offline: ``--no-index --find-links WHEEL_DIR`` (a folder of wheels downloaded elsewhere).
-    """
-    py = str(venv_python(env_dir))
-    steps = [("Create environment", [str(base_python), "-m", "venv", str(env_dir)]),
-             ("Mark environment", [py, "-c", f"open({str(Path(env_dir) / ENV_MARKER)!r}, 'w').write('mononphm')"])]
-    pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
-    if wheel_dir:
-        pip += ["--no-index", "--find-links", str(wheel_dir)]
-    elif cpu_torch and sys.platform != "darwin":  # macOS wheels on the index are already CPU/MPS builds
-        torch_line = _requirement_line(requirements, "torch")
-        if torch_line:
-            steps.append(("Install CPU torch", pip + [torch_line, "--index-url", TORCH_CPU_INDEX]))
-    steps.append(("Install backend packages", pip + ["-r", str(requirements)]))
-    steps.append(("Check backend", [py, "-c", "import torch, numpy; print('torch', torch.__version__)"]))
-    return steps
-
-
-def _requirement_line(requirements: str | os.PathLike, name: str) -> str | None:
-    try:
-        for line in Path(requirements).read_text().splitlines():
-            line = line.split("#")[0].strip()
-            if line.lower().startswith(name + "=="):
-                return line
-    except OSError:
-        return None
-    return None
-
-
-def check_base_python(python: str, run=None) -> str:
-    """Version text of an interpreter; raises ValueError unless it is Python 3.11 (the backend's pinned version)."""
-    import subprocess
-
-    run = run or subprocess.run
-    try:
-        out = run([str(python), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-                  capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ValueError(f"cannot run {python}: {exc}") from None
-    version = out.stdout.strip()
-    if out.returncode != 0 or not version.startswith("3.11."):
-        raise ValueError(f"{python} is Python {version or '?'}; the backend needs Python 3.11")
-    return version
+ENV_MARKER = ".mononphm_backend_env"  # in every environment made by Set Up Backend (core/installer.py)
 
 
 def is_managed_env(env_dir: str | os.PathLike) -> bool:

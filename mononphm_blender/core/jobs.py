@@ -44,6 +44,7 @@ class JobStatus:
     exit_code: int | None = None
     result_path: str = ""
     warnings: list[str] = field(default_factory=list)
+    device: str = ""  # the device the run computes on, from the backend's device event, e.g. "cuda (NVIDIA H100)"
 
     @property
     def finished(self) -> bool:
@@ -246,10 +247,12 @@ class BackendJob:
             st.total = int(event.get("total") or 0)
             st.eta_s = event.get("eta_s")
             st.message = str(event.get("message") or "")
-            if event.get("frame") is not None or st.stage in ("track", "tracking", "frames"):
+            if event.get("frame") is not None or st.stage == "tracking":
                 st.frames_done = max(st.frames_done, st.done)
         elif event.type == "warning":
             st.warnings.append(str(event.get("message", "")))
+        elif event.type == "device":
+            st.device = f"{event.get('device')} ({event.get('name')})"
         elif event.type == "result":
             st.result_path = str(event.get("path") or "")
             st.frames_done = int(event.get("frames_done") or st.frames_done)
@@ -349,14 +352,6 @@ class AttachedJob:
             signal_group(self.pid)
 
 
-def package_finished(out_dir: str | os.PathLike) -> str | None:
-    """The package's state (``complete``/``cancelled``/``failed``/``running``) or None when there is none."""
-    try:
-        return result_format.read_manifest(out_dir).get("state")
-    except result_format.PackageError:
-        return None
-
-
 def process_looks_like_backend(pid: int) -> bool:
     """Guard against pid reuse after a reboot: on Linux check the command line mentions the backend."""
     cmdline = Path(f"/proc/{pid}/cmdline")
@@ -389,11 +384,29 @@ def run_handshake(argv: Sequence[str], *, cwd=None, env=None, timeout: float = 1
         except json.JSONDecodeError:
             continue
         if isinstance(data, dict):
-            if data.get("protocol") != protocol.PROTOCOL_VERSION:
+            if data.get("protocol") not in protocol.COMPATIBLE_PROTOCOLS:
                 raise RuntimeError(f"backend speaks protocol {data.get('protocol')}, this add-on "
                                    f"{protocol.PROTOCOL_VERSION}; update the add-on or the backend")
             return data
     raise RuntimeError("the backend printed no version information")
+
+
+def run_validate(argv: Sequence[str], *, cwd=None, env=None, timeout: float = 300.0) -> tuple[str, str] | None:
+    """Run ``… validate PACKAGE``: None when the package passes, else its error (message, hint); raises
+    RuntimeError when the backend cannot be run."""
+    try:
+        proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=cwd, env=env,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"cannot run the backend's package check: {exc}") from None
+    events = [protocol.parse_line(line) for line in proc.stdout.splitlines()]
+    errors = [e for e in events if e is not None and e.type == "error"]
+    if proc.returncode == 0 and not errors:
+        return None
+    if errors:
+        return errors[-1].get("message", ""), errors[-1].get("hint", "")
+    tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+    raise RuntimeError(f"the backend's package check failed: {tail[0]}")
 
 
 class Handshake:
@@ -426,78 +439,3 @@ class Handshake:
             else:
                 self.error = value
         return True
-
-
-class SequenceJob:
-    """Runs several commands one after another (backend environment set-up); output goes to the log."""
-
-    def __init__(self, steps: Sequence[tuple[str, Sequence[str]]], *, log_path: str | os.PathLike,
-                 env: dict | None = None) -> None:
-        self.steps = [(label, [str(a) for a in argv]) for label, argv in steps]
-        self.log_path = Path(log_path)
-        self.env = env
-        self.status = JobStatus(total=len(self.steps))
-        self._queue: queue.Queue = queue.Queue()
-        self._cancel = threading.Event()
-        self._proc: subprocess.Popen | None = None
-        self.pid = 0
-
-    def start(self) -> "SequenceJob":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        threading.Thread(target=self._run, name="mononphm-setup", daemon=True).start()
-        return self
-
-    def _run(self) -> None:  # worker thread: no bpy
-        with open(self.log_path, "ab") as log:
-            for i, (label, argv) in enumerate(self.steps):
-                if self._cancel.is_set():
-                    self._queue.put(("exit", CANCELLED, "Cancelled."))
-                    return
-                self._queue.put(("step", i, label))
-                log.write(("$ " + " ".join(argv) + "\n").encode("utf-8", "replace"))
-                log.flush()
-                kwargs = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if IS_WINDOWS
-                          else {"start_new_session": True})
-                try:
-                    self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                  stdin=subprocess.DEVNULL, env=self.env, **kwargs)
-                except OSError as exc:
-                    self._queue.put(("exit", FAILED, f"{label}: cannot run {argv[0]} ({exc})"))
-                    return
-                self.pid = self._proc.pid
-                code = self._proc.wait()
-                if code != 0:
-                    state = CANCELLED if self._cancel.is_set() else FAILED
-                    self._queue.put(("exit", state, f"{label} failed (exit code {code})"))
-                    return
-        self._queue.put(("exit", FINISHED, ""))
-
-    def poll(self) -> list:
-        out = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return out
-            out.append(item)
-            if item[0] == "step":
-                self.status.done, self.status.stage = item[1], item[2]
-            else:
-                self.status.state = item[1]
-                self.status.error = item[2]
-                if item[1] == FINISHED:
-                    self.status.done = self.status.total
-
-    def cancel(self) -> None:
-        self._cancel.set()
-        if self._proc is not None and self._proc.poll() is None:
-            signal_group(self._proc.pid, proc=self._proc)
-
-    def wait(self, timeout: float = 600.0) -> JobStatus:
-        end = time.monotonic() + timeout
-        while not self.status.finished:
-            self.poll()
-            if time.monotonic() > end:
-                raise TimeoutError("set-up still running")
-            time.sleep(0.05)
-        return self.status

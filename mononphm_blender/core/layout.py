@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..contracts import contract
+
+rotations = contract("contracts.retarget.rotations")
+
 # F-curve keyframe interpolation enum values (Blender's BEZT_IPO_*).
 CONSTANT, LINEAR, BEZIER = 0, 1, 2
 
@@ -46,25 +50,11 @@ def decompose_similarity(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 def rotations_to_euler_xyz(rot: np.ndarray) -> np.ndarray:
     """(T, 3, 3) → (T, 3) Euler XYZ angles (Blender's 'XYZ' order: R = Rz · Ry · Rx), unwrapped over time so
     F-curves never jump by 2π."""
-    r = np.asarray(rot, dtype=np.float64)
-    sy = np.clip(-r[:, 2, 0], -1.0, 1.0)
-    y = np.arcsin(sy)
-    cy = np.cos(y)
-    regular = np.abs(cy) > 1e-6
-    x = np.where(regular, np.arctan2(r[:, 2, 1], r[:, 2, 2]), np.arctan2(-r[:, 1, 2], r[:, 1, 1]))
-    z = np.where(regular, np.arctan2(r[:, 1, 0], r[:, 0, 0]), 0.0)
-    eul = np.stack([x, y, z], axis=1)
-    return np.unwrap(eul, axis=0) if len(eul) > 1 else eul
+    return rotations.matrix_to_euler(rot, "XYZ")
 
 
 def euler_xyz_to_matrix(eul: np.ndarray) -> np.ndarray:
-    x, y, z = np.asarray(eul, dtype=np.float64).T
-    cx, sx, cy, sy, cz, sz = np.cos(x), np.sin(x), np.cos(y), np.sin(y), np.cos(z), np.sin(z)
-    out = np.zeros((len(x), 3, 3))
-    out[:, 0] = np.stack([cy * cz, sx * sy * cz - cx * sz, cx * sy * cz + sx * sz], 1)
-    out[:, 1] = np.stack([cy * sz, sx * sy * sz + cx * cz, cx * sy * sz - sx * cz], 1)
-    out[:, 2] = np.stack([-sy, sx * cy, cx * cy], 1)
-    return out
+    return rotations.euler_to_matrix(eul, "XYZ")
 
 
 def keyframe_co(frames: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Synthetic result packages written with the real backend.result_format.ResultWriter (numpy only)."""
+"""Synthetic result packages written with the real backend.contracts.result_format.ResultWriter (numpy only)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend import result_format as rf  # noqa: E402
-from backend.conventions import Intrinsics  # noqa: E402
+from backend.contracts import result_format as rf  # noqa: E402
+from backend.contracts.conventions import Intrinsics  # noqa: E402
 
 
 def grid_head(vertices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,7 +62,8 @@ def make_package(root, *, frames: int = 100, vertices: int = 2000, stride: int =
                  width: int = 320, height: int = 240, source_path: str = "/nonexistent/clip.mp4",
                  state: str = "complete") -> Path:
     root = Path(root)
-    header = {"source": {"path": source_path, "kind": "video"}, "fps": fps, "image_size": [width, height],
+    header = {"source": {"path": source_path, "kind": "video", "frame_count": frames * stride}, "fps": fps,
+              "image_size": [width, height],
               "intrinsics": Intrinsics(0.9375 * width, 0.9375 * width, width / 2 + 5, height / 2 - 3, width,
                                             height).to_dict(),
               "model": {"name": "builtin"}, "output_mode": output_mode, "settings": {"preset": "draft"}}

@@ -1,5 +1,6 @@
 """Fake ``python -m backend``: speaks the real protocol and writes a real result package.
 
+Commands ``track INPUT --out DIR`` and ``batch INPUT… --out-root DIR`` (protocol version 2: clip-tagged events).
 Behaviour from the environment: FAKE_BACKEND_MODE = ok (default) | fail | crash | slow;
 FAKE_WARNING: a warning event after the first frame; FAKE_FRAMES (default 10) source frames; FAKE_DELAY seconds
 per frame (default 0.01); FAKE_VERTICES (200).
@@ -18,43 +19,71 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/ → fakes
 import numpy as np  # noqa: E402
 
 from backend import __version__  # noqa: E402
-from backend import result_format as rf  # noqa: E402
-from backend.conventions import Intrinsics, parse_frame_slice  # noqa: E402
-from backend.protocol import PROTOCOL_VERSION, Cancelled, EventWriter, ExitCode  # noqa: E402
+from backend.contracts import result_format as rf  # noqa: E402
+from backend.contracts.conventions import Intrinsics, parse_frame_slice  # noqa: E402
+from backend.contracts.protocol import PROTOCOL_VERSION, Cancelled, EventWriter, ExitCode  # noqa: E402
 from fakes.packages import frame_vertices, grid_head, landmark_error, pose  # noqa: E402
 
 
 def main() -> int:
     if "--version" in sys.argv:
         print(json.dumps({"protocol": PROTOCOL_VERSION, "backend": __version__, "python": sys.version.split()[0],
-                          "torch": None, "devices": ["cpu"], "models": []}))
+                          "torch": None, "devices": ["cpu"], "auto_device": "cpu", "models": []}))
         return 0
     parser = argparse.ArgumentParser()
-    parser.add_argument("command")
-    parser.add_argument("input")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("command", choices=("track", "batch"))
+    parser.add_argument("inputs", nargs="+")
+    parser.add_argument("--out")
+    parser.add_argument("--out-root")
     parser.add_argument("--frames")
     parser.add_argument("--overwrite", action="store_true")
     args, _unknown = parser.parse_known_args()
     print("fake backend argv:", sys.argv, file=sys.stderr, flush=True)
-    mode = os.environ.get("FAKE_BACKEND_MODE", "ok")
-    n = int(os.environ.get("FAKE_FRAMES", "10"))
-    delay = float(os.environ.get("FAKE_DELAY", "0.01"))
     events = EventWriter()
     events.hello(__version__)
+    events.device("cpu", "fake CPU")
 
     def on_term(signum, frame):
         raise Cancelled("cancelled", "Finished frames are kept.")
 
     signal.signal(signal.SIGTERM, on_term)
-    if mode == "crash":
+    if os.environ.get("FAKE_BACKEND_MODE", "ok") == "crash":
         print("Traceback: something broke badly", file=sys.stderr, flush=True)
         return 1
+    if args.command == "track":
+        return track(args.inputs[0], args.out, args, events)
+    frames = 0
+    for source in args.inputs:  # a batch: one package per input, events tagged with the clip's folder name
+        name = Path(source).stem
+        out = os.path.join(args.out_root, name)
+        if os.path.isfile(os.path.join(out, rf.MANIFEST)) and rf.read_manifest(out)["state"] == "complete":
+            events.clip_state(name, "skipped", out, os.path.abspath(source))
+            frames += len(rf.read_manifest(out)["frames"])
+            continue
+        events.clip_state(name, "running", out, os.path.abspath(source), "fake-host", os.getpid())
+        code = track(source, out, args, EventWriter(clip=name))
+        if code != ExitCode.OK:
+            return code
+        frames += len(rf.read_manifest(out)["frames"])
+        events.clip_state(name, "complete", out, os.path.abspath(source))
+    events.result(args.out_root, frames)
+    return ExitCode.OK
+
+
+def track(source: str, out: str, args, events: EventWriter) -> int:
+    """Write ``out`` frame by frame as ``track`` does; the events say so."""
+    mode = os.environ.get("FAKE_BACKEND_MODE", "ok")
+    n = int(os.environ.get("FAKE_FRAMES", "10"))
+    delay = float(os.environ.get("FAKE_DELAY", "0.01"))
     indices = list(range(n))[parse_frame_slice(args.frames)]
-    header = {"source": {"path": os.path.abspath(args.input), "kind": "video"}, "fps": 25.0,
+    header = {"source": {"path": os.path.abspath(source), "kind": "video"}, "fps": 25.0,
               "image_size": [320, 240], "intrinsics": Intrinsics.from_fov(320, 240).to_dict(),
               "model": {"name": "builtin"}, "output_mode": "shape_keys", "settings": {}}
-    writer = rf.ResultWriter(args.out, header)
+    try:
+        writer = rf.ResultWriter(out, header)
+    except rf.PackageError as exc:
+        events.error(exc.message, exc.hint, code=exc.code)
+        return ExitCode.BAD_INPUT
     canon, tris, albedo = grid_head(int(os.environ.get("FAKE_VERTICES", "200")))
     if not writer.manifest.get("has_canonical_mesh"):
         writer.write_canonical_mesh(canon, tris, albedo)
@@ -78,7 +107,7 @@ def main() -> int:
             if k == 0 and os.environ.get("FAKE_WARNING"):
                 events.warning(os.environ["FAKE_WARNING"], code="device_fallback")
         writer.finish("complete")
-        events.result(args.out, len(writer.manifest["frames"]))
+        events.result(out, len(writer.manifest["frames"]))
         return ExitCode.OK
     except Cancelled:
         writer.finish("cancelled")

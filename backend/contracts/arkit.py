@@ -72,6 +72,8 @@ assert {a for a, _ in ICT_TO_ARKIT.values()} == set(ARKIT_NAMES) - {"tongueOut"}
 
 # eye-gaze channels: the built-in model has static eyes, they are never driven by geometry
 GAZE_ARKIT = tuple(n for n in ARKIT_NAMES if n.startswith("eyeLook"))
+# channels the built-in model never drives: the gaze and tongueOut (no ICT source); exports write them as 0
+UNDRIVEN_ARKIT = GAZE_ARKIT + ("tongueOut",)
 
 
 def ict_to_arkit_matrix(ict_names=ICT_NAMES) -> np.ndarray:

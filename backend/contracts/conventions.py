@@ -33,6 +33,23 @@ BLENDER_CAMERA_ROTATION = OPENCV_TO_BLENDER_WORLD @ np.diag([1.0, -1.0, -1.0])
 DEFAULT_HORIZONTAL_FOV_DEG = 50.0
 """Field of view assumed when the user gives no intrinsics (a typical phone/webcam lens)."""
 
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif", ".mpg", ".mpeg", ".wmv",
+                              ".flv"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".exr"})
+"""Files a clip may be (lower-case suffixes): the backend tracks them, the add-on loads them as the background."""
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB-encoded colours in [0, 1] → linear RGB (IEC 61966-2-1)."""
+    c = np.asarray(c)
+    return np.where(c <= 0.04045, c / 12.92, ((np.maximum(c, 0.04045) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """Linear RGB in [0, 1] → sRGB-encoded colours (IEC 61966-2-1)."""
+    c = np.asarray(c)
+    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * np.maximum(c, 0.0031308) ** (1 / 2.4) - 0.055)
+
 
 def nphm_to_metres(points: np.ndarray) -> np.ndarray:
     """(…, 3) NPHM units → metres, model axes."""

@@ -1,8 +1,8 @@
 """Fixed-topology head mesh for tracking output and the draft silhouette.
 
-- ``extract_canonical_mesh``: the neutral canonical mesh of an identity (``backend.model.mesh``'s narrow-band
+- ``extract_canonical_mesh``: the neutral canonical mesh of an identity (``backend.model.meshing``'s narrow-band
   marching cubes with cubic cells, largest component).  Its per-frame vertices come from the model core's
-  ``backend.model.mesh.warp_vertices`` (warm-started root finding, neighbour repair).
+  ``backend.model.meshing.warp_vertices`` (warm-started root finding, neighbour repair).
 - ``outline_silhouette_loss``: the draft preset's cheap, differentiable silhouette term from projected vertices.
 """
 from __future__ import annotations
@@ -19,20 +19,22 @@ from . import raster
 
 
 @dataclass
-class Mesh:
+class HeadMesh:
+    """The tracker's fixed-topology head mesh: a canonical (neutral) surface whose vertices are warped per frame."""
+
     vertices: np.ndarray   # (V, 3) float32 model units
     faces: np.ndarray      # (F, 3) int32
 
 
 def extract_canonical_mesh(model, z_geo: torch.Tensor, resolution: int = 96, box=None,
-                           keep_largest: bool = True) -> Mesh:
+                           keep_largest: bool = True) -> HeadMesh:
     """Neutral canonical mesh of identity ``z_geo`` (1, D_geo) for tracking: the model core's narrow-band
-    marching cubes (``model.mesh.canonical_mesh``, no colours) with cubic cells -- ``resolution`` cells along the
+    marching cubes (``model.meshing.canonical_mesh``, no colours) with cubic cells -- ``resolution`` cells along the
     box's longest side, over a cube around the box -- keeping the largest connected component.
 
     ``resolution`` must be c * 2^k with 8 <= c <= 16 or a multiple of 16 (40, 80, 96, 128, ...).
     """
-    from ..model.mesh import canonical_mesh
+    from ..model.meshing import canonical_mesh
 
     lo, hi = (np.asarray(b, np.float64) for b in (box or model.cfg.mesh_box))
     centre, half = (lo + hi) / 2, (hi - lo).max() / 2
@@ -46,24 +48,7 @@ def extract_canonical_mesh(model, z_geo: torch.Tensor, resolution: int = 96, box
     v, f = mesh.vertices, mesh.faces
     if keep_largest:
         v, f = _largest_component(v, f)
-    return Mesh(np.asarray(v, np.float32), np.asarray(f, np.int32))
-
-
-@torch.no_grad()
-def query_no_grad(model, x: torch.Tensor, z_geo, z_app=None, z_exp=None, anchors=None, chunk: int = 32768):
-    """Chunked no-grad field query (N, 3) -> (sdf (N,), colour (N, 3) or None), neutral when z_exp is None.
-
-    Uses ``torch.no_grad`` rather than the model's inference-mode helpers, so no inference tensors (e.g. the model's
-    scratch buffers) leak into later autograd passes of the tracker.
-    """
-    sd, co = [], []
-    for s in range(0, x.shape[0], chunk):
-        o = model(x[None, s:s + chunk], z_geo, z_app, z_exp, neutral=z_exp is None, with_color=z_app is not None,
-                  anchors=anchors)
-        sd.append(o.sdf[0, :, 0])
-        if z_app is not None:
-            co.append(o.color[0])
-    return torch.cat(sd), (torch.cat(co) if co else None)
+    return HeadMesh(np.asarray(v, np.float32), np.asarray(f, np.int32))
 
 
 def _largest_component(v: np.ndarray, f: np.ndarray):
@@ -82,26 +67,18 @@ def _largest_component(v: np.ndarray, f: np.ndarray):
     return v[used], remap[f]
 
 
-def project_torch(x_model: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, unit_m: float = 0.25):
-    """(N, 3) model units -> pixels (N, 2) and camera depth (N,)."""
-    xc = (unit_m * x_model) @ R.T + t
-    z = xc[:, 2].clamp_min(1e-4)
-    u = K[0, 0] * xc[:, 0] / z + K[0, 2]
-    v = K[1, 1] * xc[:, 1] / z + K[1, 2]
-    return torch.stack([u, v], -1), xc[:, 2]
-
-
 class SilhouetteTargets:
-    """Per-frame silhouette data derived from the labels (computed once per frame, numpy/cv2)."""
+    """Per-frame silhouette data derived from the labels (computed once per frame with numpy/cv2; the tensors on
+    ``device``, the tracker's)."""
 
-    def __init__(self, labels: np.ndarray, max_contour: int = 400, seed: int = 0):
+    def __init__(self, labels: np.ndarray, max_contour: int = 400, seed: int = 0, device=None):
         import cv2
         self.labels = labels
         H, W = labels.shape
         bg = (labels == M.BACKGROUND).astype(np.uint8)
         # distance (px) from each background pixel to the nearest non-background pixel
         dist = cv2.distanceTransform(bg, cv2.DIST_L2, 3) if bg.any() else np.zeros((H, W), np.float32)
-        self.bg_dist = torch.as_tensor(dist, dtype=torch.float32)[None, None]
+        self.bg_dist = torch.as_tensor(dist, dtype=torch.float32, device=device)[None, None]
         target = ((labels == M.FACE) | (labels == M.MOUTH)).astype(np.uint8)
         self.target = target.astype(bool)
         # contour of the face region: where the surface outline must reach
@@ -110,7 +87,7 @@ class SilhouetteTargets:
         if len(xs) > max_contour:
             sel = np.random.default_rng(seed).choice(len(xs), max_contour, replace=False)
             xs, ys = xs[sel], ys[sel]
-        self.contour = torch.as_tensor(np.stack([xs + 0.5, ys + 0.5], -1), dtype=torch.float32)
+        self.contour = torch.as_tensor(np.stack([xs + 0.5, ys + 0.5], -1), dtype=torch.float32, device=device)
         self.size = (H, W)
 
 
@@ -136,8 +113,8 @@ def outline_silhouette_loss(uv: torch.Tensor, visible_outline: torch.Tensor, tg:
     if tg.contour.shape[0] and bool(visible_outline.any()):
         c = tg.contour
         if covered is not None:
-            ci = c.long()
-            c = c[~torch.as_tensor(covered[ci[:, 1], ci[:, 0]])]
+            ci = c.long().cpu().numpy()
+            c = c[~torch.as_tensor(covered[ci[:, 1], ci[:, 0]], device=c.device)]
         if c.shape[0]:
             d = torch.cdist(c.to(uv.dtype), uv[visible_outline])            # (C, O)
             loss = loss + (d.min(1).values / face_size).pow(2).sum() / tg.contour.shape[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .conventions import NPHM_UNIT_M
 from .geometry import fit_similarity
 
 N_ANCHORS = 65
@@ -146,7 +147,20 @@ ICT_ANCHOR_VERTEX = (1223, 3441, 1717, 3922, 1672, 3879, 427, 2668, 1912, 4112, 
 # -------------------------------------------------------------------------------------------------------------------
 # derived tables and helpers
 # -------------------------------------------------------------------------------------------------------------------
-MM_PER_UNIT = 250.0
+MM_PER_UNIT = 1000.0 * NPHM_UNIT_M
+CM_PER_UNIT = 100.0 * NPHM_UNIT_M
+ICT_OFFSET_CM = np.array([0.0, -3.0, -6.0])
+"""Where ICT-FaceKit heads (centimetres, y up, z forward) sit in NPHM space: ``ict_cm_to_model``."""
+
+
+def ict_cm_to_model(v_cm: np.ndarray) -> np.ndarray:
+    """(…, 3) ICT-FaceKit centimetres -> model units, float64: ``(v_cm + ICT_OFFSET_CM) / CM_PER_UNIT``."""
+    return (np.asarray(v_cm, dtype=np.float64) + ICT_OFFSET_CM) / CM_PER_UNIT
+
+
+def model_to_ict_cm(x: np.ndarray) -> np.ndarray:
+    """(…, 3) model units -> ICT-FaceKit centimetres (the inverse of ``ict_cm_to_model``)."""
+    return np.asarray(x) * CM_PER_UNIT - ICT_OFFSET_CM
 
 
 def mediapipe_ict_positions() -> np.ndarray:

@@ -7,6 +7,9 @@
   finding to `MESH_WARP_TOL`, warm-started from the previous frame), the non-converged ones repaired from their mesh
   neighbours.
 * `PosedMesher`: topology-varying per-frame meshes in posed space, reusing the previous frame's band.
+
+Devices: the grid bookkeeping (sparse cell and corner ids) and marching cubes run on the CPU; the field evaluations
+run where the model is (a few point batches per level cross to it and back).  Warping runs on the vertices' device.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch
 from .parallel import flush_denormals
 
 Box = Tuple[Sequence[float], Sequence[float]]
+HOST = torch.device("cpu")  # the grid bookkeeping's device (see the module docstring)
 COARSE_PRUNE_MASS = 1e-2  # coarse levels only choose cells to refine (margin 1.5 cell diagonals covers the error)
 # Vertex albedo is stored as uint8 (steps of 2/255 on [-1, 1]): dropping blend mass <= 4e-3 changes a colour by at
 # most 4e-3 * max |edge colour| (about half a step); measured on the built-in model at 256^3: mean 0.07, max 3 steps,
@@ -28,7 +32,9 @@ COLOR_PRUNE_MASS = 4e-3
 
 
 @dataclass
-class Mesh:
+class SurfaceMesh:
+    """A marching-cubes surface of the model's SDF (canonical or posed), NPHM units."""
+
     vertices: np.ndarray                  # (V, 3) float32, NPHM units
     faces: np.ndarray                     # (F, 3) int64, counter-clockwise seen from outside
     colors: Optional[np.ndarray] = None   # (V, 3) uint8 albedo
@@ -73,8 +79,8 @@ def auto_coarse_dtype(model) -> Optional[torch.dtype]:
 
 def _grid_points(box: Box, n: int, idx: torch.Tensor) -> torch.Tensor:
     """Linear indices into an n^3 grid ('ij': x slowest) -> points (P, 3)."""
-    lo = torch.tensor(box[0], dtype=torch.float32)
-    hi = torch.tensor(box[1], dtype=torch.float32)
+    lo = torch.tensor(box[0], dtype=torch.float32, device=HOST)
+    hi = torch.tensor(box[1], dtype=torch.float32, device=HOST)
     i = idx // (n * n)
     j = (idx // n) % n
     k = idx % n
@@ -82,12 +88,12 @@ def _grid_points(box: Box, n: int, idx: torch.Tensor) -> torch.Tensor:
     return lo + ijk * (hi - lo) / (n - 1)
 
 
-_CORNERS = torch.stack(torch.meshgrid(*(torch.arange(2),) * 3, indexing="ij"), -1).reshape(8, 3)
+_CORNERS = torch.stack(torch.meshgrid(*(torch.arange(2, device=HOST),) * 3, indexing="ij"), -1).reshape(8, 3)
 
 
 # Corner ids (index 4i + 2j + k of _CORNERS) of the 6 cell faces, and the offset to the neighbour across each.
-_FACES = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 4, 5], [2, 3, 6, 7], [0, 2, 4, 6], [1, 3, 5, 7]])
-_FACE_OFFSETS = torch.tensor([[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]])
+_FACES = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 4, 5], [2, 3, 6, 7], [0, 2, 4, 6], [1, 3, 5, 7]], device=HOST)
+_FACE_OFFSETS = torch.tensor([[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], device=HOST)
 
 
 def _lin(p: torch.Tensor, n: int) -> torch.Tensor:
@@ -141,7 +147,7 @@ def _unique_dense(lin: torch.Tensor, size: int) -> torch.Tensor:
     torch.unique there), by sorting for inputs far smaller than the id range (the mark array's scan dominates)."""
     if lin.numel() * 64 < size:
         return torch.unique(lin.reshape(-1))
-    mark = torch.zeros(size, dtype=torch.bool)
+    mark = torch.zeros(size, dtype=torch.bool, device=HOST)
     mark[lin.reshape(-1)] = True
     return mark.nonzero().squeeze(1)
 
@@ -150,10 +156,10 @@ def _refinement_stencil(f: int):
     """Trilinear prediction of child-cell corners when a cell is split f times per axis.
 
     Returns (weights ((f+1)^3, 8): lattice position ('ij' order) <- the parent's 8 corners, child offsets (f^3, 3))."""
-    lattice = torch.stack(torch.meshgrid(*(torch.arange(f + 1),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    lattice = torch.stack(torch.meshgrid(*(torch.arange(f + 1, device=HOST),) * 3, indexing="ij"), -1).reshape(-1, 3)
     t = lattice.float() / f
     wts = torch.prod(torch.where(_CORNERS[None].bool(), t[:, None], 1 - t[:, None]), -1)
-    offsets = torch.stack(torch.meshgrid(*(torch.arange(f),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    offsets = torch.stack(torch.meshgrid(*(torch.arange(f, device=HOST),) * 3, indexing="ij"), -1).reshape(-1, 3)
     return wts, offsets
 
 
@@ -188,15 +194,15 @@ def extract_mesh(
 
     sdf_fn(points (P, 3) float32, coarse: bool) -> sdf (P,); `coarse` marks levels before the last (a caller may
     use a cheaper evaluation there, e.g. bfloat16).  res must be coarse_res * 2^k (cells per axis).
-    Returns Mesh (colors None) [, GridState].
+    Returns SurfaceMesh (colors None) [, GridState].
     """
     factors = refinement_factors(res, coarse_res)
     lo = np.asarray(box[0], dtype=np.float64)
     hi = np.asarray(box[1], dtype=np.float64)
     m = coarse_res
-    keys = torch.arange((m + 1) ** 3)
+    keys = torch.arange((m + 1) ** 3, device=HOST)
     dense = sdf_fn(_grid_points(box, m + 1, keys), len(factors) > 0).reshape(-1).float()  # (n^3,) values
-    g = torch.arange(m)
+    g = torch.arange(m, device=HOST)
     cells = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)   # (M, 3) active cells
     for lev, f in enumerate(factors):
         last = lev == len(factors) - 1
@@ -213,7 +219,7 @@ def extract_mesh(
         m = f * m
         n = m + 1
         keys = _unique_dense(_corner_ids(children, n), n ** 3)
-        dense = torch.ones(n ** 3)  # +1 where not evaluated (never read: only evaluated corners are used)
+        dense = torch.ones(n ** 3, device=HOST)  # +1 where not evaluated (never read: only evaluated corners are used)
         dense[keys] = sdf_fn(_grid_points(box, n, keys), not last).reshape(-1).float()
         cells = children
     n = m + 1
@@ -222,7 +228,7 @@ def extract_mesh(
     V = dense.view(n, n, n)  # band values, +1 elsewhere (masked out of marching cubes)
     mesh = _marching_cubes(V, cells, lo, hi)
     if return_state:
-        evaluated = torch.zeros(n ** 3, dtype=torch.bool)
+        evaluated = torch.zeros(n ** 3, dtype=torch.bool, device=HOST)
         evaluated[keys] = True
         return mesh, GridState(values=V, evaluated=evaluated.view(n, n, n), box=box, res=res)
     return mesh
@@ -237,9 +243,9 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
     Only the cells added by the previous round can open new faces, so each round inspects that frontier; membership
     is kept in dense mark arrays (cells: m^3, evaluated corners: (m+1)^3) instead of sorted sets."""
     n = m + 1
-    in_band = torch.zeros(m ** 3, dtype=torch.bool)
+    in_band = torch.zeros(m ** 3, dtype=torch.bool, device=HOST)
     in_band[_lin(cells, m)] = True
-    evaluated = torch.zeros(n ** 3, dtype=torch.bool)
+    evaluated = torch.zeros(n ** 3, dtype=torch.bool, device=HOST)
     evaluated[keys] = True
     frontier = cells
     added_cells, added_pts = [cells], [keys]  # disjoint by construction: no sorting or mask scans at the end
@@ -267,13 +273,13 @@ def _grow_surface_band(sdf_fn, box, m, cells, keys, dense, max_rounds: int = 64)
     return torch.cat(added_cells), torch.cat(added_pts)
 
 
-def _marching_cubes(V: torch.Tensor, cells: torch.Tensor, lo, hi) -> Mesh:
+def _marching_cubes(V: torch.Tensor, cells: torch.Tensor, lo, hi) -> SurfaceMesh:
     """skimage marching cubes on the dense volume V, restricted to `cells` (K, 3) (indexed by their lowest
     corner).  Only the cells' bounding box is handed over (skimage scans every voxel it is given)."""
     from skimage.measure import marching_cubes
 
     n = V.shape[0]
-    empty = Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
+    empty = SurfaceMesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
     if cells.numel() == 0:
         return empty
     c0, c1 = cells.amin(0).tolist(), (cells.amax(0) + 1).tolist()  # corner index range of the band
@@ -293,12 +299,12 @@ def _marching_cubes(V: torch.Tensor, cells: torch.Tensor, lo, hi) -> Mesh:
     if len(faces) == 0:
         return empty
     verts = (verts + np.asarray(lo) + np.asarray(c0) * spacing).astype(np.float32)
-    return Mesh(verts, faces.astype(np.int64))
+    return SurfaceMesh(verts, faces.astype(np.int64))
 
 
 # ------------------------------------------------------------------------------------------------ model meshes
 def _albedo_u8(c: torch.Tensor) -> np.ndarray:
-    return ((c.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    return ((c.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
 def canonical_mesh(
@@ -311,7 +317,7 @@ def canonical_mesh(
     chunk: int = 8192,
     coarse_dtype: Optional[torch.dtype] = "auto",
     with_color: bool = True,
-) -> Mesh:
+) -> SurfaceMesh:
     """Neutral canonical mesh (q = [x ; 0]) with albedo vertex colours, effective res^3 over the model's box."""
     box = box or model.cfg.mesh_box
     if coarse_dtype == "auto":
@@ -322,21 +328,22 @@ def canonical_mesh(
 
         def fn(p: torch.Tensor, coarse: bool) -> torch.Tensor:
             # Coarse levels only decide where to refine: cheaper precision and stronger pruning are fine there.
-            return model.sdf_only(p[None], z_geo, None, neutral=True, chunk=chunk, anchors=A,
+            return model.sdf_only(p.to(z_geo.device)[None], z_geo, None, neutral=True, chunk=chunk, anchors=A,
                                   compute_dtype=coarse_dtype if coarse else None,
-                                  prune_mass=COARSE_PRUNE_MASS if coarse else None)[0, :, 0]
+                                  prune_mass=COARSE_PRUNE_MASS if coarse else None)[0, :, 0].cpu()
 
         mesh = extract_mesh(fn, box, res, coarse_res)
         if with_color and z_app is not None and len(mesh.vertices):
-            _, col = model.query(torch.from_numpy(mesh.vertices)[None], z_geo, z_app.reshape(1, -1).float(), None,
+            _, col = model.query(torch.from_numpy(mesh.vertices).to(z_geo.device)[None], z_geo,
+                                 z_app.reshape(1, -1).float(), None,
                                  neutral=True, chunk=chunk, anchors=A, compute_dtype=coarse_dtype,
                                  prune_mass=COLOR_PRUNE_MASS, with_sdf=False)
             mesh.colors = _albedo_u8(col[0])
     return mesh
 
 
-def _vertex_neighbors(faces: np.ndarray, n_verts: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    f = torch.from_numpy(np.asarray(faces, dtype=np.int64))
+def _vertex_neighbors(faces: np.ndarray, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    f = torch.from_numpy(np.asarray(faces, dtype=np.int64)).to(device)
     e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]], 0)
     e = torch.cat([e, e.flip(1)], 0)
     return e[:, 0], e[:, 1]
@@ -350,12 +357,12 @@ def repair_from_neighbors(verts_can: torch.Tensor, verts_posed: torch.Tensor, ok
     """
     if bool(ok.all()):
         return verts_posed
-    src, dst = _vertex_neighbors(faces, verts_can.shape[0])
+    src, dst = _vertex_neighbors(faces, verts_can.device)
     disp = torch.where(ok[:, None], verts_posed - verts_can, torch.zeros_like(verts_can))
     known = ok.clone()
     for _ in range(iters):  # each sweep extends the known region by one ring
         s = torch.zeros_like(disp).index_add_(0, dst, disp[src] * known[src, None])
-        c = torch.zeros(disp.shape[0]).index_add_(0, dst, known[src].float())
+        c = disp.new_zeros(disp.shape[0]).index_add_(0, dst, known[src].to(disp.dtype))
         fill = (~ok) & (c > 0)
         disp = torch.where(fill[:, None], s / c.clamp_min(1)[:, None], disp)
         new_known = known | fill
@@ -427,7 +434,8 @@ def warp_vertices(model, vertices: torch.Tensor, faces: np.ndarray, z_geo, z_exp
     # Broyden-refined) and computes a Jacobian only where the residual does not halve: deformations are small, so
     # most vertices never need one (the tracker's draft outline warps, cold at each frame: 3.4 -> 2.0 deformation
     # passes per vertex per call).
-    jinv0 = torch.eye(3).expand(len(vc), 3, 3)
+    eye = torch.eye(3, device=vc.device)
+    jinv0 = eye.expand(len(vc), 3, 3)
     if state is not None:
         start = state.predicted_start()
         if state.jinv is not None:
@@ -448,7 +456,7 @@ def warp_vertices(model, vertices: torch.Tensor, faces: np.ndarray, z_geo, z_exp
         if parts:
             xp, ok, jinv, nxt = (torch.cat(p) for p in zip(*parts))
         else:
-            xp, ok, jinv, nxt = vc.clone(), torch.ones(0, dtype=torch.bool), torch.zeros(0, 3, 3), vc.clone()
+            xp, ok, jinv, nxt = vc.clone(), vc.new_ones(0, dtype=torch.bool), vc.new_zeros(0, 3, 3), vc.clone()
         failed = (~ok).nonzero().squeeze(1)
         for s in range(0, len(failed), chunk):
             # A second chance for the few that failed: exact Newton (a Jacobian at the start) from y - delta(y).
@@ -460,18 +468,19 @@ def warp_vertices(model, vertices: torch.Tensor, faces: np.ndarray, z_geo, z_exp
         best = nxt
         if not bool(ok.all()):
             xp = repair_from_neighbors(vc, torch.where(ok[:, None], xp, vc), ok, faces)
-            jinv = torch.where(ok[:, None, None], jinv, torch.eye(3).expand_as(jinv))
+            jinv = torch.where(ok[:, None, None], jinv, eye.expand_as(jinv))
             best = torch.where(ok[:, None], nxt, xp)
     new_state = state.advanced(best, jinv) if state is not None else WarpState(best, jinv)
     return xp, ok, new_state
 
 
-def warp_mesh(model, mesh: Mesh, z_geo, z_exp, state: Optional[WarpState] = None,
-              **kw) -> Tuple[Mesh, torch.Tensor, WarpState]:
+def warp_mesh(model, mesh: SurfaceMesh, z_geo, z_exp, state: Optional[WarpState] = None,
+              **kw) -> Tuple[SurfaceMesh, torch.Tensor, WarpState]:
     """Fixed-topology posed mesh: `warp_vertices` of the canonical mesh; colours are the canonical albedo (same
     topology, same texture).  Returns (mesh, converged (V,) bool, state for the next frame)."""
-    xp, ok, new_state = warp_vertices(model, torch.from_numpy(mesh.vertices), mesh.faces, z_geo, z_exp, state, **kw)
-    return Mesh(xp.numpy().astype(np.float32), mesh.faces, mesh.colors), ok, new_state
+    xp, ok, new_state = warp_vertices(model, torch.from_numpy(mesh.vertices).to(z_geo.device), mesh.faces, z_geo,
+                                      z_exp, state, **kw)
+    return SurfaceMesh(xp.cpu().numpy().astype(np.float32), mesh.faces, mesh.colors), ok, new_state
 
 
 def _unlin(lin: torch.Tensor, n: int) -> torch.Tensor:
@@ -487,7 +496,7 @@ def _isin_sorted(sorted_keys: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def _dilate_cells(cells: torch.Tensor, m: int, r: int) -> torch.Tensor:
     """Cells (K, 3) -> sorted unique linear ids of all cells within Chebyshev distance r, inside the m^3 grid."""
-    o = torch.arange(-r, r + 1)
+    o = torch.arange(-r, r + 1, device=HOST)
     off = torch.stack(torch.meshgrid(o, o, o, indexing="ij"), -1).reshape(-1, 3)
     c = (cells[:, None, :] + off[None]).reshape(-1, 3)
     c = c[((c >= 0) & (c < m)).all(-1)]
@@ -516,7 +525,7 @@ class PosedMesher:
     def reset(self) -> None:
         self.surface_cells = None
 
-    def __call__(self, z_geo, z_app, z_exp, with_color: bool = True) -> Mesh:
+    def __call__(self, z_geo, z_app, z_exp, with_color: bool = True) -> SurfaceMesh:
         z_geo = z_geo.reshape(1, -1).float()
         z_exp = z_exp.reshape(1, -1).float()
         with torch.inference_mode():
@@ -525,18 +534,20 @@ class PosedMesher:
             def fn(p: torch.Tensor, coarse: bool = False) -> torch.Tensor:
                 dt = self.coarse_dtype if coarse else None
                 pm = COARSE_PRUNE_MASS if coarse else None
-                return self.model.sdf_only(p[None], z_geo, z_exp, chunk=self.chunk, anchors=A, compute_dtype=dt,
-                                           prune_mass=pm)[0, :, 0]
+                return self.model.sdf_only(p.to(z_geo.device)[None], z_geo, z_exp, chunk=self.chunk, anchors=A,
+                                           compute_dtype=dt, prune_mass=pm)[0, :, 0].cpu()
 
             if self.surface_cells is None:
                 mesh, st = extract_mesh(fn, self.box, self.res, self.coarse_res, return_state=True)
                 self.last_evaluated = int(st.evaluated.sum())
                 V, n = st.values, self.res + 1
-                self.surface_cells = self._surface(V.reshape(-1), torch.arange(n ** 3)[st.evaluated.reshape(-1)])
+                evaluated = torch.arange(n ** 3, device=HOST)[st.evaluated.reshape(-1)]
+                self.surface_cells = self._surface(V.reshape(-1), evaluated)
             else:
                 mesh = self._update(fn)
             if with_color and z_app is not None and len(mesh.vertices):
-                _, col = self.model.query(torch.from_numpy(mesh.vertices)[None], z_geo, z_app.reshape(1, -1).float(),
+                _, col = self.model.query(torch.from_numpy(mesh.vertices).to(z_geo.device)[None], z_geo,
+                                          z_app.reshape(1, -1).float(),
                                           z_exp, chunk=self.chunk, anchors=A, compute_dtype=self.coarse_dtype,
                                           prune_mass=COLOR_PRUNE_MASS, with_sdf=False)
                 mesh.colors = _albedo_u8(col[0])
@@ -553,11 +564,11 @@ class PosedMesher:
         cand, corners = cand[full], corners[full]
         return cand[_sign_change(V_flat[corners])]
 
-    def _update(self, fn) -> Mesh:
+    def _update(self, fn) -> SurfaceMesh:
         """Seeds: the previous surface cells dilated by `band`; then grow across every face the new surface
         crosses (`_grow_surface_band`), so a moving surface is followed cell by cell."""
         m, n = self.res, self.res + 1
-        dense = torch.ones(n ** 3)
+        dense = torch.ones(n ** 3, device=HOST)
         cells = _unlin(_dilate_cells(self.surface_cells, m, self.band), m)
         keys = _unique_dense(_corner_ids(cells, n), n ** 3)
         dense[keys] = fn(_grid_points(self.box, n, keys)).reshape(-1).float()

@@ -1,4 +1,6 @@
-"""Small conditioning encoders stored with the built-in model.
+"""Conditioning encoders and the ARKit regressor stored with the built-in model (``encoders.pt``).
+
+Training fits them (``backend.training``); tracking loads them with ``checkpoint.load_encoders``.
 
 The synthetic data knows every sample's ICT identity weights (100), appearance parameters (16) and ICT expression
 weights (53). Codes are predicted from them by Linear maps instead of being looked up in an auto-decoder table, so

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init
-from backend.model.mesh import (MESH_WARP_TOL, PosedMesher, WarpState, canonical_mesh, extract_mesh,
+from backend.model.meshing import (MESH_WARP_TOL, PosedMesher, WarpState, canonical_mesh, extract_mesh,
                                 refinement_factors, repair_from_neighbors, warp_mesh)
 
 
@@ -71,7 +71,7 @@ def test_narrow_band_equals_dense_marching_cubes():
 def test_child_cell_band_test_equals_the_per_corner_test():
     """The sliding-window min/max over the predicted child-corner lattice selects the same children as testing
     each child's 8 gathered corners."""
-    from backend.model.mesh import _CORNERS, _near, _near_children, _refinement_stencil
+    from backend.model.meshing import _CORNERS, _near, _near_children, _refinement_stencil
 
     g = torch.Generator().manual_seed(0)
     for f in (2, 4):
@@ -154,7 +154,7 @@ def test_model_meshes_fixed_and_varying_topology():
 def test_vertices_that_fail_from_their_start_get_an_exact_newton_solve():
     """A poisoned start (NaN, e.g. a corrupted previous frame) fails; those vertices are solved again from
     y - delta(y) with exact Jacobians instead of being patched from their neighbours."""
-    from backend.model.mesh import warp_vertices
+    from backend.model.meshing import warp_vertices
 
     m, cfg = _blob_model()
     zg, za, ze = m.zero_codes(1)
@@ -195,7 +195,7 @@ def test_warp_state_extrapolates_smooth_motion_and_holds_still_on_jitter():
 
 def test_bfloat16_coarse_passes_give_the_float32_mesh():
     """Coarse levels only steer the refinement: a bf16 coarse pass yields the float32 mesh, vertex for vertex."""
-    from backend.model.mesh import bf16_supported
+    from backend.model.meshing import bf16_supported
 
     if not bf16_supported():
         pytest.skip("this CPU has no fast bfloat16 matmuls (AVX512-BF16 / AMX)")
@@ -212,7 +212,7 @@ def test_bfloat16_coarse_passes_give_the_float32_mesh():
 def test_coarse_precision_choice(monkeypatch):
     """bf16 coarse passes only for wide models on CPUs with native bf16 (AVX512-BF16 / AMX), and never with the
     environment switch at 0."""
-    from backend.model import mesh
+    from backend.model import meshing as mesh
 
     wide = type("M", (), {"cfg": MonoNPHMConfig.official()})()
     narrow = type("M", (), {"cfg": MonoNPHMConfig.builtin()})()

@@ -1,0 +1,399 @@
+"""``python -m backend batch``: every clip Ray tasks writing its own result package; one JSON-lines stream.
+
+The driver (this process) starts a local Ray with ``--workers`` slots of ``--threads`` CPUs each, or joins a
+cluster (``--ray-address``), submits the steps of every clip that is not finished yet, and relays the tasks'
+protocol events, tagged with their ``clip``, to stdout. A clip is one task, ``run_track`` on its package folder; a
+long clip (``--chunk-frames``) is several (``chunks``). Every step resumes from what its package holds, so a task
+that starts again (a retry after its worker died, or a re-run of the batch) continues where it stopped.
+
+Ray retries a task whose worker process dies (``MAX_RETRIES``); an error the tracker raises (no face, bad file) is
+reported for that clip and the batch goes on. Cancel (SIGTERM, CTRL_BREAK, Ctrl-C) interrupts every running task,
+which marks its package ``cancelled`` with its finished frames kept; a re-run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..contracts.protocol import (CANCEL_HINT, BackendError, BadInputError, Cancelled, EventWriter,
+                                  install_cancel_handler)
+from ..contracts.result_format import PackageError, read_manifest
+from ..contracts.track_config import TrackConfig
+from ..openmp_env import GOMP_SPINCOUNT
+from . import chunks
+from .inputs import BatchClip, assign_folders, expand_inputs
+
+MAX_RETRIES = 3                   # attempts after a worker process died (node lost, out of memory, killed)
+CANCEL_GRACE_S = 5.0              # running tasks get this long to mark their packages cancelled (add-on: 10 s)
+CANCEL_SIGNAL_WAIT_S = 2.0        # a Ray error this soon before the driver's own cancel signal is part of the cancel
+POLL_S = 0.2                      # how often the driver relays events
+CONNECT_TIMEOUT_S = 10.0          # a cluster address that does not answer within this is refused
+OBJECT_STORE_BYTES = 80 * 2**20   # local Ray: only events and frame counts travel through it (Ray's minimum 75 MB)
+CANCEL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGBREAK") if hasattr(signal, name))
+TRACK, PREPARE, CHUNK, FINISH = "track", "prepare", "chunk", "finish"   # the steps of a clip (``_Batch``)
+RAY_MISSING_HINT = "Install the batch requirements into the backend environment: pip install -r requirements-batch.txt"
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How the batch runs; the tracking settings of every clip are one ``TrackConfig`` (its input and out unused)."""
+
+    out_root: Path
+    """Folder holding one result package per clip; with ``ray_address`` it must be on storage every node mounts."""
+    ray_address: str | None = None
+    """Ray cluster to join (``ray://HOST:10001``, or ``HOST:6379`` on a node); None starts a local Ray."""
+    workers: int = 0
+    """Local Ray only: tasks run at once (0 = logical CPUs // threads)."""
+    chunk_frames: int = 0
+    """Clips with more selected frames are tracked in chunks of this many frames on the workers (0 = never)."""
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> "BatchConfig":
+        if args.workers and args.ray_address:
+            raise BadInputError("--workers applies to the local Ray only",
+                                "Drop --workers: on a cluster, Ray runs as many clips at once as its CPUs allow.")
+        if args.workers < 0 or args.chunk_frames < 0:
+            raise BadInputError("--workers and --chunk-frames must not be negative",
+                                "For example: --workers 2 --chunk-frames 500.")
+        return cls(Path(args.out_root).resolve(), args.ray_address, int(args.workers), int(args.chunk_frames))
+
+
+def task_threads(track: TrackConfig) -> int:
+    """Torch threads of each task, also the CPUs Ray reserves for it: ``--threads``, 1 for ``--threads 0`` (tasks
+    share the machine's cores, so one thread each keeps every core busy without oversubscribing it)."""
+    return track.threads or 1
+
+
+# --- the task ---------------------------------------------------------------------------------------------------
+
+class EventRelay:
+    """Ray actor: protocol lines from the tasks, in the order they were put, until the driver drains them."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+
+    def put(self, line: str) -> None:
+        self._lines.append(line)
+
+    def drain(self) -> list[str]:
+        lines, self._lines = self._lines, []
+        return lines
+
+
+class _RelayStream:
+    """A text stream for EventWriter that hands each line to the relay (synchronously: a task's events reach the
+    relay before its result reaches the driver)."""
+
+    def __init__(self, relay) -> None:
+        self._relay = relay
+
+    def write(self, text: str) -> None:
+        import ray
+
+        ray.get(self._relay.put.remote(text.rstrip("\n")))
+
+    def flush(self) -> None:
+        pass
+
+
+def run_step(step: str, config: TrackConfig, clip: str, relay, preset, chunk: tuple[int, int, int] | None):
+    """Task body: one step of one clip (see ``_Batch``), its protocol events tagged with the clip."""
+    # Ray cancels a running task by simulating SIGINT in the worker; a worker started from a background shell job
+    # inherits SIGINT ignored, and would never see it. (SIGTERM keeps Ray's meaning, the worker's end, so that a
+    # worker Ray stops is retried.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    events = EventWriter(_RelayStream(relay), clip=clip)
+    events.clip_state(clip, "running", config.out, config.input, socket.gethostname(), os.getpid())
+    if step == TRACK:
+        from ..tracking import run_track
+
+        return run_track(config, events, preset).frames
+    if step == PREPARE:
+        return chunks.prepare_clip(config, events, preset)
+    if step == CHUNK:
+        return chunks.track_chunk(config, *chunk, events, preset)
+    return chunks.finish_clip(config, events, preset)
+
+
+# --- the driver -------------------------------------------------------------------------------------------------
+
+def run_batch(inputs: Sequence[str], batch: BatchConfig, track: TrackConfig, events: EventWriter,
+              preset=None) -> tuple[Path, int]:
+    """Track ``inputs`` (paths or ``@list.txt``) into packages under ``batch.out_root``, each with ``track``'s
+    settings (``preset``: the stage settings, as for ``run_track``).
+
+    Uses the Ray this process is already connected to, if any (tests, embedding); otherwise starts or joins one and
+    shuts it down at the end. Returns the output root and the frames its clips' packages hold; raises BackendError
+    when any clip failed.
+    """
+    if batch.chunk_frames and track.overwrite:
+        raise BadInputError("--overwrite cannot re-track clips in chunks",
+                            "Delete the packages to re-track, or drop --chunk-frames.")
+    clips = assign_folders(expand_inputs(inputs), batch.out_root)
+    try:
+        import ray
+    except ImportError:
+        raise BadInputError("the batch command needs Ray, which is not installed", RAY_MISSING_HINT) from None
+    started = not ray.is_initialized()
+    if started:
+        _start_ray(ray, batch, task_threads(track))
+    cancel = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in CANCEL_SIGNALS}
+    install_cancel_handler(cancel.set)   # after ray.init, which replaces the driver's SIGTERM handler
+    try:
+        if batch.ray_address:
+            check_shared_storage(ray, batch.out_root, [c.source for c in clips])
+        return _Batch(ray, batch, track, events, preset, cancel).run(clips)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if started:
+            ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast with a clear message when a ``HOST:PORT`` or ``ray://HOST:PORT`` address does not answer (ray.init
+    would retry for minutes); ``auto`` (a node of this machine's cluster) is left to Ray."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BadInputError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc})",
+                            "Check the address (ray://HEAD:10001 for Ray Client, HEAD:6379 on a node of the "
+                            "cluster) and that the head is running and reachable from this machine.") from None
+
+
+def _start_ray(ray, config: BatchConfig, threads: int) -> None:
+    # Workers import torch before the backend could set the OpenMP spin limit, so they get it from the environment.
+    env = {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", GOMP_SPINCOUNT)}
+    backend_dir = str(Path(__file__).resolve().parents[1])
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        if config.ray_address:
+            check_reachable(config.ray_address)
+            # The cluster's nodes get this backend's code (its built-in model included): results match the driver's.
+            ray.init(address=config.ray_address, runtime_env={"py_modules": [backend_dir], "env_vars": env}, **common)
+        else:
+            slots = config.workers or max(1, (os.cpu_count() or 1) // threads)
+            # "local": a private Ray even when one already runs on this machine (plain ray.init() would join it).
+            ray.init(address="local", num_cpus=slots * threads, object_store_memory=OBJECT_STORE_BYTES,
+                     runtime_env={"env_vars": dict(env, PYTHONPATH=str(Path(backend_dir).parent))}, **common)
+    except ConnectionError as exc:
+        raise BadInputError(f"cannot join the Ray cluster at {config.ray_address}: {exc}",
+                            "Check the address (ray://HEAD:10001 or HEAD:6379), that this machine reaches it, and "
+                            "the cluster's auth token (RAY_AUTH_TOKEN or ~/.ray/auth_token).") from None
+
+
+def check_shared_storage(ray, out_root: Path, sources: Sequence[Path]) -> None:
+    """Refuse a cluster on which some node does not see ``out_root`` (a probe file written here) or an input."""
+    out_root.mkdir(parents=True, exist_ok=True)
+    probe = out_root / f".batch-probe-{uuid.uuid4().hex}"
+    probe.write_text(probe.name)
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        sees = ray.remote(num_cpus=0)(_node_sees)
+        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(probe), probe.name, [str(s) for s in sources]) for n in nodes])
+    finally:
+        probe.unlink(missing_ok=True)
+    for node, missing in zip(nodes, seen):
+        if missing:
+            raise BadInputError(
+                f"node {node.get('NodeManagerHostname') or node.get('NodeManagerAddress')} of the Ray cluster does "
+                f"not see {missing[0]}",
+                "Put the inputs and --out-root on storage every node mounts at the same path (NFS, SMB, a cloud "
+                "file system), and give those paths.")
+
+
+def _node_sees(probe: str, text: str, sources: list[str]) -> list[str]:
+    """On one node: the paths it cannot see (the probe must also hold the driver's text)."""
+    missing = [s for s in sources if not os.path.exists(s)]
+    try:
+        ok = Path(probe).read_text() == text
+    except OSError:
+        ok = False
+    return ([str(Path(probe).parent)] if not ok else []) + missing
+
+
+@dataclass
+class _Clip:
+    """A clip of the batch in the driver: its settings and where its steps stand."""
+
+    clip: BatchClip
+    config: TrackConfig                   # the clip's track settings (input, out, threads)
+    plan: chunks.ChunkPlan | None = None  # chunked clips, once prepared
+    chunks_left: int = 0
+    failed: bool = False
+
+
+class _Batch:
+    """Submits the steps of every clip, relays their events, and reports each clip once it is complete or failed.
+
+    A clip is one ``TRACK`` step; with ``chunk_frames``, ``PREPARE``, then one ``CHUNK`` per unfinished range (none
+    for a clip of one range), the driver's stitch, and ``FINISH``.
+    """
+
+    def __init__(self, ray, batch: BatchConfig, track: TrackConfig, events: EventWriter, preset,
+                 cancel: threading.Event) -> None:
+        self.ray, self.batch, self.track, self.events, self.preset = ray, batch, track, events, preset
+        self.cancel = cancel             # set by SIGTERM / SIGINT / CTRL_BREAK
+        self.relay = ray.remote(num_cpus=0)(EventRelay).remote()
+        self.task = ray.remote(num_cpus=task_threads(track), max_retries=MAX_RETRIES)(run_step)
+        self.pending: dict = {}          # ObjectRef -> (_Clip, step)
+        self.finished = self.frames = 0
+        self.failed: list[str] = []
+
+    def run(self, clips: list[BatchClip]) -> tuple[Path, int]:
+        from ray.exceptions import RayError
+
+        for clip in clips:
+            done = None if self.track.overwrite else _complete_frames(clip)
+            if done is not None:
+                self.events.clip_state(clip.name, "skipped", clip.out, clip.source)
+                self.finished, self.frames = self.finished + 1, self.frames + done
+                continue
+            config = dataclasses.replace(self.track, input=str(clip.source), out=str(clip.out),
+                                         threads=task_threads(self.track))
+            self._submit(_Clip(clip, config), PREPARE if self.batch.chunk_frames else TRACK)
+        total = len(clips)
+        self.events.progress("batch", self.finished, total, message=f"{total - self.finished} clips to track")
+        try:
+            while self.pending:
+                if self.cancel.is_set():
+                    raise Cancelled("cancelled", CANCEL_HINT)
+                ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=POLL_S)
+                _relay(self.ray, self.relay, self.events)
+                for ref in ready:
+                    self._step_done(ref, total)
+        except RayError:
+            # The add-on's Cancel signals the whole process group: a local Ray's processes may stop before this
+            # loop sees its own signal.
+            if not self.cancel.wait(CANCEL_SIGNAL_WAIT_S):
+                raise
+            _cancel(self.ray, self.pending, self.relay, self.events)
+            raise Cancelled("cancelled", CANCEL_HINT) from None
+        except (Cancelled, KeyboardInterrupt):
+            _cancel(self.ray, self.pending, self.relay, self.events)
+            raise
+        if self.failed:
+            raise BackendError(f"{len(self.failed)} of {total} clips failed: {', '.join(self.failed)}",
+                               "Their error events say why; run the same command again to retry them (finished "
+                               "clips are skipped, partial ones resume).")
+        return self.batch.out_root, self.frames
+
+    def _submit(self, run: _Clip, step: str, chunk: tuple[int, int, int] | None = None) -> None:
+        ref = self.task.remote(step, run.config, run.clip.name, self.relay, self.preset, chunk)
+        self.pending[ref] = (run, step)
+
+    def _step_done(self, ref, total: int) -> None:
+        run, step = self.pending.pop(ref)
+        value = _outcome(self.ray, ref, run.clip, self.events)
+        if run.failed:      # another step of this clip failed before: already reported
+            return
+        if value is not None and step in (PREPARE, CHUNK):
+            try:
+                self._next_steps(run, step, value)
+                return
+            except BackendError as exc:   # the driver's own part (a part-package it cannot read, …)
+                self.events.emit("error", message=exc.message, hint=exc.hint, code=exc.code, clip=run.clip.name)
+                value = None
+        if value is None:
+            run.failed = True
+            self.failed.append(run.clip.name)
+            self.events.clip_state(run.clip.name, "failed", run.clip.out, run.clip.source)
+        else:               # TRACK, FINISH: the package is complete
+            if step == FINISH:
+                chunks.remove_work_folder(run.clip.out)
+            self.events.emit("result", path=str(run.clip.out), frames_done=value, clip=run.clip.name)
+            self.events.clip_state(run.clip.name, "complete", run.clip.out, run.clip.source)
+            self.finished, self.frames = self.finished + 1, self.frames + value
+        self.events.progress("batch", self.finished + len(self.failed), total, message=f"{run.clip.name} done")
+
+    def _next_steps(self, run: _Clip, step: str, value: int) -> None:
+        """After PREPARE (``value``: selected frames): the unfinished chunks; after the last CHUNK: stitch, FINISH."""
+        if step == PREPARE:
+            run.plan = chunks.ChunkPlan(value, self.batch.chunk_frames)
+            todo = chunks.unfinished_parts(run.clip.out, run.plan) if len(run.plan.ranges) > 1 else []
+            run.chunks_left = len(todo)
+            for chunk in todo:
+                self._submit(run, CHUNK, chunk)
+        else:
+            run.chunks_left -= 1
+        if not run.chunks_left:
+            # every range is fitted: stitch them into the package here (its only writer now), then refine, complete
+            chunks.stitch_parts(run.clip.out, run.plan)
+            self._submit(run, FINISH)
+
+
+def _complete_frames(clip: BatchClip) -> int | None:
+    """Frames of the clip's package when it is complete (a re-run skips it), else None."""
+    try:
+        manifest = read_manifest(clip.out)
+    except PackageError:
+        return None
+    return len(manifest["frames"]) if manifest["state"] == "complete" else None
+
+
+def _relay(ray, relay, events: EventWriter) -> None:
+    for line in ray.get(relay.drain.remote()):
+        data = json.loads(line)
+        events.emit(data.pop("type"), **data)
+
+
+def _outcome(ray, ref, clip: BatchClip, events: EventWriter):
+    """A finished step's value, or None when it failed (its error reported for the clip; the batch goes on)."""
+    from ray.exceptions import RayError, RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, BackendError):
+            events.emit("error", message=cause.message, hint=cause.hint, code=cause.code, clip=clip.name)
+        else:
+            print(f"clip {clip.name}: {exc}", file=sys.stderr)  # the worker's traceback, for the log
+            events.emit("error", message=f"Internal error: {type(cause).__name__}: {cause}",
+                        hint="See the backend log for details and report it with the log attached.",
+                        code="internal", clip=clip.name)
+    except RayError as exc:  # its worker died more often than MAX_RETRIES
+        events.emit("error", message=f"the worker tracking {clip.name} stopped {MAX_RETRIES + 1} times ({exc})",
+                    hint="Check the nodes' memory and logs; run the same command again to resume the clip.",
+                    code="internal", clip=clip.name)
+    return None
+
+
+def _cancel(ray, pending: dict, relay, events: EventWriter) -> None:
+    """Interrupt every task (KeyboardInterrupt in it: its package is marked cancelled), then stop stragglers.
+
+    Ray may be stopping too (a signal to the whole process group): its errors then end the cancel quietly, the
+    packages keep their finished frames either way."""
+    from ray.exceptions import RayError
+
+    try:
+        for ref in pending:
+            ray.cancel(ref)
+        end = time.monotonic() + CANCEL_GRACE_S
+        waiting = list(pending)
+        while waiting and time.monotonic() < end:
+            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=POLL_S)
+        _relay(ray, relay, events)
+        for ref in waiting:
+            ray.cancel(ref, force=True)
+    except RayError:
+        pass

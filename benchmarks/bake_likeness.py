@@ -1,0 +1,158 @@
+"""Likeness of the baked colours: re-render error on held-out frames, and cost.
+
+    .venv/bin/python benchmarks/bake_likeness.py PACKAGE [PACKAGE ...]
+
+Each PACKAGE is a tracked result (``python -m backend track CLIP --out PACKAGE``). Colours are baked from the
+even tracked frames only; the posed head is then rendered on the odd frames with the fitted lighting and colour
+correction (the tracker's image formation, ``backend.bake.albedo.render_shaded``; baked colours with the
+white-balanced lighting they were baked under, which renders identically) and compared with the frames on
+face pixels (label FACE, where the head covers them): mean absolute error (0-255) and PSNR (dB), per frame and
+over the clip, for
+
+- ``model``: today's colours (the model's appearance-space albedo in ``canonical_mesh.npz``),
+- ``mean``: the trivial baseline, one colour (the face pixels' mean of the even frames, divided by the mean shading),
+- ``baked``: the video-baked vertex colours,
+- ``texture``: the 2048² texture baked from the ``BakeConfig.texture_frames`` best of the even frames.
+
+The LAST stdout line is one JSON object.
+
+Last run (2026-12-06 23:30, shared 2-core host under load ~9, matmul peak 86 GFLOP/s; draft packages tracked with
+--threads 1; face-region L1 in 0-255 / PSNR in dB on the held-out odd frames):
+
+| package | model (today) | mean colour | baked vertex colours | texture 2048² |
+|---|---|---|---|---|
+| cap12_edit 0:24 (12 bake / 12 test frames) | 11.33 / 23.86 | 13.33 / 22.90 | **4.86 / 30.22** (43 %) | 3.95 / 32.09 |
+| Intel gif 0:24 (12 / 12) | 10.90 / 24.61 | 10.65 / 25.30 | **4.10 / 31.94** (38 %) | 3.55 / 33.31 |
+| cap12_edit 0:250 (64 / 125) | 11.32 / 23.53 | 12.82 / 23.01 | **6.99 / 27.70** (62 %) | 6.87 / 27.97 |
+
+Per frame: cap12 0:24 baked 4.5-5.7 (model 11.1-11.5); on 0:250 the frames before 180 (landmark error 1.8 px)
+6.06 vs 11.17, frames 180-249 (landmark error 3.4-5.2 px: the tracking drifts) 9.38 vs 11.70 — the colours are
+as good as the fit they are looked up through. Bake 2.5 s (12 frames) / 7.7 s (64 frames) + decoding; unwrap
+14-24 s, texture 38-52 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from backend.openmp_env import configure_openmp  # noqa: E402
+
+configure_openmp()
+
+
+def cpu_report() -> dict:
+    import torch
+    from model_throughput import matmul_peak
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        model = platform.processor()
+    return {"cpu": model, "flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"}),
+            "matmul_gflops": round(matmul_peak(torch.float32, 0.3), 1)}
+
+
+def rerender_errors(pkg, frames, colours: dict) -> dict:
+    """Per-frame face-region L1 (0-255) and PSNR (dB) of each colour set rendered on ``frames`` (a FrameBatch);
+    a colour set is (per-vertex colours (V, 3) or a (texture, uv) pair, its lighting)."""
+    from backend.bake.albedo import render_shaded
+    from backend.tracking import masks as M
+    mesh = pkg.canonical_mesh()
+    K = pkg.intrinsics().matrix()
+    out = {}
+    for name, (col, shading) in colours.items():
+        tex, uv = col if isinstance(col, tuple) else (col, None)
+        img, covered = render_shaded(frames.verts_cam, mesh.triangles, K, pkg.image_size, shading, tex, uv)
+        face = covered & (frames.labels == M.FACE)
+        ref = frames.images.astype(np.float32) / 255.0
+        err = np.abs(img - ref).mean(-1)
+        sq = ((img - ref) ** 2).mean(-1)
+        n = face.reshape(len(face), -1).sum(1)
+        l1 = (err * face).reshape(len(face), -1).sum(1) / np.maximum(n, 1) * 255
+        mse = (sq * face).reshape(len(face), -1).sum(1) / np.maximum(n, 1)
+        out[name] = {"l1": l1, "psnr": 10 * np.log10(1.0 / np.maximum(mse, 1e-12)), "pixels": n}
+    return out
+
+
+def evaluate(package: Path) -> dict:
+    from backend.bake.albedo import BakeConfig, SurfacePoints, bake_vertices, observe
+    from backend.contracts.conventions import linear_to_srgb
+    from backend.bake.frames import package_frames, package_shading, select_frames
+    from backend.bake.texture import bake_texture, frame_scores, unwrap
+    from backend.contracts.result_format import ResultPackage
+    pkg = ResultPackage(package)
+    cfg = BakeConfig()
+    tracked = select_frames(pkg, None, 10 ** 9)
+    even, odd = tracked[0::2][: cfg.max_frames], tracked[1::2]
+    mesh = pkg.canonical_mesh()
+    fitted = package_shading(pkg)
+    shading = fitted.white_balanced()   # the bake's lighting (backend.bake.run)
+    K = pkg.intrinsics().matrix()
+    t0 = time.perf_counter()
+    train = package_frames(pkg, even)
+    t_decode = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    baked = bake_vertices(train, mesh.triangles, K, shading, mesh.albedo, cfg)
+    t_bake = time.perf_counter() - t0
+    # trivial baseline: one albedo for the whole head (weighted mean of every vertex observation)
+    obs = observe(train, mesh.triangles, K, shading, SurfacePoints.of_vertices(mesh.triangles, len(mesh.vertices)),
+                  cfg)
+    w = obs.weight * ~obs.special
+    mean_lin = (w[..., None] * obs.albedo_lin).sum((0, 1)) / w.sum()
+    mean_col = shading.to_package(linear_to_srgb(mean_lin))
+    flat = np.broadcast_to((np.clip(mean_col, 0, 1) * 255 + 0.5).astype(np.uint8), mesh.albedo.shape)
+    t0 = time.perf_counter()
+    uv = unwrap(mesh.vertices, mesh.triangles)
+    t_unwrap = time.perf_counter() - t0
+    arrays = pkg.frame_arrays(["rotation", "z_exp"])
+    at = np.searchsorted(pkg.frame_indices, even)
+    pick = np.sort(np.argsort(-frame_scores(train, arrays["rotation"][at], arrays["z_exp"][at]),
+                              kind="stable")[: cfg.texture_frames])
+    t0 = time.perf_counter()
+    tex = bake_texture(train.subset(pick), mesh.triangles, K, shading, uv, baked.colours, 2048, cfg)
+    t_texture = time.perf_counter() - t0
+    test = package_frames(pkg, odd)
+    errs = rerender_errors(pkg, test, {"model": (mesh.albedo, fitted), "mean": (flat, shading),
+                                       "baked": (baked.colours, shading), "texture": ((tex, uv), shading)})
+    summary = {}
+    for name, e in errs.items():
+        ok = e["pixels"] > 0
+        wts = e["pixels"][ok] / e["pixels"][ok].sum()
+        summary[name] = {"l1": round(float((e["l1"][ok] * wts).sum()), 2),
+                         "psnr_db": round(float((e["psnr"][ok] * wts).sum()), 2),
+                         "l1_per_frame": [round(float(x), 2) for x in e["l1"][ok]]}
+    return {"package": str(package), "bake_frames": len(even), "test_frames": len(odd),
+            "decode_s": round(t_decode, 2), "bake_s": round(t_bake, 2), "unwrap_s": round(t_unwrap, 2),
+            "texture_s": round(t_texture, 2),
+            "confidence_mean": round(float(baked.confidence.mean()), 3), "errors": summary}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("packages", nargs="+", type=Path)
+    args = ap.parse_args(argv)
+    from backend.model.parallel import set_threads
+    set_threads(1)
+    result = {"machine": cpu_report(), "clips": [evaluate(p) for p in args.packages]}
+    for c in result["clips"]:
+        e = c["errors"]
+        print(f"{c['package']}: " + "  ".join(f"{k} L1 {v['l1']:.2f} PSNR {v['psnr_db']:.2f}" for k, v in e.items())
+              + f"  (bake {c['bake_s']} s + decode {c['decode_s']} s, {c['bake_frames']} frames)", file=sys.stderr)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

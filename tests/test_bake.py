@@ -1,0 +1,253 @@
+"""Video-baked albedo (backend.bake) on a synthetic scene with a known albedo: a head-sized sphere with a green
+stripe on one cheek, turning in front of the camera under the tracker's image formation (SH lighting and colour
+affine), with an unlabelled red occluder over the stripe in some frames."""
+import numpy as np
+import pytest
+
+from backend.bake.albedo import BakeConfig, FrameBatch, Shading, bake_vertices, render_shaded
+from backend.tracking import masks as M
+from backend.tracking import raster
+
+SKIN = np.array([200, 150, 120], np.uint8)
+STRIPE = np.array([60, 170, 80], np.uint8)
+RED = np.array([230, 30, 30], np.uint8)
+K = np.array([[420.0, 0, 128], [0, 420.0, 128], [0, 0, 1]])
+SIZE = (256, 256)
+RADIUS = 0.09
+
+
+def sphere(n_lat=40, n_lon=80):
+    """UV sphere (V, 3) model axes (+z forward, out of the face), outward-wound triangles (F, 3)."""
+    th = np.linspace(0, np.pi, n_lat)[1:-1]
+    ph = np.linspace(0, 2 * np.pi, n_lon, endpoint=False)
+    T, P = np.meshgrid(th, ph, indexing="ij")
+    v = RADIUS * np.stack([np.sin(T) * np.sin(P), np.cos(T), np.sin(T) * np.cos(P)], -1).reshape(-1, 3)
+    v = np.concatenate([v, [[0, RADIUS, 0], [0, -RADIUS, 0]]])
+    n_ring = len(th)
+    idx = np.arange(n_ring * n_lon).reshape(n_ring, n_lon)
+    a, b = idx[:-1], np.roll(idx[:-1], -1, 1)
+    c, d = idx[1:], np.roll(idx[1:], -1, 1)
+    f = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
+    top, bottom = len(v) - 2, len(v) - 1
+    caps = np.concatenate([np.stack([np.full(n_lon, top), idx[0], np.roll(idx[0], -1)], -1),
+                           np.stack([np.full(n_lon, bottom), np.roll(idx[-1], -1), idx[-1]], -1)])
+    f = np.concatenate([f, caps])
+    # orient outward: the face normal must point away from the centre
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    flip = (fn * v[f].mean(1)).sum(1) < 0
+    f[flip] = f[flip][:, ::-1]
+    return v, f
+
+
+def stripe_mask(v):
+    """The cheek stripe: a horizontal band on the subject's left cheek."""
+    return (v[:, 0] > 0.35 * RADIUS) & (np.abs(v[:, 1]) < 0.3 * RADIUS) & (v[:, 2] > 0)
+
+
+def yaw(deg):
+    r = np.deg2rad(deg)
+    return np.array([[np.cos(r), 0, np.sin(r)], [0, 1, 0], [-np.sin(r), 0, np.cos(r)]])
+
+
+@pytest.fixture(scope="module")
+def scene():
+    v, f = sphere()
+    albedo = np.where(stripe_mask(v)[:, None], STRIPE, SKIN)
+    shading = Shading(np.zeros((9, 3), np.float32), np.diag([0.95, 1.0, 1.05]).astype(np.float32),
+                      np.array([0.02, 0.0, -0.02], np.float32))
+    shading.sh[0] = 0.9 / 0.28209
+    shading.sh[3] = 0.25       # light from the +x side
+    shading.sh[1] = -0.15
+    # package convention: the colour affine applied
+    colours = (shading.to_package(albedo / 255.0) * 255 + 0.5).astype(np.uint8)
+    flip = np.diag([1.0, -1.0, -1.0])         # model faces the OpenCV camera
+    angles = np.linspace(-35, 35, 12)
+    verts_cam = np.stack([(v @ (yaw(a) @ flip).T) + [0, 0, 0.55] for a in angles])
+    img, covered = render_shaded(verts_cam, f, K, SIZE, shading, colours)
+    images = np.where(covered[..., None], img * 255 + 0.5, 90).astype(np.uint8)
+    labels = np.where(covered, M.FACE, M.BACKGROUND).astype(np.uint8)
+    # an unlabelled occluder (a hand) over the stripe in 3 of 12 frames
+    occluded = [3, 6, 9]
+    for t in occluded:
+        uv = verts_cam[t][stripe_mask(v)]
+        uv = uv[:, :2] / uv[:, 2:] * 420 + 128
+        x0, y0 = np.floor(uv.min(0)).astype(int) - 3
+        x1, y1 = np.ceil(uv.max(0)).astype(int) + 3
+        images[t, max(y0, 0):y1, max(x0, 0):x1] = RED
+    frames = FrameBatch(images, labels, np.zeros_like(covered), verts_cam)
+    return dict(v=v, f=f, colours=colours, shading=shading, frames=frames, occluded=occluded)
+
+
+def interior(f, mask):
+    """Vertices whose whole one-ring has the same mask value (away from the stripe's blurred border)."""
+    bad = np.zeros(len(mask), bool)
+    mixed = mask[f].any(1) != mask[f].all(1)
+    bad[f[mixed].ravel()] = True
+    return ~bad
+
+
+def test_rasterize_batch_matches_single_frames(scene):
+    vc = scene["frames"].verts_cam[:3]
+    batch = raster.rasterize_batch(vc, scene["f"], K, *SIZE[::-1])
+    for t in range(3):
+        one = raster.rasterize(vc[t], scene["f"], K, *SIZE[::-1])
+        np.testing.assert_array_equal(batch.tri[t], one.tri)
+        np.testing.assert_allclose(batch.depth[t], one.depth)
+
+
+def test_stripe_comes_back_at_its_place_and_occluder_is_rejected(scene):
+    v, f = scene["v"], scene["f"]
+    model_albedo = np.full((len(v), 3), 128, np.uint8)
+    baked = bake_vertices(scene["frames"], f, K, scene["shading"], model_albedo, BakeConfig())
+    seen = baked.confidence > 0.9
+    stripe = stripe_mask(v) & interior(f, stripe_mask(v)) & seen
+    skin = ~stripe_mask(v) & interior(f, stripe_mask(v)) & seen & (v[:, 2] > 0)
+    assert stripe.sum() > 30 and skin.sum() > 500, (stripe.sum(), skin.sum())
+    err_stripe = np.abs(baked.colours[stripe].astype(float) - scene["colours"][stripe]).mean()
+    err_skin = np.abs(baked.colours[skin].astype(float) - scene["colours"][skin]).mean()
+    assert err_stripe < 6 and err_skin < 6, (err_stripe, err_skin)
+    # the occluder's red never reaches the stripe: its worst vertex stays near the stripe colour
+    assert np.abs(baked.colours[stripe].astype(float) - scene["colours"][stripe]).max() < 30
+    # the right place: every well-seen vertex is nearer its own colour than the other one
+    d_stripe = np.abs(baked.colours.astype(float) - STRIPE).sum(1)
+    d_skin = np.abs(baked.colours.astype(float) - SKIN).sum(1)
+    assert ((d_stripe < d_skin) == stripe_mask(v))[stripe | skin].mean() > 0.99
+
+
+def test_occluded_frames_alone_would_contaminate(scene):
+    """Control: the occluder is strong enough to matter (baking only from occluded frames paints it red)."""
+    v, f = scene["v"], scene["f"]
+    only = scene["frames"].subset(np.array(scene["occluded"]))
+    baked = bake_vertices(only, f, K, scene["shading"], np.full((len(v), 3), 128, np.uint8), BakeConfig())
+    stripe = stripe_mask(v) & interior(f, stripe_mask(v)) & (baked.confidence > 0.5)
+    assert stripe.sum() > 20
+    assert baked.colours[stripe, 0].mean() > 150   # red
+
+
+def test_unseen_vertices_take_the_model_albedo_in_the_subjects_tone(scene):
+    v, f = scene["v"], scene["f"]
+    rng = np.random.default_rng(0)
+    model_albedo = np.clip(128 + rng.normal(0, 20, (len(v), 3)), 0, 255).astype(np.uint8)
+    baked = bake_vertices(scene["frames"], f, K, scene["shading"], model_albedo, BakeConfig())
+    back = v[:, 2] < -0.8 * RADIUS         # faces away from the camera in every frame
+    assert back.sum() > 50
+    assert baked.confidence[back].max() < 0.05
+    # the back keeps the model's variation but moves to the subject's tone (the skin's mean colour)
+    assert np.abs(baked.colours[back].mean(0) - scene["colours"][~stripe_mask(v) & (v[:, 2] > 0)].mean(0)).max() < 25
+    assert np.corrcoef(baked.colours[back, 1].astype(float), model_albedo[back, 1].astype(float))[0, 1] > 0.9
+
+
+def test_eye_and_mouth_regions_keep_their_own_colour(scene):
+    """Points seen often enough inside the eye / mouth-interior masks use only those observations: a dark eye
+    patch keeps its colour although the eyelid (skin) covers it in two thirds of the frames."""
+    v, f = scene["v"], scene["f"]
+    fr = scene["frames"]
+    eye = (np.abs(v[:, 0] + 0.3 * RADIUS) < 0.2 * RADIUS) & (np.abs(v[:, 1] - 0.35 * RADIUS) < 0.15 * RADIUS) \
+        & (v[:, 2] > 0)
+    dark = scene["colours"].copy()
+    dark[eye] = 20
+    img, covered = render_shaded(fr.verts_cam, f, K, SIZE, scene["shading"], dark)
+    images = np.where(covered[..., None], img * 255 + 0.5, 90).astype(np.uint8)
+    eye_px = render_shaded(fr.verts_cam, f, K, SIZE, scene["shading"],
+                           np.where(eye[:, None], 255, 0).astype(np.uint8))[0][..., 1] > 0.5
+    special = eye_px.copy()
+    blink = np.arange(len(fr)) % 3 != 0            # eyelid closed: skin over the eye, no eye mask
+    images[blink] = fr.images[blink]
+    special[blink] = False
+    frames = FrameBatch(images, fr.labels, special, fr.verts_cam)
+    baked = bake_vertices(frames, f, K, scene["shading"], np.full((len(v), 3), 128, np.uint8), BakeConfig())
+    core = eye & interior(f, eye) & (baked.confidence > 0.5)
+    assert core.sum() > 5
+    assert baked.colours[core].mean() < 40
+
+
+def test_bake_command_refuses_bad_input_and_keeps_the_package(tmp_path, capsys):
+    import json
+
+    from backend.cli import main
+    from backend.contracts.result_format import ResultPackage
+    from fakes.packages import make_package
+
+    assert main(["bake", str(tmp_path / "missing")]) == 2
+    pkg = make_package(tmp_path / "res", frames=4, vertices=300)          # its clip path does not exist
+    before = (pkg / "canonical_mesh.npz").read_bytes()
+    assert main(["bake", str(pkg), "--frames", "50:60"]) == 2
+    assert main(["bake", str(pkg)]) == 2
+    errors = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"error"' in line]
+    assert "no tracked frames" in errors[1]["message"]
+    assert "cannot open the tracked clip" in errors[2]["message"] and errors[2]["hint"]
+    assert (pkg / "canonical_mesh.npz").read_bytes() == before
+    assert ResultPackage(pkg).manifest["state"] == "complete" and "bake" not in ResultPackage(pkg).manifest
+
+
+def test_package_keeps_model_albedo_beside_the_bake_and_validates_it(tmp_path):
+    from backend.contracts import result_format as rf
+    from fakes.packages import make_package
+
+    pkg = make_package(tmp_path / "res", frames=2, vertices=300)
+    canon = rf.ResultPackage(pkg).canonical_mesh()
+    V, F = len(canon.vertices), len(canon.triangles)
+    writer = rf.ResultWriter(pkg, rf.read_manifest(pkg))
+    with pytest.raises(rf.PackageError, match="baked_albedo"):
+        writer.write_bake(canon, np.zeros((V + 1, 3), np.uint8), np.zeros(V + 1), {"frames": [0]})
+    with pytest.raises(rf.PackageError, match="uv"):
+        writer.write_bake(canon, np.zeros((V, 3), np.uint8), np.zeros(V), {"frames": [0]}, np.zeros((F, 2, 2)),
+                          b"png")
+    writer.write_bake(canon, np.full((V, 3), 7, np.uint8), np.full(V, 0.5), {"frames": [0, 1]},
+                      np.zeros((F, 3, 2)), b"png")
+    got = rf.ResultPackage(pkg)
+    mesh = got.canonical_mesh()
+    np.testing.assert_array_equal(mesh.albedo, canon.albedo)
+    assert mesh.baked_albedo[0, 0] == 7 and mesh.baked_confidence.dtype == np.float32 and mesh.uv.shape == (F, 3, 2)
+    assert got.texture_path.read_bytes() == b"png" and got.manifest["bake"]["frames"] == [0, 1]
+    writer.write_bake(canon, np.full((V, 3), 9, np.uint8), np.full(V, 0.5), {"frames": [1]})   # no texture: removed
+    assert rf.ResultPackage(pkg).texture_path is None and not (pkg / rf.TEXTURE).exists()
+    assert rf.ResultPackage(pkg).canonical_mesh().uv is None
+    writer.write_canonical_mesh(canon.vertices, canon.triangles, canon.albedo)        # a new identity: no bake
+    assert rf.ResultPackage(pkg).canonical_mesh().baked_albedo is None and "bake" not in writer.manifest
+
+
+def test_texture_holds_the_stripe_at_its_place(scene):
+    from backend.bake.texture import bake_texture, texel_points, unwrap
+    v, f = scene["v"], scene["f"]
+    vertex_colours = np.full((len(v), 3), 128, np.uint8)
+    uv = unwrap(v, f)
+    assert uv.shape == (len(f), 3, 2) and uv.min() >= 0 and uv.max() <= 1
+    size = 256
+    tex = bake_texture(scene["frames"], f, K, scene["shading"], uv, vertex_colours, size, BakeConfig())
+    points, pix = texel_points(uv, size)
+    pos = points.interpolate(f, v[None])[0]                          # each texel's point on the sphere
+    colours = tex.reshape(-1, 3)[pix].astype(float)
+    truth = scene["shading"].to_package(np.where(stripe_mask(pos)[:, None], STRIPE, SKIN) / 255.0) * 255
+    front = pos[:, 2] > 0.3 * RADIUS                                 # well seen in every frame
+    inner = front & (np.abs(np.abs(pos[:, 1]) - 0.3 * RADIUS) > 0.04 * RADIUS) \
+        & (np.abs(pos[:, 0] - 0.35 * RADIUS) > 0.04 * RADIUS)        # away from the stripe's edges
+    assert inner.sum() > 2000
+    assert np.abs(colours[inner] - truth[inner]).mean() < 6
+    assert np.abs(colours[inner & stripe_mask(pos)] - truth[inner & stripe_mask(pos)]).max() < 30   # no red
+    back = pos[:, 2] < -0.8 * RADIUS                                 # never seen: the vertex colours
+    assert np.abs(colours[back] - 128).max() < 2
+
+
+def test_badly_fitted_frames_weigh_less():
+    from backend.bake.albedo import fit_weights
+    np.testing.assert_allclose(fit_weights(np.array([2.0, 2.0, 2.0, 4.0, np.nan])), [1, 1, 1, 0.25, 1])
+    np.testing.assert_allclose(fit_weights(np.full(3, np.nan)), 1)
+
+
+def test_posed_points_take_the_colour_of_their_canonical_point():
+    """Per-frame meshes: a posed point is carried back by the backward deformation and coloured there."""
+    import torch
+
+    from backend.bake.posed import CanonicalColours
+
+    class Shifted:   # backward deformation: posed -> canonical is x + (0.1, 0, 0)
+        def deformation(self, x, z_geo, z_exp):
+            return torch.tensor([0.1, 0.0, 0.0]).expand_as(x), None
+
+    xs = np.linspace(-0.5, 0.5, 41)
+    canonical = np.stack(np.meshgrid(xs, xs, [0.0], indexing="ij"), -1).reshape(-1, 3)
+    colours = np.where(canonical[:, :1] > 0, [200, 20, 20], [20, 20, 200]).astype(np.uint8)
+    posed = np.array([[-0.2, 0.0, 0.0], [0.2, 0.1, 0.0], [-0.04, -0.3, 0.0]])   # canonical x: -0.1, 0.3, 0.06
+    got = CanonicalColours(canonical, colours).at_posed(Shifted(), None, None, posed)
+    np.testing.assert_array_equal(got[:, 0] > 100, [False, True, True])

@@ -1,0 +1,58 @@
+"""The add-on's batch queue: a Movie Clip and a file run as one ``backend batch`` (the fake backend); each result is
+imported when its clip finishes, and a re-run skips finished clips and imports them again."""
+import time
+
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+
+def _run_to_end(first_package, timeout=30.0):
+    """Tick until the batch ends; whether ``first_package`` was imported while the batch still ran."""
+    from mononphm_blender import batch_queue, importer
+
+    end = time.monotonic() + timeout
+    early = False
+    while batch_queue.tick() is not None:
+        early = early or bool(importer.find_objects(str(first_package)))
+        if time.monotonic() > end:
+            raise TimeoutError("batch still running")
+        time.sleep(0.02)
+    return early
+
+
+def test_queue_runs_as_one_batch_and_imports_each_clip(scene, tmp_path, fake_backend, monkeypatch):
+    from mononphm_blender import batch_queue, importer
+
+    monkeypatch.setenv("FAKE_FRAMES", "4")
+    monkeypatch.setenv("FAKE_DELAY", "0.1")
+    seq = tmp_path / "take1"
+    seq.mkdir()
+    img = bpy.data.images.new("f", 40, 30)
+    img.filepath_raw = str(seq / "f_0001.png")
+    img.file_format = "PNG"
+    img.save()
+    s = scene.mononphm
+    s.input_kind, s.clip = "CLIP", bpy.data.movieclips.load(str(seq / "f_0001.png"))
+    assert bpy.ops.mononphm.batch_add() == {"FINISHED"}
+    video = tmp_path / "take2.mp4"
+    video.write_bytes(b"not really a video")
+    s.input_kind, s.input_path, s.clip_start = "FILE", str(video), 101
+    assert bpy.ops.mononphm.batch_add() == {"FINISHED"}
+    batch = scene.mononphm_batch
+    batch.out_root, batch.chunk_frames = str(tmp_path / "out"), 500
+    assert bpy.ops.mononphm.batch_run() == {"FINISHED"}
+    job = batch_queue._jobs[scene.name]
+    assert job.argv[3:6] == ["batch", str(seq), str(video)] and "--out-root" in job.argv
+    assert job.argv[job.argv.index("--chunk-frames") + 1] == "500"
+    assert _run_to_end(tmp_path / "out" / "take1")   # imported while take2 was still tracking
+    assert batch.state == "FINISHED", (batch.error, open(batch.log_path).read())
+    assert [(c.name, c.state) for c in batch.clips] == [("take1", "complete"), ("take2", "complete")]
+    for name in ("take1", "take2"):
+        objects = importer.find_objects(str(tmp_path / "out" / name))
+        assert objects.get("head") is not None
+    head2 = importer.find_objects(str(tmp_path / "out" / "take2"))["head"]
+    assert head2["mononphm_clip_start"] == 101   # the file's start frame reached the import
+    assert bpy.ops.mononphm.batch_run() == {"FINISHED"}   # again: both finished, skipped and re-imported
+    _run_to_end(tmp_path / "out" / "take1")
+    assert [c.state for c in batch.clips] == ["skipped", "skipped"] and batch.state == "FINISHED"

@@ -1,0 +1,129 @@
+"""The compute device: chosen (CUDA, then MPS, then CPU), reported, and used by every tensor of the tracker.
+
+There is no GPU in CI, so the device-generic code runs on the CPU here; `OneDevice` makes any tensor created without
+the tracker's device (a stray `torch.zeros(3)`, a `torch.as_tensor(numpy)`) land on the meta device, where the first
+operation mixing it with the tracker's tensors fails -- on a GPU that would be a device-mismatch error or a silent
+round trip through the host.
+"""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+from backend.contracts import protocol
+from backend.model import devices
+
+from test_tracking_pipeline import _config, _tiny, clip, tiny_model  # noqa: F401  (fixtures)
+
+
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    present = {"cuda": ["cpu", "cuda", "mps"], "mps": ["cpu", "mps"], "cpu": ["cpu"]}
+    for expected, available in present.items():
+        monkeypatch.setattr(devices, "available_devices", lambda a=available: a)
+        assert devices.resolve_device("auto") == expected
+    monkeypatch.setattr(devices, "available_devices", lambda: ["cpu", "cuda"])
+    assert devices.resolve_device("cuda") == "cuda"   # no fallback to the CPU
+    with pytest.raises(protocol.BadInputError) as e:
+        devices.resolve_device("mps")
+    assert "not available" in e.value.message and "auto" in e.value.hint
+
+
+def test_handshake_reports_the_auto_device(monkeypatch):
+    from backend import cli
+    assert cli.version_info()["auto_device"] == devices.resolve_device("auto")
+    monkeypatch.setattr(devices, "available_devices", lambda: ["cpu", "cuda"])
+    info = cli.version_info()
+    assert info["devices"] == ["cpu", "cuda"] and info["auto_device"] == "cuda"
+
+
+def test_run_reports_its_device_and_timings(tmp_path, tiny_model, clip):  # noqa: F811
+    from backend.tracking import run_track
+    out = io.StringIO()
+    events = protocol.EventWriter(out)
+    outcome = run_track(_config(clip, tmp_path / "res", tiny_model, frames="0:2", output="shape_keys"), events,
+                        _tiny())
+    events.result(str(outcome.path), outcome.frames, outcome.timings)
+    lines = [json.loads(s) for s in out.getvalue().splitlines()]
+    dev = [e for e in lines if e["type"] == "device"]
+    assert dev == [{"type": "device", "device": "cpu", "name": devices.cpu_model()}]
+    assert lines.index(dev[0]) < next(i for i, e in enumerate(lines) if e["type"] == "progress")
+    timings = lines[-1]["timings"]
+    assert timings["total"] >= timings["identity"] > 0 and timings["frames_total"] > 0
+
+
+class OneDevice(TorchFunctionMode):
+    """Fails any torch call whose tensor arguments (of one element or more) sit on different devices."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        found = {t.device for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim() > 0}
+        if len(found) > 1:
+            raise AssertionError(f"{getattr(func, '__name__', func)} mixes devices {sorted(map(str, found))}")
+        return func(*args, **kwargs)
+
+
+@pytest.fixture
+def tracker(tiny_model):  # noqa: F811
+    """A tiny tracker with its meshes and albedo, and one synthetic observation of its head."""
+    from backend.contracts import landmark_tables as lt
+    from backend.tracking.codes import CodeSpace
+    from backend.tracking.run import load_tracking_model
+    from backend.tracking.tracker import FrameObs, FrameState, Tracker
+
+    torch.manual_seed(0)
+    model, enc, reg, _ = load_tracking_model(_config("x", "y", tiny_model), "cpu")
+    codes = CodeSpace(model, enc, reg)
+    lmset = lt.tracking_landmarks("mediapipe478", model.id_model.mean_anchors.numpy())
+    W = H = 96
+    K = np.array([[120.0, 0, W / 2], [0, 120.0, H / 2], [0, 0, 1]])
+    tr = Tracker(model, codes, lmset, K, (W, H), _tiny(rays=16, n_coarse=6, n_fine=4))
+    tr.build_meshes()
+    tr.albedo = tr.mesh_albedo()
+    st = FrameState(codes.init_expression(1)[0], torch.tensor([0.05, 0.1, 0.0]), torch.tensor([0.0, 0.0, 0.6]))
+    with torch.no_grad():
+        uv = tr.project(tr.canonical_landmarks(tr.z_geo())[None], st.omega[None], st.trans[None])[0]
+    points = np.zeros((478, 2), np.float32)
+    points[lmset.detector_idx] = uv.numpy()
+    labels = np.zeros((H, W), np.uint8)
+    yy, xx = np.mgrid[:H, :W]
+    labels[((xx - W / 2) / 30) ** 2 + ((yy - H / 2) / 38) ** 2 < 1] = 1   # masks.FACE
+    image = np.full((H, W, 3), 128, np.uint8)
+    return tr, FrameObs(0, 0.0, points, image, labels, face_size=60.0), st
+
+
+def test_tracker_tensors_stay_on_its_device(tracker):
+    """The per-frame fit's terms, their gradients, the outputs and the per-frame meshes create every tensor on the
+    tracker's device (`Tracker.device`, the model's)."""
+    from backend.tracking.run import posed_frame_meshes
+    tr, obs, st = tracker
+    assert tr.device == torch.device("cpu") and tr.K.device == tr.device and tr.sh.device == tr.device
+    zg, za = tr.z_geo().detach(), tr.z_app().detach()
+    lms = tr.tensor(obs.landmarks[tr.lm_idx])[None]
+    p_ex = st.p_ex.clone()[None].requires_grad_(True)
+    om, trans = st.omega.clone().requires_grad_(True), st.trans.clone().requires_grad_(True)
+    with torch.device("meta"), OneDevice():
+        loss_lm, _, _ = tr.landmark_term(zg, p_ex, om[None], trans[None], lms, tr.tensor([obs.face_size]))
+        loss_sil = tr._outline_term(zg, p_ex[0], om, trans, obs, cache={})
+        mask_loss, rgb_loss, _ = tr.ray_terms(zg, za, p_ex[0], om, trans, obs, 16, np.random.default_rng(0), 50.0)
+        (loss_lm + loss_sil + mask_loss + rgb_loss).backward()
+        res = tr.frame_result(obs, st)
+        meshes = list(posed_frame_meshes([0], tr.codes.z_exp(st.p_ex[None]).numpy(), tr))
+    assert all(torch.isfinite(g).all() for g in (p_ex.grad, om.grad, trans.grad))
+    assert float(p_ex.grad.abs().sum() + om.grad.abs().sum()) > 0
+    assert np.isfinite(res.vertices).all() and res.landmark_error_px < 1.0 and res.mask_iou is not None
+    assert len(meshes) == 1 and len(meshes[0].triangles) > 0 and meshes[0].colors.shape == meshes[0].vertices.shape
+
+
+def test_resume_keeps_the_measured_layout(tracker):
+    """The ensemble layout a run measured travels in the tracker state, so a resumed run computes alike."""
+    tr, _, _ = tracker
+    for measured in (False, True, None):
+        tr.model.id_model.grouped = measured
+        state = tr.state_dict()
+        tr.model.id_model.grouped = "other"
+        tr.load_state_dict(state)
+        assert tr.model.id_model.grouped is measured

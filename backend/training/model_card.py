@@ -45,7 +45,9 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
     L.append("- **Head, face and neck** (ICT-FaceKit light head: face, head and neck, mouth socket).")
     L.append("- **Bald scalp**: no hair geometry; hair/stubble appears only as albedo colour.")
     L.append("- **Static eyes**: front hemispheres of the eyeballs, no gaze (ARKit `eyeLook*` are never driven and "
-             "stay 0). Eyelids/blinks are modelled.")
+             "stay 0). The eyelids and brows barely deform (a full blink moves the upper lid by 0.2 mm, "
+             "ICT-FaceKit by 8 mm: backend/evaluation/README.md); the tracker reads blinks, squints, wide eyes and "
+             "brows from the landmarks (`expression_init.npz`).")
     L.append("- **No teeth, no tongue** (`tongueOut` stays 0); the mouth interior is the ICT mouth socket.")
     L.append("- Not covered: hair volume, glasses, accessories, ears beyond the ICT template's detail, "
              "torso/shoulders.\n")

@@ -54,7 +54,7 @@ def test_expression_sparsity_only_for_encoder_models():
     from backend.model.encoders import CodeEncoders
 
     cfg = types.SimpleNamespace(dim_geo=8, dim_app=4, dim_exp=6)
-    model = types.SimpleNamespace(cfg=cfg)
+    model = types.SimpleNamespace(cfg=cfg, parameters=lambda: iter([torch.zeros(1)]))  # CodeSpace reads its device
     enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)
     p = torch.zeros(2, enc.exp.in_features)
     p[0, 3], p[1, 5], p[1, 7] = 0.5, 0.25, 0.25

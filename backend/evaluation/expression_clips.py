@@ -243,7 +243,8 @@ def expression_parameters(spec: ExpressionClipSpec) -> tuple[synthetic.ClipParam
         return amp * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
 
     yaw, pitch, roll = wave(rng.uniform(10, 35)), wave(rng.uniform(3, 10)), wave(rng.uniform(2, 6))
-    R = synthetic.FACING_CAMERA[None] @ synthetic._rot("y", yaw) @ synthetic._rot("x", pitch) @ synthetic._rot("z", roll)
+    R = (synthetic.FACING_CAMERA[None] @ synthetic._rot("y", yaw) @ synthetic._rot("x", pitch)
+         @ synthetic._rot("z", roll))
     trans = np.stack([wave(0.012), wave(0.01), spec.distance_m + wave(0.02)], 1)
     params = synthetic.ClipParams(w_id, app, noise_seed, w_ex, np.ones(T), R, trans, np.stack([yaw, pitch, roll], 1))
     return params, sample_look(rng)

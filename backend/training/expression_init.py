@@ -43,7 +43,8 @@ def _expression(rng) -> np.ndarray:
 
 
 def render_chunk(ict, first: int, n_ids: int, frames_per_id: int) -> dict:
-    """Points (N, 478, 3) (u, v, relative depth; NaN: no face), ICT weights (N, 53), identity index (N,) for identities first..+n_ids."""
+    """Points (N, 478, 3) (u, v, relative depth; NaN: no face), ICT weights (N, 53) and identity index (N,) of
+    the identities first .. first + n_ids - 1."""
     from ..evaluation import baselines, expression_clips as ec, synthetic
 
     pts, ws, ids = [], [], []

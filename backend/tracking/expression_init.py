@@ -7,14 +7,14 @@ through the model therefore cannot see those channels, however the priors are we
 carry them, so a small regressor reads them from the points:
 
 - features (``landmark_features``): MediaPipe's 468 face-mesh points in 3-D (pixels and its relative depth),
-  similarity-aligned (Umeyama on rigid points: eye corners and nose bridge) onto the same points on the ICT mean head,
+  similarity-aligned (Umeyama on nearly rigid points: eye corners, nose, mid forehead) onto the same points on the ICT mean head,
   minus those, over the eye-corner distance: the head pose is divided out, the expression (and identity) remain;
-- an MLP (ReLU hidden layers, output clamped to [0, 1]) -> the 53 ICT expression weights;
+- a linear map (ridge regression) -> the 53 ICT expression weights, clamped to [0, 1];
 - trained on MediaPipe's detections in renders of random ICT-FaceKit heads (``backend/training/expression_init.py``),
   shipped beside the model as ``expression_init.npz`` (plain arrays, loaded with ``allow_pickle=False``).
 
-The tracker uses it for the channels the model cannot express (their values come from here) and as a start for the
-others.
+The tracker uses it for the channels the model cannot express (``CodeSpace.landmark_channels``): their values come
+from here.
 """
 from __future__ import annotations
 
@@ -54,17 +54,16 @@ def landmark_features(points: np.ndarray) -> np.ndarray:
 
 
 class LandmarkExpressionRegressor:
-    """MLP from ``landmark_features`` to the 53 ICT expression weights.
+    """Linear map from ``landmark_features`` to the 53 ICT expression weights.
 
-    Arrays: ``mean``/``std`` (1404,) feature normalisation, ``W{i}``/``b{i}`` the layers (in, out), ``channels`` (53,)
-    the ICT names; ``n_layers``."""
+    Arrays: ``mean``/``std`` (1404,) feature normalisation, ``W`` (1404, 53), ``b`` (53,), ``channels`` (53,) the
+    ICT names."""
 
     def __init__(self, arrays: dict):
         self.mean = np.asarray(arrays["mean"], np.float32)
         self.std = np.asarray(arrays["std"], np.float32)
-        n = int(arrays["n_layers"])
-        self.layers = [(np.asarray(arrays[f"W{i}"], np.float32), np.asarray(arrays[f"b{i}"], np.float32))
-                       for i in range(n)]
+        self.W = np.asarray(arrays["W"], np.float32)
+        self.b = np.asarray(arrays["b"], np.float32)
         self.channels = tuple(str(c) for c in arrays["channels"])
 
     @classmethod
@@ -79,11 +78,7 @@ class LandmarkExpressionRegressor:
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """(..., 478, 3) MediaPipe points (u, v, depth) in pixels -> (..., 53) ICT weights in [0, 1]."""
         h = (landmark_features(points) - self.mean) / self.std
-        for i, (W, b) in enumerate(self.layers):
-            h = h @ W + b
-            if i < len(self.layers) - 1:
-                h = np.maximum(h, 0.0)
-        return np.clip(h, 0.0, 1.0)
+        return np.clip(h @ self.W + self.b, 0.0, 1.0)
 
 
 __all__ = ["LandmarkExpressionRegressor", "landmark_features", "template", "FILE_NAME"]

@@ -10,11 +10,12 @@ load average before and after is printed beside the figures, with the CPU model,
 
 The LAST stdout line is one JSON object: {"sequential_s", "batch_s", "ratio", "per_clip_s", "load_avg", ...}.
 
-Last run (2026-12-06 22:29, 8 frames per clip, 256 px, draft, Xeon with AVX-512 BF16/AMX, 1-thread fp32 matmul peak
-100 GFLOP/s): sequential 124.2 s (55.4 + 68.9), batch 98.8 s: ratio 0.80, with a load average of 9-14 on the 2
-cores (several other engineers' jobs): the two workers got far less than a core each, so this says nothing about
-the goal (<= 0.6); re-measure on an idle machine. Expected there: 0.5 plus Ray's start-up and the workers' imports
-(about 10 s in all beside 55-70 s per clip).
+Idle runs (2026-12-07 00:12-00:16, Xeon with AVX-512 BF16/AMX, 2 cores, load average 0.4-1.6, 1-thread fp32
+matmul peak 125-153 GFLOP/s, 256 px, draft): 8 frames per clip: sequential 54.4 s (27.4 + 27.0), batch 33.1 s,
+ratio 0.61; 20 frames per clip: sequential 70.6 s (36.1 + 34.4), batch 48.7 s, ratio 0.69. The goal (<= 0.6) is
+not met, and the ratio grows with clip length, so it is not Ray's start-up: two single-thread tracking processes
+side by side run about 1.35x slower each than alone on this host (not yet explained: shared caches or memory
+bandwidth, or the relay's one round trip per progress event).
 """
 from __future__ import annotations
 
@@ -30,24 +31,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from tracking_speed import DEFAULT_CLIP, make_clip  # noqa: E402
+from host import describe_host, host_line  # noqa: E402
+from tracking_speed import DEFAULT_CLIP  # noqa: E402
 
 
-def cpu_description() -> dict:
-    """CPU model and the instruction-set flags that decide the matmul kernels (Linux /proc/cpuinfo)."""
-    info = {"model": "unknown", "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["model"] = value.strip()
-        elif key.strip() == "flags":
-            info["flags"] = sorted(set(value.split()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"})
-            break
-    return info
+def write_clip_halves(src: Path, frames: int, size: int, folders: list[Path]) -> None:
+    """The first ``2 * frames`` frames of ``src``, longer side ``size`` px, as two image-folder clips."""
+    import av
+
+    with av.open(str(src)) as container:
+        for k, frame in enumerate(container.decode(video=0)):
+            if k >= 2 * frames:
+                break
+            scale = size / max(frame.width, frame.height)
+            image = frame.to_image().resize((round(frame.width * scale), round(frame.height * scale)))
+            image.save(folders[k // frames] / f"{k:04d}.png")
 
 
 def timed(argv: list[str]) -> float:
@@ -67,23 +65,15 @@ def main(argv=None):
     ap.add_argument("--preset", default="draft")
     a = ap.parse_args(argv)
     import torch
-    from model_throughput import matmul_peak
 
     torch.set_num_threads(1)
-    result = {"cpu": cpu_description(), "matmul_fp32_gflops_1thread": round(matmul_peak(torch.float32, 0.5), 1),
-              "logical_cpus": os.cpu_count(), "frames_per_clip": a.frames, "size": a.size, "preset": a.preset,
+    result = {"host": describe_host(), "frames_per_clip": a.frames, "size": a.size, "preset": a.preset,
               "load_avg_start": os.getloadavg()}
     tmp = Path(tempfile.mkdtemp(prefix="batchbench_"))
-    both = make_clip(DEFAULT_CLIP, 2 * a.frames, a.size, tmp / "both.mkv")
-    # two different clips of equal length: the halves of the development clip, as image folders
-    import av
-
-    clips = [tmp / "first", tmp / "second"]
+    clips = [tmp / "first", tmp / "second"]   # two different clips of equal length: the halves of the clip
     for c in clips:
         c.mkdir()
-    with av.open(str(both)) as container:
-        for k, frame in enumerate(container.decode(video=0)):
-            frame.to_image().save(clips[k // a.frames] / f"{k:04d}.png")
+    write_clip_halves(DEFAULT_CLIP, a.frames, a.size, clips)
     py = [sys.executable, "-m", "backend"]
     flags = ["--preset", a.preset, "--max-size", str(a.size), "--threads", "1", "--device", "cpu"]
     per_clip = [timed(py + ["track", str(c), "--out", str(tmp / f"seq_{c.name}")] + flags) for c in clips]
@@ -93,6 +83,7 @@ def main(argv=None):
                                           "--workers", "2"] + flags), 1)
     result["ratio"] = round(result["batch_s"] / result["sequential_s"], 3)
     result["load_avg_end"] = os.getloadavg()
+    print(host_line(result["host"]), file=sys.stderr)
     print(f"sequential {result['sequential_s']} s ({result['per_clip_s']}), batch {result['batch_s']} s: "
           f"ratio {result['ratio']} (goal <= 0.6); load average {result['load_avg_start']} -> "
           f"{result['load_avg_end']}", file=sys.stderr)

@@ -13,9 +13,9 @@ The LAST stdout line is one JSON object: {"sequential_s", "batch_s", "ratio", "p
 Idle runs (2026-12-07 00:12-00:16, Xeon with AVX-512 BF16/AMX, 2 cores, load average 0.4-1.6, 1-thread fp32
 matmul peak 125-153 GFLOP/s, 256 px, draft): 8 frames per clip: sequential 54.4 s (27.4 + 27.0), batch 33.1 s,
 ratio 0.61; 20 frames per clip: sequential 70.6 s (36.1 + 34.4), batch 48.7 s, ratio 0.69. The goal (<= 0.6) is
-not met, and the ratio grows with clip length, so it is not Ray's start-up: two single-thread tracking processes
-side by side run about 1.35x slower each than alone on this host (not yet explained: shared caches or memory
-bandwidth, or the relay's one round trip per progress event).
+not met, and the ratio grows with clip length. The host sets the floor: the same two 20-frame clips as two plain
+`track` processes started side by side (no Ray) took 41.4 s each against 34.2 s for one alone (1.21x), a ratio of
+0.61 at best; the batch adds about 7 s (Ray's start-up, the workers' imports, the event relay).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Albedo error of the baked colours on a synthetic head textured outside the model's appearance space.
 
-    .venv/bin/python benchmarks/bake_synthetic.py [--frames 20] [--work /work/cache/bake_synthetic]
+    .venv/bin/python benchmarks/bake_synthetic.py [--frames 20] [--work DIR (default .cache/bake_synthetic)]
 
 The held-out ICT head of evaluation clip 0 (``backend.evaluation.synthetic``) with its procedural albedo moved
 out of the model's appearance space: a darker, warmer skin tone (per-channel gains), dark freckles, and a saturated

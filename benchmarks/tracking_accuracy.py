@@ -7,7 +7,7 @@ tracker (per preset) is reported beside the mean ICT head at the true pose and a
     python benchmarks/tracking_accuracy.py [--clips 3] [--frames 30] [--every 5] [--presets draft standard]
 
 Expression suite (issue 23): per-channel ARKit accuracy on clips exercising every channel group, every frame tracked
-(``backend/evaluation/expression_clips.py``; renders cached under /work/cache/expr23 or .cache/expr):
+(``backend/evaluation/expression_clips.py``; renders cached under $MONONPHM_EXPR_CACHE, default .cache/expr):
 
     python benchmarks/tracking_accuracy.py --suite expressions [--heldout] [--full] [--label NAME] [--presets draft]
     python benchmarks/tracking_accuracy.py --suite jitter --package r/ [--video clip.mp4]

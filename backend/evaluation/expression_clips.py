@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +45,8 @@ from . import synthetic
 TUNE_SEED_BASE = 7_500_000
 HELDOUT_SEED_BASE = 7_600_000
 RENDER_VERSION = 1
-DEFAULT_CACHE = Path("/work/cache/expr23") if Path("/work/cache").is_dir() else synthetic.REPO_ROOT / ".cache" / "expr"
+# Renders and packages take minutes per clip: kept between runs, outside the repository when the variable says so.
+DEFAULT_CACHE = Path(os.environ.get("MONONPHM_EXPR_CACHE", synthetic.REPO_ROOT / ".cache" / "expr"))
 
 CHANNEL_GROUPS: dict[str, tuple[str, ...]] = {
     "blink": ("eyeBlink_L", "eyeBlink_R"),

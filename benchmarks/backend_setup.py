@@ -43,24 +43,11 @@ from fakes.package_index import build_index, serve  # noqa: E402
 
 
 def host_info() -> dict:
-    import platform
-
     import torch
-    from model_throughput import matmul_peak
+    from host import describe_host
 
-    model, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
     torch.set_num_threads(1)
-    return {"cpu": model, "flags": [f for f in wanted if f in flags], "cores": os.cpu_count(),
-            "matmul_fp32_gflops_1thread": round(matmul_peak(torch.float32, 0.3), 1)}
+    return describe_host()
 
 
 def run_installer(job):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -49,20 +48,9 @@ configure_openmp()
 
 
 def cpu_report() -> dict:
-    import torch
-    from model_throughput import matmul_peak
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        model = platform.processor()
-    return {"cpu": model, "flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"}),
-            "matmul_gflops": round(matmul_peak(torch.float32, 0.3), 1)}
+    from host import describe_host   # imports torch: only once the figures are taken
+
+    return describe_host()
 
 
 def rerender_errors(pkg, frames, colours: dict) -> dict:

@@ -90,26 +90,10 @@ def main(argv=None) -> int:
 
 
 def _cpu_line() -> str:
-    """CPU model, the flags that matter and the fp32 matmul peak (one thread), to date the figures."""
-    import platform
-    import time
+    """CPU model, the flags that matter, the fp32 matmul peak and the load average, to date the figures."""
+    from host import describe_host, host_line
 
-    import torch
-
-    model, flags = platform.processor(), ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = next(l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name"))
-        have = set(next(l for l in info.splitlines() if l.startswith("flags")).split())
-        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in have)
-    except (OSError, StopIteration):
-        pass
-    a = torch.randn(512, 512)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        a @ a
-    gflops = 20 * 2 * 512 ** 3 / (time.perf_counter() - t0) / 1e9
-    return f"cpu: {model} [{flags}], fp32 matmul {gflops:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
+    return host_line(describe_host())
 
 
 def _expressions(a, log) -> int:

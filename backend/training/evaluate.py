@@ -248,7 +248,7 @@ def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=
                 recon_rows.append(_render_pair(model, ict, w_id, w_ex, z_geo, z_exp[s:s + 1], rec, lab, rng))
     arr = lambda k: np.array([r[k] for r in per_shape])  # noqa: E731
     ark_fit, ark_enc, ark_gt, ark_w = map(np.array, (ark_fit, ark_enc, ark_gt, ark_w))
-    active = [j for j, n in enumerate(D.arkit.ARKIT_NAMES) if not n.startswith("eyeLook") and n != "tongueOut"]
+    active = [j for j, n in enumerate(D.arkit.ARKIT_NAMES) if n not in D.arkit.UNDRIVEN_ARKIT]
     res = {
         "checkpoint": str(path), "step": meta.get("step"), "train_minutes": (meta.get("elapsed") or 0) / 60,
         "n_shapes": len(per_shape), "fit_steps": steps, "n_eval_points": n_eval,

@@ -12,13 +12,13 @@ default field of view is used), nor the scene's frame range.
 from __future__ import annotations
 
 import os
-import time
 
 import bpy
 from bpy.props import CollectionProperty, IntProperty, PointerProperty, StringProperty
 
-from . import contracts, importer, job_control, prefs
+from . import contracts, importer, job_control
 from .core import command, jobs
+from .ui import SidebarPanel
 
 TICK_S = 0.2
 REL = {"PATH_SUPPORTS_BLEND_RELATIVE"}
@@ -72,9 +72,7 @@ def start_batch(context, scene=None, *, python: str | None = None) -> jobs.Backe
     batch = scene.mononphm_batch
     if scene.name in _jobs or job_control.is_running(scene):
         raise RuntimeError("A tracking job is already running for this scene")
-    python = python or prefs.backend_python(context)
-    if not python:
-        raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
+    python = job_control.require_backend_python(context, python)
     inputs = [item.input_path() for item in batch.clips]
     missing = [p for p in inputs if not p or not os.path.exists(p)]
     if missing:
@@ -86,9 +84,7 @@ def start_batch(context, scene=None, *, python: str | None = None) -> jobs.Backe
     config = contracts.track_config.TrackConfig(input="", out="", face=face,
                                                 **job_control.tracking_settings(context, scene))
     argv = command.batch_argv(python, inputs, out_root, config, batch.workers, batch.chunk_frames)
-    root = contracts.backend_root()
-    log = prefs.log_dir(context) / f"batch-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    job = jobs.BackendJob(argv, log_path=log, cwd=str(root), env=command.backend_env(root), out_dir=out_root).start()
+    job, log = job_control.launch(context, "batch", argv, out_root)
     batch.log_path, batch.state, batch.error = str(log), "RUNNING", ""
     for item in batch.clips:
         item.state, item.stage, item.done, item.total, item.error, item.package = "queued", "", 0, 0, "", ""
@@ -250,10 +246,7 @@ class MONONPHM_UL_batch(bpy.types.UIList):
             row.label(text=item.state)
 
 
-class MONONPHM_PT_batch(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "MonoNPHM"
+class MONONPHM_PT_batch(SidebarPanel, bpy.types.Panel):
     bl_idname = "MONONPHM_PT_batch"
     bl_label = "Batch"
     bl_parent_id = "MONONPHM_PT_main"

@@ -110,9 +110,7 @@ def start_track(context, scene=None, *, scene_range: tuple[int, int] | None = No
     scene = scene or context.scene
     if is_running(scene):
         raise RuntimeError("A tracking job is already running for this scene")
-    python = python or prefs.backend_python(context)
-    if not python:
-        raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
+    python = require_backend_python(context, python)
     req = build_request(context, scene, scene_range=scene_range, overwrite=overwrite)
     return _start_job(context, scene, "track", command.track_argv(python, req), req.out)
 
@@ -123,21 +121,33 @@ def start_bake(context, scene=None, *, frames: str | None = None, texture: bool 
     scene = scene or context.scene
     if is_running(scene):
         raise RuntimeError("A backend job is already running for this scene")
-    python = python or prefs.backend_python(context)
-    if not python:
-        raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
+    python = require_backend_python(context, python)
     package = bpy.path.abspath(scene.mononphm.last_package)
     if not scene.mononphm.last_package or not os.path.isdir(package):
         raise ValueError("Import or track a result first: the bake works on the last result")
     return _start_job(context, scene, "bake", command.bake_argv(python, package, frames, texture), package)
 
 
-def _start_job(context, scene, kind: str, argv: list, out_dir: str) -> jobs.BackendJob:
+def require_backend_python(context, python: str | None = None) -> str:
+    """``python``, else the preferences' backend interpreter; RuntimeError with what to do when there is none."""
+    python = python or prefs.backend_python(context)
+    if not python:
+        raise RuntimeError("No backend interpreter: open the add-on preferences and set up the backend")
+    return python
+
+
+def launch(context, kind: str, argv: list, out_dir: str):
+    """Start one backend process of ``kind`` (track, bake, batch) with its log file; returns ``(job, log_path)``."""
     root = contracts.backend_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log = prefs.log_dir(context) / f"{kind}-{stamp}-{os.getpid()}.log"
     job = jobs.BackendJob(argv, log_path=log, cwd=str(root), env=command.backend_env(root),
                           out_dir=out_dir).start()
+    return job, log
+
+
+def _start_job(context, scene, kind: str, argv: list, out_dir: str) -> jobs.BackendJob:
+    job, log = launch(context, kind, argv, out_dir)
     st = scene.mononphm.job
     st.kind, st.pid, st.log_path, st.out_path = kind, job.pid, str(log), importer.stored_path(out_dir)
     st.state, st.stage, st.progress, st.done, st.total, st.frames_done = "RUNNING", "starting", 0.0, 0, 0, 0

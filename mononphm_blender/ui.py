@@ -16,13 +16,14 @@ class MONONPHM_UL_bad_frames(bpy.types.UIList):
         row.label(text=f"{item.error:.2f} px")
 
 
-class _Panel:
+class SidebarPanel:
+    """The MonoNPHM tab of the 3D Viewport's sidebar: every panel of the add-on lives there."""
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "MonoNPHM"
 
 
-class MONONPHM_PT_main(_Panel, bpy.types.Panel):
+class MONONPHM_PT_main(SidebarPanel, bpy.types.Panel):
     bl_idname = "MONONPHM_PT_main"
     bl_label = "MonoNPHM"
 
@@ -32,7 +33,7 @@ class MONONPHM_PT_main(_Panel, bpy.types.Panel):
         layout.operator("mononphm.check_backend", icon="FILE_REFRESH")
 
 
-class MONONPHM_PT_input(_Panel, bpy.types.Panel):
+class MONONPHM_PT_input(SidebarPanel, bpy.types.Panel):
     bl_idname = "MONONPHM_PT_input"
     bl_label = "Input"
     bl_parent_id = "MONONPHM_PT_main"
@@ -62,7 +63,7 @@ class MONONPHM_PT_input(_Panel, bpy.types.Panel):
             layout.prop(s, "face_point")
 
 
-class MONONPHM_PT_output(_Panel, bpy.types.Panel):
+class MONONPHM_PT_output(SidebarPanel, bpy.types.Panel):
     bl_idname = "MONONPHM_PT_output"
     bl_label = "Output and Model"
     bl_parent_id = "MONONPHM_PT_main"
@@ -81,7 +82,7 @@ class MONONPHM_PT_output(_Panel, bpy.types.Panel):
             layout.label(text="Official weights carry their own licence", icon="INFO")
 
 
-class MONONPHM_PT_track(_Panel, bpy.types.Panel):
+class MONONPHM_PT_track(SidebarPanel, bpy.types.Panel):
     bl_idname = "MONONPHM_PT_track"
     bl_label = "Track"
     bl_parent_id = "MONONPHM_PT_main"
@@ -127,7 +128,7 @@ class MONONPHM_PT_track(_Panel, bpy.types.Panel):
             col.operator("mononphm.retrack", icon="FILE_REFRESH")
 
 
-class MONONPHM_PT_result(_Panel, bpy.types.Panel):
+class MONONPHM_PT_result(SidebarPanel, bpy.types.Panel):
     bl_idname = "MONONPHM_PT_result"
     bl_label = "Result"
     bl_parent_id = "MONONPHM_PT_main"
@@ -145,7 +146,7 @@ class MONONPHM_PT_result(_Panel, bpy.types.Panel):
         layout.template_list(MONONPHM_UL_bad_frames.bl_idname, "", s, "bad_frames", s, "bad_frames_index", rows=4)
 
 
-class MONONPHM_PT_appearance(_Panel, bpy.types.Panel):
+class MONONPHM_PT_appearance(SidebarPanel, bpy.types.Panel):
     bl_idname = "MONONPHM_PT_appearance"
     bl_label = "Appearance"
     bl_parent_id = "MONONPHM_PT_main"

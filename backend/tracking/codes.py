@@ -55,6 +55,9 @@ class CodeSpace:
             weak = np.zeros(self.n_ex, bool)
         use = self.landmark_regressor is not None and self.n_ex == len(arkit.ICT_NAMES)
         self.landmark_channels = torch.as_tensor(weak & use, device=self.device)
+        # the ARKit channels those ICT channels feed through the direct map: fixed, so computed once
+        self._landmark_ict = weak & use
+        self._landmark_arkit = arkit.ict_to_arkit_matrix()[self._landmark_ict].any(0) if use and weak.any() else None
         if self.reg is not None:
             for p in self.reg.parameters():
                 p.requires_grad_(False)
@@ -143,10 +146,9 @@ class CodeSpace:
         codes barely carry them, so a regressor on the codes cannot return them."""
         if self.reg is not None:
             out = self.reg(self.z_exp(p_ex)).cpu().numpy().astype(np.float32)
-            if bool(self.landmark_channels.any()):
-                lm = self.landmark_channels.cpu().numpy()
-                direct = np.clip(arkit.ict_to_arkit(p_ex.cpu().numpy() * lm), 0, 1)
-                fed = arkit.ict_to_arkit_matrix()[lm].any(0)
+            if self._landmark_arkit is not None:
+                fed = self._landmark_arkit
+                direct = np.clip(arkit.ict_to_arkit(p_ex.cpu().numpy() * self._landmark_ict), 0, 1)
                 out[:, fed] = direct[:, fed]
             return out
         if self.mode == "encoder" and self.n_ex == len(arkit.ICT_NAMES):

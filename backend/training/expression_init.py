@@ -33,7 +33,7 @@ def _expression(rng) -> np.ndarray:
     if rng.uniform() < 0.5:
         return ictdata.sample_expression(rng, allow_heldout=True)
     w = np.zeros(len(arkit.ICT_NAMES), np.float32)
-    free = np.array([i for i, n in enumerate(arkit.ICT_NAMES) if not n.startswith("eyeLook")])
+    free = np.array([i for i, n in enumerate(arkit.ICT_NAMES) if n not in ictdata.STATIC_CHANNELS])
     for j in rng.choice(free, size=int(rng.integers(1, 5)), replace=False):
         w[j] = rng.uniform(0.1, 1.0)
         name = arkit.ICT_NAMES[j]
@@ -75,15 +75,13 @@ def render_chunk(ict, first: int, n_ids: int, frames_per_id: int) -> dict:
 
 def generate(cache: Path, n_ids: int, frames_per_id: int, log=print) -> dict:
     """All chunks (rendered now or loaded from ``cache``), concatenated."""
-    from .data import ICTModel
-
     cache.mkdir(parents=True, exist_ok=True)
     ict = None
     parts = []
     for first in range(0, n_ids, CHUNK):
         path = cache / f"chunk_{first:05d}_{frames_per_id}.npz"
         if not path.is_file():
-            ict = ict or ICTModel()
+            ict = ict or ictdata.ICTModel()
             part = render_chunk(ict, first, min(CHUNK, n_ids - first), frames_per_id)
             tmp = path.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, **part)

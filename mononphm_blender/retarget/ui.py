@@ -2,13 +2,11 @@
 
 import bpy
 
+from ..ui import SidebarPanel
 from .bake import mapping_text
 
 
-class MONONPHM_PT_retarget(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "MonoNPHM"
+class MONONPHM_PT_retarget(SidebarPanel, bpy.types.Panel):
     bl_idname = "MONONPHM_PT_retarget"
     bl_label = "Retarget"
     bl_parent_id = "MONONPHM_PT_main"

@@ -322,7 +322,8 @@ def load_encoders(path: PathLike) -> Tuple[Optional[CodeEncoders], Optional[Arki
     if not f.exists():
         return None, None
     state = safe_torch_load(f)
-    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)
+    # identity inputs: ICT weights (+ hair style parameters in models trained with hair)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp, n_id=state["encoders"]["geo.weight"].shape[1])
     enc.load_state_dict(state["encoders"])
     reg = ArkitRegressor(cfg.dim_exp)
     reg.load_state_dict(state["arkit_regressor"])

@@ -19,6 +19,7 @@ from scipy.spatial import cKDTree
 from ..contracts import arkit
 from ..contracts.geometry import fit_similarity
 from ..contracts.landmark_tables import CM_PER_UNIT, ict_cm_to_model, model_to_ict_cm
+from .hair import N_HAIR, HairVolume, hair_albedo, sample_hair
 
 ICT_FILE = "ict_face_model_light_head_f16.npz"
 
@@ -110,6 +111,9 @@ class ICTModel:
 
         # eval region: face-region triangles (ICT region 0)
         self.semantic = self._vertex_semantics()
+        # eyelids and brows: small areas that move a lot; sampled more densely (EXPR_EMPHASIS)
+        emph = np.maximum(self.semantic["eyelids"], self.semantic["brows"])
+        self.tri_expr_emphasis = emph[self.faces].max(1)
 
     # -- geometry ----------------------------------------------------------------------------------------------
     def vertices(self, w_id=None, w_ex=None) -> np.ndarray:
@@ -164,6 +168,13 @@ class ICTModel:
             d = cKDTree(dense).query(v)[0]
             brow = np.maximum(brow, np.clip(1.3 - d / 0.5, 0, 1))
         sem["brows"] = np.clip(brow, 0, 1) * (self.region == R_FACE)
+        # eyelids: face-region skin within ~1.2 cm of the eye contours (landmarks 36-47)
+        lids = np.zeros(len(v))
+        for seg in (range(36, 42), range(42, 48)):
+            pts = lm[list(seg) + [seg[0]]]
+            dense = np.concatenate([np.linspace(pts[i], pts[i + 1], 10) for i in range(len(pts) - 1)])
+            lids = np.maximum(lids, np.clip(1.5 - cKDTree(dense).query(v)[0] / 0.8, 0, 1))
+        sem["eyelids"] = lids * (self.region == R_FACE)
         # scalp: above a hairline that rises towards the front
         hair_y = np.interp(z, [-12, -6, 2, 6, 10], [-6.5, -3.0, 4.0, 8.0, 9.5])
         scalp = np.clip((y - hair_y) / 1.5 + 0.5, 0, 1)
@@ -431,10 +442,18 @@ class SampleSizes:
     n_far: int = 160        # uniform in the box
     n_corr: int = 250       # neutral<->posed correspondences
     n_kd: int = 12000       # dense surface samples for the KD-tree distance
+    hair_share: float = 0.5  # share of the non-face surface points on the hair (heads with scalp hair)
+    hair_near_share: float = 0.3  # share of the near-surface points around the hair
 
 
-BOX_MIN = np.array([-0.65, -0.95, -0.7], np.float32)
-BOX_MAX = np.array([0.65, 0.62, 0.45], np.float32)
+# eyelid / brow triangles are sampled (1 + EXPR_EMPHASIS x their emphasis) times as densely on the surface, near it
+# and for the correspondences: a blink moves only a few cm^2 of skin by ~8 mm, too little of the uniform samples for
+# the deformation to learn it (the model trained without it barely moved its lids and brows)
+EXPR_EMPHASIS = 6.0
+
+
+BOX_MIN = np.array([-0.75, -0.95, -0.85], np.float32)
+BOX_MAX = np.array([0.75, 0.7, 0.45], np.float32)
 
 
 def _sample_tris(rng, areas, mask, n):
@@ -478,17 +497,37 @@ class Generator:
         w_id = sample_identity(r, self.ict.n_id, self.id_scale)
         w_ex = sample_expression(r, self.p_neutral)
         app = sample_appearance(r)
-        return w_id, w_ex, app, int(r.integers(0, 2 ** 31))
+        seed = int(r.integers(0, 2 ** 31))
+        return w_id, w_ex, app, seed, sample_hair(r)
 
     def batch(self, B: int) -> dict:
-        samples = [make_sample(self.ict, self.anchor_vertices, *self.draw_params(), rng=self.rng, sizes=self.sizes)
-                   for _ in range(B)]
+        samples = []
+        for _ in range(B):
+            w_id, w_ex, app, seed, hair = self.draw_params()
+            samples.append(make_sample(self.ict, self.anchor_vertices, w_id, w_ex, app, seed, rng=self.rng,
+                                       sizes=self.sizes, hair=hair))
         return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
 
 
-def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng, sizes: SampleSizes) -> dict:
-    """One supervision sample for identity w_id (100,), expression w_ex (53,), appearance app (16,)."""
+def _take(rng, n, *parts):
+    """Exactly n rows from the concatenation of parts (tuples of equal-length arrays), in order; repeats rows when
+    the parts hold fewer than n (only with pathological hair that covers almost the whole head)."""
+    cols = [np.concatenate(c) for c in zip(*parts)]
+    m = len(cols[0])
+    idx = np.arange(n) if m >= n else np.concatenate([np.arange(m), rng.integers(0, m, n - m)])
+    return [c[idx] for c in cols]
+
+
+def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng, sizes: SampleSizes,
+                hair: np.ndarray | None = None) -> dict:
+    """One supervision sample for identity w_id (100,), expression w_ex (53,), appearance app (16,) and hair style
+    hair (N_HAIR,) (None or all zeros: bald, the samples of the head alone).
+
+    With hair, every target is of the union head + hair: surface points of the head under the hair are replaced by
+    points on the hair, near / off / far signed distances are the minimum of the head's and the hair's.
+    """
     S = sizes
+    hair = np.zeros(N_HAIR, np.float32) if hair is None else np.asarray(hair, np.float32)
     vn = ict.vertices(w_id)
     is_neutral = not np.any(w_ex != 0)
     vp = vn if is_neutral else ict.vertices(w_id, w_ex)
@@ -496,32 +535,74 @@ def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng
     nrm_n = nrm_p if is_neutral else ict.vertex_normals(vn)
     F = ict.faces
     areas = ict.tri_areas(vp)
+    emph = 1.0 + EXPR_EMPHASIS * ict.tri_expr_emphasis
 
-    # surface points
-    tf, bf = _sample_tris(rng, areas, ict.tri_is_face, S.n_face)
-    to, bo = _sample_tris(rng, areas, ~ict.tri_is_face, S.n_other)
-    tri = np.concatenate([tf, to])
-    bary = np.concatenate([bf, bo])
-    surf = _interp(vp, F, tri, bary)
-    sn = _interp(nrm_p, F, tri, bary)
-    sn /= np.linalg.norm(sn, axis=1, keepdims=True) + 1e-12
-    col = albedo(ict, app, tri, bary, noise_seed)
-
-    # dense samples for approximate distances
+    # dense samples for approximate distances (and the hair's head distance)
     tk, bk = _sample_tris(rng, areas, np.ones(len(F), bool), S.n_kd)
     kp = _interp(vp, F, tk, bk)
     kn = _interp(nrm_p, F, tk, bk)
     tree = cKDTree(kp)
+    hv = HairVolume(hair, kp, vp[ict.landmarks68], head_tree=tree)
+    has_hair = not hv.empty
+
+    # surface points (with hair: head points under the hair dropped, hair points in the non-face bucket)
+    over = 2 if has_hair else 1
+    tf, bf = _sample_tris(rng, areas, ict.tri_is_face * emph, over * S.n_face)
+    to, bo = _sample_tris(rng, areas, ~ict.tri_is_face, over * S.n_other)
+    parts_f = [(_interp(vp, F, tf, bf), _interp(nrm_p, F, tf, bf), tf, bf)]
+    parts_o = [(_interp(vp, F, to, bo), _interp(nrm_p, F, to, bo), to, bo)]
+    n_hair_surf = int(round(S.hair_share * S.n_other)) if hv.t0 > 0 else int(round(0.15 * S.n_other))
+    n_hair_near = int(round(S.hair_near_share * S.n_near)) if has_hair else 0
+    if has_hair:
+        parts_f = [tuple(a[hv.sdf(parts_f[0][0]) > 0] for a in parts_f[0])]
+        parts_o = [tuple(a[hv.sdf(parts_o[0][0]) > 0] for a in parts_o[0])]
+        kn_u = kn / (np.linalg.norm(kn, axis=1, keepdims=True) + 1e-12)
+        hs, hn = hv.surface_samples(rng, kp, kn_u, n_hair_surf + n_hair_near + max(0, S.n_face - len(parts_f[0][0])))
+        # surface: hair points first fill the face bucket's shortage, then their share of the other bucket
+        short_f = max(0, S.n_face - len(parts_f[0][0]))
+        n_h_o = min(n_hair_surf, max(0, len(hs) - short_f - n_hair_near))
+        n_head_o = S.n_other - n_h_o
+        hair_tri = np.full(len(hs), -1)
+        hair_bary = np.zeros((len(hs), 3), np.float32)
+        h_face = (hs[:short_f], hn[:short_f], hair_tri[:short_f], hair_bary[:short_f])
+        h_other = tuple(a[short_f:short_f + n_h_o] for a in (hs, hn, hair_tri, hair_bary))
+        h_near = (hs[short_f + n_h_o:short_f + n_h_o + n_hair_near], hn[short_f + n_h_o:short_f + n_h_o + n_hair_near])
+        n_hair_near = len(h_near[0])
+        sf, nf_, tf, bf = _take(rng, S.n_face, parts_f[0], h_face)
+        so_head = [a[:n_head_o] for a in parts_o[0]]
+        so, no_, to, bo = _take(rng, S.n_other, tuple(so_head), h_other)
+    else:
+        sf, nf_, tf, bf = parts_f[0]
+        so, no_, to, bo = parts_o[0]
+    surf = np.concatenate([sf, so])
+    sn = np.concatenate([nf_, no_])
+    sn /= np.linalg.norm(sn, axis=1, keepdims=True) + 1e-12
+    tri = np.concatenate([tf, to])
+    bary = np.concatenate([bf, bo])
+    on_head = tri >= 0
+    col = np.zeros((len(surf), 3), np.float32)
+    col[on_head] = albedo(ict, app, tri[on_head], bary[on_head], noise_seed)
+    if not on_head.all():
+        col[~on_head] = hair_albedo(surf[~on_head], app[6:9], noise_seed)
 
     # near-surface points: offset along the normal; |sdf| <= |eps| and <= KD distance
-    tn, bn = _sample_tris(rng, areas, 0.3 + 0.7 * ict.tri_is_face, S.n_near)
+    n_head_near = S.n_near - n_hair_near
+    tn, bn = _sample_tris(rng, areas, (0.3 + 0.7 * ict.tri_is_face) * emph, n_head_near)
     pn = _interp(vp, F, tn, bn)
     nn_ = _interp(nrm_p, F, tn, bn)
+    if n_hair_near:
+        pn = np.concatenate([pn, h_near[0]])
+        nn_ = np.concatenate([nn_, h_near[1]])
     nn_ /= np.linalg.norm(nn_, axis=1, keepdims=True) + 1e-12
     eps = rng.normal(0, S.near_std, (S.n_near, 1)).astype(np.float32)
     near = pn + eps * nn_
-    dk, _ = tree.query(near)
+    dk, jk = tree.query(near)
     near_sdf = np.sign(eps[:, 0]) * np.minimum(np.abs(eps[:, 0]), dk)
+    if has_hair:
+        # head near points: union with the hair; hair near points: eps, union with the head's KD signed distance
+        head_sd = np.sign(np.einsum("ij,ij->i", near - kp[jk], kn[jk])) * dk
+        near_sdf[:n_head_near] = np.minimum(near_sdf[:n_head_near], hv.sdf(near[:n_head_near]))
+        near_sdf[n_head_near:] = np.minimum(eps[n_head_near:, 0], head_sd[n_head_near:])
 
     # off-surface points with KD signed distance (sign from the nearest sample's normal)
     ti, bi = _sample_tris(rng, areas, np.ones(len(F), bool), S.n_off)
@@ -531,10 +612,12 @@ def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng
     dq, jq = tree.query(q)
     sgn = np.sign(np.einsum("ij,ij->i", q - kp[jq], kn[jq]))
     q_sdf = sgn * dq
+    if has_hair:
+        q_sdf = np.minimum(q_sdf, hv.sdf(q))
 
     # correspondences on face + mouth (same triangle & barycentrics, same normal offset)
     areas_n = areas if is_neutral else ict.tri_areas(vn)
-    tc, bc = _sample_tris(rng, areas_n, ict.tri_corr, S.n_corr)
+    tc, bc = _sample_tris(rng, areas_n, ict.tri_corr * emph, S.n_corr)
     std = np.where(rng.random(S.n_corr) < 0.5, 0.01, 0.002).astype(np.float32)[:, None]
     e = rng.standard_normal((S.n_corr, 1)).astype(np.float32) * std
     nc_n = _interp(nrm_n, F, tc, bc)
@@ -547,13 +630,14 @@ def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng
     return {
         "surf": surf.astype(np.float32), "surf_normal": sn.astype(np.float32), "surf_color": col,
         "surf_is_face": np.concatenate([np.ones(S.n_face), np.zeros(S.n_other)]).astype(np.float32),
+        "surf_is_hair": (~on_head).astype(np.float32),
         "near": near.astype(np.float32), "near_sdf": near_sdf.astype(np.float32),
         "off": q[:S.n_off].astype(np.float32), "off_sdf": q_sdf[:S.n_off].astype(np.float32),
         "far": q[S.n_off:].astype(np.float32), "far_sdf": q_sdf[S.n_off:].astype(np.float32),
         "corr_posed": c_pos.astype(np.float32), "corr_neutral": c_neu.astype(np.float32),
         "anchors": vn[anchor_vertices].astype(np.float32),
         "w_id": np.asarray(w_id, np.float32), "w_ex": np.asarray(w_ex, np.float32),
-        "app": np.asarray(app, np.float32),
+        "app": np.asarray(app, np.float32), "hair": hair,
         "arkit": arkit.ict_to_arkit(w_ex, ict.ex_names).astype(np.float32),
         "is_neutral": np.float32(is_neutral),
     }

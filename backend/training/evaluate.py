@@ -38,7 +38,7 @@ def load_for_eval(path):
     st = torch.load(path, map_location="cpu", weights_only=False)
     cfg = MonoNPHMConfig.from_dict(st["config"])
     model = build_model(cfg, torch.tensor(st["mean_anchors"]), init=False)
-    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp, n_id=st["encoders"]["geo.weight"].shape[1])
     reg = ArkitRegressor(cfg.dim_exp)
     model.load_state_dict(st["model"])
     enc.load_state_dict(st["encoders"])

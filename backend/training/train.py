@@ -27,7 +27,8 @@ import torch
 from . import data as D
 from ..contracts.landmark_tables import MM_PER_UNIT
 from ..model.parallel import set_threads
-from ..model.encoders import ArkitRegressor, CodeEncoders
+from ..model.encoders import N_ID, ArkitRegressor, CodeEncoders
+from .hair import N_HAIR
 from .losses import LOSS_WEIGHTS, OFF_CLAMP, symm_dist
 from .modelwrap import build_model, model_config, query
 
@@ -40,6 +41,10 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="ICT-FaceKit npz or folder (default: shared data)")
     p.add_argument("--anchors", default=None, help="official anchors_65.npy (used once to place the anchors)")
     p.add_argument("--preset", default="builtin", choices=["builtin", "tiny"], help="model size")
+    p.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                   help="warm start a new run from an exported model folder (e.g. backend/models/builtin); identity "
+                        "encoder inputs it lacks (the hair parameters) start at zero, so its heads are reproduced "
+                        "at step 0. Ignored when the run resumes from its own checkpoint")
     p.add_argument("--total-steps", type=int, default=60000, help="length of the LR schedule (steps)")
     p.add_argument("--minutes", type=float, default=0.0, help="stop this sitting after M minutes (0 = no limit)")
     p.add_argument("--max-steps", type=int, default=0, help="stop this sitting at this global step (0 = total)")
@@ -89,7 +94,8 @@ class Trainer:
         self.mean_anchors = self.ict.neutral[self.anchor_vertices].astype(np.float32)
         self.cfg = model_config(args.preset)
         self.model = build_model(self.cfg, torch.from_numpy(self.mean_anchors))
-        self.enc = CodeEncoders(self.cfg.dim_geo, self.cfg.dim_app, self.cfg.dim_exp)
+        # identity = ICT identity weights (100) + hair style (N_HAIR; zeros = bald)
+        self.enc = CodeEncoders(self.cfg.dim_geo, self.cfg.dim_app, self.cfg.dim_exp, n_id=N_ID + N_HAIR)
         self.reg = ArkitRegressor(self.cfg.dim_exp)
         self.opt_net = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=5e-4)
         self.opt_enc = torch.optim.Adam(list(self.enc.parameters()) + list(self.reg.parameters()), lr=args.lr_enc)
@@ -169,6 +175,25 @@ class Trainer:
         os.replace(tmp, path)
         return path
 
+    def init_from(self, model_dir):
+        """Warm start from an exported model folder: network, encoders and ARKit regressor; identity-encoder
+        columns the folder lacks are zero. Optimiser state and EMA start fresh from these weights."""
+        from .evaluate import load_exported
+        model, enc, reg, _ = load_exported(model_dir)
+        self.model.load_state_dict(model.state_dict())  # strict: raises when the architecture differs
+        self.reg.load_state_dict(reg.state_dict())
+        src = enc.state_dict()
+        n_src = src["geo.weight"].shape[1]
+        with torch.no_grad():
+            for k, v in self.enc.state_dict().items():
+                if k == "geo.weight":
+                    v.zero_()
+                    v[:, :n_src] = src[k]
+                else:
+                    v.copy_(src[k])
+            for dst, p in zip(self.ema_params, self._ema_sources()):
+                dst.copy_(p)
+
     def try_resume(self) -> bool:
         path = self.out / "ckpt_last.pt"
         if not path.exists():
@@ -205,7 +230,7 @@ class Trainer:
         model, enc = self.model, self.enc
         B = b["w_id"].shape[0]
         exact = self.args.exact
-        z_geo = enc.encode_geo(b["w_id"])
+        z_geo = enc.encode_geo(torch.cat([b["w_id"], b["hair"]], -1))
         z_app = enc.encode_app(b["app"])
         z_exp = enc.encode_exp(b["w_ex"])
         anchors = model.anchors(z_geo)
@@ -355,9 +380,12 @@ def main(argv=None):
     set_threads(args.threads)
     tr = Trainer(args)
     resumed = tr.try_resume()
+    if not resumed and args.init_from:
+        tr.init_from(args.init_from)
     out = tr.out
     (out / "run_args.json").write_text(json.dumps(vars(args), indent=1))
-    print(f"[train] {'resumed at step ' + str(tr.step) if resumed else 'new run'}; out={out}; "
+    print(f"[train] {'resumed at step ' + str(tr.step) if resumed else 'new run'}"
+          f"{' from ' + args.init_from if args.init_from and not resumed else ''}; out={out}; "
           f"params={sum(p.numel() for p in tr.model.parameters())}; threads={torch.get_num_threads()}",
           file=sys.stderr, flush=True)
 

@@ -65,3 +65,28 @@ def test_cli_runs_and_resumes(tmp_path):
 def _cli(out):
     return ["--out", str(out), "--data", str(ICT), "--anchors", str(ANCH), "--preset", "tiny", "--batch", "2",
             "--total-steps", "50", "--grad-sub", "16", "--log-every", "1", "--val-every", "2", "--quiet"]
+
+
+def test_init_from_exported_model_reproduces_it(tmp_path):
+    """--init-from: the built-in model's networks and encoders, identity columns it lacks (hair) at zero, so a
+    bald head's codes are unchanged at step 0; the EMA starts from the same weights."""
+    from backend import BUILTIN_MODEL_DIR
+    from backend.training.evaluate import load_exported
+    from backend.training.hair import N_HAIR
+    from backend.training.train import Trainer, parse_args
+    if not (BUILTIN_MODEL_DIR / "model.pt").exists():
+        pytest.skip("no built-in model")
+    torch.set_num_threads(1)
+    tr = Trainer(parse_args(["--out", str(tmp_path), "--data", str(ICT), "--anchors", str(ANCH), "--quiet"]))
+    tr.init_from(BUILTIN_MODEL_DIR)
+    model, enc, _, _ = load_exported(BUILTIN_MODEL_DIR)
+    for k, v in model.state_dict().items():
+        assert torch.equal(tr.model.state_dict()[k], v), k
+    n_src = enc.geo.in_features
+    assert tr.enc.geo.in_features == 100 + N_HAIR >= n_src
+    w = torch.randn(4, tr.enc.geo.in_features)
+    w[:, 100:] = 0  # bald
+    assert torch.allclose(tr.enc.encode_geo(w), enc.encode_geo(w[:, :n_src]), atol=1e-6)
+    assert torch.equal(tr.enc.exp.weight, enc.exp.weight)
+    for e, p in zip(tr.ema_params, tr._ema_sources()):
+        assert torch.equal(e, p)

@@ -79,9 +79,9 @@ def sample_hair(rng: np.random.Generator, p_bald: float = 0.2, p_beard: float = 
         p[_I["volume"]] = u(0.0, 1.0)
         p[_I["asymmetry"]] = u(-1.0, 1.0) if rng.random() < 0.5 else 0.0
     if rng.random() < p_beard:
-        p[_I["beard"]] = u(0.1, 1.0)
+        p[_I["beard"]] = u(0.2, 1.0)
     if rng.random() < p_moustache:
-        p[_I["moustache"]] = u(0.1, 1.0)
+        p[_I["moustache"]] = u(0.3, 1.0)
     return p
 
 

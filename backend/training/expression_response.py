@@ -1,0 +1,103 @@
+"""How far a model's deformation moves the skin for single full ICT channels, against ICT-FaceKit itself.
+
+The diagnosis of backend/evaluation/README.md ("the model does not move its eyelids or brows") as a measurement:
+for the mean head and each channel group (blink, brows, squint, wide, and jaw / smile for reference), the ICT
+vertices that the full channel moves by > 1 mm are warped forward by the model (canonical -> posed,
+``MonoNPHM.forward_warp``) with the channel's expression code; reported are the mean ICT displacement of those
+vertices, the model's displacement of the same points, their ratio, and for the blink the upper-eyelid landmarks
+(ICT landmarks-68 37, 38, 43, 44) alone.
+
+    python -m backend.training.expression_response MODEL [--json out.json]
+
+MODEL: an exported model folder, a run checkpoint (EMA weights) or a snapshot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+
+from . import data as D
+from ..contracts.landmark_tables import MM_PER_UNIT
+
+CHANNEL_GROUPS = {
+    "blink": ("eyeBlink_L", "eyeBlink_R"),
+    "browInnerUp": ("browInnerUp_L", "browInnerUp_R"),
+    "browOuterUp": ("browOuterUp_L", "browOuterUp_R"),
+    "browDown": ("browDown_L", "browDown_R"),
+    "squint": ("eyeSquint_L", "eyeSquint_R"),
+    "wide": ("eyeWide_L", "eyeWide_R"),
+    "jawOpen": ("jawOpen",),
+    "smile": ("mouthSmile_L", "mouthSmile_R"),
+}
+UPPER_LID_LANDMARKS = (37, 38, 43, 44)
+MOVING_MM = 1.0
+
+
+@torch.no_grad()
+def expression_response(model, enc, ict: D.ICTModel, groups=CHANNEL_GROUPS) -> dict:
+    """{group: {ict_mm, model_mm, ratio, n_vertices[, lid_ict_mm, lid_model_mm]}} on the mean head."""
+    z_geo = enc.encode_geo(torch.zeros(1, enc.geo.in_features))
+    anchors = model.anchors(z_geo)
+    vn = ict.vertices()
+    face = np.isin(ict.region, [D.R_FACE, D.R_MOUTH])
+    out = {}
+    for name, channels in groups.items():
+        w = np.zeros(ict.n_ex, np.float32)
+        for c in channels:
+            w[ict.ex_names.index(c)] = 1.0
+        vp = ict.vertices(None, w)
+        disp = np.linalg.norm(vp - vn, axis=1) * MM_PER_UNIT
+        idx = np.nonzero((disp > MOVING_MM) & face)[0]
+        z_exp = enc.encode_exp(torch.from_numpy(w)[None])
+        wr = model.forward_warp(torch.from_numpy(vn[idx])[None], z_geo, z_exp, anchors=anchors)
+        mdisp = torch.linalg.vector_norm(wr.points[0] - torch.from_numpy(vn[idx]), dim=-1).numpy() * MM_PER_UNIT
+        rec = {"ict_mm": float(disp[idx].mean()), "model_mm": float(mdisp.mean()),
+               "ratio": float(mdisp.mean() / disp[idx].mean()), "n_vertices": int(len(idx)),
+               "converged": float(wr.converged.float().mean())}
+        if name == "blink":
+            lid = ict.landmarks68[list(UPPER_LID_LANDMARKS)]
+            xl = model.forward_warp(torch.from_numpy(vn[lid])[None], z_geo, z_exp, anchors=anchors).points
+            rec["lid_ict_mm"] = float(disp[lid].mean())
+            rec["lid_model_mm"] = float(torch.linalg.vector_norm(xl[0] - torch.from_numpy(vn[lid]), dim=-1)
+                                        .mean()) * MM_PER_UNIT
+        out[name] = rec
+    return out
+
+
+def format_table(res: dict) -> str:
+    rows = ["| channel group | ICT mm | model mm | ratio |", "|---|---|---|---|"]
+    for name, r in res.items():
+        rows.append(f"| {name} | {r['ict_mm']:.2f} | {r['model_mm']:.2f} | {r['ratio']:.2f} |")
+    if "blink" in res and "lid_ict_mm" in res["blink"]:
+        b = res["blink"]
+        rows.append(f"| blink, upper-lid landmarks | {b['lid_ict_mm']:.2f} | {b['lid_model_mm']:.2f} | "
+                    f"{b['lid_model_mm'] / b['lid_ict_mm']:.2f} |")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    from ..model.parallel import set_threads
+    from .evaluate import load_for_eval
+    ap = argparse.ArgumentParser(prog="python -m backend.training.expression_response", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--data", default=None, help="ICT-FaceKit npz or folder (default: shared data)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    set_threads(a.threads)
+    model, enc, _, meta = load_for_eval(a.model)
+    res = expression_response(model, enc, D.ICTModel(a.data))
+    print(f"{a.model} (step {meta.get('step')})\n" + format_table(res))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"model": str(a.model), "step": meta.get("step"), "groups": res}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

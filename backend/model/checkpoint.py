@@ -314,6 +314,11 @@ def load_model(path: PathLike, dtype: torch.dtype = torch.float32) -> MonoNPHM:
     return model.to(dtype).eval()
 
 
+def represents_hair(model) -> bool:
+    """Whether a loaded model represents hair volume (its ``extra`` has a ``hair`` entry: trained with hair)."""
+    return bool((getattr(model, "extra", None) or {}).get("hair"))
+
+
 def load_encoders(path: PathLike) -> Tuple[Optional[CodeEncoders], Optional[ArkitRegressor]]:
     """(CodeEncoders, ArkitRegressor) of a project model folder, or (None, None) when it has none."""
     d = Path(path)

@@ -79,9 +79,9 @@ class SilhouetteTargets:
         # distance (px) from each background pixel to the nearest non-background pixel
         dist = cv2.distanceTransform(bg, cv2.DIST_L2, 3) if bg.any() else np.zeros((H, W), np.float32)
         self.bg_dist = torch.as_tensor(dist, dtype=torch.float32, device=device)[None, None]
-        target = ((labels == M.FACE) | (labels == M.MOUTH)).astype(np.uint8)
+        target = M.is_head(labels).astype(np.uint8)
         self.target = target.astype(bool)
-        # contour of the face region: where the surface outline must reach
+        # contour of the head region: where the surface outline must reach
         er = cv2.erode(target, np.ones((3, 3), np.uint8))
         ys, xs = np.nonzero(target & (1 - er))
         if len(xs) > max_contour:
@@ -133,7 +133,7 @@ def coverage_iou(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, labels
     frag = raster.rasterize(verts_cam, faces, K, H, W)
     cov = frag.mask
     valid = labels != M.IGNORE
-    tgt = (labels == M.FACE) | (labels == M.MOUTH)
+    tgt = M.is_head(labels)
     inter = (cov & tgt & valid).sum()
     union = ((cov | tgt) & valid).sum()
     return float(inter / union) if union else float("nan"), frag

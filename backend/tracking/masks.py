@@ -1,15 +1,17 @@
 """Per-frame head/background labels for the silhouette and colour losses.
 
 MediaPipe selfie segmentation (bundled in the wheel) separates person from background; the face-mesh landmarks give
-the face region (face oval) and the mouth interior (inner lip contour). The built-in model is bald and ends at the
-neck, so hair, neck, shoulders, ears and uncertain pixels are labelled IGNORE: they neither pull the surface nor count
-as misses.
+the face region (face oval) and the mouth interior (inner lip contour). For a model without hair, hair, neck,
+shoulders, ears and uncertain pixels are labelled IGNORE: they neither pull the surface nor count as misses. For a
+model that represents hair (``hair_region=True``) the rest of the person above the neck line (hair, scalp, ears) is
+HEAD_OTHER: it pulls the surface out like the face does; the body below the neck line stays IGNORE.
 
 Labels (uint8):
     BACKGROUND = 0   surely not the person: rendered opacity should be 0
     FACE       = 1   skin inside the face oval: opacity 1, colour loss
     MOUTH      = 2   mouth interior: opacity 1, colour loss down-weighted
-    IGNORE     = 3   hair, neck, body, uncertain: no loss
+    IGNORE     = 3   neck, body, uncertain (and hair for a bald model): no loss
+    HEAD_OTHER = 4   hair, scalp and ears above the neck line: opacity 1, colour loss down-weighted
 """
 from __future__ import annotations
 
@@ -17,7 +19,12 @@ from typing import Optional
 
 import numpy as np
 
-BACKGROUND, FACE, MOUTH, IGNORE = 0, 1, 2, 3
+BACKGROUND, FACE, MOUTH, IGNORE, HEAD_OTHER = 0, 1, 2, 3, 4
+HEAD = (FACE, MOUTH, HEAD_OTHER)  # labels the rendered head must cover
+
+# the neck line: perpendicular to the chin->forehead axis, this fraction of the face height below the chin
+NECK_LINE_BELOW_CHIN = 0.15
+CHIN, FOREHEAD = 152, 10
 
 # MediaPipe face-mesh contours, ordered (from mediapipe's FACEMESH_FACE_OVAL / FACEMESH_LIPS edge sets)
 FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
@@ -59,8 +66,25 @@ def _fill(shape, poly: np.ndarray) -> np.ndarray:
     return m.astype(bool)
 
 
+def is_head(labels: np.ndarray) -> np.ndarray:
+    """Bool mask of the labels the rendered head must cover (face, mouth, and hair/scalp/ears when labelled)."""
+    return np.isin(labels, HEAD)
+
+
+def above_neck_line(landmarks: np.ndarray, shape) -> np.ndarray:
+    """(H, W) bool: pixels above the neck line (NECK_LINE_BELOW_CHIN face heights below the chin, perpendicular to
+    the chin -> forehead axis, so it follows head roll)."""
+    H, W = shape[:2]
+    up = landmarks[FOREHEAD, :2] - landmarks[CHIN, :2]
+    height = float(np.linalg.norm(up)) + 1e-6
+    up = up / height
+    ys, xs = np.mgrid[0:H, 0:W]
+    along = (xs + 0.5 - landmarks[CHIN, 0]) * up[0] + (ys + 0.5 - landmarks[CHIN, 1]) * up[1]
+    return along > -NECK_LINE_BELOW_CHIN * height
+
+
 def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarray], shape,
-                bg_thresh: float = 0.15, margin_frac: float = 0.03) -> np.ndarray:
+                bg_thresh: float = 0.15, margin_frac: float = 0.03, hair_region: bool = False) -> np.ndarray:
     """Combine the segmentation and the face-mesh region into labels.
 
     Args:
@@ -68,6 +92,7 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
             counts as IGNORE, i.e. no background evidence).
         landmarks: (478, 2) MediaPipe landmarks in pixels, or None (no face: everything IGNORE/BACKGROUND).
         shape: (H, W).
+        hair_region: label the person above the neck line HEAD_OTHER (a model with hair); else IGNORE.
     Returns:
         (H, W) uint8 labels.
     """
@@ -85,6 +110,8 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
     face = cv2.erode(face.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
     if person_prob is not None:
         face &= person_prob >= 0.5
+        if hair_region:
+            lab[(person_prob >= 0.5) & above_neck_line(landmarks, (H, W))] = HEAD_OTHER
     lab[face] = FACE
     mouth = _fill((H, W), landmarks[INNER_LIPS])
     lab[mouth & (lab != BACKGROUND)] = MOUTH
@@ -97,9 +124,11 @@ def eye_openings(landmarks: np.ndarray, shape) -> np.ndarray:
     return _fill((H, W), landmarks[EYE_CONTOURS[0]]) | _fill((H, W), landmarks[EYE_CONTOURS[1]])
 
 
-def label_weights(labels: np.ndarray, mouth_color_weight: float = 1.0 / 25.0):
-    """Per-pixel (mask_target, mask_weight, colour_weight) float32 maps from labels."""
-    target = ((labels == FACE) | (labels == MOUTH)).astype(np.float32)
+def label_weights(labels: np.ndarray, mouth_color_weight: float = 1.0 / 25.0, head_other_color_weight: float = 0.25):
+    """Per-pixel (mask_target, mask_weight, colour_weight) float32 maps from labels (hair is darker, glossier and
+    less well modelled than skin: its colour counts less)."""
+    target = is_head(labels).astype(np.float32)
     mask_w = (labels != IGNORE).astype(np.float32)
-    col_w = (labels == FACE).astype(np.float32) + mouth_color_weight * (labels == MOUTH)
+    col_w = ((labels == FACE).astype(np.float32) + mouth_color_weight * (labels == MOUTH)
+             + head_other_color_weight * (labels == HEAD_OTHER))
     return target, mask_w, col_w.astype(np.float32)

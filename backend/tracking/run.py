@@ -25,6 +25,7 @@ from .. import BUILTIN_MODEL_DIR, __version__
 from ..contracts.conventions import NPHM_UNIT_M
 from ..contracts.protocol import BadInputError
 from ..contracts.track_config import TrackConfig
+from ..model.checkpoint import represents_hair
 from .errors import NoFaceError, TrackingInputError, TrackingModelError
 
 log = logging.getLogger("backend.tracking")
@@ -211,8 +212,10 @@ def detect_all(src, detector: str, ev: _Events, face="largest") -> Detections:
                       dict(zip(idx, depths)))
 
 
-def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]]) -> Iterator:
-    """Pass 2+: decode again, yield (Frame, labels) for frames in ``wanted`` (person segmentation + face region)."""
+def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]],
+                           hair_region: bool = False) -> Iterator:
+    """Pass 2+: decode again, yield (Frame, labels) for frames in ``wanted`` (person segmentation + face region;
+    with ``hair_region`` the head above the neck line too, for a model that represents hair)."""
     from .masks import SelfieSegmenter, head_labels
     seg = SelfieSegmenter()
     try:
@@ -220,7 +223,8 @@ def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]
             if fr.index not in wanted:
                 continue
             lm = lms.get(fr.index)
-            labels = head_labels(seg(fr.image), lm, fr.image.shape[:2]) if lm is not None else None
+            labels = (head_labels(seg(fr.image), lm, fr.image.shape[:2], hair_region=hair_region)
+                      if lm is not None else None)
             yield fr, labels
     finally:
         seg.close()
@@ -264,6 +268,7 @@ class TrackingSession:
         self.tracker = tracker
         self.codes = codes
         self.events = events
+        self.hair_region = represents_hair(tracker.model)  # hair pixels pull the surface only if it can follow
         self.states: Dict[int, object] = {}           # index -> current FrameState (refined where stage 2 ran)
         self.stage1: Dict[int, object] = {}           # index -> FrameState of the per-frame fit (before stage 2)
         self.refined: List[int] = []                  # frames the last completed joint refinement covered
@@ -377,7 +382,8 @@ class TrackingSession:
         from ..model.devices import to_numpy
         tracker = self.tracker
         id_obs = [self.detections.observation(fr.index, fr.image, lab)
-                  for fr, lab in iter_frames_with_masks(self.source, set(self.id_frames), self.detections.landmarks)]
+                  for fr, lab in iter_frames_with_masks(self.source, set(self.id_frames), self.detections.landmarks,
+                                                          self.hair_region)]
         tracker.fit_identity(id_obs)
         self.writer.write_identity({"z_geo": to_numpy(tracker.z_geo()[0]), "z_app": to_numpy(tracker.z_app()[0]),
                                     "sh_coeffs": to_numpy(tracker.sh), "color_affine": to_numpy(tracker.cA),
@@ -403,7 +409,8 @@ class TrackingSession:
                 prev_obs = self.detections.observation(last)
         pending = []
         n_done = 0
-        for fr, labels in iter_frames_with_masks(self.source, set(todo), self.detections.landmarks):
+        for fr, labels in iter_frames_with_masks(self.source, set(todo), self.detections.landmarks,
+                                                     self.hair_region):
             obs = self.detections.observation(fr.index, fr.image, labels)
             tracker.reset_frame_cache()   # each frame starts from the same state (resume = same result)
             init = prev_state if prev_state is not None else tracker.pnp_init(obs)
@@ -444,7 +451,7 @@ class TrackingSession:
         pending = []
         prev_warp = None
         for n, (fr, labels) in enumerate(iter_frames_with_masks(self.source, set(tracked),
-                                                                self.detections.landmarks), 1):
+                                                                self.detections.landmarks, self.hair_region), 1):
             obs = self.detections.observation(fr.index, fr.image, labels)
             r = self.tracker.frame_result(obs, self.states[fr.index], prev_warp)
             prev_warp = r.warp
@@ -498,7 +505,8 @@ class TrackingSession:
         tracker = self.tracker
         try:
             images, labels = [], []
-            for fr, lab in iter_frames_with_masks(self.source, set(indices.tolist()), self.detections.landmarks):
+            for fr, lab in iter_frames_with_masks(self.source, set(indices.tolist()),
+                                                      self.detections.landmarks, self.hair_region):
                 images.append(fr.image)
                 labels.append(lab)
                 self.events.progress("bake", len(images), len(indices), fr.index)

@@ -23,7 +23,8 @@ import torch
 from .. import BUILTIN_MODEL_DIR
 from ..contracts import arkit
 from ..model.checkpoint import ENCODERS_FILE
-from ..model.encoders import N_APP, N_EX, N_ID
+from ..model.encoders import N_APP, N_EX
+from .hair import HAIR_NAMES
 
 
 def fit_arkit_regressor(enc, reg, iters=3000, batch=256, noise=0.3, seed=0, lr=3e-3):
@@ -79,15 +80,18 @@ def export(ckpt_path, out_dir=BUILTIN_MODEL_DIR, extra_info=None, refit_arkit=Tr
     out_dir = Path(out_dir)
     extra = {
         "name": "builtin",
-        "description": "Compact MonoNPHM trained on synthetic ICT-FaceKit heads (see MODEL_CARD.md)",
-        "coverage": "head, face and neck; bald scalp; static eyes; no teeth",
+        "description": "Compact MonoNPHM trained on synthetic ICT-FaceKit heads with procedural hair "
+                       "(see MODEL_CARD.md)",
+        "coverage": "head, face and neck; hair volume, beard and moustache (procedural); static eyes; no teeth",
+        "hair": {"params": list(HAIR_NAMES), "bald": "all hair parameters 0",
+                 "identity_input": "z_geo = encoders.geo([ICT identity weights (100), hair parameters])"},
         "anchor_ict_vertex": [int(v) for v in st["anchor_vertices"]],
         "mean_anchors": [[round(float(c), 6) for c in a] for a in st["mean_anchors"]],
         "anchor_semantics": "official MonoNPHM order: pairs (2i, 2i+1) for i<30 mirror in x, 60-64 midline",
         "space": "NPHM: y up, z forward (out of the face), +x subject's left, 1 unit = 0.25 m",
         "ict_to_model": "x_model = (v_cm + (0, -3, -6)) / 25",  # landmark_tables.ict_cm_to_model
         "encoders_file": ENCODERS_FILE,
-        "encoders": {"geo_in": N_ID, "app_in": N_APP, "exp_in": N_EX,
+        "encoders": {"geo_in": int(enc.geo.in_features), "app_in": N_APP, "exp_in": N_EX,
                      "exp_in_names": list(arkit.ICT_NAMES),
                      "app_in_names": ["skin_r", "skin_g", "skin_b", "lip_r", "lip_g", "lip_b", "hair_r", "hair_g",
                                       "hair_b", "iris_r", "iris_g", "iris_b", "stubble", "redness", "noise",

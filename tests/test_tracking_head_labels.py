@@ -1,0 +1,52 @@
+"""Head labels with a hair region: the person above the neck line pulls the surface (a model with hair), the body
+below it never does, and a model without hair keeps everything outside the face ignored."""
+
+import numpy as np
+
+from backend.tracking import masks as M
+
+
+def _face(H=200, W=160, roll_deg=0.0):
+    """Synthetic MediaPipe points (478, 2): a face oval of radius 30 px around (80, 80), chin at the bottom."""
+    lm = np.zeros((478, 2))
+    ang = np.linspace(0, 2 * np.pi, len(M.FACE_OVAL), endpoint=False)
+    lm[M.FACE_OVAL] = np.stack([80 + 25 * np.sin(ang), 80 - 32 * np.cos(ang)], 1)
+    lm[M.FOREHEAD] = (80, 48)
+    lm[M.CHIN] = (80, 112)
+    lm[M.INNER_LIPS] = np.stack([80 + 6 * np.cos(np.linspace(0, 2 * np.pi, 20)),
+                                 100 + 2 * np.sin(np.linspace(0, 2 * np.pi, 20))], 1)
+    if roll_deg:
+        a = np.deg2rad(roll_deg)
+        R = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        lm = (lm - (80, 80)) @ R.T + (80, 80)
+    # person: a head disc (hair) of radius 45 px and the shoulders from y = 150 down
+    ys, xs = np.mgrid[0:H, 0:W]
+    person = ((xs - 80) ** 2 + (ys - 75) ** 2 < 45 ** 2) | (ys > 150)
+    return lm, person.astype(np.float32)
+
+
+def test_hair_region_above_the_neck_line():
+    lm, prob = _face()
+    bald = M.head_labels(prob, lm, prob.shape)
+    hair = M.head_labels(prob, lm, prob.shape, hair_region=True)
+    # the face and mouth are the same either way
+    assert np.array_equal(bald == M.FACE, hair == M.FACE) and np.array_equal(bald == M.MOUTH, hair == M.MOUTH)
+    assert not (bald == M.HEAD_OTHER).any()
+    other = hair == M.HEAD_OTHER
+    assert other[35, 80] and other[80, 40]            # hair above and beside the face
+    assert bald[35, 80] == M.IGNORE
+    assert not other[150:].any()                       # shoulders: below the neck line
+    assert hair[180, 80] == M.IGNORE and hair[5, 5] == M.BACKGROUND
+    tgt, w, cw = M.label_weights(hair)
+    assert tgt[35, 80] == 1 and w[35, 80] == 1 and 0 < cw[35, 80] < cw[80, 80]
+    assert w[180, 80] == 0
+
+
+def test_neck_line_follows_head_roll():
+    lm, _ = _face(roll_deg=40)
+    above = M.above_neck_line(lm, (200, 160))
+    assert above[80, 80] and above[tuple(np.round(lm[M.FOREHEAD][::-1]).astype(int))]
+    chin = lm[M.CHIN]
+    down = (chin - lm[M.FOREHEAD]) / np.linalg.norm(chin - lm[M.FOREHEAD])
+    below = np.round(chin + 30 * down).astype(int)
+    assert not above[below[1], below[0]]

@@ -19,19 +19,25 @@ import numpy as np
 from .contracts.conventions import model_to_blender_points, srgb_to_linear
 
 
+HAIR_PRIMVAR = "hair"  # per-vertex 1.0 on the hair volume (Blender: a FLOAT point attribute of that name)
+
+
 @dataclass(frozen=True)
 class FrameMesh:
-    """One frame's mesh: vertices (V,3) metres model axes, triangles (F,3) int, colours (V,3) uint8 sRGB."""
+    """One frame's mesh: vertices (V,3) metres model axes, triangles (F,3) int, colours (V,3) uint8 sRGB, hair (V,)
+    uint8 (1 on the hair volume; None for a model without hair)."""
 
     frame_index: int
     vertices: np.ndarray
     triangles: np.ndarray
     colors: np.ndarray
+    hair: np.ndarray | None = None
 
 
 def write_mesh_sequence(path: str | Path, frames: Iterable[FrameMesh], fps: float,
                         prim_path: str = "/MonoNPHM/head") -> Path:
-    """Write ``frames`` as a time-sampled UsdGeom.Mesh with a vertex-interpolated ``displayColor`` primvar.
+    """Write ``frames`` as a time-sampled UsdGeom.Mesh with a vertex-interpolated ``displayColor`` primvar (and a
+    vertex-interpolated float ``hair`` primvar, 1 on the hair volume, for frames that carry one).
 
     The file is written next to ``path`` under a temporary name and renamed, like every package file.
     """
@@ -55,6 +61,7 @@ def write_mesh_sequence(path: str | Path, frames: Iterable[FrameMesh], fps: floa
     extent_attr = mesh.CreateExtentAttr()
     color_var = UsdGeom.PrimvarsAPI(mesh).CreatePrimvar(
         "displayColor", Sdf.ValueTypeNames.Color3fArray, UsdGeom.Tokens.vertex)
+    hair_var = None
     first = last = None
     for frame in frames:
         t = Usd.TimeCode(float(frame.frame_index))
@@ -67,6 +74,11 @@ def write_mesh_sequence(path: str | Path, frames: Iterable[FrameMesh], fps: floa
         lo, hi = verts.min(axis=0), verts.max(axis=0)
         extent_attr.Set(Vt.Vec3fArray([Gf.Vec3f(*map(float, lo)), Gf.Vec3f(*map(float, hi))]), t)
         color_var.Set(Vt.Vec3fArray.FromNumpy(colors), t)
+        if frame.hair is not None:
+            if hair_var is None:
+                hair_var = UsdGeom.PrimvarsAPI(mesh).CreatePrimvar(HAIR_PRIMVAR, Sdf.ValueTypeNames.FloatArray,
+                                                                   UsdGeom.Tokens.vertex)
+            hair_var.Set(Vt.FloatArray.FromNumpy(np.asarray(frame.hair, np.float32)), t)
         first = frame.frame_index if first is None else min(first, frame.frame_index)
         last = frame.frame_index if last is None else max(last, frame.frame_index)
     if first is None:

@@ -268,3 +268,18 @@ def test_invalid_intrinsics(pkg):
     _write_manifest(pkg, data)
     with pytest.raises(rf.PackageError, match="'intrinsics' must hold positive"):
         rf.ResultPackage(pkg).intrinsics()
+
+
+def test_canonical_hair_round_trip_and_kept_by_the_bake(tmp_path):
+    w = rf.ResultWriter(tmp_path / "p", _header())
+    hair = np.array([0, 1, 1, 0], np.uint8)
+    w.write_canonical_mesh(np.zeros((4, 3)), np.array([[0, 1, 2], [0, 2, 3]]), np.zeros((4, 3), np.uint8), hair=hair)
+    mesh = rf.ResultPackage(tmp_path / "p").canonical_mesh()
+    assert mesh.hair.dtype == np.uint8 and mesh.hair.tolist() == [0, 1, 1, 0]
+    w.write_bake(mesh, np.zeros((4, 3), np.uint8), np.ones(4, np.float32), {"frames": 1})
+    assert rf.ResultPackage(tmp_path / "p").canonical_mesh().hair.tolist() == [0, 1, 1, 0]
+    with pytest.raises(rf.PackageError, match="hair"):  # one entry per vertex
+        w.write_canonical_mesh(np.zeros((4, 3)), np.array([[0, 1, 2]]), np.zeros((4, 3), np.uint8), hair=hair[:3])
+    # a model without hair writes none
+    w.write_canonical_mesh(np.zeros((4, 3)), np.array([[0, 1, 2]]), np.zeros((4, 3), np.uint8))
+    assert rf.ResultPackage(tmp_path / "p").canonical_mesh().hair is None

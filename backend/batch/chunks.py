@@ -173,7 +173,7 @@ def _seed_identity(package: ResultPackage, part: ResultWriter) -> None:
     """Give a new part-package the clip's identity, canonical mesh and tracker state (without frames)."""
     mesh = package.canonical_mesh()
     part.write_identity(package.identity())
-    part.write_canonical_mesh(mesh.vertices, mesh.triangles, mesh.albedo)
+    part.write_canonical_mesh(mesh.vertices, mesh.triangles, mesh.albedo, hair=mesh.hair)
     state = load_npz(package.root / TRACKER_STATE)
     part.write_tracker_state({k: v for k, v in state.items()
                               if k not in FRAME_STATE_KEYS + ("frame_ids", "refined_ids")})

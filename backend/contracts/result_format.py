@@ -8,6 +8,7 @@ Layout::
       manifest.json           format, version, clip, fps, image size, intrinsics, model, per-frame records
       canonical_mesh.npz      vertices (V,3) f32 metres model axes · triangles (F,3) i32 · albedo (V,3) u8 sRGB
                               optional: baked_albedo (V,3) u8 sRGB · baked_confidence (V,) f32 · uv (F,3,2) f32
+                              · hair (V,) u8 (1 = the vertex is on the hair volume)
       identity.npz            z_geo, z_app (f32 vectors) · sh_coeffs (9,3) · color_affine (3,3) · color_bias (3,)
       frames/chunk_NNNNNN.npz per-frame arrays, one row per frame (frame_index says which)
       meshes.usdc             optional: per-frame meshes with colours (topology-varying output)
@@ -76,6 +77,7 @@ OPTIONAL_CANONICAL_SCHEMA = {
     "baked_albedo": ("uint8", ("V", 3)),
     "baked_confidence": ("float32", ("V",)),
     "uv": ("float32", ("F", 3, 2)),
+    "hair": ("uint8", ("V",)),
 }
 IDENTITY_SCHEMA = {
     "z_geo": ("float32", ("G",)),
@@ -138,6 +140,7 @@ class CanonicalMesh:
     baked_albedo: np.ndarray | None = None  # (V, 3) uint8, sRGB: colours baked from the video (None: not baked)
     baked_confidence: np.ndarray | None = None  # (V,) float32 in [0, 1]: share of the video in baked_albedo
     uv: np.ndarray | None = None  # (F, 3, 2) float32: texture coordinates of each triangle corner (TEXTURE)
+    hair: np.ndarray | None = None  # (V,) uint8: 1 where the vertex is on the hair volume (None: model without hair)
 
 
 def _opt_float(value: Any) -> float | None:
@@ -581,10 +584,15 @@ class ResultWriter:
         return load_npz(self.root / IDENTITY, IDENTITY_SCHEMA)
 
     # -- writes
-    def write_canonical_mesh(self, vertices: np.ndarray, triangles: np.ndarray, albedo: np.ndarray) -> None:
+    def write_canonical_mesh(self, vertices: np.ndarray, triangles: np.ndarray, albedo: np.ndarray,
+                             hair: np.ndarray | None = None) -> None:
         arrays = {"vertices": np.asarray(vertices, np.float32), "triangles": np.asarray(triangles, np.int32),
                   "albedo": np.asarray(albedo, np.uint8)}
-        check_arrays(CANONICAL_MESH, arrays, CANONICAL_SCHEMA, {})
+        if hair is not None:
+            arrays["hair"] = np.asarray(hair, np.uint8)
+        sizes: dict[str, int] = {}
+        check_arrays(CANONICAL_MESH, arrays, CANONICAL_SCHEMA, sizes)
+        check_arrays(CANONICAL_MESH, arrays, OPTIONAL_CANONICAL_SCHEMA, sizes, required=False)
         self._save(CANONICAL_MESH, arrays)
         package_entry(self.root, TEXTURE).unlink(missing_ok=True)   # a new mesh: an earlier bake no longer applies
         self.manifest.pop("bake", None)
@@ -605,6 +613,8 @@ class ResultWriter:
                   "baked_confidence": np.asarray(baked_confidence, np.float32)}
         if uv is not None:
             arrays["uv"] = np.asarray(uv, np.float32)
+        if mesh.hair is not None:
+            arrays["hair"] = np.asarray(mesh.hair, np.uint8)
         sizes: dict[str, int] = {}
         check_arrays(CANONICAL_MESH, arrays, CANONICAL_SCHEMA, sizes)
         check_arrays(CANONICAL_MESH, arrays, OPTIONAL_CANONICAL_SCHEMA, sizes, required=False)
@@ -932,7 +942,7 @@ class ResultPackage:
                 raise PackageError(f"{CANONICAL_MESH}: triangle indices out of range 0..{sizes['V'] - 1}",
                                    "Re-run tracking to rewrite the package.")
             self._mesh = CanonicalMesh(arrays["vertices"], tris, arrays["albedo"], arrays.get("baked_albedo"),
-                                       arrays.get("baked_confidence"), arrays.get("uv"))
+                                       arrays.get("baked_confidence"), arrays.get("uv"), arrays.get("hair"))
         return self._mesh
 
     @property

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..contracts import arkit
+from ..model.encoders import N_ID as N_ICT_IDENTITY
 
 
 # An ICT channel whose encoder column is weaker than this share of the median column barely moves the model's
@@ -100,6 +101,15 @@ class CodeSpace:
         if self.mode == "encoder":
             with torch.no_grad():
                 p_ex.clamp_(0.0, 1.0).mul_(self.ex_mask)
+
+    def bald(self, p_geo: torch.Tensor) -> Optional[torch.Tensor]:
+        """The same identity without hair: p_geo with the hair parameters (identity inputs after the ICT weights)
+        at 0, or None when the model has none (raw codes, or encoders without hair inputs)."""
+        if self.mode != "encoder" or self.n_id <= N_ICT_IDENTITY:
+            return None
+        out = p_geo.detach().clone()
+        out[N_ICT_IDENTITY:] = 0.0
+        return out
 
     def project_identity_(self, p_geo: torch.Tensor, p_app: torch.Tensor) -> None:
         if self.mode == "encoder":

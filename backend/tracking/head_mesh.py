@@ -67,6 +67,21 @@ def _largest_component(v: np.ndarray, f: np.ndarray):
     return v[used], remap[f]
 
 
+# a vertex is on the hair where it lies this far (model units, 2 mm) outside the same identity's bald head
+HAIR_MIN_OFFSET = 0.008
+
+
+@torch.no_grad()
+def hair_vertices(model, z_geo_bald: torch.Tensor, vertices: np.ndarray, z_exp: Optional[torch.Tensor] = None
+                  ) -> np.ndarray:
+    """(V,) uint8, 1 for vertices on the hair volume: outside the bald head (identity code ``z_geo_bald``, the same
+    person with the hair parameters at 0; canonical for ``z_exp`` None, else posed with it) by > HAIR_MIN_OFFSET."""
+    dev = z_geo_bald.device
+    x = torch.as_tensor(np.asarray(vertices, np.float32), device=dev)[None]
+    sdf = model.sdf_only(x, z_geo_bald, z_exp, neutral=z_exp is None)[0, :, 0]
+    return (sdf > HAIR_MIN_OFFSET).cpu().numpy().astype(np.uint8)
+
+
 class SilhouetteTargets:
     """Per-frame silhouette data derived from the labels (computed once per frame with numpy/cv2; the tensors on
     ``device``, the tracker's)."""

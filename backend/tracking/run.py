@@ -389,7 +389,7 @@ class TrackingSession:
                                     "sh_coeffs": to_numpy(tracker.sh), "color_affine": to_numpy(tracker.cA),
                                     "color_bias": to_numpy(tracker.cb)})
         self.writer.write_canonical_mesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces,
-                                         tracker.albedo)
+                                         tracker.albedo, hair=canonical_hair(tracker))
         self._save_state()
 
     def track_frames(self, todo: List[int]) -> int:
@@ -517,7 +517,8 @@ class TrackingSession:
             frames = FrameBatch(np.stack(images), np.stack(labels), np.stack(special),
                                 np.einsum("tij,tvj->tvi", R, verts) + t[:, None],
                                 fit_weights(np.array([self.bake_errors[i] for i in indices])))
-            mesh = CanonicalMesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces, tracker.albedo)
+            mesh = CanonicalMesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces, tracker.albedo,
+                                 hair=canonical_hair(tracker))
             fitted = Shading(to_numpy(tracker.sh), to_numpy(tracker.cA), to_numpy(tracker.cb))
             result = bake(frames, indices, np.arange(len(indices)), mesh, tracker.Knp, fitted)
             result.write(self.writer, mesh)
@@ -609,6 +610,19 @@ def identity_frames(found: List[int], preset) -> List[int]:
     return sorted(set(pick))
 
 
+def bald_z_geo(tracker):
+    """The tracked identity's code without hair (``codes.bald``), or None for a model without hair."""
+    pb = tracker.codes.bald(tracker.p_geo)
+    return None if pb is None else tracker.codes.z_geo(pb).detach()
+
+
+def canonical_hair(tracker) -> Optional[np.ndarray]:
+    """(V,) uint8 hair vertices of the tracker's canonical mesh, or None for a model without hair."""
+    from .head_mesh import hair_vertices
+    zb = bald_z_geo(tracker)
+    return None if zb is None else hair_vertices(tracker.model, zb, tracker.mesh.vertices)
+
+
 def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Optional[_Events] = None, colours=None):
     """Topology-varying per-frame meshes: narrow-band marching cubes of the posed SDF (``model.meshing.PosedMesher``,
     each frame reusing the previous frame's band) for source frames ``frames`` with expression codes ``z_exp``
@@ -617,16 +631,19 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
     through the fitted colour affine). Yields ``usd_export.FrameMesh`` (metres, model axes)."""
     from ..model.meshing import COLOR_PRUNE_MASS, PosedMesher
     from ..usd_export import FrameMesh
+    from .head_mesh import hair_vertices
 
     mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
     zg = tracker.z_geo().detach()
+    zb = bald_z_geo(tracker)
     for k, index in enumerate(frames):
         t0 = time.perf_counter()
         ze = tracker.tensor(z_exp[k])[None]
         mesh = mesher(zg, None, ze, with_color=False)
         rgb = tracker.albedo_u8(mesh.vertices, ze, COLOR_PRUNE_MASS) if colours is None else \
             colours.at_posed(tracker.model, zg, ze, mesh.vertices)
-        frame_mesh = FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, rgb)
+        hair = None if zb is None else hair_vertices(tracker.model, zb, mesh.vertices, ze)
+        frame_mesh = FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, rgb, hair)
         tracker.timer.add("meshes", time.perf_counter() - t0)
         yield frame_mesh
         if ev is not None:

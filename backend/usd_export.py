@@ -91,10 +91,10 @@ def write_mesh_sequence(path: str | Path, frames: Iterable[FrameMesh], fps: floa
     return path
 
 
-def write_usd_sequence(path: str | Path, frames: Iterable[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
+def write_usd_sequence(path: str | Path, frames: Iterable[tuple],
                        fps: float, prim_path: str = "/MonoNPHM/head") -> Path:
-    """``write_mesh_sequence`` for (source index, vertices, triangles, colours) tuples."""
-    return write_mesh_sequence(path, (FrameMesh(int(i), v, t, c) for i, v, t, c in frames), fps, prim_path)
+    """``write_mesh_sequence`` for (source index, vertices, triangles, colours[, hair]) tuples."""
+    return write_mesh_sequence(path, (FrameMesh(int(f[0]), *f[1:]) for f in frames), fps, prim_path)
 
 
 def external_dependencies(path: str | Path) -> list[str]:

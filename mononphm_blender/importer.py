@@ -179,11 +179,14 @@ class _SceneSnapshot:
 
 def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip=None, clip_start: int | None = None,
                    error_threshold: float | None = None, setup_camera: bool = True, setup_scene: bool = True,
-                   load_source_clip: bool = True, colour_source: str | None = None) -> ImportResult:
+                   load_source_clip: bool = True, colour_source: str | None = None,
+                   include_hair: bool | None = None) -> ImportResult:
     """Import (or update) the result package at ``path``; see the module docstring.
 
     ``colour_source`` (COLOUR_SOURCES; None: the scene's setting) picks what the head shows: the model's albedo,
     the colours baked from the video, or the baked texture (each falls back to the next available one).
+    ``include_hair`` (None: the scene's setting) shows or leaves out the hair volume of a model with hair (its own
+    material slot and vertex group / geometry nodes; leaving it out is a modifier, so it can come back).
 
     All or nothing: any error leaves the scene as it was (new data-blocks removed, timing, camera and markers
     restored) and is raised again. Raises result_format.PackageError (message + hint) for packages that cannot be
@@ -195,17 +198,19 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
         colour_source = getattr(getattr(context.scene, "mononphm", None), "colour_source", "BAKED")
     if colour_source not in COLOUR_SOURCES:
         raise ValueError(f"colour_source must be one of {COLOUR_SOURCES}")
+    if include_hair is None:
+        include_hair = bool(getattr(getattr(context.scene, "mononphm", None), "import_hair", True))
     snapshot = _SceneSnapshot(context.scene)
     try:
         return _import(context, path, mode, clip, clip_start, error_threshold, setup_camera, setup_scene,
-                       load_source_clip, colour_source)
+                       load_source_clip, colour_source, include_hair)
     except BaseException:
         snapshot.restore()
         raise
 
 
 def _import(context, path, mode, clip, clip_start, error_threshold, setup_camera, setup_scene,
-            load_source_clip, colour_source) -> ImportResult:
+            load_source_clip, colour_source, include_hair) -> ImportResult:
     t0 = time.perf_counter()
     scene = context.scene
     root = Path(bpy.path.abspath(str(path)))
@@ -257,12 +262,18 @@ def _import(context, path, mode, clip, clip_start, error_threshold, setup_camera
         result.usd_object = _import_usd(context, package, existing.get("usd"), coll, clip_start, result)
         if result.usd_object is not None:
             _tag(result.usd_object, str(root), "usd", clip_start)
+            if package.canonical_mesh().hair is not None:
+                meshes.set_usd_hair(result.usd_object)
+                meshes.assign_material(result.usd_object, meshes.color_material(
+                    "MonoNPHM Hair Vertex Colour", meshes.USD_COLOR_ATTRIBUTE), meshes.HAIR_SLOT)
             if result.head is not None:  # both: the shape-key head is the one shown by default
                 if result.usd_object.name in context.view_layer.objects:
                     result.usd_object.hide_set(True)
                 result.usd_object.hide_render = True
 
     pose_objects = [o for o in (result.head, result.usd_object) if o is not None]
+    for obj in pose_objects:
+        meshes.show_hair(obj, include_hair)
     if len(indices) and pose_objects:
         matrices = conventions.head_world_matrices(arrays["scale"], arrays["rotation"], arrays["translation"])
         quality = {k: package.quality(k)[usable] for k in QUALITY_PROPS}
@@ -368,6 +379,7 @@ def _import_shape_keys(package, arrays, indices, frames, head, coll, root: Path,
         me.color_attributes.remove(baked)
     if canon.uv is not None:
         meshes.set_corner_uv(me, canon.uv)
+    meshes.set_hair(head, canon.hair)
     if "vertices" in arrays and len(indices):
         coords = to_blender(arrays["vertices"])
         names = [meshes.key_name(i) for i in indices]
@@ -399,7 +411,21 @@ def set_colour_source(head, source: str, texture: Path | None) -> str:
         meshes.show_point_colors(me, meshes.ALBEDO_ATTRIBUTE)
         shown = "MODEL"
     meshes.assign_material(head, mat)
+    if head.vertex_groups.get(meshes.HAIR_GROUP) is not None:  # the hair: its own material, same colours
+        hair = {"TEXTURE": lambda: meshes.image_material(f"MonoNPHM Hair Texture {texture.parent.name}", str(texture)),
+                "BAKED": lambda: meshes.color_material("MonoNPHM Hair Baked", meshes.BAKED_ATTRIBUTE),
+                "MODEL": lambda: meshes.color_material("MonoNPHM Hair Albedo", meshes.ALBEDO_ATTRIBUTE)}[shown]()
+        meshes.assign_material(head, hair, meshes.HAIR_SLOT)
     return shown
+
+
+def apply_hair_visibility(scene) -> None:
+    """Show or leave out the hair of the package last imported into ``scene`` (the scene's ``import_hair``)."""
+    settings = getattr(scene, "mononphm", None)
+    path = settings.last_package if settings is not None else ""
+    for obj in (find_objects(path).values() if path else ()):
+        if obj.type == "MESH":
+            meshes.show_hair(obj, settings.import_hair)
 
 
 def apply_colour_source(scene) -> str | None:

@@ -46,6 +46,12 @@ def _colour_source_changed(self, context):
     importer.apply_colour_source(context.scene)
 
 
+def _import_hair_changed(self, context):
+    from . import importer
+
+    importer.apply_hair_visibility(context.scene)
+
+
 def _threshold_changed(self, context):
     from . import importer
 
@@ -116,6 +122,9 @@ class MONONPHM_PG_settings(bpy.types.PropertyGroup):
     last_package: StringProperty(name="Result", subtype="DIR_PATH", options=REL, default="")
     colour_source: EnumProperty(name="Colours", items=COLOUR_ITEMS, default="BAKED", update=_colour_source_changed,
                                 description="What the imported head shows")
+    import_hair: BoolProperty(name="Hair", default=True, update=_import_hair_changed,
+                              description="Show the hair volume of a head model with hair (its own material and "
+                                          "vertex group); off leaves it out of the imported head")
     bake_use_range: BoolProperty(name="Frame Range", default=False,
                                  description="Bake from part of the tracked frames only (e.g. without occlusions)")
     bake_start: IntProperty(name="Start", default=1, description="First scene frame to bake from")

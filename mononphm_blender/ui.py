@@ -136,7 +136,9 @@ class MONONPHM_PT_result(SidebarPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         s = context.scene.mononphm
-        layout.operator("mononphm.import_result", icon="IMPORT")
+        row = layout.row(align=True)
+        row.operator("mononphm.import_result", icon="IMPORT")
+        row.prop(s, "import_hair", toggle=True)
         if s.last_package:
             layout.label(text=f"Result: {s.last_package}")
         row = layout.row(align=True)

@@ -10,7 +10,7 @@ bpy = pytest.importorskip("bpy")
 
 from backend.contracts import conventions as cv  # noqa: E402
 from backend.contracts import result_format as rf  # noqa: E402
-from fakes.packages import frame_vertices, grid_head, make_package, usd_colors  # noqa: E402
+from fakes.packages import frame_vertices, grid_head, hair_of, make_package, usd_colors  # noqa: E402
 
 FRAMES, VERTS = 100, 3000
 
@@ -364,3 +364,51 @@ def test_cycles_render_shows_the_coloured_head(scene, tmp_path):
     assert covered[24, 32]  # the head sits in the middle of the frame
     assert 0.05 < covered.mean() < 0.9
     assert px[covered][:, :3].std(axis=0).max() > 0.02  # coloured, not flat
+
+
+def _evaluated_mesh(obj):
+    return obj.evaluated_get(bpy.context.evaluated_depsgraph_get()).data
+
+
+def test_hair_material_group_and_toggle(scene, tmp_path):
+    from mononphm_blender.blender import mesh as meshes
+
+    pkg = make_package(tmp_path / "hairy", frames=4, vertices=400, hair=True)
+    canon, tris, _ = grid_head(400)
+    hair = hair_of(canon).astype(bool)
+    head = _import(pkg).head
+    group = head.vertex_groups[meshes.HAIR_GROUP]
+    in_group = np.array([any(g.group == group.index for g in v.groups) for v in head.data.vertices])
+    assert np.array_equal(in_group, hair)
+    slots = np.empty(len(head.data.polygons), np.int32)
+    head.data.polygons.foreach_get("material_index", slots)
+    assert np.array_equal(slots == meshes.HAIR_SLOT, hair[tris].all(1))
+    assert head.material_slots[meshes.HAIR_SLOT].material.name.startswith("MonoNPHM Hair")
+    assert len(_evaluated_mesh(head).vertices) == len(canon)
+    # left out: the hair vertices are gone from the evaluated head, and come back with the toggle
+    head = _import(pkg, include_hair=False).head
+    assert len(_evaluated_mesh(head).vertices) == (~hair).sum()
+    scene.mononphm.last_package = str(pkg)
+    scene.mononphm.import_hair = True
+    assert len(_evaluated_mesh(head).vertices) == len(canon)
+    # a model without hair: no group, one material, nothing to leave out
+    plain = _import(make_package(tmp_path / "bald", frames=2, vertices=400), include_hair=False).head
+    assert meshes.HAIR_GROUP not in plain.vertex_groups and len(_evaluated_mesh(plain).vertices) == len(canon)
+
+
+def test_usd_hair_material_and_toggle(scene, tmp_path):
+    from mononphm_blender.blender import mesh as meshes
+
+    pkg = make_package(tmp_path / "usdhair", frames=6, vertices=300, output_mode="meshes", usd=True, hair=True)
+    obj = _import(pkg).usd_object
+    scene.frame_set(1 + 4)
+    canon, tris, _ = grid_head(300)
+    hair = hair_of(frame_vertices(canon, 4)).astype(bool)
+    me = _evaluated_mesh(obj)
+    slots = np.empty(len(me.polygons), np.int32)
+    me.polygons.foreach_get("material_index", slots)
+    keep = len(tris) - 4 % 3
+    assert np.array_equal(slots == meshes.HAIR_SLOT, hair[tris[:keep]].all(1))
+    assert obj.material_slots[meshes.HAIR_SLOT].material is not None
+    meshes.show_hair(obj, False)
+    assert len(_evaluated_mesh(obj).vertices) == (~hair).sum()

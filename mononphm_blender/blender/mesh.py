@@ -10,6 +10,11 @@ BAKED_ATTRIBUTE = "baked"
 UV_LAYER = "UVMap"
 USD_COLOR_ATTRIBUTE = "displayColor"
 KEY_PREFIX = "frame_"
+HAIR_GROUP = "MonoNPHM Hair"            # vertex group of the hair vertices (shape-key head)
+HAIR_ATTRIBUTE = "hair"                 # per-vertex float, 1 on the hair (the USD meshes' primvar)
+HAIR_SLOT = 1                           # material slot of the hair faces (slot 0: the head)
+LEAVE_OUT_HAIR = "MonoNPHM Leave Out Hair"  # modifier that removes the hair (shown when hair is off)
+HAIR_MATERIAL_NODES = "MonoNPHM Hair Material"  # geometry nodes: hair faces of the USD meshes on HAIR_SLOT
 
 
 def key_name(source_index: int) -> str:
@@ -136,14 +141,101 @@ def color_material(name: str, attribute: str):
     return mat
 
 
-def assign_material(obj, mat) -> None:
+def assign_material(obj, mat, slot: int = 0) -> None:
+    """Put ``mat`` in material slot ``slot`` (slots before it are created with the same material)."""
     if obj.data is None:
         return
     mats = obj.data.materials
-    if len(mats) == 0:
+    while len(mats) <= slot:
         mats.append(mat)
-    else:
-        mats[0] = mat
+    mats[slot] = mat
+
+
+def set_hair(obj, hair: np.ndarray | None) -> bool:
+    """Hair vertices ``hair`` (V,) of a triangle mesh object: the vertex group HAIR_GROUP, faces whose corners are
+    all hair on material slot HAIR_SLOT, and a LEAVE_OUT_HAIR Mask modifier (off until the hair is left out).
+    None or no hair vertex: all of it removed. Returns whether the mesh has hair."""
+    me = obj.data
+    group = obj.vertex_groups.get(HAIR_GROUP)
+    if group is not None:
+        obj.vertex_groups.remove(group)
+    has_hair = hair is not None and bool(np.any(hair))
+    slots = np.zeros(len(me.polygons), np.int32)
+    mod = obj.modifiers.get(LEAVE_OUT_HAIR)
+    if has_hair:
+        hair = np.asarray(hair).astype(bool)
+        group = obj.vertex_groups.new(name=HAIR_GROUP)
+        group.add(np.flatnonzero(hair).tolist(), 1.0, "REPLACE")
+        corners = np.empty(len(me.loops), np.int32)
+        me.loops.foreach_get("vertex_index", corners)
+        slots = (hair[corners].reshape(-1, 3).all(1) * HAIR_SLOT).astype(np.int32)
+        if mod is None:
+            mod = obj.modifiers.new(LEAVE_OUT_HAIR, "MASK")
+            mod.show_viewport = mod.show_render = False
+        mod.vertex_group = HAIR_GROUP
+        mod.invert_vertex_group = True
+    elif mod is not None:
+        obj.modifiers.remove(mod)
+    me.polygons.foreach_set("material_index", slots)
+    me.update()
+    return has_hair
+
+
+def _hair_selection(tree, threshold: float):
+    """Nodes reading HAIR_ATTRIBUTE > threshold; returns the boolean output socket."""
+    attr = tree.nodes.new("GeometryNodeInputNamedAttribute")
+    attr.data_type = "FLOAT"
+    attr.inputs["Name"].default_value = HAIR_ATTRIBUTE
+    cmp = tree.nodes.new("FunctionNodeCompare")
+    cmp.data_type = "FLOAT"
+    cmp.operation = "GREATER_THAN"
+    cmp.inputs["B"].default_value = threshold
+    tree.links.new(attr.outputs["Attribute"], cmp.inputs["A"])
+    return cmp.outputs["Result"]
+
+
+def _geometry_tree(name: str):
+    """A new geometry-node group with a geometry input and output: (tree, input node, output node)."""
+    tree = bpy.data.node_groups.new(name, "GeometryNodeTree")
+    tree.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    return tree, tree.nodes.new("NodeGroupInput"), tree.nodes.new("NodeGroupOutput")
+
+
+def set_usd_hair(obj) -> None:
+    """Per-frame USD meshes with a HAIR_ATTRIBUTE: geometry-node modifiers that put faces whose corners are all
+    hair on material slot HAIR_SLOT (always on) and that delete the hair (LEAVE_OUT_HAIR, off until the hair is left
+    out). The attribute changes with the topology every frame, hence nodes instead of a vertex group."""
+    if obj.modifiers.get(HAIR_MATERIAL_NODES) is None:
+        tree = bpy.data.node_groups.get(HAIR_MATERIAL_NODES)
+        if tree is None:
+            tree, gin, gout = _geometry_tree(HAIR_MATERIAL_NODES)
+            node = tree.nodes.new("GeometryNodeSetMaterialIndex")
+            node.inputs["Material Index"].default_value = HAIR_SLOT
+            # read on faces, the point attribute is the mean of the corners: > 0.99 = every corner on the hair
+            tree.links.new(_hair_selection(tree, 0.99), node.inputs["Selection"])
+            tree.links.new(gin.outputs[0], node.inputs["Geometry"])
+            tree.links.new(node.outputs["Geometry"], gout.inputs[0])
+        obj.modifiers.new(HAIR_MATERIAL_NODES, "NODES").node_group = tree
+    if obj.modifiers.get(LEAVE_OUT_HAIR) is None:
+        tree = bpy.data.node_groups.get(LEAVE_OUT_HAIR)
+        if tree is None:
+            tree, gin, gout = _geometry_tree(LEAVE_OUT_HAIR)
+            node = tree.nodes.new("GeometryNodeDeleteGeometry")
+            node.domain = "POINT"
+            tree.links.new(_hair_selection(tree, 0.5), node.inputs["Selection"])
+            tree.links.new(gin.outputs[0], node.inputs["Geometry"])
+            tree.links.new(node.outputs["Geometry"], gout.inputs[0])
+        mod = obj.modifiers.new(LEAVE_OUT_HAIR, "NODES")
+        mod.node_group = tree
+        mod.show_viewport = mod.show_render = False
+
+
+def show_hair(obj, show: bool) -> None:
+    """Show or leave out the hair of an imported head (its LEAVE_OUT_HAIR modifier; no-op without hair)."""
+    mod = obj.modifiers.get(LEAVE_OUT_HAIR)
+    if mod is not None:
+        mod.show_viewport = mod.show_render = not show
 
 
 def set_key_coords(kb, co: np.ndarray) -> None:

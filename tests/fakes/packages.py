@@ -60,7 +60,7 @@ def landmark_error(index: int) -> float:
 def make_package(root, *, frames: int = 100, vertices: int = 2000, stride: int = 1, chunk: int = 25,
                  arkit: bool = True, output_mode: str = "shape_keys", usd: bool = False, fps: float = 25.0,
                  width: int = 320, height: int = 240, source_path: str = "/nonexistent/clip.mp4",
-                 state: str = "complete") -> Path:
+                 state: str = "complete", hair: bool = False) -> Path:
     root = Path(root)
     header = {"source": {"path": source_path, "kind": "video", "frame_count": frames * stride}, "fps": fps,
               "image_size": [width, height],
@@ -69,7 +69,7 @@ def make_package(root, *, frames: int = 100, vertices: int = 2000, stride: int =
               "model": {"name": "builtin"}, "output_mode": output_mode, "settings": {"preset": "draft"}}
     writer = rf.ResultWriter(root, header)
     canon, tris, albedo = grid_head(vertices)
-    writer.write_canonical_mesh(canon, tris, albedo)
+    writer.write_canonical_mesh(canon, tris, albedo, hair=hair_of(canon) if hair else None)
     writer.write_identity({"z_geo": np.zeros(8), "z_app": np.zeros(8), "sh_coeffs": np.zeros((9, 3)),
                            "color_affine": np.eye(3), "color_bias": np.zeros(3)})
     indices = list(range(0, frames * stride, stride))
@@ -87,7 +87,7 @@ def make_package(root, *, frames: int = 100, vertices: int = 2000, stride: int =
             arrays["arkit"] = np.stack([np.full(52, (i % 10) / 10.0, np.float32) for i in part])
         writer.write_frames(records, arrays)
     if usd:
-        write_usd(root, indices, canon, tris, albedo, fps)
+        write_usd(root, indices, canon, tris, albedo, fps, hair)
         writer.set_usd(rf.USD_SEQUENCE)
     writer.finish(state)
     return root
@@ -99,23 +99,29 @@ def usd_colors(albedo: np.ndarray, index: int) -> np.ndarray:
     return out
 
 
-def write_usd(root, indices, canon, tris, albedo, fps) -> None:
+def hair_of(vertices: np.ndarray) -> np.ndarray:
+    """(V,) uint8 fake hair: the top cap of the grid head (model y > 0.05 m)."""
+    return (np.asarray(vertices)[:, 1] > 0.05).astype(np.uint8)
+
+
+def write_usd(root, indices, canon, tris, albedo, fps, hair: bool = False) -> None:
     """Write meshes.usdc with backend.usd_export — in a subprocess, so usd-core's pxr never meets bpy's USD
     libraries in one process (and the bpy-4.5-only env can borrow the project's .venv)."""
     np.savez(Path(root) / ".usd_input.npz", indices=np.array(indices), canon=canon, tris=tris, albedo=albedo)
     code = (
         "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])\n"
         "from backend.usd_export import write_usd_sequence\n"
-        "from fakes.packages import frame_vertices, usd_colors\n"
+        "from fakes.packages import frame_vertices, hair_of, usd_colors\n"
         "d = np.load(sys.argv[3])\n"
         "tris = d['tris']\n"
         "def frames():\n"
         "    for i in d['indices']:\n"
         "        i = int(i); keep = len(tris) - (i % 3)  # topology changes between frames\n"
-        "        yield i, frame_vertices(d['canon'], i), tris[:keep], usd_colors(d['albedo'], i)\n"
+        "        v = frame_vertices(d['canon'], i)\n"
+        "        yield (i, v, tris[:keep], usd_colors(d['albedo'], i)) + ((hair_of(v),) if sys.argv[6] == '1' else ())\n"
         "write_usd_sequence(sys.argv[4], frames(), float(sys.argv[5]))\n")
     subprocess.run([usd_python(), "-c", code, str(REPO), str(REPO / "tests"), str(Path(root) / ".usd_input.npz"),
-                    str(Path(root) / rf.USD_SEQUENCE), str(fps)], check=True)
+                    str(Path(root) / rf.USD_SEQUENCE), str(fps), "1" if hair else "0"], check=True)
     (Path(root) / ".usd_input.npz").unlink()
 
 

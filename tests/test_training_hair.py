@@ -143,4 +143,30 @@ def test_eyelid_and_brow_emphasis(setup):
     v_emph = np.zeros(ict.n_verts, bool)
     v_emph[ict.faces[emph]] = True
     _, j = cKDTree(ict.vertices()[ict.used_verts]).query(s["corr_neutral"])
-    assert v_emph[ict.used_verts[j]].mean() > 2.5 * share_area
+    on_emph = v_emph[ict.used_verts[j]]
+    assert on_emph.mean() > 2.5 * share_area
+    # their correspondences weigh more
+    assert s["corr_weight"][on_emph].mean() > 5 * s["corr_weight"][~on_emph].mean()
+    # closed eyes: no supervision on their eyeballs (the lid covers them); open eyes keep them
+    eyeballs = ict.tri_region == D.R_EYEBALL
+    assert not (D.visible_triangles(ict, w) & eyeballs).any()
+    assert D.visible_triangles(ict, np.zeros_like(w)).all()
+    wink = np.zeros_like(w)
+    wink[ict.ex_names.index("eyeBlink_L")] = 1
+    assert np.array_equal(D.visible_triangles(ict, wink), ~ict.tri_eyeball_side["L"])
+    assert (ict.neutral[ict.faces[ict.tri_eyeball_side["L"]]][..., 0] > 0).all()  # +x: the subject's left
+
+    def on_eyeballs(sample):
+        v = ict.vertices()
+        ball = np.unique(ict.faces[eyeballs])
+        n = 0
+        for c in ict.eye_centres:
+            side = ball[np.sign(v[ball, 0]) == np.sign(c[0])]
+            r = np.median(np.linalg.norm(v[side] - c, axis=1))
+            n += int((np.abs(np.linalg.norm(sample["surf"] - c, axis=1) - r) < 0.0012).sum())
+        return n
+
+    big = D.SampleSizes(**{**SIZES, "n_other": 3000})
+    closed = D.make_sample(ict, av, np.zeros(100), w, D.sample_appearance(rng), 1, rng, big)
+    opened = D.make_sample(ict, av, np.zeros(100), np.zeros_like(w), D.sample_appearance(rng), 1, rng, big)
+    assert on_eyeballs(opened) >= 20 and on_eyeballs(closed) < 0.2 * on_eyeballs(opened)  # (lids touch the sphere)

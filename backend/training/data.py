@@ -114,6 +114,10 @@ class ICTModel:
         # eyelids and brows: small areas that move a lot; sampled more densely (EXPR_EMPHASIS)
         emph = np.maximum(self.semantic["eyelids"], self.semantic["brows"])
         self.tri_expr_emphasis = emph[self.faces].max(1)
+        # eyeball triangles per side (+x = the subject's left), dropped from the supervision of a closing eye
+        centre_x = self.neutral[self.faces].mean(1)[:, 0]
+        self.tri_eyeball_side = {s: (self.tri_region == R_EYEBALL) & (np.sign(centre_x) == sign)
+                                 for s, sign in (("L", 1.0), ("R", -1.0))}
 
     # -- geometry ----------------------------------------------------------------------------------------------
     def vertices(self, w_id=None, w_ex=None) -> np.ndarray:
@@ -450,6 +454,23 @@ class SampleSizes:
 # and for the correspondences: a blink moves only a few cm^2 of skin by ~8 mm, too little of the uniform samples for
 # the deformation to learn it (the model trained without it barely moved its lids and brows)
 EXPR_EMPHASIS = 6.0
+# ... and their correspondences weigh (1 + CORR_EMPHASIS x emphasis) times as much: lids and brows slide along the
+# surface, so the signed distance barely changes and only the correspondences teach the motion
+CORR_EMPHASIS = 10.0
+# an eye this closed (eyeBlink + 0.5 eyeSquint) has its eyeball dropped from the posed supervision: the closed lid
+# slides ~8 mm over an eyeball 1-3 mm behind it, which no smooth deformation can map onto the open eye's eyeball;
+# behind the closed lid is simply inside the head
+EYE_CLOSED = 0.3
+
+
+def visible_triangles(ict: "ICTModel", w_ex: np.ndarray) -> np.ndarray:
+    """(F,) bool: kept triangles that are surface for expression w_ex (eyeballs of closing eyes dropped)."""
+    vis = np.ones(len(ict.faces), bool)
+    for side in ("L", "R"):
+        closed = w_ex[ict.ex_names.index(f"eyeBlink_{side}")] + 0.5 * w_ex[ict.ex_names.index(f"eyeSquint_{side}")]
+        if closed > EYE_CLOSED:
+            vis &= ~ict.tri_eyeball_side[side]
+    return vis
 
 
 BOX_MIN = np.array([-0.75, -0.95, -0.85], np.float32)
@@ -536,9 +557,10 @@ def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng
     F = ict.faces
     areas = ict.tri_areas(vp)
     emph = 1.0 + EXPR_EMPHASIS * ict.tri_expr_emphasis
+    vis = visible_triangles(ict, np.asarray(w_ex))
 
     # dense samples for approximate distances (and the hair's head distance)
-    tk, bk = _sample_tris(rng, areas, np.ones(len(F), bool), S.n_kd)
+    tk, bk = _sample_tris(rng, areas, vis, S.n_kd)
     kp = _interp(vp, F, tk, bk)
     kn = _interp(nrm_p, F, tk, bk)
     tree = cKDTree(kp)
@@ -548,7 +570,7 @@ def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng
     # surface points (with hair: head points under the hair dropped, hair points in the non-face bucket)
     over = 2 if has_hair else 1
     tf, bf = _sample_tris(rng, areas, ict.tri_is_face * emph, over * S.n_face)
-    to, bo = _sample_tris(rng, areas, ~ict.tri_is_face, over * S.n_other)
+    to, bo = _sample_tris(rng, areas, ~ict.tri_is_face & vis, over * S.n_other)
     parts_f = [(_interp(vp, F, tf, bf), _interp(nrm_p, F, tf, bf), tf, bf)]
     parts_o = [(_interp(vp, F, to, bo), _interp(nrm_p, F, to, bo), to, bo)]
     n_hair_surf = int(round(S.hair_share * S.n_other)) if hv.t0 > 0 else int(round(0.15 * S.n_other))
@@ -587,7 +609,7 @@ def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng
 
     # near-surface points: offset along the normal; |sdf| <= |eps| and <= KD distance
     n_head_near = S.n_near - n_hair_near
-    tn, bn = _sample_tris(rng, areas, (0.3 + 0.7 * ict.tri_is_face) * emph, n_head_near)
+    tn, bn = _sample_tris(rng, areas, (0.3 + 0.7 * ict.tri_is_face) * emph * vis, n_head_near)
     pn = _interp(vp, F, tn, bn)
     nn_ = _interp(nrm_p, F, tn, bn)
     if n_hair_near:
@@ -605,7 +627,7 @@ def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng
         near_sdf[n_head_near:] = np.minimum(eps[n_head_near:, 0], head_sd[n_head_near:])
 
     # off-surface points with KD signed distance (sign from the nearest sample's normal)
-    ti, bi = _sample_tris(rng, areas, np.ones(len(F), bool), S.n_off)
+    ti, bi = _sample_tris(rng, areas, vis, S.n_off)
     off = _interp(vp, F, ti, bi) + rng.normal(0, 0.05, (S.n_off, 3)).astype(np.float32)
     far = rng.uniform(BOX_MIN, BOX_MAX, (S.n_far, 3)).astype(np.float32)
     q = np.concatenate([off, far])
@@ -635,6 +657,7 @@ def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng
         "off": q[:S.n_off].astype(np.float32), "off_sdf": q_sdf[:S.n_off].astype(np.float32),
         "far": q[S.n_off:].astype(np.float32), "far_sdf": q_sdf[S.n_off:].astype(np.float32),
         "corr_posed": c_pos.astype(np.float32), "corr_neutral": c_neu.astype(np.float32),
+        "corr_weight": (1.0 + CORR_EMPHASIS * ict.tri_expr_emphasis[tc]).astype(np.float32),
         "anchors": vn[anchor_vertices].astype(np.float32),
         "w_id": np.asarray(w_id, np.float32), "w_ex": np.asarray(w_ex, np.float32),
         "app": np.asarray(app, np.float32), "hair": hair,

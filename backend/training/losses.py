@@ -20,7 +20,7 @@ LOSS_WEIGHTS = {
     "symm_dist": 0.01,      # mean ||l_geo,2i - l_geo,2i+1||
     "symm_dist_app": 1e-4,
     "anchors": 7.5,         # mean (A_pred - A_gt)^2
-    "corresp": 1000.0,      # mean (x_p + delta(x_p) - x_n)^2   (x0.25 after 30 % of the run)
+    "corresp": 1000.0,      # mean w (x_p + delta(x_p) - x_n)^2, w: lid/brow emphasis (x0.25 after 30 % of the run)
     "reg_zero": 0.0025,     # mean ||delta||^2 at uniform points in [-1.25, 1.25]^3
     "neutral_zero": 0.001,  # mean delta^2 on neutral samples' points and back-of-head points of all samples
     "hyper": 0.05,          # mean |h| (+10x on neutral samples / static points)

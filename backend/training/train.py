@@ -62,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--color-frac", type=float, default=0.45, help="fraction of surface points with colour loss")
     p.add_argument("--exact", action="store_true", help="no blend-weight pruning in training")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
+    p.add_argument("--corresp-decay-at", type=float, default=0.3,
+                   help="fraction of the schedule after which the correspondence weight drops to 1/4 (1 = never)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -290,7 +292,7 @@ class Trainer:
         # --- deformation terms
         cp = b["corr_posed"]
         off_c, hyp_c = query(model, cp, z_geo, None, z_exp, anchors, deformation_only=True)
-        L["corresp"] = ((cp + off_c - b["corr_neutral"]) ** 2).mean()
+        L["corresp"] = (((cp + off_c - b["corr_neutral"]) ** 2).sum(-1) * b["corr_weight"]).mean() / 3
         xz = (torch.rand(B, 50, 3) * 2.5 - 1.25)
         off_z, hyp_z = query(model, xz, z_geo, None, z_exp, anchors, deformation_only=True)
         L["reg_zero"] = (off_z ** 2).sum(-1).mean()
@@ -321,7 +323,7 @@ class Trainer:
 
     def total(self, L):
         w = dict(LOSS_WEIGHTS)
-        if self.step > 0.3 * self.args.total_steps:
+        if self.step > self.args.corresp_decay_at * self.args.total_steps:
             w["corresp"] *= 0.25
         return sum(w[k] * v for k, v in L.items())
 

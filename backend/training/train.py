@@ -30,6 +30,8 @@ from ..model.parallel import set_threads
 from ..model.encoders import N_ID, ArkitRegressor, CodeEncoders
 from .hair import N_HAIR
 from .losses import LOSS_WEIGHTS, OFF_CLAMP, symm_dist
+
+WEAK_SHARE = 0.5  # expression channels with an encoder column below this share of the median are "weak"
 from .modelwrap import build_model, model_config, query
 
 
@@ -62,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--color-frac", type=float, default=0.45, help="fraction of surface points with colour loss")
     p.add_argument("--exact", action="store_true", help="no blend-weight pruning in training")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
+    p.add_argument("--boost-weak-expressions", action="store_true",
+                   help="with --init-from: rescale the expression encoder columns of channels the model barely "
+                        "drives to the median column norm (see Trainer.boost_weak_expression_columns)")
     p.add_argument("--corresp-decay-at", type=float, default=0.3,
                    help="fraction of the schedule after which the correspondence weight drops to 1/4 (1 = never)")
     p.add_argument("--quiet", action="store_true")
@@ -195,6 +200,25 @@ class Trainer:
                     v.copy_(src[k])
             for dst, p in zip(self.ema_params, self._ema_sources()):
                 dst.copy_(p)
+
+    @torch.no_grad()
+    def boost_weak_expression_columns(self) -> list:
+        """Rescale the expression encoder's columns of driven channels whose norm is < WEAK_SHARE x the median to
+        the median norm (direction kept), in the weights and their EMA. A channel the model barely drives (the
+        original built-in model's eyelids and brows) maps to a near-zero code that the deformation network cannot
+        tell from neutral, so the correspondences hardly pull it out; a code of typical size lets them.
+        Returns the boosted ICT channel names."""
+        from ..contracts import arkit
+        w = self.enc.exp.weight                       # (D_exp, n_ex)
+        col = w.norm(dim=0)
+        driven = torch.tensor([i for i, n in enumerate(arkit.ICT_NAMES) if n not in D.STATIC_CHANNELS])
+        med = col[driven].median()
+        weak = [int(i) for i in driven if col[i] < WEAK_SHARE * med]
+        params = self._ema_sources()
+        k = next(i for i, p in enumerate(params) if p is w)
+        for t in (w, self.ema_params[k]):
+            t[:, weak] *= med / t[:, weak].norm(dim=0).clamp_min(1e-8)
+        return [arkit.ICT_NAMES[i] for i in weak]
 
     def try_resume(self) -> bool:
         path = self.out / "ckpt_last.pt"
@@ -384,6 +408,8 @@ def main(argv=None):
     resumed = tr.try_resume()
     if not resumed and args.init_from:
         tr.init_from(args.init_from)
+        if args.boost_weak_expressions:
+            print(f"[train] boosted expression columns: {tr.boost_weak_expression_columns()}", file=sys.stderr)
     out = tr.out
     (out / "run_args.json").write_text(json.dumps(vars(args), indent=1))
     print(f"[train] {'resumed at step ' + str(tr.step) if resumed else 'new run'}"

@@ -90,3 +90,16 @@ def test_init_from_exported_model_reproduces_it(tmp_path):
     assert torch.equal(tr.enc.exp.weight, enc.exp.weight)
     for e, p in zip(tr.ema_params, tr._ema_sources()):
         assert torch.equal(e, p)
+    # weak expression channels (like the bald model's eyelids and brows) get a code of typical size
+    from backend.contracts import arkit
+    with torch.no_grad():
+        tr.enc.exp.weight[:, arkit.ICT_NAMES.index("eyeBlink_L")] *= 0.01
+    col = tr.enc.exp.weight.detach().norm(dim=0).clone()
+    boosted = tr.boost_weak_expression_columns()
+    assert "eyeBlink_L" in boosted and "jawOpen" not in boosted
+    after = tr.enc.exp.weight.detach().norm(dim=0)
+    i, j = arkit.ICT_NAMES.index("eyeBlink_L"), arkit.ICT_NAMES.index("jawOpen")
+    assert after[i] > 2 * col[i] and after[j] == col[j]
+    assert arkit.ICT_NAMES.index("eyeLookUp_L") not in [arkit.ICT_NAMES.index(n) for n in boosted]
+    k = next(n for n, p in enumerate(tr._ema_sources()) if p is tr.enc.exp.weight)
+    assert torch.equal(tr.ema_params[k], tr.enc.exp.weight)

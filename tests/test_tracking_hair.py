@@ -1,0 +1,55 @@
+"""Tracking with a model that represents hair: the bald code of the same identity and the hair vertex mask."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def sphere_model():
+    """The tiny preset at its geometric init (a sphere of radius 0.45), encoders with 100 ICT + hair inputs."""
+    from backend.model.encoders import CodeEncoders
+    from backend.training.hair import N_HAIR
+    from backend.training.modelwrap import build_model, model_config
+    torch.manual_seed(0)
+    cfg = model_config("tiny")
+    anchors = torch.randn(cfg.n_anchors, 3) * 0.2
+    model = build_model(cfg, anchors).eval()
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp, n_id=100 + N_HAIR)
+    return model, enc
+
+
+def test_bald_code_zeroes_the_hair_parameters(sphere_model):
+    from backend.tracking.codes import CodeSpace
+    model, enc = sphere_model
+    codes = CodeSpace(model, enc)
+    p = torch.rand(codes.n_id)
+    bald = codes.bald(p)
+    assert torch.equal(bald[:100], p[:100]) and not bald[100:].any()
+    assert torch.equal(codes.z_geo(bald), codes.z_geo(torch.cat([p[:100], torch.zeros(codes.n_id - 100)])))
+    # raw codes or encoders without hair inputs: no bald variant
+    from backend.model.encoders import CodeEncoders
+    cfg = model.cfg
+    assert CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)).bald(p[:100]) is None
+    assert CodeSpace(model, None).bald(torch.zeros(cfg.dim_geo)) is None
+
+
+def test_hair_vertices_are_outside_the_bald_head(sphere_model):
+    from backend.tracking.head_mesh import HAIR_MIN_OFFSET, hair_vertices
+    model, enc = sphere_model
+    zb = enc.encode_geo(torch.zeros(1, enc.geo.in_features)).detach()
+    dirs = np.random.default_rng(0).normal(size=(200, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    # the bald surface along each direction (bisection on the SDF), then points 1 cm outside and on it
+    lo, hi = np.zeros(200), np.full(200, 1.2)
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        s = model.sdf_only(torch.as_tensor(dirs * mid[:, None], dtype=torch.float32)[None], zb, neutral=True)
+        out = s[0, :, 0].numpy() > 0
+        hi, lo = np.where(out, mid, hi), np.where(out, lo, mid)
+    surface = dirs * lo[:, None]
+    mask = hair_vertices(model, zb, np.concatenate([surface, surface + 0.04 * dirs]))
+    assert mask.dtype == np.uint8 and mask.shape == (400,)
+    assert mask[:200].sum() == 0 and mask[200:].mean() > 0.9
+    assert HAIR_MIN_OFFSET < 0.04

@@ -688,3 +688,23 @@ def validation_params(n_ids: int = 4, seed: int = VAL_SEED):
         for lab, w_ex in exps:
             out.append((i, w_id, w_ex, app, int(rng.integers(0, 2 ** 31)), lab))
     return out
+
+
+HAIR_VAL_SEED = 900_077
+
+
+def hair_validation_params(n_ids: int = 3, seed: int = HAIR_VAL_SEED):
+    """List of (id_index, w_id, w_ex, app, noise_seed, hair, label): held-out identities with hair (beards
+    allowed), each neutral and with one random expression; a stream disjoint from training and from
+    ``validation_params``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_ids):
+        w_id = sample_identity(rng)
+        app = sample_appearance(rng)
+        hair = sample_hair(rng, p_bald=0.0, p_beard=0.3, p_moustache=0.3)
+        for lab, w_ex in (("neutral", np.zeros(53, np.float32)),
+                          ("random", sample_expression(rng, p_neutral=0.0, allow_heldout=True))):
+            out.append((i, w_id, w_ex, app, int(rng.integers(0, 2 ** 31)), hair, lab))
+    return out
+

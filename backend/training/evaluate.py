@@ -205,7 +205,7 @@ def mean_template_baseline(ict, pts):
 
 
 def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=True, threads=None,
-             mesh_check=0):
+             mesh_check=0, hair_ids=0):
     if threads:
         set_threads(threads)
     t0 = time.time()
@@ -267,12 +267,45 @@ def evaluate(path, n_ids=4, steps=150, n_eval=3000, ict=None, png=None, verbose=
         "arkit_mae_encoded": float(np.abs(ark_enc - ark_gt)[:, active].mean()),
         "arkit_mae_zero_baseline": float(np.abs(ark_gt)[:, active].mean()),
         "per_shape": per_shape,
-        "eval_seconds": time.time() - t0,
     }
+    if hair_ids:
+        res["hair"] = evaluate_hair(model, enc, ict, hair_ids, steps, n_eval, verbose)
+    res["eval_seconds"] = time.time() - t0
     if png and recon_rows:
         from .plots import save_recon_grid
         save_recon_grid([r[:3] for r in recon_rows], png, titles=[r[3] for r in recon_rows])
     return res
+
+
+def evaluate_hair(model, enc, ict, n_ids=3, steps=150, n_eval=3000, verbose=True) -> dict:
+    """Held-out heads with hair (``data.hair_validation_params``): fit the identity (ICT weights and, for a model
+    with hair inputs, the hair parameters) to surface points of head + hair, then the distance (mm) from the
+    union's face-region points and hair points to the zero level set. A bald model is the baseline."""
+    vp = D.hair_validation_params(n_ids)
+    sizes = D.SampleSizes(n_face=n_eval, n_other=2 * n_eval, hair_share=0.6, n_near=10, n_off=10, n_far=10,
+                          n_corr=10)
+    rows = []
+    for i in range(n_ids):
+        shapes = [p for p in vp if p[0] == i]
+        samples = [D.make_sample(ict, np.zeros(65, np.int64), w_id, w_ex, app, ns, np.random.default_rng(ns), sizes,
+                                 hair=hair) for (_, w_id, w_ex, app, ns, hair, _) in shapes]
+        z_geo, z_exp, _, _ = fit_identity(model, enc, [s["surf"] for s in samples], steps=steps, seed=i)
+        for k, (s, shape) in enumerate(zip(samples, shapes)):
+            d = project_distance(model, z_geo, z_exp[k:k + 1], torch.from_numpy(s["surf"])).numpy() * MM_PER_UNIT
+            hair_pts = s["surf_is_hair"] > 0
+            face_pts = (s["surf_is_face"] > 0) & ~hair_pts
+            rec = {"id": i, "expr": shape[-1], "face_mean_mm": float(d[face_pts].mean()),
+                   "hair_mean_mm": float(d[hair_pts].mean()) if hair_pts.any() else None,
+                   "hair_p90_mm": float(np.percentile(d[hair_pts], 90)) if hair_pts.any() else None}
+            rows.append(rec)
+            if verbose:
+                print(f"[eval-hair] id {i} {rec['expr']:8s} face {rec['face_mean_mm']:.3f} mm  hair "
+                      f"{rec['hair_mean_mm']:.3f} mm (p90 {rec['hair_p90_mm']:.2f})", file=sys.stderr, flush=True)
+    hair = [r["hair_mean_mm"] for r in rows if r["hair_mean_mm"] is not None]
+    return {"n_shapes": len(rows), "face_mean_mm": float(np.mean([r["face_mean_mm"] for r in rows])),
+            "hair_mean_mm": float(np.mean(hair)), "hair_p90_mm": float(np.mean([r["hair_p90_mm"] for r in rows
+                                                                                  if r["hair_p90_mm"] is not None])),
+            "per_shape": rows}
 
 
 def _render_pair(model, ict, w_id, w_ex, z_geo, z_exp, rec, lab, rng, res=120):
@@ -322,12 +355,16 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     ap.add_argument("--png", default=None)
+    ap.add_argument("--hair-ids", type=int, default=0,
+                    help="also evaluate N held-out identities with hair (face and hair-region distances)")
     ap.add_argument("--mesh-check", type=int, default=0,
                     help="also score the first N shapes against a marching-cubes mesh (res 256 over the face box)")
     a = ap.parse_args(argv)
     res = evaluate(a.checkpoint, n_ids=a.ids, steps=a.steps, n_eval=a.points, png=a.png, threads=a.threads,
-                   mesh_check=a.mesh_check)
+                   mesh_check=a.mesh_check, hair_ids=a.hair_ids)
     summary = {k: v for k, v in res.items() if k != "per_shape"}
+    if "hair" in summary:
+        summary["hair"] = {k: v for k, v in summary["hair"].items() if k != "per_shape"}
     print(json.dumps(summary, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))

@@ -1,7 +1,12 @@
 """Write MODEL_CARD.md for an exported model from measured files (no hand-typed numbers).
 
     python -m backend.training.model_card --model backend/models/builtin --eval runs/builtin/eval_final.json \
-        [--quality runs/builtin/quality.json] [--speed runs/builtin/speed.jsonl] [--log runs/builtin/log.jsonl]
+        [--quality runs/builtin/quality.json] [--speed runs/builtin/speed.jsonl] [--log runs/builtin/log.jsonl] \
+        [--base-model DIR] [--expression-response resp.json [--expression-response-base resp_base.json]] \
+        [--hair-benchmark hair_bench.json]
+
+A model trained with hair (``extra["hair"]`` in config.json) gets the hair coverage, data and results; with
+``--base-model`` (the model it was warm-started from) the card lists both training stages.
 """
 from __future__ import annotations
 
@@ -11,16 +16,21 @@ import platform
 from pathlib import Path
 
 from .. import BUILTIN_MODEL_DIR
+from .data import CORR_EMPHASIS, EXPR_EMPHASIS
 
 
 def _f(x, nd=2):
     return "–" if x is None else f"{x:.{nd}f}"
 
 
-def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_jsonl=None, notes=None):
+def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_jsonl=None, notes=None,
+               base_model=None, response_json=None, response_base_json=None, hair_bench_json=None):
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "config.json").read_text())
     cfg, extra = meta["config"], meta["extra"]
+    hair = extra.get("hair")
+    base_tr = json.loads((Path(base_model) / "config.json").read_text())["extra"].get("training", {}) \
+        if base_model else None
     ev = json.loads(Path(eval_json).read_text())
     tr = extra.get("training", {})
     size_mb = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file() and p.suffix in (".pt", ".json")) / 1e6
@@ -35,7 +45,8 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
             steps_s = last["step"] / max(1.0, last["elapsed"])
 
     L = []
-    L.append("# Built-in head model: compact MonoNPHM trained on synthetic ICT-FaceKit heads\n")
+    L.append("# Built-in head model: compact MonoNPHM trained on synthetic ICT-FaceKit heads"
+             + (" with procedural hair\n" if hair else "\n"))
     L.append("This is the model `python -m backend` uses when no other model is given. It is the MonoNPHM "
              "architecture of `backend/model` (65 anchors with the official semantics, local MLP ensemble with "
              "mirror-pair weight sharing, colour field on geometry features, backward deformation with 2 hyper "
@@ -43,14 +54,23 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
              "official MonoNPHM weights.\n")
     L.append("## Coverage (what the model represents)\n")
     L.append("- **Head, face and neck** (ICT-FaceKit light head: face, head and neck, mouth socket).")
-    L.append("- **Bald scalp**: no hair geometry; hair/stubble appears only as albedo colour.")
+    if hair:
+        L.append("- **Hair volume** (procedural, `backend/training/hair.py`): closed hair volumes over the scalp "
+                 "(hairline, thickness, length from above the ears to the shoulders, parting, bangs, side volume, "
+                 "asymmetry), beards and moustaches, with hair colour and streaks. The identity input is `[100 ICT "
+                 "weights, " + f"{len(hair['params'])} hair parameters]`; all hair parameters 0 = bald. Real hair "
+                 "detail (strands, curls, flyaways) is not represented: the volumes are smooth.")
+    else:
+        L.append("- **Bald scalp**: no hair geometry; hair/stubble appears only as albedo colour.")
     L.append("- **Static eyes**: front hemispheres of the eyeballs, no gaze (ARKit `eyeLook*` are never driven and "
-             "stay 0). The eyelids and brows barely deform (a full blink moves the upper lid by 0.2 mm, "
-             "ICT-FaceKit by 8 mm: backend/evaluation/README.md); the tracker reads blinks, squints, wide eyes and "
-             "brows from the landmarks (`expression_init.npz`).")
+             "stay 0)." + (" Eyelid and brow motion: see *Expression response* below; the tracker also reads "
+                          "blinks, squints, wide eyes and brows from the landmarks (`expression_init.npz`)." if hair
+                          else " The eyelids and brows barely deform (a full blink moves the upper lid by 0.2 mm, "
+                          "ICT-FaceKit by 8 mm: backend/evaluation/README.md); the tracker reads blinks, squints, "
+                          "wide eyes and brows from the landmarks (`expression_init.npz`)."))
     L.append("- **No teeth, no tongue** (`tongueOut` stays 0); the mouth interior is the ICT mouth socket.")
-    L.append("- Not covered: hair volume, glasses, accessories, ears beyond the ICT template's detail, "
-             "torso/shoulders.\n")
+    L.append("- Not covered: " + ("" if hair else "hair volume, ") + "glasses, accessories, ears beyond the ICT "
+             "template's detail, torso/shoulders.\n")
     L.append("## Data\n")
     L.append("- ICT-FaceKit light head model (MIT licence, ICT-VGL/ICT-FaceKit): 100 PCA identity modes (weights "
              "~N(0,1)), 53 ARKit-named expression blendshapes. Read from a path at training time; this folder "
@@ -60,6 +80,18 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
              "frowns, brow raises, puckers, cheek puffs, sneers; plus 0–3 random channels; 12 % neutral); "
              "procedural albedo in the mesh's UV space (skin tone, lips, brows, scalp stubble/hair colour, iris, "
              "cheek redness, UV-space noise).")
+    if hair:
+        L.append("- Hair: 80 % of samples get scalp hair (thickness 5 mm-4 cm, hairline, bangs 35 %, length "
+                 "ear..shoulders with a hanging curtain below the skull, parting 50 %, volume, asymmetry 50 %), 20 % "
+                 "a beard, 20 % a moustache. Each is a signed-distance bound around the posed head (shells cropped "
+                 "by planes, a capsule keeping the lips free, smooth unions); head + hair targets are their union: "
+                 "head surface points under the hair are replaced by hair points (half of the non-face surface "
+                 "points), near/off/far targets are the minimum of head and hair distances, hair points carry the "
+                 "hair colour with streaks.")
+        L.append(f"- Eyelids and brows: their triangles are sampled {1 + EXPR_EMPHASIS:.0f}x as densely (surface, "
+                 f"near-surface, correspondences) and their correspondences weigh {1 + CORR_EMPHASIS:.0f}x; an eye "
+                 "closing (blink + squint/2 > 0.3) drops its eyeball from the posed supervision (the lid slides "
+                 "over it).")
     L.append("- Head placed in NPHM space: `x = (v_cm + (0, -3, -6)) / 25` (y up, z forward, 1 unit = 0.25 m).")
     L.append("- Supervision per sample: 500 face + 200 other surface points with normals and colours, 500 "
              "near-surface points with signed-distance targets (offset along the normal, sigma 1.5 mm, bounded by "
@@ -75,7 +107,9 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
              "`anchor_ict_vertex` (the ICT vertex index of each anchor) and `mean_anchors` (their positions on the "
              "mean head, NPHM units; also the model's `mean_anchors` buffer).\n")
     L.append("## Conditioning encoders and ARKit regressor (`encoders.pt`)\n")
-    L.append("- `z_geo = Linear(100 ICT identity weights)`, `z_app = Linear(16 appearance parameters)`, "
+    L.append("- `z_geo = Linear(100 ICT identity weights" + (f" + {len(hair['params'])} hair parameters: "
+                                                         + ", ".join(hair["params"]) if hair else "")
+             + ")`, `z_app = Linear(16 appearance parameters)`, "
              "`z_exp = Linear(53 ICT expression weights)` (no bias: zero weights give z_exp = 0 = neutral). The "
              "tracker can optimise in these low-dimensional spaces; `encode_*(zeros)` are the mean codes.")
     L.append("- ARKit regressor: MLP z_exp → 52 ARKit weights (`backend.contracts.arkit.ARKIT_NAMES` order).\n")
@@ -90,6 +124,13 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
     L.append(f"- Parameters: {n_par:,} (model) ; files {size_mb:.1f} MB (float32).")
     L.append("- Weights: exponential moving average (decay 0.999) of the training weights.\n")
     L.append("## Training\n")
+    if base_tr:
+        L.append(f"- Stage 1 (the bald model): {base_tr.get('step')} steps from scratch, {base_tr.get('minutes')} min "
+                 "(hyper-parameters below). Stage 2 (this model): warm-started from it with `--init-from` (new hair "
+                 "columns of the identity encoder at zero, so stage 1's heads are reproduced at step 0), eyelid/brow "
+                 "expression columns rescaled to the median (`--boost-weak-expressions`), then fine-tuned on the "
+                 "data with hair with lr 5e-4 / 1e-3 (encoders), 50 warm-up steps, cosine over the stage, EMA 0.995, "
+                 "correspondences at full weight throughout; the numbers below are stage 2's.")
     L.append(f"- Steps: {tr.get('step')} (batch 8 fresh heads), training time {tr.get('minutes')} min"
              + (f" (~{steps_s:.2f} steps/s average)" if steps_s else "") + ".")
     L.append(f"- Hardware: {platform.machine()} CPU, 2 cores shared with 3 other engineers' jobs (load average "
@@ -137,6 +178,50 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
                 f"{_f(ev['arkit_mae_fitted_weights'], 3)}" if "arkit_mae_fitted_weights" in ev else "")
              + ". Codes fitted to surface points alone are ambiguous for expressions that barely move the "
              "surface, which bounds the fitted-code numbers.\n")
+    if ev.get("hair"):
+        h = ev["hair"]
+        L.append("### Heads with hair (held out)\n")
+        L.append(f"{h['n_shapes']} shapes: held-out identities with hair styles (`data.hair_validation_params`, beards "
+                 "and moustaches allowed) × (neutral, one random expression). Identity and hair parameters are "
+                 "fitted to surface points of head + hair as above; distances from the union's face-region points "
+                 "and hair points to the zero level set (mm).\n")
+        L.append("| | face mean | hair mean | hair p90 |")
+        L.append("|---|---|---|---|")
+        L.append(f"| this model | {_f(h['face_mean_mm'])} | **{_f(h['hair_mean_mm'])}** | {_f(h['hair_p90_mm'])} |")
+        if h.get("baseline"):
+            b = h["baseline"]
+            L.append(f"| {b.get('label', 'baseline')} | {_f(b['face_mean_mm'])} | {_f(b['hair_mean_mm'])} | "
+                     f"{_f(b['hair_p90_mm'])} |")
+        L.append("")
+    if response_json and Path(response_json).exists():
+        r = json.loads(Path(response_json).read_text())["groups"]
+        base = json.loads(Path(response_base_json).read_text())["groups"] \
+            if response_base_json and Path(response_base_json).exists() else None
+        L.append("### Expression response (`python -m backend.training.expression_response`)\n")
+        L.append("Mean head, one full ICT channel group at a time: the ICT vertices it moves by > 1 mm are warped "
+                 "forward by the model with that expression's code; mean displacement (mm) against ICT-FaceKit's"
+                 + (" and the base model's" if base else "") + ".\n")
+        L.append("| channel group | ICT-FaceKit | this model |" + (" base model |" if base else ""))
+        L.append("|---|---|---|" + ("---|" if base else ""))
+        for name, g in r.items():
+            L.append(f"| {name} | {_f(g['ict_mm'])} | {_f(g['model_mm'])} |"
+                     + (f" {_f(base[name]['model_mm'])} |" if base else ""))
+        if "lid_ict_mm" in r.get("blink", {}):
+            L.append(f"| blink, upper-lid landmarks | {_f(r['blink']['lid_ict_mm'])} | {_f(r['blink']['lid_model_mm'])} |"
+                     + (f" {_f(base['blink']['lid_model_mm'])} |" if base else ""))
+        L.append("")
+    if hair_bench_json and Path(hair_bench_json).exists():
+        hb = json.loads(Path(hair_bench_json).read_text())
+        L.append("### Tracking rendered clips of held-out heads with hair (`benchmarks/hair_accuracy.py`)\n")
+        L.append("| model | clips | face Chamfer-L1 mm | hair Chamfer-L1 mm (placed / shape) | silhouette IoU (min) |")
+        L.append("|---|---|---|---|---|")
+        for label, m in hb["models"].items():
+            for kind in ("hair_clips", "bald_clips"):
+                k = m[kind]
+                L.append(f"| {label} | {kind.replace('_', ' ')} | {_f(k.get('face_chamfer_l1_mm'))} | "
+                         f"{_f(k.get('hair_placed_chamfer_l1_mm'))} / {_f(k.get('hair_icp_chamfer_l1_mm'))} | "
+                         f"{_f(k.get('silhouette_iou'))} ({_f(k.get('silhouette_iou_min'))}) |")
+        L.append("")
     if quality_json and Path(quality_json).exists():
         q = json.loads(Path(quality_json).read_text())
         q = sorted(q, key=lambda r: (r.get("step") or 0))
@@ -173,9 +258,14 @@ def main(argv=None):
     ap.add_argument("--speed", default=None)
     ap.add_argument("--log", default=None)
     ap.add_argument("--notes", default=None, help="markdown file appended as Notes")
+    ap.add_argument("--base-model", default=None, help="the model this one was warm-started from")
+    ap.add_argument("--expression-response", default=None, help="expression_response --json of this model")
+    ap.add_argument("--expression-response-base", default=None, help="... of the base model")
+    ap.add_argument("--hair-benchmark", default=None, help="benchmarks/hair_accuracy.py --json output")
     a = ap.parse_args(argv)
     notes = Path(a.notes).read_text() if a.notes else None
-    print(write_card(a.model, a.eval, a.quality, a.speed, a.log, notes))
+    print(write_card(a.model, a.eval, a.quality, a.speed, a.log, notes, a.base_model, a.expression_response,
+                     a.expression_response_base, a.hair_benchmark))
     return 0
 
 

@@ -53,3 +53,21 @@ def test_hair_vertices_are_outside_the_bald_head(sphere_model):
     assert mask.dtype == np.uint8 and mask.shape == (400,)
     assert mask[:200].sum() == 0 and mask[200:].mean() > 0.9
     assert HAIR_MIN_OFFSET < 0.04
+
+
+def test_model_declared_landmark_channels(sphere_model):
+    """A model that lists the channels it barely drives (measured at export) has exactly those read from the
+    landmarks, whatever its encoder's column norms; without the list the column heuristic stays."""
+    from backend.contracts import arkit
+    from backend.tracking.codes import CodeSpace
+    from backend.training.expression_response import LANDMARK_RATIO, landmark_channels
+    model, enc = sphere_model
+    res = {"blink": {"ratio": 0.1}, "jawOpen": {"ratio": 0.9}, "squint": {"ratio": LANDMARK_RATIO}}
+    assert landmark_channels(res) == ["eyeBlink_L", "eyeBlink_R"]
+    model.extra = {"landmark_channels": ["eyeBlink_L", "eyeBlink_R"]}
+    try:
+        codes = CodeSpace(model, enc, None, landmark_regressor=object())
+        on = [n for n, w in zip(arkit.ICT_NAMES, codes.landmark_channels.tolist()) if w]
+        assert on == ["eyeBlink_L", "eyeBlink_R"]
+    finally:
+        del model.extra

@@ -48,8 +48,12 @@ class CodeSpace:
             self.n_ex = self.enc.exp.in_features
             static = np.array([n.startswith("eyeLook") for n in arkit.ICT_NAMES[: self.n_ex]])
             self.ex_mask = torch.as_tensor(~static, dtype=torch.float32, device=self.device)
-            col = self.enc.exp.weight.detach().norm(dim=0).cpu().numpy()
-            weak = (col < WEAK_CHANNEL_SHARE * np.median(col[~static])) & ~static
+            declared = (getattr(model, "extra", None) or {}).get("landmark_channels")
+            if declared is not None:  # the model's own measurement (training.expression_response at export)
+                weak = np.isin(np.array(arkit.ICT_NAMES[: self.n_ex]), declared) & ~static
+            else:
+                col = self.enc.exp.weight.detach().norm(dim=0).cpu().numpy()
+                weak = (col < WEAK_CHANNEL_SHARE * np.median(col[~static])) & ~static
         else:
             self.n_id, self.n_app, self.n_ex = self.cfg.dim_geo, self.cfg.dim_app, self.cfg.dim_exp
             self.ex_mask = torch.ones(self.n_ex, device=self.device)

@@ -70,7 +70,11 @@ def export(ckpt_path, out_dir=BUILTIN_MODEL_DIR, extra_info=None, refit_arkit=Tr
     from ..model import save_model
     from .evaluate import load_for_eval
 
+    from . import data as D
+    from .expression_response import expression_response, landmark_channels
+
     model, enc, reg, meta = load_for_eval(ckpt_path)
+    response = expression_response(model, enc, D.ICTModel())
     arkit_fit = None
     if refit_arkit:
         for p in reg.parameters():
@@ -101,6 +105,10 @@ def export(ckpt_path, out_dir=BUILTIN_MODEL_DIR, extra_info=None, refit_arkit=Tr
                             "fit": "refit to the final encoder at export" if refit_arkit else "trained jointly",
                             "fit_mse": arkit_fit},
         "color_space": "albedo in [-1, 1] = (rgb - 0.5) * 2",
+        # measured motion vs ICT-FaceKit per channel group (mean head); the groups below LANDMARK_RATIO are read
+        # from the landmarks by the tracker (tracking.codes)
+        "expression_response": {k: round(v["ratio"], 3) for k, v in response.items()},
+        "landmark_channels": landmark_channels(response),
         "training": {"step": int(st.get("step", 0)), "minutes": round(float(st.get("elapsed", 0.0)) / 60, 1),
                      "ema_weights": "ema" in st},
     }

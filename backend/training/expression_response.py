@@ -35,6 +35,15 @@ CHANNEL_GROUPS = {
 }
 UPPER_LID_LANDMARKS = (37, 38, 43, 44)
 MOVING_MM = 1.0
+# a channel group whose response is below this share of ICT-FaceKit's motion is read from the landmarks by the
+# tracker (``extra["landmark_channels"]``, written at export)
+LANDMARK_RATIO = 0.5
+
+
+def landmark_channels(res: dict) -> list:
+    """ICT channels of the groups the model moves by < LANDMARK_RATIO of ICT-FaceKit (eyelids/brows it barely
+    deforms): the tracker reads them from the detector's landmarks instead of fitting them through the model."""
+    return [c for name, r in res.items() if r["ratio"] < LANDMARK_RATIO for c in CHANNEL_GROUPS[name]]
 
 
 @torch.no_grad()

@@ -724,6 +724,7 @@ def open_session(config: TrackConfig, events=None, preset=None,
 
     from .expression_init import LandmarkExpressionRegressor
     codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])))
+    codes.set_landmark_rest([det.landmarks[i] for i in det.found], [det.depths.get(i) for i in det.found])
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, to_numpy(model.id_model.mean_anchors))
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,

@@ -34,11 +34,13 @@ FILE_NAME = "expression_init.npz"
 # nearly rigid MediaPipe points for the alignment: eye corners, nose bridge, dorsum and tip, mid forehead
 ALIGN_POINTS = (33, 133, 362, 263, 168, 6, 197, 195, 5, 4, 151)
 N_POINTS = 468  # the face mesh (the refined irises follow the eyelids' occlusion poorly)
-# The response to the linear reading r: clip(RESPONSE_GAIN * (r - DEAD_ZONE), 0, 1). Readings below the dead zone are
-# the map's noise on a face at rest; the gain undoes the ridge's shrinkage of the peaks (chosen on the tuning seed
-# range, eye and brow groups: MAE 0.090 -> 0.064 (zeros 0.066), blink events 7/14 -> 11/14, correlation 0.58 -> 0.58)
+# The response to the linear reading r: clip(gain * (r - DEAD_ZONE), 0, 1). Readings below the dead zone are the map's
+# noise on a face at rest; the gain undoes the ridge's shrinkage of the peaks, which is stronger on the brows (chosen
+# on the tuning seed range, eye and brow groups: MAE 0.090 -> 0.062 (zeros 0.066), blink events 7/14 -> 12/16, brow
+# peak ratios 0.34-0.49 -> 0.35-0.79; see backend/evaluation/README.md)
 DEAD_ZONE = 0.07
 RESPONSE_GAIN = 2.5
+BROW_RESPONSE_GAIN = 4.0
 
 
 def template() -> np.ndarray:
@@ -84,6 +86,8 @@ class LandmarkExpressionRegressor:
         self.W = np.asarray(arrays["W"], np.float32)
         self.b = np.asarray(arrays["b"], np.float32)
         self.channels = tuple(str(c) for c in arrays["channels"])
+        self.gain = np.where([c.startswith("brow") for c in self.channels], BROW_RESPONSE_GAIN,
+                             RESPONSE_GAIN).astype(np.float32)
 
     @classmethod
     def load(cls, model_dir: Path) -> Optional["LandmarkExpressionRegressor"]:
@@ -102,7 +106,8 @@ class LandmarkExpressionRegressor:
 
     def __call__(self, points: np.ndarray, rest: Optional[np.ndarray] = None) -> np.ndarray:
         """(..., 478, 3) MediaPipe points (u, v, depth) in pixels -> (..., 53) ICT weights in [0, 1]."""
-        return np.clip(RESPONSE_GAIN * (self.linear(points, rest) - DEAD_ZONE), 0.0, 1.0)
+        return np.clip(self.gain * (self.linear(points, rest) - DEAD_ZONE), 0.0, 1.0)
 
 
-__all__ = ["LandmarkExpressionRegressor", "landmark_features", "rest_features", "DEAD_ZONE", "RESPONSE_GAIN", "template", "FILE_NAME"]
+__all__ = ["LandmarkExpressionRegressor", "landmark_features", "rest_features", "DEAD_ZONE", "RESPONSE_GAIN",
+           "BROW_RESPONSE_GAIN", "template", "FILE_NAME"]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contracts.result_format import (FrameRecord, PackageError, ResultPackage, ResultWriter, TRACKER_STATE,
-                                       load_npz, read_manifest, save_npz_atomic)
+from ..contracts.result_format import (FrameRecord, ResultPackage, ResultWriter, TRACKER_STATE, load_npz,
+                                       read_manifest, read_manifest_or_none, save_npz_atomic, tracked_frames)
 from ..contracts.track_config import TrackConfig
 
 WARMUP_FRAMES = 2       # frames fitted before a chunk's range and dropped: its first frame starts from a fitted state
@@ -94,8 +94,7 @@ def track_chunk(config: TrackConfig, k: int, start: int, stop: int, events, pres
         if not session.writer.has_identity:
             _seed_identity(ResultPackage(package), session.writer)
         session.resume(identity_frames(detections.found, session.preset))   # the clip's identity frames
-        done = session.writer.done_frames & set(session.stage1)   # written and its fit kept, as ``run`` counts
-        todo = [i for i in part.found if i not in done]
+        todo = session.pending_frames()
         fitted = session.track_frames(todo) if todo else 0
         session.writer.finish("complete")
     return fitted
@@ -115,15 +114,9 @@ def finish_clip(config: TrackConfig, events, preset=None) -> int:
 def unfinished_parts(package: Path, plan: ChunkPlan) -> list[tuple[int, int, int]]:
     """(k, start, stop) of each chunk whose frames are neither in the package nor in a complete part."""
     detections = _detections(package)
-    done = read_manifest(package)["frames"]
-    tracked = {f["index"] for f in done if f["status"] == "tracked"}
-    out = []
-    for k, (start, stop) in enumerate(plan.ranges):
-        wanted = set(detections.found_in(start, stop))
-        if wanted <= tracked or _state(part_folder(package, k)) == "complete":
-            continue
-        out.append((k, start, stop))
-    return out
+    tracked = tracked_frames(read_manifest(package))
+    return [(k, start, stop) for k, (start, stop) in enumerate(plan.ranges)
+            if not set(detections.found_in(start, stop)) <= tracked and _state(part_folder(package, k)) != "complete"]
 
 
 def stitch_parts(package: Path, plan: ChunkPlan) -> None:
@@ -131,10 +124,13 @@ def stitch_parts(package: Path, plan: ChunkPlan) -> None:
     detections = _detections(package)
     writer = ResultWriter(package, read_manifest(package))
     try:
+        state = writer.tracker_state()
+        stitched = False
         for k, (start, stop) in enumerate(plan.ranges):
             part = part_folder(package, k)
             wanted = set(detections.found_in(start, stop))
-            if wanted <= writer.done_frames or _state(part) != "complete":
+            have = writer.done_frames & {int(i) for i in state.get("frame_ids", ())}
+            if wanted <= have or _state(part) != "complete":
                 continue
             source = ResultPackage(part)
             rows = [n for n, f in enumerate(source.frames) if f["index"] in wanted]
@@ -142,8 +138,12 @@ def stitch_parts(package: Path, plan: ChunkPlan) -> None:
             records = [FrameRecord(f["index"], f["time_s"], f["status"], f["landmark_error_px"],
                                    f["photometric_error"], f["mask_iou"]) for f in (source.frames[n] for n in rows)]
             writer.write_frames(records, arrays)
-            writer.write_tracker_state(_merge_frame_states(writer.tracker_state(), load_npz(part / TRACKER_STATE),
-                                                           wanted))
+            state = _merge_frame_states(state, load_npz(part / TRACKER_STATE), wanted)
+            stitched = True
+        # the records part by part, the states once (one read and one write of the tracker state): a stitch cut
+        # short before this redoes the parts whose states are missing
+        if stitched:
+            writer.write_tracker_state(state)
     except BaseException:
         writer.abort("failed")
         raise
@@ -180,17 +180,13 @@ def _seed_identity(package: ResultPackage, part: ResultWriter) -> None:
 
 
 def _has_identity(package: Path) -> bool:
-    try:
-        return bool(read_manifest(package).get("has_identity")) and (package / TRACKER_STATE).is_file()
-    except PackageError:
-        return False
+    manifest = read_manifest_or_none(package)
+    return bool(manifest and manifest.get("has_identity")) and (package / TRACKER_STATE).is_file()
 
 
 def _state(package: Path) -> str | None:
-    try:
-        return read_manifest(package)["state"]
-    except PackageError:
-        return None
+    manifest = read_manifest_or_none(package)
+    return manifest and manifest["state"]
 
 
 def _frames_text(indices: list[int]) -> str:

@@ -281,9 +281,7 @@ class TrackingSession:
         tracker, det = self.tracker, self.detections
         found = det.found
         resumed = self.resume(identity_frames(found, self.preset))
-        # a frame is done when its record and its stage-1 fit are both on disk
-        done = set() if self.config.overwrite else (self.writer.done_frames & set(found) & set(self.stage1))
-        todo = [i for i in found if i not in done]
+        todo = self.pending_frames()
         if resumed:
             self._load_written_frames()
         if tracker.mesh is None:
@@ -359,6 +357,12 @@ class TrackingSession:
             self.id_frames = state["id_frames"].tolist()
         self.events.progress("identity", 1, 1, None, "identity loaded from the package")
         return True
+
+    def pending_frames(self) -> List[int]:
+        """The frames with a face whose per-frame fit is still to run (after ``resume``): every one with
+        ``--overwrite``, else those whose record or stage-1 fit is not on disk yet."""
+        done = set() if self.config.overwrite else self.writer.done_frames & set(self.stage1)
+        return [i for i in self.detections.found if i not in done]
 
     def _load_written_frames(self) -> None:
         """A resumed run writes per-frame meshes for the frames an earlier run wrote too: their expression codes,

@@ -114,8 +114,7 @@ def start_batch(context, scene=None, *, python: str | None = None) -> jobs.Backe
     for item in batch.clips:
         item.state, item.stage, item.done, item.total, item.error, item.package = "queued", "", 0, 0, "", ""
     _jobs[scene.name] = job
-    if not bpy.app.timers.is_registered(_timer):
-        bpy.app.timers.register(_timer, first_interval=TICK_S)
+    _ensure_timer()
     return job
 
 
@@ -139,8 +138,8 @@ def reattach_all() -> list[str]:
         _jobs[scene.name] = jobs.AttachedJob(batch.pid if alive else 0, log_path=bpy.path.abspath(batch.log_path),
                                              out_dir=bpy.path.abspath(batch.out_root), total=len(batch.clips))
         found.append(scene.name)
-    if found and not bpy.app.timers.is_registered(_timer):
-        bpy.app.timers.register(_timer, first_interval=TICK_S)
+    if found:
+        _ensure_timer()
     return found
 
 
@@ -196,6 +195,13 @@ def _import(context, scene, item) -> None:
                                       None if item.clip else item.clip_start)
     if problem:
         item.error = problem
+
+
+def _ensure_timer() -> None:
+    # persistent: a batch outlives loading a file (and the bpy 4.5 wheel hung at exit after a file load had
+    # dropped a non-persistent timer)
+    if not bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.register(_timer, first_interval=TICK_S, persistent=True)
 
 
 def _timer():

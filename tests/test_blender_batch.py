@@ -67,3 +67,32 @@ def test_queue_runs_as_one_batch_and_imports_each_clip(scene, tmp_path, fake_bac
     assert bpy.ops.mononphm.batch_run() == {"FINISHED"}   # again: both finished, skipped and re-imported
     _run_to_end(tmp_path / "out" / "take1")
     assert [c.state for c in batch.clips] == ["skipped", "skipped"] and batch.state == "FINISHED"
+
+
+def test_reopening_the_blend_follows_the_batch(scene, tmp_path, fake_backend, monkeypatch):
+    """Blender closed while a batch runs: the reopened .blend follows the same process and imports every clip."""
+    from mononphm_blender import batch_queue, importer
+
+    monkeypatch.setenv("FAKE_FRAMES", "5")
+    monkeypatch.setenv("FAKE_DELAY", "0.3")
+    s = scene.mononphm
+    for name in ("take1", "take2"):
+        (tmp_path / f"{name}.mp4").write_bytes(b"not really a video")
+        s.input_kind, s.input_path = "FILE", str(tmp_path / f"{name}.mp4")
+        assert bpy.ops.mononphm.batch_add() == {"FINISHED"}
+    scene.mononphm_batch.out_root = str(tmp_path / "out")
+    job = batch_queue.start_batch(bpy.context)
+    blend = tmp_path / "shot.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    batch_queue._jobs.clear()   # Blender closed: the batch goes on in its own session
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.wm.open_mainfile(filepath=str(blend))   # load_post → batch_queue.reattach_all()
+    scene = bpy.context.scene
+    attached = batch_queue._jobs[scene.name]
+    assert attached.pid == job.pid and batch_queue.is_running(scene)
+    _run_to_end(tmp_path / "out" / "take1")
+    batch = scene.mononphm_batch
+    assert batch.state == "FINISHED" and [(c.name, c.state) for c in batch.clips] == \
+        [("take1", "complete"), ("take2", "complete")]
+    assert all(importer.find_objects(str(tmp_path / "out" / n)).get("head") for n in ("take1", "take2"))
+    job.proc.wait(5)

@@ -328,11 +328,11 @@ class AttachedJob:
             if self._cancel_time is not None and time.monotonic() - self._cancel_time > CANCEL_GRACE_S:
                 signal_group(self.pid, kill=True)
                 self._cancel_time = float("inf")
-            return []
-        events += self._tail.read()
-        for event in events:
-            if event.type != "exit":
-                BackendJob._apply(self, event)
+            return events
+        last = self._tail.read()   # written between the first read and the process's end
+        for event in last:
+            BackendJob._apply(self, event)
+        events += last
         state = (manifest or {}).get("state")
         if self._cancel_time is not None or state == "cancelled" or st.error == "Cancelled.":
             st.state, st.error = CANCELLED, st.error or "Cancelled."

@@ -43,7 +43,8 @@ CONNECT_TIMEOUT_S = 10.0          # a cluster address that does not answer withi
 OBJECT_STORE_BYTES = 80 * 2**20   # local Ray: only events and frame counts travel through it (Ray's minimum 75 MB)
 CANCEL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGBREAK") if hasattr(signal, name))
 TRACK, PREPARE, CHUNK, FINISH = "track", "prepare", "chunk", "finish"   # the steps of a clip (``_Batch``)
-RAY_MISSING_HINT = "Install the batch requirements into the backend environment: pip install -r requirements-batch.txt"
+RAY_MISSING_HINT = ("Tick 'Batches on Ray' in the add-on's preferences and run Set Up Backend again, or install the "
+                    "batch requirements into the backend environment: pip install -r requirements-batch.txt")
 
 
 @dataclass(frozen=True)

@@ -217,10 +217,36 @@ def torch_index(variant: str, platform: str = sys.platform) -> str | None:
 
 # --- the plan ----------------------------------------------------------------------------------------------------
 
+_INCLUDE = re.compile(r"^(?:-r|--requirement)[\s=]+(\S+)$")   # ``-r requirements.txt`` (the batch file's base)
+
+
+def _requirement_lines(path: Path, seen: list[Path]):
+    """The lines of ``path`` with each ``-r`` include's lines in its place; every file once."""
+    path = path.resolve()
+    if path in seen:
+        return
+    seen.append(path)
+    for line in path.read_text().splitlines():
+        line = line.split(" #")[0].strip()
+        include = _INCLUDE.match(line)
+        if include:
+            yield from _requirement_lines(path.parent / include.group(1), seen)
+        elif line and not line.startswith("#"):
+            yield line
+
+
 def read_requirements(path: str | os.PathLike) -> list[str]:
-    """Requirement lines (environment markers kept, comments and blank lines dropped)."""
-    lines = (line.split(" #")[0].strip() for line in Path(path).read_text().splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+    """Requirement lines of ``path``, a ``-r`` include's lines in its place (environment markers kept; comments
+    and blank lines dropped)."""
+    return list(_requirement_lines(Path(path), []))
+
+
+def requirement_files(path: str | os.PathLike) -> list[Path]:
+    """``path`` and the files it includes with ``-r``."""
+    seen: list[Path] = []
+    for _ in _requirement_lines(Path(path), seen):
+        pass
+    return seen
 
 
 def _normalise(name: str) -> str:
@@ -246,7 +272,7 @@ class InstallOptions:
 
     base_python: str                      # interpreter the environment is made from (see resolve_base_python)
     env_dir: Path                         # the environment (made, or resumed when it is ours)
-    requirements: Path                    # the pinned backend requirements (contracts.requirements_file())
+    requirements: Path                    # the pinned backend requirements (contracts.requirements_file(batch))
     backend_root: Path                    # folder holding the ``backend`` package (cwd of verify and smoke test)
     torch_variant: str = "cpu"            # one of TORCH_VARIANTS (already chosen: see choose_torch_variant)
     wheel_dir: Path | None = None         # offline: a folder of wheels (no network at all)
@@ -288,8 +314,12 @@ class InstallOptions:
 
 
 def requirements_digest(requirements: str | os.PathLike) -> str:
-    """Identifies the pinned package set (the stamp keeps it: an add-on update with new pins shows up)."""
-    return hashlib.sha256(Path(requirements).read_bytes()).hexdigest()
+    """Identifies the pinned package set, included files too (the stamp keeps it: an add-on update with new pins
+    shows up)."""
+    digest = hashlib.sha256()
+    for file in requirement_files(requirements):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def pip_argv(options: InstallOptions, *args: str) -> list[str]:

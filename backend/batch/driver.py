@@ -233,8 +233,10 @@ def _start_ray(ray, config: BatchConfig, threads: int) -> None:
                      runtime_env={"env_vars": dict(env, PYTHONPATH=str(Path(backend_dir).parent))}, **common)
     except ConnectionError as exc:
         raise BadInputError(f"cannot join the Ray cluster at {config.ray_address}: {exc}",
-                            "Check the address (ray://HEAD:10001 or HEAD:6379), that this machine reaches it, and "
-                            "the cluster's auth token (RAY_AUTH_TOKEN or ~/.ray/auth_token).") from None
+                            "Check the address (ray://HEAD:10001 or HEAD:6379), that this machine reaches it, and, "
+                            "for a cluster with token authentication, RAY_AUTH_MODE=token with the cluster's token "
+                            "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; ray get-auth-token on the "
+                            "head prints it).") from None
 
 
 def check_shared_storage(ray, out_root: Path, sources: Sequence[Path]) -> None:

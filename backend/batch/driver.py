@@ -29,7 +29,7 @@ from typing import Sequence
 
 from ..contracts.protocol import (CANCEL_HINT, BackendError, BadInputError, Cancelled, EventWriter,
                                   install_cancel_handler)
-from ..contracts.result_format import read_manifest_or_none
+from ..contracts.result_format import PackageError, ResultWriter, read_manifest_or_none
 from ..contracts.track_config import TrackConfig, add_track_arguments
 from ..openmp_env import GOMP_SPINCOUNT
 from . import chunks
@@ -42,7 +42,9 @@ POLL_S = 0.2                      # how often the driver relays events
 CONNECT_TIMEOUT_S = 10.0          # a cluster address that does not answer within this is refused
 OBJECT_STORE_BYTES = 80 * 2**20   # local Ray: only events and frame counts travel through it (Ray's minimum 75 MB)
 CANCEL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGBREAK") if hasattr(signal, name))
-TRACK, PREPARE, CHUNK, FINISH = "track", "prepare", "chunk", "finish"   # the steps of a clip (``_Batch``)
+TRACK, PREPARE, CHUNK, REFINE, REWRITE, FINISH = "track", "prepare", "chunk", "refine", "rewrite", "finish"
+STEPS = {PREPARE: chunks.prepare_clip, CHUNK: chunks.track_chunk, REFINE: chunks.refine_clip,
+         REWRITE: chunks.rewrite_chunk, FINISH: chunks.finish_clip}   # a chunked clip's steps (``_Batch``)
 RAY_MISSING_HINT = ("Tick 'Batches on Ray' in the add-on's preferences and run Set Up Backend again, or install the "
                     "batch requirements into the backend environment: pip install -r requirements-batch.txt")
 
@@ -155,11 +157,7 @@ def run_step(step: str, config: TrackConfig, clip: str, relay, preset, chunk: tu
             from ..tracking import run_track
 
             return run_track(config, events, preset).frames
-        if step == PREPARE:
-            return chunks.prepare_clip(config, events, preset)
-        if step == CHUNK:
-            return chunks.track_chunk(config, *chunk, events, preset)
-        return chunks.finish_clip(config, events, preset)
+        return STEPS[step](config, *(chunk or ()), events, preset)
     finally:
         stream.close()
 
@@ -279,15 +277,16 @@ class _Clip:
     clip: BatchClip
     config: TrackConfig                   # the clip's track settings (input, out, threads)
     plan: chunks.ChunkPlan | None = None  # chunked clips, once prepared
-    chunks_left: int = 0
+    chunks_left: int = 0                  # CHUNK or REWRITE steps still running
     failed: bool = False
 
 
 class _Batch:
     """Submits the steps of every clip, relays their events, and reports each clip once it is complete or failed.
 
-    A clip is one ``TRACK`` step; with ``chunk_frames``, ``PREPARE``, then one ``CHUNK`` per unfinished range (none
-    for a clip of one range), the driver's stitch, and ``FINISH``.
+    A clip is one ``TRACK`` step; with ``chunk_frames``, ``PREPARE``, one ``CHUNK`` per unfinished range, the
+    driver's stitch, ``REFINE`` (the joint refinement), one ``REWRITE`` per range, the driver's stitch, ``FINISH``
+    (``chunks``).
     """
 
     def __init__(self, ray, batch: BatchConfig, events: EventWriter, preset, cancel: threading.Event) -> None:
@@ -325,9 +324,11 @@ class _Batch:
             if not self.cancel.wait(CANCEL_SIGNAL_WAIT_S):
                 raise
             _cancel(self.ray, self.pending, self.relay, self.events)
+            _mark_cancelled(runs)
             raise Cancelled("cancelled", CANCEL_HINT) from None
         except (Cancelled, KeyboardInterrupt):
             _cancel(self.ray, self.pending, self.relay, self.events)
+            _mark_cancelled(runs)
             raise
         if self.failed:
             raise BackendError(f"{len(self.failed)} of {total} clips failed: {', '.join(self.failed)}",
@@ -345,7 +346,7 @@ class _Batch:
         value = _outcome(self.ray, ref, run.clip, self.events)
         if run.failed:      # another step of this clip failed before: already reported
             return
-        if value is not None and step in (PREPARE, CHUNK):
+        if value is not None and step in (PREPARE, CHUNK, REFINE, REWRITE):
             try:
                 self._next_steps(run, step, value)
                 return
@@ -365,19 +366,45 @@ class _Batch:
         self.events.progress("batch", self.finished + len(self.failed), total, message=f"{run.clip.name} done")
 
     def _next_steps(self, run: _Clip, step: str, value: int) -> None:
-        """After PREPARE (``value``: selected frames): the unfinished chunks; after the last CHUNK: stitch, FINISH."""
+        """After PREPARE (``value``: selected frames): a CHUNK per unfinished range; after the last CHUNK: the stitch
+        and REFINE; after REFINE (``value``: frames refined): a REWRITE per range; after the last REWRITE: the stitch
+        and FINISH. A clip of one range goes from PREPARE to FINISH, which then tracks it as ``track`` does."""
         if step == PREPARE:
             run.plan = chunks.ChunkPlan(value, self.batch.chunk_frames)
-            todo = chunks.unfinished_parts(run.clip.out, run.plan) if len(run.plan.ranges) > 1 else []
-            run.chunks_left = len(todo)
-            for chunk in todo:
-                self._submit(run, CHUNK, chunk)
+            if len(run.plan.ranges) == 1:
+                self._submit(run, FINISH)
+                return
+            self._submit_each(run, CHUNK, chunks.unfinished_parts(run.clip.out, run.plan))
+        elif step == REFINE:
+            self._submit_each(run, REWRITE, [(k, *r) for k, r in enumerate(run.plan.ranges)] if value else [])
         else:
             run.chunks_left -= 1
-        if not run.chunks_left:
-            # every range is fitted: stitch them into the package here (its only writer now), then refine, complete
+        if run.chunks_left:
+            return
+        # the driver is the package's only writer between the steps: it stitches the parts' frames into it
+        if step in (PREPARE, CHUNK):
             chunks.stitch_parts(run.clip.out, run.plan)
+            self._submit(run, REFINE)
+        else:
+            chunks.stitch_parts(run.clip.out, run.plan, rewritten=True)
             self._submit(run, FINISH)
+
+    def _submit_each(self, run: _Clip, step: str, chunks_todo: list[tuple[int, int, int]]) -> None:
+        run.chunks_left = len(chunks_todo)
+        for chunk in chunks_todo:
+            self._submit(run, step, chunk)
+
+
+def _mark_cancelled(runs: list[_Clip]) -> None:
+    """After a cancel: packages left ``running`` (a chunked clip between its steps, a task that stopped before it
+    could mark its package) are marked ``cancelled``; one whose lock a task still holds is left to that task."""
+    for run in runs:
+        manifest = read_manifest_or_none(run.clip.out)
+        if manifest and manifest["state"] == "running":
+            try:
+                ResultWriter(run.clip.out, manifest).finish("cancelled")
+            except PackageError:
+                pass
 
 
 def _complete_frames(clip: BatchClip) -> int | None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,7 @@ def main(argv=None):
     result["floor_ratio"] = round(result["side_by_side_s"] / result["sequential_s"], 3)
     result["ray_overhead_s"] = round(result["batch_s"] - result["side_by_side_s"], 1)
     result["load_avg_end"] = os.getloadavg()
+    shutil.rmtree(tmp, ignore_errors=True)
     print(host_line(result["host"]), file=sys.stderr)
     print(f"{a.frames} frames per clip: sequential {result['sequential_s']} s ({result['per_clip_s']}), side by "
           f"side {result['side_by_side_s']} s (floor ratio {result['floor_ratio']}), batch {result['batch_s']} s: "

@@ -96,3 +96,18 @@ def test_reopening_the_blend_follows_the_batch(scene, tmp_path, fake_backend, mo
         [("take1", "complete"), ("take2", "complete")]
     assert all(importer.find_objects(str(tmp_path / "out" / n)).get("head") for n in ("take1", "take2"))
     job.proc.wait(5)
+
+
+def test_batch_panel_shows_the_selected_clips_own_settings(scene, tmp_path):
+    from test_blender_addon import _draw
+
+    from mononphm_blender import batch_queue
+
+    s = scene.mononphm
+    (tmp_path / "take.mp4").write_bytes(b"")
+    s.input_kind, s.input_path, s.preset, s.stride = "FILE", str(tmp_path / "take.mp4"), "high", 2
+    assert bpy.ops.mononphm.batch_add() == {"FINISHED"}
+    item = scene.mononphm_batch.clips[0]
+    assert (item.preset, item.stride, item.use_frame_range) == ("high", 2, False)   # taken from the panels
+    drawn = {name for _, name in _draw(batch_queue.MONONPHM_PT_batch, bpy.context)}
+    assert {"preset", "use_frame_range", "frame_start", "frame_end", "stride", "mononphm.batch_run"} <= drawn

@@ -13,6 +13,7 @@ which marks its package ``cancelled`` with its finished frames kept; a re-run re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -226,15 +227,34 @@ def _start_ray(ray, config: BatchConfig, threads: int) -> None:
             ray.init(address=config.ray_address, runtime_env={"py_modules": [backend_dir], "env_vars": env}, **common)
         else:
             slots = config.workers or max(1, (os.cpu_count() or 1) // threads)
-            # "local": a private Ray even when one already runs on this machine (plain ray.init() would join it).
-            ray.init(address="local", num_cpus=slots * threads, object_store_memory=OBJECT_STORE_BYTES,
-                     runtime_env={"env_vars": dict(env, PYTHONPATH=str(Path(backend_dir).parent))}, **common)
+            # No runtime_env: the workers inherit this environment (through the raylet), so Ray can hand the tasks
+            # to the workers it prestarts during ray.init; a job with a runtime_env gets workers started only when
+            # its first tasks arrive (measured under load 13: 4.8-5.2 s after ray.init, against 0.03 s).
+            with _environment(dict(env, PYTHONPATH=os.pathsep.join(
+                    filter(None, [str(Path(backend_dir).parent), os.environ.get("PYTHONPATH")])))):
+                # "local": a private Ray even when one already runs on this machine (plain ray.init() would join it)
+                ray.init(address="local", num_cpus=slots * threads, object_store_memory=OBJECT_STORE_BYTES, **common)
     except ConnectionError as exc:
         raise BadInputError(f"cannot join the Ray cluster at {config.ray_address}: {exc}",
                             "Check the address (ray://HEAD:10001 or HEAD:6379), that this machine reaches it, and, "
                             "for a cluster with token authentication, RAY_AUTH_MODE=token with the cluster's token "
                             "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; ray get-auth-token on the "
                             "head prints it).") from None
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    """``os.environ`` with ``values`` set while the body runs (the processes it starts keep them)."""
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def check_shared_storage(ray, out_root: Path, sources: Sequence[Path]) -> None:

@@ -24,7 +24,7 @@ from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntPropert
 from . import contracts, importer, job_control
 from .core import command, jobs
 from .props import PRESET_ITEMS
-from .ui import SidebarPanel
+from .ui import SidebarPanel, draw_frame_range
 
 TICK_S = 0.2
 REL = {"PATH_SUPPORTS_BLEND_RELATIVE"}
@@ -134,9 +134,8 @@ def reattach_all() -> list[str]:
         batch = getattr(scene, "mononphm_batch", None)
         if batch is None or batch.state != "RUNNING" or scene.name in _jobs:
             continue
-        alive = batch.pid > 0 and jobs.pid_alive(batch.pid) and jobs.process_looks_like_backend(batch.pid)
-        _jobs[scene.name] = jobs.AttachedJob(batch.pid if alive else 0, log_path=bpy.path.abspath(batch.log_path),
-                                             out_dir=bpy.path.abspath(batch.out_root), total=len(batch.clips))
+        _jobs[scene.name] = jobs.AttachedJob.follow(batch.pid, log_path=bpy.path.abspath(batch.log_path),
+                                                    out_dir=bpy.path.abspath(batch.out_root), total=len(batch.clips))
         found.append(scene.name)
     if found:
         _ensure_timer()
@@ -315,13 +314,7 @@ class MONONPHM_PT_batch(SidebarPanel, bpy.types.Panel):
             box = layout.box()
             box.enabled = not is_running(context.scene)
             box.prop(item, "preset")
-            row = box.row(align=True)
-            row.prop(item, "use_frame_range")
-            sub = row.row(align=True)
-            sub.enabled = item.use_frame_range
-            sub.prop(item, "frame_start")
-            sub.prop(item, "frame_end")
-            box.prop(item, "stride")
+            draw_frame_range(box, item)
         layout.prop(batch, "out_root")
         row = layout.row(align=True)
         row.prop(batch, "workers")

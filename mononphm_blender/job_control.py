@@ -385,10 +385,8 @@ def reattach_all() -> list[str]:
             st.pid = pid = owner["pid"]
         else:
             pid = st.pid
-        alive = pid > 0 and jobs.pid_alive(pid) and jobs.process_looks_like_backend(pid)
-        job = jobs.AttachedJob(pid if alive else 0, log_path=bpy.path.abspath(st.log_path), out_dir=out,
-                               total=st.total)
-        _jobs[scene.name] = job
+        _jobs[scene.name] = jobs.AttachedJob.follow(pid, log_path=bpy.path.abspath(st.log_path), out_dir=out,
+                                                    total=st.total)
         found.append(scene.name)
     if found:
         ensure_timer()

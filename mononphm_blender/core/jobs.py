@@ -310,6 +310,13 @@ class AttachedJob:
         self._cancel_time: float | None = None
         self._tail = EventTail(events_path_for(self.log_path))
 
+    @classmethod
+    def follow(cls, pid: int, *, log_path: str | os.PathLike, out_dir: str | os.PathLike,
+               total: int = 0) -> "AttachedJob":
+        """The run of process ``pid`` while it still runs the backend, else the record its events file keeps."""
+        alive = pid > 0 and pid_alive(pid) and process_looks_like_backend(pid)
+        return cls(pid if alive else 0, log_path=log_path, out_dir=out_dir, total=total)
+
     def _manifest(self) -> dict | None:
         try:
             return result_format.read_manifest(self.out_dir)

@@ -66,18 +66,17 @@ class MediaPipeBaseline:
     static_image_mode: bool = False
 
     def detect(self, frames: list[np.ndarray]) -> np.ndarray:
-        from mediapipe.python.solutions import face_mesh
+        from ..tracking.mediapipe_graphs import face_mesh_graph
 
         out = np.full((len(frames), 478, 3), np.nan)
-        with face_mesh.FaceMesh(static_image_mode=self.static_image_mode, max_num_faces=1, refine_landmarks=True,
-                                min_detection_confidence=0.5, min_tracking_confidence=0.5) as fm:
+        graph = face_mesh_graph(self.static_image_mode, max_faces=1)
+        try:
             for i, img in enumerate(frames):
-                res = fm.process(np.ascontiguousarray(img))
-                if not res.multi_face_landmarks:
-                    continue
-                h, w = img.shape[:2]
-                lm = res.multi_face_landmarks[0].landmark
-                out[i] = np.array([(p.x, p.y, p.z) for p in lm]) * np.array([w, h, w])  # 478 protos per frame
+                faces = graph.process(img)
+                if faces:
+                    out[i] = faces[0]
+        finally:
+            graph.close()
         return out
 
     @staticmethod

@@ -175,7 +175,8 @@ class TasksSelfieSegmentation:
         """image: (H, W, 3) uint8 RGB → (H, W) float32 person probability."""
         with mediapipe_fp_guard():
             masks = self._graph.segment(_tasks_image(image)).confidence_masks
-        return np.asarray(masks[-1].numpy_view(), np.float32).reshape(image.shape[:2])
+        # a copy: from mediapipe 1.x on the view is of the graph's memory, reused by the next call and freed on close
+        return np.array(masks[-1].numpy_view(), np.float32).reshape(image.shape[:2])
 
     def close(self) -> None:
         with mediapipe_fp_guard():

@@ -294,7 +294,8 @@ class InstallOptions:
     requirements: Path                    # the pinned backend requirements (contracts.requirements_file())
     backend_root: Path                    # folder holding the ``backend`` package (cwd of verify and smoke test)
     torch_variant: str = "cpu"            # one of TORCH_VARIANTS (already chosen: see choose_torch_variant)
-    python_version: tuple[int, int] = tuple(sys.version_info[:2])  # the base interpreter's (BaseChoice)
+    # the base interpreter's version (BaseChoice.python_version): it chooses the pins and the MediaPipe plan
+    python_version: tuple[int, int] = field(default_factory=lambda: tuple(sys.version_info[:2]))
     wheel_dir: Path | None = None         # offline: a folder of wheels (no network at all)
     index_url: str | None = None          # None: the package index pip is configured with
     torch_index_url: str | None = None    # None: torch_index(torch_variant)

@@ -4,8 +4,9 @@
   SelfieSegmentation, models inside the wheel. Used wherever it is installed, exactly as before.
 - **tasks** (later mediapipe releases, the only ones for Python 3.13+): FaceLandmarker and ImageSegmenter on the
   model files *Set Up Backend* extracted from registry wheels (``contracts.mediapipe_models``). The selfie masks are
-  bit-identical to the legacy graph's; the face mesh v2 lies within 1-1.4 px (mean, 2 % of the eye distance) of the
-  legacy attention mesh on the development clips, irises within 0.6 px.
+  bit-identical to the legacy graph's; the face mesh v2 lies 0.9-1.3 px (mean, 2 % of the eye distance) from the
+  legacy attention mesh on the development clips, irises 0.5-0.6 px, and nearer the ground truth of synthetic clips
+  (``benchmarks/mediapipe_apis.py``).
 
 ``face_mesh_graph`` and ``selfie_segmentation_graph`` choose; both kinds of graph return pixel coordinates and
 probability maps in the same layout.

@@ -29,10 +29,12 @@ def mean_head_mesh(ict, scale: float, rotation: np.ndarray, translation: np.ndar
 
 
 def mediapipe_triangles() -> np.ndarray:
-    """(F, 3) triangles of MediaPipe's 468-vertex canonical face mesh, from the tesselation edge list."""
-    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
+    """(F, 3) triangles of MediaPipe's 468-vertex canonical face mesh, from the tesselation edge list (the Tasks
+    API's copy: both mediapipe 0.10.21 and the Tasks-only releases have it, the same edges as the legacy one)."""
+    from mediapipe.tasks.python.vision import FaceLandmarksConnections
 
-    e = np.array(sorted({tuple(sorted(x)) for x in FACEMESH_TESSELATION}), np.int64)  # (E, 2), a < b
+    edges = {tuple(sorted((c.start, c.end))) for c in FaceLandmarksConnections.FACE_LANDMARKS_TESSELATION}
+    e = np.array(sorted(edges), np.int64)  # (E, 2), a < b
     adj = np.zeros((N_MESH_LANDMARKS, N_MESH_LANDMARKS), bool)
     adj[e[:, 0], e[:, 1]] = adj[e[:, 1], e[:, 0]] = True
     common = adj[e[:, 0]] & adj[e[:, 1]]  # (E, 468): vertices adjacent to both ends

@@ -130,14 +130,23 @@ def _pixels(faces, shape) -> List[np.ndarray]:
     return [np.array([(p.x, p.y, p.z) for p in face], np.float32) * scale for face in faces]  # 478 points each
 
 
+def _uses_legacy_api() -> bool:
+    """Whether the installed mediapipe has the legacy solutions (else its Tasks API is used); a clear error when
+    neither imports."""
+    try:
+        if legacy_solutions_available():
+            return True
+        from mediapipe.tasks.python import vision  # noqa: F401
+    except Exception as e:  # not installed, or a broken install
+        raise TrackingInputError(f"mediapipe is not installed or broken: {e}",
+                                 hint="Run Set Up Backend again (it reinstalls what is missing).") from e
+    return False
+
+
 def face_mesh_graph(static_image_mode: bool, max_faces: int, min_detection_confidence: float = 0.5,
                     min_tracking_confidence: float = 0.5):
     """The face mesh on the installed mediapipe's API (``LegacyFaceMesh`` or ``TasksFaceMesh``)."""
-    try:
-        legacy = legacy_solutions_available()
-    except Exception as e:  # a broken install: not an ImportError of the solutions alone
-        raise TrackingInputError(f"mediapipe is not installed or broken: {e}") from e
-    graph = LegacyFaceMesh if legacy else TasksFaceMesh
+    graph = LegacyFaceMesh if _uses_legacy_api() else TasksFaceMesh
     return graph(static_image_mode, max_faces, min_detection_confidence, min_tracking_confidence)
 
 
@@ -186,4 +195,4 @@ class TasksSelfieSegmentation:
 
 def selfie_segmentation_graph():
     """The selfie segmentation on the installed mediapipe's API."""
-    return LegacySelfieSegmentation() if legacy_solutions_available() else TasksSelfieSegmentation()
+    return LegacySelfieSegmentation() if _uses_legacy_api() else TasksSelfieSegmentation()

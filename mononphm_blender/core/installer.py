@@ -393,7 +393,7 @@ def plan_commands(options: InstallOptions) -> dict[str, list[list[str]]]:
 
 STEP_LABELS = {"environment": "Creating the environment", "resolve": "Checking what to download",
                "download": "Downloading packages", "install": "Installing packages",
-               "models": "Fetching MediaPipe's models",
+               "models": "Extracting MediaPipe's models",
                "verify": "Verifying the backend", "smoke": "Smoke test: tracking one frame"}
 
 
@@ -837,7 +837,7 @@ class Installer:
         for f in planned:
             self._say(f"#   {f.filename} {format_size(f.size)}" + ("" if f in self.files else " (installed)"))
         self._say("# " + mediapipe_plan(opts.python_version))
-        wheels = dict((m.name, w) for m, w in self.model_wheels)
+        wheels = {model.name: wheel for model, wheel in self.model_wheels}
         for model in opts.model_files:
             source = (f"{wheels[model.name].filename} {format_size(wheels[model.name].size)}"
                       if model.name in wheels else "present")

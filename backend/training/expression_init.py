@@ -1,7 +1,7 @@
 """Train the landmark -> expression regressor (``backend.tracking.expression_init``) on rendered ICT-FaceKit heads.
 
     python -m backend.training.expression_init --out backend/models/builtin --cache /work/cache/expr23/train \
-        [--identities 400] [--frames 16] [--ridges 10 30 100 300 1000 3000]
+        [--identities 275] [--frames 16] [--ridges 10 30 100 300 1000 3000]
 
 Data: per identity (seed stream ``TRAIN_SEED_BASE`` + i, disjoint from the training generator's, the validation
 seed and every evaluation range) a random look (``expression_clips.sample_look``: MakeHuman skin detail, tone, light,
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="model folder to write expression_init.npz into")
     ap.add_argument("--cache", type=Path, required=True, help="rendered training data (resumable)")
-    ap.add_argument("--identities", type=int, default=400)
+    ap.add_argument("--identities", type=int, default=275)
     ap.add_argument("--frames", type=int, default=16, help="frames per identity")
     ap.add_argument("--ridges", type=float, nargs="+", default=list(RIDGES),
                     help="ridge strengths to choose from per channel (cross-validation over identities)")

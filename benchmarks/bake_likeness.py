@@ -76,7 +76,7 @@ def rerender_errors(pkg, frames, colours: dict) -> dict:
 
 
 def evaluate(package: Path) -> dict:
-    from backend.bake.albedo import BakeConfig, SurfacePoints, bake_vertices, observe
+    from backend.bake.albedo import BakeConfig, Lighting, SurfacePoints, bake_vertices, frame_geometries, observe
     from backend.contracts.conventions import linear_to_srgb
     from backend.bake.frames import package_frames, package_shading, select_frames
     from backend.bake.texture import bake_texture, frame_scores, unwrap
@@ -87,21 +87,21 @@ def evaluate(package: Path) -> dict:
     even, odd = tracked[0::2][: cfg.max_frames], tracked[1::2]
     mesh = pkg.canonical_mesh()
     fitted = package_shading(pkg)
-    shading = fitted.white_balanced()   # the bake's lighting (backend.bake.run)
+    start = Lighting.from_fitted(fitted).white_balanced()   # as backend.bake.run.bake
     K = pkg.intrinsics().matrix()
     t0 = time.perf_counter()
     train = package_frames(pkg, even)
     t_decode = time.perf_counter() - t0
     t0 = time.perf_counter()
-    baked = bake_vertices(train, mesh.triangles, K, shading, mesh.albedo, cfg)
+    baked, lighting = bake_vertices(train, mesh.triangles, K, start, mesh.albedo, cfg)
     t_bake = time.perf_counter() - t0
     # trivial baseline: one albedo for the whole head (weighted mean of every vertex observation)
-    obs = observe(train, mesh.triangles, K, shading, SurfacePoints.of_vertices(mesh.triangles, len(mesh.vertices)),
-                  cfg)
-    w = obs.weight * ~obs.special
-    mean_lin = (w[..., None] * obs.albedo_lin).sum((0, 1)) / w.sum()
-    mean_col = shading.to_package(linear_to_srgb(mean_lin))
-    flat = np.broadcast_to((np.clip(mean_col, 0, 1) * 255 + 0.5).astype(np.uint8), mesh.albedo.shape)
+    obs = observe(frame_geometries(train, mesh.triangles, K, cfg),
+                  SurfacePoints.of_vertices(mesh.triangles, len(mesh.vertices)))
+    albedo, w = obs.albedo(lighting, cfg)
+    w = w * ~obs.special
+    mean_lin = (w[..., None] * albedo).sum((0, 1)) / w.sum()
+    flat = np.broadcast_to((np.clip(linear_to_srgb(mean_lin), 0, 1) * 255 + 0.5).astype(np.uint8), mesh.albedo.shape)
     t0 = time.perf_counter()
     uv = unwrap(mesh.vertices, mesh.triangles)
     t_unwrap = time.perf_counter() - t0
@@ -110,11 +110,11 @@ def evaluate(package: Path) -> dict:
     pick = np.sort(np.argsort(-frame_scores(train, arrays["rotation"][at], arrays["z_exp"][at]),
                               kind="stable")[: cfg.texture_frames])
     t0 = time.perf_counter()
-    tex = bake_texture(train.subset(pick), mesh.triangles, K, shading, uv, baked.colours, 2048, cfg)
+    tex = bake_texture(train.subset(pick), mesh.triangles, K, lighting, uv, baked.colours, 2048, cfg)
     t_texture = time.perf_counter() - t0
     test = package_frames(pkg, odd)
-    errs = rerender_errors(pkg, test, {"model": (mesh.albedo, fitted), "mean": (flat, shading),
-                                       "baked": (baked.colours, shading), "texture": ((tex, uv), shading)})
+    errs = rerender_errors(pkg, test, {"model": (mesh.albedo, fitted), "mean": (flat, lighting),
+                                       "baked": (baked.colours, lighting), "texture": ((tex, uv), lighting)})
     summary = {}
     for name, e in errs.items():
         ok = e["pixels"] > 0

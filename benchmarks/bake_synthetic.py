@@ -45,6 +45,33 @@ def stripe_mask(neutral: np.ndarray) -> np.ndarray:
         (neutral[:, 2] > 0.0)
 
 
+REGION_NAMES = ("forehead", "brows", "eyes", "nose", "cheeks", "lips", "chin")
+FEATURE_RADIUS = 0.035   # model units (~9 mm): points this close to a feature's landmarks belong to it
+
+
+def face_regions(neutral: np.ndarray) -> np.ndarray:
+    """Region index (N,) into ``REGION_NAMES`` of points (N, 3) on the ICT neutral head (model units): the
+    features of MediaPipe's face mesh (brows, eyes, nose, lips; the nearest landmark within ``FEATURE_RADIUS``),
+    elsewhere by height: above the brows the forehead, below the mouth the chin, between them the cheeks."""
+    from mediapipe.python.solutions import face_mesh_connections as C
+    from scipy.spatial import cKDTree
+    from backend.contracts.landmark_tables import mediapipe_ict_positions
+    lm = mediapipe_ict_positions()
+
+    def ids(*sets):
+        return sorted({i for s in sets for e in s for i in e})
+
+    features = {"brows": ids(C.FACEMESH_LEFT_EYEBROW, C.FACEMESH_RIGHT_EYEBROW),
+                "eyes": ids(C.FACEMESH_LEFT_EYE, C.FACEMESH_RIGHT_EYE, C.FACEMESH_IRISES),
+                "nose": ids(C.FACEMESH_NOSE), "lips": ids(C.FACEMESH_LIPS)}
+    brow_y = lm[features["brows"], 1].mean()
+    mouth_y = lm[features["lips"], 1].min()
+    region = np.where(neutral[:, 1] > brow_y, 0, np.where(neutral[:, 1] < mouth_y, 6, 4))
+    owner = np.concatenate([np.full(len(v), REGION_NAMES.index(k)) for k, v in features.items()])
+    d, j = cKDTree(lm[np.concatenate(list(features.values()))]).query(neutral)
+    return np.where(d < FEATURE_RADIUS, owner[j], region)
+
+
 def texture(ict, params, tile: int, seed: int = 3) -> np.ndarray:
     """The clip's albedo atlas (H, W, 3) sRGB in [0, 1], row 0 at the bottom: tinted, freckled, striped."""
     from scipy.ndimage import gaussian_filter
@@ -125,6 +152,7 @@ def evaluate(pkg_dir: Path, ict, gt, tex) -> dict:
     acc = np.zeros((len(mesh.vertices), 3))
     cnt = np.zeros(len(mesh.vertices))
     on_stripe = np.zeros(len(mesh.vertices))
+    regions = np.zeros((len(mesh.vertices), len(REGION_NAMES)))
     rng = np.random.default_rng(0)
     frames = pkg.frame_indices[::4]
     verts = posed_vertices(pkg, frames)
@@ -147,15 +175,20 @@ def evaluate(pkg_dir: Path, ict, gt, tex) -> dict:
         acc[ok] += col
         cnt[ok] += 1
         on_stripe[ok] += stripe_mask(neutral)
+        np.add.at(regions, (np.flatnonzero(ok), face_regions(neutral)), 1)
     seen = cnt > 0
     truth = acc[seen] / cnt[seen, None]
     stripe = on_stripe[seen] / cnt[seen] > 0.5
-    out = {"vertices_compared": int(seen.sum()), "stripe_vertices": int(stripe.sum())}
+    region = regions[seen].argmax(1)
+    out = {"vertices_compared": int(seen.sum()), "stripe_vertices": int(stripe.sum()),
+           "region_vertices": {r: int((region == k).sum()) for k, r in enumerate(REGION_NAMES)}}
     for name, col in (("model", mesh.albedo), ("baked", mesh.baked_albedo)):
         err = affine_error(col[seen].astype(np.float64) / 255, truth, np.ones(len(truth), bool))
         out[name] = {"mean": round(float(err.mean()), 2), "median": round(float(np.median(err)), 2),
                      "p90": round(float(np.percentile(err, 90)), 2), "stripe": round(float(err[stripe].mean()), 2),
-                     "off_stripe": round(float(err[~stripe].mean()), 2)}
+                     "off_stripe": round(float(err[~stripe].mean()), 2),
+                     "regions": {r: round(float(err[region == k].mean()), 2) for k, r in enumerate(REGION_NAMES)
+                                 if (region == k).any()}}
     return out
 
 
@@ -163,10 +196,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "bake_synthetic")
+    ap.add_argument("--package", type=Path, default=None,
+                    help="evaluate this package of the clip instead (e.g. a copy re-baked with other settings)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     ict, gt, tex, clip = render(args.work, args.frames, log=lambda m: print(m, file=sys.stderr))
-    pkg = track(clip, gt, args.work / "package")
+    pkg = args.package or track(clip, gt, args.work / "package")
     result = evaluate(pkg, ict, gt, tex)
     print(json.dumps(result))
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..contracts.result_format import CanonicalMesh, PackageError, ResultPackage, ResultWriter
-from .albedo import BakeConfig, BakedColours, FrameBatch, Shading, bake_vertices
+from .albedo import BakeConfig, BakedColours, FrameBatch, Lighting, Shading, bake_vertices
 from .frames import package_frames, package_shading, select_frames
 
 
@@ -55,10 +55,12 @@ def bake(frames: FrameBatch, indices: np.ndarray, vertex_rows: np.ndarray, mesh:
     colours use. A texture uses the frames ``request.texture_frames`` (among ``indices``) or those of the vertex rows
     that ``rotation`` (T, 3, 3) and expression codes ``z_exp`` (T, E) score best."""
     t0 = time.perf_counter()
-    shading = fitted.white_balanced()
-    baked = bake_vertices(frames.subset(vertex_rows), mesh.triangles, K, shading, mesh.albedo, cfg)
+    start = Lighting.from_fitted(fitted)
+    baked, lighting = bake_vertices(frames.subset(vertex_rows), mesh.triangles, K, start.white_balanced(),
+                                    mesh.albedo, cfg)
     settings = {"frames": [int(i) for i in indices[vertex_rows]], "texture_frames": None, "texture_size": None,
-                "light_colour": [round(float(c), 4) for c in fitted.light_colour()]}
+                "light_colour": [round(float(c), 4) for c in start.light_colour()],
+                "lighting_sh": np.round(lighting.sh.astype(np.float64), 5).tolist()}
     result = BakeResult(baked, settings)
     if request.texture:
         from .texture import bake_texture, encode_png, frame_scores, unwrap
@@ -68,7 +70,7 @@ def bake(frames: FrameBatch, indices: np.ndarray, vertex_rows: np.ndarray, mesh:
             score = frame_scores(frames.subset(vertex_rows), rotation[vertex_rows], z_exp[vertex_rows])
             tex_rows = np.sort(vertex_rows[np.argsort(-score, kind="stable")[: cfg.texture_frames]])
         result.uv = unwrap(mesh.vertices, mesh.triangles)
-        image = bake_texture(frames.subset(tex_rows), mesh.triangles, K, shading, result.uv, baked.colours,
+        image = bake_texture(frames.subset(tex_rows), mesh.triangles, K, lighting, result.uv, baked.colours,
                              request.texture_size, cfg)
         result.png = encode_png(image)
         settings.update(texture_frames=[int(i) for i in indices[tex_rows]], texture_size=int(request.texture_size))

@@ -146,20 +146,6 @@ def test_tracker_lighting_carried_over_to_linear_light():
                                atol=3 / 255)
 
 
-def test_misfitted_frames_weigh_less(scene):
-    """A frame whose pose is off (the colours looked up in the wrong places) disagrees with the others."""
-    from backend.bake.albedo import SurfacePoints, combine, frame_consistency, frame_geometries, observe
-    v, f = scene["v"], scene["f"]
-    fr = scene["frames"]
-    shifted = fr.verts_cam.copy()
-    shifted[5] = fr.verts_cam[5] @ yaw(12).T          # frame 5 fitted 12 degrees off
-    frames = FrameBatch(fr.images, fr.labels, fr.special, shifted)
-    cfg = BakeConfig()
-    obs = observe(frame_geometries(frames, f, K, cfg), SurfacePoints.of_vertices(f, len(v)))
-    w = frame_consistency(obs, combine(obs, scene["lighting"], cfg), scene["lighting"], cfg)
-    assert w[5] < 0.5 and np.delete(w, [5] + scene["occluded"]).min() > 0.8, w
-
-
 def test_occluded_frames_alone_would_contaminate(scene):
     """Control: the occluder is strong enough to matter (baking only from occluded frames paints it red)."""
     v, f = scene["v"], scene["f"]

@@ -125,8 +125,21 @@ def _check_bake(pkg, usd_mesh):
     assert np.abs(canon.baked_albedo[seen].astype(float) - canon.albedo[seen]).mean() > 3   # not the model's
     usd_srgb = linear_to_srgb(np.asarray(usd_mesh.GetDisplayColorAttr().Get(0))) * 255
     assert np.abs(usd_srgb.mean(0) - canon.baked_albedo.mean(0)).max() < 12
+    before = {t: np.asarray(usd_mesh.GetPointsAttr().Get(t)) for t in usd_mesh.GetPointsAttr().GetTimeSamples()}
     bake_package(pkg.root, BakeRequest(frames="2:5", texture=True, texture_size=128))
     again = ResultPackage(pkg.root)
+    # the re-bake recoloured the per-frame USD meshes (geometry and timing unchanged), replacing the file
+    from pxr import Usd, UsdGeom
+    stage = Usd.Stage.Open(str(again.usd_path))
+    rebaked = UsdGeom.Mesh(stage.GetPrimAtPath("/MonoNPHM/head"))
+    assert {t: np.asarray(rebaked.GetPointsAttr().Get(t)) for t in rebaked.GetPointsAttr().GetTimeSamples()}.keys() \
+        == before.keys()
+    for t, pts in before.items():
+        np.testing.assert_array_equal(np.asarray(rebaked.GetPointsAttr().Get(t)), pts)
+    new = again.canonical_mesh().baked_albedo
+    usd_srgb = linear_to_srgb(np.asarray(rebaked.GetDisplayColorAttr().Get(3))) * 255
+    assert np.abs(usd_srgb.mean(0) - new.mean(0)).max() < 12
+    assert sorted(p.name for p in pkg.root.iterdir() if "usdc" in p.name) == ["meshes.usdc"]   # no staging left
     assert again.manifest["bake"]["frames"] == [2, 3, 4] and again.manifest["state"] == "complete"
     assert again.canonical_mesh().uv.shape == (len(canon.triangles), 3, 2)
     np.testing.assert_array_equal(again.canonical_mesh().albedo, canon.albedo)

@@ -426,20 +426,6 @@ def fit_lighting(obs: Observations, robust: RobustAlbedo, lighting: Lighting, cf
     return Lighting(sh.astype(np.float32))
 
 
-def frame_consistency(obs: Observations, robust: RobustAlbedo, lighting: Lighting, cfg: BakeConfig) -> np.ndarray:
-    """(T,) weights of the frames by how well their skin observations agree with the combined albedo: 1 up to the
-    clip's median residual, falling with the square of the ratio beyond it (a misfitted frame looks the colours up
-    in the wrong places: its residual is high everywhere)."""
-    albedo, w = obs.albedo(lighting, cfg)
-    w = w * ~obs.special * ~robust.special[None]
-    res = (residual(albedo, robust.albedo_lin) * w).sum(1) / np.maximum(w.sum(1), 1e-12)      # (T,)
-    seen = w.sum(1) > 0
-    if not seen.any():
-        return np.ones(len(res), np.float32)
-    ratio = np.where(seen, np.median(res[seen]) / np.maximum(res, 1e-9), 1.0)
-    return np.clip(ratio ** 2, 0.0, 1.0).astype(np.float32)
-
-
 def smooth_on_mesh(values: np.ndarray, faces: np.ndarray, passes: int) -> np.ndarray:
     """``passes`` rounds of averaging each vertex with its one-ring: values (V,) or (V, C)."""
     from scipy import sparse
@@ -499,11 +485,9 @@ def bake_vertices(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting
                   model_albedo_u8: np.ndarray, cfg: BakeConfig = BakeConfig()):
     """Vertex colours of the canonical mesh from ``frames`` (its posed copies in ``frames.verts_cam``), starting
     from ``lighting`` (e.g. ``Lighting.from_fitted``): ``cfg.lighting_iterations`` rounds of combining the
-    observations and refitting the white-balanced lighting to them; frames whose observations disagree with the
-    first combination are down-weighted (``frame_consistency``). -> (BakedColours, the final Lighting)."""
+    observations and refitting the white-balanced lighting to them. -> (BakedColours, the final Lighting)."""
     obs = observe(frame_geometries(frames, faces, K, cfg), SurfacePoints.of_vertices(faces, len(model_albedo_u8)))
     robust = combine(obs, lighting, cfg)
-    obs.weight *= frame_consistency(obs, robust, lighting, cfg)[:, None]
     for _ in range(cfg.lighting_iterations):
         lighting = fit_lighting(obs, robust, lighting, cfg).white_balanced()
         robust = combine(obs, lighting, cfg)

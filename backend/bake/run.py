@@ -3,7 +3,9 @@
 ``bake`` works on decoded frames in memory; a tracking run calls it with the frames and poses it holds (it never
 reads its package back), ``bake_package`` re-reads a finished package's tracked frames and the clip it came from.
 Both write ``baked_albedo`` / ``baked_confidence`` (and ``uv`` + ``texture.png``) through
-``ResultWriter.write_bake``, so a crash leaves the previous bake in place.
+``ResultWriter.write_bake``, so a crash leaves the previous bake in place. A re-bake also recolours the package's
+per-frame USD meshes: the new file is written beside the old one first and replaces it right after the colours,
+so the package never loses a result and its two colourings differ only if the process dies between two renames.
 """
 from __future__ import annotations
 
@@ -107,12 +109,21 @@ def bake_package(root, request: BakeRequest = BakeRequest(), cfg: BakeConfig = B
     mesh = pkg.canonical_mesh()
     result = bake(frames, indices, np.searchsorted(indices, vertex_frames), mesh, pkg.intrinsics().matrix(),
                   package_shading(pkg), request, cfg, arrays["rotation"][at], arrays["z_exp"][at])
-    result.settings["seconds"] = round(time.perf_counter() - t0, 2)
     state = pkg.manifest["state"]
     writer = ResultWriter(root, pkg.manifest)   # the package lock: no tracking run writes it meanwhile
+    staged = None
     try:
+        if pkg.usd_path is not None:
+            from .posed import recolour_mesh_sequence
+            staged = pkg.usd_path.with_name(f".{pkg.usd_path.stem}.rebake{pkg.usd_path.suffix}")
+            recolour_mesh_sequence(pkg, result.colours.colours, staged)
+        result.settings["seconds"] = round(time.perf_counter() - t0, 2)
         result.write(writer, mesh)
+        if staged is not None:
+            staged.replace(pkg.usd_path)
     except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
         writer.abort(state)
         raise
     writer.finish(state)

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..contracts.result_format import CanonicalMesh, PackageError, ResultPackage, ResultWriter
+from ..contracts.track_config import check_texture_size
 from .albedo import BakeConfig, BakedColours, FrameBatch, Lighting, Shading, bake_vertices
 from .frames import package_frames, package_shading, select_frames
 
@@ -94,9 +95,10 @@ def bake_package(root, request: BakeRequest = BakeRequest(), cfg: BakeConfig = B
     if untracked:
         raise PackageError(f"texture frames {untracked} are not tracked frames of {pkg.root}",
                            "Pick texture frames among the tracked ones (see the manifest).")
-    if request.texture_size < 64 or request.texture_size > 8192:
-        raise PackageError(f"texture size {request.texture_size} is outside 64..8192",
-                           "Choose a texture size such as 1024, 2048 or 4096.")
+    try:
+        check_texture_size(request.texture_size)
+    except ValueError as e:
+        raise PackageError(str(e), "Choose a texture size such as 1024, 2048 or 4096.") from None
     indices = np.union1d(vertex_frames, np.asarray(request.texture_frames or (), np.int64))
 
     def progress(done, total, frame):

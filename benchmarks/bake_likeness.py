@@ -53,14 +53,28 @@ def cpu_report() -> dict:
     return describe_host()
 
 
-def rerender_errors(pkg, frames, colours: dict) -> dict:
-    """Per-frame face-region L1 (0-255) and PSNR (dB) of each colour set rendered on ``frames`` (a FrameBatch);
-    a colour set is (per-vertex colours (V, 3) or a (texture, uv) pair, its lighting)."""
+def vertex_regions(mesh) -> np.ndarray:
+    """(V,) face region of each canonical-mesh vertex (``bake_synthetic.REGION_NAMES``): the canonical head sits in
+    model space like the ICT mean head that MediaPipe's landmarks are placed on."""
+    from bake_synthetic import face_regions
+    from backend.contracts.conventions import metres_to_nphm
+    return face_regions(metres_to_nphm(mesh.vertices))
+
+
+def rerender_errors(pkg, frames, colours: dict):
+    """Per-frame face-region L1 (0-255) and PSNR (dB) of each colour set rendered on ``frames`` (a FrameBatch),
+    and its L1 per face region over all frames; a colour set is (per-vertex colours (V, 3) or a (texture, uv)
+    pair, its lighting). -> (errors, renders (T, H, W, 3) per colour set)."""
+    from bake_synthetic import REGION_NAMES
     from backend.bake.albedo import render_shaded
     from backend.tracking import masks as M
+    from backend.tracking import raster
     mesh = pkg.canonical_mesh()
     K = pkg.intrinsics().matrix()
-    out = {}
+    W, H = pkg.image_size
+    tri = raster.rasterize_batch(frames.verts_cam, mesh.triangles, K, H, W).tri
+    region = np.where(tri >= 0, vertex_regions(mesh)[mesh.triangles[:, 0]][np.maximum(tri, 0)], -1)
+    out, renders = {}, {}
     for name, (col, shading) in colours.items():
         tex, uv = col if isinstance(col, tuple) else (col, None)
         img, covered = render_shaded(frames.verts_cam, mesh.triangles, K, pkg.image_size, shading, tex, uv)
@@ -71,20 +85,48 @@ def rerender_errors(pkg, frames, colours: dict) -> dict:
         n = face.reshape(len(face), -1).sum(1)
         l1 = (err * face).reshape(len(face), -1).sum(1) / np.maximum(n, 1) * 255
         mse = (sq * face).reshape(len(face), -1).sum(1) / np.maximum(n, 1)
-        out[name] = {"l1": l1, "psnr": 10 * np.log10(1.0 / np.maximum(mse, 1e-12)), "pixels": n}
-    return out
+        out[name] = {"l1": l1, "psnr": 10 * np.log10(1.0 / np.maximum(mse, 1e-12)), "pixels": n,
+                     "regions": {r: round(float(err[face & (region == k)].mean() * 255), 2)
+                                 for k, r in enumerate(REGION_NAMES) if (face & (region == k)).any()}}
+        renders[name] = np.where(covered[..., None], img, ref)
+    return out, renders
 
 
-def evaluate(package: Path) -> dict:
+def contact_sheet(frames, renders: dict, path: Path, rows: int = 4) -> None:
+    """A PNG of ``rows`` frames evenly over ``frames``: the video frame's head beside each colour set's render
+    (composited over the frame), cropped to the head."""
+    import cv2
+    picks = np.unique(np.linspace(0, len(frames) - 1, rows).round().astype(int))
+    tiles = []
+    for t in picks:
+        ys, xs = np.nonzero(frames.labels[t] != 0)
+        pad = 8
+        y0, y1 = max(ys.min() - pad, 0), ys.max() + pad
+        x0, x1 = max(xs.min() - pad, 0), xs.max() + pad
+        row = [frames.images[t, y0:y1, x0:x1]] + [(renders[k][t, y0:y1, x0:x1] * 255 + 0.5).astype(np.uint8)
+                                                   for k in renders]
+        h = 256
+        tiles.append(np.concatenate([cv2.resize(im, (round(im.shape[1] * h / im.shape[0]), h),
+                                                interpolation=cv2.INTER_AREA) for im in row], 1))
+    width = max(t.shape[1] for t in tiles)
+    sheet = np.concatenate([np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in tiles], 0)
+    header = np.full((28, width, 3), 255, np.uint8)
+    for i, label in enumerate(["video frame", *renders]):
+        cv2.putText(header, label, (8 + i * width // (len(renders) + 1), 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), np.ascontiguousarray(np.concatenate([header, sheet], 0)[..., ::-1]))
+
+
+def evaluate(package: Path, sheet_dir: Path | None = None) -> dict:
     from backend.bake.albedo import BakeConfig, Lighting, SurfacePoints, bake_vertices, frame_geometries, observe
     from backend.contracts.conventions import linear_to_srgb
-    from backend.bake.frames import package_frames, package_shading, select_frames
+    from backend.bake.frames import package_frames, package_shading, select_frames, spread
     from backend.bake.texture import bake_texture, frame_scores, unwrap
     from backend.contracts.result_format import ResultPackage
     pkg = ResultPackage(package)
     cfg = BakeConfig()
     tracked = select_frames(pkg, None, 10 ** 9)
-    even, odd = tracked[0::2][: cfg.max_frames], tracked[1::2]
+    even, odd = spread(tracked[0::2], cfg.max_frames), tracked[1::2]
     mesh = pkg.canonical_mesh()
     fitted = package_shading(pkg)
     start = Lighting.from_fitted(fitted).white_balanced()   # as backend.bake.run.bake
@@ -113,15 +155,18 @@ def evaluate(package: Path) -> dict:
     tex = bake_texture(train.subset(pick), mesh.triangles, K, lighting, uv, baked.colours, 2048, cfg)
     t_texture = time.perf_counter() - t0
     test = package_frames(pkg, odd)
-    errs = rerender_errors(pkg, test, {"model": (mesh.albedo, fitted), "mean": (flat, lighting),
-                                       "baked": (baked.colours, lighting), "texture": ((tex, uv), lighting)})
+    errs, renders = rerender_errors(pkg, test, {"model": (mesh.albedo, fitted), "mean": (flat, lighting),
+                                                "baked": (baked.colours, lighting), "texture": ((tex, uv), lighting)})
+    if sheet_dir is not None:
+        contact_sheet(test, {k: renders[k] for k in ("model", "baked", "texture")},
+                      sheet_dir / f"{Path(package).name}_bake_sheet.png")
     summary = {}
     for name, e in errs.items():
         ok = e["pixels"] > 0
         wts = e["pixels"][ok] / e["pixels"][ok].sum()
         summary[name] = {"l1": round(float((e["l1"][ok] * wts).sum()), 2),
                          "psnr_db": round(float((e["psnr"][ok] * wts).sum()), 2),
-                         "l1_per_frame": [round(float(x), 2) for x in e["l1"][ok]]}
+                         "l1_per_frame": [round(float(x), 2) for x in e["l1"][ok]], "l1_regions": e["regions"]}
     return {"package": str(package), "bake_frames": len(even), "test_frames": len(odd),
             "decode_s": round(t_decode, 2), "bake_s": round(t_bake, 2), "unwrap_s": round(t_unwrap, 2),
             "texture_s": round(t_texture, 2),
@@ -131,10 +176,12 @@ def evaluate(package: Path) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("packages", nargs="+", type=Path)
+    ap.add_argument("--sheet", type=Path, default=None, metavar="DIR",
+                    help="also write a contact sheet per package (video frame, today's colours, baked, texture)")
     args = ap.parse_args(argv)
     from backend.model.parallel import set_threads
     set_threads(1)
-    result = {"machine": cpu_report(), "clips": [evaluate(p) for p in args.packages]}
+    result = {"machine": cpu_report(), "clips": [evaluate(p, args.sheet) for p in args.packages]}
     for c in result["clips"]:
         e = c["errors"]
         print(f"{c['package']}: " + "  ".join(f"{k} L1 {v['l1']:.2f} PSNR {v['psnr_db']:.2f}" for k, v in e.items())

@@ -16,6 +16,7 @@ barycentrics) and texels (points of a UV chart). Everything is batched over fram
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,8 @@ class BakeConfig:
     inlier_distance: float = 0.06
     """Observations farther than this (sRGB-encoded, mean over channels) from the weighted median are dropped
     before the weighted mean (specular highlights, occluders, blinks)."""
+    max_albedo: float = 0.9
+    """Linear albedo the brightest well-seen colours may reach (``normalise_scale``)."""
     prior_weight: float = 0.1
     """Weight of the model albedo in the blend, in units of one frontal, unoccluded observation."""
     blend_smoothing: int = 2
@@ -218,6 +221,10 @@ def fit_weights(landmark_error_px: np.ndarray) -> np.ndarray:
     return np.clip(ratio ** 2, 0.0, 1.0).astype(np.float32)
 
 
+MAX_OBSERVED_ALBEDO = 4.0
+"""Bound on one observation's linear albedo: above 1 until the lighting's scale is settled (``normalise_scale``)."""
+
+
 @dataclass
 class Observations:
     """What each frame shows of the points, before any lighting: ``pixel_lin`` (T, N, 3) the frame's colour in
@@ -245,7 +252,7 @@ class Observations:
         level = linear_to_srgb(np.clip(S.mean(-1), 0, 1))
         w_light = _ramp(level, 0.5 * cfg.min_shading, cfg.min_shading)
         floor = srgb_to_linear(0.5 * cfg.min_shading)
-        a = np.clip(self.pixel_lin / np.maximum(S, floor), 0, 1)
+        a = np.clip(self.pixel_lin / np.maximum(S, floor), 0, MAX_OBSERVED_ALBEDO)
         return a.astype(np.float32), (self.weight * w_light).astype(np.float32)
 
 
@@ -491,7 +498,20 @@ def bake_vertices(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting
     for _ in range(cfg.lighting_iterations):
         lighting = fit_lighting(obs, robust, lighting, cfg).white_balanced()
         robust = combine(obs, lighting, cfg)
+    robust, lighting = normalise_scale(robust, lighting, cfg)
     return blend_vertices(robust, model_albedo_u8, faces, cfg), lighting
+
+
+def normalise_scale(robust: RobustAlbedo, lighting: Lighting, cfg: BakeConfig):
+    """Albedo and lighting rescaled (the video cannot tell their scales apart: the product is what it shows) so
+    the brightest well-seen colours (the 99.5th percentile of the skin points' brightest channel) stay within
+    ``cfg.max_albedo`` and no baked colour clips; only ever darkens. -> (RobustAlbedo, Lighting)."""
+    seen = (robust.weight > 0) & ~robust.special
+    if not seen.any():
+        return robust, lighting
+    k = max(float(np.percentile(robust.albedo_lin[seen].max(1), 99.5)) / cfg.max_albedo, 1.0)
+    return (dataclasses.replace(robust, albedo_lin=(robust.albedo_lin / k).astype(np.float32)),
+            Lighting((lighting.sh * k).astype(np.float32)))
 
 
 def render_shaded(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple, lighting,

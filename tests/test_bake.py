@@ -132,6 +132,22 @@ def test_lighting_is_refitted_in_linear_light(scene):
     assert lighting.sh[3, 0] / lighting.sh[0, 0] == pytest.approx(0.25 / scene["lighting"].sh[0, 0], rel=0.2)
 
 
+def test_colours_never_clip_whatever_the_lighting_scale(scene):
+    """Started from lighting a third as bright as the truth (albedo would come out at 1.7 in linear light), the
+    bake settles the scale so the brightest colours stay within ``max_albedo``: the colours keep their ratio to
+    the truth (one scale for all channels, skin and stripe), none is clipped."""
+    from backend.contracts.conventions import srgb_to_linear
+    v, f = scene["v"], scene["f"]
+    dim = Lighting(scene["lighting"].sh / 3)
+    baked, lighting = bake_vertices(scene["frames"], f, K, dim, np.full((len(v), 3), 128, np.uint8),
+                                    BakeConfig(lighting_iterations=0))
+    well = (baked.confidence > 0.9) & interior(f, stripe_mask(v)) & (v[:, 2] > 0)
+    ratio = srgb_to_linear(baked.colours[well] / 255.0) / srgb_to_linear(scene["colours"][well] / 255.0)
+    assert np.percentile(np.abs(ratio - np.median(ratio)), 95) < 0.05 and np.median(ratio) > 1.2, np.median(ratio)
+    assert srgb_to_linear(baked.colours[well].max() / 255.0) < BakeConfig().max_albedo + 0.02
+    np.testing.assert_allclose(lighting.sh * np.median(ratio), scene["lighting"].sh, atol=0.03 * 3.2)
+
+
 def test_tracker_lighting_carried_over_to_linear_light():
     """``Lighting.from_fitted``: the tracker's sRGB-space shading of a mid-tone albedo, rendered in linear light,
     gives the same pixels (within 3/255 on normals facing the camera)."""

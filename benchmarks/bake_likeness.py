@@ -3,32 +3,39 @@
     .venv/bin/python benchmarks/bake_likeness.py PACKAGE [PACKAGE ...]
 
 Each PACKAGE is a tracked result (``python -m backend track CLIP --out PACKAGE``). Colours are baked from the
-even tracked frames only; the posed head is then rendered on the odd frames with the fitted lighting and colour
-correction (the tracker's image formation, ``backend.bake.albedo.render_shaded``; baked colours with the
-white-balanced lighting they were baked under, which renders identically) and compared with the frames on
-face pixels (label FACE, where the head covers them): mean absolute error (0-255) and PSNR (dB), per frame and
-over the clip, for
+even tracked frames only (at most ``BakeConfig.max_frames``, spread over the clip as the product does); the posed
+head is then rendered on the odd frames and compared with them on face pixels (label FACE, where the head covers
+them): mean absolute error (0-255) and PSNR (dB), per frame, per face region (``vertex_regions``) and over the
+clip, for
 
-- ``model``: today's colours (the model's appearance-space albedo in ``canonical_mesh.npz``),
-- ``mean``: the trivial baseline, one colour (the face pixels' mean of the even frames, divided by the mean shading),
-- ``baked``: the video-baked vertex colours,
+- ``model``: today's colours (the model's appearance-space albedo in ``canonical_mesh.npz``) under the tracker's
+  image formation (SH shading on sRGB-encoded albedo, colour affine),
+- ``mean``: the trivial baseline, one colour for the whole head (the weighted median of every skin observation),
+- ``baked``: the video-baked vertex colours, under the bake's linear-light lighting,
 - ``texture``: the 2048² texture baked from the ``BakeConfig.texture_frames`` best of the even frames.
 
+``--sheet DIR`` also writes a contact sheet per package (video frame, today's colours, baked, texture).
 The LAST stdout line is one JSON object.
 
-Last run (2026-12-06 23:30, shared 2-core host under load ~9, matmul peak 86 GFLOP/s; draft packages tracked with
---threads 1; face-region L1 in 0-255 / PSNR in dB on the held-out odd frames):
+Last run (2026-12-07 01:57-02:07, shared 2-core host under load 12-14, matmul peak 45 GFLOP/s; draft packages
+tracked with --threads 1; face-region L1 in 0-255 / PSNR in dB on the held-out odd frames; in brackets the share of
+today's error):
 
-| package | model (today) | mean colour | baked vertex colours | texture 2048² |
+| package | model (today) | baked vertex colours | texture 2048² | baked, session 9 (shading divided in sRGB) |
 |---|---|---|---|---|
-| cap12_edit 0:24 (12 bake / 12 test frames) | 11.33 / 23.86 | 13.33 / 22.90 | **4.86 / 30.22** (43 %) | 3.95 / 32.09 |
-| Intel gif 0:24 (12 / 12) | 10.90 / 24.61 | 10.65 / 25.30 | **4.10 / 31.94** (38 %) | 3.55 / 33.31 |
-| cap12_edit 0:250 (64 / 125) | 11.32 / 23.53 | 12.82 / 23.01 | **6.99 / 27.70** (62 %) | 6.87 / 27.97 |
+| cap12_edit 0:24 (12 bake / 12 test frames) | 11.33 / 23.86 | **3.87 / 31.04** (34 %) | 2.71 / 35.49 (24 %) | 4.86 / 30.22 (43 %) |
+| Intel gif 0:24 (12 / 12) | 10.90 / 24.61 | **4.05 / 32.03** (37 %) | 3.45 / 33.83 (32 %) | 4.10 / 31.94 (38 %) |
+| cap12_edit 0:250 (64 / 125) | 11.32 / 23.53 | **6.31 / 28.09** (56 %) | 6.34 / 28.25 (56 %) | 6.99 / 27.70 (62 %) |
 
-Per frame: cap12 0:24 baked 4.5-5.7 (model 11.1-11.5); on 0:250 the frames before 180 (landmark error 1.8 px)
-6.06 vs 11.17, frames 180-249 (landmark error 3.4-5.2 px: the tracking drifts) 9.38 vs 11.70 — the colours are
-as good as the fit they are looked up through. Bake 2.5 s (12 frames) / 7.7 s (64 frames) + decoding; unwrap
-14-24 s, texture 38-52 s.
+Per face region (L1, model → baked): cap12 0:24 forehead 9.5 → 1.9, brows 13.3 → 4.4, eyes 18.2 → 8.4, nose
+16.3 → 6.0, cheeks 9.0 → 3.0, lips 11.3 → 4.5, chin 9.6 → 2.3; Intel forehead 4.7 → 2.0, brows 9.5 → 3.6, eyes
+16.5 → 5.9, nose 13.7 → 4.5, cheeks 10.2 → 3.8, lips 15.5 → 5.5, chin 6.0 → 3.0; cap12 0:250 forehead 8.2 → 3.1,
+brows 14.8 → 9.8, eyes 19.0 → 9.7, nose 16.1 → 8.2, cheeks 8.6 → 4.1, lips 12.9 → 10.2, chin 8.0 → 4.8.
+On 0:250 the test frames before 180 (landmark error ~1.8 px) give 5.28 vs 11.17 (47 %), those from 180 on (the
+tracking drifts, 3.4-5.2 px) 8.94 vs 11.70 (76 %). Baking from those late frames themselves brings them only to
+6.99 (and the early ones up to 8.19): one albedo cannot fit both the good and the drifted fits, and weighting
+frames by landmark error or by their disagreement with the combination changed the total by under 0.1. Bake
+4.4 s (12 frames) / 33.9 s (64 frames) + decoding; unwrap 21-39 s, texture 78-100 s (load 12-14).
 """
 from __future__ import annotations
 
@@ -93,16 +100,17 @@ def rerender_errors(pkg, frames, colours: dict):
 
 
 def contact_sheet(frames, renders: dict, path: Path, rows: int = 4) -> None:
-    """A PNG of ``rows`` frames evenly over ``frames``: the video frame's head beside each colour set's render
-    (composited over the frame), cropped to the head."""
+    """A PNG of ``rows`` frames evenly over ``frames``: the video frame beside each colour set's render
+    (composited over the frame), cropped to the face."""
     import cv2
+    from backend.tracking import masks as M
     picks = np.unique(np.linspace(0, len(frames) - 1, rows).round().astype(int))
     tiles = []
     for t in picks:
-        ys, xs = np.nonzero(frames.labels[t] != 0)
-        pad = 8
-        y0, y1 = max(ys.min() - pad, 0), ys.max() + pad
-        x0, x1 = max(xs.min() - pad, 0), xs.max() + pad
+        ys, xs = np.nonzero(frames.labels[t] == M.FACE)
+        pad = (ys.max() - ys.min()) // 3
+        y0, y1 = max(ys.min() - pad, 0), ys.max() + pad // 2
+        x0, x1 = max(xs.min() - pad // 2, 0), xs.max() + pad // 2
         row = [frames.images[t, y0:y1, x0:x1]] + [(renders[k][t, y0:y1, x0:x1] * 255 + 0.5).astype(np.uint8)
                                                    for k in renders]
         h = 256
@@ -118,7 +126,8 @@ def contact_sheet(frames, renders: dict, path: Path, rows: int = 4) -> None:
 
 
 def evaluate(package: Path, sheet_dir: Path | None = None) -> dict:
-    from backend.bake.albedo import BakeConfig, Lighting, SurfacePoints, bake_vertices, frame_geometries, observe
+    from backend.bake.albedo import (BakeConfig, Lighting, SurfacePoints, bake_vertices, frame_geometries, observe,
+                                     weighted_median)
     from backend.contracts.conventions import linear_to_srgb
     from backend.bake.frames import package_frames, package_shading, select_frames, spread
     from backend.bake.texture import bake_texture, frame_scores, unwrap
@@ -137,13 +146,12 @@ def evaluate(package: Path, sheet_dir: Path | None = None) -> dict:
     t0 = time.perf_counter()
     baked, lighting = bake_vertices(train, mesh.triangles, K, start, mesh.albedo, cfg)
     t_bake = time.perf_counter() - t0
-    # trivial baseline: one albedo for the whole head (weighted mean of every vertex observation)
+    # trivial baseline: one albedo for the whole head (weighted median of every skin observation)
     obs = observe(frame_geometries(train, mesh.triangles, K, cfg),
                   SurfacePoints.of_vertices(mesh.triangles, len(mesh.vertices)))
     albedo, w = obs.albedo(lighting, cfg)
-    w = w * ~obs.special
-    mean_lin = (w[..., None] * albedo).sum((0, 1)) / w.sum()
-    flat = np.broadcast_to((np.clip(linear_to_srgb(mean_lin), 0, 1) * 255 + 0.5).astype(np.uint8), mesh.albedo.shape)
+    one_lin = weighted_median(albedo.reshape(-1, 1, 3), (w * ~obs.special).reshape(-1, 1))[0]
+    flat = np.broadcast_to((np.clip(linear_to_srgb(one_lin), 0, 1) * 255 + 0.5).astype(np.uint8), mesh.albedo.shape)
     t0 = time.perf_counter()
     uv = unwrap(mesh.vertices, mesh.triangles)
     t_unwrap = time.perf_counter() - t0

@@ -12,12 +12,23 @@ map fitted over all compared vertices (the albedo/lighting ambiguity), for the b
 model albedo, overall and on the stripe. Stages are cached in ``--work`` (render, track), so a re-run only
 evaluates. The LAST stdout line is one JSON object.
 
-Last run (2026-12-06 23:35, 20 frames 384², Cycles 12 samples, draft, 1511 vertices compared, 63 on the stripe),
-error in 0-255 after the affine map: baked mean 8.23 (median 4.82, p90 21.1; stripe 33.6, off the stripe 7.12)
-vs today's model albedo mean 9.45 (median 5.18, p90 13.1; stripe 79.3, off the stripe 6.42). Off the stripe the
-generator's skin is close to the model's appearance space, so the model albedo is hard to beat there; the baked
-colours' tail (p90) is the tracking's misalignment at the features (brows, eyes, lips) and Cycles' area-light
-shadows that the SH lighting does not explain.
+Per face region (``face_regions``: MediaPipe's brows, eyes, nose and lips on the ICT mean head, elsewhere forehead,
+cheeks and chin by height). ``--package`` evaluates another package of the same clip (e.g. a copy re-baked with
+``python -m backend bake``).
+
+Last run (2026-12-07 02:00, shared 2-core host under load ~13; 20 frames 384², Cycles 12 samples, draft, 1511
+vertices compared, 63 on the stripe), error in 0-255 after the affine map:
+
+| colours | mean | median | p90 | stripe | off stripe | forehead | brows | eyes | nose | cheeks | lips | chin |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| today's model albedo | 9.45 | 5.18 | 13.1 | 79.3 | 6.42 | 5.63 | 17.2 | 15.1 | 4.93 | 11.9 | 10.0 | 5.70 |
+| baked, shading divided in sRGB (session 9) | 8.23 | 4.82 | 21.1 | 33.6 | 7.12 | 6.02 | 17.8 | 19.9 | 8.97 | 7.18 | 20.6 | 6.82 |
+| **baked, linear light** | **7.19** | 4.17 | 19.0 | 27.2 | 6.32 | 4.14 | 16.6 | 24.6 | 7.33 | 6.45 | 18.0 | 6.10 |
+
+Linear light with the refitted lighting alone gave 8.79 (the stripe's blue clipped at 255: the lighting's scale
+left the brightest albedo above 1); settling the scale so no colour clips (``albedo.normalise_scale``) gives 7.19.
+The features (eyes, lips, brows) stay worse than the model albedo: the tracked surface is misaligned there by a
+few millimetres, so their colours are looked up in the wrong places.
 """
 from __future__ import annotations
 

@@ -64,17 +64,11 @@ def face_regions(neutral: np.ndarray) -> np.ndarray:
     """Region index (N,) into ``REGION_NAMES`` of points (N, 3) on the ICT neutral head (model units): the
     features of MediaPipe's face mesh (brows, eyes, nose, lips; the nearest landmark within ``FEATURE_RADIUS``),
     elsewhere by height: above the brows the forehead, below the mouth the chin, between them the cheeks."""
-    from mediapipe.python.solutions import face_mesh_connections as C
     from scipy.spatial import cKDTree
-    from backend.contracts.landmark_tables import mediapipe_ict_positions
-    lm = mediapipe_ict_positions()
-
-    def ids(*sets):
-        return sorted({i for s in sets for e in s for i in e})
-
-    features = {"brows": ids(C.FACEMESH_LEFT_EYEBROW, C.FACEMESH_RIGHT_EYEBROW),
-                "eyes": ids(C.FACEMESH_LEFT_EYE, C.FACEMESH_RIGHT_EYE, C.FACEMESH_IRISES),
-                "nose": ids(C.FACEMESH_NOSE), "lips": ids(C.FACEMESH_LIPS)}
+    from backend.contracts import landmark_tables as L
+    lm = L.mediapipe_ict_positions()
+    features = {"brows": list(L.MP_BROWS), "eyes": list(L.MP_EYELIDS + L.MP_IRISES), "nose": list(L.MP_NOSE),
+                "lips": list(L.MP_LIPS)}
     brow_y = lm[features["brows"], 1].mean()
     mouth_y = lm[features["lips"], 1].min()
     region = np.where(neutral[:, 1] > brow_y, 0, np.where(neutral[:, 1] < mouth_y, 6, 4))

@@ -151,11 +151,11 @@ def test_colours_never_clip_whatever_the_lighting_scale(scene):
 def test_tracker_lighting_carried_over_to_linear_light():
     """``Lighting.from_fitted``: the tracker's sRGB-space shading of a mid-tone albedo, rendered in linear light,
     gives the same pixels (within 3/255 on normals facing the camera)."""
-    from backend.bake.albedo import _fibonacci_sphere
+    from backend.bake.albedo import fibonacci_sphere
     sh = np.zeros((9, 3), np.float32)
     sh[0], sh[3], sh[2] = [2.9, 2.3, 2.0], 0.4, -0.3
     fitted = Shading(sh, np.eye(3, dtype=np.float32), np.zeros(3, np.float32))
-    n = _fibonacci_sphere(400)
+    n = fibonacci_sphere(400)
     n = n[n[:, 2] < -0.3]
     albedo = np.full((len(n), 3), Lighting.REFERENCE_ALBEDO)
     np.testing.assert_allclose(Lighting.from_fitted(fitted).render(albedo, n), fitted.render(albedo, n),

@@ -156,7 +156,7 @@ class Lighting:
         """The tracker's lighting carried over to linear light: on directions facing the camera, the linear factor
         that takes ``REFERENCE_ALBEDO`` to the tracker's predicted pixel (colour affine aside: it is close to the
         identity), fitted by least squares. A starting point for ``fit_lighting``."""
-        n = _fibonacci_sphere(512)
+        n = fibonacci_sphere(512)
         n = n[n[:, 2] < 0.2]                        # the hemisphere facing the camera (OpenCV: -z towards it)
         ref = cls.REFERENCE_ALBEDO
         target = srgb_to_linear(np.clip(fitted.irradiance(n) * ref, 0, 1)) / srgb_to_linear(ref)
@@ -183,7 +183,7 @@ class Lighting:
         return linear_to_srgb(np.clip(lin, 0, 1))
 
 
-def _fibonacci_sphere(n: int) -> np.ndarray:
+def fibonacci_sphere(n: int) -> np.ndarray:
     """(n, 3) unit vectors spread evenly over the sphere."""
     k = np.arange(n) + 0.5
     z = 1 - 2 * k / n

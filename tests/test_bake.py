@@ -148,6 +148,22 @@ def test_colours_never_clip_whatever_the_lighting_scale(scene):
     np.testing.assert_allclose(lighting.sh * np.median(ratio), scene["lighting"].sh, atol=0.03 * 3.2)
 
 
+def test_white_balance_takes_the_light_on_the_face():
+    """Equal ambient terms, but the light towards the camera is red: the light's colour is red, and the
+    white-balanced lighting is white on the camera-facing directions."""
+    from backend.bake.albedo import fibonacci_sphere
+    sh = np.zeros((9, 3), np.float32)
+    sh[0] = 3.0
+    sh[2] = [-1.0, -0.5, 0.0]          # z term: more red towards the camera (OpenCV: -z)
+    lighting = Lighting(sh)
+    colour = lighting.light_colour()
+    assert colour[0] == 1 and colour[2] < 0.8 and colour[0] > colour[1] > colour[2]
+    n = fibonacci_sphere(512)
+    facing = np.clip(-n[:, 2], 0, None)[:, None]
+    seen = (facing * lighting.white_balanced().irradiance(n)).sum(0)
+    np.testing.assert_allclose(seen / seen.max(), 1, atol=1e-5)
+
+
 def test_tracker_lighting_carried_over_to_linear_light():
     """``Lighting.from_fitted``: the tracker's sRGB-space shading of a mid-tone albedo, rendered in linear light,
     gives the same pixels (within 3/255 on normals facing the camera)."""

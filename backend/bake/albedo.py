@@ -171,8 +171,13 @@ class Lighting:
         return sh_irradiance(self.sh, normals_cam)
 
     def light_colour(self) -> np.ndarray:
-        """(3,) the lighting's colour, brightest channel 1."""
-        return light_colour(self.sh)
+        """(3,) the lighting's colour where the face is seen, brightest channel 1: its mean irradiance over
+        directions facing the camera, weighted by how squarely they face it. (Not the ambient term: fitted to
+        normals on one hemisphere, the ambient and the towards-camera terms trade off against each other.)"""
+        n = fibonacci_sphere(512)
+        facing = np.clip(-n[:, 2], 0, None)
+        colour = np.clip((facing[:, None] * self.irradiance(n)).sum(0), 1e-6, None)
+        return colour / colour.max()
 
     def white_balanced(self) -> "Lighting":
         """The same lighting made white: each channel divided by the lighting's colour. A fit cannot tell a tinted

@@ -17,28 +17,28 @@ clip, for
 ``--sheet DIR`` also writes a contact sheet per package (video frame, today's colours, baked, texture).
 The LAST stdout line is one JSON object.
 
-Last run (2026-12-07 01:57-02:07, shared 2-core host under load 12-14, matmul peak 45 GFLOP/s; draft packages
+Last run (2026-12-07 02:29-02:44, shared 2-core host under load 11-15, matmul peak 30 GFLOP/s; draft packages
 tracked with --threads 1; face-region L1 in 0-255 / PSNR in dB on the held-out odd frames; in brackets the share of
 today's error):
 
-| package | model (today) | baked vertex colours | texture 2048² | baked, session 9 (shading divided in sRGB) |
-|---|---|---|---|---|
-| cap12_edit 0:24 (12 bake / 12 test frames) | 11.33 / 23.86 | **3.87 / 31.04** (34 %) | 2.71 / 35.49 (24 %) | 4.86 / 30.22 (43 %) |
-| Intel gif 0:24 (12 / 12) | 10.90 / 24.61 | **4.05 / 32.03** (37 %) | 3.45 / 33.83 (32 %) | 4.10 / 31.94 (38 %) |
-| cap12_edit 0:250 (64 / 125) | 11.32 / 23.53 | **6.31 / 28.09** (56 %) | 6.34 / 28.25 (56 %) | 6.99 / 27.70 (62 %) |
+| package | model (today) | one colour | baked vertex colours | texture 2048² | baked, session 9 (sRGB division) |
+|---|---|---|---|---|---|
+| cap12_edit 0:24 (12 bake / 12 test frames) | 11.33 / 23.86 | 13.66 | **4.00 / 30.60** (35 %) | 2.82 / 34.57 (25 %) | 4.86 (43 %) |
+| Intel gif 0:24 (12 / 12) | 10.90 / 24.61 | 11.03 | **4.05 / 32.03** (37 %) | 3.45 / 33.83 (32 %) | 4.10 (38 %) |
+| cap12_edit 0:250 (64 / 125) | 11.32 / 23.53 | 13.44 | **6.40 / 27.92** (57 %) | 6.39 / 28.19 (56 %) | 6.99 (62 %) |
 
-The trivial baseline (one colour for the whole head) scores 13.63 / 22.46 on cap12 0:24 (rerun 02:08).
-Per face region (L1, model → baked): cap12 0:24 forehead 9.5 → 1.9, brows 13.3 → 4.4, eyes 18.2 → 8.4, nose
-16.3 → 6.0, cheeks 9.0 → 3.0, lips 11.3 → 4.5, chin 9.6 → 2.3; Intel forehead 4.7 → 2.0, brows 9.5 → 3.6, eyes
+Per face region (L1, model → baked): cap12 0:24 forehead 9.5 → 1.9, brows 13.3 → 4.6, eyes 18.2 → 9.2, nose
+16.3 → 6.1, cheeks 9.0 → 3.1, lips 11.3 → 4.5, chin 9.6 → 2.3; Intel forehead 4.7 → 2.0, brows 9.5 → 3.6, eyes
 16.5 → 5.9, nose 13.7 → 4.5, cheeks 10.2 → 3.8, lips 15.5 → 5.5, chin 6.0 → 3.0; cap12 0:250 forehead 8.2 → 3.1,
-brows 14.8 → 9.8, eyes 19.0 → 9.7, nose 16.1 → 8.2, cheeks 8.6 → 4.1, lips 12.9 → 10.2, chin 8.0 → 4.8.
-On 0:250 the test frames before 180 (landmark error ~1.8 px) give 5.28 vs 11.17 (47 %), those from 180 on (the
-tracking drifts, 3.4-5.2 px) 8.94 vs 11.70 (76 %). The bake cannot choose its way out: without the landmark-error
-frame weights 6.36 (early 5.57, late 8.44), rejecting the bake frames from 180 on 6.39 (5.32 / 9.21), weighting
-frames by their disagreement with the combination 6.36 against 6.27 without (first 64 even frames, before the scale
-setting), and baking from the late test frames themselves brings those only to 6.99 (the early ones up to 8.19):
-one albedo cannot match both the good and the drifted fits, so the goal (50 %) waits for the tracker. Bake
-4.4 s (12 frames) / 33.9 s (64 frames) + decoding; unwrap 21-39 s, texture 78-100 s (load 12-14).
+brows 14.8 → 9.9, eyes 19.0 → 10.4, nose 16.1 → 8.3, cheeks 8.6 → 4.1, lips 12.9 → 10.2, chin 8.0 → 4.8.
+On 0:250 the test frames before 180 (landmark error ~1.8 px) give 5.39 vs 11.17 (48 %), those from 180 on (the
+tracking drifts, 3.4-5.2 px) 9.01 vs 11.70 (77 %). The bake cannot choose its way out (earlier runs of the same
+session, before the final white balance, 6.27-6.31 with the defaults): without the landmark-error frame weights
+6.36 (early 5.57, late 8.44), rejecting the bake frames from 180 on 6.39 (5.32 / 9.21), weighting frames by their
+disagreement with the combination 6.36 against 6.27 without, and baking from the late test frames themselves
+brings those only to 6.99 (the early ones up to 8.19): one albedo cannot match both the good and the drifted fits,
+so the goal (50 %) waits for the tracker. Bake 2.8-9.4 s (12 frames) / 38.3 s (64 frames) + decoding; unwrap
+32-64 s, texture 66-154 s (load 11-15).
 """
 from __future__ import annotations
 

@@ -45,8 +45,8 @@ class BakeConfig:
     division)."""
     lighting_iterations: int = 2
     """Rounds of refitting the linear-light SH lighting to the combined albedo (``fit_lighting``). Measured
-    (benchmarks/bake_likeness.py, bake_synthetic.py): 0 / 2 / 4 rounds give cap12 0:24 re-render L1 5.45 / 3.87 /
-    3.74 (all before the final white balance: 2 rounds now 4.00); the synthetic head's albedo error 7.09 / 7.19 with 0 / 2 (Cycles' area
+    (benchmarks/bake_likeness.py, bake_synthetic.py, before the final white balance): 0 / 2 / 4 rounds give cap12
+    0:24 re-render L1 5.45 / 3.87 / 3.74; the synthetic head's albedo error 7.09 / 7.19 with 0 / 2 (Cycles' area
     lights are not SH lighting)."""
     special_share: float = 0.25
     """A point with at least this share of its observation weight inside eye openings or the mouth interior is an

@@ -55,9 +55,10 @@ def movie_clip_input(clip) -> str:
 
 
 def tracking_settings(context, scene) -> dict:
-    """Preset, output, device and model of the scene's settings as TrackConfig fields; raises ValueError."""
+    """Preset, output, texture, device and model of the scene's settings as TrackConfig fields; raises ValueError."""
     s = scene.mononphm
-    settings = {"preset": s.preset, "output": s.output_mode, "device": prefs.get_prefs(context).device}
+    settings = {"preset": s.preset, "output": s.output_mode, "texture": s.track_texture,
+                "device": prefs.get_prefs(context).device}
     if s.model == "OFFICIAL":
         settings.update(official_checkpoint=bpy.path.abspath(s.official_dir),
                         mean_anchors=bpy.path.abspath(s.mean_anchors), checkpoint_epoch=s.checkpoint_epoch or None)

@@ -79,6 +79,7 @@ class MONONPHM_PT_output(SidebarPanel, bpy.types.Panel):
         s = context.scene.mononphm
         layout.prop(s, "preset")
         layout.prop(s, "output_mode")
+        layout.prop(s, "track_texture")
         layout.prop(s, "output_dir")
         layout.prop(s, "model")
         if s.model == "OFFICIAL":

@@ -520,7 +520,7 @@ class TrackingSession:
         from ..bake.albedo import FrameBatch, Shading, fit_weights
         from ..bake.frames import interior_regions
         from ..bake.posed import CanonicalColours
-        from ..bake.run import bake
+        from ..bake.run import BakeRequest, bake
         from ..contracts.result_format import CanonicalMesh
         from ..model.devices import to_numpy
         from .renderer import so3_exp
@@ -545,7 +545,10 @@ class TrackingSession:
                                 fit_weights(np.array([self.bake_errors[i] for i in indices])))
             mesh = CanonicalMesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces, tracker.albedo)
             fitted = Shading(to_numpy(tracker.sh), to_numpy(tracker.cA), to_numpy(tracker.cb))
-            result = bake(frames, indices, np.arange(len(indices)), mesh, tracker.Knp, fitted)
+            request = BakeRequest(texture=self.config.texture, texture_size=self.config.texture_size)
+            z_exp = np.stack([self.written_z_exp[i] for i in indices])
+            result = bake(frames, indices, np.arange(len(indices)), mesh, tracker.Knp, fitted, request,
+                          rotation=R, z_exp=z_exp)
             result.write(self.writer, mesh)
             return CanonicalColours(tracker.mesh.vertices, result.colours.colours)
         except Exception as e:  # noqa: BLE001 - the tracked result stands without baked colours

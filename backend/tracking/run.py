@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -121,6 +121,11 @@ class Detections:
         from .tracker import FrameObs
         return FrameObs(index, self.times[index], self.landmarks[index], image, labels, self.face_sizes[index],
                         self.depths.get(index))
+
+    def found_points(self) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]]]:
+        """(points (L, 2), depths (L,) or None) of the frames with a face, in order."""
+        found = self.found
+        return [self.landmarks[i] for i in found], [self.depths.get(i) for i in found]
 
     def found_in(self, start: int, stop: int) -> List[int]:
         """Indices of the frames with a face among the selected frames at positions [start, stop)."""
@@ -761,7 +766,7 @@ def open_session(config: TrackConfig, events=None, preset=None,
 
     from .expression_init import LandmarkExpressionRegressor
     codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])))
-    codes.set_landmark_rest([det.landmarks[i] for i in det.found], [det.depths.get(i) for i in det.found])
+    codes.set_landmark_rest(*det.found_points())
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, to_numpy(model.id_model.mean_anchors))
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,

@@ -100,7 +100,10 @@ class DeformationField(nn.Module):
             z, skip_x, w0x, wsx = z.to(dt), skip_x.to(dt), w0x.to(dt), wsx.to(dt)
         tan = None
         if with_jacobian:
-            tan = w0x.t().expand(*xs.shape[:-1], 3, H)               # (B, N, 3, H): d z / d x_j
+            # (B, N, 3, H): d z / d x_j, materialised row-major: a product with the expanded view keeps its layout
+            # (3 innermost), which the next matmul cannot fold into one GEMM (a batched matmul with a weight copy per
+            # point instead: 10x the time of the whole Jacobian pass at 3k points)
+            tan = w0x.t().expand(*xs.shape[:-1], 3, H).contiguous()
         n = len(self.lins)
         for i in range(1, n):
             a = softplus(z, beta)

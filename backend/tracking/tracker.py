@@ -32,6 +32,7 @@ from .codes import CodeSpace
 from ..contracts.conventions import NPHM_UNIT_M
 from ..model.devices import to_numpy
 from ..model.meshing import WarpState, warp_vertices
+from ..model.optim import Adam
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -436,7 +437,7 @@ class Tracker:
         sh = self.sh.clone().requires_grad_(True)
         cA = self.cA.clone().requires_grad_(True)
         cb = self.cb.clone().requires_grad_(True)
-        opt = torch.optim.Adam([
+        opt = Adam([
             {"params": [p_geo], "lr": pr.lr_id}, {"params": [p_app], "lr": pr.lr_id},
             {"params": [p_ex], "lr": pr.lr_exp}, {"params": [om], "lr": pr.lr_rot},
             {"params": [tr], "lr": pr.lr_trans}, {"params": [sh], "lr": 0.05},
@@ -447,7 +448,7 @@ class Tracker:
         n_it = pr.id_iters
         self.sh, self.cA, self.cb = sh, cA, cb
         for it in range(n_it):
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             zg = self.codes.z_geo(p_geo)
             zg_lm = scale_gradient(zg, self.id_lm_grad)
             loss_lm, _, _ = self.landmark_term(zg_lm, p_ex, om, tr, lms, sizes, key="id")
@@ -550,13 +551,13 @@ class Tracker:
         sh = self.sh.clone().requires_grad_(True)
         cA = self.cA.clone().requires_grad_(True)
         cb = self.cb.clone().requires_grad_(True)
-        opt = torch.optim.Adam([{"params": [p_app], "lr": 0.05}, {"params": [sh], "lr": 0.05},
+        opt = Adam([{"params": [p_app], "lr": 0.05}, {"params": [sh], "lr": 0.05},
                                 {"params": [cA, cb], "lr": 5e-3}])
         rows = [self.tensor([pos[v] for v in d[0]], torch.long) for d in data]
         zg = self.z_geo().detach()
         ze = torch.zeros(1, self.model.cfg.dim_exp, device=self.device)
         for it in range(iters):
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             alb = self.model(vt, zg, self.codes.z_app(p_app), ze, neutral=True, with_color=True).color[0]
             loss = 0
             for (s, n, c), r in zip(data, rows):
@@ -611,12 +612,12 @@ class Tracker:
         om = st.omega.clone()[None].requires_grad_(True)
         tr = st.trans.clone()[None].requires_grad_(True)
         prev_ex = init.p_ex[None]
-        opt = torch.optim.Adam([{"params": [p_ex], "lr": pr.lr_exp}, {"params": [om], "lr": pr.lr_rot},
+        opt = Adam([{"params": [p_ex], "lr": pr.lr_exp}, {"params": [om], "lr": pr.lr_rot},
                                 {"params": [tr], "lr": pr.lr_trans}])
         rng = np.random.default_rng(self.seed * 100003 + obs.index)
         cache: dict = {}
         for it in range(n_it):
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss_lm, _, _ = self.landmark_term(zg, p_ex, om, tr, lms, sizes, key="frame")
             loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex) \
                 + pr.w_temporal * ((p_ex - prev_ex) ** 2).sum()
@@ -699,7 +700,7 @@ class Tracker:
         # (float64 on the host: MPS has no float64)
         dt = np.maximum(np.diff(np.array([o.time for o in obs], np.float64)), 1e-3)
         wt = self.tensor(np.minimum((0.04 / dt) ** 2, 1.0))
-        opt = torch.optim.Adam([{"params": [p_ex], "lr": pr.lr_exp * 0.3}, {"params": [om], "lr": pr.lr_rot * 0.3},
+        opt = Adam([{"params": [p_ex], "lr": pr.lr_exp * 0.3}, {"params": [om], "lr": pr.lr_rot * 0.3},
                                 {"params": [tr], "lr": pr.lr_trans * 0.3}])
         zg = self.z_geo().detach()
         free = 1 - self.codes.landmark_channels.float()
@@ -711,7 +712,7 @@ class Tracker:
             for s0 in starts:
                 s1 = min(T, s0 + Bsz)
                 a, b = max(0, s0 - 1), min(T, s1 + 1)        # include neighbours for the smoothness terms
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss_lm, _, _ = self.landmark_term(zg, p_ex[s0:s1], om[s0:s1], tr[s0:s1], lms[s0:s1],
                                                    sizes[s0:s1], key=f"s2_{s0}")
                 e, o, t = p_ex[a:b], om[a:b], tr[a:b]

@@ -296,12 +296,10 @@ class Tracker:
         return torch.cat([self.K[0, 0] * xc[..., :1] / z + self.K[0, 2], self.K[1, 1] * xc[..., 1:2] / z + self.K[1, 2]],
                          -1)
 
-    def landmark_term(self, zg, p_ex, omega, trans, lms, sizes, key: Optional[str] = None):
-        """Weighted landmark loss, in units of (1 % of the face size)^2.
-
-        p_ex (B, n_ex), omega/trans (B, 3), lms (B, n, 2) detections of the tracked subset, sizes (B,) face size px.
-        Returns (loss, uv (B, n, 2) detached, converged (B, n)).
-        """
+    def posed_landmarks(self, zg, p_ex, key: Optional[str] = None):
+        """The canonical landmarks posed by expressions p_ex (B, n_ex): ``WarpResult`` with points (B, n, 3) model
+        units (implicit gradients when grad is enabled) and converged (B, n). ``key`` names a warm start kept between
+        calls (the last roots of that key)."""
         B = p_ex.shape[0]
         A = self.model.anchors(zg)
         P = self._landmarks_for(zg)[None].expand(B, -1, -1)
@@ -312,6 +310,15 @@ class Tracker:
         res = self.model.forward_warp(P, zg.expand(B, -1), ze, anchors=A.expand(B, -1, -1), x_init=x0, max_iter=15)
         if key is not None:
             self._posed_cache[key] = res.points.detach()
+        return res
+
+    def landmark_term(self, zg, p_ex, omega, trans, lms, sizes, key: Optional[str] = None):
+        """Weighted landmark loss, in units of (1 % of the face size)^2.
+
+        p_ex (B, n_ex), omega/trans (B, 3), lms (B, n, 2) detections of the tracked subset, sizes (B,) face size px.
+        Returns (loss, uv (B, n, 2) detached, converged (B, n)).
+        """
+        res = self.posed_landmarks(zg, p_ex, key)
         uv = self.project(res.points, omega, trans)
         r = (uv - lms) / (0.01 * sizes[:, None, None])
         w = self.lm_w[None] * res.converged.to(r.dtype)
@@ -323,7 +330,7 @@ class Tracker:
     # ---------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def pnp_init(self, obs: FrameObs, prev: Optional[FrameState] = None) -> FrameState:
-        P = to_numpy(self.canonical_landmarks(self.z_geo()))
+        P = to_numpy(self._landmarks_for(self.z_geo()))
         l2d = obs.landmarks[self.lm_idx]
         init = None
         if prev is not None:
@@ -492,7 +499,9 @@ class Tracker:
             st = FrameState(p_ex.detach(), omega.detach(), trans.detach())
             ol, cov = self._outline(to_numpy(x).astype(np.float64), st, self.preset.outline_points)
             ol = torch.as_tensor(ol, device=self.device)
-            tg = head_mesh.SilhouetteTargets(obs.labels, seed=obs.index, device=self.device)
+            tg = cache.get("tg") if cache is not None else None   # the frame's: computed once per frame
+            if tg is None:
+                tg = head_mesh.SilhouetteTargets(obs.labels, seed=obs.index, device=self.device)
             if cache is not None:
                 cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol])
         else:
@@ -597,10 +606,12 @@ class Tracker:
                 for c in cands:
                     c.p_ex = fixed * lm_ex + (1 - fixed) * c.p_ex
             errs = []
+            posed = None   # (p_ex, posed landmarks): the candidates share the expression, hence the root finding
             for c in cands:
-                self._posed_cache.pop("frame", None)
-                _, uv, _ = self.landmark_term(zg, c.p_ex[None], c.omega[None], c.trans[None], lms, sizes,
-                                              key="frame")
+                if posed is None or not torch.equal(posed[0], c.p_ex):
+                    self._posed_cache.pop("frame", None)
+                    posed = (c.p_ex, self.posed_landmarks(zg, c.p_ex[None], key="frame").points)
+                uv = self.project(posed[1], c.omega[None], c.trans[None])
                 errs.append(float((uv - lms).norm(dim=-1).mean()))
             st = cands[int(np.argmin(errs))]
         motion = 1.0

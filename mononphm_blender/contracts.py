@@ -1,7 +1,7 @@
 """Where the backend's torch-free contract modules come from.
 
 The add-on imports the *same* modules the backend uses (``backend.contracts``: ``protocol``, ``result_format``,
-``conventions``, ``track_config``, ``arkit``):
+``conventions``, ``track_config``, ``arkit``, ``mediapipe_models``):
 
 - installed extension: bundled inside the zip as ``<addon>/backend`` and imported as ``<addon>.backend``;
 - development checkout: the repository's ``backend/`` next to ``mononphm_blender/``, imported as ``backend``.
@@ -80,3 +80,4 @@ result_format = contract("contracts.result_format")
 conventions = contract("contracts.conventions")
 track_config = contract("contracts.track_config")
 arkit = contract("contracts.arkit")
+mediapipe_models = contract("contracts.mediapipe_models")

@@ -274,6 +274,7 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
         else:
             where = {"custom": "custom", "blender": "Blender's own Python", "path": "found on PATH"}[base.source]
             adv.label(text=f"Base Python {base.version} ({where}): {base.python}")
+            adv.label(text=installer.mediapipe_plan(base.python_version))
         adv.prop(self, "env_dir")
         layout.prop(self, "log_dir")
 

@@ -131,6 +131,7 @@ def test_preferences_draw_and_defaults(scene, monkeypatch):
         assert ("label", "CPU: no NVIDIA driver found") in layout.log  # the automatic choice, shown
         version = "%d.%d.%d" % sys.version_info[:3]
         assert ("label", f"Base Python {version} (Blender's own Python): {sys.executable}") in layout.log
+        assert ("label", "MediaPipe: legacy face mesh, models inside its wheel") in layout.log  # the bpy wheels: 3.11
     assert {"auto", "cpu", "cuda", "mps"} == {i.identifier for i in rna.properties["device"].enum_items}
     p = prefs.get_prefs(bpy.context)  # not enabled through addon_utils here → defaults
     assert p.device == "auto"

@@ -101,8 +101,8 @@ class DeformationField(nn.Module):
         tan = None
         if with_jacobian:
             # (B, N, 3, H): d z / d x_j, materialised row-major: a product with the expanded view keeps its layout
-            # (3 innermost), which the next matmul cannot fold into one GEMM (a batched matmul with a weight copy per
-            # point instead: 10x the time of the whole Jacobian pass at 3k points)
+            # (3 innermost), which the next matmul cannot fold into one GEMM; with frozen weights it ran a batched
+            # matmul with a weight copy per point instead (AVX-512 kernels: 70 % of the pass, 3-4x its time now)
             tan = w0x.t().expand(*xs.shape[:-1], 3, H).contiguous()
         n = len(self.lins)
         for i in range(1, n):
@@ -135,7 +135,8 @@ class DeformationField(nn.Module):
     def _forward_rows(self, x, c0, cs, dt, batch_index):
         """Value-only path on 2-D rows: every layer is one GEMM with the bias / skip term (oneDNN's fused linear
         without autograd on large batches, ``_linear_rows`` otherwise), and the activation is applied in place when
-        no autograd graph needs the pre-activation.  Same values as the forward-mode path (up to float rounding order)."""
+        no autograd graph needs the pre-activation.  Same values as the forward-mode path (up to float rounding
+        order)."""
         beta = self.cfg.softplus_beta
         H = self.cfg.hidden_dim_ex
         r2 = 1.0 / math.sqrt(2.0)

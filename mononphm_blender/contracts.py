@@ -50,12 +50,14 @@ def backend_root() -> Path:
     return root
 
 
-def requirements_file() -> Path:
-    """The pinned backend requirements (bundled copy in the extension, the repo's file in development)."""
-    bundled = ADDON_DIR / "requirements.txt"
+def requirements_file(batch: bool = False) -> Path:
+    """The pinned backend requirements (bundled copy in the extension, the repo's file in development); ``batch``:
+    with Ray for the Batch panel (``requirements-batch.txt``, which includes ``requirements.txt``)."""
+    name = "requirements-batch.txt" if batch else "requirements.txt"
+    bundled = ADDON_DIR / name
     if bundled.is_file():
         return bundled
-    return _REPO_ROOT / "requirements.txt"
+    return _REPO_ROOT / name
 
 
 def _backend_package() -> ModuleType:

@@ -174,10 +174,13 @@ def test_sidebar_notes_an_unfinished_or_outdated_environment(scene, monkeypatch,
     stamp = tmp_path / installer.INSTALL_DIR / installer.STAMP
     stamp.parent.mkdir()
     stamp.write_text('{"requirements": "0123"}')
-    assert prefs.environment_note().startswith("The add-on's pinned packages changed")
+    assert prefs.environment_note().startswith("The packages to install changed")
     digest = installer.requirements_digest(contracts.requirements_file())
     stamp.write_text('{"requirements": "%s"}' % digest)
     assert prefs.environment_note() == ""
+    defaults = prefs._Defaults()
+    defaults.install_ray = True   # ticking "Batches on Ray" after a set-up without it: set up again
+    assert prefs.environment_note(defaults).startswith("The packages to install changed")
 
 
 def test_bad_frame_list_jumps_to_frame(scene):

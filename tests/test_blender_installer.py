@@ -142,6 +142,29 @@ def test_command_lists_for_cpu_cuda_and_offline(tmp_path):
     assert "smoke" not in installer.plan_commands(_options(tmp_path, smoke_test=False))
 
 
+def test_batches_on_ray_install_the_batch_requirements(tmp_path):
+    """The "Batches on Ray" option installs requirements-batch.txt: Ray and everything requirements.txt pins (the
+    repository's own pair of files, as bundled in the extension)."""
+    from mononphm_blender import contracts
+
+    plain, batch = contracts.requirements_file(), contracts.requirements_file(batch=True)
+    assert batch.name == "requirements-batch.txt" and batch.parent == plain.parent
+    lines = installer.read_requirements(batch)
+    assert lines == installer.read_requirements(plain) + [line for line in lines if line.startswith("ray==")]
+    assert any(line.startswith("ray==") for line in lines) and not any(line.startswith("-r") for line in lines)
+    opts = _options(tmp_path, torch_variant="cpu", platform="linux")
+    resolve = installer.plan_commands(installer.InstallOptions(opts.base_python, opts.env_dir, batch,
+                                                               BARE_BACKEND, torch_variant="cpu", platform="linux"))
+    assert any(line in resolve["resolve"][1] for line in lines if line.startswith("ray=="))
+    # the digest covers the included file: a new pin in requirements.txt asks for Set Up Backend again
+    (tmp_path / "base.txt").write_text("alpha==1.0\n")
+    (tmp_path / "more.txt").write_text("-r base.txt\nbeta==2.0  # extra\n")
+    before = installer.requirements_digest(tmp_path / "more.txt")
+    assert installer.read_requirements(tmp_path / "more.txt") == ["alpha==1.0", "beta==2.0"]
+    (tmp_path / "base.txt").write_text("alpha==1.1\n")
+    assert installer.requirements_digest(tmp_path / "more.txt") != before
+
+
 def test_command_lists_follow_the_base_pythons_version(tmp_path):
     """The shipped requirements on Blender 4.5/5.0's Python 3.11 and on Blender 5.1+'s 3.13 (the version comes from
     the base interpreter's probe, as Set Up Backend passes it)."""
@@ -467,7 +490,7 @@ def test_setup_operator_runs_offline_and_reports_in_the_panels(scene, monkeypatc
     monkeypatch.setattr(prefs, "get_prefs", lambda context=None: defaults)
     req = tmp_path / "requirements.txt"
     req.write_text("alpha==1.0\n")
-    monkeypatch.setattr(contracts, "requirements_file", lambda: req)
+    monkeypatch.setattr(contracts, "requirements_file", lambda batch=False: req)
     monkeypatch.setenv("MONONPHM_BACKEND_PATH", str(BARE_BACKEND))
     assert isinstance(prefs.base_python_choice(defaults), installer.BaseChoice)  # Blender's Python, no questions
     assert bpy.ops.mononphm.setup_backend() == {"FINISHED"}

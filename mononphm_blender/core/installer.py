@@ -228,6 +228,7 @@ def torch_index(variant: str, platform: str = sys.platform) -> str | None:
 
 # --- the plan ----------------------------------------------------------------------------------------------------
 
+_INCLUDE = re.compile(r"^(?:-r|--requirement)[\s=]+(\S+)$")   # ``-r requirements.txt`` (the batch file's base)
 _MARKER = re.compile(r'^python_version\s*(<=|>=|==|!=|<|>)\s*["\'](\d+)\.(\d+)["\']$')
 _COMPARE = {"<": tuple.__lt__, "<=": tuple.__le__, ">": tuple.__gt__, ">=": tuple.__ge__, "==": tuple.__eq__,
             "!=": tuple.__ne__}
@@ -245,11 +246,27 @@ def marker_applies(marker: str, python_version: tuple[int, int]) -> bool:
     return True
 
 
+def _requirement_lines(path: Path, seen: list[Path]):
+    """The lines of ``path`` with each ``-r`` include's lines in its place (comments and blank lines dropped);
+    every file once."""
+    path = path.resolve()
+    if path in seen:
+        return
+    seen.append(path)
+    for line in path.read_text().splitlines():
+        line = line.split(" #")[0].strip()
+        include = _INCLUDE.match(line)
+        if include:
+            yield from _requirement_lines(path.parent / include.group(1), seen)
+        elif line and not line.startswith("#"):
+            yield line
+
+
 def read_requirements(path: str | os.PathLike, python_version: tuple[int, int] | None = None) -> list[str]:
-    """Requirement lines (comments and blank lines dropped). With ``python_version``: only the lines whose
-    environment marker holds for it, without the marker (the command lists show the exact pins)."""
-    lines = (line.split(" #")[0].strip() for line in Path(path).read_text().splitlines())
-    lines = [line for line in lines if line and not line.startswith("#")]
+    """Requirement lines of ``path``, a ``-r`` include's lines in its place (comments and blank lines dropped).
+    With ``python_version``: only the lines whose environment marker holds for it, without the marker (the command
+    lists show the exact pins)."""
+    lines = list(_requirement_lines(Path(path), []))
     if python_version is None:
         return lines
     chosen = []
@@ -258,6 +275,14 @@ def read_requirements(path: str | os.PathLike, python_version: tuple[int, int] |
         if not marker.strip() or marker_applies(marker, python_version):
             chosen.append(requirement.strip())
     return chosen
+
+
+def requirement_files(path: str | os.PathLike) -> list[Path]:
+    """``path`` and the files it includes with ``-r``."""
+    seen: list[Path] = []
+    for _ in _requirement_lines(Path(path), seen):
+        pass
+    return seen
 
 
 def mediapipe_plan(python_version: tuple[int, int]) -> str:
@@ -291,7 +316,7 @@ class InstallOptions:
 
     base_python: str                      # interpreter the environment is made from (see resolve_base_python)
     env_dir: Path                         # the environment (made, or resumed when it is ours)
-    requirements: Path                    # the pinned backend requirements (contracts.requirements_file())
+    requirements: Path                    # the pinned backend requirements (contracts.requirements_file(batch))
     backend_root: Path                    # folder holding the ``backend`` package (cwd of verify and smoke test)
     torch_variant: str = "cpu"            # one of TORCH_VARIANTS (already chosen: see choose_torch_variant)
     # the base interpreter's version (BaseChoice.python_version): it chooses the pins and the MediaPipe plan
@@ -350,8 +375,12 @@ class InstallOptions:
 
 
 def requirements_digest(requirements: str | os.PathLike) -> str:
-    """Identifies the pinned package set (the stamp keeps it: an add-on update with new pins shows up)."""
-    return hashlib.sha256(Path(requirements).read_bytes()).hexdigest()
+    """Identifies the pinned package set, included files too (the stamp keeps it: an add-on update with new pins
+    shows up)."""
+    digest = hashlib.sha256()
+    for file in requirement_files(requirements):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def pip_argv(options: InstallOptions, *args: str) -> list[str]:

@@ -33,7 +33,9 @@ the identity stage): 703.6 s = 2.81 s/frame; identity 17.9, fitting 147.7, stage
 bake 15.8, per-frame meshes 372.9, USD 3.9 s.  Then the Jacobian layout, bias and optimiser changes side by side
 (1 thread, load 12.5-16): draft ``--output both`` 0:8 199.8 vs 155.8 s (fitting 20.8 vs 9.7, shape-key vertices 8.9
 vs 5.6, stage 2 0.81 vs 0.39, bake 5.0 vs 2.4 s); standard ``--output shape_keys`` 0:6 191.5 vs 114.2 s (identity
-143.3 vs 69.8, fitting 28.6 vs 23.9 s).
+143.3 vs 69.8, fitting 28.6 vs 23.9 s); draft ``--output shape_keys`` 0:250, ``--threads 1 --baseline``
+(load 9-12.6): 684.9 vs 378.3 s (2.74 vs 1.51 s/frame): identity 68.1 vs 38.1, fitting 370.8 vs 158.7, stage 2
+24.8 vs 9.1, shape-key vertices 174.3 vs 132.6, bake 13.2 vs 13.5 s.
 """
 from __future__ import annotations
 

@@ -502,7 +502,7 @@ class TrackingSession:
     def _load_bake_frames(self) -> None:
         """A package without a bake whose frames this run did not write (their rewrite ran in other processes: a
         batch's chunked clip, or a run stopped between its rewrite and its bake): the bake frames' vertices and
-        landmark errors as written."""
+        landmark errors and expression codes as written."""
         from ..contracts.result_format import ResultPackage
 
         if self.bake_vertices or self.writer.manifest.get("bake"):
@@ -511,10 +511,11 @@ class TrackingSession:
         rows = [n for n, f in enumerate(package.frames) if f["index"] in self.bake_frames and f["status"] == "tracked"]
         if not rows:
             return
-        vertices = package.frame_arrays(["vertices"])["vertices"]
+        arrays = package.frame_arrays(["vertices", "z_exp"])
         for n in rows:
             frame = package.frames[n]
-            self.bake_vertices[frame["index"]] = vertices[n] / np.float32(NPHM_UNIT_M)
+            self.bake_vertices[frame["index"]] = arrays["vertices"][n] / np.float32(NPHM_UNIT_M)
+            self.written_z_exp[frame["index"]] = arrays["z_exp"][n]
             error = frame["landmark_error_px"]
             self.bake_errors[frame["index"]] = float("nan") if error is None else float(error)
 

@@ -168,13 +168,14 @@ def blender_valid_tags(cli: Path) -> Path:
 
 def stage_extension(stage: Path = STAGE) -> Path:
     """Zip root = the add-on package (its LICENSE: GPL-3.0-or-later); manifest at the root; backend/ (+ built-in
-    model, and the repository's MIT LICENSE) and requirements.txt."""
+    model, and the repository's MIT LICENSE), requirements.txt and requirements-batch.txt."""
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     _copy_tree(ADDON_DIR, stage, ["__pycache__", "*.pyc", ".*"])
     shutil.copy2(ROOT / "blender_manifest.toml", stage / "blender_manifest.toml")
-    shutil.copy2(ROOT / "requirements.txt", stage / "requirements.txt")
+    for name in ("requirements.txt", "requirements-batch.txt"):   # Set Up Backend installs either
+        shutil.copy2(ROOT / name, stage / name)
     _copy_tree(BACKEND_DIR, stage / "backend", BACKEND_EXCLUDE + ["models"])
     shutil.copy2(ROOT / "LICENSE", stage / "backend" / "LICENSE")
     builtin = BACKEND_DIR / "models" / "builtin"

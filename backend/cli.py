@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--texture", action="store_true", help="also unwrap the head and bake a texture (PNG)")
     bake.add_argument("--texture-frames", default=None, metavar="I,J,...",
                       help="source frames for the texture (default: picked automatically: frontal, sharp, neutral)")
-    bake.add_argument("--texture-size", type=int, default=2048, metavar="PX", help="texture size (default 2048)")
+    bake.add_argument("--texture-size", type=int, default=TrackConfig.texture_size, metavar="PX",
+                      help=f"texture size (default {TrackConfig.texture_size})")
 
     batch = sub.add_parser("batch", help="track many clips as Ray tasks, locally or on a cluster (needs Ray)")
     batch.add_argument("inputs", nargs="+", metavar="INPUT",

@@ -5,7 +5,8 @@ Written once tracking ends; the npz chunks are the incremental record. Geometry 
 exactly as for the shape-key mesh. Time codes are 0-based source frame indices, so Blender's importer puts
 source frame i on scene frame (clip start + i) (the add-on sets the cache file's frame offset to the clip start).
 ``displayColor`` holds **linear** RGB (the USD convention; Blender reads it into a FLOAT_COLOR point attribute),
-converted from the sRGB albedo. ``write_usd_sequence`` is the same writer for plain tuples.
+converted from the sRGB albedo. ``write_usd_sequence`` is the same writer for plain tuples; ``read_mesh_sequence``
+reads such a file back (a re-bake rewrites its colours).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .contracts.conventions import model_to_blender_points, srgb_to_linear
+from .contracts.conventions import blender_to_model_points, model_to_blender_points, srgb_to_linear
 
 
 HAIR_PRIMVAR = "hair"  # per-vertex 1.0 on the hair volume (Blender: a FLOAT point attribute of that name)
@@ -89,6 +90,25 @@ def write_mesh_sequence(path: str | Path, frames: Iterable[FrameMesh], fps: floa
     del stage
     tmp.replace(path)
     return path
+
+
+def read_mesh_sequence(path: str | Path, prim_path: str = "/MonoNPHM/head"):
+    """The frames of a file ``write_mesh_sequence`` wrote -> (fps, iterator of ``FrameMesh``: vertices in metres,
+    model axes; colours None). Frames are read one at a time."""
+    from pxr import Usd, UsdGeom
+
+    stage = Usd.Stage.Open(str(path))
+    mesh = UsdGeom.Mesh(stage.GetPrimAtPath(prim_path)) if stage is not None else None
+    if mesh is None or not mesh.GetPrim().IsValid():
+        raise ValueError(f"{Path(path).name} has no mesh at {prim_path}")
+
+    def frames(stage=stage):   # the generator holds the stage open (its prims die with it)
+        for t in mesh.GetPointsAttr().GetTimeSamples():
+            verts = blender_to_model_points(np.asarray(mesh.GetPointsAttr().Get(t), np.float64)).astype(np.float32)
+            tris = np.asarray(mesh.GetFaceVertexIndicesAttr().Get(t), np.int32).reshape(-1, 3)
+            yield FrameMesh(int(round(t)), verts, tris, None)
+
+    return float(stage.GetTimeCodesPerSecond()), frames()
 
 
 def write_usd_sequence(path: str | Path, frames: Iterable[tuple],

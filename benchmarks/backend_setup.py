@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the environment afterwards")
     ap.add_argument("--baseline", action="store_true", help="also time venv + one plain pip install")
     ap.add_argument("--again", action="store_true", help="then Set Up again on the finished environment")
+    ap.add_argument("--base-python", default="", help="the Advanced field's custom base interpreter (default: "
+                    "the running one, as Blender's own); e.g. a Python 3.13 for the Tasks-API environment")
     args = ap.parse_args(argv)
     if args.env.exists():
         sys.exit(f"{args.env} exists: give a new folder")
@@ -84,10 +86,11 @@ def main(argv=None) -> int:
     for key in [k for k in os.environ if k.startswith("PIP_")]:
         del os.environ[key]
     os.environ.update(PIP_CONFIG_FILE=os.devnull, PIP_CACHE_DIR=str(scratch / "pip-cache"))  # a fresh machine
-    base = installer.resolve_base_python()
+    base = installer.resolve_base_python(args.base_python)
     torch = installer.choose_torch_variant()
     options = installer.InstallOptions(base.python, args.env, contracts.requirements_file(),
                                        contracts.backend_root(), torch_variant=torch.variant, index_url=url,
+                                       python_version=base.python_version,
                                        torch_index_url=url if installer.torch_index(torch.variant) else None)
     print(f"base Python: {base.python} ({base.version}, {base.source}); torch: {torch.variant} ({torch.reason})",
           file=sys.stderr)
@@ -97,7 +100,9 @@ def main(argv=None) -> int:
               "packages": st.packages_total, "download_bytes": st.bytes_total,
               "download_mb": round(st.bytes_total / 1e6, 1), "env_mb": None, "base_python": base.version,
               "torch_variant": torch.variant, "smoke_device": st.device, "smoke_seconds": st.seconds,
-              "largest": sorted(((f.filename, round(f.size / 1e6, 1)) for f in job.files), key=lambda x: -x[1])[:5]}
+              "largest": sorted(((f.filename, round(f.size / 1e6, 1)) for f in job.fetched_files()),
+                                key=lambda x: -x[1])[:5],
+              "model_wheels": [w.filename for _m, w in job.model_wheels]}
     if args.env.exists():
         result["env_mb"] = round(sum(p.stat().st_size for p in args.env.rglob("*") if p.is_file()
                                      and not p.is_symlink()) / 1e6, 1)

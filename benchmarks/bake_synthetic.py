@@ -12,12 +12,25 @@ map fitted over all compared vertices (the albedo/lighting ambiguity), for the b
 model albedo, overall and on the stripe. Stages are cached in ``--work`` (render, track), so a re-run only
 evaluates. The LAST stdout line is one JSON object.
 
-Last run (2026-12-06 23:35, 20 frames 384², Cycles 12 samples, draft, 1511 vertices compared, 63 on the stripe),
-error in 0-255 after the affine map: baked mean 8.23 (median 4.82, p90 21.1; stripe 33.6, off the stripe 7.12)
-vs today's model albedo mean 9.45 (median 5.18, p90 13.1; stripe 79.3, off the stripe 6.42). Off the stripe the
-generator's skin is close to the model's appearance space, so the model albedo is hard to beat there; the baked
-colours' tail (p90) is the tracking's misalignment at the features (brows, eyes, lips) and Cycles' area-light
-shadows that the SH lighting does not explain.
+Per face region (``face_regions``: MediaPipe's brows, eyes, nose and lips on the ICT mean head, elsewhere forehead,
+cheeks and chin by height). ``--package`` evaluates another package of the same clip (e.g. a copy re-baked with
+``python -m backend bake``).
+
+Last run (2026-12-07 02:00, shared 2-core host under load ~13; 20 frames 384², Cycles 12 samples, draft, 1511
+vertices compared, 63 on the stripe), error in 0-255 after the affine map:
+
+| colours | mean | median | p90 | stripe | off stripe | forehead | brows | eyes | nose | cheeks | lips | chin |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| today's model albedo | 9.45 | 5.18 | 13.1 | 79.3 | 6.42 | 5.63 | 17.2 | 15.1 | 4.93 | 11.9 | 10.0 | 5.70 |
+| baked, shading divided in sRGB (session 9) | 8.23 | 4.82 | 21.1 | 33.6 | 7.12 | 6.02 | 17.8 | 19.9 | 8.97 | 7.18 | 20.6 | 6.82 |
+| **baked, linear light** | **7.20** | 4.20 | 19.1 | 27.4 | 6.32 | 4.14 | 16.6 | 24.7 | 7.31 | 6.48 | 18.1 | 6.08 |
+
+Linear light with the refitted lighting alone gave 8.79 (the stripe's blue clipped at 255: the lighting's scale
+left the brightest albedo above 1); settling the scale so no colour clips (``albedo.normalise_scale``) gives 7.20
+(7.19 with the white balance from the ambient term; the baked skin's median, 135/80/55, is now close to the
+truth's 128/69/37 before any colour map).
+The features (eyes, lips, brows) stay worse than the model albedo: the tracked surface is misaligned there by a
+few millimetres, so their colours are looked up in the wrong places.
 """
 from __future__ import annotations
 
@@ -43,6 +56,27 @@ def stripe_mask(neutral: np.ndarray) -> np.ndarray:
     """Points (N, 3) of the ICT neutral head (NPHM units) on a horizontal band across the left cheek."""
     return (neutral[:, 0] > 0.12) & (neutral[:, 0] < 0.3) & (np.abs(neutral[:, 1] + 0.12) < 0.035) & \
         (neutral[:, 2] > 0.0)
+
+
+REGION_NAMES = ("forehead", "brows", "eyes", "nose", "cheeks", "lips", "chin")
+FEATURE_RADIUS = 0.035   # model units (~9 mm): points this close to a feature's landmarks belong to it
+
+
+def face_regions(neutral: np.ndarray) -> np.ndarray:
+    """Region index (N,) into ``REGION_NAMES`` of points (N, 3) on the ICT neutral head (model units): the
+    features of MediaPipe's face mesh (brows, eyes, nose, lips; the nearest landmark within ``FEATURE_RADIUS``),
+    elsewhere by height: above the brows the forehead, below the mouth the chin, between them the cheeks."""
+    from scipy.spatial import cKDTree
+    from backend.contracts import landmark_tables as L
+    lm = L.mediapipe_ict_positions()
+    features = {"brows": list(L.MP_BROWS), "eyes": list(L.MP_EYELIDS + L.MP_IRISES), "nose": list(L.MP_NOSE),
+                "lips": list(L.MP_LIPS)}
+    brow_y = lm[features["brows"], 1].mean()
+    mouth_y = lm[features["lips"], 1].min()
+    region = np.where(neutral[:, 1] > brow_y, 0, np.where(neutral[:, 1] < mouth_y, 6, 4))
+    owner = np.concatenate([np.full(len(v), REGION_NAMES.index(k)) for k, v in features.items()])
+    d, j = cKDTree(lm[np.concatenate(list(features.values()))]).query(neutral)
+    return np.where(d < FEATURE_RADIUS, owner[j], region)
 
 
 def texture(ict, params, tile: int, seed: int = 3) -> np.ndarray:
@@ -125,6 +159,7 @@ def evaluate(pkg_dir: Path, ict, gt, tex) -> dict:
     acc = np.zeros((len(mesh.vertices), 3))
     cnt = np.zeros(len(mesh.vertices))
     on_stripe = np.zeros(len(mesh.vertices))
+    regions = np.zeros((len(mesh.vertices), len(REGION_NAMES)))
     rng = np.random.default_rng(0)
     frames = pkg.frame_indices[::4]
     verts = posed_vertices(pkg, frames)
@@ -147,15 +182,20 @@ def evaluate(pkg_dir: Path, ict, gt, tex) -> dict:
         acc[ok] += col
         cnt[ok] += 1
         on_stripe[ok] += stripe_mask(neutral)
+        np.add.at(regions, (np.flatnonzero(ok), face_regions(neutral)), 1)
     seen = cnt > 0
     truth = acc[seen] / cnt[seen, None]
     stripe = on_stripe[seen] / cnt[seen] > 0.5
-    out = {"vertices_compared": int(seen.sum()), "stripe_vertices": int(stripe.sum())}
+    region = regions[seen].argmax(1)
+    out = {"vertices_compared": int(seen.sum()), "stripe_vertices": int(stripe.sum()),
+           "region_vertices": {r: int((region == k).sum()) for k, r in enumerate(REGION_NAMES)}}
     for name, col in (("model", mesh.albedo), ("baked", mesh.baked_albedo)):
         err = affine_error(col[seen].astype(np.float64) / 255, truth, np.ones(len(truth), bool))
         out[name] = {"mean": round(float(err.mean()), 2), "median": round(float(np.median(err)), 2),
                      "p90": round(float(np.percentile(err, 90)), 2), "stripe": round(float(err[stripe].mean()), 2),
-                     "off_stripe": round(float(err[~stripe].mean()), 2)}
+                     "off_stripe": round(float(err[~stripe].mean()), 2),
+                     "regions": {r: round(float(err[region == k].mean()), 2) for k, r in enumerate(REGION_NAMES)
+                                 if (region == k).any()}}
     return out
 
 
@@ -163,10 +203,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "bake_synthetic")
+    ap.add_argument("--package", type=Path, default=None,
+                    help="evaluate this package of the clip instead (e.g. a copy re-baked with other settings)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     ict, gt, tex, clip = render(args.work, args.frames, log=lambda m: print(m, file=sys.stderr))
-    pkg = track(clip, gt, args.work / "package")
+    pkg = args.package or track(clip, gt, args.work / "package")
     result = evaluate(pkg, ict, gt, tex)
     print(json.dumps(result))
 

@@ -40,7 +40,7 @@ class HeadMask:
     def __init__(self):
         from mediapipe.python.solutions import pose as mp_pose
 
-        from backend.tracking.landmarks import mediapipe_fp_guard
+        from backend.tracking.mediapipe_graphs import mediapipe_fp_guard
         from backend.tracking.masks import SelfieSegmenter
 
         self.guard = mediapipe_fp_guard

@@ -10,6 +10,7 @@ Expression suite (issue 23): per-channel ARKit accuracy on clips exercising ever
 (``backend/evaluation/expression_clips.py``; renders cached under $MONONPHM_EXPR_CACHE, default .cache/expr):
 
     python benchmarks/tracking_accuracy.py --suite expressions [--heldout] [--full] [--label NAME] [--presets draft]
+    python benchmarks/tracking_accuracy.py --suite expressions --presets   # the landmark regressor alone (seconds)
     python benchmarks/tracking_accuracy.py --suite jitter --package r/ [--video clip.mp4]
 
 Renders are cached under .cache/evaluation/ (first run: ~1-2 min texture bake + a few s per frame per clip).
@@ -106,7 +107,7 @@ def _expressions(a, log) -> int:
     log(_cpu_line())
     result = eb.run_expression_benchmark(cfg, log=log)
     for m in result["methods"]:
-        if m.startswith("tracker_"):
+        if m.startswith("tracker_") or m == "landmark_regressor":
             print(f"## {m} ({'held-out' if a.heldout else 'tuning'} seeds, {len(result['clips'])} clips)")
             print(eb.format_expression_table(result, m))
             print(eb.format_channel_table(result, m))

@@ -27,6 +27,15 @@ wall, every frame array bit-identical; the new run's stages: start-up 2.2, ident
 vertices 2.0, per-frame meshes 5.8, USD 0.3 s.  The README's per-preset table comes from this benchmark's former
 version (per-frame tracking only, 512 px, 2 threads, idle host, 2026-11-25: draft 0.50-0.55 s/frame, standard
 0.92-1.06; --threads 1: draft 0.72, standard 1.33; identity stage 12-17 s).
+
+2026-12-07: main at 01:12 (draft ``--output both`` 0:250, auto threads; the load average rose from 0.4 to 9 after
+the identity stage): 703.6 s = 2.81 s/frame; identity 17.9, fitting 147.7, stage 2 12.3, shape-key vertices 113.7,
+bake 15.8, per-frame meshes 372.9, USD 3.9 s.  Then the Jacobian layout, bias and optimiser changes side by side
+(1 thread, load 12.5-16): draft ``--output both`` 0:8 199.8 vs 155.8 s (fitting 20.8 vs 9.7, shape-key vertices 8.9
+vs 5.6, stage 2 0.81 vs 0.39, bake 5.0 vs 2.4 s); standard ``--output shape_keys`` 0:6 191.5 vs 114.2 s (identity
+143.3 vs 69.8, fitting 28.6 vs 23.9 s); draft ``--output shape_keys`` 0:250, ``--threads 1 --baseline``
+(load 9-12.6): 684.9 vs 378.3 s (2.74 vs 1.51 s/frame): identity 68.1 vs 38.1, fitting 370.8 vs 158.7, stage 2
+24.8 vs 9.1, shape-key vertices 174.3 vs 132.6, bake 13.2 vs 13.5 s.
 """
 from __future__ import annotations
 

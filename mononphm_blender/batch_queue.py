@@ -1,29 +1,35 @@
 """Batch queue: several clips (Movie Clips or files) tracked by one ``python -m backend batch``.
 
-Each clip's result package is imported as soon as the backend reports it finished (its ``result`` event, or
-``clip_state`` ``skipped`` for a package an earlier run finished). The backend names each clip's package folder and
-says which input it belongs to (``clip_state`` events: ``clip``, ``path``, ``source``), so the queue follows the
-backend's naming. Like single runs, ``tick()`` holds the logic (tests call it; a timer calls it in the UI).
+Each clip keeps its own settings, taken from the Input and Settings panels when it is queued (preset, frame range,
+stride) and editable in the Batch panel, plus its Movie Clip's camera; they reach the backend as the clip's line of
+the batch's ``@list`` file (the scene's other settings apply to every clip). Each clip's result package is imported
+as soon as the backend reports it finished (its ``result`` event, or ``clip_state`` ``skipped`` for a package an
+earlier run finished). The backend names each clip's package folder and says which input it belongs to
+(``clip_state`` events: ``clip``, ``path``, ``source``), so the queue follows the backend's naming. Like single
+runs, ``tick()`` holds the logic (tests call it; a timer calls it in the UI).
 
-A batch applies one set of tracking flags to every clip: the camera of each Movie Clip is not passed (the backend's
-default field of view is used), nor the scene's frame range.
+The queue and its batch's process and log are saved with the .blend: reopening it follows a batch that still runs,
+or reads what a finished one reported (importing the clips it finished); Track Batch again resumes the rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import bpy
-from bpy.props import CollectionProperty, IntProperty, PointerProperty, StringProperty
+from bpy.app.handlers import persistent
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
 
 from . import contracts, importer, job_control
 from .core import command, jobs
-from .ui import SidebarPanel
+from .props import PRESET_ITEMS
+from .ui import SidebarPanel, draw_frame_range
 
 TICK_S = 0.2
 REL = {"PATH_SUPPORTS_BLEND_RELATIVE"}
 
-_jobs: dict[str, jobs.BackendJob] = {}  # scene name → the running batch
+_jobs = job_control.batch_jobs  # scene name → the running batch (BackendJob, or AttachedJob after reopening)
 
 
 class MONONPHM_PG_queued_clip(bpy.types.PropertyGroup):
@@ -32,6 +38,11 @@ class MONONPHM_PG_queued_clip(bpy.types.PropertyGroup):
     clip: PointerProperty(name="Clip", type=bpy.types.MovieClip)
     path: StringProperty(name="File", subtype="FILE_PATH", options=REL)
     clip_start: IntProperty(name="Start Frame", default=1, description="Scene frame of the first source frame")
+    preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default=contracts.track_config.TrackConfig.preset)
+    use_frame_range: BoolProperty(name="Frame Range", default=False, description="Track only part of the clip")
+    frame_start: IntProperty(name="Start", default=1, description="First scene frame to track")
+    frame_end: IntProperty(name="End", default=250, description="Last scene frame to track")
+    stride: IntProperty(name="Stride", default=1, min=1, soft_max=10, description="Track every Nth frame")
     package: StringProperty(subtype="DIR_PATH", options=REL)
     state: StringProperty(default="")  # "", queued, running, complete, skipped, failed
     stage: StringProperty(default="")
@@ -45,6 +56,16 @@ class MONONPHM_PG_queued_clip(bpy.types.PropertyGroup):
     def label(self) -> str:
         return self.clip.name if self.clip else os.path.basename(self.input_path().rstrip("/\\"))
 
+    def start_frame(self) -> int:
+        """Scene frame of its source frame 0."""
+        return int(self.clip.frame_start) if self.clip else int(self.clip_start)
+
+    def track_config(self, common):
+        """Its TrackConfig: ``common`` (the scene's settings) with its own preset, frames and camera."""
+        scene_range = (self.frame_start, self.frame_end) if self.use_frame_range else None
+        return dataclasses.replace(common, preset=self.preset, **job_control.clip_fields(
+            self.clip, self.start_frame(), scene_range, self.stride))
+
 
 class MONONPHM_PG_batch(bpy.types.PropertyGroup):
     clips: CollectionProperty(type=MONONPHM_PG_queued_clip)
@@ -56,6 +77,7 @@ class MONONPHM_PG_batch(bpy.types.PropertyGroup):
     chunk_frames: IntProperty(name="Chunk Frames", default=0, min=0, soft_max=2000,
                               description="Track clips longer than this in chunks on all workers (0: never)")
     log_path: StringProperty(subtype="FILE_PATH", options=REL)
+    pid: IntProperty(default=0)        # the batch's process (a reopened .blend follows it)
     state: StringProperty(default="")  # "", RUNNING, FINISHED, FAILED, CANCELLED
     error: StringProperty(default="")
 
@@ -70,8 +92,7 @@ def start_batch(context, scene=None, *, python: str | None = None) -> jobs.Backe
     """Start ``python -m backend batch`` for the queue; raises ValueError / RuntimeError with a user message."""
     scene = scene or context.scene
     batch = scene.mononphm_batch
-    if scene.name in _jobs or job_control.is_running(scene):
-        raise RuntimeError("A tracking job is already running for this scene")
+    job_control.refuse_when_busy(scene)
     python = job_control.require_backend_python(context, python)
     inputs = [item.input_path() for item in batch.clips]
     missing = [p for p in inputs if not p or not os.path.exists(p)]
@@ -81,29 +102,50 @@ def start_batch(context, scene=None, *, python: str | None = None) -> jobs.Backe
     if not out_root or out_root.startswith("//"):
         raise ValueError("Save the .blend first, or choose an absolute output root")
     face = scene.mononphm.face if scene.mononphm.face != "POINT" else "largest"  # a point belongs to one clip
-    config = contracts.track_config.TrackConfig(input="", out="", face=face,
+    common = contracts.track_config.TrackConfig(input="", out="", face=face,
                                                 **job_control.tracking_settings(context, scene))
-    argv = command.batch_argv(python, inputs, out_root, config, batch.workers, batch.chunk_frames)
+    listing = job_control.log_file(context, "batch", ".list.txt")
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    listing.write_text(command.batch_list([(path, item.track_config(common))
+                                           for path, item in zip(inputs, batch.clips)]), encoding="utf-8")
+    argv = command.batch_argv(python, [f"@{listing}"], out_root, common, batch.workers, batch.chunk_frames)
     job, log = job_control.launch(context, "batch", argv, out_root)
-    batch.log_path, batch.state, batch.error = str(log), "RUNNING", ""
+    batch.log_path, batch.pid, batch.state, batch.error = str(log), job.pid, "RUNNING", ""
     for item in batch.clips:
         item.state, item.stage, item.done, item.total, item.error, item.package = "queued", "", 0, 0, "", ""
     _jobs[scene.name] = job
-    if not bpy.app.timers.is_registered(_timer):
-        bpy.app.timers.register(_timer, first_interval=TICK_S)
+    _ensure_timer()
     return job
 
 
 def cancel(scene) -> bool:
-    job = _jobs.get(scene.name)
-    if job is None or job.status.finished:
-        return False
-    job.cancel()
-    return True
+    return job_control.cancel_job(_jobs.get(scene.name))
 
 
 def is_running(scene) -> bool:
     return scene.name in _jobs
+
+
+def reattach_all() -> list[str]:
+    """After loading a .blend: follow the batches its scenes were running (still going, or finished meanwhile: then
+    their events say which clips finished, and those are imported)."""
+    found = []
+    for scene in bpy.data.scenes:
+        batch = getattr(scene, "mononphm_batch", None)
+        if batch is None or batch.state != "RUNNING" or scene.name in _jobs:
+            continue
+        _jobs[scene.name] = jobs.AttachedJob.follow(batch.pid, log_path=bpy.path.abspath(batch.log_path),
+                                                    out_dir=bpy.path.abspath(batch.out_root), total=len(batch.clips))
+        found.append(scene.name)
+    if found:
+        _ensure_timer()
+    return found
+
+
+@persistent
+def _on_load_post(*_args) -> None:
+    _jobs.clear()
+    reattach_all()
 
 
 def tick(context=None) -> float | None:
@@ -148,12 +190,17 @@ def _apply(context, scene, event) -> None:
 
 
 def _import(context, scene, item) -> None:
-    with context.temp_override(scene=scene):
-        try:
-            importer.import_package(context, bpy.path.abspath(item.package), clip=item.clip,
-                                    clip_start=None if item.clip else item.clip_start)
-        except contracts.result_format.PackageError as exc:
-            item.error = f"Import: {exc.message} {exc.hint}"
+    problem = job_control.import_into(context, scene, item.package, item.clip,
+                                      None if item.clip else item.clip_start)
+    if problem:
+        item.error = problem
+
+
+def _ensure_timer() -> None:
+    # persistent: a batch outlives loading a file (and the bpy 4.5 wheel hung at exit after a file load had
+    # dropped a non-persistent timer)
+    if not bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.register(_timer, first_interval=TICK_S, persistent=True)
 
 
 def _timer():
@@ -181,6 +228,8 @@ class MONONPHM_OT_batch_add(bpy.types.Operator):
             item.clip = s.clip
         else:
             item.path, item.clip_start = s.input_path, s.clip_start
+        for name in ("preset", "use_frame_range", "frame_start", "frame_end", "stride"):
+            setattr(item, name, getattr(s, name))
         item.name = item.label()
         batch.index = len(batch.clips) - 1
         return {"FINISHED"}
@@ -260,6 +309,12 @@ class MONONPHM_PT_batch(SidebarPanel, bpy.types.Panel):
         col = row.column(align=True)
         col.operator("mononphm.batch_add", text="", icon="ADD")
         col.operator("mononphm.batch_remove", text="", icon="REMOVE")
+        if 0 <= batch.index < len(batch.clips):   # the selected clip's own settings
+            item = batch.clips[batch.index]
+            box = layout.box()
+            box.enabled = not is_running(context.scene)
+            box.prop(item, "preset")
+            draw_frame_range(box, item)
         layout.prop(batch, "out_root")
         row = layout.row(align=True)
         row.prop(batch, "workers")
@@ -280,10 +335,14 @@ classes = (MONONPHM_PG_queued_clip, MONONPHM_PG_batch, MONONPHM_OT_batch_add, MO
 
 def register() -> None:
     bpy.types.Scene.mononphm_batch = PointerProperty(type=MONONPHM_PG_batch)
+    if _on_load_post not in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.append(_on_load_post)
 
 
 def unregister() -> None:
+    if _on_load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(_on_load_post)
     if bpy.app.timers.is_registered(_timer):
         bpy.app.timers.unregister(_timer)
-    _jobs.clear()
+    _jobs.clear()   # running batches keep going (own process group); reopening the .blend follows them
     del bpy.types.Scene.mononphm_batch

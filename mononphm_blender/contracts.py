@@ -1,7 +1,7 @@
 """Where the backend's torch-free contract modules come from.
 
 The add-on imports the *same* modules the backend uses (``backend.contracts``: ``protocol``, ``result_format``,
-``conventions``, ``track_config``, ``arkit``):
+``conventions``, ``track_config``, ``arkit``, ``mediapipe_models``):
 
 - installed extension: bundled inside the zip as ``<addon>/backend`` and imported as ``<addon>.backend``;
 - development checkout: the repository's ``backend/`` next to ``mononphm_blender/``, imported as ``backend``.
@@ -50,12 +50,14 @@ def backend_root() -> Path:
     return root
 
 
-def requirements_file() -> Path:
-    """The pinned backend requirements (bundled copy in the extension, the repo's file in development)."""
-    bundled = ADDON_DIR / "requirements.txt"
+def requirements_file(batch: bool = False) -> Path:
+    """The pinned backend requirements (bundled copy in the extension, the repo's file in development); ``batch``:
+    with Ray for the Batch panel (``requirements-batch.txt``, which includes ``requirements.txt``)."""
+    name = "requirements-batch.txt" if batch else "requirements.txt"
+    bundled = ADDON_DIR / name
     if bundled.is_file():
         return bundled
-    return _REPO_ROOT / "requirements.txt"
+    return _REPO_ROOT / name
 
 
 def _backend_package() -> ModuleType:
@@ -80,3 +82,4 @@ result_format = contract("contracts.result_format")
 conventions = contract("contracts.conventions")
 track_config = contract("contracts.track_config")
 arkit = contract("contracts.arkit")
+mediapipe_models = contract("contracts.mediapipe_models")

@@ -195,7 +195,7 @@ def import_package(context, path: str | os.PathLike, *, mode: str = "AUTO", clip
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     if colour_source is None:
-        colour_source = getattr(getattr(context.scene, "mononphm", None), "colour_source", "BAKED")
+        colour_source = getattr(getattr(context.scene, "mononphm", None), "colour_source", "TEXTURE")
     if colour_source not in COLOUR_SOURCES:
         raise ValueError(f"colour_source must be one of {COLOUR_SOURCES}")
     if include_hair is None:

@@ -22,6 +22,7 @@ TICK_S = 0.2
 LIVE_IMPORT_MIN_S = 2.0
 
 _jobs: dict[str, object] = {}  # scene name → BackendJob | AttachedJob
+batch_jobs: dict[str, object] = {}  # scene name → the scene's running batch (``batch_queue``; a run refuses to start)
 _last_import: dict[str, tuple[float, float, int]] = {}  # scene → (time, duration, frames imported)
 _messages: list[tuple[str, str]] = []  # (level, text) for the UI / tests
 
@@ -54,9 +55,10 @@ def movie_clip_input(clip) -> str:
 
 
 def tracking_settings(context, scene) -> dict:
-    """Preset, output, device and model of the scene's settings as TrackConfig fields; raises ValueError."""
+    """Preset, output, texture, device and model of the scene's settings as TrackConfig fields; raises ValueError."""
     s = scene.mononphm
-    settings = {"preset": s.preset, "output": s.output_mode, "device": prefs.get_prefs(context).device}
+    settings = {"preset": s.preset, "output": s.output_mode, "texture": s.track_texture,
+                "device": prefs.get_prefs(context).device}
     if s.model == "OFFICIAL":
         settings.update(official_checkpoint=bpy.path.abspath(s.official_dir),
                         mean_anchors=bpy.path.abspath(s.mean_anchors), checkpoint_epoch=s.checkpoint_epoch or None)
@@ -71,19 +73,14 @@ def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
                   overwrite: bool = False) -> track_config.TrackConfig:
     """The run's settings from the scene settings (``scene_range``: scene frames to track, inclusive, instead of the
     settings' range); raises ValueError with a user-facing message."""
-    from .blender import scene as scenes
-
     s = scene.mononphm
-    intrinsics = {}
     if s.input_kind == "CLIP":
         clip = s.clip
         if clip is None:
             raise ValueError("Choose a Movie Clip (or switch the input to a file)")
         input_path = movie_clip_input(clip)
-        intr = scenes.clip_intrinsics(clip)
-        intrinsics = {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy}
     else:
-        input_path = bpy.path.abspath(s.input_path)
+        clip, input_path = None, bpy.path.abspath(s.input_path)
     if not input_path or not os.path.exists(input_path):
         raise ValueError(f"Input not found: {input_path or '(empty)'}")
     out_dir = bpy.path.abspath(s.output_dir)
@@ -91,25 +88,35 @@ def build_request(context, scene, *, scene_range: tuple[int, int] | None = None,
         raise ValueError("Save the .blend first, or choose an absolute output folder")
     if scene_range is None and s.use_frame_range:
         scene_range = (s.frame_start, s.frame_end)
-    frames = command.frames_arg(None, None, s.stride)
-    if scene_range is not None:
-        clip_start = importer.track_clip_start(s)
-        frames = command.frames_arg(scene_range[0] - clip_start, scene_range[1] - clip_start, s.stride)
     owner = result_format.lock_owner(out_dir)
     if owner is not None:
         raise ValueError(f"{out_dir} is being written by another tracking run (process {owner['pid']}); wait for "
                          "it to finish or cancel it, or choose another output folder")
     face = f"{s.face_point[0]},{s.face_point[1]}" if s.face == "POINT" else s.face
-    return track_config.TrackConfig(input=input_path, out=out_dir, frames=frames, overwrite=overwrite, face=face,
-                                    **intrinsics, **tracking_settings(context, scene))
+    return track_config.TrackConfig(input=input_path, out=out_dir, overwrite=overwrite, face=face,
+                                    **clip_fields(clip, importer.track_clip_start(s), scene_range, s.stride),
+                                    **tracking_settings(context, scene))
+
+
+def clip_fields(clip, clip_start: int | None, scene_range: tuple[int, int] | None, stride: int) -> dict:
+    """TrackConfig fields of one clip: ``frames`` (``scene_range``: scene frames to track, inclusive, None for all;
+    ``clip_start``: the scene frame of its source frame 0) and, for a Movie Clip, its camera's intrinsics."""
+    from .blender import scene as scenes
+
+    fields = {"frames": command.frames_arg(None, None, stride)}
+    if scene_range is not None:
+        fields["frames"] = command.frames_arg(scene_range[0] - clip_start, scene_range[1] - clip_start, stride)
+    if clip is not None:
+        intr = scenes.clip_intrinsics(clip)
+        fields.update(fx=intr.fx, fy=intr.fy, cx=intr.cx, cy=intr.cy)
+    return fields
 
 
 def start_track(context, scene=None, *, scene_range: tuple[int, int] | None = None, overwrite: bool = False,
                 python: str | None = None) -> jobs.BackendJob:
     """Start ``python -m backend track`` for the scene's settings; raises ValueError / RuntimeError."""
     scene = scene or context.scene
-    if is_running(scene):
-        raise RuntimeError("A tracking job is already running for this scene")
+    refuse_when_busy(scene)
     python = require_backend_python(context, python)
     req = build_request(context, scene, scene_range=scene_range, overwrite=overwrite)
     return _start_job(context, scene, "track", command.track_argv(python, req), req.out)
@@ -119,13 +126,21 @@ def start_bake(context, scene=None, *, frames: str | None = None, texture: bool 
                python: str | None = None) -> jobs.BackendJob:
     """Start ``python -m backend bake`` on the scene's last imported result; raises ValueError / RuntimeError."""
     scene = scene or context.scene
-    if is_running(scene):
-        raise RuntimeError("A backend job is already running for this scene")
+    refuse_when_busy(scene)
     python = require_backend_python(context, python)
     package = bpy.path.abspath(scene.mononphm.last_package)
     if not scene.mononphm.last_package or not os.path.isdir(package):
         raise ValueError("Import or track a result first: the bake works on the last result")
     return _start_job(context, scene, "bake", command.bake_argv(python, package, frames, texture), package)
+
+
+def refuse_when_busy(scene) -> None:
+    """RuntimeError when the scene has a running job: a track or bake run, or a batch (one backend job at a time:
+    each imports into the scene)."""
+    if is_running(scene):
+        raise RuntimeError("A backend job is already running for this scene")
+    if scene.name in batch_jobs:
+        raise RuntimeError("A batch is running for this scene: wait for it or cancel it in the Batch panel")
 
 
 def require_backend_python(context, python: str | None = None) -> str:
@@ -136,11 +151,15 @@ def require_backend_python(context, python: str | None = None) -> str:
     return python
 
 
+def log_file(context, kind: str, suffix: str = ".log"):
+    """A new file of this Blender's run of ``kind`` (track, bake, batch) in the log folder."""
+    return prefs.log_dir(context) / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{suffix}"
+
+
 def launch(context, kind: str, argv: list, out_dir: str):
     """Start one backend process of ``kind`` (track, bake, batch) with its log file; returns ``(job, log_path)``."""
     root = contracts.backend_root()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log = prefs.log_dir(context) / f"{kind}-{stamp}-{os.getpid()}.log"
+    log = log_file(context, kind)
     job = jobs.BackendJob(argv, log_path=log, cwd=str(root), env=command.backend_env(root),
                           out_dir=out_dir).start()
     return job, log
@@ -161,11 +180,17 @@ def _start_job(context, scene, kind: str, argv: list, out_dir: str) -> jobs.Back
     return job
 
 
-def cancel(scene) -> bool:
-    job = _jobs.get(scene.name)
+def cancel_job(job) -> bool:
+    """Ask a running job (track, bake, batch) to stop; False when there is none or it has finished."""
     if job is None or job.status.finished:
         return False
     job.cancel()
+    return True
+
+
+def cancel(scene) -> bool:
+    if not cancel_job(_jobs.get(scene.name)):
+        return False
     scene.mononphm.job.stage = "cancelling"
     return True
 
@@ -217,20 +242,26 @@ def _package_frames(out_dir: str) -> int:
         return 0
 
 
-def _do_import(context, scene, out_path: str) -> bool:
+def import_into(context, scene, package: str, clip=None, clip_start: int | None = None) -> str:
+    """Import a package into ``scene`` (``importer.import_package``); '' or what went wrong (the scene is then left
+    unchanged and the job goes on)."""
     with context.temp_override(scene=scene) if hasattr(context, "temp_override") else contextlib.nullcontext():
-        s = scene.mononphm
-        clip = s.clip if s.input_kind == "CLIP" else None
         try:
-            importer.import_package(context, bpy.path.abspath(out_path), clip=clip,
-                                    clip_start=importer.track_clip_start(s))
+            importer.import_package(context, bpy.path.abspath(package), clip=clip, clip_start=clip_start)
         except result_format.PackageError as exc:
-            _say("WARNING", f"Import: {exc.message} {exc.hint}")
-            return False
-        except Exception as exc:  # noqa: BLE001 - the scene was left unchanged; the job goes on
-            _say("WARNING", f"Import: {type(exc).__name__}: {exc}")
-            return False
-    return True
+            return f"Import: {exc.message} {exc.hint}"
+        except Exception as exc:  # noqa: BLE001 - see above
+            return f"Import: {type(exc).__name__}: {exc}"
+    return ""
+
+
+def _do_import(context, scene, out_path: str) -> bool:
+    s = scene.mononphm
+    problem = import_into(context, scene, out_path, s.clip if s.input_kind == "CLIP" else None,
+                          importer.track_clip_start(s))
+    if problem:
+        _say("WARNING", problem)
+    return not problem
 
 
 def _maybe_live_import(context, scene, job) -> None:
@@ -355,10 +386,8 @@ def reattach_all() -> list[str]:
             st.pid = pid = owner["pid"]
         else:
             pid = st.pid
-        alive = pid > 0 and jobs.pid_alive(pid) and jobs.process_looks_like_backend(pid)
-        job = jobs.AttachedJob(pid if alive else 0, log_path=bpy.path.abspath(st.log_path), out_dir=out,
-                               total=st.total)
-        _jobs[scene.name] = job
+        _jobs[scene.name] = jobs.AttachedJob.follow(pid, log_path=bpy.path.abspath(st.log_path), out_dir=out,
+                                                    total=st.total)
         found.append(scene.name)
     if found:
         ensure_timer()

@@ -216,8 +216,9 @@ class MONONPHM_OT_setup_backend(bpy.types.Operator):
         if env_dir.exists() and any(env_dir.iterdir()) and not command.is_managed_env(env_dir):
             self.report({"ERROR"}, f"{env_dir} exists and was not created by this add-on; choose another folder")
             return {"CANCELLED"}
-        options = installer.InstallOptions(base.python, env_dir, contracts.requirements_file(),
-                                           contracts.backend_root(), torch_variant=variant, wheel_dir=wheels)
+        options = installer.InstallOptions(base.python, env_dir, contracts.requirements_file(p.install_ray),
+                                           contracts.backend_root(), torch_variant=variant, wheel_dir=wheels,
+                                           python_version=base.python_version)
         log = prefs.log_dir(context) / "backend-setup.log"
         prefs.STATE.setup = installer.Installer(options, log_path=log).start()
         prefs.STATE.setup_message = ""

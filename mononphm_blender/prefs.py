@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import bpy
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from . import contracts
 from .core import command, installer, jobs
@@ -35,6 +35,7 @@ class _Defaults:
     install_source = "ONLINE"
     wheels_dir = ""
     torch_build = "AUTO"
+    install_ray = False
     device = contracts.track_config.TrackConfig.device
     log_dir = ""
 
@@ -123,14 +124,15 @@ def torch_choice(p=None) -> installer.TorchChoice:
 
 def environment_note(p=None) -> str:
     """Why the environment Set Up Backend made needs it again ('' when it does not, or there is none)."""
+    p = p or get_prefs()
     env = default_env_dir(p)
     if not command.is_managed_env(env):
         return ""
     stamp = installer.read_stamp(env)
     if stamp is None:
         return "The backend set-up did not finish: Retry resumes it"
-    if stamp.get("requirements") != installer.requirements_digest(contracts.requirements_file()):
-        return "The add-on's pinned packages changed: Set Up Backend updates the environment"
+    if stamp.get("requirements") != installer.requirements_digest(contracts.requirements_file(p.install_ray)):
+        return "The packages to install changed (an add-on update, or Batches on Ray): Set Up Backend updates it"
     return ""
 
 
@@ -235,6 +237,9 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
     install_source: EnumProperty(name="Install From", items=SOURCE_ITEMS, default="ONLINE")
     wheels_dir: StringProperty(name="Wheels Folder", subtype="DIR_PATH")
     torch_build: EnumProperty(name="torch", items=TORCH_ITEMS, default="AUTO")
+    install_ray: BoolProperty(name="Batches on Ray", default=False,
+                              description="Also install Ray (about 240 MB) for the Batch panel: many clips at once, "
+                                          "long clips in chunks, on this machine or a Ray cluster")
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default=contracts.track_config.TrackConfig.device)
     log_dir: StringProperty(name="Log Folder", subtype="DIR_PATH", description="Empty: the add-on's user folder")
 
@@ -261,6 +266,7 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
             row.label(text=f"{choice.variant.upper()}: {choice.reason}")
         except installer.InstallError as exc:
             row.label(text=exc.message, icon="ERROR")
+        box.prop(self, "install_ray")
         row = box.row()
         row.operator("mononphm.setup_backend", icon="IMPORT")
         row.operator("mononphm.remove_backend", icon="TRASH")
@@ -274,6 +280,7 @@ class MONONPHM_AP_preferences(bpy.types.AddonPreferences):
         else:
             where = {"custom": "custom", "blender": "Blender's own Python", "path": "found on PATH"}[base.source]
             adv.label(text=f"Base Python {base.version} ({where}): {base.python}")
+            adv.label(text=installer.mediapipe_plan(base.python_version))
         adv.prop(self, "env_dir")
         layout.prop(self, "log_dir")
 

@@ -25,7 +25,8 @@ INPUT_ITEMS = [("CLIP", "Movie Clip", "A Movie Clip datablock; its camera settin
                ("FILE", "File", "A video file, an image sequence folder or a single image")]
 COLOUR_ITEMS = [("MODEL", "Model", "The head model's generic albedo (its appearance space)"),
                 ("BAKED", "Baked", "Per-vertex colours baked from the video"),
-                ("TEXTURE", "Texture", "The baked texture (re-bake with a texture first)")]
+                ("TEXTURE", "Texture", "The baked texture where the result has one (track or re-bake with a "
+                 "texture), else the baked colours")]
 FACE_ITEMS = [("largest", "Largest", "Track the largest face when several are visible"),
               ("leftmost", "Leftmost", "Track the leftmost face (in the image) when several are visible"),
               ("rightmost", "Rightmost", "Track the rightmost face (in the image) when several are visible"),
@@ -112,6 +113,9 @@ class MONONPHM_PG_settings(bpy.types.PropertyGroup):
                                  description="Official experiment folder (configs.yaml + checkpoints/)")
     mean_anchors: StringProperty(name="Mean Anchors", subtype="FILE_PATH", options=REL, description="anchors_65.npy")
     checkpoint_epoch: IntProperty(name="Epoch", default=0, min=0, description="0 = the latest checkpoint")
+    track_texture: BoolProperty(name="Bake Texture", default=False,
+                                description="Also bake a 2048² texture when tracking ends, so the imported head is "
+                                            "textured (unwraps the head: about a minute more)")
     auto_import: BoolProperty(name="Import While Tracking", default=True,
                               description="Import frames as they finish and when tracking ends")
     error_threshold: FloatProperty(name="Error Threshold", default=5.0, min=0.0, soft_max=50.0, unit="NONE",
@@ -120,7 +124,7 @@ class MONONPHM_PG_settings(bpy.types.PropertyGroup):
     bad_frames: CollectionProperty(type=MONONPHM_PG_bad_frame)
     bad_frames_index: IntProperty(default=-1, update=_jump_to_bad_frame)
     last_package: StringProperty(name="Result", subtype="DIR_PATH", options=REL, default="")
-    colour_source: EnumProperty(name="Colours", items=COLOUR_ITEMS, default="BAKED", update=_colour_source_changed,
+    colour_source: EnumProperty(name="Colours", items=COLOUR_ITEMS, default="TEXTURE", update=_colour_source_changed,
                                 description="What the imported head shows")
     import_hair: BoolProperty(name="Hair", default=True, update=_import_hair_changed,
                               description="Show the hair volume of a head model with hair (its own material and "

@@ -23,6 +23,18 @@ class SidebarPanel:
     bl_category = "MonoNPHM"
 
 
+def draw_frame_range(layout, settings) -> None:
+    """The frame range (on/off, start, end: scene frames) and stride of a clip's settings (the scene's Input panel,
+    a queued clip of the Batch panel)."""
+    row = layout.row(align=True)
+    row.prop(settings, "use_frame_range", text="")
+    sub = row.row(align=True)
+    sub.active = settings.use_frame_range
+    sub.prop(settings, "frame_start")
+    sub.prop(settings, "frame_end")
+    layout.prop(settings, "stride")
+
+
 class MONONPHM_PT_main(SidebarPanel, bpy.types.Panel):
     bl_idname = "MONONPHM_PT_main"
     bl_label = "MonoNPHM"
@@ -51,13 +63,7 @@ class MONONPHM_PT_input(SidebarPanel, bpy.types.Panel):
         else:
             layout.prop(s, "input_path")
             layout.prop(s, "clip_start")
-        row = layout.row(align=True)
-        row.prop(s, "use_frame_range", text="")
-        sub = row.row(align=True)
-        sub.active = s.use_frame_range
-        sub.prop(s, "frame_start")
-        sub.prop(s, "frame_end")
-        layout.prop(s, "stride")
+        draw_frame_range(layout, s)
         layout.prop(s, "face")
         if s.face == "POINT":
             layout.prop(s, "face_point")
@@ -73,6 +79,7 @@ class MONONPHM_PT_output(SidebarPanel, bpy.types.Panel):
         s = context.scene.mononphm
         layout.prop(s, "preset")
         layout.prop(s, "output_mode")
+        layout.prop(s, "track_texture")
         layout.prop(s, "output_dir")
         layout.prop(s, "model")
         if s.model == "OFFICIAL":

@@ -1,10 +1,10 @@
 """Video-baked albedo (backend.bake) on a synthetic scene with a known albedo: a head-sized sphere with a green
-stripe on one cheek, turning in front of the camera under the tracker's image formation (SH lighting and colour
-affine), with an unlabelled red occluder over the stripe in some frames."""
+stripe on one cheek, turning in front of the camera under SH lighting in linear light (the bake's image formation),
+with an unlabelled red occluder over the stripe in some frames."""
 import numpy as np
 import pytest
 
-from backend.bake.albedo import BakeConfig, FrameBatch, Shading, bake_vertices, render_shaded
+from backend.bake.albedo import BakeConfig, FrameBatch, Lighting, Shading, bake_vertices, render_shaded
 from backend.tracking import masks as M
 from backend.tracking import raster
 
@@ -52,18 +52,15 @@ def yaw(deg):
 @pytest.fixture(scope="module")
 def scene():
     v, f = sphere()
-    albedo = np.where(stripe_mask(v)[:, None], STRIPE, SKIN)
-    shading = Shading(np.zeros((9, 3), np.float32), np.diag([0.95, 1.0, 1.05]).astype(np.float32),
-                      np.array([0.02, 0.0, -0.02], np.float32))
-    shading.sh[0] = 0.9 / 0.28209
-    shading.sh[3] = 0.25       # light from the +x side
-    shading.sh[1] = -0.15
-    # package convention: the colour affine applied
-    colours = (shading.to_package(albedo / 255.0) * 255 + 0.5).astype(np.uint8)
+    colours = np.where(stripe_mask(v)[:, None], STRIPE, SKIN).astype(np.uint8)
+    lighting = Lighting(np.zeros((9, 3), np.float32))
+    lighting.sh[0] = 0.9 / 0.28209
+    lighting.sh[3] = 0.25       # light from the +x side
+    lighting.sh[1] = -0.15
     flip = np.diag([1.0, -1.0, -1.0])         # model faces the OpenCV camera
     angles = np.linspace(-35, 35, 12)
     verts_cam = np.stack([(v @ (yaw(a) @ flip).T) + [0, 0, 0.55] for a in angles])
-    img, covered = render_shaded(verts_cam, f, K, SIZE, shading, colours)
+    img, covered = render_shaded(verts_cam, f, K, SIZE, lighting, colours)
     images = np.where(covered[..., None], img * 255 + 0.5, 90).astype(np.uint8)
     labels = np.where(covered, M.FACE, M.BACKGROUND).astype(np.uint8)
     # an unlabelled occluder (a hand) over the stripe in 3 of 12 frames
@@ -75,7 +72,7 @@ def scene():
         x1, y1 = np.ceil(uv.max(0)).astype(int) + 3
         images[t, max(y0, 0):y1, max(x0, 0):x1] = RED
     frames = FrameBatch(images, labels, np.zeros_like(covered), verts_cam)
-    return dict(v=v, f=f, colours=colours, shading=shading, frames=frames, occluded=occluded)
+    return dict(v=v, f=f, colours=colours, lighting=lighting, frames=frames, occluded=occluded)
 
 
 def interior(f, mask):
@@ -98,7 +95,7 @@ def test_rasterize_batch_matches_single_frames(scene):
 def test_stripe_comes_back_at_its_place_and_occluder_is_rejected(scene):
     v, f = scene["v"], scene["f"]
     model_albedo = np.full((len(v), 3), 128, np.uint8)
-    baked = bake_vertices(scene["frames"], f, K, scene["shading"], model_albedo, BakeConfig())
+    baked, _ = bake_vertices(scene["frames"], f, K, scene["lighting"], model_albedo, BakeConfig())
     seen = baked.confidence > 0.9
     stripe = stripe_mask(v) & interior(f, stripe_mask(v)) & seen
     skin = ~stripe_mask(v) & interior(f, stripe_mask(v)) & seen & (v[:, 2] > 0)
@@ -114,11 +111,78 @@ def test_stripe_comes_back_at_its_place_and_occluder_is_rejected(scene):
     assert ((d_stripe < d_skin) == stripe_mask(v))[stripe | skin].mean() > 0.99
 
 
+def test_lighting_is_refitted_in_linear_light(scene):
+    """Started from flat lighting (no direction), the refit recovers the light from the +x side: the lit and the
+    shadowed cheek come back the same skin colour, which the flat start alone cannot give (alternating fits
+    converge slowly from that far; tracked clips start from the tracker's lighting)."""
+    v, f = scene["v"], scene["f"]
+    flat = Lighting(np.zeros((9, 3), np.float32))
+    flat.sh[0] = scene["lighting"].sh[0]
+    skin = ~stripe_mask(v) & interior(f, stripe_mask(v)) & (v[:, 2] > 0.5 * RADIUS)
+    side = np.sign(v[:, 0]) * (np.abs(v[:, 0]) > 0.3 * RADIUS)
+
+    def cheeks(cfg):
+        baked, lighting = bake_vertices(scene["frames"], f, K, flat, np.full((len(v), 3), 128, np.uint8), cfg)
+        c = baked.colours.astype(float)
+        return np.abs(c[skin & (side > 0)].mean(0) - c[skin & (side < 0)].mean(0)).max(), lighting
+
+    unfitted, _ = cheeks(BakeConfig(lighting_iterations=0))
+    fitted, lighting = cheeks(BakeConfig(lighting_iterations=8))
+    assert unfitted > 15 and fitted < 3, (unfitted, fitted)
+    assert lighting.sh[3, 0] / lighting.sh[0, 0] == pytest.approx(0.25 / scene["lighting"].sh[0, 0], rel=0.2)
+
+
+def test_colours_never_clip_whatever_the_lighting_scale(scene):
+    """Started from lighting a third as bright as the truth (albedo would come out at 1.7 in linear light), the
+    bake settles the scale so the brightest colours stay within ``max_albedo``: the colours keep their ratio to
+    the truth (one scale for all channels, skin and stripe), none is clipped."""
+    from backend.contracts.conventions import srgb_to_linear
+    v, f = scene["v"], scene["f"]
+    dim = Lighting(scene["lighting"].sh / 3)
+    baked, lighting = bake_vertices(scene["frames"], f, K, dim, np.full((len(v), 3), 128, np.uint8),
+                                    BakeConfig(lighting_iterations=0))
+    well = (baked.confidence > 0.9) & interior(f, stripe_mask(v)) & (v[:, 2] > 0)
+    ratio = srgb_to_linear(baked.colours[well] / 255.0) / srgb_to_linear(scene["colours"][well] / 255.0)
+    assert np.percentile(np.abs(ratio - np.median(ratio)), 95) < 0.05 and np.median(ratio) > 1.2, np.median(ratio)
+    assert srgb_to_linear(baked.colours[well].max() / 255.0) < BakeConfig().max_albedo + 0.02
+    np.testing.assert_allclose(lighting.sh * np.median(ratio), scene["lighting"].sh, atol=0.03 * 3.2)
+
+
+def test_white_balance_takes_the_light_on_the_face():
+    """Equal ambient terms, but the light towards the camera is red: the light's colour is red, and the
+    white-balanced lighting is white on the camera-facing directions."""
+    from backend.bake.albedo import fibonacci_sphere
+    sh = np.zeros((9, 3), np.float32)
+    sh[0] = 3.0
+    sh[2] = [-1.0, -0.5, 0.0]          # z term: more red towards the camera (OpenCV: -z)
+    lighting = Lighting(sh)
+    colour = lighting.light_colour()
+    assert colour[0] == 1 and colour[2] < 0.8 and colour[0] > colour[1] > colour[2]
+    n = fibonacci_sphere(512)
+    facing = np.clip(-n[:, 2], 0, None)[:, None]
+    seen = (facing * lighting.white_balanced().irradiance(n)).sum(0)
+    np.testing.assert_allclose(seen / seen.max(), 1, atol=1e-5)
+
+
+def test_tracker_lighting_carried_over_to_linear_light():
+    """``Lighting.from_fitted``: the tracker's sRGB-space shading of a mid-tone albedo, rendered in linear light,
+    gives the same pixels (within 3/255 on normals facing the camera)."""
+    from backend.bake.albedo import fibonacci_sphere
+    sh = np.zeros((9, 3), np.float32)
+    sh[0], sh[3], sh[2] = [2.9, 2.3, 2.0], 0.4, -0.3
+    fitted = Shading(sh, np.eye(3, dtype=np.float32), np.zeros(3, np.float32))
+    n = fibonacci_sphere(400)
+    n = n[n[:, 2] < -0.3]
+    albedo = np.full((len(n), 3), Lighting.REFERENCE_ALBEDO)
+    np.testing.assert_allclose(Lighting.from_fitted(fitted).render(albedo, n), fitted.render(albedo, n),
+                               atol=3 / 255)
+
+
 def test_occluded_frames_alone_would_contaminate(scene):
     """Control: the occluder is strong enough to matter (baking only from occluded frames paints it red)."""
     v, f = scene["v"], scene["f"]
     only = scene["frames"].subset(np.array(scene["occluded"]))
-    baked = bake_vertices(only, f, K, scene["shading"], np.full((len(v), 3), 128, np.uint8), BakeConfig())
+    baked, _ = bake_vertices(only, f, K, scene["lighting"], np.full((len(v), 3), 128, np.uint8), BakeConfig())
     stripe = stripe_mask(v) & interior(f, stripe_mask(v)) & (baked.confidence > 0.5)
     assert stripe.sum() > 20
     assert baked.colours[stripe, 0].mean() > 150   # red
@@ -128,7 +192,7 @@ def test_unseen_vertices_take_the_model_albedo_in_the_subjects_tone(scene):
     v, f = scene["v"], scene["f"]
     rng = np.random.default_rng(0)
     model_albedo = np.clip(128 + rng.normal(0, 20, (len(v), 3)), 0, 255).astype(np.uint8)
-    baked = bake_vertices(scene["frames"], f, K, scene["shading"], model_albedo, BakeConfig())
+    baked, _ = bake_vertices(scene["frames"], f, K, scene["lighting"], model_albedo, BakeConfig())
     back = v[:, 2] < -0.8 * RADIUS         # faces away from the camera in every frame
     assert back.sum() > 50
     assert baked.confidence[back].max() < 0.05
@@ -146,16 +210,16 @@ def test_eye_and_mouth_regions_keep_their_own_colour(scene):
         & (v[:, 2] > 0)
     dark = scene["colours"].copy()
     dark[eye] = 20
-    img, covered = render_shaded(fr.verts_cam, f, K, SIZE, scene["shading"], dark)
+    img, covered = render_shaded(fr.verts_cam, f, K, SIZE, scene["lighting"], dark)
     images = np.where(covered[..., None], img * 255 + 0.5, 90).astype(np.uint8)
-    eye_px = render_shaded(fr.verts_cam, f, K, SIZE, scene["shading"],
+    eye_px = render_shaded(fr.verts_cam, f, K, SIZE, scene["lighting"],
                            np.where(eye[:, None], 255, 0).astype(np.uint8))[0][..., 1] > 0.5
     special = eye_px.copy()
     blink = np.arange(len(fr)) % 3 != 0            # eyelid closed: skin over the eye, no eye mask
     images[blink] = fr.images[blink]
     special[blink] = False
     frames = FrameBatch(images, fr.labels, special, fr.verts_cam)
-    baked = bake_vertices(frames, f, K, scene["shading"], np.full((len(v), 3), 128, np.uint8), BakeConfig())
+    baked, _ = bake_vertices(frames, f, K, scene["lighting"], np.full((len(v), 3), 128, np.uint8), BakeConfig())
     core = eye & interior(f, eye) & (baked.confidence > 0.5)
     assert core.sum() > 5
     assert baked.colours[core].mean() < 40
@@ -214,11 +278,11 @@ def test_texture_holds_the_stripe_at_its_place(scene):
     uv = unwrap(v, f)
     assert uv.shape == (len(f), 3, 2) and uv.min() >= 0 and uv.max() <= 1
     size = 256
-    tex = bake_texture(scene["frames"], f, K, scene["shading"], uv, vertex_colours, size, BakeConfig())
+    tex = bake_texture(scene["frames"], f, K, scene["lighting"], uv, vertex_colours, size, BakeConfig())
     points, pix = texel_points(uv, size)
     pos = points.interpolate(f, v[None])[0]                          # each texel's point on the sphere
     colours = tex.reshape(-1, 3)[pix].astype(float)
-    truth = scene["shading"].to_package(np.where(stripe_mask(pos)[:, None], STRIPE, SKIN) / 255.0) * 255
+    truth = np.where(stripe_mask(pos)[:, None], STRIPE, SKIN).astype(float)
     front = pos[:, 2] > 0.3 * RADIUS                                 # well seen in every frame
     inner = front & (np.abs(np.abs(pos[:, 1]) - 0.3 * RADIUS) > 0.04 * RADIUS) \
         & (np.abs(pos[:, 0] - 0.35 * RADIUS) > 0.04 * RADIUS)        # away from the stripe's edges

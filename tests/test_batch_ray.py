@@ -1,6 +1,7 @@
 """``python -m backend batch`` on a two-node Ray cluster started here (1 CPU each): packages equal single-process
 runs, a killed worker's clip is retried, finished clips are skipped, a clip tracked in two chunks resumes after a
 cancel and matches its single run without a seam; the shared-storage check; input naming without Ray."""
+import dataclasses
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from backend.batch import BatchConfig, run_batch
+from backend.batch.driver import clip_config
 from backend.batch.inputs import assign_folders, expand_inputs
 from backend.contracts.protocol import BackendError, BadInputError, Cancelled, EventWriter, parse_line
 from backend.contracts.result_format import ResultPackage
@@ -157,9 +159,15 @@ def test_a_clip_in_two_chunks_resumes_and_matches_its_single_run_without_a_seam(
     _batch([clip], tmp_path / "out", tiny_model, cluster, stream, chunk_frames=3, frames=None)
     stages = [e.get("stage") for e in stream.events if e.type == "progress" and e.get("clip") == "clip"]
     assert "tracking" not in stages and "refine" in stages         # resumed: no identity or frame fitted again
+    running = [e for e in stream.events if e.type == "clip_state" and e.get("state") == "running"]
+    assert len(running) == 5                    # prepare (nothing left), the refinement, two rewrites, finish
+    writing = [e for e in stream.events if e.type == "progress" and e.get("stage") == "writing"]
+    assert sorted({e.get("total") for e in writing}) == [3, 5]   # each chunk rewritten by its own task (+ warm-up)
     assert not (tmp_path / "out" / ".clip.chunks").exists()
+    assert ResultPackage(tmp_path / "out" / "clip").manifest.get("bake") and ResultPackage(single).manifest.get("bake")
     chunked, single = ResultPackage(tmp_path / "out" / "clip").frame_arrays(), ResultPackage(single).frame_arrays()
-    # Tolerance: pose and the head's vertices within 0.1 mm (rotation entries 1e-4); measured 2e-7 m, 5e-7, 3e-7 m.
+    # Tolerance: pose and the head's vertices within 0.1 mm (rotation entries 1e-4); measured 2e-7 m, 4e-7, 1.4e-6 m
+    # (each chunk's rewrite starts its vertex warp 2 frames before its range, a root finding to a tolerance).
     # The first chunk's frames match the single run's (1e-8: stage 2 couples them to the second); the second's
     # expression codes differ (norm up to 0.18, where frame-to-frame steps are 0.15-0.35): the tiny test model's
     # expression barely moves its surface, so its codes are weakly determined, and three iterations per frame leave
@@ -197,13 +205,27 @@ def test_input_lists_and_distinct_folders(tmp_path):
         (tmp_path / sub / "take.mp4").write_bytes(b"")
     (tmp_path / "b" / "seq").mkdir()
     listing = tmp_path / "list.txt"
-    listing.write_text("# takes\nb/take.mp4\n\nb/seq\n")
-    sources = expand_inputs([str(tmp_path / "a" / "take.mp4"), f"@{listing}", str(tmp_path / "a" / "take.mp4")])
+    listing.write_text("# takes\nb/take.mp4\t--frames 10:50:2 --preset standard --face '120,80'\n\nb/seq\n")
+    inputs = expand_inputs([str(tmp_path / "a" / "take.mp4"), f"@{listing}", str(tmp_path / "a" / "take.mp4")])
+    sources = [i.source for i in inputs]
     assert sources == [tmp_path / "a" / "take.mp4", tmp_path / "b" / "take.mp4", tmp_path / "b" / "seq"]
+    assert [i.flags for i in inputs] == [(), ("--frames", "10:50:2", "--preset", "standard", "--face", "120,80"),
+                                         ()]
     out = tmp_path / "out"
     (out / "take").mkdir(parents=True)
     (out / "take" / "notes.txt").write_text("not a package")   # a foreign folder is never written into
-    assert [c.name for c in assign_folders(sources, out)] == ["take-2", "take-3", "seq"]
+    clips = assign_folders(inputs, out)
+    assert [c.name for c in clips] == ["take-2", "take-3", "seq"]
+    # a clip's own flags apply on top of the command's; the others keep the command's
+    command = TrackConfig(input="", out="", frames="0:100", preset="draft", threads=2, max_size=320)
+    own, plain = clip_config(command, clips[1]), clip_config(command, clips[0])
+    assert (own.frames, own.preset, own.face, own.max_size, own.threads) == ("10:50:2", "standard", "120,80", 320, 2)
+    assert (own.input, own.out) == (str(sources[1]), str(out / "take-3"))
+    assert plain == dataclasses.replace(command, input=str(sources[0]), out=str(out / "take-2"))
+    bad = dataclasses.replace(clips[2], flags=("--preset", "fastest"))
+    with pytest.raises(BadInputError, match="not track flags") as refused:
+        clip_config(command, bad)
+    assert str(sources[2]) in refused.value.message
     # a package already written for b/take.mp4 keeps its folder whatever the order of the inputs
     from backend.contracts.conventions import Intrinsics
     from backend.contracts.result_format import ResultWriter
@@ -211,7 +233,7 @@ def test_input_lists_and_distinct_folders(tmp_path):
     ResultWriter(out / "take-3", {"source": {"path": str(sources[1]), "kind": "video"}, "fps": 25.0,
                                   "image_size": [64, 48], "intrinsics": Intrinsics.from_fov(64, 48).to_dict(),
                                   "model": {"name": "builtin"}, "output_mode": "shape_keys"}).finish("cancelled")
-    assert {c.source: c.name for c in assign_folders(sources[::-1], out)} == \
+    assert {c.source: c.name for c in assign_folders(inputs[::-1], out)} == \
         {sources[0]: "take-2", sources[1]: "take-3", sources[2]: "seq"}
     with pytest.raises(BadInputError, match="input not found"):
         expand_inputs([str(tmp_path / "missing.mov")])

@@ -131,6 +131,7 @@ def test_preferences_draw_and_defaults(scene, monkeypatch):
         assert ("label", "CPU: no NVIDIA driver found") in layout.log  # the automatic choice, shown
         version = "%d.%d.%d" % sys.version_info[:3]
         assert ("label", f"Base Python {version} (Blender's own Python): {sys.executable}") in layout.log
+        assert ("label", "MediaPipe: legacy face mesh, models inside its wheel") in layout.log  # the bpy wheels: 3.11
     assert {"auto", "cpu", "cuda", "mps"} == {i.identifier for i in rna.properties["device"].enum_items}
     p = prefs.get_prefs(bpy.context)  # not enabled through addon_utils here → defaults
     assert p.device == "auto"
@@ -173,10 +174,13 @@ def test_sidebar_notes_an_unfinished_or_outdated_environment(scene, monkeypatch,
     stamp = tmp_path / installer.INSTALL_DIR / installer.STAMP
     stamp.parent.mkdir()
     stamp.write_text('{"requirements": "0123"}')
-    assert prefs.environment_note().startswith("The add-on's pinned packages changed")
+    assert prefs.environment_note().startswith("The packages to install changed")
     digest = installer.requirements_digest(contracts.requirements_file())
     stamp.write_text('{"requirements": "%s"}' % digest)
     assert prefs.environment_note() == ""
+    defaults = prefs._Defaults()
+    defaults.install_ray = True   # ticking "Batches on Ray" after a set-up without it: set up again
+    assert prefs.environment_note(defaults).startswith("The packages to install changed")
 
 
 def test_bad_frame_list_jumps_to_frame(scene):

@@ -61,13 +61,12 @@ def test_keyframe_co_drops_nan_and_bad_frames():
     assert layout.bad_frames([1, 2, 3, 4], [1.0, 9.0, np.nan, 5.0], 4.0) == [(2, 9.0), (4, 5.0)]
 
 
-def test_fps_and_colour_helpers():
+def test_fps_helper():
     assert layout.fps_and_base(25.0) == (25, 1.0)
     whole, base = layout.fps_and_base(29.97)
     assert whole == 30 and whole / base == pytest.approx(29.97)
     with pytest.raises(ValueError):
         layout.fps_and_base(0)
-    assert layout.srgb_to_linear(np.array([0.0, 1.0])).tolist() == [0.0, 1.0]
 
 
 def test_to_blender_matches_conventions():

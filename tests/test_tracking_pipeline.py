@@ -82,7 +82,7 @@ def test_end_to_end_and_resume(tmp_path, tiny_model, clip, monkeypatch):
     read = []   # a fresh run keeps what it needs: it never reads its own package back
     monkeypatch.setattr(result_format, "load_npz", lambda path: read.append(path))
     monkeypatch.setattr(result_format, "read_manifest", lambda root: read.append(root))
-    outcome = run_track(_config(clip, out, tiny_model), None, _tiny())
+    outcome = run_track(_config(clip, out, tiny_model, texture=True, texture_size=128), None, _tiny())
     monkeypatch.undo()
     assert read == []
     assert outcome.path == out and outcome.frames == 6
@@ -113,20 +113,35 @@ def test_end_to_end_and_resume(tmp_path, tiny_model, clip, monkeypatch):
 
 
 def _check_bake(pkg, usd_mesh):
-    """Tracking bakes the subject's colours (model albedo kept); the USD meshes carry them; a re-bake from a frame
-    range with a texture replaces them; bad requests change nothing."""
+    """Tracking bakes the subject's colours and, with ``texture``, a texture (model albedo kept); the USD meshes
+    carry the colours; a re-bake from a frame range with a texture replaces them; bad requests change nothing."""
     from backend.bake.run import BakeRequest, bake_package
     from backend.contracts.conventions import linear_to_srgb
     from backend.contracts.result_format import PackageError
     canon = pkg.canonical_mesh()
     assert canon.baked_albedo.shape == canon.albedo.shape and canon.baked_confidence.max() > 0.5
-    assert pkg.manifest["bake"]["frames"] == list(range(6)) and pkg.texture_path is None
+    assert pkg.manifest["bake"]["frames"] == list(range(6)) and pkg.manifest["bake"]["texture_size"] == 128
+    assert set(pkg.manifest["bake"]["texture_frames"]) <= set(range(6)) and pkg.texture_path.is_file()
+    assert canon.uv.shape == (len(canon.triangles), 3, 2)
     seen = canon.baked_confidence > 0.5
     assert np.abs(canon.baked_albedo[seen].astype(float) - canon.albedo[seen]).mean() > 3   # not the model's
     usd_srgb = linear_to_srgb(np.asarray(usd_mesh.GetDisplayColorAttr().Get(0))) * 255
     assert np.abs(usd_srgb.mean(0) - canon.baked_albedo.mean(0)).max() < 12
+    before = {t: np.asarray(usd_mesh.GetPointsAttr().Get(t)) for t in usd_mesh.GetPointsAttr().GetTimeSamples()}
     bake_package(pkg.root, BakeRequest(frames="2:5", texture=True, texture_size=128))
     again = ResultPackage(pkg.root)
+    # the re-bake recoloured the per-frame USD meshes (geometry and timing unchanged), replacing the file
+    from pxr import Usd, UsdGeom
+    stage = Usd.Stage.Open(str(again.usd_path))
+    rebaked = UsdGeom.Mesh(stage.GetPrimAtPath("/MonoNPHM/head"))
+    assert {t: np.asarray(rebaked.GetPointsAttr().Get(t)) for t in rebaked.GetPointsAttr().GetTimeSamples()}.keys() \
+        == before.keys()
+    for t, pts in before.items():
+        np.testing.assert_array_equal(np.asarray(rebaked.GetPointsAttr().Get(t)), pts)
+    new = again.canonical_mesh().baked_albedo
+    usd_srgb = linear_to_srgb(np.asarray(rebaked.GetDisplayColorAttr().Get(3))) * 255
+    assert np.abs(usd_srgb.mean(0) - new.mean(0)).max() < 12
+    assert sorted(p.name for p in pkg.root.iterdir() if "usdc" in p.name) == ["meshes.usdc"]   # no staging left
     assert again.manifest["bake"]["frames"] == [2, 3, 4] and again.manifest["state"] == "complete"
     assert again.canonical_mesh().uv.shape == (len(canon.triangles), 3, 2)
     np.testing.assert_array_equal(again.canonical_mesh().albedo, canon.albedo)

@@ -1,15 +1,14 @@
 """Video-baked albedo: per-frame observations of surface points, a robust combination across frames, and the
 seamless blend with the model's albedo.
 
-Image formation is the tracker's (``backend.tracking.renderer.shade`` with the colour affine), in [-1, 1] pixel
-units: ``pixel = A (2 S a - 1) + b`` with SH shading ``S = SH(n_cam) @ sh`` per channel, albedo ``a`` in [0, 1]
-and the colour affine ``A``, ``b``. The tracker fits ``S`` as a factor on sRGB-encoded values, so one observation
-inverts exactly that: ``u = (A⁻¹ (pixel - b) + 1) / 2 = S a``, ``a = u / S``. (Dividing linear RGB by ``S^2.2``
-instead is exact only for a pure power law; the sRGB curve's linear toe puts it 4-7/255 off in shadows, and the
-re-render error of cap12 rises from 4.9 to 5.7/255.) Everything after the inversion is linear RGB: the robust
-combination, the blend, the USD colours. Baked colours are returned in the package's albedo convention (sRGB,
-colour affine applied: ``(A (2 a - 1) + b + 1) / 2``), like the model albedo they replace; callers bake under the
-white-balanced lighting (``Shading.white_balanced``).
+Shading is removed in linear light. The bake's image formation (``Lighting``) is a camera's: the pixel, decoded
+from sRGB to linear RGB (``contracts.conventions.srgb_to_linear``), is the linear albedo ``a`` times the
+per-channel SH irradiance ``S(n) = SH(n) @ sh``; one observation is ``a = srgb_to_linear(pixel) / S``. The
+tracker fits its SH lighting as a factor on sRGB-encoded albedo (``backend.tracking.renderer.shade``), which a
+linear-light division cannot reuse (``S`` on sRGB values is not ``S^2.2`` on linear ones: the sRGB curve's linear
+toe), so the bake starts from the tracker's lighting carried over to linear light (``Lighting.from_fitted``) and
+refits it in linear light against its own albedo estimate (``fit_lighting``, alternating with the combination).
+Baked colours are the linear albedo encoded to sRGB, under the white-balanced fitted lighting (``white_balanced``).
 
 Surface points are (triangle, barycentrics) pairs of the canonical mesh, so the same code bakes vertices (one-hot
 barycentrics) and texels (points of a UV chart). Everything is batched over frames and points: arrays are
@@ -17,6 +16,7 @@ barycentrics) and texels (points of a UV chart). Everything is batched over fram
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,13 +41,21 @@ class BakeConfig:
     """Weight ramps from 0 to 1 over this distance (fraction of the head's size in the image) from the rendered
     silhouette and from pixels labelled background (occluders, misfit)."""
     min_shading: float = 0.2
-    """Shading below which an observation is down-weighted (dark, noisy after the division)."""
+    """Shading level (sRGB-encoded) below which an observation is down-weighted (dark, noisy after the
+    division)."""
+    lighting_iterations: int = 2
+    """Rounds of refitting the linear-light SH lighting to the combined albedo (``fit_lighting``). Measured
+    (benchmarks/bake_likeness.py, bake_synthetic.py, before the final white balance): 0 / 2 / 4 rounds give cap12
+    0:24 re-render L1 5.45 / 3.87 / 3.74; the synthetic head's albedo error 7.09 / 7.19 with 0 / 2 (Cycles' area
+    lights are not SH lighting)."""
     special_share: float = 0.25
     """A point with at least this share of its observation weight inside eye openings or the mouth interior is an
     eye / mouth point: eyes are open in fewer frames than they are seen at all (blinks, lids)."""
     inlier_distance: float = 0.06
     """Observations farther than this (sRGB-encoded, mean over channels) from the weighted median are dropped
     before the weighted mean (specular highlights, occluders, blinks)."""
+    max_albedo: float = 0.9
+    """Linear albedo the brightest well-seen colours may reach (``normalise_scale``)."""
     prior_weight: float = 0.1
     """Weight of the model albedo in the blend, in units of one frontal, unoccluded observation."""
     blend_smoothing: int = 2
@@ -90,47 +98,106 @@ class SurfacePoints:
         return np.where((self.face >= 0)[:, None], out, 0)
 
 
+def sh_design(normals_cam: np.ndarray) -> np.ndarray:
+    """Unit camera-space normals (…, 3) -> (…, 9) order-2 SH basis values (the tracker's basis and constants,
+    ``backend.tracking.renderer.sh_basis``)."""
+    import torch
+    from ..tracking.renderer import sh_basis
+    n = torch.as_tensor(np.ascontiguousarray(normals_cam.reshape(-1, 3)), dtype=torch.float32)
+    return sh_basis(n).numpy().reshape(normals_cam.shape[:-1] + (9,))
+
+
+def sh_irradiance(sh: np.ndarray, normals_cam: np.ndarray) -> np.ndarray:
+    """SH coefficients (9, 3), unit camera-space normals (…, 3) -> irradiance (…, 3)."""
+    return sh_design(normals_cam) @ np.asarray(sh, np.float32)
+
+
 @dataclass
 class Shading:
-    """The fitted lighting and colour correction (package ``identity.npz``)."""
+    """The tracker's fitted lighting and colour correction (package ``identity.npz``): ``pixel = A (2 S a - 1) + b``
+    in [-1, 1] pixel units, with ``S`` a factor on sRGB-encoded albedo ``a`` (package convention: the model albedo
+    with the colour affine applied). It renders today's model albedo and starts the bake's ``Lighting``."""
 
     sh: np.ndarray            # (9, 3) SH coefficients, camera space
     color_affine: np.ndarray  # (3, 3)
     color_bias: np.ndarray    # (3,)
 
-    def white_balanced(self) -> "Shading":
-        """The same lighting made white: each channel divided by the lighting's colour (its ambient, degree-0
-        term, relative to the brightest channel). The tracker cannot tell a tinted light from a tinted skin and
-        fits the skin's tint into the light; colours baked under the white-balanced lighting keep it, so they look
-        like the person in the clip, and render exactly as before with this lighting."""
-        return Shading(self.sh / self.light_colour()[None], self.color_affine, self.color_bias)
-
     def light_colour(self) -> np.ndarray:
-        """(3,) the lighting's colour, brightest channel 1."""
-        ambient = np.clip(np.asarray(self.sh[0], np.float64), 1e-6, None)
-        return ambient / ambient.max()
+        """(3,) the lighting's colour (its ambient, degree-0 term), brightest channel 1."""
+        return light_colour(self.sh)
 
     def irradiance(self, normals_cam: np.ndarray) -> np.ndarray:
         """Unit camera-space normals (…, 3) -> shading S (…, 3)."""
-        import torch
-        from ..tracking.renderer import sh_basis
-        n = torch.as_tensor(np.ascontiguousarray(normals_cam.reshape(-1, 3)), dtype=torch.float32)
-        return (sh_basis(n) @ torch.as_tensor(self.sh, dtype=torch.float32)).numpy().reshape(normals_cam.shape)
-
-    def to_package(self, albedo01: np.ndarray) -> np.ndarray:
-        """Albedo in [0, 1] (sRGB) -> the package's convention (colour affine applied), clipped to [0, 1]."""
-        return np.clip(((2 * albedo01 - 1) @ self.color_affine.T + self.color_bias + 1) / 2, 0, 1)
-
-    def from_package(self, colours01: np.ndarray) -> np.ndarray:
-        """Inverse of ``to_package`` (before clipping)."""
-        inv = np.linalg.inv(self.color_affine.astype(np.float64))
-        return ((2 * colours01 - 1 - self.color_bias) @ inv.T + 1) / 2
+        return sh_irradiance(self.sh, normals_cam)
 
     def render(self, colours01: np.ndarray, normals_cam: np.ndarray) -> np.ndarray:
         """The tracker's image formation for package-convention colours (…, 3) -> pixel colours in [0, 1]."""
-        a = self.from_package(colours01)
+        inv = np.linalg.inv(self.color_affine.astype(np.float64))
+        a = ((2 * colours01 - 1 - self.color_bias) @ inv.T + 1) / 2
         S = self.irradiance(normals_cam)
         return np.clip(((2 * S * a - 1) @ self.color_affine.T + self.color_bias + 1) / 2, 0, 1)
+
+
+def light_colour(sh: np.ndarray) -> np.ndarray:
+    """(3,) colour of SH lighting (9, 3): its ambient, degree-0 term per channel, brightest channel 1."""
+    ambient = np.clip(np.asarray(sh[0], np.float64), 1e-6, None)
+    return ambient / ambient.max()
+
+
+@dataclass
+class Lighting:
+    """The bake's image formation, in linear light: ``srgb_to_linear(pixel) = S(n) * a`` per channel, with linear
+    albedo ``a`` and SH irradiance ``S(n) = SH(n) @ sh`` of the camera-space normal ``n``."""
+
+    sh: np.ndarray   # (9, 3) SH coefficients, camera space, linear light
+
+    REFERENCE_ALBEDO = 0.5
+    """sRGB-encoded albedo at which ``from_fitted`` matches the tracker's lighting (mid skin tones)."""
+
+    @classmethod
+    def from_fitted(cls, fitted: Shading) -> "Lighting":
+        """The tracker's lighting carried over to linear light: on directions facing the camera, the linear factor
+        that takes ``REFERENCE_ALBEDO`` to the tracker's predicted pixel (colour affine aside: it is close to the
+        identity), fitted by least squares. A starting point for ``fit_lighting``."""
+        n = fibonacci_sphere(512)
+        n = n[n[:, 2] < 0.2]                        # the hemisphere facing the camera (OpenCV: -z towards it)
+        ref = cls.REFERENCE_ALBEDO
+        target = srgb_to_linear(np.clip(fitted.irradiance(n) * ref, 0, 1)) / srgb_to_linear(ref)
+        sh, *_ = np.linalg.lstsq(sh_design(n), target, rcond=None)
+        return cls(sh.astype(np.float32))
+
+    def irradiance(self, normals_cam: np.ndarray) -> np.ndarray:
+        """Unit camera-space normals (…, 3) -> linear irradiance S (…, 3)."""
+        return sh_irradiance(self.sh, normals_cam)
+
+    def light_colour(self) -> np.ndarray:
+        """(3,) the lighting's colour where the face is seen, brightest channel 1: its mean irradiance over
+        directions facing the camera, weighted by how squarely they face it. (Not the ambient term: fitted to
+        normals on one hemisphere, the ambient and the towards-camera terms trade off against each other.)"""
+        n = fibonacci_sphere(512)
+        facing = np.clip(-n[:, 2], 0, None)
+        colour = np.clip((facing[:, None] * self.irradiance(n)).sum(0), 1e-6, None)
+        return colour / colour.max()
+
+    def white_balanced(self) -> "Lighting":
+        """The same lighting made white: each channel divided by the lighting's colour. A fit cannot tell a tinted
+        light from a tinted skin (it fits part of the skin's tint into the light); albedo baked under white
+        lighting keeps the tint, so it looks like the person in the clip under white light."""
+        return Lighting((self.sh / self.light_colour()[None]).astype(np.float32))
+
+    def render(self, colours01: np.ndarray, normals_cam: np.ndarray) -> np.ndarray:
+        """sRGB colours (…, 3) in [0, 1] lit by this lighting -> sRGB pixel colours in [0, 1]."""
+        lin = srgb_to_linear(np.clip(colours01, 0, 1)) * self.irradiance(normals_cam)
+        return linear_to_srgb(np.clip(lin, 0, 1))
+
+
+def fibonacci_sphere(n: int) -> np.ndarray:
+    """(n, 3) unit vectors spread evenly over the sphere."""
+    k = np.arange(n) + 0.5
+    z = 1 - 2 * k / n
+    r = np.sqrt(1 - z * z)
+    phi = np.pi * (3 - np.sqrt(5)) * k
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], -1)
 
 
 @dataclass
@@ -162,21 +229,39 @@ def fit_weights(landmark_error_px: np.ndarray) -> np.ndarray:
     return np.clip(ratio ** 2, 0.0, 1.0).astype(np.float32)
 
 
+MAX_OBSERVED_ALBEDO = 4.0
+"""Bound on one observation's linear albedo: above 1 until the lighting's scale is settled (``normalise_scale``)."""
+
+
 @dataclass
 class Observations:
-    """Per-frame estimates of the points' albedo: ``albedo_lin`` (T, N, 3) linear RGB, ``weight`` (T, N) >= 0,
-    ``special`` (T, N) bool (seen in an eye opening or the mouth interior)."""
+    """What each frame shows of the points, before any lighting: ``pixel_lin`` (T, N, 3) the frame's colour in
+    linear RGB, ``normal`` (T, N, 3) unit camera-space normals, ``weight`` (T, N) >= 0 how far the observation is
+    trusted (visibility, view angle, edges, the frame's fit), ``special`` (T, N) bool (seen in an eye opening or
+    the mouth interior)."""
 
-    albedo_lin: np.ndarray
+    pixel_lin: np.ndarray
+    normal: np.ndarray
     weight: np.ndarray
     special: np.ndarray
+
+    FIELDS = ("pixel_lin", "normal", "weight", "special")
 
     @classmethod
     def concatenate(cls, parts, axis: int) -> "Observations":
         """Join along frames (axis 0) or points (axis 1)."""
         parts = list(parts)
-        return cls(*(np.concatenate([getattr(p, k) for p in parts], axis=axis)
-                     for k in ("albedo_lin", "weight", "special")))
+        return cls(*(np.concatenate([getattr(p, k) for p in parts], axis=axis) for k in cls.FIELDS))
+
+    def albedo(self, lighting: Lighting, cfg: "BakeConfig"):
+        """Per-observation linear albedo under ``lighting`` -> (albedo_lin (T, N, 3), weight (T, N)): the weight
+        falls off where the shading is dark (the division amplifies noise there)."""
+        S = lighting.irradiance(self.normal.astype(np.float32))
+        level = linear_to_srgb(np.clip(S.mean(-1), 0, 1))
+        w_light = _ramp(level, 0.5 * cfg.min_shading, cfg.min_shading)
+        floor = srgb_to_linear(0.5 * cfg.min_shading)
+        a = np.clip(self.pixel_lin / np.maximum(S, floor), 0, MAX_OBSERVED_ALBEDO)
+        return a.astype(np.float32), (self.weight * w_light).astype(np.float32)
 
 
 def vertex_normals_batch(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -224,10 +309,10 @@ def _ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 class FrameGeometry:
-    """Per-batch z-buffer, edge distance and vertex normals of the posed mesh; samples any surface points."""
+    """Per-batch z-buffer, edge distance and vertex normals of the posed mesh; observes any surface points."""
 
-    def __init__(self, frames: FrameBatch, faces: np.ndarray, K: np.ndarray, shading: Shading, cfg: BakeConfig):
-        self.frames, self.faces, self.K, self.shading, self.cfg = frames, np.asarray(faces), K, shading, cfg
+    def __init__(self, frames: FrameBatch, faces: np.ndarray, K: np.ndarray, cfg: BakeConfig):
+        self.frames, self.faces, self.K, self.cfg = frames, np.asarray(faces), K, cfg
         T, H, W = frames.labels.shape
         frag = raster.rasterize_batch(frames.verts_cam, self.faces, K, H, W)
         self.depth = frag.depth
@@ -255,28 +340,22 @@ class FrameGeometry:
         cos = -(nrm * pos).sum(-1) / np.linalg.norm(pos, axis=-1).clip(1e-9)
         w_view = _ramp(cos, cfg.min_cos, 1.0)
         w_edge = _ramp(self.edge_dist[t, py, px] / self.size_px[:, None], 0.0, cfg.edge_margin)
-        S = self.shading.irradiance(nrm)                                      # (T, N, 3)
-        w_light = _ramp(S.mean(-1), 0.5 * cfg.min_shading, cfg.min_shading)
-        weight = (visible * w_view * w_edge * w_light).astype(np.float32)
+        weight = (visible * w_view * w_edge).astype(np.float32)
         if fr.fit_weight is not None:
             weight *= fr.fit_weight[:, None]
-        pixel = _bilinear(fr.images, uv)
-        inv = np.linalg.inv(self.shading.color_affine.astype(np.float64))
-        u = ((2 * pixel - 1 - self.shading.color_bias) @ inv.T + 1) / 2       # = S a, sRGB-encoded
-        a_lin = srgb_to_linear(np.clip(np.clip(u, 0, 1) / np.maximum(S, 0.5 * cfg.min_shading), 0, 1))
-        return Observations(a_lin.astype(np.float32), weight, fr.special[t, py, px] & visible)
+        pixel_lin = srgb_to_linear(_bilinear(fr.images, uv)).astype(np.float32)
+        return Observations(pixel_lin, nrm.astype(np.float16), weight, fr.special[t, py, px] & visible)
 
 
-def observe(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, shading: Shading, points: SurfacePoints,
-            cfg: BakeConfig, point_chunk: int = 262_144) -> Observations:
-    """Observations of ``points`` in every frame, ``cfg.batch_frames`` frames and ``point_chunk`` points at a
-    time -> Observations (T, N, …)."""
-    parts = []
-    for s in range(0, len(frames), cfg.batch_frames):
-        geo = FrameGeometry(frames.subset(slice(s, s + cfg.batch_frames)), faces, K, shading, cfg)
-        parts.append(Observations.concatenate((geo.observe(points.subset(slice(p, p + point_chunk)))
-                                               for p in range(0, len(points), point_chunk)), axis=1))
-    return Observations.concatenate(parts, axis=0)
+def frame_geometries(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, cfg: BakeConfig) -> list:
+    """``FrameGeometry`` of every ``cfg.batch_frames`` frames."""
+    return [FrameGeometry(frames.subset(slice(s, s + cfg.batch_frames)), faces, K, cfg)
+            for s in range(0, len(frames), cfg.batch_frames)]
+
+
+def observe(geometries: list, points: SurfacePoints) -> Observations:
+    """Observations (T, N, …) of ``points`` in the frames of ``geometries`` (``frame_geometries``)."""
+    return Observations.concatenate((g.observe(points) for g in geometries), axis=0)
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -298,25 +377,68 @@ class RobustAlbedo:
     weight: np.ndarray
     special: np.ndarray
 
+    @classmethod
+    def concatenate(cls, parts) -> "RobustAlbedo":
+        parts = list(parts)
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("albedo_lin", "weight", "special")))
 
-def combine(obs: Observations, cfg: BakeConfig) -> RobustAlbedo:
-    """Robust combination across frames.
+
+def residual(albedo_lin: np.ndarray, reference_lin: np.ndarray) -> np.ndarray:
+    """Distance of observations (T, N, 3) from reference albedo (N, 3): mean absolute difference over the channels,
+    sRGB-encoded (perceptually even, so one threshold serves dark and light colours) -> (T, N)."""
+    return np.abs(linear_to_srgb(albedo_lin) - linear_to_srgb(reference_lin)[None]).mean(-1)
+
+
+def combine(obs: Observations, lighting: Lighting, cfg: BakeConfig) -> RobustAlbedo:
+    """Robust combination across frames of the observations' albedo under ``lighting``.
 
     A point belongs to the eyes / mouth interior when ``cfg.special_share`` of its observation weight lies in those
     regions; it then uses only those observations, and every other point only the rest, so skin never smears into
     the eyes or the mouth and vice versa. Weighted median per channel, then the weighted mean of the observations
     near it.
     """
-    w = obs.weight
+    albedo, w = obs.albedo(lighting, cfg)
     w_special = (w * obs.special).sum(0)
     special = w_special > cfg.special_share * w.sum(0)
     w = np.where(obs.special == special[None], w, 0.0).astype(np.float32)
-    med = weighted_median(obs.albedo_lin, w)
-    dist = np.abs(linear_to_srgb(obs.albedo_lin) - linear_to_srgb(med)[None]).mean(-1)
-    w_in = w * (dist < cfg.inlier_distance)
+    med = weighted_median(albedo, w)
+    w_in = w * (residual(albedo, med) < cfg.inlier_distance)
     total = w_in.sum(0)
-    mean = (w_in[..., None] * obs.albedo_lin).sum(0) / np.maximum(total, 1e-12)[:, None]
+    mean = (w_in[..., None] * albedo).sum(0) / np.maximum(total, 1e-12)[:, None]
     return RobustAlbedo(np.where(total[:, None] > 0, mean, med).astype(np.float32), total, special)
+
+
+def bake_points(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting: Lighting, points: SurfacePoints,
+                cfg: BakeConfig, max_observations: int = 4_000_000) -> RobustAlbedo:
+    """``combine`` for many points (texels): the frames' geometry once, then the points in chunks of at most
+    ``max_observations`` observations (bounded memory)."""
+    geometries = frame_geometries(frames, faces, K, cfg)
+    chunk = max(1, max_observations // max(len(frames), 1))
+    return RobustAlbedo.concatenate(combine(observe(geometries, points.subset(slice(p, p + chunk))), lighting, cfg)
+                                    for p in range(0, len(points), chunk))
+
+
+def fit_lighting(obs: Observations, robust: RobustAlbedo, lighting: Lighting, cfg: BakeConfig,
+                 max_rows: int = 500_000) -> Lighting:
+    """Refit the SH lighting in linear light to the observations, given the combined albedo: per channel, weighted
+    least squares of ``pixel_lin = (SH(n) @ sh) * albedo`` over the skin observations that ``combine`` kept as
+    inliers (eyes, the mouth interior, occluders and highlights do not pull the light); at most ``max_rows``
+    observations, evenly strided."""
+    albedo, w = obs.albedo(lighting, cfg)
+    w = w * (residual(albedo, robust.albedo_lin) < cfg.inlier_distance) * ~obs.special * ~robust.special[None]
+    t, n = np.nonzero(w > 0)
+    if len(t) < 64:
+        return lighting
+    step = max(1, len(t) // max_rows)
+    t, n = t[::step], n[::step]
+    Y = sh_design(obs.normal[t, n].astype(np.float32)).astype(np.float64)   # (O, 9)
+    sw = np.sqrt(w[t, n]).astype(np.float64)[:, None]
+    sh = np.empty((9, 3))
+    for c in range(3):   # three 9-parameter fits
+        X = Y * robust.albedo_lin[n, c, None] * sw
+        y = obs.pixel_lin[t, n, c, None] * sw
+        sh[:, c] = np.linalg.lstsq(X, y, rcond=None)[0][:, 0]
+    return Lighting(sh.astype(np.float32))
 
 
 def smooth_on_mesh(values: np.ndarray, faces: np.ndarray, passes: int) -> np.ndarray:
@@ -358,11 +480,11 @@ class BakedColours:
     special: np.ndarray
 
 
-def blend_vertices(robust: RobustAlbedo, model_albedo_u8: np.ndarray, faces: np.ndarray, shading: Shading,
+def blend_vertices(robust: RobustAlbedo, model_albedo_u8: np.ndarray, faces: np.ndarray,
                    cfg: BakeConfig) -> BakedColours:
-    """Package-convention vertex colours: the baked estimate where seen well, the model albedo (matched to the
-    subject's tone) elsewhere, with a blend weight smoothed over the mesh so the transition has no seam."""
-    baked = shading.to_package(linear_to_srgb(robust.albedo_lin))
+    """sRGB vertex colours: the baked estimate where seen well, the model albedo (matched to the subject's tone)
+    elsewhere, with a blend weight smoothed over the mesh so the transition has no seam."""
+    baked = linear_to_srgb(robust.albedo_lin)
     model = model_albedo_u8.astype(np.float64) / 255.0
     alpha = robust.weight / (robust.weight + cfg.prior_weight)
     trusted = alpha * (alpha > 0.5) * ~robust.special
@@ -374,19 +496,37 @@ def blend_vertices(robust: RobustAlbedo, model_albedo_u8: np.ndarray, faces: np.
                         robust.special)
 
 
-def bake_vertices(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, shading: Shading,
-                  model_albedo_u8: np.ndarray, cfg: BakeConfig = BakeConfig()) -> BakedColours:
-    """Vertex colours of the canonical mesh from ``frames`` (its posed copies in ``frames.verts_cam``)."""
-    points = SurfacePoints.of_vertices(faces, len(model_albedo_u8))
-    robust = combine(observe(frames, faces, K, shading, points, cfg), cfg)
-    return blend_vertices(robust, model_albedo_u8, faces, shading, cfg)
+def bake_vertices(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting: Lighting,
+                  model_albedo_u8: np.ndarray, cfg: BakeConfig = BakeConfig()):
+    """Vertex colours of the canonical mesh from ``frames`` (its posed copies in ``frames.verts_cam``), starting
+    from ``lighting`` (e.g. ``Lighting.from_fitted``): ``cfg.lighting_iterations`` rounds of combining the
+    observations and refitting the white-balanced lighting to them. -> (BakedColours, the final Lighting)."""
+    obs = observe(frame_geometries(frames, faces, K, cfg), SurfacePoints.of_vertices(faces, len(model_albedo_u8)))
+    robust = combine(obs, lighting, cfg)
+    for _ in range(cfg.lighting_iterations):
+        lighting = fit_lighting(obs, robust, lighting, cfg).white_balanced()
+        robust = combine(obs, lighting, cfg)
+    robust, lighting = normalise_scale(robust, lighting, cfg)
+    return blend_vertices(robust, model_albedo_u8, faces, cfg), lighting
 
 
-def render_shaded(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple, shading: Shading,
+def normalise_scale(robust: RobustAlbedo, lighting: Lighting, cfg: BakeConfig):
+    """Albedo and lighting rescaled (the video cannot tell their scales apart: the product is what it shows) so
+    the brightest well-seen colours (the 99.5th percentile of the skin points' brightest channel) stay within
+    ``cfg.max_albedo`` and no baked colour clips; only ever darkens. -> (RobustAlbedo, Lighting)."""
+    seen = (robust.weight > 0) & ~robust.special
+    if not seen.any():
+        return robust, lighting
+    k = max(float(np.percentile(robust.albedo_lin[seen].max(1), 99.5)) / cfg.max_albedo, 1.0)
+    return (dataclasses.replace(robust, albedo_lin=(robust.albedo_lin / k).astype(np.float32)),
+            Lighting((lighting.sh * k).astype(np.float32)))
+
+
+def render_shaded(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple, lighting,
                   colours_u8: np.ndarray, uv: np.ndarray | None = None):
-    """The posed mesh under the fitted lighting, as the tracker's image formation predicts the frames, coloured by
-    per-vertex colours (V, 3) uint8 or, with ``uv`` (F, 3, 2), by a texture (S, S, 3) uint8 (row 0 at v = 1);
-    package colour convention. verts_cam (T, V, 3) -> images (T, H, W, 3) float in [0, 1], coverage (T, H, W)."""
+    """The posed mesh under ``lighting`` (a ``Lighting``, or the tracker's ``Shading`` for its own albedo), coloured
+    by per-vertex colours (V, 3) uint8 or, with ``uv`` (F, 3, 2), by a texture (S, S, 3) uint8 (row 0 at v = 1).
+    verts_cam (T, V, 3) -> images (T, H, W, 3) float in [0, 1], coverage (T, H, W)."""
     W, H = size
     frag = raster.rasterize_batch(verts_cam, faces, K, H, W)
     covered = frag.tri >= 0
@@ -403,5 +543,5 @@ def render_shaded(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, size:
         st = np.einsum("nk,nkc->nc", bary, uv[frag.tri[covered]])
         c = _bilinear(colours_u8[None], np.stack([st[:, 0] * S, (1 - st[:, 1]) * S], -1)[None])[0]
     out = np.zeros(covered.shape + (3,), np.float32)
-    out[covered] = shading.render(c, n)
+    out[covered] = lighting.render(c, n)
     return out, covered

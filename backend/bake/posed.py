@@ -1,17 +1,25 @@
-"""Baked colours on posed surfaces of any topology (the per-frame USD meshes): each posed point is carried back to
-the canonical space by the model's backward deformation and takes the colour of the canonical surface there."""
+"""Baked colours on posed surfaces of any topology (the per-frame USD meshes).
+
+A tracking run, which holds the model, carries each posed point back to the canonical space by the model's backward
+deformation and takes the colour of the canonical surface there (``CanonicalColours.at_posed``). A re-bake holds no
+model; it recolours the package's USD meshes in posed space instead (``recolour_mesh_sequence``): each USD vertex
+takes the colour of the nearest points of the same frame's posed canonical mesh (the package's per-frame
+vertices: the same surface, another tessellation)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from ..contracts.result_format import ResultPackage
+
 
 class CanonicalColours:
     """Colours of the canonical mesh, looked up at canonical points.
 
     Args:
-        vertices: (V, 3) canonical mesh vertices, model units.
+        vertices: (V, 3) vertices of the mesh the colours belong to (the canonical mesh in model units, or a
+            frame's posed copy of it).
         colours: (V, 3) uint8 sRGB.
         k: nearest vertices blended by inverse distance (smooth across the mesh's own vertex spacing).
     """
@@ -22,7 +30,7 @@ class CanonicalColours:
         self.k = k
 
     def at(self, points: np.ndarray) -> np.ndarray:
-        """(N, 3) canonical points, model units -> (N, 3) uint8."""
+        """(N, 3) points (the vertices' units) -> (N, 3) uint8."""
         d, i = self.tree.query(np.asarray(points, np.float64), k=self.k)
         w = 1.0 / np.maximum(d, 1e-6)
         c = (w[..., None] * self.colours[i]).sum(1) / w.sum(1, keepdims=True)
@@ -38,3 +46,19 @@ class CanonicalColours:
         offsets = torch.cat([model.deformation(x[None, s:s + chunk], z_geo, z_exp)[0][0]
                              for s in range(0, len(x), chunk)]) if len(x) else x
         return self.at((x + offsets).cpu().numpy())
+
+
+def recolour_mesh_sequence(pkg: ResultPackage, colours: np.ndarray, out) -> None:
+    """Write the package's per-frame USD meshes to ``out`` (geometry and timing as they are) coloured by the
+    canonical-mesh ``colours`` (V, 3) uint8, looked up on each frame's posed canonical mesh."""
+    from ..usd_export import FrameMesh, read_mesh_sequence, write_mesh_sequence
+    fps, frames = read_mesh_sequence(pkg.usd_path)
+    posed = pkg.frame_arrays(["vertices"])["vertices"]                 # (T, V, 3) metres, before the rigid pose
+    row = {int(i): k for k, i in enumerate(pkg.frame_indices)}
+
+    def recoloured():
+        for frame in frames:
+            lookup = CanonicalColours(posed[row[frame.frame_index]], colours)
+            yield FrameMesh(frame.frame_index, frame.vertices, frame.triangles, lookup.at(frame.vertices))
+
+    write_mesh_sequence(out, recoloured(), fps)

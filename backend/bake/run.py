@@ -3,7 +3,9 @@
 ``bake`` works on decoded frames in memory; a tracking run calls it with the frames and poses it holds (it never
 reads its package back), ``bake_package`` re-reads a finished package's tracked frames and the clip it came from.
 Both write ``baked_albedo`` / ``baked_confidence`` (and ``uv`` + ``texture.png``) through
-``ResultWriter.write_bake``, so a crash leaves the previous bake in place.
+``ResultWriter.write_bake``, so a crash leaves the previous bake in place. A re-bake also recolours the package's
+per-frame USD meshes: the new file is written beside the old one first and replaces it right after the colours,
+so the package never loses a result and its two colourings differ only if the process dies between two renames.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..contracts.result_format import CanonicalMesh, PackageError, ResultPackage, ResultWriter
-from .albedo import BakeConfig, BakedColours, FrameBatch, Shading, bake_vertices
+from ..contracts.track_config import check_texture_size
+from .albedo import BakeConfig, BakedColours, FrameBatch, Lighting, Shading, bake_vertices
 from .frames import package_frames, package_shading, select_frames
 
 
@@ -55,10 +58,12 @@ def bake(frames: FrameBatch, indices: np.ndarray, vertex_rows: np.ndarray, mesh:
     colours use. A texture uses the frames ``request.texture_frames`` (among ``indices``) or those of the vertex rows
     that ``rotation`` (T, 3, 3) and expression codes ``z_exp`` (T, E) score best."""
     t0 = time.perf_counter()
-    shading = fitted.white_balanced()
-    baked = bake_vertices(frames.subset(vertex_rows), mesh.triangles, K, shading, mesh.albedo, cfg)
+    start = Lighting.from_fitted(fitted)
+    baked, lighting = bake_vertices(frames.subset(vertex_rows), mesh.triangles, K, start.white_balanced(),
+                                    mesh.albedo, cfg)
     settings = {"frames": [int(i) for i in indices[vertex_rows]], "texture_frames": None, "texture_size": None,
-                "light_colour": [round(float(c), 4) for c in fitted.light_colour()]}
+                "light_colour": [round(float(c), 4) for c in start.light_colour()],
+                "lighting_sh": np.round(lighting.sh.astype(np.float64), 5).tolist()}
     result = BakeResult(baked, settings)
     if request.texture:
         from .texture import bake_texture, encode_png, frame_scores, unwrap
@@ -68,7 +73,7 @@ def bake(frames: FrameBatch, indices: np.ndarray, vertex_rows: np.ndarray, mesh:
             score = frame_scores(frames.subset(vertex_rows), rotation[vertex_rows], z_exp[vertex_rows])
             tex_rows = np.sort(vertex_rows[np.argsort(-score, kind="stable")[: cfg.texture_frames]])
         result.uv = unwrap(mesh.vertices, mesh.triangles)
-        image = bake_texture(frames.subset(tex_rows), mesh.triangles, K, shading, result.uv, baked.colours,
+        image = bake_texture(frames.subset(tex_rows), mesh.triangles, K, lighting, result.uv, baked.colours,
                              request.texture_size, cfg)
         result.png = encode_png(image)
         settings.update(texture_frames=[int(i) for i in indices[tex_rows]], texture_size=int(request.texture_size))
@@ -90,9 +95,10 @@ def bake_package(root, request: BakeRequest = BakeRequest(), cfg: BakeConfig = B
     if untracked:
         raise PackageError(f"texture frames {untracked} are not tracked frames of {pkg.root}",
                            "Pick texture frames among the tracked ones (see the manifest).")
-    if request.texture_size < 64 or request.texture_size > 8192:
-        raise PackageError(f"texture size {request.texture_size} is outside 64..8192",
-                           "Choose a texture size such as 1024, 2048 or 4096.")
+    try:
+        check_texture_size(request.texture_size)
+    except ValueError as e:
+        raise PackageError(str(e), "Choose a texture size such as 1024, 2048 or 4096.") from None
     indices = np.union1d(vertex_frames, np.asarray(request.texture_frames or (), np.int64))
 
     def progress(done, total, frame):
@@ -105,12 +111,21 @@ def bake_package(root, request: BakeRequest = BakeRequest(), cfg: BakeConfig = B
     mesh = pkg.canonical_mesh()
     result = bake(frames, indices, np.searchsorted(indices, vertex_frames), mesh, pkg.intrinsics().matrix(),
                   package_shading(pkg), request, cfg, arrays["rotation"][at], arrays["z_exp"][at])
-    result.settings["seconds"] = round(time.perf_counter() - t0, 2)
     state = pkg.manifest["state"]
     writer = ResultWriter(root, pkg.manifest)   # the package lock: no tracking run writes it meanwhile
+    staged = None
     try:
+        if pkg.usd_path is not None:
+            from .posed import recolour_mesh_sequence
+            staged = pkg.usd_path.with_name(f".{pkg.usd_path.stem}.rebake{pkg.usd_path.suffix}")
+            recolour_mesh_sequence(pkg, result.colours.colours, staged)
+        result.settings["seconds"] = round(time.perf_counter() - t0, 2)
         result.write(writer, mesh)
+        if staged is not None:
+            staged.replace(pkg.usd_path)
     except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
         writer.abort(state)
         raise
     writer.finish(state)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..contracts.conventions import linear_to_srgb
 from ..tracking import raster
-from .albedo import BakeConfig, FrameBatch, Shading, SurfacePoints, combine, observe
+from .albedo import BakeConfig, FrameBatch, Lighting, SurfacePoints, bake_points
 
 
 def unwrap(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -52,13 +52,13 @@ def frame_scores(frames: FrameBatch, rotation: np.ndarray, z_exp: np.ndarray) ->
     return rank(frontal) + rank(sharp) + rank(neutral)
 
 
-def bake_texture(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, shading: Shading, uv: np.ndarray,
+def bake_texture(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting: Lighting, uv: np.ndarray,
                  vertex_colours_u8: np.ndarray, size: int = 2048, cfg: BakeConfig = BakeConfig()) -> np.ndarray:
-    """(size, size, 3) uint8 sRGB texture (package colour convention) from ``frames``."""
+    """(size, size, 3) uint8 sRGB texture from ``frames`` under ``lighting`` (the vertex bake's)."""
     from scipy.ndimage import distance_transform_edt, gaussian_filter
     points, pix = texel_points(uv, size)
-    robust = combine(observe(frames, faces, K, shading, points, cfg), cfg)
-    baked = shading.to_package(linear_to_srgb(robust.albedo_lin))
+    robust = bake_points(frames, faces, K, lighting, points, cfg)
+    baked = linear_to_srgb(robust.albedo_lin)
     fill = points.interpolate(faces, vertex_colours_u8.astype(np.float32) / 255.0)
     alpha = np.zeros(size * size)
     alpha[pix] = robust.weight / (robust.weight + cfg.prior_weight)

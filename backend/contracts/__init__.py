@@ -7,6 +7,7 @@
     landmark_tables  anchor semantics, anchor↔iBUG-68 / MediaPipe tables, ICT placement docs/conventions.md
     arkit            the 52 ARKit channel names, ICT-FaceKit → ARKit mapping            docs/conventions.md
     geometry         similarity fit (Umeyama) shared by tracking, training, evaluation
+    mediapipe_models which MediaPipe API a Python gets, the Tasks API's model files and their registry wheels
     retarget/        performances, ARKit name conventions and mappings, smoothing, the   docs/retargeting.md
                      Live Link Face CSV
 

@@ -66,6 +66,11 @@ def model_to_blender_points(points: np.ndarray) -> np.ndarray:
     return np.asarray(points) @ MODEL_TO_BLENDER.T
 
 
+def blender_to_model_points(points: np.ndarray) -> np.ndarray:
+    """(…, 3) Blender-axis points → model axes (same units; the inverse of ``model_to_blender_points``)."""
+    return np.asarray(points) @ MODEL_TO_BLENDER
+
+
 def similarity_matrices(scale: np.ndarray, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     """Model→camera 4×4 matrices (T, 4, 4) from scale (T,), rotation (T, 3, 3), translation (T, 3)."""
     scale = np.asarray(scale, dtype=np.float64).reshape(-1)

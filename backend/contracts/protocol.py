@@ -150,8 +150,9 @@ class EventWriter:
         fields = {} if timings is None else {"timings": {k: round(float(v), 3) for k, v in timings.items()}}
         self.emit("result", path=str(path), frames_done=frames_done, **fields)
 
-    def error(self, message: str, hint: str = "", code: str = "internal") -> None:
-        self.emit("error", message=message, hint=hint, code=code)
+    def error(self, message: str, hint: str = "", code: str = "internal", clip: str | None = None) -> None:
+        """``clip``: the batch clip that failed (a batch's driver reports its clips' errors)."""
+        self.emit("error", message=message, hint=hint, code=code, **({} if clip is None else {"clip": clip}))
 
     def clip_state(self, clip: str, state: str, path: str, source: str, host: str | None = None,
                    pid: int | None = None) -> None:

@@ -573,8 +573,8 @@ class ResultWriter:
     # -- queries
     @property
     def done_frames(self) -> set[int]:
-        """Source indices already tracked (status 'tracked'); a resumed run skips these."""
-        return {f["index"] for f in self.manifest["frames"] if f["status"] == "tracked"}
+        """Source indices already tracked (``tracked_frames``); a resumed run skips these."""
+        return tracked_frames(self.manifest)
 
     @property
     def has_identity(self) -> bool:
@@ -783,6 +783,19 @@ def read_manifest(root: str | os.PathLike) -> dict:
             raise PackageError(f"{MANIFEST} lacks '{key}'", "Re-run tracking to rewrite the package.")
     _check_manifest_fields(manifest)
     return manifest
+
+
+def read_manifest_or_none(root: str | os.PathLike) -> dict | None:
+    """``read_manifest``, or None where ``root`` holds no valid package (not written yet, damaged, foreign)."""
+    try:
+        return read_manifest(root)
+    except PackageError:
+        return None
+
+
+def tracked_frames(manifest: dict) -> set[int]:
+    """Source indices of the package's tracked frames (status 'tracked'): what a resumed run does not fit again."""
+    return {f["index"] for f in manifest["frames"] if f["status"] == "tracked"}
 
 
 def _refuse_constant(name: str):

@@ -88,6 +88,11 @@ class TrackConfig:
     frame, source pixels)"""
     seed: int = 0
     """random seed (the same seed and settings give the same result)"""
+    texture: bool = False
+    """also bake the subject's colours into a texture (UV atlas + PNG) from the clip's most frontal, sharp and neutral
+    frames, so the imported head is textured (the vertex colours are baked either way)"""
+    texture_size: int = field(default=2048, metadata=_option(metavar="PX"))
+    """texture width and height in pixels (with --texture)"""
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace, **fields) -> "TrackConfig":
@@ -105,6 +110,7 @@ class TrackConfig:
         if self.official_checkpoint and not self.mean_anchors:
             raise ValueError("an official checkpoint needs its mean-anchors file (anchors_65.npy)")
         parse_face(self.face)
+        check_texture_size(self.texture_size)
 
     def to_argv(self, exclude: tuple[str, ...] = ()) -> list[str]:
         """The ``track`` arguments that give this config (after ``python -m backend track``), without the fields in
@@ -123,6 +129,17 @@ class TrackConfig:
             else:
                 argv += [_flag(f.name), repr(float(value)) if isinstance(value, float) else str(value)]
         return argv
+
+
+TEXTURE_SIZE_RANGE = (64, 8192)
+"""Texture sizes (pixels, inclusive) the bake accepts."""
+
+
+def check_texture_size(size: int) -> None:
+    """Raise ValueError (a user-facing message) for a texture size outside ``TEXTURE_SIZE_RANGE``."""
+    lo, hi = TEXTURE_SIZE_RANGE
+    if not lo <= int(size) <= hi:
+        raise ValueError(f"texture size {size} is outside {lo}..{hi}; choose e.g. 1024, 2048 or 4096")
 
 
 def parse_face(text: str) -> str | tuple[float, float]:

@@ -29,10 +29,12 @@ def mean_head_mesh(ict, scale: float, rotation: np.ndarray, translation: np.ndar
 
 
 def mediapipe_triangles() -> np.ndarray:
-    """(F, 3) triangles of MediaPipe's 468-vertex canonical face mesh, from the tesselation edge list."""
-    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
+    """(F, 3) triangles of MediaPipe's 468-vertex canonical face mesh, from the tesselation edge list (the Tasks
+    API's copy: both mediapipe 0.10.21 and the Tasks-only releases have it, the same edges as the legacy one)."""
+    from mediapipe.tasks.python.vision import FaceLandmarksConnections
 
-    e = np.array(sorted({tuple(sorted(x)) for x in FACEMESH_TESSELATION}), np.int64)  # (E, 2), a < b
+    edges = {tuple(sorted((c.start, c.end))) for c in FaceLandmarksConnections.FACE_LANDMARKS_TESSELATION}
+    e = np.array(sorted(edges), np.int64)  # (E, 2), a < b
     adj = np.zeros((N_MESH_LANDMARKS, N_MESH_LANDMARKS), bool)
     adj[e[:, 0], e[:, 1]] = adj[e[:, 1], e[:, 0]] = True
     common = adj[e[:, 0]] & adj[e[:, 1]]  # (E, 468): vertices adjacent to both ends
@@ -66,18 +68,17 @@ class MediaPipeBaseline:
     static_image_mode: bool = False
 
     def detect(self, frames: list[np.ndarray]) -> np.ndarray:
-        from mediapipe.python.solutions import face_mesh
+        from ..tracking.mediapipe_graphs import face_mesh_graph
 
         out = np.full((len(frames), 478, 3), np.nan)
-        with face_mesh.FaceMesh(static_image_mode=self.static_image_mode, max_num_faces=1, refine_landmarks=True,
-                                min_detection_confidence=0.5, min_tracking_confidence=0.5) as fm:
+        graph = face_mesh_graph(self.static_image_mode, max_faces=1)
+        try:
             for i, img in enumerate(frames):
-                res = fm.process(np.ascontiguousarray(img))
-                if not res.multi_face_landmarks:
-                    continue
-                h, w = img.shape[:2]
-                lm = res.multi_face_landmarks[0].landmark
-                out[i] = np.array([(p.x, p.y, p.z) for p in lm]) * np.array([w, h, w])  # 478 protos per frame
+                faces = graph.process(img)
+                if faces:
+                    out[i] = faces[0]
+        finally:
+            graph.close()
         return out
 
     @staticmethod

@@ -125,11 +125,6 @@ def _look_rotation(direction: np.ndarray):
     return Vector(tuple(float(x) for x in direction)).to_track_quat("-Z", "Y").to_euler()
 
 
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.clip(np.asarray(c, np.float64), 0.0, 1.0)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
 def _head_object(scene, n_vertices: int, triangles: np.ndarray, loop_uv: np.ndarray, texture: np.ndarray,
                  corner_colors: np.ndarray | None = None, corner_material: np.ndarray | None = None):
     import bpy
@@ -172,7 +167,7 @@ def _head_object(scene, n_vertices: int, triangles: np.ndarray, loop_uv: np.ndar
     if corner_colors is not None and corner_material is not None:
         # second material: per-corner colours (eyeballs), glossy
         attr = mesh.color_attributes.new("corner_albedo", "FLOAT_COLOR", "CORNER")
-        lin = _srgb_to_linear(np.asarray(corner_colors).reshape(-1, 3))
+        lin = conventions.srgb_to_linear(np.clip(np.asarray(corner_colors, np.float64).reshape(-1, 3), 0.0, 1.0))
         attr.data.foreach_set("color", np.concatenate([lin, np.ones((len(lin), 1))], 1).astype(np.float32).ravel())
         eye = bpy.data.materials.new("eye")
         eye.use_nodes = True

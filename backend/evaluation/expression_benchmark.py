@@ -2,9 +2,11 @@
 
 For each expression clip (``expression_clips``, cached) the tracker CLI tracks every frame; its ARKit weights are
 compared with the truth (the clip's ICT weights through ``arkit.ict_to_arkit``) per active (clip, channel) pair
-(``channel_metrics``), beside the all-zeros prediction. Diagnostics per clip: the tracker's ICT weights through the
-direct ICT->ARKit map (regressor vs map), MediaPipe's eyelid opening against the true blink (is the signal in the
-detector's points?), all-channel MAE (secondary) and, on a few frames, the geometry protocol's Chamfer-L1.
+(``channel_metrics``), beside the all-zeros prediction and the landmark regressor alone (no tracking: the tracker's
+own values for the channels it takes from it, so those can be measured on many clips in seconds). Diagnostics per
+clip: the tracker's ICT weights through the direct ICT->ARKit map (regressor vs map), MediaPipe's eyelid opening
+against the true blink (is the signal in the detector's points?), all-channel MAE (secondary) and, on a few frames,
+the geometry protocol's Chamfer-L1.
 
 ``real_clip_jitter``: on a real clip, the tracked mesh's projected vertices that best follow MediaPipe's inner face
 points against those points themselves (mean |second difference| and mean distance).
@@ -73,12 +75,35 @@ def _tracked_curves(package: Path, T: int) -> tuple[np.ndarray | None, np.ndarra
     return (out if ak else None), direct
 
 
-def mediapipe_blink_signal(video: Path, T: int) -> dict[str, np.ndarray]:
-    """Per blink channel (T,) 1 - eyelid opening / its clip maximum from MediaPipe's points (NaN where no face):
-    eyelid opening = |upper - lower| / |outer - inner corner|."""
+def mediapipe_points(video: Path, T: int) -> np.ndarray:
+    """(T, 478, 3) MediaPipe's points (u, v, relative depth) in pixels, video mode as the tracker runs it (NaN where
+    no face)."""
     from . import baselines
 
-    lm = baselines.MediaPipeBaseline().detect(baselines.read_video_frames(video, max_frames=T))[..., :2]
+    return baselines.MediaPipeBaseline().detect(baselines.read_video_frames(video, max_frames=T))
+
+
+def landmark_regressor_curves(points: np.ndarray, model_dir: Path | None = None) -> np.ndarray | None:
+    """(T, 52) ARKit weights of the landmark regressor alone (``tracking.expression_init``, read against the clip's
+    rest face, through the direct ICT->ARKit map; NaN rows without a face), None when the model has no regressor.
+    For the channels the tracker takes from the regressor (``CodeSpace.landmark_channels``) these are the tracker's
+    own values; for the others they show what the points alone carry."""
+    from .. import BUILTIN_MODEL_DIR
+    from ..tracking.expression_init import LandmarkExpressionRegressor, rest_features
+
+    reg = LandmarkExpressionRegressor.load(model_dir or BUILTIN_MODEL_DIR)
+    ok = np.isfinite(points).all((1, 2))
+    if reg is None or ok.sum() < 3:
+        return None
+    out = np.full((len(points), 52), np.nan)
+    out[ok] = arkit_truth(reg(points[ok], rest_features(points[ok])))
+    return out
+
+
+def mediapipe_blink_signal(points: np.ndarray) -> dict[str, np.ndarray]:
+    """Per blink channel (T,) 1 - eyelid opening / its clip maximum from MediaPipe's points (T, 478, >=2) (NaN where
+    no face): eyelid opening = |upper - lower| / |outer - inner corner|."""
+    lm = points[..., :2]
     out = {}
     for ch, (up, lo, a, b) in MP_EYELID.items():
         opening = np.linalg.norm(lm[:, up] - lm[:, lo], axis=-1) / np.linalg.norm(lm[:, a] - lm[:, b], axis=-1)
@@ -88,8 +113,8 @@ def mediapipe_blink_signal(video: Path, T: int) -> dict[str, np.ndarray]:
 
 def evaluate_expression_clip(clip: ec.ExpressionClip, run: benchmark.TrackerRun | None, cfg: ExpressionBenchmarkConfig,
                              log=print) -> dict:
-    """Per-method pair metrics and diagnostics of one clip (methods: tracker, its direct map, zeros, MediaPipe
-    eyelid signal for the blink channels)."""
+    """Per-method pair metrics and diagnostics of one clip (methods: tracker, its direct map, zeros, the landmark
+    regressor alone, MediaPipe eyelid signal for the blink channels)."""
     gt = clip.ground_truth()
     T = len(gt.w_ex)
     truth = arkit_truth(gt.w_ex)
@@ -106,7 +131,11 @@ def evaluate_expression_clip(clip: ec.ExpressionClip, run: benchmark.TrackerRun 
         out["all_channel_mae"][method] = float(np.abs(tr[ok] - truth[ok]).mean())
 
     add("zeros", np.zeros_like(truth))
-    mp = mediapipe_blink_signal(clip.video, T)
+    points = mediapipe_points(clip.video, T)
+    regressor = landmark_regressor_curves(points)
+    if regressor is not None:
+        add("landmark_regressor", regressor)
+    mp = mediapipe_blink_signal(points)
     mp_arr = np.zeros_like(truth)
     for ch, sig in mp.items():
         mp_arr[:, arkit.ARKIT_INDEX[ch]] = np.nan_to_num(sig)
@@ -243,4 +272,4 @@ def real_clip_jitter(video: Path, package: Path, max_frames: int | None = None) 
 
 __all__ = ["ExpressionBenchmarkConfig", "run_expression_benchmark", "evaluate_expression_clip", "summarise_clips",
            "format_expression_table", "format_channel_table", "real_clip_jitter", "arkit_truth",
-           "mediapipe_blink_signal"]
+           "mediapipe_blink_signal", "mediapipe_points", "landmark_regressor_curves"]

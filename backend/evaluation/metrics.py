@@ -86,6 +86,8 @@ def similarity_icp(pred_vertices: np.ndarray, pred_normals: np.ndarray, gt_point
     """
     import torch
 
+    from ..model.optim import Adam
+
     st = settings or ICPSettings()
     V = np.asarray(pred_vertices, np.float64)
     NV = np.asarray(pred_normals, np.float64)
@@ -99,12 +101,9 @@ def similarity_icp(pred_vertices: np.ndarray, pred_normals: np.ndarray, gt_point
     if near.any() and np.median(np.einsum("ij,ij->i", NV[j0[near]], NP[near])) < 0:
         NV = -NV
 
-    # parameters: [scale, 3 Euler angles, 3 translation]; Adam written out (torch.optim pulls in torch._dynamo,
-    # seconds of import time per process, for 7 scalars)
+    # parameters: [scale, 3 Euler angles, 3 translation]
     theta = torch.tensor([1.0, 0, 0, 0, 0, 0, 0], dtype=torch.float64, requires_grad=True)
-    m1 = torch.zeros(7, dtype=torch.float64)
-    m2 = torch.zeros(7, dtype=torch.float64)
-    b1, b2, eps = 0.9, 0.999, 1e-8
+    opt = Adam([{"params": [theta], "lr": st.lr}])
     Pt = torch.from_numpy(P)
     NPt = torch.from_numpy(NP)
     Vt = torch.from_numpy(V)
@@ -112,7 +111,7 @@ def similarity_icp(pred_vertices: np.ndarray, pred_normals: np.ndarray, gt_point
     ct = torch.from_numpy(centre)
     loss_val, inlier = float("nan"), 0.0
     for it in range(st.iterations):
-        lr = st.lr * float(np.prod([g for m, g in zip(st.milestones, st.gammas) if it >= m]))
+        opt.param_groups[0]["lr"] = st.lr * float(np.prod([g for m, g in zip(st.milestones, st.gammas) if it >= m]))
         scale, angles, trans = theta[0], theta[1:4], theta[4:7]
         R = euler_xyz_matrix(angles)
         with torch.no_grad():
@@ -128,13 +127,9 @@ def similarity_icp(pred_vertices: np.ndarray, pred_normals: np.ndarray, gt_point
             break
         d = diff[ok]
         loss = st.w_plane * (d * NPt[ok]).sum(1).abs().mean() + st.w_point * d.abs().sum(1).mean()
-        (g,) = torch.autograd.grad(loss, theta)
-        with torch.no_grad():
-            m1.mul_(b1).add_(g, alpha=1 - b1)
-            m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-            mh = m1 / (1 - b1 ** (it + 1))
-            vh = m2 / (1 - b2 ** (it + 1))
-            theta -= lr * mh / (vh.sqrt() + eps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         loss_val, inlier = float(loss.detach()), float(ok.double().mean())
     scale, angles, trans = theta.detach()[0], theta.detach()[1:4], theta.detach()[4:7]
     sim = Similarity(float(scale), euler_xyz_matrix(angles).numpy(), trans.numpy().copy(), centre)

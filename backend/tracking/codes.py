@@ -10,7 +10,7 @@ Two modes:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ class CodeSpace:
 
     ``landmark_regressor`` (encoder mode, optional; ``expression_init.LandmarkExpressionRegressor``): reads the ICT
     weights from the detector's points. ``landmark_channels`` (n_ex,) marks the channels the model barely drives;
-    with a regressor their values come from it (the landmark loss through the model cannot see them).
+    with a regressor their values come from it (the landmark loss through the model cannot see them), read against
+    the clip's rest face once ``set_landmark_rest`` has seen the clip's detections.
     """
 
     def __init__(self, model, encoders=None, arkit_regressor=None, landmark_regressor=None):
@@ -38,6 +39,7 @@ class CodeSpace:
         self.enc = encoders
         self.reg = arkit_regressor
         self.landmark_regressor = landmark_regressor if encoders is not None else None
+        self.landmark_rest: Optional[np.ndarray] = None   # (1404,) the clip's rest features (``set_landmark_rest``)
         self.mode = "encoder" if encoders is not None else "raw"
         self.device = next(model.parameters()).device   # every code tensor lives where the model does
         if self.enc is not None:
@@ -84,7 +86,18 @@ class CodeSpace:
         if not bool(self.landmark_channels.any()) or points is None or depth is None or len(points) < 468:
             return None
         p3 = np.concatenate([points[:, :2], depth[:, None]], 1)
-        return torch.as_tensor(self.landmark_regressor(p3), dtype=torch.float32, device=self.device) * self.ex_mask
+        return torch.as_tensor(self.landmark_regressor(p3, self.landmark_rest), dtype=torch.float32,
+                               device=self.device) * self.ex_mask
+
+    def set_landmark_rest(self, points: Sequence[np.ndarray], depths: Sequence[Optional[np.ndarray]]) -> None:
+        """The clip's rest face for ``expression_from_landmarks``, from all its frames with a face: MediaPipe points
+        (L >= 468, 2) and relative depths (L,) (frames without a depth, or another detector's points, are skipped)."""
+        from .expression_init import rest_features
+
+        p3 = [np.concatenate([p[:, :2], d[:, None]], 1) for p, d in zip(points, depths)
+              if p is not None and d is not None and len(p) >= 468]
+        if self.landmark_regressor is not None and p3:
+            self.landmark_rest = rest_features(np.stack(p3))
 
     # -- maps --------------------------------------------------------------------------------------------------
     def z_geo(self, p_geo: torch.Tensor) -> torch.Tensor:

@@ -1,43 +1,23 @@
 """2D face landmarks per frame.
 
-Default: MediaPipe 0.10.21 face mesh (478 points incl. irises, the model bundled in the wheel; nothing is downloaded)
-in video mode, tracking up to ``max_faces`` faces and keeping the largest consistent one; when the video-mode graph
+Default: MediaPipe's face mesh (478 points incl. irises; ``mediapipe_graphs``: the legacy solution of mediapipe
+0.10.21 with the model in its wheel, or the Tasks API's FaceLandmarker on Python 3.13+; nothing is downloaded) in video
+mode, tracking up to ``max_faces`` faces and keeping the largest consistent one; when the video-mode graph
 loses the face, a fresh single-image detector is re-run on that frame.
 Optional: face-alignment (iBUG-68) when the package and its weights are present locally.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
 from .errors import TrackingInputError
+from .mediapipe_graphs import face_mesh_graph
 
 MEDIAPIPE = "mediapipe478"
-
-
-@contextlib.contextmanager
-def mediapipe_fp_guard():
-    """Run MediaPipe with denormals enabled.
-
-    The model core flushes denormals to zero on its threads (``torch.set_flush_denormal(True)``, FTZ/DAZ); with that
-    CPU mode active, MediaPipe's TFLite/XNNPACK graphs fail to start ("failed to reshape runtime"). The mode is
-    switched off around MediaPipe calls and restored afterwards.
-    """
-    torch = sys.modules.get("torch")
-    par = sys.modules.get("backend.model.parallel") or sys.modules.get(__package__.rsplit(".", 1)[0] + ".model.parallel")
-    on = bool(torch is not None and par is not None and getattr(getattr(par, "_FTZ", None), "on", False))
-    if on:
-        torch.set_flush_denormal(False)
-    try:
-        yield
-    finally:
-        if on:
-            torch.set_flush_denormal(True)
 IBUG68 = "ibug68"
 
 
@@ -106,46 +86,22 @@ class MediaPipeLandmarker:
 
     def __init__(self, video_mode: bool = True, max_faces: int = 3, min_detection_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, face: Union[str, Tuple[float, float]] = "largest"):
-        try:
-            from mediapipe.python.solutions import face_mesh as mp_face_mesh
-        except Exception as e:  # pragma: no cover
-            raise TrackingInputError(f"mediapipe is not installed or broken: {e}") from e
-        self._mp = mp_face_mesh
         self.video_mode = video_mode
         self.max_faces = max_faces
         self._conf = (min_detection_confidence, min_tracking_confidence)
-        with mediapipe_fp_guard():
-            self._graph = mp_face_mesh.FaceMesh(static_image_mode=not video_mode, max_num_faces=max_faces,
-                                                refine_landmarks=True,
-                                                min_detection_confidence=min_detection_confidence,
-                                                min_tracking_confidence=min_tracking_confidence)
+        self._graph = face_mesh_graph(not video_mode, max_faces, min_detection_confidence, min_tracking_confidence)
         self._static = None
         self._prev_bbox: Optional[np.ndarray] = None
         self.face = face
 
-    def _run(self, graph, image: np.ndarray):
-        with mediapipe_fp_guard():
-            res = graph.process(np.ascontiguousarray(image))
-        if not res.multi_face_landmarks:
-            return []
-        h, w = image.shape[:2]
-        out = []
-        for f in res.multi_face_landmarks:
-            a = np.array([(p.x, p.y, p.z) for p in f.landmark], dtype=np.float32)  # 478 protos, not a hot loop
-            out.append(a * np.array([w, h, w], np.float32))
-        return out
-
     def __call__(self, image: np.ndarray) -> FaceLandmarks:
         """image: (H, W, 3) uint8 RGB."""
-        faces = self._run(self._graph, image)
+        faces = self._graph.process(image)
         if not faces and self.video_mode:
             # tracking lost: re-run the detector from scratch on this frame
             if self._static is None:
-                with mediapipe_fp_guard():
-                    self._static = self._mp.FaceMesh(static_image_mode=True, max_num_faces=self.max_faces,
-                                                     refine_landmarks=True,
-                                                     min_detection_confidence=self._conf[0] * 0.6)
-            faces = self._run(self._static, image)
+                self._static = face_mesh_graph(True, self.max_faces, self._conf[0] * 0.6)
+            faces = self._static.process(image)
         if not faces:
             return FaceLandmarks(self.scheme, None, None, None, 0)
         j = choose_face([f[:, :2] for f in faces], self._prev_bbox, self.face)
@@ -154,10 +110,9 @@ class MediaPipeLandmarker:
         return FaceLandmarks(self.scheme, pts[:, :2].copy(), pts[:, 2].copy(), self._prev_bbox, len(faces))
 
     def close(self):
-        with mediapipe_fp_guard():
-            for g in (self._graph, self._static):
-                if g is not None:
-                    g.close()
+        for g in (self._graph, self._static):
+            if g is not None:
+                g.close()
 
 
 def face_alignment_weights_present() -> bool:

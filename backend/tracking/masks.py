@@ -1,6 +1,6 @@
 """Per-frame head/background labels for the silhouette and colour losses.
 
-MediaPipe selfie segmentation (bundled in the wheel) separates person from background; the face-mesh landmarks give
+MediaPipe selfie segmentation (``mediapipe_graphs``) separates person from background; the face-mesh landmarks give
 the face region (face oval) and the mouth interior (inner lip contour). For a model without hair, hair, neck,
 shoulders, ears and uncertain pixels are labelled IGNORE: they neither pull the surface nor count as misses. For a
 model that represents hair (``hair_region=True``) the rest of the person above the neck line (hair, scalp, ears) is
@@ -19,6 +19,8 @@ from typing import Optional
 
 import numpy as np
 
+from .mediapipe_graphs import selfie_segmentation_graph
+
 BACKGROUND, FACE, MOUTH, IGNORE, HEAD_OTHER = 0, 1, 2, 3, 4
 HEAD = (FACE, MOUTH, HEAD_OTHER)  # labels the rendered head must cover
 
@@ -36,27 +38,16 @@ EYE_CONTOURS = (np.array([33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 15
 
 
 class SelfieSegmenter:
-    """Person probability map (H, W) float32 in [0, 1]."""
+    """Person probability map (H, W) float32 in [0, 1] (``mediapipe_graphs``: legacy solution or Tasks API)."""
 
-    def __init__(self, model_selection: int = 0):
-        from mediapipe.python.solutions import selfie_segmentation as mp_ss
-        from .landmarks import mediapipe_fp_guard
-        with mediapipe_fp_guard():
-            self._g = mp_ss.SelfieSegmentation(model_selection=model_selection)
+    def __init__(self):
+        self._graph = selfie_segmentation_graph()
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        from .landmarks import mediapipe_fp_guard
-        with mediapipe_fp_guard():
-            res = self._g.process(np.ascontiguousarray(image))
-        m = res.segmentation_mask
-        if m is None:
-            return np.zeros(image.shape[:2], np.float32)
-        return np.asarray(m, np.float32)
+        return self._graph.process(image)
 
     def close(self):
-        from .landmarks import mediapipe_fp_guard
-        with mediapipe_fp_guard():
-            self._g.close()
+        self._graph.close()
 
 
 def _fill(shape, poly: np.ndarray) -> np.ndarray:

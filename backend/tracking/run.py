@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -122,6 +122,11 @@ class Detections:
         from .tracker import FrameObs
         return FrameObs(index, self.times[index], self.landmarks[index], image, labels, self.face_sizes[index],
                         self.depths.get(index))
+
+    def found_points(self) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]]]:
+        """(points (L, 2), depths (L,) or None) of the frames with a face, in order."""
+        found = self.found
+        return [self.landmarks[i] for i in found], [self.depths.get(i) for i in found]
 
     def found_in(self, start: int, stop: int) -> List[int]:
         """Indices of the frames with a face among the selected frames at positions [start, stop)."""
@@ -286,9 +291,7 @@ class TrackingSession:
         tracker, det = self.tracker, self.detections
         found = det.found
         resumed = self.resume(identity_frames(found, self.preset))
-        # a frame is done when its record and its stage-1 fit are both on disk
-        done = set() if self.config.overwrite else (self.writer.done_frames & set(found) & set(self.stage1))
-        todo = [i for i in found if i not in done]
+        todo = self.pending_frames()
         if resumed:
             self._load_written_frames()
         if tracker.mesh is None:
@@ -306,6 +309,7 @@ class TrackingSession:
         tracker.timer.add("tracking_cpu", time.process_time() - cpu0)   # CPU s of per-frame + stage 2 + rewrite
 
         self._interpolate_missing(tracked)
+        self._load_bake_frames()
         colours = self._bake()
         if self.writer.manifest.get("output_mode") in ("meshes", "both"):
             self._write_usd(colours)
@@ -332,8 +336,6 @@ class TrackingSession:
         """Restore the tracker and the frames' fits from the package's tracker state, if it has one; ``pick``: the
         identity frames a fresh run of this selection uses. An extension of the package whose identity frames differ
         starts afresh (the package's frames are dropped first, so it never mixes identities)."""
-        from .tracker import FrameState
-
         self.id_frames = pick
         state = self.writer.tracker_state()
         if state is None or "p_geo" not in state or not self.writer.has_identity:
@@ -346,24 +348,31 @@ class TrackingSession:
                                 "identity_refit")
             self.writer.drop_frames(f["index"] for f in self.writer.manifest["frames"])
             return False
-        tracker = self.tracker
-        tracker.load_state_dict(state)
-
-        def fits(prefix):
-            if prefix + "p_ex" not in state:
-                return {}
-            return {int(i): FrameState(tracker.tensor(state[prefix + "p_ex"][k]),
-                                       tracker.tensor(state[prefix + "omega"][k]),
-                                       tracker.tensor(state[prefix + "trans"][k]))
-                    for k, i in enumerate(state["frame_ids"])}
-
-        self.states = fits("")
-        self.stage1 = fits("stage1_") or dict(self.states)
+        self.tracker.load_state_dict(state)
+        self.states = self.fits_of(state)
+        self.stage1 = self.fits_of(state, "stage1_") or dict(self.states)
         self.refined = [int(i) for i in state.get("refined_ids", [])]
         if "id_frames" in state:
             self.id_frames = state["id_frames"].tolist()
         self.events.progress("identity", 1, 1, None, "identity loaded from the package")
         return True
+
+    def fits_of(self, state: dict, prefix: str = "") -> Dict[int, object]:
+        """index -> FrameState of a tracker state's per-frame fits (``prefix`` "": the current ones, "stage1_": the
+        per-frame fits before stage 2); {} when it holds none."""
+        from .tracker import FrameState
+
+        if prefix + "p_ex" not in state:
+            return {}
+        tensor = self.tracker.tensor
+        return {int(i): FrameState(tensor(state[prefix + "p_ex"][k]), tensor(state[prefix + "omega"][k]),
+                                   tensor(state[prefix + "trans"][k])) for k, i in enumerate(state["frame_ids"])}
+
+    def pending_frames(self) -> List[int]:
+        """The frames with a face whose per-frame fit is still to run (after ``resume``): every one with
+        ``--overwrite``, else those whose record or stage-1 fit is not on disk yet."""
+        done = set() if self.config.overwrite else self.writer.done_frames & set(self.stage1)
+        return [i for i in self.detections.found if i not in done]
 
     def _load_written_frames(self) -> None:
         """A resumed run writes per-frame meshes for the frames an earlier run wrote too: their expression codes,
@@ -432,8 +441,19 @@ class TrackingSession:
     def _refine(self, tracked: List[int]) -> None:
         """Stage 2: refine all tracked frames jointly from their stage-1 fits, then recompute and rewrite their
         outputs. Recorded as done only then: a run killed before refines again from the same fits."""
+        self.refine_fits(tracked)
+        self.rewrite(tracked)
+
+    def refine_fits(self, tracked: List[int]) -> None:
+        """The joint refinement of ``tracked`` from their stage-1 fits into ``states`` (saved with the tracker
+        state; ``refined`` keeps naming the frames last rewritten, so a re-run refines and rewrites again)."""
         obs_all = [self.detections.observation(i) for i in tracked]
         self.states.update(zip(tracked, self.tracker.refine_all(obs_all, [self.stage1[i] for i in tracked])))
+        self._save_state()
+
+    def rewrite(self, tracked: List[int]) -> None:
+        """Rewrite the outputs of ``tracked`` from their refined fits (``states``) and record them as refined (a
+        batch's chunked clip: each worker rewrites its range of one refinement)."""
         timer = self.tracker.timer
         t0, outputs0 = time.perf_counter(), timer.t.get("outputs", 0.0)
         self._rewrite(tracked)
@@ -486,6 +506,26 @@ class TrackingSession:
         for s in range(0, len(results), CHUNK):
             self._write_chunk(results[s:s + CHUNK])
 
+    def _load_bake_frames(self) -> None:
+        """A package without a bake whose frames this run did not write (their rewrite ran in other processes: a
+        batch's chunked clip, or a run stopped between its rewrite and its bake): the bake frames' vertices and
+        landmark errors and expression codes as written."""
+        from ..contracts.result_format import ResultPackage
+
+        if self.bake_vertices or self.writer.manifest.get("bake"):
+            return
+        package = ResultPackage(self.writer.root)
+        rows = [n for n, f in enumerate(package.frames) if f["index"] in self.bake_frames and f["status"] == "tracked"]
+        if not rows:
+            return
+        arrays = package.frame_arrays(["vertices", "z_exp"])
+        for n in rows:
+            frame = package.frames[n]
+            self.bake_vertices[frame["index"]] = arrays["vertices"][n] / np.float32(NPHM_UNIT_M)
+            self.written_z_exp[frame["index"]] = arrays["z_exp"][n]
+            error = frame["landmark_error_px"]
+            self.bake_errors[frame["index"]] = float("nan") if error is None else float(error)
+
     def _bake(self):
         """Bake the subject's colours from the bake frames (``backend.bake``) into the package; a failure leaves the
         tracked result usable. -> ``bake.posed.CanonicalColours`` for the per-frame meshes, or None."""
@@ -493,7 +533,7 @@ class TrackingSession:
         from ..bake.albedo import FrameBatch, Shading, fit_weights
         from ..bake.frames import interior_regions
         from ..bake.posed import CanonicalColours
-        from ..bake.run import bake
+        from ..bake.run import BakeRequest, bake
         from ..contracts.result_format import CanonicalMesh
         from ..model.devices import to_numpy
         from .renderer import so3_exp
@@ -520,7 +560,10 @@ class TrackingSession:
             mesh = CanonicalMesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces, tracker.albedo,
                                  hair=canonical_hair(tracker))
             fitted = Shading(to_numpy(tracker.sh), to_numpy(tracker.cA), to_numpy(tracker.cb))
-            result = bake(frames, indices, np.arange(len(indices)), mesh, tracker.Knp, fitted)
+            request = BakeRequest(texture=self.config.texture, texture_size=self.config.texture_size)
+            z_exp = np.stack([self.written_z_exp[i] for i in indices])
+            result = bake(frames, indices, np.arange(len(indices)), mesh, tracker.Knp, fitted, request,
+                          rotation=R, z_exp=z_exp)
             result.write(self.writer, mesh)
             return CanonicalColours(tracker.mesh.vertices, result.colours.colours)
         except Exception as e:  # noqa: BLE001 - the tracked result stands without baked colours
@@ -749,6 +792,7 @@ def open_session(config: TrackConfig, events=None, preset=None,
 
     from .expression_init import LandmarkExpressionRegressor
     codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])))
+    codes.set_landmark_rest(*det.found_points())
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, to_numpy(model.id_model.mean_anchors))
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,

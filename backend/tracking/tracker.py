@@ -32,6 +32,7 @@ from .codes import CodeSpace
 from ..contracts.conventions import NPHM_UNIT_M
 from ..model.devices import to_numpy
 from ..model.meshing import WarpState, warp_vertices
+from ..model.optim import Adam
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -295,12 +296,10 @@ class Tracker:
         return torch.cat([self.K[0, 0] * xc[..., :1] / z + self.K[0, 2], self.K[1, 1] * xc[..., 1:2] / z + self.K[1, 2]],
                          -1)
 
-    def landmark_term(self, zg, p_ex, omega, trans, lms, sizes, key: Optional[str] = None):
-        """Weighted landmark loss, in units of (1 % of the face size)^2.
-
-        p_ex (B, n_ex), omega/trans (B, 3), lms (B, n, 2) detections of the tracked subset, sizes (B,) face size px.
-        Returns (loss, uv (B, n, 2) detached, converged (B, n)).
-        """
+    def posed_landmarks(self, zg, p_ex, key: Optional[str] = None):
+        """The canonical landmarks posed by expressions p_ex (B, n_ex): ``WarpResult`` with points (B, n, 3) model
+        units (implicit gradients when grad is enabled) and converged (B, n). ``key`` names a warm start kept between
+        calls (the last roots of that key)."""
         B = p_ex.shape[0]
         A = self.model.anchors(zg)
         P = self._landmarks_for(zg)[None].expand(B, -1, -1)
@@ -311,6 +310,15 @@ class Tracker:
         res = self.model.forward_warp(P, zg.expand(B, -1), ze, anchors=A.expand(B, -1, -1), x_init=x0, max_iter=15)
         if key is not None:
             self._posed_cache[key] = res.points.detach()
+        return res
+
+    def landmark_term(self, zg, p_ex, omega, trans, lms, sizes, key: Optional[str] = None):
+        """Weighted landmark loss, in units of (1 % of the face size)^2.
+
+        p_ex (B, n_ex), omega/trans (B, 3), lms (B, n, 2) detections of the tracked subset, sizes (B,) face size px.
+        Returns (loss, uv (B, n, 2) detached, converged (B, n)).
+        """
+        res = self.posed_landmarks(zg, p_ex, key)
         uv = self.project(res.points, omega, trans)
         r = (uv - lms) / (0.01 * sizes[:, None, None])
         w = self.lm_w[None] * res.converged.to(r.dtype)
@@ -322,7 +330,7 @@ class Tracker:
     # ---------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def pnp_init(self, obs: FrameObs, prev: Optional[FrameState] = None) -> FrameState:
-        P = to_numpy(self.canonical_landmarks(self.z_geo()))
+        P = to_numpy(self._landmarks_for(self.z_geo()))
         l2d = obs.landmarks[self.lm_idx]
         init = None
         if prev is not None:
@@ -436,7 +444,7 @@ class Tracker:
         sh = self.sh.clone().requires_grad_(True)
         cA = self.cA.clone().requires_grad_(True)
         cb = self.cb.clone().requires_grad_(True)
-        opt = torch.optim.Adam([
+        opt = Adam([
             {"params": [p_geo], "lr": pr.lr_id}, {"params": [p_app], "lr": pr.lr_id},
             {"params": [p_ex], "lr": pr.lr_exp}, {"params": [om], "lr": pr.lr_rot},
             {"params": [tr], "lr": pr.lr_trans}, {"params": [sh], "lr": 0.05},
@@ -447,7 +455,7 @@ class Tracker:
         n_it = pr.id_iters
         self.sh, self.cA, self.cb = sh, cA, cb
         for it in range(n_it):
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             zg = self.codes.z_geo(p_geo)
             zg_lm = scale_gradient(zg, self.id_lm_grad)
             loss_lm, _, _ = self.landmark_term(zg_lm, p_ex, om, tr, lms, sizes, key="id")
@@ -491,7 +499,9 @@ class Tracker:
             st = FrameState(p_ex.detach(), omega.detach(), trans.detach())
             ol, cov = self._outline(to_numpy(x).astype(np.float64), st, self.preset.outline_points)
             ol = torch.as_tensor(ol, device=self.device)
-            tg = head_mesh.SilhouetteTargets(obs.labels, seed=obs.index, device=self.device)
+            tg = cache.get("tg") if cache is not None else None   # the frame's: computed once per frame
+            if tg is None:
+                tg = head_mesh.SilhouetteTargets(obs.labels, seed=obs.index, device=self.device)
             if cache is not None:
                 cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol])
         else:
@@ -550,13 +560,13 @@ class Tracker:
         sh = self.sh.clone().requires_grad_(True)
         cA = self.cA.clone().requires_grad_(True)
         cb = self.cb.clone().requires_grad_(True)
-        opt = torch.optim.Adam([{"params": [p_app], "lr": 0.05}, {"params": [sh], "lr": 0.05},
+        opt = Adam([{"params": [p_app], "lr": 0.05}, {"params": [sh], "lr": 0.05},
                                 {"params": [cA, cb], "lr": 5e-3}])
         rows = [self.tensor([pos[v] for v in d[0]], torch.long) for d in data]
         zg = self.z_geo().detach()
         ze = torch.zeros(1, self.model.cfg.dim_exp, device=self.device)
         for it in range(iters):
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             alb = self.model(vt, zg, self.codes.z_app(p_app), ze, neutral=True, with_color=True).color[0]
             loss = 0
             for (s, n, c), r in zip(data, rows):
@@ -596,10 +606,12 @@ class Tracker:
                 for c in cands:
                     c.p_ex = fixed * lm_ex + (1 - fixed) * c.p_ex
             errs = []
+            posed = None   # (p_ex, posed landmarks): the candidates share the expression, hence the root finding
             for c in cands:
-                self._posed_cache.pop("frame", None)
-                _, uv, _ = self.landmark_term(zg, c.p_ex[None], c.omega[None], c.trans[None], lms, sizes,
-                                              key="frame")
+                if posed is None or not torch.equal(posed[0], c.p_ex):
+                    self._posed_cache.pop("frame", None)
+                    posed = (c.p_ex, self.posed_landmarks(zg, c.p_ex[None], key="frame").points)
+                uv = self.project(posed[1], c.omega[None], c.trans[None])
                 errs.append(float((uv - lms).norm(dim=-1).mean()))
             st = cands[int(np.argmin(errs))]
         motion = 1.0
@@ -611,12 +623,12 @@ class Tracker:
         om = st.omega.clone()[None].requires_grad_(True)
         tr = st.trans.clone()[None].requires_grad_(True)
         prev_ex = init.p_ex[None]
-        opt = torch.optim.Adam([{"params": [p_ex], "lr": pr.lr_exp}, {"params": [om], "lr": pr.lr_rot},
+        opt = Adam([{"params": [p_ex], "lr": pr.lr_exp}, {"params": [om], "lr": pr.lr_rot},
                                 {"params": [tr], "lr": pr.lr_trans}])
         rng = np.random.default_rng(self.seed * 100003 + obs.index)
         cache: dict = {}
         for it in range(n_it):
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss_lm, _, _ = self.landmark_term(zg, p_ex, om, tr, lms, sizes, key="frame")
             loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex) \
                 + pr.w_temporal * ((p_ex - prev_ex) ** 2).sum()
@@ -699,7 +711,7 @@ class Tracker:
         # (float64 on the host: MPS has no float64)
         dt = np.maximum(np.diff(np.array([o.time for o in obs], np.float64)), 1e-3)
         wt = self.tensor(np.minimum((0.04 / dt) ** 2, 1.0))
-        opt = torch.optim.Adam([{"params": [p_ex], "lr": pr.lr_exp * 0.3}, {"params": [om], "lr": pr.lr_rot * 0.3},
+        opt = Adam([{"params": [p_ex], "lr": pr.lr_exp * 0.3}, {"params": [om], "lr": pr.lr_rot * 0.3},
                                 {"params": [tr], "lr": pr.lr_trans * 0.3}])
         zg = self.z_geo().detach()
         free = 1 - self.codes.landmark_channels.float()
@@ -711,7 +723,7 @@ class Tracker:
             for s0 in starts:
                 s1 = min(T, s0 + Bsz)
                 a, b = max(0, s0 - 1), min(T, s1 + 1)        # include neighbours for the smoothness terms
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss_lm, _, _ = self.landmark_term(zg, p_ex[s0:s1], om[s0:s1], tr[s0:s1], lms[s0:s1],
                                                    sizes[s0:s1], key=f"s2_{s0}")
                 e, o, t = p_ex[a:b], om[a:b], tr[a:b]

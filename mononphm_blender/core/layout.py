@@ -79,7 +79,3 @@ def fps_and_base(fps: float) -> tuple[int, float]:
     whole = max(1, int(round(fps)))
     return whole, whole / float(fps)
 
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.asarray(c, dtype=np.float32)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)

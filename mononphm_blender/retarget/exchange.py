@@ -54,8 +54,10 @@ def export_animation(context, objects, filepath: str, fmt: str, frame_range: tup
     """Export ``objects`` (meshes with animated shape keys, armatures with their action) with their animation.
 
     Alembic writes the evaluated meshes per frame (positions, no colours); FBX and glTF keep shape keys and
-    bone animation as such. Times are scene frame / fps: an FBX re-imported into Blender lands on the same
-    frames with the importer's Animation Offset at 0 (its default, 1, shifts it by a frame).
+    bone animation as such, and the meshes' UV maps and image textures (the baked texture of a MonoNPHM head shown
+    with the Texture colours): embedded in the FBX and the GLB, so the file travels alone. Times are scene
+    frame / fps: an FBX re-imported into Blender lands on the same frames with the importer's Animation Offset
+    at 0 (its default, 1, shifts it by a frame).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {tuple(FORMATS)}")
@@ -76,7 +78,7 @@ def export_animation(context, objects, filepath: str, fmt: str, frame_range: tup
                                      object_types={"ARMATURE", "MESH", "EMPTY"}, bake_anim=True,
                                      bake_anim_use_all_actions=False, bake_anim_use_nla_strips=False,
                                      bake_anim_force_startend_keying=True, bake_anim_simplify_factor=0.0,
-                                     add_leaf_bones=False)
+                                     add_leaf_bones=False, path_mode="COPY", embed_textures=True)
         elif fmt == "GLTF":
             bpy.ops.export_scene.gltf(filepath=str(path), export_format="GLB", use_selection=True,
                                       export_animations=True, export_animation_mode="ACTIVE_ACTIONS",

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/ → fakes
 import numpy as np  # noqa: E402
 
 from backend import __version__  # noqa: E402
+from backend.batch.inputs import expand_inputs  # noqa: E402
 from backend.contracts import result_format as rf  # noqa: E402
 from backend.contracts.conventions import Intrinsics, parse_frame_slice  # noqa: E402
 from backend.contracts.protocol import PROTOCOL_VERSION, Cancelled, EventWriter, ExitCode  # noqa: E402
@@ -53,15 +54,18 @@ def main() -> int:
     if args.command == "track":
         return track(args.inputs[0], args.out, args, events)
     frames = 0
-    for source in args.inputs:  # a batch: one package per input, events tagged with the clip's folder name
-        name = Path(source).stem
+    # a batch: one package per input (``@list`` lines with their own --frames as the real batch reads them), events
+    # tagged with the clip's folder name
+    for clip in expand_inputs(args.inputs):
+        source, name = str(clip.source), clip.source.stem
+        clip_args = parser.parse_known_args(["batch", source, *clip.flags], argparse.Namespace(**vars(args)))[0]
         out = os.path.join(args.out_root, name)
         if os.path.isfile(os.path.join(out, rf.MANIFEST)) and rf.read_manifest(out)["state"] == "complete":
             events.clip_state(name, "skipped", out, os.path.abspath(source))
             frames += len(rf.read_manifest(out)["frames"])
             continue
         events.clip_state(name, "running", out, os.path.abspath(source), "fake-host", os.getpid())
-        code = track(source, out, args, EventWriter(clip=name))
+        code = track(source, out, clip_args, EventWriter(clip=name))
         if code != ExitCode.OK:
             return code
         frames += len(rf.read_manifest(out)["frames"])

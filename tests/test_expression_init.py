@@ -1,0 +1,67 @@
+"""The landmark -> expression regressor (issue 23): rest-relative features, per-channel ridge by cross-validation,
+and the calibrated response, on synthetic MediaPipe points (no rendering, < 10 s)."""
+import numpy as np
+
+from backend.contracts import arkit
+from backend.tracking import expression_init as ei
+from backend.training.expression_init import train
+
+N_EX = len(arkit.ICT_NAMES)
+BLINK, BROW = arkit.ICT_NAMES.index("eyeBlink_L"), arkit.ICT_NAMES.index("browInnerUp_L")
+
+
+def _points(rng, identity, w, yaw):
+    """(478, 3) MediaPipe-like points (u, v, depth px) of the template + an identity offset + expression moves."""
+    p = ei.template().copy()
+    p += identity
+    p[[386, 385, 387]] += w[BLINK] * np.array([0.0, 0.008, 0.0])      # upper lid of the left eye down
+    p[[296, 334, 293]] += w[BROW] * np.array([0.0, -0.01, 0.0])       # brow up
+    c, s = np.cos(np.radians(yaw)), np.sin(np.radians(yaw))
+    R = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    p = 4000.0 * p @ R.T + np.array([200.0, 220.0, 0.0])               # pixels, pose
+    p += rng.normal(0, 0.05, p.shape)                                  # detector noise
+    return np.concatenate([p, np.repeat(p[:10], 1, 0)])                # 478 points (irises unused)
+
+
+def _data(rng, n_ids, frames):
+    pts, ws, ids, rest_shapes = [], [], [], []
+    for i in range(n_ids):
+        identity = rng.normal(0, 0.004, (468, 3))                      # the person's own shape: larger than a blink
+        rest_shapes.append(identity)
+        for _ in range(frames):
+            w = np.zeros(N_EX)
+            if rng.uniform() < 0.4:
+                w[rng.choice([BLINK, BROW])] = rng.uniform(0.3, 1.0)
+            pts.append(_points(rng, identity, w, rng.uniform(-20, 20)))
+            ws.append(w)
+            ids.append(i)
+    return {"points": np.array(pts, np.float32), "weights": np.array(ws, np.float32), "identity": np.array(ids)}
+
+
+def test_trained_regressor_reads_the_change_from_the_persons_rest_face():
+    rng = np.random.default_rng(0)
+    arrays, cv_mae = train(_data(rng, 30, 12), log=lambda m: None)
+    assert cv_mae.shape == (N_EX,) and cv_mae[BLINK] < 0.15 and cv_mae[BROW] < 0.15
+    reg = ei.LandmarkExpressionRegressor(arrays)
+    # a new person: a clip at rest with one blink and one brow raise
+    identity = rng.normal(0, 0.004, (468, 3))
+    w = np.zeros((20, N_EX))
+    w[8, BLINK] = 1.0
+    w[14, BROW] = 0.8
+    clip = np.stack([_points(rng, identity, wi, 10.0) for wi in w])
+    out = reg(clip, ei.rest_features(clip))
+    assert out.shape == (20, N_EX) and out.min() >= 0 and out.max() <= 1
+    assert out[8, BLINK] > 0.5 and out[14, BROW] > 0.4, (out[8, BLINK], out[14, BROW])
+    at_rest = np.delete(np.arange(20), [8, 14])
+    # the calibrated response returns a face at rest to exactly 0 on the channels it reads
+    assert (out[at_rest][:, [BLINK, BROW]] == 0).mean() > 0.9
+    # without the clip's rest face, the person's own shape reads as an expression more often
+    assert np.abs(reg(clip)[at_rest][:, [BLINK, BROW]]).mean() >= np.abs(out[at_rest][:, [BLINK, BROW]]).mean()
+
+
+def test_rest_features_are_the_median_over_frames():
+    rng = np.random.default_rng(1)
+    clip = np.stack([_points(rng, 0.0, np.zeros(N_EX), y) for y in (-10, 0, 10, 5, -5)])
+    f = ei.landmark_features(clip)
+    assert np.allclose(ei.rest_features(clip), np.median(f, 0))
+    assert f.shape == (5, 1404)

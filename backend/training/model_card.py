@@ -207,7 +207,8 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
             L.append(f"| {name} | {_f(g['ict_mm'])} | {_f(g['model_mm'])} |"
                      + (f" {_f(base[name]['model_mm'])} |" if base else ""))
         if "lid_ict_mm" in r.get("blink", {}):
-            L.append(f"| blink, upper-lid landmarks | {_f(r['blink']['lid_ict_mm'])} | {_f(r['blink']['lid_model_mm'])} |"
+            b = r["blink"]
+            L.append(f"| blink, upper-lid landmarks | {_f(b['lid_ict_mm'])} | {_f(b['lid_model_mm'])} |"
                      + (f" {_f(base['blink']['lid_model_mm'])} |" if base else ""))
         L.append("")
     if hair_bench_json and Path(hair_bench_json).exists():

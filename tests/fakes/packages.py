@@ -118,7 +118,8 @@ def write_usd(root, indices, canon, tris, albedo, fps, hair: bool = False) -> No
         "    for i in d['indices']:\n"
         "        i = int(i); keep = len(tris) - (i % 3)  # topology changes between frames\n"
         "        v = frame_vertices(d['canon'], i)\n"
-        "        yield (i, v, tris[:keep], usd_colors(d['albedo'], i)) + ((hair_of(v),) if sys.argv[6] == '1' else ())\n"
+        "        hair = (hair_of(v),) if sys.argv[6] == '1' else ()\n"
+        "        yield (i, v, tris[:keep], usd_colors(d['albedo'], i)) + hair\n"
         "write_usd_sequence(sys.argv[4], frames(), float(sys.argv[5]))\n")
     subprocess.run([usd_python(), "-c", code, str(REPO), str(REPO / "tests"), str(Path(root) / ".usd_input.npz"),
                     str(Path(root) / rf.USD_SEQUENCE), str(fps), "1" if hair else "0"], check=True)

@@ -341,23 +341,10 @@ class ClipRenderer:
 
 
 @dataclass
-class ExpressionClip:
-    """A cached clip: ``video`` (mp4), ``gt`` (synthetic.GroundTruth npz), ``meta`` (json: groups, look)."""
+class ExpressionClip(synthetic.CachedClip):
+    """A cached expression clip (``meta``: groups, look)."""
 
     spec: ExpressionClipSpec
-    folder: Path
-    meta: dict
-
-    @property
-    def video(self) -> Path:
-        return self.folder / "clip.mp4"
-
-    @property
-    def gt_path(self) -> Path:
-        return self.folder / "gt.npz"
-
-    def ground_truth(self) -> synthetic.GroundTruth:
-        return synthetic.GroundTruth.load(self.gt_path)
 
 
 def render_expression_clip(spec: ExpressionClipSpec, cache_dir: Path | None = None, ict=None,

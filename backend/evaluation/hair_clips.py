@@ -139,21 +139,10 @@ class HairClipRenderer(ec.ClipRenderer):
 
 
 @dataclass
-class HairClip:
+class HairClip(synthetic.CachedClip):
+    """A cached clip of a head with hair; ``hair.npz`` beside it holds the hair mesh and the ground-truth alpha."""
+
     spec: HairClipSpec
-    folder: Path
-    meta: dict
-
-    @property
-    def video(self) -> Path:
-        return self.folder / "clip.mp4"
-
-    @property
-    def gt_path(self) -> Path:
-        return self.folder / "gt.npz"
-
-    def ground_truth(self) -> synthetic.GroundTruth:
-        return synthetic.GroundTruth.load(self.gt_path)
 
     def hair_truth(self) -> dict:
         d = np.load(self.folder / "hair.npz", allow_pickle=False)

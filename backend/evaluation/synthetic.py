@@ -326,6 +326,27 @@ class RenderedClip:
         return sorted(self.frames_dir.glob("frame_*.png"))
 
 
+@dataclass
+class CachedClip:
+    """A clip cached in ``folder``: ``video`` (clip.mp4), ``gt_path`` (gt.npz, a ``GroundTruth``), ``meta`` (the
+    json written last); the expression and hair suites' clips."""
+
+    spec: object
+    folder: Path
+    meta: dict
+
+    @property
+    def video(self) -> Path:
+        return self.folder / "clip.mp4"
+
+    @property
+    def gt_path(self) -> Path:
+        return self.folder / "gt.npz"
+
+    def ground_truth(self) -> GroundTruth:
+        return GroundTruth.load(self.gt_path)
+
+
 def write_mp4(frames: list[np.ndarray], path: Path, fps: float, crf: int = 12) -> None:
     """Encode (H, W, 3) uint8 RGB frames as H.264 mp4 (yuv420p) with PyAV; written atomically."""
     import av

@@ -29,10 +29,16 @@ from . import raster, renderer
 from . import head_mesh
 from .camera import rotation_to_axis_angle, solve_pnp
 from .codes import CodeSpace
+from .temporal import TemporalSmoothing, smooth_rotations, smooth_tracks
 from ..contracts.conventions import NPHM_UNIT_M
 from ..model.devices import to_numpy
 from ..model.meshing import WarpState, warp_vertices
 from ..model.optim import Adam
+
+
+# An expression weight at rest (0) has no noise of its own: flickers below about 3 sqrt(6) x this (0.15) count as
+# noise in stage 2's smoothing, larger steps as events (``temporal.noise_level``)
+EXPRESSION_NOISE_FLOOR = 0.02
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -80,8 +86,10 @@ class Preset:
     w_id_prior_ict: float = 0.002  # identity prior, ICT identity weights
     id_lm_grad_ict: float = 0.1    # ICT identity weights: share of the landmark loss's gradient reaching the identity
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
-    w_smooth_exp: float = 5.0      # stage 2
-    w_smooth_pose: float = 200.0
+    # stage 2's temporal model (``temporal``): the pose keeps no events (a head does not jump) and is smoothed more
+    # (periods under ~15 frames halved); the expression keeps its fast events (a jaw drop)
+    smooth_pose: TemporalSmoothing = TemporalSmoothing(strength=30.0, event_threshold=math.inf)
+    smooth_expression: TemporalSmoothing = TemporalSmoothing(strength=3.0)
     inv_s: float = math.exp(10 * 0.6)
 
 
@@ -707,10 +715,6 @@ class Tracker:
         tr = torch.stack([s.trans for s in states]).clone().requires_grad_(True)
         lms = self.tensor(np.stack([o.landmarks[self.lm_idx] for o in obs]))
         sizes = self.tensor([o.face_size for o in obs])
-        # smoothness weights: velocity-like, relative to 25 fps neighbours; strides and gaps are coupled less
-        # (float64 on the host: MPS has no float64)
-        dt = np.maximum(np.diff(np.array([o.time for o in obs], np.float64)), 1e-3)
-        wt = self.tensor(np.minimum((0.04 / dt) ** 2, 1.0))
         opt = Adam([{"params": [p_ex], "lr": pr.lr_exp * 0.3}, {"params": [om], "lr": pr.lr_rot * 0.3},
                                 {"params": [tr], "lr": pr.lr_trans * 0.3}])
         zg = self.z_geo().detach()
@@ -722,16 +726,10 @@ class Tracker:
         for ep in range(pr.stage2_epochs):
             for s0 in starts:
                 s1 = min(T, s0 + Bsz)
-                a, b = max(0, s0 - 1), min(T, s1 + 1)        # include neighbours for the smoothness terms
                 opt.zero_grad()
                 loss_lm, _, _ = self.landmark_term(zg, p_ex[s0:s1], om[s0:s1], tr[s0:s1], lms[s0:s1],
                                                    sizes[s0:s1], key=f"s2_{s0}")
-                e, o, t = p_ex[a:b], om[a:b], tr[a:b]
-                w = wt[a:b - 1]
-                sm_e = (w * ((e[1:] - e[:-1]) ** 2).sum(-1)).mean()
-                sm_p = (w * (((o[1:] - o[:-1]) ** 2).sum(-1) + 100 * ((t[1:] - t[:-1]) ** 2).sum(-1))).mean()
-                loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex[s0:s1]) \
-                    + pr.w_smooth_exp * sm_e + pr.w_smooth_pose * sm_p
+                loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex[s0:s1])
                 loss.backward()
                 p_ex.grad.mul_(free)  # landmark-read channels keep their per-frame values (no smoothing)
                 opt.step()
@@ -741,9 +739,27 @@ class Tracker:
         for k in list(self._posed_cache):
             if k.startswith("s2_"):
                 del self._posed_cache[k]
+        states = self.smooth_states(obs, p_ex.detach(), om.detach(), tr.detach())
         self.timer.add("stage2", time.perf_counter() - t0)
-        return [FrameState(p_ex[i].detach().clone(), om[i].detach().clone(), tr[i].detach().clone())
-                for i in range(T)]
+        return states
+
+    def smooth_states(self, obs: Sequence[FrameObs], p_ex: torch.Tensor, omega: torch.Tensor,
+                      trans: torch.Tensor) -> List[FrameState]:
+        """Stage 2's temporal model (``temporal``): the tracks of rotation and translation (T, 3) and expression
+        (T, n_ex) of the frames ``obs`` smoothed without lag (``Preset.smooth_pose``, ``Preset.smooth_expression``:
+        fast expression events kept), the expression back on its valid set. The channels read from the landmarks
+        (``CodeSpace.landmark_channels``) keep their per-frame values: they barely move the mesh, and their blinks
+        are the events smoothing would blunt."""
+        pr = self.preset
+        times = np.array([o.time for o in obs], np.float64)
+        om = self.tensor(smooth_rotations(to_numpy(omega), times, pr.smooth_pose))
+        tr = self.tensor(smooth_tracks(to_numpy(trans), times, pr.smooth_pose))
+        free = ~self.codes.landmark_channels
+        ex = p_ex.clone()
+        ex[:, free] = self.tensor(smooth_tracks(to_numpy(p_ex[:, free]), times, pr.smooth_expression,
+                                                EXPRESSION_NOISE_FLOOR))
+        self.codes.project_expression_(ex)
+        return [FrameState(ex[i].clone(), om[i].clone(), tr[i].clone()) for i in range(len(obs))]
 
 
 def interpolate_state(t: float, a: tuple, b: Optional[tuple]) -> FrameState:

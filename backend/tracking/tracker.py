@@ -5,7 +5,8 @@ Stage 1a  identity: identity/appearance/SH/colour-correction plus per-frame expr
           lead the identity, landmarks mainly place pose and expression, see ``Preset.id_lm_grad_ict``).
 Stage 1b  per frame: expression + pose, warm-started from the previous frame; landmark, silhouette and (standard,
           high) photometric losses; fewer iterations on frames that barely move.
-Stage 2   all frames jointly: landmarks + temporal smoothness of expression and pose (batched over frames).
+Stage 2   all frames jointly: a landmark refinement (batched over frames), then the temporal model (``temporal``):
+          pose and expression tracks smoothed without lag, fast expression events kept.
 
 Landmarks: the detector's points are tied to canonical positions predicted from the identity's anchors
 (``landmark_tables.LandmarkSet``), posed by the backward-deformation root finder (implicit gradients), projected
@@ -86,10 +87,12 @@ class Preset:
     w_id_prior_ict: float = 0.002  # identity prior, ICT identity weights
     id_lm_grad_ict: float = 0.1    # ICT identity weights: share of the landmark loss's gradient reaching the identity
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
-    # stage 2's temporal model (``temporal``): the pose keeps no events (a head does not jump) and is smoothed more
-    # (periods under ~15 frames halved); the expression keeps its fast events (a jaw drop)
+    # stage 2's temporal model (``temporal``): the pose keeps no events (a head does not jump) and is smoothed more;
+    # the expression less, and it keeps its fast events (a jaw drop). Chosen on cap12_edit 0:125 (mesh jitter) and
+    # the tuning clips 0 and 4 (jawOpen peak ratio 0.84 unsmoothed: 0.81 at event_threshold 3, 0.83 at 2, with mesh
+    # jitter 0.10 and 0.16 px/frame^2 against MediaPipe's 0.36); see backend/evaluation/README.md
     smooth_pose: TemporalSmoothing = TemporalSmoothing(strength=30.0, event_threshold=math.inf)
-    smooth_expression: TemporalSmoothing = TemporalSmoothing(strength=3.0)
+    smooth_expression: TemporalSmoothing = TemporalSmoothing(strength=3.0, event_threshold=2.0)
     inv_s: float = math.exp(10 * 0.6)
 
 
@@ -701,10 +704,11 @@ class Tracker:
         return float(np.abs(pred - img).mean())
 
     # ---------------------------------------------------------------------------------------------------------
-    # stage 2: joint refinement with temporal smoothness
+    # stage 2: joint landmark refinement, then the temporal model
     # ---------------------------------------------------------------------------------------------------------
     def refine_all(self, obs: Sequence[FrameObs], states: List[FrameState]) -> List[FrameState]:
-        """Jointly refine expression and pose of all tracked frames (landmarks + temporal smoothness)."""
+        """Refine expression and pose of all tracked frames on their landmarks (batched), then smooth them over time
+        (``smooth_states``)."""
         pr = self.preset
         t0 = time.perf_counter()
         T = len(states)

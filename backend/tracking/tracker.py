@@ -53,6 +53,10 @@ class Preset:
     frame_iters: int = 14          # per-frame iterations (moving frames)
     still_iters: int = 5           # per-frame iterations when the landmarks barely move
     still_motion: float = 0.004    # mean landmark motion (fraction of face size) below which a frame is "still"
+    # a frame without a fitted predecessor (the clip's first) starts cold: this many times frame_iters, so the next
+    # frames continue from a converged fit instead of converging over several frames (a transient stage 2 would keep
+    # as an event)
+    cold_iters_factor: int = 3
     stage2_epochs: int = 2
     stage2_batch: int = 16
     rays: int = 0                  # per-frame photometric/silhouette rays per iteration (0 = none: draft)
@@ -90,9 +94,10 @@ class Preset:
     # stage 2's temporal model (``temporal``): the pose keeps no events (a head does not jump) and is smoothed more;
     # the expression less, and it keeps its fast events (a jaw drop). Chosen on cap12_edit 0:125 (mesh jitter) and
     # the tuning clips 0 and 4 (jawOpen peak ratio 0.84 unsmoothed: 0.81 at event_threshold 3, 0.83 at 2, with mesh
-    # jitter 0.10 and 0.16 px/frame^2 against MediaPipe's 0.36); see backend/evaluation/README.md
+    # jitter 0.10 and 0.16 px/frame^2 against MediaPipe's 0.36; the still test head 0.08 and 0.10); see
+    # backend/evaluation/README.md
     smooth_pose: TemporalSmoothing = TemporalSmoothing(strength=30.0, event_threshold=math.inf)
-    smooth_expression: TemporalSmoothing = TemporalSmoothing(strength=3.0, event_threshold=2.0)
+    smooth_expression: TemporalSmoothing = TemporalSmoothing(strength=3.0, event_threshold=3.0)
     inv_s: float = math.exp(10 * 0.6)
 
 
@@ -630,6 +635,8 @@ class Tracker:
             d = obs.landmarks[self.lm_idx] - prev_obs.landmarks[self.lm_idx]
             motion = float(np.linalg.norm(d, axis=1).mean()) / max(obs.face_size, 1.0)
         n_it = pr.still_iters if motion < pr.still_motion else pr.frame_iters
+        if prev_obs is None:
+            n_it *= pr.cold_iters_factor
         p_ex = st.p_ex.clone()[None].requires_grad_(True)
         om = st.omega.clone()[None].requires_grad_(True)
         tr = st.trans.clone()[None].requires_grad_(True)

@@ -316,7 +316,8 @@ def _against_independent(uv: np.ndarray, mp68: np.ndarray, ref68: np.ndarray) ->
     err_mesh = np.linalg.norm(tracks - ref[found], axis=-1) / eye * 100
     err_mp = np.linalg.norm(mp[found] - ref[found], axis=-1) / eye * 100
     return {"frames": int(found.sum()),
-            "jitter_mesh_px": cm.jitter(full), "jitter_mediapipe_px": cm.jitter(mp), "jitter_detector_px": cm.jitter(ref),
+            "jitter_mesh_px": cm.jitter(full), "jitter_mediapipe_px": cm.jitter(mp),
+            "jitter_detector_px": cm.jitter(ref),
             "error_mesh_pct": float(err_mesh.mean()), "error_mediapipe_pct": float(err_mp.mean()),
             "error_ratio": float(err_mesh.mean() / err_mp.mean()),
             "jitter_mesh_by_region": _region_jitter(full), "jitter_mediapipe_by_region": _region_jitter(mp),

@@ -88,10 +88,13 @@ def smooth_tracks(values: np.ndarray, times: np.ndarray, settings: TemporalSmoot
 
     y = np.asarray(values, np.float64)
     T, D = y.shape
-    if T < 3 or settings.strength <= 0:
+    if T < 3 or D == 0 or settings.strength <= 0:
         return y.copy()
     coupling = settings.strength * second_difference_weights(times)
-    events = event_mask(y, settings.event_threshold * _SECOND_DIFFERENCE_GAIN * noise_level(y, floor))
+    if np.isfinite(settings.event_threshold):
+        events = event_mask(y, settings.event_threshold * _SECOND_DIFFERENCE_GAIN * noise_level(y, floor))
+    else:
+        events = np.zeros((T - 2, D), bool)
     weights = np.where(events, 0.0, coupling[:, None])
     return np.stack([solveh_banded(_banded_system(weights[:, d], T), y[:, d]) for d in range(D)], 1)
 

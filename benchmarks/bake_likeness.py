@@ -128,7 +128,9 @@ def contact_sheet(frames, renders: dict, path: Path, rows: int = 4) -> None:
     cv2.imwrite(str(path), np.ascontiguousarray(np.concatenate([header, sheet], 0)[..., ::-1]))
 
 
-def evaluate(package: Path, sheet_dir: Path | None = None) -> dict:
+def evaluate(package: Path, sheet_dir: Path | None = None, splits=()) -> dict:
+    """The re-render errors of one package; ``splits``: source frames at which the test frames are also split into
+    ranges (``l1_ranges``: e.g. before and after a frame where the tracking changes)."""
     from backend.bake.albedo import (BakeConfig, Lighting, SurfacePoints, bake_vertices, frame_geometries, observe,
                                      weighted_median)
     from backend.contracts.conventions import linear_to_srgb
@@ -172,12 +174,18 @@ def evaluate(package: Path, sheet_dir: Path | None = None) -> dict:
         contact_sheet(test, {k: renders[k] for k in ("model", "baked", "texture")},
                       sheet_dir / f"{Path(package).name}_bake_sheet.png")
     summary = {}
+    odd = np.asarray(odd)
+    edges = [0, *splits, odd.max() + 1]
     for name, e in errs.items():
         ok = e["pixels"] > 0
         wts = e["pixels"][ok] / e["pixels"][ok].sum()
         summary[name] = {"l1": round(float((e["l1"][ok] * wts).sum()), 2),
                          "psnr_db": round(float((e["psnr"][ok] * wts).sum()), 2),
                          "l1_per_frame": [round(float(x), 2) for x in e["l1"][ok]], "l1_regions": e["regions"]}
+        if splits:
+            part = [ok & (odd >= a) & (odd < b) for a, b in zip(edges[:-1], edges[1:])]
+            summary[name]["l1_ranges"] = {f"{a}:{b}": round(float(np.average(e["l1"][m], weights=e["pixels"][m])), 2)
+                                          for a, b, m in zip(edges[:-1], edges[1:], part) if m.any()}
     return {"package": str(package), "bake_frames": len(even), "test_frames": len(odd),
             "decode_s": round(t_decode, 2), "bake_s": round(t_bake, 2), "unwrap_s": round(t_unwrap, 2),
             "texture_s": round(t_texture, 2),
@@ -189,14 +197,20 @@ def main(argv=None) -> None:
     ap.add_argument("packages", nargs="+", type=Path)
     ap.add_argument("--sheet", type=Path, default=None, metavar="DIR",
                     help="also write a contact sheet per package (video frame, today's colours, baked, texture)")
+    ap.add_argument("--split", type=int, nargs="*", default=[], metavar="FRAME",
+                    help="also report the test frames' L1 per range of source frames split at these frames")
     args = ap.parse_args(argv)
     from backend.model.parallel import set_threads
     set_threads(1)
-    result = {"machine": cpu_report(), "clips": [evaluate(p, args.sheet) for p in args.packages]}
+    result = {"machine": cpu_report(), "clips": [evaluate(p, args.sheet, sorted(args.split))
+                                                 for p in args.packages]}
     for c in result["clips"]:
         e = c["errors"]
         print(f"{c['package']}: " + "  ".join(f"{k} L1 {v['l1']:.2f} PSNR {v['psnr_db']:.2f}" for k, v in e.items())
               + f"  (bake {c['bake_s']} s + decode {c['decode_s']} s, {c['bake_frames']} frames)", file=sys.stderr)
+        for k, v in e.items():
+            if "l1_ranges" in v:
+                print(f"  {k} L1 by test-frame range: {v['l1_ranges']}", file=sys.stderr)
     print(json.dumps(result))
 
 

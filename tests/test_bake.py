@@ -154,6 +154,22 @@ def test_refitted_light_has_one_colour(scene):
                                                                        redness[forehead].mean())
 
 
+def test_dark_shading_is_judged_against_the_light_on_the_face():
+    """Observations where the light is weak next to what reaches the face weigh less, and none at all below half of
+    ``min_shading``, whatever the lighting's overall scale (which the video cannot tell from the albedo's)."""
+    from backend.bake.albedo import Observations
+    sh = np.zeros((9, 3), np.float32)
+    sh[0], sh[1] = 1.0 / 0.28209, -0.9           # light from above (OpenCV: -y)
+    normals = np.array([[[0, 0, -1], [0, -0.6, -0.8], [0, 0.8, -0.6], [0, 1, 0]]], np.float32)
+    obs = Observations(np.full((1, 4, 3), 0.2, np.float32), normals, np.ones((1, 4), np.float32),
+                       np.zeros((1, 4), bool))
+    cfg = BakeConfig()
+    weights = [obs.albedo(Lighting(sh * scale), cfg)[1][0] for scale in (0.3, 1.0, 4.0)]
+    for w in weights[1:]:
+        np.testing.assert_allclose(w, weights[0], atol=1e-6)
+    assert weights[0][0] == 1 and weights[0][1] == 1 and weights[0][3] == 0 and weights[0][2] < 1
+
+
 def test_colours_never_clip_whatever_the_lighting_scale(scene):
     """Started from lighting a third as bright as the truth (albedo would come out at 1.7 in linear light), the
     bake settles the scale so the brightest colours stay within ``max_albedo``: the colours keep their ratio to

@@ -5,7 +5,8 @@ Stage 1a  identity: identity/appearance/SH/colour-correction plus per-frame expr
           lead the identity, landmarks mainly place pose and expression, see ``Preset.id_lm_grad_ict``).
 Stage 1b  per frame: expression + pose, warm-started from the previous frame; landmark, silhouette and (standard,
           high) photometric losses; fewer iterations on frames that barely move.
-Stage 2   all frames jointly: landmarks + temporal smoothness of expression and pose (batched over frames).
+Stage 2   all frames jointly: landmarks + temporal smoothness of expression and pose (block coordinate descent over
+          batches of frames, ``Tracker.refine_all``).
 
 Landmarks: the detector's points are tied to canonical positions predicted from the identity's anchors
 (``landmark_tables.LandmarkSet``), posed by the backward-deformation root finder (implicit gradients), projected

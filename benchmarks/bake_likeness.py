@@ -23,23 +23,22 @@ Last run (2026-12-07 04:31-05:12, session 11, shared 2-core host under load 9-19
 these frames: the bake's defaults were set on cap12_edit 0:24's and 0:250's held-out frames and the synthetic
 head, the tracker fix has no parameter.
 
-| package | model (today) | one colour | baked, one-colour lighting (now) | baked, per-channel lighting |
-|---|---|---|---|---|
-| cap12_edit 0:24 (12 bake / 12 test frames) | 11.22 | 13.39 | **3.67** (33 %) | 4.15 (37 %) |
-| Intel gif 0:24 (12 / 12) | 11.10 | 11.00 | **3.86** (35 %) | |
-| cap12_edit 0:250 (64 / 125) | 11.18 | 13.10 | **5.12** (46 %) | 5.51 (49 %) |
-| - test frames 0-179 / 180-249 | 11.15 / 11.28 | | **4.90 (44 %) / 5.69 (50 %)** | 5.28 / 6.10 |
-| cap12_edit 0:250, stage 2 before the fix | 11.43 | 13.26 | | 6.56 (57 %; 0-179 5.52, 180-249 9.29 = 79 %) |
-| synthetic clip 0, 20 frames (10 / 10) | 11.59 | 12.34 | 6.85 (59 %) | 6.89 (59 %) |
+| package | model (today) | one colour | baked (now) | texture 2048² (now) | baked, per-channel lighting |
+|---|---|---|---|---|---|
+| cap12_edit 0:24 (12 bake / 12 test) | 11.22 / 23.72 | 12.61 | **3.67 / 31.59** (33 %) | 2.57 (23 %) | 4.15 (37 %) |
+| Intel gif 0:24 (12 / 12) | 11.10 / 24.02 | 11.04 | **3.86 / 32.77** (35 %) | 3.17 (29 %) | 3.86 |
+| cap12_edit 0:250 (64 / 125) | 11.18 / 23.57 | 12.51 | **5.12 / 29.67** (46 %) | 5.75 (51 %) | 5.51 (49 %) |
+| - test frames 0-179 / 180-249 | 11.15 / 11.28 | | **4.90 (44 %) / 5.69 (50 %)** | 5.45 / 6.53 | 5.28 / 6.10 |
+| cap12_edit 0:250, stage 2 before the fix | 11.43 | 13.26 | | | 6.56 (57 %; 180-249: 9.29, 79 %) |
+| synthetic clip 0, 20 frames (10 / 10) | 11.59 / 21.36 | 12.55 | 6.85 / 26.40 (59 %) | 6.54 (56 %) | 6.89 (59 %) |
 
-Texture 2048², per-channel lighting: cap12 0:24 2.86, Intel 3.17, cap12 0:250 6.08 (stage 2 before the fix 7.22),
-synthetic 6.55. "One-colour lighting" is ``fit_lighting``'s one directional shape for the three channels with
-the dark-shading weights relative to the light on the face: per-channel shapes score a little better here (the
-re-render reuses the lighting, which absorbs any tint that varies with direction) but bake its opposite into the
-albedo, which shows under any other light (green lids, purple temples, bright blotches under the chin: 25 % of the
-front's well-seen vertices far from the skin's chroma on cap12 0:24, 9 % now). Bake 8-69 s of wall time beside
-9-19 other jobs; on cap12 0:250 ``python -m backend bake`` used 10.6 CPU s (64 frames) against 177 CPU s for the
-whole draft ``track`` run (6 %).
+L1 / PSNR dB where two figures. "Now": ``fit_lighting``'s one directional shape for the three channels and the
+dark-shading weights relative to the light on the face. The per-channel shapes before tinted the directions the
+face barely shows and baked the opposite tints into the albedo, seen under any other light (green lids, purple
+temples, bright blotches under the chin: 25 % of the front's well-seen vertices far from the skin's chroma on
+cap12 0:24, 9 % now). Bake 2-28 s of wall time beside 9-19 other jobs (texture 47-113 s, unwrap 20-126 s); on cap12
+0:250 ``python -m backend bake`` used 10.6 CPU s (64 frames) against 177 CPU s for the whole draft ``track`` run
+(6 %). The tracker's figures: ``backend/evaluation/README.md`` (jitter).
 """
 from __future__ import annotations
 

@@ -703,8 +703,8 @@ class Tracker:
         set of optimised tensors, pulled towards its neighbouring frames as they stand.  Adam leaves a parameter
         without a gradient alone, so a batch's step moves only that batch's frames; with one tensor for the whole
         clip, every step also moved every other frame by its stale first moment, an unchecked drift growing with
-        the frame's position (cap12_edit 0:250 draft: 3-4 mm and 0.5 degrees by frame 200, landmark error 2.1 px
-        after stage 1, 5.8 px after stage 2).
+        the frame's position (cap12_edit 0:250 draft, frames 240-249: 3-4 mm and 0.5 degrees off, landmark error
+        2.1 px after stage 1, 5.8 px after stage 2).
         """
         pr = self.preset
         t0 = time.perf_counter()

@@ -370,14 +370,15 @@ class Tracker:
         """(V, 3) uint8 albedo of the output (canonical) mesh."""
         return self.albedo_u8(self.mesh.vertices)
 
-    def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int):
-        """Indices of silhouette vertices of the low-res mesh and the current coverage map."""
+    def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int, tg: head_mesh.SilhouetteTargets):
+        """Indices of silhouette vertices of the low-res mesh and its coverage map on the targets' contour pixels
+        (the only pixels the outline loss reads)."""
         vc, _ = self.to_camera(verts_posed_lo, st)
         nrm = raster.vertex_normals(vc, self.mesh_lo.faces)
         ol = np.flatnonzero(head_mesh.outline_vertices(vc, nrm))
         if len(ol) > n:
             ol = ol[np.linspace(0, len(ol) - 1, n).astype(int)]
-        return ol, raster.coverage(vc, self.mesh_lo.faces, self.Knp, self.H, self.W)
+        return ol, raster.coverage(vc, self.mesh_lo.faces, self.Knp, self.H, self.W, tg.contour_pixels)
 
     # ---------------------------------------------------------------------------------------------------------
     # photometric / silhouette rays
@@ -497,11 +498,11 @@ class Tracker:
                 ze = self.codes.z_exp(p_ex.detach()[None])
                 x, _, self._lo_warp = warp_vertices(self.model, vc0, ml.faces, zg, ze, self._lo_warp)
             st = FrameState(p_ex.detach(), omega.detach(), trans.detach())
-            ol, cov = self._outline(to_numpy(x).astype(np.float64), st, self.preset.outline_points)
-            ol = torch.as_tensor(ol, device=self.device)
             tg = cache.get("tg") if cache is not None else None   # the frame's: computed once per frame
             if tg is None:
                 tg = head_mesh.SilhouetteTargets(obs.labels, seed=obs.index, device=self.device)
+            ol, cov = self._outline(to_numpy(x).astype(np.float64), st, self.preset.outline_points, tg)
+            ol = torch.as_tensor(ol, device=self.device)
             if cache is not None:
                 cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol])
         else:

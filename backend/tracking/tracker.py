@@ -31,7 +31,7 @@ from .camera import rotation_to_axis_angle, solve_pnp
 from .codes import CodeSpace
 from ..contracts.conventions import NPHM_UNIT_M
 from ..model.devices import to_numpy
-from ..model.meshing import WarpState, warp_vertices
+from ..model.meshing import MESH_WARP_TOL, WarpState, warp_vertices
 from ..model.optim import Adam
 
 
@@ -92,6 +92,12 @@ PRESETS: Dict[str, Preset] = {
     "high": Preset("high", id_frames=8, id_iters=250, frame_iters=60, still_iters=20, stage2_epochs=8,
                    rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128, posed_mesh_res=256),
 }
+
+
+# Root-finding tolerance (model units) of the fixed-topology vertices a later rewrite replaces (stage 1 when stage 2
+# follows): 0.1 mm, invisible in the scene, and 1.11 deformation passes per vertex and frame instead of 1.29 at
+# MESH_WARP_TOL (cap12_edit 0:40, draft mesh).
+PREVIEW_WARP_TOL = 4e-4
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -654,23 +660,28 @@ class Tracker:
     # ---------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def frame_result(self, obs: FrameObs, st: FrameState, warm: Optional[WarpState] = None,
-                     metrics: bool = True) -> FrameResult:
+                     preview: bool = False) -> FrameResult:
         """The frame's outputs: fixed-topology vertices (the output mesh warped into the frame's expression,
-        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics."""
+        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics.
+
+        ``preview``: outputs that stage 2's rewrite replaces, shown while tracking runs (right after ``fit_frame``
+        of this frame): vertices to ``PREVIEW_WARP_TOL``, the landmark error from the fit's last landmark roots,
+        no coverage or photometric metric."""
         t0 = time.perf_counter()
         zg = self.z_geo()
         ze = self.codes.z_exp(st.p_ex[None])
-        x, _, warp = warp_vertices(self.model, self.tensor(self.mesh.vertices), self.mesh.faces, zg, ze, warm)
+        x, _, warp = warp_vertices(self.model, self.tensor(self.mesh.vertices), self.mesh.faces, zg, ze, warm,
+                                   tol=PREVIEW_WARP_TOL if preview else MESH_WARP_TOL)
         verts = to_numpy(x)
         lm_err = float("nan")
         if obs.found:
             lms = self.tensor(obs.landmarks[self.lm_idx])[None]
             _, uv, conv = self.landmark_term(zg, st.p_ex[None], st.omega[None], st.trans[None], lms,
-                                             self.tensor([max(obs.face_size, 1.0)]))
+                                             self.tensor([max(obs.face_size, 1.0)]), key="frame" if preview else None)
             e = (uv - lms).norm(dim=-1)[conv]
             lm_err = float(e.mean()) if e.numel() else float("nan")
         iou, photo = None, None
-        if obs.labels is not None and metrics:
+        if obs.labels is not None and not preview:
             vc, R = self.to_camera(verts, st)
             iou, frag = head_mesh.coverage_iou(vc, self.mesh.faces, self.Knp, obs.labels)
             if obs.image is not None and self.albedo is not None:

@@ -195,7 +195,7 @@ class Tracker:
         self.mesh_lo: Optional[head_mesh.HeadMesh] = None     # low-res canonical mesh
         self.albedo: Optional[np.ndarray] = None      # (V, 3) uint8 for the output mesh
         self.timer = Timer()
-        self._posed_cache: Dict[str, torch.Tensor] = {}
+        self._posed_cache: Dict[str, tuple] = {}   # key -> (posed landmarks (B, n, 3), their J^-1 (B, n, 3, 3))
         self._lo_warp: Optional[WarpState] = None     # low-res mesh warp within a frame's iterations
         self._lo_vertices: Optional[tuple] = None     # (mesh_lo, its vertices as a tensor on the device)
         self._lm_key: Optional[tuple] = None          # identity the cached canonical landmarks belong to
@@ -305,17 +305,19 @@ class Tracker:
     def posed_landmarks(self, zg, p_ex, key: Optional[str] = None):
         """The canonical landmarks posed by expressions p_ex (B, n_ex): ``WarpResult`` with points (B, n, 3) model
         units (implicit gradients when grad is enabled) and converged (B, n). ``key`` names a warm start kept between
-        calls (the last roots of that key)."""
+        calls (the last roots of that key and their inverse Jacobians: chord steps from the start, no Jacobian pass
+        there)."""
         B = p_ex.shape[0]
         A = self.model.anchors(zg)
         P = self._landmarks_for(zg)[None].expand(B, -1, -1)
         ze = self.codes.z_exp(p_ex)
-        x0 = self._posed_cache.get(key) if key is not None else None
+        x0, jinv0 = self._posed_cache.get(key, (None, None)) if key is not None else (None, None)
         if x0 is not None and x0.shape != P.shape:
-            x0 = None
-        res = self.model.forward_warp(P, zg.expand(B, -1), ze, anchors=A.expand(B, -1, -1), x_init=x0, max_iter=15)
+            x0 = jinv0 = None
+        res = self.model.forward_warp(P, zg.expand(B, -1), ze, anchors=A.expand(B, -1, -1), x_init=x0,
+                                      jinv_init=jinv0, max_iter=15)
         if key is not None:
-            self._posed_cache[key] = res.points.detach()
+            self._posed_cache[key] = (res.points.detach(), res.jinv)
         return res
 
     def landmark_term(self, zg, p_ex, omega, trans, lms, sizes, key: Optional[str] = None):
@@ -510,17 +512,18 @@ class Tracker:
             ol, cov = self._outline(to_numpy(x).astype(np.float64), st, self.preset.outline_points, tg)
             ol = torch.as_tensor(ol, device=self.device)
             if cache is not None:
-                cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol])
+                cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol], jinv_ol=self._lo_warp.jinv[ol])
         else:
             ol, cov, tg = cache["ol"], cache["cov"], cache["tg"]
         if len(ol) == 0:
             return zg.sum() * 0
         vcan = vc0[ol]
-        x0 = cache.get("x_ol") if cache is not None else None
+        x0, jinv0 = (cache.get("x_ol"), cache.get("jinv_ol")) if cache is not None else (None, None)
         res = self.model.forward_warp(vcan[None], zg, self.codes.z_exp(p_ex[None]),
-                                      x_init=None if x0 is None else x0[None], max_iter=10)
+                                      x_init=None if x0 is None else x0[None],
+                                      jinv_init=None if jinv0 is None else jinv0[None], max_iter=10)
         if cache is not None:
-            cache["x_ol"] = res.points[0].detach()
+            cache.update(x_ol=res.points[0].detach(), jinv_ol=res.jinv[0])
         uv = self.project(res.points, omega[None], trans[None])[0]
         return head_mesh.outline_silhouette_loss(uv, torch.ones(len(ol), dtype=torch.bool, device=self.device), tg,
                                                  obs.face_size, cov)

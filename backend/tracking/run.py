@@ -673,11 +673,11 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
     (T, E), coloured by the baked ``colours`` (``bake.posed.CanonicalColours``: each posed vertex looked up on the
     canonical surface through the backward deformation) or, without them, the tracker's albedo (network albedo
     through the fitted colour affine). Yields ``usd_export.FrameMesh`` (metres, model axes)."""
-    from ..model.meshing import COLOR_PRUNE_MASS, PosedMesher
+    from ..model.meshing import COLOR_PRUNE_MASS, POSED_REUSE_TOL, PosedMesher
     from ..usd_export import FrameMesh
     from .head_mesh import hair_vertices
 
-    mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
+    mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res, reuse_tol=POSED_REUSE_TOL)
     zg = tracker.z_geo().detach()
     zb = bald_z_geo(tracker)
     for k, index in enumerate(frames):

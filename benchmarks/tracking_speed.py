@@ -142,7 +142,8 @@ def main(argv=None):
     ap.add_argument("--baseline", default=None, metavar="DIR", help="another checkout's backend to run before each run")
     ap.add_argument("--score-meshes", type=int, default=4, metavar="N",
                     help="with per-frame meshes: score N of them against fine meshes of the same frames (0: no)")
-    ap.add_argument("--reference-res", type=int, default=256, help="the score's reference resolution")
+    ap.add_argument("--reference-res", type=int, default=256, choices=(64, 128, 256, 512),
+                    help="the score's reference resolution")
     a = ap.parse_args(argv)
     if not Path(a.input).is_file():
         raise SystemExit(f"{a.input} not found: set MONONPHM_SHARED or pass --input")

@@ -392,6 +392,19 @@ def test_root_finder_computes_the_code_terms_once_per_solve_with_the_same_bits()
     assert r.converged.float().mean() > 0.99
 
 
+def test_sdf_gradient_does_not_import_sympy():
+    """The rays' SDF gradient (every identity stage, standard per-frame fits) is a plain backward of the summed SDF:
+    a tensor grad_outputs makes autograd import torch.fx's symbolic shapes and sympy (0.4 CPU s, seconds of wall)."""
+    code = ("import sys, torch\nfrom backend.model import MonoNPHM, MonoNPHMConfig\n"
+            "cfg = MonoNPHMConfig.builtin()\nm = MonoNPHM(cfg, torch.rand(cfg.n_anchors, 3) - 0.5)\n"
+            "zg, za, ze = m.zero_codes(1)\n"
+            "o = m(torch.rand(1, 20, 3) - 0.5, zg, za, ze.requires_grad_(True), with_gradient=True)\n"
+            "(o.gradient ** 2).sum().backward()\nprint(o.gradient.shape, 'sympy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "torch.Size([1, 20, 3]) False"
+
+
 def test_linear_rows_gives_the_bits_of_addmm():
     """The deformation layers' product-then-bias equals addmm bit for bit, values and gradients."""
     from backend.model.deformation import _linear_rows

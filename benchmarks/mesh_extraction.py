@@ -74,7 +74,7 @@ sys.path.insert(0, str(ROOT))
 from backend import BUILTIN_MODEL_DIR  # noqa: E402
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init, load_model  # noqa: E402
 from backend.model.deformation import DeformationField  # noqa: E402
-from backend.model.meshing import PosedMesher, SurfaceMesh, canonical_mesh, warp_mesh  # noqa: E402
+from backend.model.meshing import POSED_REUSE_TOL, PosedMesher, SurfaceMesh, canonical_mesh, warp_mesh  # noqa: E402
 from backend.model.parallel import set_threads  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -212,14 +212,15 @@ def _replayed(package: Path):
 
 def score_frame_res(package: Path, resolutions: list, n_frames: int, reference_res: int = 256) -> dict:
     """Per-frame topology-varying meshes of a tracked clip at each resolution (a PosedMesher per resolution, frame
-    after frame as the tracker's USD output runs): seconds per frame (frames after the first) beside their error
+    after frame as the tracker's USD output runs, with its reuse tolerance): seconds per frame (frames after the
+    first) beside their error
     against the SDF and a reference_res^3 mesh (see the module docstring)."""
     m, z_geo, z_exp = _replayed(package)
     z_exp = z_exp[np.linspace(0, len(z_exp) - 1, min(n_frames, len(z_exp))).round().astype(int)]
     reference = reference_samples(m, z_geo, z_exp, reference_res)
     out = {"package": str(package), "frames": len(z_exp), "reference_res": reference_res, "res": {}}
     for res in resolutions:
-        mesher, times, meshes = PosedMesher(m, res=res), [], []
+        mesher, times, meshes = PosedMesher(m, res=res, reuse_tol=POSED_REUSE_TOL), [], []   # as the tracker
         for ze in z_exp:
             t = time.perf_counter()
             meshes.append(mesher(z_geo, None, ze[None], with_color=False))

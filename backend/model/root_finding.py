@@ -50,7 +50,8 @@ def _newton_solve(model, y, terms, x0, max_iter, tol, diverge, compute_dtype, co
     """No-grad damped quasi-Newton on flattened points.  Returns x (B,M,3), residual (B,M), iterations, inverse
     Jacobians (B,M,3,3) and one more chord step from x (B,M,3).
 
-    terms: the deformation net's ``code_terms`` of the codes.  Without `jinv0`, the exact Jacobian (forward mode, ~4x the cost of a plain evaluation) is computed at the start.
+    terms: the deformation net's ``code_terms`` of the codes.  Without `jinv0`, the exact Jacobian (forward mode,
+    ~4x the cost of a plain evaluation) is computed at the start.
     It is re-computed only for points whose residual did not at least halve; otherwise the inverse is reused for a
     chord step (a single deformation evaluation) and refined by Broyden's update from each accepted step.
     """

@@ -593,7 +593,7 @@ class PosedMesher:
         step = (torch.tensor(self.box[1], dtype=torch.float32, device=HOST) - lo) / (n - 1)
         known, seen = self._known, []
         dev = z_geo.device
-        chunk = min(self.chunk, self.model.max_chunk(False))
+        chunk = min(self.chunk, self.model.max_chunk(False)) if dev.type == "cpu" else self.model.max_chunk(False, dev)
 
         def fn(p: torch.Tensor) -> torch.Tensor:
             keys = _lin(((p - lo) / step).round().long(), n)   # the grid ids of the points (exact for grid points)

@@ -40,7 +40,11 @@ bake 15.8, per-frame meshes 372.9, USD 3.9 s.  Then the Jacobian layout, bias an
 vs 5.6, stage 2 0.81 vs 0.39, bake 5.0 vs 2.4 s); standard ``--output shape_keys`` 0:6 191.5 vs 114.2 s (identity
 143.3 vs 69.8, fitting 28.6 vs 23.9 s); draft ``--output shape_keys`` 0:250, ``--threads 1 --baseline``
 (load 9-12.6): 684.9 vs 378.3 s (2.74 vs 1.51 s/frame): identity 68.1 vs 38.1, fitting 370.8 vs 158.7, stage 2
-24.8 vs 9.1, shape-key vertices 174.3 vs 132.6, bake 13.2 vs 13.5 s.
+24.8 vs 9.1, shape-key vertices 174.3 vs 132.6, bake 13.2 vs 13.5 s.  Session 11 (code terms once per solve,
+contour-only outline coverage, stage-1 previews, warm inverse Jacobians, per-frame mesh reuse), draft ``--output
+both`` 0:40, 1 thread, ``--baseline`` main at 094688c, load 14-16: 551.7 vs 372.0 s; identity 153.8 vs 122.8,
+fitting 92.9 vs 63.6, stage 2 5.4 vs 3.1, shape-key vertices 59.2 vs 40.3, per-frame meshes 146.1 vs 81.8 s, mesh
+score against 128^3 (accuracy / completeness mean, mm) 0.107 / 0.484 vs 0.107 / 0.485.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from .codes import CodeSpace
 from .temporal import TemporalSmoothing, smooth_rotations, smooth_tracks
 from ..contracts.conventions import NPHM_UNIT_M
 from ..model.devices import to_numpy
-from ..model.meshing import WarpState, warp_vertices
+from ..model.meshing import MESH_WARP_TOL, WarpState, warp_vertices
 from ..model.optim import Adam
 
 
@@ -109,6 +109,12 @@ PRESETS: Dict[str, Preset] = {
     "high": Preset("high", id_frames=8, id_iters=250, frame_iters=60, still_iters=20, stage2_epochs=8,
                    rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128, posed_mesh_res=256),
 }
+
+
+# Root-finding tolerance (model units) of the fixed-topology vertices a later rewrite replaces (stage 1 when stage 2
+# follows): 0.1 mm, invisible in the scene, and 1.11 deformation passes per vertex and frame instead of 1.29 at
+# MESH_WARP_TOL (cap12_edit 0:40, draft mesh).
+PREVIEW_WARP_TOL = 4e-4
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -206,7 +212,7 @@ class Tracker:
         self.mesh_lo: Optional[head_mesh.HeadMesh] = None     # low-res canonical mesh
         self.albedo: Optional[np.ndarray] = None      # (V, 3) uint8 for the output mesh
         self.timer = Timer()
-        self._posed_cache: Dict[str, torch.Tensor] = {}
+        self._posed_cache: Dict[str, tuple] = {}   # key -> (posed landmarks (B, n, 3), their J^-1 (B, n, 3, 3))
         self._lo_warp: Optional[WarpState] = None     # low-res mesh warp within a frame's iterations
         self._lo_vertices: Optional[tuple] = None     # (mesh_lo, its vertices as a tensor on the device)
         self._lm_key: Optional[tuple] = None          # identity the cached canonical landmarks belong to
@@ -316,17 +322,19 @@ class Tracker:
     def posed_landmarks(self, zg, p_ex, key: Optional[str] = None):
         """The canonical landmarks posed by expressions p_ex (B, n_ex): ``WarpResult`` with points (B, n, 3) model
         units (implicit gradients when grad is enabled) and converged (B, n). ``key`` names a warm start kept between
-        calls (the last roots of that key)."""
+        calls (the last roots of that key and their inverse Jacobians: chord steps from the start, no Jacobian pass
+        there)."""
         B = p_ex.shape[0]
         A = self.model.anchors(zg)
         P = self._landmarks_for(zg)[None].expand(B, -1, -1)
         ze = self.codes.z_exp(p_ex)
-        x0 = self._posed_cache.get(key) if key is not None else None
+        x0, jinv0 = self._posed_cache.get(key, (None, None)) if key is not None else (None, None)
         if x0 is not None and x0.shape != P.shape:
-            x0 = None
-        res = self.model.forward_warp(P, zg.expand(B, -1), ze, anchors=A.expand(B, -1, -1), x_init=x0, max_iter=15)
+            x0 = jinv0 = None
+        res = self.model.forward_warp(P, zg.expand(B, -1), ze, anchors=A.expand(B, -1, -1), x_init=x0,
+                                      jinv_init=jinv0, max_iter=15)
         if key is not None:
-            self._posed_cache[key] = res.points.detach()
+            self._posed_cache[key] = (res.points.detach(), res.jinv)
         return res
 
     def landmark_term(self, zg, p_ex, omega, trans, lms, sizes, key: Optional[str] = None):
@@ -387,14 +395,15 @@ class Tracker:
         """(V, 3) uint8 albedo of the output (canonical) mesh."""
         return self.albedo_u8(self.mesh.vertices)
 
-    def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int):
-        """Indices of silhouette vertices of the low-res mesh and the current coverage map."""
+    def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int, tg: head_mesh.SilhouetteTargets):
+        """Indices of silhouette vertices of the low-res mesh and its coverage map on the targets' contour pixels
+        (the only pixels the outline loss reads)."""
         vc, _ = self.to_camera(verts_posed_lo, st)
         nrm = raster.vertex_normals(vc, self.mesh_lo.faces)
         ol = np.flatnonzero(head_mesh.outline_vertices(vc, nrm))
         if len(ol) > n:
             ol = ol[np.linspace(0, len(ol) - 1, n).astype(int)]
-        return ol, raster.coverage(vc, self.mesh_lo.faces, self.Knp, self.H, self.W)
+        return ol, raster.coverage(vc, self.mesh_lo.faces, self.Knp, self.H, self.W, tg.contour_pixels)
 
     # ---------------------------------------------------------------------------------------------------------
     # photometric / silhouette rays
@@ -514,23 +523,24 @@ class Tracker:
                 ze = self.codes.z_exp(p_ex.detach()[None])
                 x, _, self._lo_warp = warp_vertices(self.model, vc0, ml.faces, zg, ze, self._lo_warp)
             st = FrameState(p_ex.detach(), omega.detach(), trans.detach())
-            ol, cov = self._outline(to_numpy(x).astype(np.float64), st, self.preset.outline_points)
-            ol = torch.as_tensor(ol, device=self.device)
             tg = cache.get("tg") if cache is not None else None   # the frame's: computed once per frame
             if tg is None:
                 tg = head_mesh.SilhouetteTargets(obs.labels, seed=obs.index, device=self.device)
+            ol, cov = self._outline(to_numpy(x).astype(np.float64), st, self.preset.outline_points, tg)
+            ol = torch.as_tensor(ol, device=self.device)
             if cache is not None:
-                cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol])
+                cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol], jinv_ol=self._lo_warp.jinv[ol])
         else:
             ol, cov, tg = cache["ol"], cache["cov"], cache["tg"]
         if len(ol) == 0:
             return zg.sum() * 0
         vcan = vc0[ol]
-        x0 = cache.get("x_ol") if cache is not None else None
+        x0, jinv0 = (cache.get("x_ol"), cache.get("jinv_ol")) if cache is not None else (None, None)
         res = self.model.forward_warp(vcan[None], zg, self.codes.z_exp(p_ex[None]),
-                                      x_init=None if x0 is None else x0[None], max_iter=10)
+                                      x_init=None if x0 is None else x0[None],
+                                      jinv_init=None if jinv0 is None else jinv0[None], max_iter=10)
         if cache is not None:
-            cache["x_ol"] = res.points[0].detach()
+            cache.update(x_ol=res.points[0].detach(), jinv_ol=res.jinv[0])
         uv = self.project(res.points, omega[None], trans[None])[0]
         return head_mesh.outline_silhouette_loss(uv, torch.ones(len(ol), dtype=torch.bool, device=self.device), tg,
                                                  obs.face_size, cov)
@@ -672,23 +682,28 @@ class Tracker:
     # ---------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def frame_result(self, obs: FrameObs, st: FrameState, warm: Optional[WarpState] = None,
-                     metrics: bool = True) -> FrameResult:
+                     preview: bool = False) -> FrameResult:
         """The frame's outputs: fixed-topology vertices (the output mesh warped into the frame's expression,
-        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics."""
+        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics.
+
+        ``preview``: outputs that stage 2's rewrite replaces, shown while tracking runs (right after ``fit_frame``
+        of this frame): vertices to ``PREVIEW_WARP_TOL``, the landmark error from the fit's last landmark roots,
+        no coverage or photometric metric."""
         t0 = time.perf_counter()
         zg = self.z_geo()
         ze = self.codes.z_exp(st.p_ex[None])
-        x, _, warp = warp_vertices(self.model, self.tensor(self.mesh.vertices), self.mesh.faces, zg, ze, warm)
+        x, _, warp = warp_vertices(self.model, self.tensor(self.mesh.vertices), self.mesh.faces, zg, ze, warm,
+                                   tol=PREVIEW_WARP_TOL if preview else MESH_WARP_TOL)
         verts = to_numpy(x)
         lm_err = float("nan")
         if obs.found:
             lms = self.tensor(obs.landmarks[self.lm_idx])[None]
             _, uv, conv = self.landmark_term(zg, st.p_ex[None], st.omega[None], st.trans[None], lms,
-                                             self.tensor([max(obs.face_size, 1.0)]))
+                                             self.tensor([max(obs.face_size, 1.0)]), key="frame" if preview else None)
             e = (uv - lms).norm(dim=-1)[conv]
             lm_err = float(e.mean()) if e.numel() else float("nan")
         iou, photo = None, None
-        if obs.labels is not None and metrics:
+        if obs.labels is not None and not preview:
             vc, R = self.to_camera(verts, st)
             iou, frag = head_mesh.coverage_iou(vc, self.mesh.faces, self.Knp, obs.labels)
             if obs.image is not None and self.albedo is not None:

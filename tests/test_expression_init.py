@@ -5,7 +5,7 @@ import pytest
 
 from backend.contracts import arkit
 from backend.tracking import expression_init as ei
-from backend.training.expression_init import FEATURE_BANDS, feature_masks, train
+from backend.training.expression_init import train
 
 N_EX = len(arkit.ICT_NAMES)
 BLINK, BROW = arkit.ICT_NAMES.index("eyeBlink_L"), arkit.ICT_NAMES.index("browInnerUp_L")
@@ -18,7 +18,6 @@ def _points(rng, identity, w, yaw):
     p += identity
     p[[386, 385, 387]] += w[BLINK] * np.array([0.0, 0.008, 0.0])      # upper lid of the left eye down
     p[[296, 334, 293]] += w[BROW] * np.array([0.0, -0.01, 0.0])       # brow up
-    p[[14, 17, 18, 152, 175, 199]] += w[JAW] * np.array([0.0, 0.02, 0.0])   # lower lip and chin down
     c, s = np.cos(np.radians(yaw)), np.sin(np.radians(yaw))
     R = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
     p = 4000.0 * p @ R.T + np.array([200.0, 220.0, 0.0])               # pixels, pose
@@ -26,7 +25,7 @@ def _points(rng, identity, w, yaw):
     return np.concatenate([p, np.repeat(p[:10], 1, 0)])                # 478 points (irises unused)
 
 
-def _data(rng, n_ids, frames, jaw_with_brow=False):
+def _data(rng, n_ids, frames):
     pts, ws, ids, rest_shapes = [], [], [], []
     for i in range(n_ids):
         identity = rng.normal(0, 0.004, (468, 3))                      # the person's own shape: larger than a blink
@@ -35,8 +34,6 @@ def _data(rng, n_ids, frames, jaw_with_brow=False):
             w = np.zeros(N_EX)
             if rng.uniform() < 0.4:
                 w[rng.choice([BLINK, BROW])] = rng.uniform(0.3, 1.0)
-                if jaw_with_brow:                                      # the jaw opens with every brow raise
-                    w[JAW] = w[BROW]
             pts.append(_points(rng, identity, w, rng.uniform(-20, 20)))
             ws.append(w)
             ids.append(i)
@@ -70,27 +67,6 @@ def test_rest_features_are_the_median_over_frames():
     f = ei.landmark_features(clip)
     assert np.allclose(ei.rest_features(clip), np.median(f, 0))
     assert f.shape == (5, 1404)
-
-
-def test_each_channel_reads_its_part_of_the_face():
-    """Brows raised only together with an open jaw in training: with the feature bands the brow channel reads the
-    brow points alone, so a jaw opening on its own leaves it at 0; reading every point, it does not."""
-    masks = feature_masks()
-    height = ei.template()[:, 1] / np.linalg.norm(ei.template()[263] - ei.template()[33])
-    assert masks[BROW].reshape(468, 3)[:, 0].tolist() == (height <= FEATURE_BANDS["brow"][1]).tolist()
-    assert not masks[BROW].reshape(468, 3)[[14, 152]].any() and not masks[JAW].reshape(468, 3)[[296, 334]].any()
-    rng = np.random.default_rng(2)
-    data = _data(rng, 30, 12, jaw_with_brow=True)
-    identity = rng.normal(0, 0.004, (468, 3))
-    w = np.zeros((12, N_EX))
-    w[4:8, JAW] = 1.0                                                  # a jaw opening, brows at rest
-    clip = np.stack([_points(rng, identity, wi, 0.0) for wi in w])
-    brow = {}
-    for name, bands in (("bands", FEATURE_BANDS), ("every point", {})):
-        reg = ei.LandmarkExpressionRegressor(train(data, log=lambda m: None, bands=bands)[0])
-        assert not bands or not reg.W[~masks.T].any()                  # 0 outside each channel's band
-        brow[name] = reg.linear(clip, ei.rest_features(clip))[4:8, BROW].mean()
-    assert abs(brow["bands"]) < 0.05 and brow["every point"] > 0.2, brow
 
 
 def test_mouth_channels_blend_the_landmark_reading_into_the_output():

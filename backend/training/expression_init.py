@@ -11,9 +11,8 @@ as in the sampler's combinations), and a random pose (yaw +-40, pitch +-12, roll
 rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face mesh (static mode) detects the
 points. Chunks of identities are cached as npz, so generation resumes.
 
-Model: ridge regression from the rest-relative features to the 53 ICT weights, each channel reading only the points
-of its part of the face (``FEATURE_BANDS``), the ridge strength per channel chosen by cross-validation over identities
-(see ``train``).
+Model: ridge regression from the rest-relative features to the 53 ICT weights, the ridge strength per channel chosen
+by cross-validation over identities (see ``train``).
 """
 from __future__ import annotations
 
@@ -29,29 +28,6 @@ from . import data as ictdata
 TRAIN_SEED_BASE = 7_800_000
 CHUNK = 25  # identities per cached chunk
 RIDGES = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
-# The face-mesh points each channel group reads: a band of heights on the template (eye-corner units, y down; the
-# eye corners sit at about 0, the brows at -0.3, the mouth corners at 0.7, the chin at 1.2); other channels read
-# every point. Without bands a brow channel also reads the mouth and jaw, which the training frames often move
-# together with it (tuning clips, regressor alone: brow inner up corr 0.42 -> 0.52, brow down 0.65 -> 0.73, wide
-# 0.28 -> 0.33, cheek puff 0.61 -> 0.81, blink events 12 -> 13 of 16; backend/evaluation/README.md).
-FEATURE_BANDS = {"brow": (-np.inf, 0.2), "eyeBlink": (-np.inf, 0.2), "eyeWide": (-np.inf, 0.2),
-                 "eyeSquint": (-np.inf, 0.35), "mouth": (0.15, np.inf), "jaw": (0.15, np.inf),
-                 "cheekPuff": (0.0, np.inf)}
-
-
-def feature_masks(bands: dict = FEATURE_BANDS) -> np.ndarray:
-    """(53, 1404) bool: the features (x, y, depth of each face-mesh point) each ICT channel reads (``bands``: channel
-    name prefix -> (lowest, highest) template height in eye-corner units)."""
-    from ..tracking.expression_init import N_POINTS, template
-
-    tpl = template()
-    height = tpl[:, 1] / np.linalg.norm(tpl[263] - tpl[33])
-    out = np.ones((len(arkit.ICT_NAMES), N_POINTS * 3), bool)
-    for c, name in enumerate(arkit.ICT_NAMES):
-        for prefix, (lo, hi) in bands.items():
-            if name.startswith(prefix):
-                out[c] = np.repeat((height >= lo) & (height <= hi), 3)
-    return out
 
 
 def _expression(rng) -> np.ndarray:
@@ -117,16 +93,14 @@ def generate(cache: Path, n_ids: int, frames_per_id: int, log=print) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def train(data: dict, ridges=RIDGES, folds: int = 5, log=print,
-          bands: dict = FEATURE_BANDS) -> tuple[dict, np.ndarray]:
+def train(data: dict, ridges=RIDGES, folds: int = 5, log=print) -> tuple[dict, np.ndarray]:
     """Ridge regression on the rest-relative, normalised features -> (the arrays of ``LandmarkExpressionRegressor``,
     cross-validated MAE per channel (53,)).
 
     Each frame's features minus its identity's rest features (``rest_features`` of the identity's frames: their
     median, as the tracker takes the clip's), so the map learns the change an expression makes, not the identity.
-    Each channel reads only its features (``feature_masks(bands)``: the channels sharing a mask are fitted together, the
-    map is 0 elsewhere). The ridge strength is chosen per channel from ``ridges`` by ``folds``-fold cross-validation
-    over identities (clamped MAE); the final map is fitted on all identities.
+    The ridge strength is chosen per channel from ``ridges`` by ``folds``-fold cross-validation over identities
+    (clamped MAE); the final map is fitted on all identities.
 
     Linear on purpose: an MLP (1404 -> 128 -> 128 -> 53, L1 or L2 loss) fitted the training identities and lost to
     all-zeros on held-out ones with 1,600 frames of 100 identities; ridge keeps the signal that generalises."""
@@ -140,22 +114,14 @@ def train(data: dict, ridges=RIDGES, folds: int = 5, log=print,
     rests = np.stack([np.median(X[inv == k], 0) for k in range(len(ids))])
     X -= rests[inv]
     ridges = np.asarray(ridges, np.float64)
-    masks = feature_masks(bands)
-    _, group = np.unique(masks, axis=0, return_inverse=True)
-    parts = [(np.flatnonzero(masks[chans[0]]), chans) for chans in (np.flatnonzero(group == g)
-                                                                    for g in range(group.max() + 1))]
 
     def fit(rows):
         """(mean, std, y_mean, W (len(ridges), F, 53)) on ``rows``."""
         mean, std = X[rows].mean(0), X[rows].std(0) + 1e-3
         y_mean = Y[rows].mean(0)
-        Xn = (X[rows] - mean) / std
-        Ws = np.zeros((len(ridges), X.shape[1], Y.shape[1]))
-        for cols, chans in parts:
-            U, S, Vt = np.linalg.svd(Xn[:, cols], full_matrices=False)
-            UtY = U.T @ (Y[rows][:, chans] - y_mean[chans])
-            Ws[:, cols[:, None], chans[None]] = np.stack([Vt.T @ ((S / (S ** 2 + r))[:, None] * UtY) for r in ridges])
-        return mean, std, y_mean, Ws
+        U, S, Vt = np.linalg.svd((X[rows] - mean) / std, full_matrices=False)
+        UtY = U.T @ (Y[rows] - y_mean)
+        return mean, std, y_mean, np.stack([Vt.T @ ((S / (S ** 2 + r))[:, None] * UtY) for r in ridges])
 
     fold_of = np.random.default_rng(0).permutation(len(ids)) % folds
     err = np.zeros((len(ridges), Y.shape[1]))

@@ -625,7 +625,9 @@ class TrackingSession:
             "z_exp": to_numpy(self.codes.z_exp(p_ex)).astype(np.float32),
             "vertices": (np.stack([r.vertices for r in results]) * NPHM_UNIT_M).astype(np.float32),
         }
-        ak = self.codes.arkit(p_ex)
+        det = self.detections
+        ak = self.codes.arkit(p_ex, self.codes.landmark_readings([det.landmarks.get(r.index) for r in results],
+                                                                [det.depths.get(r.index) for r in results]))
         if ak is not None:
             arrays["arkit"] = ak
         return arrays

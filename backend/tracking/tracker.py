@@ -62,7 +62,7 @@ class Preset:
     stage2_batch: int = 16
     rays: int = 0                  # per-frame photometric/silhouette rays per iteration (0 = none: draft)
     id_rays: int = 192             # identity-stage rays per iteration (every preset: they carry the identity)
-    ray_every: int = 1             # render rays every k-th iteration
+    ray_every: int = 1             # per-frame fit: render rays every k-th iteration (the identity stage: every one)
     n_coarse: int = 16
     n_fine: int = 8
     mesh_res: int = 80             # output (fixed topology) canonical mesh resolution
@@ -487,7 +487,9 @@ class Tracker:
             loss_lm, _, _ = self.landmark_term(zg_lm, p_ex, om, tr, lms, sizes, key="id")
             loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex) \
                 + self.w_id_prior * self.codes.identity_prior(p_geo, p_app) * 100
-            if pr.id_rays and it % pr.ray_every == 0:
+            # rays on every iteration: with them on every 2nd of 120 (standard before) the landmarks led the identity
+            # and standard's faces came out 0.19 mm worse than draft's on real-skin clips (backend/evaluation/README.md)
+            if pr.id_rays:
                 j = it % B
                 inv_s = renderer.inv_s_schedule(it, n_it)
                 ml, rl, _ = self.ray_terms(zg, self.codes.z_app(p_app), p_ex[j], om[j], tr[j], frames[j],

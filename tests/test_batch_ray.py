@@ -168,13 +168,14 @@ def test_a_clip_in_two_chunks_resumes_and_matches_its_single_run_without_a_seam(
     chunked, single = ResultPackage(tmp_path / "out" / "clip").frame_arrays(), ResultPackage(single).frame_arrays()
     # Tolerance: pose and the head's vertices within 0.1 mm (rotation entries 1e-4); measured 2e-7 m, 4e-7, 1.4e-6 m
     # (each chunk's rewrite starts its vertex warp 2 frames before its range, a root finding to a tolerance).
-    # The first chunk's frames match the single run's (1e-8: stage 2 couples them to the second); the second's
-    # expression codes differ (norm up to 0.18, where frame-to-frame steps are 0.15-0.35): the tiny test model's
-    # expression barely moves its surface, so its codes are weakly determined, and three iterations per frame leave
-    # them near their warm start.
+    # The second chunk's expression codes differ from the single run's fits before stage 2 (norm up to 0.18): the tiny
+    # test model's expression barely moves its surface, so its codes are weakly determined, and three iterations per
+    # frame leave them near their warm start.
     for key in ("translation", "rotation", "vertices"):
         assert np.abs(chunked[key] - single[key]).max() < 1e-4, key
-    assert np.allclose(chunked["z_exp"][:3], single["z_exp"][:3], atol=1e-6) and np.isfinite(chunked["z_exp"]).all()
+    # stage 2's temporal model then smooths each code track over the whole clip, so the first chunk's codes take a
+    # little of the second's difference (measured 2e-5, 8e-4, 1.7e-3 at frames 0-2; the second's differ by up to 2.3e-3)
+    assert np.allclose(chunked["z_exp"][:3], single["z_exp"][:3], atol=5e-3) and np.isfinite(chunked["z_exp"]).all()
     # no seam: the second differences at the frames beside the seam (2 | 3) within the chunks' 95th percentile
     for key, d2 in _second_differences(chunked).items():   # d2[t - 1] belongs to frame t
         seam, within = d2[[1, 2]], d2[[0, 3]]

@@ -176,10 +176,13 @@ def test_a_clip_in_two_chunks_resumes_and_matches_its_single_run_without_a_seam(
     # stage 2's temporal model then smooths each code track over the whole clip, so the first chunk's codes take a
     # little of the second's difference (measured 2e-5, 8e-4, 1.7e-3 at frames 0-2; the second's differ by up to 2.3e-3)
     assert np.allclose(chunked["z_exp"][:3], single["z_exp"][:3], atol=5e-3) and np.isfinite(chunked["z_exp"]).all()
-    # no seam: the second differences at the frames beside the seam (2 | 3) within the chunks' 95th percentile
+    # no seam: the second differences at the frames beside the seam (2 | 3) within the chunks' 95th percentile or
+    # the single run's there (the temporal model leaves a smooth track's all alike: measured equal to the single run's
+    # to 2e-7 for the pose; a jump at the seam makes them several times larger)
+    single_d2 = _second_differences(single)
     for key, d2 in _second_differences(chunked).items():   # d2[t - 1] belongs to frame t
         seam, within = d2[[1, 2]], d2[[0, 3]]
-        assert seam.max() <= np.percentile(within, 95), (key, d2)
+        assert seam.max() <= max(np.percentile(within, 95), 1.01 * single_d2[key][[1, 2]].max()), (key, d2)
 
 
 def test_storage_every_node_must_see(cluster, tmp_path):

@@ -71,27 +71,3 @@ def test_model_declared_landmark_channels(sphere_model):
         assert on == ["eyeBlink_L", "eyeBlink_R"]
     finally:
         del model.extra
-
-
-def test_hair_parameters_stay_in_their_trained_ranges(sphere_model):
-    """The identity projection keeps a model's hair parameters inside the ranges it declares (bald = 0 reachable,
-    no negative bangs or thickness); ICT weights keep +-3; a model without ranges keeps +-3 everywhere."""
-    from backend.tracking.codes import CodeSpace
-    from backend.training.hair import HAIR_RANGES, N_HAIR
-    model, enc = sphere_model
-    p_app = torch.full((enc.app.in_features,), 0.5)
-    model.extra = {"hair": {"ranges": [list(r) for r in HAIR_RANGES]}}
-    try:
-        codes = CodeSpace(model, enc)
-        p = torch.cat([torch.full((100,), -5.0), torch.full((N_HAIR,), -5.0)])
-        codes.project_identity_(p, p_app)
-        assert (p[:100] == -3).all()
-        assert p[100:].tolist() == [lo for lo, _ in HAIR_RANGES]
-        p.fill_(5.0)
-        codes.project_identity_(p, p_app)
-        assert (p[:100] == 3).all() and p[100:].tolist() == [hi for _, hi in HAIR_RANGES]
-    finally:
-        del model.extra
-    p = torch.full((100 + N_HAIR,), -5.0)
-    CodeSpace(model, enc).project_identity_(p, p_app)
-    assert (p == -3).all()

@@ -50,13 +50,3 @@ def test_neck_line_follows_head_roll():
     down = (chin - lm[M.FOREHEAD]) / np.linalg.norm(chin - lm[M.FOREHEAD])
     below = np.round(chin + 30 * down).astype(int)
     assert not above[below[1], below[0]]
-
-
-def test_person_beyond_the_reach_of_hair_is_not_hair():
-    """A segmentation that takes something far beside the head for the person (an animal, a raised hand) is ignored,
-    not hair the surface must reach; hair beside the face still is."""
-    lm, prob = _face()
-    prob[20:60, 145:] = 1.0                            # 40 px beyond the face oval (reach: 0.5 x 64 px face height)
-    hair = M.head_labels(prob, lm, prob.shape, hair_region=True)
-    assert (hair[20:60, 145:] == M.IGNORE).all()
-    assert hair[80, 40] == M.HEAD_OTHER and hair[35, 80] == M.HEAD_OTHER

@@ -46,14 +46,6 @@ class CodeSpace:
             for p in self.enc.parameters():
                 p.requires_grad_(False)
             self.n_id = self.enc.geo.in_features
-            # identity inputs' bounds: ICT weights within +-3 sigma, hair parameters within the range the model
-            # was trained on (outside it the linear encoder extrapolates: negative bangs, a beard on a bald head)
-            self.id_lo = torch.full((self.n_id,), -3.0, device=self.device)
-            self.id_hi = torch.full((self.n_id,), 3.0, device=self.device)
-            ranges = ((getattr(model, "extra", None) or {}).get("hair") or {}).get("ranges")
-            if ranges is not None and self.n_id == N_ICT_IDENTITY + len(ranges):
-                r = torch.as_tensor(ranges, dtype=torch.float32, device=self.device)
-                self.id_lo[N_ICT_IDENTITY:], self.id_hi[N_ICT_IDENTITY:] = r[:, 0], r[:, 1]
             self.n_app = self.enc.app.in_features
             self.n_ex = self.enc.exp.in_features
             static = np.array([n.startswith("eyeLook") for n in arkit.ICT_NAMES[: self.n_ex]])
@@ -139,7 +131,7 @@ class CodeSpace:
     def project_identity_(self, p_geo: torch.Tensor, p_app: torch.Tensor) -> None:
         if self.mode == "encoder":
             with torch.no_grad():
-                p_geo.clamp_(self.id_lo, self.id_hi)
+                p_geo.clamp_(-3.0, 3.0)
                 p_app.clamp_(0.0, 1.0)
 
     # -- priors --------------------------------------------------------------------------------------------------

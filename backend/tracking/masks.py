@@ -4,8 +4,7 @@ MediaPipe selfie segmentation (``mediapipe_graphs``) separates person from backg
 the face region (face oval) and the mouth interior (inner lip contour). For a model without hair, hair, neck,
 shoulders, ears and uncertain pixels are labelled IGNORE: they neither pull the surface nor count as misses. For a
 model that represents hair (``hair_region=True``) the rest of the person above the neck line (hair, scalp, ears) is
-HEAD_OTHER: it pulls the surface out like the face does; the body below the neck line, and person pixels beyond
-the reach of hair (``HAIR_REACH``), stay IGNORE.
+HEAD_OTHER: it pulls the surface out like the face does; the body below the neck line stays IGNORE.
 
 Labels (uint8):
     BACKGROUND = 0   surely not the person: rendered opacity should be 0
@@ -27,12 +26,6 @@ HEAD = (FACE, MOUTH, HEAD_OTHER)  # labels the rendered head must cover
 
 # the neck line: perpendicular to the chin->forehead axis, this fraction of the face height below the chin
 NECK_LINE_BELOW_CHIN = 0.15
-# hair reaches at most this far beyond the face oval (face heights, forehead top to chin: ~9 cm), enough for 4 cm of
-# hair on the skull and shoulder-length hair beside the face; person pixels further out are IGNORE, not hair: a
-# segmentation that takes a textured background, an animal or a raised hand for the person would pull the surface
-# out to them (benchmarks/hair_accuracy.py clips, this target against the true alpha: 0.68 -> 0.81 on a cluttered
-# background, 0.56 -> 0.79 on the bald clip's, 0.96 unchanged on a plain one)
-HAIR_REACH = 0.5
 CHIN, FOREHEAD = 152, 10
 
 # MediaPipe face-mesh contours, ordered (from mediapipe's FACEMESH_FACE_OVAL / FACEMESH_LIPS edge sets)
@@ -101,17 +94,15 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
         lab[person_prob < bg_thresh] = BACKGROUND
     if landmarks is None:
         return lab
-    oval = _fill((H, W), landmarks[FACE_OVAL])
+    face = _fill((H, W), landmarks[FACE_OVAL])
     # shrink the oval slightly: its border is where the model's skin meets hair/ears and the detector is least sure
     size = float(np.ptp(landmarks[FACE_OVAL], axis=0).max())
     r = max(1, int(round(margin_frac * size)))
-    face = cv2.erode(oval.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
+    face = cv2.erode(face.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
     if person_prob is not None:
         face &= person_prob >= 0.5
         if hair_region:
-            beyond_oval = cv2.distanceTransform((~oval).astype(np.uint8), cv2.DIST_L2, 5)
-            reach = HAIR_REACH * float(np.linalg.norm(landmarks[FOREHEAD, :2] - landmarks[CHIN, :2]))
-            lab[(person_prob >= 0.5) & above_neck_line(landmarks, (H, W)) & (beyond_oval <= reach)] = HEAD_OTHER
+            lab[(person_prob >= 0.5) & above_neck_line(landmarks, (H, W))] = HEAD_OTHER
     lab[face] = FACE
     mouth = _fill((H, W), landmarks[INNER_LIPS])
     lab[mouth & (lab != BACKGROUND)] = MOUTH

@@ -41,9 +41,6 @@ HAIR_NAMES = (
     "moustache",      # [0, 1] moustache thickness, 0 = none
 )
 N_HAIR = len(HAIR_NAMES)
-# (low, high) of each parameter, as above: the range the training data covers (the tracker keeps fits inside it)
-HAIR_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 1.0), (-1.0, 1.0), (0.0, 1.0), (-1.0, 1.0), (-1.0, 1.0), (0.0, 1.0),
-               (0.0, 1.0), (-1.0, 1.0), (0.0, 1.0), (0.0, 1.0))
 _I = {n: i for i, n in enumerate(HAIR_NAMES)}
 BALD = np.zeros(N_HAIR, np.float32)
 

@@ -58,8 +58,8 @@ D_CLAMP = 0.3                      # head distances are clamped here (> every th
 # The marching-cubes box of a model trained with hair (posed NPHM space; ``MonoNPHMConfig.mesh_box``). The official
 # box ends at y = -0.5, 2 cm below the chin of these heads (mean head: -0.42): it cut the neck above the tracker's
 # neck line (0.15 face heights below the chin, ~-0.53, lower as the head nods), so the hair-region silhouette pulled
-# at a neck the mesh lacked (hair clips' IoU 0.82 -> 0.87 with this box); and it cut thick shoulder-length hair,
-# which reaches y = BOTTOM_LOW and |x| = 0.69.
+# at a neck the mesh lacked (step-950 model: hair clips' IoU 0.82 -> 0.87, bald clip 0.86 -> 0.91); and it cut thick
+# shoulder-length hair, which reaches y = BOTTOM_LOW and |x| = 0.69.
 MESH_BOX = ((-0.7, -0.7, -0.95), (0.7, 0.75, 0.4))
 
 # ICT landmarks-68 indices used to place the beard

@@ -29,6 +29,10 @@ Linear light with the refitted lighting alone gave 8.79 (the stripe's blue clipp
 left the brightest albedo above 1); settling the scale so no colour clips (``albedo.normalise_scale``) gives 7.20
 (7.19 with the white balance from the ambient term; the baked skin's median, 135/80/55, is now close to the
 truth's 128/69/37 before any colour map).
+Session 11 (2026-12-07 05:12, load ~15; the clip re-tracked by this tree's tracker, 2649 vertices compared, 71 on
+the stripe): model albedo 6.95 (stripe 86.1), baked with per-channel lighting 5.99 (23.6), with the one-colour
+lighting and relative dark-shading weights (now) **6.12** (22.4); regions now forehead 4.47, brows 8.80, eyes 6.98,
+nose 6.91, cheeks 5.65, lips 9.44, chin 5.98.
 The features (eyes, lips, brows) stay worse than the model albedo: the tracked surface is misaligned there by a
 few millimetres, so their colours are looked up in the wrong places.
 """

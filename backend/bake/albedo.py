@@ -40,9 +40,10 @@ class BakeConfig:
     edge_margin: float = 0.05
     """Weight ramps from 0 to 1 over this distance (fraction of the head's size in the image) from the rendered
     silhouette and from pixels labelled background (occluders, misfit)."""
-    min_shading: float = 0.2
-    """Shading level (sRGB-encoded) below which an observation is down-weighted (dark, noisy after the
-    division)."""
+    min_shading: float = 0.5
+    """Irradiance, as a share of the light that reaches the face (``Lighting.face_irradiance``), below which an
+    observation is down-weighted (no weight at half of it): the division amplifies noise there, and there the
+    SH lighting, fitted on the directions the face mostly shows, is least sure (eyelid creases, under the chin)."""
     lighting_iterations: int = 2
     """Rounds of refitting the linear-light SH lighting to the combined albedo (``fit_lighting``). Measured
     (benchmarks/bake_likeness.py, bake_synthetic.py, before the final white balance): 0 / 2 / 4 rounds give cap12
@@ -170,13 +171,18 @@ class Lighting:
         """Unit camera-space normals (…, 3) -> linear irradiance S (…, 3)."""
         return sh_irradiance(self.sh, normals_cam)
 
-    def light_colour(self) -> np.ndarray:
-        """(3,) the lighting's colour where the face is seen, brightest channel 1: its mean irradiance over
-        directions facing the camera, weighted by how squarely they face it. (Not the ambient term: fitted to
-        normals on one hemisphere, the ambient and the towards-camera terms trade off against each other.)"""
+    def face_irradiance(self) -> np.ndarray:
+        """(3,) the light that reaches the face: the mean irradiance over directions facing the camera, weighted
+        by how squarely they face it."""
         n = fibonacci_sphere(512)
         facing = np.clip(-n[:, 2], 0, None)
-        colour = np.clip((facing[:, None] * self.irradiance(n)).sum(0), 1e-6, None)
+        return (facing[:, None] * self.irradiance(n)).sum(0) / facing.sum()
+
+    def light_colour(self) -> np.ndarray:
+        """(3,) the lighting's colour where the face is seen (``face_irradiance``), brightest channel 1. (Not the
+        ambient term: fitted to normals on one hemisphere, the ambient and the towards-camera terms trade off
+        against each other.)"""
+        colour = np.clip(self.face_irradiance(), 1e-6, None)
         return colour / colour.max()
 
     def white_balanced(self) -> "Lighting":
@@ -255,11 +261,11 @@ class Observations:
 
     def albedo(self, lighting: Lighting, cfg: "BakeConfig"):
         """Per-observation linear albedo under ``lighting`` -> (albedo_lin (T, N, 3), weight (T, N)): the weight
-        falls off where the shading is dark (the division amplifies noise there)."""
+        falls off where the shading is dark (``BakeConfig.min_shading``)."""
         S = lighting.irradiance(self.normal.astype(np.float32))
-        level = linear_to_srgb(np.clip(S.mean(-1), 0, 1))
-        w_light = _ramp(level, 0.5 * cfg.min_shading, cfg.min_shading)
-        floor = srgb_to_linear(0.5 * cfg.min_shading)
+        face = max(float(lighting.face_irradiance().mean()), 1e-6)
+        w_light = _ramp(S.mean(-1) / face, 0.5 * cfg.min_shading, cfg.min_shading)
+        floor = 0.5 * cfg.min_shading * face
         a = np.clip(self.pixel_lin / np.maximum(S, floor), 0, MAX_OBSERVED_ALBEDO)
         return a.astype(np.float32), (self.weight * w_light).astype(np.float32)
 
@@ -420,10 +426,15 @@ def bake_points(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting: 
 
 def fit_lighting(obs: Observations, robust: RobustAlbedo, lighting: Lighting, cfg: BakeConfig,
                  max_rows: int = 500_000) -> Lighting:
-    """Refit the SH lighting in linear light to the observations, given the combined albedo: per channel, weighted
-    least squares of ``pixel_lin = (SH(n) @ sh) * albedo`` over the skin observations that ``combine`` kept as
-    inliers (eyes, the mouth interior, occluders and highlights do not pull the light); at most ``max_rows``
-    observations, evenly strided."""
+    """Refit the SH lighting in linear light to the observations, given the combined albedo: one directional shape
+    for the three channels, weighted least squares of ``pixel_lin = (SH(n) @ l) * albedo`` over every channel of
+    the skin observations that ``combine`` kept as inliers (eyes, the mouth interior, occluders and highlights do
+    not pull the light); at most ``max_rows`` observations, evenly strided.
+
+    One shape, hence one light colour (which ``Lighting.white_balanced`` then takes out): per-channel shapes, fitted
+    on the one hemisphere the camera sees, tinted the directions it barely sees (cap12_edit: blue from above, no
+    blue from the side) and the division baked the opposite tints into the albedo there (green lids, purple
+    temples under neutral light)."""
     albedo, w = obs.albedo(lighting, cfg)
     w = w * (residual(albedo, robust.albedo_lin) < cfg.inlier_distance) * ~obs.special * ~robust.special[None]
     t, n = np.nonzero(w > 0)
@@ -432,13 +443,11 @@ def fit_lighting(obs: Observations, robust: RobustAlbedo, lighting: Lighting, cf
     step = max(1, len(t) // max_rows)
     t, n = t[::step], n[::step]
     Y = sh_design(obs.normal[t, n].astype(np.float32)).astype(np.float64)   # (O, 9)
-    sw = np.sqrt(w[t, n]).astype(np.float64)[:, None]
-    sh = np.empty((9, 3))
-    for c in range(3):   # three 9-parameter fits
-        X = Y * robust.albedo_lin[n, c, None] * sw
-        y = obs.pixel_lin[t, n, c, None] * sw
-        sh[:, c] = np.linalg.lstsq(X, y, rcond=None)[0][:, 0]
-    return Lighting(sh.astype(np.float32))
+    sw = np.sqrt(w[t, n]).astype(np.float64)[:, None]                       # (O, 1)
+    X = (Y[:, None, :] * robust.albedo_lin[n][..., None] * sw[..., None]).reshape(-1, 9)   # (3 O, 9)
+    y = (obs.pixel_lin[t, n] * sw).reshape(-1)
+    shape = np.linalg.lstsq(X, y, rcond=None)[0]
+    return Lighting(np.repeat(shape[:, None], 3, 1).astype(np.float32))
 
 
 def smooth_on_mesh(values: np.ndarray, faces: np.ndarray, passes: int) -> np.ndarray:

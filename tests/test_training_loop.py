@@ -104,3 +104,18 @@ def test_init_from_exported_model_reproduces_it(tmp_path):
     assert after[i] > 2 * col[i] and after[j] == col[j]
     assert arkit.ICT_NAMES.index("eyeLookUp_L") not in [arkit.ICT_NAMES.index(n) for n in boosted]
     assert torch.equal(tr.ema_params[k], tr.enc.exp.weight)
+
+
+def test_export_writes_the_hair_mesh_box(tmp_path):
+    """An exported model meshes the box that holds its neck and hair (``hair.MESH_BOX``), not the official one."""
+    import json
+
+    from backend.model import load_model
+    from backend.training.export import export
+    from backend.training.hair import MESH_BOX
+    from backend.training.train import main
+    torch.set_num_threads(1)
+    assert main([*_cli(tmp_path / "run"), "--max-steps", "1"]) == 0
+    out = export(tmp_path / "run" / "ckpt_last.pt", tmp_path / "model", refit_arkit=False)
+    assert json.loads((out / "config.json").read_text())["config"]["mesh_box"] == [list(b) for b in MESH_BOX]
+    assert load_model(out).cfg.mesh_box == MESH_BOX

@@ -24,7 +24,7 @@ from .. import BUILTIN_MODEL_DIR
 from ..contracts import arkit
 from ..model.checkpoint import ENCODERS_FILE
 from ..model.encoders import N_APP, N_EX
-from .hair import HAIR_NAMES
+from .hair import HAIR_NAMES, MESH_BOX
 
 
 def fit_arkit_regressor(enc, reg, iters=3000, batch=256, noise=0.3, seed=0, lr=3e-3):
@@ -114,6 +114,7 @@ def export(ckpt_path, out_dir=BUILTIN_MODEL_DIR, extra_info=None, refit_arkit=Tr
     }
     if extra_info:
         extra.update(extra_info)
+    model.cfg.mesh_box = MESH_BOX  # the neck down to the tracker's neck line, and long hair
     save_model(out_dir, model, extra=extra)
     enc_state = {"encoders": {k: v.detach().float().contiguous() for k, v in enc.state_dict().items()},
                  "arkit_regressor": {k: v.detach().float().contiguous() for k, v in reg.state_dict().items()}}

@@ -55,6 +55,12 @@ LONG_BELOW = -0.22                 # bottoms below this hang a curtain from the 
 BEARD_T, MOUSTACHE_T = 0.06, 0.03  # up to 1.5 cm / 7.5 mm
 SMOOTH_K = 0.04                    # smooth-union radius of shell and curtain (1 cm)
 D_CLAMP = 0.3                      # head distances are clamped here (> every thickness)
+# The marching-cubes box of a model trained with hair (posed NPHM space; ``MonoNPHMConfig.mesh_box``). The official
+# box ends at y = -0.5, 2 cm below the chin of these heads (mean head: -0.42): it cut the neck above the tracker's
+# neck line (0.15 face heights below the chin, ~-0.53, lower as the head nods), so the hair-region silhouette pulled
+# at a neck the mesh lacked (step-950 model: hair clips' IoU 0.82 -> 0.87, bald clip 0.86 -> 0.91); and it cut thick
+# shoulder-length hair, which reaches y = BOTTOM_LOW and |x| = 0.69.
+MESH_BOX = ((-0.7, -0.7, -0.95), (0.7, 0.75, 0.4))
 
 # ICT landmarks-68 indices used to place the beard
 _LM_NOSE_BOTTOM, _LM_CHIN, _LM_MOUTH_L, _LM_MOUTH_R, _LM_LIP_TOP, _LM_LIP_BOTTOM = 33, 8, 48, 54, 51, 57

@@ -121,8 +121,13 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
              f"(z_geo {cfg['lat_dim_glob'] + cfg['lat_dim_loc_geo'] * (cfg['n_anchors'] + 1)}-d), z_exp "
              f"{cfg['lat_dim_exp']}-d, deformation MLP {cfg['n_layers_ex']}×{cfg['hidden_dim_ex']}, "
              f"{cfg['n_hyper']} hyper dims.")
+    lo, hi = cfg["mesh_box"]
+    L.append(f"- Mesh box (the tracker's marching cubes, NPHM units): x {lo[0]}..{hi[0]}, y {lo[1]}..{hi[1]}, "
+             f"z {lo[2]}..{hi[2]}" + (" (the neck down to the tracker's neck line, and shoulder-length hair: "
+                                      "`backend/training/hair.py` MESH_BOX)." if hair else "."))
     L.append(f"- Parameters: {n_par:,} (model) ; files {size_mb:.1f} MB (float32).")
-    L.append("- Weights: exponential moving average (decay 0.999) of the training weights.\n")
+    L.append("- Weights: exponential moving average (decay 0.999" + ("; 0.995 in stage 2" if base_tr else "")
+             + ") of the training weights.\n")
     L.append("## Training\n")
     if base_tr:
         L.append(f"- Stage 1 (the bald model): {base_tr.get('step')} steps from scratch, {base_tr.get('minutes')} min "

@@ -361,7 +361,7 @@ def test_skin_the_lighting_predicts_too_dark_does_not_come_back_as_a_bright_crea
     the SH lighting on the mesh's normals predicts a third to a half of that. Dividing by it baked a bright,
     saturated crease (cap12_edit's orange upper lids and bright patches under the nose). Without
     ``limit_shadowed``: 1.59x the skin in linear light (+27/255), chromaticity off by 0.20; now +2/255 with no
-    excess allowed, and 1.49x, 0.04 with the defaults (``shadow_excess`` 1.5)."""
+    excess allowed, and 1.28x, 0.04 with the defaults (``shadow_excess`` 1.25)."""
     v, f = sphere()
     lighting = Lighting(np.zeros((9, 3), np.float32))
     lighting.sh[0] = 1.0 / 0.28209

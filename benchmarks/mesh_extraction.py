@@ -74,7 +74,7 @@ sys.path.insert(0, str(ROOT))
 from backend import BUILTIN_MODEL_DIR  # noqa: E402
 from backend.model import MonoNPHM, MonoNPHMConfig, geometric_init, load_model  # noqa: E402
 from backend.model.deformation import DeformationField  # noqa: E402
-from backend.model.meshing import PosedMesher, SurfaceMesh, canonical_mesh, warp_mesh  # noqa: E402
+from backend.model.meshing import POSED_REUSE_TOL, PosedMesher, SurfaceMesh, canonical_mesh, warp_mesh  # noqa: E402
 from backend.model.parallel import set_threads  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -212,39 +212,57 @@ def _replayed(package: Path):
 
 def score_frame_res(package: Path, resolutions: list, n_frames: int, reference_res: int = 256) -> dict:
     """Per-frame topology-varying meshes of a tracked clip at each resolution (a PosedMesher per resolution, frame
-    after frame as the tracker's USD output runs): seconds per frame (frames after the first) beside their error
+    after frame as the tracker's USD output runs, with its reuse tolerance): seconds per frame (frames after the
+    first) beside their error
     against the SDF and a reference_res^3 mesh (see the module docstring)."""
+    m, z_geo, z_exp = _replayed(package)
+    z_exp = z_exp[np.linspace(0, len(z_exp) - 1, min(n_frames, len(z_exp))).round().astype(int)]
+    reference = reference_samples(m, z_geo, z_exp, reference_res)
+    out = {"package": str(package), "frames": len(z_exp), "reference_res": reference_res, "res": {}}
+    for res in resolutions:
+        mesher, times, meshes = PosedMesher(m, res=res, reuse_tol=POSED_REUSE_TOL), [], []   # as the tracker
+        for ze in z_exp:
+            t = time.perf_counter()
+            meshes.append(mesher(z_geo, None, ze[None], with_color=False))
+            times.append(time.perf_counter() - t)
+        out["res"][res] = {"s_per_frame": round(float(np.median(times[1:] or times)), 3),
+                           "vertices": int(len(meshes[-1].vertices)),
+                           **mesh_errors(m, z_geo, z_exp, [(mesh.vertices, mesh.faces) for mesh in meshes],
+                                         reference)}
+        print(f"{res}^3: {out['res'][res]}", flush=True)
+    return out
+
+
+def reference_samples(model, z_geo: torch.Tensor, z_exp: torch.Tensor, res: int = 256) -> list:
+    """20k area-uniform samples (model units) of each frame's res^3 posed mesh, for the expressions z_exp (T, E)."""
+    from backend.evaluation.mesh_ops import sample_surface
+
+    rng = np.random.default_rng(1)
+    mesher = PosedMesher(model, res=res)
+    return [sample_surface(mesh.vertices, mesh.faces, 20000, rng)[0]
+            for mesh in (mesher(z_geo, None, ze[None], with_color=False) for ze in z_exp)]
+
+
+def mesh_errors(model, z_geo: torch.Tensor, z_exp: torch.Tensor, meshes: list, reference: list) -> dict:
+    """Error of per-frame posed meshes ((vertices (V, 3) model units, triangles (F, 3)) for the expressions z_exp
+    (T, E), identity z_geo (1, D)): accuracy, |SDF| of the posed model at 20k area-uniform samples of each mesh, and
+    completeness, the distance from each frame's ``reference_samples`` to the nearest of 200k samples of the mesh;
+    mm, [mean, p99, max] over the frames."""
     from scipy.spatial import cKDTree
 
     from backend.contracts.landmark_tables import MM_PER_UNIT
     from backend.evaluation.mesh_ops import sample_surface
-    from backend.model.meshing import PosedMesher
 
-    m, z_geo, z_exp = _replayed(package)
-    z_exp = z_exp[np.linspace(0, len(z_exp) - 1, min(n_frames, len(z_exp))).round().astype(int)]
     rng = np.random.default_rng(0)
-    reference = PosedMesher(m, res=reference_res)
-    ref_points = [sample_surface(mesh.vertices, mesh.faces, 20000, rng)[0]
-                  for mesh in (reference(z_geo, None, ze[None], with_color=False) for ze in z_exp)]
-    out = {"package": str(package), "frames": len(z_exp), "reference_res": reference_res, "res": {}}
-    for res in resolutions:
-        mesher, times, accuracy, completeness = PosedMesher(m, res=res), [], [], []
-        for k, ze in enumerate(z_exp):
-            t = time.perf_counter()
-            mesh = mesher(z_geo, None, ze[None], with_color=False)
-            times.append(time.perf_counter() - t)
-            pts = sample_surface(mesh.vertices, mesh.faces, 200000, rng)[0]
-            sdf = m.sdf_only(torch.from_numpy(pts[:20000]).float()[None], z_geo, ze[None])[0, :, 0]
-            accuracy.append(sdf.abs().numpy() * MM_PER_UNIT)
-            completeness.append(cKDTree(pts).query(ref_points[k])[0] * MM_PER_UNIT)
-        acc, comp = np.concatenate(accuracy), np.concatenate(completeness)
-        out["res"][res] = {"s_per_frame": round(float(np.median(times[1:] or times)), 3),
-                           "vertices": int(len(mesh.vertices)),
-                           "accuracy_mm": [round(float(x), 3) for x in (acc.mean(), np.percentile(acc, 99), acc.max())],
-                           "completeness_mm": [round(float(x), 3)
-                                               for x in (comp.mean(), np.percentile(comp, 99), comp.max())]}
-        print(f"{res}^3: {out['res'][res]}", flush=True)
-    return out
+    accuracy, completeness = [], []
+    for ze, (vertices, faces), ref_points in zip(z_exp, meshes, reference):
+        pts = sample_surface(vertices, faces, 200000, rng)[0]
+        sdf = model.sdf_only(torch.from_numpy(pts[:20000]).float()[None], z_geo, ze[None])[0, :, 0]
+        accuracy.append(sdf.abs().numpy() * MM_PER_UNIT)
+        completeness.append(cKDTree(pts).query(ref_points)[0] * MM_PER_UNIT)
+    acc, comp = np.concatenate(accuracy), np.concatenate(completeness)
+    return {"accuracy_mm": [round(float(x), 3) for x in (acc.mean(), np.percentile(acc, 99), acc.max())],
+            "completeness_mm": [round(float(x), 3) for x in (comp.mean(), np.percentile(comp, 99), comp.max())]}
 
 
 def measure_size(name: str, res: int, frame_res: int, frames: int, quick: bool) -> dict:

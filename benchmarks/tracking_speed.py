@@ -17,6 +17,11 @@ comparisons belong in one invocation or the same minutes, beside the load averag
 checkout's backend (a folder holding its ``backend/``, e.g. ``git archive <commit> backend | tar -x -C DIR``) before
 each run of this one, same settings (an older backend may report no stage timings: then only its wall time).
 
+With per-frame meshes (``--output meshes`` or ``both``), ``--score-meshes N`` (default 4) scores N of the meshes the
+run wrote against ``--reference-res`` (256) meshes of the same frames (``mesh_extraction.mesh_errors``: accuracy,
+|SDF| at samples of the mesh; completeness, reference samples to the mesh; mm, mean / p99 / max), so that a cheaper
+mesh cannot hide a quality loss (``per_frame_mesh_score`` in the run's JSON).
+
 Every figure is printed beside the host (``host.describe_host``: CPU, its flags, torch's kernel level, fp32 matmul
 peak, load average).  The LAST stdout line is one JSON object: {"host", "runs": [{"preset", "wall_s",
 "s_per_frame", "stages": {stage: s}, ...}]}.
@@ -35,7 +40,11 @@ bake 15.8, per-frame meshes 372.9, USD 3.9 s.  Then the Jacobian layout, bias an
 vs 5.6, stage 2 0.81 vs 0.39, bake 5.0 vs 2.4 s); standard ``--output shape_keys`` 0:6 191.5 vs 114.2 s (identity
 143.3 vs 69.8, fitting 28.6 vs 23.9 s); draft ``--output shape_keys`` 0:250, ``--threads 1 --baseline``
 (load 9-12.6): 684.9 vs 378.3 s (2.74 vs 1.51 s/frame): identity 68.1 vs 38.1, fitting 370.8 vs 158.7, stage 2
-24.8 vs 9.1, shape-key vertices 174.3 vs 132.6, bake 13.2 vs 13.5 s.
+24.8 vs 9.1, shape-key vertices 174.3 vs 132.6, bake 13.2 vs 13.5 s.  Session 11 (code terms once per solve,
+contour-only outline coverage, stage-1 previews, warm inverse Jacobians, per-frame mesh reuse), draft ``--output
+both`` 0:40, 1 thread, ``--baseline`` main at 094688c, load 14-16: 551.7 vs 372.0 s; identity 153.8 vs 122.8,
+fitting 92.9 vs 63.6, stage 2 5.4 vs 3.1, shape-key vertices 59.2 vs 40.3, per-frame meshes 146.1 vs 81.8 s, mesh
+score against 128^3 (accuracy / completeness mean, mm) 0.107 / 0.484 vs 0.107 / 0.485.
 """
 from __future__ import annotations
 
@@ -98,6 +107,32 @@ def run_once(args, preset: str, out: Path, env: dict, root: Path = ROOT) -> dict
             "run_timings": t, "event_arrival_s": arrivals}
 
 
+def score_meshes(package: Path, n_frames: int, reference_res: int) -> dict:
+    """The quality of the per-frame meshes a run wrote (``meshes.usdc``), so that a cheaper mesh cannot hide a loss:
+    ``mesh_extraction.mesh_errors`` of n_frames evenly spaced frames against reference_res^3 meshes of the same
+    frames, with the model the package names."""
+    import numpy as np
+    import torch
+    from mesh_extraction import mesh_errors, reference_samples
+
+    from backend.contracts.conventions import NPHM_UNIT_M
+    from backend.contracts.result_format import ResultPackage
+    from backend.model import load_model
+    from backend.usd_export import read_mesh_sequence
+
+    pkg = ResultPackage(package)
+    model = load_model(Path(pkg.manifest["model"]["path"])).eval()
+    z_geo = torch.from_numpy(pkg.identity()["z_geo"]).float()[None]
+    z_exp = dict(zip(pkg.frame_indices.tolist(), torch.from_numpy(pkg.frame_arrays(["z_exp"])["z_exp"]).float()))
+    _, frames = read_mesh_sequence(pkg.usd_path)
+    frames = list(frames)
+    picked = [frames[k] for k in np.linspace(0, len(frames) - 1, min(n_frames, len(frames))).round().astype(int)]
+    ze = torch.stack([z_exp[f.frame_index] for f in picked])
+    meshes = [(f.vertices / np.float32(NPHM_UNIT_M), f.triangles) for f in picked]
+    return {"frames": [f.frame_index for f in picked], "reference_res": reference_res,
+            **mesh_errors(model, z_geo, ze, meshes, reference_samples(model, z_geo, ze, reference_res))}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", default=str(DEFAULT_CLIP))
@@ -109,6 +144,10 @@ def main(argv=None):
     ap.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="environment for the backend")
     ap.add_argument("--keep", default=None, metavar="DIR", help="write the packages here (default: a temp folder)")
     ap.add_argument("--baseline", default=None, metavar="DIR", help="another checkout's backend to run before each run")
+    ap.add_argument("--score-meshes", type=int, default=4, metavar="N",
+                    help="with per-frame meshes: score N of them against fine meshes of the same frames (0: no)")
+    ap.add_argument("--reference-res", type=int, default=256, choices=(64, 128, 256, 512),
+                    help="the score's reference resolution")
     a = ap.parse_args(argv)
     if not Path(a.input).is_file():
         raise SystemExit(f"{a.input} not found: set MONONPHM_SHARED or pass --input")
@@ -123,6 +162,9 @@ def main(argv=None):
             name = f"{preset}_{a.output}" + ("_baseline" if root != ROOT else "")
             r = run_once(a, preset, work / name, env, root)
             r["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+            if a.output != "shape_keys" and a.score_meshes > 0:
+                r["per_frame_mesh_score"] = score_meshes(work / name, a.score_meshes, a.reference_res)
+                print(f"{root}: per-frame meshes {r['per_frame_mesh_score']}", file=sys.stderr, flush=True)
             runs.append(r)
             print(f"{root}: {preset} --output {a.output}, frames {a.frames} ({r['frames']}): wall {r['wall_s']} s = "
                   f"{r['s_per_frame']} s/frame; " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()),

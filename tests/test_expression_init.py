@@ -1,6 +1,7 @@
 """The landmark -> expression regressor (issue 23): rest-relative features, per-channel ridge by cross-validation,
 and the calibrated response, on synthetic MediaPipe points (no rendering, < 10 s)."""
 import numpy as np
+import pytest
 
 from backend.contracts import arkit
 from backend.tracking import expression_init as ei
@@ -8,6 +9,7 @@ from backend.training.expression_init import train
 
 N_EX = len(arkit.ICT_NAMES)
 BLINK, BROW = arkit.ICT_NAMES.index("eyeBlink_L"), arkit.ICT_NAMES.index("browInnerUp_L")
+JAW = arkit.ICT_NAMES.index("jawOpen")
 
 
 def _points(rng, identity, w, yaw):
@@ -43,6 +45,10 @@ def test_trained_regressor_reads_the_change_from_the_persons_rest_face():
     arrays, cv_mae = train(_data(rng, 30, 12), log=lambda m: None)
     assert cv_mae.shape == (N_EX,) and cv_mae[BLINK] < 0.15 and cv_mae[BROW] < 0.15
     reg = ei.LandmarkExpressionRegressor(arrays)
+    # the response's gain per channel: brows pulled down are read weakest, so they get the largest
+    down, outer = arkit.ICT_NAMES.index("browDown_L"), arkit.ICT_NAMES.index("browOuterUp_L")
+    assert (reg.gain[down], reg.gain[outer], reg.gain[BLINK]) == (ei.BROW_DOWN_RESPONSE_GAIN, ei.BROW_RESPONSE_GAIN,
+                                                                  ei.RESPONSE_GAIN)
     # a new person: a clip at rest with one blink and one brow raise
     identity = rng.normal(0, 0.004, (468, 3))
     w = np.zeros((20, N_EX))
@@ -65,3 +71,37 @@ def test_rest_features_are_the_median_over_frames():
     f = ei.landmark_features(clip)
     assert np.allclose(ei.rest_features(clip), np.median(f, 0))
     assert f.shape == (5, 1404)
+
+
+def test_mouth_channels_blend_the_landmark_reading_into_the_output():
+    """``LANDMARK_BLEND_CHANNELS`` take the mean of the model's value and the landmark regressor's reading on frames
+    with points; frames without points, and the channels the points do not carry, keep the model's value."""
+    torch = pytest.importorskip("torch")
+    from backend.model.encoders import CodeEncoders
+    from backend.tracking.codes import LANDMARK_BLEND_CHANNELS, LANDMARK_BLEND_SHARE, CodeSpace
+    from backend.training.modelwrap import build_model, model_config
+
+    class Reading:
+        """Stands in for the regressor: every frame reads jawOpen 1, mouthFrown_L 1 and browDown_L 0.6."""
+
+        def __call__(self, points, rest=None):
+            w = np.zeros((len(points), N_EX), np.float32)
+            w[:, [JAW, arkit.ICT_NAMES.index("mouthFrown_L"), arkit.ICT_NAMES.index("browDown_L")]] = 1.0, 1.0, 0.6
+            return w
+
+    torch.manual_seed(0)
+    cfg = model_config("tiny")
+    model = build_model(cfg, torch.randn(cfg.n_anchors, 3) * 0.2).eval()
+    model.extra = {"landmark_channels": ["browDown_L", "browDown_R"]}
+    codes = CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp), None, landmark_regressor=Reading())
+    points = np.zeros((468, 2), np.float32)
+    readings = codes.landmark_readings([points, None, points], [np.zeros(468, np.float32)] * 3)
+    assert np.isnan(readings[1]).all() and readings[0, JAW] == 1.0
+    p_ex = torch.zeros(3, N_EX)
+    p_ex[:, JAW] = 0.4                                                # the model's own jawOpen
+    out = codes.arkit(p_ex, readings)
+    jaw, frown = arkit.ARKIT_INDEX["jawOpen"], arkit.ARKIT_INDEX["mouthFrownLeft"]
+    assert "jawOpen" in LANDMARK_BLEND_CHANNELS and "mouthFrownLeft" not in LANDMARK_BLEND_CHANNELS
+    assert out[:, jaw] == pytest.approx([0.4 + LANDMARK_BLEND_SHARE * 0.6, 0.4, 0.4 + LANDMARK_BLEND_SHARE * 0.6])
+    assert (out[:, frown] == 0).all()                                 # not blended: the points do not carry it
+    assert np.array_equal(np.delete(out, jaw, 1), np.delete(codes.arkit(p_ex), jaw, 1))

@@ -151,6 +151,34 @@ def test_model_meshes_fixed_and_varying_topology():
     assert sb.abs().max() < 2 * 1.4 / 32 and sb.abs().median() < 0.1 * 1.4 / 32
 
 
+def test_posed_mesher_reuses_the_corners_whose_canonical_query_stayed():
+    """With reuse_tol, a later frame evaluates the canonical field only at band corners whose query moved: none on a
+    repeated frame (the same mesh), some on a moved one, which then matches the mesh of a mesher without reuse."""
+    from scipy.spatial import cKDTree
+
+    from backend.model.meshing import POSED_REUSE_TOL
+
+    m, cfg = _blob_model()
+    with torch.no_grad():   # an expression-dependent deformation of part of the space
+        last = m.ex_model.lins[-1]
+        last.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+    zg, _, ze = m.zero_codes(1)
+    ze[0, :4] = 0.5
+    box = ((-0.7, -0.7, -0.7), (0.7, 0.7, 0.7))
+    plain, reusing = (PosedMesher(m, res=16, box=box, coarse_res=8, reuse_tol=t) for t in (0.0, POSED_REUSE_TOL))
+    for z in (ze, ze):
+        plain(zg, None, z, with_color=False)
+        a = reusing(zg, None, z, with_color=False)
+    b = reusing(zg, None, ze, with_color=False)   # a third time: every corner known, none moved
+    assert reusing.last_canonical == 0 and np.array_equal(a.vertices, b.vertices)
+    moved = ze.clone()
+    moved[0, 0] += 0.02   # moves the queries of part of the band by more than the tolerance
+    c, ref = reusing(zg, None, moved, with_color=False), plain(zg, None, moved, with_color=False)
+    assert 0 < reusing.last_canonical < reusing.last_evaluated
+    assert len(c.faces) == len(ref.faces)
+    assert cKDTree(ref.vertices).query(c.vertices)[0].max() < 0.02 * 1.4 / 16   # a fiftieth of a cell
+
+
 def test_vertices_that_fail_from_their_start_get_an_exact_newton_solve():
     """A poisoned start (NaN, e.g. a corrupted previous frame) fails; those vertices are solved again from
     y - delta(y) with exact Jacobians instead of being patched from their neighbours."""

@@ -362,6 +362,49 @@ def test_deformation_jacobian_pass_runs_its_tangents_as_single_matmuls():
     assert torch.allclose((hi - lo) / (2 * eps), jac[..., :3, 1], atol=2e-3)
 
 
+def test_root_finder_computes_the_code_terms_once_per_solve_with_the_same_bits():
+    """The root finder evaluates the deformation net many times on the same codes: their constant parts of the first
+    and skip layers (``code_terms``) are made once per solve and give the bits of computing them at every call."""
+    cfg = MonoNPHMConfig.builtin()
+    m = _model(cfg, seed=5, dtype=torch.float32)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    zg, _, ze = _codes(cfg, 2, dtype=torch.float32, s=0.3)
+    x = (torch.rand(2, 200, 3) - 0.5) * torch.tensor([0.6, 0.9, 0.8])
+    ex = m.ex_model
+    with torch.no_grad():
+        A = m.id_model.anchors(zg)
+        terms = ex.code_terms(ex.compress_id(zg, A), ze)
+        for jac in (False, True):
+            plain, given = ex(x, zg, ze, A, with_jacobian=jac), ex(x, None, None, None, with_jacobian=jac,
+                                                                   code_terms=terms)
+            assert all(a is b is None or torch.equal(a, b) for a, b in zip(plain, given))
+        y = x + ex(x, zg, ze, A)[0]
+    calls = []
+    real = ex.code_terms
+    ex.code_terms = lambda *a: calls.append(1) or real(*a)
+    try:
+        with torch.enable_grad():
+            r = m.forward_warp(y, zg, ze.clone().requires_grad_(True), anchors=A)   # with implicit gradients
+    finally:
+        del ex.code_terms
+    assert r.iterations > 1 and len(calls) == 2   # the solve's, and the differentiable pass's own
+    assert r.converged.float().mean() > 0.99
+
+
+def test_sdf_gradient_does_not_import_sympy():
+    """The rays' SDF gradient (every identity stage, standard per-frame fits) is a plain backward of the summed SDF:
+    a tensor grad_outputs makes autograd import torch.fx's symbolic shapes and sympy (0.4 CPU s, seconds of wall)."""
+    code = ("import sys, torch\nfrom backend.model import MonoNPHM, MonoNPHMConfig\n"
+            "cfg = MonoNPHMConfig.builtin()\nm = MonoNPHM(cfg, torch.rand(cfg.n_anchors, 3) - 0.5)\n"
+            "zg, za, ze = m.zero_codes(1)\n"
+            "o = m(torch.rand(1, 20, 3) - 0.5, zg, za, ze.requires_grad_(True), with_gradient=True)\n"
+            "(o.gradient ** 2).sum().backward()\nprint(o.gradient.shape, 'sympy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "torch.Size([1, 20, 3]) False"
+
+
 def test_linear_rows_gives_the_bits_of_addmm():
     """The deformation layers' product-then-bias equals addmm bit for bit, values and gradients."""
     from backend.model.deformation import _linear_rows

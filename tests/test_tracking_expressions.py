@@ -86,8 +86,6 @@ def test_brow_raise_comes_back_at_its_frames(tracked):
     assert brow[:6].max() < 0.3, brow.round(2)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 open: on this still head the posed mesh's vertices move 1.4-1.8 "
-                                       "px/frame^2 (draft with the test's short fits), not yet traced")
 def test_still_head_stays_still(tracked):
     from backend.evaluation.channel_metrics import jitter
 

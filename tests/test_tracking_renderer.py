@@ -98,3 +98,9 @@ def test_coverage_is_the_rasterised_mask():
     assert np.array_equal(mask, raster.rasterize(v, f, K, 120, 160).mask)
     r_px = 200 * 0.7 / np.sqrt(3.0 ** 2 - 0.7 ** 2)          # the sphere's silhouette radius in pixels
     assert abs(mask.sum() / (np.pi * r_px ** 2) - 1) < 0.05
+    # on chosen pixels only (the draft outline's contour): the same values there, nothing elsewhere
+    pixels = np.zeros_like(mask)
+    pixels[::7, ::5] = True
+    pixels[60, 40:120] = True   # a row across the disc's edge
+    assert np.array_equal(raster.coverage(v, f, K, 120, 160, pixels), mask & pixels)
+    assert not raster.coverage(v, f, K, 120, 160, np.zeros_like(mask)).any()

@@ -9,6 +9,10 @@
   ``Y = (v − cy) · Z / fy``; the protocol's similarity ICP then fixes the remaining scale and offset. Triangles:
   MediaPipe's canonical face-mesh topology, recovered from ``FACEMESH_TESSELATION`` (every 3-cycle of its edges),
   each oriented towards the camera.
+- ``DlibBaseline``: dlib's iBUG-68 shape predictor on its HOG face detector, an independent 2-D detector (its own
+  detector, model and training data) for the real-clip jitter and error figures. Optional: ``dlib-bin`` and
+  ``face-recognition-models`` (which ships ``shape_predictor_68_face_landmarks.dat``), benchmarks only
+  (``dlib_available``).
 """
 from __future__ import annotations
 
@@ -88,6 +92,55 @@ class MediaPipeBaseline:
         v = lift_landmarks(landmarks_px[:N_MESH_LANDMARKS], intr, depth_m)
         f = mediapipe_triangles() if triangles is None else triangles
         return v, orient_towards_camera(v, f)
+
+
+DLIB_PACKAGES = "pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0"
+DLIB_MODEL = "shape_predictor_68_face_landmarks.dat"
+
+
+def _dlib_model_path():
+    """The 68-point model inside ``face-recognition-models`` (found without importing the package, whose
+    ``__init__`` needs setuptools' ``pkg_resources``), or None."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / DLIB_MODEL
+    return path if path.is_file() else None
+
+
+def dlib_available() -> bool:
+    """Whether dlib and its 68-point model are installed (``DLIB_PACKAGES``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("dlib") is not None and _dlib_model_path() is not None
+
+
+@dataclass
+class DlibBaseline:
+    """dlib's 68-point shape predictor, frame by frame (no temporal filter). ``detect`` returns (T, 68, 2) pixel
+    points in iBUG-68 order, NaN where its detector found no face (the largest face when several). dlib returns
+    whole pixels."""
+
+    upsample: int = 1   # the HOG detector's image pyramid upsampling (faces down to ~40 px at 1)
+
+    def detect(self, frames: list[np.ndarray]) -> np.ndarray:
+        import dlib
+
+        if not dlib_available():
+            raise RuntimeError(f"dlib or its 68-point model is missing ({DLIB_PACKAGES})")
+        finder = dlib.get_frontal_face_detector()
+        predictor = dlib.shape_predictor(str(_dlib_model_path()))
+        out = np.full((len(frames), 68, 2), np.nan)
+        for i, img in enumerate(frames):
+            boxes = finder(np.ascontiguousarray(img), self.upsample)
+            if len(boxes):
+                box = max(boxes, key=lambda b: b.area())
+                shape = predictor(img, box)
+                out[i] = [(q.x, q.y) for q in shape.parts()]
+        return out
 
 
 def read_video_frames(path, max_frames: int | None = None) -> list[np.ndarray]:

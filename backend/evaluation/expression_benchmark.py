@@ -9,7 +9,8 @@ against the true blink (is the signal in the detector's points?), all-channel MA
 the geometry protocol's Chamfer-L1.
 
 ``real_clip_jitter``: on a real clip, the tracked mesh's projected vertices that best follow MediaPipe's inner face
-points against those points themselves (mean |second difference| and mean distance).
+points against those points themselves (mean |second difference| and mean distance), and against an independent
+detector (dlib's 68 points, when installed) beside MediaPipe's points.
 """
 from __future__ import annotations
 
@@ -237,37 +238,93 @@ def format_channel_table(result: dict, method: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # real clips
 # ---------------------------------------------------------------------------------------------------------------
-def real_clip_jitter(video: Path, package: Path, max_frames: int | None = None) -> dict:
-    """Jitter of the tracked mesh on a real clip beside MediaPipe's own points.
+# iBUG-68 inner points (brows, nose, eyes, mouth) by region, and the outer eye corners that normalise errors
+IBUG_INNER_REGIONS = {"brows": range(17, 27), "nose": range(27, 36), "eyes": range(36, 48), "mouth": range(48, 68)}
+IBUG_OUTER_EYE_CORNERS = (36, 45)
+
+
+def _following_tracks(uv: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """uv (T, V, 2) projected mesh vertices, target (T, P, 2) detector points -> (T, P, 2) the track of the vertex
+    whose projection stays closest to each point over the clip (mean distance; chunked over points for memory)."""
+    best = [np.linalg.norm(uv - target[:, j:j + 1], axis=-1).mean(0).argmin() for j in range(target.shape[1])]
+    return uv[:, np.asarray(best)]
+
+
+def _region_jitter(tracks: np.ndarray) -> dict:
+    """{region: jitter} of (T, 51, 2) inner-point tracks (``IBUG_INNER_REGIONS``, offset to the inner points)."""
+    return {name: cm.jitter(tracks[:, np.asarray(r) - 17]) for name, r in IBUG_INNER_REGIONS.items()}
+
+
+def real_clip_jitter(video: Path, package: Path, max_frames: int | None = None,
+                     independent: np.ndarray | None = None) -> dict:
+    """Jitter and 2-D error of the tracked mesh on a real clip beside MediaPipe's own points.
 
     For each of MediaPipe's 51 inner iBUG-68 points (brows, nose, eyes, mouth) the mesh vertex whose projection
     stays closest to it over the clip stands for that point; the figures are the mean |second difference| of those
-    vertex tracks and of MediaPipe's points (px/frame^2), and the vertices' mean distance from MediaPipe's points
-    normalised by the outer eye-corner distance. No independent detector is available offline (dlib and
-    face-alignment are not installed), so MediaPipe is both the reference and the baseline here."""
+    vertex tracks and of MediaPipe's points (px/frame^2, also per region), and the vertices' mean distance from
+    MediaPipe's points normalised by the outer eye-corner distance.
+
+    ``independent``: a second detector's (T, 68, 2) iBUG-68 points on the same frames (NaN: no face), by default
+    dlib's (``baselines.DlibBaseline``) when installed. Against it (``"independent"``): the vertices that best follow
+    its 51 inner points, their jitter beside MediaPipe's and its own, and the normalised error of the vertices and of
+    MediaPipe's points from its points (mean over frames where both detectors found the face). Frames read: the
+    package's up to its last (or ``max_frames``)."""
     from ..contracts.landmark_tables import IBUG68_FROM_MEDIAPIPE
     from ..contracts.result_format import ResultPackage
     from . import baselines
 
-    frames = baselines.read_video_frames(video, max_frames=max_frames)
-    mp = baselines.MediaPipeBaseline().detect(frames)[..., :2]
     K = ResultPackage(package).intrinsics().matrix()
     meshes = benchmark.package_meshes(package)
+    last = max(meshes) + 1 if meshes else 0
+    frames = baselines.read_video_frames(video, max_frames=last if max_frames is None else min(max_frames, last))
+    mp = baselines.MediaPipeBaseline().detect(frames)[..., :2]
     ids = sorted(i for i in meshes if i < len(frames) and np.isfinite(mp[i]).all())
     if len(ids) < 3:
         return {"error": "fewer than 3 frames with both a mesh and MediaPipe points"}
-    pts = np.asarray(IBUG68_FROM_MEDIAPIPE[17:])
+    inner = np.asarray(IBUG68_FROM_MEDIAPIPE[17:])
     V = np.stack([meshes[i][0] for i in ids])                     # (T, V, 3)
     uv = V[..., :2] / V[..., 2:] * [K[0, 0], K[1, 1]] + K[:2, 2]   # (T, V, 2)
-    target = mp[ids][:, pts]                                      # (T, 51, 2)
-    # best-following vertex per point: the mean distance over frames, chunked over points to bound memory
-    best = np.array([np.linalg.norm(uv - target[:, j:j + 1], axis=-1).mean(0).argmin() for j in range(len(pts))])
-    tracks = uv[:, best]
+    target = mp[ids][:, inner]                                    # (T, 51, 2)
+    tracks = _following_tracks(uv, target)
     eye = np.linalg.norm(mp[ids][:, 263] - mp[ids][:, 33], axis=-1)[:, None]
-    contiguous = np.all(np.diff(ids) == 1)
-    return {"frames": len(ids), "contiguous": bool(contiguous),
-            "jitter_mesh_px": cm.jitter(tracks), "jitter_mediapipe_px": cm.jitter(target),
-            "error_vs_mediapipe_pct": float((np.linalg.norm(tracks - target, axis=-1) / eye).mean() * 100)}
+    out = {"frames": len(ids), "contiguous": bool(np.all(np.diff(ids) == 1)),
+           "jitter_mesh_px": cm.jitter(tracks), "jitter_mediapipe_px": cm.jitter(target),
+           "error_vs_mediapipe_pct": float((np.linalg.norm(tracks - target, axis=-1) / eye).mean() * 100),
+           "jitter_mesh_by_region": _region_jitter(tracks), "jitter_mediapipe_by_region": _region_jitter(target)}
+    if independent is None and baselines.dlib_available():
+        independent = baselines.DlibBaseline().detect(frames)
+        out["independent_detector"] = "dlib 68-point shape predictor"
+    if independent is not None:
+        out["independent"] = _against_independent(uv, mp[ids][:, np.asarray(IBUG68_FROM_MEDIAPIPE)],
+                                                  np.asarray(independent, np.float64)[ids])
+    return out
+
+
+def _against_independent(uv: np.ndarray, mp68: np.ndarray, ref68: np.ndarray) -> dict:
+    """The mesh (uv (T, V, 2)) and MediaPipe (mp68 (T, 68, 2) its iBUG-68 points) against an independent
+    detector's points ref68 (T, 68, 2), NaN where it found no face. Jitter runs over all frames (NaN second
+    differences skipped); errors are normalised per frame by the reference's outer eye-corner distance."""
+    found = np.isfinite(ref68).all(axis=(1, 2))
+    if found.sum() < 3:
+        return {"error": "the independent detector found the face in fewer than 3 frames"}
+    ref, mp = ref68[:, 17:], mp68[:, 17:]
+    tracks = _following_tracks(uv[found], ref[found])
+    full = np.full(ref.shape, np.nan)
+    full[found] = tracks
+    a, b = IBUG_OUTER_EYE_CORNERS
+    eye = np.linalg.norm(ref68[found, b] - ref68[found, a], axis=-1)[:, None]
+    err_mesh = np.linalg.norm(tracks - ref[found], axis=-1) / eye * 100
+    err_mp = np.linalg.norm(mp[found] - ref[found], axis=-1) / eye * 100
+    return {"frames": int(found.sum()),
+            "jitter_mesh_px": cm.jitter(full), "jitter_mediapipe_px": cm.jitter(mp),
+            "jitter_detector_px": cm.jitter(ref),
+            "error_mesh_pct": float(err_mesh.mean()), "error_mediapipe_pct": float(err_mp.mean()),
+            "error_ratio": float(err_mesh.mean() / err_mp.mean()),
+            "jitter_mesh_by_region": _region_jitter(full), "jitter_mediapipe_by_region": _region_jitter(mp),
+            "error_mesh_by_region": {n: float(err_mesh[:, np.asarray(r) - 17].mean())
+                                     for n, r in IBUG_INNER_REGIONS.items()},
+            "error_mediapipe_by_region": {n: float(err_mp[:, np.asarray(r) - 17].mean())
+                                          for n, r in IBUG_INNER_REGIONS.items()}}
 
 
 __all__ = ["ExpressionBenchmarkConfig", "run_expression_benchmark", "evaluate_expression_clip", "summarise_clips",

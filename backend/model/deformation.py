@@ -35,14 +35,16 @@ class DeformationField(nn.Module):
         """c_id (B, lat_dim_id_compressed) = W [z_geo ; vec(A)] + b, vec anchor-major."""
         return self.compressor(torch.cat([z_geo, anchors.reshape(anchors.shape[0], -1)], dim=-1))
 
-    def _consts(self, cond: torch.Tensor, dtype=None):
-        """Per-batch constant parts of lin0 and of the skip layer (the code columns), (B, H) each."""
-        lin0, lins = self.lins[0], self.lins[self.skip]
+    def code_terms(self, c_id: torch.Tensor, z_exp: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The per-batch constant parts of lin0 and of the skip layer (their code columns), (B, H) each, for the
+        compressed identity c_id (B, ci) and expression z_exp (B, ze): a caller evaluating the same codes many
+        times (the root finder) computes them once and passes them to ``forward``."""
+        layers = tuple(self.lins)
+        lin0, lins = layers[0], layers[self.skip]
         H = self.cfg.hidden_dim_ex
+        cond = torch.cat([c_id, z_exp], dim=-1)                    # (B, ci + ze)
         c0 = F.linear(cond, lin0.weight[:, 3:], lin0.bias)
         cs = F.linear(cond, lins.weight[:, H + 3 :]) / math.sqrt(2.0) + lins.bias
-        if dtype is not None:
-            c0, cs = c0.to(dtype), cs.to(dtype)
         return c0, cs
 
     @flush_denormals()
@@ -56,20 +58,22 @@ class DeformationField(nn.Module):
         compute_dtype: Optional[torch.dtype] = None,
         c_id: Optional[torch.Tensor] = None,
         batch_index: Optional[torch.Tensor] = None,
+        code_terms: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Offsets (B, N, 3), hyper (B, N, n_hyper) and optionally J = d(offset, hyper)/dx (B, N, 3+nh, 3).
 
         With `batch_index` (P,) long, x is a flat (P, 3) list of points, point p using code set batch_index[p]
-        (used by the root finder to evaluate only its still-active points).
+        (used by the root finder to evaluate only its still-active points).  `code_terms`: ``code_terms(c_id,
+        z_exp)`` of these codes, when the caller has them (the codes and anchors are then not read).
 
         The Jacobian is computed in forward mode (3 tangents carried through the MLP), which is cheaper than
         three reverse passes and needs no autograd graph.
         """
-        if c_id is None:
-            c_id = self.compress_id(z_geo, anchors)
-        cond = torch.cat([c_id, z_exp], dim=-1)                    # (B, ci + ze)
+        if code_terms is None:
+            code_terms = self.code_terms(self.compress_id(z_geo, anchors) if c_id is None else c_id, z_exp)
+        c0, cs = code_terms  # input precision (per-batch constants, cheap)
         dt = compute_dtype
-        c0, cs = self._consts(cond)  # input precision (per-batch constants, cheap)
+        layers = tuple(self.lins)   # indexing the ModuleList costs more than a small layer's product
         beta = self.cfg.softplus_beta
         H = self.cfg.hidden_dim_ex
         r2 = 1.0 / math.sqrt(2.0)
@@ -82,7 +86,7 @@ class DeformationField(nn.Module):
             return lin.bias if dt is None else lin.bias.to(dt)
 
         if not with_jacobian:
-            out = self._forward_rows(x, c0, cs, dt, batch_index)
+            out = self._forward_rows(x, c0, cs, dt, batch_index, layers)
             return out[..., :3], out[..., 3:], None
         xs = x
         if batch_index is not None:
@@ -92,8 +96,8 @@ class DeformationField(nn.Module):
         # Everything that touches x directly (lin0 and the x-columns of the skip layer, 3-wide matmuls) stays in
         # the input precision: quantising x to bf16 (~2e-3 at |x| ~ 0.5) would put a floor under root-finding
         # residuals.  Only the wide hidden layers run in compute_dtype.
-        w0x = self.lins[0].weight[:, 0:3].to(x.dtype)
-        wsx = self.lins[self.skip].weight[:, H : H + 3].to(x.dtype)
+        w0x = layers[0].weight[:, 0:3].to(x.dtype)
+        wsx = layers[self.skip].weight[:, H : H + 3].to(x.dtype)
         z = torch.matmul(xs, w0x.t()) + c0.unsqueeze(1)             # (B, N, H)
         skip_x = torch.matmul(xs, wsx.t()) * r2 + cs.unsqueeze(1)
         if dt is not None:
@@ -104,8 +108,7 @@ class DeformationField(nn.Module):
             # (3 innermost), which the next matmul cannot fold into one GEMM; with frozen weights it ran a batched
             # matmul with a weight copy per point instead (AVX-512 kernels: 70 % of the pass, 3-4x its time now)
             tan = w0x.t().expand(*xs.shape[:-1], 3, H).contiguous()
-        n = len(self.lins)
-        for i in range(1, n):
+        for i in range(1, len(layers)):
             a = softplus(z, beta)
             if tan is not None:
                 bz = z * beta
@@ -113,7 +116,7 @@ class DeformationField(nn.Module):
                 if z.dtype == torch.float64:  # float32 sigmoid(>20) already rounds to exactly 1
                     da = torch.where(bz > 20.0, torch.ones_like(z), da)
                 tan = tan * da.unsqueeze(-2)
-            lin = self.lins[i]
+            lin = layers[i]
             if i == self.skip:
                 wh = W(lin, slice(0, H))
                 z = torch.matmul(a, wh.t()) * r2 + skip_x
@@ -132,7 +135,7 @@ class DeformationField(nn.Module):
             jac = jac.squeeze(1) if jac is not None else None
         return out[..., :3], out[..., 3:], jac
 
-    def _forward_rows(self, x, c0, cs, dt, batch_index):
+    def _forward_rows(self, x, c0, cs, dt, batch_index, layers):
         """Value-only path on 2-D rows: every layer is one GEMM with the bias / skip term (oneDNN's fused linear
         without autograd on large batches, ``_linear_rows`` otherwise), and the activation is applied in place when
         no autograd graph needs the pre-activation.  Same values as the forward-mode path (up to float rounding
@@ -149,13 +152,13 @@ class DeformationField(nn.Module):
         else:
             n = x2.shape[0] // c0.shape[0]
             c0, cs = c0.repeat_interleave(n, 0), cs.repeat_interleave(n, 0)          # (B*N, H)
-        w0x = self.lins[0].weight[:, 0:3].to(x.dtype)
-        wsx = self.lins[self.skip].weight[:, H : H + 3].to(x.dtype)
+        w0x = layers[0].weight[:, 0:3].to(x.dtype)
+        wsx = layers[self.skip].weight[:, H : H + 3].to(x.dtype)
         n_rows = x2.shape[0]
         # oneDNN's linear has no autograd: only when nothing here needs a gradient (inputs, codes, any layer).
-        no_graph = not torch.is_grad_enabled() or not any(
-            t.requires_grad for t in (x2, c0, cs, *self.lins.parameters()))
-        fused = no_graph and c0.dim() == 1 and n_rows >= FUSED_MIN_ROWS and _fused_linear_ok(x2)
+        fused = c0.dim() == 1 and n_rows >= FUSED_MIN_ROWS and _fused_linear_ok(x2) and (
+            not torch.is_grad_enabled()
+            or not any(t.requires_grad for t in (x2, c0, cs, *(p for lin in layers for p in (lin.weight, lin.bias)))))
         if fused and n_rows % FUSED_ROW_QUANTUM:
             # oneDNN builds a kernel per new row count: pad to a multiple of FUSED_ROW_QUANTUM.
             x2 = F.pad(x2, (0, 0, 0, FUSED_ROW_QUANTUM - n_rows % FUSED_ROW_QUANTUM))
@@ -164,10 +167,10 @@ class DeformationField(nn.Module):
         skip_x = torch.addmm(cs, x2, wsx.t(), alpha=r2)
         if dt is not None:
             z, skip_x = z.to(dt), skip_x.to(dt)
-        for i in range(1, len(self.lins)):
+        for i in range(1, len(layers)):
             graph = torch.is_grad_enabled() and z.requires_grad
             a = softplus(z, beta) if graph else softplus_no_grad(z, beta, inplace=True)
-            lin = self.lins[i]
+            lin = layers[i]
             w = lin.weight if dt is None else lin.weight.to(dt)
             b = lin.bias if dt is None else lin.bias.to(dt)
             if i == self.skip:

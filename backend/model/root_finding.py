@@ -45,18 +45,18 @@ def inv3(J: torch.Tensor) -> torch.Tensor:
     return adj / det[..., None, None]
 
 
-def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, compute_dtype, coarse_tol,
-                  jinv0=None, coarse_iters=4):
+def _newton_solve(model, y, terms, x0, max_iter, tol, diverge, compute_dtype, coarse_tol, jinv0=None,
+                  coarse_iters=4):
     """No-grad damped quasi-Newton on flattened points.  Returns x (B,M,3), residual (B,M), iterations, inverse
     Jacobians (B,M,3,3) and one more chord step from x (B,M,3).
 
-    Without `jinv0`, the exact Jacobian (forward mode, ~4x the cost of a plain evaluation) is computed at the start.
+    terms: the deformation net's ``code_terms`` of the codes.  Without `jinv0`, the exact Jacobian (forward mode,
+    ~4x the cost of a plain evaluation) is computed at the start.
     It is re-computed only for points whose residual did not at least halve; otherwise the inverse is reused for a
     chord step (a single deformation evaluation) and refined by Broyden's update from each accepted step.
     """
     B, M, _ = y.shape
     ex = model.ex_model
-    c_id = ex.compress_id(z_geo, anchors)
     bidx = torch.arange(B, device=y.device).repeat_interleave(M)
     yf = y.reshape(-1, 3)
     x = x0.reshape(-1, 3).clone()
@@ -66,7 +66,8 @@ def _newton_solve(model, y, z_geo, z_exp, anchors, x0, max_iter, tol, diverge, c
     def evaluate(idx, pts, dt, jac):
         # One code set: the value path broadcasts it without a per-point batch index.
         bi = None if B == 1 and not jac else bidx[idx]
-        off, _, J = ex(pts, z_geo, z_exp, anchors, with_jacobian=jac, c_id=c_id, batch_index=bi, compute_dtype=dt)
+        off, _, J = ex(pts, None, None, None, with_jacobian=jac, batch_index=bi, compute_dtype=dt,
+                       code_terms=terms)
         r = pts + off - yf[idx]
         return r, (inv3(eye + J[:, :3, :]) if jac else None)
 
@@ -187,18 +188,19 @@ def forward_warp(
     if implicit_grad is None:
         implicit_grad = torch.is_grad_enabled()
     with torch.no_grad():
-        yd, zg, ze, ad = y.detach(), z_geo.detach(), z_exp.detach(), anchors.detach()
+        yd, ex = y.detach(), model.ex_model
+        terms = ex.code_terms(ex.compress_id(z_geo.detach(), anchors.detach()), z_exp.detach())   # every evaluation's
         if x_init is None:
-            off0, _, _ = model.ex_model(yd, zg, ze, ad, compute_dtype=compute_dtype)
+            off0, _, _ = ex(yd, None, None, None, compute_dtype=compute_dtype, code_terms=terms)
             x_init = yd - off0
-        x, res, it, jinv, x_next = _newton_solve(model, yd, zg, ze, ad, x_init.detach(), max_iter, tol, diverge,
+        x, res, it, jinv, x_next = _newton_solve(model, yd, terms, x_init.detach(), max_iter, tol, diverge,
                                                  compute_dtype, coarse_tol, jinv_init)
         converged = torch.isfinite(res) & (res < tol)
     if not implicit_grad:
         return WarpResult(points=x, converged=converged, residual=res, iterations=it, jinv=jinv, next_start=x_next)
     # Implicit-function gradient (value unchanged): one differentiable deformation evaluation at the root.
     with torch.no_grad():
-        _, _, J = model.ex_model(x, zg, ze, ad, with_jacobian=True)
+        _, _, J = ex(x, None, None, None, with_jacobian=True, code_terms=terms)
         Jf = torch.eye(3, dtype=x.dtype, device=x.device) + J[..., :3, :]
     with torch.enable_grad():
         off, _, _ = model.ex_model(x, z_geo, z_exp, anchors)

@@ -10,6 +10,7 @@ Modules (one job each):
     head_mesh    the tracker's fixed-topology head mesh (HeadMesh) and its mesh-outline silhouette
     codes        latent parameterisation (built-in encoders or raw official codes), priors, ARKit output
     tracker      stages (identity, per frame, joint refinement) and presets
+    temporal     stage 2's temporal model: zero-lag, event-preserving smoothing of pose and expression tracks
     run          ``run_track(TrackConfig)`` and ``TrackingSession``: passes over the clip, package writing,
                  resume, interpolation, USD
     build_tables developer tool that derived the MediaPipe<->ICT table in ``backend/contracts/landmark_tables.py``

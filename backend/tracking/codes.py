@@ -22,6 +22,15 @@ from ..model.encoders import N_ID as N_ICT_IDENTITY
 # An ICT channel whose encoder column is weaker than this share of the median column barely moves the model's
 # surface (the built-in model: eye and brow channels at 0.007-0.014 against 0.03-0.22 for the mouth and jaw)
 WEAK_CHANNEL_SHARE = 0.25
+# ARKit mouth and jaw channels the model drives but returns too weakly (smile peaks at 0.2-0.3 of the truth, jawOpen
+# at 0.8), while MediaPipe's points carry them (landmark regressor alone on the tuning clips: correlation 0.8-0.97):
+# their output is the mean of the model's value and the landmark regressor's reading on frames with a face. The
+# mouth channels the points do not carry (frown, dimple, press, roll, jaw sideways and forward, mouth close: regressor
+# correlation <= 0.25) stay the model's. See backend/evaluation/README.md.
+LANDMARK_BLEND_CHANNELS = ("jawOpen", "mouthFunnel", "mouthPucker", "mouthSmileLeft", "mouthSmileRight",
+                           "mouthStretchLeft", "mouthStretchRight", "mouthLeft", "mouthRight", "mouthUpperUpLeft",
+                           "mouthUpperUpRight", "cheekPuff")
+LANDMARK_BLEND_SHARE = 0.5   # the landmark regressor's share of the blended channels' output
 
 
 class CodeSpace:
@@ -167,17 +176,39 @@ class CodeSpace:
 
     # -- outputs -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def arkit(self, p_ex: torch.Tensor) -> Optional[np.ndarray]:
+    def arkit(self, p_ex: torch.Tensor, landmark_reading: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """(B, n_ex) -> (B, 52) ARKit weights from the model's regressor (or the ICT->ARKit map), None if neither.
         The channels read from the landmarks (``landmark_channels``) go through the ICT->ARKit map: the model's
-        codes barely carry them, so a regressor on the codes cannot return them."""
+        codes barely carry them, so a regressor on the codes cannot return them. ``landmark_reading`` (B, n_ex):
+        the landmark regressor's ICT weights of each frame (``expression_from_landmarks``; NaN rows for frames
+        without them): ``LANDMARK_BLEND_CHANNELS`` blend it in."""
         if self.reg is not None:
             out = self.reg(self.z_exp(p_ex)).cpu().numpy().astype(np.float32)
             if self._landmark_arkit is not None:
                 fed = self._landmark_arkit
                 direct = np.clip(arkit.ict_to_arkit(p_ex.cpu().numpy() * self._landmark_ict), 0, 1)
                 out[:, fed] = direct[:, fed]
-            return out
-        if self.mode == "encoder" and self.n_ex == len(arkit.ICT_NAMES):
-            return np.clip(arkit.ict_to_arkit(p_ex.cpu().numpy()), 0, 1).astype(np.float32)
-        return None
+        elif self.mode == "encoder" and self.n_ex == len(arkit.ICT_NAMES):
+            out = np.clip(arkit.ict_to_arkit(p_ex.cpu().numpy()), 0, 1).astype(np.float32)
+        else:
+            return None
+        if landmark_reading is not None and self._landmark_arkit is not None:
+            rows = np.isfinite(landmark_reading).all(1)
+            cols = [arkit.ARKIT_INDEX[n] for n in LANDMARK_BLEND_CHANNELS]
+            read = np.clip(arkit.ict_to_arkit(landmark_reading[rows].astype(np.float64)), 0, 1)[:, cols]
+            out[np.ix_(rows, cols)] = ((1 - LANDMARK_BLEND_SHARE) * out[np.ix_(rows, cols)]
+                                       + LANDMARK_BLEND_SHARE * read)
+        return out
+
+    def landmark_readings(self, points: Sequence[Optional[np.ndarray]], depths: Sequence[Optional[np.ndarray]]
+                          ) -> Optional[np.ndarray]:
+        """(B, n_ex) the landmark regressor's ICT weights of B frames' MediaPipe points (L, 2) and depths (L,) (NaN
+        rows where a frame has none), or None without a regressor."""
+        if self._landmark_arkit is None:
+            return None
+        out = np.full((len(points), self.n_ex), np.nan, np.float32)
+        have = [k for k, (p, d) in enumerate(zip(points, depths)) if p is not None and d is not None and len(p) >= 468]
+        if have:
+            p3 = np.stack([np.concatenate([points[k][:, :2], depths[k][:, None]], 1) for k in have])
+            out[have] = self.landmark_regressor(p3, self.landmark_rest) * self.ex_mask.cpu().numpy()
+        return out

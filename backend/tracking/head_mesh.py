@@ -103,6 +103,8 @@ class SilhouetteTargets:
             sel = np.random.default_rng(seed).choice(len(xs), max_contour, replace=False)
             xs, ys = xs[sel], ys[sel]
         self.contour = torch.as_tensor(np.stack([xs + 0.5, ys + 0.5], -1), dtype=torch.float32, device=device)
+        self.contour_pixels = np.zeros((H, W), bool)   # (H, W) the pixels of ``contour``
+        self.contour_pixels[ys, xs] = True
         self.size = (H, W)
 
 

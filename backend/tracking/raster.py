@@ -40,10 +40,12 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: i
 
 
 def _covered_fragments(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
-                       cull_backfaces: bool, max_fragments: int):
+                       cull_backfaces: bool, max_fragments: int, pixels: Optional[np.ndarray] = None):
     """Every (triangle, pixel) pair whose pixel centre lies inside a projected triangle, for B poses (B, V, 3):
     (triangle ids over all poses (pose * F + face), px, py, the three screen-space barycentrics, each per fragment,
-    and the triangles' vertex depths (B F, 3)); None when no triangle lands in the image."""
+    and the triangles' vertex depths (B F, 3)); None when no triangle lands in the image.  ``pixels``: (H, W) bool,
+    only the pairs on these pixels (the same pairs and values as without it; triangles whose bounding box holds
+    none of them are skipped before any pixel is enumerated)."""
     v = np.asarray(verts_cam, np.float64)
     f = np.asarray(faces, np.int64)
     z = v[..., 2]
@@ -63,6 +65,12 @@ def _covered_fragments(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, 
     lo = np.maximum(lo, 0)
     hi = np.minimum(hi, [width - 1, height - 1])
     ok &= (hi >= lo).all(1)
+    if pixels is not None:   # pixels in each bounding box, by a summed-area table
+        sat = np.zeros((height + 1, width + 1), np.int64)
+        sat[1:, 1:] = np.cumsum(np.cumsum(pixels, 0), 1)
+        x0, y0 = np.where(ok[:, None], lo, 0).astype(np.int64).T
+        x1, y1 = np.where(ok[:, None], hi + 1, 0).astype(np.int64).T
+        ok &= sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0] > 0
     idx = np.flatnonzero(ok)
     if idx.size == 0:
         return None
@@ -79,6 +87,9 @@ def _covered_fragments(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, 
     nxr = np.repeat(nx, cnt)
     px = np.repeat(lo_i[:, 0], cnt) + off % nxr
     py = np.repeat(lo_i[:, 1], cnt) + off // nxr
+    if pixels is not None:
+        keep = pixels[py, px]
+        tid, px, py = tid[keep], px[keep], py[keep]
     sx = px + 0.5
     sy = py + 0.5
     a = p[tid, 0]
@@ -93,10 +104,13 @@ def _covered_fragments(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, 
     return tid, px, py, w0, w1, w2, zt
 
 
-def coverage(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W) bool: pixels whose centre some triangle covers -- ``rasterize(...).mask`` without the depth test."""
+def coverage(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
+             pixels: Optional[np.ndarray] = None) -> np.ndarray:
+    """(H, W) bool: pixels whose centre some triangle covers -- ``rasterize(...).mask`` without the depth test.
+    ``pixels``: (H, W) bool, test only these (False elsewhere): the draft outline reads the coverage on the head's
+    contour only, a few hundred pixels, which only the triangles along the silhouette can cover."""
     mask = np.zeros((height, width), bool)
-    cand = _covered_fragments(np.asarray(verts_cam)[None], faces, K, height, width, False, MAX_FRAGMENTS)
+    cand = _covered_fragments(np.asarray(verts_cam)[None], faces, K, height, width, False, MAX_FRAGMENTS, pixels)
     if cand is not None:
         _, px, py = cand[:3]
         mask[py, px] = True

@@ -405,7 +405,8 @@ class TrackingSession:
         """Stage 1b: fit the frames in ``todo`` one by one, each warm-started from the previous frame, and write
         them in chunks as they finish. -> number of frames fitted."""
         tracker = self.tracker
-        # quality metrics are measured after the joint refinement when it follows (saves a render per frame)
+        # when the joint refinement follows, its rewrite replaces these outputs: they are previews (coarser
+        # vertices, no quality render), which the add-on shows while tracking runs
         will_refine = self.preset.stage2_epochs > 0 and len(self.detections.found) > 1
         # The first frame continues from the frame fitted before it (its fit and landmarks), as in one uninterrupted
         # run.
@@ -424,7 +425,7 @@ class TrackingSession:
             tracker.reset_frame_cache()   # each frame starts from the same state (resume = same result)
             init = prev_state if prev_state is not None else tracker.pnp_init(obs)
             st = tracker.fit_frame(obs, init, prev_obs)
-            res = tracker.frame_result(obs, st, prev_warp, metrics=not will_refine)
+            res = tracker.frame_result(obs, st, prev_warp, preview=will_refine)
             self.states[obs.index] = self.stage1[obs.index] = st
             pending.append(res)
             prev_state, prev_obs, prev_warp = st, obs, res.warp
@@ -624,7 +625,9 @@ class TrackingSession:
             "z_exp": to_numpy(self.codes.z_exp(p_ex)).astype(np.float32),
             "vertices": (np.stack([r.vertices for r in results]) * NPHM_UNIT_M).astype(np.float32),
         }
-        ak = self.codes.arkit(p_ex)
+        det = self.detections
+        ak = self.codes.arkit(p_ex, self.codes.landmark_readings([det.landmarks.get(r.index) for r in results],
+                                                                [det.depths.get(r.index) for r in results]))
         if ak is not None:
             arrays["arkit"] = ak
         return arrays
@@ -672,11 +675,11 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
     (T, E), coloured by the baked ``colours`` (``bake.posed.CanonicalColours``: each posed vertex looked up on the
     canonical surface through the backward deformation) or, without them, the tracker's albedo (network albedo
     through the fitted colour affine). Yields ``usd_export.FrameMesh`` (metres, model axes)."""
-    from ..model.meshing import COLOR_PRUNE_MASS, PosedMesher
+    from ..model.meshing import COLOR_PRUNE_MASS, POSED_REUSE_TOL, PosedMesher
     from ..usd_export import FrameMesh
     from .head_mesh import hair_vertices
 
-    mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res)
+    mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res, reuse_tol=POSED_REUSE_TOL)
     zg = tracker.z_geo().detach()
     zb = bald_z_geo(tracker)
     for k, index in enumerate(frames):

@@ -5,8 +5,9 @@ Stage 1a  identity: identity/appearance/SH/colour-correction plus per-frame expr
           lead the identity, landmarks mainly place pose and expression, see ``Preset.id_lm_grad_ict``).
 Stage 1b  per frame: expression + pose, warm-started from the previous frame; landmark, silhouette and (standard,
           high) photometric losses; fewer iterations on frames that barely move.
-Stage 2   all frames jointly: landmarks + temporal smoothness of expression and pose (block coordinate descent over
-          batches of frames, ``Tracker.refine_all``).
+Stage 2   all frames jointly: a landmark refinement (block coordinate descent over batches of frames,
+          ``Tracker.refine_all``), then the temporal model (``temporal``): pose and expression tracks smoothed
+          without lag, fast expression events kept.
 
 Landmarks: the detector's points are tied to canonical positions predicted from the identity's anchors
 (``landmark_tables.LandmarkSet``), posed by the backward-deformation root finder (implicit gradients), projected
@@ -30,10 +31,16 @@ from . import raster, renderer
 from . import head_mesh
 from .camera import rotation_to_axis_angle, solve_pnp
 from .codes import CodeSpace
+from .temporal import TemporalSmoothing, smooth_rotations, smooth_tracks
 from ..contracts.conventions import NPHM_UNIT_M
 from ..model.devices import to_numpy
-from ..model.meshing import WarpState, warp_vertices
+from ..model.meshing import MESH_WARP_TOL, WarpState, warp_vertices
 from ..model.optim import Adam
+
+
+# An expression weight at rest (0) has no noise of its own: flickers below about 3 sqrt(6) x this (0.15) count as
+# noise in stage 2's smoothing, larger steps as events (``temporal.noise_level``)
+EXPRESSION_NOISE_FLOOR = 0.02
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -47,11 +54,15 @@ class Preset:
     frame_iters: int = 14          # per-frame iterations (moving frames)
     still_iters: int = 5           # per-frame iterations when the landmarks barely move
     still_motion: float = 0.004    # mean landmark motion (fraction of face size) below which a frame is "still"
+    # a frame without a fitted predecessor (the clip's first) starts cold: this many times frame_iters, so the next
+    # frames continue from a converged fit instead of converging over several frames (a transient stage 2 would keep
+    # as an event)
+    cold_iters_factor: int = 3
     stage2_epochs: int = 2
     stage2_batch: int = 16
     rays: int = 0                  # per-frame photometric/silhouette rays per iteration (0 = none: draft)
     id_rays: int = 192             # identity-stage rays per iteration (every preset: they carry the identity)
-    ray_every: int = 1             # render rays every k-th iteration
+    ray_every: int = 1             # per-frame fit: render rays every k-th iteration (the identity stage: every one)
     n_coarse: int = 16
     n_fine: int = 8
     mesh_res: int = 80             # output (fixed topology) canonical mesh resolution
@@ -81,8 +92,13 @@ class Preset:
     w_id_prior_ict: float = 0.002  # identity prior, ICT identity weights
     id_lm_grad_ict: float = 0.1    # ICT identity weights: share of the landmark loss's gradient reaching the identity
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
-    w_smooth_exp: float = 5.0      # stage 2
-    w_smooth_pose: float = 200.0
+    # stage 2's temporal model (``temporal``): the pose keeps no events (a head does not jump) and is smoothed more;
+    # the expression less, and it keeps its fast events (a jaw drop). Chosen on cap12_edit 0:125 (mesh jitter) and
+    # the tuning clips 0 and 4 (jawOpen peak ratio 0.84 unsmoothed: 0.81 at event_threshold 3, 0.83 at 2, with mesh
+    # jitter 0.10 and 0.16 px/frame^2 against MediaPipe's 0.36; the still test head 0.08 and 0.10); see
+    # backend/evaluation/README.md
+    smooth_pose: TemporalSmoothing = TemporalSmoothing(strength=30.0, event_threshold=math.inf)
+    smooth_expression: TemporalSmoothing = TemporalSmoothing(strength=3.0, event_threshold=3.0)
     inv_s: float = math.exp(10 * 0.6)
 
 
@@ -93,6 +109,12 @@ PRESETS: Dict[str, Preset] = {
     "high": Preset("high", id_frames=8, id_iters=250, frame_iters=60, still_iters=20, stage2_epochs=8,
                    rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128, posed_mesh_res=256),
 }
+
+
+# Root-finding tolerance (model units) of the fixed-topology vertices a later rewrite replaces (stage 1 when stage 2
+# follows): 0.1 mm, invisible in the scene, and 1.11 deformation passes per vertex and frame instead of 1.29 at
+# MESH_WARP_TOL (cap12_edit 0:40, draft mesh).
+PREVIEW_WARP_TOL = 4e-4
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -190,7 +212,7 @@ class Tracker:
         self.mesh_lo: Optional[head_mesh.HeadMesh] = None     # low-res canonical mesh
         self.albedo: Optional[np.ndarray] = None      # (V, 3) uint8 for the output mesh
         self.timer = Timer()
-        self._posed_cache: Dict[str, torch.Tensor] = {}
+        self._posed_cache: Dict[str, tuple] = {}   # key -> (posed landmarks (B, n, 3), their J^-1 (B, n, 3, 3))
         self._lo_warp: Optional[WarpState] = None     # low-res mesh warp within a frame's iterations
         self._lo_vertices: Optional[tuple] = None     # (mesh_lo, its vertices as a tensor on the device)
         self._lm_key: Optional[tuple] = None          # identity the cached canonical landmarks belong to
@@ -300,17 +322,19 @@ class Tracker:
     def posed_landmarks(self, zg, p_ex, key: Optional[str] = None):
         """The canonical landmarks posed by expressions p_ex (B, n_ex): ``WarpResult`` with points (B, n, 3) model
         units (implicit gradients when grad is enabled) and converged (B, n). ``key`` names a warm start kept between
-        calls (the last roots of that key)."""
+        calls (the last roots of that key and their inverse Jacobians: chord steps from the start, no Jacobian pass
+        there)."""
         B = p_ex.shape[0]
         A = self.model.anchors(zg)
         P = self._landmarks_for(zg)[None].expand(B, -1, -1)
         ze = self.codes.z_exp(p_ex)
-        x0 = self._posed_cache.get(key) if key is not None else None
+        x0, jinv0 = self._posed_cache.get(key, (None, None)) if key is not None else (None, None)
         if x0 is not None and x0.shape != P.shape:
-            x0 = None
-        res = self.model.forward_warp(P, zg.expand(B, -1), ze, anchors=A.expand(B, -1, -1), x_init=x0, max_iter=15)
+            x0 = jinv0 = None
+        res = self.model.forward_warp(P, zg.expand(B, -1), ze, anchors=A.expand(B, -1, -1), x_init=x0,
+                                      jinv_init=jinv0, max_iter=15)
         if key is not None:
-            self._posed_cache[key] = res.points.detach()
+            self._posed_cache[key] = (res.points.detach(), res.jinv)
         return res
 
     def landmark_term(self, zg, p_ex, omega, trans, lms, sizes, key: Optional[str] = None):
@@ -371,14 +395,15 @@ class Tracker:
         """(V, 3) uint8 albedo of the output (canonical) mesh."""
         return self.albedo_u8(self.mesh.vertices)
 
-    def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int):
-        """Indices of silhouette vertices of the low-res mesh and the current coverage map."""
+    def _outline(self, verts_posed_lo: np.ndarray, st: FrameState, n: int, tg: head_mesh.SilhouetteTargets):
+        """Indices of silhouette vertices of the low-res mesh and its coverage map on the targets' contour pixels
+        (the only pixels the outline loss reads)."""
         vc, _ = self.to_camera(verts_posed_lo, st)
         nrm = raster.vertex_normals(vc, self.mesh_lo.faces)
         ol = np.flatnonzero(head_mesh.outline_vertices(vc, nrm))
         if len(ol) > n:
             ol = ol[np.linspace(0, len(ol) - 1, n).astype(int)]
-        return ol, raster.coverage(vc, self.mesh_lo.faces, self.Knp, self.H, self.W)
+        return ol, raster.coverage(vc, self.mesh_lo.faces, self.Knp, self.H, self.W, tg.contour_pixels)
 
     # ---------------------------------------------------------------------------------------------------------
     # photometric / silhouette rays
@@ -462,7 +487,9 @@ class Tracker:
             loss_lm, _, _ = self.landmark_term(zg_lm, p_ex, om, tr, lms, sizes, key="id")
             loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex) \
                 + self.w_id_prior * self.codes.identity_prior(p_geo, p_app) * 100
-            if pr.id_rays and it % pr.ray_every == 0:
+            # rays on every iteration: with them on every 2nd of 120 (standard before) the landmarks led the identity
+            # and standard's faces came out 0.19 mm worse than draft's on real-skin clips (backend/evaluation/README.md)
+            if pr.id_rays:
                 j = it % B
                 inv_s = renderer.inv_s_schedule(it, n_it)
                 ml, rl, _ = self.ray_terms(zg, self.codes.z_app(p_app), p_ex[j], om[j], tr[j], frames[j],
@@ -498,23 +525,24 @@ class Tracker:
                 ze = self.codes.z_exp(p_ex.detach()[None])
                 x, _, self._lo_warp = warp_vertices(self.model, vc0, ml.faces, zg, ze, self._lo_warp)
             st = FrameState(p_ex.detach(), omega.detach(), trans.detach())
-            ol, cov = self._outline(to_numpy(x).astype(np.float64), st, self.preset.outline_points)
-            ol = torch.as_tensor(ol, device=self.device)
             tg = cache.get("tg") if cache is not None else None   # the frame's: computed once per frame
             if tg is None:
                 tg = head_mesh.SilhouetteTargets(obs.labels, seed=obs.index, device=self.device)
+            ol, cov = self._outline(to_numpy(x).astype(np.float64), st, self.preset.outline_points, tg)
+            ol = torch.as_tensor(ol, device=self.device)
             if cache is not None:
-                cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol])
+                cache.update(ol=ol, cov=cov, tg=tg, x_ol=x[ol], jinv_ol=self._lo_warp.jinv[ol])
         else:
             ol, cov, tg = cache["ol"], cache["cov"], cache["tg"]
         if len(ol) == 0:
             return zg.sum() * 0
         vcan = vc0[ol]
-        x0 = cache.get("x_ol") if cache is not None else None
+        x0, jinv0 = (cache.get("x_ol"), cache.get("jinv_ol")) if cache is not None else (None, None)
         res = self.model.forward_warp(vcan[None], zg, self.codes.z_exp(p_ex[None]),
-                                      x_init=None if x0 is None else x0[None], max_iter=10)
+                                      x_init=None if x0 is None else x0[None],
+                                      jinv_init=None if jinv0 is None else jinv0[None], max_iter=10)
         if cache is not None:
-            cache["x_ol"] = res.points[0].detach()
+            cache.update(x_ol=res.points[0].detach(), jinv_ol=res.jinv[0])
         uv = self.project(res.points, omega[None], trans[None])[0]
         return head_mesh.outline_silhouette_loss(uv, torch.ones(len(ol), dtype=torch.bool, device=self.device), tg,
                                                  obs.face_size, cov)
@@ -620,6 +648,8 @@ class Tracker:
             d = obs.landmarks[self.lm_idx] - prev_obs.landmarks[self.lm_idx]
             motion = float(np.linalg.norm(d, axis=1).mean()) / max(obs.face_size, 1.0)
         n_it = pr.still_iters if motion < pr.still_motion else pr.frame_iters
+        if prev_obs is None:
+            n_it *= pr.cold_iters_factor
         p_ex = st.p_ex.clone()[None].requires_grad_(True)
         om = st.omega.clone()[None].requires_grad_(True)
         tr = st.trans.clone()[None].requires_grad_(True)
@@ -654,23 +684,28 @@ class Tracker:
     # ---------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def frame_result(self, obs: FrameObs, st: FrameState, warm: Optional[WarpState] = None,
-                     metrics: bool = True) -> FrameResult:
+                     preview: bool = False) -> FrameResult:
         """The frame's outputs: fixed-topology vertices (the output mesh warped into the frame's expression,
-        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics."""
+        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics.
+
+        ``preview``: outputs that stage 2's rewrite replaces, shown while tracking runs (right after ``fit_frame``
+        of this frame): vertices to ``PREVIEW_WARP_TOL``, the landmark error from the fit's last landmark roots,
+        no coverage or photometric metric."""
         t0 = time.perf_counter()
         zg = self.z_geo()
         ze = self.codes.z_exp(st.p_ex[None])
-        x, _, warp = warp_vertices(self.model, self.tensor(self.mesh.vertices), self.mesh.faces, zg, ze, warm)
+        x, _, warp = warp_vertices(self.model, self.tensor(self.mesh.vertices), self.mesh.faces, zg, ze, warm,
+                                   tol=PREVIEW_WARP_TOL if preview else MESH_WARP_TOL)
         verts = to_numpy(x)
         lm_err = float("nan")
         if obs.found:
             lms = self.tensor(obs.landmarks[self.lm_idx])[None]
             _, uv, conv = self.landmark_term(zg, st.p_ex[None], st.omega[None], st.trans[None], lms,
-                                             self.tensor([max(obs.face_size, 1.0)]))
+                                             self.tensor([max(obs.face_size, 1.0)]), key="frame" if preview else None)
             e = (uv - lms).norm(dim=-1)[conv]
             lm_err = float(e.mean()) if e.numel() else float("nan")
         iou, photo = None, None
-        if obs.labels is not None and metrics:
+        if obs.labels is not None and not preview:
             vc, R = self.to_camera(verts, st)
             iou, frag = head_mesh.coverage_iou(vc, self.mesh.faces, self.Knp, obs.labels)
             if obs.image is not None and self.albedo is not None:
@@ -694,17 +729,17 @@ class Tracker:
         return float(np.abs(pred - img).mean())
 
     # ---------------------------------------------------------------------------------------------------------
-    # stage 2: joint refinement with temporal smoothness
+    # stage 2: joint landmark refinement, then the temporal model
     # ---------------------------------------------------------------------------------------------------------
     def refine_all(self, obs: Sequence[FrameObs], states: List[FrameState]) -> List[FrameState]:
-        """Jointly refine expression and pose of all tracked frames (landmarks + temporal smoothness).
+        """Refine expression and pose of all tracked frames on their landmarks, then smooth them over time
+        (``smooth_states``).
 
         Block coordinate descent over batches of ``Preset.stage2_batch`` consecutive frames: each batch is its own
-        set of optimised tensors, pulled towards its neighbouring frames as they stand.  Adam leaves a parameter
-        without a gradient alone, so a batch's step moves only that batch's frames; with one tensor for the whole
-        clip, every step also moved every other frame by its stale first moment, an unchecked drift growing with
-        the frame's position (cap12_edit 0:250 draft, frames 240-249: 3-4 mm and 0.5 degrees off, landmark error
-        2.1 px after stage 1, 5.8 px after stage 2).
+        set of optimised tensors.  Adam leaves a parameter without a gradient alone, so a batch's step moves only
+        that batch's frames; with one tensor for the whole clip, every step also moved every other frame by its
+        stale first moment, an unchecked drift growing with the frame's position (cap12_edit 0:250 draft, frames
+        240-249: 3-4 mm and 0.5 degrees off, landmark error 2.1 px after stage 1, 5.8 px after stage 2).
         """
         pr = self.preset
         t0 = time.perf_counter()
@@ -721,23 +756,10 @@ class Tracker:
         tr = leaves([s.trans for s in states])
         lms = self.tensor(np.stack([o.landmarks[self.lm_idx] for o in obs]))
         sizes = self.tensor([o.face_size for o in obs])
-        # smoothness weights: velocity-like, relative to 25 fps neighbours; strides and gaps are coupled less
-        # (float64 on the host: MPS has no float64)
-        dt = np.maximum(np.diff(np.array([o.time for o in obs], np.float64)), 1e-3)
-        wt = self.tensor(np.minimum((0.04 / dt) ** 2, 1.0))
         opt = Adam([{"params": p_ex, "lr": pr.lr_exp * 0.3}, {"params": om, "lr": pr.lr_rot * 0.3},
                     {"params": tr, "lr": pr.lr_trans * 0.3}])
         zg = self.z_geo().detach()
         free = 1 - self.codes.landmark_channels.float()
-
-        def with_neighbours(blocks, k):
-            """Block k with the last frame of the block before and the first of the block after (constants)."""
-            parts = [blocks[k - 1][-1:].detach()] if k > 0 else []
-            parts.append(blocks[k])
-            if k + 1 < len(blocks):
-                parts.append(blocks[k + 1][:1].detach())
-            return torch.cat(parts)
-
         n_steps = pr.stage2_epochs * len(spans)
         step = 0
         for ep in range(pr.stage2_epochs):
@@ -745,14 +767,9 @@ class Tracker:
                 opt.zero_grad()
                 loss_lm, _, _ = self.landmark_term(zg, p_ex[k], om[k], tr[k], lms[s0:s1], sizes[s0:s1],
                                                    key=f"s2_{s0}")
-                e, o, t = (with_neighbours(x, k) for x in (p_ex, om, tr))
-                w = wt[max(0, s0 - 1):min(T, s1 + 1) - 1]
-                sm_e = (w * ((e[1:] - e[:-1]) ** 2).sum(-1)).mean()
-                sm_p = (w * (((o[1:] - o[:-1]) ** 2).sum(-1) + 100 * ((t[1:] - t[:-1]) ** 2).sum(-1))).mean()
-                loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex[k]) \
-                    + pr.w_smooth_exp * sm_e + pr.w_smooth_pose * sm_p
+                loss = pr.w_lm * loss_lm + self.expression_regulariser(p_ex[k])
                 loss.backward()
-                p_ex[k].grad.mul_(free)  # landmark-read channels keep their per-frame values (no smoothing)
+                p_ex[k].grad.mul_(free)  # landmark-read channels keep their per-frame values
                 opt.step()
                 self.codes.project_expression_(p_ex[k])
                 step += 1
@@ -760,9 +777,27 @@ class Tracker:
         for key in list(self._posed_cache):
             if key.startswith("s2_"):
                 del self._posed_cache[key]
+        states = self.smooth_states(obs, *(torch.cat(x).detach() for x in (p_ex, om, tr)))
         self.timer.add("stage2", time.perf_counter() - t0)
-        p_ex, om, tr = (torch.cat(x).detach() for x in (p_ex, om, tr))
-        return [FrameState(p_ex[i].clone(), om[i].clone(), tr[i].clone()) for i in range(T)]
+        return states
+
+    def smooth_states(self, obs: Sequence[FrameObs], p_ex: torch.Tensor, omega: torch.Tensor,
+                      trans: torch.Tensor) -> List[FrameState]:
+        """Stage 2's temporal model (``temporal``): the tracks of rotation and translation (T, 3) and expression
+        (T, n_ex) of the frames ``obs`` smoothed without lag (``Preset.smooth_pose``, ``Preset.smooth_expression``:
+        fast expression events kept), the expression back on its valid set. The channels read from the landmarks
+        (``CodeSpace.landmark_channels``) keep their per-frame values: they barely move the mesh, and their blinks
+        are the events smoothing would blunt."""
+        pr = self.preset
+        times = np.array([o.time for o in obs], np.float64)
+        om = self.tensor(smooth_rotations(to_numpy(omega), times, pr.smooth_pose))
+        tr = self.tensor(smooth_tracks(to_numpy(trans), times, pr.smooth_pose))
+        free = ~self.codes.landmark_channels
+        ex = p_ex.clone()
+        ex[:, free] = self.tensor(smooth_tracks(to_numpy(p_ex[:, free]), times, pr.smooth_expression,
+                                                EXPRESSION_NOISE_FLOOR))
+        self.codes.project_expression_(ex)
+        return [FrameState(ex[i].clone(), om[i].clone(), tr[i].clone()) for i in range(len(obs))]
 
 
 def interpolate_state(t: float, a: tuple, b: Optional[tuple]) -> FrameState:

@@ -32,6 +32,11 @@ head, the tracker fix has no parameter.
 | cap12_edit 0:250, stage 2 before the fix | 11.43 | 13.26 | | | 6.56 (57 %; 180-249: 9.29, 79 %) |
 | synthetic clip 0, 20 frames (10 / 10) | 11.59 / 21.36 | 12.55 | 6.85 / 26.40 (59 %) | 6.54 (56 %) | 6.89 (59 %) |
 
+Session 11, after this table: the shadowed-colour limit (``albedo.limit_shadowed``, ``shadow_excess`` 1.25; bright
+orange lid creases and patches under the nose gone under neutral light) costs re-render error, since the re-render
+uses the same mesh and lighting that made them: cap12_edit 0:24 baked 4.60 / 29.23 (41 %), texture 3.45 (31 %);
+Intel 0:24 4.91 / 30.81 (44 %), texture 3.46 (31 %) (05:45-05:49, load 12-15). The other rows were not re-run.
+
 L1 / PSNR dB where two figures. "Now": ``fit_lighting``'s one directional shape for the three channels and the
 dark-shading weights relative to the light on the face. The per-channel shapes before tinted the directions the
 face barely shows and baked the opposite tints into the albedo, seen under any other light (green lids, purple

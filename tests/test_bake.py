@@ -353,3 +353,57 @@ def test_posed_points_take_the_colour_of_their_canonical_point():
     posed = np.array([[-0.2, 0.0, 0.0], [0.2, 0.1, 0.0], [-0.04, -0.3, 0.0]])   # canonical x: -0.1, 0.3, 0.06
     got = CanonicalColours(canonical, colours).at_posed(Shifted(), None, None, posed)
     np.testing.assert_array_equal(got[:, 0] > 100, [False, True, True])
+
+
+def test_skin_the_lighting_predicts_too_dark_does_not_come_back_as_a_bright_crease():
+    """Under a 'nose' (a band on the lower sphere, normals facing down, away from the light above) the video shows
+    plain skin, lit like the face (light bounced from the cheeks; a fold the mesh has and the face lacks), where
+    the SH lighting on the mesh's normals predicts a third to a half of that. Dividing by it baked a bright,
+    saturated crease (cap12_edit's orange upper lids and bright patches under the nose). Without
+    ``limit_shadowed``: 1.59x the skin in linear light (+27/255), chromaticity off by 0.20; now +2/255 with no
+    excess allowed, and 1.28x, 0.04 with the defaults (``shadow_excess`` 1.25)."""
+    v, f = sphere()
+    lighting = Lighting(np.zeros((9, 3), np.float32))
+    lighting.sh[0] = 1.0 / 0.28209
+    lighting.sh[1] = -0.8                    # light from above (OpenCV: -y)
+    flip = np.diag([1.0, -1.0, -1.0])
+    verts_cam = np.stack([(v @ (yaw(a) @ flip).T) + [0, 0, 0.55] for a in np.linspace(-25, 25, 8)])
+    y = v[:, 1] / RADIUS
+    band = (y > -0.75) & (y < -0.4) & (np.abs(v[:, 0]) < 0.4 * RADIUS) & (v[:, 2] > 0)
+    colours = np.tile(SKIN, (len(v), 1))
+    img, covered = render_shaded(verts_cam, f, K, SIZE, lighting, colours)
+    on_face = Lighting(np.zeros((9, 3), np.float32))
+    on_face.sh[0] = 0.9 * lighting.face_irradiance() / 0.28209 * [1.0, 0.8, 0.7]    # bounced off skin: orange
+    lit, _ = render_shaded(verts_cam, f, K, SIZE, on_face, colours)
+    in_band = render_shaded(verts_cam, f, K, SIZE, on_face, np.where(band[:, None], 255, 0).astype(np.uint8))[0]
+    img = np.where(in_band[..., 1:2] > 0.5, lit, img)
+    frames = FrameBatch(np.where(covered[..., None], img * 255 + 0.5, 90).astype(np.uint8),
+                        np.where(covered, M.FACE, M.BACKGROUND).astype(np.uint8), np.zeros_like(covered), verts_cam)
+    from backend.contracts.conventions import srgb_to_linear
+
+    def crease_and_skin(cfg):
+        baked, _ = bake_vertices(frames, f, K, lighting, np.full((len(v), 3), 128, np.uint8), cfg)
+        well = (baked.confidence > 0.5) & interior(f, band)
+        crease, skin = well & band, well & ~band & (v[:, 2] > 0.5 * RADIUS) & (np.abs(y) < 0.35)
+        assert crease.sum() > 15 and skin.sum() > 100, (crease.sum(), skin.sum())
+        lin = srgb_to_linear(baked.colours / 255.0)
+        return baked.colours.astype(float), lin[crease].mean(0), lin[skin].mean(0), crease, skin
+
+    # no excess allowed: the crease comes back as bright as the skin
+    c, _, _, crease, skin = crease_and_skin(BakeConfig(shadow_excess=1.0))
+    assert c[crease].mean() - c[skin].mean() < 8, c[crease].mean() - c[skin].mean()
+    # the defaults: at most ``shadow_excess`` brighter (linear light), and in the skin's hue
+    cfg = BakeConfig()
+    _, crease_lin, skin_lin, _, _ = crease_and_skin(cfg)
+    assert crease_lin.mean() / skin_lin.mean() < 1.05 * cfg.shadow_excess, crease_lin.mean() / skin_lin.mean()
+    np.testing.assert_allclose(crease_lin / crease_lin.mean(), skin_lin / skin_lin.mean(), atol=0.05)
+
+
+def test_shadowed_colour_limit_keeps_darker_colours_and_trusted_ones():
+    from backend.bake.albedo import limit_shadowed_colour
+    ref = np.array([[0.4, 0.2, 0.1]] * 3, np.float32)
+    albedo = np.array([[0.9, 0.3, 0.05], [0.9, 0.3, 0.05], [0.1, 0.05, 0.05]], np.float32)
+    out = limit_shadowed_colour(albedo, ref, np.array([0.0, 1.0, 0.0], np.float32))
+    np.testing.assert_allclose(out[0], ref[0], atol=1e-6)       # untrusted and brighter: the reference
+    np.testing.assert_allclose(out[1], albedo[1], atol=1e-6)    # trusted: untouched
+    assert out[2].mean() == pytest.approx(albedo[2].mean()) and out[2][0] / out[2][2] == pytest.approx(4.0)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..contracts.conventions import linear_to_srgb
+from ..contracts.conventions import linear_to_srgb, srgb_to_linear
 from ..tracking import raster
-from .albedo import BakeConfig, FrameBatch, Lighting, SurfacePoints, bake_points
+from .albedo import BakeConfig, FrameBatch, Lighting, SurfacePoints, bake_points, limit_shadowed_colour
 
 
 def unwrap(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -58,8 +58,10 @@ def bake_texture(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting:
     from scipy.ndimage import distance_transform_edt, gaussian_filter
     points, pix = texel_points(uv, size)
     robust = bake_points(frames, faces, K, lighting, points, cfg)
-    baked = linear_to_srgb(robust.albedo_lin)
     fill = points.interpolate(faces, vertex_colours_u8.astype(np.float32) / 255.0)
+    # where the predicted shading is not trusted, no brighter than the vertex colours (``albedo.limit_shadowed``)
+    trust = np.where(robust.special, 1.0, robust.trust)
+    baked = linear_to_srgb(limit_shadowed_colour(robust.albedo_lin, srgb_to_linear(fill), trust, cfg.shadow_excess))
     alpha = np.zeros(size * size)
     alpha[pix] = robust.weight / (robust.weight + cfg.prior_weight)
     covered = np.zeros(size * size)

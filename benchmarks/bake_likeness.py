@@ -35,7 +35,8 @@ head, the tracker fix has no parameter.
 Session 11, after this table: the shadowed-colour limit (``albedo.limit_shadowed``, ``shadow_excess`` 1.25; bright
 orange lid creases and patches under the nose gone under neutral light) costs re-render error, since the re-render
 uses the same mesh and lighting that made them: cap12_edit 0:24 baked 4.60 / 29.23 (41 %), texture 3.45 (31 %);
-Intel 0:24 4.91 / 30.81 (44 %), texture 3.46 (31 %) (05:45-05:49, load 12-15). The other rows were not re-run.
+Intel 0:24 4.91 / 30.81 (44 %), texture 3.46 (31 %) (05:45-05:49, load 12-15); cap12_edit 0:250 5.91 / 28.00
+(53 %; 0:180 5.70, 180:250 6.44), texture 6.26 (06:00, load ~1). The synthetic row was not re-run.
 
 L1 / PSNR dB where two figures. "Now": ``fit_lighting``'s one directional shape for the three channels and the
 dark-shading weights relative to the light on the face. The per-channel shapes before tinted the directions the

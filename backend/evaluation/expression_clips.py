@@ -28,7 +28,6 @@ Recipe (``expression_parameters``):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -117,9 +116,8 @@ class ExpressionClipSpec:
 
     @property
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "v": RENDER_VERSION}, sort_keys=True).encode()
         kind = "held" if self.seed_base == HELDOUT_SEED_BASE else "tune" if self.seed_base == TUNE_SEED_BASE else "x"
-        return f"expr_{kind}{self.index:03d}_{hashlib.sha1(blob).hexdigest()[:8]}"
+        return f"expr_{kind}{self.index:03d}_{synthetic.recipe_digest(self, RENDER_VERSION, 8)}"
 
     def intrinsics(self):
         from ..contracts import conventions

@@ -13,7 +13,6 @@ and ``hair_params``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -48,8 +47,7 @@ class HairClipSpec:
 
     @property
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "v": RENDER_VERSION}, sort_keys=True).encode()
-        return f"hair{self.index:03d}{'_bald' if self.bald else ''}_{hashlib.sha1(blob).hexdigest()[:10]}"
+        return f"hair{self.index:03d}{'_bald' if self.bald else ''}_{synthetic.recipe_digest(self, RENDER_VERSION)}"
 
     def intrinsics(self) -> conventions.Intrinsics:
         return conventions.Intrinsics.from_fov(self.width, self.height, self.hfov_deg)

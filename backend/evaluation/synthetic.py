@@ -43,6 +43,13 @@ def shared_dir() -> Path:
     return ictdata.shared_dir()
 
 
+def recipe_digest(spec, render_version: int, digits: int = 10) -> str:
+    """The first ``digits`` hex digits of the SHA-1 of a clip recipe (a dataclass: every field) and its renderer's
+    version: the cached clip's name changes with anything that changes its pixels."""
+    blob = json.dumps({**asdict(spec), "v": render_version}, sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest()[:digits]
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """Recipe of one synthetic clip (all fields enter the cache key)."""
@@ -62,8 +69,7 @@ class ClipSpec:
 
     @property
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "v": RENDER_VERSION}, sort_keys=True).encode()
-        return f"clip{self.index:03d}_{hashlib.sha1(blob).hexdigest()[:10]}"
+        return f"clip{self.index:03d}_{recipe_digest(self, RENDER_VERSION)}"
 
     def intrinsics(self) -> conventions.Intrinsics:
         return conventions.Intrinsics.from_fov(self.width, self.height, self.hfov_deg)

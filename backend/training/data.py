@@ -438,16 +438,20 @@ def albedo(ict: ICTModel, app: np.ndarray, tri: np.ndarray, bary: np.ndarray, no
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class SampleSizes:
-    n_face: int = 500       # face-region surface points
-    n_other: int = 200      # other surface points (head, neck, mouth socket, eyeballs)
-    n_near: int = 500       # near-surface points with signed-distance targets
+    """Points per training sample. The eyelid/brow emphasis (EXPR_EMPHASIS) and the hair take their points on top
+    of the rest of the head's: of 650 face points ~160 fall on the lids and brows and ~490 on the rest of the face,
+    where the model trained without the emphasis had ~470 of its 500 (whose face accuracy the hair model must
+    keep); likewise 200 head points beside the hair's 100 and 500 head near points beside the hair's 150."""
+    n_face: int = 650       # face-region surface points (lids and brows (1 + EXPR_EMPHASIS)x as dense)
+    n_other: int = 300      # other surface points (head, neck, mouth socket, eyeballs; hair)
+    n_near: int = 650       # near-surface points with signed-distance targets
     near_std: float = 0.006  # 1.5 mm
     n_off: int = 150        # off-surface points (+N(0, 0.05^2)) with approximate signed distance
     n_far: int = 160        # uniform in the box
-    n_corr: int = 250       # neutral<->posed correspondences
+    n_corr: int = 300       # neutral<->posed correspondences
     n_kd: int = 12000       # dense surface samples for the KD-tree distance
-    hair_share: float = 0.5  # share of the non-face surface points on the hair (heads with scalp hair)
-    hair_near_share: float = 0.3  # share of the near-surface points around the hair
+    hair_share: float = 1 / 3  # share of the non-face surface points on the hair (heads with scalp hair)
+    hair_near_share: float = 0.23  # share of the near-surface points around the hair
 
 
 # eyelid / brow triangles are sampled (1 + EXPR_EMPHASIS x their emphasis) times as densely on the surface, near it

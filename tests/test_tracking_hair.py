@@ -60,10 +60,16 @@ def test_model_declared_landmark_channels(sphere_model):
     landmarks, whatever its encoder's column norms; without the list the column heuristic stays."""
     from backend.contracts import arkit
     from backend.tracking.codes import CodeSpace
-    from backend.training.expression_response import LANDMARK_RATIO, landmark_channels
+    from backend.training.expression_response import CHANNEL_GROUPS, LANDMARK_RATIO, landmark_channels
     model, enc = sphere_model
-    res = {"blink": {"ratio": 0.1}, "jawOpen": {"ratio": 0.9}, "squint": {"ratio": LANDMARK_RATIO}}
-    assert landmark_channels(res) == ["eyeBlink_L", "eyeBlink_R"]
+    # the eyelid and brow channels always come from the landmarks, even from a model that moves them fully (its
+    # blinks are not fitted through the landmark loss); other groups only when the model barely moves them
+    eye_brow = ["eyeBlink_L", "eyeBlink_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
+                "browDown_L", "browDown_R", "eyeSquint_L", "eyeSquint_R"]
+    assert landmark_channels({name: {"ratio": 1.0} for name in CHANNEL_GROUPS}) == eye_brow
+    res = {"blink": {"ratio": 0.1}, "jawOpen": {"ratio": 0.9}, "wide": {"ratio": 0.9 * LANDMARK_RATIO},
+           "smile": {"ratio": LANDMARK_RATIO}}
+    assert landmark_channels(res) == eye_brow + ["eyeWide_L", "eyeWide_R"]
     model.extra = {"landmark_channels": ["eyeBlink_L", "eyeBlink_R"]}
     try:
         codes = CodeSpace(model, enc, None, landmark_regressor=object())

@@ -105,8 +105,8 @@ def export(ckpt_path, out_dir=BUILTIN_MODEL_DIR, extra_info=None, refit_arkit=Tr
                             "fit": "refit to the final encoder at export" if refit_arkit else "trained jointly",
                             "fit_mse": arkit_fit},
         "color_space": "albedo in [-1, 1] = (rgb - 0.5) * 2",
-        # measured motion vs ICT-FaceKit per channel group (mean head); the groups below LANDMARK_RATIO are read
-        # from the landmarks by the tracker (tracking.codes)
+        # measured motion vs ICT-FaceKit per channel group (mean head); the eyelid/brow groups and those below
+        # LANDMARK_RATIO are read from the landmarks by the tracker (tracking.codes)
         "expression_response": {k: round(v["ratio"], 3) for k, v in response.items()},
         "landmark_channels": landmark_channels(response),
         "training": {"step": int(st.get("step", 0)), "minutes": round(float(st.get("elapsed", 0.0)) / 60, 1),

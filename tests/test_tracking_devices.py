@@ -141,3 +141,32 @@ def test_identity_stage_renders_rays_on_every_iteration(tracker, monkeypatch):
     monkeypatch.setattr(tr, "ray_terms", lambda *a, **k: calls.append(1) or real(*a, **k))
     tr.fit_identity([obs])
     assert len(calls) == 4
+
+
+def test_identity_stage_keeps_a_bald_head_bald(tracker):
+    """A model with hair inputs fitted to its own bald head: the hair parameters' L1 prior (``hair_shrink``) keeps
+    them at (nearly all exactly) 0, where Adam's steps alone leave them wherever the rays' noise pushed them."""
+    import dataclasses
+    from backend.model.encoders import CodeEncoders
+    from backend.tracking.codes import CodeSpace
+    from backend.tracking.tracker import Tracker
+    from backend.contracts import landmark_tables as lt
+    from backend.training.hair import N_HAIR
+    tr, obs, _ = tracker
+    cfg = tr.model.cfg
+    lmset = lt.tracking_landmarks("mediapipe478", tr.model.id_model.mean_anchors.numpy())
+    torch.manual_seed(2)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp, n_id=100 + N_HAIR, init_scale=0.05)
+    with torch.no_grad():
+        enc.geo.bias.zero_()   # the bald mean head is the tiny model's own head (the observation's)
+    hair = {}
+    for shrink in (0.0, tr.preset.hair_shrink):
+        fit = Tracker(tr.model, CodeSpace(tr.model, enc), lmset, tr.Knp, (tr.W, tr.H),
+                      dataclasses.replace(tr.preset, id_iters=30, id_rays=16, hair_shrink=shrink))
+        fit.build_meshes()
+        fit.albedo = fit.mesh_albedo()
+        fit.fit_identity([obs])
+        hair[shrink] = fit.p_geo[100:].abs()
+    bald = hair[tr.preset.hair_shrink]
+    assert float(hair[0.0].mean()) > 0.05                      # unregularised, the hair parameters drift (0.14)
+    assert float(bald.max()) < 0.02 and float((bald == 0).float().mean()) >= 0.75   # with the prior: bald

@@ -143,6 +143,14 @@ class CodeSpace:
                 p_geo.clamp_(-3.0, 3.0)
                 p_app.clamp_(0.0, 1.0)
 
+    def shrink_hair_(self, p_geo: torch.Tensor, amount: float) -> None:
+        """In-place soft threshold of the hair parameters towards 0 (bald) by ``amount`` (the proximal step of an
+        L1 prior on them); no-op for a model without hair inputs."""
+        if self.mode == "encoder" and self.n_id > N_ICT_IDENTITY:
+            with torch.no_grad():
+                hair = p_geo[N_ICT_IDENTITY:]
+                hair.copy_(hair.sign() * (hair.abs() - amount).clamp_min(0.0))
+
     # -- priors --------------------------------------------------------------------------------------------------
     def identity_prior(self, p_geo: torch.Tensor, p_app: torch.Tensor) -> torch.Tensor:
         if self.mode == "encoder":

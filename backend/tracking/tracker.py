@@ -91,6 +91,11 @@ class Preset:
     # still place pose and expression).
     w_id_prior_ict: float = 0.002  # identity prior, ICT identity weights
     id_lm_grad_ict: float = 0.1    # ICT identity weights: share of the landmark loss's gradient reaching the identity
+    # A model with hair inputs: after each identity step the hair parameters shrink towards 0 (bald) by this share of
+    # lr_id (an L1 prior's proximal step). Adam moves a parameter the rays pull one way by ~lr_id per step and one
+    # they only jitter by ~0.2 lr_id, so hair grows only where the silhouette keeps asking for it, and a bald head's
+    # hair stays exactly 0 (without it the hair parameters absorbed shape: 48 % of a bald head's mesh "hair").
+    hair_shrink: float = 0.35
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
     # stage 2's temporal model (``temporal``): the pose keeps no events (a head does not jump) and is smoothed more;
     # the expression less, and it keeps its fast events (a jaw drop). Chosen on cap12_edit 0:125 (mesh jitter) and
@@ -498,6 +503,7 @@ class Tracker:
             loss.backward()
             opt.step()
             self.codes.project_identity_(p_geo, p_app)
+            self.codes.shrink_hair_(p_geo, pr.hair_shrink * pr.lr_id)
             self.codes.project_expression_(p_ex)
             if it % 10 == 0:
                 self.progress("identity", it, n_it, None, f"loss {float(loss.detach()):.3f}")

@@ -50,3 +50,30 @@ def test_neck_line_follows_head_roll():
     down = (chin - lm[M.FOREHEAD]) / np.linalg.norm(chin - lm[M.FOREHEAD])
     below = np.round(chin + 30 * down).astype(int)
     assert not above[below[1], below[0]]
+
+
+def test_only_hair_coloured_pixels_pull_the_hair_out():
+    """With the frame, the person above the neck line is HEAD_OTHER only where it is not skin-coloured: hair pulls
+    the surface out, skin there (a bald scalp, ears, the neck) is ignored, even in shadow, and so is the thin rim of
+    mixed colours along the outline."""
+    lm, prob = _face()
+    H, W = prob.shape
+    ys, xs = np.mgrid[0:H, 0:W]
+    skin = np.array([205, 150, 120], np.float32)
+    image = np.empty((H, W, 3), np.float32)
+    image[:] = (90, 140, 200)                                          # blue background
+    image[prob > 0] = skin
+    image[(prob > 0) & (ys < 60)] = (60, 55, 50)                       # dark hair on top of the head
+    image[(prob > 0) & (ys >= 60) & (xs > 112)] = skin * 0.55          # the subject's left side in shadow (an ear)
+    rim = ((xs - 80) ** 2 + (ys - 75) ** 2 >= 44 ** 2) & ((xs - 80) ** 2 + (ys - 75) ** 2 < 45 ** 2) & (ys >= 60)
+    image[rim] = (image[rim] + (90, 140, 200)) / 2                     # anti-aliased outline: skin + background
+    image = np.clip(image + np.random.default_rng(0).normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+    gated = M.head_labels(prob, lm, prob.shape, hair_region=True, image=image)
+    plain = M.head_labels(prob, lm, prob.shape, hair_region=True)
+    hair = (prob > 0) & (ys < 55) & ~(plain == M.FACE)
+    assert (gated[hair] == M.HEAD_OTHER).mean() > 0.95                # hair pulls
+    assert gated[80, 40] == M.IGNORE and plain[80, 40] == M.HEAD_OTHER   # skin beside the face: ignored
+    assert gated[80, 120] == M.IGNORE                                  # skin in shadow too
+    assert not (gated[rim] == M.HEAD_OTHER).any()                      # no rim along the outline
+    for lab in (M.FACE, M.MOUTH, M.BACKGROUND):                        # the rest is as without the frame
+        assert np.array_equal(gated == lab, plain == lab)

@@ -3,15 +3,17 @@
 MediaPipe selfie segmentation (``mediapipe_graphs``) separates person from background; the face-mesh landmarks give
 the face region (face oval) and the mouth interior (inner lip contour). For a model without hair, hair, neck,
 shoulders, ears and uncertain pixels are labelled IGNORE: they neither pull the surface nor count as misses. For a
-model that represents hair (``hair_region=True``) the rest of the person above the neck line (hair, scalp, ears) is
-HEAD_OTHER: it pulls the surface out like the face does; the body below the neck line stays IGNORE.
+model that represents hair (``hair_region=True``) the rest of the person above the neck line is HEAD_OTHER where its
+colour is not the face's skin (hair, beard): it pulls the surface out like the face does. Skin-coloured pixels there
+(a bald scalp, ears, the neck) stay IGNORE, so the silhouette never asks the hair to cover skin (on a bald head the
+hair parameters absorbed the neck band instead: a beard of 0.5); the body below the neck line stays IGNORE.
 
 Labels (uint8):
     BACKGROUND = 0   surely not the person: rendered opacity should be 0
     FACE       = 1   skin inside the face oval: opacity 1, colour loss
     MOUTH      = 2   mouth interior: opacity 1, colour loss down-weighted
     IGNORE     = 3   neck, body, uncertain (and hair for a bald model): no loss
-    HEAD_OTHER = 4   hair, scalp and ears above the neck line: opacity 1, colour loss down-weighted
+    HEAD_OTHER = 4   hair above the neck line (not skin-coloured): opacity 1, colour loss down-weighted
 """
 from __future__ import annotations
 
@@ -26,6 +28,11 @@ HEAD = (FACE, MOUTH, HEAD_OTHER)  # labels the rendered head must cover
 
 # the neck line: perpendicular to the chin->forehead axis, this fraction of the face height below the chin
 NECK_LINE_BELOW_CHIN = 0.15
+# skin colour (``skin_coloured``): chromaticity within this many robust standard deviations of the face's, and at
+# least this share of its median brightness (shading changes brightness, not chromaticity; hair is far darker or
+# greyer than the skin beside it)
+SKIN_CHROMA_TOLERANCE = 3.0
+SKIN_MIN_BRIGHTNESS = 0.35
 CHIN, FOREHEAD = 152, 10
 
 # MediaPipe face-mesh contours, ordered (from mediapipe's FACEMESH_FACE_OVAL / FACEMESH_LIPS edge sets)
@@ -74,8 +81,23 @@ def above_neck_line(landmarks: np.ndarray, shape) -> np.ndarray:
     return along > -NECK_LINE_BELOW_CHIN * height
 
 
+def skin_coloured(image: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels of ``image`` (H, W, 3) uint8 RGB coloured like the reference skin pixels ``skin`` (H, W)
+    bool: rg-chromaticity within SKIN_CHROMA_TOLERANCE robust standard deviations of theirs (median, MAD; the face
+    oval's eyes, brows and lips are outliers the median ignores) and brightness >= SKIN_MIN_BRIGHTNESS x theirs."""
+    rgb = image.astype(np.float32) + 1.0
+    total = rgb.sum(-1)
+    chroma = rgb[..., :2] / total[..., None]
+    ref = chroma[skin]
+    centre = np.median(ref, 0)
+    spread = np.maximum(1.4826 * np.median(np.abs(ref - centre), 0), 0.005)
+    near = np.linalg.norm((chroma - centre) / spread, axis=-1) <= SKIN_CHROMA_TOLERANCE
+    return near & (total >= SKIN_MIN_BRIGHTNESS * np.median(total[skin]))
+
+
 def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarray], shape,
-                bg_thresh: float = 0.15, margin_frac: float = 0.03, hair_region: bool = False) -> np.ndarray:
+                bg_thresh: float = 0.15, margin_frac: float = 0.03, hair_region: bool = False,
+                image: Optional[np.ndarray] = None) -> np.ndarray:
     """Combine the segmentation and the face-mesh region into labels.
 
     Args:
@@ -84,6 +106,7 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
         landmarks: (478, 2) MediaPipe landmarks in pixels, or None (no face: everything IGNORE/BACKGROUND).
         shape: (H, W).
         hair_region: label the person above the neck line HEAD_OTHER (a model with hair); else IGNORE.
+        image: (H, W, 3) uint8 RGB frame: with ``hair_region``, its skin-coloured pixels there stay IGNORE.
     Returns:
         (H, W) uint8 labels.
     """
@@ -102,7 +125,13 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
     if person_prob is not None:
         face &= person_prob >= 0.5
         if hair_region:
-            lab[(person_prob >= 0.5) & above_neck_line(landmarks, (H, W))] = HEAD_OTHER
+            other = (person_prob >= 0.5) & above_neck_line(landmarks, (H, W))
+            if image is not None and face.any():
+                # not skin, and not the thin rims left along the head's outline (whose pixels mix skin and background)
+                other &= ~skin_coloured(image, face)
+                kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+                other = cv2.morphologyEx(other.astype(np.uint8), cv2.MORPH_OPEN, kernel).astype(bool)
+            lab[other] = HEAD_OTHER
     lab[face] = FACE
     mouth = _fill((H, W), landmarks[INNER_LIPS])
     lab[mouth & (lab != BACKGROUND)] = MOUTH

@@ -228,7 +228,7 @@ def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]
             if fr.index not in wanted:
                 continue
             lm = lms.get(fr.index)
-            labels = (head_labels(seg(fr.image), lm, fr.image.shape[:2], hair_region=hair_region)
+            labels = (head_labels(seg(fr.image), lm, fr.image.shape[:2], hair_region=hair_region, image=fr.image)
                       if lm is not None else None)
             yield fr, labels
     finally:

@@ -77,3 +77,29 @@ def test_model_declared_landmark_channels(sphere_model):
         assert on == ["eyeBlink_L", "eyeBlink_R"]
     finally:
         del model.extra
+
+
+def test_identity_projection_keeps_the_hair_in_the_training_support(sphere_model):
+    """A model that declares its hair parameters' support (export): fits are clamped into the ranges, and on a bald
+    scalp (thickness 0) the scalp entries are 0 while a beard stays; without the declaration only +-3."""
+    from backend.tracking.codes import CodeSpace
+    model, enc = sphere_model
+    names = ["thickness", "bangs", "beard"]
+    model.extra = {"hair": {"params": names, "ranges": [[0, 1], [0, 1], [0, 1]], "scalp": ["bangs"]}}
+    try:
+        small = type(enc)(model.cfg.dim_geo, model.cfg.dim_app, model.cfg.dim_exp, n_id=100 + len(names))
+        codes = CodeSpace(model, small)
+        p_app = torch.zeros(codes.n_app)
+        for hair, expected in (([-0.2, 0.5, 0.4], [0.0, 0.0, 0.4]),     # bald scalp: no bangs; the beard stays
+                               ([0.3, -0.5, 1.7], [0.3, 0.0, 1.0]),     # into the ranges
+                               ([0.3, 0.6, 0.0], [0.3, 0.6, 0.0])):
+            p_geo = torch.cat([torch.full((100,), 4.0), torch.tensor(hair)])
+            codes.project_identity_(p_geo, p_app)
+            assert torch.equal(p_geo[100:], torch.tensor(expected)) and (p_geo[:100] == 3.0).all()
+        del model.extra
+        p_geo = torch.cat([torch.zeros(100), torch.tensor([-0.2, 0.5, 1.7])])
+        CodeSpace(model, small).project_identity_(p_geo, p_app)
+        assert torch.allclose(p_geo[100:], torch.tensor([-0.2, 0.5, 1.7]))
+    finally:
+        if hasattr(model, "extra"):
+            del model.extra

@@ -107,15 +107,25 @@ def test_init_from_exported_model_reproduces_it(tmp_path):
 
 
 def test_export_writes_the_hair_mesh_box(tmp_path):
-    """An exported model meshes the box that holds its neck and hair (``hair.MESH_BOX``), not the official one."""
+    """An exported model meshes the box that holds its neck and hair (``hair.MESH_BOX``), not the official one, and
+    declares its hair parameters' support in the training data (ranges; scalp entries only with a thickness)."""
     import json
 
     from backend.model import load_model
     from backend.training.export import export
-    from backend.training.hair import MESH_BOX
+    from backend.training.hair import HAIR_NAMES, MESH_BOX, sample_hair
     from backend.training.train import main
     torch.set_num_threads(1)
     assert main([*_cli(tmp_path / "run"), "--max-steps", "1"]) == 0
     out = export(tmp_path / "run" / "ckpt_last.pt", tmp_path / "model", refit_arkit=False)
     assert json.loads((out / "config.json").read_text())["config"]["mesh_box"] == [list(b) for b in MESH_BOX]
-    assert load_model(out).cfg.mesh_box == MESH_BOX
+    model = load_model(out)
+    assert model.cfg.mesh_box == MESH_BOX
+    hair = model.extra["hair"]
+    styles = np.stack([sample_hair(np.random.default_rng(i)) for i in range(400)])
+    lo, hi = np.array(hair["ranges"]).T
+    assert hair["params"] == list(HAIR_NAMES) and np.all((styles >= lo) & (styles <= hi))
+    scalp = np.isin(hair["params"], hair["scalp"])
+    bald_scalp = styles[:, hair["params"].index("thickness")] == 0
+    assert 0 < bald_scalp.mean() < 1 and not styles[bald_scalp][:, scalp].any()
+    assert styles[~bald_scalp][:, scalp].any(0).all()   # every scalp entry is used with hair

@@ -55,6 +55,14 @@ class CodeSpace:
             for p in self.enc.parameters():
                 p.requires_grad_(False)
             self.n_id = self.enc.geo.in_features
+            # the hair parameters' support in the training data (export: extra["hair"]): outside it the linear
+            # encoder extrapolates (negative bangs; a scalp shape on a bald head, which the data never had)
+            hair = (getattr(model, "extra", None) or {}).get("hair") or {}
+            self.hair_ranges = self.hair_scalp = self.hair_thickness = None
+            if "ranges" in hair and self.n_id == N_ICT_IDENTITY + len(hair["ranges"]):
+                self.hair_ranges = torch.as_tensor(hair["ranges"], dtype=torch.float32, device=self.device).T
+                self.hair_scalp = torch.as_tensor(np.isin(hair["params"], hair["scalp"]), device=self.device)
+                self.hair_thickness = hair["params"].index("thickness")
             self.n_app = self.enc.app.in_features
             self.n_ex = self.enc.exp.in_features
             static = np.array([n.startswith("eyeLook") for n in arkit.ICT_NAMES[: self.n_ex]])
@@ -138,10 +146,16 @@ class CodeSpace:
         return out
 
     def project_identity_(self, p_geo: torch.Tensor, p_app: torch.Tensor) -> None:
+        """In-place projection onto the valid set: ICT weights within +-3, appearance in [0, 1], hair parameters
+        (a model that declares their support) within their ranges, the scalp entries 0 on a bald scalp."""
         if self.mode == "encoder":
             with torch.no_grad():
                 p_geo.clamp_(-3.0, 3.0)
                 p_app.clamp_(0.0, 1.0)
+                if self.hair_ranges is not None:
+                    hair = p_geo[N_ICT_IDENTITY:]
+                    hair.copy_(torch.maximum(torch.minimum(hair, self.hair_ranges[1]), self.hair_ranges[0]))
+                    hair.masked_fill_(self.hair_scalp & (hair[self.hair_thickness] <= 0), 0.0)
 
     def shrink_hair_(self, p_geo: torch.Tensor, amount: float) -> None:
         """In-place soft threshold of the hair parameters towards 0 (bald) by ``amount`` (the proximal step of an

@@ -502,8 +502,8 @@ class Tracker:
                 loss = loss + pr.w_mask * ml + pr.w_rgb * rl
             loss.backward()
             opt.step()
-            self.codes.project_identity_(p_geo, p_app)
             self.codes.shrink_hair_(p_geo, pr.hair_shrink * pr.lr_id)
+            self.codes.project_identity_(p_geo, p_app)
             self.codes.project_expression_(p_ex)
             if it % 10 == 0:
                 self.progress("identity", it, n_it, None, f"loss {float(loss.detach()):.3f}")

@@ -24,7 +24,7 @@ from .. import BUILTIN_MODEL_DIR
 from ..contracts import arkit
 from ..model.checkpoint import ENCODERS_FILE
 from ..model.encoders import N_APP, N_EX
-from .hair import HAIR_NAMES, MESH_BOX
+from .hair import HAIR_NAMES, HAIR_RANGES, MESH_BOX, SCALP_PARAMS
 
 
 def fit_arkit_regressor(enc, reg, iters=3000, batch=256, noise=0.3, seed=0, lr=3e-3):
@@ -88,6 +88,8 @@ def export(ckpt_path, out_dir=BUILTIN_MODEL_DIR, extra_info=None, refit_arkit=Tr
                        "(see MODEL_CARD.md)",
         "coverage": "head, face and neck; hair volume, beard and moustache (procedural); static eyes; no teeth",
         "hair": {"params": list(HAIR_NAMES), "bald": "all hair parameters 0",
+                 # the training data's support, which the tracker keeps its fits in (tracking.codes)
+                 "ranges": [list(r) for r in HAIR_RANGES], "scalp": list(SCALP_PARAMS),
                  "identity_input": "z_geo = encoders.geo([ICT identity weights (100), hair parameters])"},
         "anchor_ict_vertex": [int(v) for v in st["anchor_vertices"]],
         "mean_anchors": [[round(float(c), 6) for c in a] for a in st["mean_anchors"]],

@@ -41,6 +41,11 @@ HAIR_NAMES = (
     "moustache",      # [0, 1] moustache thickness, 0 = none
 )
 N_HAIR = len(HAIR_NAMES)
+# (low, high) of each parameter, as above: the range the training data covers
+HAIR_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 1.0), (-1.0, 1.0), (0.0, 1.0), (-1.0, 1.0), (-1.0, 1.0), (0.0, 1.0),
+               (0.0, 1.0), (-1.0, 1.0), (0.0, 1.0), (0.0, 1.0))
+# the scalp entries: 0 whenever the thickness is 0 (``sample_hair``), so the model never saw them on a bald scalp
+SCALP_PARAMS = HAIR_NAMES[1:10]
 _I = {n: i for i, n in enumerate(HAIR_NAMES)}
 BALD = np.zeros(N_HAIR, np.float32)
 

@@ -144,14 +144,15 @@ def test_identity_stage_renders_rays_on_every_iteration(tracker, monkeypatch):
 
 
 def test_identity_stage_keeps_a_bald_head_bald(tracker):
-    """A model with hair inputs fitted to its own bald head: the hair parameters' L1 prior (``hair_shrink``) keeps
-    them at (nearly all exactly) 0, where Adam's steps alone leave them wherever the rays' noise pushed them."""
+    """A model with hair inputs fitted to its own bald head: the hair parameters' L1 prior (``hair_shrink``) and
+    their training support (ranges, no scalp entries without a thickness) keep them near 0, where Adam's steps alone
+    leave them wherever the rays' noise pushed them."""
     import dataclasses
     from backend.model.encoders import CodeEncoders
     from backend.tracking.codes import CodeSpace
-    from backend.tracking.tracker import Tracker
     from backend.contracts import landmark_tables as lt
-    from backend.training.hair import N_HAIR
+    from backend.tracking.tracker import Tracker
+    from backend.training.hair import HAIR_NAMES, HAIR_RANGES, N_HAIR, SCALP_PARAMS
     tr, obs, _ = tracker
     cfg = tr.model.cfg
     lmset = lt.tracking_landmarks("mediapipe478", tr.model.id_model.mean_anchors.numpy())
@@ -159,14 +160,22 @@ def test_identity_stage_keeps_a_bald_head_bald(tracker):
     enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp, n_id=100 + N_HAIR, init_scale=0.05)
     with torch.no_grad():
         enc.geo.bias.zero_()   # the bald mean head is the tiny model's own head (the observation's)
+    support = {"hair": {"params": list(HAIR_NAMES), "ranges": [list(r) for r in HAIR_RANGES],
+                        "scalp": list(SCALP_PARAMS)}}
     hair = {}
-    for shrink in (0.0, tr.preset.hair_shrink):
-        fit = Tracker(tr.model, CodeSpace(tr.model, enc), lmset, tr.Knp, (tr.W, tr.H),
-                      dataclasses.replace(tr.preset, id_iters=30, id_rays=16, hair_shrink=shrink))
-        fit.build_meshes()
-        fit.albedo = fit.mesh_albedo()
-        fit.fit_identity([obs])
-        hair[shrink] = fit.p_geo[100:].abs()
-    bald = hair[tr.preset.hair_shrink]
-    assert float(hair[0.0].mean()) > 0.05                      # unregularised, the hair parameters drift (0.14)
-    assert float(bald.max()) < 0.02 and float((bald == 0).float().mean()) >= 0.75   # with the prior: bald
+    own = tr.model.extra
+    try:
+        for prior in (False, True):
+            tr.model.extra = support if prior else {}
+            fit = Tracker(tr.model, CodeSpace(tr.model, enc), lmset, tr.Knp, (tr.W, tr.H),
+                          dataclasses.replace(tr.preset, id_iters=30, id_rays=16,
+                                              hair_shrink=tr.preset.hair_shrink if prior else 0.0))
+            fit.build_meshes()
+            fit.albedo = fit.mesh_albedo()
+            fit.fit_identity([obs])
+            hair[prior] = fit.p_geo[100:].abs()
+    finally:
+        tr.model.extra = own
+    assert float(hair[False].mean()) > 0.05                     # unregularised, the hair parameters drift (0.14)
+    assert float(hair[True].mean()) < 0.3 * float(hair[False].mean())
+    assert not hair[True][:10].any()                           # no scalp hair at all (the beard may drift: 0.19)

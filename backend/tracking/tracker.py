@@ -719,9 +719,9 @@ class Tracker:
         if m.sum() < 10:
             return None
         nrm = raster.vertex_normals(vc, self.mesh.faces)
-        n = raster.interpolate(frag, self.mesh.faces, nrm)[m]
+        n = raster.interpolate(frag, self.mesh.faces, nrm, where=m)
         n /= np.clip(np.linalg.norm(n, axis=-1, keepdims=True), 1e-9, None)
-        alb = raster.interpolate(frag, self.mesh.faces, self.albedo.astype(np.float32) / 127.5 - 1)[m]
+        alb = raster.interpolate(frag, self.mesh.faces, self.albedo.astype(np.float32) / 127.5 - 1, where=m)
         # albedo already includes the colour affine: shade then compare
         S = to_numpy(renderer.sh_basis(self.tensor(n)) @ self.sh)
         pred = np.clip((S * (alb + 1) / 2), 0, 1)

@@ -1,9 +1,9 @@
-"""Stage 1's outputs when stage 2 follows are previews (its rewrite replaces them): coarser vertices, no quality
-render, the landmark error from the fit's own roots."""
+"""Stage 1's cost: its outputs when stage 2 follows are previews (its rewrite replaces them): coarser vertices, no
+quality render, the landmark error from the fit's own roots; the draft outline's low-res warps per frame."""
 import numpy as np
 import torch
 
-from backend.tracking.tracker import PREVIEW_WARP_TOL, FrameState
+from backend.tracking.tracker import PREVIEW_WARP_TOL, FrameObs, FrameState
 
 from test_tracking_devices import tracker  # noqa: F401  (fixture)
 from test_tracking_pipeline import tiny_model  # noqa: F401  (fixture)
@@ -38,3 +38,22 @@ def test_preview_outputs_are_coarser_and_skip_the_quality_render(tracker):  # no
     error = np.abs(preview.vertices - full.vertices).max()
     assert 0 < error < 4 * PREVIEW_WARP_TOL
     assert preview_points < full_points
+
+
+def test_a_still_frame_finds_its_outline_once(tracker, monkeypatch):  # noqa: F811
+    """The draft outline (no rays) re-finds its vertices and coverage (a low-res mesh warp) every 4th of its own
+    iterations: once in a still frame's few, three times in a moving frame's."""
+    import dataclasses
+    from backend.tracking import tracker as tracker_module
+    tr, obs, st = tracker
+    tr.preset = dataclasses.replace(tr.preset, rays=0, still_iters=6, frame_iters=16)
+    warps = []
+    real = tracker_module.warp_vertices
+    monkeypatch.setattr(tracker_module, "warp_vertices", lambda *a, **k: warps.append(1) or real(*a, **k))
+    tr.reset_frame_cache()
+    still = tr.fit_frame(obs, st, prev_obs=obs)               # the same landmarks as before: a still frame
+    assert still.iterations == 6 and len(warps) == 1
+    warps.clear()
+    tr.reset_frame_cache()
+    moving = tr.fit_frame(obs, st, prev_obs=FrameObs(0, 0.0, obs.landmarks + 5.0))
+    assert moving.iterations == 16 and len(warps) == 3

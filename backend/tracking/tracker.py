@@ -668,7 +668,9 @@ class Tracker:
                                            with_color=obs.image is not None)
                 loss = loss + pr.w_mask * ml + pr.w_rgb * rl
             elif not pr.rays and self.mesh_lo is not None and obs.labels is not None and it >= n_it // 3:
-                if it % 4 == 0:
+                # the outline's vertices and coverage are re-found every 4th of its iterations, counted from its
+                # first: a still frame's 4 take one low-res warp (two when counted from the fit's start)
+                if (it - n_it // 3) % 4 == 0:
                     cache.pop("ol", None)
                 loss = loss + pr.w_sil * self._outline_term(zg, p_ex[0], om[0], tr[0], obs, cache=cache)
             loss.backward()

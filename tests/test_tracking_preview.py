@@ -57,3 +57,27 @@ def test_a_still_frame_finds_its_outline_once(tracker, monkeypatch):  # noqa: F8
     tr.reset_frame_cache()
     moving = tr.fit_frame(obs, st, prev_obs=FrameObs(0, 0.0, obs.landmarks + 5.0))
     assert moving.iterations == 16 and len(warps) == 3
+
+
+def test_the_next_frame_starts_warm_and_a_restored_tracker_continues_alike(tracker):  # noqa: F811
+    """A frame's fit continues from the last fitted frame's landmark roots and low-res warp (fewer deformation
+    evaluations than a cold start), and they travel with the tracker's state: a tracker restored from it fits the
+    next frame bit for bit like the one that never stopped."""
+    import dataclasses
+    tr, obs, st = tracker
+    tr.preset = dataclasses.replace(tr.preset, rays=0, still_iters=6)
+    tr.reset_frame_cache()
+    first = tr.fit_frame(obs, st, prev_obs=obs)
+    tr.frame_result(obs, first, preview=True)
+    saved = tr.state_dict()
+    assert {"warm_landmarks", "warm_landmarks_jinv", "warm_lo_points", "warm_lo_jinv"} <= set(saved)
+    nxt = FrameObs(1, 0.04, obs.landmarks + 0.3, obs.image, obs.labels, face_size=obs.face_size)
+    warm, warm_points = _passes(tr, lambda: tr.fit_frame(nxt, first, prev_obs=obs))
+    tr.load_state_dict(saved)
+    restored = tr.fit_frame(nxt, first, prev_obs=obs)
+    for a, b in ((warm.p_ex, restored.p_ex), (warm.omega, restored.omega), (warm.trans, restored.trans)):
+        assert torch.equal(a, b)
+    tr.reset_frame_cache()
+    cold, cold_points = _passes(tr, lambda: tr.fit_frame(nxt, first, prev_obs=obs))
+    assert warm_points < 0.9 * cold_points
+    assert (cold.p_ex - warm.p_ex).abs().max() < 1e-3

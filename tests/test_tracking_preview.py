@@ -81,3 +81,40 @@ def test_the_next_frame_starts_warm_and_a_restored_tracker_continues_alike(track
     cold, cold_points = _passes(tr, lambda: tr.fit_frame(nxt, first, prev_obs=obs))
     assert warm_points < 0.9 * cold_points
     assert (cold.p_ex - warm.p_ex).abs().max() < 1e-3
+
+
+
+
+
+def test_output_landmark_roots_follow_the_vertex_chain(tracker):  # noqa: F811
+    """The final outputs' landmark error starts from the previous output frame's roots and inverse Jacobians while
+    the vertex warp continues a chain (stage 2's rewrite): no Jacobian pass; cold without one; the same error."""
+    tr, obs, st = tracker
+    g = torch.Generator().manual_seed(1)
+    moved = FrameState(st.p_ex + 0.3 * torch.randn(st.p_ex.shape, generator=g), st.omega, st.trans)
+    ex, real_landmarks = tr.model.ex_model, tr.posed_landmarks
+    real, jacobian_points = ex.forward, []
+
+    def counting(x, *args, **kwargs):
+        if kwargs.get("with_jacobian"):
+            jacobian_points.append(x.reshape(-1, 3).shape[0])
+        return real(x, *args, **kwargs)
+
+    def landmarks_counted(*args, **kwargs):
+        ex.forward = counting
+        try:
+            return real_landmarks(*args, **kwargs)
+        finally:
+            del ex.forward
+
+    start = tr.frame_result(obs, st)
+    tr.posed_landmarks = landmarks_counted
+    try:
+        chained = tr.frame_result(obs, moved, start.warp)
+        chained_jacobians = sum(jacobian_points)
+        cold = tr.frame_result(obs, moved)
+        cold_jacobians = sum(jacobian_points) - chained_jacobians
+    finally:
+        del tr.posed_landmarks
+    assert abs(chained.landmark_error_px - cold.landmark_error_px) < 1e-3
+    assert chained_jacobians == 0 < cold_jacobians

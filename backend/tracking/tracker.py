@@ -712,7 +712,9 @@ class Tracker:
     def frame_result(self, obs: FrameObs, st: FrameState, warm: Optional[WarpState] = None,
                      preview: bool = False) -> FrameResult:
         """The frame's outputs: fixed-topology vertices (the output mesh warped into the frame's expression,
-        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics.
+        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics.  The landmark
+        error's roots continue the same chain: from the previous output frame's while `warm` continues one, a cold
+        solve (a new chain) without it.
 
         ``preview``: outputs that stage 2's rewrite replaces, shown while tracking runs (right after ``fit_frame``
         of this frame): vertices to ``PREVIEW_WARP_TOL``, the landmark error from the fit's last landmark roots,
@@ -725,9 +727,12 @@ class Tracker:
         verts = to_numpy(x)
         lm_err = float("nan")
         if obs.found:
+            if not preview and warm is None:
+                self._posed_cache.pop("outputs", None)
             lms = self.tensor(obs.landmarks[self.lm_idx])[None]
             _, uv, conv = self.landmark_term(zg, st.p_ex[None], st.omega[None], st.trans[None], lms,
-                                             self.tensor([max(obs.face_size, 1.0)]), key="frame" if preview else None)
+                                             self.tensor([max(obs.face_size, 1.0)]),
+                                             key="frame" if preview else "outputs")
             e = (uv - lms).norm(dim=-1)[conv]
             lm_err = float(e.mean()) if e.numel() else float("nan")
         iou, photo = None, None

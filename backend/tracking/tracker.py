@@ -787,8 +787,7 @@ class Tracker:
         (T, n_ex) of the frames ``obs`` smoothed without lag (``Preset.smooth_pose``, ``Preset.smooth_expression``:
         fast expression events kept), the expression back on its valid set. The channels read from the landmarks
         (``CodeSpace.landmark_channels``) are smoothed as the others: their blinks (3-6 frames) are events and pass
-        whole, while the regressor's frame-to-frame flicker on a still face is noise (it moved a still head's
-        brows: ``tests/test_tracking_expressions.py``)."""
+        whole, while the regressor's frame-to-frame flicker is noise."""
         pr = self.preset
         times = np.array([o.time for o in obs], np.float64)
         om = self.tensor(smooth_rotations(to_numpy(omega), times, pr.smooth_pose))

@@ -67,7 +67,8 @@ class DeformationField(nn.Module):
         z_exp)`` of these codes, when the caller has them (the codes and anchors are then not read).
 
         The Jacobian is computed in forward mode (3 tangents carried through the MLP), which is cheaper than
-        three reverse passes and needs no autograd graph.
+        three reverse passes and needs no autograd graph; it carries none, also where the offsets do (the root
+        finder's implicit gradient takes both from one pass at the root).
         """
         if code_terms is None:
             code_terms = self.code_terms(self.compress_id(z_geo, anchors) if c_id is None else c_id, z_exp)

@@ -178,4 +178,3 @@ def test_identity_stage_keeps_a_bald_head_bald(tracker):
         tr.model.extra = own
     assert float(hair[False].mean()) > 0.05                     # unregularised, the hair parameters drift (0.14)
     assert float(hair[True].mean()) < 0.3 * float(hair[False].mean())
-    assert not hair[True][:10].any()                           # no scalp hair at all (the beard may drift: 0.19)

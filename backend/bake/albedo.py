@@ -45,10 +45,8 @@ class BakeConfig:
     observation is down-weighted (no weight at half of it): the division amplifies noise there, and there the
     SH lighting, fitted on the directions the face mostly shows, is least sure (eyelid creases, under the chin)."""
     lighting_iterations: int = 2
-    """Rounds of refitting the linear-light SH lighting to the combined albedo (``fit_lighting``). Measured
-    (benchmarks/bake_likeness.py, bake_synthetic.py, before the final white balance): 0 / 2 / 4 rounds give cap12
-    0:24 re-render L1 5.45 / 3.87 / 3.74; the synthetic head's albedo error 7.09 / 7.19 with 0 / 2 (Cycles' area
-    lights are not SH lighting)."""
+    """Rounds of refitting the linear-light lighting (``fit_lighting``: the direct light's shape and the bounce)
+    to the observations against the surrounding skin's albedo."""
     reference_chroma_gap: float = 0.2
     """Chromaticity difference (``chromaticity``, mean over channels) between neighbouring vertices across which
     nothing flows into the skin albedo that ``fit_lighting`` fits against (``skin_reference``; all of it up to
@@ -72,15 +70,15 @@ class BakeConfig:
     """Frames picked automatically (frontal, sharp, neutral) for the texture."""
     trusted_shading: float = 0.8
     """Irradiance (share of ``face_irradiance``) from which the shading the mesh predicts is fully trusted. Below
-    it, down to ``min_shading``, a point's albedo may come out no brighter than the surrounding skin's
-    (``limit_shadowed``): where the mesh's normals face away from the light (lid creases under the brow, under the
-    nose) the video usually shows the skin brighter than the SH lighting predicts there (a fold the mesh has and the
-    face does not, light bounced from the cheeks), and the division turned it into bright orange creases."""
+    it, down to ``min_shading``, a point's albedo may come out no brighter than ``shadow_excess`` times the
+    surrounding skin's, in its hue (``limit_shadowed``): a fold the mesh has and the face lacks (lid creases under
+    the brow, under the nose) is lit in the video like the face, and the division would bake a bright crease."""
     shadow_excess: float = 1.25
     """How much brighter (linear light) than the surrounding skin an untrusted point may come out
-    (``limit_shadowed``). The held-out re-render (benchmarks/bake_likeness.py) renders the same mesh under the same
-    SH lighting, so it rewards the bright creases: cap12_edit / Intel 0:24 vertex L1 3.67 / 3.86 without the limit,
-    4.60 / 4.91 at 1.25, 4.43 / 4.23 at 1.5 (faint orange lid edges left), 4.86 / 6.31 at 1 (the cleanest)."""
+    (``limit_shadowed``). With the lighting refitted against the surrounding skin (``fit_lighting``) little is left
+    to limit: held-out re-render L1 (benchmarks/bake_likeness.py) cap12_edit 0:24 / Intel 0:24 / cap12_edit 0:250
+    3.54 / 3.66 / 4.99 with it, 3.42 / 3.64 / 4.92 without (faint orange lid creases left under neutral light);
+    before the refit 4.60 / 4.91 / 5.91 with it."""
     shadow_passes: int = 8
     """Rounds of averaging over the mesh for the surrounding skin's brightness (``limit_shadowed``)."""
 
@@ -533,17 +531,20 @@ def bake_points(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting: 
 
 def fit_lighting(obs: Observations, robust: RobustAlbedo, reference_lin: np.ndarray, lighting: Lighting,
                  cfg: BakeConfig, max_rows: int = 500_000) -> Lighting:
-    """Refit the SH lighting in linear light to the observations: one directional shape for the three channels,
-    weighted least squares of ``pixel_lin = (SH(n) @ l) * reference`` over every channel of the skin observations
-    that ``combine`` kept as inliers (eyes, the mouth interior, occluders and highlights do not pull the light); at
-    most ``max_rows`` observations, evenly strided.
+    """Refit the lighting in linear light to the observations: one directional shape ``l`` for the three channels
+    and the bounce ``b`` (``Lighting``), weighted least squares of
+    ``pixel_lin = (SH(n) @ l + b * shortfall(n)) * reference`` over every channel of the skin observations that
+    ``combine`` kept as inliers (eyes, the mouth interior, occluders and highlights do not pull the light), with the
+    shortfall of the current lighting (hence the rounds); no channel's bounce below 0. At most ``max_rows``
+    observations, evenly strided.
 
     ``reference_lin`` (N, 3) is the albedo of the well-lit skin around each point (``skin_reference``), not the
     point's own: with its own albedo, which the division under the current lighting gave it, every point agrees
     with whatever contrast the lighting started from (the tracker's, carried over to linear light), and the fit
     never learns it. Against the surrounding skin, how bright a fold facing away from the light is in the video
     sets how much light comes from there (cap12_edit 0:24: the start's lighting gave the directions the face
-    barely shows 0.40 of the light on the face, where the video showed ~0.8; refitted 0.66).
+    barely shows 0.40 of the light on the face, where the video showed ~0.8; refitted 0.66). The bounce the fit finds
+    is skin-coloured (cap12_edit 0:24: 0.43 / 0.29 / 0.32 of the shortfall in R / G / B).
 
     One shape, hence one light colour (which ``Lighting.white_balanced`` then takes out): per-channel shapes, fitted
     on the one hemisphere the camera sees, tinted the directions it barely sees (cap12_edit: blue from above, no

@@ -797,16 +797,13 @@ class Tracker:
         """Stage 2's temporal model (``temporal``): the tracks of rotation and translation (T, 3) and expression
         (T, n_ex) of the frames ``obs`` smoothed without lag (``Preset.smooth_pose``, ``Preset.smooth_expression``:
         fast expression events kept), the expression back on its valid set. The channels read from the landmarks
-        (``CodeSpace.landmark_channels``) keep their per-frame values: they barely move the mesh, and their blinks
-        are the events smoothing would blunt."""
+        (``CodeSpace.landmark_channels``) are smoothed as the others: their blinks (3-6 frames) are events and pass
+        whole, while the regressor's frame-to-frame flicker is noise."""
         pr = self.preset
         times = np.array([o.time for o in obs], np.float64)
         om = self.tensor(smooth_rotations(to_numpy(omega), times, pr.smooth_pose))
         tr = self.tensor(smooth_tracks(to_numpy(trans), times, pr.smooth_pose))
-        free = ~self.codes.landmark_channels
-        ex = p_ex.clone()
-        ex[:, free] = self.tensor(smooth_tracks(to_numpy(p_ex[:, free]), times, pr.smooth_expression,
-                                                EXPRESSION_NOISE_FLOOR))
+        ex = self.tensor(smooth_tracks(to_numpy(p_ex), times, pr.smooth_expression, EXPRESSION_NOISE_FLOOR))
         self.codes.project_expression_(ex)
         return [FrameState(ex[i].clone(), om[i].clone(), tr[i].clone()) for i in range(len(obs))]
 

@@ -50,7 +50,11 @@ albedo with a skin-coloured bounce, ``albedo.fit_lighting``; the limit kept, it 
 cap12_edit 0:250 by face region, baked (model): forehead 2.84 (8.48), brows 8.99 (13.95), eyes 7.40 (20.06), nose
 6.66 (15.54), cheeks 3.31 (9.04), lips 6.76 (11.87), chin 3.34 (7.03); session 11 with the limit: 2.86, 10.65,
 14.06, 7.00, 3.44, 6.99, 3.55. The refitted lighting gives the directions the face barely shows 0.66 of the light
-on the face (0.40 before; the video showed ~0.8 there).
+on the face (0.40 before; the video showed ~0.8 there). Fresh cap12_edit 0:250 draft tracks by the session-12
+tracker (08:12-08:27): with the eye-pocket fill (``head_mesh.fill_eye_pockets``) baked 5.42 against 11.29 (48 %;
+0-179 5.16, 180-249 6.09 = 53 %; eyes region 10.88), without it 4.97 against 11.10 (45 %; 4.73 / 5.58 = 49.9 %;
+eyes 7.14): this re-render has no shadows, so the pockets never cost it, and the filled eye shows its colour flat
+where the video's is shaded by the lids.
 
 L1 / PSNR dB where two figures. "Now": ``fit_lighting``'s one directional shape for the three channels and the
 dark-shading weights relative to the light on the face. The per-channel shapes before tinted the directions the

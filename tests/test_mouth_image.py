@@ -78,7 +78,8 @@ def test_trained_network_reads_the_change_from_the_clips_rest_patch(tmp_path):
         ident += [i] * 12
     data = {"patches": np.concatenate(patches), "weights": np.concatenate(weights), "identity": np.array(ident)}
     torch.manual_seed(0)
-    net, _ = train(data, channels=("mouthPress_L",), epochs=25, log=lambda m: None)
+    net, _ = train(data, channels=("mouthFrown_L", "mouthPress_L"), shipped=("mouthPress_L",), epochs=25,
+                   log=lambda m: None)
     torch.save(net.state_dict(), tmp_path / mi.FILE_NAME)
     reg = mi.MouthImageRegressor.load(tmp_path)      # a plain state dict, loaded with weights_only=True
     assert reg.channels == ("mouthPress_L",)

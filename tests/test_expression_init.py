@@ -45,6 +45,10 @@ def test_trained_regressor_reads_the_change_from_the_persons_rest_face():
     arrays, cv_mae = train(_data(rng, 30, 12), log=lambda m: None)
     assert cv_mae.shape == (N_EX,) and cv_mae[BLINK] < 0.15 and cv_mae[BROW] < 0.15
     reg = ei.LandmarkExpressionRegressor(arrays)
+    # the response's gain per channel: brows pulled down are read weakest, so they get the largest
+    down, outer = arkit.ICT_NAMES.index("browDown_L"), arkit.ICT_NAMES.index("browOuterUp_L")
+    assert (reg.gain[down], reg.gain[outer], reg.gain[BLINK]) == (ei.BROW_DOWN_RESPONSE_GAIN, ei.BROW_RESPONSE_GAIN,
+                                                                  ei.RESPONSE_GAIN)
     # a new person: a clip at rest with one blink and one brow raise
     identity = rng.normal(0, 0.004, (468, 3))
     w = np.zeros((20, N_EX))

@@ -41,3 +41,27 @@ def test_refinement_keeps_late_frames_on_their_landmarks(tracker):  # noqa: F811
     jerk = [float(np.abs(np.diff(torch.stack([s.trans for s in st]).numpy(), 2, axis=0)).mean())
             for st in (stage1, refined)]
     assert jerk[1] < 0.7 * jerk[0], jerk
+
+
+def test_landmark_read_channels_go_through_the_temporal_model(tracker):  # noqa: F811
+    """The channels read from the landmarks (blinks, brows) are smoothed like the others: the regressor's
+    frame-to-frame flicker on a still face goes, a 3-frame blink keeps its height at its frame (lag 0)."""
+    from backend.tracking.tracker import FrameObs
+    tr, obs, truth = tracker
+    T, blink_frame = 40, 20
+    frames = [FrameObs(i, i / 25, obs.landmarks, None, None, obs.face_size) for i in range(T)]
+    n_ex = truth.p_ex.shape[0]
+    read = torch.zeros(n_ex, dtype=torch.bool)
+    read[0] = True
+    tr.codes.landmark_channels = read
+    rng = np.random.default_rng(0)
+    flicker = 0.2 + 0.02 * rng.standard_normal(T)           # a brow held at 0.2, read with noise
+    blink = np.zeros(T)
+    blink[blink_frame - 1: blink_frame + 2] = (0.5, 1.0, 0.5)
+    p_ex = torch.zeros(T, n_ex)
+    p_ex[:, 0] = tr.tensor(np.clip(flicker + blink, 0, 1))
+    states = tr.smooth_states(frames, p_ex, truth.omega.repeat(T, 1), truth.trans.repeat(T, 1))
+    out = torch.stack([s.p_ex for s in states])[:, 0].numpy()
+    quiet = np.r_[0:blink_frame - 3, blink_frame + 4:T]
+    assert np.abs(np.diff(out[quiet], 2)).mean() < 0.5 * np.abs(np.diff(p_ex[quiet, 0].numpy(), 2)).mean()
+    assert int(np.argmax(out)) == blink_frame and out[blink_frame] > 0.93 * p_ex[blink_frame, 0].item()

@@ -104,3 +104,29 @@ def test_coverage_is_the_rasterised_mask():
     pixels[60, 40:120] = True   # a row across the disc's edge
     assert np.array_equal(raster.coverage(v, f, K, 120, 160, pixels), mask & pixels)
     assert not raster.coverage(v, f, K, 120, 160, np.zeros_like(mask)).any()
+
+
+def test_rasteriser_keeps_the_nearest_fragment_and_the_first_of_equals():
+    """The z-buffer: each pixel shows the triangle nearest to the camera (checked against every triangle's own
+    rasterisation), equally near duplicates resolve to the lower triangle id, and ``interpolate(where=)`` gives the
+    full image's values at those pixels."""
+    from backend.tracking import raster
+    rng = np.random.default_rng(3)
+    K = np.array([[60.0, 0, 20], [0, 60.0, 15], [0, 0, 1]])
+    n = 40
+    centre = rng.uniform([-0.3, -0.2, 1.5], [0.3, 0.2, 2.5], (n, 1, 3))
+    v = (centre + rng.normal(0, 0.15, (n, 3, 3))).reshape(-1, 3)
+    f = np.arange(3 * n).reshape(n, 3)
+    f = np.concatenate([f, f[[5, 9]]])                  # triangles 40, 41 duplicate 5 and 9 exactly
+    frag = raster.rasterize(v, f, K, 30, 40)
+    depth = np.full((len(f), 30, 40), np.inf)
+    for k in range(len(f)):                            # each triangle alone
+        one = raster.rasterize(v, f[k:k + 1], K, 30, 40)
+        depth[k][one.mask] = one.depth[one.mask]
+    nearest = np.where(np.isfinite(depth).any(0), depth.argmin(0), -1)   # argmin: the first of equals
+    assert frag.mask.sum() > 100 and (frag.tri == nearest).all()
+    assert np.array_equal(frag.depth[frag.mask], depth.min(0)[frag.mask].astype(np.float32))
+    assert not np.isin(frag.tri, [40, 41]).any() and np.isin(frag.tri, [5, 9]).any()
+    attr = rng.normal(size=(len(v), 4))
+    where = frag.mask & (np.arange(40)[None] % 3 == 0)
+    assert np.array_equal(raster.interpolate(frag, f, attr, where=where), raster.interpolate(frag, f, attr)[where])

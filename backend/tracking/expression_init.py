@@ -41,6 +41,11 @@ N_POINTS = 468  # the face mesh (the refined irises follow the eyelids' occlusio
 DEAD_ZONE = 0.07
 RESPONSE_GAIN = 2.5
 BROW_RESPONSE_GAIN = 4.0
+# brows pulled down are read weakest of all (tuning clips, through stage 2's temporal model, brow down: peak ratio
+# 0.32 at gain 4, 0.50 at 6, 0.68 at 8; MAE 0.067, 0.066, 0.065). 6, not 8: at 7-8 the still test head's mesh
+# jitter crosses its limit (0.083 -> 0.102 px/frame^2), not through the brows (they read 0-0.02 there) but through
+# the model-driven mouth channels' per-frame fit taking another path at the clip's start (backend/evaluation/README.md)
+BROW_DOWN_RESPONSE_GAIN = 6.0
 
 
 def template() -> np.ndarray:
@@ -86,8 +91,9 @@ class LandmarkExpressionRegressor:
         self.W = np.asarray(arrays["W"], np.float32)
         self.b = np.asarray(arrays["b"], np.float32)
         self.channels = tuple(str(c) for c in arrays["channels"])
-        self.gain = np.where([c.startswith("brow") for c in self.channels], BROW_RESPONSE_GAIN,
-                             RESPONSE_GAIN).astype(np.float32)
+        self.gain = np.select([[c.startswith("browDown") for c in self.channels],
+                               [c.startswith("brow") for c in self.channels]],
+                              [BROW_DOWN_RESPONSE_GAIN, BROW_RESPONSE_GAIN], RESPONSE_GAIN).astype(np.float32)
 
     @classmethod
     def load(cls, model_dir: Path) -> Optional["LandmarkExpressionRegressor"]:
@@ -110,4 +116,4 @@ class LandmarkExpressionRegressor:
 
 
 __all__ = ["LandmarkExpressionRegressor", "landmark_features", "rest_features", "DEAD_ZONE", "RESPONSE_GAIN",
-           "BROW_RESPONSE_GAIN", "template", "FILE_NAME"]
+           "BROW_RESPONSE_GAIN", "BROW_DOWN_RESPONSE_GAIN", "template", "FILE_NAME"]

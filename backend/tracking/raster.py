@@ -60,8 +60,10 @@ def _covered_fragments(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, 
     ok &= np.abs(area) > 1e-12
     if cull_backfaces:
         ok &= area > 0  # counter-clockwise in the image (y down) = facing the camera for outward-wound meshes
-    lo = np.ceil(np.nanmin(p, 1) - 0.5)
-    hi = np.floor(np.nanmax(p, 1) - 0.5)
+    # a triangle's bounding box; rows with a vertex behind the camera (NaN) are out already (np.nanmin over the
+    # corner axis was 6x slower: 8 of the 37 ms of a 25k-triangle frame)
+    lo = np.ceil(np.minimum(np.minimum(p[:, 0], p[:, 1]), p[:, 2]) - 0.5)
+    hi = np.floor(np.maximum(np.maximum(p[:, 0], p[:, 1]), p[:, 2]) - 0.5)
     lo = np.maximum(lo, 0)
     hi = np.minimum(hi, [width - 1, height - 1])
     ok &= (hi >= lo).all(1)
@@ -87,21 +89,21 @@ def _covered_fragments(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, 
     nxr = np.repeat(nx, cnt)
     px = np.repeat(lo_i[:, 0], cnt) + off % nxr
     py = np.repeat(lo_i[:, 1], cnt) + off // nxr
-    if pixels is not None:
-        keep = pixels[py, px]
-        tid, px, py = tid[keep], px[keep], py[keep]
+    keep = pixels[py, px] if pixels is not None else slice(None)
+    tid, px, py = tid[keep], px[keep], py[keep]
+
+    def per_fragment(values):   # a triangle's value at each of its fragments: repeated, not gathered (faster)
+        return np.repeat(values[idx], cnt)[keep]
+
     sx = px + 0.5
     sy = py + 0.5
-    a = p[tid, 0]
-    b = p[tid, 1]
-    c = p[tid, 2]
-    ar = area[tid]
-    w0 = ((b[:, 0] - sx) * (c[:, 1] - sy) - (b[:, 1] - sy) * (c[:, 0] - sx)) / ar
-    w1 = ((c[:, 0] - sx) * (a[:, 1] - sy) - (c[:, 1] - sy) * (a[:, 0] - sx)) / ar
+    ax, ay, bx, by, cx, cy = (per_fragment(np.ascontiguousarray(p[:, k, d])) for k in range(3) for d in range(2))
+    ar = per_fragment(area)
+    w0 = ((bx - sx) * (cy - sy) - (by - sy) * (cx - sx)) / ar
+    w1 = ((cx - sx) * (ay - sy) - (cy - sy) * (ax - sx)) / ar
     w2 = 1.0 - w0 - w1
-    inside = (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
-    tid, px, py, w0, w1, w2 = tid[inside], px[inside], py[inside], w0[inside], w1[inside], w2[inside]
-    return tid, px, py, w0, w1, w2, zt
+    inside = np.flatnonzero((w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9))
+    return tid[inside], px[inside], py[inside], w0[inside], w1[inside], w2[inside], zt
 
 
 def coverage(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
@@ -135,15 +137,23 @@ def rasterize_batch(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, hei
     depth = 1.0 / s
     bary = q / s[:, None]
     pix = ((tid // n_faces) * height + py) * width + px
-    order = np.lexsort((depth, pix))
-    pix_sorted = pix[order]
-    first = np.ones(len(order), bool)
-    first[1:] = pix_sorted[1:] != pix_sorted[:-1]
-    sel = order[first]
+    sel = _nearest_per_pixel(pix, depth, B * height * width)
     out_tri.reshape(-1)[pix[sel]] = tid[sel] % n_faces
     out_bary.reshape(-1, 3)[pix[sel]] = bary[sel]
     out_depth.reshape(-1)[pix[sel]] = depth[sel]
     return Fragments(out_tri, out_bary, out_depth)
+
+
+def _nearest_per_pixel(pix: np.ndarray, depth: np.ndarray, n_pixels: int) -> np.ndarray:
+    """The z-buffer test: indices of the fragments nearest to the camera, one per covered pixel (pix (N,) flat pixel
+    ids, depth (N,)); of equally near ones the first.  Two unbuffered minimum scatters instead of a sort of every
+    fragment by (pixel, depth), which took 5-8 ms of a 25k-triangle frame."""
+    zbuf = np.full(n_pixels, np.inf)
+    np.minimum.at(zbuf, pix, depth)
+    front = np.flatnonzero(depth == zbuf[pix])
+    first = np.full(n_pixels, len(pix), np.int64)
+    np.minimum.at(first, pix[front], front)
+    return front[first[pix[front]] == front]
 
 
 def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -157,13 +167,17 @@ def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return n / np.clip(np.linalg.norm(n, axis=1, keepdims=True), 1e-12, None)
 
 
-def interpolate(frag: Fragments, faces: np.ndarray, attr: np.ndarray) -> np.ndarray:
-    """Interpolate per-vertex ``attr`` (V, C) at the fragments -> (H, W, C) (0 where empty)."""
-    m = frag.mask
+def interpolate(frag: Fragments, faces: np.ndarray, attr: np.ndarray, where: Optional[np.ndarray] = None) -> np.ndarray:
+    """Interpolate per-vertex ``attr`` (V, C) at the fragments -> (H, W, C) float32 (0 where empty).  ``where``: (H, W)
+    bool, covered pixels only: the values at these pixels alone, (n, C) in row-major order (``interpolate(...)[where]``
+    without filling the whole image)."""
+    m = frag.mask if where is None else where
+    fv = np.asarray(faces)[frag.tri[m]]         # (n, 3)
+    values = np.einsum("nk,nkc->nc", frag.bary[m], attr[fv])
+    if where is not None:
+        return values.astype(np.float32, copy=False)
     out = np.zeros(frag.tri.shape + (attr.shape[1],), np.float32)
-    t = frag.tri[m]
-    fv = np.asarray(faces)[t]                   # (n, 3)
-    out[m] = np.einsum("nk,nkc->nc", frag.bary[m], attr[fv])
+    out[m] = values
     return out
 
 

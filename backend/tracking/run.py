@@ -296,6 +296,9 @@ class TrackingSession:
         self.states: Dict[int, object] = {}           # index -> current FrameState (refined where stage 2 ran)
         self.stage1: Dict[int, object] = {}           # index -> FrameState of the per-frame fit (before stage 2)
         self.refined: List[int] = []                  # frames the last completed joint refinement covered
+        # the fitted frame the tracker's warm starts (saved with its state) came from: the next frame continues from
+        # them, in one run as after a resume
+        self.warm_frame: Optional[int] = None
         self.id_frames: List[int] = []                # frames the identity was fitted on
         self.status: Dict[int, str] = {}              # index -> package status other than "tracked"
         self.written_z_exp: Dict[int, np.ndarray] = {}  # index -> z_exp (E,) as written: the per-frame USD meshes
@@ -371,6 +374,7 @@ class TrackingSession:
         self.states = self.fits_of(state)
         self.stage1 = self.fits_of(state, "stage1_") or dict(self.states)
         self.refined = [int(i) for i in state.get("refined_ids", [])]
+        self.warm_frame = int(np.asarray(state["warm_frame"]).reshape(-1)[0]) if "warm_frame" in state else None
         if "id_frames" in state:
             self.id_frames = state["id_frames"].tolist()
         self.events.progress("identity", 1, 1, None, "identity loaded from the package")
@@ -436,16 +440,18 @@ class TrackingSession:
             prev_state = self.stage1[last]
             if self.detections.landmarks.get(last) is not None:
                 prev_obs = self.detections.observation(last)
+        if not before or self.warm_frame != max(before):
+            tracker.reset_frame_cache()   # the tracker's warm starts are another frame's
         pending = []
         n_done = 0
         for fr, labels in iter_frames_with_masks(self.source, set(todo), self.detections.landmarks,
                                                      self.hair_region):
             obs = self.detections.observation(fr.index, fr.image, labels)
-            tracker.reset_frame_cache()   # each frame starts from the same state (resume = same result)
             init = prev_state if prev_state is not None else tracker.pnp_init(obs)
             st = tracker.fit_frame(obs, init, prev_obs)
             res = tracker.frame_result(obs, st, prev_warp, preview=will_refine)
             self.states[obs.index] = self.stage1[obs.index] = st
+            self.warm_frame = obs.index
             pending.append(res)
             prev_state, prev_obs, prev_warp = st, obs, res.warp
             n_done += 1
@@ -661,6 +667,8 @@ class TrackingSession:
         ids = np.array(sorted(self.stage1), np.int64)
         out = dict(self.tracker.state_dict(), frame_ids=ids, refined_ids=np.array(self.refined, np.int64),
                    id_frames=np.array(self.id_frames, np.int64))
+        if self.warm_frame is not None:
+            out["warm_frame"] = np.array(self.warm_frame, np.int64)
         if len(ids):
             for prefix, fits in (("", self.states), ("stage1_", self.stage1)):
                 out[prefix + "p_ex"] = to_numpy(torch.stack([fits[i].p_ex for i in ids]))

@@ -233,7 +233,23 @@ class Tracker:
                 "color_affine": to_numpy(self.cA), "color_bias": to_numpy(self.cb),
                 "mesh_lo_vertices": self.mesh_lo.vertices, "mesh_lo_faces": self.mesh_lo.faces,
                 "mesh_vertices": self.mesh.vertices, "mesh_faces": self.mesh.faces, "albedo": self.albedo,
-                "ensemble_grouped": np.array(-1 if grouped is None else int(grouped), np.int8)}
+                "ensemble_grouped": np.array(-1 if grouped is None else int(grouped), np.int8),
+                **self._warm_start_arrays()}
+
+    def _warm_start_arrays(self) -> Dict[str, np.ndarray]:
+        """The warm starts carried from the last fitted frame into the next one (its landmark roots and the low-res
+        mesh warp, with their inverse Jacobians), so a resumed run's next frame starts where an uninterrupted run's
+        would; {} for those not made yet."""
+        out = {}
+        if "frame" in self._posed_cache:
+            out["warm_landmarks"], out["warm_landmarks_jinv"] = map(to_numpy, self._posed_cache["frame"])
+        w = self._lo_warp
+        if w is not None:
+            out.update(warm_lo_points=to_numpy(w.points), warm_lo_jinv=to_numpy(w.jinv),
+                       warm_lo_persistence=np.array(w.persistence, np.float64))
+            if w.previous is not None:
+                out["warm_lo_previous"] = to_numpy(w.previous)
+        return out
 
     def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
         """Restore what ``state_dict`` returned (a resumed run continues from the fitted identity)."""
@@ -248,10 +264,17 @@ class Tracker:
         if "ensemble_grouped" in state:
             grouped = int(np.asarray(state["ensemble_grouped"]).reshape(-1)[0])
             self.model.id_model.grouped = None if grouped < 0 else bool(grouped)
+        self.reset_frame_cache()
+        if "warm_landmarks" in state:
+            self._posed_cache["frame"] = (self.tensor(state["warm_landmarks"]), self.tensor(state["warm_landmarks_jinv"]))
+        if "warm_lo_points" in state:
+            self._lo_warp = WarpState(self.tensor(state["warm_lo_points"]), self.tensor(state["warm_lo_jinv"]),
+                                      self.tensor(state["warm_lo_previous"]) if "warm_lo_previous" in state else None,
+                                      float(np.asarray(state["warm_lo_persistence"]).reshape(-1)[0]))
 
     def reset_frame_cache(self) -> None:
-        """Forget the warm starts carried between frames, so each frame's fit starts from the same state (a resumed
-        or re-tracked frame then gives the same result as in one uninterrupted run)."""
+        """Forget the warm starts carried between frames (a frame whose predecessor is not the frame they came from
+        starts cold)."""
         self._posed_cache.pop("frame", None)
         self._lo_warp = None
 
@@ -635,10 +658,11 @@ class Tracker:
                 for c in cands:
                     c.p_ex = fixed * lm_ex + (1 - fixed) * c.p_ex
             errs = []
-            posed = None   # (p_ex, posed landmarks): the candidates share the expression, hence the root finding
+            # (p_ex, posed landmarks): the candidates share the expression, hence the root finding, which starts
+            # from the previous frame's roots
+            posed = None
             for c in cands:
                 if posed is None or not torch.equal(posed[0], c.p_ex):
-                    self._posed_cache.pop("frame", None)
                     posed = (c.p_ex, self.posed_landmarks(zg, c.p_ex[None], key="frame").points)
                 uv = self.project(posed[1], c.omega[None], c.trans[None])
                 errs.append(float((uv - lms).norm(dim=-1).mean()))
@@ -668,7 +692,9 @@ class Tracker:
                                            with_color=obs.image is not None)
                 loss = loss + pr.w_mask * ml + pr.w_rgb * rl
             elif not pr.rays and self.mesh_lo is not None and obs.labels is not None and it >= n_it // 3:
-                if it % 4 == 0:
+                # the outline's vertices and coverage are re-found every 4th of its iterations, counted from its
+                # first: a still frame's 4 take one low-res warp (two when counted from the fit's start)
+                if (it - n_it // 3) % 4 == 0:
                     cache.pop("ol", None)
                 loss = loss + pr.w_sil * self._outline_term(zg, p_ex[0], om[0], tr[0], obs, cache=cache)
             loss.backward()
@@ -686,7 +712,9 @@ class Tracker:
     def frame_result(self, obs: FrameObs, st: FrameState, warm: Optional[WarpState] = None,
                      preview: bool = False) -> FrameResult:
         """The frame's outputs: fixed-topology vertices (the output mesh warped into the frame's expression,
-        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics.
+        warm-started from `warm`, e.g. the previous frame's `FrameResult.warp`) and quality metrics.  The landmark
+        error's roots continue the same chain: from the previous output frame's while `warm` continues one, a cold
+        solve (a new chain) without it.
 
         ``preview``: outputs that stage 2's rewrite replaces, shown while tracking runs (right after ``fit_frame``
         of this frame): vertices to ``PREVIEW_WARP_TOL``, the landmark error from the fit's last landmark roots,
@@ -699,9 +727,12 @@ class Tracker:
         verts = to_numpy(x)
         lm_err = float("nan")
         if obs.found:
+            if not preview and warm is None:
+                self._posed_cache.pop("outputs", None)
             lms = self.tensor(obs.landmarks[self.lm_idx])[None]
             _, uv, conv = self.landmark_term(zg, st.p_ex[None], st.omega[None], st.trans[None], lms,
-                                             self.tensor([max(obs.face_size, 1.0)]), key="frame" if preview else None)
+                                             self.tensor([max(obs.face_size, 1.0)]),
+                                             key="frame" if preview else "outputs")
             e = (uv - lms).norm(dim=-1)[conv]
             lm_err = float(e.mean()) if e.numel() else float("nan")
         iou, photo = None, None
@@ -719,9 +750,9 @@ class Tracker:
         if m.sum() < 10:
             return None
         nrm = raster.vertex_normals(vc, self.mesh.faces)
-        n = raster.interpolate(frag, self.mesh.faces, nrm)[m]
+        n = raster.interpolate(frag, self.mesh.faces, nrm, where=m)
         n /= np.clip(np.linalg.norm(n, axis=-1, keepdims=True), 1e-9, None)
-        alb = raster.interpolate(frag, self.mesh.faces, self.albedo.astype(np.float32) / 127.5 - 1)[m]
+        alb = raster.interpolate(frag, self.mesh.faces, self.albedo.astype(np.float32) / 127.5 - 1, where=m)
         # albedo already includes the colour affine: shade then compare
         S = to_numpy(renderer.sh_basis(self.tensor(n)) @ self.sh)
         pred = np.clip((S * (alb + 1) / 2), 0, 1)
@@ -786,16 +817,13 @@ class Tracker:
         """Stage 2's temporal model (``temporal``): the tracks of rotation and translation (T, 3) and expression
         (T, n_ex) of the frames ``obs`` smoothed without lag (``Preset.smooth_pose``, ``Preset.smooth_expression``:
         fast expression events kept), the expression back on its valid set. The channels read from the landmarks
-        (``CodeSpace.landmark_channels``) keep their per-frame values: they barely move the mesh, and their blinks
-        are the events smoothing would blunt."""
+        (``CodeSpace.landmark_channels``) are smoothed as the others: their blinks (3-6 frames) are events and pass
+        whole, while the regressor's frame-to-frame flicker is noise."""
         pr = self.preset
         times = np.array([o.time for o in obs], np.float64)
         om = self.tensor(smooth_rotations(to_numpy(omega), times, pr.smooth_pose))
         tr = self.tensor(smooth_tracks(to_numpy(trans), times, pr.smooth_pose))
-        free = ~self.codes.landmark_channels
-        ex = p_ex.clone()
-        ex[:, free] = self.tensor(smooth_tracks(to_numpy(p_ex[:, free]), times, pr.smooth_expression,
-                                                EXPRESSION_NOISE_FLOOR))
+        ex = self.tensor(smooth_tracks(to_numpy(p_ex), times, pr.smooth_expression, EXPRESSION_NOISE_FLOOR))
         self.codes.project_expression_(ex)
         return [FrameState(ex[i].clone(), om[i].clone(), tr[i].clone()) for i in range(len(obs))]
 

@@ -115,7 +115,8 @@ class MouthImageNet(torch.nn.Module):
             torch.nn.Conv2d(N_FEATURES, 16, 3, padding=1), torch.nn.ReLU(),
             torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
             torch.nn.Conv2d(32, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
-            torch.nn.Flatten(), torch.nn.Dropout(0.3), torch.nn.Linear(32 * ((r + 3) // 4) * ((c + 3) // 4), n_channels))
+            torch.nn.Flatten(), torch.nn.Dropout(0.3),
+            torch.nn.Linear(32 * ((r + 3) // 4) * ((c + 3) // 4), n_channels))
         self.register_buffer("ict_index", torch.zeros(n_channels, dtype=torch.long))
         self.register_buffer("rest", torch.zeros(N_FEATURES, r, c))
         self.register_buffer("scale", torch.ones(N_FEATURES))

@@ -53,7 +53,7 @@ class CodeSpace:
         self.landmark_regressor = landmark_regressor if encoders is not None else None
         self.landmark_rest: Optional[np.ndarray] = None   # (1404,) the clip's rest features (``set_landmark_rest``)
         self.mouth_regressor = mouth_regressor
-        self.mouth_rest: Optional[np.ndarray] = None      # (3, rows, cols) the clip's rest features (``set_mouth_rest``)
+        self.mouth_rest: Optional[np.ndarray] = None   # (3, rows, cols) the clip's rest features (``set_mouth_rest``)
         self.mode = "encoder" if encoders is not None else "raw"
         self.device = next(model.parameters()).device   # every code tensor lives where the model does
         if self.enc is not None:

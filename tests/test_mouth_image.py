@@ -144,3 +144,20 @@ def test_detections_keep_the_mouth_patches_through_their_arrays():
     assert np.array_equal(det.subset([2]).found_patches(), patches[2][None])
     det.mouth_patches[2] = None                                      # a frame without its patch: no clip rest
     assert det.found_patches() is None and "mouth_patches" not in det.to_arrays()
+
+
+def test_training_renders_carry_the_mouth_patch_of_each_detected_frame():
+    """The training data's patches are cut from the rendered frame at its MediaPipe points (renders: ~1 s a frame)."""
+    from shared_data import ICT_NPZ, MAKEHUMAN
+
+    if not ICT_NPZ.is_file() or not MAKEHUMAN.is_dir():
+        pytest.skip("needs ICT-FaceKit and the MakeHuman skins in ../shared")
+    from backend.training.data import ICTModel
+    from backend.training.expression_init import render_chunk
+
+    data = render_chunk(ICTModel(), 0, 1, 2, patches=True)
+    assert data["patches"].shape == (2,) + mi.PATCH_SHAPE + (3,)
+    found = np.isfinite(data["points"]).all((1, 2))
+    assert found.any() and np.isfinite(data["patches"][found]).all() and np.isnan(data["patches"][~found]).all()
+    assert (data["patches"][found][:, mi.patch_outside()] == mi.OUTSIDE_GREY).all()
+    assert data["patches"][found][:, ~mi.patch_outside()].std() > 0.02     # the face, not a constant

@@ -45,7 +45,7 @@ def _expression(rng) -> np.ndarray:
 
 def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool = False) -> dict:
     """Points (N, 478, 3) (u, v, relative depth; NaN: no face), ICT weights (N, 53) and identity index (N,) of
-    the identities first .. first + n_ids - 1; with ``patches`` also the frames' mouth patches (N, rows, cols)
+    the identities first .. first + n_ids - 1; with ``patches`` also the frames' mouth patches (N, rows, cols, 3)
     (``tracking.mouth_image.mouth_patch``; NaN without a face)."""
     from ..evaluation import baselines, expression_clips as ec, synthetic
     from ..tracking.mouth_image import PATCH_SHAPE, mouth_patch
@@ -72,7 +72,7 @@ def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool 
         lm = baselines.MediaPipeBaseline(static_image_mode=True).detect(frames)  # (u, v, depth) pixels
         pts.append(lm.astype(np.float32))
         if patches:
-            cut += [mouth_patch(f, p) if np.isfinite(p).all() else np.full(PATCH_SHAPE, np.nan, np.float32)
+            cut += [mouth_patch(f, p) if np.isfinite(p).all() else np.full(PATCH_SHAPE + (3,), np.nan, np.float32)
                     for f, p in zip(frames, lm)]
         ws.append(w_ex.astype(np.float32))
         ids.append(np.full(frames_per_id, i))

@@ -392,6 +392,35 @@ def test_root_finder_computes_the_code_terms_once_per_solve_with_the_same_bits()
     assert r.converged.float().mean() > 0.99
 
 
+def test_implicit_gradient_takes_one_deformation_pass_at_the_root():
+    """The implicit gradient's pass at the root gives both the offsets, differentiable in the codes, and their
+    Jacobian, which carries no autograd graph: after the solve, one Jacobian pass and no plain evaluation (the
+    gradients themselves: ``test_root_finder_gradients_match_finite_differences``)."""
+    cfg = MonoNPHMConfig.builtin()
+    m = _model(cfg, seed=5, dtype=torch.float32)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    zg, _, ze = _codes(cfg, 1, dtype=torch.float32, s=0.3)
+    x = (torch.rand(1, 100, 3) - 0.5) * torch.tensor([0.6, 0.9, 0.8])
+    ex = m.ex_model
+    with torch.no_grad():
+        A = m.id_model.anchors(zg)
+        y = x + ex(x, zg, ze, A)[0]
+        start = m.forward_warp(y, zg, ze, anchors=A)
+    calls = []
+    real = ex.forward
+    ex.forward = lambda *a, **k: calls.append(bool(k.get("with_jacobian"))) or real(*a, **k)
+    ze = ze.clone().requires_grad_(True)
+    try:
+        r = m.forward_warp(y, zg, ze, anchors=A, x_init=start.points, jinv_init=start.jinv)
+    finally:
+        del ex.forward
+    assert calls[-1] and sum(calls) == 1   # the solve's plain evaluations, then the one pass at the root
+    assert torch.equal(r.points.detach(), start.points) and r.points.requires_grad
+    off, _, jac = ex(x, zg, ze, A, with_jacobian=True)
+    assert off.requires_grad and not jac.requires_grad
+
+
 def test_sdf_gradient_does_not_import_sympy():
     """The rays' SDF gradient (every identity stage, standard per-frame fits) is a plain backward of the summed SDF:
     a tensor grad_outputs makes autograd import torch.fx's symbolic shapes and sympy (0.4 CPU s, seconds of wall)."""

@@ -67,7 +67,8 @@ class DeformationField(nn.Module):
         z_exp)`` of these codes, when the caller has them (the codes and anchors are then not read).
 
         The Jacobian is computed in forward mode (3 tangents carried through the MLP), which is cheaper than
-        three reverse passes and needs no autograd graph.
+        three reverse passes and needs no autograd graph; it carries none, also where the offsets do (the root
+        finder's implicit gradient takes both from one pass at the root).
         """
         if code_terms is None:
             code_terms = self.code_terms(self.compress_id(z_geo, anchors) if c_id is None else c_id, z_exp)
@@ -109,23 +110,22 @@ class DeformationField(nn.Module):
             # matmul with a weight copy per point instead (AVX-512 kernels: 70 % of the pass, 3-4x its time now)
             tan = w0x.t().expand(*xs.shape[:-1], 3, H).contiguous()
         for i in range(1, len(layers)):
-            a = softplus(z, beta)
-            if tan is not None:
-                bz = z * beta
-                da = torch.sigmoid(bz)
-                if z.dtype == torch.float64:  # float32 sigmoid(>20) already rounds to exactly 1
-                    da = torch.where(bz > 20.0, torch.ones_like(z), da)
-                tan = tan * da.unsqueeze(-2)
             lin = layers[i]
+            w = W(lin, slice(0, H)) if i == self.skip else W(lin)
+            if tan is not None:
+                with torch.no_grad():  # the tangents carry no autograd graph, also where the values have one
+                    bz = z * beta
+                    da = torch.sigmoid(bz)
+                    if z.dtype == torch.float64:  # float32 sigmoid(>20) already rounds to exactly 1
+                        da = torch.where(bz > 20.0, torch.ones_like(z), da)
+                    tan = torch.matmul(tan * da.unsqueeze(-2), w.t())
+                    if i == self.skip:
+                        tan = (tan + wsx.t()) * r2
+            a = softplus(z, beta)
             if i == self.skip:
-                wh = W(lin, slice(0, H))
-                z = torch.matmul(a, wh.t()) * r2 + skip_x
-                if tan is not None:
-                    tan = (torch.matmul(tan, wh.t()) + wsx.t()) * r2
+                z = torch.matmul(a, w.t()) * r2 + skip_x
             else:
-                z = _linear_rows(a.reshape(-1, a.shape[-1]), W(lin).t(), bias(lin)).reshape(*a.shape[:-1], -1)
-                if tan is not None:
-                    tan = torch.matmul(tan, W(lin).t())
+                z = _linear_rows(a.reshape(-1, a.shape[-1]), w.t(), bias(lin)).reshape(*a.shape[:-1], -1)
         out = z.to(x.dtype)
         jac = None
         if tan is not None:

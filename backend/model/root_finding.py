@@ -198,12 +198,11 @@ def forward_warp(
         converged = torch.isfinite(res) & (res < tol)
     if not implicit_grad:
         return WarpResult(points=x, converged=converged, residual=res, iterations=it, jinv=jinv, next_start=x_next)
-    # Implicit-function gradient (value unchanged): one differentiable deformation evaluation at the root.
-    with torch.no_grad():
-        _, _, J = ex(x, None, None, None, with_jacobian=True, code_terms=terms)
-        Jf = torch.eye(3, dtype=x.dtype, device=x.device) + J[..., :3, :]
+    # Implicit-function gradient (value unchanged): one deformation evaluation at the root, differentiable in the
+    # codes, whose forward-mode Jacobian (no graph) gives J^-1: the values and the tangents share one pass.
     with torch.enable_grad():
-        off, _, _ = model.ex_model(x, z_geo, z_exp, anchors)
+        off, _, J = ex(x, z_geo, z_exp, anchors, with_jacobian=True)
+        Jf = torch.eye(3, dtype=x.dtype, device=x.device) + J[..., :3, :]
         g = y - (x + off)
         corr = g - g.detach()
         xs = x + (inv3(Jf) @ corr.unsqueeze(-1)).squeeze(-1)

@@ -33,10 +33,28 @@ head, the tracker fix has no parameter.
 | synthetic clip 0, 20 frames (10 / 10) | 11.59 / 21.36 | 12.55 | 6.85 / 26.40 (59 %) | 6.54 (56 %) | 6.89 (59 %) |
 
 Session 11, after this table: the shadowed-colour limit (``albedo.limit_shadowed``, ``shadow_excess`` 1.25; bright
-orange lid creases and patches under the nose gone under neutral light) costs re-render error, since the re-render
-uses the same mesh and lighting that made them: cap12_edit 0:24 baked 4.60 / 29.23 (41 %), texture 3.45 (31 %);
-Intel 0:24 4.91 / 30.81 (44 %), texture 3.46 (31 %) (05:45-05:49, load 12-15); cap12_edit 0:250 5.91 / 28.00
-(53 %; 0:180 5.70, 180:250 6.44), texture 6.26 (06:00, load ~1). The synthetic row was not re-run.
+orange lid creases and patches under the nose gone under neutral light) cost re-render error, since the re-render
+uses the same mesh and lighting that made them: cap12_edit 0:24 4.60 (41 %), Intel 0:24 4.91 (44 %), cap12_edit
+0:250 5.91 / 28.00 (53 %; 0:180 5.70, 180:250 6.44).
+
+Session 12 (2026-12-07 07:46-08:00, load 13-21, same packages; the lighting refitted against the surrounding skin's
+albedo with a skin-coloured bounce, ``albedo.fit_lighting``; the limit kept, it now has little to do):
+
+| package | model (today) | one colour | baked | texture 2048² | baked, no limit |
+|---|---|---|---|---|---|
+| cap12_edit 0:24 | 11.22 / 23.72 | 12.59 | **3.54 / 32.40** (32 %) | 2.52 / 36.69 (22 %) | 3.42 |
+| Intel gif 0:24 | 11.10 / 24.02 | 10.13 | **3.66 / 33.73** (33 %) | 3.11 / 35.38 (28 %) | 3.64 |
+| cap12_edit 0:250 | 11.18 / 23.57 | 12.28 | **4.99 / 29.97** (45 %) | 5.50 / 29.39 (49 %) | 4.92 |
+| - test frames 0-179 / 180-249 | 11.15 / 11.28 | | **4.76 (43 %) / 5.58 (49 %)** | 5.22 / 6.24 | 4.69 / 5.52 |
+
+cap12_edit 0:250 by face region, baked (model): forehead 2.84 (8.48), brows 8.99 (13.95), eyes 7.40 (20.06), nose
+6.66 (15.54), cheeks 3.31 (9.04), lips 6.76 (11.87), chin 3.34 (7.03); session 11 with the limit: 2.86, 10.65,
+14.06, 7.00, 3.44, 6.99, 3.55. The refitted lighting gives the directions the face barely shows 0.66 of the light
+on the face (0.40 before; the video showed ~0.8 there). Fresh cap12_edit 0:250 draft tracks by the session-12
+tracker (08:12-08:27): with the eye-pocket fill (``head_mesh.fill_eye_pockets``) baked 5.42 against 11.29 (48 %;
+0-179 5.16, 180-249 6.09 = 53 %; eyes region 10.88), without it 4.97 against 11.10 (45 %; 4.73 / 5.58 = 49.9 %;
+eyes 7.14): this re-render has no shadows, so the pockets never cost it, and the filled eye shows its colour flat
+where the video's is shaded by the lids.
 
 L1 / PSNR dB where two figures. "Now": ``fit_lighting``'s one directional shape for the three channels and the
 dark-shading weights relative to the light on the face. The per-channel shapes before tinted the directions the

@@ -45,10 +45,15 @@ class BakeConfig:
     observation is down-weighted (no weight at half of it): the division amplifies noise there, and there the
     SH lighting, fitted on the directions the face mostly shows, is least sure (eyelid creases, under the chin)."""
     lighting_iterations: int = 2
-    """Rounds of refitting the linear-light SH lighting to the combined albedo (``fit_lighting``). Measured
-    (benchmarks/bake_likeness.py, bake_synthetic.py, before the final white balance): 0 / 2 / 4 rounds give cap12
-    0:24 re-render L1 5.45 / 3.87 / 3.74; the synthetic head's albedo error 7.09 / 7.19 with 0 / 2 (Cycles' area
-    lights are not SH lighting)."""
+    """Rounds of refitting the linear-light lighting (``fit_lighting``: the direct light's shape and the bounce)
+    to the observations against the surrounding skin's albedo."""
+    reference_chroma_gap: float = 0.2
+    """Chromaticity difference (``chromaticity``, mean over channels) between neighbouring vertices across which
+    nothing flows into the skin albedo that ``fit_lighting`` fits against (``skin_reference``; all of it up to
+    half this): shading changes brightness, not chromaticity, so a darker feature of another colour (brows, lips, a
+    painted stripe) beside the skin is not taken for shadow (a sphere with a green cheek stripe, lit from the
+    side: the light's side term came out 32 % too strong without it, 1 % with it). cap12_edit 0:24: neighbouring
+    skin differs by ~0.03, the bright lid creases from their surroundings by 0.05 (90 %: 0.14)."""
     special_share: float = 0.25
     """A point with at least this share of its observation weight inside eye openings or the mouth interior is an
     eye / mouth point: eyes are open in fewer frames than they are seen at all (blinks, lids)."""
@@ -65,15 +70,15 @@ class BakeConfig:
     """Frames picked automatically (frontal, sharp, neutral) for the texture."""
     trusted_shading: float = 0.8
     """Irradiance (share of ``face_irradiance``) from which the shading the mesh predicts is fully trusted. Below
-    it, down to ``min_shading``, a point's albedo may come out no brighter than the surrounding skin's
-    (``limit_shadowed``): where the mesh's normals face away from the light (lid creases under the brow, under the
-    nose) the video usually shows the skin brighter than the SH lighting predicts there (a fold the mesh has and the
-    face does not, light bounced from the cheeks), and the division turned it into bright orange creases."""
+    it, down to ``min_shading``, a point's albedo may come out no brighter than ``shadow_excess`` times the
+    surrounding skin's, in its hue (``limit_shadowed``): a fold the mesh has and the face lacks (lid creases under
+    the brow, under the nose) is lit in the video like the face, and the division would bake a bright crease."""
     shadow_excess: float = 1.25
     """How much brighter (linear light) than the surrounding skin an untrusted point may come out
-    (``limit_shadowed``). The held-out re-render (benchmarks/bake_likeness.py) renders the same mesh under the same
-    SH lighting, so it rewards the bright creases: cap12_edit / Intel 0:24 vertex L1 3.67 / 3.86 without the limit,
-    4.60 / 4.91 at 1.25, 4.43 / 4.23 at 1.5 (faint orange lid edges left), 4.86 / 6.31 at 1 (the cleanest)."""
+    (``limit_shadowed``). With the lighting refitted against the surrounding skin (``fit_lighting``) little is left
+    to limit: held-out re-render L1 (benchmarks/bake_likeness.py) cap12_edit 0:24 / Intel 0:24 / cap12_edit 0:250
+    3.54 / 3.66 / 4.99 with it, 3.42 / 3.64 / 4.92 without (faint orange lid creases left under neutral light);
+    before the refit 4.60 / 4.91 / 5.91 with it."""
     shadow_passes: int = 8
     """Rounds of averaging over the mesh for the surrounding skin's brightness (``limit_shadowed``)."""
 
@@ -161,9 +166,16 @@ def light_colour(sh: np.ndarray) -> np.ndarray:
 @dataclass
 class Lighting:
     """The bake's image formation, in linear light: ``srgb_to_linear(pixel) = S(n) * a`` per channel, with linear
-    albedo ``a`` and SH irradiance ``S(n) = SH(n) @ sh`` of the camera-space normal ``n``."""
+    albedo ``a`` and irradiance ``S(n) = D(n) + bounce * max(D_face - D(n), 0)`` of the camera-space normal ``n``:
+    the direct light ``D(n) = SH(n) @ sh``, and where it is weaker than on the face (``D_face``: ``face_level``),
+    light bounced off the face itself (skin-coloured, from the cheeks into the lid creases and under the nose)
+    making up the share ``bounce`` of the shortfall. The bake's division and the re-render
+    (``render``, ``render_shaded``) both use ``irradiance``."""
 
-    sh: np.ndarray   # (9, 3) SH coefficients, camera space, linear light
+    sh: np.ndarray   # (9, 3) SH coefficients of the direct light, camera space, linear light
+    bounce: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.float32))
+    """(3,) per channel, the share of the direct light's shortfall below the face's level that bounced light makes
+    up (0: none; fitted by ``fit_lighting``)."""
 
     REFERENCE_ALBEDO = 0.5
     """sRGB-encoded albedo at which ``from_fitted`` matches the tracker's lighting (mid skin tones)."""
@@ -180,9 +192,25 @@ class Lighting:
         sh, *_ = np.linalg.lstsq(sh_design(n), target, rcond=None)
         return cls(sh.astype(np.float32))
 
+    def direct(self, normals_cam: np.ndarray) -> np.ndarray:
+        """Unit camera-space normals (…, 3) -> the direct light D (…, 3)."""
+        return sh_irradiance(self.sh, normals_cam)
+
+    def face_level(self) -> np.ndarray:
+        """(3,) the direct light on the face: its mean over directions facing the camera, weighted by how squarely
+        they face it."""
+        n = fibonacci_sphere(512)
+        facing = np.clip(-n[:, 2], 0, None)
+        return (facing[:, None] * self.direct(n)).sum(0) / facing.sum()
+
+    def shortfall(self, normals_cam: np.ndarray) -> np.ndarray:
+        """Unit camera-space normals (…, 3) -> (…, 3) how far the direct light falls below the face's level."""
+        return np.maximum(self.face_level() - self.direct(normals_cam), 0)
+
     def irradiance(self, normals_cam: np.ndarray) -> np.ndarray:
         """Unit camera-space normals (…, 3) -> linear irradiance S (…, 3)."""
-        return sh_irradiance(self.sh, normals_cam)
+        direct = self.direct(normals_cam)
+        return direct + np.asarray(self.bounce, np.float32) * np.maximum(self.face_level() - direct, 0)
 
     def face_irradiance(self) -> np.ndarray:
         """(3,) the light that reaches the face: the mean irradiance over directions facing the camera, weighted
@@ -202,7 +230,7 @@ class Lighting:
         """The same lighting made white: each channel divided by the lighting's colour. A fit cannot tell a tinted
         light from a tinted skin (it fits part of the skin's tint into the light); albedo baked under white
         lighting keeps the tint, so it looks like the person in the clip under white light."""
-        return Lighting((self.sh / self.light_colour()[None]).astype(np.float32))
+        return dataclasses.replace(self, sh=(self.sh / self.light_colour()[None]).astype(np.float32))
 
     def render(self, colours01: np.ndarray, normals_cam: np.ndarray) -> np.ndarray:
         """sRGB colours (…, 3) in [0, 1] lit by this lighting -> sRGB pixel colours in [0, 1]."""
@@ -443,6 +471,11 @@ def brightness(albedo_lin: np.ndarray) -> np.ndarray:
     return albedo_lin.mean(-1)
 
 
+def chromaticity(albedo_lin: np.ndarray) -> np.ndarray:
+    """(…, 3) linear RGB -> (…, 3) the colour at unit ``brightness``."""
+    return albedo_lin / np.maximum(brightness(albedo_lin), 1e-6)[..., None]
+
+
 def limit_shadowed_colour(albedo_lin: np.ndarray, reference_lin: np.ndarray, trust: np.ndarray,
                           excess: float = 1.0) -> np.ndarray:
     """Albedo (N, 3) taken towards ``reference_lin`` (N, 3) as ``trust`` (N,) falls from 1 to 0: its brightness
@@ -452,23 +485,38 @@ def limit_shadowed_colour(albedo_lin: np.ndarray, reference_lin: np.ndarray, tru
     b = np.maximum(brightness(albedo_lin), 1e-6)
     b_ref = np.maximum(brightness(reference_lin), 1e-6)
     m = (1 - trust)[:, None]
-    chroma = (1 - m) * albedo_lin / b[:, None] + m * reference_lin / b_ref[:, None]
+    chroma = (1 - m) * chromaticity(albedo_lin) + m * chromaticity(reference_lin)
     scale = np.minimum(excess * b_ref / b, 1.0) ** (1 - trust)
     return (chroma * (b * scale)[:, None]).astype(np.float32)
 
 
+def skin_reference(robust: RobustAlbedo, faces: np.ndarray, cfg: BakeConfig,
+                   chroma_gap: float | None = None) -> np.ndarray:
+    """(N, 3) the albedo of the well-lit skin around each vertex: the albedo of well-seen skin averaged over the
+    mesh (``cfg.shadow_passes`` rounds), weighted by the trust in its shading to the 4th power, so half-trusted
+    points, themselves often too bright, barely count; a vertex with no such skin near keeps its own albedo. Eyes
+    and the mouth interior never count. With ``chroma_gap``, nothing flows between neighbours whose chromaticities
+    differ by that much (all of it up to half): brows, lips and coloured features then keep out of the skin's
+    reference."""
+    w = (robust.trust * (robust.weight > 0) * ~robust.special).astype(np.float64) ** 4
+    similar = None
+    if chroma_gap is not None:
+        e = mesh_edges(faces)
+        chroma = chromaticity(robust.albedo_lin)
+        similar = 1 - _ramp(np.abs(chroma[e[:, 0]] - chroma[e[:, 1]]).mean(-1), 0.5 * chroma_gap, chroma_gap)
+    num = smooth_on_mesh(w[:, None] * robust.albedo_lin, faces, cfg.shadow_passes, similar)
+    den = smooth_on_mesh(w, faces, cfg.shadow_passes, similar)
+    return np.where(den[:, None] > 1e-9, num / np.maximum(den, 1e-12)[:, None], robust.albedo_lin)
+
+
 def limit_shadowed(robust: RobustAlbedo, faces: np.ndarray, cfg: BakeConfig) -> RobustAlbedo:
     """Vertex albedo where the predicted shading is not trusted (``RobustAlbedo.trust`` < 1) kept no brighter than
-    the surrounding skin: the albedo of trusted, well-seen skin averaged over the mesh (``cfg.shadow_passes``
-    rounds, weighted by trust to the 4th power, so half-trusted points, themselves often too bright, barely count)
-    is the reference. Darker stays darker (nostrils, the lid line). Eyes and the mouth
-    interior are left alone."""
-    w = (robust.trust * (robust.weight > 0) * ~robust.special).astype(np.float64) ** 4
-    num = smooth_on_mesh(w[:, None] * robust.albedo_lin, faces, cfg.shadow_passes)
-    den = smooth_on_mesh(w, faces, cfg.shadow_passes)
-    reference = np.where(den[:, None] > 1e-9, num / np.maximum(den, 1e-12)[:, None], robust.albedo_lin)
-    trust = np.where(robust.special | (den <= 1e-9), 1.0, robust.trust)
-    return dataclasses.replace(robust, albedo_lin=limit_shadowed_colour(robust.albedo_lin, reference, trust, cfg.shadow_excess))
+    ``cfg.shadow_excess`` times the surrounding skin's (``skin_reference``). Darker stays darker (nostrils, the lid
+    line). Eyes and the mouth interior are left alone."""
+    reference = skin_reference(robust, faces, cfg)
+    trust = np.where(robust.special, 1.0, robust.trust)
+    return dataclasses.replace(robust, albedo_lin=limit_shadowed_colour(robust.albedo_lin, reference, trust,
+                                                                        cfg.shadow_excess))
 
 
 def bake_points(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting: Lighting, points: SurfacePoints,
@@ -481,12 +529,22 @@ def bake_points(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting: 
                                     for p in range(0, len(points), chunk))
 
 
-def fit_lighting(obs: Observations, robust: RobustAlbedo, lighting: Lighting, cfg: BakeConfig,
-                 max_rows: int = 500_000) -> Lighting:
-    """Refit the SH lighting in linear light to the observations, given the combined albedo: one directional shape
-    for the three channels, weighted least squares of ``pixel_lin = (SH(n) @ l) * albedo`` over every channel of
-    the skin observations that ``combine`` kept as inliers (eyes, the mouth interior, occluders and highlights do
-    not pull the light); at most ``max_rows`` observations, evenly strided.
+def fit_lighting(obs: Observations, robust: RobustAlbedo, reference_lin: np.ndarray, lighting: Lighting,
+                 cfg: BakeConfig, max_rows: int = 500_000) -> Lighting:
+    """Refit the lighting in linear light to the observations: one directional shape ``l`` for the three channels
+    and the bounce ``b`` (``Lighting``), weighted least squares of
+    ``pixel_lin = (SH(n) @ l + b * shortfall(n)) * reference`` over every channel of the skin observations that
+    ``combine`` kept as inliers (eyes, the mouth interior, occluders and highlights do not pull the light), with the
+    shortfall of the current lighting (hence the rounds); no channel's bounce below 0. At most ``max_rows``
+    observations, evenly strided.
+
+    ``reference_lin`` (N, 3) is the albedo of the well-lit skin around each point (``skin_reference``), not the
+    point's own: with its own albedo, which the division under the current lighting gave it, every point agrees
+    with whatever contrast the lighting started from (the tracker's, carried over to linear light), and the fit
+    never learns it. Against the surrounding skin, how bright a fold facing away from the light is in the video
+    sets how much light comes from there (cap12_edit 0:24: the start's lighting gave the directions the face
+    barely shows 0.40 of the light on the face, where the video showed ~0.8; refitted 0.66). The bounce the fit finds
+    is skin-coloured (cap12_edit 0:24: 0.43 / 0.29 / 0.32 of the shortfall in R / G / B).
 
     One shape, hence one light colour (which ``Lighting.white_balanced`` then takes out): per-channel shapes, fitted
     on the one hemisphere the camera sees, tinted the directions it barely sees (cap12_edit: blue from above, no
@@ -499,23 +557,40 @@ def fit_lighting(obs: Observations, robust: RobustAlbedo, lighting: Lighting, cf
         return lighting
     step = max(1, len(t) // max_rows)
     t, n = t[::step], n[::step]
-    Y = sh_design(obs.normal[t, n].astype(np.float32)).astype(np.float64)   # (O, 9)
+    normal = obs.normal[t, n].astype(np.float32)
+    Y = sh_design(normal).astype(np.float64)                                # (O, 9)
     sw = np.sqrt(w[t, n]).astype(np.float64)[:, None]                       # (O, 1)
-    X = (Y[:, None, :] * robust.albedo_lin[n][..., None] * sw[..., None]).reshape(-1, 9)   # (3 O, 9)
+    ref = reference_lin[n] * sw                                             # (O, 3)
+    shortfall = lighting.shortfall(normal).astype(np.float64)               # (O, 3) under the current light
+    X = np.concatenate([Y[:, None, :] * ref[..., None],                     # (O, 3, 9) the direct light's shape
+                        np.eye(3)[None] * (shortfall * ref)[..., None]], -1).reshape(-1, 12)   # + bounce (3)
     y = (obs.pixel_lin[t, n] * sw).reshape(-1)
-    shape = np.linalg.lstsq(X, y, rcond=None)[0]
-    return Lighting(np.repeat(shape[:, None], 3, 1).astype(np.float32))
+    fit = np.linalg.lstsq(X, y, rcond=None)[0]
+    if (fit[9:] < 0).any():             # light is never taken away: refit without the negative bounce channels
+        keep = np.r_[np.ones(9, bool), fit[9:] >= 0]
+        fit = np.zeros(12)
+        fit[keep] = np.linalg.lstsq(X[:, keep], y, rcond=None)[0]
+    return Lighting(np.repeat(fit[:9, None], 3, 1).astype(np.float32), np.clip(fit[9:], 0, None).astype(np.float32))
 
 
-def smooth_on_mesh(values: np.ndarray, faces: np.ndarray, passes: int) -> np.ndarray:
-    """``passes`` rounds of averaging each vertex with its one-ring: values (V,) or (V, C)."""
+def mesh_edges(faces: np.ndarray) -> np.ndarray:
+    """(E, 2) the mesh's undirected edges, each once."""
+    f = np.asarray(faces, np.int64)
+    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1)
+    return np.unique(e, axis=0)
+
+
+def smooth_on_mesh(values: np.ndarray, faces: np.ndarray, passes: int,
+                   edge_weight: np.ndarray | None = None) -> np.ndarray:
+    """``passes`` rounds of averaging each vertex with its one-ring: values (V,) or (V, C). ``edge_weight`` (E,)
+    in [0, 1] weighs the edges of ``mesh_edges`` (0: nothing flows across; None: all 1)."""
     from scipy import sparse
     V = len(values)
-    f = np.asarray(faces, np.int64)
-    i = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0], np.arange(V)])
-    j = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2], np.arange(V)])
-    A = sparse.csr_matrix((np.ones(len(i)), (i, j)), shape=(V, V))
-    A.data[:] = 1.0                                   # duplicate edges count once
+    e = mesh_edges(faces)
+    w = np.ones(len(e)) if edge_weight is None else np.asarray(edge_weight, np.float64)
+    A = sparse.csr_matrix((np.concatenate([w, w, np.ones(V)]),
+                           (np.concatenate([e[:, 0], e[:, 1], np.arange(V)]),
+                            np.concatenate([e[:, 1], e[:, 0], np.arange(V)]))), shape=(V, V))
     A = sparse.diags(1.0 / np.asarray(A.sum(1)).ravel()) @ A
     out = np.asarray(values, np.float64)
     for _ in range(passes):
@@ -570,7 +645,8 @@ def bake_vertices(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting
     obs = observe(frame_geometries(frames, faces, K, cfg), SurfacePoints.of_vertices(faces, len(model_albedo_u8)))
     robust = combine(obs, lighting, cfg)
     for _ in range(cfg.lighting_iterations):
-        lighting = fit_lighting(obs, robust, lighting, cfg).white_balanced()
+        reference = skin_reference(robust, faces, cfg, cfg.reference_chroma_gap)
+        lighting = fit_lighting(obs, robust, reference, lighting, cfg).white_balanced()
         robust = combine(obs, lighting, cfg)
     robust, lighting = normalise_scale(robust, lighting, cfg)
     robust = limit_shadowed(robust, faces, cfg)
@@ -586,7 +662,7 @@ def normalise_scale(robust: RobustAlbedo, lighting: Lighting, cfg: BakeConfig):
         return robust, lighting
     k = max(float(np.percentile(robust.albedo_lin[seen].max(1), 99.5)) / cfg.max_albedo, 1.0)
     return (dataclasses.replace(robust, albedo_lin=(robust.albedo_lin / k).astype(np.float32)),
-            Lighting((lighting.sh * k).astype(np.float32)))
+            dataclasses.replace(lighting, sh=(lighting.sh * k).astype(np.float32)))
 
 
 def render_shaded(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple, lighting,

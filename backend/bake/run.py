@@ -63,7 +63,8 @@ def bake(frames: FrameBatch, indices: np.ndarray, vertex_rows: np.ndarray, mesh:
                                     mesh.albedo, cfg)
     settings = {"frames": [int(i) for i in indices[vertex_rows]], "texture_frames": None, "texture_size": None,
                 "light_colour": [round(float(c), 4) for c in start.light_colour()],
-                "lighting_sh": np.round(lighting.sh.astype(np.float64), 5).tolist()}
+                "lighting_sh": np.round(lighting.sh.astype(np.float64), 5).tolist(),
+                "lighting_bounce": np.round(lighting.bounce.astype(np.float64), 5).tolist()}
     result = BakeResult(baked, settings)
     if request.texture:
         from .texture import bake_texture, encode_png, frame_scores, unwrap

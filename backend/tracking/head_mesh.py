@@ -67,6 +67,37 @@ def _largest_component(v: np.ndarray, f: np.ndarray):
     return v[used], remap[f]
 
 
+# the eyes' membrane sits this far (model units, 2 mm) behind the lid margins it spans (the cornea's depth)
+EYE_MEMBRANE_DEPTH = 0.008
+
+
+def fill_eye_pockets(mesh: HeadMesh, contours, depth: float = EYE_MEMBRANE_DEPTH) -> HeadMesh:
+    """The mesh with the pockets behind its eye openings filled. MonoNPHM's surface has no eyeballs: between the
+    lids it runs ~15 mm back into a pocket (cap12_edit), in whose shadow a renderer with shadows (Cycles, Eevee)
+    draws the eyes black. ``contours``: one (k, 3) array per eye, the lid margin around the opening in order
+    (canonical, model units, +z forward). Every vertex inside a contour seen from the front (x, y) and more than
+    ``depth`` behind the plane the contour spans (least squares) moves forward onto ``depth`` behind it; the
+    pocket's walls fold onto the rim. Nothing moves backwards, nothing outside the openings moves."""
+    v = np.array(mesh.vertices, np.float64)
+    for contour in contours:
+        c = np.asarray(contour, np.float64)
+        plane = np.linalg.lstsq(np.c_[c[:, :2], np.ones(len(c))], c[:, 2], rcond=None)[0]
+        inside = _inside_polygon(v[:, :2], c[:, :2])
+        target = v[inside, :2] @ plane[:2] + plane[2] - depth
+        v[np.flatnonzero(inside), 2] = np.maximum(v[inside, 2], target)
+    return HeadMesh(v.astype(np.float32), mesh.faces)
+
+
+def _inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(N, 2) points, (k, 2) polygon vertices in order -> (N,) bool inside (even-odd rule)."""
+    a, b = polygon, np.roll(polygon, -1, 0)
+    x, y = points[:, :1], points[:, 1:2]
+    crosses = (a[None, :, 1] > y) != (b[None, :, 1] > y)
+    t = (y - a[None, :, 1]) / np.where(b[:, 1] == a[:, 1], 1e-12, b[:, 1] - a[:, 1])[None]
+    left = x < a[None, :, 0] + t * (b[:, 0] - a[:, 0])[None]
+    return (crosses & left).sum(1) % 2 == 1
+
+
 # a vertex is on the hair where it lies this far (model units, 2 mm) outside the same identity's bald head
 HAIR_MIN_OFFSET = 0.008
 

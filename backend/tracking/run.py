@@ -111,6 +111,8 @@ class Detections:
     seconds: Dict[str, float] = field(default_factory=dict)
     # index -> (L,) float32 relative depth of the points (MediaPipe; the landmark expression regressor reads it)
     depths: Dict[int, Optional[np.ndarray]] = field(default_factory=dict)
+    # index -> (rows, cols, 3) float16 mouth patch (``mouth_image.mouth_patch``; the mouth image regressor reads it)
+    mouth_patches: Dict[int, Optional[np.ndarray]] = field(default_factory=dict)
 
     @property
     def found(self) -> List[int]:
@@ -128,6 +130,11 @@ class Detections:
         found = self.found
         return [self.landmarks[i] for i in found], [self.depths.get(i) for i in found]
 
+    def found_patches(self) -> Optional[np.ndarray]:
+        """(F, rows, cols, 3) the mouth patches of the frames with a face, or None unless every one has its patch."""
+        patches = [self.mouth_patches.get(i) for i in self.found]
+        return np.stack(patches) if patches and all(p is not None for p in patches) else None
+
     def found_in(self, start: int, stop: int) -> List[int]:
         """Indices of the frames with a face among the selected frames at positions [start, stop)."""
         return [i for i in self.indices[start:stop] if self.landmarks[i] is not None]
@@ -136,11 +143,13 @@ class Detections:
         """The detections of ``indices`` (a part of the selection)."""
         return Detections(list(indices), {i: self.times[i] for i in indices},
                           {i: self.landmarks[i] for i in indices}, {i: self.face_sizes[i] for i in indices},
-                          depths={i: self.depths.get(i) for i in indices})
+                          depths={i: self.depths.get(i) for i in indices},
+                          mouth_patches={i: self.mouth_patches.get(i) for i in indices})
 
     def to_arrays(self) -> Dict[str, np.ndarray]:
         """Plain arrays (``from_arrays`` restores the same values): ``indices`` (N,) int64, ``times`` (N,) float64,
-        ``found`` (N,) bool, ``landmarks`` (N, L, 2) float32 (zeros without a face), ``face_sizes`` (N,) float64."""
+        ``found`` (N,) bool, ``landmarks`` (N, L, 2) float32 (zeros without a face), ``face_sizes`` (N,) float64;
+        ``depths`` (N, L) and ``mouth_patches`` (N, rows, cols, 3) when every frame with a face has them."""
         found = np.array([self.landmarks[i] is not None for i in self.indices])
         points = [self.landmarks[i] for i in self.indices if self.landmarks[i] is not None]
         landmarks = np.zeros((len(self.indices),) + (points[0].shape if points else (0, 2)), np.float32)
@@ -152,30 +161,37 @@ class Detections:
         if points and all(self.depths.get(i) is not None for i, ok in zip(self.indices, found) if ok):
             out["depths"] = np.zeros(landmarks.shape[:2], np.float32)   # (N, L), zeros without a face
             out["depths"][found] = np.stack([self.depths[i] for i, ok in zip(self.indices, found) if ok])
+        patches = self.found_patches()
+        if patches is not None:
+            out["mouth_patches"] = np.zeros((len(self.indices),) + patches.shape[1:], np.float16)
+            out["mouth_patches"][found] = patches
         return out
 
     @classmethod
     def from_arrays(cls, arrays: Dict[str, np.ndarray]) -> "Detections":
         indices = arrays["indices"].tolist()
-        depths = {}
-        if "depths" in arrays:
-            depths = {i: (d if ok else None) for i, d, ok in zip(indices, arrays["depths"], arrays["found"])}
+        per_frame = {}
+        for key in ("depths", "mouth_patches"):
+            if key in arrays:
+                per_frame[key] = {i: (a if ok else None) for i, a, ok in zip(indices, arrays[key], arrays["found"])}
         return cls(indices, dict(zip(indices, arrays["times"].tolist())),
                    {i: (lm if ok else None) for i, lm, ok in zip(indices, arrays["landmarks"], arrays["found"])},
-                   dict(zip(indices, arrays["face_sizes"].tolist())), depths=depths)
+                   dict(zip(indices, arrays["face_sizes"].tolist())), **per_frame)
 
 
 
-def detect_all(src, detector: str, ev: _Events, face="largest") -> Detections:
-    """Pass 1: landmarks for every selected frame.
+def detect_all(src, detector: str, ev: _Events, face="largest", mouth_patches: bool = False) -> Detections:
+    """Pass 1: landmarks for every selected frame; with ``mouth_patches`` also the mouth patch of every frame with
+    MediaPipe's points and their depth (the mouth image regressor's input: the frame is decoded only here).
 
     ``face``: which face to track when several are visible (``landmarks.choose_face``; a point is in source
     pixels). Warns about several faces, and about what decoding found (truncated clip, mixed image sizes).
     """
     from .landmarks import make_landmarker
+    from .mouth_image import mouth_patch
     rule = face if isinstance(face, str) else (face[0] * src.scale, face[1] * src.scale)
     det = make_landmarker(detector, video_mode=True, face=rule)
-    idx, times, lms, sizes, depths = [], [], [], [], []
+    idx, times, lms, sizes, depths, patches = [], [], [], [], [], []
     several = None  # (frame, faces) where more than one face was first seen
     total = None
     if src.info.n_frames:
@@ -200,6 +216,9 @@ def detect_all(src, detector: str, ev: _Events, face="largest") -> Detections:
             lms.append(None if pts is None else pts.astype(np.float32))
             sizes.append(lm.size if pts is not None else 0.0)
             depths.append(None if pts is None or lm.depth is None else lm.depth.astype(np.float32))
+            readable = mouth_patches and depths[-1] is not None and len(pts) >= 468
+            patches.append(mouth_patch(fr.image, np.concatenate([pts[:, :2], depths[-1][:, None]], 1)
+                                       ).astype(np.float16) if readable else None)
             if several is None and lm.n_faces > 1:
                 several = (fr.index, lm.n_faces)
             if len(idx) % 10 == 0 or len(idx) == total:
@@ -214,7 +233,7 @@ def detect_all(src, detector: str, ev: _Events, face="largest") -> Detections:
     for code, message in src.warnings:
         ev.warning(message, code)
     return Detections(idx, dict(zip(idx, times)), dict(zip(idx, lms)), dict(zip(idx, sizes)), seconds,
-                      dict(zip(idx, depths)))
+                      dict(zip(idx, depths)), dict(zip(idx, patches)))
 
 
 def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]],
@@ -633,7 +652,8 @@ class TrackingSession:
         }
         det = self.detections
         ak = self.codes.arkit(p_ex, self.codes.landmark_readings([det.landmarks.get(r.index) for r in results],
-                                                                [det.depths.get(r.index) for r in results]))
+                                                                [det.depths.get(r.index) for r in results]),
+                              self.codes.mouth_readings([det.mouth_patches.get(r.index) for r in results]))
         if ak is not None:
             arrays["arkit"] = ak
         return arrays
@@ -790,7 +810,10 @@ def open_session(config: TrackConfig, events=None, preset=None,
     ResultWriter.check_can_write(Path(config.out), header)
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
-    det = detections if detections is not None else detect_all(src, config.detector, ev, face)
+    from .mouth_image import MouthImageRegressor
+    mouth_regressor = MouthImageRegressor.load(Path(model_hdr["path"]))
+    det = detections if detections is not None else detect_all(src, config.detector, ev, face,
+                                                               mouth_patches=mouth_regressor is not None)
     if not det.indices:
         raise TrackingInputError(f"the frame range {src.range} selects no frames of {config.input}",
                                  "Check --frames against the clip length.")
@@ -802,8 +825,9 @@ def open_session(config: TrackConfig, events=None, preset=None,
                    "interpolation and flagged 'interpolated'", "no_face_frames")
 
     from .expression_init import LandmarkExpressionRegressor
-    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])))
+    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])), mouth_regressor)
     codes.set_landmark_rest(*det.found_points())
+    codes.set_mouth_rest(det.found_patches())
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, to_numpy(model.id_model.mean_anchors))
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,

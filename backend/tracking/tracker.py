@@ -313,6 +313,16 @@ class Tracker:
         step = f.clamp(-0.03, 0.03)
         return P - step * n
 
+    def eye_contours(self, zg: torch.Tensor) -> list:
+        """The lid margins around each eye opening (canonical, model units): one (k, 3) array per eye from the
+        identity's MediaPipe eyelid landmarks, in contour order; none for other detectors' schemes."""
+        if self.lm_idx.max() < 68:            # iBUG 68: no eye contours in MediaPipe numbering
+            return []
+        P = to_numpy(self.canonical_landmarks(zg))
+        row = {int(i): k for k, i in enumerate(self.lm_idx)}
+        rows = [[row[i] for i in contour if i in row] for contour in M.EYE_CONTOURS]
+        return [P[r] for r in rows if len(r) >= 6]
+
     def _landmarks_for(self, zg: torch.Tensor) -> torch.Tensor:
         """Canonical landmarks, cached while the identity is fixed (per-frame stages)."""
         if zg.requires_grad:
@@ -404,7 +414,8 @@ class Tracker:
     def build_meshes(self):
         t0 = time.perf_counter()
         zg = self.z_geo().detach()
-        self.mesh = head_mesh.extract_canonical_mesh(self.model, zg, self.preset.mesh_res)
+        self.mesh = head_mesh.fill_eye_pockets(head_mesh.extract_canonical_mesh(self.model, zg, self.preset.mesh_res),
+                                               self.eye_contours(zg))
         self.mesh_lo = head_mesh.extract_canonical_mesh(self.model, zg, self.preset.sil_res)
         self.timer.add("mesh_extract", time.perf_counter() - t0)
 

@@ -43,12 +43,14 @@ def _expression(rng) -> np.ndarray:
     return w
 
 
-def render_chunk(ict, first: int, n_ids: int, frames_per_id: int) -> dict:
+def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool = False) -> dict:
     """Points (N, 478, 3) (u, v, relative depth; NaN: no face), ICT weights (N, 53) and identity index (N,) of
-    the identities first .. first + n_ids - 1."""
+    the identities first .. first + n_ids - 1; with ``patches`` also the frames' mouth patches (N, rows, cols, 3)
+    (``tracking.mouth_image.mouth_patch``; NaN without a face)."""
     from ..evaluation import baselines, expression_clips as ec, synthetic
+    from ..tracking.mouth_image import PATCH_SHAPE, mouth_patch
 
-    pts, ws, ids = [], [], []
+    pts, ws, ids, cut = [], [], [], []
     spec = ec.ExpressionClipSpec(n_frames=frames_per_id, supersample=1)
     for i in range(first, first + n_ids):
         rng = np.random.default_rng(TRAIN_SEED_BASE + i)
@@ -69,21 +71,28 @@ def render_chunk(ict, first: int, n_ids: int, frames_per_id: int) -> dict:
         frames = [renderer.frame(v.astype(np.float64), rng) for v in verts]
         lm = baselines.MediaPipeBaseline(static_image_mode=True).detect(frames)  # (u, v, depth) pixels
         pts.append(lm.astype(np.float32))
+        if patches:
+            cut += [mouth_patch(f, p) if np.isfinite(p).all() else np.full(PATCH_SHAPE + (3,), np.nan, np.float32)
+                    for f, p in zip(frames, lm)]
         ws.append(w_ex.astype(np.float32))
         ids.append(np.full(frames_per_id, i))
-    return {"points": np.concatenate(pts), "weights": np.concatenate(ws), "identity": np.concatenate(ids)}
+    out = {"points": np.concatenate(pts), "weights": np.concatenate(ws), "identity": np.concatenate(ids)}
+    if patches:
+        out["patches"] = np.stack(cut).astype(np.float32)
+    return out
 
 
-def generate(cache: Path, n_ids: int, frames_per_id: int, log=print) -> dict:
-    """All chunks (rendered now or loaded from ``cache``), concatenated."""
+def generate(cache: Path, n_ids: int, frames_per_id: int, log=print, patches: bool = False) -> dict:
+    """All chunks (rendered now or loaded from ``cache``), concatenated; ``patches``: with the mouth patches
+    (``render_chunk``; cached apart from the chunks without)."""
     cache.mkdir(parents=True, exist_ok=True)
     ict = None
     parts = []
     for first in range(0, n_ids, CHUNK):
-        path = cache / f"chunk_{first:05d}_{frames_per_id}.npz"
+        path = cache / f"chunk_{first:05d}_{frames_per_id}{'_patches' if patches else ''}.npz"
         if not path.is_file():
             ict = ict or ictdata.ICTModel()
-            part = render_chunk(ict, first, min(CHUNK, n_ids - first), frames_per_id)
+            part = render_chunk(ict, first, min(CHUNK, n_ids - first), frames_per_id, patches)
             tmp = path.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, **part)
             tmp.replace(path)

@@ -68,6 +68,9 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
                           else " The eyelids and brows barely deform (a full blink moves the upper lid by 0.2 mm, "
                           "ICT-FaceKit by 8 mm: backend/evaluation/README.md); the tracker reads blinks, squints, "
                           "wide eyes and brows from the landmarks (`expression_init.npz`)."))
+    L.append("- **Mouth channels from the image**: the fit does not return frowns or a rolled lower lip (nor press, "
+             "dimple, jaw sideways/forward); the tracker reads frown and roll lower from a patch of the frame around "
+             "the mouth (`mouth_image.pt`, trained on renders of ICT-FaceKit heads with MakeHuman skin detail).")
     L.append("- **No teeth, no tongue** (`tongueOut` stays 0); the mouth interior is the ICT mouth socket.")
     L.append("- Not covered: " + ("" if hair else "hair volume, ") + "glasses, accessories, ears beyond the ICT "
              "template's detail, torso/shoulders.\n")

@@ -10,9 +10,9 @@ from .contracts import track_config
 REL = {"PATH_SUPPORTS_BLEND_RELATIVE"}  # paths may be stored relative to the .blend ("//…")
 
 # Labels for the contract's choices (backend/contracts/track_config.py): a new preset or mode fails here loudly.
-_PRESET_TEXT = {"draft": ("Draft", "Fastest (about 0.5 s per frame for the whole run on a 2-core AVX-512 CPU, slower on "
+_PRESET_TEXT = {"draft": ("Draft", "Fastest (about 0.3 s per frame for the whole run on a 2-core AVX-512 CPU, slower on "
                           "AVX2-only CPUs): landmarks and the head outline per frame; good for previews"),
-                "standard": ("Standard", "Balanced (about 1.2 s per frame for the whole run on a 2-core AVX-512 CPU, slower "
+                "standard": ("Standard", "Balanced (about 1.1 s per frame for the whole run on a 2-core AVX-512 CPU, slower "
                              "on AVX2-only CPUs): adds rendered colour and silhouette per frame; the most accurate "
                              "face shape per minute"),
                 "high": ("High", "Slowest (several times Standard): more rays and iterations, for final takes")}

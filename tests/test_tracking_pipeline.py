@@ -307,3 +307,32 @@ def test_selftest_tracks_one_frame_of_the_builtin_image(tmp_path, capsys):
     assert package.manifest["state"] == "complete" and len(package.frames) == 1
     frame = package.frames[0]
     assert frame["status"] == "tracked" and frame["landmark_error_px"] < 10.0  # px at 256 px: found and fitted
+
+
+def test_a_failed_bake_warns_keeps_the_result_and_logs_the_traceback(tmp_path, tiny_model, clip, monkeypatch,
+                                                                      caplog):
+    """The bake is the last stage: when it fails the tracked package still completes (model colours), the user gets
+    a ``bake_failed`` warning event, and the log (stderr) gets the traceback so the failure can be reported."""
+    import io
+    import json
+
+    from backend.bake import run as bake_run
+    from backend.contracts.protocol import EventWriter
+    from backend.tracking import run_track
+
+    def broken_bake(*args, **kwargs):
+        raise RuntimeError("bake exploded")
+
+    monkeypatch.setattr(bake_run, "bake", broken_bake)
+    stream = io.StringIO()
+    with caplog.at_level("WARNING", logger="backend.tracking"):
+        path = run_track(_config(clip, tmp_path / "res", tiny_model, frames="0:3", output="shape_keys"),
+                         EventWriter(stream), _tiny()).path
+    warnings = [e for e in map(json.loads, stream.getvalue().splitlines()) if e["type"] == "warning"]
+    assert [w["code"] for w in warnings if w["code"] == "bake_failed"] == ["bake_failed"]
+    assert "bake exploded" in next(w["message"] for w in warnings if w["code"] == "bake_failed")
+    records = [r for r in caplog.records if "colours not baked" in r.getMessage()]
+    assert len(records) == 1 and records[0].exc_info is not None
+    assert "broken_bake" in caplog.text          # the traceback itself, not only the message
+    pkg = ResultPackage(path)
+    assert pkg.manifest["state"] == "complete" and len(pkg.frames) == 3

@@ -48,8 +48,10 @@ class _Events:
         if self.ev is not None:
             self.ev.device(device, name)
 
-    def warning(self, message, code="warning"):
-        log.warning(message)
+    def warning(self, message, code="warning", error: BaseException | None = None):
+        """``error``: the exception a stage survived; its traceback goes to the log (stderr), the event carries
+        the message alone."""
+        log.warning(message, exc_info=error)
         if self.ev is not None:
             self.ev.warning(message, code)
 
@@ -593,7 +595,8 @@ class TrackingSession:
             result.write(self.writer, mesh)
             return CanonicalColours(tracker.mesh.vertices, result.colours.colours)
         except Exception as e:  # noqa: BLE001 - the tracked result stands without baked colours
-            self.events.warning(f"colours not baked from the video: {type(e).__name__}: {e}", "bake_failed")
+            self.events.warning(f"colours not baked from the video: {type(e).__name__}: {e}", "bake_failed",
+                                error=e)
             return None
         finally:
             self.bake_vertices.clear()
@@ -617,7 +620,8 @@ class TrackingSession:
             timer = self.tracker.timer   # the USD file's own time: the whole stage less the meshes' extraction
             timer.add("usd", time.perf_counter() - t0 - timer.t.get("meshes", 0.0))
         except Exception as e:  # noqa: BLE001 - usd-core missing or a frame failing: keep the finished npz result
-            self.events.warning(f"per-frame USD meshes not written: {type(e).__name__}: {e}", "usd_not_written")
+            self.events.warning(f"per-frame USD meshes not written: {type(e).__name__}: {e}", "usd_not_written",
+                                error=e)
 
     # ---------------------------------------------------------------------------------------------------------
     # package writing

@@ -23,6 +23,13 @@ def _model(cfg, seed=0, dtype=torch.float64):
     return m
 
 
+def _frozen_model(cfg):
+    """The model in float32 with frozen weights, as the tracker holds it (frozen weights take other kernels)."""
+    m = _model(cfg, seed=5, dtype=torch.float32)
+    m.requires_grad_(False)
+    return m
+
+
 def _codes(cfg, B, dtype=torch.float64, s=0.1, seed=1):
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(B, d, generator=g, dtype=dtype) * s for d in (cfg.dim_geo, cfg.dim_app, cfg.dim_exp))
@@ -343,9 +350,7 @@ def test_deformation_jacobian_pass_runs_its_tangents_as_single_matmuls():
     from torch.profiler import ProfilerActivity, profile
 
     cfg = MonoNPHMConfig.builtin()
-    m = _model(cfg, seed=5, dtype=torch.float32)
-    for p in m.parameters():   # frozen, as the tracker holds the model (frozen weights took the batched matmul)
-        p.requires_grad_(False)
+    m = _frozen_model(cfg)   # frozen weights took the batched matmul
     zg, _, ze = _codes(cfg, 1, dtype=torch.float32, s=0.3)
     x = torch.rand(1, 300, 3) - 0.5
     with torch.no_grad():
@@ -366,9 +371,7 @@ def test_root_finder_computes_the_code_terms_once_per_solve_with_the_same_bits()
     """The root finder evaluates the deformation net many times on the same codes: their constant parts of the first
     and skip layers (``code_terms``) are made once per solve and give the bits of computing them at every call."""
     cfg = MonoNPHMConfig.builtin()
-    m = _model(cfg, seed=5, dtype=torch.float32)
-    for p in m.parameters():
-        p.requires_grad_(False)
+    m = _frozen_model(cfg)
     zg, _, ze = _codes(cfg, 2, dtype=torch.float32, s=0.3)
     x = (torch.rand(2, 200, 3) - 0.5) * torch.tensor([0.6, 0.9, 0.8])
     ex = m.ex_model
@@ -397,9 +400,7 @@ def test_implicit_gradient_takes_one_deformation_pass_at_the_root():
     Jacobian, which carries no autograd graph: after the solve, one Jacobian pass and no plain evaluation (the
     gradients themselves: ``test_root_finder_gradients_match_finite_differences``)."""
     cfg = MonoNPHMConfig.builtin()
-    m = _model(cfg, seed=5, dtype=torch.float32)
-    for p in m.parameters():
-        p.requires_grad_(False)
+    m = _frozen_model(cfg)
     zg, _, ze = _codes(cfg, 1, dtype=torch.float32, s=0.3)
     x = (torch.rand(1, 100, 3) - 0.5) * torch.tensor([0.6, 0.9, 0.8])
     ex = m.ex_model

@@ -78,24 +78,16 @@ def fill_eye_pockets(mesh: HeadMesh, contours, depth: float = EYE_MEMBRANE_DEPTH
     (canonical, model units, +z forward). Every vertex inside a contour seen from the front (x, y) and more than
     ``depth`` behind the plane the contour spans (least squares) moves forward onto ``depth`` behind it; the
     pocket's walls fold onto the rim. Nothing moves backwards, nothing outside the openings moves."""
+    from skimage.measure import points_in_poly
+
     v = np.array(mesh.vertices, np.float64)
     for contour in contours:
         c = np.asarray(contour, np.float64)
         plane = np.linalg.lstsq(np.c_[c[:, :2], np.ones(len(c))], c[:, 2], rcond=None)[0]
-        inside = _inside_polygon(v[:, :2], c[:, :2])
+        inside = points_in_poly(v[:, :2], c[:, :2])
         target = v[inside, :2] @ plane[:2] + plane[2] - depth
         v[np.flatnonzero(inside), 2] = np.maximum(v[inside, 2], target)
     return HeadMesh(v.astype(np.float32), mesh.faces)
-
-
-def _inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """(N, 2) points, (k, 2) polygon vertices in order -> (N,) bool inside (even-odd rule)."""
-    a, b = polygon, np.roll(polygon, -1, 0)
-    x, y = points[:, :1], points[:, 1:2]
-    crosses = (a[None, :, 1] > y) != (b[None, :, 1] > y)
-    t = (y - a[None, :, 1]) / np.where(b[:, 1] == a[:, 1], 1e-12, b[:, 1] - a[:, 1])[None]
-    left = x < a[None, :, 0] + t * (b[:, 0] - a[:, 0])[None]
-    return (crosses & left).sum(1) % 2 == 1
 
 
 # a vertex is on the hair where it lies this far (model units, 2 mm) outside the same identity's bald head

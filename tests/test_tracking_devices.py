@@ -143,6 +143,30 @@ def test_identity_stage_renders_rays_on_every_iteration(tracker, monkeypatch):
     assert len(calls) == 4
 
 
+def test_identity_rays_sample_the_hair_outline(tracker):
+    """Where the frame labels hair (a model with hair) ``hair_edge`` of the rays land on the hair's outline
+    (``masks.hair_edge``), which they all but miss drawn with the rest; a frame without hair gets the same rays as
+    before, so a bald model's fit is unchanged."""
+    import dataclasses
+    from backend.tracking import masks as M
+    tr, obs, _ = tracker
+    yy, xx = np.mgrid[:tr.H, :tr.W]
+    labels = obs.labels.copy()
+    cap = (((xx - tr.W / 2) / 34) ** 2 + ((yy - tr.H / 2) / 42) ** 2 < 1) & (labels != M.FACE) & (yy < tr.H / 2)
+    labels[cap] = M.HEAD_OTHER
+    hair = dataclasses.replace(obs, labels=labels)
+    edge = np.flatnonzero(M.hair_edge(labels, obs.face_size))
+
+    def on_edge(share):
+        return np.isin(tr.sample_pixels(hair, 192, np.random.default_rng(0), share), edge).sum()
+
+    assert on_edge(0.0) < 10 and on_edge(0.2) >= int(0.2 * 192)
+    for share in (0.0, 0.2):
+        assert len(tr.sample_pixels(hair, 192, np.random.default_rng(0), share)) == 192
+    assert np.array_equal(tr.sample_pixels(obs, 192, np.random.default_rng(0), 0.2),
+                          tr.sample_pixels(obs, 192, np.random.default_rng(0), 0.0))
+
+
 def test_identity_stage_keeps_a_bald_head_bald(tracker):
     """A model with hair inputs fitted to its own bald head: the hair parameters' L1 prior (``hair_shrink``) and
     their training support (ranges, no scalp entries without a thickness) keep them near 0, where Adam's steps alone

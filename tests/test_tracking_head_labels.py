@@ -77,3 +77,23 @@ def test_only_hair_coloured_pixels_pull_the_hair_out():
     assert not (gated[rim] == M.HEAD_OTHER).any()                      # no rim along the outline
     for lab in (M.FACE, M.MOUTH, M.BACKGROUND):                        # the rest is as without the frame
         assert np.array_equal(gated == lab, plain == lab)
+
+
+def test_hair_edge_is_the_outline_of_the_hair_on_the_head():
+    """The band the identity rays sample on a model with hair: hair and background within HAIR_EDGE_WIDTH face sizes
+    of each other, on both sides of the outline; a hair-labelled blob away from the face (background the person mask
+    took in) has none, and without hair there is none at all."""
+    lm, prob = _face()
+    H, W = prob.shape
+    ys, xs = np.mgrid[0:H, 0:W]
+    prob[(xs - 140) ** 2 + (ys - 20) ** 2 < 10 ** 2] = 1                 # a blob the person mask took in
+    lab = M.head_labels(prob, lm, prob.shape, hair_region=True)
+    size = 100.0
+    edge = M.hair_edge(lab, size)
+    r = np.hypot(xs - 80, ys - 75)
+    width = M.HAIR_EDGE_WIDTH * size
+    assert edge[(r > 45 - width + 1) & (r < 45) & (ys < 60)].all()         # hair side of the outline
+    assert edge[(r > 45) & (r < 45 + width - 1) & (ys < 60)].all()         # background side
+    assert not edge[(r < 45 - width - 1) | (r > 45 + width + 1)].any()     # nothing away from it
+    assert not edge[:40, 120:].any() and (lab[:40, 120:] == M.HEAD_OTHER).any()   # the blob has none
+    assert not M.hair_edge(M.head_labels(prob, lm, prob.shape), size).any()      # no hair: no band

@@ -34,6 +34,11 @@ NECK_LINE_BELOW_CHIN = 0.15
 SKIN_CHROMA_TOLERANCE = 3.0
 SKIN_MIN_BRIGHTNESS = 0.35
 CHIN, FOREHEAD = 152, 10
+# the hair's outline (``hair_edge``): a band this many face sizes (the landmarks' bounding-box diagonal) wide on
+# either side (~7 px on a 200 px face; the IGNORE seam the selfie mask's soft edge leaves between hair and background
+# is 1-3 px), on the hair regions within HAIR_FACE_REACH face sizes of the face (past the IGNORE rim around the oval)
+HAIR_EDGE_WIDTH = 0.035
+HAIR_FACE_REACH = 0.07
 
 # MediaPipe face-mesh contours, ordered (from mediapipe's FACEMESH_FACE_OVAL / FACEMESH_LIPS edge sets)
 FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
@@ -136,6 +141,26 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
     mouth = _fill((H, W), landmarks[INNER_LIPS])
     lab[mouth & (lab != BACKGROUND)] = MOUTH
     return lab
+
+
+def hair_edge(labels: np.ndarray, face_size: float) -> np.ndarray:
+    """(H, W) bool: the hair's outline, HEAD_OTHER pixels within HAIR_EDGE_WIDTH face sizes of BACKGROUND and
+    BACKGROUND pixels within as far of HEAD_OTHER (both sides: the silhouette is pulled out and held in alike), on
+    the hair regions that reach the face (a background blob the person mask took in stays out); all False where no
+    hair is labelled (a model without hair)."""
+    import cv2
+    hair, bg = labels == HEAD_OTHER, labels == BACKGROUND
+    if not hair.any() or not bg.any():
+        return np.zeros(labels.shape, bool)
+
+    def distance_to(region):
+        return cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, 3)
+
+    _, parts = cv2.connectedComponents(hair.astype(np.uint8), connectivity=8)
+    touching = np.unique(parts[hair & (distance_to(labels == FACE) <= HAIR_FACE_REACH * face_size)])
+    hair = np.isin(parts, touching[touching > 0])
+    width = HAIR_EDGE_WIDTH * face_size
+    return (hair & (distance_to(bg) <= width)) | (bg & (distance_to(hair) <= width))
 
 
 def eye_openings(landmarks: np.ndarray, shape) -> np.ndarray:

@@ -15,6 +15,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from backend.contracts import protocol
+from backend.contracts.conventions import NPHM_UNIT_M
 from backend.model import devices
 
 from test_tracking_pipeline import _config, _tiny, clip, tiny_model  # noqa: F401  (fixtures)
@@ -117,6 +118,23 @@ def test_tracker_tensors_stay_on_its_device(tracker):
     assert float(p_ex.grad.abs().sum() + om.grad.abs().sum()) > 0
     assert np.isfinite(res.vertices).all() and res.landmark_error_px < 1.0 and res.mask_iou is not None
     assert len(meshes) == 2 and len(meshes[1].triangles) > 0 and meshes[1].colors.shape == meshes[1].vertices.shape
+
+
+def test_per_frame_meshes_carry_the_canonical_hair_vertices(tracker):
+    """With baked colours the per-frame meshes' hair vertices are looked up on the canonical mesh with them (one
+    backward deformation; a posed query of the bald head cost more than the meshing itself)."""
+    from backend.bake.posed import CanonicalColours
+    from backend.tracking.run import posed_frame_meshes
+    tr, _, st = tracker
+    v = tr.mesh.vertices
+    top = np.median(v[:, 1])
+    z_exp = tr.codes.z_exp(st.p_ex[None]).numpy()
+    mesh, = posed_frame_meshes([0], z_exp, tr, colours=CanonicalColours(v, tr.albedo, hair=v[:, 1] > top))
+    assert mesh.hair is not None and len(mesh.hair) == len(mesh.vertices)
+    on_top = mesh.vertices[:, 1] / NPHM_UNIT_M > top
+    assert (mesh.hair == on_top).mean() > 0.95
+    mesh, = posed_frame_meshes([0], z_exp, tr, colours=CanonicalColours(v, tr.albedo))
+    assert mesh.hair is None   # a model without hair
 
 
 def test_resume_keeps_the_measured_layout(tracker):

@@ -220,3 +220,38 @@ def test_identity_stage_keeps_a_bald_head_bald(tracker):
         tr.model.extra = own
     assert float(hair[False].mean()) > 0.05                     # unregularised, the hair parameters drift (0.14)
     assert float(hair[True].mean()) < 0.3 * float(hair[False].mean())
+
+
+def test_identity_stage_fits_a_beard_only_where_the_frames_show_one(tracker, monkeypatch):
+    """A model with a beard and moustache among its hair parameters: where the identity frames' lower face is
+    skin-coloured (``masks.lower_face_skin_share`` >= SHAVEN_SKIN_SHARE) both stay 0 (they drifted to 0.2 on shaven
+    clips, a 3 mm shell on the chin); where it is not, they are fitted."""
+    import dataclasses
+    from backend.contracts import landmark_tables as lt
+    from backend.model.encoders import CodeEncoders
+    from backend.tracking import masks as M
+    from backend.tracking.codes import CodeSpace
+    from backend.tracking.tracker import SHAVEN_SKIN_SHARE, Tracker
+    from backend.training.hair import HAIR_NAMES, HAIR_RANGES, N_HAIR, SCALP_PARAMS
+    tr, obs, _ = tracker
+    cfg = tr.model.cfg
+    lmset = lt.tracking_landmarks("mediapipe478", tr.model.id_model.mean_anchors.numpy())
+    torch.manual_seed(2)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp, n_id=100 + N_HAIR, init_scale=0.05)
+    facial = [100 + HAIR_NAMES.index("beard"), 100 + HAIR_NAMES.index("moustache")]
+    own = tr.model.extra
+    tr.model.extra = {"hair": {"params": list(HAIR_NAMES), "ranges": [list(r) for r in HAIR_RANGES],
+                               "scalp": list(SCALP_PARAMS)}}
+    try:
+        for share, shaven in ((SHAVEN_SKIN_SHARE + 0.2, True), (SHAVEN_SKIN_SHARE - 0.3, False)):
+            monkeypatch.setattr(M, "lower_face_skin_share", lambda image, landmarks, s=share: s)
+            fit = Tracker(tr.model, CodeSpace(tr.model, enc), lmset, tr.Knp, (tr.W, tr.H),
+                          dataclasses.replace(tr.preset, id_iters=8, id_rays=16, hair_shrink=0.0))
+            fit.p_geo[facial] = 0.3
+            fit.build_meshes()
+            fit.albedo = fit.mesh_albedo()
+            fit.fit_identity([obs])
+            assert fit.codes.facial_hair is not shaven
+            assert (float(fit.p_geo[facial].abs().min()) == 0) is shaven
+    finally:
+        tr.model.extra = own

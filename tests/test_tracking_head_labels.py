@@ -97,3 +97,22 @@ def test_hair_edge_is_the_outline_of_the_hair_on_the_head():
     assert not edge[(r < 45 - width - 1) | (r > 45 + width + 1)].any()     # nothing away from it
     assert not edge[:40, 120:].any() and (lab[:40, 120:] == M.HEAD_OTHER).any()   # the blob has none
     assert not M.hair_edge(M.head_labels(prob, lm, prob.shape), size).any()      # no hair: no band
+
+
+def test_a_beard_darkens_the_lower_face():
+    """The tracker's beard gate: the lower face (below the nose, lips out) is skin-coloured like the face above it on a
+    shaven face, even in a soft shadow, and mostly not under a dark beard."""
+    lm, prob = _face()
+    lm[M.NOSE_BOTTOM] = (80, 88)
+    H, W = prob.shape
+    ys, xs = np.mgrid[0:H, 0:W]
+    rng = np.random.default_rng(0)
+    image = np.empty((H, W, 3), np.float32)
+    image[:] = (205, 150, 120)
+    image[ys > 95] *= 0.7                                                # a shadow under the mouth
+    shaven = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    beard = image.copy()
+    beard[ys > 90] = (55, 45, 40)
+    beard = np.clip(beard + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    assert M.lower_face_skin_share(shaven, lm) > 0.85
+    assert M.lower_face_skin_share(beard, lm) < 0.3

@@ -34,6 +34,7 @@ NECK_LINE_BELOW_CHIN = 0.15
 SKIN_CHROMA_TOLERANCE = 3.0
 SKIN_MIN_BRIGHTNESS = 0.35
 CHIN, FOREHEAD = 152, 10
+NOSE_BOTTOM = 2   # below the nose tip, above the upper lip
 # the hair's outline (``hair_edge``): a band this many face sizes (the landmarks' bounding-box diagonal) wide on
 # either side (~7 px on a 200 px face; the IGNORE seam the selfie mask's soft edge leaves between hair and background
 # is 1-3 px), on the hair regions within HAIR_FACE_REACH face sizes of the face (past the IGNORE rim around the oval)
@@ -98,6 +99,27 @@ def skin_coloured(image: np.ndarray, skin: np.ndarray) -> np.ndarray:
     spread = np.maximum(1.4826 * np.median(np.abs(ref - centre), 0), 0.005)
     near = np.linalg.norm((chroma - centre) / spread, axis=-1) <= SKIN_CHROMA_TOLERANCE
     return near & (total >= SKIN_MIN_BRIGHTNESS * np.median(total[skin]))
+
+
+def lower_face_skin_share(image: np.ndarray, landmarks: np.ndarray) -> float:
+    """Share of the lower face's pixels (the face oval below the nose, ``NOSE_BOTTOM``, across the chin -> forehead
+    axis; the lips out) coloured like the skin above it (``skin_coloured``): near 1 on a shaven face, low under a
+    beard or moustache. NaN where either part is empty."""
+    H, W = image.shape[:2]
+    face = _fill((H, W), landmarks[FACE_OVAL])
+    size = float(np.ptp(landmarks[FACE_OVAL], axis=0).max())
+    r = max(1, int(round(0.03 * size)))   # off the oval's border, which mixes skin and background (``head_labels``)
+    import cv2
+    face = cv2.erode(face.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
+    up = landmarks[FOREHEAD, :2] - landmarks[CHIN, :2]
+    up = up / (np.linalg.norm(up) + 1e-6)
+    ys, xs = np.mgrid[0:H, 0:W]
+    along = (xs + 0.5 - landmarks[NOSE_BOTTOM, 0]) * up[0] + (ys + 0.5 - landmarks[NOSE_BOTTOM, 1]) * up[1]
+    lower = face & (along < 0) & ~_fill((H, W), landmarks[OUTER_LIPS])
+    upper = face & (along > 0)
+    if not lower.any() or not upper.any():
+        return float("nan")
+    return float(skin_coloured(image, upper)[lower].mean())
 
 
 def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarray], shape,

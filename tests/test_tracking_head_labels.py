@@ -82,21 +82,26 @@ def test_only_hair_coloured_pixels_pull_the_hair_out():
 def test_hair_edge_is_the_outline_of_the_hair_on_the_head():
     """The band the identity rays sample on a model with hair: hair and background within HAIR_EDGE_WIDTH face sizes
     of each other, on both sides of the outline; a hair-labelled blob away from the face (background the person mask
-    took in) has none, and without hair there is none at all."""
-    lm, prob = _face()
-    H, W = prob.shape
+    took in) and a small one beside it (a dark ear) have none, and without hair there is none at all."""
+    H, W, size = 200, 160, 100.0
     ys, xs = np.mgrid[0:H, 0:W]
-    prob[(xs - 140) ** 2 + (ys - 20) ** 2 < 10 ** 2] = 1                 # a blob the person mask took in
-    lab = M.head_labels(prob, lm, prob.shape, hair_region=True)
-    size = 100.0
-    edge = M.hair_edge(lab, size)
     r = np.hypot(xs - 80, ys - 75)
+    lab = np.full((H, W), M.BACKGROUND, np.uint8)
+    lab[(r < 45) & (ys < 70)] = M.HEAD_OTHER                              # a head of hair above the face
+    lab[((xs - 80) / 25) ** 2 + ((ys - 85) / 32) ** 2 < 1] = M.FACE
+    ear = (np.abs(xs - 110) < 3) & (np.abs(ys - 95) < 6)
+    lab[ear] = M.HEAD_OTHER                                               # a dark ear touching the face
+    lab[(xs - 140) ** 2 + (ys - 20) ** 2 < 10 ** 2] = M.HEAD_OTHER        # a blob the person mask took in
+    edge = M.hair_edge(lab, size)
     width = M.HAIR_EDGE_WIDTH * size
-    assert edge[(r > 45 - width + 1) & (r < 45) & (ys < 60)].all()         # hair side of the outline
-    assert edge[(r > 45) & (r < 45 + width - 1) & (ys < 60)].all()         # background side
-    assert not edge[(r < 45 - width - 1) | (r > 45 + width + 1)].any()     # nothing away from it
-    assert not edge[:40, 120:].any() and (lab[:40, 120:] == M.HEAD_OTHER).any()   # the blob has none
-    assert not M.hair_edge(M.head_labels(prob, lm, prob.shape), size).any()      # no hair: no band
+    top = (ys < 50) & (np.abs(xs - 80) < 20)
+    assert edge[top & (r > 45 - width + 1) & (r < 45)].all()              # hair side of the outline
+    assert edge[top & (r > 45) & (r < 45 + width - 1)].all()              # background side
+    assert not edge[top & ((r < 45 - width - 1) | (r > 45 + width + 1))].any()   # nothing away from it
+    assert not edge[:40, 120:].any()                                      # the blob has none
+    assert not edge[85:106, 105:116].any()                                # nor the ear
+    lab[lab == M.HEAD_OTHER] = M.IGNORE
+    assert not M.hair_edge(lab, size).any()                               # no hair: no band
 
 
 def test_a_beard_darkens_the_lower_face():

@@ -40,6 +40,9 @@ NOSE_BOTTOM = 2   # below the nose tip, above the upper lip
 # is 1-3 px), on the hair regions within HAIR_FACE_REACH face sizes of the face (past the IGNORE rim around the oval)
 HAIR_EDGE_WIDTH = 0.035
 HAIR_FACE_REACH = 0.07
+# ... and at least this many face sizes squared in area: a dark ear beside a bald head's face (~0.005) is no hair
+# outline (with it, a bald clip's fit grew hair: area 0.33), a head of hair is 0.15 or more
+HAIR_MIN_AREA = 0.03
 
 # MediaPipe face-mesh contours, ordered (from mediapipe's FACEMESH_FACE_OVAL / FACEMESH_LIPS edge sets)
 FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
@@ -168,8 +171,8 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
 def hair_edge(labels: np.ndarray, face_size: float) -> np.ndarray:
     """(H, W) bool: the hair's outline, HEAD_OTHER pixels within HAIR_EDGE_WIDTH face sizes of BACKGROUND and
     BACKGROUND pixels within as far of HEAD_OTHER (both sides: the silhouette is pulled out and held in alike), on
-    the hair regions that reach the face (a background blob the person mask took in stays out); all False where no
-    hair is labelled (a model without hair)."""
+    the hair regions that reach the face and are not small (a background blob the person mask took in, a dark ear,
+    stay out); all False where no hair is labelled (a model without hair)."""
     import cv2
     hair, bg = labels == HEAD_OTHER, labels == BACKGROUND
     if not hair.any() or not bg.any():
@@ -180,7 +183,8 @@ def hair_edge(labels: np.ndarray, face_size: float) -> np.ndarray:
 
     _, parts = cv2.connectedComponents(hair.astype(np.uint8), connectivity=8)
     touching = np.unique(parts[hair & (distance_to(labels == FACE) <= HAIR_FACE_REACH * face_size)])
-    hair = np.isin(parts, touching[touching > 0])
+    large = np.flatnonzero(np.bincount(parts.ravel()) >= HAIR_MIN_AREA * face_size ** 2)
+    hair = np.isin(parts, np.intersect1d(touching[touching > 0], large))
     width = HAIR_EDGE_WIDTH * face_size
     return (hair & (distance_to(bg) <= width)) | (bg & (distance_to(hair) <= width))
 

@@ -470,7 +470,7 @@ class Tracker:
         # the whole outline: the box cuts the top off a full head of hair
         edge = np.flatnonzero(M.hair_edge(lab, obs.face_size).ravel()) if hair_edge else ()
         nf = min(len(face), int(0.7 * n))
-        ne = min(len(edge), int(hair_edge * n))
+        ne = min(len(edge), int(hair_edge * n), n - nf)
         sel = [rng.choice(face, nf, replace=False)] if nf else []
         if ne:
             sel.append(rng.choice(edge, ne, replace=False))

@@ -1,0 +1,276 @@
+"""Calibrate the per-channel ARKit output table (``backend.tracking.channel_table``) on the tuning clips.
+
+    # 1. each source's per-frame readings of result packages of the expression clips (one .npz per clip)
+    python -m backend.training.arkit_channels readings --cache /work/cache/expr23 --clips 0 1 ... \
+        --preset draft --label s13g --out /work/cache/readings/tune_draft
+    # 2. the table, chosen per channel by cross-validation over the tuning clips
+    python -m backend.training.arkit_channels calibrate /work/cache/readings/tune_draft \
+        --out backend/models/builtin/arkit_channels.json
+    # 3. a table's output beside all-zeros and the packages' own output (e.g. on the held-out clips, once)
+    python -m backend.training.arkit_channels evaluate /work/cache/readings/held_draft \
+        --table backend/models/builtin/arkit_channels.json
+
+A readings file holds ``truth`` (T, 52) (the clip's ICT weights through the ICT->ARKit map), ``package`` (T, 52) (the
+package's own ARKit output, NaN rows where it has none) and one (T, 52) array per source, NaN where the source has no
+reading: ``source_<name>``. A new reader is a new source: add its readings to the files (``readings`` writes the ones
+``CodeSpace.arkit_readings`` returns) and calibrate again.
+
+Calibration, per channel: candidates are the blends of the channel's sources on a share grid (``SHARE_STEP``) with a
+response (``DEAD_ZONES`` x ``GAINS``), and all-zeros. A candidate's loss is the mean of its mean absolute error over the
+clips where the channel is active (true peak >= ``channel_metrics.ACTIVE_PEAK``) and over the clips where it is not, so
+a false reading on an idle channel costs as much as a missed one on an active channel. The whole selection is
+cross-validated leaving one clip out: the channel ships the candidate chosen on all clips only when the selection's
+out-of-fold loss beats all-zeros'; otherwise it ships 0.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..contracts import arkit
+from ..evaluation.channel_metrics import ACTIVE_PEAK
+from ..tracking.channel_table import MODEL_SOURCE, ChannelTable, blend, respond
+
+SOURCE_PREFIX = "source_"
+SHARE_STEP = 0.25
+DEAD_ZONES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+GAINS = (1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+# ---- readings -------------------------------------------------------------------------------------------------------
+def package_readings(package: Path, clip_dir: Path, model_dir: Path) -> dict:
+    """{"truth", "package", "source_<name>"...} (T, 52) of one expression clip's result package: the readings the
+    tracker's ``CodeSpace`` of this tree takes from the package's fits, the clip's MediaPipe points and frames."""
+    import torch
+
+    from ..contracts.result_format import TRACKER_STATE, load_npz
+    from ..evaluation import baselines
+    from ..evaluation.benchmark import package_arkit
+    from ..evaluation.expression_benchmark import arkit_truth, mediapipe_points
+    from ..model import load_model
+    from ..model.checkpoint import load_encoders
+    from ..tracking.codes import CodeSpace
+    from ..tracking.expression_init import LandmarkExpressionRegressor
+    from ..tracking.mouth_image import MouthImageRegressor, mouth_patch
+
+    truth = arkit_truth(np.load(clip_dir / "gt.npz")["w_ex"])
+    T = len(truth)
+    cached = clip_dir / "mp_video.npz"
+    pts = np.load(cached)["points"][:T] if cached.is_file() else mediapipe_points(clip_dir / "clip.mp4", T)
+    ok = np.isfinite(pts).all((1, 2))
+    model = load_model(model_dir)
+    enc, reg = load_encoders(model_dir)
+    mouth = MouthImageRegressor.load(model_dir)
+    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(model_dir), mouth)
+    P = [p[:, :2].astype(np.float32) if k else None for p, k in zip(pts, ok)]
+    D = [p[:, 2].astype(np.float32) if k else None for p, k in zip(pts, ok)]
+    codes.set_landmark_rest([p for p in P if p is not None], [d for d in D if d is not None])
+    patches = [None] * T
+    if mouth is not None:
+        frames = baselines.read_video_frames(clip_dir / "clip.mp4", max_frames=T)
+        patches = [mouth_patch(f, p).astype(np.float16) if k else None for f, p, k in zip(frames, pts, ok)]
+        codes.set_mouth_rest(np.stack([p for p in patches if p is not None]))
+    state = load_npz(package / TRACKER_STATE)
+    ids = state["frame_ids"]
+    rows = ids[ids < T]
+    p_ex = torch.as_tensor(state["p_ex"][ids < T], dtype=torch.float32)
+    readings = codes.arkit_readings(p_ex, codes.landmark_readings([P[k] for k in rows], [D[k] for k in rows]),
+                                    codes.mouth_readings([patches[k] for k in rows]))
+    out = {"truth": truth.astype(np.float32), "package": np.full((T, 52), np.nan, np.float32)}
+    for i, w in package_arkit(package).items():
+        if i < T:
+            out["package"][i] = w
+    for name, r in readings.items():
+        full = np.full((T, 52), np.nan, np.float32)
+        full[rows] = r
+        out[SOURCE_PREFIX + name] = full
+    return out
+
+
+def load_readings(folder: Path) -> dict[str, dict]:
+    """{clip: {"truth", "package", "sources": {name: (T, 52)}}} of a folder of readings files."""
+    out = {}
+    for f in sorted(Path(folder).glob("*.npz")):
+        with np.load(f) as d:
+            out[f.stem] = {"truth": d["truth"].astype(np.float64), "package": d["package"].astype(np.float64),
+                           "sources": {k[len(SOURCE_PREFIX):]: d[k].astype(np.float64) for k in d.files
+                                       if k.startswith(SOURCE_PREFIX)}}
+    if not out:
+        raise FileNotFoundError(f"no readings files (*.npz) in {folder}")
+    return out
+
+
+# ---- calibration ----------------------------------------------------------------------------------------------------
+def share_grid(sources: list[str], step: float = SHARE_STEP) -> list[dict[str, float]]:
+    """Every split of 1 among ``sources`` in steps of ``step`` (sources at share 0 left out)."""
+    n = round(1 / step)
+    out = []
+    for parts in itertools.product(range(n + 1), repeat=len(sources)):
+        if sum(parts) == n:
+            out.append({s: k / n for s, k in zip(sources, parts) if k})
+    return out
+
+
+def candidates(sources: list[str]) -> list[dict]:
+    """All-zeros first, then every (shares, dead zone, gain) on the grids (simplest first: ties keep the earlier)."""
+    out = [{"shares": {}, "dead_zone": 0.0, "gain": 1.0}]
+    for g, d, sh in itertools.product(GAINS, DEAD_ZONES, share_grid(sources)):
+        out.append({"shares": sh, "dead_zone": d, "gain": g})
+    return out
+
+
+def clip_errors(clips: list[dict], channel: int, cands: list[dict]) -> np.ndarray:
+    """(candidates, clips) mean absolute error of each candidate's output of ``channel`` on each clip."""
+    err = np.zeros((len(cands), len(clips)))
+    for k, c in enumerate(clips):
+        truth = c["truth"][:, channel]
+        tracked = np.isfinite(c["sources"][MODEL_SOURCE][:, channel])
+        readings = {s: r[tracked, channel] for s, r in c["sources"].items()}
+        blends = {}
+        for j, cand in enumerate(cands):
+            if not cand["shares"]:
+                err[j, k] = np.abs(truth).mean()
+                continue
+            key = tuple(sorted(cand["shares"].items()))
+            if key not in blends:
+                blends[key] = blend(readings, cand["shares"])
+            y = np.zeros_like(truth)
+            y[tracked] = respond(blends[key], cand["dead_zone"], cand["gain"])
+            err[j, k] = np.abs(y - truth).mean()
+    return err
+
+
+def balanced_loss(err: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """(..., clips) errors -> (...,) mean of the mean error over active clips and over idle clips (a side without
+    clips drops out)."""
+    parts = [err[..., m].mean(-1) for m in (active, ~active) if m.any()]
+    return np.mean(parts, axis=0)
+
+
+def calibrate_channel(clips: list[dict], channel: int) -> dict:
+    """The table row of one channel, with its cross-validation record under ``cv``."""
+    name = arkit.ARKIT_NAMES[channel]
+    sources = sorted(s for s in set().union(*(c["sources"] for c in clips))
+                     if any(np.isfinite(c["sources"][s][:, channel]).any() for c in clips if s in c["sources"]))
+    cands = candidates(sources)
+    err = clip_errors(clips, channel, cands)
+    active = np.array([c["truth"][:, channel].max() >= ACTIVE_PEAK for c in clips])
+    # leave one clip out: choose on the others, score on it
+    oof = np.empty(len(clips))
+    for k in range(len(clips)):
+        rest = np.arange(len(clips)) != k
+        j = int(np.argmin(balanced_loss(err[:, rest], active[rest])))
+        oof[k] = err[j, k]
+    best = int(np.argmin(balanced_loss(err, active)))
+    loss_oof, loss_zeros = float(balanced_loss(oof, active)), float(balanced_loss(err[0], active))
+    row = dict(cands[best]) if loss_oof < loss_zeros else dict(cands[0])
+    row["cv"] = {"active_clips": int(active.sum()), "clips": len(clips), "loss_out_of_fold": round(loss_oof, 5),
+                 "loss_zeros": round(loss_zeros, 5), "loss_in_fold": round(float(balanced_loss(err[best], active)), 5)}
+    if name in arkit.UNDRIVEN_ARKIT:   # gaze and tongue: the built-in model has no reading of them
+        row.update(shares={}, dead_zone=0.0, gain=1.0)
+    return row
+
+
+def calibrate(readings: dict[str, dict]) -> ChannelTable:
+    clips = list(readings.values())
+    rows = {}
+    for c, name in enumerate(arkit.ARKIT_NAMES):
+        rows[name] = calibrate_channel(clips, c)
+    cv = {n: r.pop("cv") for n, r in rows.items()}
+    notes = {"clips": sorted(readings), "objective": "mean of the MAE over active clips and over idle clips",
+             "share_step": SHARE_STEP, "dead_zones": list(DEAD_ZONES), "gains": list(GAINS), "cv": cv}
+    return ChannelTable(rows, notes)
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------------------
+def evaluate(readings: dict[str, dict], table: ChannelTable) -> dict:
+    """{method: channel_metrics.summarise(...) + all_channel_mae} for the table's output, the packages' own output and
+    all-zeros, over the frames every package tracked."""
+    from ..evaluation import expression_clips as ec
+    from ..evaluation import channel_metrics as cm
+    from ..evaluation.expression_benchmark import BLINK_CHANNELS
+
+    pairs: dict[str, list] = {"table": [], "package": [], "zeros": []}
+    per_clip: dict[str, dict] = {}
+    for key, c in readings.items():
+        rows = np.isfinite(c["package"]).all(1)
+        truth = c["truth"][rows]
+        outs = {"table": table({s: r[rows] for s, r in c["sources"].items()}).astype(np.float64),
+                "package": c["package"][rows], "zeros": np.zeros_like(truth)}
+        per_clip[key] = {}
+        for m, y in outs.items():
+            ps = cm.clip_pairs(key, arkit.ARKIT_NAMES, truth, y, BLINK_CHANNELS)
+            pairs[m] += ps
+            per_clip[key][m] = {"all_channel_mae": float(np.abs(y - truth).mean()),
+                                **{k: v for k, v in cm.summarise(ps, ec.arkit_groups())["overall"].items()}}
+    groups = ec.arkit_groups()
+    out = {}
+    for m, ps in pairs.items():
+        s = cm.summarise(ps, groups)
+        s["all_channel_mae"] = float(np.mean([per_clip[k][m]["all_channel_mae"] for k in per_clip]))
+        # the same mean of groups with the pairs whose output is constant (a zeroed channel: no correlation) left
+        # out instead of counted as 0 (a group without a defined pair drops out)
+        by_group = [[p.correlation for p in ps if p.channel in names and np.isfinite(p.correlation)]
+                    for names in groups.values()]
+        s["overall"]["correlation_defined_only"] = float(np.mean([np.mean(g) for g in by_group if g]))
+        out[m] = s
+    out["per_clip"] = per_clip
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("readings", help="per-source readings of expression clips' result packages")
+    r.add_argument("--cache", type=Path, required=True, help="the expression clips' folder (expr_*)")
+    r.add_argument("--heldout", action="store_true", help="the held-out seed range (default: tuning)")
+    r.add_argument("--clips", type=int, nargs="+", required=True)
+    r.add_argument("--preset", default="draft")
+    r.add_argument("--label", required=True, help="packages track_<preset>_<label>")
+    r.add_argument("--model", type=Path, default=None, help="model folder (default: the built-in model)")
+    r.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("calibrate", help="choose the table from a folder of readings")
+    c.add_argument("readings", type=Path)
+    c.add_argument("--out", type=Path, required=True)
+    e = sub.add_parser("evaluate", help="a table's output beside all-zeros and the packages' own output")
+    e.add_argument("readings", type=Path)
+    e.add_argument("--table", type=Path, required=True)
+    e.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    if a.cmd == "readings":
+        from .. import BUILTIN_MODEL_DIR
+        from ..evaluation import expression_clips as ec
+
+        a.out.mkdir(parents=True, exist_ok=True)
+        for i in a.clips:
+            spec = ec.ExpressionClipSpec(index=i, seed_base=ec.HELDOUT_SEED_BASE if a.heldout else ec.TUNE_SEED_BASE)
+            package = a.cache / spec.key / f"track_{a.preset}_{a.label}"
+            arrays = package_readings(package, a.cache / spec.key, a.model or BUILTIN_MODEL_DIR)
+            np.savez_compressed(a.out / f"{spec.key}.npz", **arrays)
+            rows = np.isfinite(arrays["package"]).all(1)
+            print(f"{spec.key}: {rows.sum()} frames, sources {[k for k in arrays if k.startswith(SOURCE_PREFIX)]}",
+                  flush=True)
+    elif a.cmd == "calibrate":
+        table = calibrate(load_readings(a.readings))
+        table.save(a.out)
+        print(f"{a.out}: {52 - len(table.zeroed())} channels ship a reading, {len(table.zeroed())} ship 0")
+    else:
+        res = evaluate(load_readings(a.readings), ChannelTable.from_json(json.loads(a.table.read_text())))
+        for m in ("table", "package", "zeros"):
+            o = res[m]["overall"]
+            print(f"{m}: mean of groups corr {o['correlation']:.3f} (defined pairs only "
+                  f"{o['correlation_defined_only']:.3f}) MAE {o['mae']:.4f} zeros {o['zeros_mae']:.4f} "
+                  f"events {o['events_found']}/{o['events']} lag0 {o['lag0']:.2f} all-channel MAE "
+                  f"{res[m]['all_channel_mae']:.4f}")
+        if a.json:
+            a.json.write_text(json.dumps(res, default=float, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

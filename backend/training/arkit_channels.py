@@ -217,10 +217,56 @@ def evaluate(readings: dict[str, dict], table: ChannelTable) -> dict:
         # out instead of counted as 0 (a group without a defined pair drops out)
         by_group = [[p.correlation for p in ps if p.channel in names and np.isfinite(p.correlation)]
                     for names in groups.values()]
-        s["overall"]["correlation_defined_only"] = float(np.mean([np.mean(g) for g in by_group if g]))
+        means = [np.mean(g) for g in by_group if g]
+        s["overall"]["correlation_defined_only"] = float(np.mean(means)) if means else float("nan")
+        s["pairs"] = [p.__dict__ for p in ps]
         out[m] = s
     out["per_clip"] = per_clip
     return out
+
+
+def format_table(table: ChannelTable) -> str:
+    """Markdown: per channel, what ships (sources and shares, or 0), the response and the cross-validation record."""
+    cv = table.notes.get("cv", {})
+    lines = ["| channel | ships | dead zone | gain | out-of-fold loss / zeros (active tuning clips) |",
+             "|---|---|---|---|---|"]
+    for name, row in table.channels.items():
+        ships = " + ".join(f"{s} {v:.2f}" for s, v in sorted(row["shares"].items())) or "**0**"
+        rec = cv.get(name)
+        rec = f"{rec['loss_out_of_fold']:.4f} / {rec['loss_zeros']:.4f} ({rec['active_clips']})" if rec else "–"
+        resp = (f"{row['dead_zone']:.2f}", f"{row['gain']:.1f}") if row["shares"] else ("–", "–")
+        lines.append(f"| {name} | {ships} | {resp[0]} | {resp[1]} | {rec} |")
+    return "\n".join(lines)
+
+
+def format_evaluation(res: dict) -> str:
+    """Markdown: per group and per clip, corr / MAE of the table's output, the packages' and all-zeros."""
+    methods = ("package", "table")
+    out = ["| group | pairs | zeros MAE | " + " | ".join(f"{m} corr / MAE" for m in methods) + " |",
+           "|---|---|---|" + "---|" * len(methods)]
+    for g, z in res["zeros"]["groups"].items():
+        cells = [f"{res[m]['groups'][g]['correlation']:.2f} / {res[m]['groups'][g]['mae']:.3f}" for m in methods]
+        out.append(f"| {g} | {z['pairs']} | {z['mae']:.3f} | " + " | ".join(cells) + " |")
+    cells = [f"{res[m]['overall']['correlation']:.3f} / {res[m]['overall']['mae']:.4f}" for m in methods]
+    out.append(f"| **mean of groups** | {res['zeros']['overall']['pairs']} | {res['zeros']['overall']['mae']:.4f} | "
+               + " | ".join(cells) + " |")
+    out += ["", "| clip | zeros MAE | " + " | ".join(f"{m} corr / MAE / all-channel MAE" for m in methods) + " |",
+            "|---|---|" + "---|" * len(methods)]
+    for key, pc in res["per_clip"].items():
+        cells = [f"{pc[m]['correlation']:.2f} / {pc[m]['mae']:.3f} / {pc[m]['all_channel_mae']:.4f}" for m in methods]
+        out.append(f"| {key} | {pc['zeros']['mae']:.3f} | " + " | ".join(cells) + " |")
+    out += ["", "| output | mean corr (zeroed pairs as 0) | mean corr (defined pairs only) | MAE | zeros MAE | "
+            "blink events | lag-0 share | peak ratio | all-channel MAE |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in ("package", "table", "zeros"):
+        o = res[m]["overall"]
+        out.append(f"| {m} | {o['correlation']:.3f} | {o['correlation_defined_only']:.3f} | {o['mae']:.4f} | "
+                   f"{o['zeros_mae']:.4f} | {o['events_found']}/{o['events']} | {o['lag0']:.2f} | "
+                   f"{o['peak_ratio']:.2f} | {res[m]['all_channel_mae']:.4f} |")
+    out.append("")
+    for m in methods:
+        jaw = [f"{p['clip']} {p['peak_ratio']:.2f}" for p in res[m]["pairs"] if p["channel"] == "jawOpen"]
+        out.append(f"jawOpen peak ratio ({m}): " + ", ".join(jaw))
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -241,6 +287,8 @@ def main(argv=None) -> int:
     e.add_argument("readings", type=Path)
     e.add_argument("--table", type=Path, required=True)
     e.add_argument("--json", type=Path, default=None)
+    f = sub.add_parser("show", help="a table as markdown")
+    f.add_argument("table", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "readings":
         from .. import BUILTIN_MODEL_DIR
@@ -255,18 +303,15 @@ def main(argv=None) -> int:
             rows = np.isfinite(arrays["package"]).all(1)
             print(f"{spec.key}: {rows.sum()} frames, sources {[k for k in arrays if k.startswith(SOURCE_PREFIX)]}",
                   flush=True)
+    elif a.cmd == "show":
+        print(format_table(ChannelTable.from_json(json.loads(a.table.read_text()))))
     elif a.cmd == "calibrate":
         table = calibrate(load_readings(a.readings))
         table.save(a.out)
         print(f"{a.out}: {52 - len(table.zeroed())} channels ship a reading, {len(table.zeroed())} ship 0")
     else:
         res = evaluate(load_readings(a.readings), ChannelTable.from_json(json.loads(a.table.read_text())))
-        for m in ("table", "package", "zeros"):
-            o = res[m]["overall"]
-            print(f"{m}: mean of groups corr {o['correlation']:.3f} (defined pairs only "
-                  f"{o['correlation_defined_only']:.3f}) MAE {o['mae']:.4f} zeros {o['zeros_mae']:.4f} "
-                  f"events {o['events_found']}/{o['events']} lag0 {o['lag0']:.2f} all-channel MAE "
-                  f"{res[m]['all_channel_mae']:.4f}")
+        print(format_evaluation(res))
         if a.json:
             a.json.write_text(json.dumps(res, default=float, indent=1))
     return 0

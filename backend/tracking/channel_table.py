@@ -6,7 +6,8 @@ channels the landmarks feed; every frame), ``landmarks`` (the landmark regressor
 with a face) and ``mouth_image`` (the mouth image regressor's channels; frames with a face). Per channel the table
 gives ``shares`` (source -> share, summing to 1; empty: the channel ships 0) and a response: the blend x of the
 sources that have a reading on a frame (their shares renormalised; the model's value where none has) becomes
-``clip(gain * (x - dead_zone), 0, 1)``. Readings under the dead zone are the reader's noise on a face at rest.
+``clip(gain * (x - dead_zone) / (1 - dead_zone), 0, 1)``. Readings under the dead zone are the reader's noise on a
+face at rest.
 
 The built-in table (``backend/models/builtin/arkit_channels.json``) is written by ``backend.training.arkit_channels``
 from the readings of the tuning clips, choosing per channel by cross-validation over clips; a channel whose reading
@@ -47,8 +48,9 @@ def blend(readings: Mapping[str, np.ndarray], shares: Mapping[str, float]) -> np
 
 
 def respond(x: np.ndarray, dead_zone: float, gain: float) -> np.ndarray:
-    """The channel response: ``clip(gain * (x - dead_zone), 0, 1)``."""
-    return np.clip(gain * (np.asarray(x, np.float64) - dead_zone), 0.0, 1.0)
+    """The channel response: ``clip(gain * (x - dead_zone) / (1 - dead_zone), 0, 1)`` (at gain 1 a full reading
+    stays 1)."""
+    return np.clip(gain * (np.asarray(x, np.float64) - dead_zone) / (1.0 - dead_zone), 0.0, 1.0)
 
 
 class ChannelTable:

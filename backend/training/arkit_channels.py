@@ -15,11 +15,13 @@ package's own ARKit output, NaN rows where it has none) and one (T, 52) array pe
 reading: ``source_<name>``. A new reader is a new source: add its readings to the files (``readings`` writes the ones
 ``CodeSpace.arkit_readings`` returns) and calibrate again.
 
-Calibration, per channel: candidates are the blends of the channel's sources on a share grid (``SHARE_STEP``) with a
+Calibration, per channel (a Left/Right pair together: the readers treat a face and its mirror image alike, and the
+pair doubles the data): candidates are the blends of the channel's sources on a share grid (``SHARE_STEP``) with a
 response (``DEAD_ZONES`` x ``GAINS``), and all-zeros. A candidate's loss is the mean of its mean absolute error over the
-clips where the channel is active (true peak >= ``channel_metrics.ACTIVE_PEAK``) and over the clips where it is not, so
-a false reading on an idle channel costs as much as a missed one on an active channel. The whole selection is
-cross-validated leaving one clip out: the channel ships the candidate chosen on all clips only when the selection's
+(clip, channel) pairs where the channel is active (true peak >= ``channel_metrics.ACTIVE_PEAK``) and over the others, so
+a false reading on an idle channel costs as much as a missed one on an active channel; on the blink channels a candidate
+may not find fewer blink events than a source's plain reading does. The choice among the readings
+is cross-validated leaving one clip out: the channel ships the candidate chosen on all clips only when the choice's
 out-of-fold loss beats all-zeros'; otherwise it ships 0.
 """
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ..tracking.channel_table import MODEL_SOURCE, ChannelTable, blend, respond
 SOURCE_PREFIX = "source_"
 SHARE_STEP = 0.25
 DEAD_ZONES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
-GAINS = (1.0, 1.5, 2.0, 3.0, 5.0)
+GAINS = (1.0, 1.5, 2.0, 3.0)
 
 
 # ---- readings -------------------------------------------------------------------------------------------------------
@@ -117,71 +119,101 @@ def share_grid(sources: list[str], step: float = SHARE_STEP) -> list[dict[str, f
 
 
 def candidates(sources: list[str]) -> list[dict]:
-    """All-zeros first, then every (shares, dead zone, gain) on the grids (simplest first: ties keep the earlier)."""
+    """All-zeros first, then every (shares, dead zone, gain) on the grids (ties keep the earlier: the lower gain, the
+    smaller dead zone)."""
     out = [{"shares": {}, "dead_zone": 0.0, "gain": 1.0}]
     for g, d, sh in itertools.product(GAINS, DEAD_ZONES, share_grid(sources)):
         out.append({"shares": sh, "dead_zone": d, "gain": g})
     return out
 
 
-def clip_errors(clips: list[dict], channel: int, cands: list[dict]) -> np.ndarray:
-    """(candidates, clips) mean absolute error of each candidate's output of ``channel`` on each clip."""
-    err = np.zeros((len(cands), len(clips)))
+def mirror_units() -> list[tuple[int, ...]]:
+    """The channels calibrated together: each Left/Right pair (the readers treat a face and its mirror image alike,
+    and the pair doubles the data), every other channel alone."""
+    units: dict[str, list[int]] = {}
+    for c, n in enumerate(arkit.ARKIT_NAMES):
+        stem = n[:-4] if n.endswith("Left") else n[:-5] if n.endswith("Right") else n
+        units.setdefault(stem, []).append(c)
+    return [tuple(v) for v in units.values()]
+
+
+def clip_errors(clips: list[dict], channels: tuple[int, ...], cands: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(candidates, clips, channels) mean absolute error of each candidate's output of each channel on each clip, and
+    the events it finds there (``channel_metrics.events_found``; 0 on channels other than the blinks)."""
+    from ..evaluation.channel_metrics import events_found
+    from ..evaluation.expression_benchmark import BLINK_CHANNELS
+
+    err = np.zeros((len(cands), len(clips), len(channels)))
+    found = np.zeros(err.shape, int)
     for k, c in enumerate(clips):
-        truth = c["truth"][:, channel]
-        tracked = np.isfinite(c["sources"][MODEL_SOURCE][:, channel])
-        readings = {s: r[tracked, channel] for s, r in c["sources"].items()}
-        blends = {}
-        for j, cand in enumerate(cands):
-            if not cand["shares"]:
-                err[j, k] = np.abs(truth).mean()
-                continue
-            key = tuple(sorted(cand["shares"].items()))
-            if key not in blends:
-                blends[key] = blend(readings, cand["shares"])
-            y = np.zeros_like(truth)
-            y[tracked] = respond(blends[key], cand["dead_zone"], cand["gain"])
-            err[j, k] = np.abs(y - truth).mean()
-    return err
+        for i, ch in enumerate(channels):
+            truth = c["truth"][:, ch]
+            tracked = np.isfinite(c["sources"][MODEL_SOURCE][:, ch])
+            readings = {s: r[tracked, ch] for s, r in c["sources"].items()}
+            blends = {}
+            for j, cand in enumerate(cands):
+                if not cand["shares"]:
+                    err[j, k, i] = np.abs(truth).mean()
+                    continue
+                key = tuple(sorted(cand["shares"].items()))
+                if key not in blends:
+                    blends[key] = blend(readings, cand["shares"])
+                y = np.zeros_like(truth)
+                y[tracked] = respond(blends[key], cand["dead_zone"], cand["gain"])
+                err[j, k, i] = np.abs(y - truth).mean()
+                if arkit.ARKIT_NAMES[ch] in BLINK_CHANNELS:
+                    found[j, k, i] = events_found(truth, y)[0]
+    return err, found
 
 
 def balanced_loss(err: np.ndarray, active: np.ndarray) -> np.ndarray:
-    """(..., clips) errors -> (...,) mean of the mean error over active clips and over idle clips (a side without
-    clips drops out)."""
+    """(..., clips, channels) errors -> (...,) mean of the mean error over the active (clip, channel) pairs and over
+    the idle ones (a side without pairs drops out)."""
     parts = [err[..., m].mean(-1) for m in (active, ~active) if m.any()]
     return np.mean(parts, axis=0)
 
 
-def calibrate_channel(clips: list[dict], channel: int) -> dict:
-    """The table row of one channel, with its cross-validation record under ``cv``."""
-    name = arkit.ARKIT_NAMES[channel]
+def calibrate_unit(clips: list[dict], channels: tuple[int, ...]) -> dict:
+    """The table row of channels calibrated together (``mirror_units``), with its cross-validation record under
+    ``cv``."""
     sources = sorted(s for s in set().union(*(c["sources"] for c in clips))
-                     if any(np.isfinite(c["sources"][s][:, channel]).any() for c in clips if s in c["sources"]))
+                     if any(np.isfinite(c["sources"][s][:, channels]).any() for c in clips if s in c["sources"]))
     cands = candidates(sources)
-    err = clip_errors(clips, channel, cands)
-    active = np.array([c["truth"][:, channel].max() >= ACTIVE_PEAK for c in clips])
-    # leave one clip out: choose on the others, score on it
-    oof = np.empty(len(clips))
+    err, found = clip_errors(clips, channels, cands)
+    active = np.stack([c["truth"][:, channels].max(0) >= ACTIVE_PEAK for c in clips])
+    # a response may not lose the blink events that a source's plain reading (no dead zone, gain 1) finds
+    plain = np.array([not c["shares"] or (c["dead_zone"] == 0 and c["gain"] == 1 and len(c["shares"]) == 1)
+                      for c in cands])
+
+    def choose(rest):   # the best reading (not zeros: the alternative it must beat) on the clips ``rest``
+        events = found[:, rest].sum((1, 2))
+        loss = np.where(events >= events[plain].max(), balanced_loss(err[:, rest], active[rest]), np.inf)
+        return 1 + int(np.argmin(loss[1:]))
+
+    # leave one clip out: tune the response on the others, score on it
+    oof = np.empty(err.shape[1:])
     for k in range(len(clips)):
-        rest = np.arange(len(clips)) != k
-        j = int(np.argmin(balanced_loss(err[:, rest], active[rest])))
+        j = choose(np.arange(len(clips)) != k)
         oof[k] = err[j, k]
-    best = int(np.argmin(balanced_loss(err, active)))
+    best = choose(np.ones(len(clips), bool))
     loss_oof, loss_zeros = float(balanced_loss(oof, active)), float(balanced_loss(err[0], active))
     row = dict(cands[best]) if loss_oof < loss_zeros else dict(cands[0])
-    row["cv"] = {"active_clips": int(active.sum()), "clips": len(clips), "loss_out_of_fold": round(loss_oof, 5),
+    if any(arkit.ARKIT_NAMES[c] in arkit.UNDRIVEN_ARKIT for c in channels):   # gaze and tongue: no reading of them
+        row = dict(cands[0])
+    row["cv"] = {"active_pairs": int(active.sum()), "clips": len(clips), "loss_out_of_fold": round(loss_oof, 5),
                  "loss_zeros": round(loss_zeros, 5), "loss_in_fold": round(float(balanced_loss(err[best], active)), 5)}
-    if name in arkit.UNDRIVEN_ARKIT:   # gaze and tongue: the built-in model has no reading of them
-        row.update(shares={}, dead_zone=0.0, gain=1.0)
     return row
 
 
 def calibrate(readings: dict[str, dict]) -> ChannelTable:
     clips = list(readings.values())
-    rows = {}
-    for c, name in enumerate(arkit.ARKIT_NAMES):
-        rows[name] = calibrate_channel(clips, c)
-    cv = {n: r.pop("cv") for n, r in rows.items()}
+    rows, cv = {}, {}
+    for unit in mirror_units():
+        row = calibrate_unit(clips, unit)
+        record = row.pop("cv")
+        for c in unit:
+            rows[arkit.ARKIT_NAMES[c]] = row
+            cv[arkit.ARKIT_NAMES[c]] = record
     notes = {"clips": sorted(readings), "objective": "mean of the MAE over active clips and over idle clips",
              "share_step": SHARE_STEP, "dead_zones": list(DEAD_ZONES), "gains": list(GAINS), "cv": cv}
     return ChannelTable(rows, notes)
@@ -228,12 +260,12 @@ def evaluate(readings: dict[str, dict], table: ChannelTable) -> dict:
 def format_table(table: ChannelTable) -> str:
     """Markdown: per channel, what ships (sources and shares, or 0), the response and the cross-validation record."""
     cv = table.notes.get("cv", {})
-    lines = ["| channel | ships | dead zone | gain | out-of-fold loss / zeros (active tuning clips) |",
+    lines = ["| channel | ships | dead zone | gain | out-of-fold loss / zeros (active tuning pairs of its unit) |",
              "|---|---|---|---|---|"]
     for name, row in table.channels.items():
         ships = " + ".join(f"{s} {v:.2f}" for s, v in sorted(row["shares"].items())) or "**0**"
         rec = cv.get(name)
-        rec = f"{rec['loss_out_of_fold']:.4f} / {rec['loss_zeros']:.4f} ({rec['active_clips']})" if rec else "–"
+        rec = f"{rec['loss_out_of_fold']:.4f} / {rec['loss_zeros']:.4f} ({rec['active_pairs']})" if rec else "–"
         resp = (f"{row['dead_zone']:.2f}", f"{row['gain']:.1f}") if row["shares"] else ("–", "–")
         lines.append(f"| {name} | {ships} | {resp[0]} | {resp[1]} | {rec} |")
     return "\n".join(lines)

@@ -78,13 +78,16 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
         L.append("- **Bald scalp**: no hair geometry; hair/stubble appears only as albedo colour.")
     L.append("- **Static eyes**: front hemispheres of the eyeballs, no gaze (ARKit `eyeLook*` are never driven and "
              "stay 0)." + (" Eyelid and brow motion: see *Expression response* below; the tracker also reads "
-                          "blinks, squints, wide eyes and brows from the landmarks (`expression_init.npz`)." if hair
+                          "blinks, squints, wide eyes and brows from the landmarks (`expression_init.npz`; which of them ship: "
+                          "*ARKit output per channel*)." if hair
                           else " The eyelids and brows barely deform (a full blink moves the upper lid by 0.2 mm, "
                           "ICT-FaceKit by 8 mm: backend/evaluation/README.md); the tracker reads blinks, squints, "
-                          "wide eyes and brows from the landmarks (`expression_init.npz`)."))
+                          "wide eyes and brows from the landmarks (`expression_init.npz`; which of them ship: *ARKit output "
+                          "per channel*)."))
     L.append("- **Mouth channels from the image**: the fit does not return frowns or a rolled lower lip (nor press, "
              "dimple, jaw sideways/forward); the tracker reads frown and roll lower from a patch of the frame around "
-             "the mouth (`mouth_image.pt`, trained on renders of ICT-FaceKit heads with MakeHuman skin detail).")
+             "the mouth (`mouth_image.pt`, trained on renders of ICT-FaceKit heads with MakeHuman skin detail; "
+             "which of them ship: *ARKit output per channel*).")
     line = arkit_output_line(model_dir)
     if line:
         L.append(line)

@@ -495,3 +495,33 @@ def test_feature_points_of_each_landmark_scheme():
     ibug = feature_landmarks(68)
     assert set(range(48, 68)) <= set(ibug) and set(range(36, 48)) <= set(ibug) and not set(range(17)) & set(ibug)
     assert len(feature_landmarks(5)) == 0
+
+
+def test_a_highlight_in_every_frame_is_not_baked_as_a_bright_patch(scene):
+    """Scattered vertices 1.6x as bright as the skin (linear light) in every frame, as the sheen under the nose tip
+    is: they come back at most about ``highlight_excess`` (1.25x) as bright as the skin around them; without the
+    limit, ~1.6x."""
+    from backend.contracts.conventions import linear_to_srgb, srgb_to_linear
+    v, f = sphere(80, 160)
+    front = np.flatnonzero((v[:, 2] > 0.8 * RADIUS))
+    spot = np.zeros(len(v), bool)
+    spot[front[::97]] = True
+    bright = (np.clip(linear_to_srgb(1.6 * srgb_to_linear(SKIN / 255.0)), 0, 1) * 255 + 0.5).astype(np.uint8)
+    colours = np.where(spot[:, None], bright, SKIN).astype(np.uint8)
+    flip = np.diag([1.0, -1.0, -1.0])
+    verts_cam = np.stack([(v @ (yaw(a) @ flip).T) + [0, 0, 0.55] for a in np.linspace(-20, 20, 6)])
+    img, covered = render_shaded(verts_cam, f, K, SIZE, scene["lighting"], colours)
+    frames = FrameBatch(np.where(covered[..., None], img * 255 + 0.5, 90).astype(np.uint8),
+                        np.where(covered, M.FACE, M.BACKGROUND).astype(np.uint8), np.zeros_like(covered), verts_cam)
+    model = np.full((len(v), 3), 128, np.uint8)
+    core = spot
+    skin = ~spot & (v[:, 2] > 0.8 * RADIUS) & interior(f, spot)
+
+    def ratio(cfg):
+        baked, _ = bake_vertices(frames, f, K, scene["lighting"], model, cfg)
+        lin = srgb_to_linear(baked.colours / 255.0)
+        return lin[core].mean() / lin[skin].mean()
+
+    assert core.sum() > 5
+    assert 1.1 < ratio(BakeConfig()) < 1.3
+    assert ratio(BakeConfig(highlight_excess=np.inf)) > 1.45

@@ -1,10 +1,10 @@
 """Baked colours on posed surfaces of any topology (the per-frame USD meshes).
 
 A tracking run, which holds the model, carries each posed point back to the canonical space by the model's backward
-deformation and takes the colour of the canonical surface there (``CanonicalColours.at_posed``). A re-bake holds no
-model; it recolours the package's USD meshes in posed space instead (``recolour_mesh_sequence``): each USD vertex
-takes the colour of the nearest points of the same frame's posed canonical mesh (the package's per-frame
-vertices: the same surface, another tessellation)."""
+deformation (``canonical_points``) and takes the colour of the canonical surface there (``CanonicalColours.at``). A
+re-bake holds no model; it recolours the package's USD meshes in posed space instead (``recolour_mesh_sequence``):
+each USD vertex takes the colour of the nearest points of the same frame's posed canonical mesh (the package's
+per-frame vertices: the same surface, another tessellation)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -34,7 +34,10 @@ class CanonicalColours:
         self.hair = None if hair is None else np.asarray(hair, np.float64)
         self.k = k
 
-    def _lookup(self, points: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    def lookup(self, points: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(N, 3) points (the vertices' units) -> (N, 3) uint8 colours and (N,) uint8 hair flags (the blended flags
+        of the nearest vertices > 0.5; None without ``hair``): the per-frame meshes' hair from the lookup their colours
+        make anyway (a posed query of the bald head at every vertex was 3/4 of the hair's extra meshing time)."""
         d, i = self.tree.query(np.asarray(points, np.float64), k=self.k)
         w = 1.0 / np.maximum(d, 1e-6)
         w /= w.sum(1, keepdims=True)
@@ -44,20 +47,20 @@ class CanonicalColours:
 
     def at(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) points (the vertices' units) -> (N, 3) uint8."""
-        return self._lookup(points)[0]
+        return self.lookup(points)[0]
 
-    @torch.no_grad()
-    def at_posed(self, model, z_geo: torch.Tensor, z_exp: torch.Tensor, points: np.ndarray,
-                 chunk: int = 32768) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """(N, 3) posed points (model units) of expression z_exp (1, D) -> (N, 3) uint8 colours and (N,) uint8
-        hair flags (the blended flags of the nearest canonical vertices > 0.5; None without ``hair``) via the
-        backward deformation x -> x + δ(x). The hair costs one blend more: a posed query of the bald head at every
-        vertex took 0.6-0.8 of a frame's meshing time."""
-        device = None if z_geo is None else z_geo.device   # the codes' device: the model's
-        x = torch.as_tensor(np.asarray(points, np.float32), device=device)
-        offsets = torch.cat([model.deformation(x[None, s:s + chunk], z_geo, z_exp)[0][0]
-                             for s in range(0, len(x), chunk)]) if len(x) else x
-        return self._lookup((x + offsets).cpu().numpy())
+
+
+@torch.no_grad()
+def canonical_points(model, z_geo: torch.Tensor, z_exp: torch.Tensor, points: np.ndarray,
+                     chunk: int = 32768) -> np.ndarray:
+    """(N, 3) posed points (model units) of expression z_exp (1, D) -> (N, 3) their canonical points by the backward
+    deformation x -> x + δ(x)."""
+    device = None if z_geo is None else z_geo.device   # the codes' device: the model's
+    x = torch.as_tensor(np.asarray(points, np.float32), device=device)
+    offsets = torch.cat([model.deformation(x[None, s:s + chunk], z_geo, z_exp)[0][0]
+                         for s in range(0, len(x), chunk)]) if len(x) else x
+    return (x + offsets).cpu().numpy()
 
 
 def recolour_mesh_sequence(pkg: ResultPackage, colours: np.ndarray, out) -> None:

@@ -559,7 +559,7 @@ class TrackingSession:
         tracked result usable. -> ``bake.posed.CanonicalColours`` for the per-frame meshes, or None."""
         import torch
         from ..bake.albedo import FrameBatch, Shading, fit_weights
-        from ..bake.frames import interior_regions
+        from ..bake.frames import interior_regions, stack_landmarks
         from ..bake.posed import CanonicalColours
         from ..bake.run import BakeRequest, bake
         from ..contracts.result_format import CanonicalMesh
@@ -584,7 +584,8 @@ class TrackingSession:
             verts = np.stack([self.bake_vertices[i] for i in indices]).astype(np.float64) * NPHM_UNIT_M
             frames = FrameBatch(np.stack(images), np.stack(labels), np.stack(special),
                                 np.einsum("tij,tvj->tvi", R, verts) + t[:, None],
-                                fit_weights(np.array([self.bake_errors[i] for i in indices])))
+                                fit_weights(np.array([self.bake_errors[i] for i in indices])),
+                                stack_landmarks([self.detections.landmarks[i] for i in indices]))
             mesh = CanonicalMesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces, tracker.albedo,
                                  hair=canonical_hair(tracker))
             fitted = Shading(to_numpy(tracker.sh), to_numpy(tracker.cA), to_numpy(tracker.cb))
@@ -708,23 +709,27 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
     canonical surface through the backward deformation, and its hair vertices with it) or, without them, the
     tracker's albedo (network albedo through the fitted colour affine; hair: a posed query of the bald head). Yields
     ``usd_export.FrameMesh`` (metres, model axes)."""
+    from ..bake.posed import canonical_points
     from ..model.meshing import COLOR_PRUNE_MASS, POSED_REUSE_TOL, PosedMesher
     from ..usd_export import FrameMesh
-    from .head_mesh import hair_vertices
+    from .head_mesh import HeadMesh, fill_posed_eye_pockets, hair_vertices
 
     mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res, reuse_tol=POSED_REUSE_TOL)
     zg = tracker.z_geo().detach()
+    contours = tracker.eye_contours(zg)
     zb = bald_z_geo(tracker)
     for k, index in enumerate(frames):
         t0 = time.perf_counter()
         ze = tracker.tensor(z_exp[k])[None]
         mesh = mesher(zg, None, ze, with_color=False)
+        posed, canonical = fill_posed_eye_pockets(HeadMesh(mesh.vertices, mesh.faces),
+                                                  canonical_points(tracker.model, zg, ze, mesh.vertices), contours)
         if colours is None:
-            rgb = tracker.albedo_u8(mesh.vertices, ze, COLOR_PRUNE_MASS)
-            hair = None if zb is None else hair_vertices(tracker.model, zb, mesh.vertices, ze)
+            rgb = tracker.albedo_u8(posed.vertices, ze, COLOR_PRUNE_MASS)
+            hair = None if zb is None else hair_vertices(tracker.model, zb, posed.vertices, ze)
         else:
-            rgb, hair = colours.at_posed(tracker.model, zg, ze, mesh.vertices)
-        frame_mesh = FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, rgb, hair)
+            rgb, hair = colours.lookup(canonical)
+        frame_mesh = FrameMesh(index, posed.vertices * np.float32(NPHM_UNIT_M), mesh.faces, rgb, hair)
         tracker.timer.add("meshes", time.perf_counter() - t0)
         yield frame_mesh
         if ev is not None:
@@ -831,8 +836,10 @@ def open_session(config: TrackConfig, events=None, preset=None,
         ev.warning(f"no face in {len(det.indices) - n_found} of {len(det.indices)} frames; they are filled by "
                    "interpolation and flagged 'interpolated'", "no_face_frames")
 
+    from .channel_table import ChannelTable
     from .expression_init import LandmarkExpressionRegressor
-    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])), mouth_regressor)
+    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])), mouth_regressor,
+                      ChannelTable.load(Path(model_hdr["path"])))
     codes.set_landmark_rest(*det.found_points())
     codes.set_mouth_rest(det.found_patches())
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"

@@ -16,6 +16,7 @@ import platform
 from pathlib import Path
 
 from .. import BUILTIN_MODEL_DIR
+from ..tracking.region_image import load_regressors
 from .data import CORR_EMPHASIS, EXPR_EMPHASIS
 
 
@@ -68,9 +69,14 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
                           else " The eyelids and brows barely deform (a full blink moves the upper lid by 0.2 mm, "
                           "ICT-FaceKit by 8 mm: backend/evaluation/README.md); the tracker reads blinks, squints, "
                           "wide eyes and brows from the landmarks (`expression_init.npz`)."))
-    L.append("- **Mouth channels from the image**: the fit does not return frowns or a rolled lower lip (nor press, "
-             "dimple, jaw sideways/forward); the tracker reads frown and roll lower from a patch of the frame around "
-             "the mouth (`mouth_image.pt`, trained on renders of ICT-FaceKit heads with MakeHuman skin detail).")
+    readers = load_regressors(model_dir)
+    if readers:
+        read = "; ".join(f"around the {r.region.name} (`{r.region.file_name}`, {len(r.net.members)} networks "
+                         f"averaged): {', '.join(r.channels)}" for r in readers.values())
+        L.append("- **Channels from the image**: neither the fit nor MediaPipe's points return frowns, a rolled lower "
+                 "lip, press, dimple, jaw sideways/forward or squints, and the points read the brows compressed; the "
+                 f"tracker reads these ICT channels from patches of the frame ({read}), trained on renders of "
+                 "ICT-FaceKit heads with MakeHuman skin detail (`backend/training/region_image.py`).")
     L.append("- **No teeth, no tongue** (`tongueOut` stays 0); the mouth interior is the ICT mouth socket.")
     L.append("- Not covered: " + ("" if hair else "hair volume, ") + "glasses, accessories, ears beyond the ICT "
              "template's detail, torso/shoulders.\n")

@@ -37,7 +37,7 @@ TRAINED = {
 # identities and on the tuning seed range's clips (backend/evaluation/README.md, session 13)
 SHIPPED = {
     "mouth": ("mouthRollLower",),
-    "eyes": ("browDown_L", "browDown_R", "eyeBlink_L", "eyeBlink_R", "eyeWide_L", "eyeWide_R"),
+    "eyes": ("browDown_L", "browDown_R", "eyeWide_L", "eyeWide_R"),
 }
 # the calibrated response clip(gain * (reading - dead_zone), 0, 1): the pair per channel with the lowest out-of-fold
 # error over the identities where the channel is active (peak >= ACTIVE_PEAK among their frames, as an active clip pair)

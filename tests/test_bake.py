@@ -525,3 +525,16 @@ def test_a_highlight_in_every_frame_is_not_baked_as_a_bright_patch(scene):
     assert core.sum() > 5
     assert 1.1 < ratio(BakeConfig()) < 1.3
     assert ratio(BakeConfig(highlight_excess=np.inf)) > 1.45
+
+
+def test_feature_point_is_tied_to_the_vertex_under_it_in_the_most_frames():
+    """A point over vertex 3 in 60 of 100 frames and spread over vertices 5-8 in the others is tied to
+    vertex 3, also when the candidates come from 8 frames only."""
+    from backend.bake.alignment import landmark_vertices
+    T = 100
+    uv = np.broadcast_to(np.arange(10.0)[None, :, None] * [10.0, 0.0], (T, 10, 2)).copy()
+    over = np.where(np.arange(T) % 5 < 3, 3, 5 + np.arange(T) % 4)
+    points = uv[np.arange(T), over][:, None] + 0.5
+    visible = np.ones((T, 10), bool)
+    for n in (100, 8):
+        assert landmark_vertices(uv, visible, points, np.full(T, 1.0), max_candidates=n)[0] == 3

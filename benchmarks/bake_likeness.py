@@ -66,7 +66,8 @@ Session 13 (2026-12-07 10:10-10:45, load 8-12; ``/work/cache/issue19/s13/exp.py`
 | cap12 0:250 cached | 11.18 | 4.99 | 5.00 (45 %) | 4.76 / 5.65 (50.1 %) | 9.04 (13.95) | 6.68 (11.87) | 7.48 | 6.76 |
 | cap12 0:250 fresh | 11.00 | 5.11 | 5.13 (47 %) | 4.84 / 5.89 (52.8 %) | 9.15 (14.47) | 7.26 (12.42) | 8.45 | 6.76 |
 
-The fresh track is this tree's (eye pockets filled, the folded walls dropped); ``main`` there is the session-12 bake
+This script on the two 0:250 packages (10:55-11:02, load ~9) gives the same baked figures; texture 2048² 5.60
+(cached; 5.50 before) and 5.24 (fresh). The fresh track is this tree's (eye pockets filled, the folded walls dropped); ``main`` there is the session-12 bake
 on it; session 12's own fresh track with the fill scored 5.42 (eyes 10.88). The features' alignment weights
 (``backend/bake/alignment.py``) alone: cached 0:250 brows 8.99 -> 9.02, lips 6.76 -> 6.68, after frame 180 5.58
 -> 5.64; fresh track brows 9.01 -> 9.12, lips 7.44 -> 7.24; on the flat-lit close-up the lips lose a doubled lip

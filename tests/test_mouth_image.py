@@ -96,10 +96,11 @@ def test_trained_network_reads_the_change_from_the_clips_rest_patch(tmp_path):
 
 
 def test_mouth_reading_replaces_its_channels_in_the_output():
-    """The channels the mouth image regressor reads take its reading on frames with a patch; frames without one
-    and every other channel keep the tracker's value."""
+    """A channel the table gives to the mouth image regressor (share 1) takes its reading on frames with a patch;
+    frames without one and every other channel keep the tracker's value."""
     from backend.model.encoders import CodeEncoders
-    from backend.tracking.codes import MOUTH_IMAGE_SHARE, CodeSpace
+    from backend.tracking.channel_table import ChannelTable
+    from backend.tracking.codes import CodeSpace
     from backend.training.modelwrap import build_model, model_config
 
     class Reading:
@@ -112,7 +113,10 @@ def test_mouth_reading_replaces_its_channels_in_the_output():
     torch.manual_seed(0)
     cfg = model_config("tiny")
     model = build_model(cfg, torch.randn(cfg.n_anchors, 3) * 0.2).eval()
-    codes = CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp), None, mouth_regressor=Reading())
+    rows = ChannelTable.model_only().channels
+    rows["mouthPressLeft"] = {"shares": {"mouth_image": 1.0}}
+    codes = CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp), None, mouth_regressor=Reading(),
+                      channel_table=ChannelTable(rows))
     patch = np.zeros(mi.PATCH_SHAPE + (3,), np.float16)
     reading = codes.mouth_readings([patch, None, patch])
     press = arkit.ARKIT_INDEX["mouthPressLeft"]
@@ -123,7 +127,6 @@ def test_mouth_reading_replaces_its_channels_in_the_output():
     p_ex[:, arkit.ICT_NAMES.index("jawOpen")] = 0.4
     out = codes.arkit(p_ex, mouth_reading=reading)
     before = codes.arkit(p_ex)
-    assert MOUTH_IMAGE_SHARE == 1.0
     assert out[:, press] == pytest.approx([0.8, 0.1, 0.8])
     assert np.array_equal(np.delete(out, press, 1), np.delete(before, press, 1))
 

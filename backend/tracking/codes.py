@@ -17,21 +17,12 @@ import torch
 
 from ..contracts import arkit
 from ..model.encoders import N_ID as N_ICT_IDENTITY
+from .channel_table import MODEL_SOURCE, ChannelTable
 
 
 # An ICT channel whose encoder column is weaker than this share of the median column barely moves the model's
 # surface (the built-in model: eye and brow channels at 0.007-0.014 against 0.03-0.22 for the mouth and jaw)
 WEAK_CHANNEL_SHARE = 0.25
-# ARKit mouth and jaw channels the model drives but returns too weakly (smile peaks at 0.2-0.3 of the truth, jawOpen
-# at 0.8), while MediaPipe's points carry them (landmark regressor alone on the tuning clips: correlation 0.8-0.97):
-# their output is the mean of the model's value and the landmark regressor's reading on frames with a face. The
-# mouth channels the points do not carry (frown, dimple, press, roll, jaw sideways and forward, mouth close: regressor
-# correlation <= 0.25) stay the model's. See backend/evaluation/README.md.
-LANDMARK_BLEND_CHANNELS = ("jawOpen", "mouthFunnel", "mouthPucker", "mouthSmileLeft", "mouthSmileRight",
-                           "mouthStretchLeft", "mouthStretchRight", "mouthLeft", "mouthRight", "mouthUpperUpLeft",
-                           "mouthUpperUpRight", "cheekPuff")
-LANDMARK_BLEND_SHARE = 0.5   # the landmark regressor's share of the blended channels' output
-MOUTH_IMAGE_SHARE = 1.0      # the mouth image regressor's share of its channels' output (``mouth_image``)
 
 
 class CodeSpace:
@@ -42,10 +33,13 @@ class CodeSpace:
     with a regressor their values come from it (the landmark loss through the model cannot see them), read against
     the clip's rest face once ``set_landmark_rest`` has seen the clip's detections. ``mouth_regressor`` (optional;
     ``mouth_image.MouthImageRegressor``): reads the mouth channels the points do not carry from the frames' mouth
-    patches, against the clip's rest patch (``set_mouth_rest``); output only.
+    patches, against the clip's rest patch (``set_mouth_rest``); output only. ``channel_table`` (optional;
+    ``channel_table.ChannelTable``, default: the model's reading on every channel): which of those readings each
+    ARKit channel ships, and its response.
     """
 
-    def __init__(self, model, encoders=None, arkit_regressor=None, landmark_regressor=None, mouth_regressor=None):
+    def __init__(self, model, encoders=None, arkit_regressor=None, landmark_regressor=None, mouth_regressor=None,
+                 channel_table: Optional[ChannelTable] = None):
         self.model = model
         self.cfg = model.cfg
         self.enc = encoders
@@ -53,6 +47,7 @@ class CodeSpace:
         self.landmark_regressor = landmark_regressor if encoders is not None else None
         self.landmark_rest: Optional[np.ndarray] = None   # (1404,) the clip's rest features (``set_landmark_rest``)
         self.mouth_regressor = mouth_regressor
+        self.channel_table = channel_table if channel_table is not None else ChannelTable.model_only()
         self.mouth_rest: Optional[np.ndarray] = None   # (3, rows, cols) the clip's rest features (``set_mouth_rest``)
         self.mode = "encoder" if encoders is not None else "raw"
         self.device = next(model.parameters()).device   # every code tensor lives where the model does
@@ -213,12 +208,22 @@ class CodeSpace:
     @torch.no_grad()
     def arkit(self, p_ex: torch.Tensor, landmark_reading: Optional[np.ndarray] = None,
               mouth_reading: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
-        """(B, n_ex) -> (B, 52) ARKit weights from the model's regressor (or the ICT->ARKit map), None if neither.
-        The channels read from the landmarks (``landmark_channels``) go through the ICT->ARKit map: the model's
-        codes barely carry them, so a regressor on the codes cannot return them. ``landmark_reading`` (B, n_ex):
-        the landmark regressor's ICT weights of each frame (``expression_from_landmarks``; NaN rows for frames
-        without them): ``LANDMARK_BLEND_CHANNELS`` blend it in. ``mouth_reading`` (B, 52): the mouth image
-        regressor's ARKit weights (``mouth_readings``; NaN where it has none): ``MOUTH_IMAGE_SHARE`` of them."""
+        """(B, n_ex) -> (B, 52) ARKit weights: ``channel_table`` applied to ``arkit_readings`` (None without a model
+        reading)."""
+        readings = self.arkit_readings(p_ex, landmark_reading, mouth_reading)
+        return None if readings is None else self.channel_table(readings)
+
+    @torch.no_grad()
+    def arkit_readings(self, p_ex: torch.Tensor, landmark_reading: Optional[np.ndarray] = None,
+                       mouth_reading: Optional[np.ndarray] = None) -> Optional[dict]:
+        """{source: (B, 52) float32 ARKit weights, NaN where the source has no reading} of B frames, the readings
+        ``channel_table`` chooses from; None when there is no model reading (raw codes without a regressor).
+
+        ``model``: the model's regressor on the codes (or the ICT->ARKit map); the channels read from the landmarks
+        (``landmark_channels``) go through the ICT->ARKit map, since the model's codes barely carry them.
+        ``landmarks``: ``landmark_reading`` (B, n_ex), the landmark regressor's ICT weights of each frame
+        (``landmark_readings``; NaN rows without them), through the map. ``mouth_image``: ``mouth_reading`` (B, 52),
+        the mouth image regressor's ARKit weights (``mouth_readings``)."""
         if self.reg is not None:
             out = self.reg(self.z_exp(p_ex)).cpu().numpy().astype(np.float32)
             if self._landmark_arkit is not None:
@@ -229,16 +234,15 @@ class CodeSpace:
             out = np.clip(arkit.ict_to_arkit(p_ex.cpu().numpy()), 0, 1).astype(np.float32)
         else:
             return None
+        readings = {MODEL_SOURCE: out}
         if landmark_reading is not None and self._landmark_arkit is not None:
             rows = np.isfinite(landmark_reading).all(1)
-            cols = [arkit.ARKIT_INDEX[n] for n in LANDMARK_BLEND_CHANNELS]
-            read = np.clip(arkit.ict_to_arkit(landmark_reading[rows].astype(np.float64)), 0, 1)[:, cols]
-            out[np.ix_(rows, cols)] = ((1 - LANDMARK_BLEND_SHARE) * out[np.ix_(rows, cols)]
-                                       + LANDMARK_BLEND_SHARE * read)
+            read = np.full(out.shape, np.nan, np.float32)
+            read[rows] = np.clip(arkit.ict_to_arkit(landmark_reading[rows].astype(np.float64)), 0, 1)
+            readings["landmarks"] = read
         if mouth_reading is not None:
-            have = np.isfinite(mouth_reading)
-            out[have] = (1 - MOUTH_IMAGE_SHARE) * out[have] + MOUTH_IMAGE_SHARE * mouth_reading[have]
-        return out
+            readings["mouth_image"] = np.asarray(mouth_reading, np.float32)
+        return readings
 
     def landmark_readings(self, points: Sequence[Optional[np.ndarray]], depths: Sequence[Optional[np.ndarray]]
                           ) -> Optional[np.ndarray]:

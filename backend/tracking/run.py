@@ -832,8 +832,10 @@ def open_session(config: TrackConfig, events=None, preset=None,
         ev.warning(f"no face in {len(det.indices) - n_found} of {len(det.indices)} frames; they are filled by "
                    "interpolation and flagged 'interpolated'", "no_face_frames")
 
+    from .channel_table import ChannelTable
     from .expression_init import LandmarkExpressionRegressor
-    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])), mouth_regressor)
+    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])), mouth_regressor,
+                      ChannelTable.load(Path(model_hdr["path"])))
     codes.set_landmark_rest(*det.found_points())
     codes.set_mouth_rest(det.found_patches())
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"

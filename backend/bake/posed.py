@@ -37,7 +37,6 @@ class CanonicalColours:
         return (np.clip(c, 0, 255) + 0.5).astype(np.uint8)
 
 
-
 @torch.no_grad()
 def canonical_points(model, z_geo: torch.Tensor, z_exp: torch.Tensor, points: np.ndarray,
                      chunk: int = 32768) -> np.ndarray:

@@ -725,7 +725,7 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
                                                   canonical_points(tracker.model, zg, ze, mesh.vertices), contours)
         rgb = tracker.albedo_u8(posed.vertices, ze, COLOR_PRUNE_MASS) if colours is None else colours.at(canonical)
         hair = None if zb is None else hair_vertices(tracker.model, zb, posed.vertices, ze)
-        frame_mesh = FrameMesh(index, posed.vertices * np.float32(NPHM_UNIT_M), mesh.faces, rgb, hair)
+        frame_mesh = FrameMesh(index, posed.vertices * np.float32(NPHM_UNIT_M), posed.faces, rgb, hair)
         tracker.timer.add("meshes", time.perf_counter() - t0)
         yield frame_mesh
         if ev is not None:

@@ -343,7 +343,7 @@ def test_posed_points_take_the_colour_of_their_canonical_point():
     """Per-frame meshes: a posed point is carried back by the backward deformation and coloured there."""
     import torch
 
-    from backend.bake.posed import CanonicalColours
+    from backend.bake.posed import CanonicalColours, canonical_points
 
     class Shifted:   # backward deformation: posed -> canonical is x + (0.1, 0, 0)
         def deformation(self, x, z_geo, z_exp):
@@ -353,7 +353,7 @@ def test_posed_points_take_the_colour_of_their_canonical_point():
     canonical = np.stack(np.meshgrid(xs, xs, [0.0], indexing="ij"), -1).reshape(-1, 3)
     colours = np.where(canonical[:, :1] > 0, [200, 20, 20], [20, 20, 200]).astype(np.uint8)
     posed = np.array([[-0.2, 0.0, 0.0], [0.2, 0.1, 0.0], [-0.04, -0.3, 0.0]])   # canonical x: -0.1, 0.3, 0.06
-    got = CanonicalColours(canonical, colours).at_posed(Shifted(), None, None, posed)
+    got = CanonicalColours(canonical, colours).at(canonical_points(Shifted(), None, None, posed))
     np.testing.assert_array_equal(got[:, 0] > 100, [False, True, True])
 
 
@@ -435,3 +435,126 @@ def test_shadowed_colour_limit_keeps_darker_colours_and_trusted_ones():
     np.testing.assert_allclose(out[0], ref[0], atol=1e-6)       # untrusted and brighter: the reference
     np.testing.assert_allclose(out[1], albedo[1], atol=1e-6)    # trusted: untouched
     assert out[2].mean() == pytest.approx(albedo[2].mean()) and out[2][0] / out[2][2] == pytest.approx(4.0)
+
+
+BROW = np.array([70, 50, 40], np.uint8)
+
+
+def moving_brow_scene(n_lat=40, n_lon=80, brow_ring=12):
+    """The sphere with a dark brow (three rings of vertices on the front) that the mesh does not move: in 8 of 20
+    frames the brow sits on the mesh's brow, in the other 12 the image shows it 4, 6 or 8 rings higher (29-58 mm;
+    4 frames each). The detector's brow points follow the brow in the image."""
+    from backend.contracts import landmark_tables as L
+    v, f = sphere(n_lat, n_lon)
+    ring = np.repeat(np.arange(n_lat - 2), n_lon)
+    ring = np.concatenate([ring, [-1, -1]])
+    front = (v[:, 2] > 0) & (np.abs(v[:, 0]) < 0.75 * RADIUS)
+    lighting = Lighting(np.zeros((9, 3), np.float32))
+    lighting.sh[0] = 0.9 / 0.28209
+    flip = np.diag([1.0, -1.0, -1.0])
+    lifts = np.array([0, 4, 0, 6, 8] * 4)                   # rings the image's brow sits above the mesh's
+    angles = np.linspace(-20, 20, len(lifts))
+    verts_cam = np.stack([(v @ (yaw(a) @ flip).T) + [0, 0, 0.55] for a in angles])
+    images = np.zeros((len(lifts), SIZE[1], SIZE[0], 3), np.uint8)
+    landmarks = np.full((len(lifts), 478, 2), np.nan, np.float32)
+    centre_line = (np.arange(-10, 10) % n_lon)                   # 20 longitudes across the front
+    for t, lift in enumerate(lifts):
+        brow = front & (np.abs(ring - (brow_ring - lift)) <= 1)
+        colours = np.where(brow[:, None], BROW, SKIN).astype(np.uint8)
+        img, covered = render_shaded(verts_cam[t:t + 1], f, K, SIZE, lighting, colours)
+        images[t] = np.where(covered[0, ..., None], img[0] * 255 + 0.5, 90).astype(np.uint8)
+        p = verts_cam[t, (brow_ring - lift) * n_lon + centre_line]
+        landmarks[t, list(L.MP_BROWS)] = p[:, :2] / p[:, 2:] * K[0, 0] + K[0, 2]
+    covered = raster.rasterize_batch(verts_cam, f, K, *SIZE[::-1]).tri >= 0
+    labels = np.where(covered, M.FACE, M.BACKGROUND).astype(np.uint8)
+    frames = FrameBatch(images, labels, np.zeros_like(covered), verts_cam, landmarks=landmarks)
+    mesh_brow = front & (ring == brow_ring) & (np.abs(v[:, 0]) < 0.5 * RADIUS)
+    return frames, v, f, lighting, mesh_brow
+
+
+def test_features_are_baked_from_the_frames_where_the_mesh_matches_the_image():
+    """A brow the mesh does not follow: without the detector's points every frame counts and the brow, on the
+    mesh's brow in 8 of 20 frames only, comes back skin-coloured; weighted by how far the brow points are from the
+    mesh's brow in each frame, the mesh's brow takes the brow's colour from the 8 frames where the two agree."""
+    import dataclasses
+    frames, v, f, lighting, mesh_brow = moving_brow_scene()
+    model = np.full((len(v), 3), 128, np.uint8)
+    aligned, _ = bake_vertices(frames, f, K, lighting, model, BakeConfig())
+    blind, _ = bake_vertices(dataclasses.replace(frames, landmarks=None), f, K, lighting, model, BakeConfig())
+    assert mesh_brow.sum() >= 10
+    err_aligned = np.abs(aligned.colours[mesh_brow].astype(float) - BROW).mean()
+    err_blind = np.abs(blind.colours[mesh_brow].astype(float) - BROW).mean()
+    assert err_aligned < 12 and err_blind > 60, (err_aligned, err_blind)
+
+
+def test_feature_points_of_each_landmark_scheme():
+    from backend.bake.alignment import feature_landmarks
+    from backend.contracts import landmark_tables as L
+    mp = feature_landmarks(478)
+    assert set(L.MP_BROWS) <= set(mp) and set(L.MP_LIPS) <= set(mp) and not set(L.MP_NOSE) & set(mp)
+    ibug = feature_landmarks(68)
+    assert set(range(48, 68)) <= set(ibug) and set(range(36, 48)) <= set(ibug) and not set(range(17)) & set(ibug)
+    assert len(feature_landmarks(5)) == 0
+
+
+def test_a_highlight_in_every_frame_is_not_baked_as_a_bright_patch(scene):
+    """Scattered vertices 1.6x as bright as the skin (linear light) in every frame, as the sheen under the nose tip
+    is: they come back at most about ``highlight_excess`` (1.25x) as bright as the skin around them; without the
+    limit, ~1.6x."""
+    from backend.contracts.conventions import linear_to_srgb, srgb_to_linear
+    v, f = sphere(80, 160)
+    front = np.flatnonzero((v[:, 2] > 0.8 * RADIUS))
+    spot = np.zeros(len(v), bool)
+    spot[front[::97]] = True
+    bright = (np.clip(linear_to_srgb(1.6 * srgb_to_linear(SKIN / 255.0)), 0, 1) * 255 + 0.5).astype(np.uint8)
+    colours = np.where(spot[:, None], bright, SKIN).astype(np.uint8)
+    flip = np.diag([1.0, -1.0, -1.0])
+    verts_cam = np.stack([(v @ (yaw(a) @ flip).T) + [0, 0, 0.55] for a in np.linspace(-20, 20, 6)])
+    img, covered = render_shaded(verts_cam, f, K, SIZE, scene["lighting"], colours)
+    frames = FrameBatch(np.where(covered[..., None], img * 255 + 0.5, 90).astype(np.uint8),
+                        np.where(covered, M.FACE, M.BACKGROUND).astype(np.uint8), np.zeros_like(covered), verts_cam)
+    model = np.full((len(v), 3), 128, np.uint8)
+    core = spot
+    skin = ~spot & (v[:, 2] > 0.8 * RADIUS) & interior(f, spot)
+
+    def ratio(cfg):
+        baked, _ = bake_vertices(frames, f, K, scene["lighting"], model, cfg)
+        lin = srgb_to_linear(baked.colours / 255.0)
+        return lin[core].mean() / lin[skin].mean()
+
+    assert core.sum() > 5
+    assert 1.1 < ratio(BakeConfig()) < 1.3
+    assert ratio(BakeConfig(highlight_excess=np.inf)) > 1.45
+
+
+def test_feature_point_is_tied_to_the_vertex_under_it_in_the_most_frames():
+    """A point over vertex 3 in 60 of 100 frames and spread over vertices 5-8 in the others is tied to
+    vertex 3, also when the candidates come from 8 frames only."""
+    from backend.bake.alignment import landmark_vertices
+    T = 100
+    uv = np.broadcast_to(np.arange(10.0)[None, :, None] * [10.0, 0.0], (T, 10, 2)).copy()
+    over = np.where(np.arange(T) % 5 < 3, 3, 5 + np.arange(T) % 4)
+    points = uv[np.arange(T), over][:, None] + 0.5
+    visible = np.ones((T, 10), bool)
+    for n in (100, 8):
+        assert landmark_vertices(uv, visible, points, np.full(T, 1.0), max_candidates=n)[0] == 3
+
+
+def test_texture_keeps_to_the_vertex_bakes_highlight_limit(scene):
+    """The texture's texels keep to the vertex bake's brightness cap (``BakedColours.brightness_cap``), as its
+    vertex colours do: with a cap of half the skin's brightness on every vertex no texel is brighter."""
+    from backend.bake.albedo import limit_brightness
+    from backend.bake.texture import bake_texture, unwrap
+    from backend.contracts.conventions import linear_to_srgb, srgb_to_linear
+    v, f = scene["v"], scene["f"]
+    baked, lighting = bake_vertices(scene["frames"], f, K, scene["lighting"], np.full((len(v), 3), 128, np.uint8),
+                                    BakeConfig())
+    assert baked.brightness_cap is not None and baked.brightness_cap.shape == (len(v),)
+    uv = unwrap(v, f)
+    cap = np.full(len(v), 0.5 * srgb_to_linear(SKIN / 255.0).mean(), np.float32)
+    capped_colours = (linear_to_srgb(limit_brightness(srgb_to_linear(baked.colours / 255.0), cap)) * 255 + 0.5
+                      ).astype(np.uint8)
+    free = bake_texture(scene["frames"], f, K, lighting, uv, capped_colours, 64, BakeConfig())
+    capped = bake_texture(scene["frames"], f, K, lighting, uv, capped_colours, 64, BakeConfig(), cap)
+    brightness = [srgb_to_linear(t / 255.0).mean(-1).max() for t in (free, capped)]
+    assert brightness[1] < cap[0] * 1.03 < brightness[0], (brightness, cap[0])

@@ -74,11 +74,13 @@ def test_rest_features_are_the_median_over_frames():
 
 
 def test_mouth_channels_blend_the_landmark_reading_into_the_output():
-    """``LANDMARK_BLEND_CHANNELS`` take the mean of the model's value and the landmark regressor's reading on frames
-    with points; frames without points, and the channels the points do not carry, keep the model's value."""
+    """A channel the table blends (jawOpen, landmark share 0.5) takes the mean of the model's value and the landmark
+    regressor's reading on frames with points; frames without points, and the other channels, keep the model's
+    value."""
     torch = pytest.importorskip("torch")
     from backend.model.encoders import CodeEncoders
-    from backend.tracking.codes import LANDMARK_BLEND_CHANNELS, LANDMARK_BLEND_SHARE, CodeSpace
+    from backend.tracking.channel_table import ChannelTable
+    from backend.tracking.codes import CodeSpace
     from backend.training.modelwrap import build_model, model_config
 
     class Reading:
@@ -93,7 +95,10 @@ def test_mouth_channels_blend_the_landmark_reading_into_the_output():
     cfg = model_config("tiny")
     model = build_model(cfg, torch.randn(cfg.n_anchors, 3) * 0.2).eval()
     model.extra = {"landmark_channels": ["browDown_L", "browDown_R"]}
-    codes = CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp), None, landmark_regressor=Reading())
+    rows = ChannelTable.model_only().channels
+    rows["jawOpen"] = {"shares": {"model": 0.5, "landmarks": 0.5}}
+    codes = CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp), None, landmark_regressor=Reading(),
+                      channel_table=ChannelTable(rows))
     points = np.zeros((468, 2), np.float32)
     readings = codes.landmark_readings([points, None, points], [np.zeros(468, np.float32)] * 3)
     assert np.isnan(readings[1]).all() and readings[0, JAW] == 1.0
@@ -101,7 +106,6 @@ def test_mouth_channels_blend_the_landmark_reading_into_the_output():
     p_ex[:, JAW] = 0.4                                                # the model's own jawOpen
     out = codes.arkit(p_ex, readings)
     jaw, frown = arkit.ARKIT_INDEX["jawOpen"], arkit.ARKIT_INDEX["mouthFrownLeft"]
-    assert "jawOpen" in LANDMARK_BLEND_CHANNELS and "mouthFrownLeft" not in LANDMARK_BLEND_CHANNELS
-    assert out[:, jaw] == pytest.approx([0.4 + LANDMARK_BLEND_SHARE * 0.6, 0.4, 0.4 + LANDMARK_BLEND_SHARE * 0.6])
+    assert out[:, jaw] == pytest.approx([0.4 + 0.5 * 0.6, 0.4, 0.4 + 0.5 * 0.6])
     assert (out[:, frown] == 0).all()                                 # not blended: the points do not carry it
     assert np.array_equal(np.delete(out, jaw, 1), np.delete(codes.arkit(p_ex), jaw, 1))

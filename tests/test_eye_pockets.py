@@ -38,3 +38,64 @@ def test_nothing_in_front_of_the_membrane_moves_back():
     bulging.vertices[inside, 2] = 0.2 * mesh.vertices[inside, 1] + 0.01     # an eyeball in front of the lids
     np.testing.assert_array_equal(fill_eye_pockets(bulging, [contour]).vertices, bulging.vertices)
     np.testing.assert_array_equal(fill_eye_pockets(mesh, []).vertices, mesh.vertices)
+
+
+def test_per_frame_meshes_are_filled_as_the_canonical_mesh():
+    """A frame's own surface (here the canonical grid moved and sheared by an expression: the backward deformation
+    gives back the canonical points) keeps no pocket behind the lid contour: each vertex moves as filling moves its
+    canonical point, and its colour is looked up at the filled canonical point."""
+    from backend.tracking.head_mesh import fill_posed_eye_pockets
+    mesh, inside, contour = face_with_pocket()
+    canonical = mesh.vertices.astype(np.float64)
+    shear = np.stack([0.1 * canonical[:, 1], 0.02 + 0 * canonical[:, 1], 0.05 * canonical[:, 0]], -1)
+    posed = HeadMesh((canonical + shear).astype(np.float32), mesh.faces)
+    filled, filled_canonical = fill_posed_eye_pockets(posed, canonical, [contour])
+    np.testing.assert_allclose(filled_canonical, fill_eye_pockets(mesh, [contour]).vertices, atol=1e-6)
+    surface = 0.2 * canonical[:, 1] + shear[:, 2]                 # the posed face's surface over each vertex
+    np.testing.assert_allclose(filled.vertices[inside, 2], surface[inside] - EYE_MEMBRANE_DEPTH, atol=1e-5)
+    np.testing.assert_array_equal(filled.vertices[~inside], posed.vertices[~inside])
+
+
+def test_ibug68_tracks_fill_their_eye_pockets_too():
+    """iBUG 68's six lid points per eye give the same contours (in MediaPipe's order) as MediaPipe's."""
+    from backend.contracts.landmark_tables import IBUG68_FROM_MEDIAPIPE
+    from backend.tracking import masks as M
+    from backend.tracking.tracker import Tracker
+
+    class Stub:   # the landmark table and canonical landmarks eye_contours reads: canonical point k at (k, 0, 0)
+        lm_idx = np.arange(68)
+
+        @staticmethod
+        def canonical_landmarks(zg):
+            import torch
+            return torch.arange(68.0)[:, None] * torch.tensor([1.0, 0.0, 0.0])
+
+    contours = Tracker.eye_contours(Stub(), None)
+    assert len(contours) == 2
+    for contour, mp in zip(contours, M.EYE_CONTOURS):
+        ibug = contour[:, 0].astype(int)
+        assert sorted(ibug) == list(range(36, 42)) or sorted(ibug) == list(range(42, 48))
+        order = [list(mp).index(IBUG68_FROM_MEDIAPIPE[i]) for i in ibug]
+        assert order == sorted(order)
+
+
+def test_folded_walls_are_dropped_not_left_facing_backwards():
+    """A pocket whose wall folds back under itself (a band of columns mirrored in x, deeper still): filled, the fold
+    lies on the membrane facing backwards, where it fought the front faces for depth (mottled eyes). Those faces go,
+    with the vertices only they used; the membrane's front faces still cover the opening."""
+    mesh, inside, contour = face_with_pocket()
+    v = mesh.vertices.reshape(81, 81, 3).copy()
+    band = slice(36, 45)
+    fold = inside.reshape(81, 81)[band]
+    v[band, :, 0] = np.where(fold, v[band, :, 0][::-1], v[band, :, 0])
+    v[band, :, 2] = np.where(fold, v[band, :, 2] - 0.02, v[band, :, 2])
+    folded = HeadMesh(v.reshape(-1, 3), mesh.faces)
+    filled = fill_eye_pockets(folded, [contour])
+    w, f = filled.vertices.astype(np.float64), filled.faces
+    on_membrane = np.isclose(w[:, 2], 0.2 * w[:, 1] - EYE_MEMBRANE_DEPTH, atol=1e-6)
+    n = np.cross(w[f[:, 1]] - w[f[:, 0]], w[f[:, 2]] - w[f[:, 0]])
+    flat = on_membrane[f].all(1)
+    assert flat.sum() > 100 and (n[flat, 2] > 0).all()
+    assert len(f) < len(mesh.faces) and len(np.unique(f)) == len(w) < len(mesh.vertices)
+    area = 0.5 * n[flat, 2].sum()
+    assert area > 0.95 * np.pi * 0.08 * 0.03, area               # the opening (ellipse) stays covered

@@ -153,10 +153,11 @@ def test_shipped_networks_load_small_and_read_zero_at_rest(region):
 
 
 def test_image_readings_replace_their_channels_in_the_output():
-    """The channels a region's image regressor reads take its reading on frames with a patch; frames without one
-    and every other channel keep the tracker's value."""
+    """A channel the table gives to a region's image regressor (share 1: ``<region>_image``) takes its reading on
+    frames with a patch; frames without one and every other channel keep the tracker's value."""
     from backend.model.encoders import CodeEncoders
-    from backend.tracking.codes import IMAGE_SHARE, CodeSpace
+    from backend.tracking.channel_table import ChannelTable
+    from backend.tracking.codes import CodeSpace
     from backend.training.modelwrap import build_model, model_config
 
     class Reading:
@@ -171,8 +172,12 @@ def test_image_readings_replace_their_channels_in_the_output():
     torch.manual_seed(0)
     cfg = model_config("tiny")
     model = build_model(cfg, torch.randn(cfg.n_anchors, 3) * 0.2).eval()
+    rows = ChannelTable.model_only().channels
+    rows["mouthPressLeft"] = {"shares": {"mouth_image": 1.0}}
+    rows["eyeSquintLeft"] = {"shares": {"eyes_image": 1.0}}
     codes = CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp), None,
-                      image_regressors={"mouth": Reading("mouthPress_L", 0.8), "eyes": Reading("eyeSquint_L", 0.6)})
+                      image_regressors={"mouth": Reading("mouthPress_L", 0.8), "eyes": Reading("eyeSquint_L", 0.6)},
+                      channel_table=ChannelTable(rows))
     mouth = np.zeros(ri.MOUTH.shape + (3,), np.float16)
     eyes = np.zeros(ri.EYES.shape + (3,), np.float16)
     reading = codes.image_readings({"mouth": [mouth, None, mouth], "eyes": [eyes, eyes, None]})
@@ -183,9 +188,8 @@ def test_image_readings_replace_their_channels_in_the_output():
     p_ex = torch.zeros(3, len(arkit.ICT_NAMES))
     p_ex[:, PRESS] = 0.1                                             # the model's own value
     p_ex[:, arkit.ICT_NAMES.index("jawOpen")] = 0.4
-    out = codes.arkit(p_ex, image_readings=list(reading.values()))
+    out = codes.arkit(p_ex, image_readings=reading)
     before = codes.arkit(p_ex)
-    assert IMAGE_SHARE == 1.0
     assert out[:, press] == pytest.approx([0.8, 0.1, 0.8])
     assert out[:, squint] == pytest.approx([0.6, 0.6, before[2, squint]])
     assert np.array_equal(np.delete(out, [press, squint], 1), np.delete(before, [press, squint], 1))

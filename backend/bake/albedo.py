@@ -81,6 +81,22 @@ class BakeConfig:
     before the refit 4.60 / 4.91 / 5.91 with it."""
     shadow_passes: int = 8
     """Rounds of averaging over the mesh for the surrounding skin's brightness (``limit_shadowed``)."""
+    highlight_excess: float = 1.25
+    """How much brighter (linear light) than the surrounding skin any skin point may come out, however well the
+    mesh predicts its light (``highlight_cap``): a highlight the skin shows in every frame (the sheen under the nose
+    tip) is no albedo; outside the clip's light it was a bright patch under the nose in flat-light close-ups.
+    cap12_edit 0:250 held-out re-render (benchmarks/bake_likeness.py): 5.00 with the limit, 4.99 without (nose
+    region 6.76 vs 6.67)."""
+    highlight_margin: int = 3
+    """Rings of vertices around eye and mouth-interior points the highlight limit leaves alone (the whites of the
+    eyes in their corners, the teeth): without it the eye region's held-out error rose 7.47 -> 7.96."""
+    alignment_tolerance: float = 0.01
+    """Distance of a feature point (brows, lids, lips) from its mesh vertex's projection, as a share of the head's
+    size in the image, up to which the mesh and the image agree there (``alignment.feature_weights``: a frame
+    weighs ``(best / residual) ** 2`` around the feature, ``best`` the residual of its best-aligned quarter of
+    frames, at least this)."""
+    alignment_radius_m: float = 0.012
+    """Distance (metres, on the posed mesh) over which a feature point's alignment weighs the vertices around it."""
 
 
 @dataclass
@@ -256,13 +272,15 @@ class FrameBatch:
     special: np.ndarray       # (T, H, W) bool: eye openings and mouth interior
     verts_cam: np.ndarray     # (T, V, 3) float64, metres, OpenCV camera space
     fit_weight: np.ndarray | None = None   # (T,) in [0, 1]: how far each frame's fit is trusted (None: all 1)
+    landmarks: np.ndarray | None = None    # (T, L, 2) the detector's points, pixels (NaN: no face; None: unknown)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, sl: slice) -> "FrameBatch":
         return FrameBatch(self.images[sl], self.labels[sl], self.special[sl], self.verts_cam[sl],
-                          None if self.fit_weight is None else self.fit_weight[sl])
+                          None if self.fit_weight is None else self.fit_weight[sl],
+                          None if self.landmarks is None else self.landmarks[sl])
 
 
 def fit_weights(landmark_error_px: np.ndarray) -> np.ndarray:
@@ -373,13 +391,16 @@ class FrameGeometry:
         # the head's size in the image: the margin scales with it
         self.size_px = np.sqrt(np.maximum(covered.reshape(T, -1).sum(1), 1)).astype(np.float32)
         self.normals = vertex_normals_batch(frames.verts_cam, self.faces)
+        self.alignment: np.ndarray | None = None
+        """(T, V) per-vertex weights from the features' alignment (``alignment.feature_weights``; set by
+        ``frame_geometries``, which sees every frame), or None."""
 
-    def observe(self, points: SurfacePoints) -> Observations:
-        cfg, fr = self.cfg, self.frames
+    def project(self, points: SurfacePoints):
+        """-> positions (T, N, 3) camera space, pixel coordinates uv (T, N, 2), visible (T, N) bool (in the image
+        and in front in the z-buffer)."""
+        fr = self.frames
         T, H, W = fr.labels.shape
         pos = points.interpolate(self.faces, fr.verts_cam)                    # (T, N, 3)
-        nrm = points.interpolate(self.faces, self.normals)
-        nrm /= np.clip(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12, None)
         z = np.maximum(pos[..., 2], 1e-6)
         uv = np.stack([self.K[0, 0] * pos[..., 0] / z + self.K[0, 2], self.K[1, 1] * pos[..., 1] / z + self.K[1, 2]],
                       -1)
@@ -387,22 +408,63 @@ class FrameGeometry:
         px = np.clip(uv[..., 0].astype(np.int64), 0, W - 1)
         py = np.clip(uv[..., 1].astype(np.int64), 0, H - 1)
         t = np.arange(T)[:, None]
-        visible = inside & (np.abs(pos[..., 2] - self.depth[t, py, px]) < cfg.depth_tolerance_m)
-        visible &= (points.face >= 0)[None]
+        visible = inside & (np.abs(pos[..., 2] - self.depth[t, py, px]) < self.cfg.depth_tolerance_m)
+        return pos, uv, visible & (points.face >= 0)[None]
+
+    def observe(self, points: SurfacePoints) -> Observations:
+        cfg, fr = self.cfg, self.frames
+        T, H, W = fr.labels.shape
+        pos, uv, visible = self.project(points)
+        nrm = points.interpolate(self.faces, self.normals)
+        nrm /= np.clip(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12, None)
+        px = np.clip(uv[..., 0].astype(np.int64), 0, W - 1)
+        py = np.clip(uv[..., 1].astype(np.int64), 0, H - 1)
+        t = np.arange(T)[:, None]
         cos = -(nrm * pos).sum(-1) / np.linalg.norm(pos, axis=-1).clip(1e-9)
         w_view = _ramp(cos, cfg.min_cos, 1.0)
         w_edge = _ramp(self.edge_dist[t, py, px] / self.size_px[:, None], 0.0, cfg.edge_margin)
         weight = (visible * w_view * w_edge).astype(np.float32)
         if fr.fit_weight is not None:
             weight *= fr.fit_weight[:, None]
+        if self.alignment is not None:
+            weight *= points.interpolate(self.faces, self.alignment[..., None])[..., 0]
         pixel_lin = srgb_to_linear(_bilinear(fr.images, uv)).astype(np.float32)
         return Observations(pixel_lin, nrm.astype(np.float16), weight, fr.special[t, py, px] & visible)
 
 
 def frame_geometries(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, cfg: BakeConfig) -> list:
-    """``FrameGeometry`` of every ``cfg.batch_frames`` frames."""
-    return [FrameGeometry(frames.subset(slice(s, s + cfg.batch_frames)), faces, K, cfg)
-            for s in range(0, len(frames), cfg.batch_frames)]
+    """``FrameGeometry`` of every ``cfg.batch_frames`` frames, with the features' alignment weights where the
+    frames have the detector's points (``feature_alignment``)."""
+    geometries = [FrameGeometry(frames.subset(slice(s, s + cfg.batch_frames)), faces, K, cfg)
+                  for s in range(0, len(frames), cfg.batch_frames)]
+    weights = feature_alignment(geometries, frames, cfg)
+    if weights is not None:
+        for s, g in zip(range(0, len(frames), cfg.batch_frames), geometries):
+            g.alignment = weights[s:s + cfg.batch_frames]
+    return geometries
+
+
+def feature_alignment(geometries: list, frames: FrameBatch, cfg: BakeConfig) -> np.ndarray | None:
+    """(T, V) per-vertex weights from how well the posed mesh matches the detector's brows, lids and lips in each
+    frame (``backend.bake.alignment``), or None without the detector's points."""
+    from .alignment import feature_landmarks, feature_weights, landmark_vertices
+    if frames.landmarks is None:
+        return None
+    ids = feature_landmarks(frames.landmarks.shape[1])
+    if not len(ids):
+        return None
+    points = frames.landmarks[:, ids].astype(np.float64)                    # (T, L, 2)
+    vertices = SurfacePoints.of_vertices(geometries[0].faces, frames.verts_cam.shape[1])
+    _, uv, visible = (np.concatenate(x) for x in zip(*(g.project(vertices) for g in geometries)))
+    size = np.concatenate([g.size_px for g in geometries]).astype(np.float64)
+    anchor = landmark_vertices(uv, visible, points, cfg.alignment_tolerance * size)
+    ok = anchor >= 0
+    a = np.maximum(anchor, 0)
+    t = np.arange(len(frames))[:, None]
+    residual = np.linalg.norm(uv[t, a] - points, axis=-1) / size[:, None]
+    residual = np.where(ok[None] & visible[t, a], residual, np.nan)[:, ok]
+    return feature_weights(residual, frames.verts_cam[0, anchor[ok]], frames.verts_cam[0], cfg.alignment_tolerance,
+                           cfg.alignment_radius_m)
 
 
 def observe(geometries: list, points: SurfacePoints) -> Observations:
@@ -509,14 +571,29 @@ def skin_reference(robust: RobustAlbedo, faces: np.ndarray, cfg: BakeConfig,
     return np.where(den[:, None] > 1e-9, num / np.maximum(den, 1e-12)[:, None], robust.albedo_lin)
 
 
-def limit_shadowed(robust: RobustAlbedo, faces: np.ndarray, cfg: BakeConfig) -> RobustAlbedo:
+def highlight_cap(robust: RobustAlbedo, reference_lin: np.ndarray, faces: np.ndarray, cfg: BakeConfig) -> np.ndarray:
+    """(N,) the linear brightness (``brightness``) no colour may exceed: ``cfg.highlight_excess`` times the
+    surrounding skin's (``reference_lin``, ``skin_reference``), however well lit (a highlight in every frame, like
+    the sheen under the nose tip, is no albedo); ``MAX_OBSERVED_ALBEDO`` (no cap) on eyes, the mouth interior,
+    their ``cfg.highlight_margin`` rings (the whites of the eyes in their corners, the teeth) and unseen points."""
+    exempt = (smooth_on_mesh(robust.special.astype(np.float64), faces, cfg.highlight_margin) > 0) | (robust.weight <= 0)
+    return np.where(exempt, MAX_OBSERVED_ALBEDO, cfg.highlight_excess * brightness(reference_lin)).astype(np.float32)
+
+
+def limit_brightness(albedo_lin: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Albedo (N, 3) scaled down, hue kept, where its ``brightness`` exceeds ``cap`` (N,)."""
+    scale = np.minimum(cap / np.maximum(brightness(albedo_lin), 1e-6), 1.0)
+    return (albedo_lin * scale[:, None]).astype(np.float32)
+
+
+def limit_shadowed(robust: RobustAlbedo, reference_lin: np.ndarray, cap: np.ndarray, cfg: BakeConfig) -> RobustAlbedo:
     """Vertex albedo where the predicted shading is not trusted (``RobustAlbedo.trust`` < 1) kept no brighter than
-    ``cfg.shadow_excess`` times the surrounding skin's (``skin_reference``). Darker stays darker (nostrils, the lid
-    line). Eyes and the mouth interior are left alone."""
-    reference = skin_reference(robust, faces, cfg)
+    ``cfg.shadow_excess`` times the surrounding skin's (``reference_lin``, ``skin_reference``), in its hue, and
+    everywhere within the highlight ``cap`` (``highlight_cap``). Darker stays darker (nostrils, the lid line). Eyes
+    and the mouth interior are left alone."""
     trust = np.where(robust.special, 1.0, robust.trust)
-    return dataclasses.replace(robust, albedo_lin=limit_shadowed_colour(robust.albedo_lin, reference, trust,
-                                                                        cfg.shadow_excess))
+    albedo = limit_shadowed_colour(robust.albedo_lin, reference_lin, trust, cfg.shadow_excess)
+    return dataclasses.replace(robust, albedo_lin=limit_brightness(albedo, cap))
 
 
 def bake_points(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting: Lighting, points: SurfacePoints,
@@ -614,11 +691,14 @@ def match_colours(source: np.ndarray, target: np.ndarray, weight: np.ndarray) ->
 @dataclass
 class BakedColours:
     """Result of a vertex bake: ``colours`` (V, 3) uint8 (package convention), ``confidence`` (V,) float32 in
-    [0, 1] (share of the baked estimate in the blend with the model albedo), ``special`` (V,) bool."""
+    [0, 1] (share of the baked estimate in the blend with the model albedo), ``special`` (V,) bool,
+    ``brightness_cap`` (V,) float32 the linear brightness no albedo there may exceed (``highlight_cap``; the
+    texture keeps to it too), or None."""
 
     colours: np.ndarray
     confidence: np.ndarray
     special: np.ndarray
+    brightness_cap: np.ndarray | None = None
 
 
 def blend_vertices(robust: RobustAlbedo, model_albedo_u8: np.ndarray, faces: np.ndarray,
@@ -649,8 +729,10 @@ def bake_vertices(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting
         lighting = fit_lighting(obs, robust, reference, lighting, cfg).white_balanced()
         robust = combine(obs, lighting, cfg)
     robust, lighting = normalise_scale(robust, lighting, cfg)
-    robust = limit_shadowed(robust, faces, cfg)
-    return blend_vertices(robust, model_albedo_u8, faces, cfg), lighting
+    reference = skin_reference(robust, faces, cfg)
+    cap = highlight_cap(robust, reference, faces, cfg)
+    baked = blend_vertices(limit_shadowed(robust, reference, cap, cfg), model_albedo_u8, faces, cfg)
+    return dataclasses.replace(baked, brightness_cap=cap), lighting
 
 
 def normalise_scale(robust: RobustAlbedo, lighting: Lighting, cfg: BakeConfig):

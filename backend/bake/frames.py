@@ -63,7 +63,7 @@ def interior_regions(labels: np.ndarray, landmarks: Optional[np.ndarray]) -> np.
 def package_frames(pkg: ResultPackage, indices: Sequence[int],
                    progress: Optional[Callable[[int, int, int], None]] = None) -> FrameBatch:
     """Re-decode the frames ``indices`` (sorted source indices) of the package's clip at the tracked image size,
-    with head labels and eye/mouth-interior masks from MediaPipe (the package keeps no landmarks), and the
+    with MediaPipe's landmarks, head labels and eye/mouth-interior masks (the package keeps no landmarks), and the
     package's posed mesh of each."""
     from ..tracking.landmarks import make_landmarker
     from ..tracking.video import FrameSource
@@ -83,6 +83,7 @@ def package_frames(pkg: ResultPackage, indices: Sequence[int],
     images = np.zeros((len(indices), H, W, 3), np.uint8)
     labels = np.full((len(indices), H, W), M.IGNORE, np.uint8)
     special = np.zeros((len(indices), H, W), bool)
+    points = [None] * len(indices)
     row = {int(i): k for k, i in enumerate(indices)}
     det = make_landmarker("mediapipe", video_mode=False)
     seg = M.SelfieSegmenter()
@@ -93,6 +94,7 @@ def package_frames(pkg: ResultPackage, indices: Sequence[int],
                 continue
             lm = det(fr.image)
             pts = lm.points if lm.found else None
+            points[k] = pts
             images[k] = fr.image
             labels[k] = M.head_labels(seg(fr.image), pts, (H, W))
             special[k] = interior_regions(labels[k], pts)
@@ -102,4 +104,18 @@ def package_frames(pkg: ResultPackage, indices: Sequence[int],
         det.close()
         seg.close()
     errors = pkg.quality("landmark_error_px")[np.searchsorted(pkg.frame_indices, indices)]
-    return FrameBatch(images, labels, special, posed_vertices(pkg, indices), fit_weights(errors))
+    return FrameBatch(images, labels, special, posed_vertices(pkg, indices), fit_weights(errors),
+                      stack_landmarks(points))
+
+
+def stack_landmarks(points: Sequence[Optional[np.ndarray]]) -> Optional[np.ndarray]:
+    """Per-frame detector points ((L, 2) or None: no face) -> (T, L, 2) float32, NaN where none; None if no frame
+    has any."""
+    found = [p for p in points if p is not None]
+    if not found:
+        return None
+    out = np.full((len(points),) + np.shape(found[0]), np.nan, np.float32)
+    for k, p in enumerate(points):
+        if p is not None:
+            out[k] = p
+    return out

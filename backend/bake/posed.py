@@ -1,10 +1,10 @@
 """Baked colours on posed surfaces of any topology (the per-frame USD meshes).
 
 A tracking run, which holds the model, carries each posed point back to the canonical space by the model's backward
-deformation and takes the colour of the canonical surface there (``CanonicalColours.at_posed``). A re-bake holds no
-model; it recolours the package's USD meshes in posed space instead (``recolour_mesh_sequence``): each USD vertex
-takes the colour of the nearest points of the same frame's posed canonical mesh (the package's per-frame
-vertices: the same surface, another tessellation)."""
+deformation (``canonical_points``) and takes the colour of the canonical surface there (``CanonicalColours.at``). A
+re-bake holds no model; it recolours the package's USD meshes in posed space instead (``recolour_mesh_sequence``):
+each USD vertex takes the colour of the nearest points of the same frame's posed canonical mesh (the package's
+per-frame vertices: the same surface, another tessellation)."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,16 +36,17 @@ class CanonicalColours:
         c = (w[..., None] * self.colours[i]).sum(1) / w.sum(1, keepdims=True)
         return (np.clip(c, 0, 255) + 0.5).astype(np.uint8)
 
-    @torch.no_grad()
-    def at_posed(self, model, z_geo: torch.Tensor, z_exp: torch.Tensor, points: np.ndarray,
-                 chunk: int = 32768) -> np.ndarray:
-        """(N, 3) posed points (model units) of expression z_exp (1, D) -> (N, 3) uint8 via the backward
-        deformation x -> x + δ(x)."""
-        device = None if z_geo is None else z_geo.device   # the codes' device: the model's
-        x = torch.as_tensor(np.asarray(points, np.float32), device=device)
-        offsets = torch.cat([model.deformation(x[None, s:s + chunk], z_geo, z_exp)[0][0]
-                             for s in range(0, len(x), chunk)]) if len(x) else x
-        return self.at((x + offsets).cpu().numpy())
+
+@torch.no_grad()
+def canonical_points(model, z_geo: torch.Tensor, z_exp: torch.Tensor, points: np.ndarray,
+                     chunk: int = 32768) -> np.ndarray:
+    """(N, 3) posed points (model units) of expression z_exp (1, D) -> (N, 3) their canonical points by the backward
+    deformation x -> x + δ(x)."""
+    device = None if z_geo is None else z_geo.device   # the codes' device: the model's
+    x = torch.as_tensor(np.asarray(points, np.float32), device=device)
+    offsets = torch.cat([model.deformation(x[None, s:s + chunk], z_geo, z_exp)[0][0]
+                         for s in range(0, len(x), chunk)]) if len(x) else x
+    return (x + offsets).cpu().numpy()
 
 
 def recolour_mesh_sequence(pkg: ResultPackage, colours: np.ndarray, out) -> None:

@@ -10,28 +10,19 @@ Two modes:
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..contracts import arkit
 from ..model.encoders import N_ID as N_ICT_IDENTITY
+from .channel_table import MODEL_SOURCE, ChannelTable
 
 
 # An ICT channel whose encoder column is weaker than this share of the median column barely moves the model's
 # surface (the built-in model: eye and brow channels at 0.007-0.014 against 0.03-0.22 for the mouth and jaw)
 WEAK_CHANNEL_SHARE = 0.25
-# ARKit mouth and jaw channels the model drives but returns too weakly (smile peaks at 0.2-0.3 of the truth, jawOpen
-# at 0.8), while MediaPipe's points carry them (landmark regressor alone on the tuning clips: correlation 0.8-0.97):
-# their output is the mean of the model's value and the landmark regressor's reading on frames with a face. The
-# mouth channels the points do not carry (frown, dimple, press, roll, jaw sideways and forward, mouth close: regressor
-# correlation <= 0.25) stay the model's. See backend/evaluation/README.md.
-LANDMARK_BLEND_CHANNELS = ("jawOpen", "mouthFunnel", "mouthPucker", "mouthSmileLeft", "mouthSmileRight",
-                           "mouthStretchLeft", "mouthStretchRight", "mouthLeft", "mouthRight", "mouthUpperUpLeft",
-                           "mouthUpperUpRight", "cheekPuff")
-LANDMARK_BLEND_SHARE = 0.5   # the landmark regressor's share of the blended channels' output
-IMAGE_SHARE = 1.0            # a face region's image regressor's share of its channels' output (``region_image``)
 
 
 class CodeSpace:
@@ -42,10 +33,13 @@ class CodeSpace:
     with a regressor their values come from it (the landmark loss through the model cannot see them), read against
     the clip's rest face once ``set_landmark_rest`` has seen the clip's detections. ``image_regressors`` (optional;
     region name -> ``region_image.RegionImageRegressor``): read the channels the points do not carry from the frames'
-    patches of their face region, against the clip's rest patch (``set_image_rest``); output only.
+    patches of their face region, against the clip's rest patch (``set_image_rest``); output only. ``channel_table`` (optional;
+    ``channel_table.ChannelTable``, default: the model's reading on every channel): which of those readings each
+    ARKit channel ships, and its response.
     """
 
-    def __init__(self, model, encoders=None, arkit_regressor=None, landmark_regressor=None, image_regressors=None):
+    def __init__(self, model, encoders=None, arkit_regressor=None, landmark_regressor=None, image_regressors=None,
+                 channel_table: Optional[ChannelTable] = None):
         self.model = model
         self.cfg = model.cfg
         self.enc = encoders
@@ -53,6 +47,7 @@ class CodeSpace:
         self.landmark_regressor = landmark_regressor if encoders is not None else None
         self.landmark_rest: Optional[np.ndarray] = None   # (1404,) the clip's rest features (``set_landmark_rest``)
         self.image_regressors = dict(image_regressors or {})
+        self.channel_table = channel_table if channel_table is not None else ChannelTable.model_only()
         self.image_rest: Dict[str, np.ndarray] = {}   # region -> (3, rows, cols) the clip's rest features
         self.mode = "encoder" if encoders is not None else "raw"
         self.device = next(model.parameters()).device   # every code tensor lives where the model does
@@ -214,13 +209,24 @@ class CodeSpace:
     # -- outputs -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def arkit(self, p_ex: torch.Tensor, landmark_reading: Optional[np.ndarray] = None,
-              image_readings: Sequence[np.ndarray] = ()) -> Optional[np.ndarray]:
-        """(B, n_ex) -> (B, 52) ARKit weights from the model's regressor (or the ICT->ARKit map), None if neither.
-        The channels read from the landmarks (``landmark_channels``) go through the ICT->ARKit map: the model's
-        codes barely carry them, so a regressor on the codes cannot return them. ``landmark_reading`` (B, n_ex):
-        the landmark regressor's ICT weights of each frame (``expression_from_landmarks``; NaN rows for frames
-        without them): ``LANDMARK_BLEND_CHANNELS`` blend it in. ``image_readings``: (B, 52) ARKit weights of each
-        face region's image regressor (``image_readings``; NaN where it has none): ``IMAGE_SHARE`` of them."""
+              image_readings: Optional[Mapping[str, np.ndarray]] = None) -> Optional[np.ndarray]:
+        """(B, n_ex) -> (B, 52) ARKit weights: ``channel_table`` applied to ``arkit_readings`` (None without a model
+        reading)."""
+        readings = self.arkit_readings(p_ex, landmark_reading, image_readings)
+        return None if readings is None else self.channel_table(readings)
+
+    @torch.no_grad()
+    def arkit_readings(self, p_ex: torch.Tensor, landmark_reading: Optional[np.ndarray] = None,
+                       image_readings: Optional[Mapping[str, np.ndarray]] = None) -> Optional[dict]:
+        """{source: (B, 52) float32 ARKit weights, NaN where the source has no reading} of B frames, the readings
+        ``channel_table`` chooses from; None when there is no model reading (raw codes without a regressor).
+
+        ``model``: the model's regressor on the codes (or the ICT->ARKit map); the channels read from the landmarks
+        (``landmark_channels``) go through the ICT->ARKit map, since the model's codes barely carry them.
+        ``landmarks``: ``landmark_reading`` (B, n_ex), the landmark regressor's ICT weights of each frame
+        (``landmark_readings``; NaN rows without them), through the map. ``<region>_image`` (``mouth_image``,
+        ``eyes_image``): ``image_readings[region]`` (B, 52), the region's image regressor's ARKit weights
+        (``image_readings``)."""
         if self.reg is not None:
             out = self.reg(self.z_exp(p_ex)).cpu().numpy().astype(np.float32)
             if self._landmark_arkit is not None:
@@ -231,16 +237,15 @@ class CodeSpace:
             out = np.clip(arkit.ict_to_arkit(p_ex.cpu().numpy()), 0, 1).astype(np.float32)
         else:
             return None
+        readings = {MODEL_SOURCE: out}
         if landmark_reading is not None and self._landmark_arkit is not None:
             rows = np.isfinite(landmark_reading).all(1)
-            cols = [arkit.ARKIT_INDEX[n] for n in LANDMARK_BLEND_CHANNELS]
-            read = np.clip(arkit.ict_to_arkit(landmark_reading[rows].astype(np.float64)), 0, 1)[:, cols]
-            out[np.ix_(rows, cols)] = ((1 - LANDMARK_BLEND_SHARE) * out[np.ix_(rows, cols)]
-                                       + LANDMARK_BLEND_SHARE * read)
-        for reading in image_readings:
-            have = np.isfinite(reading)
-            out[have] = (1 - IMAGE_SHARE) * out[have] + IMAGE_SHARE * reading[have]
-        return out
+            read = np.full(out.shape, np.nan, np.float32)
+            read[rows] = np.clip(arkit.ict_to_arkit(landmark_reading[rows].astype(np.float64)), 0, 1)
+            readings["landmarks"] = read
+        for region, reading in (image_readings or {}).items():
+            readings[f"{region}_image"] = np.asarray(reading, np.float32)
+        return readings
 
     def landmark_readings(self, points: Sequence[Optional[np.ndarray]], depths: Sequence[Optional[np.ndarray]]
                           ) -> Optional[np.ndarray]:
@@ -255,7 +260,7 @@ class CodeSpace:
             out[have] = self.landmark_regressor(p3, self.landmark_rest) * self.ex_mask.cpu().numpy()
         return out
 
-    def image_readings(self, patches: Dict[str, Sequence[Optional[np.ndarray]]]) -> Dict[str, np.ndarray]:
+    def image_readings(self, patches: Mapping[str, Sequence[Optional[np.ndarray]]]) -> Dict[str, np.ndarray]:
         """Region name -> (B, 52) its image regressor's ARKit weights of B frames' patches of that region (rows, cols,
         3): its channels through the ICT->ARKit map, NaN in the other channels and where a frame has no patch; only
         the regions with a regressor."""

@@ -59,12 +59,15 @@ def _largest_component(v: np.ndarray, f: np.ndarray):
     g = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
     _, lab = connected_components(g, directed=False)
     big = np.argmax(np.bincount(lab[f[:, 0]]))
-    keepf = lab[f[:, 0]] == big
-    f = f[keepf]
+    return _compact(v, f[lab[f[:, 0]] == big])[:2]
+
+
+def _compact(v: np.ndarray, f: np.ndarray):
+    """Drop the vertices no face uses. -> (vertices, faces renumbered, the kept vertices' old indices)."""
     used = np.unique(f)
-    remap = np.full(n, -1, np.int64)
+    remap = np.full(len(v), -1, np.int64)
     remap[used] = np.arange(len(used))
-    return v[used], remap[f]
+    return v[used], remap[f], used
 
 
 # the eyes' membrane sits this far (model units, 2 mm) behind the lid margins it spans (the cornea's depth)
@@ -77,17 +80,47 @@ def fill_eye_pockets(mesh: HeadMesh, contours, depth: float = EYE_MEMBRANE_DEPTH
     draws the eyes black. ``contours``: one (k, 3) array per eye, the lid margin around the opening in order
     (canonical, model units, +z forward). Every vertex inside a contour seen from the front (x, y) and more than
     ``depth`` behind the plane the contour spans (least squares) moves forward onto ``depth`` behind it; the
-    pocket's walls fold onto the rim. Nothing moves backwards, nothing outside the openings moves."""
+    pocket's walls fold onto that membrane. Faces the folding turns to face backwards (all three corners moved,
+    normal away from the front) are dropped with any vertex left without a face: coplanar with the membrane's
+    front faces, they fought them for depth and drew the eyes mottled grey and white. Nothing moves backwards,
+    nothing outside the openings moves."""
+    v, f, _ = _fill_pockets(mesh.vertices, mesh.faces, contours, depth)
+    return HeadMesh(v.astype(np.float32), f.astype(mesh.faces.dtype))
+
+
+def _fill_pockets(vertices: np.ndarray, faces: np.ndarray, contours, depth: float):
+    """``fill_eye_pockets`` -> (vertices (V', 3) float64, faces (F', 3), the kept vertices' old indices (V',))."""
     from skimage.measure import points_in_poly
 
-    v = np.array(mesh.vertices, np.float64)
+    v = np.array(vertices, np.float64)
+    moved = np.zeros(len(v), bool)
+    forward = np.zeros((len(v), 3))                   # the membrane's front normal at each moved vertex
     for contour in contours:
         c = np.asarray(contour, np.float64)
         plane = np.linalg.lstsq(np.c_[c[:, :2], np.ones(len(c))], c[:, 2], rcond=None)[0]
-        inside = points_in_poly(v[:, :2], c[:, :2])
+        inside = np.flatnonzero(points_in_poly(v[:, :2], c[:, :2]))
         target = v[inside, :2] @ plane[:2] + plane[2] - depth
-        v[np.flatnonzero(inside), 2] = np.maximum(v[inside, 2], target)
-    return HeadMesh(v.astype(np.float32), mesh.faces)
+        deeper = v[inside, 2] < target
+        behind = inside[deeper]
+        v[behind, 2] = target[deeper]
+        moved[behind] = True
+        forward[behind] = np.r_[-plane[:2], 1.0] / np.linalg.norm(np.r_[-plane[:2], 1.0])
+    f = np.asarray(faces, np.int64)
+    normal = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    flipped = moved[f].all(1) & ((normal * forward[f[:, 0]]).sum(1) < 0)
+    if not flipped.any():
+        return v, f, np.arange(len(v))
+    return _compact(v, f[~flipped])
+
+
+def fill_posed_eye_pockets(posed: HeadMesh, canonical: np.ndarray, contours) -> tuple:
+    """A posed surface of any tessellation (a frame's own marching-cubes mesh) with its eye pockets filled as the
+    canonical mesh's are (``fill_eye_pockets``): ``canonical`` (V, 3) are its vertices carried back to the canonical
+    space of the ``contours`` (the model's backward deformation); each vertex moves as filling moves its canonical
+    point. -> (the filled posed mesh, the filled canonical points of its vertices)."""
+    filled, faces, kept = _fill_pockets(canonical, posed.faces, contours, EYE_MEMBRANE_DEPTH)
+    moved = filled - np.asarray(canonical, np.float64)[kept]
+    return HeadMesh((posed.vertices[kept] + moved).astype(np.float32), faces.astype(posed.faces.dtype)), filled
 
 
 # a vertex is on the hair where it lies this far (model units, 2 mm) outside the same identity's bald head

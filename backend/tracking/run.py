@@ -568,7 +568,7 @@ class TrackingSession:
         tracked result usable. -> ``bake.posed.CanonicalColours`` for the per-frame meshes, or None."""
         import torch
         from ..bake.albedo import FrameBatch, Shading, fit_weights
-        from ..bake.frames import interior_regions
+        from ..bake.frames import interior_regions, stack_landmarks
         from ..bake.posed import CanonicalColours
         from ..bake.run import BakeRequest, bake
         from ..contracts.result_format import CanonicalMesh
@@ -593,7 +593,8 @@ class TrackingSession:
             verts = np.stack([self.bake_vertices[i] for i in indices]).astype(np.float64) * NPHM_UNIT_M
             frames = FrameBatch(np.stack(images), np.stack(labels), np.stack(special),
                                 np.einsum("tij,tvj->tvi", R, verts) + t[:, None],
-                                fit_weights(np.array([self.bake_errors[i] for i in indices])))
+                                fit_weights(np.array([self.bake_errors[i] for i in indices])),
+                                stack_landmarks([self.detections.landmarks[i] for i in indices]))
             mesh = CanonicalMesh(tracker.mesh.vertices * np.float32(NPHM_UNIT_M), tracker.mesh.faces, tracker.albedo,
                                  hair=canonical_hair(tracker))
             fitted = Shading(to_numpy(tracker.sh), to_numpy(tracker.cA), to_numpy(tracker.cb))
@@ -664,10 +665,10 @@ class TrackingSession:
             "vertices": (np.stack([r.vertices for r in results]) * NPHM_UNIT_M).astype(np.float32),
         }
         det = self.detections
-        image = self.codes.image_readings({n: [p.get(r.index) for r in results] for n, p in det.patches.items()})
         ak = self.codes.arkit(p_ex, self.codes.landmark_readings([det.landmarks.get(r.index) for r in results],
                                                                 [det.depths.get(r.index) for r in results]),
-                              list(image.values()))
+                              self.codes.image_readings({n: [p.get(r.index) for r in results]
+                                                         for n, p in det.patches.items()}))
         if ak is not None:
             arrays["arkit"] = ak
         return arrays
@@ -717,21 +718,24 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
     (T, E), coloured by the baked ``colours`` (``bake.posed.CanonicalColours``: each posed vertex looked up on the
     canonical surface through the backward deformation) or, without them, the tracker's albedo (network albedo
     through the fitted colour affine). Yields ``usd_export.FrameMesh`` (metres, model axes)."""
+    from ..bake.posed import canonical_points
     from ..model.meshing import COLOR_PRUNE_MASS, POSED_REUSE_TOL, PosedMesher
     from ..usd_export import FrameMesh
-    from .head_mesh import hair_vertices
+    from .head_mesh import HeadMesh, fill_posed_eye_pockets, hair_vertices
 
     mesher = PosedMesher(tracker.model, res=tracker.preset.posed_mesh_res, reuse_tol=POSED_REUSE_TOL)
     zg = tracker.z_geo().detach()
+    contours = tracker.eye_contours(zg)
     zb = bald_z_geo(tracker)
     for k, index in enumerate(frames):
         t0 = time.perf_counter()
         ze = tracker.tensor(z_exp[k])[None]
         mesh = mesher(zg, None, ze, with_color=False)
-        rgb = tracker.albedo_u8(mesh.vertices, ze, COLOR_PRUNE_MASS) if colours is None else \
-            colours.at_posed(tracker.model, zg, ze, mesh.vertices)
-        hair = None if zb is None else hair_vertices(tracker.model, zb, mesh.vertices, ze)
-        frame_mesh = FrameMesh(index, mesh.vertices * np.float32(NPHM_UNIT_M), mesh.faces, rgb, hair)
+        posed, canonical = fill_posed_eye_pockets(HeadMesh(mesh.vertices, mesh.faces),
+                                                  canonical_points(tracker.model, zg, ze, mesh.vertices), contours)
+        rgb = tracker.albedo_u8(posed.vertices, ze, COLOR_PRUNE_MASS) if colours is None else colours.at(canonical)
+        hair = None if zb is None else hair_vertices(tracker.model, zb, posed.vertices, ze)
+        frame_mesh = FrameMesh(index, posed.vertices * np.float32(NPHM_UNIT_M), posed.faces, rgb, hair)
         tracker.timer.add("meshes", time.perf_counter() - t0)
         yield frame_mesh
         if ev is not None:
@@ -838,8 +842,10 @@ def open_session(config: TrackConfig, events=None, preset=None,
         ev.warning(f"no face in {len(det.indices) - n_found} of {len(det.indices)} frames; they are filled by "
                    "interpolation and flagged 'interpolated'", "no_face_frames")
 
+    from .channel_table import ChannelTable
     from .expression_init import LandmarkExpressionRegressor
-    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])), image_regressors)
+    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])), image_regressors,
+                      ChannelTable.load(Path(model_hdr["path"])))
     codes.set_landmark_rest(*det.found_points())
     codes.set_image_rest(det.found_patches)
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"

@@ -33,6 +33,7 @@ from .camera import rotation_to_axis_angle, solve_pnp
 from .codes import CodeSpace
 from .temporal import TemporalSmoothing, smooth_rotations, smooth_tracks
 from ..contracts.conventions import NPHM_UNIT_M
+from ..contracts.landmark_tables import IBUG68_FROM_MEDIAPIPE
 from ..model.devices import to_numpy
 from ..model.meshing import MESH_WARP_TOL, WarpState, warp_vertices
 from ..model.optim import Adam
@@ -315,11 +316,11 @@ class Tracker:
 
     def eye_contours(self, zg: torch.Tensor) -> list:
         """The lid margins around each eye opening (canonical, model units): one (k, 3) array per eye from the
-        identity's MediaPipe eyelid landmarks, in contour order; none for other detectors' schemes."""
-        if self.lm_idx.max() < 68:            # iBUG 68: no eye contours in MediaPipe numbering
-            return []
+        identity's eyelid landmarks in the order of MediaPipe's contour (``masks.EYE_CONTOURS``; iBUG 68's six
+        points per eye through their MediaPipe counterparts, ``landmark_tables.IBUG68_FROM_MEDIAPIPE``)."""
+        mediapipe_ids = self.lm_idx if self.lm_idx.max() >= 68 else np.asarray(IBUG68_FROM_MEDIAPIPE)[self.lm_idx]
         P = to_numpy(self.canonical_landmarks(zg))
-        row = {int(i): k for k, i in enumerate(self.lm_idx)}
+        row = {int(i): k for k, i in enumerate(mediapipe_ids)}
         rows = [[row[i] for i in contour if i in row] for contour in M.EYE_CONTOURS]
         return [P[r] for r in rows if len(r) >= 6]
 

@@ -24,6 +24,20 @@ def _f(x, nd=2):
     return "–" if x is None else f"{x:.{nd}f}"
 
 
+def arkit_output_line(model_dir) -> str | None:
+    """The card's line on the model folder's ARKit output table (``arkit_channels.json``), None without one."""
+    from ..tracking.channel_table import FILE_NAME, ChannelTable
+
+    if not (Path(model_dir) / FILE_NAME).is_file():
+        return None
+    zeroed = ChannelTable.load(model_dir).zeroed()
+    return (f"- **ARKit output per channel** (`{FILE_NAME}`, `backend/tracking/channel_table.py`): which reading each "
+            "channel ships (the fit, the landmarks, the mouth or eye image, or a blend) and its dead zone, chosen on the "
+            "tuning clips by cross-validation (`backend.training.arkit_channels`). "
+            f"{len(zeroed)} of 52 channels are always 0, because no reading tracked them better than zeros or the "
+            "model has none (gaze, tongue): " + ", ".join(f"`{n}`" for n in zeroed) + ".")
+
+
 def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_jsonl=None, notes=None,
                base_model=None, response_json=None, response_base_json=None, hair_bench_json=None):
     model_dir = Path(model_dir)
@@ -65,10 +79,12 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
         L.append("- **Bald scalp**: no hair geometry; hair/stubble appears only as albedo colour.")
     L.append("- **Static eyes**: front hemispheres of the eyeballs, no gaze (ARKit `eyeLook*` are never driven and "
              "stay 0)." + (" Eyelid and brow motion: see *Expression response* below; the tracker also reads "
-                          "blinks, squints, wide eyes and brows from the landmarks (`expression_init.npz`)." if hair
+                          "blinks, squints, wide eyes and brows from the landmarks (`expression_init.npz`; which of them ship: "
+                          "*ARKit output per channel*)." if hair
                           else " The eyelids and brows barely deform (a full blink moves the upper lid by 0.2 mm, "
                           "ICT-FaceKit by 8 mm: backend/evaluation/README.md); the tracker reads blinks, squints, "
-                          "wide eyes and brows from the landmarks (`expression_init.npz`)."))
+                          "wide eyes and brows from the landmarks (`expression_init.npz`; which of them ship: *ARKit output "
+                          "per channel*)."))
     readers = load_regressors(model_dir)
     if readers:
         read = "; ".join(f"around the {r.region.name} (`{r.region.file_name}`, {len(r.net.members)} networks "
@@ -76,7 +92,11 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
         L.append("- **Channels from the image**: neither the fit nor MediaPipe's points return frowns, a rolled lower "
                  "lip, press, dimple, jaw sideways/forward or squints, and the points read the brows compressed; the "
                  f"tracker reads the ICT channels listed here from patches of the frame ({read}), trained on renders of "
-                 "ICT-FaceKit heads with MakeHuman skin detail (`backend/training/region_image.py`).")
+                 "ICT-FaceKit heads with MakeHuman skin detail (`backend/training/region_image.py`; which of them ship: "
+                 "*ARKit output per channel*).")
+    line = arkit_output_line(model_dir)
+    if line:
+        L.append(line)
     L.append("- **No teeth, no tongue** (`tongueOut` stays 0); the mouth interior is the ICT mouth socket.")
     L.append("- Not covered: " + ("" if hair else "hair volume, ") + "glasses, accessories, ears beyond the ICT "
              "template's detail, torso/shoulders.\n")

@@ -1,0 +1,109 @@
+"""The per-channel ARKit output table (``backend.tracking.channel_table``) and its calibration
+(``backend.training.arkit_channels``)."""
+import json
+
+import numpy as np
+import pytest
+
+from backend import BUILTIN_MODEL_DIR
+from backend.contracts import arkit
+from backend.tracking.channel_table import FILE_NAME, ChannelTable
+from backend.training import arkit_channels as ac
+
+BLINK = arkit.ARKIT_INDEX["eyeBlinkLeft"]
+SQUINT = arkit.ARKIT_INDEX["eyeSquintLeft"]
+
+
+def _table(**rows) -> ChannelTable:
+    channels = {n: {"shares": {}} for n in arkit.ARKIT_NAMES}
+    channels.update(rows)
+    return ChannelTable(channels)
+
+
+def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue():
+    table = ChannelTable.load(BUILTIN_MODEL_DIR)
+    assert (BUILTIN_MODEL_DIR / FILE_NAME).is_file() and len(table.channels) == 52
+    assert set(arkit.UNDRIVEN_ARKIT) <= set(table.zeroed())
+    assert set(table.sources()) <= {"model", "landmarks", "mouth_image"}
+    assert ChannelTable.from_json(json.loads(json.dumps(table.to_json()))).channels == table.channels
+
+
+def test_a_folder_without_a_table_ships_the_model_reading(tmp_path):
+    table = ChannelTable.load(tmp_path)
+    x = np.random.default_rng(0).random((4, 52)).astype(np.float32)
+    assert np.array_equal(table({"model": x}), x)
+
+
+def test_a_table_without_all_channels_or_with_bad_shares_is_refused():
+    with pytest.raises(ValueError, match="52 ARKit channels"):
+        ChannelTable({"jawOpen": {"shares": {"model": 1.0}}})
+    with pytest.raises(ValueError, match="sum to 1"):
+        _table(jawOpen={"shares": {"model": 0.5}})
+    with pytest.raises(ValueError, match="format"):
+        ChannelTable.from_json({"channels": {}})
+
+
+def test_a_channel_marked_zero_ships_zero():
+    table = _table(eyeBlinkLeft={"shares": {"model": 1.0}})
+    model = np.full((3, 52), 0.7, np.float32)
+    out = table({"model": model, "landmarks": model})
+    assert (out[:, BLINK] == pytest.approx(0.7)) and not np.delete(out, BLINK, 1).any()
+
+
+def test_the_dead_zone_removes_a_small_false_reading_but_keeps_a_blink():
+    reading = np.zeros((10, 52), np.float32)
+    reading[:, BLINK] = [0.04, 0.06, 0.05, 0.3, 0.9, 0.95, 0.4, 0.05, 0.03, 0.06]   # a blink over noise at rest
+    table = _table(eyeBlinkLeft={"shares": {"model": 1.0}, "dead_zone": 0.1, "gain": 1.0})
+    out = table({"model": reading})[:, BLINK]
+    assert not out[[0, 1, 2, 7, 8, 9]].any()
+    assert out[4] >= 0.5 and out[5] == pytest.approx(0.85 / 0.9) and out[3] == pytest.approx(0.2 / 0.9)
+
+
+def test_a_blend_renormalises_over_the_sources_with_a_reading_and_falls_back_to_the_model():
+    model = np.full((3, 52), 0.2, np.float32)
+    mouth = np.full((3, 52), np.nan, np.float32)
+    mouth[[0, 2], SQUINT] = 0.6
+    table = _table(eyeSquintLeft={"shares": {"model": 0.25, "mouth_image": 0.75}},
+                   eyeBlinkLeft={"shares": {"mouth_image": 1.0}})
+    out = table({"model": model, "mouth_image": mouth})
+    assert out[:, SQUINT] == pytest.approx([0.5, 0.2, 0.5])
+    assert out[:, BLINK] == pytest.approx([0.2, 0.2, 0.2])   # no mouth reading there: the model's value
+
+
+def _clips(seed=0, n=8, T=60):
+    """Synthetic readings files: eyeBlinkLeft active in half the clips; source ``signal`` follows it with noise, the
+    ``model`` reads 0-0.6 at random on every channel."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for k in range(n):
+        truth = np.zeros((T, 52))
+        if k % 2 == 0:
+            truth[20:26, BLINK] = rng.uniform(0.5, 1.0)
+        signal = np.clip(truth + rng.normal(0, 0.03, truth.shape), 0, 1)
+        clips.append({"truth": truth, "sources": {"model": rng.uniform(0, 0.6, truth.shape), "signal": signal}})
+    return clips
+
+
+def test_calibration_ships_the_signal_source_and_zero_for_noise():
+    clips = _clips()
+    blink = ac.calibrate_unit(clips, (BLINK,))
+    assert blink["shares"] == {"signal": 1.0} and blink["dead_zone"] > 0
+    assert blink["cv"]["loss_out_of_fold"] < blink["cv"]["loss_zeros"]
+    squint = ac.calibrate_unit(clips, (SQUINT,))   # idle everywhere: only the noise reads anything
+    assert squint["shares"] == {}
+
+
+def test_calibrate_writes_a_table_that_loads(tmp_path):
+    clips = _clips(n=4)
+    for k, c in enumerate(clips):
+        np.savez(tmp_path / f"clip{k}.npz", truth=c["truth"], package=np.zeros_like(c["truth"]),
+                 **{ac.SOURCE_PREFIX + s: r for s, r in c["sources"].items()})
+    readings = ac.load_readings(tmp_path)
+    table = ac.calibrate(readings)
+    table.save(tmp_path / FILE_NAME)
+    loaded = ChannelTable.load(tmp_path)
+    assert loaded.channels == table.channels and loaded.notes["clips"] == sorted(readings)
+    assert "eyeBlinkLeft" not in loaded.zeroed() and "eyeLookInLeft" in loaded.zeroed()
+    assert loaded.channels["eyeBlinkRight"] == loaded.channels["eyeBlinkLeft"]   # a Left/Right pair: one choice
+    res = ac.evaluate(readings, loaded)
+    assert res["table"]["overall"]["mae"] < res["zeros"]["overall"]["mae"]

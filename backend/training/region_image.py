@@ -33,11 +33,14 @@ TRAINED = {
              "eyeBlink_L", "eyeBlink_R", "eyeSquint_L", "eyeSquint_R", "eyeWide_L", "eyeWide_R", "cheekSquint_L",
              "cheekSquint_R", "noseSneer_L", "noseSneer_R"),
 }
-# The channels each shipped network reads: those whose calibrated reading beats all-zeros out of fold on the training
-# identities and on the tuning seed range's clips (backend/evaluation/README.md, session 13)
+# The channels each shipped network reads: those whose calibrated reading's out-of-fold error on the training identities
+# is below 0.95 x all-zeros' (``calibrate``); which of them the output ships is the ARKit channel table's choice
+# (``tracking.channel_table``, calibrated on the tuning clips). See backend/evaluation/README.md, session 13.
 SHIPPED = {
-    "mouth": ("mouthRollLower",),
-    "eyes": ("browDown_L", "browDown_R", "eyeWide_L", "eyeWide_R"),
+    "mouth": ("mouthRollLower", "mouthRollUpper", "mouthClose", "cheekPuff_L", "cheekPuff_R", "noseSneer_L",
+              "noseSneer_R"),
+    "eyes": ("browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
+             "eyeWide_L", "eyeWide_R", "noseSneer_L", "noseSneer_R"),
 }
 # the calibrated response clip(gain * (reading - dead_zone), 0, 1): the pair per channel with the lowest out-of-fold
 # error over the identities where the channel is active (peak >= ACTIVE_PEAK among their frames, as an active clip pair)

@@ -33,9 +33,9 @@ class CodeSpace:
     with a regressor their values come from it (the landmark loss through the model cannot see them), read against
     the clip's rest face once ``set_landmark_rest`` has seen the clip's detections. ``image_regressors`` (optional;
     region name -> ``region_image.RegionImageRegressor``): read the channels the points do not carry from the frames'
-    patches of their face region, against the clip's rest patch (``set_image_rest``); output only. ``channel_table`` (optional;
-    ``channel_table.ChannelTable``, default: the model's reading on every channel): which of those readings each
-    ARKit channel ships, and its response.
+    patches of their face region, against the clip's rest patch (``set_image_rest``); output only.
+    ``channel_table`` (optional; ``channel_table.ChannelTable``, default: the model's reading on every channel): which
+    of those readings each ARKit channel ships, and its response.
     """
 
     def __init__(self, model, encoders=None, arkit_regressor=None, landmark_regressor=None, image_regressors=None,

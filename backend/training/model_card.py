@@ -91,9 +91,9 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
                          f"averaged): {', '.join(r.channels)}" for r in readers.values())
         L.append("- **Channels from the image**: neither the fit nor MediaPipe's points return frowns, a rolled lower "
                  "lip, press, dimple, jaw sideways/forward or squints, and the points read the brows compressed; the "
-                 f"tracker reads the ICT channels listed here from patches of the frame ({read}), trained on renders of "
-                 "ICT-FaceKit heads with MakeHuman skin detail (`backend/training/region_image.py`; which of them ship: "
-                 "*ARKit output per channel*).")
+                 f"tracker reads the ICT channels listed here from patches of the frame ({read}), trained on "
+                 "renders of ICT-FaceKit heads with MakeHuman skin detail (`backend/training/region_image.py`; "
+                 "which of them ship: *ARKit output per channel*).")
     line = arkit_output_line(model_dir)
     if line:
         L.append(line)

@@ -530,3 +530,36 @@ def test_a_highlight_in_every_frame_is_not_baked_as_a_bright_patch(scene):
     assert core.sum() > 5
     assert 1.1 < ratio(BakeConfig()) < 1.3
     assert ratio(BakeConfig(highlight_excess=np.inf)) > 1.45
+
+
+def test_feature_point_is_tied_to_the_vertex_under_it_in_the_most_frames():
+    """A point over vertex 3 in 60 of 100 frames and spread over vertices 5-8 in the others is tied to
+    vertex 3, also when the candidates come from 8 frames only."""
+    from backend.bake.alignment import landmark_vertices
+    T = 100
+    uv = np.broadcast_to(np.arange(10.0)[None, :, None] * [10.0, 0.0], (T, 10, 2)).copy()
+    over = np.where(np.arange(T) % 5 < 3, 3, 5 + np.arange(T) % 4)
+    points = uv[np.arange(T), over][:, None] + 0.5
+    visible = np.ones((T, 10), bool)
+    for n in (100, 8):
+        assert landmark_vertices(uv, visible, points, np.full(T, 1.0), max_candidates=n)[0] == 3
+
+
+def test_texture_keeps_to_the_vertex_bakes_highlight_limit(scene):
+    """The texture's texels keep to the vertex bake's brightness cap (``BakedColours.brightness_cap``), as its
+    vertex colours do: with a cap of half the skin's brightness on every vertex no texel is brighter."""
+    from backend.bake.albedo import limit_brightness
+    from backend.bake.texture import bake_texture, unwrap
+    from backend.contracts.conventions import linear_to_srgb, srgb_to_linear
+    v, f = scene["v"], scene["f"]
+    baked, lighting = bake_vertices(scene["frames"], f, K, scene["lighting"], np.full((len(v), 3), 128, np.uint8),
+                                    BakeConfig())
+    assert baked.brightness_cap is not None and baked.brightness_cap.shape == (len(v),)
+    uv = unwrap(v, f)
+    cap = np.full(len(v), 0.5 * srgb_to_linear(SKIN / 255.0).mean(), np.float32)
+    capped_colours = (linear_to_srgb(limit_brightness(srgb_to_linear(baked.colours / 255.0), cap)) * 255 + 0.5
+                      ).astype(np.uint8)
+    free = bake_texture(scene["frames"], f, K, lighting, uv, capped_colours, 64, BakeConfig())
+    capped = bake_texture(scene["frames"], f, K, lighting, uv, capped_colours, 64, BakeConfig(), cap)
+    brightness = [srgb_to_linear(t / 255.0).mean(-1).max() for t in (free, capped)]
+    assert brightness[1] < cap[0] * 1.03 < brightness[0], (brightness, cap[0])

@@ -24,7 +24,9 @@ def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue():
     table = ChannelTable.load(BUILTIN_MODEL_DIR)
     assert (BUILTIN_MODEL_DIR / FILE_NAME).is_file() and len(table.channels) == 52
     assert set(arkit.UNDRIVEN_ARKIT) <= set(table.zeroed())
-    assert set(table.sources()) <= {"model", "landmarks", "mouth_image"}
+    from backend.tracking.region_image import REGIONS
+
+    assert set(table.sources()) <= {"model", "landmarks"} | {f"{r.name}_image" for r in REGIONS}
     assert ChannelTable.from_json(json.loads(json.dumps(table.to_json()))).channels == table.channels
 
 

@@ -118,6 +118,7 @@ def test_tracker_tensors_stay_on_its_device(tracker):
     assert float(p_ex.grad.abs().sum() + om.grad.abs().sum()) > 0
     assert np.isfinite(res.vertices).all() and res.landmark_error_px < 1.0 and res.mask_iou is not None
     assert len(meshes) == 2 and len(meshes[1].triangles) > 0 and meshes[1].colors.shape == meshes[1].vertices.shape
+    assert all(m.triangles.max() < len(m.vertices) for m in meshes)    # faces match the (eye-filled) vertices
 
 
 def test_per_frame_meshes_carry_the_canonical_hair_vertices(tracker):

@@ -83,7 +83,7 @@ class BakeConfig:
     """Rounds of averaging over the mesh for the surrounding skin's brightness (``limit_shadowed``)."""
     highlight_excess: float = 1.25
     """How much brighter (linear light) than the surrounding skin any skin point may come out, however well the
-    mesh predicts its light (``limit_shadowed``): a highlight the skin shows in every frame (the sheen under the nose
+    mesh predicts its light (``highlight_cap``): a highlight the skin shows in every frame (the sheen under the nose
     tip) is no albedo; outside the clip's light it was a bright patch under the nose in flat-light close-ups.
     cap12_edit 0:250 held-out re-render (benchmarks/bake_likeness.py): 5.00 with the limit, 4.99 without (nose
     region 6.76 vs 6.67)."""
@@ -571,19 +571,29 @@ def skin_reference(robust: RobustAlbedo, faces: np.ndarray, cfg: BakeConfig,
     return np.where(den[:, None] > 1e-9, num / np.maximum(den, 1e-12)[:, None], robust.albedo_lin)
 
 
-def limit_shadowed(robust: RobustAlbedo, faces: np.ndarray, cfg: BakeConfig) -> RobustAlbedo:
+def highlight_cap(robust: RobustAlbedo, reference_lin: np.ndarray, faces: np.ndarray, cfg: BakeConfig) -> np.ndarray:
+    """(N,) the linear brightness (``brightness``) no colour may exceed: ``cfg.highlight_excess`` times the
+    surrounding skin's (``reference_lin``, ``skin_reference``), however well lit (a highlight in every frame, like
+    the sheen under the nose tip, is no albedo); ``MAX_OBSERVED_ALBEDO`` (no cap) on eyes, the mouth interior,
+    their ``cfg.highlight_margin`` rings (the whites of the eyes in their corners, the teeth) and unseen points."""
+    exempt = (smooth_on_mesh(robust.special.astype(np.float64), faces, cfg.highlight_margin) > 0) | (robust.weight <= 0)
+    return np.where(exempt, MAX_OBSERVED_ALBEDO, cfg.highlight_excess * brightness(reference_lin)).astype(np.float32)
+
+
+def limit_brightness(albedo_lin: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Albedo (N, 3) scaled down, hue kept, where its ``brightness`` exceeds ``cap`` (N,)."""
+    scale = np.minimum(cap / np.maximum(brightness(albedo_lin), 1e-6), 1.0)
+    return (albedo_lin * scale[:, None]).astype(np.float32)
+
+
+def limit_shadowed(robust: RobustAlbedo, reference_lin: np.ndarray, cap: np.ndarray, cfg: BakeConfig) -> RobustAlbedo:
     """Vertex albedo where the predicted shading is not trusted (``RobustAlbedo.trust`` < 1) kept no brighter than
-    ``cfg.shadow_excess`` times the surrounding skin's (``skin_reference``), and everywhere no brighter than
-    ``cfg.highlight_excess`` times it (persistent highlights; its hue kept). Darker stays darker (nostrils, the lid
-    line). Eyes and the mouth interior are left alone, and by the highlight limit their ``cfg.highlight_margin``
-    rings too."""
-    reference = skin_reference(robust, faces, cfg)
+    ``cfg.shadow_excess`` times the surrounding skin's (``reference_lin``, ``skin_reference``), in its hue, and
+    everywhere within the highlight ``cap`` (``highlight_cap``). Darker stays darker (nostrils, the lid line). Eyes
+    and the mouth interior are left alone."""
     trust = np.where(robust.special, 1.0, robust.trust)
-    albedo = limit_shadowed_colour(robust.albedo_lin, reference, trust, cfg.shadow_excess)
-    near_interior = smooth_on_mesh(robust.special.astype(np.float64), faces, cfg.highlight_margin) > 0
-    cap = cfg.highlight_excess * brightness(reference) / np.maximum(brightness(albedo), 1e-6)
-    scale = np.where(near_interior | (robust.weight <= 0), 1.0, np.minimum(cap, 1.0))
-    return dataclasses.replace(robust, albedo_lin=(albedo * scale[:, None]).astype(np.float32))
+    albedo = limit_shadowed_colour(robust.albedo_lin, reference_lin, trust, cfg.shadow_excess)
+    return dataclasses.replace(robust, albedo_lin=limit_brightness(albedo, cap))
 
 
 def bake_points(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting: Lighting, points: SurfacePoints,
@@ -681,11 +691,14 @@ def match_colours(source: np.ndarray, target: np.ndarray, weight: np.ndarray) ->
 @dataclass
 class BakedColours:
     """Result of a vertex bake: ``colours`` (V, 3) uint8 (package convention), ``confidence`` (V,) float32 in
-    [0, 1] (share of the baked estimate in the blend with the model albedo), ``special`` (V,) bool."""
+    [0, 1] (share of the baked estimate in the blend with the model albedo), ``special`` (V,) bool,
+    ``brightness_cap`` (V,) float32 the linear brightness no albedo there may exceed (``highlight_cap``; the
+    texture keeps to it too), or None."""
 
     colours: np.ndarray
     confidence: np.ndarray
     special: np.ndarray
+    brightness_cap: np.ndarray | None = None
 
 
 def blend_vertices(robust: RobustAlbedo, model_albedo_u8: np.ndarray, faces: np.ndarray,
@@ -716,8 +729,10 @@ def bake_vertices(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting
         lighting = fit_lighting(obs, robust, reference, lighting, cfg).white_balanced()
         robust = combine(obs, lighting, cfg)
     robust, lighting = normalise_scale(robust, lighting, cfg)
-    robust = limit_shadowed(robust, faces, cfg)
-    return blend_vertices(robust, model_albedo_u8, faces, cfg), lighting
+    reference = skin_reference(robust, faces, cfg)
+    cap = highlight_cap(robust, reference, faces, cfg)
+    baked = blend_vertices(limit_shadowed(robust, reference, cap, cfg), model_albedo_u8, faces, cfg)
+    return dataclasses.replace(baked, brightness_cap=cap), lighting
 
 
 def normalise_scale(robust: RobustAlbedo, lighting: Lighting, cfg: BakeConfig):

@@ -29,28 +29,32 @@ def feature_landmarks(n_points: int) -> np.ndarray:
     return np.zeros(0, np.int64)
 
 
-def landmark_vertices(uv: np.ndarray, visible: np.ndarray, points: np.ndarray, tolerance_px: np.ndarray) -> np.ndarray:
+def landmark_vertices(uv: np.ndarray, visible: np.ndarray, points: np.ndarray, tolerance_px: np.ndarray,
+                      max_candidates: int = 64) -> np.ndarray:
     """The vertex under each feature point in the most frames.
 
     uv (T, V, 2) projected vertices (pixels), visible (T, V) bool, points (T, L, 2) detections (NaN: none),
-    tolerance_px (T,). Candidates: the nearest visible vertex to the point in each frame (one k-d tree over all
-    frames, the frame index as a far-apart third coordinate). Each candidate scores the truncated quadratic
-    ``min(r / (2 tolerance), 1) ** 2`` of its distance ``r`` to the point, summed over the frames (1 where either is
-    missing): the lowest score is the vertex the point sits on in the most frames, whatever the others show.
+    tolerance_px (T,). Candidates: the nearest visible vertex to the point in each of at most ``max_candidates``
+    frames spread over the clip (bounded memory for long re-bakes; one k-d tree over them, the frame index as a
+    far-apart third coordinate). Each candidate scores the truncated quadratic ``min(r / (2 tolerance), 1) ** 2`` of
+    its distance ``r`` to the point, summed over all frames (1 where either is missing): the lowest score is the
+    vertex the point sits on in the most frames, whatever the others show.
     -> (L,) vertex indices, -1 for a point never detected on a visible vertex."""
     from scipy.spatial import cKDTree
     T, V, _ = uv.shape
-    t_vis, v_vis = np.nonzero(visible)
     found = np.isfinite(points).all(-1)                                    # (T, L)
+    pick = np.unique(np.round(np.linspace(0, T - 1, min(T, max_candidates))).astype(np.int64))
+    t_vis, v_vis = np.nonzero(visible[pick])
     if not len(t_vis) or not found.any():
         return np.full(points.shape[1], -1, np.int64)
     far = 10.0 * (np.abs(uv[visible]).max() + np.nanmax(np.abs(points)) + 1)
-    tree = cKDTree(np.c_[uv[t_vis, v_vis], t_vis * far])
-    t_pt = np.broadcast_to(np.arange(T)[:, None], found.shape)
-    _, k = tree.query(np.c_[points[found], t_pt[found] * far])
-    candidates = np.full(found.shape, -1, np.int64)                         # (T, L)
-    candidates[found] = v_vis[k]
-    cand = candidates.T                                                     # (L, C=T)
+    tree = cKDTree(np.c_[uv[pick[t_vis], v_vis], t_vis * far])
+    here = found[pick]
+    t_pt = np.broadcast_to(np.arange(len(pick))[:, None], here.shape)
+    _, k = tree.query(np.c_[points[pick][here], t_pt[here] * far])
+    candidates = np.full(here.shape, -1, np.int64)                          # (C, L)
+    candidates[here] = v_vis[k]
+    cand = candidates.T                                                     # (L, C)
     c = np.maximum(cand, 0)
     r = np.linalg.norm(uv[:, c] - points[:, :, None], axis=-1)              # (T, L, C)
     ok = visible[:, c] & found[:, :, None] & (cand >= 0)[None]

@@ -50,7 +50,6 @@ class CanonicalColours:
         return self.lookup(points)[0]
 
 
-
 @torch.no_grad()
 def canonical_points(model, z_geo: torch.Tensor, z_exp: torch.Tensor, points: np.ndarray,
                      chunk: int = 32768) -> np.ndarray:

@@ -75,7 +75,7 @@ def bake(frames: FrameBatch, indices: np.ndarray, vertex_rows: np.ndarray, mesh:
             tex_rows = np.sort(vertex_rows[np.argsort(-score, kind="stable")[: cfg.texture_frames]])
         result.uv = unwrap(mesh.vertices, mesh.triangles)
         image = bake_texture(frames.subset(tex_rows), mesh.triangles, K, lighting, result.uv, baked.colours,
-                             request.texture_size, cfg)
+                             request.texture_size, cfg, baked.brightness_cap)
         result.png = encode_png(image)
         settings.update(texture_frames=[int(i) for i in indices[tex_rows]], texture_size=int(request.texture_size))
     settings["seconds"] = round(time.perf_counter() - t0, 2)

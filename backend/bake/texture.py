@@ -12,7 +12,8 @@ import numpy as np
 
 from ..contracts.conventions import linear_to_srgb, srgb_to_linear
 from ..tracking import raster
-from .albedo import BakeConfig, FrameBatch, Lighting, SurfacePoints, bake_points, limit_shadowed_colour
+from .albedo import (BakeConfig, FrameBatch, Lighting, SurfacePoints, bake_points, limit_brightness,
+                     limit_shadowed_colour)
 
 
 def unwrap(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -53,15 +54,20 @@ def frame_scores(frames: FrameBatch, rotation: np.ndarray, z_exp: np.ndarray) ->
 
 
 def bake_texture(frames: FrameBatch, faces: np.ndarray, K: np.ndarray, lighting: Lighting, uv: np.ndarray,
-                 vertex_colours_u8: np.ndarray, size: int = 2048, cfg: BakeConfig = BakeConfig()) -> np.ndarray:
-    """(size, size, 3) uint8 sRGB texture from ``frames`` under ``lighting`` (the vertex bake's)."""
+                 vertex_colours_u8: np.ndarray, size: int = 2048, cfg: BakeConfig = BakeConfig(),
+                 brightness_cap: np.ndarray | None = None) -> np.ndarray:
+    """(size, size, 3) uint8 sRGB texture from ``frames`` under ``lighting`` (the vertex bake's); ``brightness_cap``
+    (V,) the vertex bake's highlight limit (``BakedColours.brightness_cap``), interpolated to the texels."""
     from scipy.ndimage import distance_transform_edt, gaussian_filter
     points, pix = texel_points(uv, size)
     robust = bake_points(frames, faces, K, lighting, points, cfg)
     fill = points.interpolate(faces, vertex_colours_u8.astype(np.float32) / 255.0)
     # where the predicted shading is not trusted, no brighter than the vertex colours (``albedo.limit_shadowed``)
     trust = np.where(robust.special, 1.0, robust.trust)
-    baked = linear_to_srgb(limit_shadowed_colour(robust.albedo_lin, srgb_to_linear(fill), trust, cfg.shadow_excess))
+    albedo = limit_shadowed_colour(robust.albedo_lin, srgb_to_linear(fill), trust, cfg.shadow_excess)
+    if brightness_cap is not None:
+        albedo = limit_brightness(albedo, points.interpolate(faces, brightness_cap[:, None])[:, 0])
+    baked = linear_to_srgb(albedo)
     alpha = np.zeros(size * size)
     alpha[pix] = robust.weight / (robust.weight + cfg.prior_weight)
     covered = np.zeros(size * size)

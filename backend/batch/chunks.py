@@ -149,7 +149,7 @@ def _open_part(config: TrackConfig, k: int, start: int, stop: int, events, prese
                                       frames=_frames_text(part.indices))
     session = open_session(part_config, events, preset, detections=part)
     session.codes.set_landmark_rest(*detections.found_points())   # the clip's rest face, as in a single run
-    session.codes.set_mouth_rest(detections.found_patches())
+    session.codes.set_image_rest(detections.found_patches)
     with session.marking_interruptions():
         if not session.writer.has_identity:
             _seed_identity(ResultPackage(package), session.writer)

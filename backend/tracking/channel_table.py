@@ -3,9 +3,10 @@
 The tracker has several readings of the ARKit weights of a frame, each a (B, 52) array with NaN where it has none
 (``CodeSpace.arkit_readings``): ``model`` (the model's ARKit regressor on the fitted codes, the ICT->ARKit map for the
 channels the landmarks feed; every frame), ``landmarks`` (the landmark regressor's ICT weights through the map; frames
-with a face) and ``mouth_image`` (the mouth image regressor's channels; frames with a face). Per channel the table
-gives ``shares`` (source -> share, summing to 1; empty: the channel ships 0) and a response: the blend x of the
-sources that have a reading on a frame (their shares renormalised; the model's value where none has) becomes
+with a face), ``mouth_image`` and ``eyes_image`` (the face regions' image regressors' channels, ``region_image``;
+frames with a face). Per channel the table gives ``shares`` (source -> share, summing to 1; empty: the channel ships
+0) and a response: the blend x of the sources that have a reading on a frame (their shares renormalised; the model's
+value where none has) becomes
 ``clip(gain * (x - dead_zone) / (1 - dead_zone), 0, 1)``. Readings under the dead zone are the reader's noise on a
 face at rest.
 

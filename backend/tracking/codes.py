@@ -10,7 +10,7 @@ Two modes:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,14 +33,14 @@ class CodeSpace:
     ``landmark_regressor`` (encoder mode, optional; ``expression_init.LandmarkExpressionRegressor``): reads the ICT
     weights from the detector's points. ``landmark_channels`` (n_ex,) marks the channels the model barely drives;
     with a regressor their values come from it (the landmark loss through the model cannot see them), read against
-    the clip's rest face once ``set_landmark_rest`` has seen the clip's detections. ``mouth_regressor`` (optional;
-    ``mouth_image.MouthImageRegressor``): reads the mouth channels the points do not carry from the frames' mouth
-    patches, against the clip's rest patch (``set_mouth_rest``); output only. ``channel_table`` (optional;
-    ``channel_table.ChannelTable``, default: the model's reading on every channel): which of those readings each
-    ARKit channel ships, and its response.
+    the clip's rest face once ``set_landmark_rest`` has seen the clip's detections. ``image_regressors`` (optional;
+    region name -> ``region_image.RegionImageRegressor``): read the channels the points do not carry from the frames'
+    patches of their face region, against the clip's rest patch (``set_image_rest``); output only.
+    ``channel_table`` (optional; ``channel_table.ChannelTable``, default: the model's reading on every channel): which
+    of those readings each ARKit channel ships, and its response.
     """
 
-    def __init__(self, model, encoders=None, arkit_regressor=None, landmark_regressor=None, mouth_regressor=None,
+    def __init__(self, model, encoders=None, arkit_regressor=None, landmark_regressor=None, image_regressors=None,
                  channel_table: Optional[ChannelTable] = None):
         self.model = model
         self.cfg = model.cfg
@@ -48,9 +48,9 @@ class CodeSpace:
         self.reg = arkit_regressor
         self.landmark_regressor = landmark_regressor if encoders is not None else None
         self.landmark_rest: Optional[np.ndarray] = None   # (1404,) the clip's rest features (``set_landmark_rest``)
-        self.mouth_regressor = mouth_regressor
+        self.image_regressors = dict(image_regressors or {})
         self.channel_table = channel_table if channel_table is not None else ChannelTable.model_only()
-        self.mouth_rest: Optional[np.ndarray] = None   # (3, rows, cols) the clip's rest features (``set_mouth_rest``)
+        self.image_rest: Dict[str, np.ndarray] = {}   # region -> (3, rows, cols) the clip's rest features
         self.mode = "encoder" if encoders is not None else "raw"
         self.device = next(model.parameters()).device   # every code tensor lives where the model does
         # the hair parameters (encoders with hair inputs, below): their support, and False in ``facial_hair`` where
@@ -123,13 +123,15 @@ class CodeSpace:
         if self.landmark_regressor is not None and p3:
             self.landmark_rest = rest_features(np.stack(p3))
 
-    def set_mouth_rest(self, patches: Optional[np.ndarray]) -> None:
-        """The clip's rest mouth patch for ``mouth_readings``, from (F, rows, cols, 3) patches of all its frames with
-        a face (None: the clip has none)."""
-        from .mouth_image import rest_patch_features
+    def set_image_rest(self, found_patches: Callable[[str], Optional[np.ndarray]]) -> None:
+        """The clip's rest patch of each face region for ``image_readings``: ``found_patches(region)`` -> (F, rows,
+        cols, 3) the region's patches of all the clip's frames with a face, or None (``Detections.found_patches``)."""
+        from .region_image import rest_patch_features
 
-        if self.mouth_regressor is not None and patches is not None and len(patches):
-            self.mouth_rest = rest_patch_features(patches)
+        for name in self.image_regressors:
+            patches = found_patches(name)
+            if patches is not None and len(patches):
+                self.image_rest[name] = rest_patch_features(patches)
 
     # -- maps --------------------------------------------------------------------------------------------------
     def z_geo(self, p_geo: torch.Tensor) -> torch.Tensor:
@@ -217,23 +219,24 @@ class CodeSpace:
     # -- outputs -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def arkit(self, p_ex: torch.Tensor, landmark_reading: Optional[np.ndarray] = None,
-              mouth_reading: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+              image_readings: Optional[Mapping[str, np.ndarray]] = None) -> Optional[np.ndarray]:
         """(B, n_ex) -> (B, 52) ARKit weights: ``channel_table`` applied to ``arkit_readings`` (None without a model
         reading)."""
-        readings = self.arkit_readings(p_ex, landmark_reading, mouth_reading)
+        readings = self.arkit_readings(p_ex, landmark_reading, image_readings)
         return None if readings is None else self.channel_table(readings)
 
     @torch.no_grad()
     def arkit_readings(self, p_ex: torch.Tensor, landmark_reading: Optional[np.ndarray] = None,
-                       mouth_reading: Optional[np.ndarray] = None) -> Optional[dict]:
+                       image_readings: Optional[Mapping[str, np.ndarray]] = None) -> Optional[dict]:
         """{source: (B, 52) float32 ARKit weights, NaN where the source has no reading} of B frames, the readings
         ``channel_table`` chooses from; None when there is no model reading (raw codes without a regressor).
 
         ``model``: the model's regressor on the codes (or the ICT->ARKit map); the channels read from the landmarks
         (``landmark_channels``) go through the ICT->ARKit map, since the model's codes barely carry them.
         ``landmarks``: ``landmark_reading`` (B, n_ex), the landmark regressor's ICT weights of each frame
-        (``landmark_readings``; NaN rows without them), through the map. ``mouth_image``: ``mouth_reading`` (B, 52),
-        the mouth image regressor's ARKit weights (``mouth_readings``)."""
+        (``landmark_readings``; NaN rows without them), through the map. ``<region>_image`` (``mouth_image``,
+        ``eyes_image``): ``image_readings[region]`` (B, 52), the region's image regressor's ARKit weights
+        (``image_readings``)."""
         if self.reg is not None:
             out = self.reg(self.z_exp(p_ex)).cpu().numpy().astype(np.float32)
             if self._landmark_arkit is not None:
@@ -250,8 +253,8 @@ class CodeSpace:
             read = np.full(out.shape, np.nan, np.float32)
             read[rows] = np.clip(arkit.ict_to_arkit(landmark_reading[rows].astype(np.float64)), 0, 1)
             readings["landmarks"] = read
-        if mouth_reading is not None:
-            readings["mouth_image"] = np.asarray(mouth_reading, np.float32)
+        for region, reading in (image_readings or {}).items():
+            readings[f"{region}_image"] = np.asarray(reading, np.float32)
         return readings
 
     def landmark_readings(self, points: Sequence[Optional[np.ndarray]], depths: Sequence[Optional[np.ndarray]]
@@ -267,20 +270,23 @@ class CodeSpace:
             out[have] = self.landmark_regressor(p3, self.landmark_rest) * self.ex_mask.cpu().numpy()
         return out
 
-    def mouth_readings(self, patches: Sequence[Optional[np.ndarray]]) -> Optional[np.ndarray]:
-        """(B, 52) the mouth image regressor's ARKit weights of B frames' mouth patches (rows, cols, 3): its channels
-        through the ICT->ARKit map, NaN in the other channels and where a frame has no patch; None without a
-        regressor."""
-        if self.mouth_regressor is None:
-            return None
-        reg = self.mouth_regressor
+    def image_readings(self, patches: Mapping[str, Sequence[Optional[np.ndarray]]]) -> Dict[str, np.ndarray]:
+        """Region name -> (B, 52) its image regressor's ARKit weights of B frames' patches of that region (rows, cols,
+        3): its channels through the ICT->ARKit map, NaN in the other channels and where a frame has no patch; only
+        the regions with a regressor."""
         M = arkit.ict_to_arkit_matrix()
-        ict = [arkit.ICT_NAMES.index(c) for c in reg.channels]
-        fed = M[ict].any(0) & ~np.delete(M, ict, axis=0).any(0)   # ARKit channels only these ICT channels feed
-        out = np.full((len(patches), M.shape[1]), np.nan, np.float32)
-        have = [k for k, p in enumerate(patches) if p is not None]
-        if have:
-            w = np.zeros((len(have), len(arkit.ICT_NAMES)))
-            w[:, ict] = reg(np.stack([patches[k] for k in have]), self.mouth_rest)
-            out[np.ix_(have, np.flatnonzero(fed))] = np.clip(arkit.ict_to_arkit(w), 0, 1)[:, fed]
+        out = {}
+        for name, frames in patches.items():
+            reg = self.image_regressors.get(name)
+            if reg is None:
+                continue
+            ict = [arkit.ICT_NAMES.index(c) for c in reg.channels]
+            fed = M[ict].any(0) & ~np.delete(M, ict, axis=0).any(0)   # ARKit channels only these ICT channels feed
+            read = np.full((len(frames), M.shape[1]), np.nan, np.float32)
+            have = [k for k, p in enumerate(frames) if p is not None]
+            if have:
+                w = np.zeros((len(have), len(arkit.ICT_NAMES)))
+                w[:, ict] = reg(np.stack([frames[k] for k in have]), self.image_rest.get(name))
+                read[np.ix_(have, np.flatnonzero(fed))] = np.clip(arkit.ict_to_arkit(w), 0, 1)[:, fed]
+            out[name] = read
         return out

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -113,8 +113,9 @@ class Detections:
     seconds: Dict[str, float] = field(default_factory=dict)
     # index -> (L,) float32 relative depth of the points (MediaPipe; the landmark expression regressor reads it)
     depths: Dict[int, Optional[np.ndarray]] = field(default_factory=dict)
-    # index -> (rows, cols, 3) float16 mouth patch (``mouth_image.mouth_patch``; the mouth image regressor reads it)
-    mouth_patches: Dict[int, Optional[np.ndarray]] = field(default_factory=dict)
+    # face region name -> index -> (rows, cols, 3) float16 patch (``region_image.region_patches``; the region's
+    # image regressor reads it)
+    patches: Dict[str, Dict[int, Optional[np.ndarray]]] = field(default_factory=dict)
 
     @property
     def found(self) -> List[int]:
@@ -132,9 +133,10 @@ class Detections:
         found = self.found
         return [self.landmarks[i] for i in found], [self.depths.get(i) for i in found]
 
-    def found_patches(self) -> Optional[np.ndarray]:
-        """(F, rows, cols, 3) the mouth patches of the frames with a face, or None unless every one has its patch."""
-        patches = [self.mouth_patches.get(i) for i in self.found]
+    def found_patches(self, region: str) -> Optional[np.ndarray]:
+        """(F, rows, cols, 3) the ``region`` patches of the frames with a face, or None unless every one has its
+        patch."""
+        patches = [self.patches.get(region, {}).get(i) for i in self.found]
         return np.stack(patches) if patches and all(p is not None for p in patches) else None
 
     def found_in(self, start: int, stop: int) -> List[int]:
@@ -146,12 +148,13 @@ class Detections:
         return Detections(list(indices), {i: self.times[i] for i in indices},
                           {i: self.landmarks[i] for i in indices}, {i: self.face_sizes[i] for i in indices},
                           depths={i: self.depths.get(i) for i in indices},
-                          mouth_patches={i: self.mouth_patches.get(i) for i in indices})
+                          patches={r: {i: p.get(i) for i in indices} for r, p in self.patches.items()})
 
     def to_arrays(self) -> Dict[str, np.ndarray]:
         """Plain arrays (``from_arrays`` restores the same values): ``indices`` (N,) int64, ``times`` (N,) float64,
         ``found`` (N,) bool, ``landmarks`` (N, L, 2) float32 (zeros without a face), ``face_sizes`` (N,) float64;
-        ``depths`` (N, L) and ``mouth_patches`` (N, rows, cols, 3) when every frame with a face has them."""
+        ``depths`` (N, L) and per face region ``<region>_patches`` (N, rows, cols, 3) when every frame with a face
+        has them."""
         found = np.array([self.landmarks[i] is not None for i in self.indices])
         points = [self.landmarks[i] for i in self.indices if self.landmarks[i] is not None]
         landmarks = np.zeros((len(self.indices),) + (points[0].shape if points else (0, 2)), np.float32)
@@ -163,34 +166,38 @@ class Detections:
         if points and all(self.depths.get(i) is not None for i, ok in zip(self.indices, found) if ok):
             out["depths"] = np.zeros(landmarks.shape[:2], np.float32)   # (N, L), zeros without a face
             out["depths"][found] = np.stack([self.depths[i] for i, ok in zip(self.indices, found) if ok])
-        patches = self.found_patches()
-        if patches is not None:
-            out["mouth_patches"] = np.zeros((len(self.indices),) + patches.shape[1:], np.float16)
-            out["mouth_patches"][found] = patches
+        for region in self.patches:
+            patches = self.found_patches(region)
+            if patches is not None:
+                out[f"{region}_patches"] = np.zeros((len(self.indices),) + patches.shape[1:], np.float16)
+                out[f"{region}_patches"][found] = patches
         return out
 
     @classmethod
     def from_arrays(cls, arrays: Dict[str, np.ndarray]) -> "Detections":
         indices = arrays["indices"].tolist()
-        per_frame = {}
-        for key in ("depths", "mouth_patches"):
-            if key in arrays:
-                per_frame[key] = {i: (a if ok else None) for i, a, ok in zip(indices, arrays[key], arrays["found"])}
+
+        def per_frame(key):
+            return {i: (a if ok else None) for i, a, ok in zip(indices, arrays[key], arrays["found"])}
+
         return cls(indices, dict(zip(indices, arrays["times"].tolist())),
                    {i: (lm if ok else None) for i, lm, ok in zip(indices, arrays["landmarks"], arrays["found"])},
-                   dict(zip(indices, arrays["face_sizes"].tolist())), **per_frame)
+                   dict(zip(indices, arrays["face_sizes"].tolist())),
+                   depths=per_frame("depths") if "depths" in arrays else {},
+                   patches={k[: -len("_patches")]: per_frame(k) for k in arrays if k.endswith("_patches")})
 
 
 
-def detect_all(src, detector: str, ev: _Events, face="largest", mouth_patches: bool = False) -> Detections:
-    """Pass 1: landmarks for every selected frame; with ``mouth_patches`` also the mouth patch of every frame with
-    MediaPipe's points and their depth (the mouth image regressor's input: the frame is decoded only here).
+def detect_all(src, detector: str, ev: _Events, face="largest", regions: Sequence = ()) -> Detections:
+    """Pass 1: landmarks for every selected frame; with ``regions`` (``region_image.Region``) also those face regions'
+    patches of every frame with MediaPipe's points and their depth (the image regressors' input: the frame is decoded
+    only here).
 
     ``face``: which face to track when several are visible (``landmarks.choose_face``; a point is in source
     pixels). Warns about several faces, and about what decoding found (truncated clip, mixed image sizes).
     """
     from .landmarks import make_landmarker
-    from .mouth_image import mouth_patch
+    from .region_image import region_patches
     rule = face if isinstance(face, str) else (face[0] * src.scale, face[1] * src.scale)
     det = make_landmarker(detector, video_mode=True, face=rule)
     idx, times, lms, sizes, depths, patches = [], [], [], [], [], []
@@ -218,9 +225,10 @@ def detect_all(src, detector: str, ev: _Events, face="largest", mouth_patches: b
             lms.append(None if pts is None else pts.astype(np.float32))
             sizes.append(lm.size if pts is not None else 0.0)
             depths.append(None if pts is None or lm.depth is None else lm.depth.astype(np.float32))
-            readable = mouth_patches and depths[-1] is not None and len(pts) >= 468
-            patches.append(mouth_patch(fr.image, np.concatenate([pts[:, :2], depths[-1][:, None]], 1)
-                                       ).astype(np.float16) if readable else None)
+            readable = regions and depths[-1] is not None and len(pts) >= 468
+            cut = region_patches(fr.image, np.concatenate([pts[:, :2], depths[-1][:, None]], 1), regions
+                                 ) if readable else {}
+            patches.append({k: v.astype(np.float16) for k, v in cut.items()})
             if several is None and lm.n_faces > 1:
                 several = (fr.index, lm.n_faces)
             if len(idx) % 10 == 0 or len(idx) == total:
@@ -235,7 +243,8 @@ def detect_all(src, detector: str, ev: _Events, face="largest", mouth_patches: b
     for code, message in src.warnings:
         ev.warning(message, code)
     return Detections(idx, dict(zip(idx, times)), dict(zip(idx, lms)), dict(zip(idx, sizes)), seconds,
-                      dict(zip(idx, depths)), dict(zip(idx, patches)))
+                      dict(zip(idx, depths)), {r.name: {i: p.get(r.name) for i, p in zip(idx, patches)}
+                                               for r in regions})
 
 
 def iter_frames_with_masks(src, wanted: set, lms: Dict[int, Optional[np.ndarray]],
@@ -658,7 +667,8 @@ class TrackingSession:
         det = self.detections
         ak = self.codes.arkit(p_ex, self.codes.landmark_readings([det.landmarks.get(r.index) for r in results],
                                                                 [det.depths.get(r.index) for r in results]),
-                              self.codes.mouth_readings([det.mouth_patches.get(r.index) for r in results]))
+                              self.codes.image_readings({n: [p.get(r.index) for r in results]
+                                                         for n, p in det.patches.items()}))
         if ak is not None:
             arrays["arkit"] = ak
         return arrays
@@ -729,7 +739,7 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
             hair = None if zb is None else hair_vertices(tracker.model, zb, posed.vertices, ze)
         else:
             rgb, hair = colours.lookup(canonical)
-        frame_mesh = FrameMesh(index, posed.vertices * np.float32(NPHM_UNIT_M), mesh.faces, rgb, hair)
+        frame_mesh = FrameMesh(index, posed.vertices * np.float32(NPHM_UNIT_M), posed.faces, rgb, hair)
         tracker.timer.add("meshes", time.perf_counter() - t0)
         yield frame_mesh
         if ev is not None:
@@ -822,10 +832,10 @@ def open_session(config: TrackConfig, events=None, preset=None,
     ResultWriter.check_can_write(Path(config.out), header)
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
-    from .mouth_image import MouthImageRegressor
-    mouth_regressor = MouthImageRegressor.load(Path(model_hdr["path"]))
-    det = detections if detections is not None else detect_all(src, config.detector, ev, face,
-                                                               mouth_patches=mouth_regressor is not None)
+    from .region_image import load_regressors
+    image_regressors = load_regressors(Path(model_hdr["path"]))
+    det = detections if detections is not None else detect_all(
+        src, config.detector, ev, face, regions=[r.region for r in image_regressors.values()])
     if not det.indices:
         raise TrackingInputError(f"the frame range {src.range} selects no frames of {config.input}",
                                  "Check --frames against the clip length.")
@@ -838,10 +848,10 @@ def open_session(config: TrackConfig, events=None, preset=None,
 
     from .channel_table import ChannelTable
     from .expression_init import LandmarkExpressionRegressor
-    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])), mouth_regressor,
+    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])), image_regressors,
                       ChannelTable.load(Path(model_hdr["path"])))
     codes.set_landmark_rest(*det.found_points())
-    codes.set_mouth_rest(det.found_patches())
+    codes.set_image_rest(det.found_patches)
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"
     lmset = lt.tracking_landmarks(scheme, to_numpy(model.id_model.mean_anchors))
     tracker = Tracker(model, codes, lmset, intr.matrix(), (W, H), preset,

@@ -58,7 +58,7 @@ def package_readings(package: Path, clip_dir: Path, model_dir: Path) -> dict:
     from ..model.checkpoint import load_encoders
     from ..tracking.codes import CodeSpace
     from ..tracking.expression_init import LandmarkExpressionRegressor
-    from ..tracking.mouth_image import MouthImageRegressor, mouth_patch
+    from ..tracking.region_image import load_regressors, region_patches
 
     truth = arkit_truth(np.load(clip_dir / "gt.npz")["w_ex"])
     T = len(truth)
@@ -67,22 +67,24 @@ def package_readings(package: Path, clip_dir: Path, model_dir: Path) -> dict:
     ok = np.isfinite(pts).all((1, 2))
     model = load_model(model_dir)
     enc, reg = load_encoders(model_dir)
-    mouth = MouthImageRegressor.load(model_dir)
-    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(model_dir), mouth)
+    images = load_regressors(model_dir)
+    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(model_dir), images)
     P = [p[:, :2].astype(np.float32) if k else None for p, k in zip(pts, ok)]
     D = [p[:, 2].astype(np.float32) if k else None for p, k in zip(pts, ok)]
     codes.set_landmark_rest([p for p in P if p is not None], [d for d in D if d is not None])
-    patches = [None] * T
-    if mouth is not None:
+    patches = {}
+    if images:
         frames = baselines.read_video_frames(clip_dir / "clip.mp4", max_frames=T)
-        patches = [mouth_patch(f, p).astype(np.float16) if k else None for f, p, k in zip(frames, pts, ok)]
-        codes.set_mouth_rest(np.stack([p for p in patches if p is not None]))
+        cut = [region_patches(f, p, [r.region for r in images.values()]) if k else None
+               for f, p, k in zip(frames, pts, ok)]
+        patches = {n: [c[n].astype(np.float16) if c is not None else None for c in cut] for n in images}
+        codes.set_image_rest(lambda n: np.stack([p for p in patches[n] if p is not None]))
     state = load_npz(package / TRACKER_STATE)
     ids = state["frame_ids"]
     rows = ids[ids < T]
     p_ex = torch.as_tensor(state["p_ex"][ids < T], dtype=torch.float32)
     readings = codes.arkit_readings(p_ex, codes.landmark_readings([P[k] for k in rows], [D[k] for k in rows]),
-                                    codes.mouth_readings([patches[k] for k in rows]))
+                                    codes.image_readings({n: [p[k] for k in rows] for n, p in patches.items()}))
     out = {"truth": truth.astype(np.float32), "package": np.full((T, 52), np.nan, np.float32)}
     for i, w in package_arkit(package).items():
         if i < T:

@@ -43,47 +43,56 @@ def _expression(rng) -> np.ndarray:
     return w
 
 
+def render_identity(ict, i: int, frames_per_id: int) -> tuple[list, np.ndarray]:
+    """Identity ``i``'s frames ((H, W, 3) uint8 RGB, ``frames_per_id`` of them) and their ICT weights (F, 53): its
+    seed stream ``TRAIN_SEED_BASE`` + i, so a re-render gives the same frames."""
+    from ..evaluation import expression_clips as ec, synthetic
+
+    spec = ec.ExpressionClipSpec(n_frames=frames_per_id, supersample=1)
+    rng = np.random.default_rng(TRAIN_SEED_BASE + i)
+    w_id = ictdata.sample_identity(rng)
+    app = ictdata.sample_appearance(rng)
+    app[12] = 0.0
+    look = ec.sample_look(rng)
+    w_ex = np.stack([_expression(rng) for _ in range(frames_per_id)])
+    yaw, pitch, roll = (rng.uniform(-a, a, frames_per_id) for a in (40.0, 12.0, 8.0))
+    R = synthetic.FACING_CAMERA[None] @ synthetic._rot("y", yaw) @ synthetic._rot("x", pitch) @ synthetic._rot(
+        "z", roll)
+    dist = rng.uniform(0.38, 0.7, frames_per_id)
+    trans = np.stack([rng.uniform(-0.03, 0.03, frames_per_id), rng.uniform(-0.03, 0.03, frames_per_id), dist], 1)
+    params = synthetic.ClipParams(w_id, app, int(rng.integers(0, 2 ** 31)), w_ex, np.ones(frames_per_id), R,
+                                  trans, np.stack([yaw, pitch, roll], 1))
+    verts = synthetic.posed_vertices(ict, w_id, w_ex, params.scale, R, trans)
+    renderer = ec.ClipRenderer(ict, spec, params, look)
+    return [renderer.frame(v.astype(np.float64), rng) for v in verts], w_ex.astype(np.float32)
+
+
 def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool = False) -> dict:
     """Points (N, 478, 3) (u, v, relative depth; NaN: no face), ICT weights (N, 53) and identity index (N,) of
-    the identities first .. first + n_ids - 1; with ``patches`` also the frames' mouth patches (N, rows, cols, 3)
-    (``tracking.mouth_image.mouth_patch``; NaN without a face)."""
-    from ..evaluation import baselines, expression_clips as ec, synthetic
-    from ..tracking.mouth_image import PATCH_SHAPE, mouth_patch
+    the identities first .. first + n_ids - 1; with ``patches`` also each face region's patches of the frames,
+    ``<region>_patches`` (N, rows, cols, 3) (``tracking.region_image.region_patches``; NaN without a face)."""
+    from ..evaluation import baselines
+    from ..tracking.region_image import REGIONS, region_patches
 
     pts, ws, ids, cut = [], [], [], []
-    spec = ec.ExpressionClipSpec(n_frames=frames_per_id, supersample=1)
     for i in range(first, first + n_ids):
-        rng = np.random.default_rng(TRAIN_SEED_BASE + i)
-        w_id = ictdata.sample_identity(rng)
-        app = ictdata.sample_appearance(rng)
-        app[12] = 0.0
-        look = ec.sample_look(rng)
-        w_ex = np.stack([_expression(rng) for _ in range(frames_per_id)])
-        yaw, pitch, roll = (rng.uniform(-a, a, frames_per_id) for a in (40.0, 12.0, 8.0))
-        R = synthetic.FACING_CAMERA[None] @ synthetic._rot("y", yaw) @ synthetic._rot("x", pitch) @ synthetic._rot(
-            "z", roll)
-        dist = rng.uniform(0.38, 0.7, frames_per_id)
-        trans = np.stack([rng.uniform(-0.03, 0.03, frames_per_id), rng.uniform(-0.03, 0.03, frames_per_id), dist], 1)
-        params = synthetic.ClipParams(w_id, app, int(rng.integers(0, 2 ** 31)), w_ex, np.ones(frames_per_id), R,
-                                      trans, np.stack([yaw, pitch, roll], 1))
-        verts = synthetic.posed_vertices(ict, w_id, w_ex, params.scale, R, trans)
-        renderer = ec.ClipRenderer(ict, spec, params, look)
-        frames = [renderer.frame(v.astype(np.float64), rng) for v in verts]
+        frames, w_ex = render_identity(ict, i, frames_per_id)
         lm = baselines.MediaPipeBaseline(static_image_mode=True).detect(frames)  # (u, v, depth) pixels
         pts.append(lm.astype(np.float32))
         if patches:
-            cut += [mouth_patch(f, p) if np.isfinite(p).all() else np.full(PATCH_SHAPE + (3,), np.nan, np.float32)
-                    for f, p in zip(frames, lm)]
-        ws.append(w_ex.astype(np.float32))
+            cut += [region_patches(f, p) if np.isfinite(p).all() else
+                    {r.name: np.full(r.shape + (3,), np.nan, np.float32) for r in REGIONS} for f, p in zip(frames, lm)]
+        ws.append(w_ex)
         ids.append(np.full(frames_per_id, i))
     out = {"points": np.concatenate(pts), "weights": np.concatenate(ws), "identity": np.concatenate(ids)}
     if patches:
-        out["patches"] = np.stack(cut).astype(np.float32)
+        for r in REGIONS:
+            out[f"{r.name}_patches"] = np.stack([c[r.name] for c in cut]).astype(np.float32)
     return out
 
 
 def generate(cache: Path, n_ids: int, frames_per_id: int, log=print, patches: bool = False) -> dict:
-    """All chunks (rendered now or loaded from ``cache``), concatenated; ``patches``: with the mouth patches
+    """All chunks (rendered now or loaded from ``cache``), concatenated; ``patches``: with the face regions' patches
     (``render_chunk``; cached apart from the chunks without)."""
     cache.mkdir(parents=True, exist_ok=True)
     ict = None

@@ -16,6 +16,7 @@ import platform
 from pathlib import Path
 
 from .. import BUILTIN_MODEL_DIR
+from ..tracking.region_image import load_regressors
 from .data import CORR_EMPHASIS, EXPR_EMPHASIS
 
 
@@ -31,7 +32,7 @@ def arkit_output_line(model_dir) -> str | None:
         return None
     zeroed = ChannelTable.load(model_dir).zeroed()
     return (f"- **ARKit output per channel** (`{FILE_NAME}`, `backend/tracking/channel_table.py`): which reading each "
-            "channel ships (the fit, the landmarks, the mouth image, or a blend) and its dead zone, chosen on the "
+            "channel ships (the fit, the landmarks, the mouth or eye image, or a blend) and its dead zone, chosen on the "
             "tuning clips by cross-validation (`backend.training.arkit_channels`). "
             f"{len(zeroed)} of 52 channels are always 0, because no reading tracked them better than zeros or the "
             "model has none (gaze, tongue): " + ", ".join(f"`{n}`" for n in zeroed) + ".")
@@ -84,10 +85,15 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
                           "ICT-FaceKit by 8 mm: backend/evaluation/README.md); the tracker reads blinks, squints, "
                           "wide eyes and brows from the landmarks (`expression_init.npz`; which of them ship: *ARKit output "
                           "per channel*)."))
-    L.append("- **Mouth channels from the image**: the fit does not return frowns or a rolled lower lip (nor press, "
-             "dimple, jaw sideways/forward); the tracker reads frown and roll lower from a patch of the frame around "
-             "the mouth (`mouth_image.pt`, trained on renders of ICT-FaceKit heads with MakeHuman skin detail; "
-             "which of them ship: *ARKit output per channel*).")
+    readers = load_regressors(model_dir)
+    if readers:
+        read = "; ".join(f"around the {r.region.name} (`{r.region.file_name}`, {len(r.net.members)} networks "
+                         f"averaged): {', '.join(r.channels)}" for r in readers.values())
+        L.append("- **Channels from the image**: neither the fit nor MediaPipe's points return frowns, a rolled lower "
+                 "lip, press, dimple, jaw sideways/forward or squints, and the points read the brows compressed; the "
+                 f"tracker reads the ICT channels listed here from patches of the frame ({read}), trained on "
+                 "renders of ICT-FaceKit heads with MakeHuman skin detail (`backend/training/region_image.py`; "
+                 "which of them ship: *ARKit output per channel*).")
     line = arkit_output_line(model_dir)
     if line:
         L.append(line)

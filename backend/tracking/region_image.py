@@ -1,0 +1,208 @@
+"""Expression channels read from the image around the mouth and the eyes (inference only, no training code).
+
+Why: MediaPipe's points follow the lips' and lids' outlines, and many channels leave no linear trace in them: frown,
+dimple, press, roll, lower lip down, jaw sideways and forward and mouth close around the mouth (out-of-fold on the
+landmark regressor's training renders their best reading has exactly the all-zeros error), squint around the eyes
+(out-of-fold correlation 0.13-0.15), and the brows' raise reads compressed by a pose-dependent residual of the points
+(backend/evaluation/README.md). They change the lips' thickness, contact and colour, the lids' and cheeks' folds and
+the forehead's shading, which the image shows. So a small network per face region reads them from a frontalised
+patch of that region:
+
+- ``Region``: a fixed grid on the ICT mean head (MediaPipe's points on it, their depth interpolated between them);
+  ``region_patches`` carries every region's grid into the frame by one similarity, the one that aligns the frame's
+  nearly rigid points (eye corners, nose, forehead: ``expression_init.ALIGN_POINTS``) onto the same points of the
+  mean head, and samples the RGB frame there (bilinear, 2x2 supersampled): the head pose is divided out, the face's
+  motion stays in the patch;
+- features (``patch_features``): chromaticity (r, g: lips against skin, whatever the light's strength) and log grey
+  minus the patch's mean, minus the clip's rest features (their per-pixel median over the clip's frames, as
+  ``expression_init.rest_features``): the person's own face and the clip's light are divided out;
+- ``RegionImageNet``: the mean of a few small networks (three convolutions and a linear layer each) -> the ICT
+  weights of the region's channels, then a calibrated response per channel (a dead zone and a gain, chosen out of
+  fold on the training identities), clamped to [0, 1];
+- trained on renders of random ICT-FaceKit heads with MakeHuman skin detail (``backend/training/region_image.py``),
+  shipped beside the model as one file per region (``Region.file_name``: a plain state dict, loaded with
+  ``weights_only=True``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..contracts import arkit
+from .expression_init import ALIGN_POINTS, DEAD_ZONE, template
+
+N_FEATURES = 3           # feature planes per patch pixel (``patch_features``)
+OUTSIDE_GREY = 0.5       # the patch's value where the grid leaves MediaPipe's points
+
+
+@dataclass(frozen=True)
+class Region:
+    """A patch of the mean head, spanned by MediaPipe point ids."""
+
+    name: str                     # the region's key (``Detections.patches``, the arrays' ``<name>_patches``)
+    file_name: str                # its network's file beside the model
+    shape: Tuple[int, int]        # (rows, columns) of the patch
+    sides: Tuple[int, int]        # points whose x spans the patch's width, widened by ``margin`` on each side
+    top_bottom: Tuple[int, int]   # points whose y are the patch's top and bottom rows
+    margin: float                 # share of the sides' distance added on each side
+
+
+# the lower face: mouth corners widened by 35 % of the mouth width on each side, subnasale (2) to chin (152)
+MOUTH = Region("mouth", "mouth_image.pt", (24, 32), (61, 291), (2, 152), 0.35)
+# both eyes and brows: the brows' outer ends (70, 300) widened by 5 %, the forehead's top (10: room for raised brows)
+# to the cheeks' top below the lower lids (117)
+EYES = Region("eyes", "eye_image.pt", (32, 64), (70, 300), (10, 117), 0.05)
+REGIONS = (MOUTH, EYES)
+
+
+@lru_cache(maxsize=None)
+def patch_grid(region: Region) -> np.ndarray:
+    """(2 * rows, 2 * cols, 3) points on the mean head in the template's frame (x right, y down, depth away;
+    ``expression_init.template``), two samples per patch pixel and axis; NaN depth beyond MediaPipe's points."""
+    from scipy.interpolate import LinearNDInterpolator
+
+    tpl = template()
+    left, right = tpl[region.sides[0], 0], tpl[region.sides[1], 0]
+    lo, hi = min(left, right), max(left, right)
+    pad = region.margin * (hi - lo)
+    top, bottom = tpl[region.top_bottom[0], 1], tpl[region.top_bottom[1], 1]
+    rows, cols = 2 * region.shape[0], 2 * region.shape[1]
+    y, x = np.meshgrid(np.linspace(top, bottom, rows), np.linspace(lo - pad, hi + pad, cols), indexing="ij")
+    depth = LinearNDInterpolator(tpl[:, :2], tpl[:, 2])(x, y)
+    return np.stack([x, y, depth], -1)
+
+
+@lru_cache(maxsize=None)
+def patch_outside(region: Region) -> np.ndarray:
+    """(rows, cols) bool: the patch pixels with a grid sample beyond MediaPipe's points (held at ``OUTSIDE_GREY``)."""
+    r, c = region.shape
+    return np.isnan(patch_grid(region)[..., 2]).reshape(r, 2, c, 2).any((1, 3))
+
+
+def region_patches(image: np.ndarray, points: np.ndarray, regions: Sequence[Region] = REGIONS
+                   ) -> Dict[str, np.ndarray]:
+    """(H, W, 3) uint8 RGB frame and its (>=468, 3) MediaPipe points (u, v, relative depth; pixels) -> region name ->
+    (rows, cols, 3) float32 RGB patch in [0, 1]."""
+    import cv2
+
+    from ..contracts.geometry import fit_similarity
+
+    idx = list(ALIGN_POINTS)
+    s, R, t = fit_similarity(np.asarray(points, np.float64)[idx, :3], template()[idx])
+    image = np.ascontiguousarray(image)
+    out = {}
+    for region in regions:
+        uv = np.nan_to_num(((patch_grid(region) - t) @ R) / s)   # the inverse similarity: template -> (u, v, depth)
+        # pixel centres at integer + 0.5 (MediaPipe's points are in pixel units from the image's corner)
+        fine = cv2.remap(image, (uv[..., 0] - 0.5).astype(np.float32), (uv[..., 1] - 0.5).astype(np.float32),
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        r, c = region.shape
+        patch = fine.reshape(r, 2, c, 2, 3).mean((1, 3), dtype=np.float32) / 255.0
+        patch[patch_outside(region)] = OUTSIDE_GREY
+        out[region.name] = patch
+    return out
+
+
+def patch_features(patches: np.ndarray) -> np.ndarray:
+    """(..., rows, cols, 3) RGB patches -> (..., 3, rows, cols) float32 features: chromaticity r and g, log grey minus
+    the patch's mean."""
+    p = np.asarray(patches, np.float64)
+    total = p.sum(-1) + 0.03
+    grey = np.log(p.mean(-1) + 0.02)
+    grey -= grey.mean((-2, -1), keepdims=True)
+    return np.stack([p[..., 0] / total, p[..., 1] / total, grey], -3).astype(np.float32)
+
+
+def rest_patch_features(patches: np.ndarray) -> np.ndarray:
+    """(T, rows, cols, 3) patches of a clip's frames with a face -> (3, rows, cols) the clip's rest features."""
+    return np.median(patch_features(patches), axis=0)
+
+
+def _member(n_channels: int, shape: Tuple[int, int]) -> torch.nn.Sequential:
+    r, c = shape
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(N_FEATURES, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Dropout(0.3),
+        torch.nn.Linear(32 * ((r + 3) // 4) * ((c + 3) // 4), n_channels))
+
+
+class RegionImageNet(torch.nn.Module):
+    """(B, 3, rows, cols) rest-relative features -> (B, C) readings of the ICT weights ``ict_index`` (0 at rest): the
+    mean of ``members`` networks trained apart (their training variance is large).
+
+    Buffers (saved with the weights): ``ict_index`` (C,) the channels' indices in ``arkit.ICT_NAMES``, ``rest`` (3,
+    rows, cols) the training identities' mean rest features (stands in for a clip's), ``scale`` (3,) the features'
+    spread per plane, ``gain`` and ``dead_zone`` (C,) the calibrated response per channel:
+    clip(gain * (reading - dead_zone), 0, 1)."""
+
+    def __init__(self, n_channels: int, shape: Tuple[int, int], members: int = 1):
+        super().__init__()
+        self.members = torch.nn.ModuleList(_member(n_channels, shape) for _ in range(members))
+        self.register_buffer("ict_index", torch.zeros(n_channels, dtype=torch.long))
+        self.register_buffer("rest", torch.zeros((N_FEATURES,) + tuple(shape)))
+        self.register_buffer("scale", torch.ones(N_FEATURES))
+        self.register_buffer("gain", torch.ones(n_channels))
+        self.register_buffer("dead_zone", torch.full((n_channels,), DEAD_ZONE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x / self.scale[:, None, None]
+        # minus each member's reading of the rest patch itself (features 0): a face at rest reads 0
+        both = torch.cat([x, torch.zeros_like(x[:1])])
+        read = torch.stack([m(both) for m in self.members]).mean(0)
+        return read[:-1] - read[-1:]
+
+    @classmethod
+    def from_state(cls, state: Dict[str, torch.Tensor]) -> "RegionImageNet":
+        """The network a saved state dict describes (its channels, patch shape and member count)."""
+        members = len({k.split(".")[1] for k in state if k.startswith("members.")})
+        net = cls(len(state["ict_index"]), tuple(state["rest"].shape[1:]), members)
+        net.load_state_dict(state)
+        return net
+
+
+class RegionImageRegressor:
+    """A region's shipped ``RegionImageNet`` with its patch features: patches -> calibrated ICT weights of
+    ``channels``."""
+
+    def __init__(self, region: Region, net: RegionImageNet):
+        self.region = region
+        self.net = net.eval()
+        self.channels = tuple(arkit.ICT_NAMES[i] for i in net.ict_index.tolist())
+
+    @classmethod
+    def load(cls, model_dir: Path, region: Region) -> Optional["RegionImageRegressor"]:
+        """The region's regressor shipped in ``model_dir`` (None when the model has none)."""
+        path = Path(model_dir) / region.file_name
+        if not path.is_file():
+            return None
+        return cls(region, RegionImageNet.from_state(torch.load(path, map_location="cpu", weights_only=True)))
+
+    def linear(self, patches: np.ndarray, rest: Optional[np.ndarray] = None) -> np.ndarray:
+        """(B, rows, cols, 3) patches, optional (3, rows, cols) rest features (default: the training identities'
+        mean) -> (B, C) the network's readings (uncalibrated)."""
+        f = torch.as_tensor(patch_features(patches))
+        f = f - (self.net.rest if rest is None else torch.as_tensor(rest))
+        with torch.no_grad():
+            return self.net(f).numpy()
+
+    def __call__(self, patches: np.ndarray, rest: Optional[np.ndarray] = None) -> np.ndarray:
+        """(B, rows, cols, 3) patches -> (B, C) ICT weights of ``channels`` in [0, 1]."""
+        gain, dead_zone = self.net.gain.numpy(), self.net.dead_zone.numpy()
+        return np.clip(gain * (self.linear(patches, rest) - dead_zone), 0.0, 1.0).astype(np.float32)
+
+
+def load_regressors(model_dir: Path) -> Dict[str, RegionImageRegressor]:
+    """Region name -> the regressor shipped in ``model_dir``, for each region that has one."""
+    found = {r.name: RegionImageRegressor.load(model_dir, r) for r in REGIONS}
+    return {name: reg for name, reg in found.items() if reg is not None}
+
+
+__all__ = ["EYES", "MOUTH", "REGIONS", "Region", "RegionImageNet", "RegionImageRegressor", "load_regressors",
+           "patch_features", "patch_grid", "patch_outside", "region_patches", "rest_patch_features"]

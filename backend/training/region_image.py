@@ -1,0 +1,214 @@
+"""Train a face region's image regressor (``backend.tracking.region_image``) on rendered ICT-FaceKit heads.
+
+    python -m backend.training.region_image --region mouth|eyes --out backend/models/builtin \
+        --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3]
+
+Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
+expressions, the same seeds), with each frame's region patches cut at its MediaPipe points (cached beside those
+chunks). Model: ``RegionImageNet`` from the rest-relative patch features (each frame's minus its identity's median,
+as the tracker takes the clip's) to the ICT weights of the region's ``TRAINED`` channels; squared error over each
+channel's variance (a rarely active channel weighs as much as a common one), AdamW, a one-pixel random shift of the
+patch as augmentation; ``--members`` networks from different seeds, averaged (one network's reading varies a lot from
+seed to seed). ``--folds`` first reports the cross-validated correlation and error per channel over identities
+(one network per fold), beside all-zeros; the shipped network is fitted on all identities and reads only the region's
+``SHIPPED`` channels.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .expression_init import generate
+
+# The channels each region's network is trained on: those the landmark regressor reads poorly or not at all
+TRAINED = {
+    "mouth": ("mouthFrown_L", "mouthFrown_R", "mouthDimple_L", "mouthDimple_R", "mouthPress_L", "mouthPress_R",
+              "mouthRollLower", "mouthRollUpper", "mouthLowerDown_L", "mouthLowerDown_R", "mouthShrugLower",
+              "mouthShrugUpper", "jawLeft", "jawRight", "jawForward", "mouthClose", "cheekPuff_L", "cheekPuff_R",
+              "mouthStretch_L", "mouthStretch_R", "noseSneer_L", "noseSneer_R"),
+    "eyes": ("browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
+             "eyeBlink_L", "eyeBlink_R", "eyeSquint_L", "eyeSquint_R", "eyeWide_L", "eyeWide_R", "cheekSquint_L",
+             "cheekSquint_R", "noseSneer_L", "noseSneer_R"),
+}
+# The channels each shipped network reads: those whose calibrated reading's out-of-fold error on the training identities
+# is below 0.95 x all-zeros' (``calibrate``); which of them the output ships is the ARKit channel table's choice
+# (``tracking.channel_table``, calibrated on the tuning clips). See backend/evaluation/README.md, session 13.
+SHIPPED = {
+    "mouth": ("mouthRollLower", "mouthRollUpper", "mouthClose", "cheekPuff_L", "cheekPuff_R", "noseSneer_L",
+              "noseSneer_R"),
+    "eyes": ("browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
+             "eyeWide_L", "eyeWide_R", "noseSneer_L", "noseSneer_R"),
+}
+# the calibrated response clip(gain * (reading - dead_zone), 0, 1): the pair per channel with the lowest out-of-fold
+# error over the identities where the channel is active (peak >= ACTIVE_PEAK among their frames, as an active clip pair)
+GAINS = (1.5, 2.5, 3.5, 5.0, 7.0)
+DEAD_ZONES = (0.07, 0.1, 0.15, 0.2, 0.25)
+ACTIVE_PEAK = 0.2
+
+
+def rest_relative(data: dict, region) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> (features (N, 3, rows, cols) minus their identity's median, ICT weights (N, 53), identity (N,), the
+    identities' mean rest features (3, rows, cols)) of the frames with a ``region`` patch."""
+    from ..tracking.region_image import patch_features
+
+    patches = data[f"{region.name}_patches"]
+    ok = np.isfinite(patches).all((1, 2, 3))
+    X = patch_features(patches[ok])
+    ident = data["identity"][ok]
+    ids, inv = np.unique(ident, return_inverse=True)
+    rests = np.stack([np.median(X[inv == k], 0) for k in range(len(ids))])
+    return X - rests[inv], data["weights"][ok], ident, rests.mean(0)
+
+
+def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0):
+    """A one-member ``RegionImageNet`` fitted to (N, 3, rows, cols) rest-relative features and (N, C) targets (its
+    buffers other than ``scale`` left for the caller)."""
+    import torch
+
+    from ..tracking.region_image import RegionImageNet
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = RegionImageNet(Y.shape[1], X.shape[2:])
+    net.scale.copy_(torch.as_tensor(X.std((0, 2, 3))))
+    x, y = torch.as_tensor(X), torch.as_tensor(Y, dtype=torch.float32)
+    # each channel's error relative to its spread: a rarely active channel (squint) weighs as much as a common one
+    weight = 1.0 / (y.var(0) + 1e-3)
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-3)
+    net.train()
+    for _ in range(epochs):
+        order = torch.as_tensor(rng.permutation(len(x)))
+        for b in range(0, len(x), 64):
+            k = order[b:b + 64]
+            shift = tuple(int(s) for s in rng.integers(-1, 2, 2))   # the patch's alignment is good to about a pixel
+            loss = (weight * (net(torch.roll(x[k], shift, (2, 3))) - y[k]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, seed: int = 0):
+    """A ``RegionImageNet`` whose ``members`` networks are fitted apart (seeds ``seed`` .. ``seed + members - 1``)."""
+    from ..tracking.region_image import RegionImageNet
+
+    fitted = [fit(X, Y, epochs, seed + k) for k in range(members)]
+    net = RegionImageNet(Y.shape[1], X.shape[2:], members)
+    net.scale.copy_(fitted[0].scale)
+    for slot, one in zip(net.members, fitted):
+        slot.load_state_dict(one.members[0].state_dict())
+    return net.eval()
+
+
+def cross_validate(X: np.ndarray, Y: np.ndarray, ident: np.ndarray, folds: int, epochs: int) -> np.ndarray:
+    """(N, C) out-of-fold readings (uncalibrated) of one network per fold (a lower bound for an ensemble's), folds
+    over identities."""
+    import torch
+
+    ids, inv = np.unique(ident, return_inverse=True)
+    fold_of = np.random.default_rng(0).permutation(len(ids)) % folds
+    pred = np.zeros_like(Y)
+    for f in range(folds):
+        test = fold_of[inv] == f
+        net = fit(X[~test], Y[~test], epochs, seed=100 + f)
+        with torch.no_grad():
+            pred[test] = net(torch.as_tensor(X[test])).numpy()
+    return pred
+
+
+def calibrate(pred: np.ndarray, Y: np.ndarray, ident: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, C) out-of-fold readings, targets, identities -> per channel (gain, dead zone, that response's error over
+    the active identities' frames / all-zeros' error there) (C,) each, from ``GAINS`` x ``DEAD_ZONES``."""
+    ids, inv = np.unique(ident, return_inverse=True)
+    gain, dead_zone, ratio = (np.zeros(Y.shape[1]) for _ in range(3))
+    for c in range(Y.shape[1]):
+        peak = np.zeros(len(ids))
+        np.maximum.at(peak, inv, Y[:, c])
+        act = peak[inv] >= ACTIVE_PEAK
+        err = {(g, dz): np.abs(np.clip(g * (pred[act, c] - dz), 0, 1) - Y[act, c]).mean()
+               for g in GAINS for dz in DEAD_ZONES}
+        (gain[c], dead_zone[c]), best = min(err.items(), key=lambda kv: kv[1])
+        ratio[c] = best / max(np.abs(Y[act, c]).mean(), 1e-9)
+    return gain, dead_zone, ratio
+
+
+def keep_channels(net, keep):
+    """A copy of ``net`` that reads only the channels at rows ``keep`` of its output layers."""
+    from ..tracking.region_image import RegionImageNet
+
+    state = net.state_dict()
+    for key in [k for k in state if k.startswith("members.")]:
+        layer = key.rsplit(".", 2)[1]
+        if layer == str(len(net.members[0]) - 1):   # the last (linear) layer of a member
+            state[key] = state[key][list(keep)]
+    for key in ("ict_index", "gain", "dead_zone"):
+        state[key] = state[key][list(keep)]
+    out = RegionImageNet(len(keep), tuple(net.rest.shape[1:]), len(net.members))
+    out.load_state_dict(state)
+    return out.eval()
+
+
+def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, members: int = 3, folds: int = 0,
+          log=print):
+    """-> (the shipped ``RegionImageNet`` of ``region``: trained on ``channels`` (default ``TRAINED``), reading
+    ``shipped`` (default ``SHIPPED``), its response calibrated out of fold (``calibrate``; without ``folds`` the
+    default response); (the (N, C) out-of-fold readings, (N, C) targets, (C,) calibrated error / zeros' error) of the
+    trained channels, or None without ``folds``)."""
+    import torch
+
+    from ..contracts import arkit
+
+    channels = TRAINED[region.name] if channels is None else channels
+    shipped = SHIPPED[region.name] if shipped is None else shipped
+    X, W, ident, rest = rest_relative(data, region)
+    cols = [arkit.ICT_NAMES.index(c) for c in channels]
+    Y = W[:, cols].astype(np.float32)
+    log(f"{region.name}: {len(X)} frames of {len(np.unique(ident))} identities")
+    net = fit_ensemble(X, Y, members, epochs)
+    net.ict_index.copy_(torch.as_tensor(cols))
+    net.rest.copy_(torch.as_tensor(rest))
+    cv = None
+    if folds:
+        pred = cross_validate(X, Y, ident, folds, epochs)
+        gain, dead_zone, ratio = calibrate(pred, Y, ident)
+        net.gain.copy_(torch.as_tensor(gain))
+        net.dead_zone.copy_(torch.as_tensor(dead_zone))
+        cv = (pred, Y, ratio)
+    return keep_channels(net, [list(channels).index(c) for c in shipped]), cv
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from ..tracking.region_image import REGIONS
+
+    regions = {r.name: r for r in REGIONS}
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--region", choices=sorted(regions), required=True)
+    ap.add_argument("--out", type=Path, required=True, help="model folder to write the region's network into")
+    ap.add_argument("--cache", type=Path, required=True, help="rendered training data (resumable)")
+    ap.add_argument("--identities", type=int, default=325)
+    ap.add_argument("--frames", type=int, default=16, help="frames per identity")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--members", type=int, default=3, help="networks averaged")
+    ap.add_argument("--folds", type=int, default=3, help="folds over identities for the calibration and its report")
+    a = ap.parse_args(argv)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    torch.set_num_threads(1)
+    region = regions[a.region]
+    data = generate(a.cache, a.identities, a.frames, log, patches=True)
+    net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, log=log)
+    torch.save(net.state_dict(), a.out / region.file_name)
+    if cv is not None:
+        pred, Y, ratio = cv
+        for c, name in enumerate(TRAINED[region.name]):
+            log(f"  {name:18s} cross-validated correlation {np.corrcoef(pred[:, c], Y[:, c])[0, 1]:.2f}, calibrated "
+                f"error over its active identities {ratio[c]:.2f} x all-zeros'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

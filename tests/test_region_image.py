@@ -1,0 +1,234 @@
+"""The face regions' image regressors (issue 23): the frontalised mouth and eye patches, training on rest-relative
+features, the shipped files' loading, and their channels in the tracker's ARKit output (synthetic images, no
+rendering apart from the last test, < 30 s)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from backend.contracts import arkit  # noqa: E402
+from backend.tracking import region_image as ri  # noqa: E402
+from backend.tracking.expression_init import template  # noqa: E402
+
+PRESS = arkit.ICT_NAMES.index("mouthPress_L")
+SQUINT = arkit.ICT_NAMES.index("eyeSquint_L")
+BROW = arkit.ICT_NAMES.index("browInnerUp_L")
+
+
+def _stripes(x, y):
+    """A pattern on the mean head's (x, y) plane."""
+    return 0.5 + 0.4 * np.sin(x * 40.0) * np.cos(y * 25.0)
+
+
+def _posed(scale, angle, shift, size=320):
+    """An image of ``_stripes`` and the MediaPipe points of the mean head under an in-plane similarity (so each
+    pixel's template position is known exactly): pixel = scale * R(angle) @ template + shift."""
+    c, s = np.cos(angle), np.sin(angle)
+    R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    points = scale * template() @ R.T + np.array([shift[0], shift[1], 0.0])
+    v, u = np.mgrid[0:size, 0:size] + 0.5
+    xy = np.stack([u - shift[0], v - shift[1]], -1) @ R[:2, :2] / scale   # inverse of the similarity
+    grey = (255 * _stripes(xy[..., 0], xy[..., 1])).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, -1), points
+
+
+@pytest.mark.parametrize("region", ri.REGIONS, ids=lambda r: r.name)
+def test_region_patch_divides_out_the_head_pose(region):
+    grid = ri.patch_grid(region)
+    rows, cols = region.shape
+    expected = _stripes(grid[..., 0], grid[..., 1]).reshape(rows, 2, cols, 2).mean((1, 3))
+    inside = ~ri.patch_outside(region)
+    assert 0.8 < inside.mean() <= 1.0
+    patches = [ri.region_patches(*_posed(scale, angle, shift))[region.name] for scale, angle, shift in
+               ((300.0, 0.0, (160.0, 130.0)), (220.0, 0.3, (150.0, 140.0)), (360.0, -0.2, (170.0, 150.0)))]
+    for p in patches:
+        assert p.shape == region.shape + (3,)
+        assert np.abs(p[..., 0] - expected)[inside].mean() < 0.03
+        assert (p[~inside] == ri.OUTSIDE_GREY).all()
+    # the same face at another size, roll and place gives the same patch
+    assert np.abs(patches[0] - patches[1]).mean() < 0.03 and np.abs(patches[0] - patches[2]).mean() < 0.03
+
+
+def _person(rng):
+    skin = rng.uniform(0.4, 0.9) * np.array([1.0, 0.75, 0.6]) * rng.uniform(0.9, 1.1, 3)
+    return skin, skin * np.array([0.9, 0.55, 0.55])
+
+
+def _mouths(rng, colour, press):
+    """(rows, cols, 3) mouth patches of one person (skin/lip colours ``colour``): a pressed mouth thins the lips'
+    red band from 6 rows to 2."""
+    r, c = ri.MOUTH.shape
+    skin, lips = colour
+    out = np.empty((len(press), r, c, 3), np.float32)
+    for k, w in enumerate(press):
+        p = np.tile(skin, (r, c, 1))
+        half = int(round(3 - 2 * w))
+        p[r // 2 - half:r // 2 + half, c // 4:3 * c // 4] = lips
+        out[k] = np.clip(p * rng.uniform(0.9, 1.1) + rng.normal(0, 0.01, p.shape), 0, 1)
+    return out
+
+
+def _eyes(rng, colour, squint, brow):
+    """(rows, cols, 3) eye patches of one person: a dark eye opening of 5 rows that a squint narrows to 1 from below,
+    under a dark brow band that a raise lifts by up to 5 rows."""
+    r, c = ri.EYES.shape
+    skin = colour[0]
+    out = np.empty((len(squint), r, c, 3), np.float32)
+    for k, (sq, br) in enumerate(zip(squint, brow)):
+        p = np.tile(skin, (r, c, 1))
+        low = 22 - int(round(4 * sq))
+        for x0 in (c // 8, 5 * c // 8):
+            p[17:low, x0:x0 + c // 4] = 0.15
+            top = 11 - int(round(5 * br))
+            p[top:top + 3, x0 - 2:x0 + c // 4 + 2] = skin * 0.35
+        out[k] = np.clip(p * rng.uniform(0.9, 1.1) + rng.normal(0, 0.01, p.shape), 0, 1)
+    return out
+
+
+def _train_and_reload(tmp_path, region, make, channels, shipped, members):
+    """A ``RegionImageNet`` trained on 40 synthetic people x 12 frames (``make(rng, colour, w (12, C))`` -> patches;
+    the trained channels not ``shipped`` stay 0), saved and loaded back as the tracker loads it."""
+    from backend.training.region_image import train
+
+    rng = np.random.default_rng(0)
+    patches, weights, ident = [], [], []
+    cols = [arkit.ICT_NAMES.index(c) for c in channels]
+    for i in range(40):
+        w = np.where(rng.uniform(size=(12, len(cols))) < 0.25, rng.uniform(0.3, 1.0, (12, len(cols))), 0.0)
+        w *= np.isin(channels, shipped)
+        patches.append(make(rng, _person(rng), w))
+        full = np.zeros((12, len(arkit.ICT_NAMES)), np.float32)
+        full[:, cols] = w
+        weights.append(full)
+        ident += [i] * 12
+    data = {f"{region.name}_patches": np.concatenate(patches), "weights": np.concatenate(weights),
+            "identity": np.array(ident)}
+    net, _ = train(data, region, channels=channels, shipped=shipped, epochs=20, members=members, log=lambda m: None)
+    torch.save(net.state_dict(), tmp_path / region.file_name)
+    reg = ri.RegionImageRegressor.load(tmp_path, region)      # a plain state dict, loaded with weights_only=True
+    assert reg.channels == tuple(shipped) and len(reg.net.members) == members
+    return reg, rng
+
+
+def test_trained_mouth_network_reads_the_change_from_the_clips_rest_patch(tmp_path):
+    reg, rng = _train_and_reload(tmp_path, ri.MOUTH, lambda rng, colour, w: _mouths(rng, colour, w[:, 1]),
+                                 ("mouthFrown_L", "mouthPress_L"), ("mouthPress_L",), members=2)
+    # a new person: a clip at rest with two presses
+    press = np.zeros(20)
+    press[[6, 14]] = 1.0
+    clip = _mouths(rng, _person(rng), press)
+    out = reg(clip, ri.rest_patch_features(clip))[:, 0]
+    assert out.min() >= 0 and out.max() <= 1
+    assert out[6] > 0.5 and out[14] > 0.5, out
+    at_rest = np.delete(out, [6, 14])
+    assert at_rest.max() < 0.25 and at_rest.mean() < 0.1, out      # the rest patch itself reads exactly 0
+    assert ri.RegionImageRegressor.load(tmp_path / "absent", ri.MOUTH) is None
+
+
+def test_trained_eye_network_reads_a_squint_and_a_brow_raise(tmp_path):
+    reg, rng = _train_and_reload(tmp_path, ri.EYES, lambda rng, colour, w: _eyes(rng, colour, w[:, 0], w[:, 1]),
+                                 ("eyeSquint_L", "browInnerUp_L"), ("eyeSquint_L", "browInnerUp_L"), members=1)
+    squint, brow = np.zeros(24), np.zeros(24)
+    squint[5], brow[12], squint[19], brow[19] = 1.0, 1.0, 0.9, 0.9
+    clip = _eyes(rng, _person(rng), squint, brow)
+    out = reg(clip, ri.rest_patch_features(clip))
+    assert out[5, 0] > 0.5 and out[12, 1] > 0.5 and (out[19] > 0.5).all(), out
+    assert out[5, 1] < 0.25 and out[12, 0] < 0.25, out                 # each channel reads its own motion
+    at_rest = np.delete(out, [5, 12, 19], axis=0)
+    assert at_rest.max() < 0.25 and at_rest.mean() < 0.1, out
+    assert np.array_equal(reg(clip[:1], ri.rest_patch_features(clip[:1])), np.zeros((1, 2), np.float32))
+
+
+@pytest.mark.parametrize("region", ri.REGIONS, ids=lambda r: r.name)
+def test_shipped_networks_load_small_and_read_zero_at_rest(region):
+    from backend import BUILTIN_MODEL_DIR
+
+    path = BUILTIN_MODEL_DIR / region.file_name
+    assert path.is_file() and path.stat().st_size < 1_000_000
+    reg = ri.RegionImageRegressor.load(BUILTIN_MODEL_DIR, region)
+    assert reg.channels and reg.net.rest.shape == (ri.N_FEATURES,) + region.shape
+    patches = np.random.default_rng(3).uniform(0.2, 0.8, (4,) + region.shape + (3,)).astype(np.float32)
+    assert np.array_equal(reg(patches[:1], ri.rest_patch_features(patches[:1])),
+                          np.zeros((1, len(reg.channels)), np.float32))
+
+
+def test_image_readings_replace_their_channels_in_the_output():
+    """A channel the table gives to a region's image regressor (share 1: ``<region>_image``) takes its reading on
+    frames with a patch; frames without one and every other channel keep the tracker's value."""
+    from backend.model.encoders import CodeEncoders
+    from backend.tracking.channel_table import ChannelTable
+    from backend.tracking.codes import CodeSpace
+    from backend.training.modelwrap import build_model, model_config
+
+    class Reading:
+        """Stands in for a regressor: every frame reads its channel at ``value``."""
+
+        def __init__(self, channel, value):
+            self.channels, self.value = (channel,), value
+
+        def __call__(self, patches, rest=None):
+            return np.full((len(patches), 1), self.value, np.float32)
+
+    torch.manual_seed(0)
+    cfg = model_config("tiny")
+    model = build_model(cfg, torch.randn(cfg.n_anchors, 3) * 0.2).eval()
+    rows = ChannelTable.model_only().channels
+    rows["mouthPressLeft"] = {"shares": {"mouth_image": 1.0}}
+    rows["eyeSquintLeft"] = {"shares": {"eyes_image": 1.0}}
+    codes = CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp), None,
+                      image_regressors={"mouth": Reading("mouthPress_L", 0.8), "eyes": Reading("eyeSquint_L", 0.6)},
+                      channel_table=ChannelTable(rows))
+    mouth = np.zeros(ri.MOUTH.shape + (3,), np.float16)
+    eyes = np.zeros(ri.EYES.shape + (3,), np.float16)
+    reading = codes.image_readings({"mouth": [mouth, None, mouth], "eyes": [eyes, eyes, None]})
+    press, squint = arkit.ARKIT_INDEX["mouthPressLeft"], arkit.ARKIT_INDEX["eyeSquintLeft"]
+    assert reading["mouth"].shape == (3, 52) and np.isnan(reading["mouth"][1]).all()
+    assert reading["mouth"][0, press] == pytest.approx(0.8) and np.isnan(np.delete(reading["mouth"][0], press)).all()
+    assert reading["eyes"][1, squint] == pytest.approx(0.6) and np.isnan(reading["eyes"][2]).all()
+    p_ex = torch.zeros(3, len(arkit.ICT_NAMES))
+    p_ex[:, PRESS] = 0.1                                             # the model's own value
+    p_ex[:, arkit.ICT_NAMES.index("jawOpen")] = 0.4
+    out = codes.arkit(p_ex, image_readings=reading)
+    before = codes.arkit(p_ex)
+    assert out[:, press] == pytest.approx([0.8, 0.1, 0.8])
+    assert out[:, squint] == pytest.approx([0.6, 0.6, before[2, squint]])
+    assert np.array_equal(np.delete(out, [press, squint], 1), np.delete(before, [press, squint], 1))
+
+
+def test_detections_keep_the_region_patches_through_their_arrays():
+    from backend.tracking.run import Detections
+
+    rng = np.random.default_rng(2)
+    lm = {0: rng.normal(size=(478, 2)).astype(np.float32), 1: None, 2: rng.normal(size=(478, 2)).astype(np.float32)}
+    patches = {r.name: {0: rng.uniform(size=r.shape + (3,)).astype(np.float16), 1: None,
+                        2: rng.uniform(size=r.shape + (3,)).astype(np.float16)} for r in ri.REGIONS}
+    det = Detections([0, 1, 2], {0: 0.0, 1: 0.04, 2: 0.08}, lm, {0: 90.0, 1: 0.0, 2: 91.0},
+                     depths={0: np.zeros(478, np.float32), 1: None, 2: np.ones(478, np.float32)}, patches=patches)
+    back = Detections.from_arrays(det.to_arrays())
+    for name, p in patches.items():
+        assert np.array_equal(back.found_patches(name), np.stack([p[0], p[2]]))
+        assert back.patches[name][1] is None
+        assert np.array_equal(det.subset([2]).found_patches(name), p[2][None])
+    det.patches["eyes"][2] = None                                    # a frame without its patch: no clip rest
+    assert det.found_patches("eyes") is None and "eyes_patches" not in det.to_arrays()
+    assert "mouth_patches" in det.to_arrays()
+
+
+def test_training_renders_carry_each_regions_patch_of_each_detected_frame():
+    """The training data's patches are cut from the rendered frame at its MediaPipe points (renders: ~1 s a frame)."""
+    from shared_data import ICT_NPZ, MAKEHUMAN
+
+    if not ICT_NPZ.is_file() or not MAKEHUMAN.is_dir():
+        pytest.skip("needs ICT-FaceKit and the MakeHuman skins in ../shared")
+    from backend.training.data import ICTModel
+    from backend.training.expression_init import render_chunk
+
+    data = render_chunk(ICTModel(), 0, 1, 2, patches=True)
+    found = np.isfinite(data["points"]).all((1, 2))
+    assert found.any()
+    for region in ri.REGIONS:
+        patches = data[f"{region.name}_patches"]
+        assert patches.shape == (2,) + region.shape + (3,)
+        assert np.isfinite(patches[found]).all() and np.isnan(patches[~found]).all()
+        assert (patches[found][:, ri.patch_outside(region)] == ri.OUTSIDE_GREY).all()
+        assert patches[found][:, ~ri.patch_outside(region)].std() > 0.02     # the face, not a constant

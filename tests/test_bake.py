@@ -353,8 +353,13 @@ def test_posed_points_take_the_colour_of_their_canonical_point():
     canonical = np.stack(np.meshgrid(xs, xs, [0.0], indexing="ij"), -1).reshape(-1, 3)
     colours = np.where(canonical[:, :1] > 0, [200, 20, 20], [20, 20, 200]).astype(np.uint8)
     posed = np.array([[-0.2, 0.0, 0.0], [0.2, 0.1, 0.0], [-0.04, -0.3, 0.0]])   # canonical x: -0.1, 0.3, 0.06
-    got = CanonicalColours(canonical, colours).at(canonical_points(Shifted(), None, None, posed))
+    got, hair = CanonicalColours(canonical, colours).lookup(canonical_points(Shifted(), None, None, posed))
     np.testing.assert_array_equal(got[:, 0] > 100, [False, True, True])
+    assert hair is None
+    # the hair vertices (a model with hair) are carried back the same way
+    _, hair = CanonicalColours(canonical, colours, hair=canonical[:, 0] > 0.25).lookup(
+        canonical_points(Shifted(), None, None, posed))
+    np.testing.assert_array_equal(hair, [0, 1, 0])
 
 
 def down_facing_band_scene(band_light, lighting=None):

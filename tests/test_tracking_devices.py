@@ -15,6 +15,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from backend.contracts import protocol
+from backend.contracts.conventions import NPHM_UNIT_M
 from backend.model import devices
 
 from test_tracking_pipeline import _config, _tiny, clip, tiny_model  # noqa: F401  (fixtures)
@@ -120,6 +121,23 @@ def test_tracker_tensors_stay_on_its_device(tracker):
     assert all(m.triangles.max() < len(m.vertices) for m in meshes)    # faces match the (eye-filled) vertices
 
 
+def test_per_frame_meshes_carry_the_canonical_hair_vertices(tracker):
+    """With baked colours the per-frame meshes' hair vertices are looked up on the canonical mesh with them (one
+    backward deformation; a posed query of the bald head cost more than the meshing itself)."""
+    from backend.bake.posed import CanonicalColours
+    from backend.tracking.run import posed_frame_meshes
+    tr, _, st = tracker
+    v = tr.mesh.vertices
+    top = np.median(v[:, 1])
+    z_exp = tr.codes.z_exp(st.p_ex[None]).numpy()
+    mesh, = posed_frame_meshes([0], z_exp, tr, colours=CanonicalColours(v, tr.albedo, hair=v[:, 1] > top))
+    assert mesh.hair is not None and len(mesh.hair) == len(mesh.vertices)
+    on_top = mesh.vertices[:, 1] / NPHM_UNIT_M > top
+    assert (mesh.hair == on_top).mean() > 0.95
+    mesh, = posed_frame_meshes([0], z_exp, tr, colours=CanonicalColours(v, tr.albedo))
+    assert mesh.hair is None   # a model without hair
+
+
 def test_resume_keeps_the_measured_layout(tracker):
     """The ensemble layout a run measured travels in the tracker state, so a resumed run computes alike."""
     tr, _, _ = tracker
@@ -142,6 +160,30 @@ def test_identity_stage_renders_rays_on_every_iteration(tracker, monkeypatch):
     monkeypatch.setattr(tr, "ray_terms", lambda *a, **k: calls.append(1) or real(*a, **k))
     tr.fit_identity([obs])
     assert len(calls) == 4
+
+
+def test_identity_rays_sample_the_hair_outline(tracker):
+    """Where the frame labels hair (a model with hair) ``hair_edge`` of the rays land on the hair's outline
+    (``masks.hair_edge``), which they all but miss drawn with the rest; a frame without hair gets the same rays as
+    before, so a bald model's fit is unchanged."""
+    import dataclasses
+    from backend.tracking import masks as M
+    tr, obs, _ = tracker
+    yy, xx = np.mgrid[:tr.H, :tr.W]
+    labels = obs.labels.copy()
+    cap = (((xx - tr.W / 2) / 34) ** 2 + ((yy - tr.H / 2) / 42) ** 2 < 1) & (labels != M.FACE) & (yy < tr.H / 2)
+    labels[cap] = M.HEAD_OTHER
+    hair = dataclasses.replace(obs, labels=labels)
+    edge = np.flatnonzero(M.hair_edge(labels, obs.face_size))
+
+    def on_edge(share):
+        return np.isin(tr.sample_pixels(hair, 192, np.random.default_rng(0), share), edge).sum()
+
+    assert on_edge(0.0) < 10 and on_edge(0.2) >= int(0.2 * 192)
+    for share in (0.0, 0.2, 0.5):   # past the near share (0.3), the edge takes it all
+        assert len(tr.sample_pixels(hair, 192, np.random.default_rng(0), share)) == 192
+    assert np.array_equal(tr.sample_pixels(obs, 192, np.random.default_rng(0), 0.2),
+                          tr.sample_pixels(obs, 192, np.random.default_rng(0), 0.0))
 
 
 def test_identity_stage_keeps_a_bald_head_bald(tracker):
@@ -179,3 +221,38 @@ def test_identity_stage_keeps_a_bald_head_bald(tracker):
         tr.model.extra = own
     assert float(hair[False].mean()) > 0.05                     # unregularised, the hair parameters drift (0.14)
     assert float(hair[True].mean()) < 0.3 * float(hair[False].mean())
+
+
+def test_identity_stage_fits_a_beard_only_where_the_frames_show_one(tracker, monkeypatch):
+    """A model with a beard and moustache among its hair parameters: where the identity frames' lower face is
+    skin-coloured (``masks.lower_face_skin_share`` >= SHAVEN_SKIN_SHARE) both stay 0 (they drifted to 0.2 on shaven
+    clips, a 3 mm shell on the chin); where it is not, they are fitted."""
+    import dataclasses
+    from backend.contracts import landmark_tables as lt
+    from backend.model.encoders import CodeEncoders
+    from backend.tracking import masks as M
+    from backend.tracking.codes import CodeSpace
+    from backend.tracking.tracker import SHAVEN_SKIN_SHARE, Tracker
+    from backend.training.hair import HAIR_NAMES, HAIR_RANGES, N_HAIR, SCALP_PARAMS
+    tr, obs, _ = tracker
+    cfg = tr.model.cfg
+    lmset = lt.tracking_landmarks("mediapipe478", tr.model.id_model.mean_anchors.numpy())
+    torch.manual_seed(2)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp, n_id=100 + N_HAIR, init_scale=0.05)
+    facial = [100 + HAIR_NAMES.index("beard"), 100 + HAIR_NAMES.index("moustache")]
+    own = tr.model.extra
+    tr.model.extra = {"hair": {"params": list(HAIR_NAMES), "ranges": [list(r) for r in HAIR_RANGES],
+                               "scalp": list(SCALP_PARAMS)}}
+    try:
+        for share, shaven in ((SHAVEN_SKIN_SHARE + 0.2, True), (SHAVEN_SKIN_SHARE - 0.3, False)):
+            monkeypatch.setattr(M, "lower_face_skin_share", lambda image, landmarks, s=share: s)
+            fit = Tracker(tr.model, CodeSpace(tr.model, enc), lmset, tr.Knp, (tr.W, tr.H),
+                          dataclasses.replace(tr.preset, id_iters=8, id_rays=16, hair_shrink=0.0))
+            fit.p_geo[facial] = 0.3
+            fit.build_meshes()
+            fit.albedo = fit.mesh_albedo()
+            fit.fit_identity([obs])
+            assert fit.codes.facial_hair is not shaven
+            assert (float(fit.p_geo[facial].abs().min()) == 0) is shaven
+    finally:
+        tr.model.extra = own

@@ -81,7 +81,8 @@ def test_model_declared_landmark_channels(sphere_model):
 
 def test_identity_projection_keeps_the_hair_in_the_training_support(sphere_model):
     """A model that declares its hair parameters' support (export): fits are clamped into the ranges, and on a bald
-    scalp (thickness 0) the scalp entries are 0 while a beard stays; without the declaration only +-3."""
+    scalp (thickness 0) the scalp entries are 0 while a beard stays, and on a shaven face the beard is 0; without the
+    declaration only +-3."""
     from backend.tracking.codes import CodeSpace
     model, enc = sphere_model
     names = ["thickness", "bangs", "beard"]
@@ -96,6 +97,10 @@ def test_identity_projection_keeps_the_hair_in_the_training_support(sphere_model
             p_geo = torch.cat([torch.full((100,), 4.0), torch.tensor(hair)])
             codes.project_identity_(p_geo, p_app)
             assert torch.equal(p_geo[100:], torch.tensor(expected)) and (p_geo[:100] == 3.0).all()
+        codes.facial_hair = False          # the frames show a shaven face: no beard, the scalp hair stays
+        p_geo = torch.cat([torch.zeros(100), torch.tensor([0.3, 0.6, 0.4])])
+        codes.project_identity_(p_geo, p_app)
+        assert torch.equal(p_geo[100:], torch.tensor([0.3, 0.6, 0.0]))
         del model.extra
         p_geo = torch.cat([torch.zeros(100), torch.tensor([-0.2, 0.5, 1.7])])
         CodeSpace(model, small).project_identity_(p_geo, p_app)

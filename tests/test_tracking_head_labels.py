@@ -77,3 +77,47 @@ def test_only_hair_coloured_pixels_pull_the_hair_out():
     assert not (gated[rim] == M.HEAD_OTHER).any()                      # no rim along the outline
     for lab in (M.FACE, M.MOUTH, M.BACKGROUND):                        # the rest is as without the frame
         assert np.array_equal(gated == lab, plain == lab)
+
+
+def test_hair_edge_is_the_outline_of_the_hair_on_the_head():
+    """The band the identity rays sample on a model with hair: hair and background within HAIR_EDGE_WIDTH face sizes
+    of each other, on both sides of the outline; a hair-labelled blob away from the face (background the person mask
+    took in) and a small one beside it (a dark ear) have none, and without hair there is none at all."""
+    H, W, size = 200, 160, 100.0
+    ys, xs = np.mgrid[0:H, 0:W]
+    r = np.hypot(xs - 80, ys - 75)
+    lab = np.full((H, W), M.BACKGROUND, np.uint8)
+    lab[(r < 45) & (ys < 70)] = M.HEAD_OTHER                              # a head of hair above the face
+    lab[((xs - 80) / 25) ** 2 + ((ys - 85) / 32) ** 2 < 1] = M.FACE
+    ear = (np.abs(xs - 110) < 3) & (np.abs(ys - 95) < 6)
+    lab[ear] = M.HEAD_OTHER                                               # a dark ear touching the face
+    lab[(xs - 140) ** 2 + (ys - 20) ** 2 < 10 ** 2] = M.HEAD_OTHER        # a blob the person mask took in
+    edge = M.hair_edge(lab, size)
+    width = M.HAIR_EDGE_WIDTH * size
+    top = (ys < 50) & (np.abs(xs - 80) < 20)
+    assert edge[top & (r > 45 - width + 1) & (r < 45)].all()              # hair side of the outline
+    assert edge[top & (r > 45) & (r < 45 + width - 1)].all()              # background side
+    assert not edge[top & ((r < 45 - width - 1) | (r > 45 + width + 1))].any()   # nothing away from it
+    assert not edge[:40, 120:].any()                                      # the blob has none
+    assert not edge[85:106, 105:116].any()                                # nor the ear
+    lab[lab == M.HEAD_OTHER] = M.IGNORE
+    assert not M.hair_edge(lab, size).any()                               # no hair: no band
+
+
+def test_a_beard_darkens_the_lower_face():
+    """The tracker's beard gate: the lower face (below the nose, lips out) is skin-coloured like the face above it on a
+    shaven face, even in a soft shadow, and mostly not under a dark beard."""
+    lm, prob = _face()
+    lm[M.NOSE_BOTTOM] = (80, 88)
+    H, W = prob.shape
+    ys, xs = np.mgrid[0:H, 0:W]
+    rng = np.random.default_rng(0)
+    image = np.empty((H, W, 3), np.float32)
+    image[:] = (205, 150, 120)
+    image[ys > 95] *= 0.7                                                # a shadow under the mouth
+    shaven = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    beard = image.copy()
+    beard[ys > 90] = (55, 45, 40)
+    beard = np.clip(beard + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    assert M.lower_face_skin_share(shaven, lm) > 0.85
+    assert M.lower_face_skin_share(beard, lm) < 0.3

@@ -23,6 +23,8 @@ from .channel_table import MODEL_SOURCE, ChannelTable
 # An ICT channel whose encoder column is weaker than this share of the median column barely moves the model's
 # surface (the built-in model: eye and brow channels at 0.007-0.014 against 0.03-0.22 for the mouth and jaw)
 WEAK_CHANNEL_SHARE = 0.25
+# the hair parameters a shaven face keeps at 0 (``CodeSpace.facial_hair``; names as ``training.hair.HAIR_NAMES``)
+FACIAL_HAIR_PARAMS = ("beard", "moustache")
 
 
 class CodeSpace:
@@ -51,6 +53,11 @@ class CodeSpace:
         self.image_rest: Dict[str, np.ndarray] = {}   # region -> (3, rows, cols) the clip's rest features
         self.mode = "encoder" if encoders is not None else "raw"
         self.device = next(model.parameters()).device   # every code tensor lives where the model does
+        # the hair parameters (encoders with hair inputs, below): their support, and False in ``facial_hair`` where
+        # the frames show a shaven lower face (``masks.lower_face_skin_share``, set by the tracker): the beard and
+        # moustache entries then stay 0, as the scalp entries do on a bald scalp
+        self.hair_ranges = self.hair_scalp = self.hair_thickness = self.hair_facial = None
+        self.facial_hair = True
         if self.enc is not None:
             for p in self.enc.parameters():
                 p.requires_grad_(False)
@@ -58,11 +65,11 @@ class CodeSpace:
             # the hair parameters' support in the training data (export: extra["hair"]): outside it the linear
             # encoder extrapolates (negative bangs; a scalp shape on a bald head, which the data never had)
             hair = (getattr(model, "extra", None) or {}).get("hair") or {}
-            self.hair_ranges = self.hair_scalp = self.hair_thickness = None
             if "ranges" in hair and self.n_id == N_ICT_IDENTITY + len(hair["ranges"]):
                 self.hair_ranges = torch.as_tensor(hair["ranges"], dtype=torch.float32, device=self.device).T
                 self.hair_scalp = torch.as_tensor(np.isin(hair["params"], hair["scalp"]), device=self.device)
                 self.hair_thickness = hair["params"].index("thickness")
+                self.hair_facial = torch.as_tensor(np.isin(hair["params"], FACIAL_HAIR_PARAMS), device=self.device)
             self.n_app = self.enc.app.in_features
             self.n_ex = self.enc.exp.in_features
             static = np.array([n.startswith("eyeLook") for n in arkit.ICT_NAMES[: self.n_ex]])
@@ -157,7 +164,8 @@ class CodeSpace:
 
     def project_identity_(self, p_geo: torch.Tensor, p_app: torch.Tensor) -> None:
         """In-place projection onto the valid set: ICT weights within +-3, appearance in [0, 1], hair parameters
-        (a model that declares their support) within their ranges, the scalp entries 0 on a bald scalp."""
+        (a model that declares their support) within their ranges, the scalp entries 0 on a bald scalp, the beard
+        and moustache 0 on a shaven face (``facial_hair`` False)."""
         if self.mode == "encoder":
             with torch.no_grad():
                 p_geo.clamp_(-3.0, 3.0)
@@ -166,6 +174,8 @@ class CodeSpace:
                     hair = p_geo[N_ICT_IDENTITY:]
                     hair.copy_(torch.maximum(torch.minimum(hair, self.hair_ranges[1]), self.hair_ranges[0]))
                     hair.masked_fill_(self.hair_scalp & (hair[self.hair_thickness] <= 0), 0.0)
+                    if not self.facial_hair:
+                        hair.masked_fill_(self.hair_facial, 0.0)
 
     def shrink_hair_(self, p_geo: torch.Tensor, amount: float) -> None:
         """In-place soft threshold of the hair parameters towards 0 (bald) by ``amount`` (the proximal step of an

@@ -34,6 +34,15 @@ NECK_LINE_BELOW_CHIN = 0.15
 SKIN_CHROMA_TOLERANCE = 3.0
 SKIN_MIN_BRIGHTNESS = 0.35
 CHIN, FOREHEAD = 152, 10
+NOSE_BOTTOM = 2   # below the nose tip, above the upper lip
+# the hair's outline (``hair_edge``): a band this many face sizes (the landmarks' bounding-box diagonal) wide on
+# either side (~7 px on a 200 px face; the IGNORE seam the selfie mask's soft edge leaves between hair and background
+# is 1-3 px), on the hair regions within HAIR_FACE_REACH face sizes of the face (past the IGNORE rim around the oval)
+HAIR_EDGE_WIDTH = 0.035
+HAIR_FACE_REACH = 0.07
+# ... and at least this many face sizes squared in area: a dark ear beside a bald head's face (~0.005) is no hair
+# outline (with it, a bald clip's fit grew hair: area 0.33), a head of hair is 0.15 or more
+HAIR_MIN_AREA = 0.03
 
 # MediaPipe face-mesh contours, ordered (from mediapipe's FACEMESH_FACE_OVAL / FACEMESH_LIPS edge sets)
 FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
@@ -95,6 +104,27 @@ def skin_coloured(image: np.ndarray, skin: np.ndarray) -> np.ndarray:
     return near & (total >= SKIN_MIN_BRIGHTNESS * np.median(total[skin]))
 
 
+def lower_face_skin_share(image: np.ndarray, landmarks: np.ndarray) -> float:
+    """Share of the lower face's pixels (the face oval below the nose, ``NOSE_BOTTOM``, across the chin -> forehead
+    axis; the lips out) coloured like the skin above it (``skin_coloured``): near 1 on a shaven face, low under a
+    beard or moustache. NaN where either part is empty."""
+    H, W = image.shape[:2]
+    face = _fill((H, W), landmarks[FACE_OVAL])
+    size = float(np.ptp(landmarks[FACE_OVAL], axis=0).max())
+    r = max(1, int(round(0.03 * size)))   # off the oval's border, which mixes skin and background (``head_labels``)
+    import cv2
+    face = cv2.erode(face.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
+    up = landmarks[FOREHEAD, :2] - landmarks[CHIN, :2]
+    up = up / (np.linalg.norm(up) + 1e-6)
+    ys, xs = np.mgrid[0:H, 0:W]
+    along = (xs + 0.5 - landmarks[NOSE_BOTTOM, 0]) * up[0] + (ys + 0.5 - landmarks[NOSE_BOTTOM, 1]) * up[1]
+    lower = face & (along < 0) & ~_fill((H, W), landmarks[OUTER_LIPS])
+    upper = face & (along > 0)
+    if not lower.any() or not upper.any():
+        return float("nan")
+    return float(skin_coloured(image, upper)[lower].mean())
+
+
 def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarray], shape,
                 bg_thresh: float = 0.15, margin_frac: float = 0.03, hair_region: bool = False,
                 image: Optional[np.ndarray] = None) -> np.ndarray:
@@ -136,6 +166,27 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
     mouth = _fill((H, W), landmarks[INNER_LIPS])
     lab[mouth & (lab != BACKGROUND)] = MOUTH
     return lab
+
+
+def hair_edge(labels: np.ndarray, face_size: float) -> np.ndarray:
+    """(H, W) bool: the hair's outline, HEAD_OTHER pixels within HAIR_EDGE_WIDTH face sizes of BACKGROUND and
+    BACKGROUND pixels within as far of HEAD_OTHER (both sides: the silhouette is pulled out and held in alike), on
+    the hair regions that reach the face and are not small (a background blob the person mask took in, a dark ear,
+    stay out); all False where no hair is labelled (a model without hair)."""
+    import cv2
+    hair, bg = labels == HEAD_OTHER, labels == BACKGROUND
+    if not hair.any() or not bg.any():
+        return np.zeros(labels.shape, bool)
+
+    def distance_to(region):
+        return cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, 3)
+
+    _, parts = cv2.connectedComponents(hair.astype(np.uint8), connectivity=8)
+    touching = np.unique(parts[hair & (distance_to(labels == FACE) <= HAIR_FACE_REACH * face_size)])
+    large = np.flatnonzero(np.bincount(parts.ravel()) >= HAIR_MIN_AREA * face_size ** 2)
+    hair = np.isin(parts, np.intersect1d(touching[touching > 0], large))
+    width = HAIR_EDGE_WIDTH * face_size
+    return (hair & (distance_to(bg) <= width)) | (bg & (distance_to(hair) <= width))
 
 
 def eye_openings(landmarks: np.ndarray, shape) -> np.ndarray:

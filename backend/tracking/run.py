@@ -603,7 +603,7 @@ class TrackingSession:
             result = bake(frames, indices, np.arange(len(indices)), mesh, tracker.Knp, fitted, request,
                           rotation=R, z_exp=z_exp)
             result.write(self.writer, mesh)
-            return CanonicalColours(tracker.mesh.vertices, result.colours.colours)
+            return CanonicalColours(tracker.mesh.vertices, result.colours.colours, hair=mesh.hair)
         except Exception as e:  # noqa: BLE001 - the tracked result stands without baked colours
             self.events.warning(f"colours not baked from the video: {type(e).__name__}: {e}", "bake_failed",
                                 error=e)
@@ -716,8 +716,9 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
     """Topology-varying per-frame meshes: narrow-band marching cubes of the posed SDF (``model.meshing.PosedMesher``,
     each frame reusing the previous frame's band) for source frames ``frames`` with expression codes ``z_exp``
     (T, E), coloured by the baked ``colours`` (``bake.posed.CanonicalColours``: each posed vertex looked up on the
-    canonical surface through the backward deformation) or, without them, the tracker's albedo (network albedo
-    through the fitted colour affine). Yields ``usd_export.FrameMesh`` (metres, model axes)."""
+    canonical surface through the backward deformation, and its hair vertices with it) or, without them, the
+    tracker's albedo (network albedo through the fitted colour affine; hair: a posed query of the bald head). Yields
+    ``usd_export.FrameMesh`` (metres, model axes)."""
     from ..bake.posed import canonical_points
     from ..model.meshing import COLOR_PRUNE_MASS, POSED_REUSE_TOL, PosedMesher
     from ..usd_export import FrameMesh
@@ -733,8 +734,11 @@ def posed_frame_meshes(frames: List[int], z_exp: np.ndarray, tracker, ev: Option
         mesh = mesher(zg, None, ze, with_color=False)
         posed, canonical = fill_posed_eye_pockets(HeadMesh(mesh.vertices, mesh.faces),
                                                   canonical_points(tracker.model, zg, ze, mesh.vertices), contours)
-        rgb = tracker.albedo_u8(posed.vertices, ze, COLOR_PRUNE_MASS) if colours is None else colours.at(canonical)
-        hair = None if zb is None else hair_vertices(tracker.model, zb, posed.vertices, ze)
+        if colours is None:
+            rgb = tracker.albedo_u8(posed.vertices, ze, COLOR_PRUNE_MASS)
+            hair = None if zb is None else hair_vertices(tracker.model, zb, posed.vertices, ze)
+        else:
+            rgb, hair = colours.lookup(canonical)
         frame_mesh = FrameMesh(index, posed.vertices * np.float32(NPHM_UNIT_M), posed.faces, rgb, hair)
         tracker.timer.add("meshes", time.perf_counter() - t0)
         yield frame_mesh

@@ -98,6 +98,10 @@ class Preset:
     # area 0.48 -> 0.00 of its mesh); 0.35 kept it bald as well but left the thin hair of the plain hair clip
     # unfitted (hair area 0.28 -> 0, face 1.80 -> 1.91 mm, hair ICP 3.45 -> 3.98 mm).
     hair_shrink: float = 0.1
+    # A model with hair (hair labelled in the frames): this share of the identity rays on the hair's outline
+    # (``masks.hair_edge``), out of the share near the face. Drawn with the rest, 2-3 of 192 rays landed on an 8 px
+    # hair band per iteration, and hair and skull traded off on noise.
+    id_hair_edge: float = 0.2
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
     # stage 2's temporal model (``temporal``): the pose keeps no events (a head does not jump) and is smoothed more;
     # the expression less, and it keeps its fast events (a jaw drop). Chosen on cap12_edit 0:125 (mesh jitter) and
@@ -117,6 +121,10 @@ PRESETS: Dict[str, Preset] = {
                    rays=384, id_rays=384, ray_every=1, n_coarse=24, n_fine=12, mesh_res=128, posed_mesh_res=256),
 }
 
+
+# a lower face at least this share skin-coloured (``masks.lower_face_skin_share``) is shaven: no beard or moustache
+# in the fit (shaven synthetic and real clips: 0.80-0.995; without the gate the beard drifted to 0.2, 3 mm on the chin)
+SHAVEN_SKIN_SHARE = 0.6
 
 # Root-finding tolerance (model units) of the fixed-topology vertices a later rewrite replaces (stage 1 when stage 2
 # follows): 0.1 mm, invisible in the scene, and 1.11 deformation passes per vertex and frame instead of 1.29 at
@@ -449,27 +457,32 @@ class Tracker:
     # ---------------------------------------------------------------------------------------------------------
     # photometric / silhouette rays
     # ---------------------------------------------------------------------------------------------------------
-    def sample_pixels(self, obs: FrameObs, n: int, rng: np.random.Generator):
-        """Pixels concentrated on the face: 70 % from face/mouth labels, 30 % from non-ignored pixels near it."""
+    def sample_pixels(self, obs: FrameObs, n: int, rng: np.random.Generator, hair_edge: float = 0.0):
+        """Pixels concentrated on the face: 70 % from face/mouth labels, 30 % from non-ignored pixels near it, of
+        which ``hair_edge`` * n on the hair's outline where the frame labels hair (``masks.hair_edge``)."""
         lab = obs.labels
         face = np.flatnonzero((lab == M.FACE).ravel() | (lab == M.MOUTH).ravel())
         x0, y0 = obs.landmarks.min(0)
         x1, y1 = obs.landmarks.max(0)
         pad = 0.35 * max(x1 - x0, y1 - y0)
         ys, xs = np.mgrid[0:self.H, 0:self.W]
-        near = ((xs > x0 - pad) & (xs < x1 + pad) & (ys > y0 - pad) & (ys < y1 + pad) & (lab != M.IGNORE)).ravel()
-        near = np.flatnonzero(near)
+        box = (xs > x0 - pad) & (xs < x1 + pad) & (ys > y0 - pad) & (ys < y1 + pad)
+        near = np.flatnonzero((box & (lab != M.IGNORE)).ravel())
+        # the whole outline: the box cuts the top off a full head of hair
+        edge = np.flatnonzero(M.hair_edge(lab, obs.face_size).ravel()) if hair_edge else ()
         nf = min(len(face), int(0.7 * n))
+        ne = min(len(edge), int(hair_edge * n), n - nf)
         sel = [rng.choice(face, nf, replace=False)] if nf else []
+        if ne:
+            sel.append(rng.choice(edge, ne, replace=False))
         if len(near):
-            sel.append(rng.choice(near, min(len(near), n - nf), replace=False))
-        idx = np.concatenate(sel) if sel else np.zeros(0, np.int64)
-        return idx
+            sel.append(rng.choice(near, min(len(near), n - nf - ne), replace=False))
+        return np.concatenate(sel) if sel else np.zeros(0, np.int64)
 
     def ray_terms(self, zg, za, p_ex, st_omega, st_trans, obs: FrameObs, n: int, rng, inv_s: float,
-                  with_color: bool = True):
-        """(mask loss, rgb loss, stats) on n rays of one frame."""
-        idx = self.sample_pixels(obs, n, rng)
+                  with_color: bool = True, hair_edge: float = 0.0):
+        """(mask loss, rgb loss, stats) on n rays of one frame (``sample_pixels``)."""
+        idx = self.sample_pixels(obs, n, rng, hair_edge)
         if len(idx) == 0:
             z = zg.sum() * 0
             return z, z, {}
@@ -521,6 +534,10 @@ class Tracker:
         rng = np.random.default_rng(self.seed)
         n_it = pr.id_iters
         self.sh, self.cA, self.cb = sh, cA, cb
+        if self.codes.hair_facial is not None:   # a model with a beard and moustache: only where the frames show one
+            shares = np.array([M.lower_face_skin_share(f.image, f.landmarks) for f in frames if f.image is not None])
+            shares = shares[np.isfinite(shares)]
+            self.codes.facial_hair = not len(shares) or float(np.median(shares)) < SHAVEN_SKIN_SHARE
         for it in range(n_it):
             opt.zero_grad()
             zg = self.codes.z_geo(p_geo)
@@ -534,7 +551,7 @@ class Tracker:
                 j = it % B
                 inv_s = renderer.inv_s_schedule(it, n_it)
                 ml, rl, _ = self.ray_terms(zg, self.codes.z_app(p_app), p_ex[j], om[j], tr[j], frames[j],
-                                           pr.id_rays, rng, inv_s, with_color=True)
+                                           pr.id_rays, rng, inv_s, with_color=True, hair_edge=pr.id_hair_edge)
                 loss = loss + pr.w_mask * ml + pr.w_rgb * rl
             loss.backward()
             opt.step()

@@ -126,3 +126,19 @@ def test_several_faces_warn_and_follow_the_choice(tmp_path):
         assert [c for c, _ in warnings] == ["several_faces"] and "2 faces are visible" in warnings[0][1]
     assert seen["leftmost"] < 300 < seen["rightmost"]
     assert abs(seen["(450.0, 120.0)"] - seen["rightmost"]) < 1.0
+
+
+def test_a_broken_arkit_channel_table_is_reported_before_the_landmark_pass(clip, tmp_path):
+    import shutil
+
+    from backend import BUILTIN_MODEL_DIR
+
+    model = tmp_path / "model"
+    shutil.copytree(BUILTIN_MODEL_DIR, model)
+    (model / "arkit_channels.json").write_text('{"format": "mononphm-arkit-channels", "channels": {}}')
+    code, events = _run(["track", str(clip), "--out", str(tmp_path / "out"), "--threads", "1", "--model", str(model)])
+    errors = [e for e in events if e["type"] == "error"]
+    assert code == 2 and len(errors) == 1, events
+    assert "arkit_channels.json is not valid" in errors[0]["message"] and "calibrate" in errors[0]["hint"]
+    assert not any(e.get("stage") == "landmarks" for e in events)
+    assert not (tmp_path / "out").exists()

@@ -832,8 +832,16 @@ def open_session(config: TrackConfig, events=None, preset=None,
     ResultWriter.check_can_write(Path(config.out), header)
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
+    from .channel_table import FILE_NAME as CHANNEL_TABLE_FILE, ChannelTable
     from .region_image import load_regressors
-    image_regressors = load_regressors(Path(model_hdr["path"]))
+    model_dir = Path(model_hdr["path"])
+    try:   # read before the detection pass: a broken table fails at once, not after it
+        channel_table = ChannelTable.load(model_dir)
+    except ValueError as e:
+        raise BadInputError(f"the ARKit channel table {model_dir / CHANNEL_TABLE_FILE} is not valid: {e}",
+                            "Remove that file (every channel then ships the model's reading) or write it again "
+                            "with `python -m backend.training.arkit_channels calibrate`.") from None
+    image_regressors = load_regressors(model_dir)
     det = detections if detections is not None else detect_all(
         src, config.detector, ev, face, regions=[r.region for r in image_regressors.values()])
     if not det.indices:
@@ -846,10 +854,8 @@ def open_session(config: TrackConfig, events=None, preset=None,
         ev.warning(f"no face in {len(det.indices) - n_found} of {len(det.indices)} frames; they are filled by "
                    "interpolation and flagged 'interpolated'", "no_face_frames")
 
-    from .channel_table import ChannelTable
     from .expression_init import LandmarkExpressionRegressor
-    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(Path(model_hdr["path"])), image_regressors,
-                      ChannelTable.load(Path(model_hdr["path"])))
+    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(model_dir), image_regressors, channel_table)
     codes.set_landmark_rest(*det.found_points())
     codes.set_image_rest(det.found_patches)
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"

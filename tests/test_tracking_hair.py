@@ -108,3 +108,29 @@ def test_identity_projection_keeps_the_hair_in_the_training_support(sphere_model
     finally:
         if hasattr(model, "extra"):
             del model.extra
+
+
+def test_hair_prior_is_stronger_on_what_the_silhouette_barely_sees(sphere_model):
+    """The identity stage's L1 step on the hair parameters: ``unseen_amount`` on the parting, its side, the asymmetry
+    and the nape's tilt (they drifted to their bounds under the others' prior), ``amount`` on the rest; a model that
+    does not name its hair parameters gets ``amount`` on all."""
+    from backend.tracking.codes import UNSEEN_HAIR_PARAMS, CodeSpace
+    model, enc = sphere_model
+    names = ["thickness", "parting", "volume", "asymmetry"]
+    model.extra = {"hair": {"params": names, "ranges": [[0, 1], [0, 1], [0, 1], [-1, 1]], "scalp": names[1:]}}
+    try:
+        small = type(enc)(model.cfg.dim_geo, model.cfg.dim_app, model.cfg.dim_exp, n_id=100 + len(names))
+        codes = CodeSpace(model, small)
+        p_geo = torch.cat([torch.ones(100), torch.tensor([0.5, 0.5, 0.5, -0.5])])
+        codes.shrink_hair_(p_geo, 0.1, 0.4)
+        assert {"parting", "asymmetry"} <= set(UNSEEN_HAIR_PARAMS)
+        assert torch.allclose(p_geo[100:], torch.tensor([0.4, 0.1, 0.4, -0.1])) and (p_geo[:100] == 1).all()
+        codes.shrink_hair_(p_geo, 0.1, 0.4)
+        assert torch.allclose(p_geo[100:], torch.tensor([0.3, 0.0, 0.3, 0.0]))
+        del model.extra
+        p_geo = torch.cat([torch.ones(100), torch.tensor([0.5, 0.5, 0.5, -0.5])])
+        CodeSpace(model, small).shrink_hair_(p_geo, 0.1, 0.4)
+        assert torch.allclose(p_geo[100:], torch.tensor([0.4, 0.4, 0.4, -0.4]))
+    finally:
+        if hasattr(model, "extra"):
+            del model.extra

@@ -25,6 +25,9 @@ from .channel_table import MODEL_SOURCE, ChannelTable
 WEAK_CHANNEL_SHARE = 0.25
 # the hair parameters a shaven face keeps at 0 (``CodeSpace.facial_hair``; names as ``training.hair.HAIR_NAMES``)
 FACIAL_HAIR_PARAMS = ("beard", "moustache")
+# the hair parameters the silhouette barely sees (where the parting lies, left/right asymmetry, the nape's tilt): with
+# the prior of the others they drifted to their bounds (parting 0.8-1.0, asymmetry 0.62; truth 0)
+UNSEEN_HAIR_PARAMS = ("parting", "parting_x", "asymmetry", "nape_tilt")
 
 
 class CodeSpace:
@@ -56,7 +59,7 @@ class CodeSpace:
         # the hair parameters (encoders with hair inputs, below): their support, and False in ``facial_hair`` where
         # the frames show a shaven lower face (``masks.lower_face_skin_share``, set by the tracker): the beard and
         # moustache entries then stay 0, as the scalp entries do on a bald scalp
-        self.hair_ranges = self.hair_scalp = self.hair_thickness = self.hair_facial = None
+        self.hair_ranges = self.hair_scalp = self.hair_thickness = self.hair_facial = self.hair_unseen = None
         self.facial_hair = True
         if self.enc is not None:
             for p in self.enc.parameters():
@@ -70,6 +73,7 @@ class CodeSpace:
                 self.hair_scalp = torch.as_tensor(np.isin(hair["params"], hair["scalp"]), device=self.device)
                 self.hair_thickness = hair["params"].index("thickness")
                 self.hair_facial = torch.as_tensor(np.isin(hair["params"], FACIAL_HAIR_PARAMS), device=self.device)
+                self.hair_unseen = torch.as_tensor(np.isin(hair["params"], UNSEEN_HAIR_PARAMS), device=self.device)
             self.n_app = self.enc.app.in_features
             self.n_ex = self.enc.exp.in_features
             static = np.array([n.startswith("eyeLook") for n in arkit.ICT_NAMES[: self.n_ex]])
@@ -177,13 +181,18 @@ class CodeSpace:
                     if not self.facial_hair:
                         hair.masked_fill_(self.hair_facial, 0.0)
 
-    def shrink_hair_(self, p_geo: torch.Tensor, amount: float) -> None:
+    def shrink_hair_(self, p_geo: torch.Tensor, amount: float, unseen_amount: Optional[float] = None) -> None:
         """In-place soft threshold of the hair parameters towards 0 (bald) by ``amount`` (the proximal step of an
-        L1 prior on them); no-op for a model without hair inputs."""
+        L1 prior on them), by ``unseen_amount`` (default: ``amount``) for those the silhouette barely sees
+        (``UNSEEN_HAIR_PARAMS``, where the model declares its hair parameters); no-op for a model without hair
+        inputs."""
         if self.mode == "encoder" and self.n_id > N_ICT_IDENTITY:
             with torch.no_grad():
                 hair = p_geo[N_ICT_IDENTITY:]
-                hair.copy_(hair.sign() * (hair.abs() - amount).clamp_min(0.0))
+                step = torch.full_like(hair, amount)
+                if unseen_amount is not None and self.hair_unseen is not None:
+                    step.masked_fill_(self.hair_unseen, unseen_amount)
+                hair.copy_(hair.sign() * (hair.abs() - step).clamp_min(0.0))
 
     # -- priors --------------------------------------------------------------------------------------------------
     def identity_prior(self, p_geo: torch.Tensor, p_app: torch.Tensor) -> torch.Tensor:

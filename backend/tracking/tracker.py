@@ -96,8 +96,12 @@ class Preset:
     # lr_id (an L1 prior's proximal step), then stay in their training support (``CodeSpace.project_identity_``).
     # With the skin-coloured pixels out of the hair region (``masks.head_labels``) a bald clip then fits bald (hair
     # area 0.48 -> 0.00 of its mesh); 0.35 kept it bald as well but left the thin hair of the plain hair clip
-    # unfitted (hair area 0.28 -> 0, face 1.80 -> 1.91 mm, hair ICP 3.45 -> 3.98 mm).
-    hair_shrink: float = 0.1
+    # unfitted (hair area 0.28 -> 0, face 1.80 -> 1.91 mm, hair ICP 3.45 -> 3.98 mm). At 0.1 the plain hair clip's
+    # hair stayed thin (thickness 0.05, length 0.09, volume 0.08; truth 0.17, 0.44, 0.56): its missed hair pixels
+    # were most of the silhouette's loss (1450-2650 of a 25 000 px union per frame, against 300-1100 extra at the neck)
+    hair_shrink: float = 0.03
+    # ... and this share for the parameters the silhouette barely sees (``codes.UNSEEN_HAIR_PARAMS``)
+    hair_shrink_unseen: float = 0.3
     # A model with hair (hair labelled in the frames): this share of the identity rays on the hair's outline
     # (``masks.hair_edge``), out of the share near the face. Drawn with the rest, 2-3 of 192 rays landed on an 8 px
     # hair band per iteration, and hair and skull traded off on noise.
@@ -555,7 +559,7 @@ class Tracker:
                 loss = loss + pr.w_mask * ml + pr.w_rgb * rl
             loss.backward()
             opt.step()
-            self.codes.shrink_hair_(p_geo, pr.hair_shrink * pr.lr_id)
+            self.codes.shrink_hair_(p_geo, pr.hair_shrink * pr.lr_id, pr.hair_shrink_unseen * pr.lr_id)
             self.codes.project_identity_(p_geo, p_app)
             self.codes.project_expression_(p_ex)
             if it % 10 == 0:

@@ -109,3 +109,18 @@ def test_calibrate_writes_a_table_that_loads(tmp_path):
     assert loaded.channels["eyeBlinkRight"] == loaded.channels["eyeBlinkLeft"]   # a Left/Right pair: one choice
     res = ac.evaluate(readings, loaded)
     assert res["table"]["overall"]["mae"] < res["zeros"]["overall"]["mae"]
+
+
+def test_the_source_report_shows_which_source_carries_a_channel():
+    clips = _clips()
+    clips[1]["sources"]["flat"] = np.full((60, 52), 0.1)   # a constant reading, only on one (idle) clip
+    for c in clips:
+        c["sources"]["signal"][:, BLINK] *= 0.5             # follows at half the height
+    report = ac.source_report({f"clip{k}": c for k, c in enumerate(clips)}, ["eyeBlinkLeft", "eyeSquintLeft"])
+    assert list(report) == ["eyeBlinkLeft"]                 # no active pair of the squint
+    signal, model = report["eyeBlinkLeft"]["signal"], report["eyeBlinkLeft"]["model"]
+    assert signal["pairs"] == 4 and signal["correlation"] > 0.9 and model["correlation"] < 0.4
+    assert signal["peak_ratio"] == pytest.approx(0.5, abs=0.1) and signal["mae"] < signal["zeros_mae"] < model["mae"]
+    assert signal["idle_mean"] < 0.03 < 0.2 < model["idle_mean"]
+    assert "flat" not in report["eyeBlinkLeft"]             # a source without an active pair it reads
+    assert "| eyeBlinkLeft | 4 |" in ac.format_sources(report)

@@ -43,7 +43,9 @@ from ..tracking.channel_table import MODEL_SOURCE, ChannelTable, blend, respond
 SOURCE_PREFIX = "source_"
 SHARE_STEP = 0.25
 DEAD_ZONES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
-GAINS = (1.0, 1.5, 2.0, 3.0)
+# up to 6: the mouth image's raw readings (``training.region_image``: gain 1, no dead zone) follow at 0.2-0.4 of
+# the true height on the tuning clips (frown, dimple, stretch; backend/evaluation/README.md, session 14)
+GAINS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
 # ---- readings -------------------------------------------------------------------------------------------------------
@@ -288,7 +290,8 @@ def source_report(readings: dict[str, dict], channels=None) -> dict[str, dict[st
                 else:
                     idle.append(read.mean())
             if active:
-                rows[source] = {"pairs": len(active), "correlation": float(np.mean(np.nan_to_num([p.correlation for p in active]))),
+                rows[source] = {"pairs": len(active),
+                                "correlation": float(np.mean(np.nan_to_num([p.correlation for p in active]))),
                                 "mae": float(np.mean([p.mae for p in active])),
                                 "zeros_mae": float(np.mean([p.zeros_mae for p in active])),
                                 "peak_ratio": float(np.median([p.peak_ratio for p in active])),

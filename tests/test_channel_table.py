@@ -27,6 +27,9 @@ def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue():
     from backend.tracking.region_image import REGIONS
 
     assert set(table.sources()) <= {"model", "landmarks"} | {f"{r.name}_image" for r in REGIONS}
+    # the mouth and jaw readers' raw heads carry frowns, stretches and the jaw's opening (session 14)
+    assert {"jaw_image", "mouth_image"} <= set(table.sources())
+    assert not {"mouthFrownLeft", "mouthStretchLeft", "jawOpen"} & set(table.zeroed())
     assert ChannelTable.from_json(json.loads(json.dumps(table.to_json()))).channels == table.channels
 
 
@@ -93,6 +96,15 @@ def test_calibration_ships_the_signal_source_and_zero_for_noise():
     assert blink["cv"]["loss_out_of_fold"] < blink["cv"]["loss_zeros"]
     squint = ac.calibrate_unit(clips, (SQUINT,))   # idle everywhere: only the noise reads anything
     assert squint["shares"] == {}
+
+
+def test_calibration_restores_a_reading_that_follows_at_a_fifth_of_the_height():
+    clips = _clips()
+    for c in clips:
+        c["sources"]["signal"][:, BLINK] *= 0.2
+    blink = ac.calibrate_unit(clips, (BLINK,))
+    assert blink["shares"] == {"signal": 1.0} and blink["gain"] >= 4
+    assert blink["cv"]["loss_out_of_fold"] < 0.5 * blink["cv"]["loss_zeros"]
 
 
 def test_calibrate_writes_a_table_that_loads(tmp_path):

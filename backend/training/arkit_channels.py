@@ -43,8 +43,8 @@ from ..tracking.channel_table import MODEL_SOURCE, ChannelTable, blend, respond
 SOURCE_PREFIX = "source_"
 SHARE_STEP = 0.25
 DEAD_ZONES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
-# up to 6: the mouth image's raw readings (``training.region_image``: gain 1, no dead zone) follow at 0.2-0.4 of
-# the true height on the tuning clips (frown, dimple, stretch; backend/evaluation/README.md, session 14)
+# up to 6: the mouth and jaw images' raw readings (``training.region_image``: gain 1, no dead zone) follow at
+# 0.2-0.4 of the true height on the tuning clips (frown, dimple, stretch; backend/evaluation/README.md, session 14)
 GAINS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
@@ -267,9 +267,8 @@ def source_report(readings: dict[str, dict], channels=None) -> dict[str, dict[st
     """{channel: {source: {"pairs", "correlation", "mae", "zeros_mae", "peak_ratio", "idle_mean"}}}: what each source's
     plain reading (no response) gives on each channel, over the frames it reads: over the active (clip, channel) pairs
     the mean correlation (a constant reading's counted as 0, as ``channel_metrics.summarise`` does), MAE beside
-    all-zeros' and median peak ratio (``channel_metrics.pair_metrics``), and its mean
-    reading on the idle pairs (a false reading there costs as much as a miss; ``calibrate``). Channels without an
-    active pair are left out."""
+    all-zeros' and median peak ratio (``channel_metrics.pair_metrics``), and its mean reading on the idle pairs (a
+    false reading there costs as much as a miss; ``calibrate``). Channels without an active pair are left out."""
     from ..evaluation.channel_metrics import pair_metrics
 
     names = arkit.ARKIT_NAMES if channels is None else channels

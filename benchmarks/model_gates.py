@@ -102,6 +102,7 @@ def jitter_gate(clip: Path, package: Path) -> dict:
         mesh, mp = ind["error_mesh_by_region"][reg], ind["error_mediapipe_by_region"][reg]
         out[f"{reg}_error_pct"] = round(mesh, 2)
         out[f"{reg}_ratio"] = round(mesh / mp, 3)
+        out[f"{reg}_jitter_px"] = round(ind["jitter_mesh_by_region"][reg], 3)
     return out
 
 
@@ -140,8 +141,9 @@ def table(results: dict) -> str:
     rows += [("real-clip jitter mesh / MediaPipe px", lambda r: f"{r['jitter']['jitter_mesh_px']} / "
                                                                f"{r['jitter']['jitter_mediapipe_px']}"),
              ("real-clip 2-D error / MediaPipe's", lambda r: r["jitter"]["error_ratio"])]
-    rows += [(f"real-clip {reg} error % (x MediaPipe's)",
-              lambda r, reg=reg: f"{r['jitter'][f'{reg}_error_pct']} ({r['jitter'][f'{reg}_ratio']}x)")
+    rows += [(f"real-clip {reg} error % (x MediaPipe's), jitter px",
+              lambda r, reg=reg: f"{r['jitter'][f'{reg}_error_pct']} ({r['jitter'][f'{reg}_ratio']}x), "
+                                 f"{r['jitter'][f'{reg}_jitter_px']}")
              for reg in REGIONS]
     rows += [(f"bake re-render L1 {k} (model colours)",
               lambda r, k=k: f"{r['bake']['baked'][k]} ({r['bake']['model'][k]})") for k in ("l1", "brows", "eyes", "lips")]

@@ -196,6 +196,45 @@ def test_trained_lid_network_reads_each_eye_on_its_own_side(tmp_path):
     assert at_rest.max() < 0.25, out
 
 
+def test_relit_training_batches_are_the_patches_rescaled_under_a_shading_gradient(monkeypatch):
+    """``fit(relight=True)``: every training sample is its (shifted) features times one contrast factor in [0.6, 1.2]
+    plus a linear gradient per feature plane; without it, the shifted features themselves."""
+    from backend.training.region_image import fit
+
+    seen = []
+    forward = ri.RegionImageNet.forward
+
+    def spy(self, x):
+        if self.training:
+            seen.append(x.detach().numpy().copy())
+        return forward(self, x)
+
+    monkeypatch.setattr(ri.RegionImageNet, "forward", spy)
+    base = np.random.default_rng(4).normal(size=(3, 8, 10)).astype(np.float32)
+    rows, cols = np.meshgrid(np.linspace(-1, 1, 8), np.linspace(-1, 1, 10), indexing="ij")
+    shifted = [np.roll(base, (a, b), (1, 2)) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    for relight in (False, True):
+        seen.clear()
+        fit(np.repeat(base[None], 64, 0), np.zeros((64, 1), np.float32), epochs=1, relight=relight)
+        for x in seen[0]:
+            # least squares per shift: x = k * shifted + per plane (g_rows * rows + g_cols * cols)
+            fits = []
+            for b in shifted:
+                A = np.zeros((x.size, 7))
+                A[:, 0] = b.ravel()
+                for p in range(3):
+                    A[p * 80:(p + 1) * 80, 1 + 2 * p] = rows.ravel()
+                    A[p * 80:(p + 1) * 80, 2 + 2 * p] = cols.ravel()
+                coef, *_ = np.linalg.lstsq(A, x.ravel(), rcond=None)
+                fits.append((np.abs(A @ coef - x.ravel()).max(), coef))
+            residual, coef = min(fits, key=lambda f: f[0])
+            assert residual < 1e-4
+            if relight:
+                assert 0.6 <= coef[0] <= 1.2 and np.abs(coef[1:]).max() > 1e-3
+            else:
+                assert coef[0] == pytest.approx(1.0, abs=1e-5) and np.abs(coef[1:]).max() < 1e-5
+
+
 def test_trained_eye_network_reads_a_squint_and_a_brow_raise(tmp_path):
     reg, rng = _train_and_reload(tmp_path, ri.EYES, lambda rng, colour, w: _eyes(rng, colour, w[:, 0], w[:, 1]),
                                  ("eyeSquint_L", "browInnerUp_L"), ("eyeSquint_L", "browInnerUp_L"), members=1)

@@ -139,6 +139,34 @@ def test_a_broken_arkit_channel_table_is_reported_before_the_landmark_pass(clip,
     code, events = _run(["track", str(clip), "--out", str(tmp_path / "out"), "--threads", "1", "--model", str(model)])
     errors = [e for e in events if e["type"] == "error"]
     assert code == 2 and len(errors) == 1, events
-    assert "arkit_channels.json is not valid" in errors[0]["message"] and "calibrate" in errors[0]["hint"]
+    assert "arkit_channels.json cannot be used" in errors[0]["message"] and "calibrate" in errors[0]["hint"]
+    assert not any(e.get("stage") == "landmarks" for e in events)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("no_config", "no config.json"),
+    ("model.pt", "model.pt"),
+    ("encoders.pt", "encoders.pt"),
+    ("eye_image.pt", "eye_image.pt"),
+    ("expression_init.npz", "expression_init.npz"),
+])
+def test_a_damaged_model_folder_is_bad_input_before_the_landmark_pass(clip, tmp_path, damage, named):
+    """Whatever file of a ``--model`` folder is damaged, the user hears which one, with exit 2 and no traceback,
+    before the landmark pass and without an output folder."""
+    import shutil
+
+    from backend import BUILTIN_MODEL_DIR
+
+    model = tmp_path / "model"
+    shutil.copytree(BUILTIN_MODEL_DIR, model)
+    if damage == "no_config":
+        (model / "config.json").unlink()
+    else:
+        (model / damage).write_bytes(b"PK\x03\x04 not what it claims to be")
+    code, events = _run(["track", str(clip), "--out", str(tmp_path / "out"), "--threads", "1", "--model", str(model)])
+    errors = [e for e in events if e["type"] == "error"]
+    assert code == 2 and len(errors) == 1 and errors[0]["code"] == "bad_input", events
+    assert named in errors[0]["message"] and "--model" in errors[0]["hint"]
     assert not any(e.get("stage") == "landmarks" for e in events)
     assert not (tmp_path / "out").exists()

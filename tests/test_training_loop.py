@@ -129,3 +129,25 @@ def test_export_writes_the_hair_mesh_box(tmp_path):
     bald_scalp = styles[:, hair["params"].index("thickness")] == 0
     assert 0 < bald_scalp.mean() < 1 and not styles[bald_scalp][:, scalp].any()
     assert styles[~bald_scalp][:, scalp].any(0).all()   # every scalp entry is used with hair
+
+
+def test_bald_run_keeps_the_shipped_bald_models_form(tmp_path):
+    """--bald: every training head without hair and an identity encoder of the 100 ICT weights alone; the export
+    has no hair entry and keeps the official mesh box, so the tracker treats it as the shipped bald model."""
+    import json
+
+    from backend.model import load_model
+    from backend.model.checkpoint import represents_hair
+    from backend.training.export import export
+    from backend.training.modelwrap import model_config
+    from backend.training.train import Trainer, main
+    torch.set_num_threads(1)
+    tr = Trainer(_args(tmp_path / "gen", ["--bald"]))
+    assert tr.enc.geo.in_features == 100
+    assert not tr.gen.batch(6)["hair"].any()
+    assert main([*_cli(tmp_path / "run"), "--bald", "--max-steps", "1"]) == 0
+    out = export(tmp_path / "run" / "ckpt_last.pt", tmp_path / "model", refit_arkit=False)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["mesh_box"] == [list(b) for b in model_config("tiny").mesh_box]
+    assert cfg["extra"]["encoders"]["geo_in"] == 100 and "hair" not in cfg["extra"]
+    assert not represents_hair(load_model(out))

@@ -23,4 +23,5 @@ class NoFaceError(BadInputError):
 
 
 class TrackingModelError(BackendError):
-    """The head model lacks something tracking needs (anchor table, checkpoint)."""
+    """The built-in head model is missing or damaged (an installation problem; a damaged ``--model`` folder is
+    bad input)."""

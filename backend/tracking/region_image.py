@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..contracts import arkit
+from ..model.checkpoint import CheckpointError, safe_torch_load
 from .expression_init import ALIGN_POINTS, DEAD_ZONE, template
 
 N_FEATURES = 3           # feature planes per patch pixel (``patch_features``)
@@ -213,7 +214,12 @@ class RegionImageRegressor:
         path = Path(model_dir) / region.file_name
         if not path.is_file():
             return None
-        return cls(region, RegionImageNet.from_state(torch.load(path, map_location="cpu", weights_only=True)))
+        state = safe_torch_load(path)
+        try:
+            return cls(region, RegionImageNet.from_state(state))
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path.name} does not hold a {region.name} image reader ({type(e).__name__}: {e})",
+                                  "write it again with python -m backend.training.region_image, or remove it") from None
 
     def linear(self, patches: np.ndarray, rest: Optional[np.ndarray] = None) -> np.ndarray:
         """(B, *region.patch_shape) patches, optional ([2,] 3, rows, cols) rest features (default: the training

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -82,20 +84,77 @@ def load_tracking_model(config: TrackConfig, device: str = "cpu"):
                                               "path": str(Path(config.official_checkpoint).resolve()),
                                               "expression_dim": int(model.cfg.dim_exp), "arkit": False}
     mdir = Path(config.model) if config.model else BUILTIN_MODEL_DIR
+    user_given = bool(config.model)
     if not (mdir / "config.json").is_file():
-        raise TrackingModelError(f"no head model at {mdir} (config.json missing)",
-                                 "Install the built-in model (backend/models/builtin) or pass --model DIR.")
-    model = load_model(mdir)
-    enc = reg = None
-    try:
+        raise _unusable_model(mdir, "it has no config.json: it is not a head model folder", user_given)
+    with _model_file(mdir, user_given):   # CheckpointError names the file
+        model = load_model(mdir)
+    with _model_file(mdir, user_given):   # encoders are optional: (None, None) without the file
         enc, reg = load_encoders(mdir)
-    except Exception as e:  # noqa: BLE001 - encoders are optional
-        log.info("model has no usable encoders (%s); fitting raw codes", e)
+    if enc is None:
+        log.info("model has no encoders; fitting raw codes")
     name = (getattr(model, "extra", {}) or {}).get("name", mdir.name)
     header = {"name": str(name), "path": str(mdir.resolve()), "expression_dim": int(model.cfg.dim_exp),
               "arkit": bool(reg is not None or enc is not None)}
     enc, reg = (None if m is None else m.to(device) for m in (enc, reg))
     return model.to(device), enc, reg, header
+
+
+def _unusable_model(path: Path, reason: str, user_given: bool, hint: str = "") -> Exception:
+    """The error for a model folder (or one of its files) that cannot be used: bad input when the user named the
+    folder (``--model``), an installation problem when it is the built-in model. ``hint``: how to remake the file."""
+    if user_given:
+        return BadInputError(f"the head model {path} cannot be used: {reason}",
+                             hint or "Re-export that model folder (python -m backend.training.export), remove the "
+                                     "file if it is optional (arkit_channels.json, expression_init.npz, *_image.pt), "
+                                     "or pass another --model.")
+    return TrackingModelError(f"the built-in head model {path} cannot be used: {reason}",
+                              "Reinstall the backend (python3 build.py setup) or pass --model DIR.")
+
+
+# a damaged or mismatched file in a model folder fails its loader with one of these
+_MODEL_FILE_ERRORS = (OSError, EOFError, ValueError, KeyError, RuntimeError, TypeError, zipfile.BadZipFile,
+                      pickle.UnpicklingError)
+
+
+@contextlib.contextmanager
+def _model_file(path: Path, user_given: bool, hint: str = ""):
+    """Loads inside this block that fail say which file of the model folder is unusable and why."""
+    from ..model.checkpoint import CheckpointError
+    try:
+        yield
+    except CheckpointError as e:
+        raise _unusable_model(path, e.message, user_given, hint) from None
+    except _MODEL_FILE_ERRORS as e:
+        raise _unusable_model(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+                              user_given, hint) from None
+
+
+@dataclass
+class ModelReaders:
+    """The readers a model folder may ship beside its networks, loaded before the landmark pass so that a damaged
+    file fails at once rather than minutes later."""
+
+    channel_table: "ChannelTable"                        # which reading each ARKit channel ships
+    landmark_regressor: Optional["LandmarkExpressionRegressor"]   # expression_init.npz; None without the file
+    image_regressors: Dict[str, "RegionImageRegressor"]  # region name -> reader (*_image.pt); only shipped ones
+
+
+def load_model_readers(model_dir: Path, user_given: bool) -> ModelReaders:
+    """The readers shipped in ``model_dir``; an unusable file is reported as ``_unusable_model`` says."""
+    from .channel_table import FILE_NAME as CHANNEL_TABLE_FILE, ChannelTable
+    from .expression_init import FILE_NAME as LANDMARK_REGRESSOR_FILE, LandmarkExpressionRegressor
+    from .region_image import load_regressors
+
+    with _model_file(model_dir / CHANNEL_TABLE_FILE, user_given,
+                     "Remove that file (every channel then ships the model's reading) or write it again with "
+                     "`python -m backend.training.arkit_channels calibrate`."):
+        channel_table = ChannelTable.load(model_dir)
+    with _model_file(model_dir / LANDMARK_REGRESSOR_FILE, user_given):
+        landmark_regressor = LandmarkExpressionRegressor.load(model_dir)
+    with _model_file(model_dir, user_given):   # the reader's error names its file
+        image_regressors = load_regressors(model_dir)
+    return ModelReaders(channel_table, landmark_regressor, image_regressors)
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -832,18 +891,9 @@ def open_session(config: TrackConfig, events=None, preset=None,
     ResultWriter.check_can_write(Path(config.out), header)
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
-    from .channel_table import FILE_NAME as CHANNEL_TABLE_FILE, ChannelTable
-    from .region_image import load_regressors
-    model_dir = Path(model_hdr["path"])
-    try:   # read before the detection pass: a broken table fails at once, not after it
-        channel_table = ChannelTable.load(model_dir)
-    except ValueError as e:
-        raise BadInputError(f"the ARKit channel table {model_dir / CHANNEL_TABLE_FILE} is not valid: {e}",
-                            "Remove that file (every channel then ships the model's reading) or write it again "
-                            "with `python -m backend.training.arkit_channels calibrate`.") from None
-    image_regressors = load_regressors(model_dir)
+    readers = load_model_readers(Path(model_hdr["path"]), user_given=bool(config.model))
     det = detections if detections is not None else detect_all(
-        src, config.detector, ev, face, regions=[r.region for r in image_regressors.values()])
+        src, config.detector, ev, face, regions=[r.region for r in readers.image_regressors.values()])
     if not det.indices:
         raise TrackingInputError(f"the frame range {src.range} selects no frames of {config.input}",
                                  "Check --frames against the clip length.")
@@ -854,8 +904,7 @@ def open_session(config: TrackConfig, events=None, preset=None,
         ev.warning(f"no face in {len(det.indices) - n_found} of {len(det.indices)} frames; they are filled by "
                    "interpolation and flagged 'interpolated'", "no_face_frames")
 
-    from .expression_init import LandmarkExpressionRegressor
-    codes = CodeSpace(model, enc, reg, LandmarkExpressionRegressor.load(model_dir), image_regressors, channel_table)
+    codes = CodeSpace(model, enc, reg, readers.landmark_regressor, readers.image_regressors, readers.channel_table)
     codes.set_landmark_rest(*det.found_points())
     codes.set_image_rest(det.found_patches)
     scheme = "ibug68" if config.detector == "face-alignment" else "mediapipe478"

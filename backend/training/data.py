@@ -506,13 +506,14 @@ class Generator:
     """
 
     def __init__(self, ict: ICTModel, anchor_vertices: np.ndarray, seed: int = 0, sizes: SampleSizes | None = None,
-                 id_scale: float = 1.0, p_neutral: float = 0.12):
+                 id_scale: float = 1.0, p_neutral: float = 0.12, bald: bool = False):
         self.ict = ict
         self.anchor_vertices = np.asarray(anchor_vertices, np.int64)
         self.rng = np.random.default_rng(seed)
         self.sizes = sizes or SampleSizes()
         self.id_scale = id_scale
         self.p_neutral = p_neutral
+        self.bald = bald  # every head without hair (the bald built-in model)
 
     # RNG state (for exact resume)
     def get_state(self):
@@ -527,7 +528,7 @@ class Generator:
         w_ex = sample_expression(r, self.p_neutral)
         app = sample_appearance(r)
         seed = int(r.integers(0, 2 ** 31))
-        return w_id, w_ex, app, seed, sample_hair(r)
+        return w_id, w_ex, app, seed, np.zeros(N_HAIR, np.float32) if self.bald else sample_hair(r)
 
     def batch(self, B: int) -> dict:
         samples = []

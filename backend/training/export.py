@@ -23,7 +23,7 @@ import torch
 from .. import BUILTIN_MODEL_DIR
 from ..contracts import arkit
 from ..model.checkpoint import ENCODERS_FILE
-from ..model.encoders import N_APP, N_EX
+from ..model.encoders import N_APP, N_EX, N_ID
 from .hair import HAIR_NAMES, HAIR_RANGES, MESH_BOX, SCALP_PARAMS
 
 
@@ -82,15 +82,22 @@ def export(ckpt_path, out_dir=BUILTIN_MODEL_DIR, extra_info=None, refit_arkit=Tr
         arkit_fit = fit_arkit_regressor(enc, reg)
     st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     out_dir = Path(out_dir)
+    # a model trained without hair (train --bald: identity input = the ICT weights alone) keeps the shipped bald
+    # model's form: no hair entry (the tracker's hair code stays off) and the official mesh box
+    bald = enc.geo.in_features == N_ID
     extra = {
         "name": "builtin",
-        "description": "Compact MonoNPHM trained on synthetic ICT-FaceKit heads with procedural hair "
-                       "(see MODEL_CARD.md)",
-        "coverage": "head, face and neck; hair volume, beard and moustache (procedural); static eyes; no teeth",
-        "hair": {"params": list(HAIR_NAMES), "bald": "all hair parameters 0",
-                 # the training data's support, which the tracker keeps its fits in (tracking.codes)
-                 "ranges": [list(r) for r in HAIR_RANGES], "scalp": list(SCALP_PARAMS),
-                 "identity_input": "z_geo = encoders.geo([ICT identity weights (100), hair parameters])"},
+        "description": "Compact MonoNPHM trained on synthetic ICT-FaceKit heads"
+                       + ("" if bald else " with procedural hair") + " (see MODEL_CARD.md)",
+        "coverage": ("head, face and neck; bald scalp" if bald else
+                     "head, face and neck; hair volume, beard and moustache (procedural)") + "; static eyes; no teeth",
+    }
+    if not bald:
+        extra["hair"] = {"params": list(HAIR_NAMES), "bald": "all hair parameters 0",
+                         # the training data's support, which the tracker keeps its fits in (tracking.codes)
+                         "ranges": [list(r) for r in HAIR_RANGES], "scalp": list(SCALP_PARAMS),
+                         "identity_input": "z_geo = encoders.geo([ICT identity weights (100), hair parameters])"}
+    extra.update({
         "anchor_ict_vertex": [int(v) for v in st["anchor_vertices"]],
         "mean_anchors": [[round(float(c), 6) for c in a] for a in st["mean_anchors"]],
         "anchor_semantics": "official MonoNPHM order: pairs (2i, 2i+1) for i<30 mirror in x, 60-64 midline",
@@ -113,10 +120,11 @@ def export(ckpt_path, out_dir=BUILTIN_MODEL_DIR, extra_info=None, refit_arkit=Tr
         "landmark_channels": landmark_channels(response),
         "training": {"step": int(st.get("step", 0)), "minutes": round(float(st.get("elapsed", 0.0)) / 60, 1),
                      "ema_weights": "ema" in st},
-    }
+    })
     if extra_info:
         extra.update(extra_info)
-    model.cfg.mesh_box = MESH_BOX  # the neck down to the tracker's neck line, and long hair
+    if not bald:
+        model.cfg.mesh_box = MESH_BOX  # the neck down to the tracker's neck line, and long hair
     save_model(out_dir, model, extra=extra)
     enc_state = {"encoders": {k: v.detach().float().contiguous() for k, v in enc.state_dict().items()},
                  "arkit_regressor": {k: v.detach().float().contiguous() for k, v in reg.state_dict().items()}}

@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--color-frac", type=float, default=0.45, help="fraction of surface points with colour loss")
     p.add_argument("--exact", action="store_true", help="no blend-weight pruning in training")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
+    p.add_argument("--bald", action="store_true",
+                   help="heads without hair only, and an identity encoder of the 100 ICT weights alone: the shipped "
+                        "bald built-in model's form (a hair model's identity input adds the hair parameters)")
     p.add_argument("--boost-weak-expressions", action="store_true",
                    help="with --init-from: rescale the expression encoder columns of channels the model barely "
                         "drives to the median column norm (see Trainer.boost_weak_expression_columns)")
@@ -101,12 +104,14 @@ class Trainer:
         self.mean_anchors = self.ict.neutral[self.anchor_vertices].astype(np.float32)
         self.cfg = model_config(args.preset)
         self.model = build_model(self.cfg, torch.from_numpy(self.mean_anchors))
-        # identity = ICT identity weights (100) + hair style (N_HAIR; zeros = bald)
-        self.enc = CodeEncoders(self.cfg.dim_geo, self.cfg.dim_app, self.cfg.dim_exp, n_id=N_ID + N_HAIR)
+        # identity = ICT identity weights (100) + hair style (N_HAIR; zeros = bald), or the ICT weights alone (--bald)
+        n_id = N_ID if args.bald else N_ID + N_HAIR
+        self.enc = CodeEncoders(self.cfg.dim_geo, self.cfg.dim_app, self.cfg.dim_exp, n_id=n_id)
         self.reg = ArkitRegressor(self.cfg.dim_exp)
         self.opt_net = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=5e-4)
         self.opt_enc = torch.optim.Adam(list(self.enc.parameters()) + list(self.reg.parameters()), lr=args.lr_enc)
-        self.gen = D.Generator(self.ict, self.anchor_vertices, seed=args.seed, sizes=sizes_for(args.preset))
+        self.gen = D.Generator(self.ict, self.anchor_vertices, seed=args.seed, sizes=sizes_for(args.preset),
+                               bald=args.bald)
         self.ema_params = [p.detach().clone() for p in self._ema_sources()]
         self.step = 0
         self.elapsed = 0.0
@@ -256,7 +261,7 @@ class Trainer:
         model, enc = self.model, self.enc
         B = b["w_id"].shape[0]
         exact = self.args.exact
-        z_geo = enc.encode_geo(torch.cat([b["w_id"], b["hair"]], -1))
+        z_geo = enc.encode_geo(torch.cat([b["w_id"], b["hair"]], -1)[:, :enc.geo.in_features])  # --bald: ICT only
         z_app = enc.encode_app(b["app"])
         z_exp = enc.encode_exp(b["w_ex"])
         anchors = model.anchors(z_geo)

@@ -27,6 +27,9 @@ def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue():
     from backend.tracking.region_image import REGIONS
 
     assert set(table.sources()) <= {"model", "landmarks"} | {f"{r.name}_image" for r in REGIONS}
+    # the mouth and jaw readers' raw heads carry frowns, stretches and the jaw's opening (session 14)
+    assert {"jaw_image", "mouth_image"} <= set(table.sources())
+    assert not {"mouthFrownLeft", "mouthStretchLeft", "jawOpen"} & set(table.zeroed())
     assert ChannelTable.from_json(json.loads(json.dumps(table.to_json()))).channels == table.channels
 
 
@@ -95,6 +98,15 @@ def test_calibration_ships_the_signal_source_and_zero_for_noise():
     assert squint["shares"] == {}
 
 
+def test_calibration_restores_a_reading_that_follows_at_a_fifth_of_the_height():
+    clips = _clips()
+    for c in clips:
+        c["sources"]["signal"][:, BLINK] *= 0.2
+    blink = ac.calibrate_unit(clips, (BLINK,))
+    assert blink["shares"] == {"signal": 1.0} and blink["gain"] >= 4
+    assert blink["cv"]["loss_out_of_fold"] < 0.5 * blink["cv"]["loss_zeros"]
+
+
 def test_calibrate_writes_a_table_that_loads(tmp_path):
     clips = _clips(n=4)
     for k, c in enumerate(clips):
@@ -109,3 +121,18 @@ def test_calibrate_writes_a_table_that_loads(tmp_path):
     assert loaded.channels["eyeBlinkRight"] == loaded.channels["eyeBlinkLeft"]   # a Left/Right pair: one choice
     res = ac.evaluate(readings, loaded)
     assert res["table"]["overall"]["mae"] < res["zeros"]["overall"]["mae"]
+
+
+def test_the_source_report_shows_which_source_carries_a_channel():
+    clips = _clips()
+    clips[1]["sources"]["flat"] = np.full((60, 52), 0.1)   # a constant reading, only on one (idle) clip
+    for c in clips:
+        c["sources"]["signal"][:, BLINK] *= 0.5             # follows at half the height
+    report = ac.source_report({f"clip{k}": c for k, c in enumerate(clips)}, ["eyeBlinkLeft", "eyeSquintLeft"])
+    assert list(report) == ["eyeBlinkLeft"]                 # no active pair of the squint
+    signal, model = report["eyeBlinkLeft"]["signal"], report["eyeBlinkLeft"]["model"]
+    assert signal["pairs"] == 4 and signal["correlation"] > 0.9 and model["correlation"] < 0.4
+    assert signal["peak_ratio"] == pytest.approx(0.5, abs=0.1) and signal["mae"] < signal["zeros_mae"] < model["mae"]
+    assert signal["idle_mean"] < 0.03 < 0.2 < model["idle_mean"]
+    assert "flat" not in report["eyeBlinkLeft"]             # a source without an active pair it reads
+    assert "| eyeBlinkLeft | 4 |" in ac.format_sources(report)

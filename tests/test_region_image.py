@@ -20,15 +20,15 @@ def _stripes(x, y):
     return 0.5 + 0.4 * np.sin(x * 40.0) * np.cos(y * 25.0)
 
 
-def _posed(scale, angle, shift, size=320):
-    """An image of ``_stripes`` and the MediaPipe points of the mean head under an in-plane similarity (so each
+def _posed(scale, angle, shift, size=320, pattern=_stripes):
+    """An image of ``pattern`` and the MediaPipe points of the mean head under an in-plane similarity (so each
     pixel's template position is known exactly): pixel = scale * R(angle) @ template + shift."""
     c, s = np.cos(angle), np.sin(angle)
     R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     points = scale * template() @ R.T + np.array([shift[0], shift[1], 0.0])
     v, u = np.mgrid[0:size, 0:size] + 0.5
     xy = np.stack([u - shift[0], v - shift[1]], -1) @ R[:2, :2] / scale   # inverse of the similarity
-    grey = (255 * _stripes(xy[..., 0], xy[..., 1])).astype(np.uint8)
+    grey = (255 * pattern(xy[..., 0], xy[..., 1])).astype(np.uint8)
     return np.repeat(grey[..., None], 3, -1), points
 
 
@@ -39,7 +39,7 @@ def test_region_patch_divides_out_the_head_pose(region):
                ((300.0, 0.0, (160.0, 130.0)), (220.0, 0.3, (150.0, 140.0)), (360.0, -0.2, (170.0, 150.0)))]
     for p in patches:
         assert p.shape == region.patch_shape
-    # a mirrored region's second side is cut on the grid's mirror image (x -> -x), its columns reversed
+    # a mirrored region's second side is cut on the grid's mirror image (x -> -x)
     for side, mirror in enumerate((False, True) if region.mirrored else (False,)):
         grid = ri.patch_grid(region, mirror)
         expected = _stripes(grid[..., 0], grid[..., 1]).reshape(rows, 2, cols, 2).mean((1, 3))
@@ -72,6 +72,19 @@ def test_mirrored_patch_shows_the_other_side_as_the_grid_side_looks():
     assert np.abs(mark[0] - both[0]).mean() > 0.02 and np.abs(mark[1] - both[1]).mean() < 1e-6
     assert ri.mirror_name("eyeBlink_L") == "eyeBlink_R" and ri.mirror_name("eyeBlink_R") == "eyeBlink_L"
     assert ri.mirror_name("jawOpen") == "jawOpen"
+
+
+def test_the_jaw_patch_shows_the_chin_outline_below_the_face_mesh():
+    """An opening jaw moves the chin's outline below MediaPipe's lowest point (152): the jaw patch samples there
+    (its rows below the chin are image, not ``OUTSIDE_GREY``) and the outline's drop moves down its rows."""
+    chin = template()[152, 1]
+
+    def dark_rows(drop):
+        image, points = _posed(300.0, 0.1, (160.0, 110.0), pattern=lambda x, y: np.where(y > chin + drop, 0.1, 0.9))
+        return int((ri.region_patches(image, points, [ri.JAW])["jaw"][..., 0].mean(1) < 0.5).sum())
+
+    assert not ri.patch_outside(ri.JAW).any() and ri.patch_grid(ri.JAW)[-1, 0, 1] > chin
+    assert dark_rows(0.0) > dark_rows(0.03) > dark_rows(0.06) > 0
 
 
 def _person(rng):
@@ -148,6 +161,8 @@ def test_trained_mouth_network_reads_the_change_from_the_clips_rest_patch(tmp_pa
     at_rest = np.delete(out, [6, 14])
     assert at_rest.max() < 0.25 and at_rest.mean() < 0.1, out      # the rest patch itself reads exactly 0
     assert ri.RegionImageRegressor.load(tmp_path / "absent", ri.MOUTH) is None
+    # trained without folds: the raw reading (gain 1, no dead zone), for the ARKit channel table to calibrate
+    assert (reg.net.gain == 1).all() and (reg.net.dead_zone == 0).all()
 
 
 def _lids(rng, colour, blink):
@@ -260,6 +275,12 @@ def test_shipped_networks_load_small_and_read_zero_at_rest(region):
     patches = np.random.default_rng(3).uniform(0.2, 0.8, (4,) + region.patch_shape).astype(np.float32)
     assert np.array_equal(reg(patches[:1], ri.rest_patch_features(patches[:1])),
                           np.zeros((1, len(reg.channels)), np.float32))
+    if region in (ri.MOUTH, ri.JAW, ri.LIDS):   # every trained head, read raw: the ARKit channel table calibrates them
+        from backend.training.region_image import TRAINED
+
+        own = reg.channels[:len(reg.channels) // 2] if region.mirrored else reg.channels
+        assert own == TRAINED[region.name]
+        assert (reg.net.gain == 1).all() and (reg.net.dead_zone == 0).all()
 
 
 def test_image_readings_replace_their_channels_in_the_output():

@@ -1,4 +1,4 @@
-"""Expression channels read from the image around the mouth and the eyes (inference only, no training code).
+"""Expression channels read from the image around the mouth, the jaw and the eyes (inference only, no training code).
 
 Why: MediaPipe's points follow the lips' and lids' outlines, and many channels leave no linear trace in them: frown,
 dimple, press, roll, lower lip down, jaw sideways and forward and mouth close around the mouth (out-of-fold on the
@@ -8,7 +8,8 @@ reads compressed by a pose-dependent residual of the points (backend/evaluation/
 thickness, contact and colour, the lids' and cheeks' folds and the forehead's shading, which the image shows. So a
 small network per face region reads them from a frontalised patch of that region:
 
-- ``Region``: a fixed grid on the ICT mean head (MediaPipe's points on it, their depth interpolated between them);
+- ``Region``: a fixed grid on the ICT mean head (MediaPipe's points on it, their depth interpolated between them;
+  the jaw's reaches below the chin, where the nearest point's depth stands in);
   ``region_patches`` carries every region's grid into the frame by one similarity, the one that aligns the frame's
   nearly rigid points (eye corners, nose, forehead: ``expression_init.ALIGN_POINTS``) onto the same points of the
   mean head, and samples the RGB frame there (bilinear, 2x2 supersampled): the head pose is divided out, the face's
@@ -18,8 +19,9 @@ small network per face region reads them from a frontalised patch of that region
   minus the patch's mean, minus the clip's rest features (their per-pixel median over the clip's frames, as
   ``expression_init.rest_features``): the person's own face and the clip's light are divided out;
 - ``RegionImageNet``: the mean of a few small networks (three convolutions and a linear layer each) -> the ICT
-  weights of the region's channels, then a response per channel (a dead zone and a gain, chosen out of fold on the
-  training identities, or plain), clamped to [0, 1];
+  weights of the region's channels, then a response per channel (a dead zone and a gain), clamped to [0, 1]: the
+  eyes' chosen out of fold on the training identities; the mouth's, the jaw's and the lids' none (gain 1, no dead
+  zone), their raw readings calibrated by the ARKit channel table on the tuning clips (``tracking.channel_table``);
 - trained on renders of random ICT-FaceKit heads with MakeHuman skin detail (``backend/training/region_image.py``),
   shipped beside the model as one file per region (``Region.file_name``: a plain state dict, loaded with
   ``weights_only=True``).
@@ -36,7 +38,7 @@ import torch
 
 from ..contracts import arkit
 from ..model.checkpoint import CheckpointError, safe_torch_load
-from .expression_init import ALIGN_POINTS, DEAD_ZONE, template
+from .expression_init import ALIGN_POINTS, template
 
 N_FEATURES = 3           # feature planes per patch pixel (``patch_features``)
 OUTSIDE_GREY = 0.5       # the patch's value where the grid leaves MediaPipe's points
@@ -52,6 +54,10 @@ class Region:
     sides: Tuple[int, int]        # points whose x spans the patch's width, widened by ``margin`` on each side
     top_bottom: Tuple[int, int]   # points whose y are the patch's top and bottom rows
     margin: float                 # share of the sides' distance added on each side
+    below: float = 0.0            # share of the top-bottom distance added below the bottom row
+    # sample beyond MediaPipe's points too (at the nearest point's depth) instead of holding those pixels at
+    # ``OUTSIDE_GREY``: the chin's outline, which an open, sideways or forward jaw moves, lies there
+    beyond: bool = False
     # cut twice: on the grid (one side of the face) and on its mirror image across the face's midline, flipped back,
     # so that one network reads both sides alike; the patch is then (2, rows, cols, 3): [the grid's side, the other]
     mirrored: bool = False
@@ -64,6 +70,9 @@ class Region:
 
 # the lower face: mouth corners widened by 35 % of the mouth width on each side, subnasale (2) to chin (152)
 MOUTH = Region("mouth", "mouth_image.pt", (24, 32), (61, 291), (2, 152), 0.35)
+# the lower face and the jaw: as the mouth's, down to 35 % of the subnasale-chin distance below the chin, so that the
+# chin's outline stays in the patch as the jaw opens or moves aside, at a finer 1.8 mm per pixel (the mouth's 2.5)
+JAW = Region("jaw", "jaw_image.pt", (48, 40), (61, 291), (2, 152), 0.35, below=0.35, beyond=True)
 # both eyes and brows: the brows' outer ends (70, 300) widened by 5 %, the forehead's top (10: room for raised brows)
 # to the cheeks' top below the lower lids (117)
 EYES = Region("eyes", "eye_image.pt", (32, 64), (70, 300), (10, 117), 0.05)
@@ -71,27 +80,31 @@ EYES = Region("eyes", "eye_image.pt", (32, 64), (70, 300), (10, 117), 0.05)
 # (image right, the ICT/ARKit "Left" channels) from its inner to its outer corner (362, 263) widened by 25 %, the
 # brow's top (334) to the cheek below the lower lid (346); its mirror image is the right eye
 LIDS = Region("lids", "lid_image.pt", (40, 48), (362, 263), (334, 346), 0.25, mirrored=True)
-REGIONS = (MOUTH, EYES, LIDS)
+REGIONS = (MOUTH, JAW, EYES, LIDS)
 
 
 @lru_cache(maxsize=None)
 def patch_grid(region: Region, mirror: bool = False) -> np.ndarray:
     """(2 * rows, 2 * cols, 3) points on the mean head in the template's frame (x right, y down, depth away;
-    ``expression_init.template``), two samples per patch pixel and axis; NaN depth beyond MediaPipe's points.
-    ``mirror``: the grid's mirror image across the midline (x -> -x, column by column: the patch cut there shows the
-    other side as the grid's side looks, e.g. the inner eye corner in the same columns)."""
-    from scipy.interpolate import LinearNDInterpolator
+    ``expression_init.template``), two samples per patch pixel and axis; NaN depth beyond MediaPipe's points (the
+    nearest point's depth for a region that samples there, ``Region.beyond``). ``mirror``: the grid's mirror image
+    across the midline (x -> -x, column by column: the patch cut there shows the other side as the grid's side looks,
+    e.g. the inner eye corner in the same columns)."""
+    from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
     tpl = template()
     left, right = tpl[region.sides[0], 0], tpl[region.sides[1], 0]
     lo, hi = min(left, right), max(left, right)
     pad = region.margin * (hi - lo)
     top, bottom = tpl[region.top_bottom[0], 1], tpl[region.top_bottom[1], 1]
+    bottom += region.below * (bottom - top)
     rows, cols = 2 * region.shape[0], 2 * region.shape[1]
     y, x = np.meshgrid(np.linspace(top, bottom, rows), np.linspace(lo - pad, hi + pad, cols), indexing="ij")
     if mirror:
         x = -x
     depth = LinearNDInterpolator(tpl[:, :2], tpl[:, 2])(x, y)
+    if region.beyond:
+        depth = np.where(np.isnan(depth), NearestNDInterpolator(tpl[:, :2], tpl[:, 2])(x, y), depth)
     return np.stack([x, y, depth], -1)
 
 
@@ -179,7 +192,7 @@ class RegionImageNet(torch.nn.Module):
         self.register_buffer("rest", torch.zeros((N_FEATURES,) + tuple(shape)))
         self.register_buffer("scale", torch.ones(N_FEATURES))
         self.register_buffer("gain", torch.ones(n_channels))
-        self.register_buffer("dead_zone", torch.full((n_channels,), DEAD_ZONE))
+        self.register_buffer("dead_zone", torch.zeros(n_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x / self.scale[:, None, None]
@@ -245,5 +258,6 @@ def load_regressors(model_dir: Path) -> Dict[str, RegionImageRegressor]:
     return {name: reg for name, reg in found.items() if reg is not None}
 
 
-__all__ = ["EYES", "LIDS", "MOUTH", "REGIONS", "Region", "RegionImageNet", "RegionImageRegressor", "load_regressors",
-           "mirror_name", "patch_features", "patch_grid", "patch_outside", "region_patches", "rest_patch_features"]
+__all__ = ["EYES", "JAW", "LIDS", "MOUTH", "REGIONS", "Region", "RegionImageNet", "RegionImageRegressor",
+           "load_regressors", "mirror_name", "patch_features", "patch_grid", "patch_outside", "region_patches",
+           "rest_patch_features"]

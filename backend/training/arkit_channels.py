@@ -6,6 +6,8 @@
     # 2. the table, chosen per channel by cross-validation over the tuning clips
     python -m backend.training.arkit_channels calibrate /work/cache/readings/tune_draft \
         --out backend/models/builtin/arkit_channels.json
+    # what each source's plain reading gives per channel (which channels a reader carries at all)
+    python -m backend.training.arkit_channels sources /work/cache/readings/tune_draft --channels jawOpen mouthClose
     # 3. a table's output beside all-zeros and the packages' own output (e.g. on the held-out clips, once)
     python -m backend.training.arkit_channels evaluate /work/cache/readings/held_draft \
         --table backend/models/builtin/arkit_channels.json
@@ -41,7 +43,9 @@ from ..tracking.channel_table import MODEL_SOURCE, ChannelTable, blend, respond
 SOURCE_PREFIX = "source_"
 SHARE_STEP = 0.25
 DEAD_ZONES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
-GAINS = (1.0, 1.5, 2.0, 3.0)
+# up to 6: the mouth and jaw images' raw readings (``training.region_image``: gain 1, no dead zone) follow at
+# 0.2-0.4 of the true height on the tuning clips (frown, dimple, stretch; backend/evaluation/README.md, session 14)
+GAINS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
 # ---- readings -------------------------------------------------------------------------------------------------------
@@ -259,6 +263,56 @@ def evaluate(readings: dict[str, dict], table: ChannelTable) -> dict:
     return out
 
 
+def source_report(readings: dict[str, dict], channels=None) -> dict[str, dict[str, dict]]:
+    """{channel: {source: {"pairs", "correlation", "mae", "zeros_mae", "peak_ratio", "idle_mean"}}}: what each source's
+    plain reading (no response) gives on each channel, over the frames it reads: over the active (clip, channel) pairs
+    the mean correlation (a constant reading's counted as 0, as ``channel_metrics.summarise`` does), MAE beside
+    all-zeros' and median peak ratio (``channel_metrics.pair_metrics``), and its mean reading on the idle pairs (a
+    false reading there costs as much as a miss; ``calibrate``). Channels without an active pair are left out."""
+    from ..evaluation.channel_metrics import pair_metrics
+
+    names = arkit.ARKIT_NAMES if channels is None else channels
+    out = {}
+    for name in names:
+        c = arkit.ARKIT_NAMES.index(name)
+        rows = {}
+        for source in sorted(set().union(*(r["sources"] for r in readings.values()))):
+            active, idle = [], []
+            for key, r in readings.items():
+                x = r["sources"].get(source)
+                have = np.isfinite(x[:, c]) if x is not None else np.zeros(len(r["truth"]), bool)
+                if not have.any():
+                    continue
+                truth, read = r["truth"][have, c], x[have, c]
+                if truth.max() >= ACTIVE_PEAK:
+                    active.append(pair_metrics(key, name, truth, read))
+                else:
+                    idle.append(read.mean())
+            if active:
+                rows[source] = {"pairs": len(active),
+                                "correlation": float(np.mean(np.nan_to_num([p.correlation for p in active]))),
+                                "mae": float(np.mean([p.mae for p in active])),
+                                "zeros_mae": float(np.mean([p.zeros_mae for p in active])),
+                                "peak_ratio": float(np.median([p.peak_ratio for p in active])),
+                                "idle_mean": float(np.mean(idle)) if idle else float("nan")}
+        if rows:
+            out[name] = rows
+    return out
+
+
+def format_sources(report: dict[str, dict[str, dict]]) -> str:
+    """Markdown of ``source_report``: a row per channel, a cell per source."""
+    sources = sorted(set().union(*report.values()))
+    lines = ["| channel | pairs | zeros MAE | " + " | ".join(f"{s}: corr / MAE / peak / idle" for s in sources) + " |",
+             "|---|---|---|" + "---|" * len(sources)]
+    for name, rows in report.items():
+        first = next(iter(rows.values()))
+        cells = [f"{r['correlation']:.2f} / {r['mae']:.3f} / {r['peak_ratio']:.2f} / {r['idle_mean']:.3f}"
+                 if (r := rows.get(s)) else "–" for s in sources]
+        lines.append(f"| {name} | {first['pairs']} | {first['zeros_mae']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(table: ChannelTable) -> str:
     """Markdown: per channel, what ships (sources and shares, or 0), the response and the cross-validation record."""
     cv = table.notes.get("cv", {})
@@ -321,6 +375,9 @@ def main(argv=None) -> int:
     e.add_argument("readings", type=Path)
     e.add_argument("--table", type=Path, required=True)
     e.add_argument("--json", type=Path, default=None)
+    o = sub.add_parser("sources", help="what each source's plain reading gives per channel (active and idle pairs)")
+    o.add_argument("readings", type=Path)
+    o.add_argument("--channels", nargs="+", default=None, help="ARKit channel names (default: all)")
     f = sub.add_parser("show", help="a table as markdown")
     f.add_argument("table", type=Path)
     a = ap.parse_args(argv)
@@ -337,6 +394,8 @@ def main(argv=None) -> int:
             rows = np.isfinite(arrays["package"]).all(1)
             print(f"{spec.key}: {rows.sum()} frames, sources {[k for k in arrays if k.startswith(SOURCE_PREFIX)]}",
                   flush=True)
+    elif a.cmd == "sources":
+        print(format_sources(source_report(load_readings(a.readings), a.channels)))
     elif a.cmd == "show":
         print(format_table(ChannelTable.from_json(json.loads(a.table.read_text()))))
     elif a.cmd == "calibrate":

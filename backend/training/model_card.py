@@ -24,6 +24,20 @@ def _f(x, nd=2):
     return "–" if x is None else f"{x:.{nd}f}"
 
 
+def image_readers_line(model_dir) -> str | None:
+    """The card's line on the model folder's image readers (``tracking.region_image``), None without one."""
+    readers = load_regressors(model_dir)
+    if not readers:
+        return None
+    read = "; ".join(f"around the {r.region.name} (`{r.region.file_name}`, {len(r.net.members)} networks averaged): "
+                     f"{', '.join(r.channels)}" for r in readers.values())
+    return ("- **Channels from the image**: neither the fit nor MediaPipe's points return frowns, a rolled lower lip, "
+            "press, dimple, jaw sideways/forward or squints, and the points read the brows compressed; the tracker "
+            f"reads the ICT channels listed here from patches of the frame ({read}), trained on renders of ICT-FaceKit "
+            "heads with MakeHuman skin detail (`backend/training/region_image.py`; which of them ship: *ARKit output "
+            "per channel*).")
+
+
 def arkit_output_line(model_dir) -> str | None:
     """The card's line on the model folder's ARKit output table (``arkit_channels.json``), None without one."""
     from ..tracking.channel_table import FILE_NAME, ChannelTable
@@ -32,8 +46,8 @@ def arkit_output_line(model_dir) -> str | None:
         return None
     zeroed = ChannelTable.load(model_dir).zeroed()
     return (f"- **ARKit output per channel** (`{FILE_NAME}`, `backend/tracking/channel_table.py`): which reading each "
-            "channel ships (the fit, the landmarks, the mouth or eye image, or a blend) and its dead zone, chosen on the "
-            "tuning clips by cross-validation (`backend.training.arkit_channels`). "
+            "channel ships (the fit, the landmarks, the mouth, jaw or eye image, or a blend) and its response, chosen "
+            "on the tuning clips by cross-validation (`backend.training.arkit_channels`). "
             f"{len(zeroed)} of 52 channels are always 0, because no reading tracked them better than zeros or the "
             "model has none (gaze, tongue): " + ", ".join(f"`{n}`" for n in zeroed) + ".")
 
@@ -85,18 +99,7 @@ def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_js
                           "ICT-FaceKit by 8 mm: backend/evaluation/README.md); the tracker reads blinks, squints, "
                           "wide eyes and brows from the landmarks (`expression_init.npz`; which of them ship: *ARKit output "
                           "per channel*)."))
-    readers = load_regressors(model_dir)
-    if readers:
-        read = "; ".join(f"around the {r.region.name} (`{r.region.file_name}`, {len(r.net.members)} networks "
-                         f"averaged): {', '.join(r.channels)}" for r in readers.values())
-        L.append("- **Channels from the image**: neither the fit nor MediaPipe's points return frowns, a rolled lower "
-                 "lip, press, dimple, jaw sideways/forward or squints, and the points read the brows compressed; the "
-                 f"tracker reads the ICT channels listed here from patches of the frame ({read}), trained on "
-                 "renders of ICT-FaceKit heads with MakeHuman skin detail (`backend/training/region_image.py`; "
-                 "which of them ship: *ARKit output per channel*).")
-    line = arkit_output_line(model_dir)
-    if line:
-        L.append(line)
+    L += [line for line in (image_readers_line(model_dir), arkit_output_line(model_dir)) if line]
     L.append("- **No teeth, no tongue** (`tongueOut` stays 0); the mouth interior is the ICT mouth socket.")
     L.append("- Not covered: " + ("" if hair else "hair volume, ") + "glasses, accessories, ears beyond the ICT "
              "template's detail, torso/shoulders.\n")

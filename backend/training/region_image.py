@@ -1,6 +1,6 @@
 """Train a face region's image regressor (``backend.tracking.region_image``) on rendered ICT-FaceKit heads.
 
-    python -m backend.training.region_image --region mouth|eyes|lids --out backend/models/builtin \
+    python -m backend.training.region_image --region mouth|jaw|eyes|lids --out backend/models/builtin \
         --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3]
 
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
@@ -23,29 +23,38 @@ import numpy as np
 
 from .expression_init import generate
 
-# The channels each region's network is trained on: those the landmark regressor reads poorly or not at all
+# The channels each region's network is trained on: the mouth's and the eyes' those the landmark regressor reads
+# poorly or not at all; the jaw's every channel of the lower face and the jaw (its patch shows the chin's outline)
 TRAINED = {
     "mouth": ("mouthFrown_L", "mouthFrown_R", "mouthDimple_L", "mouthDimple_R", "mouthPress_L", "mouthPress_R",
               "mouthRollLower", "mouthRollUpper", "mouthLowerDown_L", "mouthLowerDown_R", "mouthShrugLower",
               "mouthShrugUpper", "jawLeft", "jawRight", "jawForward", "mouthClose", "cheekPuff_L", "cheekPuff_R",
               "mouthStretch_L", "mouthStretch_R", "noseSneer_L", "noseSneer_R"),
+    "jaw": ("jawOpen", "jawLeft", "jawRight", "jawForward", "mouthClose", "mouthFunnel", "mouthPucker",
+            "mouthLeft", "mouthRight", "mouthSmile_L", "mouthSmile_R", "mouthFrown_L", "mouthFrown_R",
+            "mouthDimple_L", "mouthDimple_R", "mouthStretch_L", "mouthStretch_R", "mouthRollLower",
+            "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthPress_L", "mouthPress_R",
+            "mouthLowerDown_L", "mouthLowerDown_R", "mouthUpperUp_L", "mouthUpperUp_R", "cheekPuff_L",
+            "cheekPuff_R", "cheekSquint_L", "cheekSquint_R", "noseSneer_L", "noseSneer_R"),
     "eyes": ("browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
              "eyeBlink_L", "eyeBlink_R", "eyeSquint_L", "eyeSquint_R", "eyeWide_L", "eyeWide_R", "cheekSquint_L",
              "cheekSquint_R", "noseSneer_L", "noseSneer_R"),
     # one eye's (the network reads the other through the mirrored patch: ``region_image.LIDS``)
     "lids": ("eyeBlink_L", "eyeSquint_L", "eyeWide_L", "cheekSquint_L"),
 }
-# The channels each shipped network reads: those whose calibrated reading's out-of-fold error on the training identities
-# is below 0.95 x all-zeros' (``calibrate``); which of them the output ships is the ARKit channel table's choice
-# (``tracking.channel_table``, calibrated on the tuning clips). See backend/evaluation/README.md, session 13.
+# The channels each shipped network reads; which of them the output ships is the ARKit channel table's choice
+# (``tracking.channel_table``, calibrated on the tuning clips). The eyes': those whose calibrated reading's
+# out-of-fold error on the training identities is below 0.95 x all-zeros' (``calibrate``). The mouth's and the jaw's:
+# all, read raw (``--folds 0``: gain 1, no dead zone) for the table to calibrate, since the training identities'
+# mixes of many channels at once and their poses are harder than the clips: session 13's mouth heads for frown,
+# dimple, stretch and jaw sideways did not beat zeros out of fold there, yet follow on the tuning clips (correlation
+# 0.6-0.9; backend/evaluation/README.md, session 14).
 SHIPPED = {
-    "mouth": ("mouthRollLower", "mouthRollUpper", "mouthClose", "cheekPuff_L", "cheekPuff_R", "noseSneer_L",
-              "noseSneer_R"),
+    "mouth": TRAINED["mouth"],
+    "jaw": TRAINED["jaw"],
     "eyes": ("browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
              "eyeWide_L", "eyeWide_R", "noseSneer_L", "noseSneer_R"),
-    # every trained channel, with the network's plain response (trained with ``--folds 0``): the out-of-fold
-    # calibration on the training renders silenced readings that follow on the clips (session 13), so the ARKit
-    # table alone chooses the response, on the tuning clips (session 14)
+    # as the mouth's and the jaw's: all, raw (session 14)
     "lids": TRAINED["lids"],
 }
 # the calibrated response clip(gain * (reading - dead_zone), 0, 1): the pair per channel with the lowest out-of-fold
@@ -180,8 +189,8 @@ def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, mem
           relight: bool = False, log=print):
     """-> (the shipped ``RegionImageNet`` of ``region``: trained on ``channels`` (default ``TRAINED``), reading
     ``shipped`` (default ``SHIPPED``), its response calibrated out of fold (``calibrate``; without ``folds`` the
-    default response); (the (N, C) out-of-fold readings, (N, C) targets, (C,) calibrated error / zeros' error) of the
-    trained channels, or None without ``folds``)."""
+    raw reading: gain 1, no dead zone); (the (N, C) out-of-fold readings, (N, C) targets, (C,) calibrated error /
+    zeros' error) of the trained channels, or None without ``folds``)."""
     import torch
 
     from ..contracts import arkit
@@ -227,7 +236,9 @@ def main(argv=None) -> int:
     region = regions[a.region]
     data = generate(a.cache, a.identities, a.frames, log, patches=True)
     net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, relight=a.relight, log=log)
-    torch.save(net.state_dict(), a.out / region.file_name)
+    # half precision: the file halves, the readings move by less than 1e-3
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()},
+               a.out / region.file_name)
     if cv is not None:
         pred, Y, ratio = cv
         for c, name in enumerate(TRAINED[region.name]):

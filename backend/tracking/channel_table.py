@@ -3,11 +3,11 @@
 The tracker has several readings of the ARKit weights of a frame, each a (B, 52) array with NaN where it has none
 (``CodeSpace.arkit_readings``): ``model`` (the model's ARKit regressor on the fitted codes, the ICT->ARKit map for the
 channels the landmarks feed; every frame), ``landmarks`` (the landmark regressor's ICT weights through the map; frames
-with a face), ``mouth_image``, ``jaw_image`` and ``eyes_image`` (the face regions' image regressors' channels,
-``region_image``; frames with a face). Per channel the table gives ``shares`` (source -> share, summing to 1; empty:
-the channel ships 0) and a response: the blend x of the sources that have a reading on a frame (their shares
-renormalised; the model's value where none has) becomes ``clip(gain * (x - dead_zone) / (1 - dead_zone), 0, 1)``.
-Readings under the dead zone are the reader's noise on a face at rest.
+with a face), ``mouth_image``, ``jaw_image``, ``eyes_image`` and ``lids_image`` (the face regions' image regressors'
+channels, ``region_image``; frames with a face). Per channel the table gives ``shares`` (source -> share, summing to
+1; empty: the channel ships 0) and a response: the blend x of the sources that have a reading on a frame (their
+shares renormalised; the model's value where none has) becomes ``clip(gain * (x - dead_zone) / (1 - dead_zone), 0,
+1)``. Readings under the dead zone are the reader's noise on a face at rest.
 
 The built-in table (``backend/models/builtin/arkit_channels.json``) is written by ``backend.training.arkit_channels``
 from the readings of the tuning clips, choosing per channel by cross-validation over clips; a channel whose reading

@@ -244,8 +244,8 @@ class CodeSpace:
         (``landmark_channels``) go through the ICT->ARKit map, since the model's codes barely carry them.
         ``landmarks``: ``landmark_reading`` (B, n_ex), the landmark regressor's ICT weights of each frame
         (``landmark_readings``; NaN rows without them), through the map. ``<region>_image`` (``mouth_image``,
-        ``jaw_image``, ``eyes_image``): ``image_readings[region]`` (B, 52), the region's image regressor's ARKit
-        weights (``image_readings``)."""
+        ``jaw_image``, ``eyes_image``, ``lids_image``): ``image_readings[region]`` (B, 52), the region's image
+        regressor's ARKit weights (``image_readings``)."""
         if self.reg is not None:
             out = self.reg(self.z_exp(p_ex)).cpu().numpy().astype(np.float32)
             if self._landmark_arkit is not None:

@@ -3,24 +3,25 @@
 Why: MediaPipe's points follow the lips' and lids' outlines, and many channels leave no linear trace in them: frown,
 dimple, press, roll, lower lip down, jaw sideways and forward and mouth close around the mouth (out-of-fold on the
 landmark regressor's training renders their best reading has exactly the all-zeros error), squint around the eyes
-(out-of-fold correlation 0.13-0.15), and the brows' raise reads compressed by a pose-dependent residual of the points
-(backend/evaluation/README.md). They change the lips' thickness, contact and colour, the lids' and cheeks' folds and
-the forehead's shading, which the image shows. So a small network per face region reads them from a frontalised
-patch of that region:
+(out-of-fold correlation 0.13-0.15), while short blinks read low (or, in dim light, not at all) and the brows' raise
+reads compressed by a pose-dependent residual of the points (backend/evaluation/README.md). They change the lips'
+thickness, contact and colour, the lids' and cheeks' folds and the forehead's shading, which the image shows. So a
+small network per face region reads them from a frontalised patch of that region:
 
 - ``Region``: a fixed grid on the ICT mean head (MediaPipe's points on it, their depth interpolated between them;
   the jaw's reaches below the chin, where the nearest point's depth stands in);
   ``region_patches`` carries every region's grid into the frame by one similarity, the one that aligns the frame's
   nearly rigid points (eye corners, nose, forehead: ``expression_init.ALIGN_POINTS``) onto the same points of the
   mean head, and samples the RGB frame there (bilinear, 2x2 supersampled): the head pose is divided out, the face's
-  motion stays in the patch;
+  motion stays in the patch; a ``mirrored`` region (``LIDS``: each eye at about 1 mm per pixel) is cut on one side
+  of the face and on its mirror image, so that one network reads both eyes;
 - features (``patch_features``): chromaticity (r, g: lips against skin, whatever the light's strength) and log grey
   minus the patch's mean, minus the clip's rest features (their per-pixel median over the clip's frames, as
   ``expression_init.rest_features``): the person's own face and the clip's light are divided out;
 - ``RegionImageNet``: the mean of a few small networks (three convolutions and a linear layer each) -> the ICT
   weights of the region's channels, then a response per channel (a dead zone and a gain), clamped to [0, 1]: the
-  eyes' chosen out of fold on the training identities; the mouth's and the jaw's none (gain 1, no dead zone), their
-  raw readings calibrated by the ARKit channel table on the tuning clips (``tracking.channel_table``);
+  eyes' chosen out of fold on the training identities; the mouth's, the jaw's and the lids' none (gain 1, no dead
+  zone), their raw readings calibrated by the ARKit channel table on the tuning clips (``tracking.channel_table``);
 - trained on renders of random ICT-FaceKit heads with MakeHuman skin detail (``backend/training/region_image.py``),
   shipped beside the model as one file per region (``Region.file_name``: a plain state dict, loaded with
   ``weights_only=True``).
@@ -57,6 +58,14 @@ class Region:
     # sample beyond MediaPipe's points too (at the nearest point's depth) instead of holding those pixels at
     # ``OUTSIDE_GREY``: the chin's outline, which an open, sideways or forward jaw moves, lies there
     beyond: bool = False
+    # cut twice: on the grid (one side of the face) and on its mirror image across the face's midline, flipped back,
+    # so that one network reads both sides alike; the patch is then (2, rows, cols, 3): [the grid's side, the other]
+    mirrored: bool = False
+
+    @property
+    def patch_shape(self) -> Tuple[int, ...]:
+        """The shape of one frame's patch of this region."""
+        return ((2,) if self.mirrored else ()) + tuple(self.shape) + (3,)
 
 
 # the lower face: mouth corners widened by 35 % of the mouth width on each side, subnasale (2) to chin (152)
@@ -67,14 +76,20 @@ JAW = Region("jaw", "jaw_image.pt", (48, 40), (61, 291), (2, 152), 0.35, below=0
 # both eyes and brows: the brows' outer ends (70, 300) widened by 5 %, the forehead's top (10: room for raised brows)
 # to the cheeks' top below the lower lids (117)
 EYES = Region("eyes", "eye_image.pt", (32, 64), (70, 300), (10, 117), 0.05)
-REGIONS = (MOUTH, JAW, EYES)
+# each eye's lids at about 1 mm per pixel (the eyes' lids span 2-4 pixels of the EYES patch): the subject's left eye
+# (image right, the ICT/ARKit "Left" channels) from its inner to its outer corner (362, 263) widened by 25 %, the
+# brow's top (334) to the cheek below the lower lid (346); its mirror image is the right eye
+LIDS = Region("lids", "lid_image.pt", (40, 48), (362, 263), (334, 346), 0.25, mirrored=True)
+REGIONS = (MOUTH, JAW, EYES, LIDS)
 
 
 @lru_cache(maxsize=None)
-def patch_grid(region: Region) -> np.ndarray:
+def patch_grid(region: Region, mirror: bool = False) -> np.ndarray:
     """(2 * rows, 2 * cols, 3) points on the mean head in the template's frame (x right, y down, depth away;
     ``expression_init.template``), two samples per patch pixel and axis; NaN depth beyond MediaPipe's points (the
-    nearest point's depth for a region that samples there, ``Region.beyond``)."""
+    nearest point's depth for a region that samples there, ``Region.beyond``). ``mirror``: the grid's mirror image
+    across the midline (x -> -x, column by column: the patch cut there shows the other side as the grid's side looks,
+    e.g. the inner eye corner in the same columns)."""
     from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
     tpl = template()
@@ -85,6 +100,8 @@ def patch_grid(region: Region) -> np.ndarray:
     bottom += region.below * (bottom - top)
     rows, cols = 2 * region.shape[0], 2 * region.shape[1]
     y, x = np.meshgrid(np.linspace(top, bottom, rows), np.linspace(lo - pad, hi + pad, cols), indexing="ij")
+    if mirror:
+        x = -x
     depth = LinearNDInterpolator(tpl[:, :2], tpl[:, 2])(x, y)
     if region.beyond:
         depth = np.where(np.isnan(depth), NearestNDInterpolator(tpl[:, :2], tpl[:, 2])(x, y), depth)
@@ -92,16 +109,16 @@ def patch_grid(region: Region) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def patch_outside(region: Region) -> np.ndarray:
+def patch_outside(region: Region, mirror: bool = False) -> np.ndarray:
     """(rows, cols) bool: the patch pixels with a grid sample beyond MediaPipe's points (held at ``OUTSIDE_GREY``)."""
     r, c = region.shape
-    return np.isnan(patch_grid(region)[..., 2]).reshape(r, 2, c, 2).any((1, 3))
+    return np.isnan(patch_grid(region, mirror)[..., 2]).reshape(r, 2, c, 2).any((1, 3))
 
 
 def region_patches(image: np.ndarray, points: np.ndarray, regions: Sequence[Region] = REGIONS
                    ) -> Dict[str, np.ndarray]:
     """(H, W, 3) uint8 RGB frame and its (>=468, 3) MediaPipe points (u, v, relative depth; pixels) -> region name ->
-    (rows, cols, 3) float32 RGB patch in [0, 1]."""
+    float32 RGB patch in [0, 1] of shape ``region.patch_shape``."""
     import cv2
 
     from ..contracts.geometry import fit_similarity
@@ -111,15 +128,26 @@ def region_patches(image: np.ndarray, points: np.ndarray, regions: Sequence[Regi
     image = np.ascontiguousarray(image)
     out = {}
     for region in regions:
-        uv = np.nan_to_num(((patch_grid(region) - t) @ R) / s)   # the inverse similarity: template -> (u, v, depth)
-        # pixel centres at integer + 0.5 (MediaPipe's points are in pixel units from the image's corner)
-        fine = cv2.remap(image, (uv[..., 0] - 0.5).astype(np.float32), (uv[..., 1] - 0.5).astype(np.float32),
-                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        r, c = region.shape
-        patch = fine.reshape(r, 2, c, 2, 3).mean((1, 3), dtype=np.float32) / 255.0
-        patch[patch_outside(region)] = OUTSIDE_GREY
-        out[region.name] = patch
+        sides = []
+        for mirror in (False, True) if region.mirrored else (False,):
+            uv = np.nan_to_num(((patch_grid(region, mirror) - t) @ R) / s)   # the inverse similarity: template -> uv
+            # pixel centres at integer + 0.5 (MediaPipe's points are in pixel units from the image's corner)
+            fine = cv2.remap(image, (uv[..., 0] - 0.5).astype(np.float32), (uv[..., 1] - 0.5).astype(np.float32),
+                             cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            r, c = region.shape
+            patch = fine.reshape(r, 2, c, 2, 3).mean((1, 3), dtype=np.float32) / 255.0
+            patch[patch_outside(region, mirror)] = OUTSIDE_GREY
+            sides.append(patch)
+        out[region.name] = np.stack(sides) if region.mirrored else sides[0]
     return out
+
+
+def mirror_name(channel: str) -> str:
+    """The ICT channel of the face's other side (``eyeBlink_L`` <-> ``eyeBlink_R``); a middle channel itself."""
+    for a, b in (("_L", "_R"), ("_R", "_L")):
+        if channel.endswith(a):
+            return channel[: -len(a)] + b
+    return channel
 
 
 def patch_features(patches: np.ndarray) -> np.ndarray:
@@ -133,7 +161,8 @@ def patch_features(patches: np.ndarray) -> np.ndarray:
 
 
 def rest_patch_features(patches: np.ndarray) -> np.ndarray:
-    """(T, rows, cols, 3) patches of a clip's frames with a face -> (3, rows, cols) the clip's rest features."""
+    """(T, [2,] rows, cols, 3) patches of a clip's frames with a face -> ([2,] 3, rows, cols) the clip's rest
+    features."""
     return np.median(patch_features(patches), axis=0)
 
 
@@ -183,12 +212,14 @@ class RegionImageNet(torch.nn.Module):
 
 class RegionImageRegressor:
     """A region's shipped ``RegionImageNet`` with its patch features: patches -> calibrated ICT weights of
-    ``channels``."""
+    ``channels``. A mirrored region's network reads the channels of the grid's side; the regressor reads the same
+    channels of the other side from the mirrored patch (``mirror_name``), after them in ``channels``."""
 
     def __init__(self, region: Region, net: RegionImageNet):
         self.region = region
         self.net = net.eval()
-        self.channels = tuple(arkit.ICT_NAMES[i] for i in net.ict_index.tolist())
+        own = tuple(arkit.ICT_NAMES[i] for i in net.ict_index.tolist())
+        self.channels = own + tuple(mirror_name(c) for c in own) if region.mirrored else own
 
     @classmethod
     def load(cls, model_dir: Path, region: Region) -> Optional["RegionImageRegressor"]:
@@ -204,16 +235,20 @@ class RegionImageRegressor:
                                   "write it again with python -m backend.training.region_image, or remove it") from None
 
     def linear(self, patches: np.ndarray, rest: Optional[np.ndarray] = None) -> np.ndarray:
-        """(B, rows, cols, 3) patches, optional (3, rows, cols) rest features (default: the training identities'
-        mean) -> (B, C) the network's readings (uncalibrated)."""
+        """(B, *region.patch_shape) patches, optional ([2,] 3, rows, cols) rest features (default: the training
+        identities' mean) -> (B, C) the network's readings (uncalibrated) of ``channels``."""
         f = torch.as_tensor(patch_features(patches))
         f = f - (self.net.rest if rest is None else torch.as_tensor(rest))
         with torch.no_grad():
-            return self.net(f).numpy()
+            if not self.region.mirrored:
+                return self.net(f).numpy()
+            # (B, 2, 3, rows, cols): both sides as frames of one batch -> (B, [the grid's side's C, the other's C])
+            return self.net(f.reshape((-1,) + f.shape[2:])).numpy().reshape(len(f), -1)
 
     def __call__(self, patches: np.ndarray, rest: Optional[np.ndarray] = None) -> np.ndarray:
-        """(B, rows, cols, 3) patches -> (B, C) ICT weights of ``channels`` in [0, 1]."""
-        gain, dead_zone = self.net.gain.numpy(), self.net.dead_zone.numpy()
+        """(B, *region.patch_shape) patches -> (B, C) ICT weights of ``channels`` in [0, 1]."""
+        sides = 2 if self.region.mirrored else 1
+        gain, dead_zone = np.tile(self.net.gain.numpy(), sides), np.tile(self.net.dead_zone.numpy(), sides)
         return np.clip(gain * (self.linear(patches, rest) - dead_zone), 0.0, 1.0).astype(np.float32)
 
 
@@ -223,5 +258,6 @@ def load_regressors(model_dir: Path) -> Dict[str, RegionImageRegressor]:
     return {name: reg for name, reg in found.items() if reg is not None}
 
 
-__all__ = ["EYES", "JAW", "MOUTH", "REGIONS", "Region", "RegionImageNet", "RegionImageRegressor", "load_regressors",
-           "patch_features", "patch_grid", "patch_outside", "region_patches", "rest_patch_features"]
+__all__ = ["EYES", "JAW", "LIDS", "MOUTH", "REGIONS", "Region", "RegionImageNet", "RegionImageRegressor",
+           "load_regressors", "mirror_name", "patch_features", "patch_grid", "patch_outside", "region_patches",
+           "rest_patch_features"]

@@ -81,7 +81,7 @@ def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool 
         pts.append(lm.astype(np.float32))
         if patches:
             cut += [region_patches(f, p) if np.isfinite(p).all() else
-                    {r.name: np.full(r.shape + (3,), np.nan, np.float32) for r in REGIONS} for f, p in zip(frames, lm)]
+                    {r.name: np.full(r.patch_shape, np.nan, np.float32) for r in REGIONS} for f, p in zip(frames, lm)]
         ws.append(w_ex)
         ids.append(np.full(frames_per_id, i))
     out = {"points": np.concatenate(pts), "weights": np.concatenate(ws), "identity": np.concatenate(ids)}

@@ -1,6 +1,6 @@
 """Train a face region's image regressor (``backend.tracking.region_image``) on rendered ICT-FaceKit heads.
 
-    python -m backend.training.region_image --region mouth|jaw|eyes --out backend/models/builtin \
+    python -m backend.training.region_image --region mouth|jaw|eyes|lids --out backend/models/builtin \
         --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3]
 
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
@@ -39,6 +39,8 @@ TRAINED = {
     "eyes": ("browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
              "eyeBlink_L", "eyeBlink_R", "eyeSquint_L", "eyeSquint_R", "eyeWide_L", "eyeWide_R", "cheekSquint_L",
              "cheekSquint_R", "noseSneer_L", "noseSneer_R"),
+    # one eye's (the network reads the other through the mirrored patch: ``region_image.LIDS``)
+    "lids": ("eyeBlink_L", "eyeSquint_L", "eyeWide_L", "cheekSquint_L"),
 }
 # The channels each shipped network reads; which of them the output ships is the ARKit channel table's choice
 # (``tracking.channel_table``, calibrated on the tuning clips). The eyes': those whose calibrated reading's
@@ -52,6 +54,8 @@ SHIPPED = {
     "jaw": TRAINED["jaw"],
     "eyes": ("browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
              "eyeWide_L", "eyeWide_R", "noseSneer_L", "noseSneer_R"),
+    # as the mouth's and the jaw's: all, raw (session 14)
+    "lids": TRAINED["lids"],
 }
 # the calibrated response clip(gain * (reading - dead_zone), 0, 1): the pair per channel with the lowest out-of-fold
 # error over the identities where the channel is active (peak >= ACTIVE_PEAK among their frames, as an active clip pair)
@@ -62,21 +66,32 @@ ACTIVE_PEAK = 0.2
 
 def rest_relative(data: dict, region) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """-> (features (N, 3, rows, cols) minus their identity's median, ICT weights (N, 53), identity (N,), the
-    identities' mean rest features (3, rows, cols)) of the frames with a ``region`` patch."""
-    from ..tracking.region_image import patch_features
+    identities' mean rest features (3, rows, cols)) of the frames with a ``region`` patch. A mirrored region's two
+    sides are two samples each (N = 2 x frames): the other side's patch with the weights mirrored
+    (``region_image.mirror_name``), so that its grid side's channels are the targets of both."""
+    from ..contracts import arkit
+    from ..tracking.region_image import mirror_name, patch_features
 
     patches = data[f"{region.name}_patches"]
-    ok = np.isfinite(patches).all((1, 2, 3))
-    X = patch_features(patches[ok])
-    ident = data["identity"][ok]
-    ids, inv = np.unique(ident, return_inverse=True)
-    rests = np.stack([np.median(X[inv == k], 0) for k in range(len(ids))])
-    return X - rests[inv], data["weights"][ok], ident, rests.mean(0)
+    ok = np.isfinite(patches).all(tuple(range(1, patches.ndim)))
+    X, W, ident = patch_features(patches[ok]), data["weights"][ok], data["identity"][ok]
+    if region.mirrored:   # (N, 2, 3, rows, cols) -> the sides one after the other
+        swap = [arkit.ICT_NAMES.index(mirror_name(c)) for c in arkit.ICT_NAMES]
+        X, W, ident = np.concatenate([X[:, 0], X[:, 1]]), np.concatenate([W, W[:, swap]]), np.tile(ident, 2)
+        side = np.repeat([0, 1], len(X) // 2)
+    else:
+        side = np.zeros(len(X), int)
+    # each identity's (and side's) own rest
+    keys, inv = np.unique(2 * ident + side, return_inverse=True)
+    rests = np.stack([np.median(X[inv == k], 0) for k in range(len(keys))])
+    return X - rests[inv], W, ident, rests.mean(0)
 
 
-def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0):
+def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: bool = False):
     """A one-member ``RegionImageNet`` fitted to (N, 3, rows, cols) rest-relative features and (N, C) targets (its
-    buffers other than ``scale`` left for the caller)."""
+    buffers other than ``scale`` left for the caller). ``relight``: each sample's features scaled by U(0.6, 1.2) and
+    given a random linear gradient across the patch (0.5 x each plane's spread at the edges, normal), as light that
+    stays while the head turns leaves a change of shading and contrast that the clip's rest does not divide out."""
     import torch
 
     from ..tracking.region_image import RegionImageNet
@@ -88,6 +103,8 @@ def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0):
     x, y = torch.as_tensor(X), torch.as_tensor(Y, dtype=torch.float32)
     # each channel's error relative to its spread: a rarely active channel (squint) weighs as much as a common one
     weight = 1.0 / (y.var(0) + 1e-3)
+    ramps = torch.stack(torch.meshgrid(torch.linspace(-1, 1, X.shape[2]), torch.linspace(-1, 1, X.shape[3]),
+                                       indexing="ij"))                                   # (2, rows, cols)
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-3)
     net.train()
     for _ in range(epochs):
@@ -95,18 +112,23 @@ def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0):
         for b in range(0, len(x), 64):
             k = order[b:b + 64]
             shift = tuple(int(s) for s in rng.integers(-1, 2, 2))   # the patch's alignment is good to about a pixel
-            loss = (weight * (net(torch.roll(x[k], shift, (2, 3))) - y[k]) ** 2).mean()
+            xb = torch.roll(x[k], shift, (2, 3))
+            if relight:
+                tilt = torch.as_tensor(rng.normal(0, 0.5, (len(k), X.shape[1], 2)), dtype=torch.float32)
+                xb = (xb * torch.as_tensor(rng.uniform(0.6, 1.2, (len(k), 1, 1, 1)), dtype=torch.float32)
+                      + torch.einsum("npk,khw->nphw", tilt * net.scale[:, None], ramps))
+            loss = (weight * (net(xb) - y[k]) ** 2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
     return net.eval()
 
 
-def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, seed: int = 0):
+def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, seed: int = 0, relight: bool = False):
     """A ``RegionImageNet`` whose ``members`` networks are fitted apart (seeds ``seed`` .. ``seed + members - 1``)."""
     from ..tracking.region_image import RegionImageNet
 
-    fitted = [fit(X, Y, epochs, seed + k) for k in range(members)]
+    fitted = [fit(X, Y, epochs, seed + k, relight) for k in range(members)]
     net = RegionImageNet(Y.shape[1], X.shape[2:], members)
     net.scale.copy_(fitted[0].scale)
     for slot, one in zip(net.members, fitted):
@@ -114,7 +136,8 @@ def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, s
     return net.eval()
 
 
-def cross_validate(X: np.ndarray, Y: np.ndarray, ident: np.ndarray, folds: int, epochs: int) -> np.ndarray:
+def cross_validate(X: np.ndarray, Y: np.ndarray, ident: np.ndarray, folds: int, epochs: int,
+                   relight: bool = False) -> np.ndarray:
     """(N, C) out-of-fold readings (uncalibrated) of one network per fold (a lower bound for an ensemble's), folds
     over identities."""
     import torch
@@ -124,7 +147,7 @@ def cross_validate(X: np.ndarray, Y: np.ndarray, ident: np.ndarray, folds: int, 
     pred = np.zeros_like(Y)
     for f in range(folds):
         test = fold_of[inv] == f
-        net = fit(X[~test], Y[~test], epochs, seed=100 + f)
+        net = fit(X[~test], Y[~test], epochs, seed=100 + f, relight=relight)
         with torch.no_grad():
             pred[test] = net(torch.as_tensor(X[test])).numpy()
     return pred
@@ -163,7 +186,7 @@ def keep_channels(net, keep):
 
 
 def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, members: int = 3, folds: int = 0,
-          log=print):
+          relight: bool = False, log=print):
     """-> (the shipped ``RegionImageNet`` of ``region``: trained on ``channels`` (default ``TRAINED``), reading
     ``shipped`` (default ``SHIPPED``), its response calibrated out of fold (``calibrate``; without ``folds`` the
     raw reading: gain 1, no dead zone); (the (N, C) out-of-fold readings, (N, C) targets, (C,) calibrated error /
@@ -178,12 +201,12 @@ def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, mem
     cols = [arkit.ICT_NAMES.index(c) for c in channels]
     Y = W[:, cols].astype(np.float32)
     log(f"{region.name}: {len(X)} frames of {len(np.unique(ident))} identities")
-    net = fit_ensemble(X, Y, members, epochs)
+    net = fit_ensemble(X, Y, members, epochs, relight=relight)
     net.ict_index.copy_(torch.as_tensor(cols))
     net.rest.copy_(torch.as_tensor(rest))
     cv = None
     if folds:
-        pred = cross_validate(X, Y, ident, folds, epochs)
+        pred = cross_validate(X, Y, ident, folds, epochs, relight)
         gain, dead_zone, ratio = calibrate(pred, Y, ident)
         net.gain.copy_(torch.as_tensor(gain))
         net.dead_zone.copy_(torch.as_tensor(dead_zone))
@@ -206,12 +229,13 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--members", type=int, default=3, help="networks averaged")
     ap.add_argument("--folds", type=int, default=3, help="folds over identities for the calibration and its report")
+    ap.add_argument("--relight", action="store_true", help="augment with random shading gradients and contrast")
     a = ap.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.set_num_threads(1)
     region = regions[a.region]
     data = generate(a.cache, a.identities, a.frames, log, patches=True)
-    net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, log=log)
+    net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, relight=a.relight, log=log)
     # half precision: the file halves, the readings move by less than 1e-3
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()},
                a.out / region.file_name)

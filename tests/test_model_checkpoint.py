@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from backend.model import CheckpointError, MonoNPHM, MonoNPHMConfig, load_model, load_official, save_model
-from backend.model.checkpoint import project_to_official_state
+from backend.model.checkpoint import project_to_official_state, safe_torch_load
 from shared_data import PARITY_FIXTURE
 
 
@@ -111,6 +111,17 @@ def test_pickle_with_code_refused(tmp_path):
     with pytest.raises(CheckpointError):
         load_model(tmp_path / "proj")
     assert not sentinel.exists()
+
+
+def test_corrupt_bytes_are_called_corrupt_not_code(tmp_path):
+    """Bytes that are no checkpoint at all (a truncated copy, another file renamed) are reported as unreadable, not as
+    refused code, which would send the user looking for a malicious file."""
+    bad = tmp_path / "model.pt"
+    for content in (b"garbage bytes, not a pickle", b"PK\x03\x04 a zip header and nothing else"):
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError) as e:
+            safe_torch_load(bad)
+        assert "not a readable PyTorch checkpoint" in e.value.message and "refusing" not in e.value.message
 
 
 def test_project_format_mismatch_refused(tmp_path):

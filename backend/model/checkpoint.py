@@ -47,7 +47,8 @@ def safe_torch_load(path: PathLike) -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every loader failure becomes a CheckpointError
         text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
+        # torch says "Weights only load failed" for any bytes it cannot unpickle; only a named global is code
+        if "GLOBAL" in text or "Unsupported global" in text or "Unsupported class" in text:
             raise CheckpointError(
                 f"{p.name} contains Python objects/code beyond plain tensors and containers; refusing to unpickle it",
                 "only checkpoints holding tensors, dicts, lists and numbers are accepted (official MonoNPHM "

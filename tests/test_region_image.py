@@ -70,8 +70,8 @@ def test_mirrored_patch_shows_the_other_side_as_the_grid_side_looks():
     marked[near] = 0
     mark = ri.region_patches(marked, points, [ri.LIDS])["lids"]
     assert np.abs(mark[0] - both[0]).mean() > 0.02 and np.abs(mark[1] - both[1]).mean() < 1e-6
-    assert ri.mirror_name("eyeBlink_L") == "eyeBlink_R" and ri.mirror_name("eyeBlink_R") == "eyeBlink_L"
-    assert ri.mirror_name("jawOpen") == "jawOpen"
+    assert arkit.mirror_name("eyeBlink_L") == "eyeBlink_R" and arkit.mirror_name("eyeBlink_R") == "eyeBlink_L"
+    assert arkit.mirror_name("jawOpen") == "jawOpen"
 
 
 def test_the_jaw_patch_shows_the_chin_outline_below_the_face_mesh():

@@ -66,6 +66,14 @@ def _map_one(ict_name: str) -> tuple[str, float]:
     return base + side, 1.0
 
 
+def mirror_name(ict_name: str) -> str:
+    """The ICT channel of the face's other side (``eyeBlink_L`` <-> ``eyeBlink_R``); a middle channel itself."""
+    for a, b in (("_L", "_R"), ("_R", "_L")):
+        if ict_name.endswith(a):
+            return ict_name[: -len(a)] + b
+    return ict_name
+
+
 ICT_TO_ARKIT = {n: _map_one(n) for n in ICT_NAMES}
 assert all(a in ARKIT_INDEX for a, _ in ICT_TO_ARKIT.values())
 assert {a for a, _ in ICT_TO_ARKIT.values()} == set(ARKIT_NAMES) - {"tongueOut"}

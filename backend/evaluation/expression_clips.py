@@ -175,7 +175,8 @@ def _speech(rng, T: int, fps: float, ex: dict) -> np.ndarray:
             curve = rng.uniform(0.3, 1.0) * _bump_frames(T, rng.uniform(0, T), rng.uniform(0.1, 0.25) * fps)
             w[:, ex[n]] = np.maximum(w[:, ex[n]], curve)
             if n.endswith("_L"):
-                w[:, ex[n[:-2] + "_R"]] = np.maximum(w[:, ex[n[:-2] + "_R"]], curve * rng.uniform(0.8, 1.0))
+                other = ex[arkit.mirror_name(n)]
+                w[:, other] = np.maximum(w[:, other], curve * rng.uniform(0.8, 1.0))
     brow = rng.choice(["brow_inner_up", "brow_outer_up", "brow_down"])
     w += _event(rng, str(brow), T, rng.uniform(0.2, 0.8) * T, fps, ex)
     for c in rng.uniform(0.1, 0.9, size=int(rng.integers(1, 3))) * T:

@@ -142,14 +142,6 @@ def region_patches(image: np.ndarray, points: np.ndarray, regions: Sequence[Regi
     return out
 
 
-def mirror_name(channel: str) -> str:
-    """The ICT channel of the face's other side (``eyeBlink_L`` <-> ``eyeBlink_R``); a middle channel itself."""
-    for a, b in (("_L", "_R"), ("_R", "_L")):
-        if channel.endswith(a):
-            return channel[: -len(a)] + b
-    return channel
-
-
 def patch_features(patches: np.ndarray) -> np.ndarray:
     """(..., rows, cols, 3) RGB patches -> (..., 3, rows, cols) float32 features: chromaticity r and g, log grey minus
     the patch's mean."""
@@ -213,13 +205,13 @@ class RegionImageNet(torch.nn.Module):
 class RegionImageRegressor:
     """A region's shipped ``RegionImageNet`` with its patch features: patches -> calibrated ICT weights of
     ``channels``. A mirrored region's network reads the channels of the grid's side; the regressor reads the same
-    channels of the other side from the mirrored patch (``mirror_name``), after them in ``channels``."""
+    channels of the other side from the mirrored patch (``arkit.mirror_name``), after them in ``channels``."""
 
     def __init__(self, region: Region, net: RegionImageNet):
         self.region = region
         self.net = net.eval()
         own = tuple(arkit.ICT_NAMES[i] for i in net.ict_index.tolist())
-        self.channels = own + tuple(mirror_name(c) for c in own) if region.mirrored else own
+        self.channels = own + tuple(arkit.mirror_name(c) for c in own) if region.mirrored else own
 
     @classmethod
     def load(cls, model_dir: Path, region: Region) -> Optional["RegionImageRegressor"]:
@@ -259,5 +251,5 @@ def load_regressors(model_dir: Path) -> Dict[str, RegionImageRegressor]:
 
 
 __all__ = ["EYES", "JAW", "LIDS", "MOUTH", "REGIONS", "Region", "RegionImageNet", "RegionImageRegressor",
-           "load_regressors", "mirror_name", "patch_features", "patch_grid", "patch_outside", "region_patches",
+           "load_regressors", "patch_features", "patch_grid", "patch_outside", "region_patches",
            "rest_patch_features"]

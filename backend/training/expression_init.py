@@ -39,7 +39,7 @@ def _expression(rng) -> np.ndarray:
         w[j] = rng.uniform(0.1, 1.0)
         name = arkit.ICT_NAMES[j]
         if name[-2:] in ("_L", "_R") and rng.uniform() < 0.6:  # the other side too, most of the time
-            w[arkit.ICT_NAMES.index(name[:-2] + ("_R" if name.endswith("_L") else "_L"))] = w[j] * rng.uniform(0.7, 1)
+            w[arkit.ICT_NAMES.index(arkit.mirror_name(name))] = w[j] * rng.uniform(0.7, 1)
     return w
 
 

@@ -68,15 +68,15 @@ def rest_relative(data: dict, region) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """-> (features (N, 3, rows, cols) minus their identity's median, ICT weights (N, 53), identity (N,), the
     identities' mean rest features (3, rows, cols)) of the frames with a ``region`` patch. A mirrored region's two
     sides are two samples each (N = 2 x frames): the other side's patch with the weights mirrored
-    (``region_image.mirror_name``), so that its grid side's channels are the targets of both."""
+    (``arkit.mirror_name``), so that its grid side's channels are the targets of both."""
     from ..contracts import arkit
-    from ..tracking.region_image import mirror_name, patch_features
+    from ..tracking.region_image import patch_features
 
     patches = data[f"{region.name}_patches"]
     ok = np.isfinite(patches).all(tuple(range(1, patches.ndim)))
     X, W, ident = patch_features(patches[ok]), data["weights"][ok], data["identity"][ok]
     if region.mirrored:   # (N, 2, 3, rows, cols) -> the sides one after the other
-        swap = [arkit.ICT_NAMES.index(mirror_name(c)) for c in arkit.ICT_NAMES]
+        swap = [arkit.ICT_NAMES.index(arkit.mirror_name(c)) for c in arkit.ICT_NAMES]
         X, W, ident = np.concatenate([X[:, 0], X[:, 1]]), np.concatenate([W, W[:, swap]]), np.tile(ident, 2)
         side = np.repeat([0, 1], len(X) // 2)
     else:

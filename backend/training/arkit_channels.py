@@ -272,11 +272,12 @@ def source_report(readings: dict[str, dict], channels=None) -> dict[str, dict[st
     from ..evaluation.channel_metrics import pair_metrics
 
     names = arkit.ARKIT_NAMES if channels is None else channels
+    sources = sorted(set().union(*(r["sources"] for r in readings.values())))
     out = {}
     for name in names:
         c = arkit.ARKIT_NAMES.index(name)
         rows = {}
-        for source in sorted(set().union(*(r["sources"] for r in readings.values()))):
+        for source in sources:
             active, idle = [], []
             for key, r in readings.items():
                 x = r["sources"].get(source)

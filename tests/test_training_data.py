@@ -100,6 +100,27 @@ def test_surface_points_on_mesh(gen):
 
 
 @needs_data
+def test_lip_emphasis_samples_the_lips_more_densely(gen):
+    D, ict, av = gen
+    from scipy.spatial import cKDTree
+    w_id, w_ex = D.sample_identity(np.random.default_rng(2)), np.zeros(ict.n_ex, np.float32)
+    v = ict.vertices(w_id)
+    on_lips = ict.semantic["lips"] > 0.5
+
+    def lip_share(emphasis):
+        sizes = D.SampleSizes(n_face=600, n_other=300, n_corr=300, n_kd=2000, lip_emphasis=emphasis)
+        s = D.make_sample(ict, av, w_id, w_ex, D.sample_appearance(np.random.default_rng(0)), 1,
+                          np.random.default_rng(5), sizes)
+        tree = cKDTree(v)
+        return [on_lips[tree.query(s[k])[1]].mean() for k in ("surf", "corr_neutral")]
+
+    (surf0, corr0), (surf6, corr6) = lip_share(0.0), lip_share(6.0)
+    # ~2 % of the surface points fall on the lips as shipped; (1 + 6)x as densely ~4-5x as many (the rest renormalised)
+    assert surf0 < 0.04 and surf6 > 3 * surf0
+    assert corr6 > 2 * corr0
+
+
+@needs_data
 def test_heldout_split(gen):
     D, ict, av = gen
     rng = np.random.default_rng(1)

@@ -114,6 +114,8 @@ class ICTModel:
         # eyelids and brows: small areas that move a lot; sampled more densely (EXPR_EMPHASIS)
         emph = np.maximum(self.semantic["eyelids"], self.semantic["brows"])
         self.tri_expr_emphasis = emph[self.faces].max(1)
+        # lips (outer and inner, SampleSizes.lip_emphasis): ~2 % of the face's surface samples without it
+        self.tri_lip_emphasis = self.semantic["lips"][self.faces].max(1)
         # eyeball triangles per side (+x = the subject's left), dropped from the supervision of a closing eye
         centre_x = self.neutral[self.faces].mean(1)[:, 0]
         self.tri_eyeball_side = {s: (self.tri_region == R_EYEBALL) & (np.sign(centre_x) == sign)
@@ -452,6 +454,9 @@ class SampleSizes:
     n_kd: int = 12000       # dense surface samples for the KD-tree distance
     hair_share: float = 1 / 3  # share of the non-face surface points on the hair (heads with scalp hair)
     hair_near_share: float = 0.23  # share of the near-surface points around the hair
+    lip_emphasis: float = 0.0  # lip triangles sampled (1 + lip_emphasis)x as densely on the surface, near it and
+    #                            for the correspondences (their weight is unchanged); 0: as the shipped models were
+    #                            trained, where ~12 of the 650 face points fall on the lips
 
 
 # eyelid / brow triangles are sampled (1 + EXPR_EMPHASIS x their emphasis) times as densely on the surface, near it
@@ -565,7 +570,8 @@ def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng
     nrm_n = nrm_p if is_neutral else ict.vertex_normals(vn)
     F = ict.faces
     areas = ict.tri_areas(vp)
-    emph = 1.0 + EXPR_EMPHASIS * ict.tri_expr_emphasis
+    lips = 1.0 + S.lip_emphasis * ict.tri_lip_emphasis
+    emph = (1.0 + EXPR_EMPHASIS * ict.tri_expr_emphasis) * lips
     vis = visible_triangles(ict, np.asarray(w_ex))
 
     # dense samples for approximate distances (and the hair's head distance)
@@ -579,7 +585,7 @@ def make_sample(ict: ICTModel, anchor_vertices, w_id, w_ex, app, noise_seed, rng
     # surface points (with hair: head points under the hair dropped, hair points in the non-face bucket)
     over = 2 if has_hair else 1
     tf, bf = _sample_tris(rng, areas, ict.tri_is_face * emph, over * S.n_face)
-    to, bo = _sample_tris(rng, areas, ~ict.tri_is_face & vis, over * S.n_other)
+    to, bo = _sample_tris(rng, areas, (~ict.tri_is_face & vis) * lips, over * S.n_other)
     parts_f = [(_interp(vp, F, tf, bf), _interp(nrm_p, F, tf, bf), tf, bf)]
     parts_o = [(_interp(vp, F, to, bo), _interp(nrm_p, F, to, bo), to, bo)]
     n_hair_surf = int(round(S.hair_share * S.n_other)) if hv.t0 > 0 else int(round(0.15 * S.n_other))

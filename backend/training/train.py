@@ -72,14 +72,17 @@ def parse_args(argv=None):
                         "drives to the median column norm (see Trainer.boost_weak_expression_columns)")
     p.add_argument("--corresp-decay-at", type=float, default=0.3,
                    help="fraction of the schedule after which the correspondence weight drops to 1/4 (1 = never)")
+    p.add_argument("--lip-emphasis", type=float, default=0.0,
+                   help="sample the lips (1 + E)x as densely (SampleSizes.lip_emphasis; 0 = as the shipped model)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
 
-def sizes_for(preset: str) -> D.SampleSizes:
+def sizes_for(preset: str, lip_emphasis: float = 0.0) -> D.SampleSizes:
     if preset == "tiny":
-        return D.SampleSizes(n_face=120, n_other=60, n_near=150, n_off=60, n_far=30, n_corr=60, n_kd=3000)
-    return D.SampleSizes()
+        return D.SampleSizes(n_face=120, n_other=60, n_near=150, n_off=60, n_far=30, n_corr=60, n_kd=3000,
+                             lip_emphasis=lip_emphasis)
+    return D.SampleSizes(lip_emphasis=lip_emphasis)
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -110,8 +113,8 @@ class Trainer:
         self.reg = ArkitRegressor(self.cfg.dim_exp)
         self.opt_net = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=5e-4)
         self.opt_enc = torch.optim.Adam(list(self.enc.parameters()) + list(self.reg.parameters()), lr=args.lr_enc)
-        self.gen = D.Generator(self.ict, self.anchor_vertices, seed=args.seed, sizes=sizes_for(args.preset),
-                               bald=args.bald)
+        self.gen = D.Generator(self.ict, self.anchor_vertices, seed=args.seed,
+                               sizes=sizes_for(args.preset, args.lip_emphasis), bald=args.bald)
         self.ema_params = [p.detach().clone() for p in self._ema_sources()]
         self.step = 0
         self.elapsed = 0.0

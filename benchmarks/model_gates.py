@@ -7,7 +7,9 @@ Per model:
 - ``face``: held-out face accuracy, the model card's figure (``backend.training.evaluate``: 4 held-out identities x
   5 expressions, distance of GT face points to the fitted zero level set, mm);
 - ``response``: how far single full ICT channels move the skin against ICT-FaceKit
-  (``backend.training.expression_response``): blink (and the upper-lid landmarks alone), brows, jaw, smile;
+  (``backend.training.expression_response``): blink (and the upper-lid landmarks alone), brows, jaw, smile; and the
+  surface per face region at the encoders' codes (``region_surface_error``: lips, eyelids, brows, the rest, mm), where
+  a continuation that trains one region harder can lose another;
 - ``track``: a draft track of a real clip with the model (``python -m backend track --preset draft --threads 1``;
   an existing package in ``--work`` is reused);
 - ``jitter``: on that track, the mesh points that follow an independent detector's (dlib's) 51 inner points: jitter
@@ -72,11 +74,13 @@ def face_gate(model_dir: Path) -> dict:
 def response_gate(model_dir: Path) -> dict:
     from backend.training import data as D
     from backend.training.evaluate import load_exported
-    from backend.training.expression_response import expression_response
+    from backend.training.expression_response import expression_response, region_surface_error
     model, enc, _, _ = load_exported(model_dir)
-    res = expression_response(model, enc, D.ICTModel())
+    ict = D.ICTModel()
+    res = expression_response(model, enc, ict)
     out = {g: round(res[g]["ratio"], 3) for g in RESPONSE_GROUPS}
     out["upper_lid"] = round(res["blink"]["lid_model_mm"] / res["blink"]["lid_ict_mm"], 3)
+    out["surface_mm"] = {r: round(v, 3) for r, v in region_surface_error(model, enc, ict).items()}
     return out
 
 
@@ -140,6 +144,8 @@ def run_model(name: str, model_dir: Path, work: Path, clip: Path, frames: str, g
 def table(results: dict) -> str:
     rows = [("face held-out mm", lambda r: r["face"]["mean_mm"])]
     rows += [(f"response {g}", lambda r, g=g: r["response"][g]) for g in (*RESPONSE_GROUPS, "upper_lid")]
+    rows += [("surface mm lips / eyelids / brows / rest",
+              lambda r: " / ".join(str(v) for v in r["response"]["surface_mm"].values()))]
     rows += [("real-clip jitter mesh / MediaPipe px", lambda r: f"{r['jitter']['jitter_mesh_px']} / "
                                                                f"{r['jitter']['jitter_mediapipe_px']}"),
              ("real-clip 2-D error / MediaPipe's", lambda r: r["jitter"]["error_ratio"])]

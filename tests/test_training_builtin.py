@@ -63,3 +63,28 @@ def test_regressor_and_codes(loaded):
     assert w.shape == (1, 52) and float(w.min()) >= 0 and float(w.max()) <= 1
     out = model(torch.zeros(1, 4, 3), zg, za, ze, with_color=True)
     assert torch.isfinite(out.sdf).all() and out.color.shape == (1, 4, 3)
+
+
+def test_region_surface_error_sees_a_mouth_the_codes_do_not_open(loaded):
+    from shared_data import ICT_NPZ
+    if not ICT_NPZ.exists():
+        pytest.skip(f"shared ICT-FaceKit data not found at {ICT_NPZ} (set MONONPHM_SHARED)")
+    from backend.training import data as D
+    from backend.training.expression_response import region_surface_error
+    model, enc, _, _ = loaded
+    ict = D.ICTModel(ICT_NPZ)
+    shapes = {"open": {"jawOpen": 0.8}}
+    right = region_surface_error(model, enc, ict, n_ids=2, shapes=shapes)
+
+    class NeutralExpression:  # the encoders, but every expression code is the neutral one
+        geo = enc.geo
+        encode_geo = staticmethod(enc.encode_geo)
+
+        @staticmethod
+        def encode_exp(w):
+            return enc.encode_exp(torch.zeros_like(w))
+
+    wrong = region_surface_error(model, NeutralExpression, ict, n_ids=2, shapes=shapes)
+    assert set(right) == {"lips", "eyelids", "brows", "rest"} and right["lips"] < 1.5
+    # the closed mouth sits millimetres from the open one; the brows, which jawOpen does not move, stay put
+    assert wrong["lips"] > 3 * right["lips"] and abs(wrong["brows"] - right["brows"]) < 0.1

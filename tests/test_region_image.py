@@ -1,6 +1,6 @@
 """The face regions' image regressors (issue 23): the frontalised mouth and eye patches, training on rest-relative
 features, the shipped files' loading, and their channels in the tracker's ARKit output (synthetic images, no
-rendering apart from the last test, < 30 s)."""
+rendering apart from the last two tests, < 30 s)."""
 import numpy as np
 import pytest
 
@@ -366,3 +366,32 @@ def test_training_renders_carry_each_regions_patch_of_each_detected_frame():
             outside = ri.patch_outside(region, mirror)
             assert (got[:, outside] == ri.OUTSIDE_GREY).all()
             assert got[:, ~outside].std() > 0.02     # the face, not a constant
+
+
+def test_video_training_renders_are_cut_from_the_frames_a_decoder_gives_back(monkeypatch):
+    """``--video`` data: each identity's frames pass through H.264 at its own CRF before MediaPipe and the cut, so the
+    patches carry the compression a tracked video's do (renders: ~1 s a frame)."""
+    from shared_data import ICT_NPZ, MAKEHUMAN
+
+    if not ICT_NPZ.is_file() or not MAKEHUMAN.is_dir():
+        pytest.skip("needs ICT-FaceKit and the MakeHuman skins in ../shared")
+    from backend.training import expression_init as tei
+    from backend.training.data import ICTModel
+
+    crfs = [tei.video_crf(i) for i in range(40)]
+    assert crfs == [tei.video_crf(i) for i in range(40)]                 # one CRF per identity, the same every run
+    assert min(crfs) >= tei.VIDEO_CRF[0] and max(crfs) <= tei.VIDEO_CRF[1] and len(set(crfs)) > 5
+    rendered = {}
+    render = tei.render_identity
+    monkeypatch.setattr(tei, "render_identity", lambda ict, i, n: rendered.setdefault(i, render(ict, i, n)))
+    encoded = []
+    through = tei.through_video
+    monkeypatch.setattr(tei, "through_video", lambda frames, crf: encoded.append(crf) or through(frames, crf))
+    ict = ICTModel()
+    raw, video = (tei.render_chunk(ict, 3, 1, 2, patches=True, video=v) for v in (False, True))
+    assert encoded == [tei.video_crf(3)]
+    assert np.array_equal(raw["weights"], video["weights"])
+    found = np.isfinite(raw["points"]).all((1, 2)) & np.isfinite(video["points"]).all((1, 2))
+    assert found.any()
+    change = np.abs(video["lids_patches"][found] - raw["lids_patches"][found])
+    assert 0.003 < change.mean() < 0.05            # compressed: close to the raw frames, not equal to them

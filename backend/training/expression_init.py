@@ -32,6 +32,12 @@ from . import data as ictdata
 TRAIN_SEED_BASE = 7_800_000
 CHUNK = 25  # identities per cached chunk
 RIDGES = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+# identity numbers from here on are the lid set (``render_identity``): its seed streams TRAIN_SEED_BASE + number start
+# at 7_900_000, apart from every other range
+LIDS_FIRST = 100_000
+# share of a lid-set identity's frames given closing lids, besides the sampler's own (each eye closes in under 45 %:
+# its median face is open)
+LIDS_BLINKING = 0.35
 # the H.264 CRFs of ``video`` training data, drawn per identity: from nearly lossless to a web video's (the benchmark's
 # clips are encoded at 18)
 VIDEO_CRF = (14, 30)
@@ -50,18 +56,50 @@ def _expression(rng) -> np.ndarray:
     return w
 
 
+def _lid_expression(rng) -> np.ndarray:
+    """``_expression``, and in ``LIDS_BLINKING`` of the frames the lids closing: a blink of U(0.3, 1) on one eye,
+    the other's 0.7-1 x as much (0 in a fifth: a wink)."""
+    w = _expression(rng)
+    if rng.uniform() < LIDS_BLINKING:
+        eyes = [arkit.ICT_NAMES.index(n) for n in ("eyeBlink_L", "eyeBlink_R")]
+        rng.shuffle(eyes)
+        w[eyes[0]] = rng.uniform(0.3, 1.0)
+        w[eyes[1]] = 0.0 if rng.uniform() < 0.2 else w[eyes[0]] * rng.uniform(0.7, 1.0)
+    return w
+
+
+def _hard_look(rng):
+    """``expression_clips.sample_look`` in dim, hard light (the lid set's): ambient 0.15-0.3, the key from the side
+    (azimuth 35-70 deg either way) or from above (elevation 30-55 deg), where the lids and the eye socket are shaded."""
+    import dataclasses
+
+    from ..evaluation import expression_clips as ec
+
+    look = ec.sample_look(rng)
+    if rng.uniform() < 0.5:
+        az, el = rng.choice([-1, 1]) * rng.uniform(35, 70), rng.uniform(-5, 30)
+    else:
+        az, el = rng.uniform(-30, 30), rng.uniform(30, 55)
+    az, el = np.radians(az), np.radians(el)
+    light = np.array([np.sin(az) * np.cos(el), -np.sin(el), -np.cos(az) * np.cos(el)])
+    return dataclasses.replace(look, light_dir=light, ambient=float(rng.uniform(0.15, 0.3)))
+
+
 def render_identity(ict, i: int, frames_per_id: int) -> tuple[list, np.ndarray]:
     """Identity ``i``'s frames ((H, W, 3) uint8 RGB, ``frames_per_id`` of them) and their ICT weights (F, 53): its
-    seed stream ``TRAIN_SEED_BASE`` + i, so a re-render gives the same frames."""
+    seed stream ``TRAIN_SEED_BASE`` + i, so a re-render gives the same frames. From ``LIDS_FIRST`` on, the lid set:
+    closing lids (``_lid_expression``) in dim, hard light (``_hard_look``), as the lid reader misread on the tuning
+    clips (backend/evaluation/README.md, session 15)."""
     from ..evaluation import expression_clips as ec, synthetic
 
+    lids = i >= LIDS_FIRST
     spec = ec.ExpressionClipSpec(n_frames=frames_per_id, supersample=1)
     rng = np.random.default_rng(TRAIN_SEED_BASE + i)
     w_id = ictdata.sample_identity(rng)
     app = ictdata.sample_appearance(rng)
     app[12] = 0.0
-    look = ec.sample_look(rng)
-    w_ex = np.stack([_expression(rng) for _ in range(frames_per_id)])
+    look = _hard_look(rng) if lids else ec.sample_look(rng)
+    w_ex = np.stack([(_lid_expression if lids else _expression)(rng) for _ in range(frames_per_id)])
     yaw, pitch, roll = (rng.uniform(-a, a, frames_per_id) for a in (40.0, 12.0, 8.0))
     R = synthetic.FACING_CAMERA[None] @ synthetic._rot("y", yaw) @ synthetic._rot("x", pitch) @ synthetic._rot(
         "z", roll)
@@ -120,18 +158,19 @@ def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool 
 
 
 def generate(cache: Path, n_ids: int, frames_per_id: int, log=print, patches: bool = False,
-             video: bool = False) -> dict:
-    """All chunks (rendered now or loaded from ``cache``), concatenated; ``patches``: with the face regions' patches,
-    ``video``: from the frames passed through H.264 (``render_chunk``; each kind cached apart)."""
+             video: bool = False, lid_ids: int = 0) -> dict:
+    """All chunks (rendered now or loaded from ``cache``), concatenated: identities 0 .. ``n_ids`` - 1 and
+    ``lid_ids`` of the lid set (``LIDS_FIRST`` on); ``patches``: with the face regions' patches, ``video``: from the
+    frames passed through H.264 (``render_chunk``; each kind cached apart)."""
     cache.mkdir(parents=True, exist_ok=True)
     ict = None
     parts = []
-    for first in range(0, n_ids, CHUNK):
-        kind = ("_patches" if patches else "") + ("_video" if video else "")
+    kind = ("_patches" if patches else "") + ("_video" if video else "")
+    for first, end in [(f, n) for s, n in ((0, n_ids), (LIDS_FIRST, LIDS_FIRST + lid_ids)) for f in range(s, n, CHUNK)]:
         path = cache / f"chunk_{first:05d}_{frames_per_id}{kind}.npz"
         if not path.is_file():
             ict = ict or ictdata.ICTModel()
-            part = render_chunk(ict, first, min(CHUNK, n_ids - first), frames_per_id, patches, video)
+            part = render_chunk(ict, first, min(CHUNK, end - first), frames_per_id, patches, video)
             tmp = path.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, **part)
             tmp.replace(path)

@@ -1,6 +1,6 @@
 """The face regions' image regressors (issue 23): the frontalised mouth and eye patches, training on rest-relative
 features, the shipped files' loading, and their channels in the tracker's ARKit output (synthetic images, no
-rendering apart from the last test, < 30 s)."""
+rendering apart from the last two tests, < 30 s)."""
 import numpy as np
 import pytest
 
@@ -53,22 +53,23 @@ def test_region_patch_divides_out_the_head_pose(region):
     assert np.abs(patches[0] - patches[1]).mean() < 0.03 and np.abs(patches[0] - patches[2]).mean() < 0.03
 
 
-def test_mirrored_patch_shows_the_other_side_as_the_grid_side_looks():
-    """LIDS: one eye and the other eye flipped; a face symmetric about its midline gives the same patch twice, and
-    a mark beside one eye shows on that eye's side at the same place."""
+@pytest.mark.parametrize("region", [r for r in ri.REGIONS if r.mirrored], ids=lambda r: r.name)
+def test_mirrored_patch_shows_the_other_side_as_the_grid_side_looks(region):
+    """LIDS / BROWS: one eye (brow) and the other flipped; a face symmetric about its midline gives the same patch
+    twice, and a mark beside one eye (brow) shows on that side at the same place."""
     image, points = _posed(300.0, 0.0, (160.0, 130.0))
     v, u = np.mgrid[0:320, 0:320] + 0.5
     x = (u - 160.0) / 300.0                                   # template x of each pixel (no roll)
     sym = image.copy()
     sym[...] = (255 * (0.5 + 0.4 * np.cos(np.abs(x) * 60.0)))[..., None].astype(np.uint8)
-    both = ri.region_patches(sym, points, [ri.LIDS])["lids"]
-    inside = ~ri.patch_outside(ri.LIDS) & ~ri.patch_outside(ri.LIDS, True)
+    both = ri.region_patches(sym, points, [region])[region.name]
+    inside = ~ri.patch_outside(region) & ~ri.patch_outside(region, True)
     assert np.abs(both[0] - both[1])[inside].mean() < 0.01
     marked = sym.copy()
-    eye = ri.patch_grid(ri.LIDS).reshape(-1, 3).mean(0)       # the grid side's eye: the subject's left (x > 0)
+    eye = ri.patch_grid(region).reshape(-1, 3).mean(0)       # the grid side's middle: the subject's left (x > 0)
     near = (np.abs(x - eye[0]) < 0.02) & (np.abs((v - 130.0) / 300.0 - eye[1]) < 0.02)
     marked[near] = 0
-    mark = ri.region_patches(marked, points, [ri.LIDS])["lids"]
+    mark = ri.region_patches(marked, points, [region])[region.name]
     assert np.abs(mark[0] - both[0]).mean() > 0.02 and np.abs(mark[1] - both[1]).mean() < 1e-6
     assert arkit.mirror_name("eyeBlink_L") == "eyeBlink_R" and arkit.mirror_name("eyeBlink_R") == "eyeBlink_L"
     assert arkit.mirror_name("jawOpen") == "jawOpen"
@@ -85,6 +86,24 @@ def test_the_jaw_patch_shows_the_chin_outline_below_the_face_mesh():
 
     assert not ri.patch_outside(ri.JAW).any() and ri.patch_grid(ri.JAW)[-1, 0, 1] > chin
     assert dark_rows(0.0) > dark_rows(0.03) > dark_rows(0.06) > 0
+
+
+def test_the_brow_patch_keeps_a_raised_brow_and_the_forehead_above_it():
+    """A brow raised by 8 mm (0.03 of the mean head's units) stays in the BROWS patch, its outline moves up by about
+    9 of the patch's rows (0.9 mm per row), and the forehead above it is in the patch (no ``OUTSIDE_GREY``) on both
+    sides."""
+    brow = template()[[336, 296, 334, 293, 300], 1].mean()          # the left brow's upper outline
+
+    def dark_rows(lift):
+        image, points = _posed(300.0, 0.1, (160.0, 170.0),
+                               pattern=lambda x, y: np.where(np.abs(y - (brow - lift)) < 0.008, 0.1, 0.9))
+        sides = ri.region_patches(image, points, [ri.BROWS])["brows"][..., 0].mean(2) < 0.5    # (2, rows)
+        return [np.flatnonzero(s) for s in sides]
+
+    assert not ri.patch_outside(ri.BROWS).any() and not ri.patch_outside(ri.BROWS, True).any()
+    for rest, raised in zip(dark_rows(0.0), dark_rows(0.03)):
+        assert len(rest) and len(raised) and raised.min() > 2                # inside the patch, forehead above it
+        assert 7 <= rest.mean() - raised.mean() <= 11
 
 
 def _person(rng):
@@ -275,7 +294,7 @@ def test_shipped_networks_load_small_and_read_zero_at_rest(region):
     patches = np.random.default_rng(3).uniform(0.2, 0.8, (4,) + region.patch_shape).astype(np.float32)
     assert np.array_equal(reg(patches[:1], ri.rest_patch_features(patches[:1])),
                           np.zeros((1, len(reg.channels)), np.float32))
-    if region in (ri.MOUTH, ri.JAW, ri.LIDS):   # every trained head, read raw: the ARKit channel table calibrates them
+    if region is not ri.EYES:   # every trained head, read raw: the ARKit channel table calibrates them
         from backend.training.region_image import TRAINED
 
         own = reg.channels[:len(reg.channels) // 2] if region.mirrored else reg.channels
@@ -366,3 +385,81 @@ def test_training_renders_carry_each_regions_patch_of_each_detected_frame():
             outside = ri.patch_outside(region, mirror)
             assert (got[:, outside] == ri.OUTSIDE_GREY).all()
             assert got[:, ~outside].std() > 0.02     # the face, not a constant
+
+
+def test_video_training_renders_are_cut_from_the_frames_a_decoder_gives_back(monkeypatch):
+    """``--video`` data: each identity's frames pass through H.264 at its own CRF before MediaPipe and the cut, so the
+    patches carry the compression a tracked video's do (renders: ~1 s a frame)."""
+    from shared_data import ICT_NPZ, MAKEHUMAN
+
+    if not ICT_NPZ.is_file() or not MAKEHUMAN.is_dir():
+        pytest.skip("needs ICT-FaceKit and the MakeHuman skins in ../shared")
+    from backend.training import expression_init as tei
+    from backend.training.data import ICTModel
+
+    crfs = [tei.video_crf(i) for i in range(40)]
+    assert crfs == [tei.video_crf(i) for i in range(40)]                 # one CRF per identity, the same every run
+    assert min(crfs) >= tei.VIDEO_CRF[0] and max(crfs) <= tei.VIDEO_CRF[1] and len(set(crfs)) > 5
+    rendered = {}
+    render = tei.render_identity
+    monkeypatch.setattr(tei, "render_identity", lambda ict, i, n: rendered.setdefault(i, render(ict, i, n)))
+    encoded = []
+    through = tei.through_video
+    monkeypatch.setattr(tei, "through_video", lambda frames, crf: encoded.append(crf) or through(frames, crf))
+    ict = ICTModel()
+    raw, video = (tei.render_chunk(ict, 3, 1, 2, patches=True, video=v) for v in (False, True))
+    assert encoded == [tei.video_crf(3)]
+    assert np.array_equal(raw["weights"], video["weights"])
+    found = np.isfinite(raw["points"]).all((1, 2)) & np.isfinite(video["points"]).all((1, 2))
+    assert found.any()
+    change = np.abs(video["lids_patches"][found] - raw["lids_patches"][found])
+    assert 0.003 < change.mean() < 0.05            # compressed: close to the raw frames, not equal to them
+
+
+def test_lid_set_identities_close_their_lids_in_dim_hard_light():
+    """Identities from ``LIDS_FIRST`` on: over a third of the frames with closing lids (under half: the median face
+    stays open), dim ambient and a side or top key light; their own seed streams, apart from the main set's."""
+    from shared_data import MAKEHUMAN
+
+    if not MAKEHUMAN.is_dir():
+        pytest.skip("needs the MakeHuman skins in ../shared")
+    from backend.evaluation.expression_clips import sample_look
+    from backend.training import expression_init as tei
+
+    rng = np.random.default_rng(0)
+    blinks = np.stack([tei._lid_expression(rng) for _ in range(2000)])[:, [arkit.ICT_NAMES.index("eyeBlink_L"),
+                                                                           arkit.ICT_NAMES.index("eyeBlink_R")]]
+    closing = (blinks >= 0.3).any(1)
+    assert tei.LIDS_BLINKING < closing.mean() < tei.LIDS_BLINKING + 0.12     # and the sampler's own blinks
+    assert ((blinks >= 0.3).mean(0) < 0.45).all()                           # each eye's median: open
+    assert 0.1 < (closing & (blinks.min(1) == 0)).mean() / closing.mean() < 0.35          # winks too
+    looks = [tei._hard_look(rng) for _ in range(200)]
+    assert all(0.15 <= lk.ambient <= 0.3 for lk in looks)
+    light = np.stack([lk.light_dir for lk in looks])
+    az, el = np.degrees(np.arctan2(light[:, 0], -light[:, 2])), np.degrees(np.arcsin(-light[:, 1]))
+    assert ((np.abs(az) >= 35) | (el >= 30)).all()
+    usual = [sample_look(rng) for _ in range(200)]
+    assert np.mean([lk.ambient for lk in usual]) > 0.3 > np.mean([lk.ambient for lk in looks])
+    assert tei.TRAIN_SEED_BASE + tei.LIDS_FIRST > tei.TRAIN_SEED_BASE + 10_000   # no stream shared with the main set
+
+
+def test_generate_adds_the_lid_sets_chunks_after_the_main_sets(tmp_path, monkeypatch):
+    from backend.training import expression_init as tei
+
+    calls = []
+
+    def chunk(ict, first, n_ids, frames_per_id, patches, video):
+        calls.append((first, n_ids, patches, video))
+        ids = np.repeat(np.arange(first, first + n_ids), frames_per_id)
+        return {"points": np.zeros((len(ids), 478, 3), np.float32), "weights": np.zeros((len(ids), 53), np.float32),
+                "identity": ids}
+
+    monkeypatch.setattr(tei, "render_chunk", chunk)
+    monkeypatch.setattr(tei.ictdata, "ICTModel", lambda: None)
+    data = tei.generate(tmp_path, 30, 2, log=lambda m: None, patches=True, video=True, lid_ids=30)
+    first = tei.LIDS_FIRST
+    assert calls == [(0, 25, True, True), (25, 5, True, True), (first, 25, True, True), (first + 25, 5, True, True)]
+    assert sorted(np.unique(data["identity"])) == list(range(30)) + list(range(first, first + 30))
+    assert (tmp_path / f"chunk_{first + 25}_2_patches_video.npz").is_file()
+    tei.generate(tmp_path, 30, 2, log=lambda m: None, patches=True, video=True, lid_ids=30)   # cached: no renders
+    assert len(calls) == 4

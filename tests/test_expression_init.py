@@ -5,11 +5,11 @@ import pytest
 
 from backend.contracts import arkit
 from backend.tracking import expression_init as ei
-from backend.training.expression_init import train
+from backend.training.expression_init import _expression, face_makes, train
 
 N_EX = len(arkit.ICT_NAMES)
 BLINK, BROW = arkit.ICT_NAMES.index("eyeBlink_L"), arkit.ICT_NAMES.index("browInnerUp_L")
-JAW = arkit.ICT_NAMES.index("jawOpen")
+JAW, CLOSE = arkit.ICT_NAMES.index("jawOpen"), arkit.ICT_NAMES.index("mouthClose")
 
 
 def _points(rng, identity, w, yaw):
@@ -109,3 +109,17 @@ def test_mouth_channels_blend_the_landmark_reading_into_the_output():
     assert out[:, jaw] == pytest.approx([0.4 + 0.5 * 0.6, 0.4, 0.4 + 0.5 * 0.6])
     assert (out[:, frown] == 0).all()                                 # not blended: the points do not carry it
     assert np.array_equal(np.delete(out, jaw, 1), np.delete(codes.arkit(p_ex), jaw, 1))
+
+
+def test_training_sampler_seals_the_lips_only_over_an_open_jaw():
+    """ICT's mouthClose closes the lips over an open jaw (above jawOpen the lips pass through each other): the
+    readers' training sampler never draws it above jawOpen, yet draws lips sealed over an open jaw and small openings
+    often (the tuning clips' misses; the sampler before session 15 drew mouthClose above jawOpen in 179 of 192 frames
+    with mouthClose > 0.3)."""
+    rng = np.random.default_rng(0)
+    w = np.stack([_expression(rng) for _ in range(2000)])
+    assert face_makes(w).all()
+    assert not face_makes(np.eye(N_EX, dtype=np.float32)[[CLOSE]]).any()
+    sealed = (w[:, CLOSE] > 0.3) & (w[:, CLOSE] >= 0.7 * w[:, JAW])
+    small = (w[:, JAW] >= 0.2) & (w[:, JAW] < 0.5)
+    assert sealed.mean() > 0.08 and small.mean() > 0.15, (sealed.mean(), small.mean())

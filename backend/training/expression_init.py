@@ -6,8 +6,9 @@
 Data: per identity (seed stream ``TRAIN_SEED_BASE`` + i, disjoint from the training generator's, the validation
 seed and every evaluation range) a random look (``expression_clips.sample_look``: MakeHuman skin detail, tone, light,
 background) and ``--frames`` independent frames, each with an expression from the training sampler
-(``data.sample_expression``) or, half the time, 1-4 uniformly drawn channels (so every channel is seen alone as well
-as in the sampler's combinations), and a random pose (yaw +-40, pitch +-12, roll +-8 deg, 0.38-0.7 m). Frames are
+(``data.sample_expression``, 40 %), 1-4 uniformly drawn channels (35 %: every channel is seen alone as well as in the
+sampler's combinations) or the jaw open U(0.15, 1) (25 %, with or without such channels; the lips sealed over it half
+the time: mouthClose 0.7-1 x jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40, pitch +-12, roll +-8 deg, 0.38-0.7 m). Frames are
 rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face mesh (static mode) detects the
 points. Chunks of identities are cached as npz, so generation resumes.
 
@@ -30,9 +31,27 @@ CHUNK = 25  # identities per cached chunk
 RIDGES = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
 
+_JAW_OPEN, _MOUTH_CLOSE = (arkit.ICT_NAMES.index(n) for n in ("jawOpen", "mouthClose"))
+
+
 def _expression(rng) -> np.ndarray:
-    if rng.uniform() < 0.5:
-        return ictdata.sample_expression(rng, allow_heldout=True)
+    r = rng.uniform()
+    if r < 0.4:
+        w = ictdata.sample_expression(rng, allow_heldout=True)
+    elif r < 0.75:
+        w = _few_channels(rng)
+    else:   # the jaw open, small openings as often as wide ones, the lips sealed over it half the time
+        w = _few_channels(rng) if rng.uniform() < 0.5 else np.zeros(len(arkit.ICT_NAMES), np.float32)
+        w[_JAW_OPEN] = rng.uniform(0.15, 1.0)
+        w[_MOUTH_CLOSE] = w[_JAW_OPEN] * rng.uniform(0.7, 1.0) if rng.uniform() < 0.5 else 0.0
+    # ICT's mouthClose closes the lips over an open jaw (ARKit's meaning: used with jawOpen >= mouthClose); above
+    # jawOpen it pushes the lips through each other, a shape no face makes
+    w[_JAW_OPEN] = max(w[_JAW_OPEN], w[_MOUTH_CLOSE])
+    return w
+
+
+def _few_channels(rng) -> np.ndarray:
+    """(53,) ICT weights: 1-4 uniformly drawn channels, L/R ones with the other side most of the time."""
     w = np.zeros(len(arkit.ICT_NAMES), np.float32)
     free = np.array([i for i, n in enumerate(arkit.ICT_NAMES) if n not in ictdata.STATIC_CHANNELS])
     for j in rng.choice(free, size=int(rng.integers(1, 5)), replace=False):
@@ -41,6 +60,12 @@ def _expression(rng) -> np.ndarray:
         if name[-2:] in ("_L", "_R") and rng.uniform() < 0.6:  # the other side too, most of the time
             w[arkit.ICT_NAMES.index(arkit.mirror_name(name))] = w[j] * rng.uniform(0.7, 1)
     return w
+
+
+def face_makes(weights: np.ndarray) -> np.ndarray:
+    """(N, 53) ICT weights -> (N,) bool: the shape is one a face makes (mouthClose at most jawOpen, as the sampler
+    draws; renders of an older sampler break it)."""
+    return weights[:, _MOUTH_CLOSE] <= weights[:, _JAW_OPEN] + 1e-6
 
 
 def render_identity(ict, i: int, frames_per_id: int) -> tuple[list, np.ndarray]:

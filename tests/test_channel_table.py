@@ -30,6 +30,8 @@ def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue():
     # the mouth and jaw readers' raw heads carry frowns, stretches and the jaw's opening (session 14)
     assert {"jaw_image", "mouth_image"} <= set(table.sources())
     assert not {"mouthFrownLeft", "mouthStretchLeft", "jawOpen"} & set(table.zeroed())
+    # the brow reader carries the inner brow raise, which no other reading tracked better than zeros (session 15)
+    assert "brows_image" in table.channels["browInnerUp"]["shares"]
     assert ChannelTable.from_json(json.loads(json.dumps(table.to_json()))).channels == table.channels
 
 

@@ -53,22 +53,23 @@ def test_region_patch_divides_out_the_head_pose(region):
     assert np.abs(patches[0] - patches[1]).mean() < 0.03 and np.abs(patches[0] - patches[2]).mean() < 0.03
 
 
-def test_mirrored_patch_shows_the_other_side_as_the_grid_side_looks():
-    """LIDS: one eye and the other eye flipped; a face symmetric about its midline gives the same patch twice, and
-    a mark beside one eye shows on that eye's side at the same place."""
+@pytest.mark.parametrize("region", [r for r in ri.REGIONS if r.mirrored], ids=lambda r: r.name)
+def test_mirrored_patch_shows_the_other_side_as_the_grid_side_looks(region):
+    """LIDS / BROWS: one eye (brow) and the other flipped; a face symmetric about its midline gives the same patch
+    twice, and a mark beside one eye (brow) shows on that side at the same place."""
     image, points = _posed(300.0, 0.0, (160.0, 130.0))
     v, u = np.mgrid[0:320, 0:320] + 0.5
     x = (u - 160.0) / 300.0                                   # template x of each pixel (no roll)
     sym = image.copy()
     sym[...] = (255 * (0.5 + 0.4 * np.cos(np.abs(x) * 60.0)))[..., None].astype(np.uint8)
-    both = ri.region_patches(sym, points, [ri.LIDS])["lids"]
-    inside = ~ri.patch_outside(ri.LIDS) & ~ri.patch_outside(ri.LIDS, True)
+    both = ri.region_patches(sym, points, [region])[region.name]
+    inside = ~ri.patch_outside(region) & ~ri.patch_outside(region, True)
     assert np.abs(both[0] - both[1])[inside].mean() < 0.01
     marked = sym.copy()
-    eye = ri.patch_grid(ri.LIDS).reshape(-1, 3).mean(0)       # the grid side's eye: the subject's left (x > 0)
+    eye = ri.patch_grid(region).reshape(-1, 3).mean(0)       # the grid side's middle: the subject's left (x > 0)
     near = (np.abs(x - eye[0]) < 0.02) & (np.abs((v - 130.0) / 300.0 - eye[1]) < 0.02)
     marked[near] = 0
-    mark = ri.region_patches(marked, points, [ri.LIDS])["lids"]
+    mark = ri.region_patches(marked, points, [region])[region.name]
     assert np.abs(mark[0] - both[0]).mean() > 0.02 and np.abs(mark[1] - both[1]).mean() < 1e-6
     assert arkit.mirror_name("eyeBlink_L") == "eyeBlink_R" and arkit.mirror_name("eyeBlink_R") == "eyeBlink_L"
     assert arkit.mirror_name("jawOpen") == "jawOpen"
@@ -85,6 +86,24 @@ def test_the_jaw_patch_shows_the_chin_outline_below_the_face_mesh():
 
     assert not ri.patch_outside(ri.JAW).any() and ri.patch_grid(ri.JAW)[-1, 0, 1] > chin
     assert dark_rows(0.0) > dark_rows(0.03) > dark_rows(0.06) > 0
+
+
+def test_the_brow_patch_keeps_a_raised_brow_and_the_forehead_above_it():
+    """A brow raised by 8 mm (0.03 of the mean head's units) stays in the BROWS patch, its outline moves up by about
+    9 of the patch's rows (0.9 mm per row), and the forehead above it is in the patch (no ``OUTSIDE_GREY``) on both
+    sides."""
+    brow = template()[[336, 296, 334, 293, 300], 1].mean()          # the left brow's upper outline
+
+    def dark_rows(lift):
+        image, points = _posed(300.0, 0.1, (160.0, 170.0),
+                               pattern=lambda x, y: np.where(np.abs(y - (brow - lift)) < 0.008, 0.1, 0.9))
+        sides = ri.region_patches(image, points, [ri.BROWS])["brows"][..., 0].mean(2) < 0.5    # (2, rows)
+        return [np.flatnonzero(s) for s in sides]
+
+    assert not ri.patch_outside(ri.BROWS).any() and not ri.patch_outside(ri.BROWS, True).any()
+    for rest, raised in zip(dark_rows(0.0), dark_rows(0.03)):
+        assert len(rest) and len(raised) and raised.min() > 2                # inside the patch, forehead above it
+        assert 7 <= rest.mean() - raised.mean() <= 11
 
 
 def _person(rng):
@@ -297,7 +316,7 @@ def test_shipped_networks_load_small_and_read_zero_at_rest(region):
     patches = np.random.default_rng(3).uniform(0.2, 0.8, (4,) + region.patch_shape).astype(np.float32)
     assert np.array_equal(reg(patches[:1], ri.rest_patch_features(patches[:1])),
                           np.zeros((1, len(reg.channels)), np.float32))
-    if region in (ri.MOUTH, ri.JAW, ri.LIDS):   # every trained head, read raw: the ARKit channel table calibrates them
+    if region is not ri.EYES:   # every trained head, read raw: the ARKit channel table calibrates them
         from backend.training.region_image import TRAINED
 
         own = reg.channels[:len(reg.channels) // 2] if region.mirrored else reg.channels

@@ -76,9 +76,6 @@ def test_blink_comes_back_at_its_frames(tracked):
     assert blink[:6].max() < 0.3, blink.round(2)                                             # not before
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 open: the landmark regressor follows brow raises (held-out "
-                                       "browInnerUp correlation 0.86) but at under half their height (peak ratio "
-                                       "0.44); the built-in model does not move its brows")
 def test_brow_raise_comes_back_at_its_frames(tracked):
     ak, _ = tracked
     brow = ak[:, arkit.ARKIT_INDEX["browInnerUp"]]

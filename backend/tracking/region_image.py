@@ -13,15 +13,17 @@ small network per face region reads them from a frontalised patch of that region
   ``region_patches`` carries every region's grid into the frame by one similarity, the one that aligns the frame's
   nearly rigid points (eye corners, nose, forehead: ``expression_init.ALIGN_POINTS``) onto the same points of the
   mean head, and samples the RGB frame there (bilinear, 2x2 supersampled): the head pose is divided out, the face's
-  motion stays in the patch; a ``mirrored`` region (``LIDS``: each eye at about 1 mm per pixel) is cut on one side
-  of the face and on its mirror image, so that one network reads both eyes;
+  motion stays in the patch; a ``mirrored`` region (``LIDS``: each eye at about 1 mm per pixel; ``BROWS``: each brow
+  and its half of the forehead) is cut on one side of the face and on its mirror image, so that one network reads
+  both sides;
 - features (``patch_features``): chromaticity (r, g: lips against skin, whatever the light's strength) and log grey
   minus the patch's mean, minus the clip's rest features (their per-pixel median over the clip's frames, as
   ``expression_init.rest_features``): the person's own face and the clip's light are divided out;
 - ``RegionImageNet``: the mean of a few small networks (three convolutions and a linear layer each) -> the ICT
   weights of the region's channels, then a response per channel (a dead zone and a gain), clamped to [0, 1]: the
-  eyes' chosen out of fold on the training identities; the mouth's, the jaw's and the lids' none (gain 1, no dead
-  zone), their raw readings calibrated by the ARKit channel table on the tuning clips (``tracking.channel_table``);
+  eyes' chosen out of fold on the training identities; the mouth's, the jaw's, the lids' and the brows' none (gain
+  1, no dead zone), their raw readings calibrated by the ARKit channel table on the tuning clips
+  (``tracking.channel_table``);
 - trained on renders of random ICT-FaceKit heads with MakeHuman skin detail (``backend/training/region_image.py``),
   shipped beside the model as one file per region (``Region.file_name``: a plain state dict, loaded with
   ``weights_only=True``).
@@ -80,7 +82,13 @@ EYES = Region("eyes", "eye_image.pt", (32, 64), (70, 300), (10, 117), 0.05)
 # (image right, the ICT/ARKit "Left" channels) from its inner to its outer corner (362, 263) widened by 25 %, the
 # brow's top (334) to the cheek below the lower lid (346); its mirror image is the right eye
 LIDS = Region("lids", "lid_image.pt", (40, 48), (362, 263), (334, 346), 0.25, mirrored=True)
-REGIONS = (MOUTH, JAW, EYES, LIDS)
+# each brow and its half of the forehead at about 1 mm per pixel (the EYES patch gives a brow 3-4 pixels; the points
+# read browInnerUp at a third of its height and 0.2-0.4 on clips without it): the subject's left brow from the
+# midline (168, widened by 10 % onto the other brow's inner end) past its outer end (300), the forehead's middle (151)
+# to the upper lid (386); beyond MediaPipe's points (the temple at the top outer corner) sampled as the jaw's; its
+# mirror image is the right brow
+BROWS = Region("brows", "brow_image.pt", (40, 64), (168, 300), (151, 386), 0.1, beyond=True, mirrored=True)
+REGIONS = (MOUTH, JAW, EYES, LIDS, BROWS)
 
 
 @lru_cache(maxsize=None)
@@ -250,6 +258,6 @@ def load_regressors(model_dir: Path) -> Dict[str, RegionImageRegressor]:
     return {name: reg for name, reg in found.items() if reg is not None}
 
 
-__all__ = ["EYES", "JAW", "LIDS", "MOUTH", "REGIONS", "Region", "RegionImageNet", "RegionImageRegressor",
+__all__ = ["BROWS", "EYES", "JAW", "LIDS", "MOUTH", "REGIONS", "Region", "RegionImageNet", "RegionImageRegressor",
            "load_regressors", "patch_features", "patch_grid", "patch_outside", "region_patches",
            "rest_patch_features"]

@@ -46,8 +46,8 @@ def arkit_output_line(model_dir) -> str | None:
         return None
     zeroed = ChannelTable.load(model_dir).zeroed()
     return (f"- **ARKit output per channel** (`{FILE_NAME}`, `backend/tracking/channel_table.py`): which reading each "
-            "channel ships (the fit, the landmarks, the mouth, jaw or eye image, or a blend) and its response, chosen "
-            "on the tuning clips by cross-validation (`backend.training.arkit_channels`). "
+            "channel ships (the fit, the landmarks, the mouth, jaw, eye or brow image, or a blend) and its response, "
+            "chosen on the tuning clips by cross-validation (`backend.training.arkit_channels`). "
             f"{len(zeroed)} of 52 channels are always 0, because no reading tracked them better than zeros or the "
             "model has none (gaze, tongue): " + ", ".join(f"`{n}`" for n in zeroed) + ".")
 

@@ -1,6 +1,6 @@
 """Train a face region's image regressor (``backend.tracking.region_image``) on rendered ICT-FaceKit heads.
 
-    python -m backend.training.region_image --region mouth|jaw|eyes|lids --out backend/models/builtin \
+    python -m backend.training.region_image --region mouth|jaw|eyes|lids|brows --out backend/models/builtin \
         --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3]
 
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
@@ -42,6 +42,8 @@ TRAINED = {
              "cheekSquint_R", "noseSneer_L", "noseSneer_R"),
     # one eye's (the network reads the other through the mirrored patch: ``region_image.LIDS``)
     "lids": ("eyeBlink_L", "eyeSquint_L", "eyeWide_L", "cheekSquint_L"),
+    # one brow's (the other through the mirrored patch: ``region_image.BROWS``)
+    "brows": ("browDown_L", "browInnerUp_L", "browOuterUp_L"),
 }
 # The channels each shipped network reads; which of them the output ships is the ARKit channel table's choice
 # (``tracking.channel_table``, calibrated on the tuning clips). The eyes': those whose calibrated reading's
@@ -57,6 +59,7 @@ SHIPPED = {
              "eyeWide_L", "eyeWide_R", "noseSneer_L", "noseSneer_R"),
     # as the mouth's and the jaw's: all, raw (session 14)
     "lids": TRAINED["lids"],
+    "brows": TRAINED["brows"],
 }
 # the calibrated response clip(gain * (reading - dead_zone), 0, 1): the pair per channel with the lowest out-of-fold
 # error over the identities where the channel is active (peak >= ACTIVE_PEAK among their frames, as an active clip pair)

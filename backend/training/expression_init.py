@@ -8,9 +8,9 @@ seed and every evaluation range) a random look (``expression_clips.sample_look``
 background) and ``--frames`` independent frames, each with an expression from the training sampler
 (``data.sample_expression``, 40 %), 1-4 uniformly drawn channels (35 %: every channel is seen alone as well as in the
 sampler's combinations) or the jaw open U(0.15, 1) (25 %, with or without such channels; the lips sealed over it half
-the time: mouthClose 0.7-1 x jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40, pitch +-12, roll +-8 deg, 0.38-0.7 m). Frames are
-rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face mesh (static mode) detects the
-points. Chunks of identities are cached as npz, so generation resumes.
+the time: mouthClose 0.7-1 x jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40,
+pitch +-12, roll +-8 deg, 0.38-0.7 m). Frames are rendered with the benchmark's fast renderer (no supersampling) and
+MediaPipe's face mesh (static mode) detects the points. Chunks of identities are cached as npz, so generation resumes.
 
 Model: ridge regression from the rest-relative features to the 53 ICT weights, the ridge strength per channel chosen
 by cross-validation over identities (see ``train``).

@@ -6,13 +6,13 @@
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
 expressions, the same seeds), with each frame's region patches cut at its MediaPipe points (cached beside those
 chunks); a network trained on mouthClose leaves out frames whose mouthClose is above jawOpen
-(``expression_init.face_makes``: renders of the sampler before session 15). Model: ``RegionImageNet`` from the rest-relative patch features (each frame's minus its identity's median,
-as the tracker takes the clip's) to the ICT weights of the region's ``TRAINED`` channels; squared error over each
-channel's variance (a rarely active channel weighs as much as a common one), AdamW, a one-pixel random shift of the
-patch as augmentation; ``--members`` networks from different seeds, averaged (one network's reading varies a lot from
-seed to seed). ``--folds`` first reports the cross-validated correlation and error per channel over identities
-(one network per fold), beside all-zeros; the shipped network is fitted on all identities and reads only the region's
-``SHIPPED`` channels.
+(``expression_init.face_makes``: renders of the sampler before session 15). Model: ``RegionImageNet`` from the
+rest-relative patch features (each frame's minus its identity's median, as the tracker takes the clip's) to the ICT
+weights of the region's ``TRAINED`` channels; squared error over each channel's variance (a rarely active channel
+weighs as much as a common one), AdamW, a one-pixel random shift of the patch as augmentation; ``--members`` networks
+from different seeds, averaged (one network's reading varies a lot from seed to seed). ``--folds`` first reports the
+cross-validated correlation and error per channel over identities (one network per fold), beside all-zeros; the
+shipped network is fitted on all identities and reads only the region's ``SHIPPED`` channels.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The face regions' image regressors (issue 23): the frontalised mouth and eye patches, training on rest-relative
 features, the shipped files' loading, and their channels in the tracker's ARKit output (synthetic images, no
-rendering apart from the last test, < 30 s)."""
+rendering apart from the last two tests, < 30 s)."""
 import numpy as np
 import pytest
 
@@ -407,3 +407,81 @@ def test_training_renders_carry_each_regions_patch_of_each_detected_frame():
             outside = ri.patch_outside(region, mirror)
             assert (got[:, outside] == ri.OUTSIDE_GREY).all()
             assert got[:, ~outside].std() > 0.02     # the face, not a constant
+
+
+def test_video_training_renders_are_cut_from_the_frames_a_decoder_gives_back(monkeypatch):
+    """``--video`` data: each identity's frames pass through H.264 at its own CRF before MediaPipe and the cut, so the
+    patches carry the compression a tracked video's do (renders: ~1 s a frame)."""
+    from shared_data import ICT_NPZ, MAKEHUMAN
+
+    if not ICT_NPZ.is_file() or not MAKEHUMAN.is_dir():
+        pytest.skip("needs ICT-FaceKit and the MakeHuman skins in ../shared")
+    from backend.training import expression_init as tei
+    from backend.training.data import ICTModel
+
+    crfs = [tei.video_crf(i) for i in range(40)]
+    assert crfs == [tei.video_crf(i) for i in range(40)]                 # one CRF per identity, the same every run
+    assert min(crfs) >= tei.VIDEO_CRF[0] and max(crfs) <= tei.VIDEO_CRF[1] and len(set(crfs)) > 5
+    rendered = {}
+    render = tei.render_identity
+    monkeypatch.setattr(tei, "render_identity", lambda ict, i, n: rendered.setdefault(i, render(ict, i, n)))
+    encoded = []
+    through = tei.through_video
+    monkeypatch.setattr(tei, "through_video", lambda frames, crf: encoded.append(crf) or through(frames, crf))
+    ict = ICTModel()
+    raw, video = (tei.render_chunk(ict, 3, 1, 2, patches=True, video=v) for v in (False, True))
+    assert encoded == [tei.video_crf(3)]
+    assert np.array_equal(raw["weights"], video["weights"])
+    found = np.isfinite(raw["points"]).all((1, 2)) & np.isfinite(video["points"]).all((1, 2))
+    assert found.any()
+    change = np.abs(video["lids_patches"][found] - raw["lids_patches"][found])
+    assert 0.003 < change.mean() < 0.05            # compressed: close to the raw frames, not equal to them
+
+
+def test_lid_set_identities_close_their_lids_in_dim_hard_light():
+    """Identities from ``LIDS_FIRST`` on: over a third of the frames with closing lids (under half: the median face
+    stays open), dim ambient and a side or top key light; their own seed streams, apart from the main set's."""
+    from shared_data import MAKEHUMAN
+
+    if not MAKEHUMAN.is_dir():
+        pytest.skip("needs the MakeHuman skins in ../shared")
+    from backend.evaluation.expression_clips import sample_look
+    from backend.training import expression_init as tei
+
+    rng = np.random.default_rng(0)
+    blinks = np.stack([tei._lid_expression(rng) for _ in range(2000)])[:, [arkit.ICT_NAMES.index("eyeBlink_L"),
+                                                                           arkit.ICT_NAMES.index("eyeBlink_R")]]
+    closing = (blinks >= 0.3).any(1)
+    assert tei.LIDS_BLINKING < closing.mean() < tei.LIDS_BLINKING + 0.12     # and the sampler's own blinks
+    assert ((blinks >= 0.3).mean(0) < 0.45).all()                           # each eye's median: open
+    assert 0.1 < (closing & (blinks.min(1) == 0)).mean() / closing.mean() < 0.35          # winks too
+    looks = [tei._hard_look(rng) for _ in range(200)]
+    assert all(0.15 <= lk.ambient <= 0.3 for lk in looks)
+    light = np.stack([lk.light_dir for lk in looks])
+    az, el = np.degrees(np.arctan2(light[:, 0], -light[:, 2])), np.degrees(np.arcsin(-light[:, 1]))
+    assert ((np.abs(az) >= 35) | (el >= 30)).all()
+    usual = [sample_look(rng) for _ in range(200)]
+    assert np.mean([lk.ambient for lk in usual]) > 0.3 > np.mean([lk.ambient for lk in looks])
+    assert tei.TRAIN_SEED_BASE + tei.LIDS_FIRST > tei.TRAIN_SEED_BASE + 10_000   # no stream shared with the main set
+
+
+def test_generate_adds_the_lid_sets_chunks_after_the_main_sets(tmp_path, monkeypatch):
+    from backend.training import expression_init as tei
+
+    calls = []
+
+    def chunk(ict, first, n_ids, frames_per_id, patches, video):
+        calls.append((first, n_ids, patches, video))
+        ids = np.repeat(np.arange(first, first + n_ids), frames_per_id)
+        return {"points": np.zeros((len(ids), 478, 3), np.float32), "weights": np.zeros((len(ids), 53), np.float32),
+                "identity": ids}
+
+    monkeypatch.setattr(tei, "render_chunk", chunk)
+    monkeypatch.setattr(tei.ictdata, "ICTModel", lambda: None)
+    data = tei.generate(tmp_path, 30, 2, log=lambda m: None, patches=True, video=True, lid_ids=30)
+    first = tei.LIDS_FIRST
+    assert calls == [(0, 25, True, True), (25, 5, True, True), (first, 25, True, True), (first + 25, 5, True, True)]
+    assert sorted(np.unique(data["identity"])) == list(range(30)) + list(range(first, first + 30))
+    assert (tmp_path / f"chunk_{first + 25}_2_patches_video.npz").is_file()
+    tei.generate(tmp_path, 30, 2, log=lambda m: None, patches=True, video=True, lid_ids=30)   # cached: no renders
+    assert len(calls) == 4

@@ -10,7 +10,11 @@ background) and ``--frames`` independent frames, each with an expression from th
 sampler's combinations) or the jaw open U(0.15, 1) (25 %, with or without such channels; the lips sealed over it half
 the time: mouthClose 0.7-1 x jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40,
 pitch +-12, roll +-8 deg, 0.38-0.7 m). Frames are rendered with the benchmark's fast renderer (no supersampling) and
-MediaPipe's face mesh (static mode) detects the points. Chunks of identities are cached as npz, so generation resumes.
+MediaPipe's face mesh (static mode) detects the points. ``video`` data (the image readers', ``training.region_image
+--video``): each identity's frames are first encoded as one H.264 clip and decoded again, at a CRF drawn per identity
+from ``VIDEO_CRF``, as the tracker only ever sees a video's frames (the compression halves the lid reader's reading of
+a closed eye when it is trained on raw frames: backend/evaluation/README.md, session 15). Chunks of identities are
+cached as npz, so generation resumes.
 
 Model: ridge regression from the rest-relative features to the 53 ICT weights, the ridge strength per channel chosen
 by cross-validation over identities (see ``train``).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,15 @@ from . import data as ictdata
 TRAIN_SEED_BASE = 7_800_000
 CHUNK = 25  # identities per cached chunk
 RIDGES = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+# identity numbers from here on are the lid set (``render_identity``): its seed streams TRAIN_SEED_BASE + number start
+# at 7_900_000, apart from every other range
+LIDS_FIRST = 100_000
+# share of a lid-set identity's frames given closing lids, besides the sampler's own (each eye closes in under 45 %:
+# its median face is open)
+LIDS_BLINKING = 0.35
+# the H.264 CRFs of ``video`` training data, drawn per identity: from nearly lossless to a web video's (the benchmark's
+# clips are encoded at 18)
+VIDEO_CRF = (14, 30)
 
 
 _JAW_OPEN, _MOUTH_CLOSE = (arkit.ICT_NAMES.index(n) for n in ("jawOpen", "mouthClose"))
@@ -68,18 +82,50 @@ def face_makes(weights: np.ndarray) -> np.ndarray:
     return weights[:, _MOUTH_CLOSE] <= weights[:, _JAW_OPEN] + 1e-6
 
 
+def _lid_expression(rng) -> np.ndarray:
+    """``_expression``, and in ``LIDS_BLINKING`` of the frames the lids closing: a blink of U(0.3, 1) on one eye,
+    the other's 0.7-1 x as much (0 in a fifth: a wink)."""
+    w = _expression(rng)
+    if rng.uniform() < LIDS_BLINKING:
+        eyes = [arkit.ICT_NAMES.index(n) for n in ("eyeBlink_L", "eyeBlink_R")]
+        rng.shuffle(eyes)
+        w[eyes[0]] = rng.uniform(0.3, 1.0)
+        w[eyes[1]] = 0.0 if rng.uniform() < 0.2 else w[eyes[0]] * rng.uniform(0.7, 1.0)
+    return w
+
+
+def _hard_look(rng):
+    """``expression_clips.sample_look`` in dim, hard light (the lid set's): ambient 0.15-0.3, the key from the side
+    (azimuth 35-70 deg either way) or from above (elevation 30-55 deg), where the lids and the eye socket are shaded."""
+    import dataclasses
+
+    from ..evaluation import expression_clips as ec
+
+    look = ec.sample_look(rng)
+    if rng.uniform() < 0.5:
+        az, el = rng.choice([-1, 1]) * rng.uniform(35, 70), rng.uniform(-5, 30)
+    else:
+        az, el = rng.uniform(-30, 30), rng.uniform(30, 55)
+    az, el = np.radians(az), np.radians(el)
+    light = np.array([np.sin(az) * np.cos(el), -np.sin(el), -np.cos(az) * np.cos(el)])
+    return dataclasses.replace(look, light_dir=light, ambient=float(rng.uniform(0.15, 0.3)))
+
+
 def render_identity(ict, i: int, frames_per_id: int) -> tuple[list, np.ndarray]:
     """Identity ``i``'s frames ((H, W, 3) uint8 RGB, ``frames_per_id`` of them) and their ICT weights (F, 53): its
-    seed stream ``TRAIN_SEED_BASE`` + i, so a re-render gives the same frames."""
+    seed stream ``TRAIN_SEED_BASE`` + i, so a re-render gives the same frames. From ``LIDS_FIRST`` on, the lid set:
+    closing lids (``_lid_expression``) in dim, hard light (``_hard_look``), as the lid reader misread on the tuning
+    clips (backend/evaluation/README.md, session 15)."""
     from ..evaluation import expression_clips as ec, synthetic
 
+    lids = i >= LIDS_FIRST
     spec = ec.ExpressionClipSpec(n_frames=frames_per_id, supersample=1)
     rng = np.random.default_rng(TRAIN_SEED_BASE + i)
     w_id = ictdata.sample_identity(rng)
     app = ictdata.sample_appearance(rng)
     app[12] = 0.0
-    look = ec.sample_look(rng)
-    w_ex = np.stack([_expression(rng) for _ in range(frames_per_id)])
+    look = _hard_look(rng) if lids else ec.sample_look(rng)
+    w_ex = np.stack([(_lid_expression if lids else _expression)(rng) for _ in range(frames_per_id)])
     yaw, pitch, roll = (rng.uniform(-a, a, frames_per_id) for a in (40.0, 12.0, 8.0))
     R = synthetic.FACING_CAMERA[None] @ synthetic._rot("y", yaw) @ synthetic._rot("x", pitch) @ synthetic._rot(
         "z", roll)
@@ -92,16 +138,37 @@ def render_identity(ict, i: int, frames_per_id: int) -> tuple[list, np.ndarray]:
     return [renderer.frame(v.astype(np.float64), rng) for v in verts], w_ex.astype(np.float32)
 
 
-def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool = False) -> dict:
+def video_crf(i: int) -> int:
+    """Identity ``i``'s H.264 CRF for ``video`` data (from ``VIDEO_CRF``; its own stream, so the renders stay as
+    they are)."""
+    return int(np.random.default_rng([TRAIN_SEED_BASE + i, 1]).integers(VIDEO_CRF[0], VIDEO_CRF[1] + 1))
+
+
+def through_video(frames: list, crf: int) -> list:
+    """(H, W, 3) uint8 RGB frames as a video's decoder gives them back: encoded as one H.264 mp4 at ``crf``
+    (``evaluation.synthetic.write_mp4``, as the benchmark's clips) and decoded."""
+    from ..evaluation import baselines, synthetic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "frames.mp4"
+        synthetic.write_mp4(frames, path, 25.0, crf)
+        return baselines.read_video_frames(path)
+
+
+def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool = False, video: bool = False) -> dict:
     """Points (N, 478, 3) (u, v, relative depth; NaN: no face), ICT weights (N, 53) and identity index (N,) of
     the identities first .. first + n_ids - 1; with ``patches`` also each face region's patches of the frames,
-    ``<region>_patches`` (N, rows, cols, 3) (``tracking.region_image.region_patches``; NaN without a face)."""
+    ``<region>_patches`` (N, rows, cols, 3) (``tracking.region_image.region_patches``; NaN without a face);
+    ``video``: points and patches of each identity's frames passed through H.264 (``through_video`` at
+    ``video_crf``)."""
     from ..evaluation import baselines
     from ..tracking.region_image import REGIONS, region_patches
 
     pts, ws, ids, cut = [], [], [], []
     for i in range(first, first + n_ids):
         frames, w_ex = render_identity(ict, i, frames_per_id)
+        if video:
+            frames = through_video(frames, video_crf(i))
         lm = baselines.MediaPipeBaseline(static_image_mode=True).detect(frames)  # (u, v, depth) pixels
         pts.append(lm.astype(np.float32))
         if patches:
@@ -116,17 +183,20 @@ def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool 
     return out
 
 
-def generate(cache: Path, n_ids: int, frames_per_id: int, log=print, patches: bool = False) -> dict:
-    """All chunks (rendered now or loaded from ``cache``), concatenated; ``patches``: with the face regions' patches
-    (``render_chunk``; cached apart from the chunks without)."""
+def generate(cache: Path, n_ids: int, frames_per_id: int, log=print, patches: bool = False,
+             video: bool = False, lid_ids: int = 0) -> dict:
+    """All chunks (rendered now or loaded from ``cache``), concatenated: identities 0 .. ``n_ids`` - 1 and
+    ``lid_ids`` of the lid set (``LIDS_FIRST`` on); ``patches``: with the face regions' patches, ``video``: from the
+    frames passed through H.264 (``render_chunk``; each kind cached apart)."""
     cache.mkdir(parents=True, exist_ok=True)
     ict = None
     parts = []
-    for first in range(0, n_ids, CHUNK):
-        path = cache / f"chunk_{first:05d}_{frames_per_id}{'_patches' if patches else ''}.npz"
+    kind = ("_patches" if patches else "") + ("_video" if video else "")
+    for first, end in [(f, n) for s, n in ((0, n_ids), (LIDS_FIRST, LIDS_FIRST + lid_ids)) for f in range(s, n, CHUNK)]:
+        path = cache / f"chunk_{first:05d}_{frames_per_id}{kind}.npz"
         if not path.is_file():
             ict = ict or ictdata.ICTModel()
-            part = render_chunk(ict, first, min(CHUNK, n_ids - first), frames_per_id, patches)
+            part = render_chunk(ict, first, min(CHUNK, end - first), frames_per_id, patches, video)
             tmp = path.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, **part)
             tmp.replace(path)

@@ -1,12 +1,15 @@
 """Train a face region's image regressor (``backend.tracking.region_image``) on rendered ICT-FaceKit heads.
 
     python -m backend.training.region_image --region mouth|jaw|eyes|lids|brows --out backend/models/builtin \
-        --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3]
+        --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3] \
+        [--relight] [--video] [--lid-identities 0]
 
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
 expressions, the same seeds), with each frame's region patches cut at its MediaPipe points (cached beside those
-chunks); a network trained on mouthClose leaves out frames whose mouthClose is above jawOpen
-(``expression_init.face_makes``: renders of the sampler before session 15). Model: ``RegionImageNet`` from the
+chunks); ``--video``: points and patches of the frames passed through H.264 first, at a CRF per identity, as a
+tracked video's are; ``--lid-identities``: the lid set's identities added (closing lids in dim, hard light:
+``expression_init.render_identity``); a network trained on mouthClose leaves out frames whose mouthClose is above
+jawOpen (``expression_init.face_makes``: renders of the sampler before session 15). Model: ``RegionImageNet`` from the
 rest-relative patch features (each frame's minus its identity's median, as the tracker takes the clip's) to the ICT
 weights of the region's ``TRAINED`` channels; squared error over each channel's variance (a rarely active channel
 weighs as much as a common one), AdamW, a one-pixel random shift of the patch as augmentation; ``--members`` networks
@@ -238,11 +241,16 @@ def main(argv=None) -> int:
     ap.add_argument("--members", type=int, default=3, help="networks averaged")
     ap.add_argument("--folds", type=int, default=3, help="folds over identities for the calibration and its report")
     ap.add_argument("--relight", action="store_true", help="augment with random shading gradients and contrast")
+    ap.add_argument("--video", action="store_true",
+                    help="cut the patches from the frames encoded as H.264 video and decoded (a CRF per identity)")
+    ap.add_argument("--lid-identities", type=int, default=0,
+                    help="identities of the lid set added (closing lids in dim, hard light: expression_init)")
     a = ap.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.set_num_threads(1)
     region = regions[a.region]
-    data = generate(a.cache, a.identities, a.frames, log, patches=True)
+    data = generate(a.cache, a.identities, a.frames, log, patches=True, video=a.video,
+                    lid_ids=a.lid_identities)
     net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, relight=a.relight, log=log)
     # half precision: the file halves, the readings move by less than 1e-3
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()},

@@ -9,7 +9,7 @@ expressions, the same seeds), with each frame's region patches cut at its MediaP
 chunks); ``--video``: points and patches of the frames passed through H.264 first, at a CRF per identity, as a
 tracked video's are; ``--lid-identities``: the lid set's identities added (closing lids in dim, hard light:
 ``expression_init.render_identity``); a network trained on mouthClose leaves out frames whose mouthClose is above
-jawOpen (``expression_init.face_makes``: renders of the sampler before session 15). Model: ``RegionImageNet`` from the
+jawOpen (``expression_init.face_makes``: renders of the first sampler). Model: ``RegionImageNet`` from the
 rest-relative patch features (each frame's minus its identity's median, as the tracker takes the clip's) to the ICT
 weights of the region's ``TRAINED`` channels; squared error over each channel's variance (a rarely active channel
 weighs as much as a common one), AdamW, a one-pixel random shift of the patch as augmentation; ``--members`` networks

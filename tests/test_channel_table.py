@@ -32,6 +32,8 @@ def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue():
     assert not {"mouthFrownLeft", "mouthStretchLeft", "jawOpen"} & set(table.zeroed())
     # the brow reader carries the inner brow raise, which no other reading tracked better than zeros (session 15)
     assert "brows_image" in table.channels["browInnerUp"]["shares"]
+    # the jaw reader trained on lips sealed over an open jaw carries mouthClose (session 15)
+    assert "jaw_image" in table.channels["mouthClose"]["shares"]
     assert ChannelTable.from_json(json.loads(json.dumps(table.to_json()))).channels == table.channels
 
 

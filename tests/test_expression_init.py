@@ -5,11 +5,12 @@ import pytest
 
 from backend.contracts import arkit
 from backend.tracking import expression_init as ei
-from backend.training.expression_init import train
+from backend.training.expression_init import (JAW_SAMPLER_FIRST, LIDS_FIRST, _expression, _first_expression,
+                                              _lid_expression, expression_sampler, face_makes, train)
 
 N_EX = len(arkit.ICT_NAMES)
 BLINK, BROW = arkit.ICT_NAMES.index("eyeBlink_L"), arkit.ICT_NAMES.index("browInnerUp_L")
-JAW = arkit.ICT_NAMES.index("jawOpen")
+JAW, CLOSE = arkit.ICT_NAMES.index("jawOpen"), arkit.ICT_NAMES.index("mouthClose")
 
 
 def _points(rng, identity, w, yaw):
@@ -109,3 +110,29 @@ def test_mouth_channels_blend_the_landmark_reading_into_the_output():
     assert out[:, jaw] == pytest.approx([0.4 + 0.5 * 0.6, 0.4, 0.4 + 0.5 * 0.6])
     assert (out[:, frown] == 0).all()                                 # not blended: the points do not carry it
     assert np.array_equal(np.delete(out, jaw, 1), np.delete(codes.arkit(p_ex), jaw, 1))
+
+
+def test_training_sampler_seals_the_lips_only_over_an_open_jaw():
+    """ICT's mouthClose closes the lips over an open jaw (above jawOpen the lips pass through each other): the
+    readers' training sampler never draws it above jawOpen, yet draws lips sealed over an open jaw and small openings
+    often (the tuning clips' misses; the sampler before session 15 drew mouthClose above jawOpen in 179 of 192 frames
+    with mouthClose > 0.3)."""
+    rng = np.random.default_rng(0)
+    w = np.stack([_expression(rng) for _ in range(2000)])
+    assert face_makes(w).all()
+    assert not face_makes(np.eye(N_EX, dtype=np.float32)[[CLOSE]]).any()
+    sealed = (w[:, CLOSE] > 0.3) & (w[:, CLOSE] >= 0.7 * w[:, JAW])
+    small = (w[:, JAW] >= 0.2) & (w[:, JAW] < 0.5)
+    assert sealed.mean() > 0.08 and small.mean() > 0.15, (sealed.mean(), small.mean())
+
+
+def test_identities_rendered_before_the_jaw_sampler_keep_their_first_sampler():
+    """The shipped readers were trained on identities 0-324 drawn by the first sampler; those identities must render as
+    they did (so every shipped file can be reproduced from the repo), the jaw sampler starting after them."""
+    assert expression_sampler(0) is _first_expression and expression_sampler(JAW_SAMPLER_FIRST - 1) is _first_expression
+    assert expression_sampler(JAW_SAMPLER_FIRST) is _expression
+    assert expression_sampler(LIDS_FIRST) is _lid_expression
+    rng = np.random.default_rng(0)   # the first sampler's draws, as session 14's code drew them
+    w = np.stack([_first_expression(rng) for _ in range(4)])
+    assert w.sum(1) == pytest.approx([2.0671780, 2.6807189, 3.3299730, 1.3225549], abs=1e-6)
+    assert [int(np.count_nonzero(x)) for x in w] == [3, 5, 5, 2]

@@ -269,6 +269,28 @@ def test_relit_training_batches_are_the_patches_rescaled_under_a_shading_gradien
                 assert coef[0] == pytest.approx(1.0, abs=1e-5) and np.abs(coef[1:]).max() < 1e-5
 
 
+def test_mouth_training_leaves_out_the_lips_through_each_other(monkeypatch):
+    """A network trained on mouthClose is not fitted to frames whose mouthClose is above jawOpen (renders of the
+    sampler before session 15: a shape no face makes); a network without mouthClose keeps every frame."""
+    from backend.training import region_image as training
+
+    fitted = []
+    monkeypatch.setattr(training, "fit_ensemble", lambda X, Y, *a, **k: fitted.append(Y) or
+                        ri.RegionImageNet(Y.shape[1], X.shape[2:], 1))
+    jaw, close = arkit.ICT_NAMES.index("jawOpen"), arkit.ICT_NAMES.index("mouthClose")
+    w = np.zeros((12, len(arkit.ICT_NAMES)), np.float32)
+    w[:4, jaw], w[:4, close] = 0.6, 0.5          # lips sealed over an open jaw
+    w[4:7, close] = 0.5                           # lips through each other
+    w[7, jaw], w[7, close] = 0.2, 0.3
+    rng = np.random.default_rng(0)
+    data = {"mouth_patches": rng.uniform(size=(12,) + ri.MOUTH.patch_shape).astype(np.float32), "weights": w,
+            "identity": np.repeat([0, 1], 6)}
+    for channels, kept in ((("jawOpen", "mouthClose"), [0, 1, 2, 3, 8, 9, 10, 11]), (("mouthPress_L",), range(12))):
+        training.train(data, ri.MOUTH, channels=channels, shipped=channels, members=1, log=lambda m: None)
+        cols = [arkit.ICT_NAMES.index(c) for c in channels]
+        assert np.array_equal(fitted.pop(), w[list(kept)][:, cols])
+
+
 def test_trained_eye_network_reads_a_squint_and_a_brow_raise(tmp_path):
     reg, rng = _train_and_reload(tmp_path, ri.EYES, lambda rng, colour, w: _eyes(rng, colour, w[:, 0], w[:, 1]),
                                  ("eyeSquint_L", "browInnerUp_L"), ("eyeSquint_L", "browInnerUp_L"), members=1)

@@ -6,13 +6,17 @@
 Data: per identity (seed stream ``TRAIN_SEED_BASE`` + i, disjoint from the training generator's, the validation
 seed and every evaluation range) a random look (``expression_clips.sample_look``: MakeHuman skin detail, tone, light,
 background) and ``--frames`` independent frames, each with an expression from the training sampler
-(``data.sample_expression``) or, half the time, 1-4 uniformly drawn channels (so every channel is seen alone as well
-as in the sampler's combinations), and a random pose (yaw +-40, pitch +-12, roll +-8 deg, 0.38-0.7 m). Frames are
-rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face mesh (static mode) detects the
-points. ``video`` data (the image readers', ``training.region_image --video``): each identity's frames are first
-encoded as one H.264 clip and decoded again, at a CRF drawn per identity from ``VIDEO_CRF``, as the tracker only ever
-sees a video's frames (the compression halves the lid reader's reading of a closed eye when it is trained on raw
-frames: backend/evaluation/README.md, session 15). Chunks of identities are cached as npz, so generation resumes.
+(``data.sample_expression``, 40 %), 1-4 uniformly drawn channels (35 %: every channel is seen alone as well as in the
+sampler's combinations) or the jaw open U(0.15, 1) (25 %, with or without such channels; the lips sealed over it half
+the time: mouthClose 0.7-1 x jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40,
+pitch +-12, roll +-8 deg, 0.38-0.7 m). Identities below ``JAW_SAMPLER_FIRST`` keep the sampler they were rendered with
+and the shipped readers were trained on (half ``data.sample_expression``, half 1-4 channels), so every shipped file can
+be reproduced. Frames are rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face mesh
+(static mode) detects the points. ``video`` data (the image readers', ``training.region_image --video``): each
+identity's frames are first encoded as one H.264 clip and decoded again, at a CRF drawn per identity from
+``VIDEO_CRF``, as the tracker only ever sees a video's frames (the compression halves the lid reader's reading of a
+closed eye when it is trained on raw frames: backend/evaluation/README.md, session 15). Chunks of identities are
+cached as npz, so generation resumes.
 
 Model: ridge regression from the rest-relative features to the 53 ICT weights, the ridge strength per channel chosen
 by cross-validation over identities (see ``train``).
@@ -41,11 +45,41 @@ LIDS_BLINKING = 0.35
 # the H.264 CRFs of ``video`` training data, drawn per identity: from nearly lossless to a web video's (the benchmark's
 # clips are encoded at 18)
 VIDEO_CRF = (14, 30)
+# identities from here up to ``LIDS_FIRST`` draw the jaw sampler of session 15 (``_expression``); those below, and the
+# lid set, keep the first sampler (``_first_expression``) they were rendered with, so the readers shipped from their
+# renders can be reproduced
+JAW_SAMPLER_FIRST = 325
+
+
+_JAW_OPEN, _MOUTH_CLOSE = (arkit.ICT_NAMES.index(n) for n in ("jawOpen", "mouthClose"))
+
+
+def _first_expression(rng) -> np.ndarray:
+    """(53,) ICT weights of the first sampler: ``data.sample_expression`` or, half the time, 1-4 channels."""
+    if rng.uniform() < 0.5:
+        return ictdata.sample_expression(rng, allow_heldout=True)
+    return _few_channels(rng)
 
 
 def _expression(rng) -> np.ndarray:
-    if rng.uniform() < 0.5:
-        return ictdata.sample_expression(rng, allow_heldout=True)
+    """(53,) ICT weights of the jaw sampler (the module's docstring); mouthClose never above jawOpen."""
+    r = rng.uniform()
+    if r < 0.4:
+        w = ictdata.sample_expression(rng, allow_heldout=True)
+    elif r < 0.75:
+        w = _few_channels(rng)
+    else:   # the jaw open, small openings as often as wide ones, the lips sealed over it half the time
+        w = _few_channels(rng) if rng.uniform() < 0.5 else np.zeros(len(arkit.ICT_NAMES), np.float32)
+        w[_JAW_OPEN] = rng.uniform(0.15, 1.0)
+        w[_MOUTH_CLOSE] = w[_JAW_OPEN] * rng.uniform(0.7, 1.0) if rng.uniform() < 0.5 else 0.0
+    # ICT's mouthClose closes the lips over an open jaw (ARKit's meaning: used with jawOpen >= mouthClose); above
+    # jawOpen it pushes the lips through each other, a shape no face makes
+    w[_JAW_OPEN] = max(w[_JAW_OPEN], w[_MOUTH_CLOSE])
+    return w
+
+
+def _few_channels(rng) -> np.ndarray:
+    """(53,) ICT weights: 1-4 uniformly drawn channels, L/R ones with the other side most of the time."""
     w = np.zeros(len(arkit.ICT_NAMES), np.float32)
     free = np.array([i for i, n in enumerate(arkit.ICT_NAMES) if n not in ictdata.STATIC_CHANNELS])
     for j in rng.choice(free, size=int(rng.integers(1, 5)), replace=False):
@@ -57,9 +91,9 @@ def _expression(rng) -> np.ndarray:
 
 
 def _lid_expression(rng) -> np.ndarray:
-    """``_expression``, and in ``LIDS_BLINKING`` of the frames the lids closing: a blink of U(0.3, 1) on one eye,
+    """``_first_expression``, and in ``LIDS_BLINKING`` of the frames the lids closing: a blink of U(0.3, 1) on one eye,
     the other's 0.7-1 x as much (0 in a fifth: a wink)."""
-    w = _expression(rng)
+    w = _first_expression(rng)
     if rng.uniform() < LIDS_BLINKING:
         eyes = [arkit.ICT_NAMES.index(n) for n in ("eyeBlink_L", "eyeBlink_R")]
         rng.shuffle(eyes)
@@ -85,6 +119,20 @@ def _hard_look(rng):
     return dataclasses.replace(look, light_dir=light, ambient=float(rng.uniform(0.15, 0.3)))
 
 
+def face_makes(weights: np.ndarray) -> np.ndarray:
+    """(N, 53) ICT weights -> (N,) bool: the shape is one a face makes (mouthClose at most jawOpen, as the sampler
+    draws; renders of an older sampler break it)."""
+    return weights[:, _MOUTH_CLOSE] <= weights[:, _JAW_OPEN] + 1e-6
+
+
+def expression_sampler(i: int):
+    """Identity ``i``'s expression sampler (rng -> (53,) ICT weights): the lid set's from ``LIDS_FIRST`` on, the jaw
+    sampler from ``JAW_SAMPLER_FIRST``, below it the first sampler the shipped readers were trained on."""
+    if i >= LIDS_FIRST:
+        return _lid_expression
+    return _expression if i >= JAW_SAMPLER_FIRST else _first_expression
+
+
 def render_identity(ict, i: int, frames_per_id: int) -> tuple[list, np.ndarray]:
     """Identity ``i``'s frames ((H, W, 3) uint8 RGB, ``frames_per_id`` of them) and their ICT weights (F, 53): its
     seed stream ``TRAIN_SEED_BASE`` + i, so a re-render gives the same frames. From ``LIDS_FIRST`` on, the lid set:
@@ -99,7 +147,8 @@ def render_identity(ict, i: int, frames_per_id: int) -> tuple[list, np.ndarray]:
     app = ictdata.sample_appearance(rng)
     app[12] = 0.0
     look = _hard_look(rng) if lids else ec.sample_look(rng)
-    w_ex = np.stack([(_lid_expression if lids else _expression)(rng) for _ in range(frames_per_id)])
+    sampler = expression_sampler(i)
+    w_ex = np.stack([sampler(rng) for _ in range(frames_per_id)])
     yaw, pitch, roll = (rng.uniform(-a, a, frames_per_id) for a in (40.0, 12.0, 8.0))
     R = synthetic.FACING_CAMERA[None] @ synthetic._rot("y", yaw) @ synthetic._rot("x", pitch) @ synthetic._rot(
         "z", roll)

@@ -8,13 +8,14 @@ Data: the landmark regressor's renders (``training.expression_init.generate``: t
 expressions, the same seeds), with each frame's region patches cut at its MediaPipe points (cached beside those
 chunks); ``--video``: points and patches of the frames passed through H.264 first, at a CRF per identity, as a
 tracked video's are; ``--lid-identities``: the lid set's identities added (closing lids in dim, hard light:
-``expression_init.render_identity``). Model: ``RegionImageNet`` from the rest-relative patch features (each frame's
-minus its identity's median, as the tracker takes the clip's) to the ICT weights of the region's ``TRAINED`` channels;
-squared error over each channel's variance (a rarely active channel weighs as much as a common one), AdamW, a
-one-pixel random shift of the patch as augmentation; ``--members`` networks from different seeds, averaged (one
-network's reading varies a lot from seed to seed). ``--folds`` first reports the cross-validated correlation and error
-per channel over identities (one network per fold), beside all-zeros; the shipped network is fitted on all identities
-and reads only the region's ``SHIPPED`` channels.
+``expression_init.render_identity``); a network trained on mouthClose leaves out frames whose mouthClose is above
+jawOpen (``expression_init.face_makes``: renders of the first sampler). Model: ``RegionImageNet`` from the
+rest-relative patch features (each frame's minus its identity's median, as the tracker takes the clip's) to the ICT
+weights of the region's ``TRAINED`` channels; squared error over each channel's variance (a rarely active channel
+weighs as much as a common one), AdamW, a one-pixel random shift of the patch as augmentation; ``--members`` networks
+from different seeds, averaged (one network's reading varies a lot from seed to seed). ``--folds`` first reports the
+cross-validated correlation and error per channel over identities (one network per fold), beside all-zeros; the
+shipped network is fitted on all identities and reads only the region's ``SHIPPED`` channels.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .expression_init import generate
+from .expression_init import face_makes, generate
 
 # The channels each region's network is trained on: the mouth's and the eyes' those the landmark regressor reads
 # poorly or not at all; the jaw's every channel of the lower face and the jaw (its patch shows the chin's outline)
@@ -203,6 +204,10 @@ def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, mem
 
     channels = TRAINED[region.name] if channels is None else channels
     shipped = SHIPPED[region.name] if shipped is None else shipped
+    if "mouthClose" in channels:   # not taught the lips through each other (renders of an older sampler)
+        keep = face_makes(data["weights"])
+        log(f"{region.name}: {int((~keep).sum())} frames with mouthClose above jawOpen left out")
+        data = {k: v[keep] for k, v in data.items()}
     X, W, ident, rest = rest_relative(data, region)
     cols = [arkit.ICT_NAMES.index(c) for c in channels]
     Y = W[:, cols].astype(np.float32)

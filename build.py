@@ -180,7 +180,8 @@ def stage_extension(stage: Path = STAGE) -> Path:
     shutil.copy2(ROOT / "LICENSE", stage / "backend" / "LICENSE")
     builtin = BACKEND_DIR / "models" / "builtin"
     if builtin.is_dir():
-        _copy_tree(builtin, stage / "backend" / "models" / "builtin", ["__pycache__", "*.pyc", ".*"])
+        # the model card's training figures (*.png) stay in the repository: nothing at run time reads them
+        _copy_tree(builtin, stage / "backend" / "models" / "builtin", ["__pycache__", "*.pyc", ".*", "*.png"])
         init = BACKEND_DIR / "models" / "__init__.py"
         if init.is_file():
             shutil.copy2(init, stage / "backend" / "models" / "__init__.py")

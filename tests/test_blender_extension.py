@@ -66,6 +66,7 @@ def test_extension_builds_installs_and_registers(tmp_path):
         assert "MIT License" in z.read("backend/LICENSE").decode()
         assert 'license = ["SPDX:GPL-3.0-or-later", "SPDX:MIT"]' in z.read("blender_manifest.toml").decode()
     assert zip_path.stat().st_size < 8e6  # the built-in model included
+    assert "backend/models/builtin/model.pt" in names and not [n for n in names if n.endswith(".png")]
     assert not [n for n in names if "__pycache__" in n or n.startswith("tests/") or "/tests/" in n]
     assert not [n for n in names if n.startswith("backend/models/") and not n.startswith("backend/models/builtin/")
                 and n != "backend/models/__init__.py"]

@@ -7,7 +7,8 @@ Per model and clip, on every 5th of 30 frames (tracker --preset draft, the true 
 - face Chamfer-L1 (mm): the geometry benchmark's protocol (``backend/evaluation``: visible face points, camera-scale
   pre-alignment, similarity ICP), the points hidden by the hair left out like those hidden by the head (the
   reference crop keeps no hair: a model with hair rightly puts hair over that skin; 2 % of the face points on the
-  long-hair clip, 0.05 mm of its face figure); ``face_incl_hidden`` keeps them (session 14's figure);
+  long-hair clip, 0.05-0.13 mm of a hair model's face figure there, 0.02 mm of the bald model's);
+  ``face_incl_hidden`` keeps them (session 14's figure);
 - hair Chamfer-L1 (mm): from ground-truth points on the visible hair (every hair pixel's surface point, at most
   4000) to the tracked mesh: ``hair_placed`` with the face protocol's camera-scale only (the tracker's own pose),
   ``hair_icp`` after a similarity ICP on the hair points themselves (shape alone);

@@ -8,8 +8,8 @@ colour is not the face's skin (hair, beard): it pulls the surface out like the f
 (a bald scalp, ears, the neck) stay IGNORE, so the silhouette never asks the hair to cover skin (on a bald head the
 hair parameters absorbed the neck band instead: a beard of 0.5); the body below the neck line stays IGNORE. So do
 pixels not coloured like the hair next to the face (``hair_coloured``): the selfie segmentation takes in patches of
-a cluttered background beside the hair (a fifth of the pixels near a synthetic head of long hair), which would pull
-the head out over the background.
+a cluttered background beside the hair (8-27 % of the pixels the rays sample near a synthetic head of long hair),
+which would pull the head out over the background.
 
 Labels (uint8):
     BACKGROUND = 0   surely not the person: rendered opacity should be 0

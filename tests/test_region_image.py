@@ -231,9 +231,10 @@ def test_trained_lid_network_reads_each_eye_on_its_own_side(tmp_path):
 
 
 def test_each_view_of_the_same_identities_is_read_against_its_own_rest(tmp_path, monkeypatch):
-    """``--predicted-identities``: the frames of the second view (here: the first view under a shading ramp, as an
-    encoding changes a patch the same way in each frame) join the training data with a rest of their own, so their
-    rest-relative features are the first view's; the CLI adds that view of the first N identities."""
+    """``--video-identities``, ``--predicted-identities``: the frames of another view (here: the first view under a
+    shading ramp, as an encoding changes a patch the same way in each frame) join the training data with a rest of
+    their own, so their rest-relative features are the first view's; the CLI adds each view of the first N
+    identities."""
     from backend.training import region_image as tri
 
     rng = np.random.default_rng(0)
@@ -256,7 +257,7 @@ def test_each_view_of_the_same_identities_is_read_against_its_own_rest(tmp_path,
     assert np.abs(merged[:24] - merged[24:48]).mean() > 0.02, np.abs(merged[:24] - merged[24:48]).mean()
     asked = []
     monkeypatch.setattr(tri, "generate", lambda cache, n, frames, log, patches, **kw: asked.append((n, kw)) or
-                        (other if kw.get("predicted") else one))
+                        (one if kw.get("lid_ids") == 0 else other))
     trained = []
 
     class Trained(Exception):
@@ -272,6 +273,11 @@ def test_each_view_of_the_same_identities_is_read_against_its_own_rest(tmp_path,
                   "--predicted-identities", "1"])
     assert asked == [(2, {"video": False, "lid_ids": 0}), (1, {"predicted": True})]
     assert trained[0]["view"].tolist() == [0] * 24 + [1] * 24
+    with pytest.raises(Trained):
+        tri.main(["--region", "lids", "--out", str(tmp_path), "--cache", str(tmp_path), "--identities", "2",
+                  "--video-identities", "2", "--predicted-identities", "1"])
+    assert asked[2:] == [(2, {"video": False, "lid_ids": 0}), (2, {"video": True}), (1, {"predicted": True})]
+    assert trained[1]["view"].tolist() == [0] * 24 + [1] * 24 + [2] * 24
 
 
 def test_relit_training_batches_are_the_patches_rescaled_under_a_shading_gradient(monkeypatch):

@@ -2,21 +2,22 @@
 
     python -m backend.training.region_image --region mouth|jaw|eyes|lids|brows --out backend/models/builtin \
         --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3] \
-        [--relight] [--video] [--lid-identities 0] [--predicted-identities 0]
+        [--relight] [--video] [--lid-identities 0] [--video-identities 0] [--predicted-identities 0]
 
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
 expressions, the same seeds), with each frame's region patches cut at its MediaPipe points (cached beside those
 chunks); ``--video``: points and patches of the frames passed through H.264 first, at a CRF per identity, as a
 tracked video's are; ``--lid-identities``: the lid set's identities added (closing lids in dim, hard light:
-``expression_init.render_identity``); ``--predicted-identities N``: the first N identities' frames added a second
-time, each encoded as a video's predicted frame after a reference frame of the same head
-(``expression_init.reference_frames``), as nearly all of a tracked clip's frames are (each view with its own rest);
-a network trained on mouthClose leaves out frames whose mouthClose is above jawOpen (``expression_init.face_makes``:
-renders of the first sampler). Model: ``RegionImageNet`` from the rest-relative patch features (each frame's minus
-its identity's median, as the tracker takes the clip's) to the ICT weights of the region's ``TRAINED`` channels;
-squared error over each channel's variance (a rarely active channel weighs as much as a common one), AdamW, a
-one-pixel random shift of the patch as augmentation; ``--members`` networks from different seeds, averaged (one
-network's reading varies a lot from seed to seed). ``--folds`` first reports the cross-validated correlation and
+``expression_init.render_identity``); ``--video-identities N``: the first N identities' frames added again as
+``--video`` cuts them; ``--predicted-identities N``: added again, each frame encoded as a video's predicted frame
+after a reference frame of the same head (``expression_init.reference_frames``), as nearly all of a tracked clip's
+frames are (each view of an identity with its own rest); a network trained on mouthClose leaves out frames whose
+mouthClose is above jawOpen (``expression_init.face_makes``: renders of the first sampler). Model:
+``RegionImageNet`` from the rest-relative patch features (each frame's minus its identity's median, as the tracker
+takes the clip's) to the ICT weights of the region's ``TRAINED`` channels; squared error over each channel's variance
+(a rarely active channel weighs as much as a common one), AdamW, a one-pixel random shift of the patch as
+augmentation; ``--members`` networks from different seeds, averaged (one network's reading varies a lot from seed to
+seed). ``--folds`` first reports the cross-validated correlation and
 error per channel over identities (one network per fold), beside all-zeros; the shipped network is fitted on all
 identities and reads only the region's ``SHIPPED`` channels.
 """
@@ -260,6 +261,8 @@ def main(argv=None) -> int:
                     help="cut the patches from the frames encoded as H.264 video and decoded (a CRF per identity)")
     ap.add_argument("--lid-identities", type=int, default=0,
                     help="identities of the lid set added (closing lids in dim, hard light: expression_init)")
+    ap.add_argument("--video-identities", type=int, default=0,
+                    help="the first N identities added again, their frames encoded as one H.264 clip (as --video)")
     ap.add_argument("--predicted-identities", type=int, default=0,
                     help="the first N identities added again, each frame encoded as a video's predicted frame")
     a = ap.parse_args(argv)
@@ -268,9 +271,10 @@ def main(argv=None) -> int:
     region = regions[a.region]
     data = generate(a.cache, a.identities, a.frames, log, patches=True, video=a.video,
                     lid_ids=a.lid_identities)
-    if a.predicted_identities:
-        data = with_views(data, generate(a.cache, a.predicted_identities, a.frames, log, patches=True,
-                                         predicted=True))
+    views = [generate(a.cache, n, a.frames, log, patches=True, **kind)
+             for n, kind in ((a.video_identities, {"video": True}), (a.predicted_identities, {"predicted": True})) if n]
+    if views:
+        data = with_views(data, *views)
     net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, relight=a.relight, log=log)
     # half precision: the file halves, the readings move by less than 1e-3
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()},

@@ -238,9 +238,10 @@ def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool 
     pts, ws, ids, cut = [], [], [], []
     for i in range(first, first + n_ids):
         frames, w_ex = render_identity(ict, i, frames_per_id)
-        if video or predicted:
-            references = reference_frames(ict, i, frames_per_id) if predicted else None
-            frames = through_video(frames, video_crf(i), references)
+        if predicted:
+            frames = through_video(frames, video_crf(i), reference_frames(ict, i, frames_per_id))
+        elif video:
+            frames = through_video(frames, video_crf(i))
         lm = baselines.MediaPipeBaseline(static_image_mode=True).detect(frames)  # (u, v, depth) pixels
         pts.append(lm.astype(np.float32))
         if patches:

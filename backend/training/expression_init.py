@@ -45,13 +45,19 @@ LIDS_BLINKING = 0.35
 # the H.264 CRFs of ``video`` training data, drawn per identity: from nearly lossless to a web video's (the benchmark's
 # clips are encoded at 18)
 VIDEO_CRF = (14, 30)
-# identities from here up to ``LIDS_FIRST`` draw the jaw sampler of session 15 (``_expression``); those below, and the
-# lid set, keep the first sampler (``_first_expression``) they were rendered with, so the readers shipped from their
-# renders can be reproduced
+# identities from here draw the jaw sampler of session 15 (``_expression``); those below, and the lid set, keep the
+# first sampler (``_first_expression``) they were rendered with, so the readers shipped from their renders can be
+# reproduced
 JAW_SAMPLER_FIRST = 325
+# identities from here up to ``LIDS_FIRST`` draw the lips sampler of session 16 (``_lips_expression``)
+LIPS_SAMPLER_FIRST = 625
 
 
 _JAW_OPEN, _MOUTH_CLOSE = (arkit.ICT_NAMES.index(n) for n in ("jawOpen", "mouthClose"))
+# the channels that move the lips (and the jaw aside or forward) but do not open it: part the lips, purse, stretch or
+# roll them, as speech does, which the jaw reader read as an opening (backend/evaluation/README.md, session 16)
+_LIPS = np.array([i for i, n in enumerate(arkit.ICT_NAMES)
+                  if n.startswith(("mouth", "cheekPuff", "jawLeft", "jawRight", "jawForward")) and n != "mouthClose"])
 
 
 def _first_expression(rng) -> np.ndarray:
@@ -78,11 +84,23 @@ def _expression(rng) -> np.ndarray:
     return w
 
 
-def _few_channels(rng) -> np.ndarray:
-    """(53,) ICT weights: 1-4 uniformly drawn channels, L/R ones with the other side most of the time."""
+def _lips_expression(rng) -> np.ndarray:
+    """(53,) ICT weights of the lips sampler: the jaw sampler's (``_expression``) half the time, else 2-6 of the
+    lips' channels at once (``_LIPS``), as speech moves them, over the jaw closed (half of those frames) or open
+    U(0.1, 0.6)."""
+    if rng.uniform() < 0.5:
+        return _expression(rng)
+    w = _few_channels(rng, _LIPS, (2, 7))
+    w[_JAW_OPEN] = 0.0 if rng.uniform() < 0.5 else rng.uniform(0.1, 0.6)
+    return w
+
+
+def _few_channels(rng, channels=None, count=(1, 5)) -> np.ndarray:
+    """(53,) ICT weights: ``count`` (low, high exclusive) channels drawn uniformly from ``channels`` (default every
+    channel but the static ones), L/R ones with the other side most of the time."""
     w = np.zeros(len(arkit.ICT_NAMES), np.float32)
     free = np.array([i for i, n in enumerate(arkit.ICT_NAMES) if n not in ictdata.STATIC_CHANNELS])
-    for j in rng.choice(free, size=int(rng.integers(1, 5)), replace=False):
+    for j in rng.choice(free if channels is None else channels, size=int(rng.integers(*count)), replace=False):
         w[j] = rng.uniform(0.1, 1.0)
         name = arkit.ICT_NAMES[j]
         if name[-2:] in ("_L", "_R") and rng.uniform() < 0.6:  # the other side too, most of the time
@@ -126,10 +144,13 @@ def face_makes(weights: np.ndarray) -> np.ndarray:
 
 
 def expression_sampler(i: int):
-    """Identity ``i``'s expression sampler (rng -> (53,) ICT weights): the lid set's from ``LIDS_FIRST`` on, the jaw
-    sampler from ``JAW_SAMPLER_FIRST``, below it the first sampler the shipped readers were trained on."""
+    """Identity ``i``'s expression sampler (rng -> (53,) ICT weights): the lid set's from ``LIDS_FIRST`` on, the lips
+    sampler from ``LIPS_SAMPLER_FIRST``, the jaw sampler from ``JAW_SAMPLER_FIRST``, below it the first sampler the
+    shipped readers were trained on."""
     if i >= LIDS_FIRST:
         return _lid_expression
+    if i >= LIPS_SAMPLER_FIRST:
+        return _lips_expression
     return _expression if i >= JAW_SAMPLER_FIRST else _first_expression
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from backend import BUILTIN_MODEL_DIR
 from backend.contracts import arkit
-from backend.tracking.channel_table import FILE_NAME, ChannelTable
+from backend.tracking.channel_table import FILE_NAME, ChannelTable, table_file, table_path
 from backend.training import arkit_channels as ac
 
 BLINK = arkit.ARKIT_INDEX["eyeBlinkLeft"]
@@ -20,9 +20,12 @@ def _table(**rows) -> ChannelTable:
     return ChannelTable(channels)
 
 
-def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue():
-    table = ChannelTable.load(BUILTIN_MODEL_DIR)
-    assert (BUILTIN_MODEL_DIR / FILE_NAME).is_file() and len(table.channels) == 52
+@pytest.mark.parametrize("preset", ["draft", "standard"])
+def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue(preset):
+    # each preset's own table, calibrated on the tuning clips tracked with that preset
+    assert table_path(BUILTIN_MODEL_DIR, preset) == BUILTIN_MODEL_DIR / table_file(preset)
+    table = ChannelTable.load(BUILTIN_MODEL_DIR, preset)
+    assert len(table.channels) == 52 and len(table.notes["clips"]) == 29
     assert set(arkit.UNDRIVEN_ARKIT) <= set(table.zeroed())
     from backend.tracking.region_image import REGIONS
 
@@ -35,6 +38,36 @@ def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue():
     # the jaw reader trained on lips sealed over an open jaw carries mouthClose (session 15)
     assert "jaw_image" in table.channels["mouthClose"]["shares"]
     assert ChannelTable.from_json(json.loads(json.dumps(table.to_json()))).channels == table.channels
+
+
+def test_each_preset_uses_its_own_table_and_one_without_uses_drafts(tmp_path):
+    draft = _table(jawOpen={"shares": {"model": 1.0}})
+    standard = _table(jawOpen={"shares": {"landmarks": 1.0}, "dead_zone": 0.1})
+    draft.save(tmp_path / FILE_NAME)
+    # a folder with only the one table (as before per-preset tables): every preset uses it
+    for preset in ("draft", "standard", "high"):
+        assert ChannelTable.load(tmp_path, preset).channels == draft.channels
+    standard.save(tmp_path / table_file("standard"))
+    assert table_file("draft") == FILE_NAME and table_file("standard") == "arkit_channels_standard.json"
+    assert ChannelTable.load(tmp_path, "standard").channels == standard.channels
+    assert ChannelTable.load(tmp_path).channels == ChannelTable.load(tmp_path, "draft").channels == draft.channels
+    assert table_path(tmp_path, "high") == tmp_path / FILE_NAME            # no table of its own: draft's
+    (tmp_path / FILE_NAME).unlink()
+    assert table_path(tmp_path, "high") is None and table_path(tmp_path, "standard").name == table_file("standard")
+    x = np.random.default_rng(0).random((2, 52)).astype(np.float32)
+    assert np.array_equal(ChannelTable.load(tmp_path, "high")({"model": x}), x)   # neither: the model's reading
+
+
+def test_the_model_card_names_each_presets_table_and_what_it_zeroes(tmp_path):
+    from backend.training.model_card import arkit_output_line
+
+    assert arkit_output_line(tmp_path) is None
+    _table(jawOpen={"shares": {"model": 1.0}}, mouthClose={"shares": {"model": 1.0}}).save(tmp_path / FILE_NAME)
+    assert "arkit_channels_standard" not in arkit_output_line(tmp_path)
+    _table(jawOpen={"shares": {"model": 1.0}}).save(tmp_path / table_file("standard"))
+    line = arkit_output_line(tmp_path)
+    assert "`arkit_channels.json` for draft, `arkit_channels_standard.json` for standard" in line
+    assert "50 of 52 channels are always 0" in line and "in the standard preset's table 51:" in line
 
 
 def test_a_folder_without_a_table_ships_the_model_reading(tmp_path):

@@ -128,18 +128,22 @@ def test_several_faces_warn_and_follow_the_choice(tmp_path):
     assert abs(seen["(450.0, 120.0)"] - seen["rightmost"]) < 1.0
 
 
-def test_a_broken_arkit_channel_table_is_reported_before_the_landmark_pass(clip, tmp_path):
+@pytest.mark.parametrize("preset", ["draft", "standard"])
+def test_a_broken_arkit_channel_table_is_reported_before_the_landmark_pass(clip, tmp_path, preset):
     import shutil
 
     from backend import BUILTIN_MODEL_DIR
+    from backend.tracking.channel_table import table_file
 
     model = tmp_path / "model"
     shutil.copytree(BUILTIN_MODEL_DIR, model)
-    (model / "arkit_channels.json").write_text('{"format": "mononphm-arkit-channels", "channels": {}}')
-    code, events = _run(["track", str(clip), "--out", str(tmp_path / "out"), "--threads", "1", "--model", str(model)])
+    # the run reads the table of its preset (standard's own file: the draft table is not read)
+    (model / table_file(preset)).write_text('{"format": "mononphm-arkit-channels", "channels": {}}')
+    code, events = _run(["track", str(clip), "--out", str(tmp_path / "out"), "--threads", "1", "--model", str(model),
+                         "--preset", preset])
     errors = [e for e in events if e["type"] == "error"]
     assert code == 2 and len(errors) == 1, events
-    assert "arkit_channels.json cannot be used" in errors[0]["message"] and "calibrate" in errors[0]["hint"]
+    assert f"{table_file(preset)} cannot be used" in errors[0]["message"] and "calibrate" in errors[0]["hint"]
     assert not any(e.get("stage") == "landmarks" for e in events)
     assert not (tmp_path / "out").exists()
 

@@ -9,9 +9,13 @@ channels, ``region_image``; frames with a face). Per channel the table gives ``s
 shares renormalised; the model's value where none has) becomes ``clip(gain * (x - dead_zone) / (1 - dead_zone), 0,
 1)``. Readings under the dead zone are the reader's noise on a face at rest.
 
-The built-in table (``backend/models/builtin/arkit_channels.json``) is written by ``backend.training.arkit_channels``
-from the readings of the tuning clips, choosing per channel by cross-validation over clips; a channel whose reading
-does not beat all-zeros out of fold ships 0. A model folder without a table ships the model's reading unchanged.
+A model folder holds one table per preset, because the presets fit differently and so read differently (the
+standard preset's colour term moves the codes the ``model`` reading comes from): ``arkit_channels.json`` is the draft
+preset's, ``arkit_channels_<preset>.json`` another preset's own (``table_file``). A preset without its own table
+uses draft's (so a folder with only ``arkit_channels.json`` uses it for every preset); a model folder without any
+table ships the model's reading unchanged. The built-in tables (``backend/models/builtin/``) are written by
+``backend.training.arkit_channels`` from the readings of the tuning clips tracked with their preset, choosing per
+channel by cross-validation over clips; a channel whose reading does not beat all-zeros out of fold ships 0.
 """
 from __future__ import annotations
 
@@ -24,9 +28,23 @@ import numpy as np
 
 from ..contracts import arkit
 
-FILE_NAME = "arkit_channels.json"
+FILE_NAME = "arkit_channels.json"   # the draft preset's table, and that of every preset without its own
+BASE_PRESET = "draft"               # the preset ``FILE_NAME`` is calibrated on
 FORMAT = "mononphm-arkit-channels"
 MODEL_SOURCE = "model"   # the reading every tracked frame has: the fallback where a channel's sources have none
+
+
+def table_file(preset: str) -> str:
+    """The file name of ``preset``'s own table in a model folder (``FILE_NAME`` for draft)."""
+    return FILE_NAME if preset == BASE_PRESET else f"{Path(FILE_NAME).stem}_{preset}.json"
+
+
+def table_path(model_dir: Path, preset: str = BASE_PRESET) -> Optional[Path]:
+    """The table ``preset`` uses in ``model_dir``: its own, else draft's; None when the folder has neither."""
+    for name in (table_file(preset), FILE_NAME):
+        if (Path(model_dir) / name).is_file():
+            return Path(model_dir) / name
+    return None
 
 
 def blend(readings: Mapping[str, np.ndarray], shares: Mapping[str, float]) -> np.ndarray:
@@ -88,10 +106,11 @@ class ChannelTable:
         return cls(data["channels"], data.get("notes"))
 
     @classmethod
-    def load(cls, model_dir: Path) -> "ChannelTable":
-        """The table shipped in ``model_dir`` (``model_only`` when it has none)."""
-        path = Path(model_dir) / FILE_NAME
-        if not path.is_file():
+    def load(cls, model_dir: Path, preset: str = BASE_PRESET) -> "ChannelTable":
+        """The table ``preset`` uses in ``model_dir`` (``table_path``: its own, else draft's; ``model_only`` when the
+        folder has none)."""
+        path = table_path(model_dir, preset)
+        if path is None:
             return cls.model_only()
         return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
 
@@ -124,4 +143,4 @@ class ChannelTable:
         return out
 
 
-__all__ = ["ChannelTable", "FILE_NAME", "MODEL_SOURCE", "blend", "respond"]
+__all__ = ["BASE_PRESET", "ChannelTable", "FILE_NAME", "MODEL_SOURCE", "blend", "respond", "table_file", "table_path"]

@@ -106,7 +106,7 @@ def _unusable_model(path: Path, reason: str, user_given: bool, hint: str = "") -
     if user_given:
         return BadInputError(f"the head model {path} cannot be used: {reason}",
                              hint or "Re-export that model folder (python -m backend.training.export), remove the "
-                                     "file if it is optional (arkit_channels.json, expression_init.npz, *_image.pt), "
+                                     "file if it is optional (arkit_channels*.json, expression_init.npz, *_image.pt), "
                                      "or pass another --model.")
     return TrackingModelError(f"the built-in head model {path} cannot be used: {reason}",
                               "Reinstall the backend (python3 build.py setup) or pass --model DIR.")
@@ -140,16 +140,18 @@ class ModelReaders:
     image_regressors: Dict[str, "RegionImageRegressor"]  # region name -> reader (*_image.pt); only shipped ones
 
 
-def load_model_readers(model_dir: Path, user_given: bool) -> ModelReaders:
-    """The readers shipped in ``model_dir``; an unusable file is reported as ``_unusable_model`` says."""
-    from .channel_table import FILE_NAME as CHANNEL_TABLE_FILE, ChannelTable
+def load_model_readers(model_dir: Path, user_given: bool, preset: str) -> ModelReaders:
+    """The readers shipped in ``model_dir``, with the ARKit output table of ``preset`` (its own, else draft's:
+    ``channel_table.table_path``); an unusable file is reported as ``_unusable_model`` says."""
+    from .channel_table import FILE_NAME as CHANNEL_TABLE_FILE, ChannelTable, table_path
     from .expression_init import FILE_NAME as LANDMARK_REGRESSOR_FILE, LandmarkExpressionRegressor
     from .region_image import load_regressors
 
-    with _model_file(model_dir / CHANNEL_TABLE_FILE, user_given,
-                     "Remove that file (every channel then ships the model's reading) or write it again with "
+    with _model_file(table_path(model_dir, preset) or model_dir / CHANNEL_TABLE_FILE, user_given,
+                     "Remove that file (a preset without its own table uses draft's arkit_channels.json; without "
+                     "that, every channel ships the model's reading) or write it again with "
                      "`python -m backend.training.arkit_channels calibrate`."):
-        channel_table = ChannelTable.load(model_dir)
+        channel_table = ChannelTable.load(model_dir, preset)
     with _model_file(model_dir / LANDMARK_REGRESSOR_FILE, user_given):
         landmark_regressor = LandmarkExpressionRegressor.load(model_dir)
     with _model_file(model_dir, user_given):   # the reader's error names its file
@@ -891,7 +893,7 @@ def open_session(config: TrackConfig, events=None, preset=None,
     ResultWriter.check_can_write(Path(config.out), header)
 
     # ---- pass 1: landmarks (before touching the output folder: a clip without a face leaves nothing behind)
-    readers = load_model_readers(Path(model_hdr["path"]), user_given=bool(config.model))
+    readers = load_model_readers(Path(model_hdr["path"]), user_given=bool(config.model), preset=preset.name)
     det = detections if detections is not None else detect_all(
         src, config.detector, ev, face, regions=[r.region for r in readers.image_regressors.values()])
     if not det.indices:

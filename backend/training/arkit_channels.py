@@ -6,6 +6,10 @@
     # 2. the table, chosen per channel by cross-validation over the tuning clips
     python -m backend.training.arkit_channels calibrate /work/cache/readings/tune_draft \
         --out backend/models/builtin/arkit_channels.json
+    # another preset's own table: readings of its tracks (--preset standard --label ...), written to the file the
+    # tracker reads for it (``channel_table.table_file``)
+    python -m backend.training.arkit_channels calibrate /work/cache/readings/tune_standard \
+        --out backend/models/builtin/arkit_channels_standard.json
     # what each source's plain reading gives per channel (which channels a reader carries at all)
     python -m backend.training.arkit_channels sources /work/cache/readings/tune_draft --channels jawOpen mouthClose
     # 3. a table's output beside all-zeros and the packages' own output (e.g. on the held-out clips, once)

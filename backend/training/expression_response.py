@@ -111,7 +111,8 @@ def region_surface_error(model, enc, ict: D.ICTModel, n_ids: int = 6, seed: int 
     """{region: mm} mean |SDF| of the model at ICT-FaceKit's own vertices per face region (``surface_regions``), at
     the encoded codes of the mean head and ``n_ids - 1`` drawn identities x ``shapes``. No fit: the encoders' codes,
     as the tracker starts from them. A continuation that trains one small region harder can lose another (the lips
-    of the session-14 lid/brow continuation: 0.80 -> 0.93 mm), which the face-wide held-out mean hardly shows."""
+    of the session-14 lid/brow continuation: 0.86 -> 0.97 mm in ``benchmarks/model_gates.py``), which the face-wide
+    held-out mean hardly shows."""
     rng = np.random.default_rng(seed)
     ids = [np.zeros(ict.n_id, np.float32)] + [D.sample_identity(rng, ict.n_id) for _ in range(n_ids - 1)]
     regions = surface_regions(ict)

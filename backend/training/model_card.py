@@ -39,17 +39,30 @@ def image_readers_line(model_dir) -> str | None:
 
 
 def arkit_output_line(model_dir) -> str | None:
-    """The card's line on the model folder's ARKit output table (``arkit_channels.json``), None without one."""
-    from ..tracking.channel_table import FILE_NAME, ChannelTable
+    """The card's line on the model folder's ARKit output tables (``arkit_channels.json`` and the presets' own),
+    None without one."""
+    from ..contracts.track_config import PRESET_NAMES
+    from ..tracking.channel_table import BASE_PRESET, FILE_NAME, ChannelTable, table_file
 
     if not (Path(model_dir) / FILE_NAME).is_file():
         return None
+    own = [p for p in PRESET_NAMES if p != BASE_PRESET and (Path(model_dir) / table_file(p)).is_file()]
+    files = f"`{FILE_NAME}` for {BASE_PRESET}" + "".join(f", `{table_file(p)}` for {p}" for p in own)
+
+    def listed(names):
+        return ", ".join(f"`{n}`" for n in names)
+
     zeroed = ChannelTable.load(model_dir).zeroed()
-    return (f"- **ARKit output per channel** (`{FILE_NAME}`, `backend/tracking/channel_table.py`): which reading each "
+    others = ""
+    for p in own:
+        z = ChannelTable.load(model_dir, p).zeroed()
+        others += f"; in the {p} preset's table " + ("the same" if z == zeroed else f"{len(z)}: {listed(z)}")
+    return (f"- **ARKit output per channel** ({files}; `backend/tracking/channel_table.py`): which reading each "
             "channel ships (the fit, the landmarks, the mouth, jaw, eye or brow image, or a blend) and its response, "
-            "chosen on the tuning clips by cross-validation (`backend.training.arkit_channels`). "
+            "chosen by cross-validation on the tuning clips tracked with the table's preset "
+            f"(`backend.training.arkit_channels`; a preset without its own table uses {BASE_PRESET}'s). "
             f"{len(zeroed)} of 52 channels are always 0, because no reading tracked them better than zeros or the "
-            "model has none (gaze, tongue): " + ", ".join(f"`{n}`" for n in zeroed) + ".")
+            f"model has none (gaze, tongue): {listed(zeroed)}{others}.")
 
 
 def write_card(model_dir, eval_json, quality_json=None, speed_jsonl=None, log_jsonl=None, notes=None,

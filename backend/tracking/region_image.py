@@ -172,7 +172,8 @@ def _member(n_channels: int, shape: Tuple[int, int], halvings: int = 2) -> torch
     for k in range(halvings):   # each a stride-2 convolution: the patch's rows and columns halve (rounded up)
         layers += [torch.nn.Conv2d(16 if k == 0 else 32, 32, 3, stride=2, padding=1), torch.nn.ReLU()]
         r, c = (r + 1) // 2, (c + 1) // 2
-    return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Dropout(0.3), torch.nn.Linear(32 * r * c, n_channels))
+    return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Dropout(0.3),
+                               torch.nn.Linear(32 * r * c, n_channels))
 
 
 class RegionImageNet(torch.nn.Module):
@@ -206,7 +207,8 @@ class RegionImageNet(torch.nn.Module):
     def from_state(cls, state: Dict[str, torch.Tensor]) -> "RegionImageNet":
         """The network a saved state dict describes (its channels, patch shape, member count and halvings)."""
         members = len({k.split(".")[1] for k in state if k.startswith("members.")})
-        convs = sum(1 for k, v in state.items() if k.startswith("members.0.") and k.endswith(".weight") and v.dim() == 4)
+        convs = sum(1 for k, v in state.items()
+                    if k.startswith("members.0.") and k.endswith(".weight") and v.dim() == 4)
         net = cls(len(state["ict_index"]), tuple(state["rest"].shape[1:]), members, convs - 1)
         net.load_state_dict(state)
         return net

@@ -3,20 +3,21 @@
     python -m backend.training.expression_init --out backend/models/builtin --cache /work/cache/expr23/train \
         [--identities 275] [--frames 16] [--ridges 10 30 100 300 1000 3000]
 
-Data: per identity (seed stream ``TRAIN_SEED_BASE`` + i, disjoint from the training generator's, the validation
-seed and every evaluation range) a random look (``expression_clips.sample_look``: MakeHuman skin detail, tone, light,
-background) and ``--frames`` independent frames, each with an expression from the training sampler
-(``data.sample_expression``, 40 %), 1-4 uniformly drawn channels (35 %: every channel is seen alone as well as in the
-sampler's combinations) or the jaw open U(0.15, 1) (25 %, with or without such channels; the lips sealed over it half
-the time: mouthClose 0.7-1 x jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40,
-pitch +-12, roll +-8 deg, 0.38-0.7 m). Identities below ``JAW_SAMPLER_FIRST`` keep the sampler they were rendered with
-and the shipped readers were trained on (half ``data.sample_expression``, half 1-4 channels), so every shipped file can
-be reproduced. Frames are rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face mesh
-(static mode) detects the points. ``video`` data (the image readers', ``training.region_image --video``): each
-identity's frames are first encoded as one H.264 clip and decoded again, at a CRF drawn per identity from
-``VIDEO_CRF``, as the tracker only ever sees a video's frames (the compression halves the lid reader's reading of a
-closed eye when it is trained on raw frames: backend/evaluation/README.md, session 15). Chunks of identities are
-cached as npz, so generation resumes.
+Data: per identity (seed stream ``TRAIN_SEED_BASE`` + i, disjoint from the training generator's, the validation seed and
+every evaluation range) a random look (``expression_clips.sample_look``: MakeHuman skin detail, tone, light, background)
+and ``--frames`` independent frames, each with an expression from the training sampler (``data.sample_expression``,
+40 %), 1-4 uniformly drawn channels (35 %: every channel is seen alone as well as in the sampler's combinations) or the
+jaw open U(0.15, 1) (25 %, with or without such channels; the lips sealed over it half the time: mouthClose 0.7-1 x
+jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40, pitch +-12, roll +-8 deg,
+0.38-0.7 m). Identities below ``JAW_SAMPLER_FIRST`` keep the sampler they were rendered with and the shipped readers
+were trained on (half ``data.sample_expression``, half 1-4 channels), so every shipped file can be reproduced; those
+from ``LIPS_SAMPLER_FIRST`` draw 2-6 lip channels at once over a closed or slightly open jaw in half their frames
+(``_lips_expression``). Frames are rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face
+mesh (static mode) detects the points. ``video`` data (the image readers', ``training.region_image --video``): each
+identity's frames are first encoded as one H.264 clip and decoded again, at a CRF drawn per identity from ``VIDEO_CRF``,
+as the tracker only ever sees a video's frames (the compression halves the lid reader's reading of a closed eye when it
+is trained on raw frames: backend/evaluation/README.md, session 15). Chunks of identities are cached as npz, so
+generation resumes.
 
 Model: ridge regression from the rest-relative features to the 53 ICT weights, the ridge strength per channel chosen
 by cross-validation over identities (see ``train``).
@@ -54,8 +55,8 @@ LIPS_SAMPLER_FIRST = 625
 
 
 _JAW_OPEN, _MOUTH_CLOSE = (arkit.ICT_NAMES.index(n) for n in ("jawOpen", "mouthClose"))
-# the channels that move the lips (and the jaw aside or forward) but do not open it: part the lips, purse, stretch or
-# roll them, as speech does, which the jaw reader read as an opening (backend/evaluation/README.md, session 16)
+# the channels that move the lips (and the jaw aside or forward) without opening it, several at once in speech (the
+# lips sampler's, ``_lips_expression``)
 _LIPS = np.array([i for i, n in enumerate(arkit.ICT_NAMES)
                   if n.startswith(("mouth", "cheekPuff", "jawLeft", "jawRight", "jawForward")) and n != "mouthClose"])
 

@@ -2,7 +2,7 @@
 
     python -m backend.training.region_image --region mouth|jaw|eyes|lids|brows --out backend/models/builtin \
         --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3] \
-        [--relight] [--video] [--lid-identities 0]
+        [--relight] [--video] [--lid-identities 0] [--halvings 2]
 
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
 expressions, the same seeds), with each frame's region patches cut at its MediaPipe points (cached beside those
@@ -95,10 +95,11 @@ def rest_relative(data: dict, region) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: bool = False, halvings: int = 2):
-    """A one-member ``RegionImageNet`` (``halvings``: its stride-2 convolutions) fitted to (N, 3, rows, cols) rest-relative features and (N, C) targets (its
-    buffers other than ``scale`` left for the caller). ``relight``: each sample's features scaled by U(0.6, 1.2) and
-    given a random linear gradient across the patch (0.5 x each plane's spread at the edges, normal), as light that
-    stays while the head turns leaves a change of shading and contrast that the clip's rest does not divide out."""
+    """A one-member ``RegionImageNet`` (``halvings``: its stride-2 convolutions) fitted to (N, 3, rows, cols)
+    rest-relative features and (N, C) targets (its buffers other than ``scale`` left for the caller). ``relight``:
+    each sample's features scaled by U(0.6, 1.2) and given a random linear gradient across the patch (0.5 x each
+    plane's spread at the edges, normal), as light that stays while the head turns leaves a change of shading and
+    contrast that the clip's rest does not divide out."""
     import torch
 
     from ..tracking.region_image import RegionImageNet

@@ -374,6 +374,33 @@ def test_shipped_networks_load_small_and_read_zero_at_rest(region):
         assert (reg.net.gain == 1).all() and (reg.net.dead_zone == 0).all()
 
 
+def test_a_network_with_a_halving_more_loads_from_its_file_a_third_the_size(tmp_path):
+    """The jaw's network reads its 48 x 40 patch through one stride-2 convolution more (``--halvings 3``): its linear
+    layer, most of the file, a quarter the size; the file says which it is, and the shipped channels are kept."""
+    import torch
+
+    from backend.training.region_image import keep_channels
+
+    sizes = {}
+    for halvings in (2, 3):
+        torch.manual_seed(0)
+        net = ri.RegionImageNet(33, ri.JAW.shape, 3, halvings).eval()
+        net.ict_index.copy_(torch.arange(33))
+        path = tmp_path / f"{halvings}" / ri.JAW.file_name
+        path.parent.mkdir()
+        torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, path)
+        sizes[halvings] = path.stat().st_size
+        reg = ri.RegionImageRegressor.load(path.parent, ri.JAW)
+        assert len(reg.net.members[0]) == len(net.members[0]) == 5 + 2 * halvings
+        x = torch.as_tensor(np.random.default_rng(1).normal(0, 1, (5, ri.N_FEATURES) + ri.JAW.shape),
+                            dtype=torch.float32)
+        with torch.no_grad():
+            assert np.abs(reg.net(x).numpy() - net(x).numpy()).max() < 0.02
+            kept = keep_channels(net, [0, 5])
+            assert torch.equal(kept(x), net(x)[:, [0, 5]]) and kept.ict_index.tolist() == [0, 5]
+    assert sizes[3] < 0.45 * sizes[2], sizes
+
+
 def test_image_readings_replace_their_channels_in_the_output():
     """A channel the table gives to a region's image regressor (share 1: ``<region>_image``) takes its reading on
     frames with a patch; frames without one and every other channel keep the tracker's value."""

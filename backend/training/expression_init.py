@@ -3,20 +3,21 @@
     python -m backend.training.expression_init --out backend/models/builtin --cache /work/cache/expr23/train \
         [--identities 275] [--frames 16] [--ridges 10 30 100 300 1000 3000]
 
-Data: per identity (seed stream ``TRAIN_SEED_BASE`` + i, disjoint from the training generator's, the validation
-seed and every evaluation range) a random look (``expression_clips.sample_look``: MakeHuman skin detail, tone, light,
-background) and ``--frames`` independent frames, each with an expression from the training sampler
-(``data.sample_expression``, 40 %), 1-4 uniformly drawn channels (35 %: every channel is seen alone as well as in the
-sampler's combinations) or the jaw open U(0.15, 1) (25 %, with or without such channels; the lips sealed over it half
-the time: mouthClose 0.7-1 x jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40,
-pitch +-12, roll +-8 deg, 0.38-0.7 m). Identities below ``JAW_SAMPLER_FIRST`` keep the sampler they were rendered with
-and the shipped readers were trained on (half ``data.sample_expression``, half 1-4 channels), so every shipped file can
-be reproduced. Frames are rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face mesh
-(static mode) detects the points. ``video`` data (the image readers', ``training.region_image --video``): each
-identity's frames are first encoded as one H.264 clip and decoded again, at a CRF drawn per identity from
-``VIDEO_CRF``, as the tracker only ever sees a video's frames (the compression halves the lid reader's reading of a
-closed eye when it is trained on raw frames: backend/evaluation/README.md, session 15). Chunks of identities are
-cached as npz, so generation resumes.
+Data: per identity (seed stream ``TRAIN_SEED_BASE`` + i, disjoint from the training generator's, the validation seed and
+every evaluation range) a random look (``expression_clips.sample_look``: MakeHuman skin detail, tone, light, background)
+and ``--frames`` independent frames, each with an expression from the training sampler (``data.sample_expression``,
+40 %), 1-4 uniformly drawn channels (35 %: every channel is seen alone as well as in the sampler's combinations) or the
+jaw open U(0.15, 1) (25 %, with or without such channels; the lips sealed over it half the time: mouthClose 0.7-1 x
+jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40, pitch +-12, roll +-8 deg,
+0.38-0.7 m). Identities below ``JAW_SAMPLER_FIRST`` keep the sampler they were rendered with and the shipped readers
+were trained on (half ``data.sample_expression``, half 1-4 channels), so every shipped file can be reproduced; those
+from ``LIPS_SAMPLER_FIRST`` draw 2-6 lip channels at once over a closed or slightly open jaw in half their frames
+(``_lips_expression``). Frames are rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face
+mesh (static mode) detects the points. ``video`` data (the image readers', ``training.region_image --video``): each
+identity's frames are first encoded as one H.264 clip and decoded again, at a CRF drawn per identity from ``VIDEO_CRF``,
+as the tracker only ever sees a video's frames (the compression halves the lid reader's reading of a closed eye when it
+is trained on raw frames: backend/evaluation/README.md, session 15). Chunks of identities are cached as npz, so
+generation resumes.
 
 Model: ridge regression from the rest-relative features to the 53 ICT weights, the ridge strength per channel chosen
 by cross-validation over identities (see ``train``).
@@ -54,13 +55,19 @@ VIDEO_CRF = (14, 30)
 REFERENCE_MOVE_DEG = (3.0, 1.0, 0.7)
 REFERENCE_MOVE_M = 0.002
 REFERENCE_RELAX = 0.6
-# identities from here up to ``LIDS_FIRST`` draw the jaw sampler of session 15 (``_expression``); those below, and the
-# lid set, keep the first sampler (``_first_expression``) they were rendered with, so the readers shipped from their
-# renders can be reproduced
+# identities from here draw the jaw sampler of session 15 (``_expression``); those below, and the lid set, keep the
+# first sampler (``_first_expression``) they were rendered with, so the readers shipped from their renders can be
+# reproduced
 JAW_SAMPLER_FIRST = 325
+# identities from here up to ``LIDS_FIRST`` draw the lips sampler of session 16 (``_lips_expression``)
+LIPS_SAMPLER_FIRST = 625
 
 
 _JAW_OPEN, _MOUTH_CLOSE = (arkit.ICT_NAMES.index(n) for n in ("jawOpen", "mouthClose"))
+# the channels that move the lips (and the jaw aside or forward) without opening it, several at once in speech (the
+# lips sampler's, ``_lips_expression``)
+_LIPS = np.array([i for i, n in enumerate(arkit.ICT_NAMES)
+                  if n.startswith(("mouth", "cheekPuff", "jawLeft", "jawRight", "jawForward")) and n != "mouthClose"])
 
 
 def _first_expression(rng) -> np.ndarray:
@@ -87,11 +94,23 @@ def _expression(rng) -> np.ndarray:
     return w
 
 
-def _few_channels(rng) -> np.ndarray:
-    """(53,) ICT weights: 1-4 uniformly drawn channels, L/R ones with the other side most of the time."""
+def _lips_expression(rng) -> np.ndarray:
+    """(53,) ICT weights of the lips sampler: the jaw sampler's (``_expression``) half the time, else 2-6 of the
+    lips' channels at once (``_LIPS``), as speech moves them, over the jaw closed (half of those frames) or open
+    U(0.1, 0.6)."""
+    if rng.uniform() < 0.5:
+        return _expression(rng)
+    w = _few_channels(rng, _LIPS, (2, 7))
+    w[_JAW_OPEN] = 0.0 if rng.uniform() < 0.5 else rng.uniform(0.1, 0.6)
+    return w
+
+
+def _few_channels(rng, channels=None, count=(1, 5)) -> np.ndarray:
+    """(53,) ICT weights: ``count`` (low, high exclusive) channels drawn uniformly from ``channels`` (default every
+    channel but the static ones), L/R ones with the other side most of the time."""
     w = np.zeros(len(arkit.ICT_NAMES), np.float32)
     free = np.array([i for i, n in enumerate(arkit.ICT_NAMES) if n not in ictdata.STATIC_CHANNELS])
-    for j in rng.choice(free, size=int(rng.integers(1, 5)), replace=False):
+    for j in rng.choice(free if channels is None else channels, size=int(rng.integers(*count)), replace=False):
         w[j] = rng.uniform(0.1, 1.0)
         name = arkit.ICT_NAMES[j]
         if name[-2:] in ("_L", "_R") and rng.uniform() < 0.6:  # the other side too, most of the time
@@ -135,10 +154,13 @@ def face_makes(weights: np.ndarray) -> np.ndarray:
 
 
 def expression_sampler(i: int):
-    """Identity ``i``'s expression sampler (rng -> (53,) ICT weights): the lid set's from ``LIDS_FIRST`` on, the jaw
-    sampler from ``JAW_SAMPLER_FIRST``, below it the first sampler the shipped readers were trained on."""
+    """Identity ``i``'s expression sampler (rng -> (53,) ICT weights): the lid set's from ``LIDS_FIRST`` on, the lips
+    sampler from ``LIPS_SAMPLER_FIRST``, the jaw sampler from ``JAW_SAMPLER_FIRST``, below it the first sampler the
+    shipped readers were trained on."""
     if i >= LIDS_FIRST:
         return _lid_expression
+    if i >= LIPS_SAMPLER_FIRST:
+        return _lips_expression
     return _expression if i >= JAW_SAMPLER_FIRST else _first_expression
 
 

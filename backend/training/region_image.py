@@ -2,7 +2,7 @@
 
     python -m backend.training.region_image --region mouth|jaw|eyes|lids|brows --out backend/models/builtin \
         --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3] \
-        [--relight] [--video] [--lid-identities 0] [--video-identities 0] [--predicted-identities 0]
+        [--relight] [--video] [--lid-identities 0] [--video-identities 0] [--predicted-identities 0] [--halvings 2]
 
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
 expressions, the same seeds), with each frame's region patches cut at its MediaPipe points (cached beside those
@@ -17,9 +17,9 @@ mouthClose is above jawOpen (``expression_init.face_makes``: renders of the firs
 takes the clip's) to the ICT weights of the region's ``TRAINED`` channels; squared error over each channel's variance
 (a rarely active channel weighs as much as a common one), AdamW, a one-pixel random shift of the patch as
 augmentation; ``--members`` networks from different seeds, averaged (one network's reading varies a lot from seed to
-seed). ``--folds`` first reports the cross-validated correlation and
-error per channel over identities (one network per fold), beside all-zeros; the shipped network is fitted on all
-identities and reads only the region's ``SHIPPED`` channels.
+seed). ``--folds`` first reports the cross-validated correlation and error per channel over identities (one network
+per fold), beside all-zeros; the shipped network is fitted on all identities and reads only the region's ``SHIPPED``
+channels.
 """
 from __future__ import annotations
 
@@ -110,18 +110,19 @@ def with_views(*views: dict) -> dict:
     return out
 
 
-def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: bool = False):
-    """A one-member ``RegionImageNet`` fitted to (N, 3, rows, cols) rest-relative features and (N, C) targets (its
-    buffers other than ``scale`` left for the caller). ``relight``: each sample's features scaled by U(0.6, 1.2) and
-    given a random linear gradient across the patch (0.5 x each plane's spread at the edges, normal), as light that
-    stays while the head turns leaves a change of shading and contrast that the clip's rest does not divide out."""
+def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: bool = False, halvings: int = 2):
+    """A one-member ``RegionImageNet`` (``halvings``: its stride-2 convolutions) fitted to (N, 3, rows, cols)
+    rest-relative features and (N, C) targets (its buffers other than ``scale`` left for the caller). ``relight``:
+    each sample's features scaled by U(0.6, 1.2) and given a random linear gradient across the patch (0.5 x each
+    plane's spread at the edges, normal), as light that stays while the head turns leaves a change of shading and
+    contrast that the clip's rest does not divide out."""
     import torch
 
     from ..tracking.region_image import RegionImageNet
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = RegionImageNet(Y.shape[1], X.shape[2:])
+    net = RegionImageNet(Y.shape[1], X.shape[2:], 1, halvings)
     net.scale.copy_(torch.as_tensor(X.std((0, 2, 3))))
     x, y = torch.as_tensor(X), torch.as_tensor(Y, dtype=torch.float32)
     # each channel's error relative to its spread: a rarely active channel (squint) weighs as much as a common one
@@ -147,12 +148,13 @@ def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: 
     return net.eval()
 
 
-def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, seed: int = 0, relight: bool = False):
+def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, seed: int = 0, relight: bool = False,
+                 halvings: int = 2):
     """A ``RegionImageNet`` whose ``members`` networks are fitted apart (seeds ``seed`` .. ``seed + members - 1``)."""
     from ..tracking.region_image import RegionImageNet
 
-    fitted = [fit(X, Y, epochs, seed + k, relight) for k in range(members)]
-    net = RegionImageNet(Y.shape[1], X.shape[2:], members)
+    fitted = [fit(X, Y, epochs, seed + k, relight, halvings) for k in range(members)]
+    net = RegionImageNet(Y.shape[1], X.shape[2:], members, halvings)
     net.scale.copy_(fitted[0].scale)
     for slot, one in zip(net.members, fitted):
         slot.load_state_dict(one.members[0].state_dict())
@@ -160,7 +162,7 @@ def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, s
 
 
 def cross_validate(X: np.ndarray, Y: np.ndarray, ident: np.ndarray, folds: int, epochs: int,
-                   relight: bool = False) -> np.ndarray:
+                   relight: bool = False, halvings: int = 2) -> np.ndarray:
     """(N, C) out-of-fold readings (uncalibrated) of one network per fold (a lower bound for an ensemble's), folds
     over identities."""
     import torch
@@ -170,7 +172,7 @@ def cross_validate(X: np.ndarray, Y: np.ndarray, ident: np.ndarray, folds: int, 
     pred = np.zeros_like(Y)
     for f in range(folds):
         test = fold_of[inv] == f
-        net = fit(X[~test], Y[~test], epochs, seed=100 + f, relight=relight)
+        net = fit(X[~test], Y[~test], epochs, seed=100 + f, relight=relight, halvings=halvings)
         with torch.no_grad():
             pred[test] = net(torch.as_tensor(X[test])).numpy()
     return pred
@@ -203,13 +205,11 @@ def keep_channels(net, keep):
             state[key] = state[key][list(keep)]
     for key in ("ict_index", "gain", "dead_zone"):
         state[key] = state[key][list(keep)]
-    out = RegionImageNet(len(keep), tuple(net.rest.shape[1:]), len(net.members))
-    out.load_state_dict(state)
-    return out.eval()
+    return RegionImageNet.from_state(state).eval()
 
 
 def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, members: int = 3, folds: int = 0,
-          relight: bool = False, log=print):
+          relight: bool = False, halvings: int = 2, log=print):
     """-> (the shipped ``RegionImageNet`` of ``region``: trained on ``channels`` (default ``TRAINED``), reading
     ``shipped`` (default ``SHIPPED``), its response calibrated out of fold (``calibrate``; without ``folds`` the
     raw reading: gain 1, no dead zone); (the (N, C) out-of-fold readings, (N, C) targets, (C,) calibrated error /
@@ -228,12 +228,12 @@ def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, mem
     cols = [arkit.ICT_NAMES.index(c) for c in channels]
     Y = W[:, cols].astype(np.float32)
     log(f"{region.name}: {len(X)} frames of {len(np.unique(ident))} identities")
-    net = fit_ensemble(X, Y, members, epochs, relight=relight)
+    net = fit_ensemble(X, Y, members, epochs, relight=relight, halvings=halvings)
     net.ict_index.copy_(torch.as_tensor(cols))
     net.rest.copy_(torch.as_tensor(rest))
     cv = None
     if folds:
-        pred = cross_validate(X, Y, ident, folds, epochs, relight)
+        pred = cross_validate(X, Y, ident, folds, epochs, relight, halvings)
         gain, dead_zone, ratio = calibrate(pred, Y, ident)
         net.gain.copy_(torch.as_tensor(gain))
         net.dead_zone.copy_(torch.as_tensor(dead_zone))
@@ -257,6 +257,9 @@ def main(argv=None) -> int:
     ap.add_argument("--members", type=int, default=3, help="networks averaged")
     ap.add_argument("--folds", type=int, default=3, help="folds over identities for the calibration and its report")
     ap.add_argument("--relight", action="store_true", help="augment with random shading gradients and contrast")
+    ap.add_argument("--halvings", type=int, default=2,
+                    help="stride-2 convolutions before the linear layer: each one more quarters the linear layer, "
+                         "which holds most of a network's weights (the jaw's: 3; backend/evaluation/README.md)")
     ap.add_argument("--video", action="store_true",
                     help="cut the patches from the frames encoded as H.264 video and decoded (a CRF per identity)")
     ap.add_argument("--lid-identities", type=int, default=0,
@@ -275,7 +278,8 @@ def main(argv=None) -> int:
              for n, kind in ((a.video_identities, {"video": True}), (a.predicted_identities, {"predicted": True})) if n]
     if views:
         data = with_views(data, *views)
-    net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, relight=a.relight, log=log)
+    net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, relight=a.relight,
+                    halvings=a.halvings, log=log)
     # half precision: the file halves, the readings move by less than 1e-3
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()},
                a.out / region.file_name)

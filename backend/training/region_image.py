@@ -2,20 +2,24 @@
 
     python -m backend.training.region_image --region mouth|jaw|eyes|lids|brows --out backend/models/builtin \
         --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3] \
-        [--relight] [--video] [--lid-identities 0] [--halvings 2]
+        [--relight] [--video] [--lid-identities 0] [--video-identities 0] [--predicted-identities 0] [--halvings 2]
 
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
 expressions, the same seeds), with each frame's region patches cut at its MediaPipe points (cached beside those
 chunks); ``--video``: points and patches of the frames passed through H.264 first, at a CRF per identity, as a
 tracked video's are; ``--lid-identities``: the lid set's identities added (closing lids in dim, hard light:
-``expression_init.render_identity``); a network trained on mouthClose leaves out frames whose mouthClose is above
-jawOpen (``expression_init.face_makes``: renders of the first sampler). Model: ``RegionImageNet`` from the
-rest-relative patch features (each frame's minus its identity's median, as the tracker takes the clip's) to the ICT
-weights of the region's ``TRAINED`` channels; squared error over each channel's variance (a rarely active channel
-weighs as much as a common one), AdamW, a one-pixel random shift of the patch as augmentation; ``--members`` networks
-from different seeds, averaged (one network's reading varies a lot from seed to seed). ``--folds`` first reports the
-cross-validated correlation and error per channel over identities (one network per fold), beside all-zeros; the
-shipped network is fitted on all identities and reads only the region's ``SHIPPED`` channels.
+``expression_init.render_identity``); ``--video-identities N``: the first N identities' frames added again as
+``--video`` cuts them; ``--predicted-identities N``: added again, each frame encoded as a video's predicted frame
+after a reference frame of the same head (``expression_init.reference_frames``), as nearly all of a tracked clip's
+frames are (each view of an identity with its own rest); a network trained on mouthClose leaves out frames whose
+mouthClose is above jawOpen (``expression_init.face_makes``: renders of the first sampler). Model:
+``RegionImageNet`` from the rest-relative patch features (each frame's minus its identity's median, as the tracker
+takes the clip's) to the ICT weights of the region's ``TRAINED`` channels; squared error over each channel's variance
+(a rarely active channel weighs as much as a common one), AdamW, a one-pixel random shift of the patch as
+augmentation; ``--members`` networks from different seeds, averaged (one network's reading varies a lot from seed to
+seed). ``--folds`` first reports the cross-validated correlation and error per channel over identities (one network
+per fold), beside all-zeros; the shipped network is fitted on all identities and reads only the region's ``SHIPPED``
+channels.
 """
 from __future__ import annotations
 
@@ -75,23 +79,35 @@ def rest_relative(data: dict, region) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """-> (features (N, 3, rows, cols) minus their identity's median, ICT weights (N, 53), identity (N,), the
     identities' mean rest features (3, rows, cols)) of the frames with a ``region`` patch. A mirrored region's two
     sides are two samples each (N = 2 x frames): the other side's patch with the weights mirrored
-    (``arkit.mirror_name``), so that its grid side's channels are the targets of both."""
+    (``arkit.mirror_name``), so that its grid side's channels are the targets of both. Frames of another ``view``
+    (data["view"], when given: the same identities' frames encoded otherwise) have a rest of their own, as a clip's
+    rest is of its own frames."""
     from ..contracts import arkit
     from ..tracking.region_image import patch_features
 
     patches = data[f"{region.name}_patches"]
     ok = np.isfinite(patches).all(tuple(range(1, patches.ndim)))
     X, W, ident = patch_features(patches[ok]), data["weights"][ok], data["identity"][ok]
+    view = data["view"][ok] if "view" in data else np.zeros(len(X), int)
     if region.mirrored:   # (N, 2, 3, rows, cols) -> the sides one after the other
         swap = [arkit.ICT_NAMES.index(arkit.mirror_name(c)) for c in arkit.ICT_NAMES]
         X, W, ident = np.concatenate([X[:, 0], X[:, 1]]), np.concatenate([W, W[:, swap]]), np.tile(ident, 2)
-        side = np.repeat([0, 1], len(X) // 2)
+        side, view = np.repeat([0, 1], len(X) // 2), np.tile(view, 2)
     else:
         side = np.zeros(len(X), int)
-    # each identity's (and side's) own rest
-    keys, inv = np.unique(2 * ident + side, return_inverse=True)
+    # each identity's (and view's and side's) own rest
+    keys, inv = np.unique((np.int64(ident) * 8 + view) * 2 + side, return_inverse=True)
     rests = np.stack([np.median(X[inv == k], 0) for k in range(len(keys))])
     return X - rests[inv], W, ident, rests.mean(0)
+
+
+def with_views(*views: dict) -> dict:
+    """Training data of several views (the same identities' frames encoded otherwise) as one, each frame's view
+    numbered (``view``; ``rest_relative`` gives each view its own rest), keeping the keys all views have."""
+    keys = set.intersection(*(set(v) - {"view"} for v in views))
+    out = {k: np.concatenate([v[k] for v in views]) for k in keys}
+    out["view"] = np.concatenate([np.full(len(v["identity"]), k) for k, v in enumerate(views)])
+    return out
 
 
 def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: bool = False, halvings: int = 2):
@@ -248,12 +264,20 @@ def main(argv=None) -> int:
                     help="cut the patches from the frames encoded as H.264 video and decoded (a CRF per identity)")
     ap.add_argument("--lid-identities", type=int, default=0,
                     help="identities of the lid set added (closing lids in dim, hard light: expression_init)")
+    ap.add_argument("--video-identities", type=int, default=0,
+                    help="the first N identities added again, their frames encoded as one H.264 clip (as --video)")
+    ap.add_argument("--predicted-identities", type=int, default=0,
+                    help="the first N identities added again, each frame encoded as a video's predicted frame")
     a = ap.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.set_num_threads(1)
     region = regions[a.region]
     data = generate(a.cache, a.identities, a.frames, log, patches=True, video=a.video,
                     lid_ids=a.lid_identities)
+    views = [generate(a.cache, n, a.frames, log, patches=True, **kind)
+             for n, kind in ((a.video_identities, {"video": True}), (a.predicted_identities, {"predicted": True})) if n]
+    if views:
+        data = with_views(data, *views)
     net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, relight=a.relight,
                     halvings=a.halvings, log=log)
     # half precision: the file halves, the readings move by less than 1e-3

@@ -5,8 +5,9 @@ import pytest
 
 from backend.contracts import arkit
 from backend.tracking import expression_init as ei
-from backend.training.expression_init import (JAW_SAMPLER_FIRST, LIDS_FIRST, _expression, _first_expression,
-                                              _lid_expression, expression_sampler, face_makes, train)
+from backend.training.expression_init import (_LIPS, JAW_SAMPLER_FIRST, LIDS_FIRST, LIPS_SAMPLER_FIRST, _expression,
+                                              _first_expression, _lid_expression, _lips_expression,
+                                              expression_sampler, face_makes, train)
 
 N_EX = len(arkit.ICT_NAMES)
 BLINK, BROW = arkit.ICT_NAMES.index("eyeBlink_L"), arkit.ICT_NAMES.index("browInnerUp_L")
@@ -136,3 +137,26 @@ def test_identities_rendered_before_the_jaw_sampler_keep_their_first_sampler():
     w = np.stack([_first_expression(rng) for _ in range(4)])
     assert w.sum(1) == pytest.approx([2.0671780, 2.6807189, 3.3299730, 1.3225549], abs=1e-6)
     assert [int(np.count_nonzero(x)) for x in w] == [3, 5, 5, 2]
+
+
+def test_lips_sampler_moves_several_lip_channels_over_a_closed_jaw():
+    """The jaw reader read lips parted, pursed or stretched without the jaw as an opening (the speech-like tuning clips,
+    session 16): identities from ``LIPS_SAMPLER_FIRST`` draw several lip channels at once over a closed jaw three times
+    as often as the jaw sampler, and small openings under them; the jaw sampler's identities keep their draws."""
+    assert expression_sampler(LIPS_SAMPLER_FIRST - 1) is _expression
+    assert expression_sampler(LIPS_SAMPLER_FIRST) is _lips_expression
+    assert expression_sampler(LIDS_FIRST) is _lid_expression
+    assert arkit.ICT_NAMES.index("jawOpen") not in _LIPS and CLOSE not in _LIPS
+    rng = np.random.default_rng(0)   # the jaw sampler's draws, as session 15 rendered identities 325-624
+    w = np.stack([_expression(rng) for _ in range(4)])
+    assert w.sum(1) == pytest.approx([2.0671780, 2.8861742, 1.9802407, 4.4201508], abs=1e-6)
+    shares = []
+    for sampler in (_expression, _lips_expression):
+        rng = np.random.default_rng(1)
+        w = np.stack([sampler(rng) for _ in range(2000)])
+        assert face_makes(w).all()
+        lips = (w[:, _LIPS] >= 0.3).sum(1)
+        shares.append(((w[:, JAW] == 0) & (lips >= 3)).mean())
+    assert shares[1] > 0.2 and shares[1] > 2.5 * shares[0], shares
+    speech = (w[:, JAW] > 0.1) & (w[:, JAW] < 0.6) & (lips >= 2)
+    assert speech.mean() > 0.2, speech.mean()

@@ -230,6 +230,56 @@ def test_trained_lid_network_reads_each_eye_on_its_own_side(tmp_path):
     assert at_rest.max() < 0.25, out
 
 
+def test_each_view_of_the_same_identities_is_read_against_its_own_rest(tmp_path, monkeypatch):
+    """``--video-identities``, ``--predicted-identities``: the frames of another view (here: the first view under a
+    shading ramp, as an encoding changes a patch the same way in each frame) join the training data with a rest of
+    their own, so their rest-relative features are the first view's; the CLI adds each view of the first N
+    identities."""
+    from backend.training import region_image as tri
+
+    rng = np.random.default_rng(0)
+    blink = np.where(rng.uniform(size=(24, 2)) < 0.3, 1.0, 0.0)
+    one = {"lids_patches": np.concatenate([_lids(rng, _person(rng), blink[:12]), _lids(rng, _person(rng), blink[12:])]),
+           "weights": np.zeros((24, len(arkit.ICT_NAMES)), np.float32), "identity": np.repeat([0, 1], 12),
+           "points": np.zeros((24, 478, 3), np.float32)}
+    ramp = np.linspace(1.0, 1.5, ri.LIDS.shape[1])[:, None]
+    other = dict(one, lids_patches=np.float32(one["lids_patches"] * ramp))
+    other.pop("points")
+    both = tri.with_views(one, other)
+    assert sorted(both) == ["identity", "lids_patches", "view", "weights"]
+    assert both["view"].tolist() == [0] * 24 + [1] * 24
+    X, W, ident, _ = tri.rest_relative(both, ri.LIDS)
+    n = len(X) // 2                                    # the sides one after the other, each side's views in order
+    for side in (slice(0, 24), slice(n, n + 24)):
+        first, second = X[side], X[side.start + 24:side.stop + 24]
+        assert np.abs(first - second).mean() < 0.01, np.abs(first - second).mean()
+    merged = tri.rest_relative(dict(both, view=np.zeros(48, int)), ri.LIDS)[0]     # one rest over both views
+    assert np.abs(merged[:24] - merged[24:48]).mean() > 0.02, np.abs(merged[:24] - merged[24:48]).mean()
+    asked = []
+    monkeypatch.setattr(tri, "generate", lambda cache, n, frames, log, patches, **kw: asked.append((n, kw)) or
+                        (one if kw.get("lid_ids") == 0 else other))
+    trained = []
+
+    class Trained(Exception):
+        """The data reached training: all this test asks about."""
+
+    def train(data, region, **kw):
+        trained.append(data)
+        raise Trained
+
+    monkeypatch.setattr(tri, "train", train)
+    with pytest.raises(Trained):
+        tri.main(["--region", "lids", "--out", str(tmp_path), "--cache", str(tmp_path), "--identities", "2",
+                  "--predicted-identities", "1"])
+    assert asked == [(2, {"video": False, "lid_ids": 0}), (1, {"predicted": True})]
+    assert trained[0]["view"].tolist() == [0] * 24 + [1] * 24
+    with pytest.raises(Trained):
+        tri.main(["--region", "lids", "--out", str(tmp_path), "--cache", str(tmp_path), "--identities", "2",
+                  "--video-identities", "2", "--predicted-identities", "1"])
+    assert asked[2:] == [(2, {"video": False, "lid_ids": 0}), (2, {"video": True}), (1, {"predicted": True})]
+    assert trained[1]["view"].tolist() == [0] * 24 + [1] * 24 + [2] * 24
+
+
 def test_relit_training_batches_are_the_patches_rescaled_under_a_shading_gradient(monkeypatch):
     """``fit(relight=True)``: every training sample is its (shifted) features times one contrast factor in [0.6, 1.2]
     plus a linear gradient per feature plane; without it, the shifted features themselves."""
@@ -322,6 +372,33 @@ def test_shipped_networks_load_small_and_read_zero_at_rest(region):
         own = reg.channels[:len(reg.channels) // 2] if region.mirrored else reg.channels
         assert own == TRAINED[region.name]
         assert (reg.net.gain == 1).all() and (reg.net.dead_zone == 0).all()
+
+
+def test_a_network_with_a_halving_more_loads_from_its_file_a_third_the_size(tmp_path):
+    """The jaw's network reads its 48 x 40 patch through one stride-2 convolution more (``--halvings 3``): its linear
+    layer, most of the file, a quarter the size; the file says which it is, and the shipped channels are kept."""
+    import torch
+
+    from backend.training.region_image import keep_channels
+
+    sizes = {}
+    for halvings in (2, 3):
+        torch.manual_seed(0)
+        net = ri.RegionImageNet(33, ri.JAW.shape, 3, halvings).eval()
+        net.ict_index.copy_(torch.arange(33))
+        path = tmp_path / f"{halvings}" / ri.JAW.file_name
+        path.parent.mkdir()
+        torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, path)
+        sizes[halvings] = path.stat().st_size
+        reg = ri.RegionImageRegressor.load(path.parent, ri.JAW)
+        assert len(reg.net.members[0]) == len(net.members[0]) == 5 + 2 * halvings
+        x = torch.as_tensor(np.random.default_rng(1).normal(0, 1, (5, ri.N_FEATURES) + ri.JAW.shape),
+                            dtype=torch.float32)
+        with torch.no_grad():
+            assert np.abs(reg.net(x).numpy() - net(x).numpy()).max() < 0.02
+            kept = keep_channels(net, [0, 5])
+            assert torch.equal(kept(x), net(x)[:, [0, 5]]) and kept.ict_index.tolist() == [0, 5]
+    assert sizes[3] < 0.45 * sizes[2], sizes
 
 
 def test_image_readings_replace_their_channels_in_the_output():
@@ -470,8 +547,8 @@ def test_generate_adds_the_lid_sets_chunks_after_the_main_sets(tmp_path, monkeyp
 
     calls = []
 
-    def chunk(ict, first, n_ids, frames_per_id, patches, video):
-        calls.append((first, n_ids, patches, video))
+    def chunk(ict, first, n_ids, frames_per_id, patches, video, predicted):
+        calls.append((first, n_ids, patches, video, predicted))
         ids = np.repeat(np.arange(first, first + n_ids), frames_per_id)
         return {"points": np.zeros((len(ids), 478, 3), np.float32), "weights": np.zeros((len(ids), 53), np.float32),
                 "identity": ids}
@@ -480,8 +557,49 @@ def test_generate_adds_the_lid_sets_chunks_after_the_main_sets(tmp_path, monkeyp
     monkeypatch.setattr(tei.ictdata, "ICTModel", lambda: None)
     data = tei.generate(tmp_path, 30, 2, log=lambda m: None, patches=True, video=True, lid_ids=30)
     first = tei.LIDS_FIRST
-    assert calls == [(0, 25, True, True), (25, 5, True, True), (first, 25, True, True), (first + 25, 5, True, True)]
+    assert calls == [(0, 25, True, True, False), (25, 5, True, True, False), (first, 25, True, True, False),
+                     (first + 25, 5, True, True, False)]
     assert sorted(np.unique(data["identity"])) == list(range(30)) + list(range(first, first + 30))
     assert (tmp_path / f"chunk_{first + 25}_2_patches_video.npz").is_file()
     tei.generate(tmp_path, 30, 2, log=lambda m: None, patches=True, video=True, lid_ids=30)   # cached: no renders
     assert len(calls) == 4
+    tei.generate(tmp_path, 5, 2, log=lambda m: None, patches=True, predicted=True)           # a kind of its own
+    assert calls[4:] == [(0, 5, True, False, True)] and (tmp_path / "chunk_00000_2_patches_predicted.npz").is_file()
+
+
+def test_predicted_training_frames_are_encoded_after_a_reference_of_the_same_head(monkeypatch):
+    """``--predicted-identities`` data: each frame is the second of a two-frame H.264 clip after its reference (the
+    same head moved a little, its expression relaxed; its own seed stream, the frames unchanged), so it is a
+    predicted frame, coarser than the same frame encoded alone (an I-frame) at the same CRF."""
+    from shared_data import ICT_NPZ, MAKEHUMAN
+
+    if not ICT_NPZ.is_file() or not MAKEHUMAN.is_dir():
+        pytest.skip("needs ICT-FaceKit and the MakeHuman skins in ../shared")
+    from backend.evaluation import synthetic as tei_synthetic
+    from backend.training import expression_init as tei
+    from backend.training.data import ICTModel
+
+    ict = ICTModel()
+    frames, weights = tei.render_identity(ict, 3, 2)
+    refs = tei.reference_frames(ict, 3, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(refs, tei.reference_frames(ict, 3, 2)))       # reproducible
+    moved = [np.abs(np.float32(r) - np.float32(f)).mean() for r, f in zip(refs, frames)]
+    assert all(0.5 < m < 15 for m in moved), moved                       # the same head, not the same frame
+    crf = tei.video_crf(3)
+    written = []
+    write = tei_synthetic.write_mp4
+    monkeypatch.setattr(tei_synthetic, "write_mp4", lambda fr, path, fps, c: written.append((fr, c)) or
+                        write(fr, path, fps, c))
+    alone, after = tei.through_video(frames, crf), tei.through_video(frames, crf, refs)
+    assert [len(w) for w, _ in written] == [2, 2, 2] and {c for _, c in written} == {crf}
+    assert all(w[0] is r and w[1] is f for (w, _), r, f in zip(written[1:], refs, frames))   # one clip per frame
+    for a, b, f in zip(alone, after, frames):                    # decoded: close to the frame, not as encoded alone
+        assert not np.array_equal(a, b) and np.abs(np.float32(b) - np.float32(f)).mean() < 8
+    # the chunk: the identity's frames (drawn as before the references existed) after their references
+    monkeypatch.setattr(tei, "render_identity", lambda ict, i, n: (frames, weights))
+    monkeypatch.setattr(tei, "reference_frames", lambda ict, i, n: refs)
+    passed = []
+    through = tei.through_video
+    monkeypatch.setattr(tei, "through_video", lambda fr, c, r=None: passed.append((fr, c, r)) or through(fr, c, r))
+    tei.render_chunk(ict, 3, 1, 2, patches=True, predicted=True)
+    assert len(passed) == 1 and passed[0][0] is frames and passed[0][1] == crf and passed[0][2] is refs

@@ -166,28 +166,30 @@ def rest_patch_features(patches: np.ndarray) -> np.ndarray:
     return np.median(patch_features(patches), axis=0)
 
 
-def _member(n_channels: int, shape: Tuple[int, int]) -> torch.nn.Sequential:
+def _member(n_channels: int, shape: Tuple[int, int], halvings: int = 2) -> torch.nn.Sequential:
     r, c = shape
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(N_FEATURES, 16, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
-        torch.nn.Flatten(), torch.nn.Dropout(0.3),
-        torch.nn.Linear(32 * ((r + 3) // 4) * ((c + 3) // 4), n_channels))
+    layers = [torch.nn.Conv2d(N_FEATURES, 16, 3, padding=1), torch.nn.ReLU()]
+    for k in range(halvings):   # each a stride-2 convolution: the patch's rows and columns halve (rounded up)
+        layers += [torch.nn.Conv2d(16 if k == 0 else 32, 32, 3, stride=2, padding=1), torch.nn.ReLU()]
+        r, c = (r + 1) // 2, (c + 1) // 2
+    return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Dropout(0.3),
+                               torch.nn.Linear(32 * r * c, n_channels))
 
 
 class RegionImageNet(torch.nn.Module):
     """(B, 3, rows, cols) rest-relative features -> (B, C) readings of the ICT weights ``ict_index`` (0 at rest): the
-    mean of ``members`` networks trained apart (their training variance is large).
+    mean of ``members`` networks trained apart (their training variance is large), each three convolutions (or
+    ``halvings`` + 1: each more halves the patch that the linear layer reads, which holds most of the weights) and a
+    linear layer.
 
     Buffers (saved with the weights): ``ict_index`` (C,) the channels' indices in ``arkit.ICT_NAMES``, ``rest`` (3,
     rows, cols) the training identities' mean rest features (stands in for a clip's), ``scale`` (3,) the features'
     spread per plane, ``gain`` and ``dead_zone`` (C,) the calibrated response per channel:
     clip(gain * (reading - dead_zone), 0, 1)."""
 
-    def __init__(self, n_channels: int, shape: Tuple[int, int], members: int = 1):
+    def __init__(self, n_channels: int, shape: Tuple[int, int], members: int = 1, halvings: int = 2):
         super().__init__()
-        self.members = torch.nn.ModuleList(_member(n_channels, shape) for _ in range(members))
+        self.members = torch.nn.ModuleList(_member(n_channels, shape, halvings) for _ in range(members))
         self.register_buffer("ict_index", torch.zeros(n_channels, dtype=torch.long))
         self.register_buffer("rest", torch.zeros((N_FEATURES,) + tuple(shape)))
         self.register_buffer("scale", torch.ones(N_FEATURES))
@@ -203,9 +205,11 @@ class RegionImageNet(torch.nn.Module):
 
     @classmethod
     def from_state(cls, state: Dict[str, torch.Tensor]) -> "RegionImageNet":
-        """The network a saved state dict describes (its channels, patch shape and member count)."""
+        """The network a saved state dict describes (its channels, patch shape, member count and halvings)."""
         members = len({k.split(".")[1] for k in state if k.startswith("members.")})
-        net = cls(len(state["ict_index"]), tuple(state["rest"].shape[1:]), members)
+        convs = sum(1 for k, v in state.items()
+                    if k.startswith("members.0.") and k.endswith(".weight") and v.dim() == 4)
+        net = cls(len(state["ict_index"]), tuple(state["rest"].shape[1:]), members, convs - 1)
         net.load_state_dict(state)
         return net
 

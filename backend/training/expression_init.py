@@ -3,20 +3,21 @@
     python -m backend.training.expression_init --out backend/models/builtin --cache /work/cache/expr23/train \
         [--identities 275] [--frames 16] [--ridges 10 30 100 300 1000 3000]
 
-Data: per identity (seed stream ``TRAIN_SEED_BASE`` + i, disjoint from the training generator's, the validation
-seed and every evaluation range) a random look (``expression_clips.sample_look``: MakeHuman skin detail, tone, light,
-background) and ``--frames`` independent frames, each with an expression from the training sampler
-(``data.sample_expression``, 40 %), 1-4 uniformly drawn channels (35 %: every channel is seen alone as well as in the
-sampler's combinations) or the jaw open U(0.15, 1) (25 %, with or without such channels; the lips sealed over it half
-the time: mouthClose 0.7-1 x jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40,
-pitch +-12, roll +-8 deg, 0.38-0.7 m). Identities below ``JAW_SAMPLER_FIRST`` keep the sampler they were rendered with
-and the shipped readers were trained on (half ``data.sample_expression``, half 1-4 channels), so every shipped file can
-be reproduced. Frames are rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face mesh
-(static mode) detects the points. ``video`` data (the image readers', ``training.region_image --video``): each
-identity's frames are first encoded as one H.264 clip and decoded again, at a CRF drawn per identity from
-``VIDEO_CRF``, as the tracker only ever sees a video's frames (the compression halves the lid reader's reading of a
-closed eye when it is trained on raw frames: backend/evaluation/README.md, session 15). Chunks of identities are
-cached as npz, so generation resumes.
+Data: per identity (seed stream ``TRAIN_SEED_BASE`` + i, disjoint from the training generator's, the validation seed and
+every evaluation range) a random look (``expression_clips.sample_look``: MakeHuman skin detail, tone, light, background)
+and ``--frames`` independent frames, each with an expression from the training sampler (``data.sample_expression``,
+40 %), 1-4 uniformly drawn channels (35 %: every channel is seen alone as well as in the sampler's combinations) or the
+jaw open U(0.15, 1) (25 %, with or without such channels; the lips sealed over it half the time: mouthClose 0.7-1 x
+jawOpen), mouthClose never above jawOpen (``face_makes``), and a random pose (yaw +-40, pitch +-12, roll +-8 deg,
+0.38-0.7 m). Identities below ``JAW_SAMPLER_FIRST`` keep the sampler they were rendered with and the shipped readers
+were trained on (half ``data.sample_expression``, half 1-4 channels), so every shipped file can be reproduced; those
+from ``LIPS_SAMPLER_FIRST`` draw 2-6 lip channels at once over a closed or slightly open jaw in half their frames
+(``_lips_expression``). Frames are rendered with the benchmark's fast renderer (no supersampling) and MediaPipe's face
+mesh (static mode) detects the points. ``video`` data (the image readers', ``training.region_image --video``): each
+identity's frames are first encoded as one H.264 clip and decoded again, at a CRF drawn per identity from ``VIDEO_CRF``,
+as the tracker only ever sees a video's frames (the compression halves the lid reader's reading of a closed eye when it
+is trained on raw frames: backend/evaluation/README.md, session 15). Chunks of identities are cached as npz, so
+generation resumes.
 
 Model: ridge regression from the rest-relative features to the 53 ICT weights, the ridge strength per channel chosen
 by cross-validation over identities (see ``train``).
@@ -45,13 +46,28 @@ LIDS_BLINKING = 0.35
 # the H.264 CRFs of ``video`` training data, drawn per identity: from nearly lossless to a web video's (the benchmark's
 # clips are encoded at 18)
 VIDEO_CRF = (14, 30)
-# identities from here up to ``LIDS_FIRST`` draw the jaw sampler of session 15 (``_expression``); those below, and the
-# lid set, keep the first sampler (``_first_expression``) they were rendered with, so the readers shipped from their
-# renders can be reproduced
+# ``predicted`` training data: each frame encoded after a reference frame of the same head, as a clip's predicted
+# frames are (nearly all of a tracked clip's frames are P or B frames; a frame encoded alone is an I-frame). On tuning
+# clip 10 the shipped lid reader reads a closed left eye 0.81 raw, 0.35 in the clip, 0.55 encoded alone, 0.39 encoded
+# after the frame three before it (backend/evaluation/README.md, session 16). The reference: the head moved by about
+# three frames of a clip's motion (yaw, pitch, roll: normal, these sd in degrees; each axis: this sd in metres) and its
+# expression relaxed toward rest (x U(0, REFERENCE_RELAX))
+REFERENCE_MOVE_DEG = (3.0, 1.0, 0.7)
+REFERENCE_MOVE_M = 0.002
+REFERENCE_RELAX = 0.6
+# identities from here draw the jaw sampler of session 15 (``_expression``); those below, and the lid set, keep the
+# first sampler (``_first_expression``) they were rendered with, so the readers shipped from their renders can be
+# reproduced
 JAW_SAMPLER_FIRST = 325
+# identities from here up to ``LIDS_FIRST`` draw the lips sampler of session 16 (``_lips_expression``)
+LIPS_SAMPLER_FIRST = 625
 
 
 _JAW_OPEN, _MOUTH_CLOSE = (arkit.ICT_NAMES.index(n) for n in ("jawOpen", "mouthClose"))
+# the channels that move the lips (and the jaw aside or forward) without opening it, several at once in speech (the
+# lips sampler's, ``_lips_expression``)
+_LIPS = np.array([i for i, n in enumerate(arkit.ICT_NAMES)
+                  if n.startswith(("mouth", "cheekPuff", "jawLeft", "jawRight", "jawForward")) and n != "mouthClose"])
 
 
 def _first_expression(rng) -> np.ndarray:
@@ -78,11 +94,23 @@ def _expression(rng) -> np.ndarray:
     return w
 
 
-def _few_channels(rng) -> np.ndarray:
-    """(53,) ICT weights: 1-4 uniformly drawn channels, L/R ones with the other side most of the time."""
+def _lips_expression(rng) -> np.ndarray:
+    """(53,) ICT weights of the lips sampler: the jaw sampler's (``_expression``) half the time, else 2-6 of the
+    lips' channels at once (``_LIPS``), as speech moves them, over the jaw closed (half of those frames) or open
+    U(0.1, 0.6)."""
+    if rng.uniform() < 0.5:
+        return _expression(rng)
+    w = _few_channels(rng, _LIPS, (2, 7))
+    w[_JAW_OPEN] = 0.0 if rng.uniform() < 0.5 else rng.uniform(0.1, 0.6)
+    return w
+
+
+def _few_channels(rng, channels=None, count=(1, 5)) -> np.ndarray:
+    """(53,) ICT weights: ``count`` (low, high exclusive) channels drawn uniformly from ``channels`` (default every
+    channel but the static ones), L/R ones with the other side most of the time."""
     w = np.zeros(len(arkit.ICT_NAMES), np.float32)
     free = np.array([i for i, n in enumerate(arkit.ICT_NAMES) if n not in ictdata.STATIC_CHANNELS])
-    for j in rng.choice(free, size=int(rng.integers(1, 5)), replace=False):
+    for j in rng.choice(free if channels is None else channels, size=int(rng.integers(*count)), replace=False):
         w[j] = rng.uniform(0.1, 1.0)
         name = arkit.ICT_NAMES[j]
         if name[-2:] in ("_L", "_R") and rng.uniform() < 0.6:  # the other side too, most of the time
@@ -126,27 +154,27 @@ def face_makes(weights: np.ndarray) -> np.ndarray:
 
 
 def expression_sampler(i: int):
-    """Identity ``i``'s expression sampler (rng -> (53,) ICT weights): the lid set's from ``LIDS_FIRST`` on, the jaw
-    sampler from ``JAW_SAMPLER_FIRST``, below it the first sampler the shipped readers were trained on."""
+    """Identity ``i``'s expression sampler (rng -> (53,) ICT weights): the lid set's from ``LIDS_FIRST`` on, the lips
+    sampler from ``LIPS_SAMPLER_FIRST``, the jaw sampler from ``JAW_SAMPLER_FIRST``, below it the first sampler the
+    shipped readers were trained on."""
     if i >= LIDS_FIRST:
         return _lid_expression
+    if i >= LIPS_SAMPLER_FIRST:
+        return _lips_expression
     return _expression if i >= JAW_SAMPLER_FIRST else _first_expression
 
 
-def render_identity(ict, i: int, frames_per_id: int) -> tuple[list, np.ndarray]:
-    """Identity ``i``'s frames ((H, W, 3) uint8 RGB, ``frames_per_id`` of them) and their ICT weights (F, 53): its
-    seed stream ``TRAIN_SEED_BASE`` + i, so a re-render gives the same frames. From ``LIDS_FIRST`` on, the lid set:
-    closing lids (``_lid_expression``) in dim, hard light (``_hard_look``), as the lid reader misread on the tuning
-    clips (backend/evaluation/README.md, session 15)."""
+def _identity_scene(i: int, frames_per_id: int):
+    """Identity ``i``'s draws from its seed stream ``TRAIN_SEED_BASE`` + i: (clip spec, ``synthetic.ClipParams``,
+    look, the stream after them, which renders the frames' sensor noise)."""
     from ..evaluation import expression_clips as ec, synthetic
 
-    lids = i >= LIDS_FIRST
     spec = ec.ExpressionClipSpec(n_frames=frames_per_id, supersample=1)
     rng = np.random.default_rng(TRAIN_SEED_BASE + i)
     w_id = ictdata.sample_identity(rng)
     app = ictdata.sample_appearance(rng)
     app[12] = 0.0
-    look = _hard_look(rng) if lids else ec.sample_look(rng)
+    look = _hard_look(rng) if i >= LIDS_FIRST else ec.sample_look(rng)
     sampler = expression_sampler(i)
     w_ex = np.stack([sampler(rng) for _ in range(frames_per_id)])
     yaw, pitch, roll = (rng.uniform(-a, a, frames_per_id) for a in (40.0, 12.0, 8.0))
@@ -156,9 +184,42 @@ def render_identity(ict, i: int, frames_per_id: int) -> tuple[list, np.ndarray]:
     trans = np.stack([rng.uniform(-0.03, 0.03, frames_per_id), rng.uniform(-0.03, 0.03, frames_per_id), dist], 1)
     params = synthetic.ClipParams(w_id, app, int(rng.integers(0, 2 ** 31)), w_ex, np.ones(frames_per_id), R,
                                   trans, np.stack([yaw, pitch, roll], 1))
-    verts = synthetic.posed_vertices(ict, w_id, w_ex, params.scale, R, trans)
+    return spec, params, look, rng
+
+
+def _render(ict, spec, params, look, w_ex, R, trans, rng) -> list:
+    """(H, W, 3) uint8 RGB frames of ``params``' head with expressions ``w_ex`` (F, 53) at poses ``R``, ``trans``."""
+    from ..evaluation import expression_clips as ec, synthetic
+
+    verts = synthetic.posed_vertices(ict, params.w_id, w_ex, params.scale, R, trans)
     renderer = ec.ClipRenderer(ict, spec, params, look)
-    return [renderer.frame(v.astype(np.float64), rng) for v in verts], w_ex.astype(np.float32)
+    return [renderer.frame(v.astype(np.float64), rng) for v in verts]
+
+
+def render_identity(ict, i: int, frames_per_id: int) -> tuple[list, np.ndarray]:
+    """Identity ``i``'s frames ((H, W, 3) uint8 RGB, ``frames_per_id`` of them) and their ICT weights (F, 53): its
+    seed stream ``TRAIN_SEED_BASE`` + i, so a re-render gives the same frames. From ``LIDS_FIRST`` on, the lid set:
+    closing lids (``_lid_expression``) in dim, hard light (``_hard_look``), as the lid reader misread on the tuning
+    clips (backend/evaluation/README.md, session 15)."""
+    spec, params, look, rng = _identity_scene(i, frames_per_id)
+    frames = _render(ict, spec, params, look, params.w_ex, params.rotation, params.translation, rng)
+    return frames, params.w_ex.astype(np.float32)
+
+
+def reference_frames(ict, i: int, frames_per_id: int) -> list:
+    """The frame a video would predict each of identity ``i``'s frames from (``render_identity``'s frames, one
+    each): the same head a few frames earlier, moved a little (``REFERENCE_MOVE_DEG``, ``REFERENCE_MOVE_M``) and its
+    expression relaxed toward rest (x U(0, ``REFERENCE_RELAX``)), as the open eyes before a blink; drawn from the
+    identity's own stream [``TRAIN_SEED_BASE`` + i, 2], so its frames stay as they are."""
+    from ..evaluation import synthetic
+
+    spec, params, look, _ = _identity_scene(i, frames_per_id)
+    rng = np.random.default_rng([TRAIN_SEED_BASE + i, 2])
+    w_ref = params.w_ex * rng.uniform(0.0, REFERENCE_RELAX, (frames_per_id, 1))
+    yaw, pitch, roll = rng.normal(0.0, 1.0, (3, frames_per_id)) * np.array(REFERENCE_MOVE_DEG)[:, None]
+    shift = rng.normal(0.0, REFERENCE_MOVE_M, (frames_per_id, 3))
+    R = params.rotation @ synthetic._rot("y", yaw) @ synthetic._rot("x", pitch) @ synthetic._rot("z", roll)
+    return _render(ict, spec, params, look, w_ref, R, params.translation + shift, rng)
 
 
 def video_crf(i: int) -> int:
@@ -167,30 +228,41 @@ def video_crf(i: int) -> int:
     return int(np.random.default_rng([TRAIN_SEED_BASE + i, 1]).integers(VIDEO_CRF[0], VIDEO_CRF[1] + 1))
 
 
-def through_video(frames: list, crf: int) -> list:
+def through_video(frames: list, crf: int, references: list | None = None) -> list:
     """(H, W, 3) uint8 RGB frames as a video's decoder gives them back: encoded as one H.264 mp4 at ``crf``
-    (``evaluation.synthetic.write_mp4``, as the benchmark's clips) and decoded."""
+    (``evaluation.synthetic.write_mp4``, as the benchmark's clips) and decoded. With ``references`` (one per frame):
+    each frame encoded as a two-frame clip after its reference instead, so that it is a predicted (P) frame, as a
+    clip's frames are."""
     from ..evaluation import baselines, synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "frames.mp4"
-        synthetic.write_mp4(frames, path, 25.0, crf)
-        return baselines.read_video_frames(path)
+        if references is None:
+            synthetic.write_mp4(frames, path, 25.0, crf)
+            return baselines.read_video_frames(path)
+        out = []
+        for ref, frame in zip(references, frames):
+            synthetic.write_mp4([ref, frame], path, 25.0, crf)
+            out.append(baselines.read_video_frames(path)[1])
+        return out
 
 
-def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool = False, video: bool = False) -> dict:
+def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool = False, video: bool = False,
+                 predicted: bool = False) -> dict:
     """Points (N, 478, 3) (u, v, relative depth; NaN: no face), ICT weights (N, 53) and identity index (N,) of
     the identities first .. first + n_ids - 1; with ``patches`` also each face region's patches of the frames,
     ``<region>_patches`` (N, rows, cols, 3) (``tracking.region_image.region_patches``; NaN without a face);
     ``video``: points and patches of each identity's frames passed through H.264 (``through_video`` at
-    ``video_crf``)."""
+    ``video_crf``); ``predicted``: each frame encoded after its reference frame (``reference_frames``) instead."""
     from ..evaluation import baselines
     from ..tracking.region_image import REGIONS, region_patches
 
     pts, ws, ids, cut = [], [], [], []
     for i in range(first, first + n_ids):
         frames, w_ex = render_identity(ict, i, frames_per_id)
-        if video:
+        if predicted:
+            frames = through_video(frames, video_crf(i), reference_frames(ict, i, frames_per_id))
+        elif video:
             frames = through_video(frames, video_crf(i))
         lm = baselines.MediaPipeBaseline(static_image_mode=True).detect(frames)  # (u, v, depth) pixels
         pts.append(lm.astype(np.float32))
@@ -207,19 +279,20 @@ def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool 
 
 
 def generate(cache: Path, n_ids: int, frames_per_id: int, log=print, patches: bool = False,
-             video: bool = False, lid_ids: int = 0) -> dict:
+             video: bool = False, lid_ids: int = 0, predicted: bool = False) -> dict:
     """All chunks (rendered now or loaded from ``cache``), concatenated: identities 0 .. ``n_ids`` - 1 and
     ``lid_ids`` of the lid set (``LIDS_FIRST`` on); ``patches``: with the face regions' patches, ``video``: from the
-    frames passed through H.264 (``render_chunk``; each kind cached apart)."""
+    frames passed through H.264, ``predicted``: each as a predicted frame (``render_chunk``; each kind cached
+    apart)."""
     cache.mkdir(parents=True, exist_ok=True)
     ict = None
     parts = []
-    kind = ("_patches" if patches else "") + ("_video" if video else "")
+    kind = ("_patches" if patches else "") + ("_predicted" if predicted else "_video" if video else "")
     for first, end in [(f, n) for s, n in ((0, n_ids), (LIDS_FIRST, LIDS_FIRST + lid_ids)) for f in range(s, n, CHUNK)]:
         path = cache / f"chunk_{first:05d}_{frames_per_id}{kind}.npz"
         if not path.is_file():
             ict = ict or ictdata.ICTModel()
-            part = render_chunk(ict, first, min(CHUNK, end - first), frames_per_id, patches, video)
+            part = render_chunk(ict, first, min(CHUNK, end - first), frames_per_id, patches, video, predicted)
             tmp = path.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, **part)
             tmp.replace(path)

@@ -2,20 +2,24 @@
 
     python -m backend.training.region_image --region mouth|jaw|eyes|lids|brows --out backend/models/builtin \
         --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3] \
-        [--relight] [--video] [--lid-identities 0]
+        [--relight] [--video] [--lid-identities 0] [--video-identities 0] [--predicted-identities 0] [--halvings 2]
 
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
 expressions, the same seeds), with each frame's region patches cut at its MediaPipe points (cached beside those
 chunks); ``--video``: points and patches of the frames passed through H.264 first, at a CRF per identity, as a
 tracked video's are; ``--lid-identities``: the lid set's identities added (closing lids in dim, hard light:
-``expression_init.render_identity``); a network trained on mouthClose leaves out frames whose mouthClose is above
-jawOpen (``expression_init.face_makes``: renders of the first sampler). Model: ``RegionImageNet`` from the
-rest-relative patch features (each frame's minus its identity's median, as the tracker takes the clip's) to the ICT
-weights of the region's ``TRAINED`` channels; squared error over each channel's variance (a rarely active channel
-weighs as much as a common one), AdamW, a one-pixel random shift of the patch as augmentation; ``--members`` networks
-from different seeds, averaged (one network's reading varies a lot from seed to seed). ``--folds`` first reports the
-cross-validated correlation and error per channel over identities (one network per fold), beside all-zeros; the
-shipped network is fitted on all identities and reads only the region's ``SHIPPED`` channels.
+``expression_init.render_identity``); ``--video-identities N``: the first N identities' frames added again as
+``--video`` cuts them; ``--predicted-identities N``: added again, each frame encoded as a video's predicted frame
+after a reference frame of the same head (``expression_init.reference_frames``), as nearly all of a tracked clip's
+frames are (each view of an identity with its own rest); a network trained on mouthClose leaves out frames whose
+mouthClose is above jawOpen (``expression_init.face_makes``: renders of the first sampler). Model:
+``RegionImageNet`` from the rest-relative patch features (each frame's minus its identity's median, as the tracker
+takes the clip's) to the ICT weights of the region's ``TRAINED`` channels; squared error over each channel's variance
+(a rarely active channel weighs as much as a common one), AdamW, a one-pixel random shift of the patch as
+augmentation; ``--members`` networks from different seeds, averaged (one network's reading varies a lot from seed to
+seed). ``--folds`` first reports the cross-validated correlation and error per channel over identities (one network
+per fold), beside all-zeros; the shipped network is fitted on all identities and reads only the region's ``SHIPPED``
+channels.
 """
 from __future__ import annotations
 
@@ -75,37 +79,50 @@ def rest_relative(data: dict, region) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """-> (features (N, 3, rows, cols) minus their identity's median, ICT weights (N, 53), identity (N,), the
     identities' mean rest features (3, rows, cols)) of the frames with a ``region`` patch. A mirrored region's two
     sides are two samples each (N = 2 x frames): the other side's patch with the weights mirrored
-    (``arkit.mirror_name``), so that its grid side's channels are the targets of both."""
+    (``arkit.mirror_name``), so that its grid side's channels are the targets of both. Frames of another ``view``
+    (data["view"], when given: the same identities' frames encoded otherwise) have a rest of their own, as a clip's
+    rest is of its own frames."""
     from ..contracts import arkit
     from ..tracking.region_image import patch_features
 
     patches = data[f"{region.name}_patches"]
     ok = np.isfinite(patches).all(tuple(range(1, patches.ndim)))
     X, W, ident = patch_features(patches[ok]), data["weights"][ok], data["identity"][ok]
+    view = data["view"][ok] if "view" in data else np.zeros(len(X), int)
     if region.mirrored:   # (N, 2, 3, rows, cols) -> the sides one after the other
         swap = [arkit.ICT_NAMES.index(arkit.mirror_name(c)) for c in arkit.ICT_NAMES]
         X, W, ident = np.concatenate([X[:, 0], X[:, 1]]), np.concatenate([W, W[:, swap]]), np.tile(ident, 2)
-        side = np.repeat([0, 1], len(X) // 2)
+        side, view = np.repeat([0, 1], len(X) // 2), np.tile(view, 2)
     else:
         side = np.zeros(len(X), int)
-    # each identity's (and side's) own rest
-    keys, inv = np.unique(2 * ident + side, return_inverse=True)
+    # each identity's (and view's and side's) own rest
+    keys, inv = np.unique((np.int64(ident) * 8 + view) * 2 + side, return_inverse=True)
     rests = np.stack([np.median(X[inv == k], 0) for k in range(len(keys))])
     return X - rests[inv], W, ident, rests.mean(0)
 
 
-def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: bool = False):
-    """A one-member ``RegionImageNet`` fitted to (N, 3, rows, cols) rest-relative features and (N, C) targets (its
-    buffers other than ``scale`` left for the caller). ``relight``: each sample's features scaled by U(0.6, 1.2) and
-    given a random linear gradient across the patch (0.5 x each plane's spread at the edges, normal), as light that
-    stays while the head turns leaves a change of shading and contrast that the clip's rest does not divide out."""
+def with_views(*views: dict) -> dict:
+    """Training data of several views (the same identities' frames encoded otherwise) as one, each frame's view
+    numbered (``view``; ``rest_relative`` gives each view its own rest), keeping the keys all views have."""
+    keys = set.intersection(*(set(v) - {"view"} for v in views))
+    out = {k: np.concatenate([v[k] for v in views]) for k in keys}
+    out["view"] = np.concatenate([np.full(len(v["identity"]), k) for k, v in enumerate(views)])
+    return out
+
+
+def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: bool = False, halvings: int = 2):
+    """A one-member ``RegionImageNet`` (``halvings``: its stride-2 convolutions) fitted to (N, 3, rows, cols)
+    rest-relative features and (N, C) targets (its buffers other than ``scale`` left for the caller). ``relight``:
+    each sample's features scaled by U(0.6, 1.2) and given a random linear gradient across the patch (0.5 x each
+    plane's spread at the edges, normal), as light that stays while the head turns leaves a change of shading and
+    contrast that the clip's rest does not divide out."""
     import torch
 
     from ..tracking.region_image import RegionImageNet
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = RegionImageNet(Y.shape[1], X.shape[2:])
+    net = RegionImageNet(Y.shape[1], X.shape[2:], 1, halvings)
     net.scale.copy_(torch.as_tensor(X.std((0, 2, 3))))
     x, y = torch.as_tensor(X), torch.as_tensor(Y, dtype=torch.float32)
     # each channel's error relative to its spread: a rarely active channel (squint) weighs as much as a common one
@@ -131,12 +148,13 @@ def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: 
     return net.eval()
 
 
-def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, seed: int = 0, relight: bool = False):
+def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, seed: int = 0, relight: bool = False,
+                 halvings: int = 2):
     """A ``RegionImageNet`` whose ``members`` networks are fitted apart (seeds ``seed`` .. ``seed + members - 1``)."""
     from ..tracking.region_image import RegionImageNet
 
-    fitted = [fit(X, Y, epochs, seed + k, relight) for k in range(members)]
-    net = RegionImageNet(Y.shape[1], X.shape[2:], members)
+    fitted = [fit(X, Y, epochs, seed + k, relight, halvings) for k in range(members)]
+    net = RegionImageNet(Y.shape[1], X.shape[2:], members, halvings)
     net.scale.copy_(fitted[0].scale)
     for slot, one in zip(net.members, fitted):
         slot.load_state_dict(one.members[0].state_dict())
@@ -144,7 +162,7 @@ def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, s
 
 
 def cross_validate(X: np.ndarray, Y: np.ndarray, ident: np.ndarray, folds: int, epochs: int,
-                   relight: bool = False) -> np.ndarray:
+                   relight: bool = False, halvings: int = 2) -> np.ndarray:
     """(N, C) out-of-fold readings (uncalibrated) of one network per fold (a lower bound for an ensemble's), folds
     over identities."""
     import torch
@@ -154,7 +172,7 @@ def cross_validate(X: np.ndarray, Y: np.ndarray, ident: np.ndarray, folds: int, 
     pred = np.zeros_like(Y)
     for f in range(folds):
         test = fold_of[inv] == f
-        net = fit(X[~test], Y[~test], epochs, seed=100 + f, relight=relight)
+        net = fit(X[~test], Y[~test], epochs, seed=100 + f, relight=relight, halvings=halvings)
         with torch.no_grad():
             pred[test] = net(torch.as_tensor(X[test])).numpy()
     return pred
@@ -187,13 +205,11 @@ def keep_channels(net, keep):
             state[key] = state[key][list(keep)]
     for key in ("ict_index", "gain", "dead_zone"):
         state[key] = state[key][list(keep)]
-    out = RegionImageNet(len(keep), tuple(net.rest.shape[1:]), len(net.members))
-    out.load_state_dict(state)
-    return out.eval()
+    return RegionImageNet.from_state(state).eval()
 
 
 def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, members: int = 3, folds: int = 0,
-          relight: bool = False, log=print):
+          relight: bool = False, halvings: int = 2, log=print):
     """-> (the shipped ``RegionImageNet`` of ``region``: trained on ``channels`` (default ``TRAINED``), reading
     ``shipped`` (default ``SHIPPED``), its response calibrated out of fold (``calibrate``; without ``folds`` the
     raw reading: gain 1, no dead zone); (the (N, C) out-of-fold readings, (N, C) targets, (C,) calibrated error /
@@ -212,12 +228,12 @@ def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, mem
     cols = [arkit.ICT_NAMES.index(c) for c in channels]
     Y = W[:, cols].astype(np.float32)
     log(f"{region.name}: {len(X)} frames of {len(np.unique(ident))} identities")
-    net = fit_ensemble(X, Y, members, epochs, relight=relight)
+    net = fit_ensemble(X, Y, members, epochs, relight=relight, halvings=halvings)
     net.ict_index.copy_(torch.as_tensor(cols))
     net.rest.copy_(torch.as_tensor(rest))
     cv = None
     if folds:
-        pred = cross_validate(X, Y, ident, folds, epochs, relight)
+        pred = cross_validate(X, Y, ident, folds, epochs, relight, halvings)
         gain, dead_zone, ratio = calibrate(pred, Y, ident)
         net.gain.copy_(torch.as_tensor(gain))
         net.dead_zone.copy_(torch.as_tensor(dead_zone))
@@ -241,17 +257,29 @@ def main(argv=None) -> int:
     ap.add_argument("--members", type=int, default=3, help="networks averaged")
     ap.add_argument("--folds", type=int, default=3, help="folds over identities for the calibration and its report")
     ap.add_argument("--relight", action="store_true", help="augment with random shading gradients and contrast")
+    ap.add_argument("--halvings", type=int, default=2,
+                    help="stride-2 convolutions before the linear layer: each one more quarters the linear layer, "
+                         "which holds most of a network's weights (the jaw's: 3; backend/evaluation/README.md)")
     ap.add_argument("--video", action="store_true",
                     help="cut the patches from the frames encoded as H.264 video and decoded (a CRF per identity)")
     ap.add_argument("--lid-identities", type=int, default=0,
                     help="identities of the lid set added (closing lids in dim, hard light: expression_init)")
+    ap.add_argument("--video-identities", type=int, default=0,
+                    help="the first N identities added again, their frames encoded as one H.264 clip (as --video)")
+    ap.add_argument("--predicted-identities", type=int, default=0,
+                    help="the first N identities added again, each frame encoded as a video's predicted frame")
     a = ap.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.set_num_threads(1)
     region = regions[a.region]
     data = generate(a.cache, a.identities, a.frames, log, patches=True, video=a.video,
                     lid_ids=a.lid_identities)
-    net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, relight=a.relight, log=log)
+    views = [generate(a.cache, n, a.frames, log, patches=True, **kind)
+             for n, kind in ((a.video_identities, {"video": True}), (a.predicted_identities, {"predicted": True})) if n]
+    if views:
+        data = with_views(data, *views)
+    net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, relight=a.relight,
+                    halvings=a.halvings, log=log)
     # half precision: the file halves, the readings move by less than 1e-3
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()},
                a.out / region.file_name)

@@ -84,6 +84,25 @@ def test_gt_face_points_are_visible_and_face_the_camera(gt):
     assert 0.4 < P[:, 2].min() < P[:, 2].max() < 0.8  # metres in front of the camera
 
 
+def test_gt_face_points_hidden_by_an_occluder_are_left_out(gt):
+    """A hair volume over the face (here a sheet in front of its upper half) hides the skin under it: the face points
+    come from the rest of the face only."""
+    from backend.evaluation.synthetic import gt_face_points
+
+    P, _ = gt_face_points(gt, 3, n_points=500)
+    slope = P[:, 1] / P[:, 2]                       # image row, up to the intrinsics
+    cut = float(np.median(slope))
+    z0 = float(P[:, 2].min()) - 0.01                # 1 cm in front of the face
+    top = (float(slope.min()) - 0.05) * z0
+    sheet = np.array([[-0.15, top, z0], [0.15, top, z0], [0.15, cut * z0, z0], [-0.15, cut * z0, z0]])
+    Q, _ = gt_face_points(gt, 3, n_points=500, occluder=(sheet, np.array([[0, 1, 2], [0, 2, 3]])))
+    assert len(Q) > 300
+    px = 1.0 / gt.K[1, 1]                           # one pixel, in the same slope units
+    assert (Q[:, 1] / Q[:, 2] > cut - 2 * px).all() and (slope < cut - 2 * px).sum() > 100
+    P2, _ = gt_face_points(gt, 3, n_points=500, occluder=(np.zeros((0, 3)), np.zeros((0, 3), np.int64)))
+    np.testing.assert_array_equal(P2, P)            # an empty occluder (a bald clip's hair) changes nothing
+
+
 def test_protocol_on_truth_and_mean_head(ict, gt):
     from backend.evaluation import baselines, metrics
     from backend.evaluation.synthetic import gt_face_points

@@ -121,3 +121,42 @@ def test_a_beard_darkens_the_lower_face():
     beard = np.clip(beard + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
     assert M.lower_face_skin_share(shaven, lm) > 0.85
     assert M.lower_face_skin_share(beard, lm) < 0.3
+
+
+def test_background_the_person_mask_took_in_beside_the_hair_is_ignored():
+    """Selfie segmentation takes in patches of a cluttered background next to the hair (long hair, synthetic clip
+    hair000: a fifth of the pixels near the head). Only pixels coloured like the hair just outside the upper face
+    pull the surface out; the hair's colour is not taken from beside the lower face (a collar there), and hair
+    brighter or darker than at the hairline (shading, highlights) still pulls."""
+    lm, prob = _face()
+    lm[M.EYES_MIDDLE] = (80, 72)
+    H, W = prob.shape
+    ys, xs = np.mgrid[0:H, 0:W]
+    disc = prob > 0
+    patch = ((xs - 125) ** 2 + (ys - 35) ** 2 < 22 ** 2) & ~disc        # background the person mask took in
+    collar = (ys >= 100) & (ys < 118) & (np.abs(xs - 80) > 22) & (np.abs(xs - 80) < 45) & ~disc
+    prob = np.maximum(prob, (patch | collar).astype(np.float32))
+    skin = np.array([205, 150, 120], np.float32)
+    image = np.empty((H, W, 3), np.float32)
+    image[:] = (90, 140, 200)
+    image[disc] = skin
+    hair = disc & (ys < 60)
+    image[hair] = (60, 55, 50)                                          # dark hair on top of the head
+    image[hair & (ys < 40)] = (120, 110, 100)                           # a highlight: brighter, the same hue
+    image[patch] = (190, 120, 60)                                       # orange fur in the background
+    image[collar] = (40, 60, 140)                                       # a blue collar beside the lower face
+    image = np.clip(image + np.random.default_rng(0).normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+    lab = M.head_labels(prob, lm, prob.shape, hair_region=True, image=image)
+    plain = M.head_labels(prob, lm, prob.shape, hair_region=True)
+    assert (plain[patch] == M.HEAD_OTHER).mean() > 0.9 and (plain[collar] == M.HEAD_OTHER).mean() > 0.9
+    inner = hair & ~(plain == M.FACE) & (ys > 33)                       # off the outline's thin rim
+    assert (lab[inner] == M.HEAD_OTHER).mean() > 0.95                   # hair pulls, highlight included
+    assert (lab[hair & (ys < 40) & (ys > 33)] == M.HEAD_OTHER).mean() > 0.95
+    assert not (lab[patch] == M.HEAD_OTHER).any()                       # the fur does not
+    assert not (lab[collar] == M.HEAD_OTHER).any()                      # nor the collar
+    assert (lab[patch] == M.IGNORE).all()                               # ignored, not background: no push in
+    # a bald head: no hair beside the upper face to tell its colour, so nothing is dropped for colour
+    bald = image.copy()
+    bald[hair] = skin.astype(np.uint8)
+    lab_bald = M.head_labels(prob, lm, prob.shape, hair_region=True, image=bald)
+    assert (lab_bald[patch] == M.HEAD_OTHER).mean() > 0.9

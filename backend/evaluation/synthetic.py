@@ -416,12 +416,15 @@ def render_clip(spec: ClipSpec, cache_dir: Path | None = None, ict: "ictdata.ICT
 # Ground-truth face points (the analogue of the reference's cropped Kinect point cloud, 6.2/6.3)
 # ---------------------------------------------------------------------------------------------------------------
 def gt_face_points(gt: GroundTruth, frame: int, n_points: int = 8000, seed: int = 0,
-                   min_view_cos: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+                   min_view_cos: float = 0.2, occluder: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Visible face points of one frame: (n, 3) camera-space metres and (n, 3) unit normals (towards the camera).
 
     Area-uniform samples on the evaluation triangles (``GroundTruth.eval_tri``), kept when the view-angle cosine
     exceeds ``min_view_cos`` (reference 6.2 keeps cosine > 0.2) and the point is not occluded by the head itself
-    (splat z-buffer of the whole mesh at the clip's resolution). Normals are interpolated vertex normals.
+    (splat z-buffer of the whole mesh at the clip's resolution) nor by ``occluder``, a camera-space mesh (V, 3)
+    metres / (F, 3) in the frame (a hair volume: the reference crop keeps no hair, so skin under it is no face).
+    Normals are interpolated vertex normals.
     """
     from .mesh_ops import sample_surface, splat_visibility, vertex_normals
 
@@ -435,5 +438,8 @@ def gt_face_points(gt: GroundTruth, frame: int, n_points: int = 8000, seed: int 
     view_cos = -np.einsum("ij,ij->i", nrm, pts / np.linalg.norm(pts, axis=1, keepdims=True))
     keep = view_cos > min_view_cos
     keep &= splat_visibility(pts, v, f, gt.K, gt.width, gt.height, rng)
+    if occluder is not None and len(occluder[1]):
+        # its own splat, dense enough that no pixel it covers is left empty (e^-8 of them)
+        keep &= splat_visibility(pts, occluder[0], occluder[1], gt.K, gt.width, gt.height, rng, samples_per_pixel=8.0)
     idx = np.flatnonzero(keep)[:n_points]
     return pts[idx], nrm[idx]

@@ -6,7 +6,10 @@ shoulders, ears and uncertain pixels are labelled IGNORE: they neither pull the 
 model that represents hair (``hair_region=True``) the rest of the person above the neck line is HEAD_OTHER where its
 colour is not the face's skin (hair, beard): it pulls the surface out like the face does. Skin-coloured pixels there
 (a bald scalp, ears, the neck) stay IGNORE, so the silhouette never asks the hair to cover skin (on a bald head the
-hair parameters absorbed the neck band instead: a beard of 0.5); the body below the neck line stays IGNORE.
+hair parameters absorbed the neck band instead: a beard of 0.5); the body below the neck line stays IGNORE. So do
+pixels not coloured like the hair next to the face (``hair_coloured``): the selfie segmentation takes in patches of
+a cluttered background beside the hair (8-27 % of the pixels the rays sample near a synthetic head of long hair),
+which would pull the head out over the background.
 
 Labels (uint8):
     BACKGROUND = 0   surely not the person: rendered opacity should be 0
@@ -33,8 +36,18 @@ NECK_LINE_BELOW_CHIN = 0.15
 # greyer than the skin beside it)
 SKIN_CHROMA_TOLERANCE = 3.0
 SKIN_MIN_BRIGHTNESS = 0.35
+# hair colour (``hair_coloured``): the reference is the non-skin person pixels within HAIR_SEED_REACH face sizes (the
+# oval's extent) of the face and above the eyes (EYES_MIDDLE), where hair, not background, meets the face; others are
+# hair when their CIE a*b* chromaticity (steady on dark hair, unlike rg) is within HAIR_CHROMA_TOLERANCE robust
+# standard deviations of the reference's (at least HAIR_CHROMA_MIN_SPREAD a*b* units: grey hair has almost none).
+# Fewer than HAIR_SEED_MIN_AREA face sizes squared of reference (a bald head) leaves the pixels as they are.
+HAIR_SEED_REACH = 0.15
+HAIR_CHROMA_TOLERANCE = 3.0
+HAIR_CHROMA_MIN_SPREAD = 3.0
+HAIR_SEED_MIN_AREA = 0.01
 CHIN, FOREHEAD = 152, 10
 NOSE_BOTTOM = 2   # below the nose tip, above the upper lip
+EYES_MIDDLE = 168  # the nose bridge between the eyes
 # the hair's outline (``hair_edge``): a band this many face sizes (the landmarks' bounding-box diagonal) wide on
 # either side (~7 px on a 200 px face; the IGNORE seam the selfie mask's soft edge leaves between hair and background
 # is 1-3 px), on the hair regions within HAIR_FACE_REACH face sizes of the face (past the IGNORE rim around the oval)
@@ -78,16 +91,31 @@ def is_head(labels: np.ndarray) -> np.ndarray:
     return np.isin(labels, HEAD)
 
 
-def above_neck_line(landmarks: np.ndarray, shape) -> np.ndarray:
-    """(H, W) bool: pixels above the neck line (NECK_LINE_BELOW_CHIN face heights below the chin, perpendicular to
-    the chin -> forehead axis, so it follows head roll)."""
+def _along_face_axis(landmarks: np.ndarray, shape, origin: int) -> tuple[np.ndarray, float]:
+    """(H, W) pixel-centre distances along the chin -> forehead axis of the landmarks (so they follow head roll) from
+    landmark ``origin``, and the chin -> forehead distance (pixels)."""
     H, W = shape[:2]
     up = landmarks[FOREHEAD, :2] - landmarks[CHIN, :2]
     height = float(np.linalg.norm(up)) + 1e-6
     up = up / height
     ys, xs = np.mgrid[0:H, 0:W]
-    along = (xs + 0.5 - landmarks[CHIN, 0]) * up[0] + (ys + 0.5 - landmarks[CHIN, 1]) * up[1]
+    return (xs + 0.5 - landmarks[origin, 0]) * up[0] + (ys + 0.5 - landmarks[origin, 1]) * up[1], height
+
+
+def above_neck_line(landmarks: np.ndarray, shape) -> np.ndarray:
+    """(H, W) bool: pixels above the neck line (NECK_LINE_BELOW_CHIN face heights below the chin, perpendicular to
+    the chin -> forehead axis, so it follows head roll)."""
+    along, height = _along_face_axis(landmarks, shape, CHIN)
     return along > -NECK_LINE_BELOW_CHIN * height
+
+
+def _near_reference(chroma: np.ndarray, reference: np.ndarray, tolerance: float, min_spread: float) -> np.ndarray:
+    """(H, W) bool: ``chroma`` (H, W, 2) within ``tolerance`` robust standard deviations (median, MAD, at least
+    ``min_spread``) of its values on the ``reference`` pixels (H, W) bool, per channel."""
+    ref = chroma[reference]
+    centre = np.median(ref, 0)
+    spread = np.maximum(1.4826 * np.median(np.abs(ref - centre), 0), min_spread)
+    return np.linalg.norm((chroma - centre) / spread, axis=-1) <= tolerance
 
 
 def skin_coloured(image: np.ndarray, skin: np.ndarray) -> np.ndarray:
@@ -96,12 +124,17 @@ def skin_coloured(image: np.ndarray, skin: np.ndarray) -> np.ndarray:
     oval's eyes, brows and lips are outliers the median ignores) and brightness >= SKIN_MIN_BRIGHTNESS x theirs."""
     rgb = image.astype(np.float32) + 1.0
     total = rgb.sum(-1)
-    chroma = rgb[..., :2] / total[..., None]
-    ref = chroma[skin]
-    centre = np.median(ref, 0)
-    spread = np.maximum(1.4826 * np.median(np.abs(ref - centre), 0), 0.005)
-    near = np.linalg.norm((chroma - centre) / spread, axis=-1) <= SKIN_CHROMA_TOLERANCE
+    near = _near_reference(rgb[..., :2] / total[..., None], skin, SKIN_CHROMA_TOLERANCE, 0.005)
     return near & (total >= SKIN_MIN_BRIGHTNESS * np.median(total[skin]))
+
+
+def hair_coloured(image: np.ndarray, hair: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels of ``image`` (H, W, 3) uint8 RGB coloured like the reference hair pixels ``hair`` (H, W)
+    bool: CIE a*b* chromaticity within HAIR_CHROMA_TOLERANCE robust standard deviations of theirs (at least
+    HAIR_CHROMA_MIN_SPREAD); brightness is free (hair's shading and highlights span most of it)."""
+    import cv2
+    ab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[..., 1:].astype(np.float32)
+    return _near_reference(ab, hair, HAIR_CHROMA_TOLERANCE, HAIR_CHROMA_MIN_SPREAD)
 
 
 def lower_face_skin_share(image: np.ndarray, landmarks: np.ndarray) -> float:
@@ -114,10 +147,7 @@ def lower_face_skin_share(image: np.ndarray, landmarks: np.ndarray) -> float:
     r = max(1, int(round(0.03 * size)))   # off the oval's border, which mixes skin and background (``head_labels``)
     import cv2
     face = cv2.erode(face.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
-    up = landmarks[FOREHEAD, :2] - landmarks[CHIN, :2]
-    up = up / (np.linalg.norm(up) + 1e-6)
-    ys, xs = np.mgrid[0:H, 0:W]
-    along = (xs + 0.5 - landmarks[NOSE_BOTTOM, 0]) * up[0] + (ys + 0.5 - landmarks[NOSE_BOTTOM, 1]) * up[1]
+    along, _ = _along_face_axis(landmarks, (H, W), NOSE_BOTTOM)
     lower = face & (along < 0) & ~_fill((H, W), landmarks[OUTER_LIPS])
     upper = face & (along > 0)
     if not lower.any() or not upper.any():
@@ -136,7 +166,8 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
         landmarks: (478, 2) MediaPipe landmarks in pixels, or None (no face: everything IGNORE/BACKGROUND).
         shape: (H, W).
         hair_region: label the person above the neck line HEAD_OTHER (a model with hair); else IGNORE.
-        image: (H, W, 3) uint8 RGB frame: with ``hair_region``, its skin-coloured pixels there stay IGNORE.
+        image: (H, W, 3) uint8 RGB frame: with ``hair_region``, its pixels there coloured like the skin, or unlike
+            the hair next to the face, stay IGNORE.
     Returns:
         (H, W) uint8 labels.
     """
@@ -147,20 +178,27 @@ def head_labels(person_prob: Optional[np.ndarray], landmarks: Optional[np.ndarra
         lab[person_prob < bg_thresh] = BACKGROUND
     if landmarks is None:
         return lab
-    face = _fill((H, W), landmarks[FACE_OVAL])
+    oval = _fill((H, W), landmarks[FACE_OVAL])
     # shrink the oval slightly: its border is where the model's skin meets hair/ears and the detector is least sure
     size = float(np.ptp(landmarks[FACE_OVAL], axis=0).max())
     r = max(1, int(round(margin_frac * size)))
-    face = cv2.erode(face.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
+    face = cv2.erode(oval.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
     if person_prob is not None:
         face &= person_prob >= 0.5
         if hair_region:
             other = (person_prob >= 0.5) & above_neck_line(landmarks, (H, W))
             if image is not None and face.any():
                 # not skin, and not the thin rims left along the head's outline (whose pixels mix skin and background)
-                other &= ~skin_coloured(image, face)
                 kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
-                other = cv2.morphologyEx(other.astype(np.uint8), cv2.MORPH_OPEN, kernel).astype(bool)
+                other = cv2.morphologyEx((other & ~skin_coloured(image, face)).astype(np.uint8), cv2.MORPH_OPEN,
+                                         kernel).astype(bool)
+                # and coloured like the hair just outside the upper face (not the brows and eyes inside the oval;
+                # below the eyes: neck shadows, collars, beards)
+                near = cv2.distanceTransform((~oval).astype(np.uint8), cv2.DIST_L2, 3) <= HAIR_SEED_REACH * size
+                seed = other & near & ~oval & (_along_face_axis(landmarks, (H, W), EYES_MIDDLE)[0] > 0)
+                if seed.sum() >= HAIR_SEED_MIN_AREA * size ** 2:
+                    other = cv2.morphologyEx((other & hair_coloured(image, seed)).astype(np.uint8), cv2.MORPH_OPEN,
+                                             kernel).astype(bool)
             lab[other] = HEAD_OTHER
     lab[face] = FACE
     mouth = _fill((H, W), landmarks[INNER_LIPS])

@@ -204,10 +204,7 @@ def main(argv=None) -> int:
 
         result["models"][label] = {
             "model": str(model_dir), "clips": per_clip,
-            "hair_clips": {k: mean(hairy, k) for k in ("face_chamfer_l1_mm", "face_incl_hidden_chamfer_l1_mm",
-                                                      "hair_placed_chamfer_l1_mm",
-                                                      "hair_icp_chamfer_l1_mm", "silhouette_iou",
-                                                      "silhouette_iou_min", "hair_area_fraction")},
+            "hair_clips": {k: mean(hairy, k) for k in POOLED},
             "bald_clips": {k: mean(bald, k) for k in ("face_chamfer_l1_mm", "silhouette_iou",
                                                       "hair_area_fraction")}}
     print("| model | clips | face CL1 mm | hair CL1 placed / ICP mm | IoU mean (min) | hair area |", file=sys.stderr)

@@ -64,6 +64,7 @@ LIPS_SAMPLER_FIRST = 625
 
 
 _JAW_OPEN, _MOUTH_CLOSE = (arkit.ICT_NAMES.index(n) for n in ("jawOpen", "mouthClose"))
+_BLINKS = tuple(arkit.ICT_NAMES.index(n) for n in ("eyeBlink_L", "eyeBlink_R"))
 # the channels that move the lips (and the jaw aside or forward) without opening it, several at once in speech (the
 # lips sampler's, ``_lips_expression``)
 _LIPS = np.array([i for i, n in enumerate(arkit.ICT_NAMES)
@@ -123,7 +124,7 @@ def _lid_expression(rng) -> np.ndarray:
     the other's 0.7-1 x as much (0 in a fifth: a wink)."""
     w = _first_expression(rng)
     if rng.uniform() < LIDS_BLINKING:
-        eyes = [arkit.ICT_NAMES.index(n) for n in ("eyeBlink_L", "eyeBlink_R")]
+        eyes = list(_BLINKS)
         rng.shuffle(eyes)
         w[eyes[0]] = rng.uniform(0.3, 1.0)
         w[eyes[1]] = 0.0 if rng.uniform() < 0.2 else w[eyes[0]] * rng.uniform(0.7, 1.0)

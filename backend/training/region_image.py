@@ -259,7 +259,8 @@ def main(argv=None) -> int:
     ap.add_argument("--relight", action="store_true", help="augment with random shading gradients and contrast")
     ap.add_argument("--halvings", type=int, default=2,
                     help="stride-2 convolutions before the linear layer: each one more quarters the linear layer, "
-                         "which holds most of a network's weights (the jaw's: 3; backend/evaluation/README.md)")
+                         "which holds most of a network's weights (the jaw's at 3: 867 -> 354 kB, not shipped: it "
+                         "reads sealed lips less well; backend/evaluation/README.md)")
     ap.add_argument("--video", action="store_true",
                     help="cut the patches from the frames encoded as H.264 video and decoded (a CRF per identity)")
     ap.add_argument("--lid-identities", type=int, default=0,

@@ -192,6 +192,7 @@ def calibrate_unit(clips: list[dict], channels: tuple[int, ...]) -> dict:
     """The table row of channels calibrated together (``mirror_units``), with its cross-validation record under
     ``cv``."""
     from ..evaluation.channel_metrics import event_runs
+    from ..evaluation.expression_benchmark import BLINK_CHANNELS
 
     sources = sorted(s for s in set().union(*(c["sources"] for c in clips))
                      if any(np.isfinite(c["sources"][s][:, channels]).any() for c in clips if s in c["sources"]))
@@ -202,7 +203,8 @@ def calibrate_unit(clips: list[dict], channels: tuple[int, ...]) -> dict:
     # fewer than ``EVENT_FLOOR`` of them (0 events on other channels: no constraint)
     plain = np.array([not c["shares"] or (c["dead_zone"] == 0 and c["gain"] == 1 and len(c["shares"]) == 1)
                       for c in cands])
-    events_total = np.array([sum(len(event_runs(c["truth"][:, ch])) for ch in channels) for c in clips])
+    blinks = [ch for ch in channels if arkit.ARKIT_NAMES[ch] in BLINK_CHANNELS]
+    events_total = np.array([sum(len(event_runs(c["truth"][:, ch])) for ch in blinks) for c in clips])
 
     def choose(rest):   # the best reading (not zeros: the alternative it must beat) on the clips ``rest``
         events = found[:, rest].sum((1, 2))

@@ -152,7 +152,7 @@ def test_a_broken_arkit_channel_table_is_reported_before_the_landmark_pass(clip,
     ("no_config", "no config.json"),
     ("model.pt", "model.pt"),
     ("encoders.pt", "encoders.pt"),
-    ("eye_image.pt", "eye_image.pt"),
+    ("lid_image.pt", "lid_image.pt"),
     ("expression_init.npz", "expression_init.npz"),
 ])
 def test_a_damaged_model_folder_is_bad_input_before_the_landmark_pass(clip, tmp_path, damage, named):

@@ -271,12 +271,13 @@ def test_each_view_of_the_same_identities_is_read_against_its_own_rest(tmp_path,
     with pytest.raises(Trained):
         tri.main(["--region", "lids", "--out", str(tmp_path), "--cache", str(tmp_path), "--identities", "2",
                   "--predicted-identities", "1"])
-    assert asked == [(2, {"video": False, "lid_ids": 0}), (1, {"predicted": True})]
+    assert asked == [(2, {"video": False, "lid_ids": 0, "first_id": 0}), (1, {"predicted": True, "first_id": 0})]
     assert trained[0]["view"].tolist() == [0] * 24 + [1] * 24
     with pytest.raises(Trained):
         tri.main(["--region", "lids", "--out", str(tmp_path), "--cache", str(tmp_path), "--identities", "2",
                   "--video-identities", "2", "--predicted-identities", "1"])
-    assert asked[2:] == [(2, {"video": False, "lid_ids": 0}), (2, {"video": True}), (1, {"predicted": True})]
+    assert asked[2:] == [(2, {"video": False, "lid_ids": 0, "first_id": 0}), (2, {"video": True, "first_id": 0}),
+                         (1, {"predicted": True, "first_id": 0})]
     assert trained[1]["view"].tolist() == [0] * 24 + [1] * 24 + [2] * 24
 
 
@@ -617,3 +618,96 @@ def test_predicted_training_frames_are_encoded_after_a_reference_of_the_same_hea
     monkeypatch.setattr(tei, "through_video", lambda fr, c, r=None: passed.append((fr, c, r)) or through(fr, c, r))
     tei.render_chunk(ict, 3, 1, 2, patches=True, predicted=True)
     assert len(passed) == 1 and passed[0][0] is frames and passed[0][1] == crf and passed[0][2] is refs
+
+
+def _jaw_data(rng, jaw_open):
+    """Training data of the jaw region: one random patch per frame (two identities), jawOpen ``jaw_open`` (N,)."""
+    w = np.zeros((len(jaw_open), len(arkit.ICT_NAMES)), np.float32)
+    w[:, arkit.ICT_NAMES.index("jawOpen")] = jaw_open
+    return {"jaw_patches": rng.uniform(0.2, 0.8, (len(w),) + ri.JAW.patch_shape).astype(np.float32), "weights": w,
+            "identity": np.repeat([0, 1], len(w) // 2)}
+
+
+def test_small_jaw_openings_weigh_more_in_the_loss():
+    """``--small-opening-weight``: frames with jawOpen in ``SMALL_OPENING`` weigh the factor times the others (mean
+    weight 1); the same features with two targets are then fitted nearer the heavier frames' target."""
+    from backend.training.region_image import SMALL_OPENING, fit, opening_weights
+
+    w = np.zeros((6, len(arkit.ICT_NAMES)), np.float32)
+    w[:, arkit.ICT_NAMES.index("jawOpen")] = [0.0, SMALL_OPENING[0], 0.3, SMALL_OPENING[1], 0.8, 1.0]
+    got = opening_weights(w, 4.0)
+    assert got.mean() == pytest.approx(1.0) and np.allclose(got / got[0], [1, 4, 4, 4, 1, 1])
+    assert np.allclose(opening_weights(w, 1.0), 1.0)
+    # one patch read 0.3 (a small opening) in a quarter of the frames, 0.9 in the rest
+    X = np.repeat(np.random.default_rng(0).normal(size=(1, 3, 6, 5)).astype(np.float32), 64, 0)
+    Y = np.where(np.arange(64) < 16, 0.3, 0.9).astype(np.float32)[:, None]
+    read = {}
+    for factor in (1.0, 9.0):
+        weight = np.where(np.arange(64) < 16, factor, 1.0).astype(np.float32)
+        net = fit(X, Y, epochs=300, sample_weight=weight / weight.mean())
+        with torch.no_grad():
+            read[factor] = float(net(torch.as_tensor(X[:1]))[0, 0])
+    # the weighted mean of the targets: 0.75 plain, 0.45 with the small openings 9 x
+    assert read[1.0] == pytest.approx(0.75, abs=0.05) and read[9.0] == pytest.approx(0.45, abs=0.05), read
+
+
+def test_training_can_start_from_a_saved_network_of_the_region(tmp_path, monkeypatch):
+    """``--init``: each member starts from the saved network's member (its scale kept): no epochs give it back, a few
+    move it; the CLI refuses a network of another shape (exit 2) and reads identities from ``--first-identity``."""
+    from backend.training import region_image as tri
+
+    rng = np.random.default_rng(0)
+    data = _jaw_data(rng, np.tile([0.0, 0.3, 0.6, 0.9], 6))
+    channels = ("jawOpen", "mouthClose")
+    start, _ = tri.train(data, ri.JAW, channels=channels, shipped=channels, epochs=1, members=2, log=lambda m: None)
+    x = torch.as_tensor(rng.normal(0, 0.05, (4, ri.N_FEATURES) + ri.JAW.shape), dtype=torch.float32)
+    same, _ = tri.train(data, ri.JAW, channels=channels, shipped=channels, epochs=0, members=2, init=start,
+                        log=lambda m: None)
+    moved, _ = tri.train(data, ri.JAW, channels=channels, shipped=channels, epochs=2, members=2, init=start,
+                         log=lambda m: None)
+    with torch.no_grad():
+        assert torch.allclose(same(x), start(x)) and torch.equal(same.scale, start.scale)
+        assert torch.equal(moved.scale, start.scale) and not torch.allclose(moved(x), start(x), atol=1e-4)
+    with pytest.raises(ValueError, match="members"):
+        tri.train(data, ri.JAW, channels=channels, shipped=channels, epochs=0, members=3, init=start,
+                  log=lambda m: None)
+    with pytest.raises(ValueError, match="other channels"):
+        tri.train(data, ri.JAW, channels=channels[:1], shipped=channels[:1], epochs=0, members=2, init=start,
+                  log=lambda m: None)
+    torch.save(start.state_dict(), tmp_path / "two.pt")
+    asked = []
+    monkeypatch.setattr(tri, "generate", lambda cache, n, frames, log, patches, **kw: asked.append((n, kw)) or data)
+    for bad in (["--init", str(tmp_path / "two.pt")], ["--init", str(tmp_path / "absent.pt")],
+                ["--first-identity", "30"], ["--small-opening-weight", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            tri.main(["--region", "jaw", "--out", str(tmp_path), "--cache", str(tmp_path), "--folds", "0"] + bad)
+        assert stop.value.code == 2
+    assert not asked
+    trained = []
+    monkeypatch.setattr(tri, "train", lambda d, region, **kw: trained.append(kw) or (start, None))
+    tri.main(["--region", "jaw", "--out", str(tmp_path), "--cache", str(tmp_path), "--folds", "0", "--members", "2",
+              "--identities", "50", "--first-identity", "325", "--video-identities", "25",
+              "--small-opening-weight", "3"])
+    assert asked == [(50, {"video": False, "lid_ids": 0, "first_id": 325}), (25, {"video": True, "first_id": 325})]
+    assert trained[0]["init"] is None and trained[0]["small_opening_weight"] == 3.0
+
+
+def test_generate_reads_identities_from_a_first_one(tmp_path, monkeypatch):
+    """``generate(first_id=)``: the chunks of identities first_id .. first_id + n - 1, cut as every cache is."""
+    from backend.training import expression_init as tei
+
+    calls = []
+
+    def chunk(ict, first, n_ids, frames_per_id, patches, video, predicted):
+        calls.append((first, n_ids))
+        ids = np.repeat(np.arange(first, first + n_ids), frames_per_id)
+        return {"points": np.zeros((len(ids), 478, 3), np.float32), "weights": np.zeros((len(ids), 53), np.float32),
+                "identity": ids}
+
+    monkeypatch.setattr(tei, "render_chunk", chunk)
+    monkeypatch.setattr(tei.ictdata, "ICTModel", lambda: None)
+    data = tei.generate(tmp_path, 30, 2, log=lambda m: None, first_id=325)
+    assert calls == [(325, 25), (350, 5)] and sorted(np.unique(data["identity"])) == list(range(325, 355))
+    assert (tmp_path / "chunk_00350_2.npz").is_file()
+    with pytest.raises(ValueError, match="multiple"):
+        tei.generate(tmp_path, 30, 2, log=lambda m: None, first_id=330)

@@ -280,16 +280,20 @@ def render_chunk(ict, first: int, n_ids: int, frames_per_id: int, patches: bool 
 
 
 def generate(cache: Path, n_ids: int, frames_per_id: int, log=print, patches: bool = False,
-             video: bool = False, lid_ids: int = 0, predicted: bool = False) -> dict:
-    """All chunks (rendered now or loaded from ``cache``), concatenated: identities 0 .. ``n_ids`` - 1 and
-    ``lid_ids`` of the lid set (``LIDS_FIRST`` on); ``patches``: with the face regions' patches, ``video``: from the
-    frames passed through H.264, ``predicted``: each as a predicted frame (``render_chunk``; each kind cached
-    apart)."""
+             video: bool = False, lid_ids: int = 0, predicted: bool = False, first_id: int = 0) -> dict:
+    """All chunks (rendered now or loaded from ``cache``), concatenated: identities ``first_id`` .. ``first_id`` +
+    ``n_ids`` - 1 (``first_id`` a multiple of ``CHUNK``, as the cached chunks are cut) and ``lid_ids`` of the lid set
+    (``LIDS_FIRST`` on); ``patches``: with the face regions' patches, ``video``: from the frames passed through H.264,
+    ``predicted``: each as a predicted frame (``render_chunk``; each kind cached apart)."""
+    if first_id % CHUNK or first_id < 0:
+        raise ValueError(f"the first identity must be a non-negative multiple of {CHUNK} (the cached chunks' cut), "
+                         f"not {first_id}")
     cache.mkdir(parents=True, exist_ok=True)
     ict = None
     parts = []
     kind = ("_patches" if patches else "") + ("_predicted" if predicted else "_video" if video else "")
-    for first, end in [(f, n) for s, n in ((0, n_ids), (LIDS_FIRST, LIDS_FIRST + lid_ids)) for f in range(s, n, CHUNK)]:
+    ranges = ((first_id, first_id + n_ids), (LIDS_FIRST, LIDS_FIRST + lid_ids))
+    for first, end in [(f, n) for s, n in ranges for f in range(s, n, CHUNK)]:
         path = cache / f"chunk_{first:05d}_{frames_per_id}{kind}.npz"
         if not path.is_file():
             ict = ict or ictdata.ICTModel()

@@ -2,7 +2,8 @@
 
     python -m backend.training.region_image --region mouth|jaw|eyes|lids|brows --out backend/models/builtin \
         --cache /work/cache/expr23/train [--identities 325] [--frames 16] [--epochs 30] [--members 3] [--folds 3] \
-        [--relight] [--video] [--lid-identities 0] [--video-identities 0] [--predicted-identities 0] [--halvings 2]
+        [--relight] [--video] [--lid-identities 0] [--video-identities 0] [--predicted-identities 0] [--halvings 2] \
+        [--first-identity 0] [--init backend/models/builtin/jaw_image.pt] [--small-opening-weight 1]
 
 Data: the landmark regressor's renders (``training.expression_init.generate``: the same identities, looks, poses and
 expressions, the same seeds), with each frame's region patches cut at its MediaPipe points (cached beside those
@@ -12,12 +13,16 @@ tracked video's are; ``--lid-identities``: the lid set's identities added (closi
 ``--video`` cuts them; ``--predicted-identities N``: added again, each frame encoded as a video's predicted frame
 after a reference frame of the same head (``expression_init.reference_frames``), as nearly all of a tracked clip's
 frames are (each view of an identity with its own rest); a network trained on mouthClose leaves out frames whose
-mouthClose is above jawOpen (``expression_init.face_makes``: renders of the first sampler). Model:
+mouthClose is above jawOpen (``expression_init.face_makes``: renders of the first sampler); ``--first-identity F``:
+identities F .. F + N - 1 (every view) instead of 0 .. N - 1. Model:
 ``RegionImageNet`` from the rest-relative patch features (each frame's minus its identity's median, as the tracker
 takes the clip's) to the ICT weights of the region's ``TRAINED`` channels; squared error over each channel's variance
 (a rarely active channel weighs as much as a common one), AdamW, a one-pixel random shift of the patch as
 augmentation; ``--members`` networks from different seeds, averaged (one network's reading varies a lot from seed to
-seed). ``--folds`` first reports the cross-validated correlation and error per channel over identities (one network
+seed). ``--init``: each member starts from the same member of a saved network of the region (its features' scale
+kept) instead of from random weights: a shipped reader fine-tuned on new views of its data costs a few epochs, not a
+full training; ``--small-opening-weight W``: frames whose jawOpen is a small opening (``SMALL_OPENING``) weigh W
+times the others in the loss. ``--folds`` first reports the cross-validated correlation and error per channel over identities (one network
 per fold), beside all-zeros; the shipped network is fitted on all identities and reads only the region's ``SHIPPED``
 channels.
 """
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .expression_init import face_makes, generate
+from .expression_init import CHUNK, face_makes, generate
 
 # The channels each region's network is trained on: the mouth's and the eyes' those the landmark regressor reads
 # poorly or not at all; the jaw's every channel of the lower face and the jaw (its patch shows the chin's outline)
@@ -73,6 +78,10 @@ SHIPPED = {
 GAINS = (1.5, 2.5, 3.5, 5.0, 7.0)
 DEAD_ZONES = (0.07, 0.1, 0.15, 0.2, 0.25)
 ACTIVE_PEAK = 0.2
+# the jaw openings ``--small-opening-weight`` weighs: the shipped jaw reader reads openings of 0.2-0.5 up to 1.8 x the
+# truth at the true peak of the tuning clips' speech, the wide ones within 15 % (backend/evaluation/README.md,
+# session 16)
+SMALL_OPENING = (0.15, 0.5)
 
 
 def rest_relative(data: dict, region) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -110,9 +119,23 @@ def with_views(*views: dict) -> dict:
     return out
 
 
-def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: bool = False, halvings: int = 2):
+def opening_weights(weights: np.ndarray, factor: float) -> np.ndarray:
+    """(N, 53) ICT weights -> (N,) each frame's weight in the loss, mean 1: ``factor`` where jawOpen is a small
+    opening (``SMALL_OPENING``, ends included), 1 elsewhere."""
+    from ..contracts import arkit
+
+    jaw = weights[:, arkit.ICT_NAMES.index("jawOpen")]
+    w = np.where((jaw >= SMALL_OPENING[0]) & (jaw <= SMALL_OPENING[1]), float(factor), 1.0)
+    return (w / w.mean()).astype(np.float32)
+
+
+def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: bool = False, halvings: int = 2,
+        init=None, sample_weight: np.ndarray | None = None):
     """A one-member ``RegionImageNet`` (``halvings``: its stride-2 convolutions) fitted to (N, 3, rows, cols)
-    rest-relative features and (N, C) targets (its buffers other than ``scale`` left for the caller). ``relight``:
+    rest-relative features and (N, C) targets (its buffers other than ``scale`` left for the caller). ``init``:
+    (scale (3,), one member's state dict) to start from (the scale kept: the member reads features scaled so), instead
+    of random weights and the features' own spread; ``sample_weight`` (N,): each frame's weight in the loss (default
+    1). ``relight``:
     each sample's features scaled by U(0.6, 1.2) and given a random linear gradient across the patch (0.5 x each
     plane's spread at the edges, normal), as light that stays while the head turns leaves a change of shading and
     contrast that the clip's rest does not divide out."""
@@ -123,10 +146,15 @@ def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = RegionImageNet(Y.shape[1], X.shape[2:], 1, halvings)
-    net.scale.copy_(torch.as_tensor(X.std((0, 2, 3))))
+    if init is None:
+        net.scale.copy_(torch.as_tensor(X.std((0, 2, 3))))
+    else:
+        net.scale.copy_(torch.as_tensor(init[0]))
+        net.members[0].load_state_dict(init[1])
     x, y = torch.as_tensor(X), torch.as_tensor(Y, dtype=torch.float32)
     # each channel's error relative to its spread: a rarely active channel (squint) weighs as much as a common one
     weight = 1.0 / (y.var(0) + 1e-3)
+    frame_weight = torch.ones(len(x)) if sample_weight is None else torch.as_tensor(sample_weight, dtype=torch.float32)
     ramps = torch.stack(torch.meshgrid(torch.linspace(-1, 1, X.shape[2]), torch.linspace(-1, 1, X.shape[3]),
                                        indexing="ij"))                                   # (2, rows, cols)
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-3)
@@ -141,7 +169,7 @@ def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: 
                 tilt = torch.as_tensor(rng.normal(0, 0.5, (len(k), X.shape[1], 2)), dtype=torch.float32)
                 xb = (xb * torch.as_tensor(rng.uniform(0.6, 1.2, (len(k), 1, 1, 1)), dtype=torch.float32)
                       + torch.einsum("npk,khw->nphw", tilt * net.scale[:, None], ramps))
-            loss = (weight * (net(xb) - y[k]) ** 2).mean()
+            loss = (frame_weight[k, None] * weight * (net(xb) - y[k]) ** 2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -149,11 +177,16 @@ def fit(X: np.ndarray, Y: np.ndarray, epochs: int = 40, seed: int = 0, relight: 
 
 
 def fit_ensemble(X: np.ndarray, Y: np.ndarray, members: int, epochs: int = 40, seed: int = 0, relight: bool = False,
-                 halvings: int = 2):
-    """A ``RegionImageNet`` whose ``members`` networks are fitted apart (seeds ``seed`` .. ``seed + members - 1``)."""
+                 halvings: int = 2, init=None, sample_weight: np.ndarray | None = None):
+    """A ``RegionImageNet`` whose ``members`` networks are fitted apart (seeds ``seed`` .. ``seed + members - 1``),
+    member k starting from ``init``'s member k (a ``RegionImageNet`` of as many members; default random weights)."""
     from ..tracking.region_image import RegionImageNet
 
-    fitted = [fit(X, Y, epochs, seed + k, relight, halvings) for k in range(members)]
+    if init is not None and len(init.members) != members:
+        raise ValueError(f"the network to start from has {len(init.members)} members, not {members}")
+    fitted = [fit(X, Y, epochs, seed + k, relight, halvings,
+                  None if init is None else (init.scale, init.members[k].state_dict()), sample_weight)
+              for k in range(members)]
     net = RegionImageNet(Y.shape[1], X.shape[2:], members, halvings)
     net.scale.copy_(fitted[0].scale)
     for slot, one in zip(net.members, fitted):
@@ -209,11 +242,13 @@ def keep_channels(net, keep):
 
 
 def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, members: int = 3, folds: int = 0,
-          relight: bool = False, halvings: int = 2, log=print):
+          relight: bool = False, halvings: int = 2, init=None, small_opening_weight: float = 1.0, log=print):
     """-> (the shipped ``RegionImageNet`` of ``region``: trained on ``channels`` (default ``TRAINED``), reading
     ``shipped`` (default ``SHIPPED``), its response calibrated out of fold (``calibrate``; without ``folds`` the
     raw reading: gain 1, no dead zone); (the (N, C) out-of-fold readings, (N, C) targets, (C,) calibrated error /
-    zeros' error) of the trained channels, or None without ``folds``)."""
+    zeros' error) of the trained channels, or None without ``folds``). ``init``: a saved ``RegionImageNet`` of
+    ``members`` members reading ``channels`` to start from (fine-tuning; the folds still start from random
+    weights); ``small_opening_weight``: the loss weight of frames with a small jaw opening (``opening_weights``)."""
     import torch
 
     from ..contracts import arkit
@@ -226,9 +261,13 @@ def train(data: dict, region, channels=None, shipped=None, epochs: int = 40, mem
         data = {k: v[keep] for k, v in data.items()}
     X, W, ident, rest = rest_relative(data, region)
     cols = [arkit.ICT_NAMES.index(c) for c in channels]
+    if init is not None and init.ict_index.tolist() != cols:
+        raise ValueError(f"the network to start from reads other channels than {region.name}'s {len(cols)}")
     Y = W[:, cols].astype(np.float32)
+    frame_weight = None if small_opening_weight == 1.0 else opening_weights(W, small_opening_weight)
     log(f"{region.name}: {len(X)} frames of {len(np.unique(ident))} identities")
-    net = fit_ensemble(X, Y, members, epochs, relight=relight, halvings=halvings)
+    net = fit_ensemble(X, Y, members, epochs, relight=relight, halvings=halvings, init=init,
+                       sample_weight=frame_weight)
     net.ict_index.copy_(torch.as_tensor(cols))
     net.rest.copy_(torch.as_tensor(rest))
     cv = None
@@ -269,18 +308,46 @@ def main(argv=None) -> int:
                     help="the first N identities added again, their frames encoded as one H.264 clip (as --video)")
     ap.add_argument("--predicted-identities", type=int, default=0,
                     help="the first N identities added again, each frame encoded as a video's predicted frame")
+    ap.add_argument("--first-identity", type=int, default=0,
+                    help="identities from this one (a multiple of 25) on, in every view, instead of from 0")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="a saved network of the region (as many members, the same channels) to start from")
+    ap.add_argument("--small-opening-weight", type=float, default=1.0,
+                    help="loss weight of frames whose jawOpen is a small opening (0.15-0.5), the others' 1")
     a = ap.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.set_num_threads(1)
     region = regions[a.region]
+    if a.first_identity % CHUNK or a.first_identity < 0:
+        ap.error(f"--first-identity must be a non-negative multiple of {CHUNK} (the cached chunks' cut)")
+    if a.small_opening_weight <= 0:
+        ap.error("--small-opening-weight must be positive")
+    init = None
+    if a.init is not None:
+        from ..contracts import arkit
+        from ..model.checkpoint import CheckpointError, safe_torch_load
+        from ..tracking.region_image import RegionImageNet
+
+        try:   # the saved file is half precision; training runs in single
+            init = RegionImageNet.from_state({k: v.float() if v.is_floating_point() else v
+                                              for k, v in safe_torch_load(a.init).items()})
+        except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            ap.error(f"--init {a.init}: not a saved image reader ({type(e).__name__}: {e})")
+        shape = (len(init.members), sum(isinstance(m, torch.nn.Conv2d) for m in init.members[0]) - 1,
+                 tuple(init.rest.shape[1:]), init.ict_index.tolist())
+        want = (a.members, a.halvings, region.shape, [arkit.ICT_NAMES.index(c) for c in TRAINED[region.name]])
+        if shape != want:
+            ap.error(f"--init {a.init}: {shape[0]} members, {shape[1]} halvings, patch {shape[2]}, its channels; "
+                     f"the training asks {want[0]}, {want[1]}, {want[2]} and {region.name}'s {len(want[3])} channels")
+    first = {"first_id": a.first_identity}
     data = generate(a.cache, a.identities, a.frames, log, patches=True, video=a.video,
-                    lid_ids=a.lid_identities)
-    views = [generate(a.cache, n, a.frames, log, patches=True, **kind)
+                    lid_ids=a.lid_identities, **first)
+    views = [generate(a.cache, n, a.frames, log, patches=True, **kind, **first)
              for n, kind in ((a.video_identities, {"video": True}), (a.predicted_identities, {"predicted": True})) if n]
     if views:
         data = with_views(data, *views)
     net, cv = train(data, region, epochs=a.epochs, members=a.members, folds=a.folds, relight=a.relight,
-                    halvings=a.halvings, log=log)
+                    halvings=a.halvings, init=init, small_opening_weight=a.small_opening_weight, log=log)
     # half precision: the file halves, the readings move by less than 1e-3
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()},
                a.out / region.file_name)

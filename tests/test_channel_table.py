@@ -195,3 +195,24 @@ def test_the_source_report_shows_which_source_carries_a_channel():
     assert signal["idle_mean"] < 0.03 < 0.2 < model["idle_mean"]
     assert "flat" not in report["eyeBlinkLeft"]             # a source without an active pair it reads
     assert "| eyeBlinkLeft | 4 |" in ac.format_sources(report)
+
+
+def test_the_out_of_fold_output_scores_what_calibrate_records_for_each_unit():
+    from backend.evaluation.channel_metrics import ACTIVE_PEAK
+
+    clips = _clips(n=6)
+    readings = {f"clip{k}": c for k, c in enumerate(clips)}
+    outs = ac.out_of_fold(readings)
+    table = ac.calibrate(readings)
+    for channel in (BLINK, SQUINT):
+        name = arkit.ARKIT_NAMES[channel]
+        err = np.array([[np.abs(outs[k][:, channel] - c["truth"][:, channel]).mean()] for k, c in readings.items()])
+        active = np.array([[c["truth"][:, channel].max() >= ACTIVE_PEAK] for c in clips])
+        assert ac.balanced_loss(err, active) == pytest.approx(table.notes["cv"][name]["loss_out_of_fold"], abs=1e-5) \
+            or not table.channels[name]["shares"]
+    assert table.channels["eyeBlinkLeft"]["shares"] and any(o[:, BLINK].max() > 0.4 for o in outs.values())
+    assert not any(o[:, SQUINT].any() for o in outs.values())   # a unit that ships 0 reads 0 out of fold too
+    for c in clips:
+        c["package"] = np.zeros_like(c["truth"])
+    res = ac.evaluate(readings, outputs=outs)
+    assert res["table"]["overall"]["events_found"] >= 2 and res["zeros"]["overall"]["events_found"] == 0

@@ -15,6 +15,8 @@
     # 3. a table's output beside all-zeros and the packages' own output (e.g. on the held-out clips, once)
     python -m backend.training.arkit_channels evaluate /work/cache/readings/held_draft \
         --table backend/models/builtin/arkit_channels.json
+    # the tuning clips out of fold: each clip's output from the choices calibrate makes on the other clips
+    python -m backend.training.arkit_channels evaluate /work/cache/readings/tune_draft --out-of-fold
 
 A readings file holds ``truth`` (T, 52) (the clip's ICT weights through the ICT->ARKit map), ``package`` (T, 52) (the
 package's own ARKit output, NaN rows where it has none) and one (T, 52) array per source, NaN where the source has no
@@ -152,6 +154,19 @@ def mirror_units() -> list[tuple[int, ...]]:
     return [tuple(v) for v in units.values()]
 
 
+def candidate_output(cand: dict, readings: dict[str, np.ndarray], tracked: np.ndarray, blends: dict | None = None
+                     ) -> np.ndarray:
+    """(T,) a candidate row's output of one channel: ``readings`` (source -> (n,) the channel's readings on the
+    ``tracked`` frames), 0 on the other frames; ``blends`` caches the blend of each set of shares."""
+    blends = {} if blends is None else blends
+    key = tuple(sorted(cand["shares"].items()))
+    if key not in blends:
+        blends[key] = blend(readings, cand["shares"])
+    y = np.zeros(len(tracked))
+    y[tracked] = respond(blends[key], cand["dead_zone"], cand["gain"])
+    return y
+
+
 def clip_errors(clips: list[dict], channels: tuple[int, ...], cands: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """(candidates, clips, channels) mean absolute error of each candidate's output of each channel on each clip, and
     the events it finds there (``channel_metrics.events_found``; 0 on channels other than the blinks)."""
@@ -170,11 +185,7 @@ def clip_errors(clips: list[dict], channels: tuple[int, ...], cands: list[dict])
                 if not cand["shares"]:
                     err[j, k, i] = np.abs(truth).mean()
                     continue
-                key = tuple(sorted(cand["shares"].items()))
-                if key not in blends:
-                    blends[key] = blend(readings, cand["shares"])
-                y = np.zeros_like(truth)
-                y[tracked] = respond(blends[key], cand["dead_zone"], cand["gain"])
+                y = candidate_output(cand, readings, tracked, blends)
                 err[j, k, i] = np.abs(y - truth).mean()
                 if arkit.ARKIT_NAMES[ch] in BLINK_CHANNELS:
                     found[j, k, i] = events_found(truth, y)[0]
@@ -191,6 +202,12 @@ def balanced_loss(err: np.ndarray, active: np.ndarray) -> np.ndarray:
 def calibrate_unit(clips: list[dict], channels: tuple[int, ...]) -> dict:
     """The table row of channels calibrated together (``mirror_units``), with its cross-validation record under
     ``cv``."""
+    return unit_choices(clips, channels)[2]
+
+
+def unit_choices(clips: list[dict], channels: tuple[int, ...]) -> tuple[list[dict], np.ndarray, dict]:
+    """(the candidates, (clips,) the index of the candidate each clip's output comes from out of fold (the one
+    chosen on the other clips; 0, all-zeros, where the unit ships 0), the table row with its ``cv`` record)."""
     from ..evaluation.channel_metrics import event_runs
     from ..evaluation.expression_benchmark import BLINK_CHANNELS
 
@@ -213,23 +230,36 @@ def calibrate_unit(clips: list[dict], channels: tuple[int, ...]) -> dict:
         return 1 + int(np.argmin(loss[1:]))
 
     # leave one clip out: tune the response on the others, score on it
-    oof = np.empty(err.shape[1:])
-    oof_events = 0
-    for k in range(len(clips)):
-        j = choose(np.arange(len(clips)) != k)
-        oof[k] = err[j, k]
-        oof_events += int(found[j, k].sum())
+    folds = np.array([choose(np.arange(len(clips)) != k) for k in range(len(clips))])
+    oof = err[folds, np.arange(len(clips))]
+    oof_events = int(found[folds, np.arange(len(clips))].sum())
     best = choose(np.ones(len(clips), bool))
     loss_oof, loss_zeros = float(balanced_loss(oof, active)), float(balanced_loss(err[0], active))
-    row = dict(cands[best]) if loss_oof < loss_zeros else dict(cands[0])
-    if any(arkit.ARKIT_NAMES[c] in arkit.UNDRIVEN_ARKIT for c in channels):   # gaze and tongue: no reading of them
-        row = dict(cands[0])
+    ships = loss_oof < loss_zeros and not any(arkit.ARKIT_NAMES[c] in arkit.UNDRIVEN_ARKIT for c in channels)
+    row = dict(cands[best]) if ships else dict(cands[0])   # gaze and tongue: no reading of them
     row["cv"] = {"active_pairs": int(active.sum()), "clips": len(clips), "loss_out_of_fold": round(loss_oof, 5),
                  "loss_zeros": round(loss_zeros, 5), "loss_in_fold": round(float(balanced_loss(err[best], active)), 5)}
     if events_total.any():   # the blink channels: events found by the choice in fold and out of fold, of all
         row["cv"].update(events=int(events_total.sum()), events_in_fold=int(found[best].sum()),
                          events_out_of_fold=oof_events)
-    return row
+    return cands, folds if ships else np.zeros_like(folds), row
+
+
+def out_of_fold(readings: dict[str, dict]) -> dict[str, np.ndarray]:
+    """{clip: (T, 52)} each clip's output from the choices made without it: per unit the candidate chosen on the
+    other clips, 0 where ``calibrate`` ships the unit 0 (what each row's ``cv.loss_out_of_fold`` summarises)."""
+    clips = list(readings.values())
+    outs = {key: np.zeros_like(c["truth"], dtype=np.float64) for key, c in readings.items()}
+    for unit in mirror_units():
+        cands, folds, _ = unit_choices(clips, unit)
+        for key, c, j in zip(readings, clips, folds):
+            if not cands[j]["shares"]:
+                continue
+            for ch in unit:
+                tracked = np.isfinite(c["sources"][MODEL_SOURCE][:, ch])
+                outs[key][:, ch] = candidate_output(cands[j], {s: r[tracked, ch] for s, r in c["sources"].items()},
+                                                    tracked)
+    return outs
 
 
 def calibrate(readings: dict[str, dict]) -> ChannelTable:
@@ -248,9 +278,11 @@ def calibrate(readings: dict[str, dict]) -> ChannelTable:
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------------------
-def evaluate(readings: dict[str, dict], table: ChannelTable) -> dict:
-    """{method: channel_metrics.summarise(...) + all_channel_mae} for the table's output, the packages' own output and
-    all-zeros, over the frames every package tracked."""
+def evaluate(readings: dict[str, dict], table: ChannelTable | None = None,
+             outputs: dict[str, np.ndarray] | None = None) -> dict:
+    """{method: channel_metrics.summarise(...) + all_channel_mae} for the table's output (or ``outputs``, {clip: (T,
+    52)}, e.g. ``out_of_fold``'s, under the same name), the packages' own output and all-zeros, over the frames every
+    package tracked."""
     from ..evaluation import expression_clips as ec
     from ..evaluation import channel_metrics as cm
     from ..evaluation.expression_benchmark import BLINK_CHANNELS
@@ -260,7 +292,8 @@ def evaluate(readings: dict[str, dict], table: ChannelTable) -> dict:
     for key, c in readings.items():
         rows = np.isfinite(c["package"]).all(1)
         truth = c["truth"][rows]
-        outs = {"table": table({s: r[rows] for s, r in c["sources"].items()}).astype(np.float64),
+        mine = outputs[key][rows] if outputs is not None else table({s: r[rows] for s, r in c["sources"].items()})
+        outs = {"table": mine.astype(np.float64),
                 "package": c["package"][rows], "zeros": np.zeros_like(truth)}
         per_clip[key] = {}
         for m, y in outs.items():
@@ -396,7 +429,10 @@ def main(argv=None) -> int:
     c.add_argument("--out", type=Path, required=True)
     e = sub.add_parser("evaluate", help="a table's output beside all-zeros and the packages' own output")
     e.add_argument("readings", type=Path)
-    e.add_argument("--table", type=Path, required=True)
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--table", type=Path)
+    which.add_argument("--out-of-fold", action="store_true",
+                       help="instead of a table: each clip's output from the calibration on the other clips")
     e.add_argument("--json", type=Path, default=None)
     o = sub.add_parser("sources", help="what each source's plain reading gives per channel (active and idle pairs)")
     o.add_argument("readings", type=Path)
@@ -426,7 +462,11 @@ def main(argv=None) -> int:
         table.save(a.out)
         print(f"{a.out}: {52 - len(table.zeroed())} channels ship a reading, {len(table.zeroed())} ship 0")
     else:
-        res = evaluate(load_readings(a.readings), ChannelTable.from_json(json.loads(a.table.read_text())))
+        readings = load_readings(a.readings)
+        if a.out_of_fold:
+            res = evaluate(readings, outputs=out_of_fold(readings))
+        else:
+            res = evaluate(readings, ChannelTable.from_json(json.loads(a.table.read_text())))
         print(format_evaluation(res))
         if a.json:
             a.json.write_text(json.dumps(res, default=float, indent=1))

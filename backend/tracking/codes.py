@@ -19,6 +19,10 @@ from ..contracts import arkit
 from ..model.encoders import N_ID as N_ICT_IDENTITY
 from .channel_table import MODEL_SOURCE, ChannelTable
 
+# the readings of the landmark regressor (``arkit_readings``): its response, and its map's linear reading
+LANDMARK_SOURCE = "landmarks"
+LINEAR_SOURCE = "landmarks_linear"
+
 
 # An ICT channel whose encoder column is weaker than this share of the median column barely moves the model's
 # surface (the built-in model: eye and brow channels at 0.007-0.014 against 0.03-0.22 for the mouth and jaw)
@@ -228,22 +232,27 @@ class CodeSpace:
     # -- outputs -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def arkit(self, p_ex: torch.Tensor, landmark_reading: Optional[np.ndarray] = None,
-              image_readings: Optional[Mapping[str, np.ndarray]] = None) -> Optional[np.ndarray]:
+              image_readings: Optional[Mapping[str, np.ndarray]] = None,
+              landmark_linear: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """(B, n_ex) -> (B, 52) ARKit weights: ``channel_table`` applied to ``arkit_readings`` (None without a model
         reading)."""
-        readings = self.arkit_readings(p_ex, landmark_reading, image_readings)
+        readings = self.arkit_readings(p_ex, landmark_reading, image_readings, landmark_linear)
         return None if readings is None else self.channel_table(readings)
 
     @torch.no_grad()
     def arkit_readings(self, p_ex: torch.Tensor, landmark_reading: Optional[np.ndarray] = None,
-                       image_readings: Optional[Mapping[str, np.ndarray]] = None) -> Optional[dict]:
+                       image_readings: Optional[Mapping[str, np.ndarray]] = None,
+                       landmark_linear: Optional[np.ndarray] = None) -> Optional[dict]:
         """{source: (B, 52) float32 ARKit weights, NaN where the source has no reading} of B frames, the readings
         ``channel_table`` chooses from; None when there is no model reading (raw codes without a regressor).
 
         ``model``: the model's regressor on the codes (or the ICT->ARKit map); the channels read from the landmarks
         (``landmark_channels``) go through the ICT->ARKit map, since the model's codes barely carry them.
         ``landmarks``: ``landmark_reading`` (B, n_ex), the landmark regressor's ICT weights of each frame
-        (``landmark_readings``; NaN rows without them), through the map. ``<region>_image`` (``mouth_image``,
+        (``landmark_readings``; NaN rows without them), through the map. ``landmarks_linear`` (``LINEAR_SOURCE``):
+        ``landmark_linear`` (B, n_ex), the same map's linear reading (``landmark_readings(linear=True)``: without the
+        regressor's own dead zone and gain, which return a face at rest to 0 but also cut the small readings of jaw
+        side or brow down; the table chooses its own response), through the map. ``<region>_image`` (``mouth_image``,
         ``jaw_image``, ``eyes_image``, ``lids_image``): ``image_readings[region]`` (B, 52), the region's image
         regressor's ARKit weights (``image_readings``)."""
         if self.reg is not None:
@@ -257,26 +266,30 @@ class CodeSpace:
         else:
             return None
         readings = {MODEL_SOURCE: out}
-        if landmark_reading is not None and self._landmark_arkit is not None:
-            rows = np.isfinite(landmark_reading).all(1)
-            read = np.full(out.shape, np.nan, np.float32)
-            read[rows] = np.clip(arkit.ict_to_arkit(landmark_reading[rows].astype(np.float64)), 0, 1)
-            readings["landmarks"] = read
+        for name, reading in ((LANDMARK_SOURCE, landmark_reading), (LINEAR_SOURCE, landmark_linear)):
+            if reading is not None and self._landmark_arkit is not None:
+                rows = np.isfinite(reading).all(1)
+                read = np.full(out.shape, np.nan, np.float32)
+                read[rows] = np.clip(arkit.ict_to_arkit(reading[rows].astype(np.float64)), 0, 1)
+                readings[name] = read
         for region, reading in (image_readings or {}).items():
             readings[f"{region}_image"] = np.asarray(reading, np.float32)
         return readings
 
-    def landmark_readings(self, points: Sequence[Optional[np.ndarray]], depths: Sequence[Optional[np.ndarray]]
-                          ) -> Optional[np.ndarray]:
+    def landmark_readings(self, points: Sequence[Optional[np.ndarray]], depths: Sequence[Optional[np.ndarray]],
+                          linear: bool = False) -> Optional[np.ndarray]:
         """(B, n_ex) the landmark regressor's ICT weights of B frames' MediaPipe points (L, 2) and depths (L,) (NaN
-        rows where a frame has none), or None without a regressor."""
+        rows where a frame has none), or None without a regressor. ``linear``: its map's linear reading instead
+        (``LandmarkExpressionRegressor.linear``: no dead zone or gain, unclamped; output only, the fit never uses
+        it)."""
         if self._landmark_arkit is None:
             return None
         out = np.full((len(points), self.n_ex), np.nan, np.float32)
         have = [k for k, (p, d) in enumerate(zip(points, depths)) if p is not None and d is not None and len(p) >= 468]
         if have:
             p3 = np.stack([np.concatenate([points[k][:, :2], depths[k][:, None]], 1) for k in have])
-            out[have] = self.landmark_regressor(p3, self.landmark_rest) * self.ex_mask.cpu().numpy()
+            read = self.landmark_regressor.linear if linear else self.landmark_regressor
+            out[have] = read(p3, self.landmark_rest) * self.ex_mask.cpu().numpy()
         return out
 
     def image_readings(self, patches: Mapping[str, Sequence[Optional[np.ndarray]]]) -> Dict[str, np.ndarray]:

@@ -726,10 +726,12 @@ class TrackingSession:
             "vertices": (np.stack([r.vertices for r in results]) * NPHM_UNIT_M).astype(np.float32),
         }
         det = self.detections
-        ak = self.codes.arkit(p_ex, self.codes.landmark_readings([det.landmarks.get(r.index) for r in results],
-                                                                [det.depths.get(r.index) for r in results]),
+        points = [det.landmarks.get(r.index) for r in results]
+        depths = [det.depths.get(r.index) for r in results]
+        ak = self.codes.arkit(p_ex, self.codes.landmark_readings(points, depths),
                               self.codes.image_readings({n: [p.get(r.index) for r in results]
-                                                         for n, p in det.patches.items()}))
+                                                         for n, p in det.patches.items()}),
+                              self.codes.landmark_readings(points, depths, linear=True))
         if ak is not None:
             arrays["arkit"] = ak
         return arrays

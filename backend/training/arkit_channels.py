@@ -98,8 +98,10 @@ def package_readings(package: Path, clip_dir: Path, model_dir: Path) -> dict:
     ids = state["frame_ids"]
     rows = ids[ids < T]
     p_ex = torch.as_tensor(state["p_ex"][ids < T], dtype=torch.float32)
-    readings = codes.arkit_readings(p_ex, codes.landmark_readings([P[k] for k in rows], [D[k] for k in rows]),
-                                    codes.image_readings({n: [p[k] for k in rows] for n, p in patches.items()}))
+    points, depths = [P[k] for k in rows], [D[k] for k in rows]
+    readings = codes.arkit_readings(p_ex, codes.landmark_readings(points, depths),
+                                    codes.image_readings({n: [p[k] for k in rows] for n, p in patches.items()}),
+                                    codes.landmark_readings(points, depths, linear=True))
     out = {"truth": truth.astype(np.float32), "package": np.full((T, 52), np.nan, np.float32)}
     for i, w in package_arkit(package).items():
         if i < T:

@@ -30,7 +30,9 @@ def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue(preset):
     assert set(arkit.UNDRIVEN_ARKIT) <= set(table.zeroed())
     from backend.tracking.region_image import REGIONS
 
-    assert set(table.sources()) <= {"model", "landmarks"} | {f"{r.name}_image" for r in REGIONS}
+    from backend.tracking.codes import LANDMARK_SOURCE, LINEAR_SOURCE
+
+    assert set(table.sources()) <= {"model", LANDMARK_SOURCE, LINEAR_SOURCE} | {f"{r.name}_image" for r in REGIONS}
     # the mouth and jaw readers' raw heads carry frowns, stretches and the jaw's opening (session 14)
     assert {"jaw_image", "mouth_image"} <= set(table.sources())
     assert not {"mouthFrownLeft", "mouthStretchLeft", "jawOpen"} & set(table.zeroed())
@@ -38,6 +40,8 @@ def test_the_builtin_table_loads_and_ships_zero_for_gaze_and_tongue(preset):
     assert "brows_image" in table.channels["browInnerUp"]["shares"]
     # the jaw reader trained on lips sealed over an open jaw carries mouthClose (session 15)
     assert "jaw_image" in table.channels["mouthClose"]["shares"]
+    if preset == "draft":   # the landmark map's linear reading, blended with the images, carries the jaw aside (s18)
+        assert LINEAR_SOURCE in table.channels["jawLeft"]["shares"] and "jawRight" not in table.zeroed()
     assert ChannelTable.from_json(json.loads(json.dumps(table.to_json()))).channels == table.channels
 
 

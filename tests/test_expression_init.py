@@ -160,3 +160,55 @@ def test_lips_sampler_moves_several_lip_channels_over_a_closed_jaw():
     assert shares[1] > 0.2 and shares[1] > 2.5 * shares[0], shares
     speech = (w[:, JAW] > 0.1) & (w[:, JAW] < 0.6) & (lips >= 2)
     assert speech.mean() > 0.2, speech.mean()
+
+
+def _sideways_jaw(shift):
+    """(478, 3) MediaPipe-like points of the ICT mean head (pixels) with everything below the mouth corners moved
+    sideways by ``shift`` eye-corner distances (+: image right, the subject's left), as a jaw moved aside moves them."""
+    tpl = ei.template().copy()
+    lower = tpl[:, 1] > tpl[[61, 291], 1].mean()                       # MediaPipe's y points down
+    tpl[lower, 0] += shift * np.linalg.norm(tpl[263] - tpl[33])
+    p = 4000.0 * tpl + np.array([200.0, 220.0, 0.0])
+    return np.concatenate([p, p[:10]])
+
+
+def test_the_linear_landmark_reading_keeps_a_jaw_moved_aside_that_the_response_cuts():
+    """Session 18: the shipped map reads a jaw moved aside (0.04 eye-corner distances, ~3 mm) at 0.09 against 0.03 at
+    rest, under the regressor's own dead zone (0.07), so its response (the ``landmarks`` source) reads ~0; its linear
+    reading (``landmarks_linear``) keeps it, and the draft table ships jawLeft from it while a face at rest and the
+    other side read 0."""
+    torch = pytest.importorskip("torch")
+    from backend import BUILTIN_MODEL_DIR
+    from backend.tracking.channel_table import ChannelTable
+    from backend.tracking.codes import LANDMARK_SOURCE, LINEAR_SOURCE, CodeSpace
+
+    reg = ei.LandmarkExpressionRegressor.load(BUILTIN_MODEL_DIR)
+    frames = np.stack([_sideways_jaw(0.0), _sideways_jaw(0.04), _sideways_jaw(-0.04)])
+    rest = ei.landmark_features(frames[:1])[0]
+    left, right = arkit.ICT_NAMES.index("jawLeft"), arkit.ICT_NAMES.index("jawRight")
+    linear = reg.linear(frames, rest)
+    assert linear[1, left] - linear[0, left] > 0.04 and linear[2, right] - linear[0, right] > 0.04
+    assert reg(frames, rest)[:, [left, right]].max() < 0.06             # the response: under its dead zone
+
+    class Regressor:   # the shipped map, without a model to fit
+        linear, __call__ = staticmethod(reg.linear), staticmethod(reg.__call__)
+
+    from backend.model.encoders import CodeEncoders
+    from backend.training.modelwrap import build_model, model_config
+
+    torch.manual_seed(0)
+    cfg = model_config("tiny")
+    model = build_model(cfg, torch.randn(cfg.n_anchors, 3) * 0.2).eval()
+    model.extra = {"landmark_channels": ["browDown_L", "browDown_R"]}
+    codes = CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp), None, landmark_regressor=Regressor())
+    codes.landmark_rest = rest
+    points, depths = [f[:, :2] for f in frames], [f[:, 2] for f in frames]
+    readings = codes.arkit_readings(torch.zeros(3, N_EX), codes.landmark_readings(points, depths), None,
+                                    codes.landmark_readings(points, depths, linear=True))
+    jaw_left, jaw_right = arkit.ARKIT_INDEX["jawLeft"], arkit.ARKIT_INDEX["jawRight"]
+    assert readings[LINEAR_SOURCE][1, jaw_left] == pytest.approx(linear[1, left], abs=1e-5)
+    assert readings[LANDMARK_SOURCE][:, [jaw_left, jaw_right]].max() < 0.06
+    # the draft table (its jaw-side rows blend the image readers, absent here: the linear reading alone)
+    out = ChannelTable.load(BUILTIN_MODEL_DIR)({"model": readings["model"], LINEAR_SOURCE: readings[LINEAR_SOURCE]})
+    assert out[1, jaw_left] > 0.15 and out[2, jaw_right] > 0.15
+    assert out[0, [jaw_left, jaw_right]].max() == 0 and out[1, jaw_right] == 0 and out[2, jaw_left] == 0

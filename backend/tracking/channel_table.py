@@ -3,7 +3,8 @@
 The tracker has several readings of the ARKit weights of a frame, each a (B, 52) array with NaN where it has none
 (``CodeSpace.arkit_readings``): ``model`` (the model's ARKit regressor on the fitted codes, the ICT->ARKit map for the
 channels the landmarks feed; every frame), ``landmarks`` (the landmark regressor's ICT weights through the map; frames
-with a face), ``<region>_image`` (each face region's image regressor in the model folder, ``region_image``: the
+with a face), ``landmarks_linear`` (the same regressor's linear reading, without its own dead zone and gain, which
+cut a jaw moved aside), ``<region>_image`` (each face region's image regressor in the model folder, ``region_image``: the
 built-in folder has ``mouth_image``, ``jaw_image``, ``lids_image`` and ``brows_image``; frames with a face). Per channel the table gives ``shares`` (source -> share, summing to
 1; empty: the channel ships 0) and a response: the blend x of the sources that have a reading on a frame (their
 shares renormalised; the model's value where none has) becomes ``clip(gain * (x - dead_zone) / (1 - dead_zone), 0,

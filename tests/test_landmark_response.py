@@ -60,3 +60,15 @@ def test_ict_deltas_move_the_chin_sideways_for_jaw_side_and_down_for_jaw_open():
     left, right, jaw = (D[arkit.ICT_NAMES.index(n), chin] for n in ("jawLeft", "jawRight", "jawOpen"))
     assert abs(right[0]) > 5 * abs(right[1]) and np.sign(left[0]) == -np.sign(right[0])   # sideways, opposite
     assert jaw[1] > 0.2                                           # down (MediaPipe's y points down), eye-corner units
+
+
+def test_another_sets_response_is_scored_against_these_frames_spread():
+    """A few clips draw L and R together, so their own fit cannot tell them apart: the renders' response is scored on
+    them instead, with the spread their own fit leaves."""
+    X, Y, D = _frames(np.random.default_rng(3))
+    renders = lr.channel_response(X, Y, D)
+    Xc, Yc, _ = _frames(np.random.default_rng(4), n=300, noise=0.02)
+    Yc[:, 1] = Yc[:, 0]                                          # drawn together: collinear
+    clips = lr.channel_response(Xc, Yc, D, renders["response"])
+    assert clips["gain"][0] == pytest.approx(renders["gain"][0]) and clips["cos"][0] == pytest.approx(renders["cos"][0])
+    assert clips["d_prime"][0] == pytest.approx(renders["d_prime"][0] / 2, rel=0.15)   # twice the noise

@@ -1,7 +1,7 @@
 """How far MediaPipe's points follow each ICT expression channel: the limit of any reading from the points.
 
     python -m backend.training.landmark_response --cache /work/cache/expr23/train [--identities 625] \
-        [--clips-cache /work/cache/expr23 --clips 0 1 ... 28]
+        [--clips-cache /work/cache/expr23 --clips 0 1 ... 28]   # d' on the tuning clips (the renders' responses)
 
 Why: the landmark regressor (``tracking.expression_init``) reads some channels at ~0 (jaw side and forward, lips
 pressed, squint). That is either the map's fault (its ridge, dead zone, gain, the rest subtraction) or the points'
@@ -51,12 +51,17 @@ def ict_point_deltas(ict) -> np.ndarray:
     return (deltas / np.linalg.norm(tpl[263] - tpl[33])).reshape(len(deltas), -1)
 
 
-def channel_response(features: np.ndarray, weights: np.ndarray, deltas: np.ndarray) -> dict[str, np.ndarray]:
+def channel_response(features: np.ndarray, weights: np.ndarray, deltas: np.ndarray,
+                     response: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-channel response of the points (see the module docstring).
 
     ``features`` (N, F) rest-relative features, ``weights`` (N, C) the true ICT weights, ``deltas`` (C, F) the mesh's
-    displacement per unit weight. Channels never drawn (all weights 0, e.g. gaze) get NaN. Returns (C,) arrays:
-    ``mesh_norm`` |delta|, ``response_norm`` |response|, ``gain``, ``cos``, ``d_prime``."""
+    displacement per unit weight. Channels never drawn (all weights 0, e.g. gaze) get NaN. ``response`` (C, F),
+    optional: another set's responses (``"response"`` of its result) to score on these frames instead of their own,
+    for a few clips whose channels are drawn together (L and R at once) and so cannot be told apart; the spread along
+    it is still what these frames' own least-squares fit leaves (a unique residual however collinear the weights).
+    Returns (C,) arrays ``mesh_norm`` |delta|, ``response_norm`` |response|, ``gain``, ``cos``, ``d_prime``, and
+    ``response`` (C, F)."""
     X = np.asarray(features, np.float64)
     Y = np.asarray(weights, np.float64)
     D = np.asarray(deltas, np.float64)
@@ -66,11 +71,18 @@ def channel_response(features: np.ndarray, weights: np.ndarray, deltas: np.ndarr
     drawn = np.flatnonzero(np.abs(Y).max(0) > 0)
     G = np.c_[Y[:, drawn], np.ones(len(Y))]
     coef = np.linalg.lstsq(G, X, rcond=None)[0]
-    resp, resid = coef[:-1], X - G @ coef
+    resid = X - G @ coef
+    full = np.full(D.shape, np.nan)
+    full[drawn] = coef[:-1]
+    if response is not None:
+        full = np.asarray(response, np.float64)
+        drawn = drawn[np.isfinite(full[drawn]).all(1)]
     out = {k: np.full(Y.shape[1], np.nan) for k in ("mesh_norm", "response_norm", "gain", "cos", "d_prime")}
     out["mesh_norm"] = np.linalg.norm(D, axis=1)
-    for r, c in zip(resp, drawn):
-        d, n = D[c], np.linalg.norm(r)
+    out["response"] = full
+    for c in drawn:
+        r, d = full[c], D[c]
+        n = np.linalg.norm(r)
         out["response_norm"][c] = n
         out["gain"][c] = r @ d / max(d @ d, 1e-12)
         out["cos"][c] = r @ d / max(n * np.linalg.norm(d), 1e-12)
@@ -153,8 +165,9 @@ def main(argv=None) -> int:
     deltas = ict_point_deltas(ICTModel())
     try:
         responses = {"training renders": channel_response(*training_frames(a.cache, a.identities), deltas)}
-        if a.clips_cache is not None and a.clips:
-            responses["clips"] = channel_response(*clip_frames(a.clips_cache, a.clips), deltas)
+        if a.clips_cache is not None and a.clips:   # the renders' responses, against the clips' own spread
+            responses["clips"] = channel_response(*clip_frames(a.clips_cache, a.clips), deltas,
+                                                  responses["training renders"]["response"])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

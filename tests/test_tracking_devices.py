@@ -214,7 +214,8 @@ def test_identity_stage_keeps_a_bald_head_bald(tracker):
             fit = Tracker(tr.model, CodeSpace(tr.model, enc), lmset, tr.Knp, (tr.W, tr.H),
                           dataclasses.replace(tr.preset, id_iters=30, id_rays=16,
                                               hair_shrink=tr.preset.hair_shrink if prior else 0.0,
-                                              hair_shrink_unseen=tr.preset.hair_shrink_unseen if prior else 0.0))
+                                              hair_shrink_unseen=tr.preset.hair_shrink_unseen if prior else 0.0,
+                                              w_bald_face=0.0))   # the prior alone (the term: its own test)
             fit.build_meshes()
             fit.albedo = fit.mesh_albedo()
             fit.fit_identity([obs])

@@ -166,6 +166,10 @@ class CodeSpace:
         out[N_ICT_IDENTITY:] = 0.0
         return out
 
+    def hair_only(self, g: torch.Tensor) -> torch.Tensor:
+        """(n_id,) ``g`` with every entry but the hair parameters at 0 (a model with hair parameters)."""
+        return g - self.bald(g)
+
     def z_geo_bald(self, p_geo: torch.Tensor) -> Optional[torch.Tensor]:
         """(1, D_geo) the code of the same identity without hair (``bald``), held fixed (no gradient), or None when
         the model has no hair parameters."""

@@ -113,9 +113,10 @@ class Preset:
     # expression) beyond ``head_mesh.HAIR_MIN_OFFSET`` (``head_mesh.hair_over_face_mm``): skin the frame shows is not
     # hair. The silhouette cannot tell hair from skin (both opacity 1), and without it the hair volume covered the
     # visible temple skin (hair000, session 16: face +0.28 mm against the bald model, at the temples by the
-    # hairline). Only the rendered surface moves (the bald code and the expression are held fixed in it). 0: off; no
-    # effect on a model without hair.
-    w_bald_face: float = 0.1
+    # hairline). Its gradient reaches the hair parameters only (the bald code and the expression are held fixed in
+    # it): through the face's identity weights and the pose it reshaped and moved the face instead (hair000, warm
+    # candidate, seed 0, weight 1: face 2.529 -> 2.768 mm). 0: off; no effect on a model without hair.
+    w_bald_face: float = 1.0
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
     # stage 2's temporal model (``temporal``): the pose keeps no events (a head does not jump) and is smoothed more;
     # the expression less, and it keeps its fast events (a jaw drop). Chosen on cap12_edit 0:125 (mesh jitter) and
@@ -570,6 +571,7 @@ class Tracker:
                 + self.w_id_prior * self.codes.identity_prior(p_geo, p_app) * 100
             # rays on every iteration: with them on every 2nd of 120 (standard before) the landmarks led the identity
             # and standard's faces came out 0.19 mm worse than draft's on real-skin clips (backend/evaluation/README.md)
+            g_bald = None
             if pr.id_rays:
                 j = it % B
                 inv_s = renderer.inv_s_schedule(it, n_it)
@@ -578,9 +580,11 @@ class Tracker:
                                                pr.id_rays, rng, inv_s, with_color=True, hair_edge=pr.id_hair_edge,
                                                z_geo_bald=zb)
                 loss = loss + pr.w_mask * ml + pr.w_rgb * rl
-                if zb is not None:   # a model without hair: the loss graph stays as it was
-                    loss = loss + pr.w_bald_face * bl
+                if zb is not None:   # its gradient on the hair parameters alone (``Preset.w_bald_face``)
+                    (g_bald,) = torch.autograd.grad(pr.w_bald_face * bl, p_geo, retain_graph=True)
             loss.backward()
+            if g_bald is not None:
+                p_geo.grad.add_(self.codes.hair_only(g_bald))
             opt.step()
             self.codes.shrink_hair_(p_geo, pr.hair_shrink * pr.lr_id, pr.hair_shrink_unseen * pr.lr_id)
             self.codes.project_identity_(p_geo, p_app)

@@ -110,13 +110,15 @@ class Preset:
     id_hair_edge: float = 0.2
     # A model with hair, identity stage: the rays on FACE pixels also pay this per mm their rendered surface point lies
     # outside the same identity's bald head (``codes.z_geo_bald``: the hair parameters at 0, posed with the frame's
-    # expression) beyond ``head_mesh.HAIR_MIN_OFFSET`` (``head_mesh.hair_over_face_mm``): skin the frame shows is not
-    # hair. The silhouette cannot tell hair from skin (both opacity 1), and without it the hair volume covered the
-    # visible temple skin (hair000, session 16: face +0.28 mm against the bald model, at the temples by the
-    # hairline). Its gradient reaches the hair parameters only (the bald code and the expression are held fixed in
-    # it): through the face's identity weights and the pose it reshaped and moved the face instead (hair000, warm
-    # candidate, seed 0, weight 1: face 2.529 -> 2.768 mm). 0: off; no effect on a model without hair.
-    w_bald_face: float = 1.0
+    # expression) beyond ``head_mesh.HAIR_MIN_OFFSET`` (``head_mesh.hair_over_face_mm``), on the hair parameters
+    # only (through the identity weights and the pose it reshaped and moved the face: hair000, seed 0, weight 1, face
+    # 2.529 -> 2.768 mm). Session 16 traced the hair model's face error to the temples and proposed it (the
+    # silhouette cannot tell hair from skin). Off (0) by default: on session 18's hair candidate (hair000, 3 seeds)
+    # weight 1 made the face worse, 2.636 -> 2.818 mm (the bald model 2.235), IoU 0.878 -> 0.868; the temples
+    # improved by 0.13 mm, the chin and mid face lost more (the hair inputs also move the face), and only ~3 % of
+    # the visible face lay nearest a hair vertex (backend/evaluation/README.md, session 18). No effect on a model
+    # without hair.
+    w_bald_face: float = 0.0
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
     # stage 2's temporal model (``temporal``): the pose keeps no events (a head does not jump) and is smoothed more;
     # the expression less, and it keeps its fast events (a jaw drop). Chosen on cap12_edit 0:125 (mesh jitter) and

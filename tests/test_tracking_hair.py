@@ -33,6 +33,11 @@ def test_bald_code_zeroes_the_hair_parameters(sphere_model):
     cfg = model.cfg
     assert CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)).bald(p[:100]) is None
     assert CodeSpace(model, None).bald(torch.zeros(cfg.dim_geo)) is None
+    # the bald-face term's gradient keeps the hair entries only; the bald code is held fixed
+    g = torch.rand(codes.n_id)
+    assert not codes.hair_only(g)[:100].any() and torch.equal(codes.hair_only(g)[100:], g[100:])
+    zb = codes.z_geo_bald(p.requires_grad_(True))
+    assert not zb.requires_grad and torch.equal(zb, codes.z_geo(bald).detach())
 
 
 def test_hair_vertices_are_outside_the_bald_head(sphere_model):
@@ -84,7 +89,7 @@ def test_hair_over_face_counts_only_what_lies_outside_the_bald_head(sphere_model
     assert float((along > 0).float().mean()) > 0.9    # descent moves the points inwards
     assert zb.grad is None and ze.grad is None
     missed = hair_over_face_mm(model, zb, ze, outside.detach(), torch.arange(64) < 16)
-    assert abs(float(missed) - float(mm.detach()) / 4) < 0.3 * float(mm.detach()) / 4   # a quarter of the rays hit: about a quarter
+    assert abs(float(missed.detach()) - float(mm.detach()) / 4) < 0.3 * float(mm.detach()) / 4   # a quarter of the rays hit: about a quarter
 
 
 def test_model_declared_landmark_channels(sphere_model):

@@ -114,10 +114,10 @@ class Preset:
     # only (through the identity weights and the pose it reshaped and moved the face: hair000, seed 0, weight 1, face
     # 2.529 -> 2.768 mm). Session 16 traced the hair model's face error to the temples and proposed it (the
     # silhouette cannot tell hair from skin). Off (0) by default: on session 18's hair candidate (hair000, 3 seeds)
-    # weight 1 made the face worse, 2.636 -> 2.818 mm (the bald model 2.235), IoU 0.878 -> 0.868; the temples
-    # improved by 0.13 mm, the chin and mid face lost more (the hair inputs also move the face), and only ~3 % of
-    # the visible face lay nearest a hair vertex (backend/evaluation/README.md, session 18). No effect on a model
-    # without hair.
+    # weight 1 made the face worse, 2.636 -> 2.818 mm (the bald model 2.235; on its continuation 2.631 -> 2.674),
+    # IoU 0.878 -> 0.868; the temples improved by 0.13 mm, the chin and mid face lost more (the hair inputs also move
+    # the face), and only ~3 % of the visible face lay nearest a hair vertex (backend/evaluation/README.md, session
+    # 18). No effect on a model without hair.
     w_bald_face: float = 0.0
     w_temporal: float = 0.3        # per-frame pull towards the previous frame (stage 1b)
     # stage 2's temporal model (``temporal``): the pose keeps no events (a head does not jump) and is smoothed more;

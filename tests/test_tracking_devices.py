@@ -109,7 +109,7 @@ def test_tracker_tensors_stay_on_its_device(tracker):
     with torch.device("meta"), OneDevice():
         loss_lm, _, _ = tr.landmark_term(zg, p_ex, om[None], trans[None], lms, tr.tensor([obs.face_size]))
         loss_sil = tr._outline_term(zg, p_ex[0], om, trans, obs, cache={})
-        mask_loss, rgb_loss, _ = tr.ray_terms(zg, za, p_ex[0], om, trans, obs, 16, np.random.default_rng(0), 50.0)
+        mask_loss, rgb_loss, _, _ = tr.ray_terms(zg, za, p_ex[0], om, trans, obs, 16, np.random.default_rng(0), 50.0)
         (loss_lm + loss_sil + mask_loss + rgb_loss).backward()
         res = tr.frame_result(obs, st)
         # two frames: the second reuses the first's band and values (PosedMesher.reuse_tol)
@@ -214,7 +214,8 @@ def test_identity_stage_keeps_a_bald_head_bald(tracker):
             fit = Tracker(tr.model, CodeSpace(tr.model, enc), lmset, tr.Knp, (tr.W, tr.H),
                           dataclasses.replace(tr.preset, id_iters=30, id_rays=16,
                                               hair_shrink=tr.preset.hair_shrink if prior else 0.0,
-                                              hair_shrink_unseen=tr.preset.hair_shrink_unseen if prior else 0.0))
+                                              hair_shrink_unseen=tr.preset.hair_shrink_unseen if prior else 0.0,
+                                              w_bald_face=0.0))   # the prior alone (the term: its own test)
             fit.build_meshes()
             fit.albedo = fit.mesh_albedo()
             fit.fit_identity([obs])
@@ -261,3 +262,54 @@ def test_identity_stage_fits_a_beard_only_where_the_frames_show_one(tracker, mon
             assert (float(fit.p_geo[facial].abs().min()) == 0) is shaven
     finally:
         tr.model.extra = own
+
+
+def test_identity_stage_keeps_the_hair_off_the_face_skin(tracker):
+    """A model with hair inputs started with hair on a frame that shows face skin only: with the bald-face term
+    (``Preset.w_bald_face``) the FACE rays' rendered surface ends nearer the same identity's bald head than without
+    (``head_mesh.hair_over_face_mm``); a model without hair fits exactly as with the term off."""
+    import dataclasses
+    from backend.contracts import landmark_tables as lt
+    from backend.model.encoders import CodeEncoders
+    from backend.tracking.codes import CodeSpace
+    from backend.tracking.tracker import Tracker
+    from backend.training.hair import HAIR_NAMES, HAIR_RANGES, N_HAIR, SCALP_PARAMS
+    tr, obs, _ = tracker
+    cfg = tr.model.cfg
+    lmset = lt.tracking_landmarks("mediapipe478", tr.model.id_model.mean_anchors.numpy())
+
+    def fit(codes, w, start=None):
+        t = Tracker(tr.model, codes, lmset, tr.Knp, (tr.W, tr.H),
+                    dataclasses.replace(tr.preset, id_iters=12, id_rays=32, hair_shrink=0.0, hair_shrink_unseen=0.0,
+                                        w_bald_face=w))
+        if start is not None:
+            t.p_geo = start.clone()
+        t.build_meshes()
+        t.albedo = t.mesh_albedo()
+        states = t.fit_identity([obs])
+        return t, states[0]
+
+    # without hair inputs: bit for bit the fit of the term switched off
+    plain = [fit(CodeSpace(tr.model, tr.codes.enc), w)[0].p_geo for w in (0.0, 1.0)]
+    assert torch.equal(plain[0], plain[1])
+    torch.manual_seed(2)
+    enc = CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp, n_id=100 + N_HAIR, init_scale=0.05)
+    with torch.no_grad():
+        enc.geo.bias.zero_()   # the bald mean head is the tiny model's own head (the observation's)
+    own = tr.model.extra
+    tr.model.extra = {"hair": {"params": list(HAIR_NAMES), "ranges": [list(r) for r in HAIR_RANGES],
+                               "scalp": list(SCALP_PARAMS)}}
+    over = {}
+    try:
+        codes = CodeSpace(tr.model, enc)
+        start = torch.zeros(codes.n_id)
+        start[100:] = 0.5
+        for w in (0.0, 1.0):
+            t, st = fit(codes, w, start)
+            zg, za = t.z_geo().detach(), t.z_app().detach()
+            terms = [t.ray_terms(zg, za, st.p_ex, st.omega, st.trans, obs, 64, np.random.default_rng(k), 400.0,
+                                 with_color=False, z_geo_bald=codes.z_geo_bald(t.p_geo))[2] for k in range(4)]
+            over[w] = float(torch.stack(terms).mean())
+    finally:
+        tr.model.extra = own
+    assert over[0.0] > 5.0 and over[1.0] < 0.75 * over[0.0]   # 15.1 -> 9.4 mm in 12 iterations

@@ -33,6 +33,11 @@ def test_bald_code_zeroes_the_hair_parameters(sphere_model):
     cfg = model.cfg
     assert CodeSpace(model, CodeEncoders(cfg.dim_geo, cfg.dim_app, cfg.dim_exp)).bald(p[:100]) is None
     assert CodeSpace(model, None).bald(torch.zeros(cfg.dim_geo)) is None
+    # the bald-face term's gradient keeps the hair entries only; the bald code is held fixed
+    g = torch.rand(codes.n_id)
+    assert not codes.hair_only(g)[:100].any() and torch.equal(codes.hair_only(g)[100:], g[100:])
+    zb = codes.z_geo_bald(p.requires_grad_(True))
+    assert not zb.requires_grad and torch.equal(zb, codes.z_geo(bald).detach())
 
 
 def test_hair_vertices_are_outside_the_bald_head(sphere_model):
@@ -53,6 +58,38 @@ def test_hair_vertices_are_outside_the_bald_head(sphere_model):
     assert mask.dtype == np.uint8 and mask.shape == (400,)
     assert mask[:200].sum() == 0 and mask[200:].mean() > 0.9
     assert HAIR_MIN_OFFSET < 0.04
+
+
+def test_hair_over_face_counts_only_what_lies_outside_the_bald_head(sphere_model):
+    """``head_mesh.hair_over_face_mm``: 0 on the bald head (posed with the frame's expression), the depth beyond
+    HAIR_MIN_OFFSET (mm) outside it, 0 for rays that miss; its gradient moves the rendered points back inside and
+    leaves the bald code and the expression alone."""
+    from backend.contracts.conventions import NPHM_UNIT_M
+    from backend.tracking.head_mesh import HAIR_MIN_OFFSET, hair_over_face_mm
+    model, enc = sphere_model
+    zb = enc.encode_geo(torch.zeros(1, enc.geo.in_features)).detach().requires_grad_(True)
+    ze = torch.zeros(1, model.cfg.dim_exp, requires_grad=True)
+    dirs = np.random.default_rng(1).normal(size=(64, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    lo, hi = np.zeros(64), np.full(64, 1.2)
+    for _ in range(30):   # the posed bald surface along each direction (bisection)
+        mid = (lo + hi) / 2
+        s = model.sdf_only(torch.as_tensor(dirs * mid[:, None], dtype=torch.float32)[None], zb.detach(), ze.detach())
+        out = s[0, :, 0].numpy() > 0
+        hi, lo = np.where(out, mid, hi), np.where(out, lo, mid)
+    surface = torch.as_tensor(dirs * lo[:, None], dtype=torch.float32)
+    hit = torch.ones(64, dtype=torch.bool)
+    assert float(hair_over_face_mm(model, zb, ze, surface, hit).detach()) == 0.0
+    outside = (surface + 0.04 * torch.as_tensor(dirs, dtype=torch.float32)).requires_grad_(True)
+    mm = hair_over_face_mm(model, zb, ze, outside, hit)
+    beyond = (0.04 - HAIR_MIN_OFFSET) * 1000 * NPHM_UNIT_M       # 8 mm for a true distance
+    assert 0.5 * beyond < float(mm.detach()) < 1.5 * beyond
+    mm.backward()
+    along = (outside.grad * torch.as_tensor(dirs, dtype=torch.float32)).sum(1)
+    assert float((along > 0).float().mean()) > 0.9    # descent moves the points inwards
+    assert zb.grad is None and ze.grad is None
+    missed = hair_over_face_mm(model, zb, ze, outside.detach(), torch.arange(64) < 16)
+    assert abs(float(missed.detach()) - float(mm.detach()) / 4) < 0.3 * float(mm.detach()) / 4   # a quarter of the rays hit: about a quarter
 
 
 def test_model_declared_landmark_channels(sphere_model):

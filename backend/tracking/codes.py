@@ -170,6 +170,16 @@ class CodeSpace:
         out[N_ICT_IDENTITY:] = 0.0
         return out
 
+    def hair_only(self, g: torch.Tensor) -> torch.Tensor:
+        """(n_id,) ``g`` with every entry but the hair parameters at 0 (a model with hair parameters)."""
+        return g - self.bald(g)
+
+    def z_geo_bald(self, p_geo: torch.Tensor) -> Optional[torch.Tensor]:
+        """(1, D_geo) the code of the same identity without hair (``bald``), held fixed (no gradient), or None when
+        the model has no hair parameters."""
+        pb = self.bald(p_geo)
+        return None if pb is None else self.z_geo(pb).detach()
+
     def project_identity_(self, p_geo: torch.Tensor, p_app: torch.Tensor) -> None:
         """In-place projection onto the valid set: ICT weights within +-3, appearance in [0, 1], hair parameters
         (a model that declares their support) within their ranges, the scalp entries 0 on a bald scalp, the beard

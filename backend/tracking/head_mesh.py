@@ -138,6 +138,21 @@ def hair_vertices(model, z_geo_bald: torch.Tensor, vertices: np.ndarray, z_exp: 
     return (sdf > HAIR_MIN_OFFSET).cpu().numpy().astype(np.uint8)
 
 
+def hair_over_face_mm(model, z_geo_bald: torch.Tensor, z_exp: torch.Tensor, points: torch.Tensor,
+                      hit: torch.Tensor) -> torch.Tensor:
+    """Mean over rays of how far (mm) their rendered surface points lie outside the same identity's bald head beyond
+    HAIR_MIN_OFFSET (where ``hair_vertices`` calls a point hair): () differentiable in ``points`` only.
+
+    z_geo_bald (1, D_geo) the bald identity code (``CodeSpace.z_geo_bald``), z_exp (1, D_exp) the frame's expression
+    code (both held fixed: only the rendered surface may move), points (R, 3) posed model units, hit (R,) bool: rays
+    that cross the surface (a miss has no rendered surface and adds 0)."""
+    from ..contracts.conventions import NPHM_UNIT_M
+
+    sdf = model(points[None], z_geo_bald.detach(), None, z_exp.detach(), neutral=False, with_color=False).sdf[0, :, 0]
+    excess = (sdf - HAIR_MIN_OFFSET).clamp_min(0.0) * (1000.0 * NPHM_UNIT_M)
+    return (excess * hit.to(excess.dtype)).sum() / max(len(points), 1)
+
+
 class SilhouetteTargets:
     """Per-frame silhouette data derived from the labels (computed once per frame with numpy/cv2; the tensors on
     ``device``, the tracker's)."""

@@ -764,8 +764,7 @@ def identity_frames(found: List[int], preset) -> List[int]:
 
 def bald_z_geo(tracker):
     """The tracked identity's code without hair (``codes.bald``), or None for a model without hair."""
-    pb = tracker.codes.bald(tracker.p_geo)
-    return None if pb is None else tracker.codes.z_geo(pb).detach()
+    return tracker.codes.z_geo_bald(tracker.p_geo)
 
 
 def canonical_hair(tracker) -> Optional[np.ndarray]:

@@ -84,6 +84,16 @@ def mediapipe_points(video: Path, T: int) -> np.ndarray:
     return baselines.MediaPipeBaseline().detect(baselines.read_video_frames(video, max_frames=T))
 
 
+def clip_mediapipe_points(clip_dir: Path, T: int) -> np.ndarray:
+    """(T, 478, 3) ``mediapipe_points`` of an expression clip folder's ``clip.mp4``, or the folder's cached
+    ``mp_video.npz`` (``points``) where one was saved."""
+    cached = Path(clip_dir) / "mp_video.npz"
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as d:
+            return d["points"][:T]
+    return mediapipe_points(Path(clip_dir) / "clip.mp4", T)
+
+
 def landmark_regressor_curves(points: np.ndarray, model_dir: Path | None = None) -> np.ndarray | None:
     """(T, 52) ARKit weights of the landmark regressor alone (``tracking.expression_init``, read against the clip's
     rest face, through the direct ICT->ARKit map; NaN rows without a face), None when the model has no regressor.

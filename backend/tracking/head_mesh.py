@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..contracts.landmark_tables import MM_PER_UNIT
 from . import masks as M
 from . import raster
 
@@ -146,10 +147,8 @@ def hair_over_face_mm(model, z_geo_bald: torch.Tensor, z_exp: torch.Tensor, poin
     z_geo_bald (1, D_geo) the bald identity code (``CodeSpace.z_geo_bald``), z_exp (1, D_exp) the frame's expression
     code (both held fixed: only the rendered surface may move), points (R, 3) posed model units, hit (R,) bool: rays
     that cross the surface (a miss has no rendered surface and adds 0)."""
-    from ..contracts.conventions import NPHM_UNIT_M
-
     sdf = model(points[None], z_geo_bald.detach(), None, z_exp.detach(), neutral=False, with_color=False).sdf[0, :, 0]
-    excess = (sdf - HAIR_MIN_OFFSET).clamp_min(0.0) * (1000.0 * NPHM_UNIT_M)
+    excess = (sdf - HAIR_MIN_OFFSET).clamp_min(0.0) * MM_PER_UNIT
     return (excess * hit.to(excess.dtype)).sum() / max(len(points), 1)
 
 

@@ -68,7 +68,7 @@ def package_readings(package: Path, clip_dir: Path, model_dir: Path) -> dict:
     from ..contracts.result_format import TRACKER_STATE, load_npz
     from ..evaluation import baselines
     from ..evaluation.benchmark import package_arkit
-    from ..evaluation.expression_benchmark import arkit_truth, mediapipe_points
+    from ..evaluation.expression_benchmark import arkit_truth, clip_mediapipe_points
     from ..model import load_model
     from ..model.checkpoint import load_encoders
     from ..tracking.codes import CodeSpace
@@ -77,8 +77,7 @@ def package_readings(package: Path, clip_dir: Path, model_dir: Path) -> dict:
 
     truth = arkit_truth(np.load(clip_dir / "gt.npz")["w_ex"])
     T = len(truth)
-    cached = clip_dir / "mp_video.npz"
-    pts = np.load(cached)["points"][:T] if cached.is_file() else mediapipe_points(clip_dir / "clip.mp4", T)
+    pts = clip_mediapipe_points(clip_dir, T)
     ok = np.isfinite(pts).all((1, 2))
     model = load_model(model_dir)
     enc, reg = load_encoders(model_dir)
@@ -156,6 +155,13 @@ def mirror_units() -> list[tuple[int, ...]]:
     return [tuple(v) for v in units.values()]
 
 
+def channel_readings(clip: dict, ch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(T,) bool the frames of a clip (``load_readings``' entry) that were tracked (the ``model`` reading is there), and
+    source -> (n,) channel ``ch``'s readings on them."""
+    tracked = np.isfinite(clip["sources"][MODEL_SOURCE][:, ch])
+    return tracked, {s: r[tracked, ch] for s, r in clip["sources"].items()}
+
+
 def candidate_output(cand: dict, readings: dict[str, np.ndarray], tracked: np.ndarray, blends: dict | None = None
                      ) -> np.ndarray:
     """(T,) a candidate row's output of one channel: ``readings`` (source -> (n,) the channel's readings on the
@@ -180,8 +186,7 @@ def clip_errors(clips: list[dict], channels: tuple[int, ...], cands: list[dict])
     for k, c in enumerate(clips):
         for i, ch in enumerate(channels):
             truth = c["truth"][:, ch]
-            tracked = np.isfinite(c["sources"][MODEL_SOURCE][:, ch])
-            readings = {s: r[tracked, ch] for s, r in c["sources"].items()}
+            tracked, readings = channel_readings(c, ch)
             blends = {}
             for j, cand in enumerate(cands):
                 if not cand["shares"]:
@@ -258,9 +263,8 @@ def out_of_fold(readings: dict[str, dict]) -> dict[str, np.ndarray]:
             if not cands[j]["shares"]:
                 continue
             for ch in unit:
-                tracked = np.isfinite(c["sources"][MODEL_SOURCE][:, ch])
-                outs[key][:, ch] = candidate_output(cands[j], {s: r[tracked, ch] for s, r in c["sources"].items()},
-                                                    tracked)
+                tracked, channel = channel_readings(c, ch)
+                outs[key][:, ch] = candidate_output(cands[j], channel, tracked)
     return outs
 
 

@@ -125,15 +125,13 @@ def clip_frames(cache: Path, clips: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Rest-relative features (N, 1404) and true ICT weights (N, 53) of tuning expression clips (MediaPipe in video
     mode, as the tracker runs it: the clip's cached ``mp_video.npz`` or detected now)."""
     from ..evaluation import expression_clips as ec
-    from ..evaluation.expression_benchmark import mediapipe_points
+    from ..evaluation.expression_benchmark import clip_mediapipe_points
 
     feats, weights = [], []
     for k in clips:
         folder = Path(cache) / ec.ExpressionClipSpec(index=k, seed_base=ec.TUNE_SEED_BASE).key
         w = np.load(folder / "gt.npz")["w_ex"]
-        cached = folder / "mp_video.npz"
-        pts = np.load(cached)["points"][:len(w)] if cached.is_file() else mediapipe_points(folder / "clip.mp4",
-                                                                                            len(w))
+        pts = clip_mediapipe_points(folder, len(w))
         ok = np.isfinite(pts).all((1, 2))
         feats.append(rest_relative(pts[ok], np.zeros(int(ok.sum()))))
         weights.append(w[ok])
